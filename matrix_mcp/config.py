@@ -1,0 +1,136 @@
+"""Settings from the environment and the command line.
+
+Precedence: CLI flag > environment variable > default. Nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///.matrix/matrix.db"
+DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps enforced on every input; each violation is a clear tool error naming the field."""
+
+    max_content_bytes: int = 10 * 1024 * 1024
+    max_items_per_plan: int = 200_000
+    max_page_size: int = 1000
+    max_json_depth: int = 32
+    max_json_bytes: int = 1024 * 1024
+    max_name_length: int = 512
+    max_wait_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    artifacts_dir: Path = field(default_factory=lambda: Path(DEFAULT_ARTIFACTS_DIR))
+    schema_database_url: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        limits = Limits(
+            max_content_bytes=_int(env, "MATRIX_MAX_CONTENT_BYTES", Limits.max_content_bytes),
+            max_items_per_plan=_int(env, "MATRIX_MAX_ITEMS_PER_PLAN", Limits.max_items_per_plan),
+            max_page_size=_int(env, "MATRIX_MAX_PAGE_SIZE", Limits.max_page_size),
+            max_json_depth=_int(env, "MATRIX_MAX_JSON_DEPTH", Limits.max_json_depth),
+            max_json_bytes=_int(env, "MATRIX_MAX_JSON_BYTES", Limits.max_json_bytes),
+        )
+        settings = cls(
+            database_url=env.get("MATRIX_DATABASE_URL") or url_from_parts(env) or DEFAULT_DATABASE_URL,
+            artifacts_dir=Path(env.get("MATRIX_ARTIFACTS_DIR") or DEFAULT_ARTIFACTS_DIR),
+            schema_database_url=env.get("MATRIX_SCHEMA_DATABASE_URL") or None,
+            limits=limits,
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "artifacts_dir" in clean:
+            clean["artifacts_dir"] = Path(str(clean["artifacts_dir"]))
+        return replace(settings, **clean)  # type: ignore[arg-type]
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def url_from_parts(env: Mapping[str, str]) -> str | None:
+    """The seed's DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD as a PostgreSQL URL, when DB_HOST or DB_NAME is set."""
+    host, name = env.get("DB_HOST"), env.get("DB_NAME")
+    if not host and not name:
+        return None
+    user = env.get("DB_USER", "")
+    password = env.get("DB_PASSWORD", "")
+    auth = ""
+    if user:
+        auth = quote(user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        auth += "@"
+    port = env.get("DB_PORT", "")
+    netloc = auth + (host or "") + (f":{port}" if port else "")
+    return f"postgresql://{netloc}/{quote(name or '', safe='')}"
+
+
+_PASSWORD_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***; safe for logs, errors and tool results."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    if parts.password is None:
+        return redact_text(url)
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return redact_text(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+
+
+def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove passwords from free text: URLs with credentials, password=... pairs and the given secrets."""
+    text = _PASSWORD_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _PASSWORD_PARAM.sub(lambda m: f"{m.group(1)}***", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file path of a sqlite:/// URL (relative to the working directory), or None for other schemes."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    if url.startswith("sqlite://"):
+        return Path(url[len("sqlite://") :])
+    return None
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))

@@ -1,0 +1,277 @@
+"""The one vocabulary shared by the store, the engine, the tools and the resources."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["pending", "generating", "complete", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled")
+RunState = Literal["active", "paused", "cancelled", "done"]
+RunAction = Literal["pause", "resume", "cancel"]
+Json = dict[str, Any]
+
+
+def ts(epoch: float | None) -> datetime | None:
+    """Epoch seconds (how both stores keep time) to an aware UTC datetime."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+
+class ItemSpec(_Model):
+    name: str = Field(min_length=1)
+    specifications: Json | str | None = None
+
+
+class PackageSpec(_Model):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    items: list[str | ItemSpec] = Field(default_factory=list)
+
+
+class LeaseRef(_Model):
+    outcome_id: str
+    lease_token: str
+
+
+class RunPolicy(_Model):
+    outcome_type: str = "code"
+    lease_seconds: float = Field(default=300, gt=0, le=86_400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_seconds: float = Field(default=5, ge=0, le=86_400)
+    backoff_cap_seconds: float = Field(default=300, ge=0, le=86_400)
+    outcome_schema: Json | None = None
+
+
+# ---- records --------------------------------------------------------------------------------------
+
+
+class StatusCounts(_Model):
+    pending: int = 0
+    generating: int = 0
+    complete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+class Run(_Model):
+    id: str
+    name: str
+    goal: str | None
+    state: RunState
+    policy: RunPolicy
+    packages: int
+    counts: StatusCounts
+    progress: float = Field(description="Share of items in a terminal state (complete, failed, cancelled).")
+    created_at: datetime
+    updated_at: datetime
+
+
+class PackageSummary(_Model):
+    run: str
+    package: str
+    description: str | None
+    position: int
+    total_items: int
+    pending_items: int
+    generating_items: int
+    completed_items: int
+    failed_items: int
+    cancelled_items: int
+    success_rate: float | None = Field(
+        description="complete / (complete + failed); null before any finished."
+    )
+    avg_duration_seconds: float | None
+    p50_duration_seconds: float | None = Field(description="From a log-bucket histogram, ±10%.")
+    p90_duration_seconds: float | None
+    p99_duration_seconds: float | None
+    total_lines_generated: float
+    average_quality_score: float | None
+
+
+class Outcome(_Model):
+    id: str
+    run: str
+    run_id: str
+    package: str
+    item: str
+    position: int
+    status: Status
+    outcome_type: str
+    outcome_path: str | None
+    specifications: Json | str | None
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    created_by: str | None
+    error_message: str | None
+    metrics: Json
+    metadata: Json
+    content_sha256: str | None
+    content_bytes: int | None
+    mime_type: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_seconds: float | None
+    lease_expires_at: datetime | None
+    available_at: datetime | None
+
+
+class Attempt(_Model):
+    attempt: int
+    worker: str | None
+    status: Status
+    error: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class OutcomeDetail(Outcome):
+    history: list[Attempt] = Field(default_factory=list)
+
+
+class Event(_Model):
+    seq: int
+    run: str | None
+    outcome_id: str | None
+    kind: str
+    data: Json
+    created_at: datetime
+
+
+class IntegrationEvent(_Model):
+    id: int
+    run: str | None
+    outcome_id: str | None
+    integration_type: str
+    action: str
+    status: str
+    details: Json
+    created_at: datetime
+
+
+# ---- tool results ---------------------------------------------------------------------------------
+
+
+class PlanResult(_Model):
+    run: Run
+    created: bool = Field(description="False when the run already existed.")
+    packages: int = Field(description="Packages in the run.")
+    items: int = Field(description="Items in the run.")
+    added_packages: list[str] = Field(description="Packages this call added.")
+    added_items: int = Field(description="Items this call added.")
+
+
+class ClaimedItem(_Model):
+    outcome_id: str
+    run: str
+    package: str
+    item: str
+    attempt: int
+    lease_token: str
+    lease_expires_at: datetime
+    outcome_type: str
+    specifications: Json | str | None
+    outcome_path: str | None
+    briefing: str | None = Field(description="The run goal and the package description.")
+
+
+ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off", "empty"]
+
+
+class ClaimResult(_Model):
+    items: list[ClaimedItem]
+    reason: ClaimReason | None = Field(default=None, description="Why fewer items than asked came.")
+    retry_after_seconds: float | None = None
+
+
+class LeaseState(_Model):
+    outcome_id: str
+    lease_expires_at: datetime | None = None
+
+
+class HeartbeatResult(_Model):
+    extended: list[LeaseState]
+    lost: list[str] = Field(description="Leases that expired, were taken over, or whose item was finished.")
+    cancelled: list[str] = Field(description="Leases on items of a cancelled run: stop working on them.")
+
+
+class RetryResult(_Model):
+    run: str
+    requeued: int
+    outcome_ids: list[str]
+
+
+class RunList(_Model):
+    runs: list[Run]
+
+
+class RunStatus(_Model):
+    run: Run
+    counts: StatusCounts
+    packages: list[PackageSummary]
+    progress: float
+    throughput_per_minute: float | None = Field(
+        description="Items finished per minute over the last 5 minutes."
+    )
+    eta_seconds: float | None
+    latest_seq: int
+    events: list[Event]
+    more_events: bool = False
+
+
+class OutcomePage(_Model):
+    outcomes: list[Outcome]
+    next_cursor: str | None
+
+
+class RecordResult(_Model):
+    outcome: Outcome
+    created: bool
+
+
+class HourBucket(_Model):
+    hour: datetime
+    completed: int
+    failed: int
+    avg_duration_seconds: float | None
+
+
+class SystemMetrics(_Model):
+    run: str | None
+    outcomes_total: int
+    outcomes_pending: int
+    outcomes_generating: int
+    outcomes_complete: int
+    outcomes_failed: int
+    outcomes_cancelled: int
+    avg_generation_time: float | None
+    success_rate: float | None
+    total_lines_generated: float
+    average_quality_score: float | None
+    outcomes_by_hour: list[HourBucket]
+
+
+class ExportResult(_Model):
+    run: str
+    format: Literal["jsonl", "csv"]
+    count: int
+    path: str = Field(description="Absolute path of the export file.")
+    bytes: int
+    uri: str
+
+
+class RecountReport(_Model):
+    consistent: bool
+    mismatches: list[str]

@@ -1,0 +1,240 @@
+"""The Store protocol: what the engine needs from persistence, and the errors stores raise.
+
+A store is the only place that speaks SQL for the outcome store. Each method is one atomic
+transition: it either happens whole or raises and changes nothing. Times are epoch seconds
+passed in by the engine (so rules and tests control the clock), except where noted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from matrix_mcp.models import (
+    ClaimReason,
+    Event,
+    HeartbeatResult,
+    IntegrationEvent,
+    LeaseRef,
+    Outcome,
+    OutcomeDetail,
+    OutcomePage,
+    PackageSummary,
+    PlanResult,
+    RecountReport,
+    Run,
+    RunAction,
+    RunPolicy,
+    Status,
+    SystemMetrics,
+)
+
+
+class StoreError(Exception):
+    """Base of every error a store raises on purpose. The message is safe to show a client."""
+
+    field: str | None = None
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(StoreError):
+    """A run, package or outcome that does not exist."""
+
+
+class Conflict(StoreError):
+    """The request contradicts the current state (a different report for a finished item...)."""
+
+
+class StaleLease(Conflict):
+    """The lease token is not the item's current one: it expired and was re-claimed, or never was."""
+
+
+class Unavailable(StoreError):
+    """The database cannot be reached right now; the call may be retried."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class NewItem:
+    name: str
+    specifications: dict[str, Any] | str | None = None
+
+
+@dataclass(frozen=True)
+class NewPackage:
+    name: str
+    description: str | None
+    items: Sequence[NewItem]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed item as the store returns it; the engine adds the briefing."""
+
+    outcome_id: str
+    run: str
+    package: str
+    package_description: str | None
+    item: str
+    attempt: int
+    lease_token: str
+    lease_expires_at: float
+    outcome_type: str
+    specifications: dict[str, Any] | str | None
+    outcome_path: str | None
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    claims: list[Claim]
+    reason: ClaimReason | None = None
+    next_available_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A completion report. Identical reports for the same lease are idempotent."""
+
+    outcome_path: str | None = None
+    content_sha256: str | None = None
+    content_bytes: int | None = None
+    mime_type: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutcomeFilter:
+    run_id: str | None = None
+    package: str | None = None
+    status: Status | None = None
+    worker: str | None = None
+
+
+class Store(Protocol):
+    """Persistence for runs, packages, outcomes, events and integration logs."""
+
+    url_for_display: str
+
+    async def close(self) -> None: ...
+
+    # runs and planning
+    async def plan(
+        self,
+        name: str,
+        goal: str | None,
+        policy: RunPolicy,
+        packages: Sequence[NewPackage],
+        now: float,
+    ) -> PlanResult: ...
+
+    async def get_run(self, ref: str) -> Run:
+        """By id or by name; NotFound names the field `run`."""
+        ...
+
+    async def list_runs(self) -> list[Run]: ...
+
+    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run: ...
+
+    # the work loop
+    async def claim(
+        self,
+        run_id: str,
+        worker: str,
+        limit: int,
+        package: str | None,
+        now: float,
+        token_factory: Callable[[], str],
+    ) -> ClaimBatch: ...
+
+    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult: ...
+
+    async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome: ...
+
+    async def fail(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        error: str,
+        retryable: bool,
+        now: float,
+        backoff: Callable[[int], float],
+    ) -> Outcome:
+        """backoff(attempts_so_far) gives the delay before the item is claimable again."""
+        ...
+
+    async def retry(
+        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
+    ) -> list[str]: ...
+
+    # the seed's tracking API
+    async def record_outcome(
+        self,
+        run_id: str,
+        package: str,
+        item: str,
+        status: Status,
+        outcome_type: str | None,
+        specifications: dict[str, Any] | str | None,
+        report: Report,
+        error_message: str | None,
+        created_by: str | None,
+        now: float,
+    ) -> tuple[Outcome, bool]: ...
+
+    async def update_status(
+        self,
+        outcome_id: str,
+        status: Status,
+        error_message: str | None,
+        report: Report | None,
+        now: float,
+    ) -> Outcome: ...
+
+    async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail: ...
+
+    async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage: ...
+
+    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]: ...
+
+    async def package_summaries(self, run_id: str) -> list[PackageSummary]: ...
+
+    async def package_summary(self, package: str, run_id: str | None) -> PackageSummary: ...
+
+    async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics: ...
+
+    async def throughput(self, run_id: str, since: float) -> int:
+        """Items that reached complete or failed at or after `since` (from the hourly/minute rollup)."""
+        ...
+
+    async def record_integration(
+        self,
+        run_id: str | None,
+        outcome_id: str | None,
+        integration_type: str,
+        action: str,
+        status: str,
+        details: dict[str, Any],
+        now: float,
+    ) -> IntegrationEvent: ...
+
+    # change feed
+    async def latest_seq(self) -> int: ...
+
+    async def events_after(self, since: int, run_id: str | None, limit: int) -> list[Event]: ...
+
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        """Return the latest sequence once it exceeds `since`, or after `timeout` seconds."""
+        ...
+
+    # maintenance
+    async def recount(self, run_id: str | None = None) -> RecountReport:
+        """Compare every counter with a recount of the rows (tests, `status --check`)."""
+        ...
+
+    async def rebuild_counters(self, run_id: str | None = None) -> None: ...

@@ -1,0 +1,264 @@
+"""Row ↔ model mapping and the counter arithmetic both stores share (no SQL here)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from matrix_mcp.models import (
+    Attempt,
+    Event,
+    IntegrationEvent,
+    Outcome,
+    OutcomeDetail,
+    PackageSummary,
+    Run,
+    RunPolicy,
+    StatusCounts,
+    ts,
+)
+from matrix_mcp.store.base import StoreError
+
+# Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
+HIST_BASE = 1.2
+HIST_MIN = 0.001
+# A database row read by column name: sqlite3.Row or a psycopg dict row.
+RowLike = Any
+LINES_METRIC = "lines_generated"
+QUALITY_METRIC = "quality_score"
+
+
+def duration_bucket(seconds: float) -> int:
+    return math.floor(math.log(max(seconds, HIST_MIN), HIST_BASE))
+
+
+def bucket_value(bucket: int) -> float:
+    return float(HIST_BASE ** (bucket + 0.5))
+
+
+def percentile(hist: Mapping[int, int], q: float) -> float | None:
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= rank:
+            return round(bucket_value(bucket), 6)
+    return None  # pragma: no cover - rank <= total
+
+
+def numeric(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def contribution(metrics: Mapping[str, Any], duration: float | None) -> dict[str, float]:
+    """What one complete outcome adds to its package's summary counters."""
+    lines = numeric(metrics.get(LINES_METRIC))
+    quality = numeric(metrics.get(QUALITY_METRIC))
+    return {
+        "duration_sum": duration or 0.0,
+        "duration_n": 1.0 if duration is not None else 0.0,
+        "lines_sum": lines or 0.0,
+        "quality_sum": quality or 0.0,
+        "quality_n": 1.0 if quality is not None else 0.0,
+    }
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
+    out = []
+    for key, value in metrics.items():
+        f = numeric(value)
+        if f is not None:
+            out.append((key, f))
+    return out
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def loads(text: str | None, default: Any = None) -> Any:
+    if text is None:
+        return default
+    return json.loads(text)
+
+
+def spec_dumps(spec: Any) -> str | None:
+    return None if spec is None else dumps(spec)
+
+
+def encode_cursor(n: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{n}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "o":
+            raise ValueError
+        return int(number)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError("cursor is not one this server issued", field="cursor") from exc
+
+
+def counts_from(row: RowLike) -> StatusCounts:
+    c = StatusCounts(
+        pending=int(row["pending"] or 0),
+        generating=int(row["generating"] or 0),
+        complete=int(row["complete"] or 0),
+        failed=int(row["failed"] or 0),
+        cancelled=int(row["cancelled"] or 0),
+    )
+    c.total = c.pending + c.generating + c.complete + c.failed + c.cancelled
+    return c
+
+
+def progress_of(c: StatusCounts) -> float:
+    return 0.0 if c.total == 0 else round((c.complete + c.failed + c.cancelled) / c.total, 6)
+
+
+def run_from(row: RowLike) -> Run:
+    """A run row joined with its summed package counters (columns pending..cancelled, packages)."""
+    counts = counts_from(row)
+    state = row["state"]
+    if state == "active" and counts.total > 0 and counts.pending + counts.generating == 0:
+        state = "done"
+    return Run(
+        id=row["id"],
+        name=row["name"],
+        goal=row["goal"],
+        state=state,
+        policy=RunPolicy(
+            outcome_type=row["outcome_type"],
+            lease_seconds=row["lease_seconds"],
+            max_attempts=row["max_attempts"],
+            backoff_seconds=row["backoff_seconds"],
+            backoff_cap_seconds=row["backoff_cap_seconds"],
+            outcome_schema=loads(row["outcome_schema"]),
+        ),
+        packages=int(row["packages"] or 0),
+        counts=counts,
+        progress=progress_of(counts),
+        created_at=ts(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=ts(row["updated_at"]),  # type: ignore[arg-type]
+    )
+
+
+def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
+    complete, failed = int(row["complete"]), int(row["failed"])
+    finished = complete + failed
+    dn, qn = int(row["duration_n"]), int(row["quality_n"])
+    return PackageSummary(
+        run=row["run_name"],
+        package=row["name"],
+        description=row["description"],
+        position=int(row["position"]),
+        total_items=int(row["total"]),
+        pending_items=int(row["pending"]),
+        generating_items=int(row["generating"]),
+        completed_items=complete,
+        failed_items=failed,
+        cancelled_items=int(row["cancelled"]),
+        success_rate=round(complete / finished, 6) if finished else None,
+        avg_duration_seconds=round(float(row["duration_sum"]) / dn, 6) if dn else None,
+        p50_duration_seconds=percentile(hist, 0.5),
+        p90_duration_seconds=percentile(hist, 0.9),
+        p99_duration_seconds=percentile(hist, 0.99),
+        total_lines_generated=float(row["lines_sum"]),
+        average_quality_score=round(float(row["quality_sum"]) / qn, 6) if qn else None,
+    )
+
+
+def outcome_from(row: RowLike) -> Outcome:
+    return Outcome(
+        id=row["id"],
+        run=row["run_name"],
+        run_id=row["run_id"],
+        package=row["package_name"],
+        item=row["item"],
+        position=int(row["position"]),
+        status=row["status"],
+        outcome_type=row["outcome_type"],
+        outcome_path=row["outcome_path"],
+        specifications=loads(row["specifications"]),
+        attempts=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        worker=row["worker"],
+        created_by=row["created_by"],
+        error_message=row["error_message"],
+        metrics=loads(row["metrics"], {}),
+        metadata=loads(row["metadata"], {}),
+        content_sha256=row["content_sha256"],
+        content_bytes=row["content_bytes"],
+        mime_type=row["mime_type"],
+        created_at=ts(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=ts(row["updated_at"]),  # type: ignore[arg-type]
+        started_at=ts(row["started_at"]),
+        completed_at=ts(row["completed_at"]),
+        duration_seconds=row["duration_seconds"],
+        lease_expires_at=ts(row["lease_expires_at"]) if row["status"] == "generating" else None,
+        available_at=ts(row["available_at"]) if row["status"] == "pending" else None,
+    )
+
+
+def detail_from(row: RowLike, history: list[RowLike]) -> OutcomeDetail:
+    base = outcome_from(row).model_dump()
+    return OutcomeDetail(
+        **base,
+        history=[
+            Attempt(
+                attempt=int(h["attempt"]),
+                worker=h["worker"],
+                status=h["status"],
+                error=h["error"],
+                started_at=ts(h["started_at"]),
+                ended_at=ts(h["ended_at"]),
+            )
+            for h in history
+        ],
+    )
+
+
+def event_from(row: RowLike) -> Event:
+    return Event(
+        seq=int(row["seq"]),
+        run=row["run_name"],
+        outcome_id=row["outcome_id"],
+        kind=row["kind"],
+        data=loads(row["data"], {}),
+        created_at=ts(row["created_at"]),  # type: ignore[arg-type]
+    )
+
+
+def integration_from(row: RowLike) -> IntegrationEvent:
+    return IntegrationEvent(
+        id=int(row["id"]),
+        run=row["run_name"],
+        outcome_id=row["outcome_id"],
+        integration_type=row["integration_type"],
+        action=row["action"],
+        status=row["status"],
+        details=loads(row["details"], {}),
+        created_at=ts(row["created_at"]),  # type: ignore[arg-type]
+    )
+
+
+def same_report(row: RowLike, report: Any) -> bool:
+    """Whether a stored complete outcome carries exactly this report (idempotent repeat)."""
+    return bool(
+        row["content_sha256"] == report.content_sha256
+        and (report.outcome_path is None or row["outcome_path"] == report.outcome_path)
+        and loads(row["metrics"], {}) == report.metrics
+        and loads(row["metadata"], {}) == report.metadata
+    )

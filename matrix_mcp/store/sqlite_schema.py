@@ -1,0 +1,141 @@
+"""Versioned migrations for the SQLite outcome store. Append new versions; never edit old ones."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    goal TEXT,
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'paused', 'cancelled')),
+    outcome_type TEXT NOT NULL,
+    lease_seconds REAL NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    backoff_seconds REAL NOT NULL,
+    backoff_cap_seconds REAL NOT NULL,
+    outcome_schema TEXT,
+    claim_clock INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE packages (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    description TEXT,
+    position INTEGER NOT NULL,
+    last_claim INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0,
+    generating INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    duration_sum REAL NOT NULL DEFAULT 0,
+    duration_n INTEGER NOT NULL DEFAULT 0,
+    lines_sum REAL NOT NULL DEFAULT 0,
+    quality_sum REAL NOT NULL DEFAULT 0,
+    quality_n INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, name)
+);
+
+CREATE TABLE package_durations (
+    package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (package_id, bucket)
+) WITHOUT ROWID;
+
+CREATE TABLE outcomes (
+    n INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    item TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('pending', 'generating', 'complete', 'failed', 'cancelled')),
+    outcome_type TEXT NOT NULL,
+    outcome_path TEXT,
+    specifications TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    created_by TEXT,
+    error_message TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    content_sha256 TEXT,
+    content_bytes INTEGER,
+    mime_type TEXT,
+    lease_token TEXT,
+    lease_expires_at REAL,
+    available_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    duration_seconds REAL,
+    UNIQUE (package_id, item)
+);
+CREATE INDEX outcomes_claimable ON outcomes (package_id, available_at, position) WHERE status = 'pending';
+CREATE INDEX outcomes_leased ON outcomes (run_id, lease_expires_at) WHERE status = 'generating';
+CREATE INDEX outcomes_run_status ON outcomes (run_id, status, n);
+
+CREATE TABLE outcome_attempts (
+    outcome_id TEXT NOT NULL REFERENCES outcomes(id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    lease_token TEXT NOT NULL,
+    worker TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    started_at REAL,
+    ended_at REAL,
+    PRIMARY KEY (outcome_id, lease_token)
+) WITHOUT ROWID;
+
+CREATE TABLE outcome_metrics (
+    outcome_id TEXT NOT NULL REFERENCES outcomes(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (outcome_id, name)
+) WITHOUT ROWID;
+CREATE INDEX outcome_metrics_name ON outcome_metrics (name, value);
+
+CREATE TABLE outcome_minutes (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    minute INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    duration_sum REAL NOT NULL DEFAULT 0,
+    duration_n INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, minute)
+) WITHOUT ROWID;
+
+CREATE TABLE integration_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT REFERENCES runs(id) ON DELETE CASCADE,
+    outcome_id TEXT,
+    integration_type TEXT NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE INDEX integration_logs_run ON integration_logs (run_id, id);
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT,
+    outcome_id TEXT,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE INDEX events_run ON events (run_id, seq);
+""",
+    ),
+]
