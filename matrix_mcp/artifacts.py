@@ -1,0 +1,167 @@
+"""Artifact storage: outcome content kept safely under one root.
+
+Content is first written to an immutable, content-addressed blob (`.blobs/ab/abcdef…`) with an
+atomic write (temporary file, fsync, rename). The outcome row records the blob's sha256, so the
+store commit is what makes a report count. After the commit the blob is linked at the outcome's
+human path (atomic replace). A killed write leaves either the old content or none, and a stale
+worker whose report is rejected never touches the human path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mimetypes
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from matrix_mcp.store.base import StoreError
+
+BLOBS = ".blobs"
+EXPORTS = "exports"
+_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(1, 10)),
+    *(f"lpt{i}" for i in range(1, 10)),
+}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_COMPONENT_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
+class ArtifactError(StoreError):
+    """A bad artifact path or a failed write; names the field."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    sha256: str
+    size: int
+
+
+def safe_component(name: str) -> str:
+    """A readable, filesystem-safe path component for a run, package or item name (stable, collision-free)."""
+    cleaned = _SAFE.sub("_", name).strip("._") or "_"
+    if cleaned != name or cleaned.lower() in _RESERVED:
+        cleaned = f"{cleaned[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return cleaned[:120]
+
+
+def default_path(run: str, package: str, item: str, outcome_type: str) -> str:
+    return "/".join(safe_component(p) for p in (run, package, item))
+
+
+class Artifacts:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root.absolute()
+        self.max_bytes = max_bytes
+
+    # ---- paths ----------------------------------------------------------------------------------
+
+    def check_path(self, rel: str, field: str = "outcome_path") -> str:
+        """Validate a client-supplied relative path; returns it normalised. Never leaves the root."""
+        if not rel or "\x00" in rel or "\\" in rel:
+            raise ArtifactError("must be a non-empty relative path using '/' and no NUL bytes", field)
+        if len(rel.encode()) > MAX_PATH_BYTES:
+            raise ArtifactError(f"longer than {MAX_PATH_BYTES} bytes", field)
+        p = PurePosixPath(rel)
+        if p.is_absolute() or rel.startswith("~"):
+            raise ArtifactError("must be relative to the artifacts root, not absolute", field)
+        parts = p.parts
+        for part in parts:
+            if part in ("..", "."):
+                raise ArtifactError("may not contain '.' or '..' components", field)
+            if len(part.encode()) > MAX_COMPONENT_BYTES:
+                raise ArtifactError(f"has a component longer than {MAX_COMPONENT_BYTES} bytes", field)
+            if part.split(".")[0].lower() in _RESERVED:
+                raise ArtifactError(f"uses the reserved name {part!r}", field)
+        if parts[0] in (BLOBS, EXPORTS):
+            raise ArtifactError(f"may not write inside the internal '{parts[0]}' folder", field)
+        self._resolve_inside(rel, field)
+        return str(p)
+
+    def _resolve_inside(self, rel: str, field: str) -> Path:
+        target = self.root / rel
+        root = self.root.resolve()
+        # resolve() follows every symlink that exists along the way, so an escape is caught here
+        resolved = target.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ArtifactError("resolves outside the artifacts root (symlink?)", field)
+        return target
+
+    def mime_for(self, rel: str | None, given: str | None) -> str:
+        if given:
+            return given
+        if rel:
+            guessed, _ = mimetypes.guess_type(rel)
+            if guessed:
+                return guessed
+        return "text/plain"
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> Blob:
+        if len(data) > self.max_bytes:
+            raise ArtifactError(f"content is {len(data)} bytes; the limit is {self.max_bytes}", "content")
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(sha)
+        if not path.exists():
+            self._atomic_write(path, data)
+        return Blob(sha, len(data))
+
+    def blob_path(self, sha: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ArtifactError("not a sha256", "content_sha256")
+        return self.root / BLOBS / sha[:2] / sha
+
+    def materialize(self, rel: str, sha: str) -> Path:
+        """Place the blob at its human path (after the store committed the report)."""
+        target = self._resolve_inside(rel, "outcome_path")
+        source = self.blob_path(sha)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._resolve_inside(rel, "outcome_path")  # re-check after creating parents
+            tmp = target.parent / f".{target.name}.{os.getpid()}.{sha[:8]}.tmp"
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ArtifactError(f"could not write the artifact: {exc.strerror or exc}", "content") from exc
+        return target
+
+    def read_blob(self, sha: str) -> bytes:
+        return self.blob_path(sha).read_bytes()
+
+    def write_export(self, name: str, data: bytes) -> Path:
+        path = self.root / EXPORTS / name
+        self._atomic_write(path, data)
+        return path
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise ArtifactError(
+                f"could not write the artifact ({exc.strerror or exc}); the outcome was not changed",
+                "content",
+            ) from exc

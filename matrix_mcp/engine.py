@@ -1,0 +1,595 @@
+"""Orchestration rules, free of SQL: planning, leases, backoff, outcome contracts, artifacts.
+
+Tools call the engine; the engine validates, decides and calls one atomic store method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import anyio
+
+from matrix_mcp.artifacts import ArtifactError, Artifacts, default_path, safe_component
+from matrix_mcp.config import Settings, is_postgres_url, redact_url, sqlite_path
+from matrix_mcp.models import (
+    ClaimedItem,
+    ClaimResult,
+    ExportResult,
+    HeartbeatResult,
+    IntegrationEvent,
+    ItemSpec,
+    LeaseRef,
+    Outcome,
+    OutcomeDetail,
+    OutcomePage,
+    PackageSpec,
+    PackageSummary,
+    PlanResult,
+    RecordResult,
+    RetryResult,
+    Run,
+    RunAction,
+    RunList,
+    RunPolicy,
+    RunStatus,
+    Status,
+    SystemMetrics,
+)
+from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class InputError(StoreError):
+    """A bad argument: the message names the field."""
+
+
+async def open_store(settings: Settings) -> Store:
+    """The store for the configured URL; psycopg is imported only for a PostgreSQL URL."""
+    url = settings.database_url
+    if is_postgres_url(url):
+        from matrix_mcp.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    path = sqlite_path(url)
+    if path is None:
+        raise ValueError(
+            f"unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
+        )
+    from matrix_mcp.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(path)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with equal jitter: half the capped delay fixed, half random."""
+    if base <= 0:
+        return 0.0
+    capped = min(cap, base * 2 ** max(0, attempt - 1))
+    r = (rng or random).random()
+    return float(capped / 2 + r * capped / 2)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Depth of nested JSON containers; stops counting past `limit`."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d > limit:
+                return d
+            children = v.values() if isinstance(v, dict) else v
+            stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(schema_json))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    name: str
+    goal: str | None
+    policy: RunPolicy
+
+
+class Engine:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.limits = settings.limits
+        self.artifacts = Artifacts(settings.artifacts_dir, settings.limits.max_content_bytes)
+        self._runs: dict[str, RunInfo] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Engine:
+        return cls(await open_store(settings), settings)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def now(self) -> float:
+        return time.time()
+
+    # ---- validation helpers ---------------------------------------------------------------------
+
+    def _name(self, value: str, field: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise InputError("must be a non-empty string", field)
+        if len(value) > self.limits.max_name_length:
+            raise InputError(f"longer than {self.limits.max_name_length} characters", field)
+        if "\x00" in value:
+            raise InputError("may not contain NUL characters", field)
+        return value
+
+    def _json(self, value: Any, field: str) -> Any:
+        if value is None:
+            return None
+        if json_depth(value, self.limits.max_json_depth) > self.limits.max_json_depth:
+            raise InputError(f"nested deeper than {self.limits.max_json_depth} levels", field)
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"is not JSON-serialisable: {exc}", field) from exc
+        if len(text.encode()) > self.limits.max_json_bytes:
+            raise InputError(f"larger than {self.limits.max_json_bytes} bytes of JSON", field)
+        if "\\u0000" in text:
+            raise InputError("may not contain NUL characters", field)
+        return value
+
+    def _limit(self, value: int, field: str, maximum: int) -> int:
+        if value < 1 or value > maximum:
+            raise InputError(f"must be between 1 and {maximum}", field)
+        return value
+
+    def _wait(self, value: float, field: str) -> float:
+        if value < 0 or value > self.limits.max_wait_seconds:
+            raise InputError(f"must be between 0 and {self.limits.max_wait_seconds:g}", field)
+        return value
+
+    async def run_info(self, ref: str) -> RunInfo:
+        """Resolve a run by name or id. Runs are never deleted and their policy never changes: cached."""
+        info = self._runs.get(ref)
+        if info is None:
+            run = await self.store.get_run(self._name(ref, "run"))
+            info = RunInfo(run.id, run.name, run.goal, run.policy)
+            self._runs[run.id] = self._runs[run.name] = info
+        return info
+
+    # ---- planning and control -------------------------------------------------------------------
+
+    async def plan_run(
+        self,
+        name: str,
+        packages: Sequence[PackageSpec],
+        goal: str | None = None,
+        policy: RunPolicy | None = None,
+    ) -> PlanResult:
+        self._name(name, "name")
+        policy = policy or RunPolicy()
+        self._name(policy.outcome_type, "outcome_type")
+        if policy.outcome_schema is not None:
+            self._json(policy.outcome_schema, "outcome_schema")
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
+            try:
+                Draft202012Validator.check_schema(policy.outcome_schema)
+            except SchemaError as exc:
+                raise InputError(f"is not a valid JSON Schema: {exc.message}", "outcome_schema") from exc
+        new: list[NewPackage] = []
+        seen_packages: set[str] = set()
+        total = 0
+        for i, pkg in enumerate(packages):
+            field = f"packages[{i}]"
+            self._name(pkg.name, f"{field}.name")
+            if pkg.name in seen_packages:
+                raise InputError(f"duplicate package name {pkg.name!r}", f"{field}.name")
+            seen_packages.add(pkg.name)
+            items: list[NewItem] = []
+            seen_items: set[str] = set()
+            for j, raw in enumerate(pkg.items):
+                spec = raw if isinstance(raw, ItemSpec) else ItemSpec(name=raw)
+                self._name(spec.name, f"{field}.items[{j}]")
+                if spec.name in seen_items:
+                    raise InputError(f"duplicate item name {spec.name!r}", f"{field}.items[{j}]")
+                seen_items.add(spec.name)
+                self._json(spec.specifications, f"{field}.items[{j}].specifications")
+                items.append(NewItem(spec.name, spec.specifications))
+            total += len(items)
+            if total > self.limits.max_items_per_plan:
+                raise InputError(f"more than {self.limits.max_items_per_plan} items in one plan", "packages")
+            new.append(NewPackage(pkg.name, pkg.description, items))
+        result = await self.store.plan(name, goal, policy, new, self.now())
+        return result
+
+    async def control_run(self, run: str, action: RunAction) -> Run:
+        info = await self.run_info(run)
+        return await self.store.control_run(info.id, action, self.now())
+
+    async def list_runs(self) -> RunList:
+        return RunList(runs=await self.store.list_runs())
+
+    async def get_run(self, run: str) -> Run:
+        return await self.store.get_run((await self.run_info(run)).id)
+
+    # ---- the work loop --------------------------------------------------------------------------
+
+    async def claim_items(
+        self, run: str, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
+    ) -> ClaimResult:
+        info = await self.run_info(run)
+        self._name(worker, "worker")
+        self._limit(limit, "limit", self.limits.max_page_size)
+        if package is not None:
+            self._name(package, "package")
+        deadline = anyio.current_time() + self._wait(wait_seconds, "wait_seconds")
+        while True:
+            seq = await self.store.latest_seq() if wait_seconds else 0
+            now = self.now()
+            batch = await self.store.claim(info.id, worker, limit, package, now, new_token)
+            retry_after = None
+            if batch.next_available_at is not None:
+                retry_after = round(max(0.0, batch.next_available_at - now), 3)
+            remaining = deadline - anyio.current_time()
+            waitable = batch.reason in ("all_leased", "backing_off")
+            if batch.claims or not waitable or remaining <= 0:
+                briefing = info.goal
+                return ClaimResult(
+                    items=[
+                        ClaimedItem(
+                            outcome_id=c.outcome_id,
+                            run=c.run,
+                            package=c.package,
+                            item=c.item,
+                            attempt=c.attempt,
+                            lease_token=c.lease_token,
+                            lease_expires_at=_dt(c.lease_expires_at),
+                            outcome_type=c.outcome_type,
+                            specifications=c.specifications,
+                            outcome_path=c.outcome_path,
+                            briefing="\n\n".join(x for x in (briefing, c.package_description) if x) or None,
+                        )
+                        for c in batch.claims
+                    ],
+                    reason=batch.reason,
+                    retry_after_seconds=retry_after,
+                )
+            pause = remaining if retry_after is None else min(remaining, max(retry_after, 0.01))
+            await self.store.wait_for_change(seq, pause)
+
+    async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
+        if not leases:
+            raise InputError("give at least one lease", "leases")
+        if len(leases) > self.limits.max_page_size:
+            raise InputError(f"at most {self.limits.max_page_size} leases per call", "leases")
+        return await self.store.heartbeat(leases, self.now())
+
+    def _check_report(
+        self, schema: dict[str, Any] | None, metrics: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        if schema is None:
+            return
+        validator = _validator(json.dumps(schema, sort_keys=True))
+        doc = {"metrics": metrics, "metadata": metadata}
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.absolute_path) or "metrics"
+            more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise InputError(f"violates the run's outcome_schema: {first.message}{more}", where)
+
+    def _content_bytes(self, content: str | None, encoding: Literal["utf-8", "base64"]) -> bytes | None:
+        if content is None:
+            return None
+        if encoding == "base64":
+            import base64
+            import binascii
+
+            try:
+                return base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InputError("is not valid base64", "content") from exc
+        return content.encode("utf-8", errors="surrogatepass")
+
+    async def complete_item(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        content: str | None = None,
+        outcome_path: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        content_encoding: Literal["utf-8", "base64"] = "utf-8",
+        mime_type: str | None = None,
+    ) -> Outcome:
+        self._name(outcome_id, "outcome_id")
+        self._name(lease_token, "lease_token")
+        metrics = self._json(metrics, "metrics") or {}
+        metadata = self._json(metadata, "metadata") or {}
+        if outcome_path is not None:
+            outcome_path = self.artifacts.check_path(outcome_path)
+        data = self._content_bytes(content, content_encoding)
+        if data is not None and len(data) > self.limits.max_content_bytes:
+            raise InputError(f"is {len(data)} bytes; the limit is {self.limits.max_content_bytes}", "content")
+        current = await self.store.get_outcome(outcome_id)
+        info = await self.run_info(current.run_id)
+        self._check_report(info.policy.outcome_schema, metrics, metadata)
+        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
+        if data is not None:
+            blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
+            path = (
+                outcome_path
+                or current.outcome_path
+                or default_path(info.name, current.package, current.item, current.outcome_type)
+            )
+            report = Report(
+                outcome_path=path,
+                content_sha256=blob.sha256,
+                content_bytes=blob.size,
+                mime_type=self.artifacts.mime_for(path, mime_type),
+                metrics=metrics,
+                metadata=metadata,
+            )
+        outcome = await self.store.complete(outcome_id, lease_token, report, self.now())
+        if data is not None and outcome.outcome_path and outcome.content_sha256:
+            await anyio.to_thread.run_sync(
+                self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
+            )
+        return outcome
+
+    async def fail_item(
+        self, outcome_id: str, lease_token: str, error: str, retryable: bool = True
+    ) -> Outcome:
+        self._name(outcome_id, "outcome_id")
+        self._name(lease_token, "lease_token")
+        if not error or not error.strip():
+            raise InputError("describe the failure", "error")
+        if len(error) > 20_000:
+            error = error[:20_000] + "…"
+        current = await self.store.get_outcome(outcome_id)
+        policy = (await self.run_info(current.run_id)).policy
+
+        def backoff(attempt: int) -> float:
+            return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
+
+        return await self.store.fail(outcome_id, lease_token, error, retryable, self.now(), backoff)
+
+    async def retry_items(
+        self, run: str, package: str | None = None, outcome_ids: Sequence[str] | None = None
+    ) -> RetryResult:
+        info = await self.run_info(run)
+        ids = await self.store.retry(info.id, package, outcome_ids, self.now())
+        return RetryResult(run=info.name, requeued=len(ids), outcome_ids=ids[:1000])
+
+    # ---- watching -------------------------------------------------------------------------------
+
+    async def run_status(
+        self,
+        run: str,
+        since: int | None = None,
+        wait_seconds: float = 0,
+        progress: ProgressFn | None = None,
+        event_limit: int = 200,
+    ) -> RunStatus:
+        info = await self.run_info(run)
+        self._wait(wait_seconds, "wait_seconds")
+        if since is not None and since < 0:
+            raise InputError("must be ≥ 0", "since")
+        events = []
+        latest = await self.store.latest_seq()
+        if since is not None:
+            deadline = anyio.current_time() + wait_seconds
+            cursor = since
+            while True:
+                events = await self.store.events_after(since, info.id, event_limit + 1)
+                remaining = deadline - anyio.current_time()
+                if events or remaining <= 0:
+                    break
+                if progress is not None:
+                    snapshot = await self.store.get_run(info.id)
+                    await progress(
+                        snapshot.counts.total - snapshot.counts.pending - snapshot.counts.generating,
+                        float(snapshot.counts.total),
+                        f"waiting for changes after #{since}",
+                    )
+                cursor = max(cursor, await self.store.wait_for_change(cursor, min(remaining, 5.0)))
+            latest = max(latest, await self.store.latest_seq())
+        summaries = await self.store.package_summaries(info.id)
+        snapshot = await self.store.get_run(info.id)
+        now = self.now()
+        window = 300.0
+        finished_recent = await self.store.throughput(info.id, now - window)
+        span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
+        per_minute = round(finished_recent / span * 60, 3) if finished_recent else None
+        remaining_items = snapshot.counts.pending + snapshot.counts.generating
+        eta = round(remaining_items / (per_minute / 60), 1) if per_minute and remaining_items else None
+        more = len(events) > event_limit
+        return RunStatus(
+            run=snapshot,
+            counts=snapshot.counts,
+            packages=summaries,
+            progress=snapshot.progress,
+            throughput_per_minute=per_minute,
+            eta_seconds=eta,
+            latest_seq=max([latest, *(e.seq for e in events)]),
+            events=events[:event_limit],
+            more_events=more,
+        )
+
+    # ---- the seed's tracking API ----------------------------------------------------------------
+
+    async def record_outcome(
+        self,
+        run: str,
+        package: str,
+        item: str,
+        status: Status = "pending",
+        outcome_type: str | None = None,
+        outcome_path: str | None = None,
+        specifications: dict[str, Any] | str | None = None,
+        metrics: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        error_message: str | None = None,
+        created_by: str | None = None,
+    ) -> RecordResult:
+        info = await self.run_info(run)
+        self._name(package, "package")
+        self._name(item, "item")
+        if outcome_type is not None:
+            self._name(outcome_type, "outcome_type")
+        if outcome_path is not None:
+            outcome_path = self.artifacts.check_path(outcome_path)
+        metrics = self._json(metrics, "metrics") or {}
+        metadata = self._json(metadata, "metadata") or {}
+        self._json(specifications, "specifications")
+        if status == "complete":
+            self._check_report(info.policy.outcome_schema, metrics, metadata)
+        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
+        outcome, created = await self.store.record_outcome(
+            info.id,
+            package,
+            item,
+            status,
+            outcome_type,
+            specifications,
+            report,
+            error_message,
+            created_by,
+            self.now(),
+        )
+        return RecordResult(outcome=outcome, created=created)
+
+    async def update_outcome_status(
+        self,
+        outcome_id: str,
+        status: Status,
+        error_message: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        outcome_path: str | None = None,
+    ) -> Outcome:
+        self._name(outcome_id, "outcome_id")
+        current = await self.store.get_outcome(outcome_id)
+        metrics = self._json(metrics, "metrics") or {}
+        metadata = self._json(metadata, "metadata") or {}
+        if outcome_path is not None:
+            outcome_path = self.artifacts.check_path(outcome_path)
+        if status == "complete":
+            info = await self.run_info(current.run_id)
+            self._check_report(
+                info.policy.outcome_schema, metrics or current.metrics, metadata or current.metadata
+            )
+        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
+        return await self.store.update_status(outcome_id, status, error_message, report, self.now())
+
+    async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
+        return await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
+
+    async def outcome_content(self, outcome_id: str) -> tuple[bytes, str]:
+        outcome = await self.store.get_outcome(outcome_id)
+        if outcome.content_sha256 is None:
+            raise StoreError(f"outcome '{outcome_id}' has no stored content", "outcome_id")
+        try:
+            data = await anyio.to_thread.run_sync(self.artifacts.read_blob, outcome.content_sha256)
+        except OSError as exc:
+            raise ArtifactError(
+                f"the artifact could not be read: {exc.strerror or exc}", "outcome_id"
+            ) from exc
+        return data, outcome.mime_type or "application/octet-stream"
+
+    async def list_outcomes(
+        self,
+        run: str | None = None,
+        package: str | None = None,
+        status: Status | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> OutcomePage:
+        run_id = (await self.run_info(run)).id if run is not None else None
+        self._limit(limit, "limit", self.limits.max_page_size)
+        return await self.store.list_outcomes(OutcomeFilter(run_id, package, status, worker), limit, cursor)
+
+    async def package_summary(self, package: str, run: str | None = None) -> PackageSummary:
+        run_id = (await self.run_info(run)).id if run is not None else None
+        return await self.store.package_summary(self._name(package, "package"), run_id)
+
+    async def system_metrics(self, run: str | None = None) -> SystemMetrics:
+        run_id = (await self.run_info(run)).id if run is not None else None
+        return await self.store.system_metrics(run_id, self.now())
+
+    async def record_integration_event(
+        self,
+        integration_type: str,
+        action: str,
+        status: str = "success",
+        run: str | None = None,
+        outcome_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> IntegrationEvent:
+        run_id = (await self.run_info(run)).id if run is not None else None
+        self._name(integration_type, "integration_type")
+        self._name(action, "action")
+        self._name(status, "status")
+        details = self._json(details, "details") or {}
+        return await self.store.record_integration(
+            run_id, outcome_id, integration_type, action, status, details, self.now()
+        )
+
+    async def export_outcomes(self, run: str, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:
+        info = await self.run_info(run)
+        data, count = await self.export_bytes(info.id, format)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = f"{safe_component(info.name)}-{stamp}.{format}"
+        path = await anyio.to_thread.run_sync(self.artifacts.write_export, name, data)
+        return ExportResult(
+            run=info.name, format=format, count=count, path=str(path), bytes=len(data), uri=path.as_uri()
+        )
+
+    async def export_bytes(self, run_id: str, format: Literal["jsonl", "csv"]) -> tuple[bytes, int]:
+        buf = io.StringIO()
+        count = 0
+        writer: Any = None
+        async for outcome in self.store.iter_outcomes(run_id):
+            record = outcome.model_dump(mode="json")
+            if format == "jsonl":
+                buf.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                if writer is None:
+                    writer = csv.DictWriter(buf, fieldnames=list(record))
+                    writer.writeheader()
+                writer.writerow(
+                    {
+                        k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                        for k, v in record.items()
+                    }
+                )
+            count += 1
+        return buf.getvalue().encode(), count
+
+
+def _dt(epoch: float) -> Any:
+    from matrix_mcp.models import ts
+
+    return ts(epoch)

@@ -1,0 +1,184 @@
+"""Resource-updated notifications in both protocol eras, driven by the store's change feed.
+
+- Modern era (2026-07-28): clients open `subscriptions/listen`; we publish `ResourceUpdated` on the
+  server's subscription bus, which filters per stream.
+- Legacy era (2025-11-25 and earlier): `resources/subscribe` / `resources/unsubscribe` are not served by
+  `MCPServer`, so we register handlers on its low-level server (private API of mcp 2.3, kept in this one
+  module) and send `notifications/resources/updated` on each subscribed connection.
+
+A watcher task follows the store's event log, so changes made by *other* server processes on the same
+database (the usual case: each worker agent runs its own server) are notified too.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import mcp_types as types
+from mcp.server import MCPServer
+from mcp.server.mcpserver.resources.base import Resource
+from mcp.server.mcpserver.resources.templates import ResourceTemplate
+from mcp.server.mcpserver.resources.types import FunctionResource
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
+
+from matrix_mcp.models import Event
+from matrix_mcp.store.base import Store
+
+log = logging.getLogger("matrix_mcp.notify")
+
+
+def run_uri(run: str) -> str:
+    return f"matrix://runs/{quote(run, safe='')}"
+
+
+def package_uri(run: str, package: str) -> str:
+    return f"{run_uri(run)}/packages/{quote(package, safe='')}"
+
+
+def outcome_uri(outcome_id: str) -> str:
+    return f"matrix://outcomes/{quote(outcome_id, safe='')}"
+
+
+def uris_for(event: Event) -> set[str]:
+    uris = {"matrix://runs", "matrix://metrics"}
+    if event.run:
+        uris.add(run_uri(event.run))
+        package = event.data.get("package")
+        if isinstance(package, str):
+            uris.add(package_uri(event.run, package))
+    if event.outcome_id:
+        uris.add(outcome_uri(event.outcome_id))
+        if event.kind in ("completed", "status_updated"):
+            uris.add(outcome_uri(event.outcome_id) + "/content")
+    return uris
+
+
+class CountingBus(InMemorySubscriptionBus):
+    """The SDK's in-memory bus, plus a count of open listen streams so the watcher can idle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners = 0
+        self.changed = anyio.Event()
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listeners += 1
+        self.changed.set()
+        done = False
+
+        def wrapped() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.listeners -= 1
+            unsubscribe()
+
+        return wrapped
+
+
+class LegacySubscriptions:
+    """uri → connections that sent resources/subscribe on a handshake-era session."""
+
+    def __init__(self) -> None:
+        self._by_uri: dict[str, weakref.WeakSet[Any]] = {}
+        self.changed = anyio.Event()
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_uri.values())
+
+    def install(self, server: MCPServer[Any]) -> None:
+        async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+            self._by_uri.setdefault(str(params.uri), weakref.WeakSet()).add(ctx.session._connection)
+            self.changed.set()
+            return types.EmptyResult()
+
+        async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+            conns = self._by_uri.get(str(params.uri))
+            if conns is not None:
+                conns.discard(ctx.session._connection)
+            return types.EmptyResult()
+
+        lowlevel = server._lowlevel_server
+        lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+        lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+
+    async def send(self, uris: Iterable[str]) -> None:
+        for uri in uris:
+            for conn in list(self._by_uri.get(uri, ())):
+                try:
+                    await conn.send_resource_updated(uri)
+                except Exception:  # a closed connection: forget it
+                    log.debug("dropping a closed subscriber of %s", uri, exc_info=True)
+                    self._by_uri[uri].discard(conn)
+
+
+class Notifier:
+    def __init__(self, bus: CountingBus, legacy: LegacySubscriptions) -> None:
+        self.bus = bus
+        self.legacy = legacy
+
+    def active(self) -> bool:
+        return self.bus.listeners > 0 or len(self.legacy) > 0
+
+    async def publish(self, uris: Iterable[str]) -> None:
+        uris = sorted(set(uris))
+        if self.bus.listeners:
+            for uri in uris:
+                await self.bus.publish(ResourceUpdated(uri=uri))
+        await self.legacy.send(uris)
+
+    async def watch(self, store: Store, poll_timeout: float = 5.0) -> None:
+        """Follow the event log for as long as the server runs; idle while nobody subscribes."""
+        seq = await store.latest_seq()
+        while True:
+            if not self.active():
+                self.bus.changed = anyio.Event()
+                self.legacy.changed = anyio.Event()
+                async with anyio.create_task_group() as tg:
+
+                    async def wake(event: anyio.Event) -> None:
+                        await event.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(wake, self.bus.changed)
+                    tg.start_soon(wake, self.legacy.changed)
+                seq = await store.latest_seq()
+                continue
+            try:
+                latest = await store.wait_for_change(seq, poll_timeout)
+                if latest <= seq:
+                    continue
+                events = await store.events_after(seq, None, 2000)
+                seq = events[-1].seq if events else latest
+                uris: set[str] = set()
+                for event in events:
+                    uris |= uris_for(event)
+                await self.publish(uris)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:
+                log.exception("resource notification watcher failed; retrying")
+                await anyio.sleep(1.0)
+
+
+class DynamicMimeTemplate(ResourceTemplate):
+    """A resource template whose function returns a `Resource`, served with that resource's mime type."""
+
+    async def create_resource(self, uri: str, params: dict[str, Any], context: Any) -> Any:
+        made = await super().create_resource(uri, params, context)
+        if isinstance(made, FunctionResource):
+            inner = made.fn()
+            if isinstance(inner, Resource):
+                return inner
+        return made
+
+
+def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
+    templates = server._resource_manager._templates
+    templates[uri_template].__class__ = DynamicMimeTemplate
