@@ -100,7 +100,7 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
             sys.exit(f"matrix-mcp: {exc}")
         print(format_status(status))
         if check:
-            report = await engine.store.recount(status.run.id)
+            report = await engine.store.recount(status.run_id)
             print(
                 "counters: consistent"
                 if report.consistent
@@ -111,10 +111,9 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
 
 
 def format_status(status: Any) -> str:
-    r = status.run
     c = status.counts
     lines = [
-        f"run {r.name} ({r.state}) — {c.complete}/{c.total} complete, {c.failed} failed, "
+        f"run {status.run} ({status.state}) — {c.complete}/{c.total} complete, {c.failed} failed, "
         f"{c.generating} generating, {c.pending} pending, {c.cancelled} cancelled"
     ]
     if status.throughput_per_minute:

@@ -426,7 +426,10 @@ class Engine:
         eta = round(remaining_items / (per_minute / 60), 1) if per_minute and remaining_items else None
         more = len(events) > event_limit
         return RunStatus(
-            run=snapshot,
+            run=snapshot.name,
+            run_id=snapshot.id,
+            state=snapshot.state,
+            goal=snapshot.goal,
             counts=snapshot.counts,
             packages=summaries,
             progress=snapshot.progress,

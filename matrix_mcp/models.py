@@ -218,7 +218,10 @@ class RunList(_Model):
 
 
 class RunStatus(_Model):
-    run: Run
+    run: str
+    run_id: str
+    state: RunState
+    goal: str | None
     counts: StatusCounts
     packages: list[PackageSummary]
     progress: float

@@ -21,9 +21,6 @@ from urllib.parse import quote
 import anyio
 import mcp_types as types
 from mcp.server import MCPServer
-from mcp.server.mcpserver.resources.base import Resource
-from mcp.server.mcpserver.resources.templates import ResourceTemplate
-from mcp.server.mcpserver.resources.types import FunctionResource
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 
 from matrix_mcp.models import Event
@@ -165,20 +162,3 @@ class Notifier:
             except Exception:
                 log.exception("resource notification watcher failed; retrying")
                 await anyio.sleep(1.0)
-
-
-class DynamicMimeTemplate(ResourceTemplate):
-    """A resource template whose function returns a `Resource`, served with that resource's mime type."""
-
-    async def create_resource(self, uri: str, params: dict[str, Any], context: Any) -> Any:
-        made = await super().create_resource(uri, params, context)
-        if isinstance(made, FunctionResource):
-            inner = made.fn()
-            if isinstance(inner, Resource):
-                return inner
-        return made
-
-
-def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
-    templates = server._resource_manager._templates
-    templates[uri_template].__class__ = DynamicMimeTemplate

@@ -39,7 +39,8 @@ from matrix_mcp.models import (
     Status,
     SystemMetrics,
 )
-from matrix_mcp.notify import CountingBus, LegacySubscriptions, Notifier, use_dynamic_mime
+from matrix_mcp.notify import CountingBus, LegacySubscriptions, Notifier
+from matrix_mcp.sdk_compat import compact_tool_schemas, use_dynamic_mime
 from matrix_mcp.store.base import StoreError, Unavailable
 
 log = logging.getLogger("matrix_mcp.server")
@@ -442,4 +443,5 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
     else:
         register_schema_tools(mcp, lambda: settings.schema_database_url or settings.database_url)
 
+    compact_tool_schemas(mcp)
     return mcp

@@ -96,9 +96,13 @@ async def test_complete_is_fenced_and_idempotent(engine: Engine) -> None:
     item = (await engine.claim_items("r", "w")).items[0]
     with pytest.raises(StaleLease):
         await engine.complete_item(item.outcome_id, "not-the-token")
-    done = await engine.complete_item(item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5})
+    done = await engine.complete_item(
+        item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
+    )
     assert done.status == "complete" and done.content_bytes == 5
-    again = await engine.complete_item(item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5})
+    again = await engine.complete_item(
+        item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
+    )
     assert again.updated_at == done.updated_at
     with pytest.raises(Conflict):
         await engine.complete_item(item.outcome_id, item.lease_token, content="different")
@@ -146,7 +150,9 @@ async def test_lease_expiry_spends_attempts(engine: Engine) -> None:
 
 async def test_retries_back_off_until_max_attempts(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 1), policy=RunPolicy(max_attempts=3, backoff_seconds=10, backoff_cap_seconds=15))
+    await engine.plan_run(
+        "r", grid(1, 1), policy=RunPolicy(max_attempts=3, backoff_seconds=10, backoff_cap_seconds=15)
+    )
     delays = []
     for attempt in (1, 2):
         item = (await engine.claim_items("r", "w")).items[0]
@@ -156,7 +162,9 @@ async def test_retries_back_off_until_max_attempts(engine: Engine) -> None:
         delay = failed.available_at.timestamp() - clock.t
         delays.append(delay)
         blocked = await engine.claim_items("r", "w")
-        assert blocked.reason == "backing_off" and blocked.retry_after_seconds == pytest.approx(delay, abs=0.01)
+        assert blocked.reason == "backing_off" and blocked.retry_after_seconds == pytest.approx(
+            delay, abs=0.01
+        )
         # repeating the identical failure report is idempotent
         assert (await engine.fail_item(item.outcome_id, item.lease_token, "boom")).status == "pending"
         clock.advance(delay + 0.001)
@@ -201,13 +209,17 @@ async def test_outcome_schema_is_enforced(engine: Engine) -> None:
     await engine.plan_run("r", grid(1, 1), policy=RunPolicy(outcome_schema=schema))
     item = (await engine.claim_items("r", "w")).items[0]
     with pytest.raises(InputError) as err:
-        await engine.complete_item(item.outcome_id, item.lease_token, metrics={"quality_score": 3}, metadata={"language": "py"})
+        await engine.complete_item(
+            item.outcome_id, item.lease_token, metrics={"quality_score": 3}, metadata={"language": "py"}
+        )
     assert err.value.field == "metrics.quality_score"
     with pytest.raises(InputError) as err:
         await engine.complete_item(item.outcome_id, item.lease_token, metrics={"quality_score": 1})
     assert "language" in str(err.value)
     assert (await engine.get_outcome(item.outcome_id)).status == "generating"  # nothing half-written
-    ok = await engine.complete_item(item.outcome_id, item.lease_token, metrics={"quality_score": 1}, metadata={"language": "py"})
+    ok = await engine.complete_item(
+        item.outcome_id, item.lease_token, metrics={"quality_score": 1}, metadata={"language": "py"}
+    )
     assert ok.status == "complete"
     await assert_consistent(engine)
 
@@ -247,7 +259,9 @@ async def test_tracking_api(engine: Engine) -> None:
     metrics = await engine.system_metrics("r")
     assert metrics.outcomes_complete == 1 and metrics.total_lines_generated == 10
     assert metrics.outcomes_by_hour and sum(h.completed for h in metrics.outcomes_by_hour) == 2
-    ev = await engine.record_integration_event("slack", "message_posted", run="r", details={"channel": "#dev"})
+    ev = await engine.record_integration_event(
+        "slack", "message_posted", run="r", details={"channel": "#dev"}
+    )
     assert ev.integration_type == "slack" and ev.run == "r"
     with pytest.raises(NotFound):
         await engine.record_outcome("nope", "p", "i")
@@ -294,7 +308,17 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
     outside.mkdir()
     (root / "link").parent.mkdir(parents=True, exist_ok=True)
     (root / "link").symlink_to(outside)
-    for bad in ["../x", "/etc/passwd", "a/../../x", "link/x", "a\x00b", ".blobs/x", "CON", "x" * 300, "a\\..\\b"]:
+    for bad in [
+        "../x",
+        "/etc/passwd",
+        "a/../../x",
+        "link/x",
+        "a\x00b",
+        ".blobs/x",
+        "CON",
+        "x" * 300,
+        "a\\..\\b",
+    ]:
         with pytest.raises(StoreError) as err:
             await engine.complete_item(item.outcome_id, item.lease_token, content="pwn", outcome_path=bad)
         assert err.value.field == "outcome_path"
@@ -349,7 +373,9 @@ async def test_claim_long_poll_wakes_when_an_item_frees(engine: Engine) -> None:
 
 
 async def test_export_jsonl_and_csv(engine: Engine) -> None:
-    await engine.plan_run("r", [PackageSpec(name="p", items=[ItemSpec(name="a", specifications={"k": 1}), "b"])])
+    await engine.plan_run(
+        "r", [PackageSpec(name="p", items=[ItemSpec(name="a", specifications={"k": 1}), "b"])]
+    )
     j = await engine.export_outcomes("r", "jsonl")
     lines = open(j.path, encoding="utf-8").read().splitlines()
     assert j.count == 2 and len(lines) == 2 and json.loads(lines[0])["specifications"] == {"k": 1}

@@ -1,0 +1,101 @@
+"""The few places we reach into mcp 2.3 internals, kept in one module with its own tests.
+
+- `use_dynamic_mime`: serve a template resource with the mime type of the content it returns.
+- `compact_tool_schemas`: drop pydantic's auto-generated titles and fold `anyOf [X, null]` into
+  `type: [X, "null"]`, which halves tools/list — tool definitions cost the client's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.resources.base import Resource
+from mcp.server.mcpserver.resources.templates import ResourceTemplate
+from mcp.server.mcpserver.resources.types import FunctionResource
+
+# validation-only keywords that say nothing a reader of a result needs
+_INPUT_ONLY = frozenset(
+    {
+        "required",
+        "default",
+        "additionalProperties",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "minLength",
+        "maxLength",
+    }
+)
+# keywords whose value is a map of name -> schema (the names are data, not keywords)
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_VALUES = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def compact_schema(schema: Any, output: bool = False) -> Any:
+    """A smaller, equivalent schema. For output schemas (`output=True`) validation-only keywords go too:
+    `required` only repeats property names (every field of our results is always present), and bounds and
+    defaults describe inputs, not results."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" or (key == "additionalProperties" and value is True):
+            continue
+        if output and key in _INPUT_ONLY:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: compact_schema(sub, output) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [compact_schema(sub, output) for sub in value]
+        elif key in _SCHEMA_VALUES:
+            out[key] = compact_schema(value, output)
+        else:
+            out[key] = value
+    variants = out.get("anyOf")
+    if isinstance(variants, list) and len(variants) >= 2 and {"type": "null"} in variants:
+        others = [v for v in variants if v != {"type": "null"}]
+        simple = all(set(v) == {"type"} and isinstance(v["type"], str) for v in others)
+        if simple:
+            out.pop("anyOf")
+            out["type"] = [*(v["type"] for v in others), "null"]
+        elif (
+            len(others) == 1
+            and "$ref" not in others[0]
+            and "type" in others[0]
+            and isinstance(others[0]["type"], str)
+        ):
+            out.pop("anyOf")
+            merged = dict(others[0])
+            merged["type"] = [merged["type"], "null"]
+            if "const" in merged:
+                merged["enum"] = [merged.pop("const")]
+            if "enum" in merged:
+                merged["enum"] = [*merged["enum"], None]
+            out = {**merged, **out}
+    return out
+
+
+def compact_tool_schemas(server: MCPServer[Any]) -> None:
+    for tool in server._tool_manager.list_tools():
+        tool.parameters = compact_schema(tool.parameters)
+        if tool.fn_metadata.output_schema is not None:
+            tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema, output=True)
+
+
+class DynamicMimeTemplate(ResourceTemplate):
+    """A resource template whose function returns a `Resource`, served with that resource's mime type."""
+
+    async def create_resource(self, uri: str, params: dict[str, Any], context: Any) -> Any:
+        made = await super().create_resource(uri, params, context)
+        if isinstance(made, FunctionResource):
+            inner = made.fn()
+            if isinstance(inner, Resource):
+                return inner
+        return made
+
+
+def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
+    templates = server._resource_manager._templates
+    templates[uri_template].__class__ = DynamicMimeTemplate
