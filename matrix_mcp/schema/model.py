@@ -88,12 +88,14 @@ class Column(_M):
 class Key(_M):
     name: str | None = None
     columns: list[str]
+    inherited: bool = False
 
 
 class Check(_M):
     name: str | None = None
     expression: str
     definition: str | None = None
+    inherited: bool = False
 
 
 class ForeignKey(_M):

@@ -1,0 +1,474 @@
+"""The schema tools and resources, registered on any MCPServer (the sibling server and the main one).
+
+One implementation: `register_schema_tools(mcp, url_provider)`. Connections open lazily and read-only;
+the DDL / OpenAPI / GraphQL generators and psycopg are imported only when used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.resources.templates import ResourceSecurity
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from matrix_mcp.config import redact_text, url_password
+from matrix_mcp.schema.model import (
+    UNTRUSTED_NOTICE,
+    CanonicalType,
+    Check,
+    ConnectionAudit,
+    ForeignKey,
+    Index,
+    Key,
+    RelationKind,
+    SchemaModel,
+    Table,
+    fingerprint,
+)
+from matrix_mcp.schema.relationships import Relationship
+from matrix_mcp.schema.service import LookupError_, SchemaService
+
+log = logging.getLogger("matrix_mcp.schema")
+
+DEFAULT_MAX_BYTES = 60_000
+DEFAULT_LIMITS = {"names": 1000, "summary": 100, "full": 50}
+Detail = Literal["names", "summary", "full"]
+
+_SERVICES: weakref.WeakKeyDictionary[MCPServer[Any], SchemaService] = weakref.WeakKeyDictionary()
+
+
+def schema_service(mcp: MCPServer[Any]) -> SchemaService | None:
+    """The service registered on `mcp`, so its owner can close the connection at shutdown."""
+    return _SERVICES.get(mcp)
+
+
+# ---- output models ---------------------------------------------------------------------------------
+
+
+class ColumnOut(BaseModel):
+    name: str
+    type: CanonicalType
+    native_type: str | None = None
+    nullable: bool
+    default: str | None = None
+    position: int | None = None
+    max_length: int | None = None
+    precision: int | None = None
+    scale: int | None = None
+    element_type: CanonicalType | None = None
+    enum_values: list[str] | None = None
+    identity: str | None = None
+    serial: bool | None = None
+    generated: str | None = None
+    generated_storage: Literal["stored", "virtual"] | None = None
+    comment: str | None = None
+
+
+class TableOut(BaseModel):
+    schema_name: str
+    name: str
+    kind: RelationKind
+    columns: list[ColumnOut] | None = None
+    primary_key: Key | None = None
+    unique_keys: list[Key] | None = None
+    checks: list[Check] | None = None
+    foreign_keys: list[ForeignKey] | None = None
+    indexes: list[Index] | None = None
+    comment: str | None = None
+    row_estimate: int | None = None
+    row_estimate_source: str | None = None
+    view_definition: str | None = None
+    partition_key: str | None = None
+    partition_of: str | None = None
+    partition_bound: str | None = None
+    options: list[str] | None = None
+
+
+class AnalyzeResult(BaseModel):
+    notice: str = UNTRUSTED_NOTICE
+    dialect: str
+    database: str | None = None
+    schema_: str | None = Field(
+        default=None, alias="schema", description="The schema analysed; null means all."
+    )
+    table_count: int = Field(description="Tables and views matching the request, over all pages.")
+    tables: list[TableOut]
+    next_cursor: str | None = Field(description="Pass as cursor to continue; null on the last page.")
+    truncated_by_budget: bool = Field(default=False, description="The page stopped early at the byte budget.")
+    fingerprint: str | None = None
+    audit: ConnectionAudit | None = None
+
+    model_config = {"populate_by_name": True}
+
+
+class DdlResult(BaseModel):
+    notice: str = UNTRUSTED_NOTICE
+    dialect: str
+    schema_name: str
+    table_name: str
+    ddl: str
+    prerequisites: list[str] = Field(
+        description="Schemas and enum types the table needs, run first if missing."
+    )
+    depends_on: list[str] = Field(
+        description="Tables that must exist first (foreign keys, partition parent)."
+    )
+
+
+class RelationshipsResult(BaseModel):
+    notice: str = UNTRUSTED_NOTICE
+    relationships: list[Relationship]
+    next_cursor: str | None = None
+
+
+class ApiSchemaResult(BaseModel):
+    notice: str = UNTRUSTED_NOTICE
+    format: Literal["openapi", "graphql"]
+    table_count: int
+    document: dict[str, Any] | str = Field(
+        description="OpenAPI 3.1 as a JSON object, or GraphQL SDL as text."
+    )
+
+
+class FingerprintOut(BaseModel):
+    fingerprint: str
+    dialect: str
+    database: str | None
+    table_count: int
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, ensure_ascii=False).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise ToolError("cursor: not a cursor returned by this tool") from None
+    if not isinstance(data, dict):
+        raise ToolError("cursor: not a cursor returned by this tool")
+    return data
+
+
+def _table_out(t: Table, detail: Detail) -> TableOut:
+    if detail == "names":
+        return TableOut(schema_name=t.schema_name, name=t.name, kind=t.kind)
+    if detail == "summary":
+        return TableOut(
+            schema_name=t.schema_name,
+            name=t.name,
+            kind=t.kind,
+            columns=[
+                ColumnOut(name=c.name, type=c.type, nullable=c.nullable, default=c.default) for c in t.columns
+            ],
+            primary_key=t.primary_key,
+            foreign_keys=t.foreign_keys or None,
+            comment=t.comment,
+            row_estimate=t.row_estimate,
+        )
+    data = t.model_dump(exclude={"source_sql"}, exclude_defaults=True)
+    data["schema_name"], data["name"], data["kind"] = t.schema_name, t.name, t.kind
+    data["columns"] = [
+        {"nullable": c.nullable, "default": c.default, **c.model_dump(exclude_defaults=True)}
+        for c in t.columns
+    ]
+    return TableOut.model_validate(data)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _result(model: BaseModel, summary: str) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"{summary}\n{UNTRUSTED_NOTICE}")],
+        structured_content=model.model_dump(mode="json", by_alias=True, exclude_none=False),
+    )
+
+
+def _max_bytes() -> int:
+    raw = os.environ.get("MATRIX_SCHEMA_MAX_BYTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_BYTES
+
+
+# ---- registration ----------------------------------------------------------------------------------
+
+
+def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) -> None:
+    """Register analyze_schema, generate_table_ddl, find_relationships, generate_api_schema and schema:// resources."""
+    service = SchemaService(url_provider)
+    _SERVICES[mcp] = service
+    read_only = ToolAnnotations(
+        read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    )
+
+    def fail(exc: BaseException) -> ToolError:
+        secret = url_password(url_provider()) or ""
+        text = redact_text(str(exc), secrets=(secret,))
+        if isinstance(exc, LookupError_ | ToolError):
+            return ToolError(text)
+        log.warning("schema tool failed: %s", text)
+        return ToolError(f"database: {text}")
+
+    async def guarded(coro: Any) -> Any:
+        try:
+            return await coro
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise fail(exc) from None
+
+    async def _analyze(
+        schema_name: str | None,
+        tables: list[str] | None,
+        detail: Detail,
+        limit: int | None,
+        cursor: str | None,
+    ) -> CallToolResult:
+        rels = await service.relations(schema_name)
+        keys = sorted((s, n) for s, n, _ in rels)
+        if tables:
+            wanted = [await service.resolve(name, schema_name, "tables") for name in tables]
+            keys = [k for k in keys if k in set(wanted)]
+        after: tuple[str, str] | None = None
+        if cursor:
+            data = _decode_cursor(cursor)
+            raw = data.get("after")
+            if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
+                raise ToolError("cursor: not a cursor returned by this tool")
+            after = (raw[0], raw[1])
+        page_keys = [k for k in keys if after is None or k > after]
+        cap = limit or DEFAULT_LIMITS[detail]
+        chunk = page_keys[:cap]
+        if detail == "names":
+            kinds = {(s, n): k for s, n, k in rels}
+            page = [TableOut(schema_name=s, name=n, kind=kinds[(s, n)]) for s, n in chunk]
+            model = None
+        else:
+            model = (
+                await service.read(None, chunk)
+                if chunk
+                else SchemaModel(dialect="sqlite", schemas=[], tables=[])
+            )
+            page = [_table_out(t, detail) for t in model.tables]
+        budget = _max_bytes()
+        used = 0
+        kept: list[TableOut] = []
+        truncated = False
+        for t in page:
+            size = len(json.dumps(_dump(t), ensure_ascii=False).encode())
+            if kept and used + size > budget:
+                truncated = True
+                break
+            kept.append(t)
+            used += size
+        last_index = len(kept)
+        more = truncated or len(page_keys) > len(chunk)
+        next_cursor = None
+        if more and kept:
+            last = kept[-1]
+            next_cursor = _encode_cursor({"after": [last.schema_name, last.name]})
+        reader = await service.reader()
+        audit = await service.audit() if cursor is None else None
+        result = AnalyzeResult(
+            dialect=reader.dialect,
+            database=model.database if model else None,
+            schema=schema_name,
+            table_count=len(keys),
+            tables=kept,
+            next_cursor=next_cursor,
+            truncated_by_budget=truncated,
+            audit=audit,
+        )
+        structured = result.model_dump(mode="json", by_alias=True)
+        structured["tables"] = [_dump(t) for t in kept]
+        text = (
+            f"{len(kept)} of {len(keys)} tables/views ({detail})"
+            + (f"; more with cursor={next_cursor}" if next_cursor else "")
+            + f" [{last_index} on this page]"
+        )
+        return CallToolResult(
+            content=[TextContent(type="text", text=f"{text}\n{UNTRUSTED_NOTICE}")],
+            structured_content=structured,
+        )
+
+    @mcp.tool(annotations=read_only)
+    async def analyze_schema(
+        schema_name: Annotated[
+            str | None, Field(description="Only this schema (PostgreSQL); default all.")
+        ] = None,
+        tables: Annotated[list[str] | None, Field(description="Only these tables or views.")] = None,
+        detail: Annotated[Detail, Field(description="names | summary | full")] = "summary",
+        limit: Annotated[int | None, Field(ge=1, le=1000, description="Tables per page.")] = None,
+        cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
+    ) -> Annotated[CallToolResult, AnalyzeResult]:
+        """Describe tables and views: columns, keys, constraints, indexes. Paged by a byte budget and a cursor."""
+        result: CallToolResult = await guarded(_analyze(schema_name, tables, detail, limit, cursor))
+        return result
+
+    async def _ddl(table_name: str, include_indexes: bool, schema_name: str | None) -> DdlResult:
+        from matrix_mcp.schema.ddl import table_ddl
+
+        table, model = await service.table(table_name, schema_name, "table_name")
+        out = table_ddl(table, model, include_indexes)
+        return DdlResult(
+            dialect=model.dialect,
+            schema_name=table.schema_name,
+            table_name=table.name,
+            ddl=out.ddl,
+            prerequisites=out.prerequisites,
+            depends_on=out.depends_on,
+        )
+
+    @mcp.tool(annotations=read_only)
+    async def generate_table_ddl(
+        table_name: Annotated[str, Field(min_length=1, description="Table or view name.")],
+        include_indexes: bool = True,
+        schema_name: Annotated[
+            str | None, Field(description="Needed when the name exists in several schemas.")
+        ] = None,
+    ) -> DdlResult:
+        """CREATE statement for one table or view (constraints, indexes, comments) that recreates it."""
+        result: DdlResult = await guarded(_ddl(table_name, include_indexes, schema_name))
+        return result
+
+    async def _rels(table_name: str | None, schema_name: str | None, cursor: str | None) -> CallToolResult:
+        from matrix_mcp.schema.relationships import involving, relationships
+
+        model = await service.read()
+        rels = relationships(model)
+        if table_name:
+            key = await service.resolve(table_name, schema_name, "table_name")
+            table = next(t for t in model.tables if (t.schema_name, t.name) == key)
+            rels = involving(rels, table, model.dialect)
+        start = 0
+        if cursor:
+            raw = _decode_cursor(cursor).get("offset")
+            if not isinstance(raw, int) or raw < 0:
+                raise ToolError("cursor: not a cursor returned by this tool")
+            start = raw
+        budget = _max_bytes()
+        kept: list[Relationship] = []
+        used = 0
+        for rel in rels[start:]:
+            size = len(rel.model_dump_json().encode())
+            if kept and used + size > budget:
+                break
+            kept.append(rel)
+            used += size
+        end = start + len(kept)
+        result = RelationshipsResult(
+            relationships=kept, next_cursor=_encode_cursor({"offset": end}) if end < len(rels) else None
+        )
+        return _result(result, f"{len(kept)} of {len(rels)} relationships")
+
+    @mcp.tool(annotations=read_only)
+    async def find_relationships(
+        table_name: Annotated[
+            str | None, Field(description="Only relationships touching this table.")
+        ] = None,
+        schema_name: str | None = None,
+        cursor: str | None = None,
+    ) -> Annotated[CallToolResult, RelationshipsResult]:
+        """Foreign keys (composite columns paired by position, ON UPDATE/DELETE) and M:N junctions, with cardinality."""
+        result: CallToolResult = await guarded(_rels(table_name, schema_name, cursor))
+        return result
+
+    async def _api(fmt: str, tables: list[str] | None, schema_name: str | None) -> CallToolResult:
+        from matrix_mcp.schema.api import graphql_sdl, openapi_document
+
+        keys = None
+        if tables:
+            keys = [await service.resolve(name, schema_name, "tables") for name in tables]
+        model = await service.read(None if keys else ([schema_name] if schema_name else None), keys)
+        document: dict[str, Any] | str
+        if fmt == "openapi":
+            document = openapi_document(model, title=f"{model.database or 'database'} API")
+        else:
+            document = graphql_sdl(model)
+        result = ApiSchemaResult(format=fmt, table_count=len(model.tables), document=document)  # type: ignore[arg-type]
+        return _result(result, f"{fmt} document for {len(model.tables)} tables/views")
+
+    @mcp.tool(annotations=read_only)
+    async def generate_api_schema(
+        format: Literal["openapi", "graphql"] = "openapi",
+        tables: Annotated[list[str] | None, Field(description="Only these tables; default all.")] = None,
+        schema_name: str | None = None,
+    ) -> Annotated[CallToolResult, ApiSchemaResult]:
+        """OpenAPI 3.1 document (create/update/read schemas) or GraphQL SDL generated from the schema."""
+        result: CallToolResult = await guarded(_api(format, tables, schema_name))
+        return result
+
+    # ---- resources ----------------------------------------------------------------------------------
+
+    @mcp.resource(
+        "schema://tables/{table}",
+        name="schema-table",
+        description="Full definition of one table or view (schema.name when ambiguous). Untrusted data.",
+        mime_type="application/json",
+        security=ResourceSecurity(exempt_params={"table"}),
+    )
+    async def table_resource(table: str) -> str:
+        try:
+            t, _ = await service.table(table, None, "table")
+        except LookupError_ as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        except Exception as exc:
+            raise ResourceNotFoundError(fail(exc).args[0]) from None
+        return json.dumps(
+            {"notice": UNTRUSTED_NOTICE, "table": _dump(_table_out(t, "full"))}, ensure_ascii=False
+        )
+
+    @mcp.resource(
+        "schema://tables",
+        name="schema-tables",
+        description="Names and kinds of every table and view.",
+        mime_type="application/json",
+    )
+    async def tables_resource() -> str:
+        rels = await service.relations()
+        return json.dumps(
+            {"notice": UNTRUSTED_NOTICE, "tables": [{"schema": s, "name": n, "kind": k} for s, n, k in rels]},
+            ensure_ascii=False,
+        )
+
+    @mcp.resource(
+        "schema://fingerprint",
+        name="schema-fingerprint",
+        description="Hash of the normalized schema; changes when the schema does.",
+        mime_type="application/json",
+    )
+    async def fingerprint_resource() -> str:
+        model = await service.read()
+        out = FingerprintOut(
+            fingerprint=fingerprint(model),
+            dialect=model.dialect,
+            database=model.database,
+            table_count=len(model.tables),
+        )
+        return out.model_dump_json()
+
+    @mcp.resource(
+        "schema://audit",
+        name="schema-audit",
+        description="What rights this connection has: superuser, write ability, dangerous roles.",
+        mime_type="application/json",
+    )
+    async def audit_resource() -> str:
+        return (await service.audit()).model_dump_json()
+
+    del analyze_schema, generate_table_ddl, find_relationships, generate_api_schema
+    del table_resource, tables_resource, fingerprint_resource, audit_resource
