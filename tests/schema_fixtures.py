@@ -150,11 +150,11 @@ def sqlite_db(tmp_path: Path) -> Path:
 
 
 def _admin_url_for(db: str) -> str:
-    import psycopg.conninfo
+    """MATRIX_TEST_POSTGRES_URL with another database name (kept a URL: the servers take URLs)."""
+    from urllib.parse import urlsplit, urlunsplit
 
-    params = psycopg.conninfo.conninfo_to_dict(PG_URL)
-    params["dbname"] = db
-    return psycopg.conninfo.make_conninfo("", **params)
+    parts = urlsplit(PG_URL)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
 
 
 def pg_available() -> bool:
