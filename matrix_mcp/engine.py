@@ -120,6 +120,9 @@ class Engine:
         self.limits = settings.limits
         self.artifacts = Artifacts(settings.artifacts_dir, settings.limits.max_content_bytes)
         self._runs: dict[str, RunInfo] = {}
+        # outcome id -> (run id, package, item, outcome_type, outcome_path) for items this process leased:
+        # a worker reports through the server it claimed through, so complete/fail need no extra read.
+        self._leased: dict[str, tuple[str, str, str, str, str | None]] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
@@ -255,6 +258,10 @@ class Engine:
             waitable = batch.reason in ("all_leased", "backing_off")
             if batch.claims or not waitable or remaining <= 0:
                 briefing = info.goal
+                if len(self._leased) > 100_000:
+                    self._leased.clear()
+                for c in batch.claims:
+                    self._leased[c.outcome_id] = (info.id, c.package, c.item, c.outcome_type, c.outcome_path)
                 return ClaimResult(
                     items=[
                         ClaimedItem(
@@ -352,6 +359,7 @@ class Engine:
                 metadata=metadata,
             )
         outcome = await self.store.complete(outcome_id, lease_token, report, self.now())
+        self._leased.pop(outcome_id, None)
         if data is not None and outcome.outcome_path and outcome.content_sha256:
             await anyio.to_thread.run_sync(
                 self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
@@ -367,8 +375,8 @@ class Engine:
             raise InputError("describe the failure", "error")
         if len(error) > 20_000:
             error = error[:20_000] + "…"
-        current = await self.store.get_outcome(outcome_id)
-        policy = (await self.run_info(current.run_id)).policy
+        policy = (await self.run_info((await self._outcome_key(outcome_id))[0])).policy
+        self._leased.pop(outcome_id, None)
 
         def backoff(attempt: int) -> float:
             return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
@@ -381,6 +389,13 @@ class Engine:
         info = await self.run_info(run)
         ids = await self.store.retry(info.id, package, outcome_ids, self.now())
         return RetryResult(run=info.name, requeued=len(ids), outcome_ids=ids[:1000])
+
+    async def _outcome_key(self, outcome_id: str) -> tuple[str, str, str, str, str | None]:
+        key = self._leased.get(outcome_id)
+        if key is None:
+            o = await self.store.get_outcome(outcome_id)
+            key = (o.run_id, o.package, o.item, o.outcome_type, o.outcome_path)
+        return key
 
     # ---- watching -------------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class Run(_Model):
     policy: RunPolicy
     packages: int
     counts: StatusCounts
-    progress: float = Field(description="Share of items in a terminal state (complete, failed, cancelled).")
+    progress: float = Field(description="Share of items finished (complete, failed, cancelled).")
     created_at: datetime
     updated_at: datetime
 
@@ -167,10 +167,10 @@ class IntegrationEvent(_Model):
 class PlanResult(_Model):
     run: Run
     created: bool = Field(description="False when the run already existed.")
-    packages: int = Field(description="Packages in the run.")
-    items: int = Field(description="Items in the run.")
-    added_packages: list[str] = Field(description="Packages this call added.")
-    added_items: int = Field(description="Items this call added.")
+    packages: int
+    items: int
+    added_packages: list[str]
+    added_items: int
 
 
 class ClaimedItem(_Model):
@@ -184,7 +184,7 @@ class ClaimedItem(_Model):
     outcome_type: str
     specifications: Json | str | None
     outcome_path: str | None
-    briefing: str | None = Field(description="The run goal and the package description.")
+    briefing: str | None = Field(description="Run goal + package description.")
 
 
 ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off", "empty"]
@@ -203,8 +203,8 @@ class LeaseState(_Model):
 
 class HeartbeatResult(_Model):
     extended: list[LeaseState]
-    lost: list[str] = Field(description="Leases that expired, were taken over, or whose item was finished.")
-    cancelled: list[str] = Field(description="Leases on items of a cancelled run: stop working on them.")
+    lost: list[str] = Field(description="Expired, taken over or finished.")
+    cancelled: list[str] = Field(description="Run cancelled: stop these.")
 
 
 class RetryResult(_Model):
@@ -225,9 +225,7 @@ class RunStatus(_Model):
     counts: StatusCounts
     packages: list[PackageSummary]
     progress: float
-    throughput_per_minute: float | None = Field(
-        description="Items finished per minute over the last 5 minutes."
-    )
+    throughput_per_minute: float | None = Field(description="Finished per minute, last 5 min.")
     eta_seconds: float | None
     latest_seq: int
     events: list[Event]

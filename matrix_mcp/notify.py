@@ -145,7 +145,11 @@ class Notifier:
 
                     tg.start_soon(wake, self.bus.changed)
                     tg.start_soon(wake, self.legacy.changed)
-                seq = await store.latest_seq()
+                # Keep `seq` from before the idle spell: a change committed between the subscription and
+                # this wake-up must still be notified. Skip ahead only after a long idle spell.
+                latest = await store.latest_seq()
+                if latest - seq > 10_000:
+                    seq = latest - 100
                 continue
             try:
                 latest = await store.wait_for_change(seq, poll_timeout)

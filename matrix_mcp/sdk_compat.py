@@ -36,14 +36,18 @@ _SCHEMA_VALUES = ("items", "additionalProperties", "not", "if", "then", "else", 
 def compact_schema(schema: Any, output: bool = False) -> Any:
     """A smaller, equivalent schema. For output schemas (`output=True`) validation-only keywords go too:
     `required` only repeats property names (every field of our results is always present), and bounds and
-    defaults describe inputs, not results."""
+    defaults describe inputs, not results; long enums (a result's type vocabulary) are left to the text."""
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title" or (key == "additionalProperties" and value is True):
+        if (
+            key == "title"
+            or (key == "additionalProperties" and value is True)
+            or (key == "default" and value is None)
+        ):
             continue
-        if output and key in _INPUT_ONLY:
+        if output and (key in _INPUT_ONLY or (key == "enum" and isinstance(value, list) and len(value) > 8)):
             continue
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             out[key] = {name: compact_schema(sub, output) for name, sub in value.items()}
@@ -77,11 +81,56 @@ def compact_schema(schema: Any, output: bool = False) -> Any:
     return out
 
 
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace local `$ref`s used once by the definition itself (our result models are not recursive):
+    validators then follow fewer references, and the SDK client validates every result. Definitions used
+    more than once stay in `$defs`, so nothing is duplicated."""
+    defs: dict[str, Any] = schema.get("$defs", {})
+    uses: dict[str, int] = {}
+
+    def count(node: Any) -> None:
+        if isinstance(node, list):
+            for n in node:
+                count(n)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                uses[ref[8:]] = uses.get(ref[8:], 0) + 1
+            for k, v in node.items():
+                if k != "$defs":
+                    count(v)
+
+    count(schema)
+    for d in defs.values():
+        count(d)
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, list):
+            return [walk(n, depth) for n in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and uses.get(ref[8:]) == 1 and depth < 20:
+            target = defs.get(ref[8:])
+            if target is not None:
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**walk(target, depth + 1), **walk(rest, depth)}
+        return {k: walk(v, depth) for k, v in node.items() if k != "$defs"}
+
+    out: dict[str, Any] = walk(schema, 0)
+    kept = {name: walk(d, 1) for name, d in defs.items() if uses.get(name, 0) > 1}
+    if kept:
+        out["$defs"] = kept
+    return out
+
+
 def compact_tool_schemas(server: MCPServer[Any]) -> None:
     for tool in server._tool_manager.list_tools():
         tool.parameters = compact_schema(tool.parameters)
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema, output=True)
+            tool.fn_metadata.output_schema = inline_refs(
+                compact_schema(tool.fn_metadata.output_schema, output=True)
+            )
 
 
 class DynamicMimeTemplate(ResourceTemplate):

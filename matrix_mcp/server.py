@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -13,7 +14,8 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.resources.types import BinaryResource, TextResource
-from pydantic import Field, ValidationError
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel, Field, ValidationError
 
 from matrix_mcp import __version__
 from matrix_mcp.config import Settings, redact_text, url_password
@@ -96,10 +98,15 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
             raise ToolError("the server is starting or stopping; retry")
         return holder.engine
 
-    async def call(awaitable: Awaitable[T]) -> T:
-        """Map engine/store errors to tool errors that name the field; never leak a password."""
+    async def call(awaitable: Awaitable[BaseModel]) -> CallToolResult:
+        """Run an engine call; return its model as structured content plus the same JSON, compact, as text
+        (hosts that ignore structuredContent read the text). Map engine/store errors to tool errors that name
+        the field; never leak a password."""
         try:
-            return await awaitable
+            model = await awaitable
+            data = model.model_dump(mode="json")
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
         except Unavailable as exc:
             raise ToolError(f"retryable: {redact_text(str(exc), secrets)}") from exc
         except StoreError as exc:
@@ -122,9 +129,9 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         max_attempts: Annotated[int, Field(ge=1, le=100)] = 3,
         backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 5,
         outcome_schema: dict[str, Any] | None = None,
-    ) -> PlanResult:
-        """Create a run of packages × items in one call (idempotent by name; new packages/items are added).
-        items: names or {name, specifications}. outcome_schema: JSON Schema for {"metrics": …, "metadata": …}."""
+    ) -> Annotated[CallToolResult, PlanResult]:
+        """Create a run of packages × items (idempotent by name; new packages/items are added). items: names
+        or {name, specifications}. outcome_schema: JSON Schema for {"metrics", "metadata"} of reports."""
         policy = RunPolicy(
             outcome_type=outcome_type,
             lease_seconds=lease_seconds,
@@ -142,13 +149,13 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         limit: Annotated[int, Field(ge=1, le=1000)] = 1,
         package: str | None = None,
         wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
-    ) -> ClaimResult:
-        """Lease up to `limit` items, fair across packages. Keep each lease_token to report.
-        wait_seconds long-polls when nothing is claimable; `reason` says why nothing came."""
+    ) -> Annotated[CallToolResult, ClaimResult]:
+        """Lease up to `limit` items, fair across packages; report with the lease_token.
+        wait_seconds long-polls; `reason` says why nothing came."""
         return await call(engine().claim_items(run, worker, limit, package, wait_seconds))
 
     @mcp.tool()
-    async def heartbeat(leases: list[LeaseRef]) -> HeartbeatResult:
+    async def heartbeat(leases: list[LeaseRef]) -> Annotated[CallToolResult, HeartbeatResult]:
         """Extend leases; says which were lost and which belong to a cancelled run (stop those)."""
         return await call(engine().heartbeat(leases))
 
@@ -162,9 +169,9 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         metadata: dict[str, Any] | None = None,
         content_encoding: Literal["utf-8", "base64"] = "utf-8",
         mime_type: str | None = None,
-    ) -> Outcome:
-        """Report a claimed item done. content is stored as an artifact (outcome_path relative to the
-        artifacts root). Metrics such as lines_generated, quality_score feed summaries. Repeats are idempotent."""
+    ) -> Annotated[CallToolResult, Outcome]:
+        """Report a claimed item done; content becomes an artifact at outcome_path (relative).
+        Metrics lines_generated and quality_score feed summaries. Idempotent."""
         return await call(
             engine().complete_item(
                 outcome_id, lease_token, content, outcome_path, metrics, metadata, content_encoding, mime_type
@@ -172,24 +179,28 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         )
 
     @mcp.tool()
-    async def fail_item(outcome_id: str, lease_token: str, error: str, retryable: bool = True) -> Outcome:
+    async def fail_item(
+        outcome_id: str, lease_token: str, error: str, retryable: bool = True
+    ) -> Annotated[CallToolResult, Outcome]:
         """Report a claimed item failed: retried after backoff while attempts remain, else failed."""
         return await call(engine().fail_item(outcome_id, lease_token, error, retryable))
 
     @mcp.tool()
     async def retry_items(
         run: str, package: str | None = None, outcome_ids: list[str] | None = None
-    ) -> RetryResult:
+    ) -> Annotated[CallToolResult, RetryResult]:
         """Re-queue failed items (all of the run's, one package's, or the given ids) with fresh attempts."""
         return await call(engine().retry_items(run, package, outcome_ids))
 
     @mcp.tool()
-    async def control_run(run: str, action: Literal["pause", "resume", "cancel"]) -> Run:
+    async def control_run(
+        run: str, action: Literal["pause", "resume", "cancel"]
+    ) -> Annotated[CallToolResult, Run]:
         """Pause, resume or cancel a run. Cancel is final: pending items are cancelled; heartbeats tell workers."""
         return await call(engine().control_run(run, action))
 
     @mcp.tool()
-    async def list_runs() -> RunList:
+    async def list_runs() -> Annotated[CallToolResult, RunList]:
         """All runs with their state, policy and counts by status."""
         return await call(engine().list_runs())
 
@@ -199,9 +210,9 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         ctx: Context,
         since: Annotated[int | None, Field(ge=0)] = None,
         wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
-    ) -> RunStatus:
-        """Counts by status, per-package summaries, throughput, ETA and latest_seq. With since=S, returns the
-        events after S, waiting up to wait_seconds for one (long-poll; sends progress while it waits)."""
+    ) -> Annotated[CallToolResult, RunStatus]:
+        """Counts, per-package summaries, throughput, ETA, latest_seq. With since=S: the events after S,
+        long-polling up to wait_seconds (with progress notifications)."""
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(done, total, message)
@@ -223,7 +234,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         metadata: dict[str, Any] | None = None,
         error_message: str | None = None,
         created_by: str | None = None,
-    ) -> RecordResult:
+    ) -> Annotated[CallToolResult, RecordResult]:
         """Create or update an outcome record directly (no lease), adding the package if needed."""
         return await call(
             engine().record_outcome(
@@ -248,14 +259,14 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         error_message: str | None = None,
         metrics: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> Outcome:
+    ) -> Annotated[CallToolResult, Outcome]:
         """Set an outcome's status by hand (overrides and fences off any lease holder)."""
         return await call(
             engine().update_outcome_status(outcome_id, status, error_message, metrics, metadata)
         )
 
     @mcp.tool()
-    async def get_outcome(outcome_id: str) -> OutcomeDetail:
+    async def get_outcome(outcome_id: str) -> Annotated[CallToolResult, OutcomeDetail]:
         """One outcome with its attempt history."""
         return await call(engine().get_outcome(outcome_id))
 
@@ -267,17 +278,19 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         worker: str | None = None,
         limit: Annotated[int, Field(ge=1, le=1000)] = 100,
         cursor: str | None = None,
-    ) -> OutcomePage:
+    ) -> Annotated[CallToolResult, OutcomePage]:
         """Outcomes in creation order, filtered; pass next_cursor back for the next page."""
         return await call(engine().list_outcomes(run, package, status, worker, limit, cursor))
 
     @mcp.tool()
-    async def package_summary(package: str, run: str | None = None) -> PackageSummary:
+    async def package_summary(
+        package: str, run: str | None = None
+    ) -> Annotated[CallToolResult, PackageSummary]:
         """A package's totals, success rate, durations (avg, p50/p90/p99), lines generated, quality."""
         return await call(engine().package_summary(package, run))
 
     @mcp.tool()
-    async def system_metrics(run: str | None = None) -> SystemMetrics:
+    async def system_metrics(run: str | None = None) -> Annotated[CallToolResult, SystemMetrics]:
         """Totals by status, average generation time and outcomes by hour (one run or all)."""
         return await call(engine().system_metrics(run))
 
@@ -289,14 +302,16 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         run: str | None = None,
         outcome_id: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> IntegrationEvent:
+    ) -> Annotated[CallToolResult, IntegrationEvent]:
         """Log an action taken in another system (Slack message, Jira issue…) for a run or outcome."""
         return await call(
             engine().record_integration_event(integration_type, action, status, run, outcome_id, details)
         )
 
     @mcp.tool()
-    async def export_outcomes(run: str, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:
+    async def export_outcomes(
+        run: str, format: Literal["jsonl", "csv"] = "jsonl"
+    ) -> Annotated[CallToolResult, ExportResult]:
         """Write every outcome of a run to a JSONL or CSV file under the artifacts root; returns its path."""
         return await call(engine().export_outcomes(run, format))
 

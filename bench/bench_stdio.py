@@ -1,0 +1,115 @@
+"""Per-item cost over stdio and cold start, against the SDK's own floor, in one run.
+
+- per item: `claim_items` + `complete_item` on matrix-mcp ÷ two calls of a trivial echo tool on the same
+  SDK (bench/echo_server.py), interleaved iteration by iteration, medians.
+- cold start: spawn → connected → first tool result, matrix-mcp (`list_runs`) ÷ echo (`echo`), medians.
+- the size of the tools/list result on the wire.
+
+    python bench/bench_stdio.py [--items 400] [--starts 7] [--mode legacy|auto] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+HERE = Path(__file__).resolve().parent
+
+
+def matrix_params(url: str, artifacts: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "matrix_mcp", "--database-url", url, "--artifacts-dir", artifacts]
+    )
+
+
+def echo_params() -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=[str(HERE / "echo_server.py")])
+
+
+async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[float, float]:
+    ours: list[float] = []
+    floor: list[float] = []
+    run = f"bench-{time.time_ns()}"
+    async with Client(matrix_params(url, artifacts), mode=mode) as m, Client(echo_params(), mode=mode) as e:
+        per_pkg = max(1, items // 10)
+        packages = [{"name": f"p{i}", "items": [f"i{j}" for j in range(per_pkg)]} for i in range(10)]
+        await m.call_tool("plan_run", {"name": run, "packages": packages})
+        for _ in range(20):  # warm both
+            await e.call_tool("echo", {"text": "x"})
+        for _ in range(per_pkg * 10):
+            t0 = time.perf_counter()
+            got = await m.call_tool("claim_items", {"run": run, "worker": "bench"})
+            item = (got.structured_content or {})["items"][0]
+            done = await m.call_tool(
+                "complete_item",
+                {
+                    "outcome_id": item["outcome_id"],
+                    "lease_token": item["lease_token"],
+                    "metrics": {"lines_generated": 1},
+                },
+            )
+            ours.append(time.perf_counter() - t0)
+            assert not done.is_error, done.content
+            t0 = time.perf_counter()
+            await e.call_tool("echo", {"text": item["outcome_id"]})
+            await e.call_tool("echo", {"text": item["lease_token"]})
+            floor.append(time.perf_counter() - t0)
+    return statistics.median(ours), statistics.median(floor)
+
+
+async def cold_start(params: StdioServerParameters, tool: str, args: dict[str, str], mode: str) -> float:
+    t0 = time.perf_counter()
+    async with Client(params, mode=mode) as c:
+        result = await c.call_tool(tool, args)
+        elapsed = time.perf_counter() - t0
+        assert not result.is_error
+    return elapsed
+
+
+async def tools_list_bytes(url: str, artifacts: str, mode: str) -> int:
+    async with Client(matrix_params(url, artifacts), mode=mode) as c:
+        result = await c.list_tools()
+        return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=400)
+    ap.add_argument("--starts", type=int, default=7)
+    ap.add_argument("--mode", choices=["legacy", "auto"], default="legacy")
+    ap.add_argument("--database-url", default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite:///{tmp}/bench.db"
+        backend = url.split(":", 1)[0]
+        artifacts = f"{tmp}/artifacts"
+        ours, floor = await per_item(url, artifacts, args.items, args.mode)
+        print(
+            f"[{backend}, {args.mode}] per item over stdio: claim+complete {ours * 1000:.2f} ms, "
+            f"two echo calls {floor * 1000:.2f} ms, ratio {ours / floor:.2f} (goal ≤ 1.3)"
+        )
+        m_starts, e_starts = [], []
+        for _ in range(args.starts):
+            m_starts.append(await cold_start(matrix_params(url, artifacts), "list_runs", {}, args.mode))
+            e_starts.append(await cold_start(echo_params(), "echo", {"text": "x"}, args.mode))
+        m_med, e_med = statistics.median(m_starts), statistics.median(e_starts)
+        print(
+            f"[{backend}, {args.mode}] cold start to first tool result: matrix-mcp {m_med * 1000:.0f} ms, "
+            f"echo {e_med * 1000:.0f} ms, ratio {m_med / e_med:.2f} (goal ≤ 1.15)"
+        )
+        size = await tools_list_bytes(url, artifacts, args.mode)
+        print(
+            f"[{backend}, {args.mode}] tools/list result: {size} bytes of JSON ({size / 1024:.1f} KiB; goal ≤ 32 KiB)"
+        )
+
+
+if __name__ == "__main__":
+    anyio.run(main)
