@@ -339,17 +339,13 @@ class Engine:
         data = self._content_bytes(content, content_encoding)
         if data is not None and len(data) > self.limits.max_content_bytes:
             raise InputError(f"is {len(data)} bytes; the limit is {self.limits.max_content_bytes}", "content")
-        current = await self.store.get_outcome(outcome_id)
-        info = await self.run_info(current.run_id)
+        run_id, package, item, outcome_type, planned_path = await self._outcome_key(outcome_id)
+        info = await self.run_info(run_id)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
         if data is not None:
             blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
-            path = (
-                outcome_path
-                or current.outcome_path
-                or default_path(info.name, current.package, current.item, current.outcome_type)
-            )
+            path = outcome_path or planned_path or default_path(info.name, package, item, outcome_type)
             report = Report(
                 outcome_path=path,
                 content_sha256=blob.sha256,
