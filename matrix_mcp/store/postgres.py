@@ -1,0 +1,1772 @@
+"""The PostgreSQL outcome store on psycopg 3 (async) and psycopg_pool: many processes, one board.
+
+- Semantics are those of the SQLite store, transition for transition (same errors, events, reasons).
+- Group commit: one writer per process merges concurrent requests into one transaction; each
+  request runs in its own SAVEPOINT so a bad request rolls back alone. Transient errors
+  (serialization failure, deadlock, lost connection, admin shutdown, pool timeout) retry the whole
+  batch with jittered backoff; past a short budget the callers get `Unavailable` (retryable).
+- Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED`;
+  fairness across packages comes from each outcome's `claim_seq` (a global sequence), so no
+  package or run row is written on the claim path.
+- Counters without a hot row: each batch appends one aggregated row per touched package (and
+  bucket, and minute) to `package_deltas`; one roller at a time (advisory lock) folds them into
+  `packages`. Readers add the unrolled deltas (views `package_counters`, `package_hist`, `run_minutes`).
+- Events get their sequence numbers in commit order (an advisory lock held from the insert to the
+  commit), so a reader that saw seq S has seen every event ≤ S. One debounced NOTIFY per batch wakes
+  long-polls in other processes; a poll is the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from matrix_mcp.config import redact_text, redact_url, url_password
+from matrix_mcp.models import (
+    STATUSES,
+    Event,
+    HeartbeatResult,
+    HourBucket,
+    IntegrationEvent,
+    LeaseRef,
+    LeaseState,
+    Outcome,
+    OutcomeDetail,
+    OutcomePage,
+    PackageSummary,
+    PlanResult,
+    RecountReport,
+    Run,
+    RunAction,
+    RunPolicy,
+    Status,
+    SystemMetrics,
+    ts,
+)
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.base import (
+    Claim,
+    ClaimBatch,
+    Conflict,
+    NewPackage,
+    NotFound,
+    OutcomeFilter,
+    Report,
+    StaleLease,
+    StoreError,
+    Unavailable,
+)
+from matrix_mcp.store.postgres_schema import (
+    EVENTS_LOCK,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    NOTIFY_CHANNEL,
+    ROLLUP_LOCK,
+)
+
+log = logging.getLogger("matrix_mcp.store.postgres")
+T = TypeVar("T")
+Row = dict[str, Any]
+Conn = AsyncConnection[Row]
+
+POOL_MIN = 2
+POOL_MAX = 10
+POOL_WAIT = 2.0  # seconds a call waits for a connection before the retry budget counts it
+RETRY_BUDGET = 4.0  # seconds of transient-error retries before answering Unavailable
+ROLL_INTERVAL = 0.5
+ROLL_CHUNK = 50_000
+NOTIFY_DEBOUNCE = 0.01
+POLL_FALLBACK = 0.5
+SWEEP_LIMIT = 500
+
+DELTA_COLUMNS = (
+    "total",
+    "pending",
+    "generating",
+    "complete",
+    "failed",
+    "cancelled",
+    "duration_sum",
+    "duration_n",
+    "lines_sum",
+    "quality_sum",
+    "quality_n",
+    "bucket_n",
+    "m_completed",
+    "m_failed",
+    "m_duration_sum",
+    "m_duration_n",
+)
+_FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum"}
+_COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
+_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
+
+
+def _build_delta_insert() -> sql.Composed:
+    cols = [sql.Identifier(c) for c in ("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS)]
+    types = ["text", "int8", "int4", "int8"] + [
+        "float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS
+    ]
+    arrays = [sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types]
+    return sql.SQL("INSERT INTO package_deltas ({}) SELECT * FROM unnest({})").format(
+        sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays)
+    )
+
+
+_DELTA_INSERT = _build_delta_insert()
+
+_RUN_SELECT = """
+SELECT r.*, COUNT(p.id)::bigint AS packages,
+       COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
+       COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
+       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled
+FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
+"""
+
+_OUTCOME_SELECT = """
+SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
+"""
+
+_SUMMARY_SELECT = """
+SELECT p.*, r.name AS run_name,
+       ARRAY(SELECT h.bucket FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hb,
+       ARRAY(SELECT h.n FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hn
+FROM package_counters p JOIN runs r ON r.id = p.run_id
+"""
+
+_CLAIM_SQL = """
+WITH pk AS MATERIALIZED (
+    SELECT p.id, p.name, p.description, p.position,
+           (row_number() OVER (ORDER BY COALESCE(lc.last, 0), p.position) - 1)::int AS ord,
+           (count(*) OVER ())::int AS np
+    FROM packages p
+    LEFT JOIN LATERAL (
+        SELECT max(o.claim_seq) AS last FROM outcomes o
+        WHERE o.package_id = p.id AND o.claim_seq IS NOT NULL
+    ) lc ON true
+    WHERE p.run_id = %(run)s
+      AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
+      AND NOT (p.id = ANY(%(exhausted)s::bigint[]))
+      AND EXISTS (
+          SELECT 1 FROM outcomes o
+          WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
+      )
+),
+cand AS MATERIALIZED (
+    SELECT c.n, c.available_at, c.position AS ipos, pk.id AS package_id, pk.ord
+    FROM pk CROSS JOIN LATERAL (
+        SELECT o.n, o.available_at, o.position FROM outcomes o
+        WHERE o.package_id = pk.id AND o.status = 'pending' AND o.available_at <= %(now)s
+        ORDER BY o.available_at, o.position
+        LIMIT GREATEST(0, (%(limit)s - pk.ord + pk.np - 1) / pk.np)
+        FOR UPDATE SKIP LOCKED
+    ) c
+),
+picked AS (
+    SELECT x.n, x.package_id, row_number() OVER (ORDER BY x.k, x.ord) AS rank
+    FROM (
+        SELECT cand.*, row_number() OVER (PARTITION BY cand.package_id ORDER BY cand.available_at, cand.ipos) AS k
+        FROM cand
+    ) x
+),
+clk AS (SELECT nextval('claim_clock') AS v),
+upd AS (
+    UPDATE outcomes o
+    SET status = 'generating', attempts = o.attempts + 1, worker = %(worker)s,
+        lease_token = (%(tokens)s::text[])[picked.rank], lease_expires_at = %(expires)s,
+        started_at = %(now)s, updated_at = %(now)s, claim_seq = clk.v * 4096 + picked.rank
+    FROM picked, clk
+    WHERE o.n = picked.n
+    RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path,
+              o.lease_token, o.package_id, picked.rank
+),
+att AS (
+    INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status, started_at)
+    SELECT upd.id, upd.attempts, upd.lease_token, %(worker)s, 'generating', %(now)s FROM upd
+)
+SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
+       upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
+       upd.lease_token, upd.rank
+FROM pk LEFT JOIN upd ON upd.package_id = pk.id
+ORDER BY upd.rank NULLS LAST
+"""
+
+_SWEEP_SQL = """
+WITH exp AS MATERIALIZED (
+    SELECT o.n FROM outcomes o
+    WHERE o.run_id = %(run)s AND o.status = 'generating' AND o.lease_expires_at <= %(now)s
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+r AS (SELECT state, max_attempts FROM runs WHERE id = %(run)s),
+t AS (
+    SELECT o.n,
+           CASE WHEN r.state = 'cancelled' THEN 'cancelled'
+                WHEN o.attempts >= r.max_attempts THEN 'failed'
+                ELSE 'pending' END AS target
+    FROM outcomes o JOIN exp ON exp.n = o.n CROSS JOIN r
+),
+upd AS (
+    UPDATE outcomes o
+    SET status = t.target,
+        available_at = CASE WHEN t.target = 'pending' THEN %(now)s ELSE o.available_at END,
+        lease_expires_at = NULL,
+        completed_at = CASE WHEN t.target = 'pending' THEN o.completed_at ELSE %(now)s END,
+        duration_seconds = CASE
+            WHEN t.target = 'pending' THEN o.duration_seconds
+            WHEN o.started_at IS NULL THEN NULL
+            ELSE GREATEST(0.0, %(now)s - o.started_at) END,
+        error_message = CASE WHEN t.target = 'pending' THEN 'lease expired'
+            ELSE 'lease expired after ' || o.attempts || ' attempts' END,
+        updated_at = %(now)s
+    FROM t WHERE o.n = t.n
+    RETURNING o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, t.target
+),
+att AS (
+    UPDATE outcome_attempts a SET status = 'failed', error = 'lease expired', ended_at = %(now)s
+    FROM upd WHERE a.outcome_id = upd.id AND a.lease_token = upd.lease_token
+)
+SELECT * FROM upd ORDER BY n
+"""
+
+_ROLLUP_SQL = """
+WITH d AS (
+    DELETE FROM package_deltas
+    WHERE id IN (SELECT id FROM package_deltas ORDER BY id LIMIT %(chunk)s)
+    RETURNING *
+),
+c AS (
+    SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
+           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
+           SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n
+    FROM d WHERE package_id IS NOT NULL AND bucket IS NULL GROUP BY package_id
+),
+u AS (
+    UPDATE packages p SET
+        total = p.total + c.total, pending = p.pending + c.pending, generating = p.generating + c.generating,
+        complete = p.complete + c.complete, failed = p.failed + c.failed, cancelled = p.cancelled + c.cancelled,
+        duration_sum = p.duration_sum + c.duration_sum, duration_n = p.duration_n + c.duration_n,
+        lines_sum = p.lines_sum + c.lines_sum, quality_sum = p.quality_sum + c.quality_sum,
+        quality_n = p.quality_n + c.quality_n
+    FROM c WHERE p.id = c.package_id
+),
+h AS (
+    INSERT INTO package_durations (package_id, bucket, n)
+    SELECT package_id, bucket, SUM(bucket_n) FROM d
+    WHERE bucket IS NOT NULL AND package_id IN (SELECT id FROM packages)
+    GROUP BY package_id, bucket
+    ON CONFLICT (package_id, bucket) DO UPDATE SET n = package_durations.n + EXCLUDED.n
+),
+m AS (
+    INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)
+    SELECT run_id, minute, SUM(m_completed), SUM(m_failed), SUM(m_duration_sum), SUM(m_duration_n) FROM d
+    WHERE minute IS NOT NULL AND run_id IN (SELECT id FROM runs)
+    GROUP BY run_id, minute
+    ON CONFLICT (run_id, minute) DO UPDATE SET
+        completed = outcome_minutes.completed + EXCLUDED.completed,
+        failed = outcome_minutes.failed + EXCLUDED.failed,
+        duration_sum = outcome_minutes.duration_sum + EXCLUDED.duration_sum,
+        duration_n = outcome_minutes.duration_n + EXCLUDED.duration_n
+)
+SELECT count(*) AS n FROM d
+"""
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors worth retrying the whole transaction for: the database, not the request, is at fault."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
+async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
+    cur = await c.execute(query, params)
+    return await cur.fetchone()
+
+
+async def _all(c: Conn, query: Any, params: Any = None) -> list[Row]:
+    cur = await c.execute(query, params)
+    return await cur.fetchall()
+
+
+class _Batch:
+    """What a group-commit batch has accumulated from the requests that succeeded so far."""
+
+    __slots__ = ("deltas", "events", "swept")
+
+    def __init__(self) -> None:
+        self.deltas: dict[DeltaKey, list[float]] = {}
+        self.events: list[tuple[str | None, str | None, str, str, float]] = []
+        self.swept: dict[str, float] = {}
+
+
+def _merge(into: dict[DeltaKey, list[float]], other: dict[DeltaKey, list[float]]) -> None:
+    for key, values in other.items():
+        row = into.get(key)
+        if row is None:
+            into[key] = list(values)
+        else:
+            for i, v in enumerate(values):
+                row[i] += v
+
+
+class _Tx:
+    """One request inside a batch: its connection (inside a savepoint), its counter deltas and events."""
+
+    def __init__(self, conn: Conn, batch: _Batch) -> None:
+        self.conn = conn
+        self.batch = batch
+        self.deltas: dict[DeltaKey, list[float]] = {}
+        self.events: list[tuple[str | None, str | None, str, str, float]] = []
+        self.taken: dict[DeltaKey, list[float]] = {}
+
+    async def one(self, query: Any, params: Any = None) -> Row | None:
+        return await _one(self.conn, query, params)
+
+    async def all(self, query: Any, params: Any = None) -> list[Row]:
+        return await _all(self.conn, query, params)
+
+    async def execute(self, query: Any, params: Any = None) -> None:
+        await self.conn.execute(query, params)
+
+    def event(
+        self, run_id: str | None, outcome_id: str | None, kind: str, data: dict[str, Any], now: float
+    ) -> None:
+        self.events.append((run_id, outcome_id, kind, R.dumps(data), now))
+
+    def add(self, key: DeltaKey, **values: float) -> None:
+        row = self.deltas.get(key)
+        if row is None:
+            row = self.deltas[key] = [0.0] * len(DELTA_COLUMNS)
+        for name, v in values.items():
+            row[_COL[name]] += v
+
+    def move(self, run_id: str, package_id: int, old: Status, new: Status, n: int = 1) -> None:
+        if old == new or n == 0:
+            return
+        self.add((run_id, package_id, None, None), **{old: -n, new: n})
+
+    def contribution(
+        self, run_id: str, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+    ) -> None:
+        contrib = R.contribution(metrics, duration)
+        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in _COUNTER_COLUMNS})
+        if duration is not None:
+            self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
+
+    def minute(
+        self, run_id: str, now: float, completed: int = 0, failed: int = 0, duration: float | None = None
+    ) -> None:
+        self.add(
+            (run_id, None, None, int(now // 60)),
+            m_completed=completed,
+            m_failed=failed,
+            m_duration_sum=duration or 0.0,
+            m_duration_n=1 if duration is not None else 0,
+        )
+
+    async def flush(self) -> None:
+        """Write the batch's and this request's deltas now, before reading counters in this transaction.
+
+        The batch's part is remembered: if this request rolls back, it goes back to the batch."""
+        pending = dict(self.batch.deltas)
+        _merge(self.taken, self.batch.deltas)
+        _merge(pending, self.deltas)
+        self.batch.deltas = {}
+        self.deltas = {}
+        await _write_deltas(self.conn, pending)
+
+    def succeeded(self) -> None:
+        _merge(self.batch.deltas, self.deltas)
+        self.batch.events.extend(self.events)
+
+    def failed(self) -> None:
+        _merge(self.batch.deltas, self.taken)
+
+
+async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
+    rows = [(k, v) for k, v in deltas.items() if any(v)]
+    if not rows:
+        return
+    columns: list[list[Any]] = [[k[0] for k, _ in rows], [k[1] for k, _ in rows]]
+    columns += [[k[2] for k, _ in rows], [k[3] for k, _ in rows]]
+    for i, name in enumerate(DELTA_COLUMNS):
+        if name in _FLOAT_COLUMNS:
+            columns.append([float(v[i]) for _, v in rows])
+        else:
+            columns.append([round(v[i]) for _, v in rows])
+    await c.execute(_DELTA_INSERT, columns)
+
+
+class _Request:
+    __slots__ = ("done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[[_Tx], Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class PostgresStore:
+    """See the module docstring. Open with `await PostgresStore.open(url)`."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Conn]) -> None:
+        self._url = url
+        self._secret = url_password(url) or ""
+        self.url_for_display = redact_url(url)
+        self._pool = pool
+        self._queue: list[_Request] = []
+        self._leading = False
+        self._changed = anyio.Event()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._last_notify = 0.0
+        self._notify_owed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        if url.startswith("postgresql+psycopg://"):
+            url = "postgresql://" + url[len("postgresql+psycopg://") :]
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            url,
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            open=False,
+            timeout=POOL_WAIT,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=30.0,
+            name="matrix",
+        )
+        store = cls(url, pool)
+        try:
+            await pool.open(wait=True, timeout=10.0)
+            await store._migrate()
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise Unavailable(store._unavailable_text(exc)) from None
+            raise
+        store._tasks.append(asyncio.create_task(store._roller(), name="matrix-pg-roller"))
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._pool.close()
+
+    async def _migrate(self) -> None:
+        async with self._pool.connection() as c, c.transaction():
+            await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            )
+            done = {r["version"] for r in await _all(c, "SELECT version FROM schema_migrations")}
+            for version, script in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in (s.strip() for s in script.split(";\n")):
+                    if statement:
+                        await c.execute(statement.encode())
+                await c.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    (version, time.time()),
+                )
+                log.info("applied migration %s", version)
+
+    def _unavailable_text(self, exc: BaseException) -> str:
+        detail = redact_text(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, (self._secret,)
+        )
+        return f"the PostgreSQL database is unavailable ({detail}); retry the call"
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    async def _with_retry(self, attempt_fn: Callable[[], Awaitable[T]]) -> T:
+        """Run attempt_fn, retrying transient database errors with jittered backoff for a short budget."""
+        deadline = time.monotonic() + RETRY_BUDGET
+        delay = 0.02
+        while True:
+            if self._closed:
+                raise Unavailable("the store is closed")
+            try:
+                return await attempt_fn()
+            except psycopg.Error as exc:
+                if not _transient(exc):
+                    raise StoreError(f"database error: {redact_text(str(exc), (self._secret,))}") from None
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(self._unavailable_text(exc)) from None
+                log.info("transient database error, retrying: %s", redact_text(str(exc), (self._secret,)))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+
+    async def _write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all."""
+        if self._closed:
+            raise Unavailable("the store is closed")
+        request = _Request(fn)
+        self._queue.append(request)
+        if not self._leading:
+            self._leading = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._queue:
+                        batch, self._queue = self._queue, []
+                        try:
+                            await self._with_retry(functools.partial(self._run_batch, batch))
+                        except StoreError as exc:
+                            for req in batch:
+                                req.error = exc
+                        except BaseException as exc:  # pragma: no cover - defensive
+                            for req in batch:
+                                req.error = Unavailable(self._unavailable_text(exc))
+                        for req in batch:
+                            req.done.set()
+                        self._wake()
+            finally:
+                self._leading = False
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value  # type: ignore[no-any-return]
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            state = _Batch()
+            for req in batch:
+                req.error = None
+                req.value = None
+                tx = _Tx(conn, state)
+                try:
+                    async with conn.transaction():
+                        req.value = await req.fn(tx)
+                except psycopg.Error as exc:
+                    if _transient(exc):
+                        raise
+                    tx.failed()
+                    req.error = StoreError(f"database error: {redact_text(str(exc), (self._secret,))}")
+                except Exception as exc:
+                    tx.failed()
+                    req.error = exc
+                else:
+                    tx.succeeded()
+            await _write_deltas(conn, state.deltas)
+            if state.events:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                cols = list(zip(*state.events, strict=True))
+                notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
+                await conn.execute(
+                    "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                    " SELECT r, o, k, d, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+                    " %s::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
+                    " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
+                    [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
+                )
+                if notify:
+                    self._last_notify = time.monotonic()
+                elif not self._notify_owed:
+                    self._notify_owed = True
+                    self._tasks.append(asyncio.create_task(self._trailing_notify()))
+
+    async def _trailing_notify(self) -> None:
+        """A debounced NOTIFY skipped during a burst is sent once the burst window has passed."""
+        try:
+            await asyncio.sleep(NOTIFY_DEBOUNCE)
+            self._notify_owed = False
+            self._last_notify = time.monotonic()
+            async with self._pool.connection(timeout=POOL_WAIT) as c:
+                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        except Exception:  # the poll fallback covers a lost notification
+            self._notify_owed = False
+        finally:
+            task = asyncio.current_task()
+            if task in self._tasks:
+                self._tasks.remove(task)  # type: ignore[arg-type]
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]], snapshot: bool = False) -> T:
+        """Run fn on a pooled connection: autocommit (one statement = one snapshot) or, with
+        snapshot=True, inside a REPEATABLE READ READ ONLY transaction."""
+
+        async def attempt() -> T:
+            async with self._pool.connection() as conn:
+                if not snapshot:
+                    return await fn(conn)
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    value = await fn(conn)
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+                return value
+
+        return await self._with_retry(attempt)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    # ---- background: counter roll-up and LISTEN ------------------------------------------------
+
+    async def _roller(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(ROLL_INTERVAL * (0.75 + random.random() / 2))
+            try:
+                await self.roll_up()
+            except Exception as exc:  # retried next round; the deltas stay readable meanwhile
+                log.debug("counter roll-up skipped: %s", redact_text(str(exc), (self._secret,)))
+
+    async def roll_up(self) -> int:
+        """Fold the appended counter deltas into the package rows; returns how many deltas were folded.
+        At most one roller runs at a time across all processes (the others skip)."""
+        folded = 0
+        async with self._pool.connection(timeout=POOL_WAIT) as c:
+            while True:
+                async with c.transaction():
+                    got = await _one(c, "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ROLLUP_LOCK,))
+                    if not got or not got["ok"]:
+                        return folded
+                    row = await _one(c, _ROLLUP_SQL, {"chunk": ROLL_CHUNK})
+                    n = int(row["n"]) if row else 0
+                folded += n
+                if n < ROLL_CHUNK:
+                    return folded
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while not self._closed:
+            try:
+                conn = await AsyncConnection.connect(self._url, autocommit=True, connect_timeout=3)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    delay = 0.2
+                    self._wake()  # anything missed while not listening is picked up by the poll
+                    async for _ in conn.notifies():
+                        self._wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("LISTEN connection lost: %s", redact_text(str(exc), (self._secret,)))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    # ---- runs and planning ----------------------------------------------------------------------
+
+    async def plan(
+        self, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
+    ) -> PlanResult:
+        async def op(tx: _Tx) -> PlanResult:
+            row = await tx.one(
+                "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
+            )
+            created = row is None
+            if row is None:
+                run_id = str(uuid.uuid4())
+                inserted = await tx.one(
+                    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts,"
+                    " backoff_seconds, backoff_cap_seconds, outcome_schema, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
+                    " RETURNING id",
+                    (
+                        run_id,
+                        name,
+                        goal,
+                        policy.outcome_type,
+                        policy.lease_seconds,
+                        policy.max_attempts,
+                        policy.backoff_seconds,
+                        policy.backoff_cap_seconds,
+                        R.spec_dumps(policy.outcome_schema),
+                        now,
+                        now,
+                    ),
+                )
+                if inserted is None:  # another process created it just now
+                    row = await tx.one(
+                        "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
+                    )
+                    created = False
+                outcome_type = policy.outcome_type
+            if row is not None:
+                run_id = row["id"]
+                outcome_type = row["outcome_type"]
+                if row["state"] == "cancelled" and any(p.items for p in packages):
+                    raise Conflict(f"run '{name}' is cancelled; plan a new run", field="name")
+            names = [p.name for p in packages]
+            existing = {
+                r["name"]: int(r["id"])
+                for r in await tx.all(
+                    "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%s::text[])",
+                    (run_id, names),
+                )
+            }
+            added_packages = [p.name for p in packages if p.name not in existing]
+            ids = dict(existing)
+            if added_packages:
+                top = await tx.one(
+                    "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s", (run_id,)
+                )
+                first = int(top["pos"]) if top else 0
+                descriptions = {p.name: p.description for p in packages}
+                for r in await tx.all(
+                    "INSERT INTO packages (run_id, name, description, position)"
+                    " SELECT %s, n, d, %s + i - 1 FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS u(n, d, i)"
+                    " RETURNING id, name",
+                    (run_id, first, added_packages, [descriptions[n] for n in added_packages]),
+                ):
+                    ids[r["name"]] = int(r["id"])
+            starts: dict[int, int] = {}
+            if existing:
+                for r in await tx.all(
+                    "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes"
+                    " WHERE package_id = ANY(%s::bigint[]) GROUP BY package_id",
+                    (list(existing.values()),),
+                ):
+                    starts[int(r["package_id"])] = int(r["pos"])
+            pids: list[int] = []
+            items: list[str] = []
+            positions: list[int] = []
+            specs: list[str | None] = []
+            for pkg in packages:
+                pid = ids[pkg.name]
+                base = starts.get(pid, 0)
+                for i, item in enumerate(pkg.items):
+                    pids.append(pid)
+                    items.append(item.name)
+                    positions.append(base + i)
+                    specs.append(R.spec_dumps(item.specifications))
+            added_items = 0
+            if items:
+                for r in await tx.all(
+                    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status,"
+                    " outcome_type, specifications, available_at, created_at, updated_at)"
+                    " SELECT gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec,"
+                    " %(now)s, %(now)s, %(now)s"
+                    " FROM unnest(%(pids)s::bigint[], %(items)s::text[], %(pos)s::int[], %(specs)s::text[])"
+                    " WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i"
+                    " ON CONFLICT (package_id, item) DO NOTHING RETURNING package_id)"
+                    " SELECT package_id, count(*) AS n FROM ins GROUP BY package_id",
+                    {
+                        "run": run_id,
+                        "ot": outcome_type,
+                        "now": now,
+                        "pids": pids,
+                        "items": items,
+                        "pos": positions,
+                        "specs": specs,
+                    },
+                ):
+                    n = int(r["n"])
+                    tx.add((run_id, int(r["package_id"]), None, None), total=n, pending=n)
+                    added_items += n
+            if created or added_items or added_packages:
+                await tx.execute("UPDATE runs SET updated_at = %s WHERE id = %s", (now, run_id))
+                tx.event(
+                    run_id,
+                    None,
+                    "run_planned" if created else "run_extended",
+                    {"packages": added_packages, "items": added_items},
+                    now,
+                )
+            await tx.flush()
+            run = await _run(tx.conn, run_id)
+            return PlanResult(
+                run=run,
+                created=created,
+                packages=run.packages,
+                items=run.counts.total,
+                added_packages=added_packages,
+                added_items=added_items,
+            )
+
+        return await self._write(op)
+
+    async def get_run(self, ref: str) -> Run:
+        async def op(c: Conn) -> Run:
+            row = await _one(
+                c,
+                _RUN_SELECT
+                + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)"
+                " GROUP BY r.id",
+                (ref, ref, ref),
+            )
+            if row is None:
+                raise NotFound(f"unknown run '{ref}'", field="run")
+            return R.run_from(row)
+
+        return await self._read(op)
+
+    async def list_runs(self) -> list[Run]:
+        async def op(c: Conn) -> list[Run]:
+            rows = await _all(c, _RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name")
+            return [R.run_from(r) for r in rows]
+
+        return await self._read(op)
+
+    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
+        async def op(tx: _Tx) -> Run:
+            state = await tx.one("SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
+            if state is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            current = state["state"]
+            if action == "pause":
+                if current == "cancelled":
+                    raise Conflict("the run is cancelled; it cannot be paused", field="action")
+                target = "paused"
+            elif action == "resume":
+                if current == "cancelled":
+                    raise Conflict("the run is cancelled; cancellation is final", field="action")
+                target = "active"
+            else:
+                target = "cancelled"
+            if target != current:
+                await tx.execute(
+                    "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s", (target, now, run_id)
+                )
+                extra: dict[str, Any] = {}
+                if target == "cancelled":
+                    extra["cancelled_items"] = await _cancel_pending(tx, run_id, now)
+                tx.event(
+                    run_id, None, f"run_{action}d" if action != "cancel" else "run_cancelled", extra, now
+                )
+            await tx.flush()
+            return await _run(tx.conn, run_id)
+
+        return await self._write(op)
+
+    # ---- the work loop --------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        run_id: str,
+        worker: str,
+        limit: int,
+        package: str | None,
+        now: float,
+        token_factory: Callable[[], str],
+    ) -> ClaimBatch:
+        async def op(tx: _Tx) -> ClaimBatch:
+            run = await tx.one("SELECT name, state, lease_seconds FROM runs WHERE id = %s", (run_id,))
+            if run is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            if run["state"] == "cancelled":
+                return ClaimBatch([], "cancelled")
+            if tx.batch.swept.get(run_id, -1.0) < now:
+                await _sweep(tx, run_id, now)
+                tx.batch.swept[run_id] = now
+            if run["state"] == "paused":
+                return ClaimBatch([], "paused")
+            expires = now + float(run["lease_seconds"])
+            claims: list[Claim] = []
+            exhausted: list[int] = []
+            while len(claims) < limit:
+                want = limit - len(claims)
+                rows = await tx.all(
+                    _CLAIM_SQL,
+                    {
+                        "run": run_id,
+                        "package": package,
+                        "exhausted": exhausted,
+                        "now": now,
+                        "limit": want,
+                        "worker": worker,
+                        "tokens": [token_factory() for _ in range(want)],
+                        "expires": expires,
+                    },
+                )
+                per_package: dict[int, int] = defaultdict(int)
+                quota: dict[int, int] = {}
+                for o in rows:
+                    pid = int(o["pk_id"])
+                    np_, ord_ = int(o["np"]), int(o["ord"])
+                    quota[pid] = max(0, (want - ord_ + np_ - 1) // np_)
+                    if o["id"] is None:
+                        continue
+                    per_package[pid] += 1
+                    tx.event(
+                        run_id,
+                        o["id"],
+                        "claimed",
+                        {
+                            "package": o["package_name"],
+                            "item": o["item"],
+                            "worker": worker,
+                            "attempt": o["attempts"],
+                        },
+                        now,
+                    )
+                    claims.append(
+                        Claim(
+                            outcome_id=o["id"],
+                            run=run["name"],
+                            package=o["package_name"],
+                            package_description=o["package_description"],
+                            item=o["item"],
+                            attempt=int(o["attempts"]),
+                            lease_token=o["lease_token"],
+                            lease_expires_at=expires,
+                            outcome_type=o["outcome_type"],
+                            specifications=R.loads(o["specifications"]),
+                            outcome_path=o["outcome_path"],
+                        )
+                    )
+                for pid, n in per_package.items():
+                    tx.move(run_id, pid, "pending", "generating", n)
+                # a package that gave less than its share has nothing more for this call (or the rest
+                # is locked by other claimers); the next round shares what is left among the others
+                short = [pid for pid, q in quota.items() if per_package.get(pid, 0) < q]
+                if not short or len(short) == len(quota):
+                    break
+                exhausted += short
+            if len(claims) >= limit:
+                return ClaimBatch(claims)
+            await tx.flush()
+            return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
+
+        return await self._write(op)
+
+    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
+        async def op(tx: _Tx) -> HeartbeatResult:
+            rows = await tx.all(
+                "UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
+                " FROM runs r, unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, tok)"
+                " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
+                " RETURNING o.id, o.lease_token, o.lease_expires_at, r.state",
+                {
+                    "now": now,
+                    "ids": [lease.outcome_id for lease in leases],
+                    "tokens": [lease.lease_token for lease in leases],
+                },
+            )
+            held = {(r["id"], r["lease_token"]): r for r in rows}
+            result = HeartbeatResult(extended=[], lost=[], cancelled=[])
+            for lease in leases:
+                r = held.get((lease.outcome_id, lease.lease_token))
+                if r is None:
+                    result.lost.append(lease.outcome_id)
+                    continue
+                if r["state"] == "cancelled":
+                    result.cancelled.append(lease.outcome_id)
+                result.extended.append(
+                    LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(r["lease_expires_at"]))  # type: ignore[arg-type]
+                )
+            return result
+
+        return await self._write(op)
+
+    async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome:
+        async def op(tx: _Tx) -> Outcome:
+            row = await _leased_row(tx, outcome_id, lease_token)
+            if row["status"] == "complete":
+                if R.same_report(row, report):
+                    return R.outcome_from(row)
+                raise Conflict(
+                    "the item is already complete with a different report; repeat the identical report or "
+                    "use update_outcome_status",
+                    field="outcome_id",
+                )
+            if row["status"] != "generating":
+                raise StaleLease(_lost_message(row), field="lease_token")
+            duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
+            metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
+            values = R.numeric_metrics(report.metrics)
+            await tx.execute(
+                "WITH u AS (UPDATE outcomes SET status = 'complete', completed_at = %(now)s,"
+                " duration_seconds = %(duration)s, updated_at = %(now)s, lease_expires_at = NULL,"
+                " error_message = NULL, metrics = %(metrics)s, metadata = %(metadata)s,"
+                " outcome_path = COALESCE(%(path)s, outcome_path), content_sha256 = %(sha)s,"
+                " content_bytes = %(bytes)s, mime_type = %(mime)s WHERE n = %(n)s),"
+                " a AS (UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s"
+                " WHERE outcome_id = %(id)s AND lease_token = %(token)s),"
+                " md AS (DELETE FROM outcome_metrics WHERE outcome_id = %(id)s"
+                " AND NOT (name = ANY(%(names)s::text[]))),"
+                " mi AS (INSERT INTO outcome_metrics (outcome_id, name, value)"
+                " SELECT %(id)s, k, v FROM unnest(%(names)s::text[], %(values)s::float8[]) AS m(k, v)"
+                " ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value)"
+                " SELECT 1",
+                {
+                    "now": now,
+                    "duration": duration,
+                    "metrics": metrics,
+                    "metadata": metadata,
+                    "path": report.outcome_path,
+                    "sha": report.content_sha256,
+                    "bytes": report.content_bytes,
+                    "mime": report.mime_type,
+                    "n": row["n"],
+                    "id": outcome_id,
+                    "token": lease_token,
+                    "names": [k for k, _ in values],
+                    "values": [v for _, v in values],
+                },
+            )
+            run_id, pid = row["run_id"], int(row["package_id"])
+            tx.move(run_id, pid, "generating", "complete")
+            tx.contribution(run_id, pid, report.metrics, duration, +1)
+            tx.minute(run_id, now, completed=1, duration=duration)
+            tx.event(run_id, outcome_id, "completed", {"item": row["item"], "duration": duration}, now)
+            row.update(
+                status="complete",
+                completed_at=now,
+                duration_seconds=duration,
+                updated_at=now,
+                lease_expires_at=None,
+                error_message=None,
+                metrics=metrics,
+                metadata=metadata,
+                outcome_path=report.outcome_path if report.outcome_path is not None else row["outcome_path"],
+                content_sha256=report.content_sha256,
+                content_bytes=report.content_bytes,
+                mime_type=report.mime_type,
+            )
+            return R.outcome_from(row)
+
+        return await self._write(op)
+
+    async def fail(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        error: str,
+        retryable: bool,
+        now: float,
+        backoff: Callable[[int], float],
+    ) -> Outcome:
+        async def op(tx: _Tx) -> Outcome:
+            row = await _leased_row(tx, outcome_id, lease_token)
+            if row["status"] != "generating":
+                attempt = await tx.one(
+                    "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
+                    (outcome_id, lease_token),
+                )
+                if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
+                    return R.outcome_from(row)  # the identical report, repeated
+                raise StaleLease(_lost_message(row), field="lease_token")
+            run_id, pid = row["run_id"], int(row["package_id"])
+            attempts = int(row["attempts"])
+            await _end_attempt(tx, outcome_id, lease_token, "failed", error, now)
+            if retryable and attempts < int(row["max_attempts"]) and row["run_state"] != "cancelled":
+                delay = max(0.0, float(backoff(attempts)))
+                await tx.execute(
+                    "UPDATE outcomes SET status = 'pending', available_at = %s, lease_expires_at = NULL,"
+                    " error_message = %s, updated_at = %s WHERE n = %s",
+                    (now + delay, error, now, row["n"]),
+                )
+                tx.move(run_id, pid, "generating", "pending")
+                tx.event(
+                    run_id,
+                    outcome_id,
+                    "retry_scheduled",
+                    {
+                        "item": row["item"],
+                        "attempt": attempts,
+                        "delay": round(delay, 3),
+                        "error": error[:500],
+                    },
+                    now,
+                )
+                row.update(
+                    status="pending",
+                    available_at=now + delay,
+                    lease_expires_at=None,
+                    error_message=error,
+                    updated_at=now,
+                )
+            else:
+                target: Status = "cancelled" if row["run_state"] == "cancelled" and retryable else "failed"
+                duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
+                await tx.execute(
+                    "UPDATE outcomes SET status = %s, completed_at = %s, duration_seconds = %s,"
+                    " lease_expires_at = NULL, error_message = %s, updated_at = %s WHERE n = %s",
+                    (target, now, duration, error, now, row["n"]),
+                )
+                tx.move(run_id, pid, "generating", target)
+                if target == "failed":
+                    tx.minute(run_id, now, failed=1)
+                tx.event(
+                    run_id,
+                    outcome_id,
+                    target,
+                    {"item": row["item"], "attempt": attempts, "error": error[:500]},
+                    now,
+                )
+                row.update(
+                    status=target,
+                    completed_at=now,
+                    duration_seconds=duration,
+                    lease_expires_at=None,
+                    error_message=error,
+                    updated_at=now,
+                )
+            return R.outcome_from(row)
+
+        return await self._write(op)
+
+    async def retry(
+        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
+    ) -> list[str]:
+        async def op(tx: _Tx) -> list[str]:
+            state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
+            if state is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            if state["state"] == "cancelled":
+                raise Conflict("the run is cancelled; plan a new run to redo its items", field="run")
+            pid: int | None = None
+            if package is not None:
+                prow = await tx.one(
+                    "SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package)
+                )
+                if prow is None:
+                    raise NotFound(f"unknown package '{package}' in this run", field="package")
+                pid = int(prow["id"])
+            rows = await tx.all(
+                "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, completed_at = NULL,"
+                " duration_seconds = NULL, updated_at = %(now)s"
+                " WHERE run_id = %(run)s AND status = 'failed'"
+                " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
+                " AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))"
+                " RETURNING n, id, package_id",
+                {
+                    "now": now,
+                    "run": run_id,
+                    "pid": pid,
+                    "ids": list(outcome_ids) if outcome_ids is not None else None,
+                },
+            )
+            rows.sort(key=lambda r: int(r["n"]))
+            per_package: dict[int, int] = defaultdict(int)
+            for r in rows:
+                per_package[int(r["package_id"])] += 1
+            for p, n in per_package.items():
+                tx.move(run_id, p, "failed", "pending", n)
+            ids = [r["id"] for r in rows]
+            if ids:
+                tx.event(run_id, None, "requeued", {"count": len(ids), "outcome_ids": ids[:100]}, now)
+            return ids
+
+        return await self._write(op)
+
+    # ---- the seed's tracking API ----------------------------------------------------------------
+
+    async def record_outcome(
+        self,
+        run_id: str,
+        package: str,
+        item: str,
+        status: Status,
+        outcome_type: str | None,
+        specifications: dict[str, Any] | str | None,
+        report: Report,
+        error_message: str | None,
+        created_by: str | None,
+        now: float,
+    ) -> tuple[Outcome, bool]:
+        async def op(tx: _Tx) -> tuple[Outcome, bool]:
+            run = await tx.one(
+                "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,)
+            )
+            if run is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            prow = await tx.one("SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package))
+            if prow is None:
+                created_pkg = await tx.one(
+                    "INSERT INTO packages (run_id, name, position) SELECT %s, %s,"
+                    " COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = %s RETURNING id",
+                    (run_id, package, run_id),
+                )
+                assert created_pkg is not None
+                package_id = int(created_pkg["id"])
+            else:
+                package_id = int(prow["id"])
+            existing = await tx.one(
+                "SELECT id FROM outcomes WHERE package_id = %s AND item = %s", (package_id, item)
+            )
+            if existing is not None:
+                return await _update_status(
+                    tx, existing["id"], status, error_message, report, now, created_by
+                ), False
+            outcome_id = str(uuid.uuid4())
+            await tx.execute(
+                "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
+                " specifications, created_by, available_at, created_at, updated_at)"
+                " SELECT %s, %s, %s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s"
+                " FROM outcomes WHERE package_id = %s",
+                (
+                    outcome_id,
+                    run_id,
+                    package_id,
+                    item,
+                    outcome_type or run["outcome_type"],
+                    R.spec_dumps(specifications),
+                    created_by,
+                    now,
+                    now,
+                    now,
+                    package_id,
+                ),
+            )
+            tx.add((run_id, package_id, None, None), total=1, pending=1)
+            tx.event(
+                run_id, outcome_id, "recorded", {"package": package, "item": item, "status": status}, now
+            )
+            if status == "pending" and report == Report() and error_message is None:
+                return await _outcome(tx.conn, outcome_id), True
+            return await _update_status(tx, outcome_id, status, error_message, report, now, created_by), True
+
+        return await self._write(op)
+
+    async def update_status(
+        self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
+    ) -> Outcome:
+        return await self._write(
+            lambda tx: _update_status(tx, outcome_id, status, error_message, report, now, None)
+        )
+
+    async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
+        async def op(c: Conn) -> OutcomeDetail:
+            row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
+            if row is None:
+                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+            hist: list[Row] = []
+            if history:
+                hist = await _all(
+                    c,
+                    "SELECT attempt, worker, status, error, started_at, ended_at FROM outcome_attempts"
+                    " WHERE outcome_id = %s ORDER BY started_at, attempt",
+                    (outcome_id,),
+                )
+            return R.detail_from(row, hist)
+
+        return await self._read(op, snapshot=history)
+
+    async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage:
+        after = R.decode_cursor(cursor)
+
+        async def op(c: Conn) -> OutcomePage:
+            where = ["o.n > %s"]
+            args: list[Any] = [after]
+            if flt.run_id is not None:
+                where.append("o.run_id = %s")
+                args.append(flt.run_id)
+            if flt.package is not None:
+                where.append("p.name = %s")
+                args.append(flt.package)
+            if flt.status is not None:
+                where.append("o.status = %s")
+                args.append(flt.status)
+            if flt.worker is not None:
+                where.append("o.worker = %s")
+                args.append(flt.worker)
+            rows = await _all(
+                c,
+                _OUTCOME_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY o.n LIMIT %s",
+                [*args, limit + 1],
+            )
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return OutcomePage(
+                outcomes=[R.outcome_from(r) for r in rows],
+                next_cursor=R.encode_cursor(int(rows[-1]["n"])) if more and rows else None,
+            )
+
+        return await self._read(op)
+
+    async def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
+        cursor: str | None = None
+        while True:
+            page = await self.list_outcomes(OutcomeFilter(run_id=run_id), 1000, cursor)
+            for outcome in page.outcomes:
+                yield outcome
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def package_summaries(self, run_id: str) -> list[PackageSummary]:
+        return await self._read(lambda c: _summaries(c, "p.run_id = %s", [run_id]))
+
+    async def package_summary(self, package: str, run_id: str | None) -> PackageSummary:
+        async def op(c: Conn) -> PackageSummary:
+            if run_id is not None:
+                found = await _summaries(c, "p.run_id = %s AND p.name = %s", [run_id, package])
+            else:
+                found = await _summaries(c, "p.name = %s", [package])
+            if not found:
+                raise NotFound(f"unknown package '{package}'", field="package")
+            if len(found) > 1:
+                runs = ", ".join(sorted(s.run for s in found))
+                raise Conflict(f"package '{package}' exists in several runs ({runs}); pass run", field="run")
+            return found[0]
+
+        return await self._read(op)
+
+    async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics:
+        async def op(c: Conn) -> SystemMetrics:
+            where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
+            t = await _one(
+                c,
+                "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS generating,"
+                " COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS failed,"
+                " COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 AS ds,"
+                " COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls,"
+                " COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn"
+                " FROM package_counters " + where,
+                args,
+            )
+            assert t is not None
+            since_minute = int(now // 60) - 7 * 24 * 60
+            hours = await _all(
+                c,
+                "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"
+                " SUM(duration_sum)::float8 AS ds, SUM(duration_n)::bigint AS dn FROM run_minutes"
+                " WHERE minute >= %s"
+                + (" AND run_id = %s" if run_id else "")
+                + " GROUP BY minute / 60 ORDER BY hour",
+                [since_minute, *args],
+            )
+            counts = R.counts_from(t)
+            finished = counts.complete + counts.failed
+            run_name = None
+            if run_id:
+                r = await _one(c, "SELECT name FROM runs WHERE id = %s", (run_id,))
+                run_name = r["name"] if r else None
+            return SystemMetrics(
+                run=run_name,
+                outcomes_total=counts.total,
+                outcomes_pending=counts.pending,
+                outcomes_generating=counts.generating,
+                outcomes_complete=counts.complete,
+                outcomes_failed=counts.failed,
+                outcomes_cancelled=counts.cancelled,
+                avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
+                success_rate=round(counts.complete / finished, 6) if finished else None,
+                total_lines_generated=float(t["ls"]),
+                average_quality_score=round(t["qs"] / t["qn"], 6) if t["qn"] else None,
+                outcomes_by_hour=[
+                    HourBucket(
+                        hour=ts(int(h["hour"]) * 3600),  # type: ignore[arg-type]
+                        completed=int(h["completed"]),
+                        failed=int(h["failed"]),
+                        avg_duration_seconds=round(h["ds"] / h["dn"], 6) if h["dn"] else None,
+                    )
+                    for h in hours
+                ],
+            )
+
+        return await self._read(op, snapshot=True)
+
+    async def throughput(self, run_id: str, since: float) -> int:
+        async def op(c: Conn) -> int:
+            row = await _one(
+                c,
+                "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes"
+                " WHERE run_id = %s AND minute >= %s",
+                (run_id, int(since // 60)),
+            )
+            return int(row["n"]) if row else 0
+
+        return await self._read(op)
+
+    async def record_integration(
+        self,
+        run_id: str | None,
+        outcome_id: str | None,
+        integration_type: str,
+        action: str,
+        status: str,
+        details: dict[str, Any],
+        now: float,
+    ) -> IntegrationEvent:
+        async def op(tx: _Tx) -> IntegrationEvent:
+            if (
+                outcome_id is not None
+                and await tx.one("SELECT 1 FROM outcomes WHERE id = %s", (outcome_id,)) is None
+            ):
+                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+            row = await tx.one(
+                "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status,"
+                " details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *)"
+                " SELECT l.*, r.name AS run_name FROM l LEFT JOIN runs r ON r.id = l.run_id",
+                (run_id, outcome_id, integration_type, action, status, R.dumps(details), now),
+            )
+            tx.event(
+                run_id,
+                outcome_id,
+                "integration",
+                {"integration_type": integration_type, "action": action, "status": status},
+                now,
+            )
+            return R.integration_from(row)
+
+        return await self._write(op)
+
+    # ---- change feed ----------------------------------------------------------------------------
+
+    async def latest_seq(self) -> int:
+        async def op(c: Conn) -> int:
+            row = await _one(c, "SELECT COALESCE(MAX(seq), 0) AS s FROM events")
+            return int(row["s"]) if row else 0
+
+        return await self._read(op)
+
+    async def events_after(self, since: int, run_id: str | None, limit: int) -> list[Event]:
+        async def op(c: Conn) -> list[Event]:
+            q = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
+            args: list[Any] = [since]
+            if run_id is not None:
+                q += " AND e.run_id = %s"
+                args.append(run_id)
+            rows = await _all(c, q + " ORDER BY e.seq LIMIT %s", [*args, limit])
+            return [R.event_from(r) for r in rows]
+
+        return await self._read(op)
+
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        """Wakes on this process's commits at once, on other processes' through LISTEN/NOTIFY, and
+        polls every POLL_FALLBACK seconds in case a notification is lost."""
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.create_task(self._listen(), name="matrix-pg-listen")
+        deadline = anyio.current_time() + timeout
+        while True:
+            changed = self._changed
+            latest = await self.latest_seq()
+            remaining = deadline - anyio.current_time()
+            if latest > since or remaining <= 0:
+                return latest
+            with anyio.move_on_after(min(POLL_FALLBACK, remaining)):
+                await changed.wait()
+
+    # ---- maintenance ----------------------------------------------------------------------------
+
+    async def recount(self, run_id: str | None = None) -> RecountReport:
+        return await self._read(lambda c: _recount(c, run_id), snapshot=True)
+
+    async def rebuild_counters(self, run_id: str | None = None) -> None:
+        async def attempt() -> None:
+            async with self._pool.connection() as c:
+                await c.execute("SELECT pg_advisory_lock(%s)", (ROLLUP_LOCK,))
+                try:
+                    async with c.transaction():
+                        await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        await _rebuild(c, run_id)
+                finally:
+                    await c.execute("SELECT pg_advisory_unlock(%s)", (ROLLUP_LOCK,))
+
+        await self._with_retry(attempt)
+        self._wake()
+
+
+# ---- helpers that run inside a transaction ------------------------------------------------------
+
+
+async def _run(c: Conn, run_id: str) -> Run:
+    row = await _one(c, _RUN_SELECT + " WHERE r.id = %s GROUP BY r.id", (run_id,))
+    if row is None:
+        raise NotFound(f"unknown run '{run_id}'", field="run")
+    return R.run_from(row)
+
+
+async def _outcome(c: Conn, outcome_id: str) -> Outcome:
+    row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
+    if row is None:
+        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+    return R.outcome_from(row)
+
+
+async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
+    row = await tx.one(
+        "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
+        " p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+        " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
+        (outcome_id,),
+    )
+    if row is None:
+        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+    if row["lease_token"] != token:
+        raise StaleLease(
+            "stale lease_token: the item was re-claimed by another worker or reset; this report changes nothing",
+            field="lease_token",
+        )
+    return row
+
+
+def _lost_message(row: Row) -> str:
+    if row["status"] == "pending":
+        return "the lease expired or the item was failed and requeued; this report changes nothing"
+    return f"the item is {row['status']}; this lease no longer holds it, and the report changes nothing"
+
+
+async def _end_attempt(
+    tx: _Tx, outcome_id: str, token: str, status: str, error: str | None, now: float
+) -> None:
+    await tx.execute(
+        "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %s WHERE outcome_id = %s AND lease_token = %s",
+        (status, error, now, outcome_id, token),
+    )
+
+
+async def _sweep(tx: _Tx, run_id: str, now: float) -> None:
+    """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
+    Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
+    for r in await tx.all(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}):
+        target: Status = r["target"]
+        if target == "failed":
+            tx.minute(run_id, now, failed=1)
+        tx.move(run_id, int(r["package_id"]), "generating", target)
+        tx.event(
+            run_id,
+            r["id"],
+            "lease_expired",
+            {"item": r["item"], "attempt": r["attempts"], "now": target},
+            now,
+        )
+
+
+async def _cancel_pending(tx: _Tx, run_id: str, now: float) -> int:
+    total = 0
+    for r in await tx.all(
+        "WITH u AS (UPDATE outcomes SET status = 'cancelled', updated_at = %s, completed_at = %s"
+        " WHERE run_id = %s AND status = 'pending' RETURNING package_id)"
+        " SELECT package_id, count(*) AS n FROM u GROUP BY package_id",
+        (now, now, run_id),
+    ):
+        n = int(r["n"])
+        tx.move(run_id, int(r["package_id"]), "pending", "cancelled", n)
+        total += n
+    return total
+
+
+async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
+    row = await tx.one(
+        "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS generating,"
+        " COUNT(*) AS n, COALESCE(SUM(total),0)::bigint AS total FROM package_counters"
+        " WHERE run_id = %s AND (%s::text IS NULL OR name = %s::text)",
+        (run_id, package, package),
+    )
+    assert row is not None
+    if package is not None and row["n"] == 0:
+        raise NotFound(f"unknown package '{package}' in this run", field="package")
+    pkg_filter = (
+        ""
+        if package is None
+        else " AND package_id IN (SELECT id FROM packages WHERE run_id = %s AND name = %s)"
+    )
+    pkg_args = [] if package is None else [run_id, package]
+    if row["pending"]:
+        m = await tx.one(
+            "SELECT MIN(available_at) AS t FROM outcomes WHERE run_id = %s AND status = 'pending'"
+            + pkg_filter,
+            [run_id, *pkg_args],
+        )
+        return "backing_off", m["t"] if m else None
+    if row["generating"]:
+        m = await tx.one(
+            "SELECT MIN(lease_expires_at) AS t FROM outcomes WHERE run_id = %s AND status = 'generating'"
+            + pkg_filter,
+            [run_id, *pkg_args],
+        )
+        return "all_leased", m["t"] if m else None
+    total = await tx.one(
+        "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s", (run_id,)
+    )
+    return ("done" if total and total["total"] else "empty"), None
+
+
+async def _update_status(
+    tx: _Tx,
+    outcome_id: str,
+    status: Status,
+    error_message: str | None,
+    report: Report | None,
+    now: float,
+    created_by: str | None,
+) -> Outcome:
+    row = await tx.one(
+        "SELECT o.*, r.lease_seconds FROM outcomes o JOIN runs r ON r.id = o.run_id WHERE o.id = %s FOR UPDATE OF o",
+        (outcome_id,),
+    )
+    if row is None:
+        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+    run_id, pid = row["run_id"], int(row["package_id"])
+    old = row["status"]
+    old_metrics = R.loads(row["metrics"], {})
+    metrics = report.metrics if report is not None and report.metrics else old_metrics
+    metadata = report.metadata if report is not None and report.metadata else R.loads(row["metadata"], {})
+    started = row["started_at"]
+    completed_at = row["completed_at"]
+    duration = row["duration_seconds"]
+    lease_expires = None
+    token = str(uuid.uuid4())  # any override fences off whoever held the lease
+    if status == "generating":
+        started = now
+        lease_expires = now + float(row["lease_seconds"])
+        completed_at = duration = None
+    elif status in ("complete", "failed", "cancelled"):
+        if old != status:
+            completed_at = now
+            duration = max(0.0, now - started) if started is not None else None
+    else:  # pending
+        completed_at = duration = None
+    if old == "complete":
+        tx.contribution(run_id, pid, old_metrics, row["duration_seconds"], -1)
+    await tx.execute(
+        "UPDATE outcomes SET status = %s, error_message = %s, metrics = %s, metadata = %s,"
+        " outcome_path = COALESCE(%s, outcome_path), content_sha256 = COALESCE(%s, content_sha256),"
+        " content_bytes = COALESCE(%s, content_bytes), mime_type = COALESCE(%s, mime_type),"
+        " started_at = %s, completed_at = %s, duration_seconds = %s, lease_token = %s, lease_expires_at = %s,"
+        " available_at = %s, created_by = COALESCE(created_by, %s), updated_at = %s WHERE id = %s",
+        (
+            status,
+            error_message if status != "complete" else None,
+            R.dumps(metrics),
+            R.dumps(metadata),
+            report.outcome_path if report else None,
+            report.content_sha256 if report else None,
+            report.content_bytes if report else None,
+            report.mime_type if report else None,
+            started,
+            completed_at,
+            duration,
+            token,
+            lease_expires,
+            now,
+            created_by,
+            now,
+            outcome_id,
+        ),
+    )
+    tx.move(run_id, pid, old, status)
+    if status == "complete":
+        tx.contribution(run_id, pid, metrics, duration, +1)
+        values = R.numeric_metrics(metrics)
+        await tx.execute("DELETE FROM outcome_metrics WHERE outcome_id = %s", (outcome_id,))
+        if values:
+            await tx.execute(
+                "INSERT INTO outcome_metrics (outcome_id, name, value)"
+                " SELECT %s, k, v FROM unnest(%s::text[], %s::float8[]) AS m(k, v)",
+                (outcome_id, [k for k, _ in values], [v for _, v in values]),
+            )
+        if old != "complete":
+            tx.minute(run_id, now, completed=1, duration=duration)
+    elif status == "failed" and old != "failed":
+        tx.minute(run_id, now, failed=1)
+    tx.event(run_id, outcome_id, "status_updated", {"item": row["item"], "from": old, "to": status}, now)
+    return await _outcome(tx.conn, outcome_id)
+
+
+async def _summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary]:
+    rows = await _all(c, _SUMMARY_SELECT + " WHERE " + where + " ORDER BY r.created_at, p.position", args)
+    return [R.summary_from(r, {int(b): int(n) for b, n in zip(r["hb"], r["hn"], strict=True)}) for r in rows]
+
+
+async def _truth(c: Conn, package_id: int) -> dict[str, Any]:
+    truth: dict[str, Any] = dict.fromkeys(STATUSES, 0)
+    for r in await _all(
+        c, "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status", (package_id,)
+    ):
+        truth[r["status"]] = int(r["n"])
+    truth["total"] = sum(truth[s] for s in STATUSES)
+    sums = dict.fromkeys(_COUNTER_COLUMNS, 0.0)
+    hist: dict[int, int] = defaultdict(int)
+    async with c.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+        await cur.execute(
+            "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'",
+            (package_id,),
+        )
+        async for metrics, duration in cur:
+            for k, v in R.contribution(R.loads(metrics, {}), duration).items():
+                sums[k] += v
+            if duration is not None:
+                hist[R.duration_bucket(duration)] += 1
+    truth.update(sums)
+    truth["hist"] = dict(hist)
+    return truth
+
+
+async def _recount(c: Conn, run_id: str | None) -> RecountReport:
+    where, args = ("WHERE p.run_id = %s", [run_id]) if run_id else ("", [])
+    mismatches: list[str] = []
+    packages = await _all(
+        c,
+        "SELECT p.*, r.name AS run_name FROM package_counters p JOIN runs r ON r.id = p.run_id " + where,
+        args,
+    )
+    for p in packages:
+        truth = await _truth(c, int(p["id"]))
+        label = f"{p['run_name']}/{p['name']}"
+        for key in ("total", *STATUSES):
+            if int(p[key]) != truth[key]:
+                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
+        for key in _COUNTER_COLUMNS:
+            if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
+                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
+        hist = {
+            int(h["bucket"]): int(h["n"])
+            for h in await _all(
+                c, "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0", (p["id"],)
+            )
+        }
+        if hist != truth["hist"]:
+            mismatches.append(f"{label}: duration histogram {hist} != rows {truth['hist']}")
+    return RecountReport(consistent=not mismatches, mismatches=mismatches)
+
+
+async def _rebuild(c: Conn, run_id: str | None) -> None:
+    where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
+    ids = [int(r["id"]) for r in await _all(c, "SELECT id FROM packages " + where, args)]
+    await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%s::bigint[])", (ids,))
+    for pid in ids:
+        truth = await _truth(c, pid)
+        await c.execute(
+            "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s,"
+            " cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s,"
+            " quality_n = %s WHERE id = %s",
+            (
+                truth["total"],
+                *(truth[s] for s in STATUSES),
+                truth["duration_sum"],
+                round(truth["duration_n"]),
+                truth["lines_sum"],
+                truth["quality_sum"],
+                round(truth["quality_n"]),
+                pid,
+            ),
+        )
+        await c.execute("DELETE FROM package_durations WHERE package_id = %s", (pid,))
+        if truth["hist"]:
+            buckets = sorted(truth["hist"])
+            await c.execute(
+                "INSERT INTO package_durations (package_id, bucket, n)"
+                " SELECT %s, b, n FROM unnest(%s::int[], %s::bigint[]) AS h(b, n)",
+                (pid, buckets, [truth["hist"][b] for b in buckets]),
+            )
+
+
+__all__ = ["PostgresStore"]

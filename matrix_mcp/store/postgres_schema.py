@@ -1,0 +1,226 @@
+"""Versioned migrations for the PostgreSQL outcome store. Append new versions; never edit old ones.
+
+Applied at start-up inside one transaction under an advisory lock, so several server processes may
+start at once. Times are epoch seconds in double precision (the engine passes them in), JSON is
+stored as text written by `rows.dumps` — both exactly as in the SQLite store.
+
+Counters without a hot row: transitions append to `package_deltas`; one roller (advisory lock)
+folds them into `packages`, `package_durations` and `outcome_minutes`. Readers add the not yet
+rolled deltas through the `package_counters`, `package_hist` and `run_minutes` views.
+"""
+
+from __future__ import annotations
+
+MIGRATION_LOCK = 0x6D61_7472_0001  # pg_advisory_xact_lock key for migrations
+ROLLUP_LOCK = 0x6D61_7472_0002  # one counter roller at a time across processes
+EVENTS_LOCK = 0x6D61_7472_0003  # events get their sequence numbers in commit order
+NOTIFY_CHANNEL = "matrix_events"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+CREATE TABLE runs (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    goal text,
+    state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'paused', 'cancelled')),
+    outcome_type text NOT NULL,
+    lease_seconds double precision NOT NULL,
+    max_attempts integer NOT NULL,
+    backoff_seconds double precision NOT NULL,
+    backoff_cap_seconds double precision NOT NULL,
+    outcome_schema text,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+
+CREATE TABLE packages (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    description text,
+    position integer NOT NULL,
+    total bigint NOT NULL DEFAULT 0,
+    pending bigint NOT NULL DEFAULT 0,
+    generating bigint NOT NULL DEFAULT 0,
+    complete bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    duration_sum double precision NOT NULL DEFAULT 0,
+    duration_n bigint NOT NULL DEFAULT 0,
+    lines_sum double precision NOT NULL DEFAULT 0,
+    quality_sum double precision NOT NULL DEFAULT 0,
+    quality_n bigint NOT NULL DEFAULT 0,
+    UNIQUE (run_id, name)
+);
+
+CREATE TABLE package_durations (
+    package_id bigint NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    bucket integer NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (package_id, bucket)
+);
+
+-- Append-only counter changes; one row per (package | bucket | minute) per committed batch.
+CREATE TABLE package_deltas (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text NOT NULL,
+    package_id bigint,
+    bucket integer,
+    minute bigint,
+    total bigint NOT NULL DEFAULT 0,
+    pending bigint NOT NULL DEFAULT 0,
+    generating bigint NOT NULL DEFAULT 0,
+    complete bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    duration_sum double precision NOT NULL DEFAULT 0,
+    duration_n bigint NOT NULL DEFAULT 0,
+    lines_sum double precision NOT NULL DEFAULT 0,
+    quality_sum double precision NOT NULL DEFAULT 0,
+    quality_n bigint NOT NULL DEFAULT 0,
+    bucket_n bigint NOT NULL DEFAULT 0,
+    m_completed bigint NOT NULL DEFAULT 0,
+    m_failed bigint NOT NULL DEFAULT 0,
+    m_duration_sum double precision NOT NULL DEFAULT 0,
+    m_duration_n bigint NOT NULL DEFAULT 0
+) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_analyze_scale_factor = 0.0, autovacuum_analyze_threshold = 1000);
+CREATE INDEX package_deltas_package ON package_deltas (package_id) WHERE package_id IS NOT NULL;
+CREATE INDEX package_deltas_run ON package_deltas (run_id);
+
+CREATE SEQUENCE claim_clock;
+
+CREATE TABLE outcomes (
+    n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    package_id bigint NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    item text NOT NULL,
+    position integer NOT NULL,
+    status text NOT NULL
+        CHECK (status IN ('pending', 'generating', 'complete', 'failed', 'cancelled')),
+    outcome_type text NOT NULL,
+    outcome_path text,
+    specifications text,
+    attempts integer NOT NULL DEFAULT 0,
+    worker text,
+    created_by text,
+    error_message text,
+    metrics text NOT NULL DEFAULT '{}',
+    metadata text NOT NULL DEFAULT '{}',
+    content_sha256 text,
+    content_bytes bigint,
+    mime_type text,
+    lease_token text,
+    lease_expires_at double precision,
+    available_at double precision NOT NULL,
+    claim_seq bigint,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    started_at double precision,
+    completed_at double precision,
+    duration_seconds double precision,
+    UNIQUE (package_id, item)
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_vacuum_cost_limit = 2000);
+CREATE INDEX outcomes_claimable ON outcomes (package_id, available_at, position) WHERE status = 'pending';
+CREATE INDEX outcomes_leased ON outcomes (run_id, lease_expires_at) WHERE status = 'generating';
+CREATE INDEX outcomes_run_status ON outcomes (run_id, status, n);
+CREATE INDEX outcomes_run_n ON outcomes (run_id, n);
+CREATE INDEX outcomes_last_claim ON outcomes (package_id, claim_seq) WHERE claim_seq IS NOT NULL;
+
+CREATE TABLE outcome_attempts (
+    outcome_id text NOT NULL,
+    attempt integer NOT NULL,
+    lease_token text NOT NULL,
+    worker text,
+    status text NOT NULL,
+    error text,
+    started_at double precision,
+    ended_at double precision,
+    PRIMARY KEY (outcome_id, lease_token)
+) WITH (fillfactor = 85, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.01);
+
+CREATE TABLE outcome_metrics (
+    outcome_id text NOT NULL,
+    name text NOT NULL,
+    value double precision NOT NULL,
+    PRIMARY KEY (outcome_id, name)
+);
+CREATE INDEX outcome_metrics_name ON outcome_metrics (name, value);
+
+CREATE TABLE outcome_minutes (
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    minute bigint NOT NULL,
+    completed bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    duration_sum double precision NOT NULL DEFAULT 0,
+    duration_n bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, minute)
+);
+
+CREATE TABLE integration_logs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text REFERENCES runs(id) ON DELETE CASCADE,
+    outcome_id text,
+    integration_type text NOT NULL,
+    action text NOT NULL,
+    status text NOT NULL,
+    details text NOT NULL DEFAULT '{}',
+    created_at double precision NOT NULL
+);
+CREATE INDEX integration_logs_run ON integration_logs (run_id, id);
+
+CREATE TABLE events (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text,
+    outcome_id text,
+    kind text NOT NULL,
+    data text NOT NULL DEFAULT '{}',
+    created_at double precision NOT NULL
+) WITH (autovacuum_analyze_scale_factor = 0.02);
+CREATE INDEX events_run ON events (run_id, seq);
+
+CREATE VIEW package_counters AS
+SELECT p.id, p.run_id, p.name, p.description, p.position,
+       p.total + COALESCE(d.total, 0) AS total,
+       p.pending + COALESCE(d.pending, 0) AS pending,
+       p.generating + COALESCE(d.generating, 0) AS generating,
+       p.complete + COALESCE(d.complete, 0) AS complete,
+       p.failed + COALESCE(d.failed, 0) AS failed,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       p.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
+       p.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
+       p.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
+       p.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
+       p.quality_n + COALESCE(d.quality_n, 0) AS quality_n
+FROM packages p
+LEFT JOIN LATERAL (
+    SELECT SUM(x.total) AS total, SUM(x.pending) AS pending, SUM(x.generating) AS generating,
+           SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled,
+           SUM(x.duration_sum) AS duration_sum, SUM(x.duration_n) AS duration_n,
+           SUM(x.lines_sum) AS lines_sum, SUM(x.quality_sum) AS quality_sum, SUM(x.quality_n) AS quality_n
+    FROM package_deltas x
+    WHERE x.package_id = p.id AND x.bucket IS NULL
+) d ON true;
+
+CREATE VIEW package_hist AS
+SELECT package_id, bucket, SUM(n) AS n FROM (
+    SELECT package_id, bucket, n FROM package_durations
+    UNION ALL
+    SELECT package_id, bucket, bucket_n FROM package_deltas WHERE bucket IS NOT NULL
+) h GROUP BY package_id, bucket;
+
+CREATE VIEW run_minutes AS
+SELECT run_id, minute, SUM(completed) AS completed, SUM(failed) AS failed,
+       SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n FROM (
+    SELECT run_id, minute, completed, failed, duration_sum, duration_n FROM outcome_minutes
+    UNION ALL
+    SELECT run_id, minute, m_completed, m_failed, m_duration_sum, m_duration_n
+    FROM package_deltas WHERE minute IS NOT NULL
+) m GROUP BY run_id, minute;
+""",
+    ),
+]
