@@ -88,6 +88,22 @@ _MOVE_SQL = {
     for b in STATUSES
     if a != b
 }
+_MOVE_CONTRIB_SQL = {
+    (a, b): "UPDATE packages SET "
+    + a
+    + " = "
+    + a
+    + " - 1, "
+    + b
+    + " = "
+    + b
+    + " + 1, duration_sum = duration_sum + ?,"
+    " duration_n = duration_n + ?, lines_sum = lines_sum + ?, quality_sum = quality_sum + ?,"
+    " quality_n = quality_n + ? WHERE id = ?"
+    for a in STATUSES
+    for b in STATUSES
+    if a != b
+}
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -578,14 +594,35 @@ class SQLiteStore:
                 ),
             )
             _end_attempt(c, outcome_id, lease_token, "complete", None, now)
-            _move(c, row["package_id"], "generating", "complete")
-            _add_contribution(c, row["package_id"], report.metrics, duration, +1)
-            _set_metrics(c, outcome_id, report.metrics)
+            _move(c, row["package_id"], "generating", "complete", R.contribution(report.metrics, duration))
+            if duration is not None:
+                _add_histogram(c, row["package_id"], duration, +1)
+            _set_metrics(c, outcome_id, report.metrics, replace=False)
             _minute(c, row["run_id"], now, completed=1, duration=duration)
             _event(
-                c, row["run_id"], outcome_id, "completed", {"item": row["item"], "duration": duration}, now
+                c,
+                row["run_id"],
+                outcome_id,
+                "completed",
+                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                now,
             )
-            return _outcome(c, outcome_id)
+            done = dict(row)
+            done.update(
+                status="complete",
+                completed_at=now,
+                duration_seconds=duration,
+                updated_at=now,
+                lease_expires_at=None,
+                error_message=None,
+                metrics=R.dumps(report.metrics),
+                metadata=R.dumps(report.metadata),
+                outcome_path=report.outcome_path or row["outcome_path"],
+                content_sha256=report.content_sha256,
+                content_bytes=report.content_bytes,
+                mime_type=report.mime_type,
+            )
+            return R.outcome_from(done)
 
         return await self._write(op)
 
@@ -625,6 +662,7 @@ class SQLiteStore:
                     outcome_id,
                     "retry_scheduled",
                     {
+                        "package": row["package_name"],
                         "item": row["item"],
                         "attempt": attempts,
                         "delay": round(delay, 3),
@@ -648,7 +686,12 @@ class SQLiteStore:
                     row["run_id"],
                     outcome_id,
                     target,
-                    {"item": row["item"], "attempt": attempts, "error": error[:500]},
+                    {
+                        "package": row["package_name"],
+                        "item": row["item"],
+                        "attempt": attempts,
+                        "error": error[:500],
+                    },
                     now,
                 )
             return _outcome(c, outcome_id)
@@ -1049,10 +1092,24 @@ def _event(
     )
 
 
-def _move(c: sqlite3.Connection, package_id: int, old: Status, new: Status) -> None:
-    if old == new:
+def _move(
+    c: sqlite3.Connection, package_id: int, old: Status, new: Status, contrib: dict[str, float] | None = None
+) -> None:
+    """Move one item between status counters; `contrib` adds a completion's sums in the same statement."""
+    if old == new and contrib is None:
         return
-    c.execute(_MOVE_SQL[old, new], (package_id,))
+    if contrib is None:
+        c.execute(_MOVE_SQL[old, new], (package_id,))
+    else:
+        c.execute(_MOVE_CONTRIB_SQL[old, new], (*(contrib[k] for k in _COUNTER_COLUMNS), package_id))
+
+
+def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign: int) -> None:
+    c.execute(
+        "INSERT INTO package_durations (package_id, bucket, n) VALUES (?, ?, ?)"
+        " ON CONFLICT (package_id, bucket) DO UPDATE SET n = n + excluded.n",
+        (package_id, R.duration_bucket(duration), sign),
+    )
 
 
 def _add_contribution(
@@ -1065,15 +1122,16 @@ def _add_contribution(
         (*(sign * contrib[k] for k in _COUNTER_COLUMNS), package_id),
     )
     if duration is not None:
-        c.execute(
-            "INSERT INTO package_durations (package_id, bucket, n) VALUES (?, ?, ?)"
-            " ON CONFLICT (package_id, bucket) DO UPDATE SET n = n + excluded.n",
-            (package_id, R.duration_bucket(duration), sign),
-        )
+        _add_histogram(c, package_id, duration, sign)
 
 
-def _set_metrics(c: sqlite3.Connection, outcome_id: str, metrics: dict[str, Any]) -> None:
-    c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
+def _set_metrics(
+    c: sqlite3.Connection, outcome_id: str, metrics: dict[str, Any], replace: bool = True
+) -> None:
+    """Numeric metrics as rows; `replace=False` when the outcome is completing for the first time since
+    its last claim (rows of an earlier completion are removed when it leaves `complete`)."""
+    if replace:
+        c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
     values = R.numeric_metrics(metrics)
     if values:
         c.executemany(
@@ -1109,7 +1167,7 @@ def _end_attempt(
 
 
 def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
-    row = c.execute("SELECT * FROM outcomes WHERE id = ?", (outcome_id,)).fetchone()
+    row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
     if row is None:
         raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
     if row["lease_token"] != token:
@@ -1129,8 +1187,8 @@ def _lost_message(row: sqlite3.Row) -> str:
 def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is)."""
     rows = c.execute(
-        "SELECT o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, r.max_attempts, r.state"
-        " FROM outcomes o JOIN runs r ON r.id = o.run_id"
+        "SELECT o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, r.max_attempts, r.state,"
+        " p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id"
         " WHERE o.run_id = ? AND o.status = 'generating' AND o.lease_expires_at <= ? LIMIT ?",
         (run_id, now, SWEEP_LIMIT),
     ).fetchall()
@@ -1164,7 +1222,7 @@ def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
             run_id,
             r["id"],
             "lease_expired",
-            {"item": r["item"], "attempt": r["attempts"], "now": target},
+            {"package": r["package_name"], "item": r["item"], "attempt": r["attempts"], "now": target},
             now,
         )
 
@@ -1256,6 +1314,7 @@ def _update_status(
         completed_at = duration = None
     if old == "complete":
         _add_contribution(c, row["package_id"], old_metrics, row["duration_seconds"], -1)
+        c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
     c.execute(
         "UPDATE outcomes SET status = ?, error_message = ?, metrics = ?, metadata = ?,"
         " outcome_path = COALESCE(?, outcome_path), content_sha256 = COALESCE(?, content_sha256),"
@@ -1291,7 +1350,12 @@ def _update_status(
     elif status == "failed" and old != "failed":
         _minute(c, row["run_id"], now, failed=1)
     _event(
-        c, row["run_id"], outcome_id, "status_updated", {"item": row["item"], "from": old, "to": status}, now
+        c,
+        row["run_id"],
+        outcome_id,
+        "status_updated",
+        {"package": row["package_name"], "item": row["item"], "from": old, "to": status},
+        now,
     )
     return _outcome(c, outcome_id)
 
