@@ -1288,7 +1288,8 @@ def _update_status(
     created_by: str | None,
 ) -> Outcome:
     row = c.execute(
-        "SELECT o.*, r.lease_seconds FROM outcomes o JOIN runs r ON r.id = o.run_id WHERE o.id = ?",
+        "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+        " JOIN packages p ON p.id = o.package_id WHERE o.id = ?",
         (outcome_id,),
     ).fetchone()
     if row is None:
