@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.resources.base import Resource
 from mcp.server.mcpserver.resources.templates import ResourceTemplate
 from mcp.server.mcpserver.resources.types import FunctionResource
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 
 # validation-only keywords that say nothing a reader of a result needs
 _INPUT_ONLY = frozenset(
@@ -124,8 +127,42 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _text_only(annotation: Any) -> bool:
+    """`str | None` (and Literal/str unions): a value that must stay the text the client sent."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or not args:
+        return False
+    return all(a is str or a is type(None) for a in args)
+
+
+class TextSafeFuncMetadata(FuncMetadata):
+    """The SDK parses any string argument that looks like JSON unless its annotation is exactly `str`, so
+    `content='{"a": 1}'` for a `str | None` parameter arrives as a dict and fails validation (and a
+    package named "true" becomes a bool). Optional text parameters are kept verbatim here."""
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        keep = {
+            key: value
+            for key, value in data.items()
+            if isinstance(value, str)
+            and key in self.arg_model.model_fields
+            and _text_only(self.arg_model.model_fields[key].annotation)
+        }
+        parsed = super().pre_parse_json(data)
+        parsed.update(keep)
+        return parsed
+
+
+def keep_text_arguments(server: MCPServer[Any]) -> None:
+    for tool in server._tool_manager.list_tools():
+        if type(tool.fn_metadata) is FuncMetadata:
+            tool.fn_metadata.__class__ = TextSafeFuncMetadata
+
+
 def compact_tool_schemas(server: MCPServer[Any]) -> None:
     for tool in server._tool_manager.list_tools():
+        if tool.description:
+            tool.description = " ".join(tool.description.split())  # docstring indentation costs context
         tool.parameters = compact_schema(tool.parameters)
         if tool.fn_metadata.output_schema is not None:
             tool.fn_metadata.output_schema = inline_refs(

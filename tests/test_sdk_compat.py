@@ -1,0 +1,132 @@
+"""The small module that reaches into mcp internals: its behaviour, pinned so an SDK upgrade shows up here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+from mcp.client import Client
+
+from matrix_mcp.config import Settings
+from matrix_mcp.models import Outcome, RunStatus
+from matrix_mcp.sdk_compat import compact_schema, inline_refs
+from matrix_mcp.server import create_server
+
+pytestmark = pytest.mark.anyio
+
+
+def test_compact_schema_keeps_meaning() -> None:
+    schema = {
+        "title": "X",
+        "type": "object",
+        "properties": {
+            "title": {"title": "Title", "type": "string"},  # a property *named* title survives
+            "maybe": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None, "title": "Maybe"},
+            "kind": {"anyOf": [{"enum": ["a", "b"], "type": "string"}, {"type": "null"}]},
+        },
+        "required": ["title"],
+        "additionalProperties": True,
+    }
+    out = compact_schema(schema)
+    assert out == {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "maybe": {"type": ["integer", "null"]},
+            "kind": {"enum": ["a", "b", None], "type": ["string", "null"]},
+        },
+        "required": ["title"],
+    }
+    validator = jsonschema.Draft202012Validator(out)
+    assert validator.is_valid({"title": "t", "maybe": None, "kind": None})
+    assert not validator.is_valid({"title": "t", "kind": "c"})
+    assert not validator.is_valid({"maybe": 1})
+
+
+def test_output_schemas_validate_real_results() -> None:
+    for model in (Outcome, RunStatus):
+        schema = inline_refs(compact_schema(model.model_json_schema(), output=True))
+        assert "$ref" not in str(schema) or "$defs" in schema
+        jsonschema.Draft202012Validator.check_schema(schema)
+    status = RunStatus.model_validate(
+        {
+            "run": "r",
+            "run_id": "i",
+            "state": "active",
+            "goal": None,
+            "counts": {"pending": 1, "total": 1},
+            "packages": [],
+            "progress": 0,
+            "throughput_per_minute": None,
+            "eta_seconds": None,
+            "latest_seq": 3,
+            "events": [],
+        }
+    )
+    schema = inline_refs(compact_schema(RunStatus.model_json_schema(), output=True))
+    jsonschema.validate(status.model_dump(mode="json"), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**status.model_dump(mode="json"), "latest_seq": "x"}, schema)
+
+
+def test_inline_refs_keeps_shared_definitions() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/A"}, "b1": {"$ref": "#/$defs/B"}, "b2": {"$ref": "#/$defs/B"}},
+        "$defs": {"A": {"type": "string"}, "B": {"type": "integer"}},
+    }
+    out = inline_refs(schema)
+    assert out["properties"]["a"] == {"type": "string"}
+    assert out["properties"]["b1"] == {"$ref": "#/$defs/B"}
+    assert out["$defs"] == {"B": {"type": "integer"}}
+
+
+async def test_content_resource_keeps_its_mime_type(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with Client(create_server(settings), mode="legacy") as c:
+        await c.call_tool("plan_run", {"name": "r", "packages": [{"name": "p", "items": ["x", "y"]}]})
+        for mime, content, encoding in (
+            ("application/json", '{"a": 1}', "utf-8"),
+            ("image/png", "iVBORw0K", "base64"),
+        ):
+            got = (await c.call_tool("claim_items", {"run": "r", "worker": "w"})).structured_content or {}
+            item = got["items"][0]
+            await c.call_tool(
+                "complete_item",
+                {
+                    "outcome_id": item["outcome_id"],
+                    "lease_token": item["lease_token"],
+                    "content": content,
+                    "content_encoding": encoding,
+                    "mime_type": mime,
+                },
+            )
+            res = (await c.read_resource(f"matrix://outcomes/{item['outcome_id']}/content")).contents[0]
+            assert res.mime_type == mime
+            if mime == "image/png":
+                assert getattr(res, "blob", None) == "iVBORw0K"
+            else:
+                assert getattr(res, "text", None) == content
+        tools = (await c.list_tools()).tools
+        assert all("\n" not in (t.description or "") for t in tools)
+
+
+async def test_text_arguments_that_look_like_json_stay_text(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with Client(create_server(settings), mode="legacy") as c:
+        plan = await c.call_tool(
+            "plan_run",
+            {"name": "r", "goal": '{"target": "json"}', "packages": [{"name": "true", "items": ["1"]}]},
+        )
+        assert not plan.is_error and (plan.structured_content or {})["run"]["goal"] == '{"target": "json"}'
+        got = await c.call_tool("claim_items", {"run": "r", "worker": "null", "package": "true"})
+        assert not got.is_error, got.content
+        item = (got.structured_content or {})["items"][0]
+        assert item["package"] == "true"
+        # a list sent as a JSON string is still accepted where a list is expected (Claude Desktop does this)
+        hb = await c.call_tool(
+            "heartbeat",
+            {"leases": f'[{{"outcome_id": "{item["outcome_id"]}", "lease_token": "{item["lease_token"]}"}}]'},
+        )
+        assert not hb.is_error and len((hb.structured_content or {})["extended"]) == 1
