@@ -151,11 +151,15 @@ FROM package_counters p JOIN runs r ON r.id = p.run_id
 """
 
 _CLAIM_SQL = """
-WITH pk AS MATERIALIZED (
+WITH r AS MATERIALIZED (
+    SELECT name, lease_seconds FROM runs WHERE id = %(run)s AND state = 'active'
+),
+pk AS MATERIALIZED (
     SELECT p.id, p.name, p.description, p.position,
            (row_number() OVER (ORDER BY COALESCE(lc.last, 0), p.position) - 1)::int AS ord,
            (count(*) OVER ())::int AS np
     FROM packages p
+    JOIN r ON true
     LEFT JOIN LATERAL (
         SELECT max(o.claim_seq) AS last FROM outcomes o
         WHERE o.package_id = p.id AND o.claim_seq IS NOT NULL
@@ -189,12 +193,12 @@ clk AS (SELECT nextval('claim_clock') AS v),
 upd AS (
     UPDATE outcomes o
     SET status = 'generating', attempts = o.attempts + 1, worker = %(worker)s,
-        lease_token = (%(tokens)s::text[])[picked.rank], lease_expires_at = %(expires)s,
+        lease_token = (%(tokens)s::text[])[picked.rank], lease_expires_at = %(now)s + r.lease_seconds,
         started_at = %(now)s, updated_at = %(now)s, claim_seq = clk.v * 4096 + picked.rank
-    FROM picked, clk
+    FROM picked, clk, r
     WHERE o.n = picked.n
     RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path,
-              o.lease_token, o.package_id, picked.rank
+              o.lease_token, o.lease_expires_at, o.package_id, picked.rank
 ),
 att AS (
     INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status, started_at)
@@ -202,15 +206,52 @@ att AS (
 )
 SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
        upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
-       upd.lease_token, upd.rank
+       upd.lease_token, upd.lease_expires_at, upd.rank, (SELECT name FROM r) AS run_name
 FROM pk LEFT JOIN upd ON upd.package_id = pk.id
 ORDER BY upd.rank NULLS LAST
 """
+
+_COMPLETE_SQL = """
+WITH cur AS MATERIALIZED (
+    SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+    FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
+    WHERE o.id = %(id)s
+    FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = 'complete', completed_at = %(now)s,
+        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, %(now)s - cur.started_at) END,
+        updated_at = %(now)s, lease_expires_at = NULL, error_message = NULL,
+        metrics = %(metrics)s, metadata = %(metadata)s, outcome_path = COALESCE(%(path)s, o.outcome_path),
+        content_sha256 = %(sha)s, content_bytes = %(bytes)s, mime_type = %(mime)s
+    FROM cur
+    WHERE o.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
+    RETURNING o.duration_seconds
+),
+a AS (
+    UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s
+    WHERE outcome_id = %(id)s AND lease_token = %(token)s AND EXISTS (SELECT 1 FROM u)
+),
+md AS (
+    DELETE FROM outcome_metrics
+    WHERE outcome_id = %(id)s AND NOT (name = ANY(%(names)s::text[])) AND EXISTS (SELECT 1 FROM u)
+),
+mi AS (
+    INSERT INTO outcome_metrics (outcome_id, name, value)
+    SELECT %(id)s, m.k, m.v FROM unnest(%(names)s::text[], %(values)s::float8[]) AS m(k, v)
+    WHERE EXISTS (SELECT 1 FROM u)
+    ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+)
+SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration FROM cur
+"""
+
 
 _SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
     SELECT o.n FROM outcomes o
     WHERE o.run_id = %(run)s AND o.status = 'generating' AND o.lease_expires_at <= %(now)s
+      AND EXISTS (SELECT 1 FROM runs WHERE id = %(run)s AND state <> 'cancelled')
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ),
@@ -294,6 +335,12 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
+async def _configure(conn: Conn) -> None:
+    # the hot statements are prepared (psycopg prepares after 5 uses); their plans do not depend on
+    # parameter values, so skip re-planning every execution
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
 async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
     cur = await c.execute(query, params)
     return await cur.fetchone()
@@ -302,6 +349,10 @@ async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
 async def _all(c: Conn, query: Any, params: Any = None) -> list[Row]:
     cur = await c.execute(query, params)
     return await cur.fetchall()
+
+
+class _NeedSafe(Exception):
+    """An atomic request failed after writing: re-run the batch with a savepoint per request."""
 
 
 class _Batch:
@@ -334,6 +385,7 @@ class _Tx:
         self.deltas: dict[DeltaKey, list[float]] = {}
         self.events: list[tuple[str | None, str | None, str, str, float]] = []
         self.taken: dict[DeltaKey, list[float]] = {}
+        self.wrote = False  # set by atomic requests once they changed a row
 
     async def one(self, query: Any, params: Any = None) -> Row | None:
         return await _one(self.conn, query, params)
@@ -414,10 +466,11 @@ async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
 
 
 class _Request:
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("atomic", "done", "error", "fn", "value")
 
-    def __init__(self, fn: Callable[[_Tx], Awaitable[Any]]) -> None:
+    def __init__(self, fn: Callable[[_Tx], Awaitable[Any]], atomic: bool) -> None:
         self.fn = fn
+        self.atomic = atomic
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -454,6 +507,7 @@ class PostgresStore:
             timeout=POOL_WAIT,
             kwargs={"autocommit": True, "row_factory": dict_row},
             check=AsyncConnectionPool.check_connection,
+            configure=_configure,
             reconnect_timeout=30.0,
             name="matrix",
         )
@@ -527,11 +581,15 @@ class PostgresStore:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
 
-    async def _write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
-        """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all."""
+    async def _write(self, fn: Callable[[_Tx], Awaitable[T]], atomic: bool = False) -> T:
+        """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
+
+        atomic=True: fn either raises before changing any row or sets `tx.wrote` after its only write,
+        so it runs without a SAVEPOINT (two round trips fewer); if it fails after writing, the batch
+        is rolled back and re-run with a savepoint around every request."""
         if self._closed:
             raise Unavailable("the store is closed")
-        request = _Request(fn)
+        request = _Request(fn, atomic)
         self._queue.append(request)
         if not self._leading:
             self._leading = True
@@ -558,12 +616,33 @@ class PostgresStore:
         return request.value  # type: ignore[no-any-return]
 
     async def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            await self._run_batch_once(batch, safe=False)
+        except _NeedSafe:
+            await self._run_batch_once(batch, safe=True)
+
+    async def _run_batch_once(self, batch: list[_Request], safe: bool) -> None:
         async with self._pool.connection() as conn, conn.transaction():
             state = _Batch()
             for req in batch:
                 req.error = None
                 req.value = None
                 tx = _Tx(conn, state)
+                if req.atomic and not safe:
+                    try:
+                        req.value = await req.fn(tx)
+                    except psycopg.Error as exc:
+                        if _transient(exc):
+                            raise
+                        raise _NeedSafe from exc  # the transaction is aborted: redo with savepoints
+                    except Exception as exc:
+                        if tx.wrote:
+                            raise _NeedSafe from exc
+                        tx.failed()
+                        req.error = exc
+                    else:
+                        tx.succeeded()
+                    continue
                 try:
                     async with conn.transaction():
                         req.value = await req.fn(tx)
@@ -577,11 +656,14 @@ class PostgresStore:
                     req.error = exc
                 else:
                     tx.succeeded()
-            await _write_deltas(conn, state.deltas)
-            if state.events:
+            if not state.events:
+                await _write_deltas(conn, state.deltas)
+                return
+            cols = list(zip(*state.events, strict=True))
+            notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
+            async with conn.pipeline():
+                await _write_deltas(conn, state.deltas)
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-                cols = list(zip(*state.events, strict=True))
-                notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
                 await conn.execute(
                     "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
                     " SELECT r, o, k, d, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
@@ -589,11 +671,11 @@ class PostgresStore:
                     " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
                     [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
                 )
-                if notify:
-                    self._last_notify = time.monotonic()
-                elif not self._notify_owed:
-                    self._notify_owed = True
-                    self._tasks.append(asyncio.create_task(self._trailing_notify()))
+            if notify:
+                self._last_notify = time.monotonic()
+            elif not self._notify_owed:
+                self._notify_owed = True
+                self._tasks.append(asyncio.create_task(self._trailing_notify()))
 
     async def _trailing_notify(self) -> None:
         """A debounced NOTIFY skipped during a burst is sent once the burst window has passed."""
@@ -874,17 +956,10 @@ class PostgresStore:
         token_factory: Callable[[], str],
     ) -> ClaimBatch:
         async def op(tx: _Tx) -> ClaimBatch:
-            run = await tx.one("SELECT name, state, lease_seconds FROM runs WHERE id = %s", (run_id,))
-            if run is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
-            if run["state"] == "cancelled":
-                return ClaimBatch([], "cancelled")
-            if tx.batch.swept.get(run_id, -1.0) < now:
-                await _sweep(tx, run_id, now)
+            if run_id not in tx.batch.swept:  # once per batch and run: expired leases go back first
                 tx.batch.swept[run_id] = now
-            if run["state"] == "paused":
-                return ClaimBatch([], "paused")
-            expires = now + float(run["lease_seconds"])
+                if await _sweep(tx, run_id, now):
+                    tx.wrote = True
             claims: list[Claim] = []
             exhausted: list[int] = []
             while len(claims) < limit:
@@ -899,7 +974,6 @@ class PostgresStore:
                         "limit": want,
                         "worker": worker,
                         "tokens": [token_factory() for _ in range(want)],
-                        "expires": expires,
                     },
                 )
                 per_package: dict[int, int] = defaultdict(int)
@@ -910,6 +984,7 @@ class PostgresStore:
                     quota[pid] = max(0, (want - ord_ + np_ - 1) // np_)
                     if o["id"] is None:
                         continue
+                    tx.wrote = True
                     per_package[pid] += 1
                     tx.event(
                         run_id,
@@ -926,13 +1001,13 @@ class PostgresStore:
                     claims.append(
                         Claim(
                             outcome_id=o["id"],
-                            run=run["name"],
+                            run=o["run_name"],
                             package=o["package_name"],
                             package_description=o["package_description"],
                             item=o["item"],
                             attempt=int(o["attempts"]),
                             lease_token=o["lease_token"],
-                            lease_expires_at=expires,
+                            lease_expires_at=float(o["lease_expires_at"]),
                             outcome_type=o["outcome_type"],
                             specifications=R.loads(o["specifications"]),
                             outcome_path=o["outcome_path"],
@@ -948,10 +1023,15 @@ class PostgresStore:
                 exhausted += short
             if len(claims) >= limit:
                 return ClaimBatch(claims)
+            run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
+            if run is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            if run["state"] in ("cancelled", "paused"):
+                return ClaimBatch(claims, run["state"])
             await tx.flush()
             return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
 
-        return await self._write(op)
+        return await self._write(op, atomic=True)
 
     async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
         async def op(tx: _Tx) -> HeartbeatResult:
@@ -966,6 +1046,7 @@ class PostgresStore:
                     "tokens": [lease.lease_token for lease in leases],
                 },
             )
+            tx.wrote = bool(rows)
             held = {(r["id"], r["lease_token"]): r for r in rows}
             result = HeartbeatResult(extended=[], lost=[], cancelled=[])
             for lease in leases:
@@ -980,54 +1061,43 @@ class PostgresStore:
                 )
             return result
 
-        return await self._write(op)
+        return await self._write(op, atomic=True)
 
     async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome:
+        metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
+        values = R.numeric_metrics(report.metrics)
+        params = {
+            "now": now,
+            "metrics": metrics,
+            "metadata": metadata,
+            "path": report.outcome_path,
+            "sha": report.content_sha256,
+            "bytes": report.content_bytes,
+            "mime": report.mime_type,
+            "id": outcome_id,
+            "token": lease_token,
+            "names": [k for k, _ in values],
+            "values": [v for _, v in values],
+        }
+
         async def op(tx: _Tx) -> Outcome:
-            row = await _leased_row(tx, outcome_id, lease_token)
-            if row["status"] == "complete":
-                if R.same_report(row, report):
-                    return R.outcome_from(row)
-                raise Conflict(
-                    "the item is already complete with a different report; repeat the identical report or "
-                    "use update_outcome_status",
-                    field="outcome_id",
-                )
-            if row["status"] != "generating":
+            row = await tx.one(_COMPLETE_SQL, params)
+            if row is None:
+                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+            if not row["done"]:
+                if row["lease_token"] != lease_token:
+                    raise StaleLease(_STALE_TOKEN, field="lease_token")
+                if row["status"] == "complete":
+                    if R.same_report(row, report):
+                        return R.outcome_from(row)
+                    raise Conflict(
+                        "the item is already complete with a different report; repeat the identical report or "
+                        "use update_outcome_status",
+                        field="outcome_id",
+                    )
                 raise StaleLease(_lost_message(row), field="lease_token")
-            duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
-            metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
-            values = R.numeric_metrics(report.metrics)
-            await tx.execute(
-                "WITH u AS (UPDATE outcomes SET status = 'complete', completed_at = %(now)s,"
-                " duration_seconds = %(duration)s, updated_at = %(now)s, lease_expires_at = NULL,"
-                " error_message = NULL, metrics = %(metrics)s, metadata = %(metadata)s,"
-                " outcome_path = COALESCE(%(path)s, outcome_path), content_sha256 = %(sha)s,"
-                " content_bytes = %(bytes)s, mime_type = %(mime)s WHERE n = %(n)s),"
-                " a AS (UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s"
-                " WHERE outcome_id = %(id)s AND lease_token = %(token)s),"
-                " md AS (DELETE FROM outcome_metrics WHERE outcome_id = %(id)s"
-                " AND NOT (name = ANY(%(names)s::text[]))),"
-                " mi AS (INSERT INTO outcome_metrics (outcome_id, name, value)"
-                " SELECT %(id)s, k, v FROM unnest(%(names)s::text[], %(values)s::float8[]) AS m(k, v)"
-                " ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value)"
-                " SELECT 1",
-                {
-                    "now": now,
-                    "duration": duration,
-                    "metrics": metrics,
-                    "metadata": metadata,
-                    "path": report.outcome_path,
-                    "sha": report.content_sha256,
-                    "bytes": report.content_bytes,
-                    "mime": report.mime_type,
-                    "n": row["n"],
-                    "id": outcome_id,
-                    "token": lease_token,
-                    "names": [k for k, _ in values],
-                    "values": [v for _, v in values],
-                },
-            )
+            tx.wrote = True
+            duration = row["new_duration"]
             run_id, pid = row["run_id"], int(row["package_id"])
             tx.move(run_id, pid, "generating", "complete")
             tx.contribution(run_id, pid, report.metrics, duration, +1)
@@ -1049,7 +1119,7 @@ class PostgresStore:
             )
             return R.outcome_from(row)
 
-        return await self._write(op)
+        return await self._write(op, atomic=True)
 
     async def fail(
         self,
@@ -1510,11 +1580,13 @@ async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
     if row is None:
         raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
     if row["lease_token"] != token:
-        raise StaleLease(
-            "stale lease_token: the item was re-claimed by another worker or reset; this report changes nothing",
-            field="lease_token",
-        )
+        raise StaleLease(_STALE_TOKEN, field="lease_token")
     return row
+
+
+_STALE_TOKEN = (
+    "stale lease_token: the item was re-claimed by another worker or reset; this report changes nothing"
+)
 
 
 def _lost_message(row: Row) -> str:
@@ -1532,10 +1604,11 @@ async def _end_attempt(
     )
 
 
-async def _sweep(tx: _Tx, run_id: str, now: float) -> None:
+async def _sweep(tx: _Tx, run_id: str, now: float) -> int:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
     Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
-    for r in await tx.all(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}):
+    rows = await tx.all(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT})
+    for r in rows:
         target: Status = r["target"]
         if target == "failed":
             tx.minute(run_id, now, failed=1)
@@ -1547,6 +1620,7 @@ async def _sweep(tx: _Tx, run_id: str, now: float) -> None:
             {"item": r["item"], "attempt": r["attempts"], "now": target},
             now,
         )
+    return len(rows)
 
 
 async def _cancel_pending(tx: _Tx, run_id: str, now: float) -> int:
