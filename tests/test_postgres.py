@@ -1,0 +1,224 @@
+"""PostgreSQL scale-out: several stdio server processes on one database behave as one board.
+
+- concurrent workers across 3 server processes drain a 2,000-item run: every item completed exactly
+  once, counters equal a recount — while every server backend is killed (pg_terminate_backend) mid-run;
+- the servers recover without a restart; a password in the URL never reaches tool results or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import psycopg
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+from psycopg import sql
+
+from matrix_mcp.config import Settings
+from matrix_mcp.engine import Engine
+from tests.conftest import assert_consistent
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+def server(url: str, artifacts: Path, log: Path) -> StdioServerParameters:
+    """A matrix-mcp stdio server whose stderr (its log, at DEBUG) goes to `log`."""
+    cmd = [sys.executable, "-m", "matrix_mcp", "--database-url", url, "--artifacts-dir", str(artifacts)]
+    cmd += ["--log-level", "DEBUG"]
+    return StdioServerParameters(
+        command="/bin/sh",
+        args=["-c", "exec " + shlex.join(cmd) + " 2>>" + shlex.quote(str(log))],
+        env={**os.environ},
+    )
+
+
+async def call(client: Client, tool: str, args: dict[str, Any], retries: int = 60) -> dict[str, Any]:
+    """Call a tool; a retryable error (database unavailable) is retried after a short pause."""
+    for _ in range(retries):
+        result = await client.call_tool(tool, args)
+        if not result.is_error:
+            return dict(result.structured_content or {})
+        text = " ".join(getattr(c, "text", "") for c in result.content)
+        if "retryable" not in text:
+            raise AssertionError(f"{tool} failed: {text}")
+        await anyio.sleep(0.1)
+    raise AssertionError(f"{tool} kept failing")
+
+
+def kill_backends(url: str) -> int:
+    """Terminate every other backend connected to this test's database (the servers' pools, LISTEN)."""
+    dbname = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
+    return len(rows)
+
+
+async def test_servers_drain_2000_items_exactly_once_through_backend_kills(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    url = postgres_database
+    n_servers, workers_per_server, packages, per_package = 3, 4, 20, 100
+    total = packages * per_package
+    completed_by: dict[str, list[str]] = {}
+    done = 0
+    killed: list[int] = []
+    logs = [tmp_path / f"server{i}.log" for i in range(n_servers)]
+
+    async with Client(server(url, tmp_path / "a", logs[0])) as orchestrator:
+        plan = await call(
+            orchestrator,
+            "plan_run",
+            {
+                "name": "big",
+                "packages": [
+                    {"name": f"p{i:02d}", "items": [f"i{j:03d}" for j in range(per_package)]}
+                    for i in range(packages)
+                ],
+                "policy": {"lease_seconds": 5},
+            },
+        )
+        assert plan["items"] == total
+
+        async def worker(client: Client, name: str) -> None:
+            nonlocal done
+            while True:
+                got = await call(
+                    client, "claim_items", {"run": "big", "worker": name, "limit": 5, "wait_seconds": 2}
+                )
+                if not got["items"]:
+                    if got.get("reason") == "done":
+                        return
+                    continue
+                for item in got["items"]:
+                    await call(
+                        client,
+                        "complete_item",
+                        {
+                            "outcome_id": item["outcome_id"],
+                            "lease_token": item["lease_token"],
+                            "metrics": {"lines_generated": 2, "quality_score": 0.5},
+                        },
+                    )
+                    completed_by.setdefault(item["outcome_id"], []).append(name)
+                    done += 1
+
+        async def killer() -> None:
+            for threshold in (total // 4, total // 2):
+                while done < threshold:  # noqa: ASYNC110 - polling a counter the workers bump
+                    await anyio.sleep(0.02)
+                killed.append(await anyio.to_thread.run_sync(kill_backends, url))
+
+        clients = [orchestrator]
+        async with (
+            Client(server(url, tmp_path / "a", logs[1])) as c1,
+            Client(server(url, tmp_path / "a", logs[2])) as c2,
+        ):
+            clients += [c1, c2]
+            with anyio.fail_after(150):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(killer)
+                    for s, client in enumerate(clients):
+                        for w in range(workers_per_server):
+                            tg.start_soon(worker, client, f"s{s}w{w}")
+            # every server still answers after the kills, without a restart
+            for client in clients:
+                status = await call(client, "run_status", {"run": "big"})
+                assert status["counts"]["complete"] == total
+
+    assert len(killed) == 2 and all(k > 0 for k in killed), killed
+    assert done == total and len(completed_by) == total
+    assert all(len(names) == 1 for names in completed_by.values())
+
+    engine = await Engine.open(Settings(database_url=url, artifacts_dir=tmp_path / "a"))
+    try:
+        run = await engine.get_run("big")
+        assert run.counts.complete == total and run.state == "done"
+        await assert_consistent(engine)
+        with psycopg.connect(url) as conn:
+            per_outcome = conn.execute(
+                "SELECT o.id, count(a.*) FILTER (WHERE a.status = 'complete') AS completions"
+                " FROM outcomes o LEFT JOIN outcome_attempts a ON a.outcome_id = o.id GROUP BY o.id"
+            ).fetchall()
+            events = Counter(
+                r[0]
+                for r in conn.execute("SELECT outcome_id FROM events WHERE kind = 'completed'").fetchall()
+            )
+        assert len(per_outcome) == total and all(c == 1 for _, c in per_outcome)
+        assert len(events) == total and set(events.values()) == {1}
+        summary = await engine.package_summary("p00", "big")
+        assert summary.completed_items == per_package and summary.total_lines_generated == 2 * per_package
+        metrics = await engine.system_metrics("big")
+        assert metrics.outcomes_complete == total and metrics.total_lines_generated == 2 * total
+    finally:
+        await engine.close()
+
+
+def _with_credentials(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{user}:{password}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def test_password_never_leaks_and_pool_recovers(postgres_database: str, tmp_path: Path) -> None:
+    role = "matrix_pw_" + uuid.uuid4().hex[:8]
+    password = "Pw-" + uuid.uuid4().hex
+    dbname = urlsplit(postgres_database).path.lstrip("/")
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname), sql.Identifier(role))
+        )
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+    url = _with_credentials(postgres_database, role, password)
+    log = tmp_path / "server.log"
+    seen: list[str] = []
+    try:
+        async with Client(server(url, tmp_path / "a", log)) as client:
+            await call(client, "plan_run", {"name": "r", "packages": [{"name": "p", "items": ["a", "b"]}]})
+            # the database refuses this role now: every tool answers a clear, retryable error, quickly
+            with psycopg.connect(postgres_database, autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            await anyio.to_thread.run_sync(kill_backends, postgres_database)
+            for tool, args in [
+                ("claim_items", {"run": "r", "worker": "w"}),
+                ("list_runs", {}),
+                ("package_summary", {"package": "p", "run": "r"}),
+            ]:
+                t0 = anyio.current_time()
+                result = await client.call_tool(tool, args)
+                elapsed = anyio.current_time() - t0
+                text = " ".join(getattr(c, "text", "") for c in result.content)
+                seen.append(text + repr(result.structured_content))
+                assert result.is_error and "retryable" in text and "unavailable" in text, text
+                assert elapsed < 10, elapsed
+            # the database is back: the same server recovers without a restart
+            with psycopg.connect(postgres_database, autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+            got = await call(client, "claim_items", {"run": "r", "worker": "w", "limit": 2})
+            assert len(got["items"]) == 2
+            seen.append(repr(got))
+            seen.append(repr(await call(client, "list_runs", {})))
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    text = log.read_text(errors="replace")
+    assert text, "the server logged at DEBUG"
+    for chunk in [*seen, text]:
+        assert password not in chunk
