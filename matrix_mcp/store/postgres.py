@@ -25,6 +25,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -148,6 +149,46 @@ SELECT p.*, r.name AS run_name,
        ARRAY(SELECT h.bucket FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hb,
        ARRAY(SELECT h.n FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hn
 FROM package_counters p JOIN runs r ON r.id = p.run_id
+"""
+
+# All summaries of one run in one pass: rolled counters + this run's unrolled deltas, histograms aggregated
+# per package (set-based; no per-package subqueries).
+_RUN_SUMMARIES_SQL = """
+WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
+d AS (
+    SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
+           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
+           SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n
+    FROM package_deltas WHERE run_id = %(run)s AND package_id IS NOT NULL AND bucket IS NULL
+    GROUP BY package_id
+),
+h AS (
+    SELECT package_id, bucket, SUM(n) AS n FROM (
+        SELECT pd.package_id, pd.bucket, pd.n FROM package_durations pd JOIN pk ON pk.id = pd.package_id
+        UNION ALL
+        SELECT package_id, bucket, bucket_n FROM package_deltas WHERE run_id = %(run)s AND bucket IS NOT NULL
+    ) x GROUP BY package_id, bucket HAVING SUM(n) > 0
+),
+ha AS (
+    SELECT package_id, array_agg(bucket ORDER BY bucket) AS hb, array_agg(n ORDER BY bucket) AS hn
+    FROM h GROUP BY package_id
+)
+SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
+       (pk.total + COALESCE(d.total, 0))::bigint AS total, (pk.pending + COALESCE(d.pending, 0))::bigint AS pending,
+       (pk.generating + COALESCE(d.generating, 0))::bigint AS generating,
+       (pk.complete + COALESCE(d.complete, 0))::bigint AS complete,
+       (pk.failed + COALESCE(d.failed, 0))::bigint AS failed,
+       (pk.cancelled + COALESCE(d.cancelled, 0))::bigint AS cancelled,
+       pk.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
+       (pk.duration_n + COALESCE(d.duration_n, 0))::bigint AS duration_n,
+       pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
+       pk.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
+       (pk.quality_n + COALESCE(d.quality_n, 0))::bigint AS quality_n,
+       COALESCE(ha.hb, '{}') AS hb, COALESCE(ha.hn::bigint[], '{}') AS hn
+FROM pk JOIN runs r ON r.id = pk.run_id
+LEFT JOIN d ON d.package_id = pk.id LEFT JOIN ha ON ha.package_id = pk.id
+ORDER BY pk.position
 """
 
 _CLAIM_SQL = """
@@ -341,6 +382,21 @@ async def _configure(conn: Conn) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
+_RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is pinged before use
+
+
+async def _note_return(conn: Conn) -> None:
+    _RETURNED[conn] = time.monotonic()
+
+
+async def _check(conn: Conn) -> None:
+    """Ping a connection that sat idle (the server may have gone away); a connection returned moments
+    ago is used as is — if it broke since, the call's transient-error retry takes another one."""
+    if time.monotonic() - _RETURNED.get(conn, 0.0) > CHECK_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
     cur = await c.execute(query, params)
     return await cur.fetchone()
@@ -506,7 +562,8 @@ class PostgresStore:
             open=False,
             timeout=POOL_WAIT,
             kwargs={"autocommit": True, "row_factory": dict_row},
-            check=AsyncConnectionPool.check_connection,
+            check=_check,
+            reset=_note_return,
             configure=_configure,
             reconnect_timeout=30.0,
             name="matrix",
@@ -1380,7 +1437,14 @@ class PostgresStore:
             cursor = page.next_cursor
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
-        return await self._read(lambda c: _summaries(c, "p.run_id = %s", [run_id]))
+        async def op(c: Conn) -> list[PackageSummary]:
+            rows = await _all(c, _RUN_SUMMARIES_SQL, {"run": run_id})
+            return [
+                R.summary_from(r, {int(b): int(n) for b, n in zip(r["hb"], r["hn"], strict=True)})
+                for r in rows
+            ]
+
+        return await self._read(op)
 
     async def package_summary(self, package: str, run_id: str | None) -> PackageSummary:
         async def op(c: Conn) -> PackageSummary:
