@@ -136,7 +136,7 @@ def litequeue_drain(path: Path, items: int, threads: int) -> float:
     def worker(k: int) -> None:
         wq = LiteQueue(str(path), timeout=60)
         while True:
-            msg = wq.get()
+            msg = wq.pop()  # litequeue 0.9: pop() claims the next message (newer releases call it get())
             if msg is None:
                 break
             wq.done(msg.message_id)
