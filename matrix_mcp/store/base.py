@@ -109,6 +109,16 @@ class Report:
 
 
 @dataclass(frozen=True)
+class RunOverview:
+    """Everything `run_status` shows, read in one snapshot."""
+
+    run: Run
+    packages: list[PackageSummary]
+    finished_since: int
+    latest_seq: int
+
+
+@dataclass(frozen=True)
 class OutcomeFilter:
     run_id: str | None = None
     package: str | None = None
@@ -210,6 +220,11 @@ class Store(Protocol):
 
     async def throughput(self, run_id: str, since: float) -> int:
         """Items that reached complete or failed at or after `since` (from the hourly/minute rollup)."""
+        ...
+
+    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+        """The run, its package summaries, items finished at or after `since` and the latest event
+        sequence, from one consistent snapshot (what `run_status` polls)."""
         ...
 
     async def record_integration(

@@ -67,6 +67,7 @@ from matrix_mcp.store.base import (
     NotFound,
     OutcomeFilter,
     Report,
+    RunOverview,
     StaleLease,
     StoreError,
     Unavailable,
@@ -1527,6 +1528,11 @@ class PostgresStore:
             return int(row["n"]) if row else 0
 
         return await self._read(op)
+
+    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+        run = await self.get_run(run_id)
+        summaries = await self.package_summaries(run_id)
+        return RunOverview(run, summaries, await self.throughput(run_id, since), await self.latest_seq())
 
     async def record_integration(
         self,

@@ -53,6 +53,7 @@ from matrix_mcp.store.base import (
     NotFound,
     OutcomeFilter,
     Report,
+    RunOverview,
     StaleLease,
     StoreError,
     Unavailable,
@@ -947,6 +948,18 @@ class SQLiteStore:
                 (run_id, int(since // 60)),
             ).fetchone()
             return int(row[0])
+
+        return await self._read(op)
+
+    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+        def op(c: sqlite3.Connection) -> RunOverview:
+            summaries = _summaries(c, "p.run_id = ?", [run_id])
+            finished = c.execute(
+                "SELECT COALESCE(SUM(completed + failed), 0) FROM outcome_minutes WHERE run_id = ? AND minute >= ?",
+                (run_id, int(since // 60)),
+            ).fetchone()[0]
+            latest = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            return RunOverview(_run(c, run_id), summaries, int(finished), int(latest))
 
         return await self._read(op)
 
