@@ -44,7 +44,7 @@ from matrix_mcp.models import (
     Status,
     SystemMetrics,
 )
-from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, RunOverview, Store, StoreError
+from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -428,7 +428,7 @@ class Engine:
             latest = max(latest, await self.store.latest_seq())
         now = self.now()
         window = 300.0
-        overview = await self._overview(info.id, now - window)
+        overview = await self.store.run_overview(info.id, now - window)
         snapshot, summaries, finished_recent = overview.run, overview.packages, overview.finished_since
         latest = max(latest, overview.latest_seq)
         span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
@@ -449,18 +449,6 @@ class Engine:
             latest_seq=max([latest, *(e.seq for e in events)]),
             events=events[:event_limit],
             more_events=more,
-        )
-
-    async def _overview(self, run_id: str, since: float) -> RunOverview:
-        read = getattr(self.store, "run_overview", None)
-        if read is not None:
-            return await read(run_id, since)  # type: ignore[no-any-return]
-        # a store without the one-snapshot read: the same answer from four reads
-        return RunOverview(
-            await self.store.get_run(run_id),
-            await self.store.package_summaries(run_id),
-            await self.store.throughput(run_id, since),
-            await self.store.latest_seq(),
         )
 
     # ---- the seed's tracking API ----------------------------------------------------------------
