@@ -40,16 +40,24 @@ def bucket_value(bucket: int) -> float:
 
 
 def percentile(hist: Mapping[int, int], q: float) -> float | None:
+    return percentiles(hist, (q,))[0]
+
+
+def percentiles(hist: Mapping[int, int], qs: tuple[float, ...]) -> list[float | None]:
+    """The q-quantiles (ascending qs) of a bucket histogram, in one pass over the sorted buckets."""
     total = sum(hist.values())
     if total <= 0:
-        return None
-    rank = max(1, math.ceil(q * total))
+        return [None] * len(qs)
+    ranks = [max(1, math.ceil(q * total)) for q in qs]
+    out: list[float | None] = []
     seen = 0
     for bucket in sorted(hist):
         seen += hist[bucket]
-        if seen >= rank:
-            return round(bucket_value(bucket), 6)
-    return None  # pragma: no cover - rank <= total
+        while len(out) < len(ranks) and seen >= ranks[len(out)]:
+            out.append(round(bucket_value(bucket), 6))
+        if len(out) == len(ranks):
+            break
+    return out + [None] * (len(ranks) - len(out))
 
 
 def numeric(value: Any) -> float | None:
@@ -159,6 +167,7 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
     complete, failed = int(row["complete"]), int(row["failed"])
     finished = complete + failed
     dn, qn = int(row["duration_n"]), int(row["quality_n"])
+    p50, p90, p99 = percentiles(hist, (0.5, 0.9, 0.99))
     return PackageSummary(
         run=row["run_name"],
         package=row["name"],
@@ -172,9 +181,9 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
         cancelled_items=int(row["cancelled"]),
         success_rate=round(complete / finished, 6) if finished else None,
         avg_duration_seconds=round(float(row["duration_sum"]) / dn, 6) if dn else None,
-        p50_duration_seconds=percentile(hist, 0.5),
-        p90_duration_seconds=percentile(hist, 0.9),
-        p99_duration_seconds=percentile(hist, 0.99),
+        p50_duration_seconds=p50,
+        p90_duration_seconds=p90,
+        p99_duration_seconds=p99,
         total_lines_generated=float(row["lines_sum"]),
         average_quality_score=round(float(row["quality_sum"]) / qn, 6) if qn else None,
     )
