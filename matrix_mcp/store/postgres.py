@@ -28,6 +28,7 @@ import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -124,7 +125,7 @@ def _build_delta_insert() -> sql.Composed:
     types = ["text", "int8", "int4", "int8"] + [
         "float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS
     ]
-    arrays = [sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types]
+    arrays = [sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types]
     return sql.SQL("INSERT INTO package_deltas ({}) SELECT * FROM unnest({})").format(
         sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays)
     )
@@ -208,7 +209,7 @@ pk AS MATERIALIZED (
     ) lc ON true
     WHERE p.run_id = %(run)s
       AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
-      AND NOT (p.id = ANY(%(exhausted)s::bigint[]))
+      AND NOT (p.id = ANY(%(exhausted)b::bigint[]))
       AND EXISTS (
           SELECT 1 FROM outcomes o
           WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
@@ -234,17 +235,19 @@ picked AS (
 clk AS (SELECT nextval('claim_clock') AS v),
 upd AS (
     UPDATE outcomes o
-    SET status = 'generating', attempts = o.attempts + 1, worker = %(worker)s,
-        lease_token = (%(tokens)s::text[])[picked.rank], lease_expires_at = %(now)s + r.lease_seconds,
-        started_at = %(now)s, updated_at = %(now)s, claim_seq = clk.v * 4096 + picked.rank
+    SET status = 'generating', attempts = o.attempts + 1, worker = (%(workers)b::text[])[picked.rank],
+        lease_token = (%(tokens)b::text[])[picked.rank],
+        lease_expires_at = (%(nows)b::float8[])[picked.rank] + r.lease_seconds,
+        started_at = (%(nows)b::float8[])[picked.rank], updated_at = (%(nows)b::float8[])[picked.rank],
+        claim_seq = clk.v * 4096 + picked.rank
     FROM picked, clk, r
     WHERE o.n = picked.n
-    RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path,
-              o.lease_token, o.lease_expires_at, o.package_id, picked.rank
+    RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.worker,
+              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, picked.rank
 ),
 att AS (
     INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status, started_at)
-    SELECT upd.id, upd.attempts, upd.lease_token, %(worker)s, 'generating', %(now)s FROM upd
+    SELECT upd.id, upd.attempts, upd.lease_token, upd.worker, 'generating', upd.started_at FROM upd
 )
 SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
        upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
@@ -277,17 +280,64 @@ a AS (
 ),
 md AS (
     DELETE FROM outcome_metrics
-    WHERE outcome_id = %(id)s AND NOT (name = ANY(%(names)s::text[])) AND EXISTS (SELECT 1 FROM u)
+    WHERE outcome_id = %(id)s AND NOT (name = ANY(%(names)b::text[])) AND EXISTS (SELECT 1 FROM u)
 ),
 mi AS (
     INSERT INTO outcome_metrics (outcome_id, name, value)
-    SELECT %(id)s, m.k, m.v FROM unnest(%(names)s::text[], %(values)s::float8[]) AS m(k, v)
+    SELECT %(id)s, m.k, m.v FROM unnest(%(names)b::text[], %(values)b::float8[]) AS m(k, v)
     WHERE EXISTS (SELECT 1 FROM u)
     ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
 )
 SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration FROM cur
 """
 
+
+# Every complete of one group-commit batch in one statement: rows whose token still holds are locked in
+# a fixed order (no deadlock between two processes), updated, their attempts closed and metrics written.
+# Requests not returned (stale token, repeat, unknown id) are answered one by one afterwards.
+_COMPLETE_MANY_SQL = """
+WITH inp AS MATERIALIZED (
+    SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
+                         %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
+                         %(mimes)b::text[])
+        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, i)
+),
+cur AS MATERIALIZED (
+    SELECT o.n, o.started_at, inp.i FROM outcomes o JOIN inp ON o.id = inp.id
+    WHERE o.lease_token = inp.tok AND o.status = 'generating'
+    ORDER BY o.n
+    FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = 'complete', completed_at = inp.now,
+        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, inp.now - cur.started_at) END,
+        updated_at = inp.now, lease_expires_at = NULL, error_message = NULL,
+        metrics = inp.metrics, metadata = inp.metadata, outcome_path = COALESCE(inp.path, o.outcome_path),
+        content_sha256 = inp.sha, content_bytes = inp.nbytes, mime_type = inp.mime
+    FROM cur JOIN inp ON inp.i = cur.i
+    WHERE o.n = cur.n
+    RETURNING o.*, inp.i AS req
+),
+a AS (
+    UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
+    FROM u WHERE a.outcome_id = u.id AND a.lease_token = u.lease_token
+),
+mv AS (
+    SELECT m.req, m.k, m.v FROM unnest(%(mreq)b::int8[], %(mnames)b::text[], %(mvalues)b::float8[]) AS m(req, k, v)
+),
+md AS (
+    DELETE FROM outcome_metrics om USING u
+    WHERE om.outcome_id = u.id AND NOT EXISTS (SELECT 1 FROM mv WHERE mv.req = u.req AND mv.k = om.name)
+),
+mi AS (
+    INSERT INTO outcome_metrics (outcome_id, name, value)
+    SELECT u.id, mv.k, mv.v FROM mv JOIN u ON u.req = mv.req
+    ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+)
+SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
+"""
 
 _SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
@@ -456,7 +506,7 @@ class _Tx:
     def event(
         self, run_id: str | None, outcome_id: str | None, kind: str, data: dict[str, Any], now: float
     ) -> None:
-        self.events.append((run_id, outcome_id, kind, R.dumps(data), now))
+        self.events.append((run_id, outcome_id, kind, R.dumps(data), float(now)))
 
     def add(self, key: DeltaKey, **values: float) -> None:
         row = self.deltas.get(key)
@@ -522,15 +572,95 @@ async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
     await c.execute(_DELTA_INSERT, columns)
 
 
-class _Request:
-    __slots__ = ("atomic", "done", "error", "fn", "value")
+@dataclass(frozen=True, slots=True)
+class _ClaimArgs:
+    run_id: str
+    worker: str
+    limit: int
+    package: str | None
+    now: float
+    token_factory: Callable[[], str]
 
-    def __init__(self, fn: Callable[[_Tx], Awaitable[Any]], atomic: bool) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _CompleteArgs:
+    outcome_id: str
+    lease_token: str
+    report: Report
+    now: float
+    metrics: str
+    metadata: str
+    values: list[tuple[str, float]]
+
+
+class _Request:
+    __slots__ = ("atomic", "done", "error", "fn", "handled", "merge", "rest", "value")
+
+    def __init__(
+        self,
+        fn: Callable[[_Tx], Awaitable[Any]],
+        atomic: bool,
+        merge: _ClaimArgs | _CompleteArgs | None = None,
+    ) -> None:
         self.fn = fn
         self.atomic = atomic
+        self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.handled = False  # answered by the merged statement
+        self.rest: Callable[[_Tx], Awaitable[Any]] | None = None  # what is left to do one by one
+
+
+def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
+    """Claims (with their events and counter moves) from claim-statement rows of one request."""
+    claims: list[Claim] = []
+    per_package: dict[int, int] = defaultdict(int)
+    for o in rows:
+        per_package[int(o["pk_id"])] += 1
+        tx.event(
+            run_id,
+            o["id"],
+            "claimed",
+            {"package": o["package_name"], "item": o["item"], "worker": worker, "attempt": o["attempts"]},
+            now,
+        )
+        claims.append(
+            Claim(
+                outcome_id=o["id"],
+                run=o["run_name"],
+                package=o["package_name"],
+                package_description=o["package_description"],
+                item=o["item"],
+                attempt=int(o["attempts"]),
+                lease_token=o["lease_token"],
+                lease_expires_at=float(o["lease_expires_at"]),
+                outcome_type=o["outcome_type"],
+                specifications=R.loads(o["specifications"]),
+                outcome_path=o["outcome_path"],
+            )
+        )
+    for pid, n in per_package.items():
+        tx.move(run_id, pid, "pending", "generating", n)
+    if rows:
+        tx.wrote = True
+    return claims
+
+
+def _claim_params(
+    run_id: str, package: str | None, exhausted: list[int], cutoff: float, slots: list[tuple[str, float, str]]
+) -> dict[str, Any]:
+    """Parameters of _CLAIM_SQL: one (worker, now, token) slot per item wanted, handed out by rank."""
+    return {
+        "run": run_id,
+        "package": package,
+        "exhausted": exhausted,
+        "now": cutoff,
+        "limit": len(slots),
+        "workers": [w for w, _, _ in slots],
+        "nows": [float(t) for _, t, _ in slots],
+        "tokens": [k for _, _, k in slots],
+    }
 
 
 class PostgresStore:
@@ -639,7 +769,12 @@ class PostgresStore:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
 
-    async def _write(self, fn: Callable[[_Tx], Awaitable[T]], atomic: bool = False) -> T:
+    async def _write(
+        self,
+        fn: Callable[[_Tx], Awaitable[T]],
+        atomic: bool = False,
+        merge: _ClaimArgs | _CompleteArgs | None = None,
+    ) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
 
         atomic=True: fn either raises before changing any row or sets `tx.wrote` after its only write,
@@ -647,7 +782,7 @@ class PostgresStore:
         is rolled back and re-run with a savepoint around every request."""
         if self._closed:
             raise Unavailable("the store is closed")
-        request = _Request(fn, atomic)
+        request = _Request(fn, atomic, merge)
         self._queue.append(request)
         if not self._leading:
             self._leading = True
@@ -685,10 +820,24 @@ class PostgresStore:
             for req in batch:
                 req.error = None
                 req.value = None
+                req.handled = False
+                req.rest = None
+            if not safe and any(req.merge is not None for req in batch):
+                try:
+                    await _merged(conn, state, batch)
+                except psycopg.Error as exc:
+                    if _transient(exc):
+                        raise
+                    raise _NeedSafe from exc
+                except Exception as exc:
+                    raise _NeedSafe from exc
+            for req in batch:
+                if req.handled:
+                    continue
                 tx = _Tx(conn, state)
                 if req.atomic and not safe:
                     try:
-                        req.value = await req.fn(tx)
+                        req.value = await (req.rest or req.fn)(tx)
                     except psycopg.Error as exc:
                         if _transient(exc):
                             raise
@@ -724,8 +873,8 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
                 await conn.execute(
                     "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-                    " SELECT r, o, k, d, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                    " %s::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
+                    " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                    " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
                     " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
                     [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
                 )
@@ -864,7 +1013,7 @@ class PostgresStore:
             existing = {
                 r["name"]: int(r["id"])
                 for r in await tx.all(
-                    "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%s::text[])",
+                    "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])",
                     (run_id, names),
                 )
             }
@@ -878,7 +1027,7 @@ class PostgresStore:
                 descriptions = {p.name: p.description for p in packages}
                 for r in await tx.all(
                     "INSERT INTO packages (run_id, name, description, position)"
-                    " SELECT %s, n, d, %s + i - 1 FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS u(n, d, i)"
+                    " SELECT %s, n, d, %s + i - 1 FROM unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i)"
                     " RETURNING id, name",
                     (run_id, first, added_packages, [descriptions[n] for n in added_packages]),
                 ):
@@ -887,7 +1036,7 @@ class PostgresStore:
             if existing:
                 for r in await tx.all(
                     "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes"
-                    " WHERE package_id = ANY(%s::bigint[]) GROUP BY package_id",
+                    " WHERE package_id = ANY(%b::bigint[]) GROUP BY package_id",
                     (list(existing.values()),),
                 ):
                     starts[int(r["package_id"])] = int(r["pos"])
@@ -910,7 +1059,7 @@ class PostgresStore:
                     " outcome_type, specifications, available_at, created_at, updated_at)"
                     " SELECT gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec,"
                     " %(now)s, %(now)s, %(now)s"
-                    " FROM unnest(%(pids)s::bigint[], %(items)s::text[], %(pos)s::int[], %(specs)s::text[])"
+                    " FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], %(specs)b::text[])"
                     " WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i"
                     " ON CONFLICT (package_id, item) DO NOTHING RETURNING package_id)"
                     " SELECT package_id, count(*) AS n FROM ins GROUP BY package_id",
@@ -1013,89 +1162,14 @@ class PostgresStore:
         now: float,
         token_factory: Callable[[], str],
     ) -> ClaimBatch:
-        async def op(tx: _Tx) -> ClaimBatch:
-            if run_id not in tx.batch.swept:  # once per batch and run: expired leases go back first
-                tx.batch.swept[run_id] = now
-                if await _sweep(tx, run_id, now):
-                    tx.wrote = True
-            claims: list[Claim] = []
-            exhausted: list[int] = []
-            while len(claims) < limit:
-                want = limit - len(claims)
-                rows = await tx.all(
-                    _CLAIM_SQL,
-                    {
-                        "run": run_id,
-                        "package": package,
-                        "exhausted": exhausted,
-                        "now": now,
-                        "limit": want,
-                        "worker": worker,
-                        "tokens": [token_factory() for _ in range(want)],
-                    },
-                )
-                per_package: dict[int, int] = defaultdict(int)
-                quota: dict[int, int] = {}
-                for o in rows:
-                    pid = int(o["pk_id"])
-                    np_, ord_ = int(o["np"]), int(o["ord"])
-                    quota[pid] = max(0, (want - ord_ + np_ - 1) // np_)
-                    if o["id"] is None:
-                        continue
-                    tx.wrote = True
-                    per_package[pid] += 1
-                    tx.event(
-                        run_id,
-                        o["id"],
-                        "claimed",
-                        {
-                            "package": o["package_name"],
-                            "item": o["item"],
-                            "worker": worker,
-                            "attempt": o["attempts"],
-                        },
-                        now,
-                    )
-                    claims.append(
-                        Claim(
-                            outcome_id=o["id"],
-                            run=o["run_name"],
-                            package=o["package_name"],
-                            package_description=o["package_description"],
-                            item=o["item"],
-                            attempt=int(o["attempts"]),
-                            lease_token=o["lease_token"],
-                            lease_expires_at=float(o["lease_expires_at"]),
-                            outcome_type=o["outcome_type"],
-                            specifications=R.loads(o["specifications"]),
-                            outcome_path=o["outcome_path"],
-                        )
-                    )
-                for pid, n in per_package.items():
-                    tx.move(run_id, pid, "pending", "generating", n)
-                # a package that gave less than its share has nothing more for this call (or the rest
-                # is locked by other claimers); the next round shares what is left among the others
-                short = [pid for pid, q in quota.items() if per_package.get(pid, 0) < q]
-                if not short or len(short) == len(quota):
-                    break
-                exhausted += short
-            if len(claims) >= limit:
-                return ClaimBatch(claims)
-            run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
-            if run is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
-            if run["state"] in ("cancelled", "paused"):
-                return ClaimBatch(claims, run["state"])
-            await tx.flush()
-            return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
-
-        return await self._write(op, atomic=True)
+        args = _ClaimArgs(run_id, worker, limit, package, now, token_factory)
+        return await self._write(_claim_op(args, []), atomic=True, merge=args)
 
     async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
         async def op(tx: _Tx) -> HeartbeatResult:
             rows = await tx.all(
                 "UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
-                " FROM runs r, unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, tok)"
+                " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
                 " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
                 " RETURNING o.id, o.lease_token, o.lease_expires_at, r.state",
                 {
@@ -1177,7 +1251,8 @@ class PostgresStore:
             )
             return R.outcome_from(row)
 
-        return await self._write(op, atomic=True)
+        merge = _CompleteArgs(outcome_id, lease_token, report, now, metrics, metadata, values)
+        return await self._write(op, atomic=True, merge=merge)
 
     async def fail(
         self,
@@ -1280,7 +1355,7 @@ class PostgresStore:
                 " duration_seconds = NULL, updated_at = %(now)s"
                 " WHERE run_id = %(run)s AND status = 'failed'"
                 " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
-                " AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))"
+                " AND (%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[]))"
                 " RETURNING n, id, package_id",
                 {
                     "now": now,
@@ -1626,6 +1701,150 @@ class PostgresStore:
 # ---- helpers that run inside a transaction ------------------------------------------------------
 
 
+MERGE_SLOTS = 4000  # items one merged claim statement may hand out (claim_seq leaves 4096 per statement)
+
+
+def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitable[ClaimBatch]]:
+    """One claim request on its own: `already` holds what the batch's merged statement gave it."""
+    run_id, package, now = args.run_id, args.package, args.now
+
+    async def op(tx: _Tx) -> ClaimBatch:
+        claims = list(already)
+        if claims:
+            tx.wrote = True
+        if run_id not in tx.batch.swept:  # once per batch and run: expired leases go back first
+            tx.batch.swept[run_id] = now
+            if await _sweep(tx, run_id, now):
+                tx.wrote = True
+        exhausted: list[int] = []
+        while len(claims) < args.limit:
+            want = args.limit - len(claims)
+            rows = await tx.all(
+                _CLAIM_SQL,
+                _claim_params(
+                    run_id,
+                    package,
+                    exhausted,
+                    now,
+                    [(args.worker, now, args.token_factory()) for _ in range(want)],
+                ),
+            )
+            quota: dict[int, int] = {}
+            got: dict[int, int] = defaultdict(int)
+            for o in rows:
+                np_, ord_ = int(o["np"]), int(o["ord"])
+                quota[int(o["pk_id"])] = max(0, (want - ord_ + np_ - 1) // np_)
+                if o["id"] is not None:
+                    got[int(o["pk_id"])] += 1
+            claims += _claims_from(tx, run_id, args.worker, [o for o in rows if o["id"] is not None], now)
+            # a package that gave less than its share has nothing more for this call (or the rest
+            # is locked by other claimers); the next round shares what is left among the others
+            short = [pid for pid, q in quota.items() if got.get(pid, 0) < q]
+            if not short or len(short) == len(quota):
+                break
+            exhausted += short
+        if len(claims) >= args.limit:
+            return ClaimBatch(claims)
+        run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
+        if run is None:
+            raise NotFound(f"unknown run '{run_id}'", field="run")
+        if run["state"] in ("cancelled", "paused"):
+            return ClaimBatch(claims, run["state"])
+        await tx.flush()
+        return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
+
+    return op
+
+
+async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
+    """The set-based fast path of a batch: all claims of one run (and package filter) in one statement,
+    handed out in request order; all completes in one statement. A request the merged statement cannot
+    answer whole (short claim, stale or repeated report) is finished one by one afterwards."""
+    groups: dict[tuple[str, str | None], list[list[tuple[_Request, _ClaimArgs]]]] = {}
+    completes: list[tuple[_Request, _CompleteArgs]] = []
+    for req in batch:
+        a = req.merge
+        if isinstance(a, _ClaimArgs):
+            chunks = groups.setdefault((a.run_id, a.package), [[]])
+            if chunks[-1] and sum(x.limit for _, x in chunks[-1]) + a.limit > MERGE_SLOTS:
+                chunks.append([])
+            chunks[-1].append((req, a))
+        elif isinstance(a, _CompleteArgs):
+            completes.append((req, a))
+    for (run_id, package), chunks in groups.items():
+        for chunk in chunks:
+            cutoff = min(a.now for _, a in chunk)
+            if run_id not in state.swept:
+                state.swept[run_id] = cutoff
+                sweep = _Tx(conn, state)
+                await _sweep(sweep, run_id, cutoff)
+                sweep.succeeded()
+            slots = [(a.worker, a.now, a.token_factory()) for _, a in chunk for _ in range(a.limit)]
+            rows = await _all(conn, _CLAIM_SQL, _claim_params(run_id, package, [], cutoff, slots))
+            got = [o for o in rows if o["id"] is not None]  # ranks 1..len(got), in rank order
+            pos = 0
+            for req, a in chunk:
+                mine = got[pos : pos + a.limit]
+                pos += len(mine)
+                tx = _Tx(conn, state)
+                claims = _claims_from(tx, run_id, a.worker, mine, a.now)
+                tx.succeeded()
+                if len(claims) == a.limit:
+                    req.value = ClaimBatch(claims)
+                    req.handled = True
+                else:
+                    req.rest = _claim_op(a, claims)
+    if completes:
+        await _complete_many(conn, state, completes)
+
+
+async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Request, _CompleteArgs]]) -> None:
+    seen: set[str] = set()
+    todo: list[tuple[_Request, _CompleteArgs]] = []
+    for req, a in completes:
+        if a.outcome_id not in seen:  # a repeat of the same report in this batch goes one by one
+            seen.add(a.outcome_id)
+            todo.append((req, a))
+    mreq: list[int] = []
+    mnames: list[str] = []
+    mvalues: list[float] = []
+    for i, (_, a) in enumerate(todo, start=1):
+        for k, v in a.values:
+            mreq.append(i)
+            mnames.append(k)
+            mvalues.append(v)
+    rows = await _all(
+        conn,
+        _COMPLETE_MANY_SQL,
+        {
+            "ids": [a.outcome_id for _, a in todo],
+            "tokens": [a.lease_token for _, a in todo],
+            "nows": [float(a.now) for _, a in todo],
+            "metrics": [a.metrics for _, a in todo],
+            "metadata": [a.metadata for _, a in todo],
+            "paths": [a.report.outcome_path for _, a in todo],
+            "shas": [a.report.content_sha256 for _, a in todo],
+            "bytes": [a.report.content_bytes for _, a in todo],
+            "mimes": [a.report.mime_type for _, a in todo],
+            "mreq": mreq,
+            "mnames": mnames,
+            "mvalues": mvalues,
+        },
+    )
+    for row in sorted(rows, key=lambda r: int(r["req"])):
+        req, a = todo[int(row["req"]) - 1]
+        tx = _Tx(conn, state)
+        duration = row["duration_seconds"]
+        run_id, pid = row["run_id"], int(row["package_id"])
+        tx.move(run_id, pid, "generating", "complete")
+        tx.contribution(run_id, pid, a.report.metrics, duration, +1)
+        tx.minute(run_id, a.now, completed=1, duration=duration)
+        tx.event(run_id, a.outcome_id, "completed", {"item": row["item"], "duration": duration}, a.now)
+        tx.succeeded()
+        req.value = R.outcome_from(row)
+        req.handled = True
+
+
 async def _run(c: Conn, run_id: str) -> Run:
     row = await _one(c, _RUN_SELECT + " WHERE r.id = %s GROUP BY r.id", (run_id,))
     if row is None:
@@ -1814,7 +2033,7 @@ async def _update_status(
         if values:
             await tx.execute(
                 "INSERT INTO outcome_metrics (outcome_id, name, value)"
-                " SELECT %s, k, v FROM unnest(%s::text[], %s::float8[]) AS m(k, v)",
+                " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)",
                 (outcome_id, [k for k, _ in values], [v for _, v in values]),
             )
         if old != "complete":
@@ -1885,7 +2104,7 @@ async def _recount(c: Conn, run_id: str | None) -> RecountReport:
 async def _rebuild(c: Conn, run_id: str | None) -> None:
     where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
     ids = [int(r["id"]) for r in await _all(c, "SELECT id FROM packages " + where, args)]
-    await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%s::bigint[])", (ids,))
+    await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])", (ids,))
     for pid in ids:
         truth = await _truth(c, pid)
         await c.execute(
@@ -1908,7 +2127,7 @@ async def _rebuild(c: Conn, run_id: str | None) -> None:
             buckets = sorted(truth["hist"])
             await c.execute(
                 "INSERT INTO package_durations (package_id, bucket, n)"
-                " SELECT %s, b, n FROM unnest(%s::int[], %s::bigint[]) AS h(b, n)",
+                " SELECT %s, b, n FROM unnest(%b::int[], %b::bigint[]) AS h(b, n)",
                 (pid, buckets, [truth["hist"][b] for b in buckets]),
             )
 
