@@ -141,6 +141,27 @@ SELECT r.*, COUNT(p.id)::bigint AS packages,
 FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 """
 
+# One run with its summed counters, set-based: the rolled package rows plus the run's unrolled deltas
+# (two aggregates over index ranges instead of one per package). %(where)s picks the run.
+_ONE_RUN_SQL = """
+SELECT r.*, p.packages,
+       p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
+       p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled
+FROM runs r
+CROSS JOIN LATERAL (
+    SELECT COUNT(*)::int8 AS packages, COALESCE(SUM(pending), 0)::int8 AS pending,
+           COALESCE(SUM(generating), 0)::int8 AS generating, COALESCE(SUM(complete), 0)::int8 AS complete,
+           COALESCE(SUM(failed), 0)::int8 AS failed, COALESCE(SUM(cancelled), 0)::int8 AS cancelled
+    FROM packages WHERE run_id = r.id
+) p
+CROSS JOIN LATERAL (
+    SELECT SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating, SUM(complete)::int8 AS complete,
+           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled
+    FROM package_deltas WHERE run_id = r.id AND package_id IS NOT NULL AND bucket IS NULL
+) d
+"""
+
 _OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
@@ -153,43 +174,42 @@ SELECT p.*, r.name AS run_name,
 FROM package_counters p JOIN runs r ON r.id = p.run_id
 """
 
-# All summaries of one run in one pass: rolled counters + this run's unrolled deltas, histograms aggregated
-# per package (set-based; no per-package subqueries).
+# All summaries of one run in one pass: rolled counters + this run's unrolled deltas. Histograms: the
+# rolled buckets as arrays per package (read in key order, no aggregation over numeric sums), plus the few unrolled delta
+# buckets, added up in Python.
 _RUN_SUMMARIES_SQL = """
 WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
 d AS (
-    SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
-           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
-           SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
-           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n
+    SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
+           SUM(complete)::int8 AS complete, SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled,
+           SUM(duration_sum) AS duration_sum, SUM(duration_n)::int8 AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n)::int8 AS quality_n
     FROM package_deltas WHERE run_id = %(run)s AND package_id IS NOT NULL AND bucket IS NULL
     GROUP BY package_id
 ),
-h AS (
-    SELECT package_id, bucket, SUM(n) AS n FROM (
-        SELECT pd.package_id, pd.bucket, pd.n FROM package_durations pd JOIN pk ON pk.id = pd.package_id
-        UNION ALL
-        SELECT package_id, bucket, bucket_n FROM package_deltas WHERE run_id = %(run)s AND bucket IS NOT NULL
-    ) x GROUP BY package_id, bucket HAVING SUM(n) > 0
-),
-ha AS (
-    SELECT package_id, array_agg(bucket ORDER BY bucket) AS hb, array_agg(n ORDER BY bucket) AS hn
-    FROM h GROUP BY package_id
+hd AS (
+    SELECT package_id, array_agg(bucket) AS db, array_agg(bucket_n) AS dn
+    FROM package_deltas WHERE run_id = %(run)s AND bucket IS NOT NULL
+    GROUP BY package_id
 )
 SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
-       (pk.total + COALESCE(d.total, 0))::bigint AS total, (pk.pending + COALESCE(d.pending, 0))::bigint AS pending,
-       (pk.generating + COALESCE(d.generating, 0))::bigint AS generating,
-       (pk.complete + COALESCE(d.complete, 0))::bigint AS complete,
-       (pk.failed + COALESCE(d.failed, 0))::bigint AS failed,
-       (pk.cancelled + COALESCE(d.cancelled, 0))::bigint AS cancelled,
+       pk.total + COALESCE(d.total, 0) AS total, pk.pending + COALESCE(d.pending, 0) AS pending,
+       pk.generating + COALESCE(d.generating, 0) AS generating,
+       pk.complete + COALESCE(d.complete, 0) AS complete,
+       pk.failed + COALESCE(d.failed, 0) AS failed,
+       pk.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
        pk.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
-       (pk.duration_n + COALESCE(d.duration_n, 0))::bigint AS duration_n,
+       pk.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
        pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
        pk.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
-       (pk.quality_n + COALESCE(d.quality_n, 0))::bigint AS quality_n,
-       COALESCE(ha.hb, '{}') AS hb, COALESCE(ha.hn::bigint[], '{}') AS hn
+       pk.quality_n + COALESCE(d.quality_n, 0) AS quality_n,
+       h.hb, h.hn, hd.db, hd.dn
 FROM pk JOIN runs r ON r.id = pk.run_id
-LEFT JOIN d ON d.package_id = pk.id LEFT JOIN ha ON ha.package_id = pk.id
+LEFT JOIN d ON d.package_id = pk.id LEFT JOIN hd ON hd.package_id = pk.id
+LEFT JOIN LATERAL (
+    SELECT array_agg(x.bucket) AS hb, array_agg(x.n) AS hn
+    FROM (SELECT bucket, n FROM package_durations WHERE package_id = pk.id ORDER BY bucket) x
+) h ON true
 ORDER BY pk.position
 """
 
@@ -1102,9 +1122,8 @@ class PostgresStore:
         async def op(c: Conn) -> Run:
             row = await _one(
                 c,
-                _RUN_SELECT
-                + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)"
-                " GROUP BY r.id",
+                _ONE_RUN_SQL
+                + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)",
                 (ref, ref, ref),
             )
             if row is None:
@@ -1514,11 +1533,7 @@ class PostgresStore:
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         async def op(c: Conn) -> list[PackageSummary]:
-            rows = await _all(c, _RUN_SUMMARIES_SQL, {"run": run_id})
-            return [
-                R.summary_from(r, {int(b): int(n) for b, n in zip(r["hb"], r["hn"], strict=True)})
-                for r in rows
-            ]
+            return [_summary(r) for r in await _all(c, _RUN_SUMMARIES_SQL, {"run": run_id})]
 
         return await self._read(op)
 
@@ -1846,7 +1861,7 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
 
 
 async def _run(c: Conn, run_id: str) -> Run:
-    row = await _one(c, _RUN_SELECT + " WHERE r.id = %s GROUP BY r.id", (run_id,))
+    row = await _one(c, _ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
     if row is None:
         raise NotFound(f"unknown run '{run_id}'", field="run")
     return R.run_from(row)
@@ -2042,6 +2057,46 @@ async def _update_status(
         tx.minute(run_id, now, failed=1)
     tx.event(run_id, outcome_id, "status_updated", {"item": row["item"], "from": old, "to": status}, now)
     return await _outcome(tx.conn, outcome_id)
+
+
+_SUMMARY_FIELDS = (
+    "id",
+    "name",
+    "description",
+    "position",
+    "run_name",
+    "total",
+    "pending",
+    "generating",
+    "complete",
+    "failed",
+    "cancelled",
+    "duration_sum",
+    "duration_n",
+    "lines_sum",
+    "quality_sum",
+    "quality_n",
+)
+_SUMMARY_MEMO: dict[tuple[Any, ...], PackageSummary] = {}
+SUMMARY_MEMO_SIZE = 4096
+
+
+def _summary(row: Row) -> PackageSummary:
+    """R.summary_from for a _RUN_SUMMARIES_SQL row. A package whose counters and histogram are unchanged
+    since the last call gets a copy of the summary built then (status polls see mostly unchanged rows)."""
+    hb, hn, db, dn = row["hb"] or (), row["hn"] or (), row["db"] or (), row["dn"] or ()
+    key = (*(row[f] for f in _SUMMARY_FIELDS), tuple(hb), tuple(hn), tuple(db), tuple(dn))
+    found = _SUMMARY_MEMO.get(key)
+    if found is not None:
+        return found.model_copy()
+    hist: dict[int, int] = dict(zip(hb, hn, strict=True))
+    for b, n in zip(db, dn, strict=True):
+        hist[b] = hist.get(b, 0) + n
+    summary = R.summary_from(row, {b: n for b, n in sorted(hist.items()) if n > 0})
+    if len(_SUMMARY_MEMO) >= SUMMARY_MEMO_SIZE:
+        _SUMMARY_MEMO.clear()
+    _SUMMARY_MEMO[key] = summary.model_copy()
+    return summary
 
 
 async def _summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary]:
