@@ -83,6 +83,11 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         finally:
             holder.engine = None
             await engine.close()
+            from matrix_mcp.schema.tools import schema_service
+
+            service = schema_service(server)
+            if service is not None:
+                await service.close()
 
     mcp: MCPServer[Any] = MCPServer(
         "matrix",

@@ -21,6 +21,7 @@ from mcp.server import MCPServer
 
 from matrix_mcp.config import redact_url, url_from_parts
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
+from matrix_mcp.sdk_compat import compact_tool_schemas, keep_text_arguments
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -50,6 +51,8 @@ def build_server(url: str) -> MCPServer[Any]:
         "database-schema", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan
     )
     register_schema_tools(mcp, lambda: url)
+    compact_tool_schemas(mcp)
+    keep_text_arguments(mcp)
     return mcp
 
 

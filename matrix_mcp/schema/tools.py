@@ -23,13 +23,7 @@ from pydantic import BaseModel, Field
 from matrix_mcp.config import redact_text, url_password
 from matrix_mcp.schema.model import (
     UNTRUSTED_NOTICE,
-    CanonicalType,
-    Check,
     ConnectionAudit,
-    ForeignKey,
-    Index,
-    Key,
-    RelationKind,
     SchemaModel,
     Table,
     fingerprint,
@@ -54,43 +48,17 @@ def schema_service(mcp: MCPServer[Any]) -> SchemaService | None:
 # ---- output models ---------------------------------------------------------------------------------
 
 
-class ColumnOut(BaseModel):
-    name: str
-    type: CanonicalType
-    native_type: str | None = None
-    nullable: bool
-    default: str | None = None
-    position: int | None = None
-    max_length: int | None = None
-    precision: int | None = None
-    scale: int | None = None
-    element_type: CanonicalType | None = None
-    enum_values: list[str] | None = None
-    identity: str | None = None
-    serial: bool | None = None
-    generated: str | None = None
-    generated_storage: Literal["stored", "virtual"] | None = None
-    comment: str | None = None
-
-
-class TableOut(BaseModel):
-    schema_name: str
-    name: str
-    kind: RelationKind
-    columns: list[ColumnOut] | None = None
-    primary_key: Key | None = None
-    unique_keys: list[Key] | None = None
-    checks: list[Check] | None = None
-    foreign_keys: list[ForeignKey] | None = None
-    indexes: list[Index] | None = None
-    comment: str | None = None
-    row_estimate: int | None = None
-    row_estimate_source: str | None = None
-    view_definition: str | None = None
-    partition_key: str | None = None
-    partition_of: str | None = None
-    partition_bound: str | None = None
-    options: list[str] | None = None
+# Table records travel as plain dicts, described here rather than field by field: a full-detail page of
+# 1,000 tables holds ~10,000 column objects, and a schema declaring each nested field made every client's
+# jsonschema re-validation take seconds (and cost ~4 KB of each client's context in tools/list).
+TABLES_DESCRIPTION = (
+    "Per table: schema_name, name, kind; with detail summary/full also columns [{name, type (canonical), "
+    "native_type, nullable, default, identity, serial, generated, max_length, precision, scale, element_type, "
+    "enum_values, comment}], primary_key {name, columns}, unique_keys, checks [{name, expression}], "
+    "foreign_keys [{name, columns, to_schema, to_table, to_columns, on_update, on_delete, deferrable}], "
+    "indexes [{name, columns, unique, partial, expression, method, definition}], comment, row_estimate, "
+    "row_estimate_source, view_definition, partition_key, partition_of, partition_bound. Absent = null/empty."
+)
 
 
 class AnalyzeResult(BaseModel):
@@ -101,7 +69,7 @@ class AnalyzeResult(BaseModel):
         default=None, alias="schema", description="The schema analysed; null means all."
     )
     table_count: int = Field(description="Tables and views matching the request, over all pages.")
-    tables: list[TableOut]
+    tables: list[dict[str, Any]] = Field(description=TABLES_DESCRIPTION)
     next_cursor: str | None = Field(description="Pass as cursor to continue; null on the last page.")
     truncated_by_budget: bool = Field(default=False, description="The page stopped early at the byte budget.")
     fingerprint: str | None = None
@@ -163,39 +131,48 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
     return data
 
 
-def _table_out(t: Table, detail: Detail) -> TableOut:
+def _table_dict(t: Table, detail: Detail) -> dict[str, Any]:
+    """One table as the JSON record analyze_schema returns (null and empty fields left out)."""
+    head: dict[str, Any] = {"schema_name": t.schema_name, "name": t.name, "kind": t.kind}
     if detail == "names":
-        return TableOut(schema_name=t.schema_name, name=t.name, kind=t.kind)
+        return head
     if detail == "summary":
-        return TableOut(
-            schema_name=t.schema_name,
-            name=t.name,
-            kind=t.kind,
-            columns=[
-                ColumnOut(name=c.name, type=c.type, nullable=c.nullable, default=c.default) for c in t.columns
-            ],
-            primary_key=t.primary_key,
-            foreign_keys=t.foreign_keys or None,
-            comment=t.comment,
-            row_estimate=t.row_estimate,
-        )
-    data = t.model_dump(exclude={"source_sql"}, exclude_defaults=True)
-    data["schema_name"], data["name"], data["kind"] = t.schema_name, t.name, t.kind
+        columns = []
+        for c in t.columns:
+            col: dict[str, Any] = {"name": c.name, "type": c.type, "nullable": c.nullable}
+            if c.default is not None:
+                col["default"] = c.default
+            columns.append(col)
+        extra: dict[str, Any] = {
+            "columns": columns,
+            "primary_key": t.primary_key.model_dump(mode="json", exclude_defaults=True)
+            if t.primary_key
+            else None,
+            "foreign_keys": [fk.model_dump(mode="json", exclude_defaults=True) for fk in t.foreign_keys]
+            or None,
+            "comment": t.comment,
+            "row_estimate": t.row_estimate,
+        }
+        return head | {k: v for k, v in extra.items() if v is not None}
+    data = t.model_dump(mode="json", exclude={"source_sql", "columns"}, exclude_defaults=True)
+    data = {k: v for k, v in data.items() if v not in (None, [], {})}
     data["columns"] = [
-        {"nullable": c.nullable, "default": c.default, **c.model_dump(exclude_defaults=True)}
-        for c in t.columns
+        {"nullable": c.nullable, **c.model_dump(mode="json", exclude_defaults=True)} for c in t.columns
     ]
-    return TableOut.model_validate(data)
-
-
-def _dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    return head | data
 
 
 def _result(model: BaseModel, summary: str) -> CallToolResult:
+    """Null fields are left out (a full-detail column has a dozen of them: size and tokens), except the
+    model's required ones, which stay present as null."""
+    data = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        if field.is_required() and key not in data:
+            data[key] = None
     return CallToolResult(
         content=[TextContent(type="text", text=f"{summary}\n{UNTRUSTED_NOTICE}")],
-        structured_content=model.model_dump(mode="json", by_alias=True, exclude_none=False),
+        structured_content=data,
     )
 
 
@@ -255,7 +232,9 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
         chunk = page_keys[:cap]
         if detail == "names":
             kinds = {(s, n): k for s, n, k in rels}
-            page = [TableOut(schema_name=s, name=n, kind=kinds[(s, n)]) for s, n in chunk]
+            page: list[dict[str, Any]] = [
+                {"schema_name": s, "name": n, "kind": kinds[(s, n)]} for s, n in chunk
+            ]
             model = None
         else:
             model = (
@@ -263,13 +242,13 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
                 if chunk
                 else SchemaModel(dialect="sqlite", schemas=[], tables=[])
             )
-            page = [_table_out(t, detail) for t in model.tables]
+            page = [_table_dict(t, detail) for t in model.tables]
         budget = _max_bytes()
         used = 0
-        kept: list[TableOut] = []
+        kept: list[dict[str, Any]] = []
         truncated = False
         for t in page:
-            size = len(json.dumps(_dump(t), ensure_ascii=False).encode())
+            size = len(json.dumps(t, ensure_ascii=False).encode())
             if kept and used + size > budget:
                 truncated = True
                 break
@@ -280,7 +259,7 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
         next_cursor = None
         if more and kept:
             last = kept[-1]
-            next_cursor = _encode_cursor({"after": [last.schema_name, last.name]})
+            next_cursor = _encode_cursor({"after": [last["schema_name"], last["name"]]})
         reader = await service.reader()
         audit = await service.audit() if cursor is None else None
         result = AnalyzeResult(
@@ -294,7 +273,6 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
             audit=audit,
         )
         structured = result.model_dump(mode="json", by_alias=True)
-        structured["tables"] = [_dump(t) for t in kept]
         text = (
             f"{len(kept)} of {len(keys)} tables/views ({detail})"
             + (f"; more with cursor={next_cursor}" if next_cursor else "")
@@ -428,9 +406,7 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
             raise ResourceNotFoundError(str(exc)) from None
         except Exception as exc:
             raise ResourceNotFoundError(fail(exc).args[0]) from None
-        return json.dumps(
-            {"notice": UNTRUSTED_NOTICE, "table": _dump(_table_out(t, "full"))}, ensure_ascii=False
-        )
+        return json.dumps({"notice": UNTRUSTED_NOTICE, "table": _table_dict(t, "full")}, ensure_ascii=False)
 
     @mcp.resource(
         "schema://tables",
