@@ -66,7 +66,7 @@ class StatusCounts(_Model):
 class Run(_Model):
     id: str
     name: str
-    goal: str | None
+    goal: str | None = None
     state: RunState
     policy: RunPolicy
     packages: int
@@ -79,7 +79,7 @@ class Run(_Model):
 class PackageSummary(_Model):
     run: str
     package: str
-    description: str | None
+    description: str | None = None
     position: int
     total_items: int
     pending_items: int
@@ -88,14 +88,14 @@ class PackageSummary(_Model):
     failed_items: int
     cancelled_items: int
     success_rate: float | None = Field(
-        description="complete / (complete + failed); null before any finished."
+        default=None, description="complete / (complete + failed); null before any finished."
     )
-    avg_duration_seconds: float | None
-    p50_duration_seconds: float | None = Field(description="From a log-bucket histogram, ±10%.")
-    p90_duration_seconds: float | None
-    p99_duration_seconds: float | None
+    avg_duration_seconds: float | None = None
+    p50_duration_seconds: float | None = Field(default=None, description="From a log-bucket histogram, ±10%.")
+    p90_duration_seconds: float | None = None
+    p99_duration_seconds: float | None = None
     total_lines_generated: float
-    average_quality_score: float | None
+    average_quality_score: float | None = None
 
 
 class Outcome(_Model):
@@ -107,34 +107,34 @@ class Outcome(_Model):
     position: int
     status: Status
     outcome_type: str
-    outcome_path: str | None
-    specifications: Json | str | None
+    outcome_path: str | None = None
+    specifications: Json | str | None = None
     attempts: int
     max_attempts: int
-    worker: str | None
-    created_by: str | None
-    error_message: str | None
+    worker: str | None = None
+    created_by: str | None = None
+    error_message: str | None = None
     metrics: Json
     metadata: Json
-    content_sha256: str | None
-    content_bytes: int | None
-    mime_type: str | None
+    content_sha256: str | None = None
+    content_bytes: int | None = None
+    mime_type: str | None = None
     created_at: datetime
     updated_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    duration_seconds: float | None
-    lease_expires_at: datetime | None
-    available_at: datetime | None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: float | None = None
+    lease_expires_at: datetime | None = None
+    available_at: datetime | None = None
 
 
 class Attempt(_Model):
     attempt: int
-    worker: str | None
+    worker: str | None = None
     status: Status
-    error: str | None
-    started_at: datetime | None
-    ended_at: datetime | None
+    error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 class OutcomeDetail(Outcome):
@@ -143,8 +143,8 @@ class OutcomeDetail(Outcome):
 
 class Event(_Model):
     seq: int
-    run: str | None
-    outcome_id: str | None
+    run: str | None = None
+    outcome_id: str | None = None
     kind: str
     data: Json
     created_at: datetime
@@ -152,8 +152,8 @@ class Event(_Model):
 
 class IntegrationEvent(_Model):
     id: int
-    run: str | None
-    outcome_id: str | None
+    run: str | None = None
+    outcome_id: str | None = None
     integration_type: str
     action: str
     status: str
@@ -182,9 +182,9 @@ class ClaimedItem(_Model):
     lease_token: str
     lease_expires_at: datetime
     outcome_type: str
-    specifications: Json | str | None
-    outcome_path: str | None
-    briefing: str | None = Field(description="Run goal + package description.")
+    specifications: Json | str | None = None
+    outcome_path: str | None = None
+    briefing: str | None = Field(default=None, description="Run goal + package description.")
 
 
 ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off", "empty"]
@@ -221,12 +221,12 @@ class RunStatus(_Model):
     run: str
     run_id: str
     state: RunState
-    goal: str | None
+    goal: str | None = None
     counts: StatusCounts
     packages: list[PackageSummary]
     progress: float
-    throughput_per_minute: float | None = Field(description="Finished per minute, last 5 min.")
-    eta_seconds: float | None
+    throughput_per_minute: float | None = Field(default=None, description="Finished per minute, last 5 min.")
+    eta_seconds: float | None = None
     latest_seq: int
     events: list[Event]
     more_events: bool = False
@@ -234,7 +234,7 @@ class RunStatus(_Model):
 
 class OutcomePage(_Model):
     outcomes: list[Outcome]
-    next_cursor: str | None
+    next_cursor: str | None = None
 
 
 class RecordResult(_Model):
@@ -246,21 +246,21 @@ class HourBucket(_Model):
     hour: datetime
     completed: int
     failed: int
-    avg_duration_seconds: float | None
+    avg_duration_seconds: float | None = None
 
 
 class SystemMetrics(_Model):
-    run: str | None
+    run: str | None = None
     outcomes_total: int
     outcomes_pending: int
     outcomes_generating: int
     outcomes_complete: int
     outcomes_failed: int
     outcomes_cancelled: int
-    avg_generation_time: float | None
-    success_rate: float | None
+    avg_generation_time: float | None = None
+    success_rate: float | None = None
     total_lines_generated: float
-    average_quality_score: float | None
+    average_quality_score: float | None = None
     outcomes_by_hour: list[HourBucket]
 
 

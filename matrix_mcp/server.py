@@ -109,7 +109,9 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         the field; never leak a password."""
         try:
             model = await awaitable
-            data = model.model_dump(mode="json")
+            data = model.model_dump(
+                mode="json", exclude_none=True
+            )  # absent = null: fewer tokens, less to check
             text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
             return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
         except Unavailable as exc:
