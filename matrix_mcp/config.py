@@ -89,8 +89,14 @@ def url_from_parts(env: Mapping[str, str]) -> str | None:
     return f"postgresql://{netloc}/{quote(name or '', safe='')}"
 
 
-_PASSWORD_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+# Bounded quantifiers keep these linear in the text's length (unbounded ones backtracked quadratically:
+# a 2 MB name echoed in an error message froze the server). A URL cut off by truncation (no '@' yet)
+# still has its password part redacted.
+_PASSWORD_IN_TEXT = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)(?P<user>[^:/@\s]{0,256}):(?P<pw>[^@\s]{0,1024})(?:@|\Z)"
+)
+_PASSWORD_PARAM = re.compile(r"(?i)(password\s*=\s*)('[^']*'?|\S+)")  # on text cut to MAX_MESSAGE_CHARS
+MAX_MESSAGE_CHARS = 4000
 
 
 def redact_url(url: str) -> str:
@@ -107,8 +113,16 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove passwords from free text: URLs with credentials, password=... pairs and the given secrets."""
-    text = _PASSWORD_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Remove passwords from free text: URLs with credentials, password=... pairs and the given secrets.
+    Text longer than MAX_MESSAGE_CHARS is cut (it is for people; clients may echo megabytes)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + f"… ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+    text = _PASSWORD_IN_TEXT.sub(
+        lambda m: f"{m['scheme']}{m['user']}:***" + ("@" if m[0].endswith("@") else ""), text
+    )
     text = _PASSWORD_PARAM.sub(lambda m: f"{m.group(1)}***", text)
     for secret in secrets:
         if secret:
