@@ -467,4 +467,44 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
 
     compact_tool_schemas(mcp)
     keep_text_arguments(mcp)
+    refuse_lone_surrogates(mcp)
     return mcp
+
+
+def refuse_lone_surrogates(mcp: MCPServer[Any]) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, which JSON's \\ud800 escape can carry) with
+    an error naming the field, before any tool sees it: no database, file path or log line can encode it."""
+    call_tool = mcp.call_tool
+
+    async def checked(name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        where = lone_surrogate(arguments)
+        if where is not None:
+            raise ToolError(
+                f"{where}: is not valid Unicode text (lone surrogate); send binary content base64-encoded"
+            )
+        return await call_tool(name, arguments, context)
+
+    mcp.call_tool = checked  # type: ignore[method-assign]
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, else None. Iterative: deep JSON is fine."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "input"
+        elif isinstance(v, dict):
+            for k, child in v.items():
+                key = str(k)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "input"
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(v, list | tuple):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(v))
+    return None
