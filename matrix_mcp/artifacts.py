@@ -75,6 +75,8 @@ class Artifacts:
         if p.is_absolute() or rel.startswith("~"):
             raise ArtifactError("must be relative to the artifacts root, not absolute", field)
         parts = p.parts
+        if not parts:  # "." and the like name the root itself
+            raise ArtifactError("must name a file under the artifacts root", field)
         for part in parts:
             if part in ("..", "."):
                 raise ArtifactError("may not contain '.' or '..' components", field)
