@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -185,6 +186,11 @@ async def main() -> None:
     p.add_argument("--hold-first", type=float, default=None)
     p.add_argument("--seconds", type=float, default=10.0)
     a = p.parse_args()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("MATRIX_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     settings = Settings.from_env(database_url=a.database_url, artifacts_dir=Path(a.artifacts_dir))
     async with Client(create_server(settings)) as client:
         emit(ev="ready", pid=os.getpid())
