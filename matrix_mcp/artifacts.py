@@ -49,7 +49,7 @@ class Blob:
 def safe_component(name: str) -> str:
     """A readable, filesystem-safe path component for a run, package or item name (stable, collision-free)."""
     cleaned = _SAFE.sub("_", name).strip("._") or "_"
-    if cleaned != name or cleaned.lower() in _RESERVED:
+    if cleaned != name or cleaned.lower() in _RESERVED or cleaned in (BLOBS, EXPORTS):
         cleaned = f"{cleaned[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return cleaned[:120]
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -46,6 +48,7 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
 
+log = logging.getLogger("matrix_mcp.engine")
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
@@ -118,7 +121,7 @@ class Engine:
         self.store = store
         self.settings = settings
         self.limits = settings.limits
-        self.artifacts = Artifacts(settings.artifacts_dir, settings.limits.max_content_bytes)
+        self.artifacts = Artifacts(Path(settings.artifacts_dir), settings.limits.max_content_bytes)
         self._runs: dict[str, RunInfo] = {}
         # outcome id -> (run id, package, item, outcome_type, outcome_path) for items this process leased:
         # a worker reports through the server it claimed through, so complete/fail need no extra read.
@@ -126,7 +129,12 @@ class Engine:
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
-        return cls(await open_store(settings), settings)
+        store = await open_store(settings)
+        try:
+            return cls(store, settings)
+        except BaseException:
+            await store.close()  # an open store left behind keeps its connection threads alive
+            raise
 
     async def close(self) -> None:
         await self.store.close()
@@ -346,6 +354,8 @@ class Engine:
         if data is not None:
             blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
             path = outcome_path or planned_path or default_path(info.name, package, item, outcome_type)
+            # a default or planned path is checked like a client's: a symlink planted there fails before commit
+            path = self.artifacts.check_path(path)
             report = Report(
                 outcome_path=path,
                 content_sha256=blob.sha256,
@@ -357,9 +367,19 @@ class Engine:
         outcome = await self.store.complete(outcome_id, lease_token, report, self.now())
         self._leased.pop(outcome_id, None)
         if data is not None and outcome.outcome_path and outcome.content_sha256:
-            await anyio.to_thread.run_sync(
-                self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
-            )
+            try:
+                await anyio.to_thread.run_sync(
+                    self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
+                )
+            except ArtifactError as exc:
+                # The report is committed and its content is safe in the blob store (served by
+                # matrix://outcomes/{id}/content); only the readable copy at outcome_path is missing.
+                log.warning(
+                    "outcome %s complete, but its file at %s was not written: %s",
+                    outcome_id,
+                    outcome.outcome_path,
+                    exc,
+                )
         return outcome
 
     async def fail_item(

@@ -398,3 +398,22 @@ async def test_unknown_run_names_the_field(engine: Engine) -> None:
     with pytest.raises(NotFound) as err:
         await engine.claim_items("missing", "w")
     assert err.value.field == "run"
+
+
+async def test_default_artifact_path_is_checked_before_commit(engine: Engine) -> None:
+    await engine.plan_run("exports", grid(1, 2))  # a run named like the internal exports folder
+    first = (await engine.claim_items("exports", "w")).items[0]
+    out = await engine.complete_item(first.outcome_id, first.lease_token, content="fine")
+    assert out.outcome_path and not out.outcome_path.startswith("exports/")
+    assert (engine.artifacts.root / out.outcome_path).read_text() == "fine"
+    second = (await engine.claim_items("exports", "w")).items[0]
+    outside = engine.artifacts.root.parent / "elsewhere"
+    outside.mkdir()
+    planted = engine.artifacts.root / out.outcome_path.rsplit("/", 1)[0] / second.item
+    planted.symlink_to(outside / "target")
+    with pytest.raises(StoreError) as err:
+        await engine.complete_item(second.outcome_id, second.lease_token, content="pwn")
+    assert err.value.field == "outcome_path"
+    assert (await engine.get_outcome(second.outcome_id)).status == "generating"
+    assert list(outside.iterdir()) == []
+    await assert_consistent(engine)
