@@ -252,6 +252,19 @@ class SQLiteStore:
         for attempt in range(50):
             try:
                 c.execute("BEGIN IMMEDIATE")
+                if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                    req = batch[0]
+                    req.error = None
+                    try:
+                        req.value = req.fn(c)
+                    except Exception as exc:
+                        if _is_busy(exc):
+                            raise
+                        c.execute("ROLLBACK")
+                        req.error = exc
+                        break
+                    c.execute("COMMIT")
+                    break
                 for req in batch:
                     req.error = None
                     c.execute("SAVEPOINT op")
@@ -455,9 +468,7 @@ class SQLiteStore:
         token_factory: Callable[[], str],
     ) -> ClaimBatch:
         def op(c: sqlite3.Connection) -> ClaimBatch:
-            run = c.execute(
-                "SELECT name, state, lease_seconds, claim_clock FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
+            run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
             if run is None:
                 raise NotFound(f"unknown run '{run_id}'", field="run")
             if run["state"] == "cancelled":
@@ -471,7 +482,6 @@ class SQLiteStore:
                 sql += " AND name = ?"
                 args.append(package)
             active = c.execute(sql + " ORDER BY last_claim, position", args).fetchall()
-            clock = int(run["claim_clock"])
             claims: list[Claim] = []
             expires = now + float(run["lease_seconds"])
             while active and len(claims) < limit:
@@ -499,19 +509,19 @@ class SQLiteStore:
                         " started_at) VALUES (?, ?, ?, ?, 'generating', ?)",
                         (o["id"], attempt, token, worker, now),
                     )
-                    clock += 1
-                    c.execute(
-                        "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ?"
-                        " WHERE id = ?",
-                        (clock, p["id"]),
-                    )
-                    _event(
+                    seq = _event(
                         c,
                         run_id,
                         o["id"],
                         "claimed",
                         {"package": p["name"], "item": o["item"], "worker": worker, "attempt": attempt},
                         now,
+                    )
+                    # fairness clock: the claim's own event sequence (monotonic across processes)
+                    c.execute(
+                        "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ?"
+                        " WHERE id = ?",
+                        (seq, p["id"]),
                     )
                     claims.append(
                         Claim(
@@ -530,8 +540,6 @@ class SQLiteStore:
                     )
                     still.append(p)
                 active = still
-            if clock != run["claim_clock"]:
-                c.execute("UPDATE runs SET claim_clock = ? WHERE id = ?", (clock, run_id))
             if len(claims) >= limit:
                 return ClaimBatch(claims)
             return ClaimBatch(claims, *_why_nothing(c, run_id, package))
@@ -1098,11 +1106,13 @@ def _event(
     kind: str,
     data: dict[str, Any],
     now: float,
-) -> None:
-    c.execute(
+) -> int:
+    """Append to the change feed; returns the event's sequence number."""
+    cur = c.execute(
         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
         (run_id, outcome_id, kind, R.dumps(data), now),
     )
+    return int(cur.lastrowid or 0)
 
 
 def _move(
