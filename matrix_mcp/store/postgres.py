@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 import time
@@ -120,18 +121,30 @@ _COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "q
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
 
 
-def _build_delta_insert() -> sql.Composed:
-    cols = [sql.Identifier(c) for c in ("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS)]
+def _build_delta_insert() -> str:
+    """One parameter: the batch's delta rows as a JSON array of arrays (key columns, then DELTA_COLUMNS);
+    a plain string query, so psycopg converts it once and dumps a single text value per batch."""
     types = ["text", "int8", "int4", "int8"] + [
         "float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS
     ]
-    arrays = [sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types]
-    return sql.SQL("INSERT INTO package_deltas ({}) SELECT * FROM unnest({})").format(
-        sql.SQL(", ").join(cols), sql.SQL(", ").join(arrays)
-    )
+    cols = ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
+    values = ", ".join(f"(e->>{i})::{t}" for i, t in enumerate(types))
+    return f"INSERT INTO package_deltas ({cols}) SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS d(e)"
 
 
 _DELTA_INSERT = _build_delta_insert()
+_DELTA_INSERT_ARRAYS = (
+    "INSERT INTO package_deltas ("
+    + ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
+    + ") SELECT * FROM unnest("
+    + ", ".join(
+        f"%b::{t}[]"
+        for t in ["text", "int8", "int4", "int8"]
+        + ["float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS]
+    )
+    + ")"
+)
+_DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
 
 _RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
@@ -453,6 +466,7 @@ async def _configure(conn: Conn) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
+_IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is pinged before use
 
@@ -579,17 +593,19 @@ class _Tx:
 
 
 async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
-    rows = [(k, v) for k, v in deltas.items() if any(v)]
+    rows = [
+        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, _DELTA_INT, strict=True))]
+        for k, v in deltas.items()
+        if any(v)
+    ]
     if not rows:
         return
-    columns: list[list[Any]] = [[k[0] for k, _ in rows], [k[1] for k, _ in rows]]
-    columns += [[k[2] for k, _ in rows], [k[3] for k, _ in rows]]
-    for i, name in enumerate(DELTA_COLUMNS):
-        if name in _FLOAT_COLUMNS:
-            columns.append([float(v[i]) for _, v in rows])
-        else:
-            columns.append([round(v[i]) for _, v in rows])
-    await c.execute(_DELTA_INSERT, columns)
+    try:
+        payload = json.dumps(rows, allow_nan=False)
+    except ValueError:  # a sum overflowed to infinity: JSON cannot carry it, float8 arrays can
+        await c.execute(_DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
+        return
+    await c.execute(_DELTA_INSERT, (payload,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -830,79 +846,113 @@ class PostgresStore:
 
     async def _run_batch(self, batch: list[_Request]) -> None:
         try:
-            await self._run_batch_once(batch, safe=False)
+            if all(req.atomic for req in batch):
+                await self._run_batch_pipelined(batch)
+            else:
+                await self._run_batch_once(batch, safe=False)
         except _NeedSafe:
             await self._run_batch_once(batch, safe=True)
 
+    async def _run_batch_pipelined(self, batch: list[_Request]) -> None:
+        """A batch of atomic requests (claims, completes, heartbeats) in pipeline mode: BEGIN goes out
+        with the first statement, the deltas, the events and COMMIT with one Sync, so a lone claim or
+        complete costs two round trips. A database error rolls the whole batch back (non-transient
+        ones re-run it with a savepoint per request, outside pipeline mode)."""
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    notify = await self._batch_body(conn, batch, safe=False, pipelined=True)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status in _IN_TRANSACTION:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+        self._after_commit(notify)
+
     async def _run_batch_once(self, batch: list[_Request], safe: bool) -> None:
         async with self._pool.connection() as conn, conn.transaction():
-            state = _Batch()
-            for req in batch:
-                req.error = None
-                req.value = None
-                req.handled = False
-                req.rest = None
-            if not safe and any(req.merge is not None for req in batch):
+            notify = await self._batch_body(conn, batch, safe, pipelined=False)
+        self._after_commit(notify)
+
+    async def _batch_body(
+        self, conn: Conn, batch: list[_Request], safe: bool, pipelined: bool
+    ) -> bool | None:
+        """Run the batch's requests and write its deltas and events; returns None when it wrote no
+        event, else whether its events statement sent the NOTIFY."""
+        state = _Batch()
+        for req in batch:
+            req.error = None
+            req.value = None
+            req.handled = False
+            req.rest = None
+        if not safe and any(req.merge is not None for req in batch):
+            try:
+                await _merged(conn, state, batch)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    raise
+                raise _NeedSafe from exc
+            except Exception as exc:
+                raise _NeedSafe from exc
+        for req in batch:
+            if req.handled:
+                continue
+            tx = _Tx(conn, state)
+            if req.atomic and not safe:
                 try:
-                    await _merged(conn, state, batch)
+                    req.value = await (req.rest or req.fn)(tx)
                 except psycopg.Error as exc:
                     if _transient(exc):
                         raise
-                    raise _NeedSafe from exc
+                    raise _NeedSafe from exc  # the transaction is aborted: redo with savepoints
                 except Exception as exc:
-                    raise _NeedSafe from exc
-            for req in batch:
-                if req.handled:
-                    continue
-                tx = _Tx(conn, state)
-                if req.atomic and not safe:
-                    try:
-                        req.value = await (req.rest or req.fn)(tx)
-                    except psycopg.Error as exc:
-                        if _transient(exc):
-                            raise
-                        raise _NeedSafe from exc  # the transaction is aborted: redo with savepoints
-                    except Exception as exc:
-                        if tx.wrote:
-                            raise _NeedSafe from exc
-                        tx.failed()
-                        req.error = exc
-                    else:
-                        tx.succeeded()
-                    continue
-                try:
-                    async with conn.transaction():
-                        req.value = await req.fn(tx)
-                except psycopg.Error as exc:
-                    if _transient(exc):
-                        raise
-                    tx.failed()
-                    req.error = StoreError(f"database error: {redact_text(str(exc), (self._secret,))}")
-                except Exception as exc:
+                    if tx.wrote:
+                        raise _NeedSafe from exc
                     tx.failed()
                     req.error = exc
                 else:
                     tx.succeeded()
-            if not state.events:
-                await _write_deltas(conn, state.deltas)
-                return
-            cols = list(zip(*state.events, strict=True))
-            notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
-            async with conn.pipeline():
-                await _write_deltas(conn, state.deltas)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-                await conn.execute(
-                    "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-                    " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-                    " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
-                    " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
-                    [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
-                )
-            if notify:
-                self._last_notify = time.monotonic()
-            elif not self._notify_owed:
-                self._notify_owed = True
-                self._tasks.append(asyncio.create_task(self._trailing_notify()))
+                continue
+            try:
+                async with conn.transaction():
+                    req.value = await req.fn(tx)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    raise
+                tx.failed()
+                req.error = StoreError(f"database error: {redact_text(str(exc), (self._secret,))}")
+            except Exception as exc:
+                tx.failed()
+                req.error = exc
+            else:
+                tx.succeeded()
+        if not state.events:
+            await _write_deltas(conn, state.deltas)
+            return None
+        cols = list(zip(*state.events, strict=True))
+        notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
+        async with contextlib.nullcontext() if pipelined else conn.pipeline():
+            await _write_deltas(conn, state.deltas)
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            await conn.execute(
+                "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
+                " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
+                [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
+            )
+        return notify
+
+    def _after_commit(self, notify: bool | None) -> None:
+        if notify is None:
+            return
+        if notify:
+            self._last_notify = time.monotonic()
+        elif not self._notify_owed:
+            self._notify_owed = True
+            self._tasks.append(asyncio.create_task(self._trailing_notify()))
 
     async def _trailing_notify(self) -> None:
         """A debounced NOTIFY skipped during a burst is sent once the burst window has passed."""
@@ -1789,13 +1839,17 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
     for (run_id, package), chunks in groups.items():
         for chunk in chunks:
             cutoff = min(a.now for _, a in chunk)
-            if run_id not in state.swept:
+            swept = None
+            if run_id not in state.swept:  # sent with the claim, without waiting for its answer
                 state.swept[run_id] = cutoff
-                sweep = _Tx(conn, state)
-                await _sweep(sweep, run_id, cutoff)
-                sweep.succeeded()
+                swept = await conn.execute(_SWEEP_SQL, _sweep_params(run_id, cutoff))
             slots = [(a.worker, a.now, a.token_factory()) for _, a in chunk for _ in range(a.limit)]
-            rows = await _all(conn, _CLAIM_SQL, _claim_params(run_id, package, [], cutoff, slots))
+            claimed = await conn.execute(_CLAIM_SQL, _claim_params(run_id, package, [], cutoff, slots))
+            if swept is not None:
+                sweep = _Tx(conn, state)
+                _swept(sweep, run_id, cutoff, await swept.fetchall())
+                sweep.succeeded()
+            rows = await claimed.fetchall()
             got = [o for o in rows if o["id"] is not None]  # ranks 1..len(got), in rank order
             pos = 0
             for req, a in chunk:
@@ -1911,7 +1965,17 @@ async def _end_attempt(
 async def _sweep(tx: _Tx, run_id: str, now: float) -> int:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
     Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
-    rows = await tx.all(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT})
+    rows = await tx.all(_SWEEP_SQL, _sweep_params(run_id, now))
+    _swept(tx, run_id, now, rows)
+    return len(rows)
+
+
+def _sweep_params(run_id: str, now: float) -> dict[str, Any]:
+    return {"run": run_id, "now": now, "limit": SWEEP_LIMIT}
+
+
+def _swept(tx: _Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
+    """The counter moves and events of the leases a sweep statement returned."""
     for r in rows:
         target: Status = r["target"]
         if target == "failed":
@@ -1924,7 +1988,6 @@ async def _sweep(tx: _Tx, run_id: str, now: float) -> int:
             {"item": r["item"], "attempt": r["attempts"], "now": target},
             now,
         )
-    return len(rows)
 
 
 async def _cancel_pending(tx: _Tx, run_id: str, now: float) -> int:
