@@ -10,7 +10,7 @@
   package or run row is written on the claim path.
 - Counters without a hot row: each batch appends one aggregated row per touched package (and
   bucket, and minute) to `package_deltas`; one roller at a time (advisory lock) folds them into
-  `packages`. Readers add the unrolled deltas (views `package_counters`, `package_hist`, `run_minutes`).
+  `packages` (the duration histogram too, as sorted arrays on the package row). Readers add the unrolled deltas (views `package_counters`, `package_hist`, `run_minutes`).
 - Events get their sequence numbers in commit order (an advisory lock held from the insert to the
   commit), so a reader that saw seq S has seen every event ≤ S. One debounced NOTIFY per batch wakes
   long-polls in other processes; a poll is the fallback.
@@ -216,15 +216,14 @@ SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
        pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
        pk.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
        pk.quality_n + COALESCE(d.quality_n, 0) AS quality_n,
-       h.hb, h.hn, hd.db, hd.dn
+       pk.hist_b AS hb, pk.hist_n AS hn, hd.db, hd.dn
 FROM pk JOIN runs r ON r.id = pk.run_id
 LEFT JOIN d ON d.package_id = pk.id LEFT JOIN hd ON hd.package_id = pk.id
-LEFT JOIN LATERAL (
-    SELECT array_agg(x.bucket) AS hb, array_agg(x.n) AS hn
-    FROM (SELECT bucket, n FROM package_durations WHERE package_id = pk.id ORDER BY bucket) x
-) h ON true
 ORDER BY pk.position
 """
+
+_THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
+_LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
 
 _CLAIM_SQL = """
 WITH r AS MATERIALIZED (
@@ -422,7 +421,11 @@ c AS (
            SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
            SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
            SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n
-    FROM d WHERE package_id IS NOT NULL AND bucket IS NULL GROUP BY package_id
+    FROM d WHERE package_id IS NOT NULL GROUP BY package_id
+),
+hd AS (
+    SELECT package_id, bucket, SUM(bucket_n) AS n FROM d
+    WHERE package_id IS NOT NULL AND bucket IS NOT NULL GROUP BY package_id, bucket
 ),
 u AS (
     UPDATE packages p SET
@@ -430,15 +433,18 @@ u AS (
         complete = p.complete + c.complete, failed = p.failed + c.failed, cancelled = p.cancelled + c.cancelled,
         duration_sum = p.duration_sum + c.duration_sum, duration_n = p.duration_n + c.duration_n,
         lines_sum = p.lines_sum + c.lines_sum, quality_sum = p.quality_sum + c.quality_sum,
-        quality_n = p.quality_n + c.quality_n
+        quality_n = p.quality_n + c.quality_n,
+        (hist_b, hist_n) = (
+            SELECT COALESCE(array_agg(y.b ORDER BY y.b), '{}'), COALESCE(array_agg(y.n ORDER BY y.b), '{}')
+            FROM (
+                SELECT x.b, SUM(x.n)::int8 AS n FROM (
+                    SELECT h.b, h.n FROM unnest(p.hist_b, p.hist_n) AS h(b, n)
+                    UNION ALL
+                    SELECT hd.bucket, hd.n FROM hd WHERE hd.package_id = p.id
+                ) x GROUP BY x.b HAVING SUM(x.n) <> 0
+            ) y
+        )
     FROM c WHERE p.id = c.package_id
-),
-h AS (
-    INSERT INTO package_durations (package_id, bucket, n)
-    SELECT package_id, bucket, SUM(bucket_n) FROM d
-    WHERE bucket IS NOT NULL AND package_id IN (SELECT id FROM packages)
-    GROUP BY package_id, bucket
-    ON CONFLICT (package_id, bucket) DO UPDATE SET n = package_durations.n + EXCLUDED.n
 ),
 m AS (
     INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)
@@ -1659,20 +1665,44 @@ class PostgresStore:
 
     async def throughput(self, run_id: str, since: float) -> int:
         async def op(c: Conn) -> int:
-            row = await _one(
-                c,
-                "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes"
-                " WHERE run_id = %s AND minute >= %s",
-                (run_id, int(since // 60)),
-            )
+            row = await _one(c, _THROUGHPUT_SQL, (run_id, int(since // 60)))
             return int(row["n"]) if row else 0
 
         return await self._read(op)
 
     async def run_overview(self, run_id: str, since: float) -> RunOverview:
-        run = await self.get_run(run_id)
-        summaries = await self.package_summaries(run_id)
-        return RunOverview(run, summaries, await self.throughput(run_id, since), await self.latest_seq())
+        """The run, its package summaries, its recent throughput and the latest event, in one snapshot
+        and one round trip (pipeline mode: BEGIN, the four reads and COMMIT go out together)."""
+
+        async def attempt() -> RunOverview:
+            async with self._pool.connection() as conn:
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        run_cur = await conn.execute(_ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
+                        summaries_cur = await conn.execute(_RUN_SUMMARIES_SQL, {"run": run_id})
+                        finished_cur = await conn.execute(_THROUGHPUT_SQL, (run_id, int(since // 60)))
+                        seq_cur = await conn.execute(_LATEST_SEQ_SQL)
+                        await conn.execute("COMMIT")
+                        run_row = await run_cur.fetchone()
+                        summary_rows = await summaries_cur.fetchall()
+                        finished = await finished_cur.fetchone()
+                        seq = await seq_cur.fetchone()
+                except BaseException:
+                    if conn.info.transaction_status in _IN_TRANSACTION:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute("ROLLBACK")
+                    raise
+            if run_row is None:
+                raise NotFound(f"unknown run '{run_id}'", field="run")
+            return RunOverview(
+                R.run_from(run_row),
+                [_summary(r) for r in summary_rows],
+                int(finished["n"]) if finished else 0,
+                int(seq["s"]) if seq else 0,
+            )
+
+        return await self._with_retry(attempt)
 
     async def record_integration(
         self,
@@ -1711,7 +1741,7 @@ class PostgresStore:
 
     async def latest_seq(self) -> int:
         async def op(c: Conn) -> int:
-            row = await _one(c, "SELECT COALESCE(MAX(seq), 0) AS s FROM events")
+            row = await _one(c, _LATEST_SEQ_SQL)
             return int(row["s"]) if row else 0
 
         return await self._read(op)
@@ -2225,10 +2255,11 @@ async def _rebuild(c: Conn, run_id: str | None) -> None:
     await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])", (ids,))
     for pid in ids:
         truth = await _truth(c, pid)
+        buckets = sorted(b for b, n in truth["hist"].items() if n)
         await c.execute(
             "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s,"
             " cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s,"
-            " quality_n = %s WHERE id = %s",
+            " quality_n = %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s",
             (
                 truth["total"],
                 *(truth[s] for s in STATUSES),
@@ -2237,17 +2268,11 @@ async def _rebuild(c: Conn, run_id: str | None) -> None:
                 truth["lines_sum"],
                 truth["quality_sum"],
                 round(truth["quality_n"]),
+                buckets,
+                [truth["hist"][b] for b in buckets],
                 pid,
             ),
         )
-        await c.execute("DELETE FROM package_durations WHERE package_id = %s", (pid,))
-        if truth["hist"]:
-            buckets = sorted(truth["hist"])
-            await c.execute(
-                "INSERT INTO package_durations (package_id, bucket, n)"
-                " SELECT %s, b, n FROM unnest(%b::int[], %b::bigint[]) AS h(b, n)",
-                (pid, buckets, [truth["hist"][b] for b in buckets]),
-            )
 
 
 __all__ = ["PostgresStore"]

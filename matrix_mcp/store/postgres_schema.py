@@ -5,8 +5,9 @@ start at once. Times are epoch seconds in double precision (the engine passes th
 stored as text written by `rows.dumps` — both exactly as in the SQLite store.
 
 Counters without a hot row: transitions append to `package_deltas`; one roller (advisory lock)
-folds them into `packages`, `package_durations` and `outcome_minutes`. Readers add the not yet
-rolled deltas through the `package_counters`, `package_hist` and `run_minutes` views.
+folds them into `packages` (counters, and since migration 2 the duration histogram as the sorted
+arrays `hist_b`/`hist_n` on the package row) and `outcome_minutes`. Readers add the not yet rolled
+deltas through the `package_counters`, `package_hist` and `run_minutes` views.
 """
 
 from __future__ import annotations
@@ -221,6 +222,26 @@ SELECT run_id, minute, SUM(completed) AS completed, SUM(failed) AS failed,
     SELECT run_id, minute, m_completed, m_failed, m_duration_sum, m_duration_n
     FROM package_deltas WHERE minute IS NOT NULL
 ) m GROUP BY run_id, minute;
+""",
+    ),
+    (
+        2,
+        """
+ALTER TABLE packages ADD COLUMN hist_b integer[] NOT NULL DEFAULT '{}',
+    ADD COLUMN hist_n bigint[] NOT NULL DEFAULT '{}';
+UPDATE packages p SET hist_b = h.b, hist_n = h.n
+FROM (
+    SELECT package_id, array_agg(bucket ORDER BY bucket) AS b, array_agg(n ORDER BY bucket) AS n
+    FROM package_durations WHERE n <> 0 GROUP BY package_id
+) h
+WHERE h.package_id = p.id;
+CREATE OR REPLACE VIEW package_hist AS
+SELECT package_id, bucket, SUM(n) AS n FROM (
+    SELECT p.id AS package_id, h.bucket, h.n FROM packages p, unnest(p.hist_b, p.hist_n) AS h(bucket, n)
+    UNION ALL
+    SELECT package_id, bucket, bucket_n FROM package_deltas WHERE bucket IS NOT NULL
+) h GROUP BY package_id, bucket;
+DROP TABLE package_durations;
 """,
     ),
 ]
