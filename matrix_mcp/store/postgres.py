@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import operator
 import random
 import time
 import uuid
@@ -2170,6 +2171,7 @@ _SUMMARY_FIELDS = (
     "quality_sum",
     "quality_n",
 )
+_summary_key = operator.itemgetter(*_SUMMARY_FIELDS)
 _SUMMARY_MEMO: dict[tuple[Any, ...], PackageSummary] = {}
 SUMMARY_MEMO_SIZE = 4096
 
@@ -2178,10 +2180,10 @@ def _summary(row: Row) -> PackageSummary:
     """R.summary_from for a _RUN_SUMMARIES_SQL row. A package whose counters and histogram are unchanged
     since the last call gets a copy of the summary built then (status polls see mostly unchanged rows)."""
     hb, hn, db, dn = row["hb"] or (), row["hn"] or (), row["db"] or (), row["dn"] or ()
-    key = (*(row[f] for f in _SUMMARY_FIELDS), tuple(hb), tuple(hn), tuple(db), tuple(dn))
+    key = (*_summary_key(row), tuple(hb), tuple(hn), tuple(db), tuple(dn))
     found = _SUMMARY_MEMO.get(key)
     if found is not None:
-        return found.model_copy()
+        return _shallow_copy(found)
     hist: dict[int, int] = dict(zip(hb, hn, strict=True))
     for b, n in zip(db, dn, strict=True):
         hist[b] = hist.get(b, 0) + n
@@ -2190,6 +2192,18 @@ def _summary(row: Row) -> PackageSummary:
         _SUMMARY_MEMO.clear()
     _SUMMARY_MEMO[key] = summary.model_copy()
     return summary
+
+
+def _shallow_copy(m: PackageSummary) -> PackageSummary:
+    """What `model_copy()` makes (a shallow copy), without its generic path: a hundred per status poll."""
+    if m.__pydantic_extra__ is not None or m.__pydantic_private__ is not None:
+        return m.model_copy()
+    new = PackageSummary.__new__(PackageSummary)
+    object.__setattr__(new, "__dict__", m.__dict__.copy())
+    object.__setattr__(new, "__pydantic_fields_set__", m.__pydantic_fields_set__.copy())
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 async def _summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary]:
