@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sqlite3
@@ -1088,9 +1089,9 @@ class SQLiteStore:
                         p[0],
                     ),
                 )
-                c.execute("DELETE FROM package_durations WHERE package_id = ?", (p[0],))
-                for bucket, n in truth["hist"].items():
-                    c.execute("INSERT INTO package_durations VALUES (?, ?, ?)", (p[0], bucket, n))
+                c.execute(
+                    "UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_dumps(truth["hist"]), p[0])
+                )
 
         await self._write(op)
 
@@ -1153,11 +1154,26 @@ def _move(
 
 
 def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign: int) -> None:
-    c.execute(
-        "INSERT INTO package_durations (package_id, bucket, n) VALUES (?, ?, ?)"
-        " ON CONFLICT (package_id, bucket) DO UPDATE SET n = n + excluded.n",
-        (package_id, R.duration_bucket(duration), sign),
-    )
+    """The duration histogram lives on the package row as JSON [[bucket, count], …]: a summary reads one row
+    per package instead of one per bucket (read-modify-write is safe under the single writer)."""
+    row = c.execute("SELECT duration_hist FROM packages WHERE id = ?", (package_id,)).fetchone()
+    hist = _hist_loads(row[0])
+    bucket = R.duration_bucket(duration)
+    n = hist.get(bucket, 0) + sign
+    if n:
+        hist[bucket] = n
+    else:
+        hist.pop(bucket, None)
+    c.execute("UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_dumps(hist), package_id))
+
+
+def _hist_loads(text: str | None) -> dict[int, int]:
+    """The histogram column: a JSON list of [bucket, count] pairs in bucket order."""
+    return dict(json.loads(text or "[]"))
+
+
+def _hist_dumps(hist: dict[int, int]) -> str:
+    return json.dumps(sorted(hist.items()), separators=(",", ":"))
 
 
 def _add_contribution(
@@ -1417,19 +1433,22 @@ def _summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[Packa
     ).fetchall()
     if not rows:
         return []
-    hists: dict[int, dict[int, int]] = defaultdict(dict)
-    ids = [r["id"] for r in rows]
-    for chunk in range(0, len(ids), 500):
-        part = ids[chunk : chunk + 500]
-        marks = ",".join("?" * len(part))
-        for h in c.execute(
-            "SELECT package_id, bucket, n FROM package_durations WHERE package_id IN ("
-            + marks
-            + ") AND n > 0",
-            part,
-        ):
-            hists[h[0]][h[1]] = h[2]
-    return [R.summary_from(r, hists.get(r["id"], {})) for r in rows]
+    return [_summary(r) for r in rows]
+
+
+# Summaries are rebuilt only for packages whose row changed since the last read: a status poll during a
+# run touches a few packages, and a finished run none. The key is the whole row, so a hit is exact.
+_SUMMARY_CACHE: dict[tuple[Any, ...], PackageSummary] = {}
+
+
+def _summary(row: sqlite3.Row) -> PackageSummary:
+    key = tuple(row)
+    hit = _SUMMARY_CACHE.get(key)
+    if hit is None:
+        if len(_SUMMARY_CACHE) >= 4096:
+            _SUMMARY_CACHE.clear()
+        hit = _SUMMARY_CACHE[key] = R.summary_from(row, _hist_loads(row["duration_hist"]))
+    return hit.model_copy()
 
 
 def _truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
@@ -1468,12 +1487,7 @@ def _recount(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
         for key in _COUNTER_COLUMNS:
             if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
                 mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
-        hist = {
-            b: n
-            for b, n in c.execute(
-                "SELECT bucket, n FROM package_durations WHERE package_id = ? AND n != 0", (p["id"],)
-            )
-        }
+        hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
         if hist != truth["hist"]:
             mismatches.append(f"{label}: duration histogram {hist} != rows {truth['hist']}")
     return RecountReport(consistent=not mismatches, mismatches=mismatches)

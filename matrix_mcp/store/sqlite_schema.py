@@ -138,4 +138,15 @@ CREATE TABLE events (
 CREATE INDEX events_run ON events (run_id, seq);
 """,
     ),
+    (
+        2,
+        """
+ALTER TABLE packages ADD COLUMN duration_hist TEXT NOT NULL DEFAULT '[]';
+UPDATE packages SET duration_hist = COALESCE(
+    (SELECT json_group_array(json_array(bucket, n)) FROM
+        (SELECT bucket, n FROM package_durations d WHERE d.package_id = packages.id AND d.n != 0 ORDER BY bucket)),
+    '[]');
+DROP TABLE package_durations
+""",
+    ),
 ]
