@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 
 from matrix_mcp.models import (
     STATUSES,
@@ -234,6 +235,8 @@ class SQLiteStore:
             self._leading = True
             try:
                 with anyio.CancelScope(shield=True):
+                    # let every task that is ready to write join this batch (group commit) before it runs
+                    await anyio.lowlevel.checkpoint()
                     while self._queue:
                         batch, self._queue = self._queue, []
                         try:
