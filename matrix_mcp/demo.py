@@ -18,7 +18,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from matrix_mcp.cli import format_status, server_command
-from matrix_mcp.config import Settings
+from matrix_mcp.config import Settings, redact_url
 
 PACKAGES = ["auth-service", "billing-service", "catalog-service", "orders-service", "search-service"]
 ITEMS = ["models", "api", "tests"]
@@ -98,7 +98,10 @@ async def _worker(settings: Settings, run: str, name: str, injected: set[str], l
 async def run_demo(settings: Settings, workers: int = 3, run: str | None = None) -> int:
     run = run or time.strftime("demo-%Y%m%d-%H%M%S")
     out = sys.stdout
-    print(f"Matrix demo: run '{run}' on {settings.database_url}, {workers} worker processes", file=out)
+    print(
+        f"Matrix demo: run '{run}' on {redact_url(settings.database_url)}, {workers} worker processes",
+        file=out,
+    )
     started = time.monotonic()
     async with Client(_params(settings)) as orchestrator:
         plan = _data(

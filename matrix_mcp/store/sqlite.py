@@ -172,7 +172,7 @@ class SQLiteStore:
         conn.row_factory = sqlite3.Row
 
         def setup(c: sqlite3.Connection) -> None:
-            c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            c.execute("PRAGMA busy_timeout = " + str(BUSY_TIMEOUT_MS))
             for _ in range(100):
                 try:
                     c.execute("PRAGMA journal_mode = WAL")
