@@ -45,6 +45,7 @@ from matrix_mcp.models import (
     RunStatus,
     Status,
     SystemMetrics,
+    ts,
 )
 from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
 
@@ -279,7 +280,7 @@ class Engine:
                             item=c.item,
                             attempt=c.attempt,
                             lease_token=c.lease_token,
-                            lease_expires_at=_dt(c.lease_expires_at),
+                            lease_expires_at=ts(c.lease_expires_at),  # type: ignore[arg-type]
                             outcome_type=c.outcome_type,
                             specifications=c.specifications,
                             outcome_path=c.outcome_path,
@@ -428,7 +429,6 @@ class Engine:
         if since is not None and since < 0:
             raise InputError("must be ≥ 0", "since")
         events = []
-        latest = await self.store.latest_seq()
         if since is not None:
             deadline = anyio.current_time() + wait_seconds
             cursor = since
@@ -445,12 +445,11 @@ class Engine:
                         f"waiting for changes after #{since}",
                     )
                 cursor = max(cursor, await self.store.wait_for_change(cursor, min(remaining, 5.0)))
-            latest = max(latest, await self.store.latest_seq())
         now = self.now()
         window = 300.0
         overview = await self.store.run_overview(info.id, now - window)
         snapshot, summaries, finished_recent = overview.run, overview.packages, overview.finished_since
-        latest = max(latest, overview.latest_seq)
+        latest = overview.latest_seq  # read after any wait, so it covers the events returned
         span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
         per_minute = round(finished_recent / span * 60, 3) if finished_recent else None
         remaining_items = snapshot.counts.pending + snapshot.counts.generating
@@ -621,9 +620,3 @@ class Engine:
                 )
             count += 1
         return buf.getvalue().encode(), count
-
-
-def _dt(epoch: float) -> Any:
-    from matrix_mcp.models import ts
-
-    return ts(epoch)

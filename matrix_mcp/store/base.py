@@ -218,10 +218,6 @@ class Store(Protocol):
 
     async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics: ...
 
-    async def throughput(self, run_id: str, since: float) -> int:
-        """Items that reached complete or failed at or after `since` (from the hourly/minute rollup)."""
-        ...
-
     async def run_overview(self, run_id: str, since: float) -> RunOverview:
         """The run, its package summaries, items finished at or after `since` and the latest event
         sequence, from one consistent snapshot (what `run_status` polls)."""

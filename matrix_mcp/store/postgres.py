@@ -1664,13 +1664,6 @@ class PostgresStore:
 
         return await self._read(op, snapshot=True)
 
-    async def throughput(self, run_id: str, since: float) -> int:
-        async def op(c: Conn) -> int:
-            row = await _one(c, _THROUGHPUT_SQL, (run_id, int(since // 60)))
-            return int(row["n"]) if row else 0
-
-        return await self._read(op)
-
     async def run_overview(self, run_id: str, since: float) -> RunOverview:
         """The run, its package summaries, its recent throughput and the latest event, in one snapshot
         and one round trip (pipeline mode: BEGIN, the four reads and COMMIT go out together)."""

@@ -39,10 +39,6 @@ def bucket_value(bucket: int) -> float:
     return float(HIST_BASE ** (bucket + 0.5))
 
 
-def percentile(hist: Mapping[int, int], q: float) -> float | None:
-    return percentiles(hist, (q,))[0]
-
-
 def percentiles(hist: Mapping[int, int], qs: tuple[float, ...]) -> list[float | None]:
     """The q-quantiles (ascending qs) of a bucket histogram, in one pass over the sorted buckets."""
     total = sum(hist.values())

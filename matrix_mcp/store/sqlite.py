@@ -978,16 +978,6 @@ class SQLiteStore:
 
         return await self._read(op)
 
-    async def throughput(self, run_id: str, since: float) -> int:
-        def op(c: sqlite3.Connection) -> int:
-            row = c.execute(
-                "SELECT COALESCE(SUM(completed + failed), 0) FROM outcome_minutes WHERE run_id = ? AND minute >= ?",
-                (run_id, int(since // 60)),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._read(op)
-
     async def run_overview(self, run_id: str, since: float) -> RunOverview:
         def op(c: sqlite3.Connection) -> RunOverview:
             summaries = _summaries(c, "p.run_id = ?", [run_id])
