@@ -86,7 +86,9 @@ async def test_servers_drain_2000_items_exactly_once_through_backend_kills(
                     {"name": f"p{i:02d}", "items": [f"i{j:03d}" for j in range(per_package)]}
                     for i in range(packages)
                 ],
-                "policy": {"lease_seconds": 5},
+                # long leases: a claim whose answer a kill swallowed must come back to its worker on
+                # the retry, not sit orphaned until its lease expires (that would stall the drain)
+                "lease_seconds": 600,
             },
         )
         assert plan["items"] == total
@@ -151,11 +153,14 @@ async def test_servers_drain_2000_items_exactly_once_through_backend_kills(
                 "SELECT o.id, count(a.*) FILTER (WHERE a.status = 'complete') AS completions"
                 " FROM outcomes o LEFT JOIN outcome_attempts a ON a.outcome_id = o.id GROUP BY o.id"
             ).fetchall()
+            attempts = Counter(r[0] for r in conn.execute("SELECT attempts FROM outcomes").fetchall())
             events = Counter(
                 r[0]
                 for r in conn.execute("SELECT outcome_id FROM events WHERE kind = 'completed'").fetchall()
             )
         assert len(per_outcome) == total and all(c == 1 for _, c in per_outcome)
+        # no lease was orphaned by a kill: every item was claimed exactly once
+        assert attempts == {1: total}, attempts
         assert len(events) == total and set(events.values()) == {1}
         summary = await engine.package_summary("p00", "big")
         assert summary.completed_items == per_package and summary.total_lines_generated == 2 * per_package

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -21,8 +22,11 @@ from mcp.client import Client
 from psycopg import sql
 
 from matrix_mcp.config import Settings
+from matrix_mcp.engine import Engine
+from matrix_mcp.models import PackageSpec, RunPolicy
 from matrix_mcp.server import create_server
-from tests.conftest import PG_URL
+from matrix_mcp.store.postgres import PostgresStore
+from tests.conftest import PG_URL, assert_consistent
 from tests.reliability_helpers import ROOT, WorkerProcess, check_store, completions_per_outcome, run_counts
 from tests.test_reliability_faults import plan
 
@@ -115,6 +119,53 @@ async def run_through_outages(
         "retryable_errors": sum("retryable" in e["text"] for e in errors),
         "items": total,
     }
+
+
+async def test_answers_lost_after_commit_leave_no_orphaned_lease(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies after COMMIT went through but before its answer arrived (a backend killed at
+    that instant): the retried claim hands out the leases the lost attempt took — not new ones beside
+    them, which would sit orphaned until they expire — and a retried complete answers the outcome once."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        await engine.plan_run(
+            "r", [PackageSpec(name="p", items=["a", "b", "c", "d", "e"])], policy=RunPolicy(lease_seconds=600)
+        )
+        store = engine.store
+        assert isinstance(store, PostgresStore)
+        real = store._run_batch_pipelined
+        lost: list[int] = []
+
+        async def answer_lost_once(batch: Any) -> None:
+            await real(batch)  # committed
+            if not lost:
+                lost.append(len(batch))
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(store, "_run_batch_pipelined", answer_lost_once)
+        got = await engine.claim_items("r", "w1", limit=2)
+        assert lost == [1]
+        with psycopg.connect(postgres_database) as conn:
+            leased = conn.execute(
+                "SELECT id, lease_token, attempts FROM outcomes WHERE status = 'generating' ORDER BY id"
+            ).fetchall()
+        assert sorted((c.outcome_id, c.lease_token, c.attempt) for c in got.items) == leased
+        assert len(leased) == 2
+
+        lost.clear()
+        first = got.items[0]
+        done = await engine.complete_item(first.outcome_id, first.lease_token, metrics={"lines_generated": 3})
+        assert lost == [1] and done.status == "complete"
+
+        monkeypatch.setattr(store, "_run_batch_pipelined", real)
+        rest = await engine.claim_items("r", "w2", limit=5)
+        assert len(rest.items) == 3
+        run = await engine.get_run("r")
+        assert (run.counts.complete, run.counts.generating, run.counts.pending) == (1, 4, 0)
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
 
 
 async def test_postgres_outages_mid_run_recover_without_restarting_servers(

@@ -30,7 +30,7 @@ import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -623,6 +623,15 @@ class _ClaimArgs:
     package: str | None
     now: float
     token_factory: Callable[[], str]
+    # every lease token handed to this request's claim statements, across attempts: when an attempt's
+    # COMMIT went through but its answer was lost with the connection, the retry finds its leases by
+    # these tokens instead of leaving them orphaned until they expire
+    issued: list[str] = field(default_factory=list)
+
+    def token(self) -> str:
+        token = self.token_factory()
+        self.issued.append(token)
+        return token
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,26 +677,61 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
             {"package": o["package_name"], "item": o["item"], "worker": worker, "attempt": o["attempts"]},
             now,
         )
-        claims.append(
-            Claim(
-                outcome_id=o["id"],
-                run=o["run_name"],
-                package=o["package_name"],
-                package_description=o["package_description"],
-                item=o["item"],
-                attempt=int(o["attempts"]),
-                lease_token=o["lease_token"],
-                lease_expires_at=float(o["lease_expires_at"]),
-                outcome_type=o["outcome_type"],
-                specifications=R.loads(o["specifications"]),
-                outcome_path=o["outcome_path"],
-            )
-        )
+        claims.append(_claim(o))
     for pid, n in per_package.items():
         tx.move(run_id, pid, "pending", "generating", n)
     if rows:
         tx.wrote = True
     return claims
+
+
+def _claim(o: Row) -> Claim:
+    return Claim(
+        outcome_id=o["id"],
+        run=o["run_name"],
+        package=o["package_name"],
+        package_description=o["package_description"],
+        item=o["item"],
+        attempt=int(o["attempts"]),
+        lease_token=o["lease_token"],
+        lease_expires_at=float(o["lease_expires_at"]),
+        outcome_type=o["outcome_type"],
+        specifications=R.loads(o["specifications"]),
+        outcome_path=o["outcome_path"],
+    )
+
+
+async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
+    """Before a batch is re-run after a transient error: claims an earlier attempt committed although
+    its answer was lost (the connection died after COMMIT) are still leased under the tokens that
+    attempt handed out. Those leases go to their request now — their events and counters were
+    committed with them — instead of staying orphaned until they expire."""
+    pending = [req for req in batch if isinstance(req.merge, _ClaimArgs) and req.merge.issued]
+    if not pending:
+        return
+    tokens = [t for req in pending for t in req.merge.issued]  # type: ignore[union-attr]
+    rows = await _all(conn, _RECOVER_CLAIMS_SQL, (tokens,))
+    by_token = {r["lease_token"]: r for r in rows}
+    for req in pending:
+        a = req.merge
+        assert isinstance(a, _ClaimArgs)
+        got = [_claim(by_token[t]) for t in a.issued if t in by_token]
+        if not got:
+            continue
+        log.info("recovered %d claim(s) committed by an attempt whose answer was lost", len(got))
+        if len(got) >= a.limit:
+            req.value = ClaimBatch(got)
+            req.handled = True
+        else:
+            req.rest = _claim_op(a, got)
+
+
+_RECOVER_CLAIMS_SQL = (
+    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
+    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    " WHERE o.lease_token = ANY(%s::text[]) AND o.status = 'generating' ORDER BY o.claim_seq"
+)
 
 
 def _claim_params(
@@ -894,6 +938,7 @@ class PostgresStore:
             req.value = None
             req.handled = False
             req.rest = None
+        await _recover_claims(conn, batch)
         if not safe and any(req.merge is not None for req in batch):
             try:
                 await _merged(conn, state, batch)
@@ -924,7 +969,7 @@ class PostgresStore:
                 continue
             try:
                 async with conn.transaction():
-                    req.value = await req.fn(tx)
+                    req.value = await (req.rest or req.fn)(tx)
             except psycopg.Error as exc:
                 if _transient(exc):
                     raise
@@ -1815,7 +1860,7 @@ def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitab
                     package,
                     exhausted,
                     now,
-                    [(args.worker, now, args.token_factory()) for _ in range(want)],
+                    [(args.worker, now, args.token()) for _ in range(want)],
                 ),
             )
             quota: dict[int, int] = {}
@@ -1853,6 +1898,8 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
     completes: list[tuple[_Request, _CompleteArgs]] = []
     for req in batch:
         a = req.merge
+        if req.handled or req.rest is not None:  # recovered from a lost answer
+            continue
         if isinstance(a, _ClaimArgs):
             chunks = groups.setdefault((a.run_id, a.package), [[]])
             if chunks[-1] and sum(x.limit for _, x in chunks[-1]) + a.limit > MERGE_SLOTS:
@@ -1867,7 +1914,7 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
             if run_id not in state.swept:  # sent with the claim, without waiting for its answer
                 state.swept[run_id] = cutoff
                 swept = await conn.execute(_SWEEP_SQL, _sweep_params(run_id, cutoff))
-            slots = [(a.worker, a.now, a.token_factory()) for _, a in chunk for _ in range(a.limit)]
+            slots = [(a.worker, a.now, a.token()) for _, a in chunk for _ in range(a.limit)]
             claimed = await conn.execute(_CLAIM_SQL, _claim_params(run_id, package, [], cutoff, slots))
             if swept is not None:
                 sweep = _Tx(conn, state)
