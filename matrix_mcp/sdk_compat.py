@@ -16,6 +16,8 @@ from mcp.server.mcpserver.resources.base import Resource
 from mcp.server.mcpserver.resources.templates import ResourceTemplate
 from mcp.server.mcpserver.resources.types import FunctionResource
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 # validation-only keywords that say nothing a reader of a result needs
 _INPUT_ONLY = frozenset(
@@ -135,12 +137,33 @@ def _text_only(annotation: Any) -> bool:
     return all(a is str or a is type(None) for a in args)
 
 
-class TextSafeFuncMetadata(FuncMetadata):
-    """The SDK parses any string argument that looks like JSON unless its annotation is exactly `str`, so
-    `content='{"a": 1}'` for a `str | None` parameter arrives as a dict and fails validation (and a
-    package named "true" becomes a bool). Optional text parameters are kept verbatim here."""
+class StrictFuncMetadata(FuncMetadata):
+    """Two fixes to the SDK's argument handling:
+    - it parses any string argument that looks like JSON unless its annotation is exactly `str`, so
+      `content='{"a": 1}'` for a `str | None` parameter arrives as a dict and fails validation (and a
+      package named "true" becomes a bool): optional text parameters are kept verbatim here;
+    - it drops arguments the tool does not take, so a misspelt option (`lease_second=5`) silently
+      does nothing: here it is a validation error naming the arguments the tool takes."""
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        fields = self.arg_model.model_fields
+        accepted = {f.alias or name for name, f in fields.items()} | set(fields)
+        unknown = [key for key in data if key not in accepted]
+        if unknown:
+            takes = ", ".join(f.alias or name for name, f in fields.items())
+            raise ValidationError.from_exception_data(
+                self.arg_model.__name__,
+                [
+                    {
+                        "type": PydanticCustomError(
+                            "unknown_argument", "unknown argument; this tool takes: {takes}", {"takes": takes}
+                        ),
+                        "loc": (key,),
+                        "input": data[key],
+                    }
+                    for key in unknown
+                ],
+            )
         keep = {
             key: value
             for key, value in data.items()
@@ -153,10 +176,12 @@ class TextSafeFuncMetadata(FuncMetadata):
         return parsed
 
 
-def keep_text_arguments(server: MCPServer[Any]) -> None:
+def harden_arguments(server: MCPServer[Any]) -> None:
+    """Every tool: text arguments kept verbatim, unknown arguments refused (and the input schema says so)."""
     for tool in server._tool_manager.list_tools():
         if type(tool.fn_metadata) is FuncMetadata:
-            tool.fn_metadata.__class__ = TextSafeFuncMetadata
+            tool.fn_metadata.__class__ = StrictFuncMetadata
+            tool.parameters["additionalProperties"] = False
 
 
 def compact_tool_schemas(server: MCPServer[Any]) -> None:

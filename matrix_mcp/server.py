@@ -42,7 +42,7 @@ from matrix_mcp.models import (
     SystemMetrics,
 )
 from matrix_mcp.notify import CountingBus, LegacySubscriptions, Notifier
-from matrix_mcp.sdk_compat import compact_tool_schemas, keep_text_arguments, use_dynamic_mime
+from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_dynamic_mime
 from matrix_mcp.store.base import StoreError, Unavailable
 
 log = logging.getLogger("matrix_mcp.server")
@@ -466,7 +466,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         register_schema_tools(mcp, lambda: settings.schema_database_url or settings.database_url)
 
     compact_tool_schemas(mcp)
-    keep_text_arguments(mcp)
+    harden_arguments(mcp)
     refuse_lone_surrogates(mcp)
     return mcp
 

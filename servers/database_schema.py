@@ -21,7 +21,7 @@ from mcp.server import MCPServer
 
 from matrix_mcp.config import redact_url, url_from_parts
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
-from matrix_mcp.sdk_compat import compact_tool_schemas, keep_text_arguments
+from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -52,7 +52,7 @@ def build_server(url: str) -> MCPServer[Any]:
     )
     register_schema_tools(mcp, lambda: url)
     compact_tool_schemas(mcp)
-    keep_text_arguments(mcp)
+    harden_arguments(mcp)
     return mcp
 
 

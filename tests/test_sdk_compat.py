@@ -130,3 +130,22 @@ async def test_text_arguments_that_look_like_json_stay_text(tmp_path: Path) -> N
             {"leases": f'[{{"outcome_id": "{item["outcome_id"]}", "lease_token": "{item["lease_token"]}"}}]'},
         )
         assert not hb.is_error and len((hb.structured_content or {})["extended"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_unknown_arguments_are_refused_not_ignored(tmp_path: Path, mode: str) -> None:
+    """A misspelt option must not silently do nothing: `policy={...}` or `lease_second=5` on plan_run is a
+    validation error naming what the tool takes, and nothing is planned; the input schemas say so."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with Client(create_server(settings), mode=mode) as c:  # type: ignore[arg-type]
+        packages = [{"name": "p", "items": ["a"]}]
+        bad = await c.call_tool("plan_run", {"name": "r", "packages": packages, "lease_second": 5})
+        assert bad.is_error
+        text = bad.content[0].text  # type: ignore[union-attr]
+        assert "lease_second" in text and "unknown argument" in text and "lease_seconds" in text
+        runs = await c.call_tool("list_runs", {})
+        assert runs.structured_content == {"runs": []}
+        ok = await c.call_tool("plan_run", {"name": "r", "packages": packages, "lease_seconds": 5})
+        assert not ok.is_error
+        tools = (await c.list_tools()).tools
+        assert tools and all(t.input_schema.get("additionalProperties") is False for t in tools)
