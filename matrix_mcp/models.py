@@ -20,7 +20,7 @@ def ts(epoch: float | None) -> datetime | None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------

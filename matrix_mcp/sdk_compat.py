@@ -7,17 +7,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.resources.base import Resource
 from mcp.server.mcpserver.resources.templates import ResourceTemplate
 from mcp.server.mcpserver.resources.types import FunctionResource
-from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from pydantic import ValidationError
+from mcp.server.mcpserver.tools.base import Tool
+from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata, func_metadata
+from mcp.shared._callable_inspection import is_async_callable
+from mcp_types import CallToolResult, Icon, ToolAnnotations
+from pydantic import PrivateAttr, ValidationError
 from pydantic_core import PydanticCustomError
+
+log = logging.getLogger("matrix_mcp.sdk_compat")
 
 # validation-only keywords that say nothing a reader of a result needs
 _INPUT_ONLY = frozenset(
@@ -137,6 +149,11 @@ def _text_only(annotation: Any) -> bool:
     return all(a is str or a is type(None) for a in args)
 
 
+class ModelResult(CallToolResult):
+    """A tool result whose structured content is the JSON dump of the tool's own output model: valid by
+    construction, so the SDK's re-validation of it against that model is skipped."""
+
+
 class StrictFuncMetadata(FuncMetadata):
     """Two fixes to the SDK's argument handling:
     - it parses any string argument that looks like JSON unless its annotation is exactly `str`, so
@@ -144,6 +161,11 @@ class StrictFuncMetadata(FuncMetadata):
       package named "true" becomes a bool): optional text parameters are kept verbatim here;
     - it drops arguments the tool does not take, so a misspelt option (`lease_second=5`) silently
       does nothing: here it is a validation error naming the arguments the tool takes."""
+
+    def convert_result(self, result: Any) -> Any:
+        if type(result) is ModelResult:
+            return result
+        return super().convert_result(result)
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         fields = self.arg_model.model_fields
@@ -186,6 +208,8 @@ def harden_arguments(server: MCPServer[Any]) -> None:
 
 def compact_tool_schemas(server: MCPServer[Any]) -> None:
     for tool in server._tool_manager.list_tools():
+        if isinstance(tool.fn_metadata, CachedFuncMetadata):
+            continue  # precomputed in its final form
         if tool.description:
             tool.description = " ".join(tool.description.split())  # docstring indentation costs context
         tool.parameters = compact_schema(tool.parameters)
@@ -210,3 +234,146 @@ class DynamicMimeTemplate(ResourceTemplate):
 def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
     templates = server._resource_manager._templates
     templates[uri_template].__class__ = DynamicMimeTemplate
+
+
+# ---- precomputed tool definitions ----------------------------------------------------------------
+#
+# Registering a tool makes the SDK build a pydantic argument model and generate two JSON schemas; for our
+# 21 tools that is ~65 ms of every start-up, most of the cold start we add to the SDK's own. The final
+# (compacted, hardened) definitions are generated once into tool_schemas.json (`python -m
+# matrix_mcp.sdk_compat`) and used while its fingerprint — the sources that shape them, the SDK's schema
+# code and pydantic's version — matches; otherwise tools register the SDK's way. The argument model is
+# built on a tool's first call. A test keeps the file in step with the code.
+
+TOOL_CACHE = Path(__file__).with_name("tool_schemas.json")
+_SHAPING_SOURCES = ("server.py", "models.py", "sdk_compat.py", "schema/tools.py", "schema/model.py")
+_cache: dict[str, Any] | None = None
+
+
+def tool_fingerprint() -> str:
+    import mcp.server.mcpserver.tools.base as tool_base
+    import mcp.server.mcpserver.utilities.func_metadata as fm
+    import pydantic
+
+    digest = hashlib.sha256(pydantic.VERSION.encode())
+    here = Path(__file__).parent
+    for path in (Path(fm.__file__), Path(tool_base.__file__), *(here / s for s in _SHAPING_SOURCES)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _cached_definitions(server_name: str) -> dict[str, Any] | None:
+    global _cache
+    if os.environ.get("MATRIX_TOOL_CACHE", "1") == "0":
+        return None
+    if _cache is None:
+        try:
+            data = json.loads(TOOL_CACHE.read_text(encoding="utf-8"))
+            _cache = data if data.get("fingerprint") == tool_fingerprint() else {}
+        except (OSError, ValueError):
+            _cache = {}
+        if not _cache:
+            log.debug("tool definitions not precomputed for these sources; registering the SDK's way")
+    servers = _cache.get("servers", {})
+    found: dict[str, Any] | None = servers.get(server_name)
+    return found
+
+
+class CachedFuncMetadata(StrictFuncMetadata):
+    """Metadata of a tool registered from precomputed definitions: the argument model (and the output
+    model results are checked against) are built on the tool's first call."""
+
+    _fn: Any = PrivateAttr(default=None)
+    _skip: list[str] = PrivateAttr(default_factory=list)
+
+    def _ready(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is None:
+            return
+        built = func_metadata(fn, skip_names=self._skip, structured_output=False)
+        self.arg_model = built.arg_model
+        ret = typing.get_type_hints(fn, include_extras=True).get("return")
+        args = typing.get_args(ret) if typing.get_origin(ret) is typing.Annotated else ()
+        if len(args) == 2 and isinstance(args[0], type) and issubclass(args[0], CallToolResult):
+            self.output_model = args[1]
+        else:  # any other return annotation: let the SDK derive the output model
+            full = func_metadata(fn, skip_names=self._skip)
+            self.output_model, self.wrap_output = full.output_model, full.wrap_output
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        self._ready()
+        return super().validate_arguments(arguments_to_validate)
+
+    def convert_result(self, result: Any) -> Any:
+        self._ready()
+        return super().convert_result(result)
+
+
+def use_tool_cache(server: MCPServer[Any]) -> None:
+    """Call right after creating the server: tools it then registers come from tool_schemas.json when
+    their definitions there are current."""
+    defs = _cached_definitions(server.name)
+    if not defs:
+        return
+    manager = server._tool_manager
+    register = manager.add_tool
+
+    def add_tool(
+        fn: Callable[..., Any],
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        icons: list[Icon] | None = None,
+        meta: dict[str, Any] | None = None,
+        structured_output: bool | None = None,
+    ) -> Tool:
+        entry = defs.get(name or fn.__name__)
+        if entry is None or title or description or icons or meta or structured_output is not None:
+            return register(fn, name, title, description, annotations, icons, meta, structured_output)
+        context_kwarg = find_context_parameter(fn)
+        fn_meta = CachedFuncMetadata(arg_model=ArgModelBase, output_schema=entry["output_schema"])
+        fn_meta._fn = fn
+        fn_meta._skip = [context_kwarg] if context_kwarg else []
+        tool = Tool(
+            fn=fn,
+            name=name or fn.__name__,
+            title=None,
+            description=entry["description"],
+            parameters=entry["parameters"],
+            fn_metadata=fn_meta,
+            is_async=is_async_callable(fn),
+            context_kwarg=context_kwarg,
+            annotations=annotations,
+        )
+        manager._tools.setdefault(tool.name, tool)
+        return manager._tools[tool.name]
+
+    manager.add_tool = add_tool  # type: ignore[method-assign]
+
+
+def tool_definitions(server: MCPServer[Any]) -> dict[str, Any]:
+    return {
+        t.name: {"description": t.description, "parameters": t.parameters, "output_schema": t.output_schema}
+        for t in server._tool_manager.list_tools()
+    }
+
+
+def write_tool_cache() -> None:
+    """Regenerate tool_schemas.json from the code (the SDK's own registration path)."""
+    os.environ["MATRIX_TOOL_CACHE"] = "0"
+    from matrix_mcp.config import Settings
+    from matrix_mcp.server import create_server
+    from servers.database_schema import build_server
+
+    servers = {
+        "matrix": tool_definitions(create_server(Settings(database_url="sqlite:///:memory:"))),
+        "database-schema": tool_definitions(build_server("sqlite:///:memory:")),
+    }
+    data = {"fingerprint": tool_fingerprint(), "servers": servers}
+    TOOL_CACHE.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {TOOL_CACHE} ({sum(len(s) for s in servers.values())} tools)")
+
+
+if __name__ == "__main__":
+    write_tool_cache()

@@ -42,7 +42,13 @@ from matrix_mcp.models import (
     SystemMetrics,
 )
 from matrix_mcp.notify import CountingBus, LegacySubscriptions, Notifier
-from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_dynamic_mime
+from matrix_mcp.sdk_compat import (
+    ModelResult,
+    compact_tool_schemas,
+    harden_arguments,
+    use_dynamic_mime,
+    use_tool_cache,
+)
 from matrix_mcp.store.base import StoreError, Unavailable
 
 log = logging.getLogger("matrix_mcp.server")
@@ -96,6 +102,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         lifespan=lifespan,
         subscriptions=bus,
     )
+    use_tool_cache(mcp)
     legacy.install(mcp)
 
     def engine() -> Engine:
@@ -113,7 +120,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
                 mode="json", exclude_none=True
             )  # absent = null: fewer tokens, less to check
             text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-            return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+            return ModelResult(content=[TextContent(type="text", text=text)], structured_content=data)
         except Unavailable as exc:
             raise ToolError(f"retryable: {redact_text(str(exc), secrets)}") from exc
         except StoreError as exc:

@@ -21,7 +21,7 @@ from mcp.server import MCPServer
 
 from matrix_mcp.config import redact_url, url_from_parts
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
-from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments
+from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_tool_cache
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -50,6 +50,7 @@ def build_server(url: str) -> MCPServer[Any]:
     mcp: MCPServer[Any] = MCPServer(
         "database-schema", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan
     )
+    use_tool_cache(mcp)
     register_schema_tools(mcp, lambda: url)
     compact_tool_schemas(mcp)
     harden_arguments(mcp)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 from mcp.client import Client
 
+from matrix_mcp import sdk_compat
 from matrix_mcp.config import Settings
 from matrix_mcp.models import Outcome, RunStatus
 from matrix_mcp.sdk_compat import compact_schema, inline_refs
 from matrix_mcp.server import create_server
+from servers.database_schema import build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +153,38 @@ async def test_unknown_arguments_are_refused_not_ignored(tmp_path: Path, mode: s
         assert not ok.is_error
         tools = (await c.list_tools()).tools
         assert tools and all(t.input_schema.get("additionalProperties") is False for t in tools)
+
+
+def test_precomputed_tool_definitions_are_current() -> None:
+    """tool_schemas.json must describe the code as it is: regenerate it after changing a tool's signature,
+    docstring or result model (the servers then register those tools the slow way until you do)."""
+    data = json.loads(sdk_compat.TOOL_CACHE.read_text(encoding="utf-8"))
+    assert data["fingerprint"] == sdk_compat.tool_fingerprint(), (
+        "matrix_mcp/tool_schemas.json is stale: run `python -m matrix_mcp.sdk_compat`"
+    )
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_precomputed_tools_are_the_sdks_tools(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both servers list exactly the same tools with the precomputed definitions as without them, and a
+    precomputed tool validates its arguments and its result as the SDK's own does."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for cache in ("1", "0"):
+        monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
+        matrix, schema = create_server(settings), build_server(f"sqlite:///{tmp_path / 'm.db'}")
+        kinds = {type(t.fn_metadata).__name__ for s in (matrix, schema) for t in s._tool_manager.list_tools()}
+        assert kinds == ({"CachedFuncMetadata"} if cache == "1" else {"StrictFuncMetadata"})
+        listed[cache] = []
+        for server in (matrix, schema):
+            async with Client(server, mode=mode) as c:  # type: ignore[arg-type]
+                listed[cache] += [t.model_dump(mode="json") for t in (await c.list_tools()).tools]
+                if server is matrix:
+                    bad = await c.call_tool("claim_items", {"run": "r", "worker": "w", "limit": 0})
+                    assert bad.is_error and "limit" in bad.content[0].text  # type: ignore[union-attr]
+                else:
+                    ok = await c.call_tool("find_relationships", {})
+                    assert not ok.is_error and "relationships" in (ok.structured_content or {})
+    assert listed["1"] == listed["0"] and len(listed["1"]) == 25
