@@ -241,25 +241,29 @@ def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
 # Registering a tool makes the SDK build a pydantic argument model and generate two JSON schemas; for our
 # 21 tools that is ~65 ms of every start-up, most of the cold start we add to the SDK's own. The final
 # (compacted, hardened) definitions are generated once into tool_schemas.json (`python -m
-# matrix_mcp.sdk_compat`) and used while its fingerprint — the sources that shape them, the SDK's schema
-# code and pydantic's version — matches; otherwise tools register the SDK's way. The argument model is
-# built on a tool's first call. A test keeps the file in step with the code.
+# matrix_mcp.sdk_compat`) and used while its fingerprints match: our sources that shape them (a test
+# fails until the file is regenerated) and the SDK's schema code with pydantic's version (another
+# release of either simply means tools register the SDK's way). Argument models are built on first call.
 
 TOOL_CACHE = Path(__file__).with_name("tool_schemas.json")
 _SHAPING_SOURCES = ("server.py", "models.py", "sdk_compat.py", "schema/tools.py", "schema/model.py")
 _cache: dict[str, Any] | None = None
 
 
-def tool_fingerprint() -> str:
+def tool_fingerprint() -> dict[str, str]:
+    """{"sources": our code that shapes the definitions, "sdk": the SDK's schema code and pydantic}."""
     import mcp.server.mcpserver.tools.base as tool_base
     import mcp.server.mcpserver.utilities.func_metadata as fm
     import pydantic
 
-    digest = hashlib.sha256(pydantic.VERSION.encode())
     here = Path(__file__).parent
-    for path in (Path(fm.__file__), Path(tool_base.__file__), *(here / s for s in _SHAPING_SOURCES)):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:20]
+    ours = hashlib.sha256()
+    for name in _SHAPING_SOURCES:
+        ours.update((here / name).read_bytes())
+    sdk = hashlib.sha256(pydantic.VERSION.encode())
+    for path in (Path(fm.__file__), Path(tool_base.__file__)):
+        sdk.update(path.read_bytes())
+    return {"sources": ours.hexdigest()[:20], "sdk": sdk.hexdigest()[:20]}
 
 
 def _cached_definitions(server_name: str) -> dict[str, Any] | None:

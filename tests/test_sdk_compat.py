@@ -159,7 +159,7 @@ def test_precomputed_tool_definitions_are_current() -> None:
     """tool_schemas.json must describe the code as it is: regenerate it after changing a tool's signature,
     docstring or result model (the servers then register those tools the slow way until you do)."""
     data = json.loads(sdk_compat.TOOL_CACHE.read_text(encoding="utf-8"))
-    assert data["fingerprint"] == sdk_compat.tool_fingerprint(), (
+    assert data["fingerprint"]["sources"] == sdk_compat.tool_fingerprint()["sources"], (
         "matrix_mcp/tool_schemas.json is stale: run `python -m matrix_mcp.sdk_compat`"
     )
 
@@ -169,14 +169,17 @@ async def test_precomputed_tools_are_the_sdks_tools(
     tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both servers list exactly the same tools with the precomputed definitions as without them, and a
-    precomputed tool validates its arguments and its result as the SDK's own does."""
+    precomputed tool validates its arguments and its result as the SDK's own does. Under another release
+    of the SDK or pydantic than the file was written with, the definitions are not used at all."""
+    data = json.loads(sdk_compat.TOOL_CACHE.read_text(encoding="utf-8"))
+    usable = data["fingerprint"] == sdk_compat.tool_fingerprint()
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
     listed: dict[str, list[dict[str, Any]]] = {}
     for cache in ("1", "0"):
         monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
         matrix, schema = create_server(settings), build_server(f"sqlite:///{tmp_path / 'm.db'}")
         kinds = {type(t.fn_metadata).__name__ for s in (matrix, schema) for t in s._tool_manager.list_tools()}
-        assert kinds == ({"CachedFuncMetadata"} if cache == "1" else {"StrictFuncMetadata"})
+        assert kinds == ({"CachedFuncMetadata"} if cache == "1" and usable else {"StrictFuncMetadata"})
         listed[cache] = []
         for server in (matrix, schema):
             async with Client(server, mode=mode) as c:  # type: ignore[arg-type]
