@@ -140,6 +140,7 @@ class SQLiteStore:
         self.path = path
         self.url_for_display = f"sqlite:///{path}"
         self._writer = writer
+        self._inline: aiosqlite.Connection | None = None  # busy_timeout 0: batches run on the event loop
         self._readers = readers
         self._reader_locks = [anyio.Lock() for _ in readers]
         self._next_reader = 0
@@ -158,21 +159,24 @@ class SQLiteStore:
         writer = await cls._connect(path)
         store = cls(path, writer, [])
         await store._migrate()
+        store._inline = await cls._connect(path, busy_ms=0)
         store._readers = [await cls._connect(path, reader=True) for _ in range(READERS)]
         store._reader_locks = [anyio.Lock() for _ in store._readers]
         return store
 
     @staticmethod
-    async def _connect(path: Path, reader: bool = False) -> aiosqlite.Connection:
-        # check_same_thread=False: the writer also runs uncontended batches inline on the event loop; the
-        # group-commit leader guarantees it is never used by two threads at once.
+    async def _connect(
+        path: Path, reader: bool = False, busy_ms: int = BUSY_TIMEOUT_MS
+    ) -> aiosqlite.Connection:
+        # check_same_thread=False: the inline writer runs on the event loop, not aiosqlite's thread; the
+        # group-commit leader guarantees no two writes run at once.
         conn = await aiosqlite.connect(
-            str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            str(path), isolation_level=None, timeout=busy_ms / 1000, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
 
         def setup(c: sqlite3.Connection) -> None:
-            c.execute("PRAGMA busy_timeout = " + str(BUSY_TIMEOUT_MS))
+            c.execute("PRAGMA busy_timeout = " + str(busy_ms))
             for _ in range(100):
                 try:
                     c.execute("PRAGMA journal_mode = WAL")
@@ -193,7 +197,7 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
-        for conn in [self._writer, *self._readers]:
+        for conn in [self._writer, *([self._inline] if self._inline else []), *self._readers]:
             await conn.close()
 
     async def _migrate(self) -> None:
@@ -240,9 +244,11 @@ class SQLiteStore:
                     while self._queue:
                         batch, self._queue = self._queue, []
                         try:
-                            # Inline on the event loop when the write lock is free at once (a batch is a
-                            # few hundred microseconds of work); otherwise wait for it on the writer's thread.
-                            if not self._run_batch(self._writer._conn, batch, wait=False):
+                            # Inline on the event loop, on a connection that never waits for the write
+                            # lock (a batch is a few hundred microseconds of work); when another process
+                            # holds the lock, wait for it on the writer's thread instead.
+                            assert self._inline is not None
+                            if not self._run_batch(self._inline._conn, batch, wait=False):
                                 await _in_thread(self._writer, self._run_batch, batch, True)
                         except BaseException as exc:  # the connection itself failed
                             for req in batch:
@@ -268,16 +274,13 @@ class SQLiteStore:
             try:
                 if wait:
                     c.execute("BEGIN IMMEDIATE")
-                else:
-                    c.execute("PRAGMA busy_timeout = 0")
+                else:  # on the inline connection (busy_timeout 0): busy means "not now", at once
                     try:
                         c.execute("BEGIN IMMEDIATE")
                     except sqlite3.OperationalError as exc:
                         if _is_busy(exc):
                             return False
                         raise
-                    finally:
-                        c.execute("PRAGMA busy_timeout = " + str(BUSY_TIMEOUT_MS))
                 if len(batch) == 1:  # alone in its transaction: no savepoint needed
                     req = batch[0]
                     req.error = None
