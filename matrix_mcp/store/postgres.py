@@ -236,6 +236,13 @@ pk AS MATERIALIZED (
            (count(*) OVER ())::int AS np
     FROM packages p
     JOIN r ON true
+    -- one index probe per package (a LATERAL ... LIMIT 1 is never flattened into a semi-join, which
+    -- with a fresh run's stale statistics scanned every pending row of the run for every package)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM outcomes o
+        WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
+        LIMIT 1
+    ) has
     LEFT JOIN LATERAL (
         SELECT max(o.claim_seq) AS last FROM outcomes o
         WHERE o.package_id = p.id AND o.claim_seq IS NOT NULL
@@ -243,10 +250,6 @@ pk AS MATERIALIZED (
     WHERE p.run_id = %(run)s
       AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
       AND NOT (p.id = ANY(%(exhausted)b::bigint[]))
-      AND EXISTS (
-          SELECT 1 FROM outcomes o
-          WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
-      )
 ),
 cand AS MATERIALIZED (
     SELECT c.n, c.available_at, c.position AS ipos, pk.id AS package_id, pk.ord
