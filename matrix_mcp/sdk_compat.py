@@ -335,7 +335,8 @@ def use_tool_cache(server: MCPServer[Any]) -> None:
         entry = defs.get(name or fn.__name__)
         if entry is None or title or description or icons or meta or structured_output is not None:
             return register(fn, name, title, description, annotations, icons, meta, structured_output)
-        context_kwarg = find_context_parameter(fn)
+        # recorded with the definitions: finding it means evaluating every annotation of the function
+        context_kwarg = entry["context_kwarg"] if "context_kwarg" in entry else find_context_parameter(fn)
         fn_meta = CachedFuncMetadata(arg_model=ArgModelBase, output_schema=entry["output_schema"])
         fn_meta._fn = fn
         fn_meta._skip = [context_kwarg] if context_kwarg else []
@@ -358,7 +359,12 @@ def use_tool_cache(server: MCPServer[Any]) -> None:
 
 def tool_definitions(server: MCPServer[Any]) -> dict[str, Any]:
     return {
-        t.name: {"description": t.description, "parameters": t.parameters, "output_schema": t.output_schema}
+        t.name: {
+            "description": t.description,
+            "parameters": t.parameters,
+            "output_schema": t.output_schema,
+            "context_kwarg": t.context_kwarg,
+        }
         for t in server._tool_manager.list_tools()
     }
 

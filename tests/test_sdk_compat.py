@@ -175,10 +175,13 @@ async def test_precomputed_tools_are_the_sdks_tools(
     usable = data["fingerprint"] == sdk_compat.tool_fingerprint()
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
     listed: dict[str, list[dict[str, Any]]] = {}
+    contexts: dict[str, dict[str, str | None]] = {}
     for cache in ("1", "0"):
         monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
         matrix, schema = create_server(settings), build_server(f"sqlite:///{tmp_path / 'm.db'}")
-        kinds = {type(t.fn_metadata).__name__ for s in (matrix, schema) for t in s._tool_manager.list_tools()}
+        tools = [t for s in (matrix, schema) for t in s._tool_manager.list_tools()]
+        kinds = {type(t.fn_metadata).__name__ for t in tools}
+        contexts[cache] = {t.name: t.context_kwarg for t in tools}
         assert kinds == ({"CachedFuncMetadata"} if cache == "1" and usable else {"StrictFuncMetadata"})
         listed[cache] = []
         for server in (matrix, schema):
@@ -191,3 +194,4 @@ async def test_precomputed_tools_are_the_sdks_tools(
                     ok = await c.call_tool("find_relationships", {})
                     assert not ok.is_error and "relationships" in (ok.structured_content or {})
     assert listed["1"] == listed["0"] and len(listed["1"]) == 25
+    assert contexts["1"] == contexts["0"] and contexts["0"]["run_status"] == "ctx"
