@@ -1,7 +1,8 @@
 """Per-item cost over stdio and cold start, against the SDK's own floor, in one run.
 
 - per item: `claim_items` + `complete_item` on matrix-mcp ÷ two calls of a trivial echo tool on the same
-  SDK (bench/echo_server.py), interleaved iteration by iteration, medians.
+  SDK (bench/echo_server.py), interleaved iteration by iteration, medians; also the same two calls on
+  matrix-mcp with a no-op engine (bench/noop_engine_server.py): what the SDK spends on our tools alone.
 - cold start: spawn → connected → first tool result, matrix-mcp (`list_runs`) ÷ echo (`echo`), medians.
 - the size of the tools/list result on the wire.
 
@@ -30,15 +31,27 @@ def matrix_params(url: str, artifacts: str) -> StdioServerParameters:
     )
 
 
+def noop_params(url: str, artifacts: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(HERE / "noop_engine_server.py"), "--database-url", url, "--artifacts-dir", artifacts],
+    )
+
+
 def echo_params() -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=[str(HERE / "echo_server.py")])
 
 
-async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[float, float]:
+async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[float, float, float]:
     ours: list[float] = []
     floor: list[float] = []
+    noop: list[float] = []
     run = f"bench-{time.time_ns()}"
-    async with Client(matrix_params(url, artifacts), mode=mode) as m, Client(echo_params(), mode=mode) as e:
+    async with (
+        Client(matrix_params(url, artifacts), mode=mode) as m,
+        Client(echo_params(), mode=mode) as e,
+        Client(noop_params(url, artifacts), mode=mode) as z,
+    ):
         per_pkg = max(1, items // 10)
         packages = [{"name": f"p{i}", "items": [f"i{j}" for j in range(per_pkg)]} for i in range(10)]
         await m.call_tool("plan_run", {"name": run, "packages": packages})
@@ -62,7 +75,19 @@ async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[flo
             await e.call_tool("echo", {"text": item["outcome_id"]})
             await e.call_tool("echo", {"text": item["lease_token"]})
             floor.append(time.perf_counter() - t0)
-    return statistics.median(ours), statistics.median(floor)
+            t0 = time.perf_counter()
+            got = await z.call_tool("claim_items", {"run": run, "worker": "bench"})
+            item = (got.structured_content or {})["items"][0]
+            await z.call_tool(
+                "complete_item",
+                {
+                    "outcome_id": item["outcome_id"],
+                    "lease_token": item["lease_token"],
+                    "metrics": {"lines_generated": 1},
+                },
+            )
+            noop.append(time.perf_counter() - t0)
+    return statistics.median(ours), statistics.median(floor), statistics.median(noop)
 
 
 async def cold_start(params: StdioServerParameters, tool: str, args: dict[str, str], mode: str) -> float:
@@ -91,10 +116,14 @@ async def main() -> None:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
         backend = url.split(":", 1)[0]
         artifacts = f"{tmp}/artifacts"
-        ours, floor = await per_item(url, artifacts, args.items, args.mode)
+        ours, floor, noop = await per_item(url, artifacts, args.items, args.mode)
         print(
             f"[{backend}, {args.mode}] per item over stdio: claim+complete {ours * 1000:.2f} ms, "
             f"two echo calls {floor * 1000:.2f} ms, ratio {ours / floor:.2f} (goal ≤ 1.3)"
+        )
+        print(
+            f"[{backend}, {args.mode}]   the same two tools on a no-op engine (bench/noop_engine_server.py): "
+            f"{noop * 1000:.2f} ms, ratio {noop / floor:.2f} — the SDK's cost of our tools' shapes alone"
         )
         m_starts, e_starts, pairs = [], [], []
         for i in range(args.starts):  # back to back, alternating which goes first: drift hits both alike
