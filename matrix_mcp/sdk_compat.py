@@ -382,7 +382,7 @@ def write_tool_cache() -> None:
     }
     data = {"fingerprint": tool_fingerprint(), "servers": servers}
     TOOL_CACHE.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {TOOL_CACHE} ({sum(len(s) for s in servers.values())} tools)")
+    log.warning("wrote %s (%d tools)", TOOL_CACHE, sum(len(s) for s in servers.values()))
 
 
 if __name__ == "__main__":
