@@ -713,7 +713,8 @@ async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
     if not pending:
         return
     tokens = [t for req in pending for t in req.merge.issued]  # type: ignore[union-attr]
-    rows = await _all(conn, _RECOVER_CLAIMS_SQL, (tokens,))
+    runs = sorted({req.merge.run_id for req in pending})  # type: ignore[union-attr]
+    rows = await _all(conn, _RECOVER_CLAIMS_SQL, (runs, tokens))
     by_token = {r["lease_token"]: r for r in rows}
     for req in pending:
         a = req.merge
@@ -733,7 +734,9 @@ _RECOVER_CLAIMS_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
     " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
-    " WHERE o.lease_token = ANY(%s::text[]) AND o.status = 'generating' ORDER BY o.claim_seq"
+    # the run's leased rows only (partial index outcomes_leased), not a scan of every outcome
+    " WHERE o.run_id = ANY(%s::text[]) AND o.status = 'generating' AND o.lease_token = ANY(%s::text[])"
+    " ORDER BY o.claim_seq"
 )
 
 
