@@ -704,21 +704,28 @@ def _claim(o: Row) -> Claim:
     )
 
 
+_RECOVER_CLAIMS_SQL = (
+    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
+    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    # the run's leased rows only (partial index outcomes_leased), not a scan of every outcome
+    " WHERE o.run_id = ANY(%s::text[]) AND o.status = 'generating' AND o.lease_token = ANY(%s::text[])"
+    " ORDER BY o.claim_seq"
+)
+
+
 async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
     """Before a batch is re-run after a transient error: claims an earlier attempt committed although
     its answer was lost (the connection died after COMMIT) are still leased under the tokens that
     attempt handed out. Those leases go to their request now — their events and counters were
     committed with them — instead of staying orphaned until they expire."""
-    pending = [req for req in batch if isinstance(req.merge, _ClaimArgs) and req.merge.issued]
-    if not pending:
+    retried = [(req, req.merge) for req in batch if isinstance(req.merge, _ClaimArgs) and req.merge.issued]
+    if not retried:
         return
-    tokens = [t for req in pending for t in req.merge.issued]  # type: ignore[union-attr]
-    runs = sorted({req.merge.run_id for req in pending})  # type: ignore[union-attr]
-    rows = await _all(conn, _RECOVER_CLAIMS_SQL, (runs, tokens))
-    by_token = {r["lease_token"]: r for r in rows}
-    for req in pending:
-        a = req.merge
-        assert isinstance(a, _ClaimArgs)
+    runs = sorted({a.run_id for _, a in retried})
+    tokens = [t for _, a in retried for t in a.issued]
+    by_token = {r["lease_token"]: r for r in await _all(conn, _RECOVER_CLAIMS_SQL, (runs, tokens))}
+    for req, a in retried:
         got = [_claim(by_token[t]) for t in a.issued if t in by_token]
         if not got:
             continue
@@ -728,16 +735,6 @@ async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
             req.handled = True
         else:
             req.rest = _claim_op(a, got)
-
-
-_RECOVER_CLAIMS_SQL = (
-    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
-    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
-    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
-    # the run's leased rows only (partial index outcomes_leased), not a scan of every outcome
-    " WHERE o.run_id = ANY(%s::text[]) AND o.status = 'generating' AND o.lease_token = ANY(%s::text[])"
-    " ORDER BY o.claim_seq"
-)
 
 
 def _claim_params(
