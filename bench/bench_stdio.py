@@ -2,7 +2,9 @@
 
 - per item: `claim_items` + `complete_item` on matrix-mcp ÷ two calls of a trivial echo tool on the same
   SDK (bench/echo_server.py), interleaved iteration by iteration, medians; also the same two calls on
-  matrix-mcp with a no-op engine (bench/noop_engine_server.py): what the SDK spends on our tools alone.
+  matrix-mcp with a no-op engine (bench/noop_engine_server.py): what the SDK spends on our tools alone;
+  and with one durable write per call and nothing else (bench/floor_server.py): the floor any store that
+  persists each claim and completion stands on.
 - cold start: spawn → connected → first tool result, matrix-mcp (`list_runs`) ÷ echo (`echo`), medians.
 - the size of the tools/list result on the wire.
 
@@ -38,19 +40,47 @@ def noop_params(url: str, artifacts: str) -> StdioServerParameters:
     )
 
 
+def floor_params(url: str, artifacts: str, contract: bool = False) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(HERE / "floor_server.py"), "--database-url", url, "--artifacts-dir", artifacts]
+        + (["--contract"] if contract else []),
+    )
+
+
 def echo_params() -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=[str(HERE / "echo_server.py")])
 
 
-async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[float, float, float]:
-    ours: list[float] = []
-    floor: list[float] = []
-    noop: list[float] = []
+async def two_calls(client: Client, run: str) -> float:
+    """claim_items + complete_item, as a worker makes them; seconds."""
+    t0 = time.perf_counter()
+    got = await client.call_tool("claim_items", {"run": run, "worker": "bench"})
+    item = (got.structured_content or {})["items"][0]
+    done = await client.call_tool(
+        "complete_item",
+        {
+            "outcome_id": item["outcome_id"],
+            "lease_token": item["lease_token"],
+            "metrics": {"lines_generated": 1},
+        },
+    )
+    elapsed = time.perf_counter() - t0
+    assert not done.is_error, done.content
+    return elapsed
+
+
+async def per_item(url: str, artifacts: str, items: int, mode: str) -> dict[str, float]:
+    """Median seconds per item of each server, interleaved iteration by iteration."""
+    times: dict[str, list[float]] = {"ours": [], "echo": [], "noop": [], "durable": [], "contract": []}
     run = f"bench-{time.time_ns()}"
+    sqlite = url.startswith("sqlite")
     async with (
         Client(matrix_params(url, artifacts), mode=mode) as m,
         Client(echo_params(), mode=mode) as e,
         Client(noop_params(url, artifacts), mode=mode) as z,
+        Client(floor_params(url, artifacts), mode=mode) as d,
+        Client(floor_params(url, artifacts, contract=True) if sqlite else echo_params(), mode=mode) as k,
     ):
         per_pkg = max(1, items // 10)
         packages = [{"name": f"p{i}", "items": [f"i{j}" for j in range(per_pkg)]} for i in range(10)]
@@ -69,25 +99,17 @@ async def per_item(url: str, artifacts: str, items: int, mode: str) -> tuple[flo
                     "metrics": {"lines_generated": 1},
                 },
             )
-            ours.append(time.perf_counter() - t0)
+            times["ours"].append(time.perf_counter() - t0)
             assert not done.is_error, done.content
             t0 = time.perf_counter()
             await e.call_tool("echo", {"text": item["outcome_id"]})
             await e.call_tool("echo", {"text": item["lease_token"]})
-            floor.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            got = await z.call_tool("claim_items", {"run": run, "worker": "bench"})
-            item = (got.structured_content or {})["items"][0]
-            await z.call_tool(
-                "complete_item",
-                {
-                    "outcome_id": item["outcome_id"],
-                    "lease_token": item["lease_token"],
-                    "metrics": {"lines_generated": 1},
-                },
-            )
-            noop.append(time.perf_counter() - t0)
-    return statistics.median(ours), statistics.median(floor), statistics.median(noop)
+            times["echo"].append(time.perf_counter() - t0)
+            times["noop"].append(await two_calls(z, run))
+            times["durable"].append(await two_calls(d, run))
+            if sqlite:
+                times["contract"].append(await two_calls(k, run))
+    return {name: statistics.median(t) for name, t in times.items() if t}
 
 
 async def cold_start(params: StdioServerParameters, tool: str, args: dict[str, str], mode: str) -> float:
@@ -116,7 +138,8 @@ async def main() -> None:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
         backend = url.split(":", 1)[0]
         artifacts = f"{tmp}/artifacts"
-        ours, floor, noop = await per_item(url, artifacts, args.items, args.mode)
+        t = await per_item(url, artifacts, args.items, args.mode)
+        ours, floor, noop, durable = t["ours"], t["echo"], t["noop"], t["durable"]
         print(
             f"[{backend}, {args.mode}] per item over stdio: claim+complete {ours * 1000:.2f} ms, "
             f"two echo calls {floor * 1000:.2f} ms, ratio {ours / floor:.2f} (goal ≤ 1.3)"
@@ -125,6 +148,17 @@ async def main() -> None:
             f"[{backend}, {args.mode}]   the same two tools on a no-op engine (bench/noop_engine_server.py): "
             f"{noop * 1000:.2f} ms, ratio {noop / floor:.2f} — the SDK's cost of our tools' shapes alone"
         )
+        print(
+            f"[{backend}, {args.mode}]   the same two tools making one durable write each and nothing else "
+            f"(bench/floor_server.py): {durable * 1000:.2f} ms, ratio {durable / floor:.2f} — the lowest any "
+            "store that persists each claim and completion can reach here"
+        )
+        if "contract" in t:
+            print(
+                f"[{backend}, {args.mode}]   the same, on the store's tables, with only what the contract keeps in the "
+                f"same transaction (counters, metric rows, event; bench/floor_server.py --contract): "
+                f"{t['contract'] * 1000:.2f} ms, ratio {t['contract'] / floor:.2f} — a lower bound for a correct store"
+            )
         m_starts, e_starts, pairs = [], [], []
         for i in range(args.starts):  # back to back, alternating which goes first: drift hits both alike
             first_ours = i % 2 == 0

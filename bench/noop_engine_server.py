@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from matrix_mcp.server import create_server
 
 async def capture(settings: Settings) -> tuple[ClaimResult, Outcome]:
     engine = await Engine.open(settings)
+    run = f"noop-capture-{time.time_ns()}"  # one per server: another bench server may share the database
     try:
-        await engine.plan_run("noop-capture", [PackageSpec(name="p0", items=["i000"])])
-        claim = await engine.claim_items("noop-capture", "bench")
+        await engine.plan_run(run, [PackageSpec(name="p0", items=["i000"])])
+        claim = await engine.claim_items(run, "bench")
         item = claim.items[0]
         done = await engine.complete_item(item.outcome_id, item.lease_token, metrics={"lines_generated": 1})
         return claim, done
