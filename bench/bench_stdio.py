@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from mcp.client import Client
@@ -52,8 +53,8 @@ def echo_params() -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=[str(HERE / "echo_server.py")])
 
 
-async def two_calls(client: Client, run: str) -> float:
-    """claim_items + complete_item, as a worker makes them; seconds."""
+async def two_calls(client: Client, run: str) -> tuple[float, dict[str, Any]]:
+    """claim_items + complete_item, as a worker makes them: seconds, and the claimed item."""
     t0 = time.perf_counter()
     got = await client.call_tool("claim_items", {"run": run, "worker": "bench"})
     item = (got.structured_content or {})["items"][0]
@@ -67,7 +68,11 @@ async def two_calls(client: Client, run: str) -> float:
     )
     elapsed = time.perf_counter() - t0
     assert not done.is_error, done.content
-    return elapsed
+    return elapsed, item
+
+
+async def two_calls_time(client: Client, run: str) -> float:
+    return (await two_calls(client, run))[0]
 
 
 async def per_item(url: str, artifacts: str, items: int, mode: str) -> dict[str, float]:
@@ -88,27 +93,16 @@ async def per_item(url: str, artifacts: str, items: int, mode: str) -> dict[str,
         for _ in range(20):  # warm both
             await e.call_tool("echo", {"text": "x"})
         for _ in range(per_pkg * 10):
-            t0 = time.perf_counter()
-            got = await m.call_tool("claim_items", {"run": run, "worker": "bench"})
-            item = (got.structured_content or {})["items"][0]
-            done = await m.call_tool(
-                "complete_item",
-                {
-                    "outcome_id": item["outcome_id"],
-                    "lease_token": item["lease_token"],
-                    "metrics": {"lines_generated": 1},
-                },
-            )
-            times["ours"].append(time.perf_counter() - t0)
-            assert not done.is_error, done.content
+            elapsed, item = await two_calls(m, run)
+            times["ours"].append(elapsed)
             t0 = time.perf_counter()
             await e.call_tool("echo", {"text": item["outcome_id"]})
             await e.call_tool("echo", {"text": item["lease_token"]})
             times["echo"].append(time.perf_counter() - t0)
-            times["noop"].append(await two_calls(z, run))
-            times["durable"].append(await two_calls(d, run))
+            times["noop"].append(await two_calls_time(z, run))
+            times["durable"].append(await two_calls_time(d, run))
             if sqlite:
-                times["contract"].append(await two_calls(k, run))
+                times["contract"].append(await two_calls_time(k, run))
     return {name: statistics.median(t) for name, t in times.items() if t}
 
 

@@ -46,7 +46,7 @@ from matrix_mcp.store.rows import dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from noop_engine_server import capture
+from noop_engine_server import start
 
 ROWS = 20_000
 
@@ -226,12 +226,8 @@ async def plan(settings: Settings) -> tuple[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--database-url", required=True)
-    ap.add_argument("--artifacts-dir", required=True)
     ap.add_argument("--contract", action="store_true", help="SQLite: the contract's bookkeeping, in triggers")
-    args = ap.parse_args()
-    settings = Settings(database_url=args.database_url, artifacts_dir=Path(args.artifacts_dir))
-    claim, done = anyio.run(capture, settings)
+    args, settings, claim, done = start(ap)
     url = args.database_url
     queue: SQLiteQueue | SQLiteContractQueue | PostgresQueue
     if url.startswith("sqlite:///"):

@@ -38,13 +38,18 @@ async def capture(settings: Settings) -> tuple[ClaimResult, Outcome]:
         await engine.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def start(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, Settings, ClaimResult, Outcome]:
+    """Parse --database-url/--artifacts-dir (and whatever `ap` adds); capture a real claim and outcome."""
     ap.add_argument("--database-url", required=True)
     ap.add_argument("--artifacts-dir", required=True)
     args = ap.parse_args()
     settings = Settings(database_url=args.database_url, artifacts_dir=Path(args.artifacts_dir))
     claim, done = anyio.run(capture, settings)
+    return args, settings, claim, done
+
+
+def main() -> None:
+    _, settings, claim, done = start(argparse.ArgumentParser())
 
     async def claim_items(self: Engine, *a: Any, **k: Any) -> ClaimResult:
         return claim
