@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,88 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
         assert len(rest.items) == 3
         run = await engine.get_run("r")
         assert (run.counts.complete, run.counts.generating, run.counts.pending) == (1, 4, 0)
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
+
+
+async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_time(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other write, when its COMMIT went through but the answer was lost with the connection: the
+    retry returns what the committed attempt answered — a created run is `created`, a failure is not
+    reported as a lost lease — and the write happened once: one integration log row, one event each."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        store = engine.store
+        assert isinstance(store, PostgresStore)
+        real = store._run_batch
+        armed: list[bool] = []
+
+        async def answer_lost(batch: Any) -> None:
+            await real(batch)  # committed
+            if armed:
+                armed.clear()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(store, "_run_batch", answer_lost)
+
+        def lose_next_answer() -> None:
+            armed.append(True)
+
+        def count(query: str, *args: object) -> int:
+            with psycopg.connect(postgres_database) as conn:
+                row = conn.execute(query, args or None).fetchone()  # type: ignore[arg-type]
+            assert row is not None
+            return int(row[0])
+
+        def events(kind: str) -> int:
+            return count("SELECT count(*) FROM events WHERE kind = %s", kind)
+
+        lose_next_answer()
+        planned = await engine.plan_run(
+            "r", [PackageSpec(name="p", items=["a", "b", "c"])], policy=RunPolicy(backoff_seconds=0.01)
+        )
+        assert not armed and planned.created and planned.items == 3
+        assert events("run_planned") == 1
+
+        lose_next_answer()
+        recorded = await engine.record_outcome("r", "p", "d", status="pending", created_by="tracker")
+        assert not armed and recorded.created
+        assert count("SELECT count(*) FROM outcomes WHERE item = 'd'") == 1 and events("recorded") == 1
+
+        lose_next_answer()
+        logged = await engine.record_integration_event("ci", "deploy", run="r", details={"n": 1})
+        assert not armed and logged.action == "deploy"
+        assert count("SELECT count(*) FROM integration_logs") == 1 and events("integration") == 1
+
+        claimed = (await engine.claim_items("r", "w", limit=2)).items
+        lose_next_answer()
+        retried = await engine.fail_item(claimed[0].outcome_id, claimed[0].lease_token, "flaky")
+        assert not armed and retried.status == "pending" and events("retry_scheduled") == 1
+        gave_up = await engine.fail_item(
+            claimed[1].outcome_id, claimed[1].lease_token, "bad", retryable=False
+        )
+        assert gave_up.status == "failed"
+
+        lose_next_answer()
+        requeued = await engine.retry_items("r", outcome_ids=[claimed[1].outcome_id])
+        assert not armed and requeued.requeued == 1 and requeued.outcome_ids == [claimed[1].outcome_id]
+        assert events("requeued") == 1
+
+        lose_next_answer()
+        updated = await engine.update_outcome_status(
+            recorded.outcome.id, "complete", metrics={"lines_generated": 4}
+        )
+        assert not armed and updated.status == "complete" and events("status_updated") == 1
+
+        lose_next_answer()
+        paused = await engine.control_run("r", "pause")
+        assert not armed and paused.state == "paused" and events("run_paused") == 1
+
+        assert await store.prune_answers(time.time() - 3600) == 0  # recent answers stay for retries
+        assert await store.prune_answers(time.time() + 1) >= 7
+        assert count("SELECT count(*) FROM write_answers") == 0
         await assert_consistent(engine)
     finally:
         await engine.close()

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic import TypeAdapter
 
 from matrix_mcp.config import redact_text, redact_url, url_password
 from matrix_mcp.models import (
@@ -85,6 +86,14 @@ from matrix_mcp.store.postgres_schema import (
 
 log = logging.getLogger("matrix_mcp.store.postgres")
 T = TypeVar("T")
+
+# answers of the writes that journal them (see _recover_answers)
+_PLAN_ANSWER = TypeAdapter(PlanResult)
+_RUN_ANSWER = TypeAdapter(Run)
+_OUTCOME_ANSWER = TypeAdapter(Outcome)
+_IDS_ANSWER = TypeAdapter(list[str])
+_RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
+_INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
 Row = dict[str, Any]
 Conn = AsyncConnection[Row]
 
@@ -97,6 +106,9 @@ ROLL_CHUNK = 50_000
 NOTIFY_DEBOUNCE = 0.01
 POLL_FALLBACK = 0.5
 SWEEP_LIMIT = 500
+# a journaled answer is needed only while its write is being retried (RETRY_BUDGET); kept far longer
+ANSWERS_KEEP = 600.0
+ANSWERS_PRUNE_INTERVAL = 60.0
 
 DELTA_COLUMNS = (
     "total",
@@ -649,17 +661,34 @@ class _CompleteArgs:
 
 
 class _Request:
-    __slots__ = ("atomic", "done", "error", "fn", "handled", "merge", "rest", "value")
+    __slots__ = (
+        "atomic",
+        "done",
+        "error",
+        "fn",
+        "handled",
+        "journal",
+        "key",
+        "merge",
+        "rest",
+        "tried",
+        "value",
+    )
 
     def __init__(
         self,
         fn: Callable[[_Tx], Awaitable[Any]],
         atomic: bool,
         merge: _ClaimArgs | _CompleteArgs | None = None,
+        journal: TypeAdapter[Any] | None = None,
     ) -> None:
         self.fn = fn
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
+        # writes that must not run twice (see _recover_answers) journal their answer under `key`
+        self.journal = journal
+        self.key = uuid.uuid4().hex if journal is not None else ""
+        self.tried = False
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -735,6 +764,41 @@ async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
             req.handled = True
         else:
             req.rest = _claim_op(a, got)
+
+
+_RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
+
+
+async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
+    """Before a batch is re-run after a transient error: a journaled write whose earlier attempt
+    committed (the connection died before its answer came back) gets the answer that attempt
+    journaled with it, instead of running again — which would log a second integration event,
+    answer `created: false` for the run or outcome it created, or call its own lease lost."""
+    keys = [req.key for req in batch if req.journal is not None and req.tried]
+    if not keys:
+        return
+    found = {r["key"]: r["answer"] for r in await _all(conn, _RECOVER_ANSWERS_SQL, (keys,))}
+    for req in batch:
+        answer = found.get(req.key) if req.journal is not None else None
+        if answer is not None:
+            assert req.journal is not None
+            log.info("recovered the answer of a write committed by an attempt whose answer was lost")
+            req.value = req.journal.validate_json(answer)
+            req.handled = True
+
+
+async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
+    rows = [
+        (req.key, req.journal.dump_json(req.value).decode())
+        for req in batch
+        if req.journal is not None and req.error is None and not req.handled
+    ]
+    if rows:
+        await conn.execute(
+            "INSERT INTO write_answers (key, answer, created_at)"
+            " SELECT k, a, %s FROM unnest(%s::text[], %s::text[]) AS u(k, a)",
+            (time.time(), [k for k, _ in rows], [a for _, a in rows]),
+        )
 
 
 def _claim_params(
@@ -864,15 +928,19 @@ class PostgresStore:
         fn: Callable[[_Tx], Awaitable[T]],
         atomic: bool = False,
         merge: _ClaimArgs | _CompleteArgs | None = None,
+        journal: TypeAdapter[T] | None = None,
     ) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
 
         atomic=True: fn either raises before changing any row or sets `tx.wrote` after its only write,
         so it runs without a SAVEPOINT (two round trips fewer); if it fails after writing, the batch
-        is rolled back and re-run with a savepoint around every request."""
+        is rolled back and re-run with a savepoint around every request.
+
+        journal: for writes that must not run twice — the answer is stored with the batch, and a
+        retry after a lost answer returns it instead of running `fn` again."""
         if self._closed:
             raise Unavailable("the store is closed")
-        request = _Request(fn, atomic, merge)
+        request = _Request(fn, atomic, merge, journal)
         self._queue.append(request)
         if not self._leading:
             self._leading = True
@@ -942,6 +1010,9 @@ class PostgresStore:
             req.handled = False
             req.rest = None
         await _recover_claims(conn, batch)
+        await _recover_answers(conn, batch)
+        for req in batch:
+            req.tried = True
         if not safe and any(req.merge is not None for req in batch):
             try:
                 await _merged(conn, state, batch)
@@ -984,11 +1055,14 @@ class PostgresStore:
             else:
                 tx.succeeded()
         if not state.events:
-            await _write_deltas(conn, state.deltas)
+            async with contextlib.nullcontext() if pipelined else conn.pipeline():
+                await _journal_answers(conn, batch)
+                await _write_deltas(conn, state.deltas)
             return None
         cols = list(zip(*state.events, strict=True))
         notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
         async with contextlib.nullcontext() if pipelined else conn.pipeline():
+            await _journal_answers(conn, batch)
             await _write_deltas(conn, state.deltas)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
             await conn.execute(
@@ -1051,12 +1125,22 @@ class PostgresStore:
     # ---- background: counter roll-up and LISTEN ------------------------------------------------
 
     async def _roller(self) -> None:
+        pruned = time.monotonic()
         while not self._closed:
             await asyncio.sleep(ROLL_INTERVAL * (0.75 + random.random() / 2))
             try:
                 await self.roll_up()
+                if time.monotonic() - pruned >= ANSWERS_PRUNE_INTERVAL:
+                    await self.prune_answers(time.time() - ANSWERS_KEEP)
+                    pruned = time.monotonic()
             except Exception as exc:  # retried next round; the deltas stay readable meanwhile
                 log.debug("counter roll-up skipped: %s", redact_text(str(exc), (self._secret,)))
+
+    async def prune_answers(self, before: float) -> int:
+        """Drop journaled write answers (see _recover_answers) written before `before`; returns how many."""
+        async with self._pool.connection(timeout=POOL_WAIT) as c:
+            cur = await c.execute("DELETE FROM write_answers WHERE created_at < %s", (before,))
+            return cur.rowcount
 
     async def roll_up(self) -> int:
         """Fold the appended counter deltas into the package rows; returns how many deltas were folded.
@@ -1221,7 +1305,7 @@ class PostgresStore:
                 added_items=added_items,
             )
 
-        return await self._write(op)
+        return await self._write(op, journal=_PLAN_ANSWER)
 
     async def get_run(self, ref: str) -> Run:
         async def op(c: Conn) -> Run:
@@ -1273,7 +1357,7 @@ class PostgresStore:
             await tx.flush()
             return await _run(tx.conn, run_id)
 
-        return await self._write(op)
+        return await self._write(op, journal=_RUN_ANSWER)
 
     # ---- the work loop --------------------------------------------------------------------------
 
@@ -1455,7 +1539,7 @@ class PostgresStore:
                 )
             return R.outcome_from(row)
 
-        return await self._write(op)
+        return await self._write(op, journal=_OUTCOME_ANSWER)
 
     async def retry(
         self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
@@ -1499,7 +1583,7 @@ class PostgresStore:
                 tx.event(run_id, None, "requeued", {"count": len(ids), "outcome_ids": ids[:100]}, now)
             return ids
 
-        return await self._write(op)
+        return await self._write(op, journal=_IDS_ANSWER)
 
     # ---- the seed's tracking API ----------------------------------------------------------------
 
@@ -1568,13 +1652,14 @@ class PostgresStore:
                 return await _outcome(tx.conn, outcome_id), True
             return await _update_status(tx, outcome_id, status, error_message, report, now, created_by), True
 
-        return await self._write(op)
+        return await self._write(op, journal=_RECORD_ANSWER)
 
     async def update_status(
         self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
     ) -> Outcome:
         return await self._write(
-            lambda tx: _update_status(tx, outcome_id, status, error_message, report, now, None)
+            lambda tx: _update_status(tx, outcome_id, status, error_message, report, now, None),
+            journal=_OUTCOME_ANSWER,
         )
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
@@ -1777,7 +1862,7 @@ class PostgresStore:
             )
             return R.integration_from(row)
 
-        return await self._write(op)
+        return await self._write(op, journal=_INTEGRATION_ANSWER)
 
     # ---- change feed ----------------------------------------------------------------------------
 

@@ -244,4 +244,17 @@ SELECT package_id, bucket, SUM(n) AS n FROM (
 DROP TABLE package_durations;
 """,
     ),
+    (
+        3,
+        # the answers of committed writes, by request key, for the few seconds a transient-error retry
+        # may need them: a retry whose earlier attempt committed (the answer lost with the connection)
+        # returns the journaled answer instead of running the write twice. Pruned by the roller.
+        """
+CREATE TABLE write_answers (
+    key text PRIMARY KEY,
+    answer text NOT NULL,
+    created_at double precision NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000);
+""",
+    ),
 ]
