@@ -71,11 +71,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+# libpq's own variables that name a database to connect to; the rest (PGUSER, PGPASSWORD, PGPORT,
+# PGSSLMODE, PGPASSFILE, ...) fill in whatever a URL leaves out, as libpq always does
+LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
+
+
 def url_from_parts(env: Mapping[str, str]) -> str | None:
-    """The seed's DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD as a PostgreSQL URL, when DB_HOST or DB_NAME is set."""
+    """The seed's DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD as a PostgreSQL URL, when DB_HOST or DB_NAME is
+    set; else `postgresql://` (libpq reads its PG* variables) when one of LIBPQ_TARGET_VARIABLES is set."""
     host, name = env.get("DB_HOST"), env.get("DB_NAME")
     if not host and not name:
-        return None
+        return "postgresql://" if any(env.get(v) for v in LIBPQ_TARGET_VARIABLES) else None
     user = env.get("DB_USER", "")
     password = env.get("DB_PASSWORD", "")
     auth = ""

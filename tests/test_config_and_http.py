@@ -33,6 +33,11 @@ def test_seed_db_variables_build_a_postgres_url() -> None:
         Settings.from_env({**env, "MATRIX_DATABASE_URL": "sqlite:///x.db"}).database_url == "sqlite:///x.db"
     )
     assert Settings.from_env({}).database_url == DEFAULT_DATABASE_URL
+    # libpq's own variables select PostgreSQL too (libpq reads them); the seed's win when both are set
+    assert Settings.from_env({"PGHOST": "pg.internal", "PGUSER": "me"}).database_url == "postgresql://"
+    assert Settings.from_env({"PGDATABASE": "matrix"}).database_url == "postgresql://"
+    assert Settings.from_env({"PGPASSWORD": "x"}).database_url == DEFAULT_DATABASE_URL
+    assert Settings.from_env({**env, "PGHOST": "elsewhere"}).database_url == url_from_parts(env)
     # CLI flags (overrides) win over the environment
     assert Settings.from_env(env, database_url="sqlite:///cli.db").database_url == "sqlite:///cli.db"
 

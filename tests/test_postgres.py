@@ -227,3 +227,30 @@ async def test_password_never_leaks_and_pool_recovers(postgres_database: str, tm
     assert text, "the server logged at DEBUG"
     for chunk in [*seen, text]:
         assert password not in chunk
+
+
+async def test_libpq_variables_alone_select_postgres(postgres_database: str, tmp_path: Path) -> None:
+    """No MATRIX_DATABASE_URL, no DB_*: libpq's PGHOST/PGPORT/PGUSER/PGDATABASE point the stdio server at
+    PostgreSQL, and what it plans lands in that database (not in an embedded SQLite file)."""
+    parts = urlsplit(postgres_database)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MATRIX_", "DB_", "PG"))}
+    env |= {
+        "PGHOST": parts.hostname or "127.0.0.1",
+        "PGPORT": str(parts.port or 5432),
+        "PGUSER": parts.username or "postgres",
+        "PGDATABASE": parts.path.lstrip("/"),
+    }
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "matrix_mcp", "--artifacts-dir", str(tmp_path / "a")],
+        env=env,
+        cwd=tmp_path,
+    )
+    async with Client(params) as client:
+        planned = await call(
+            client, "plan_run", {"name": "via-libpq", "packages": [{"name": "p", "items": ["a"]}]}
+        )
+        assert planned["created"] and planned["items"] == 1
+    with psycopg.connect(postgres_database) as conn:
+        assert conn.execute("SELECT count(*) FROM runs WHERE name = 'via-libpq'").fetchone() == (1,)
+    assert not (tmp_path / ".matrix").exists()
