@@ -78,15 +78,25 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _status(settings: Settings, run: str | None, check: bool) -> None:
+    from matrix_mcp.config import sqlite_path
     from matrix_mcp.engine import Engine
     from matrix_mcp.store.base import StoreError
 
+    path = sqlite_path(settings.database_url)
+    if path is not None and str(path) != ":memory:" and not path.exists():
+        # reading must not create a store (and a .matrix/ folder) where nothing has run
+        if run is None:
+            print(f"no runs: there is no store at {path} (nothing has run here yet)")
+            return
+        sys.exit(f"matrix-mcp: unknown run '{run}': there is no store at {path}")
     engine = await Engine.open(settings)
     try:
         if run is None:
             runs = (await engine.list_runs()).runs
             if not runs:
                 print(f"no runs in {engine.store.url_for_display}")
+            else:
+                print(f"{'run':<30} {'state':<9} {'complete':>13}")
             for r in runs:
                 c = r.counts
                 print(

@@ -122,3 +122,16 @@ def test_demo_runs_the_main_job(tmp_path: Path) -> None:
     )
     assert status.returncode == 0 and "counters: consistent" in status.stdout
     assert "orders-service" in status.stdout
+    listing = subprocess.run([SCRIPT, "status"], cwd=tmp_path, capture_output=True, text=True)
+    assert listing.returncode == 0
+    header, row = listing.stdout.splitlines()
+    assert header.split()[:2] == ["run", "state"] and row.split()[:3] == ["demo-test", "done", "15/15"]
+
+
+def test_status_where_nothing_has_run_creates_nothing(tmp_path: Path) -> None:
+    assert SCRIPT
+    listing = subprocess.run([SCRIPT, "status"], cwd=tmp_path, capture_output=True, text=True)
+    assert listing.returncode == 0 and "no runs" in listing.stdout
+    one = subprocess.run([SCRIPT, "status", "r"], cwd=tmp_path, capture_output=True, text=True)
+    assert one.returncode == 1 and "unknown run 'r'" in one.stderr
+    assert list(tmp_path.iterdir()) == []
