@@ -254,3 +254,46 @@ async def test_libpq_variables_alone_select_postgres(postgres_database: str, tmp
     with psycopg.connect(postgres_database) as conn:
         assert conn.execute("SELECT count(*) FROM runs WHERE name = 'via-libpq'").fetchone() == (1,)
     assert not (tmp_path / ".matrix").exists()
+
+
+async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stores on one database (as two server processes): a long-poll in one wakes on the other's write
+    through LISTEN/NOTIFY — with the polling fallback pushed out to 60 s, so only a notification can wake it
+    in time. A write inside the debounce window (stretched to 1 s here) sends no NOTIFY of its own; the
+    trailing NOTIFY after the window still wakes the watcher."""
+    from matrix_mcp.store import postgres
+
+    monkeypatch.setattr(postgres, "POLL_FALLBACK", 60.0)
+    monkeypatch.setattr(postgres, "NOTIFY_DEBOUNCE", 1.0)
+    writer = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    watcher = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+
+    async def woken_by(write: str) -> int:
+        since = await watcher.store.latest_seq()
+        got: list[int] = []
+        woke = anyio.Event()
+
+        async def wait() -> None:
+            got.append(await watcher.store.wait_for_change(since, 30.0))
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.2)
+            await writer.record_integration_event("ci", write)
+            with anyio.fail_after(10):  # far below the 60 s poll
+                await woke.wait()
+        assert got[0] > since, (write, got)
+        return got[0]
+
+    try:
+        await watcher.store.wait_for_change(0, 0.01)  # starts the LISTEN connection
+        await anyio.sleep(0.5)  # ... and lets it subscribe
+        await woken_by("first")  # a lone write: its own NOTIFY
+        await woken_by("inside the debounce window")  # no NOTIFY of its own: the trailing one
+        await assert_consistent(writer)
+    finally:
+        await watcher.close()
+        await writer.close()
