@@ -25,6 +25,7 @@ from psycopg import sql
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.models import PackageSpec
 from tests.conftest import assert_consistent
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -297,3 +298,32 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
     finally:
         await watcher.close()
         await writer.close()
+
+
+async def test_many_processes_starting_at_once_migrate_once(postgres_database: str, tmp_path: Path) -> None:
+    """Eight stores (eight pools, as eight server processes) opening one empty database at the same moment:
+    the advisory lock makes one apply the migrations and the rest find them applied; all of them work."""
+    from matrix_mcp.store.postgres_schema import MIGRATIONS
+
+    engines: list[Engine] = []
+
+    async def start() -> None:
+        engines.append(
+            await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+        )
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(start)
+        assert len(engines) == 8
+        with psycopg.connect(postgres_database) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [v for v, _ in MIGRATIONS]
+        await engines[0].plan_run("r", [PackageSpec(name="p", items=[str(i) for i in range(8)])])
+        got = [await e.claim_items("r", f"w{n}") for n, e in enumerate(engines)]
+        assert len({c.items[0].outcome_id for c in got}) == 8
+        await assert_consistent(engines[-1])
+    finally:
+        for e in engines:
+            await e.close()

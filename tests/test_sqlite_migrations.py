@@ -57,3 +57,26 @@ async def test_v1_database_upgrades_in_place(tmp_path: Path) -> None:
         await store.close()
     again = await SQLiteStore.open(db)  # reopening applies nothing twice
     await again.close()
+
+
+async def test_many_processes_starting_at_once_migrate_once(tmp_path: Path) -> None:
+    """Eight stores opening one fresh file at the same moment (as eight server processes would): each opens,
+    every migration is applied exactly once, and the board works from all of them."""
+    import anyio
+
+    db = tmp_path / "fresh.db"
+    stores: list[SQLiteStore] = []
+
+    async def start() -> None:
+        stores.append(await SQLiteStore.open(db))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(start)
+        assert len(stores) == 8
+        versions = [r[0] for r in sqlite3.connect(db).execute("SELECT version FROM schema_migrations")]
+        assert versions == [v for v, _ in MIGRATIONS]
+    finally:
+        for s in stores:
+            await s.close()
