@@ -135,3 +135,47 @@ def test_status_where_nothing_has_run_creates_nothing(tmp_path: Path) -> None:
     one = subprocess.run([SCRIPT, "status", "r"], cwd=tmp_path, capture_output=True, text=True)
     assert one.returncode == 1 and "unknown run 'r'" in one.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+LAZY_PROBE = """
+import sys
+import anyio
+from mcp.client import Client
+from matrix_mcp.config import Settings
+from matrix_mcp.server import create_server
+
+LAZY = ("psycopg", "psycopg_pool", "matrix_mcp.store.postgres", "matrix_mcp.schema.api", "matrix_mcp.schema.ddl",
+        "matrix_mcp.schema.sqlite_reader", "matrix_mcp.schema.postgres_reader")
+
+def loaded():
+    return sorted(m for m in LAZY if m in sys.modules)
+
+async def main():
+    settings = Settings(database_url="sqlite:///" + sys.argv[1], artifacts_dir=sys.argv[2])
+    async with Client(create_server(settings)) as c:
+        await c.list_tools()
+        await c.call_tool("plan_run", {"name": "r", "packages": [{"name": "p", "items": ["a"]}]})
+        got = await c.call_tool("claim_items", {"run": "r", "worker": "w"})
+        item = got.structured_content["items"][0]
+        await c.call_tool("complete_item", {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]})
+        print("work:", loaded())
+        await c.call_tool("generate_api_schema", {"format": "openapi"})
+        print("schema:", loaded())
+
+anyio.run(main)
+"""
+
+
+def test_heavy_and_optional_modules_load_only_when_used(tmp_path: Path) -> None:
+    """On SQLite, the work loop never imports psycopg or the schema generators and readers (start-up stays
+    fast); the first schema call loads the SQLite reader and the generator, still not psycopg."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY_PROBE, str(tmp_path / "m.db"), str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    work, schema = proc.stdout.splitlines()[-2:]
+    assert work == "work: []"
+    assert schema == "schema: ['matrix_mcp.schema.api', 'matrix_mcp.schema.sqlite_reader']"
