@@ -327,3 +327,24 @@ async def test_many_processes_starting_at_once_migrate_once(postgres_database: s
     finally:
         for e in engines:
             await e.close()
+
+
+async def test_high_churn_tables_carry_their_autovacuum_settings(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """The outcomes table is rewritten on every claim and report: it keeps free space for HOT updates and is
+    vacuumed after 2 % of its rows changed (the default 20 % lets a 1,000,000-row table bloat by 200,000 dead
+    rows first); the append-and-fold delta table and the answer journal are vacuumed by row count."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    await engine.close()
+    with psycopg.connect(postgres_database) as conn:
+        rows = conn.execute(
+            "SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+        ).fetchall()
+    options = {name: dict(o.split("=", 1) for o in (opts or [])) for name, opts in rows}
+    assert options["outcomes"]["fillfactor"] == "80"
+    assert float(options["outcomes"]["autovacuum_vacuum_scale_factor"]) == 0.02
+    assert float(options["outcome_attempts"]["autovacuum_vacuum_scale_factor"]) == 0.02
+    for table in ("package_deltas", "write_answers"):
+        assert float(options[table]["autovacuum_vacuum_scale_factor"]) == 0.0
+        assert int(options[table]["autovacuum_vacuum_threshold"]) == 1000
