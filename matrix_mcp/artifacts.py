@@ -5,6 +5,10 @@ atomic write (temporary file, fsync, rename). The outcome row records the blob's
 store commit is what makes a report count. After the commit the blob is linked at the outcome's
 human path (atomic replace). A killed write leaves either the old content or none, and a stale
 worker whose report is rejected never touches the human path.
+
+A rejected report's blob (stale lease, conflicting repeat) is left behind: deleting it at once could pull
+it from under a concurrent report of the same bytes. `collect_garbage` removes blobs no outcome refers to
+once nothing has written them for a while; writing a blob that exists refreshes its time.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class ArtifactError(StoreError):
 class Blob:
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    removed: int
+    removed_bytes: int
+    kept: int  # blobs an outcome refers to, or written too recently to judge
 
 
 def safe_component(name: str) -> str:
@@ -114,9 +125,62 @@ class Artifacts:
             raise ArtifactError(f"content is {len(data)} bytes; the limit is {self.max_bytes}", "content")
         sha = hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha)
-        if not path.exists():
+        try:
+            os.utime(path)  # it exists: fresh again, so collect_garbage leaves it to this report
+        except FileNotFoundError:
             self._atomic_write(path, data)
+        except OSError as exc:
+            raise ArtifactError(f"could not write the artifact: {exc.strerror or exc}", "content") from exc
         return Blob(sha, len(data))
+
+    def collect_garbage(self, referenced: set[str], older_than: float, now: float) -> GarbageReport:
+        """Delete the blobs no outcome refers to that nothing has written for `older_than` seconds.
+
+        `referenced` must be read after any report that could refer to a blob older than that has
+        committed (reports commit seconds after writing their blob). A candidate is first moved aside,
+        then judged on the moved file's time, so a report writing the same bytes meanwhile either
+        refreshed it (kept, moved back) or found it gone and wrote it anew."""
+        removed = removed_bytes = kept = 0
+        root = self.root / BLOBS
+        if not root.is_dir():
+            return GarbageReport(0, 0, 0)
+        cutoff = now - older_than
+        for path in sorted(root.glob("??/*")):
+            sha = path.name
+            if path.name.startswith((".gc-", ".tmp-")):
+                # left by a killed collection (a blob moved aside) or a killed write (a partial file)
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    if st.st_mtime >= cutoff:
+                        continue
+                    blob = path.with_name(path.name[4:])
+                    if path.name.startswith(".gc-") and blob.name in referenced and not blob.exists():
+                        os.replace(path, blob)
+                        kept += 1
+                        continue
+                    path.unlink()
+                    removed += 1
+                    removed_bytes += st.st_size
+                continue
+            if not re.fullmatch(r"[0-9a-f]{64}", sha) or path.parent.name != sha[:2]:
+                continue  # not ours
+            try:
+                if sha in referenced or path.stat().st_mtime >= cutoff:
+                    kept += 1
+                    continue
+                aside = path.with_name(f".gc-{sha}")
+                os.replace(path, aside)
+                st = aside.stat()
+                if st.st_mtime >= cutoff:  # refreshed by a report between the two looks: put it back
+                    os.replace(aside, path)
+                    kept += 1
+                    continue
+                aside.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            removed_bytes += st.st_size
+        return GarbageReport(removed, removed_bytes, kept)
 
     def blob_path(self, sha: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", sha):

@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's outcomes to stdout")
     export.add_argument("run")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    gc = sub.add_parser("gc", help="delete stored content no outcome refers to (left by rejected reports)")
+    gc.add_argument(
+        "--older-than",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="untouched this long (default 3600)",
+    )
     return p
 
 
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(_status, settings, args.run, args.check)
     elif command == "export":
         anyio.run(_export, settings, args.run, args.format)
+    elif command == "gc":
+        anyio.run(_gc, settings, args.older_than)
 
 
 async def _status(settings: Settings, run: str | None, check: bool) -> None:
@@ -158,6 +168,23 @@ async def _export(settings: Settings, run: str, fmt: str) -> None:
         print(f"exported {count} outcomes", file=sys.stderr)
     finally:
         await engine.close()
+
+
+async def _gc(settings: Settings, older_than: float) -> None:
+    from matrix_mcp.engine import Engine
+    from matrix_mcp.store.base import StoreError
+
+    engine = await Engine.open(settings)
+    try:
+        report = await engine.collect_garbage(older_than)
+    except StoreError as exc:
+        sys.exit(f"matrix-mcp: {exc}")
+    finally:
+        await engine.close()
+    print(
+        f"removed {report.removed} unreferenced blob(s), {report.removed_bytes} bytes;"
+        f" kept {report.kept} under {engine.artifacts.root}"
+    )
 
 
 def server_command(settings: Settings) -> tuple[str, list[str]]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from matrix_mcp.artifacts import ArtifactError, Artifacts, default_path, safe_component
+from matrix_mcp.artifacts import ArtifactError, Artifacts, GarbageReport, default_path, safe_component
 from matrix_mcp.config import Settings, is_postgres_url, redact_url, sqlite_path
 from matrix_mcp.models import (
     ClaimedItem,
@@ -588,6 +588,16 @@ class Engine:
         details = self._json(details, "details") or {}
         return await self.store.record_integration(
             run_id, outcome_id, integration_type, action, status, details, self.now()
+        )
+
+    async def collect_garbage(self, older_than_seconds: float = 3600.0) -> GarbageReport:
+        """Delete content no outcome refers to (left by rejected reports) once unwritten for a while."""
+        if not older_than_seconds >= 60:
+            raise InputError("at least 60: a report commits seconds after writing its content", "older_than")
+        now = time.time()  # file times are wall-clock; taken before the references are read
+        referenced = await self.store.content_hashes()
+        return await anyio.to_thread.run_sync(
+            self.artifacts.collect_garbage, referenced, older_than_seconds, now
         )
 
     async def export_outcomes(self, run: str, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:

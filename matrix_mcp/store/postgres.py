@@ -1905,6 +1905,15 @@ class PostgresStore:
     async def recount(self, run_id: str | None = None) -> RecountReport:
         return await self._read(lambda c: _recount(c, run_id), snapshot=True)
 
+    async def content_hashes(self) -> set[str]:
+        async def op(c: Conn) -> set[str]:
+            rows = await _all(
+                c, "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
+            )
+            return {r["content_sha256"] for r in rows}
+
+        return await self._read(op)
+
     async def rebuild_counters(self, run_id: str | None = None) -> None:
         async def attempt() -> None:
             async with self._pool.connection() as c:

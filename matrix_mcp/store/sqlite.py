@@ -1069,6 +1069,16 @@ class SQLiteStore:
     async def recount(self, run_id: str | None = None) -> RecountReport:
         return await self._read(lambda c: _recount(c, run_id))
 
+    async def content_hashes(self) -> set[str]:
+        return await self._read(
+            lambda c: {
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
+                )
+            }
+        )
+
     async def rebuild_counters(self, run_id: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
             where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])

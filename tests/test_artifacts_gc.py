@@ -1,0 +1,113 @@
+"""Garbage collection of stored content: a rejected report's blob is removed once nothing has written it for
+a while; content any outcome refers to, and content a report is writing right now, is never touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.models import PackageSpec, RunPolicy
+from matrix_mcp.store.base import StaleLease
+from tests.conftest import assert_consistent
+
+pytestmark = pytest.mark.anyio
+
+HOUR = 3600.0
+
+
+def age_everything(root: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (then, then))
+
+
+def blob(root: Path, data: bytes) -> Path:
+    sha = hashlib.sha256(data).hexdigest()
+    return root / ".blobs" / sha[:2] / sha
+
+
+async def test_rejected_reports_content_is_collected_and_nothing_else(engine: Engine) -> None:
+    root = engine.artifacts.root
+    await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])], policy=RunPolicy(lease_seconds=60))
+    t = time.time()
+    engine.now = lambda: t  # type: ignore[method-assign]
+    slow = (await engine.claim_items("r", "slow")).items[0]
+    t += 61  # the slow worker's lease expires; another worker takes the item and reports first
+    fast = (await engine.claim_items("r", "fast", limit=2)).items
+    assert len(fast) == 2 and slow.outcome_id in {c.outcome_id for c in fast}
+    again = next(c for c in fast if c.outcome_id == slow.outcome_id)
+    other = next(c for c in fast if c.outcome_id != slow.outcome_id)
+    done = await engine.complete_item(again.outcome_id, again.lease_token, content="on time")
+    with pytest.raises(StaleLease):
+        await engine.complete_item(slow.outcome_id, slow.lease_token, content="late and rejected")
+    assert blob(root, b"late and rejected").exists()  # written before the store said no
+    await engine.complete_item(other.outcome_id, other.lease_token, content="kept too")
+    (root / ".blobs" / "ab").mkdir(parents=True, exist_ok=True)
+    (root / ".blobs" / "ab" / ".tmp-killedwrite").write_bytes(b"partial")  # a write killed midway
+
+    nothing = await engine.collect_garbage(HOUR)  # everything is young
+    assert (nothing.removed, nothing.kept) == (0, 3)
+
+    age_everything(root, 2 * HOUR)
+    report = await engine.collect_garbage(HOUR)
+    assert report.removed == 2 and report.removed_bytes == len(b"late and rejected") + len(b"partial")
+    assert report.kept == 2
+    assert not blob(root, b"late and rejected").exists()
+    assert not (root / ".blobs" / "ab" / ".tmp-killedwrite").exists()
+    assert (await engine.outcome_content(done.id))[0] == b"on time"
+    assert (await engine.outcome_content(other.outcome_id))[0] == b"kept too"
+    assert (root / str(done.outcome_path)).read_bytes() == b"on time"
+    await assert_consistent(engine)
+
+
+async def test_content_a_report_is_writing_now_is_kept(engine: Engine) -> None:
+    """An old unreferenced blob that a report is about to commit (it wrote the same bytes a moment ago) is
+    fresh again and kept; so is one moved aside by a collection killed midway that an outcome refers to."""
+    root = engine.artifacts.root
+    engine.artifacts.put_blob(b"same bytes")
+    age_everything(root, 2 * HOUR)
+    engine.artifacts.put_blob(b"same bytes")  # a report in flight, before its commit
+    assert (await engine.collect_garbage(HOUR)).removed == 0
+    assert blob(root, b"same bytes").exists()
+
+    await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
+    c = (await engine.claim_items("r", "w")).items[0]
+    await engine.complete_item(c.outcome_id, c.lease_token, content="referenced")
+    path = blob(root, b"referenced")
+    shutil.move(path, path.with_name(".gc-" + path.name))  # a collection killed after moving it aside
+    age_everything(root, 2 * HOUR)
+    report = await engine.collect_garbage(HOUR)
+    assert path.exists() and (await engine.outcome_content(c.outcome_id))[0] == b"referenced"
+    assert report.removed == 1  # "same bytes": unreferenced and untouched for two hours now
+
+
+async def test_collect_garbage_refuses_a_window_a_report_could_fall_into(engine: Engine) -> None:
+    with pytest.raises(InputError) as err:
+        await engine.collect_garbage(5)
+    assert err.value.field == "older_than"
+
+
+def test_gc_command(tmp_path: Path) -> None:
+    script = shutil.which("matrix-mcp")
+    assert script
+    env = {**os.environ, "MATRIX_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}"}
+    env["MATRIX_ARTIFACTS_DIR"] = str(tmp_path / "a")
+    orphan = tmp_path / "a" / ".blobs" / "00" / ("00" + "0" * 62)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x" * 10)
+    os.utime(orphan, (time.time() - 2 * HOUR,) * 2)
+    young = subprocess.run([script, "gc", "--older-than", "10800"], env=env, capture_output=True, text=True)
+    assert young.returncode == 0 and "removed 0" in young.stdout and orphan.exists()
+    done = subprocess.run([script, "gc"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 unreferenced blob(s), 10 bytes" in done.stdout and not orphan.exists()
+    bad = subprocess.run([script, "gc", "--older-than", "1"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "at least 60" in bad.stderr
