@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import anyio
 import pytest
 
+from matrix_mcp.config import Settings, is_postgres_url, sqlite_path
 from matrix_mcp.engine import Engine, InputError, backoff_delay
-from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, RunPolicy
+from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, PackageSummary, RunPolicy
 from matrix_mcp.store.base import Conflict, NotFound, StaleLease, StoreError
 from tests.conftest import assert_consistent
 
@@ -416,4 +418,310 @@ async def test_default_artifact_path_is_checked_before_commit(engine: Engine) ->
     assert err.value.field == "outcome_path"
     assert (await engine.get_outcome(second.outcome_id)).status == "generating"
     assert list(outside.iterdir()) == []
+    await assert_consistent(engine)
+
+
+# ---- counters, fairness, retries, durations and throughput ------------------------------------------
+
+
+async def _sql(database_url: str, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Run statements on the store's database behind the engine's back (sqlite3 or psycopg, one
+    transaction, `?` placeholders). In a thread: the store's own tasks share this event loop."""
+
+    def run() -> None:
+        if is_postgres_url(database_url):
+            import psycopg
+
+            with psycopg.connect(database_url) as conn:
+                for text, args in statements:
+                    conn.execute(text.replace("?", "%s"), args)
+            return
+        import sqlite3
+
+        path = sqlite_path(database_url)
+        assert path is not None
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            with db:
+                for text, args in statements:
+                    db.execute(text, args)
+        finally:
+            db.close()
+
+    await anyio.to_thread.run_sync(run)
+
+
+async def _corrupt_package(database_url: str, run: str, package: str) -> None:
+    """Skew a package's stored counters the way a lost update would: five phantom completions, a thousand
+    phantom lines and a phantom duration in bucket 200 (about 7.5e15 s). On PostgreSQL the counters a
+    reader sees are the package row plus unrolled deltas: skewing the row skews the sum."""
+    if is_postgres_url(database_url):
+        hist = "hist_b = array_append(hist_b, 200), hist_n = array_append(hist_n, 1::bigint)"
+    else:
+        hist = "duration_hist = json_insert(duration_hist, '$[#]', json_array(200, 1))"
+    update = (
+        "UPDATE packages SET complete = complete + 5, lines_sum = lines_sum + 1000, "
+        + hist
+        + " WHERE run_id = (SELECT id FROM runs WHERE name = ?) AND name = ?"
+    )
+    await _sql(database_url, [(update, (run, package))])
+
+
+async def _summaries(engine: Engine, run: str) -> list[PackageSummary]:
+    return [await engine.package_summary(p.package, run) for p in (await engine.run_status(run)).packages]
+
+
+async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
+    engine: Engine, settings: Settings
+) -> None:
+    clock = Clock(engine)
+    policy = RunPolicy(max_attempts=3, backoff_seconds=0)
+    await engine.plan_run("r", grid(3, 3), policy=policy)
+    await engine.plan_run("other", grid(1, 2), policy=policy)
+    items = {(i.package, i.item): i for i in (await engine.claim_items("r", "w", limit=9)).items}
+    assert len(items) == 9
+
+    async def complete(key: tuple[str, str], after: float, **metrics: float) -> None:
+        clock.advance(after)
+        item = items[key]
+        await engine.complete_item(item.outcome_id, item.lease_token, metrics=metrics)
+
+    async def fail(key: tuple[str, str], retryable: bool) -> None:
+        item = items[key]
+        await engine.fail_item(item.outcome_id, item.lease_token, "boom", retryable=retryable)
+
+    await complete(("p0", "i0"), 2, lines_generated=10, quality_score=0.5)
+    await fail(("p0", "i1"), retryable=True)  # back to pending, claimed again below
+    await fail(("p0", "i2"), retryable=False)
+    await complete(("p1", "i0"), 4, lines_generated=5)
+    await complete(("p1", "i1"), 1, quality_score=0.25)
+    await fail(("p2", "i0"), retryable=False)
+    assert (await engine.retry_items("r", package="p2")).requeued == 1
+    again = (await engine.claim_items("r", "w2", package="p0")).items[0]
+    assert (again.package, again.item, again.attempt) == ("p0", "i1", 2)
+    clock.advance(3)
+    await engine.complete_item(
+        again.outcome_id, again.lease_token, metrics={"lines_generated": 20, "quality_score": 0.75}
+    )
+    other = (await engine.claim_items("other", "w")).items[0]
+    clock.advance(6)
+    await engine.complete_item(other.outcome_id, other.lease_token, metrics={"lines_generated": 7})
+
+    run = await engine.get_run("r")
+    summaries = await _summaries(engine, "r")
+    metrics = await engine.system_metrics("r")
+    other_summary = await engine.package_summary("p0", "other")
+    p0, p1, p2 = summaries
+    # the scenario is what it claims to be, so "unchanged" below means "still right"
+    assert (p0.completed_items, p0.failed_items, p0.total_lines_generated) == (2, 1, 30)
+    assert p0.average_quality_score == 0.625 and p0.avg_duration_seconds == 2.5  # durations 2 and 3
+    assert (p1.completed_items, p1.generating_items, p1.total_lines_generated) == (2, 1, 5)
+    assert p1.average_quality_score == 0.25 and p1.avg_duration_seconds == 6.5  # durations 6 and 7
+    assert (p2.pending_items, p2.failed_items, p2.generating_items, p2.completed_items) == (1, 0, 2, 0)
+    assert run.counts.model_dump() == {
+        "pending": 1,
+        "generating": 3,
+        "complete": 4,
+        "failed": 1,
+        "cancelled": 0,
+        "total": 9,
+    }
+    assert metrics.avg_generation_time == 4.5 and metrics.total_lines_generated == 35
+
+    # rebuilding true counters changes nothing a reader sees
+    await engine.store.rebuild_counters()
+    await engine.store.rebuild_counters(run.id)
+    assert await engine.get_run("r") == run
+    assert await _summaries(engine, "r") == summaries
+    assert await engine.system_metrics("r") == metrics
+    assert await engine.package_summary("p0", "other") == other_summary
+    await assert_consistent(engine)
+
+    # a skewed counter: recount names it, readers see it, a rebuild of the run repairs it
+    await _corrupt_package(settings.database_url, "r", "p0")
+    report = await engine.store.recount(run.id)
+    assert not report.consistent
+    assert any(m.startswith("r/p0: complete counter") for m in report.mismatches), report.mismatches
+    assert any(m.startswith("r/p0: lines_sum counter") for m in report.mismatches), report.mismatches
+    assert any(m.startswith("r/p0: duration histogram") for m in report.mismatches), report.mismatches
+    assert all(m.startswith("r/p0: ") for m in report.mismatches), report.mismatches
+    skewed = await engine.package_summary("p0", "r")
+    assert skewed.completed_items == 7 and skewed.total_lines_generated == 1030
+    assert skewed.p99_duration_seconds is not None and skewed.p99_duration_seconds > 1e15
+    assert (await engine.get_run("r")).counts.complete == 9
+    await engine.store.rebuild_counters(run.id)
+    assert (await engine.store.recount(run.id)).consistent
+    assert await _summaries(engine, "r") == summaries
+    assert await engine.get_run("r") == run
+    assert await engine.system_metrics("r") == metrics
+
+    # skews in two runs: a rebuild without a run repairs both
+    await _corrupt_package(settings.database_url, "r", "p1")
+    await _corrupt_package(settings.database_url, "other", "p0")
+    report = await engine.store.recount()
+    assert {m.split(":")[0] for m in report.mismatches} == {"r/p1", "other/p0"}, report.mismatches
+    await engine.store.rebuild_counters()
+    assert await _summaries(engine, "r") == summaries
+    assert await engine.package_summary("p0", "other") == other_summary
+    await assert_consistent(engine)
+
+
+async def test_single_claims_go_to_the_least_recently_served_package(engine: Engine) -> None:
+    """claim_items: "round-robin across packages (least recently served first)", one item at a time too."""
+    await engine.plan_run("r", grid(3, 4))
+    left = {f"p{i}": 4 for i in range(3)}
+    last_served: dict[str, int] = {}
+    order: list[str] = []
+    for k in range(16):
+        if k == 6:  # a package added mid-run has never been served: it goes first
+            await engine.plan_run("r", [PackageSpec(name="p3", items=[f"i{j}" for j in range(4)])])
+            left["p3"] = 4
+        got = await engine.claim_items("r", f"w{k}", limit=1)
+        assert len(got.items) == 1, got
+        item = got.items[0]
+        oldest = min(last_served.get(p, -1) for p, n in left.items() if n > 0)
+        assert last_served.get(item.package, -1) == oldest, (k, item.package, order)
+        last_served[item.package] = k
+        left[item.package] -= 1
+        order.append(item.package)
+        await engine.complete_item(item.outcome_id, item.lease_token)
+    # while the three packages all had items, every three consecutive claims covered all three
+    assert all(len(set(order[k : k + 3])) == 3 for k in range(0, 4)), order
+    assert order[6] == "p3" and set(order[6:10]) == {"p0", "p1", "p2", "p3"}, order
+    assert order[-2:] == ["p3", "p3"]  # the last package with items left gets them all
+    assert (await engine.claim_items("r", "late")).reason == "done"
+    await assert_consistent(engine)
+
+
+async def test_retry_items_filters_by_package_and_outcome_ids(engine: Engine) -> None:
+    await engine.plan_run("r", grid(2, 3))
+    claimed = (await engine.claim_items("r", "w", limit=6)).items
+    failed: dict[str, list[str]] = {"p0": [], "p1": []}
+    completed: dict[str, str] = {}
+    for item in sorted(claimed, key=lambda i: (i.package, i.item)):
+        if item.item == "i2":
+            completed[item.package] = item.outcome_id
+            await engine.complete_item(item.outcome_id, item.lease_token, content="ok")
+        else:
+            await engine.fail_item(item.outcome_id, item.lease_token, f"bad {item.item}", retryable=False)
+            failed[item.package].append(item.outcome_id)
+
+    only_p0 = await engine.retry_items("r", package="p0")
+    assert only_p0.run == "r" and only_p0.requeued == 2
+    assert sorted(only_p0.outcome_ids) == sorted(failed["p0"])
+    for oid in failed["p0"]:
+        o = await engine.get_outcome(oid)
+        assert o.status == "pending" and o.attempts == 0
+    for oid in failed["p1"]:
+        assert (await engine.get_outcome(oid)).status == "failed"
+    s0, s1 = await engine.package_summary("p0", "r"), await engine.package_summary("p1", "r")
+    assert (s0.pending_items, s0.failed_items, s0.completed_items) == (2, 0, 1)
+    assert (s1.pending_items, s1.failed_items, s1.completed_items) == (0, 2, 1)
+    assert (await engine.retry_items("r", package="p0")).requeued == 0  # nothing failed there any more
+
+    picked = failed["p1"][0]
+    one = await engine.retry_items("r", outcome_ids=[picked, completed["p1"], "no-such-outcome"])
+    assert one.requeued == 1 and one.outcome_ids == [picked]
+    assert (await engine.get_outcome(picked)).status == "pending"
+    assert (await engine.get_outcome(failed["p1"][1])).status == "failed"
+    assert (await engine.get_outcome(completed["p1"])).status == "complete"
+    # both filters at once: the id is in the other package, so nothing is requeued
+    both = await engine.retry_items("r", package="p0", outcome_ids=[failed["p1"][1]])
+    assert both.requeued == 0 and both.outcome_ids == []
+    assert (await engine.get_outcome(failed["p1"][1])).status == "failed"
+    with pytest.raises(NotFound) as err:
+        await engine.retry_items("r", package="p9")
+    assert err.value.field == "package"
+
+    again = (await engine.claim_items("r", "w2", limit=10)).items
+    assert sorted(i.outcome_id for i in again) == sorted([*failed["p0"], picked])
+    assert all(i.attempt == 1 for i in again)
+    run = await engine.get_run("r")
+    assert (run.counts.generating, run.counts.failed, run.counts.complete) == (3, 1, 2)
+    await assert_consistent(engine)
+
+
+async def test_duration_averages_and_percentiles(engine: Engine) -> None:
+    clock = Clock(engine)  # starts on an hour boundary
+    await engine.plan_run(
+        "r",
+        [
+            PackageSpec(name="p0", items=[f"i{j}" for j in range(20)]),
+            PackageSpec(name="p1", items=[f"i{j}" for j in range(4)]),
+        ],
+    )
+    durations = [7.0, 1.0, 20.0, 13.0, 2.0, 18.0, 5.0, 11.0, 3.0, 16.0]
+    durations += [10.0, 4.0, 19.0, 8.0, 15.0, 6.0, 12.0, 17.0, 9.0, 14.0]  # 1..20 s, shuffled
+    for d in durations:
+        item = (await engine.claim_items("r", "w", package="p0")).items[0]
+        clock.advance(d)
+        out = await engine.complete_item(item.outcome_id, item.lease_token)
+        assert out.duration_seconds == d
+    for _ in range(3):
+        item = (await engine.claim_items("r", "w", package="p1")).items[0]
+        clock.advance(0.5)
+        await engine.complete_item(item.outcome_id, item.lease_token)
+    item = (await engine.claim_items("r", "w", package="p1")).items[0]
+    clock.advance(100)  # a failure's time is not a generation time
+    await engine.fail_item(item.outcome_id, item.lease_token, "gave up", retryable=False)
+
+    def nearest_rank(values: list[float], q: float) -> float:
+        return sorted(values)[math.ceil(q * len(values)) - 1]
+
+    p0 = await engine.package_summary("p0", "r")
+    assert p0.completed_items == 20 and p0.avg_duration_seconds == 10.5
+    for q, got in (
+        (0.5, p0.p50_duration_seconds),
+        (0.9, p0.p90_duration_seconds),
+        (0.99, p0.p99_duration_seconds),
+    ):
+        assert got == pytest.approx(nearest_rank(durations, q), rel=0.10), (q, got)
+    assert p0.p50_duration_seconds < p0.p90_duration_seconds <= p0.p99_duration_seconds  # type: ignore[operator]
+    p1 = await engine.package_summary("p1", "r")
+    assert (p1.completed_items, p1.failed_items, p1.avg_duration_seconds) == (3, 1, 0.5)
+    for got in (p1.p50_duration_seconds, p1.p90_duration_seconds, p1.p99_duration_seconds):
+        assert got == pytest.approx(0.5, rel=0.10)
+
+    metrics = await engine.system_metrics("r")
+    assert (metrics.outcomes_total, metrics.outcomes_complete, metrics.outcomes_failed) == (24, 23, 1)
+    assert metrics.outcomes_pending == metrics.outcomes_generating == metrics.outcomes_cancelled == 0
+    assert metrics.avg_generation_time == round(211.5 / 23, 6)
+    assert metrics.success_rate == round(23 / 24, 6)
+    (hour,) = metrics.outcomes_by_hour  # everything finished in the run's first hour
+    assert hour.hour.timestamp() == 1_800_000_000
+    assert (hour.completed, hour.failed, hour.avg_duration_seconds) == (23, 1, round(211.5 / 23, 6))
+    await assert_consistent(engine)
+
+
+async def test_run_status_throughput_covers_the_last_five_minutes(engine: Engine) -> None:
+    clock = Clock(engine)  # starts on a minute boundary
+    t0 = clock.t
+    await engine.plan_run("r", grid(2, 5))
+    assert (await engine.run_status("r")).throughput_per_minute is None  # nothing finished yet
+    clock.advance(60)
+    claimed = (await engine.claim_items("r", "w", limit=8)).items
+    clock.advance(10)
+    for item in claimed[:6]:
+        await engine.complete_item(item.outcome_id, item.lease_token)
+    await engine.fail_item(claimed[6].outcome_id, claimed[6].lease_token, "final", retryable=False)
+    await engine.fail_item(claimed[7].outcome_id, claimed[7].lease_token, "again")  # back to pending
+
+    def expected(finished: int, elapsed: float, remaining: int) -> tuple[float, float]:
+        per_minute = round(finished / min(300.0, elapsed) * 60, 3)
+        return per_minute, round(remaining / (per_minute / 60), 1)
+
+    # 7 finished (6 complete + 1 failed for good; a retry is not finished) over the run's 2 minutes so far
+    clock.t = t0 + 120
+    status = await engine.run_status("r")
+    assert status.counts.pending == 3 and status.counts.generating == 0
+    assert (status.throughput_per_minute, status.eta_seconds) == expected(7, 120, 3) == (3.5, 51.4)
+    # the window never spans more than five minutes, even for an older run
+    clock.t = t0 + 330
+    status = await engine.run_status("r")
+    assert (status.throughput_per_minute, status.eta_seconds) == expected(7, 330, 3) == (1.4, 128.6)
+    # once those finishes are more than five (and a bit) minutes old, there is no throughput and no ETA
+    clock.t = t0 + 70 + 300 + 90
+    status = await engine.run_status("r")
+    assert status.throughput_per_minute is None and status.eta_seconds is None
+    assert status.counts.complete == 6 and status.counts.failed == 1
     await assert_consistent(engine)

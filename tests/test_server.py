@@ -14,6 +14,7 @@ from mcp.client import Client
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.models import ClaimedItem, PackageSpec
 from matrix_mcp.server import create_server
 from tests.conftest import assert_consistent
 
@@ -277,3 +278,75 @@ async def test_resource_updates_modern(sqlite_settings: Settings) -> None:
                 async for event in sub:
                     assert getattr(event, "uri", None) == "matrix://runs/svc"
                     break
+
+
+async def _two_claimed_outcomes(settings: Settings) -> tuple[ClaimedItem, ClaimedItem]:
+    """Plan and claim before the server starts, so its notification watcher starts after those events:
+    every notification a test then sees comes from what the test does next."""
+    engine = await Engine.open(settings)
+    try:
+        await engine.plan_run("svc", [PackageSpec(name="pkg", items=["a", "b"])])
+        a, b = (await engine.claim_items("svc", "w", limit=2)).items
+    finally:
+        await engine.close()
+    return a, b
+
+
+async def _complete(c: Client, item: ClaimedItem) -> None:
+    args = {"outcome_id": item.outcome_id, "lease_token": item.lease_token, "content": "done"}
+    assert (await call(c, "complete_item", args))["status"] == "complete"
+
+
+async def test_outcome_resource_updates_legacy(sqlite_settings: Settings) -> None:
+    a, b = await _two_claimed_outcomes(sqlite_settings)
+    watched, barrier = f"matrix://outcomes/{a.outcome_id}", "matrix://runs/svc"
+    received: list[str] = []
+    arrived: dict[str, anyio.Event] = {watched: anyio.Event(), barrier: anyio.Event()}
+
+    async def handler(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            uri = str(root.params.uri)
+            received.append(uri)
+            if uri in arrived:
+                arrived[uri].set()
+
+    async with Client(create_server(sqlite_settings), mode="legacy", message_handler=handler) as c:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            await c.subscribe_resource(watched)
+            await c.subscribe_resource(barrier)
+        # completing another outcome of the run notifies the run (sent after any outcome URI of the
+        # same change), not the watched outcome
+        await _complete(c, b)
+        with anyio.fail_after(10):
+            await arrived[barrier].wait()
+        assert watched not in received and f"matrix://outcomes/{b.outcome_id}" not in received
+        await _complete(c, a)
+        with anyio.fail_after(10):
+            await arrived[watched].wait()
+        record = json.loads((await c.read_resource(watched)).contents[0].text)
+    assert record["status"] == "complete"
+
+
+async def test_outcome_resource_updates_modern(sqlite_settings: Settings) -> None:
+    a, b = await _two_claimed_outcomes(sqlite_settings)
+    watched, barrier = f"matrix://outcomes/{a.outcome_id}", "matrix://runs/svc"
+    async with Client(create_server(sqlite_settings), mode="auto") as c:
+        assert c.protocol_version == "2026-07-28"
+        async with c.listen(resource_subscriptions=[watched, barrier]) as sub:
+            seen: list[str | None] = []
+            await _complete(c, b)
+            with anyio.fail_after(10):
+                async for event in sub:
+                    seen.append(getattr(event, "uri", None))
+                    if seen[-1] == barrier:
+                        break
+            assert watched not in seen, seen
+            await _complete(c, a)
+            with anyio.fail_after(10):
+                async for event in sub:
+                    if getattr(event, "uri", None) == watched:
+                        break
+        record = json.loads((await c.read_resource(watched)).contents[0].text)
+    assert record["status"] == "complete"
