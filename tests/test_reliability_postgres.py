@@ -122,6 +122,27 @@ async def run_through_outages(
     }
 
 
+class AnswerLoss:
+    """Wraps one of the store's batch methods: once armed, the next batch commits and then its answer is
+    lost as if the backend died right after COMMIT. `lost` lists the sizes of the batches it hit."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: PostgresStore, method: str) -> None:
+        self.real = getattr(store, method)
+        self.armed = False
+        self.lost: list[int] = []
+        monkeypatch.setattr(store, method, self._run)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    async def _run(self, batch: Any) -> None:
+        await self.real(batch)  # committed
+        if self.armed:
+            self.armed = False
+            self.lost.append(len(batch))
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
 async def test_answers_lost_after_commit_leave_no_orphaned_lease(
     postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,18 +156,10 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
         )
         store = engine.store
         assert isinstance(store, PostgresStore)
-        real = store._run_batch_pipelined
-        lost: list[int] = []
-
-        async def answer_lost_once(batch: Any) -> None:
-            await real(batch)  # committed
-            if not lost:
-                lost.append(len(batch))
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-
-        monkeypatch.setattr(store, "_run_batch_pipelined", answer_lost_once)
+        loss = AnswerLoss(monkeypatch, store, "_run_batch_pipelined")
+        loss.arm()
         got = await engine.claim_items("r", "w1", limit=2)
-        assert lost == [1]
+        assert loss.lost == [1]
         with psycopg.connect(postgres_database) as conn:
             leased = conn.execute(
                 "SELECT id, lease_token, attempts FROM outcomes WHERE status = 'generating' ORDER BY id"
@@ -154,12 +167,11 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
         assert sorted((c.outcome_id, c.lease_token, c.attempt) for c in got.items) == leased
         assert len(leased) == 2
 
-        lost.clear()
+        loss.arm()
         first = got.items[0]
         done = await engine.complete_item(first.outcome_id, first.lease_token, metrics={"lines_generated": 3})
-        assert lost == [1] and done.status == "complete"
+        assert loss.lost == [1, 1] and done.status == "complete"
 
-        monkeypatch.setattr(store, "_run_batch_pipelined", real)
         rest = await engine.claim_items("r", "w2", limit=5)
         assert len(rest.items) == 3
         run = await engine.get_run("r")
@@ -179,19 +191,8 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
     try:
         store = engine.store
         assert isinstance(store, PostgresStore)
-        real = store._run_batch
-        armed: list[bool] = []
-
-        async def answer_lost(batch: Any) -> None:
-            await real(batch)  # committed
-            if armed:
-                armed.clear()
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-
-        monkeypatch.setattr(store, "_run_batch", answer_lost)
-
-        def lose_next_answer() -> None:
-            armed.append(True)
+        loss = AnswerLoss(monkeypatch, store, "_run_batch")
+        lose_next_answer = loss.arm
 
         def count(query: str, *args: object) -> int:
             with psycopg.connect(postgres_database) as conn:
@@ -206,23 +207,23 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
         planned = await engine.plan_run(
             "r", [PackageSpec(name="p", items=["a", "b", "c"])], policy=RunPolicy(backoff_seconds=0.01)
         )
-        assert not armed and planned.created and planned.items == 3
+        assert not loss.armed and planned.created and planned.items == 3
         assert events("run_planned") == 1
 
         lose_next_answer()
         recorded = await engine.record_outcome("r", "p", "d", status="pending", created_by="tracker")
-        assert not armed and recorded.created
+        assert not loss.armed and recorded.created
         assert count("SELECT count(*) FROM outcomes WHERE item = 'd'") == 1 and events("recorded") == 1
 
         lose_next_answer()
         logged = await engine.record_integration_event("ci", "deploy", run="r", details={"n": 1})
-        assert not armed and logged.action == "deploy"
+        assert not loss.armed and logged.action == "deploy"
         assert count("SELECT count(*) FROM integration_logs") == 1 and events("integration") == 1
 
         claimed = (await engine.claim_items("r", "w", limit=2)).items
         lose_next_answer()
         retried = await engine.fail_item(claimed[0].outcome_id, claimed[0].lease_token, "flaky")
-        assert not armed and retried.status == "pending" and events("retry_scheduled") == 1
+        assert not loss.armed and retried.status == "pending" and events("retry_scheduled") == 1
         gave_up = await engine.fail_item(
             claimed[1].outcome_id, claimed[1].lease_token, "bad", retryable=False
         )
@@ -230,18 +231,18 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
 
         lose_next_answer()
         requeued = await engine.retry_items("r", outcome_ids=[claimed[1].outcome_id])
-        assert not armed and requeued.requeued == 1 and requeued.outcome_ids == [claimed[1].outcome_id]
+        assert not loss.armed and requeued.requeued == 1 and requeued.outcome_ids == [claimed[1].outcome_id]
         assert events("requeued") == 1
 
         lose_next_answer()
         updated = await engine.update_outcome_status(
             recorded.outcome.id, "complete", metrics={"lines_generated": 4}
         )
-        assert not armed and updated.status == "complete" and events("status_updated") == 1
+        assert not loss.armed and updated.status == "complete" and events("status_updated") == 1
 
         lose_next_answer()
         paused = await engine.control_run("r", "pause")
-        assert not armed and paused.state == "paused" and events("run_paused") == 1
+        assert not loss.armed and paused.state == "paused" and events("run_paused") == 1
 
         assert await store.prune_answers(time.time() - 3600) == 0  # recent answers stay for retries
         assert await store.prune_answers(time.time() + 1) >= 7
