@@ -1,4 +1,4 @@
-"""The MCP surface through the SDK's in-memory Client, in both protocol eras."""
+"""The MCP surface through the SDK's in-memory Client, in both protocol eras, on both backends."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def sqlite_settings(tmp_path: Path) -> Settings:
-    return Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
+def store_settings(database_url: str, tmp_path: Path) -> Settings:
+    """The server's settings on each backend (conftest's `database_url`: SQLite, and PostgreSQL)."""
+    return Settings(database_url=database_url, artifacts_dir=tmp_path / "artifacts")
 
 
 @pytest.fixture(params=["auto", "legacy"])
-async def client(request: pytest.FixtureRequest, sqlite_settings: Settings) -> AsyncIterator[Client]:
-    async with Client(create_server(sqlite_settings), mode=request.param) as c:
+async def client(request: pytest.FixtureRequest, store_settings: Settings) -> AsyncIterator[Client]:
+    async with Client(create_server(store_settings), mode=request.param) as c:
         yield c
 
 
@@ -80,7 +81,7 @@ async def test_protocol_eras(client: Client) -> None:
         assert tools[name].output_schema is not None, name
 
 
-async def test_full_run_with_concurrent_workers(client: Client, sqlite_settings: Settings) -> None:
+async def test_full_run_with_concurrent_workers(client: Client, store_settings: Settings) -> None:
     plan = await call(client, "plan_run", PLAN)
     assert plan["created"] and plan["items"] == 12
     assert not (await call(client, "plan_run", PLAN))["created"]
@@ -139,7 +140,7 @@ async def test_full_run_with_concurrent_workers(client: Client, sqlite_settings:
         json.loads((await client.read_resource("matrix://metrics")).contents[0].text)["outcomes_complete"]
         == 12
     )
-    engine = await Engine.open(sqlite_settings)
+    engine = await Engine.open(store_settings)
     try:
         await assert_consistent(engine)
     finally:
@@ -247,7 +248,7 @@ async def test_tools_list_fits_the_budget(client: Client) -> None:
     assert size <= 32 * 1024, size
 
 
-async def test_resource_updates_legacy(sqlite_settings: Settings) -> None:
+async def test_resource_updates_legacy(store_settings: Settings) -> None:
     received: list[str] = []
     got = anyio.Event()
 
@@ -257,7 +258,7 @@ async def test_resource_updates_legacy(sqlite_settings: Settings) -> None:
             received.append(str(root.params.uri))
             got.set()
 
-    async with Client(create_server(sqlite_settings), mode="legacy", message_handler=handler) as c:
+    async with Client(create_server(store_settings), mode="legacy", message_handler=handler) as c:
         assert c.server_capabilities.resources is not None and c.server_capabilities.resources.subscribe
         await call(c, "plan_run", PLAN)
         with warnings.catch_warnings():
@@ -269,8 +270,8 @@ async def test_resource_updates_legacy(sqlite_settings: Settings) -> None:
     assert "matrix://runs/svc" in received
 
 
-async def test_resource_updates_modern(sqlite_settings: Settings) -> None:
-    async with Client(create_server(sqlite_settings), mode="auto") as c:
+async def test_resource_updates_modern(store_settings: Settings) -> None:
+    async with Client(create_server(store_settings), mode="auto") as c:
         await call(c, "plan_run", PLAN)
         async with c.listen(resource_subscriptions=["matrix://runs/svc"]) as sub:
             await call(c, "claim_items", {"run": "svc", "worker": "w"})
@@ -297,8 +298,8 @@ async def _complete(c: Client, item: ClaimedItem) -> None:
     assert (await call(c, "complete_item", args))["status"] == "complete"
 
 
-async def test_outcome_resource_updates_legacy(sqlite_settings: Settings) -> None:
-    a, b = await _two_claimed_outcomes(sqlite_settings)
+async def test_outcome_resource_updates_legacy(store_settings: Settings) -> None:
+    a, b = await _two_claimed_outcomes(store_settings)
     watched, barrier = f"matrix://outcomes/{a.outcome_id}", "matrix://runs/svc"
     received: list[str] = []
     arrived: dict[str, anyio.Event] = {watched: anyio.Event(), barrier: anyio.Event()}
@@ -311,7 +312,7 @@ async def test_outcome_resource_updates_legacy(sqlite_settings: Settings) -> Non
             if uri in arrived:
                 arrived[uri].set()
 
-    async with Client(create_server(sqlite_settings), mode="legacy", message_handler=handler) as c:
+    async with Client(create_server(store_settings), mode="legacy", message_handler=handler) as c:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             await c.subscribe_resource(watched)
@@ -329,10 +330,10 @@ async def test_outcome_resource_updates_legacy(sqlite_settings: Settings) -> Non
     assert record["status"] == "complete"
 
 
-async def test_outcome_resource_updates_modern(sqlite_settings: Settings) -> None:
-    a, b = await _two_claimed_outcomes(sqlite_settings)
+async def test_outcome_resource_updates_modern(store_settings: Settings) -> None:
+    a, b = await _two_claimed_outcomes(store_settings)
     watched, barrier = f"matrix://outcomes/{a.outcome_id}", "matrix://runs/svc"
-    async with Client(create_server(sqlite_settings), mode="auto") as c:
+    async with Client(create_server(store_settings), mode="auto") as c:
         assert c.protocol_version == "2026-07-28"
         async with c.listen(resource_subscriptions=[watched, barrier]) as sub:
             seen: list[str | None] = []
@@ -350,3 +351,49 @@ async def test_outcome_resource_updates_modern(sqlite_settings: Settings) -> Non
                         break
         record = json.loads((await c.read_resource(watched)).contents[0].text)
     assert record["status"] == "complete"
+
+
+async def test_outcome_schema_rejection_and_pagination_through_the_client(
+    client: Client, store_settings: Settings
+) -> None:
+    """A report that breaks the run's outcome_schema is a tool error naming the field and changes nothing; a
+    valid one completes. list_outcomes pages walk every outcome exactly once and end without a cursor."""
+    schema = {
+        "type": "object",
+        "properties": {"metrics": {"type": "object", "required": ["lines_generated"]}},
+    }
+    plan = {
+        "name": "s",
+        "packages": [{"name": f"p{i}", "items": [f"i{j}" for j in range(7)]} for i in range(3)],
+    }
+    await call(client, "plan_run", {**plan, "outcome_schema": schema})
+    item = (await call(client, "claim_items", {"run": "s", "worker": "w"}))["items"][0]
+    ref = {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]}
+    text = await call_error(client, "complete_item", {**ref, "metrics": {"quality_score": 0.5}})
+    assert "metrics" in text and "lines_generated" in text, text
+    assert (await call(client, "get_outcome", {"outcome_id": item["outcome_id"]}))["status"] == "generating"
+    done = await call(client, "complete_item", {**ref, "metrics": {"lines_generated": 3}})
+    assert done["status"] == "complete"
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        args: dict[str, Any] = {"run": "s", "limit": 5}
+        if cursor:
+            args["cursor"] = cursor
+        page = await call(client, "list_outcomes", args)
+        pages += 1
+        seen += [o["id"] for o in page["outcomes"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+        assert len(page["outcomes"]) == 5
+    assert pages == 5 and len(seen) == 21 and len(set(seen)) == 21
+    assert item["outcome_id"] in seen
+    assert "cursor" in await call_error(client, "list_outcomes", {"run": "s", "cursor": "not-a-cursor"})
+    engine = await Engine.open(store_settings)
+    try:
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
