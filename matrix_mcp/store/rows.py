@@ -109,9 +109,10 @@ def decode_cursor(cursor: str | None) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = raw.partition(":")
-        if prefix != "o":
+        value = int(number)
+        if prefix != "o" or not 0 <= value < 2**63:  # a sequence both stores can bind (64-bit integer)
             raise ValueError
-        return int(number)
+        return value
     except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError("cursor is not one this server issued", field="cursor") from exc
 
