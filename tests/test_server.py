@@ -1,7 +1,9 @@
-"""The MCP surface through the SDK's in-memory Client, in both protocol eras, on both backends."""
+"""The MCP surface through the SDK's in-memory Client, in both protocol eras, on both backends (the store-
+independent tools/list checks on SQLite only)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import warnings
 from collections.abc import AsyncIterator
@@ -33,6 +35,24 @@ async def client(request: pytest.FixtureRequest, store_settings: Settings) -> As
         yield c
 
 
+@pytest.fixture(params=["auto", "legacy"])
+async def sqlite_client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Client]:
+    """Both eras on SQLite only, for what does not depend on the store (tools/list is byte-identical on
+    both backends): saves the PostgreSQL database per case."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
+    async with Client(create_server(settings), mode=request.param) as c:
+        yield c
+
+
+async def assert_store_consistent(settings: Settings) -> None:
+    """The store's counters equal a recount, read by a separate Engine on the server's store."""
+    engine = await Engine.open(settings)
+    try:
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
+
+
 async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     result = await client.call_tool(tool, args or {})
     assert not result.is_error, result.content
@@ -55,9 +75,9 @@ PLAN = {
 }
 
 
-async def test_protocol_eras(client: Client) -> None:
-    assert client.protocol_version in ("2026-07-28", "2025-11-25")
-    tools = {t.name: t for t in (await client.list_tools()).tools}
+async def test_protocol_eras(sqlite_client: Client) -> None:
+    assert sqlite_client.protocol_version in ("2026-07-28", "2025-11-25")
+    tools = {t.name: t for t in (await sqlite_client.list_tools()).tools}
     for name in (
         "plan_run",
         "claim_items",
@@ -140,14 +160,10 @@ async def test_full_run_with_concurrent_workers(client: Client, store_settings: 
         json.loads((await client.read_resource("matrix://metrics")).contents[0].text)["outcomes_complete"]
         == 12
     )
-    engine = await Engine.open(store_settings)
-    try:
-        await assert_consistent(engine)
-    finally:
-        await engine.close()
+    await assert_store_consistent(store_settings)
 
 
-async def test_errors_name_the_field(client: Client) -> None:
+async def test_errors_name_the_field(client: Client, store_settings: Settings) -> None:
     await call(client, "plan_run", PLAN)
     assert "run:" in await call_error(client, "claim_items", {"run": "nope", "worker": "w"})
     assert "limit" in await call_error(client, "claim_items", {"run": "svc", "worker": "w", "limit": 0})
@@ -169,9 +185,10 @@ async def test_errors_name_the_field(client: Client) -> None:
     assert "cursor" in await call_error(client, "list_outcomes", {"cursor": "%%%"})
     bad_plan = {"name": "x", "packages": [{"name": "p", "items": ["a", "a"]}]}
     assert "packages[0].items[1]" in await call_error(client, "plan_run", bad_plan)
+    await assert_store_consistent(store_settings)
 
 
-async def test_fail_retry_and_history(client: Client) -> None:
+async def test_fail_retry_and_history(client: Client, store_settings: Settings) -> None:
     await call(
         client,
         "plan_run",
@@ -190,9 +207,10 @@ async def test_fail_retry_and_history(client: Client) -> None:
     assert [h["error"] for h in detail["history"]] == ["e1", "e2"]
     assert (await call(client, "retry_items", {"run": "r"}))["requeued"] == 1
     assert (await call(client, "claim_items", {"run": "r", "worker": "w"}))["items"]
+    await assert_store_consistent(store_settings)
 
 
-async def test_long_poll_status_sends_progress(client: Client) -> None:
+async def test_long_poll_status_sends_progress(client: Client, store_settings: Settings) -> None:
     await call(client, "plan_run", PLAN)
     seq = (await call(client, "run_status", {"run": "svc"}))["latest_seq"]
     progress: list[float] = []
@@ -212,6 +230,7 @@ async def test_long_poll_status_sends_progress(client: Client) -> None:
     data = result.structured_content or {}
     assert [e["kind"] for e in data["events"]] == ["claimed"]
     assert progress, "a waiting long-poll reports progress"
+    await assert_store_consistent(store_settings)
 
 
 async def test_prompts_and_completions(client: Client) -> None:
@@ -234,15 +253,18 @@ async def test_prompts_and_completions(client: Client) -> None:
     assert comp.completion.values == ["pkg0", "pkg1", "pkg2", "pkg3"]
 
 
-async def test_export_tool(client: Client) -> None:
+async def test_export_tool(client: Client, store_settings: Settings) -> None:
     await call(client, "plan_run", PLAN)
     out = await call(client, "export_outcomes", {"run": "svc", "format": "csv"})
     assert out["count"] == 12 and Path(out["path"]).read_text().startswith("id,")
+    out = await call(client, "export_outcomes", {"run": "svc", "format": "jsonl"})
+    assert out["count"] == 12 and len(Path(out["path"]).read_text().splitlines()) == 12
+    await assert_store_consistent(store_settings)
 
 
-async def test_tools_list_fits_the_budget(client: Client) -> None:
+async def test_tools_list_fits_the_budget(sqlite_client: Client) -> None:
     """All tool definitions together, as JSON on the wire, stay within 32 KB of the client's context."""
-    result = await client.list_tools()
+    result = await sqlite_client.list_tools()
     size = len(result.model_dump_json(by_alias=True, exclude_none=True))
     assert len(result.tools) >= 17
     assert size <= 32 * 1024, size
@@ -268,6 +290,7 @@ async def test_resource_updates_legacy(store_settings: Settings) -> None:
         with anyio.fail_after(10):
             await got.wait()
     assert "matrix://runs/svc" in received
+    await assert_store_consistent(store_settings)
 
 
 async def test_resource_updates_modern(store_settings: Settings) -> None:
@@ -279,6 +302,7 @@ async def test_resource_updates_modern(store_settings: Settings) -> None:
                 async for event in sub:
                     assert getattr(event, "uri", None) == "matrix://runs/svc"
                     break
+    await assert_store_consistent(store_settings)
 
 
 async def _two_claimed_outcomes(settings: Settings) -> tuple[ClaimedItem, ClaimedItem]:
@@ -328,6 +352,7 @@ async def test_outcome_resource_updates_legacy(store_settings: Settings) -> None
             await arrived[watched].wait()
         record = json.loads((await c.read_resource(watched)).contents[0].text)
     assert record["status"] == "complete"
+    await assert_store_consistent(store_settings)
 
 
 async def test_outcome_resource_updates_modern(store_settings: Settings) -> None:
@@ -351,49 +376,155 @@ async def test_outcome_resource_updates_modern(store_settings: Settings) -> None
                         break
         record = json.loads((await c.read_resource(watched)).contents[0].text)
     assert record["status"] == "complete"
+    await assert_store_consistent(store_settings)
 
 
-async def test_outcome_schema_rejection_and_pagination_through_the_client(
+REPORT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "metrics": {
+            "type": "object",
+            "required": ["lines_generated"],
+            "properties": {
+                "lines_generated": {"type": "integer", "minimum": 0},
+                "quality_score": {"type": "number", "maximum": 1},
+            },
+        },
+        "metadata": {"type": "object", "properties": {"language": {"enum": ["python", "go"]}}},
+    },
+}
+
+
+async def test_outcome_schema_rejects_a_report_through_the_client(
     client: Client, store_settings: Settings
 ) -> None:
-    """A report that breaks the run's outcome_schema is a tool error naming the field and changes nothing; a
-    valid one completes. list_outcomes pages walk every outcome exactly once and end without a cursor."""
-    schema = {
-        "type": "object",
-        "properties": {"metrics": {"type": "object", "required": ["lines_generated"]}},
-    }
+    """A report that breaks the run's outcome_schema is a tool error naming the field (also by hand, through
+    update_outcome_status) and changes nothing: no status, metrics, artifact or event. A valid report then
+    completes the outcome on the same lease."""
+    plan = {"name": "s", "packages": [{"name": "p", "items": ["a", "b"]}], "outcome_schema": REPORT_SCHEMA}
+    await call(client, "plan_run", plan)
+    item = (await call(client, "claim_items", {"run": "s", "worker": "w"}))["items"][0]
+    ref = {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"], "content": "# a\n"}
+    seq = (await call(client, "run_status", {"run": "s"}))["latest_seq"]
+    bad: list[tuple[dict[str, Any], str, str]] = [
+        ({"metrics": {"quality_score": 0.5}}, "metrics", "'lines_generated' is a required property"),
+        ({"metrics": {"lines_generated": "many"}}, "metrics.lines_generated", "is not of type 'integer'"),
+        ({"metrics": {"lines_generated": 3, "quality_score": 7}}, "metrics.quality_score", "maximum"),
+        (
+            {"metrics": {"lines_generated": 3}, "metadata": {"language": "cobol"}},
+            "metadata.language",
+            "'cobol' is not one of",
+        ),
+    ]
+    for report, field, detail in bad:
+        text = await call_error(client, "complete_item", {**ref, **report})
+        assert f"{field}: violates the run's outcome_schema" in text and detail in text, text
+    text = await call_error(
+        client,
+        "update_outcome_status",
+        {"outcome_id": item["outcome_id"], "status": "complete", "metrics": {"quality_score": 0.5}},
+    )
+    assert "metrics: violates the run's outcome_schema" in text, text
+
+    outcome = await call(client, "get_outcome", {"outcome_id": item["outcome_id"]})
+    assert outcome["status"] == "generating" and outcome["attempts"] == 1
+    assert outcome["metrics"] == {} and outcome["metadata"] == {} and "content_sha256" not in outcome
+    assert [h["status"] for h in outcome["history"]] == ["generating"]
+    status = await call(client, "run_status", {"run": "s"})
+    assert status["latest_seq"] == seq, "a rejected report records no event"
+    assert status["counts"]["generating"] == 1 and status["counts"]["complete"] == 0
+
+    good = {"metrics": {"lines_generated": 3, "quality_score": 0.9}, "metadata": {"language": "python"}}
+    done = await call(client, "complete_item", {**ref, **good})
+    assert done["status"] == "complete" and done["metrics"] == good["metrics"]
+    assert done["metadata"] == good["metadata"] and done["content_sha256"]
+    content = await client.read_resource(f"matrix://outcomes/{item['outcome_id']}/content")
+    assert content.contents[0].text == "# a\n"
+    status = await call(client, "run_status", {"run": "s"})
+    assert status["counts"]["complete"] == 1 and status["counts"]["generating"] == 0
+    assert status["counts"]["pending"] == 1
+    await assert_store_consistent(store_settings)
+
+
+async def walk(client: Client, filters: dict[str, Any], limit: int) -> list[list[str]]:
+    """Every page of list_outcomes for the filters, following next_cursor until a page has none."""
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while len(pages) < 100:
+        args = {**filters, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        page = await call(client, "list_outcomes", args)
+        pages.append([o["id"] for o in page["outcomes"]])
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            return pages
+    raise AssertionError("list_outcomes never ended")
+
+
+async def all_ids(client: Client, filters: dict[str, Any]) -> list[str]:
+    page = await call(client, "list_outcomes", {**filters, "limit": 1000})
+    assert page.get("next_cursor") is None
+    return [o["id"] for o in page["outcomes"]]
+
+
+def forged_cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def test_list_outcomes_cursor_pagination_through_the_client(
+    client: Client, store_settings: Settings
+) -> None:
+    """list_outcomes pages walk every outcome exactly once, in creation order, with and without filters; the
+    last page has no next_cursor (no empty page after an exact fit); changes between pages neither repeat nor
+    skip an outcome; a cursor the server did not issue is a tool error naming `cursor`."""
     plan = {
         "name": "s",
         "packages": [{"name": f"p{i}", "items": [f"i{j}" for j in range(7)]} for i in range(3)],
     }
-    await call(client, "plan_run", {**plan, "outcome_schema": schema})
-    item = (await call(client, "claim_items", {"run": "s", "worker": "w"}))["items"][0]
-    ref = {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]}
-    text = await call_error(client, "complete_item", {**ref, "metrics": {"quality_score": 0.5}})
-    assert "metrics" in text and "lines_generated" in text, text
-    assert (await call(client, "get_outcome", {"outcome_id": item["outcome_id"]}))["status"] == "generating"
-    done = await call(client, "complete_item", {**ref, "metrics": {"lines_generated": 3}})
-    assert done["status"] == "complete"
+    await call(client, "plan_run", plan)
+    await call(client, "plan_run", {"name": "other", "packages": [{"name": "p1", "items": ["x", "y"]}]})
+    everything = await all_ids(client, {"run": "s"})
+    assert len(everything) == 21 and len(set(everything)) == 21
 
-    seen: list[str] = []
-    cursor: str | None = None
-    pages = 0
-    while True:
-        args: dict[str, Any] = {"run": "s", "limit": 5}
-        if cursor:
-            args["cursor"] = cursor
-        page = await call(client, "list_outcomes", args)
-        pages += 1
+    pages = await walk(client, {"run": "s"}, 5)
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 1]
+    assert [i for p in pages for i in p] == everything
+    assert [i for p in await walk(client, {"run": "s"}, 1) for i in p] == everything
+    assert await walk(client, {"run": "s"}, 21) == [everything]
+    p1 = await all_ids(client, {"run": "s", "package": "p1"})
+    assert len(p1) == 7 and set(p1) <= set(everything)
+    assert await walk(client, {"run": "s", "package": "p1"}, 7) == [p1]
+    assert [len(p) for p in await walk(client, {"run": "s", "package": "p1"}, 3)] == [3, 3, 1]
+    assert [i for p in await walk(client, {"package": "p1"}, 2) for i in p] == await all_ids(
+        client, {"package": "p1"}
+    )
+
+    # a status filter, and an outcome leaving the filter between pages: nothing repeated, nothing skipped
+    claimed = (await call(client, "claim_items", {"run": "s", "worker": "w", "limit": 2}))["items"]
+    pending = await all_ids(client, {"run": "s", "status": "pending"})
+    assert len(pending) == 19 and not {c["outcome_id"] for c in claimed} & set(pending)
+    first = await call(client, "list_outcomes", {"run": "s", "status": "pending", "limit": 5})
+    seen = [o["id"] for o in first["outcomes"]]
+    await call(client, "update_outcome_status", {"outcome_id": seen[0], "status": "cancelled"})
+    # ... and outcomes added between pages come at the end
+    added = await call(client, "plan_run", {**plan, "packages": [{"name": "p9", "items": ["n1", "n2"]}]})
+    assert not added["created"] and added["added_items"] == 2
+    cursor = first["next_cursor"]
+    while cursor:
+        page = await call(
+            client, "list_outcomes", {"run": "s", "status": "pending", "limit": 5, "cursor": cursor}
+        )
         seen += [o["id"] for o in page["outcomes"]]
         cursor = page.get("next_cursor")
-        if not cursor:
-            break
-        assert len(page["outcomes"]) == 5
-    assert pages == 5 and len(seen) == 21 and len(set(seen)) == 21
-    assert item["outcome_id"] in seen
-    assert "cursor" in await call_error(client, "list_outcomes", {"run": "s", "cursor": "not-a-cursor"})
-    engine = await Engine.open(store_settings)
-    try:
-        await assert_consistent(engine)
-    finally:
-        await engine.close()
+    new = await all_ids(client, {"run": "s", "package": "p9"})
+    assert seen == pending + new and len(set(seen)) == 21
+
+    for garbage in ("not-a-cursor", "%%%", forged_cursor("x:5"), forged_cursor("o:abc"), forged_cursor("o:")):
+        text = await call_error(client, "list_outcomes", {"run": "s", "cursor": garbage})
+        assert "cursor:" in text, (garbage, text)
+    await assert_store_consistent(store_settings)
+
+
+async def test_list_outcomes_refuses_an_out_of_range_cursor(client: Client) -> None:
+    await call(client, "plan_run", {"name": "s", "packages": [{"name": "p", "items": ["a"]}]})
+    text = await call_error(client, "list_outcomes", {"run": "s", "cursor": forged_cursor("o:" + "9" * 30)})
+    assert "cursor:" in text, text
