@@ -50,6 +50,13 @@ class Blob:
     size: int
 
 
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
 @dataclass(frozen=True)
 class GarbageReport:
     removed: int
@@ -145,7 +152,17 @@ class Artifacts:
         if not root.is_dir():
             return GarbageReport(0, 0, 0)
         cutoff = now - older_than
-        for path in sorted(root.glob("??/*")):
+        paths = sorted(root.glob("??/*"))
+        held = {p.name.removeprefix(".gc-") for p in paths if not p.name.startswith(".tmp-")}
+        if held and not held & referenced and any(_older(p, cutoff) for p in paths):
+            # not one stored blob is referred to: most likely a store these artifacts do not belong to
+            # (a forgotten --database-url); deleting by its word would delete everything
+            raise ArtifactError(
+                f"none of the {len(held)} stored blobs under {self.root} is referred to by this store's"
+                " outcomes; is the database URL the one these artifacts belong to? nothing was deleted",
+                "database_url",
+            )
+        for path in paths:
             sha = path.name
             if path.name.startswith((".gc-", ".tmp-")):
                 # left by a killed collection (a blob moved aside) or a killed write (a partial file)

@@ -10,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
+from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.models import PackageSpec, RunPolicy
 from matrix_mcp.store.base import StaleLease
@@ -95,19 +97,46 @@ async def test_collect_garbage_refuses_a_window_a_report_could_fall_into(engine:
     assert err.value.field == "older_than"
 
 
+async def complete_one_with_content(settings: Settings) -> None:
+    engine = await Engine.open(settings)
+    try:
+        await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
+        c = (await engine.claim_items("r", "w")).items[0]
+        await engine.complete_item(c.outcome_id, c.lease_token, content="referenced")
+    finally:
+        await engine.close()
+
+
 def test_gc_command(tmp_path: Path) -> None:
     script = shutil.which("matrix-mcp")
     assert script
     env = {**os.environ, "MATRIX_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}"}
     env["MATRIX_ARTIFACTS_DIR"] = str(tmp_path / "a")
+    # a store pointed at the wrong database refers to none of the blobs: gc deletes nothing and says why
+    wrong = subprocess.run(
+        [script, "--database-url", f"sqlite:///{tmp_path / 'other.db'}", "gc"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 0 and "removed 0" in wrong.stdout  # no blobs yet: nothing to judge
+    anyio.run(complete_one_with_content, Settings(env["MATRIX_DATABASE_URL"], tmp_path / "a"))
     orphan = tmp_path / "a" / ".blobs" / "00" / ("00" + "0" * 62)
-    orphan.parent.mkdir(parents=True)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"x" * 10)
-    os.utime(orphan, (time.time() - 2 * HOUR,) * 2)
+    age_everything(tmp_path / "a", 2 * HOUR)
+    wrong = subprocess.run(
+        [script, "--database-url", f"sqlite:///{tmp_path / 'other.db'}", "gc"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr and orphan.exists()
     young = subprocess.run([script, "gc", "--older-than", "10800"], env=env, capture_output=True, text=True)
     assert young.returncode == 0 and "removed 0" in young.stdout and orphan.exists()
     done = subprocess.run([script, "gc"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "removed 1 unreferenced blob(s), 10 bytes" in done.stdout and not orphan.exists()
+    assert blob(tmp_path / "a", b"referenced").exists()
     bad = subprocess.run([script, "gc", "--older-than", "1"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "at least 60" in bad.stderr
