@@ -17,15 +17,34 @@ from matrix_mcp import __version__
 from matrix_mcp.config import Settings
 
 
+def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after its name. On a subcommand their default is SUPPRESS, so
+    a flag given before the name is not overwritten by the subcommand's default."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--database-url",
+        default=default(None),
+        help="sqlite:///path.db or postgresql://… (env MATRIX_DATABASE_URL)",
+    )
+    p.add_argument(
+        "--artifacts-dir",
+        default=default(None),
+        help="where outcome content is stored (env MATRIX_ARTIFACTS_DIR)",
+    )
+    p.add_argument("--log-level", default=default(os.environ.get("MATRIX_LOG_LEVEL", "WARNING")))
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="matrix-mcp",
         description="Durable N×M orchestration for AI agents over MCP. With no command: serve stdio.",
     )
     p.add_argument("--version", action="version", version=f"matrix-mcp {__version__}")
-    p.add_argument("--database-url", help="sqlite:///path.db or postgresql://… (env MATRIX_DATABASE_URL)")
-    p.add_argument("--artifacts-dir", help="where outcome content is stored (env MATRIX_ARTIFACTS_DIR)")
-    p.add_argument("--log-level", default=os.environ.get("MATRIX_LOG_LEVEL", "WARNING"))
+    _global_flags(p)
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve MCP (default: stdio)")
     serve.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
@@ -48,20 +67,52 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="untouched this long (default 3600)",
     )
+    for command in sub.choices.values():  # global flags are accepted after the command's name too
+        _global_flags(command, suppress=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     try:
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=args.log_level.upper(),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
         settings = Settings.from_env(database_url=args.database_url, artifacts_dir=args.artifacts_dir)
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
+    try:
+        _dispatch(args, settings)
+    except Exception as exc:  # every error a person can act on is one line on stderr, never a traceback
+        problem = user_error(exc)
+        if problem is None:
+            raise
+        sys.exit(f"matrix-mcp: {problem}")
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can act on (a bad setting, an unknown run, an unreachable
+    or refusing database, a file that cannot be written), found inside exception groups (a server's lifespan
+    fails inside task groups); None for a bug, which keeps its traceback."""
+    import sqlite3
+
+    from matrix_mcp.config import redact_text
+    from matrix_mcp.store.base import StoreError
+
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = user_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, StoreError | ValueError | OSError | sqlite3.Error):
+        return redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return None
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
     command = args.command or "serve"
     if command == "serve":
         from matrix_mcp.server import create_server
@@ -106,13 +157,15 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
             if not runs:
                 print(f"no runs in {engine.store.url_for_display}")
             else:
-                print(f"{'run':<30} {'state':<9} {'complete':>13}")
+                print(
+                    RUNS_ROW.format(
+                        "run", "state", "complete", "generating", "pending", "failed", "cancelled"
+                    )
+                )
             for r in runs:
                 c = r.counts
-                print(
-                    f"{r.name:<30} {r.state:<9} {c.complete:>6}/{c.total:<6} complete  "
-                    f"{c.generating} generating  {c.pending} pending  {c.failed} failed  {c.cancelled} cancelled"
-                )
+                done = f"{c.complete}/{c.total}"
+                print(RUNS_ROW.format(r.name, r.state, done, c.generating, c.pending, c.failed, c.cancelled))
             return
         try:
             status = await engine.run_status(run)
@@ -128,6 +181,9 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
             )
     finally:
         await engine.close()
+
+
+RUNS_ROW = "{:<30} {:<9} {:>13} {:>10} {:>8} {:>7} {:>9}"  # `status` with no run: one row per run
 
 
 def format_status(status: Any) -> str:

@@ -16,6 +16,38 @@ DEFAULT_DATABASE_URL = "sqlite:///.matrix/matrix.db"
 DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
 
 
+class SettingError(ValueError):
+    """A setting that cannot be used; the message names it. Reported as one line before anything starts."""
+
+
+def is_checked_setting(name: str) -> bool:
+    """The variables this project reads: its own MATRIX_*, the seed's DB_* and the schema server's DATABASE_URL."""
+    return name.startswith(("MATRIX_", "DB_")) or name == "DATABASE_URL"
+
+
+def check_placeholders(env: Mapping[str, str | None], every: bool = False) -> None:
+    """Refuse a setting whose value is an unexpanded placeholder such as `${MATRIX_DATABASE_URL:-…}`: some
+    MCP hosts pass a config's `env` values literally. Used by both servers and the CLI before they start.
+    Checks the variables this project reads (is_checked_setting), or every entry (command-line flags)."""
+    for name, value in env.items():
+        if value and "${" in value and (every or is_checked_setting(name)):
+            shown = redact_text(value)
+            shown = shown if len(shown) <= 80 else shown[:80] + "…"
+            raise SettingError(
+                f"{name} is {shown!r}, an unexpanded placeholder (the MCP host passed it literally): "
+                "set a real value or remove the entry to use the default"
+            )
+
+
+def check_database_url(url: str, name: str) -> str:
+    """The URL when it names a backend this project speaks; else a SettingError naming where it came from."""
+    if is_postgres_url(url) or sqlite_path(url) is not None:
+        return url
+    raise SettingError(
+        f"{name}: unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
+    )
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps enforced on every input; each violation is a clear tool error naming the field."""
@@ -39,6 +71,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if env is None else env
+        check_placeholders(env)
+        flags = {f"--{k.replace('_', '-')}": str(v) for k, v in overrides.items() if v is not None}
+        check_placeholders(flags, every=True)
         limits = Limits(
             max_content_bytes=_int(env, "MATRIX_MAX_CONTENT_BYTES", Limits.max_content_bytes),
             max_items_per_plan=_int(env, "MATRIX_MAX_ITEMS_PER_PLAN", Limits.max_items_per_plan),
@@ -53,6 +88,11 @@ class Settings:
             limits=limits,
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
+        if "database_url" in clean:
+            check_database_url(str(clean["database_url"]), "--database-url")
+        else:
+            source = "MATRIX_DATABASE_URL" if env.get("MATRIX_DATABASE_URL") else "DB_HOST/DB_NAME"
+            check_database_url(settings.database_url, source)
         if "artifacts_dir" in clean:
             clean["artifacts_dir"] = Path(str(clean["artifacts_dir"]))
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import sys
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from matrix_mcp.cli import format_status, server_command
-from matrix_mcp.config import Settings, redact_url
+from matrix_mcp.config import DEFAULT_DATABASE_URL, Settings, redact_url
 
 PACKAGES = ["auth-service", "billing-service", "catalog-service", "orders-service", "search-service"]
 ITEMS = ["models", "api", "tests"]
@@ -184,8 +185,20 @@ async def run_demo(settings: Settings, workers: int = 3, run: str | None = None)
             f"items per worker: {sorted(results, reverse=True)}",
             file=out,
         )
-        print(f"artifacts under {settings.artifacts_dir}/{run}/ · details: matrix-mcp status {run}", file=out)
+        print(
+            f"artifacts under {settings.artifacts_dir}/{run}/ · details: {status_command(settings, run)}",
+            file=out,
+        )
         return 0 if c["complete"] == c["total"] else 1
+
+
+def status_command(settings: Settings, run: str) -> str:
+    """The `matrix-mcp status` command that shows this run: with --database-url unless it is the default
+    (a password is shown as *** — put it back, or set MATRIX_DATABASE_URL)."""
+    command = ["matrix-mcp", "status", run]
+    if settings.database_url != DEFAULT_DATABASE_URL:
+        command += ["--database-url", redact_url(settings.database_url)]
+    return shlex.join(command)
 
 
 def _progress_line(c: dict[str, int]) -> str:

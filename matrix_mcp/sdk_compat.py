@@ -1,8 +1,9 @@
 """The few places we reach into mcp 2.3 internals, kept in one module with its own tests.
 
 - `use_dynamic_mime`: serve a template resource with the mime type of the content it returns.
-- `compact_tool_schemas`: drop pydantic's auto-generated titles and fold `anyOf [X, null]` into
-  `type: [X, "null"]`, which halves tools/list — tool definitions cost the client's context.
+- `compact_tool_schemas`: drop pydantic's auto-generated titles, validation-only keywords of results and
+  the `null` branch of optional inputs — tool definitions cost the client's context. Nothing emits a type
+  array (`["string", "null"]`): Gemini's function declarations (an OpenAPI 3.0 subset) reject them.
 """
 
 from __future__ import annotations
@@ -74,28 +75,33 @@ def compact_schema(schema: Any, output: bool = False) -> Any:
             out[key] = compact_schema(value, output)
         else:
             out[key] = value
-    variants = out.get("anyOf")
-    if isinstance(variants, list) and len(variants) >= 2 and {"type": "null"} in variants:
-        others = [v for v in variants if v != {"type": "null"}]
-        simple = all(set(v) == {"type"} and isinstance(v["type"], str) for v in others)
-        if simple:
-            out.pop("anyOf")
-            out["type"] = [*(v["type"] for v in others), "null"]
-        elif (
-            len(others) == 1
-            and "$ref" not in others[0]
-            and "type" in others[0]
-            and isinstance(others[0]["type"], str)
-        ):
-            out.pop("anyOf")
-            merged = dict(others[0])
-            merged["type"] = [merged["type"], "null"]
-            if "const" in merged:
-                merged["enum"] = [merged.pop("const")]
-            if "enum" in merged:
-                merged["enum"] = [*merged["enum"], None]
-            out = {**merged, **out}
+    if isinstance(out.get("properties"), dict):
+        # inputs: an optional one is left out for None; results: an optional one is left out when None
+        # (model_dump(exclude_none=True)); a required nullable property keeps its null branch
+        required = set(schema.get("required", ()))
+        out["properties"] = {
+            name: sub if name in required else _without_null(sub) for name, sub in out["properties"].items()
+        }
     return out
+
+
+_NULL = {"type": "null"}
+
+
+def _without_null(schema: Any) -> Any:
+    """An optional property without its `null` branch: leaving it out means None (inputs) or is how None is
+    sent (results), so the branch only costs context. What stays is portable: a single `type`, or `anyOf` of the other branches — never a type
+    array such as ["string", "null"], which Gemini-style (OpenAPI subset) function declarations reject."""
+    if not isinstance(schema, dict):
+        return schema
+    variants = schema.get("anyOf")
+    if not (isinstance(variants, list) and _NULL in variants):
+        return schema
+    others = [v for v in variants if v != _NULL]
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    if len(others) == 1 and isinstance(others[0], dict):
+        return {**others[0], **rest}
+    return {"anyOf": others, **rest}
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

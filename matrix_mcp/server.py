@@ -12,14 +12,15 @@ import anyio
 import mcp_types as types
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.resources.types import BinaryResource, TextResource
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
 from matrix_mcp import __version__
 from matrix_mcp.config import Settings, redact_text, url_password
-from matrix_mcp.engine import Engine
+from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.models import (
     ClaimResult,
     ExportResult,
@@ -49,7 +50,7 @@ from matrix_mcp.sdk_compat import (
     use_dynamic_mime,
     use_tool_cache,
 )
-from matrix_mcp.store.base import StoreError, Unavailable
+from matrix_mcp.store.base import NotFound, StoreError, Unavailable
 
 log = logging.getLogger("matrix_mcp.server")
 T = TypeVar("T")
@@ -332,10 +333,17 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
     # ---- resources -------------------------------------------------------------------------------
 
     async def read(awaitable: Awaitable[T]) -> T:
+        """Protocol codes a client can act on: an unknown run/package/outcome is resource-not-found and a
+        malformed name (too long, NUL...) invalid params (both -32602), each naming the part of the URI."""
         try:
             return await awaitable
         except ToolError as exc:
             raise ResourceError(str(exc)) from exc
+        except (NotFound, InputError) as exc:
+            message = (f"{exc.field}: " if exc.field else "") + redact_text(str(exc), secrets)
+            if isinstance(exc, NotFound):
+                raise ResourceNotFoundError(message) from None
+            raise MCPError(types.INVALID_PARAMS, message) from None
         except StoreError as exc:
             raise ResourceError(redact_text(str(exc), secrets)) from exc
 
@@ -475,7 +483,25 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
     compact_tool_schemas(mcp)
     harden_arguments(mcp)
     refuse_lone_surrogates(mcp)
+    answer_prompt_errors(mcp)
     return mcp
+
+
+def answer_prompt_errors(mcp: MCPServer[Any]) -> None:
+    """prompts/get with an unknown prompt or a missing required argument: JSON-RPC invalid params naming what is
+    missing, and one log line (the SDK answers code 0 and logs a traceback for what is the caller's mistake)."""
+    get_prompt = mcp.get_prompt
+
+    async def checked(name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        try:
+            return await get_prompt(name, arguments, context)
+        except MCPError:
+            raise
+        except ValueError as exc:
+            log.warning("prompts/get %r refused: %s", name[:100], exc)
+            raise MCPError(types.INVALID_PARAMS, f"prompt {name[:100]!r}: {exc}") from None
+
+    mcp.get_prompt = checked  # type: ignore[method-assign]
 
 
 def refuse_lone_surrogates(mcp: MCPServer[Any]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mcp.server import MCPServer
 
-from matrix_mcp.config import redact_url, url_from_parts
+from matrix_mcp.config import SettingError, check_database_url, check_placeholders, redact_url, url_from_parts
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
 from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_tool_cache
 
@@ -77,6 +77,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = resolve_url(args.database_url, os.environ)
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL (or DB_HOST/DB_NAME/...)")
+    try:  # every bad setting is one line before the transport starts, never a traceback at the client
+        check_placeholders(os.environ)
+        check_placeholders({"--database-url": args.database_url}, every=True)
+        source = (
+            "--database-url"
+            if args.database_url
+            else "DATABASE_URL"
+            if os.environ.get("DATABASE_URL")
+            else "DB_HOST/DB_NAME"
+        )
+        check_database_url(url, source)
+    except SettingError as exc:
+        sys.exit(f"matrix-schema-mcp: {exc}")
     log.info("analysing %s over %s", redact_url(url), args.transport)
     mcp = build_server(url)
     if args.transport == "stdio":

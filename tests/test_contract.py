@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import anyio
 import pytest
@@ -724,4 +725,74 @@ async def test_run_status_throughput_covers_the_last_five_minutes(engine: Engine
     status = await engine.run_status("r")
     assert status.throughput_per_minute is None and status.eta_seconds is None
     assert status.counts.complete == 6 and status.counts.failed == 1
+    await assert_consistent(engine)
+
+
+async def _scripted_event_payloads(engine: Engine) -> list[tuple[str, str, dict[str, object]]]:
+    """One scenario touching every outcome event kind; its events as (kind, item, data) without ids or times.
+    The clock is fake and backoff is 0, so every payload is deterministic."""
+    clock = Clock(engine)
+    policy = RunPolicy(lease_seconds=10, max_attempts=2, backoff_seconds=0, backoff_cap_seconds=0)
+    await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b", "c", "d"])], policy=policy)
+    names: dict[str, str] = {}
+    for _ in range(4):
+        item = (await engine.claim_items("r", "w1")).items[0]
+        names[item.outcome_id] = item.item
+        clock.advance(1)
+        if item.item == "a":
+            await engine.complete_item(item.outcome_id, item.lease_token, content="A", metrics={"n": 1})
+        elif item.item == "b":
+            await engine.fail_item(item.outcome_id, item.lease_token, "transient")  # retry_scheduled
+        elif item.item == "c":
+            await engine.fail_item(item.outcome_id, item.lease_token, "fatal", retryable=False)  # failed
+        # d: left leased, expires below
+    clock.advance(20)
+    again = (await engine.claim_items("r", "w2", limit=5)).items  # b again; d's lease expired and d again
+    assert sorted(i.item for i in again) == ["b", "d"]
+    for item in again:
+        await engine.complete_item(item.outcome_id, item.lease_token, content=item.item)
+    a_id = next(k for k, v in names.items() if v == "a")
+    await engine.update_outcome_status(a_id, "failed", error_message="reverted by hand")  # status_updated
+    await engine.record_outcome("r", "pkg", "e", status="complete", metrics={"n": 2})  # recorded
+    run_id = (await engine.run_info("r")).id
+    events = await engine.store.events_after(0, run_id, 1000)
+    return [(e.kind, names.get(e.outcome_id or "", ""), e.data) for e in events]
+
+
+@pytest.mark.postgres
+async def test_event_payloads_are_identical_on_both_backends(postgres_database: str, tmp_path: Path) -> None:
+    """The same scripted scenario on SQLite and PostgreSQL yields the same events with the same payloads
+    (in particular every outcome event names its package, which resource notifications are keyed on)."""
+    payloads = []
+    for url in (f"sqlite:///{tmp_path / 'm.db'}", postgres_database):
+        eng = await Engine.open(Settings(database_url=url, artifacts_dir=tmp_path / "artifacts"))
+        try:
+            payloads.append(await _scripted_event_payloads(eng))
+            await assert_consistent(eng)
+        finally:
+            await eng.close()
+    sqlite_events, postgres_events = payloads
+    assert sqlite_events == postgres_events
+    kinds = {kind for kind, _, _ in sqlite_events}
+    assert {"claimed", "completed", "retry_scheduled", "failed", "lease_expired", "status_updated"} <= kinds
+    for kind, _, data in sqlite_events:
+        if kind not in ("run_planned", "run_extended", "run_done"):
+            assert data.get("package") == "pkg", (kind, data)
+
+
+async def test_a_wrong_token_on_a_completed_item_says_it_is_complete(engine: Engine) -> None:
+    """Not "re-claimed by another worker or reset" when neither happened: the item's own state is said."""
+    await engine.plan_run("r", grid(1, 1))
+    item = (await engine.claim_items("r", "w")).items[0]
+    await engine.complete_item(item.outcome_id, item.lease_token, content="x")
+    with pytest.raises(StaleLease) as err:
+        await engine.complete_item(item.outcome_id, "a-wrong-token", content="x")
+    message = str(err.value)
+    assert "already complete" in message and "worker 'w'" in message and "re-claimed" not in message
+    with pytest.raises(StaleLease, match="already complete"):
+        await engine.fail_item(item.outcome_id, "a-wrong-token", "boom")
+    other = (await engine.plan_run("r2", grid(1, 1))).run.name
+    leased = (await engine.claim_items(other, "w2")).items[0]
+    with pytest.raises(StaleLease, match=r"leased under another token .*worker 'w2'"):
+        await engine.complete_item(leased.outcome_id, "a-wrong-token", content="x")
     await assert_consistent(engine)

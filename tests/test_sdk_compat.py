@@ -28,24 +28,31 @@ def test_compact_schema_keeps_meaning() -> None:
             "title": {"title": "Title", "type": "string"},  # a property *named* title survives
             "maybe": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None, "title": "Maybe"},
             "kind": {"anyOf": [{"enum": ["a", "b"], "type": "string"}, {"type": "null"}]},
+            "must": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "either": {"anyOf": [{"type": "object"}, {"type": "string"}, {"type": "null"}], "default": None},
         },
-        "required": ["title"],
+        "required": ["title", "must"],
         "additionalProperties": True,
     }
     out = compact_schema(schema)
+    # optional inputs lose the null branch (leaving them out means None); a required nullable one keeps it
+    # as anyOf of single types; nothing becomes a type array
     assert out == {
         "type": "object",
         "properties": {
             "title": {"type": "string"},
-            "maybe": {"type": ["integer", "null"]},
-            "kind": {"enum": ["a", "b", None], "type": ["string", "null"]},
+            "maybe": {"type": "integer"},
+            "kind": {"enum": ["a", "b"], "type": "string"},
+            "must": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "either": {"anyOf": [{"type": "object"}, {"type": "string"}]},
         },
-        "required": ["title"],
+        "required": ["title", "must"],
     }
     validator = jsonschema.Draft202012Validator(out)
-    assert validator.is_valid({"title": "t", "maybe": None, "kind": None})
-    assert not validator.is_valid({"title": "t", "kind": "c"})
-    assert not validator.is_valid({"maybe": 1})
+    assert validator.is_valid({"title": "t", "must": None})
+    assert validator.is_valid({"title": "t", "must": "m", "maybe": 2, "kind": "a", "either": {}})
+    assert not validator.is_valid({"title": "t", "must": None, "kind": "c"})
+    assert not validator.is_valid({"maybe": 1, "must": None})
 
 
 def test_output_schemas_validate_real_results() -> None:
@@ -69,7 +76,7 @@ def test_output_schemas_validate_real_results() -> None:
         }
     )
     schema = inline_refs(compact_schema(RunStatus.model_json_schema(), output=True))
-    jsonschema.validate(status.model_dump(mode="json"), schema)
+    jsonschema.validate(status.model_dump(mode="json", exclude_none=True), schema)  # as the server sends it
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**status.model_dump(mode="json"), "latest_seq": "x"}, schema)
 
@@ -195,3 +202,41 @@ async def test_precomputed_tools_are_the_sdks_tools(
                     assert not ok.is_error and "relationships" in (ok.structured_content or {})
     assert listed["1"] == listed["0"] and len(listed["1"]) == 25
     assert contexts["1"] == contexts["0"] and contexts["0"]["run_status"] == "ctx"
+
+
+def _type_arrays(node: Any, path: str = "") -> list[str]:
+    """Paths of every `type` whose value is an array, anywhere in a schema."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), list):
+            found.append(path or "/")
+        for key, value in node.items():
+            found += _type_arrays(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _type_arrays(value, f"{path}/{i}")
+    return found
+
+
+@pytest.mark.parametrize("cache", ["1", "0"])
+async def test_no_tool_schema_has_a_type_array(
+    cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tool's inputSchema and outputSchema, on both servers, with and without the precomputed
+    definitions: no `type: [..]` (Gemini function declarations reject them; the Inspector's schema lint
+    warns), and the input schemas' top level stays a plain object (Claude Code drops a server's tools
+    otherwise)."""
+    monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
+    monkeypatch.setattr(sdk_compat, "_cache", None)
+    db = tmp_path / "m.db"
+    for server in (
+        create_server(Settings(database_url=f"sqlite:///{db}", artifacts_dir=tmp_path / "a")),
+        build_server(f"sqlite:///{db}"),
+    ):
+        async with Client(server, mode="legacy") as c:
+            tools = (await c.list_tools()).tools
+        assert tools
+        for tool in tools:
+            assert tool.input_schema.get("type") == "object", tool.name
+            for kind, schema in (("inputSchema", tool.input_schema), ("outputSchema", tool.output_schema)):
+                assert _type_arrays(schema) == [], (tool.name, kind)

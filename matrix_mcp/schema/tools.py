@@ -162,14 +162,19 @@ def _table_dict(t: Table, detail: Detail) -> dict[str, Any]:
     return head | data
 
 
-def _result(model: BaseModel, summary: str) -> CallToolResult:
+def _structured(model: BaseModel) -> dict[str, Any]:
     """Null fields are left out (a full-detail column has a dozen of them: size and tokens), except the
-    model's required ones, which stay present as null."""
+    model's required ones, which stay present as null (the output schemas say so)."""
     data = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     for name, field in type(model).model_fields.items():
         key = field.alias or name
         if field.is_required() and key not in data:
             data[key] = None
+    return data
+
+
+def _result(model: BaseModel, summary: str) -> CallToolResult:
+    data = _structured(model)
     return CallToolResult(
         content=[TextContent(type="text", text=f"{summary}\n{UNTRUSTED_NOTICE}")],
         structured_content=data,
@@ -272,7 +277,7 @@ def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) 
             truncated_by_budget=truncated,
             audit=audit,
         )
-        structured = result.model_dump(mode="json", by_alias=True)
+        structured = _structured(result)
         text = (
             f"{len(kept)} of {len(keys)} tables/views ({detail})"
             + (f"; more with cursor={next_cursor}" if next_cursor else "")

@@ -423,7 +423,7 @@ att AS (
     UPDATE outcome_attempts a SET status = 'failed', error = 'lease expired', ended_at = %(now)s
     FROM upd WHERE a.outcome_id = upd.id AND a.lease_token = upd.lease_token
 )
-SELECT * FROM upd ORDER BY n
+SELECT upd.*, p.name AS package_name FROM upd JOIN packages p ON p.id = upd.package_id ORDER BY upd.n
 """
 
 _ROLLUP_SQL = """
@@ -840,6 +840,9 @@ class PostgresStore:
     async def open(cls, url: str) -> PostgresStore:
         if url.startswith("postgresql+psycopg://"):
             url = "postgresql://" + url[len("postgresql+psycopg://") :]
+        from matrix_mcp.store.postgres_connect import check_connect
+
+        await check_connect(url, url_password(url) or "")  # a refusal at once, an unreachable server briefly
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
             min_size=POOL_MIN,
@@ -1426,7 +1429,7 @@ class PostgresStore:
                 raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
             if not row["done"]:
                 if row["lease_token"] != lease_token:
-                    raise StaleLease(_STALE_TOKEN, field="lease_token")
+                    raise StaleLease(R.stale_token_message(row), field="lease_token")
                 if row["status"] == "complete":
                     if R.same_report(row, report):
                         return R.outcome_from(row)
@@ -1435,14 +1438,20 @@ class PostgresStore:
                         "use update_outcome_status",
                         field="outcome_id",
                     )
-                raise StaleLease(_lost_message(row), field="lease_token")
+                raise StaleLease(R.lost_lease_message(row), field="lease_token")
             tx.wrote = True
             duration = row["new_duration"]
             run_id, pid = row["run_id"], int(row["package_id"])
             tx.move(run_id, pid, "generating", "complete")
             tx.contribution(run_id, pid, report.metrics, duration, +1)
             tx.minute(run_id, now, completed=1, duration=duration)
-            tx.event(run_id, outcome_id, "completed", {"item": row["item"], "duration": duration}, now)
+            tx.event(
+                run_id,
+                outcome_id,
+                "completed",
+                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                now,
+            )
             row.update(
                 status="complete",
                 completed_at=now,
@@ -1480,7 +1489,7 @@ class PostgresStore:
                 )
                 if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
                     return R.outcome_from(row)  # the identical report, repeated
-                raise StaleLease(_lost_message(row), field="lease_token")
+                raise StaleLease(R.lost_lease_message(row), field="lease_token")
             run_id, pid = row["run_id"], int(row["package_id"])
             attempts = int(row["attempts"])
             await _end_attempt(tx, outcome_id, lease_token, "failed", error, now)
@@ -1497,6 +1506,7 @@ class PostgresStore:
                     outcome_id,
                     "retry_scheduled",
                     {
+                        "package": row["package_name"],
                         "item": row["item"],
                         "attempt": attempts,
                         "delay": round(delay, 3),
@@ -1526,7 +1536,12 @@ class PostgresStore:
                     run_id,
                     outcome_id,
                     target,
-                    {"item": row["item"], "attempt": attempts, "error": error[:500]},
+                    {
+                        "package": row["package_name"],
+                        "item": row["item"],
+                        "attempt": attempts,
+                        "error": error[:500],
+                    },
                     now,
                 )
                 row.update(
@@ -2076,7 +2091,13 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
         tx.move(run_id, pid, "generating", "complete")
         tx.contribution(run_id, pid, a.report.metrics, duration, +1)
         tx.minute(run_id, a.now, completed=1, duration=duration)
-        tx.event(run_id, a.outcome_id, "completed", {"item": row["item"], "duration": duration}, a.now)
+        tx.event(
+            run_id,
+            a.outcome_id,
+            "completed",
+            {"package": row["package_name"], "item": row["item"], "duration": duration},
+            a.now,
+        )
         tx.succeeded()
         req.value = R.outcome_from(row)
         req.handled = True
@@ -2106,19 +2127,8 @@ async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
     if row is None:
         raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
     if row["lease_token"] != token:
-        raise StaleLease(_STALE_TOKEN, field="lease_token")
+        raise StaleLease(R.stale_token_message(row), field="lease_token")
     return row
-
-
-_STALE_TOKEN = (
-    "stale lease_token: the item was re-claimed by another worker or reset; this report changes nothing"
-)
-
-
-def _lost_message(row: Row) -> str:
-    if row["status"] == "pending":
-        return "the lease expired or the item was failed and requeued; this report changes nothing"
-    return f"the item is {row['status']}; this lease no longer holds it, and the report changes nothing"
 
 
 async def _end_attempt(
@@ -2153,7 +2163,7 @@ def _swept(tx: _Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
             run_id,
             r["id"],
             "lease_expired",
-            {"item": r["item"], "attempt": r["attempts"], "now": target},
+            {"package": r["package_name"], "item": r["item"], "attempt": r["attempts"], "now": target},
             now,
         )
 
@@ -2218,7 +2228,8 @@ async def _update_status(
     created_by: str | None,
 ) -> Outcome:
     row = await tx.one(
-        "SELECT o.*, r.lease_seconds FROM outcomes o JOIN runs r ON r.id = o.run_id WHERE o.id = %s FOR UPDATE OF o",
+        "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+        " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
         (outcome_id,),
     )
     if row is None:
@@ -2286,7 +2297,13 @@ async def _update_status(
             tx.minute(run_id, now, completed=1, duration=duration)
     elif status == "failed" and old != "failed":
         tx.minute(run_id, now, failed=1)
-    tx.event(run_id, outcome_id, "status_updated", {"item": row["item"], "from": old, "to": status}, now)
+    tx.event(
+        run_id,
+        outcome_id,
+        "status_updated",
+        {"package": row["package_name"], "item": row["item"], "from": old, "to": status},
+        now,
+    )
     return await _outcome(tx.conn, outcome_id)
 
 

@@ -268,3 +268,26 @@ def same_report(row: RowLike, report: Any) -> bool:
         and loads(row["metrics"], {}) == report.metrics
         and loads(row["metadata"], {}) == report.metadata
     )
+
+
+def lost_lease_message(row: RowLike) -> str:
+    """Why a report whose lease_token is the item's current one changes nothing: the lease no longer holds."""
+    if row["status"] == "pending":
+        return "the lease expired or the item was failed and requeued; this report changes nothing"
+    return f"the item is {row['status']}; this lease no longer holds it, and the report changes nothing"
+
+
+def stale_token_message(row: RowLike) -> str:
+    """Why a report with a lease_token that is not the item's current one changes nothing, said from the item's
+    row (status, worker, attempts): what actually happened to the item, not a guess."""
+    status, worker, attempt = row["status"], row["worker"], row["attempts"]
+    last = f"attempt {attempt}" + (f" by worker {worker!r}" if worker else "")
+    if status == "complete":
+        what = f"the item is already complete (its last lease: {last})"
+    elif status == "generating":
+        what = f"the item is leased under another token ({last})"
+    elif status == "pending":
+        what = "the item is pending: its lease expired or it was failed, requeued or reset"
+    else:
+        what = f"the item is {status}"
+    return f"stale lease_token: {what}; this token is not its current lease, and the report changes nothing"

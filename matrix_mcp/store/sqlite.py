@@ -614,7 +614,7 @@ class SQLiteStore:
                     field="outcome_id",
                 )
             if row["status"] != "generating":
-                raise StaleLease(_lost_message(row), field="lease_token")
+                raise StaleLease(R.lost_lease_message(row), field="lease_token")
             duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
             c.execute(
                 "UPDATE outcomes SET status = 'complete', completed_at = ?, duration_seconds = ?, updated_at = ?,"
@@ -685,7 +685,7 @@ class SQLiteStore:
                 ).fetchone()
                 if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
                     return _outcome(c, outcome_id)  # the identical report, repeated
-                raise StaleLease(_lost_message(row), field="lease_token")
+                raise StaleLease(R.lost_lease_message(row), field="lease_token")
             run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
             attempts = int(row["attempts"])
             _end_attempt(c, outcome_id, lease_token, "failed", error, now)
@@ -1241,17 +1241,8 @@ def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.R
     if row is None:
         raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
     if row["lease_token"] != token:
-        raise StaleLease(
-            "stale lease_token: the item was re-claimed by another worker or reset; this report changes nothing",
-            field="lease_token",
-        )
+        raise StaleLease(R.stale_token_message(row), field="lease_token")
     return row  # type: ignore[no-any-return]
-
-
-def _lost_message(row: sqlite3.Row) -> str:
-    if row["status"] == "pending":
-        return "the lease expired or the item was failed and requeued; this report changes nothing"
-    return f"the item is {row['status']}; this lease no longer holds it, and the report changes nothing"
 
 
 def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
