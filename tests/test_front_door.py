@@ -284,3 +284,23 @@ async def test_bad_resource_uris_answer_protocol_codes_naming_the_problem(
         await client.read_resource(uri)
     assert err.value.code == -32602, (err.value.code, err.value.message)  # not -32603 Internal error
     assert named in err.value.message and len(err.value.message) < 700
+
+
+# ---- 7. packaging ------------------------------------------------------------------------------------
+
+
+def test_packaging_pins_the_sdk_minor_and_uses_an_spdx_license() -> None:
+    """sdk_compat reaches into mcp 2.3 internals: the dependency stays on the tested minor. The license is
+    the SPDX string (the TOML-table form is deprecated; setuptools ≥ 77 reads the string)."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    assert any(r.replace(" ", "").startswith("setuptools>=77") for r in project["build-system"]["requires"])
+    (mcp,) = [Requirement(r) for r in project["project"]["dependencies"] if Requirement(r).name == "mcp"]
+    assert Version("2.3.0") in mcp.specifier and Version("2.4.0") not in mcp.specifier
+    assert Version(importlib.metadata.version("mcp")) in mcp.specifier
