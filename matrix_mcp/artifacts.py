@@ -64,6 +64,13 @@ class GarbageReport:
     kept: int  # blobs an outcome refers to, or written too recently to judge
 
 
+@dataclass(frozen=True)
+class RepairReport:
+    checked: int  # complete outcomes with content and a path
+    repaired: int  # of those, files linked again at their outcome_path
+    unrepairable: int  # their content is gone from the blob store too
+
+
 def safe_component(name: str) -> str:
     """A readable, filesystem-safe path component for a run, package or item name (stable, collision-free)."""
     cleaned = _SAFE.sub("_", name).strip("._") or "_"
@@ -220,6 +227,16 @@ class Artifacts:
         except OSError as exc:
             raise ArtifactError(f"could not write the artifact: {exc.strerror or exc}", "content") from exc
         return target
+
+    def ensure_linked(self, rel: str, sha: str) -> bool:
+        """Link the blob at outcome_path when nothing is there (a process killed between the store's commit
+        and materialize left it missing); True when it had to. A file already there is left alone."""
+        if self._resolve_inside(rel, "outcome_path").exists():
+            return False
+        if not self.blob_path(sha).exists():
+            raise ArtifactError(f"its content {sha[:12]}… is not in the blob store", "outcome_path")
+        self.materialize(rel, sha)
+        return True
 
     def read_blob(self, sha: str) -> bytes:
         return self.blob_path(sha).read_bytes()

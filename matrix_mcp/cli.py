@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="untouched this long (default 3600)",
     )
+    gc.add_argument(
+        "--repair",
+        action="store_true",
+        help="first restore the missing file of every complete outcome (left by a process killed mid-report)",
+    )
     for command in sub.choices.values():  # global flags are accepted after the command's name too
         _global_flags(command, suppress=True)
     return p
@@ -135,7 +140,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
     elif command == "export":
         anyio.run(_export, settings, args.run, args.format)
     elif command == "gc":
-        anyio.run(_gc, settings, args.older_than)
+        anyio.run(_gc, settings, args.older_than, args.repair)
 
 
 async def _status(settings: Settings, run: str | None, check: bool) -> None:
@@ -226,12 +231,18 @@ async def _export(settings: Settings, run: str, fmt: str) -> None:
         await engine.close()
 
 
-async def _gc(settings: Settings, older_than: float) -> None:
+async def _gc(settings: Settings, older_than: float, repair: bool = False) -> None:
     from matrix_mcp.engine import Engine
     from matrix_mcp.store.base import StoreError
 
     engine = await Engine.open(settings)
     try:
+        if repair:
+            fixed = await engine.repair_files()
+            print(
+                f"repaired {fixed.repaired} missing outcome file(s) of {fixed.checked} complete outcome(s)"
+                f" with content; {fixed.unrepairable} cannot be restored (content gone)"
+            )
         report = await engine.collect_garbage(older_than)
     except StoreError as exc:
         sys.exit(f"matrix-mcp: {exc}")

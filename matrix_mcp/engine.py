@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+import os
 import random
 import secrets
 import time
@@ -20,7 +21,14 @@ from typing import Any, Literal
 
 import anyio
 
-from matrix_mcp.artifacts import ArtifactError, Artifacts, GarbageReport, default_path, safe_component
+from matrix_mcp.artifacts import (
+    ArtifactError,
+    Artifacts,
+    GarbageReport,
+    RepairReport,
+    default_path,
+    safe_component,
+)
 from matrix_mcp.config import Settings, is_postgres_url, redact_url, sqlite_path
 from matrix_mcp.models import (
     ClaimedItem,
@@ -50,6 +58,11 @@ from matrix_mcp.models import (
 from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
 
 log = logging.getLogger("matrix_mcp.engine")
+# A server repairs, as it starts, the files of completions among this many latest events (a process killed
+# between commit and link leaves its file missing; `matrix-mcp gc --repair` checks every completion).
+REPAIR_RECENT_EVENTS = 20_000
+# Test hook: SIGKILL this process between the store's commit and the link, as a kill at any moment can.
+_KILL_AFTER_COMMIT = os.environ.get("MATRIX_TEST_KILL_AFTER_COMMIT") == "1"
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
@@ -367,6 +380,12 @@ class Engine:
             )
         outcome = await self.store.complete(outcome_id, lease_token, report, self.now())
         self._leased.pop(outcome_id, None)
+        if _KILL_AFTER_COMMIT:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        # A process killed here leaves a complete outcome without its file: any later process repairs it
+        # (repair_files at start-up, get_outcome on read, `matrix-mcp gc --repair`).
         if data is not None and outcome.outcome_path and outcome.content_sha256:
             try:
                 await anyio.to_thread.run_sync(
@@ -537,7 +556,43 @@ class Engine:
         return await self.store.update_status(outcome_id, status, error_message, report, self.now())
 
     async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
-        return await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
+        detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
+        if detail.status == "complete" and detail.outcome_path and detail.content_sha256:
+            await self._ensure_file(detail.id, detail.outcome_path, detail.content_sha256)
+        return detail
+
+    async def _ensure_file(self, outcome_id: str, path: str, sha: str) -> bool | None:
+        """Link a complete outcome's content at its outcome_path if the file is missing: True if it was
+        restored, False if it was there, None if it cannot be (its blob is gone too; logged)."""
+        try:
+            linked = await anyio.to_thread.run_sync(self.artifacts.ensure_linked, path, sha)
+        except ArtifactError as exc:
+            log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, exc)
+            return None
+        if linked:
+            log.warning("outcome %s: restored its missing file at %s", outcome_id, path)
+        return linked
+
+    async def repair_files(self, since_seq: int = 0, page: int = 1000) -> RepairReport:
+        """Restore the readable file of every complete outcome completed after event `since_seq` whose file
+        is missing (blob → commit → link: a kill after the commit leaves only the link undone)."""
+        checked = repaired = unrepairable = 0
+        cursor = since_seq
+        while True:
+            files = await self.store.content_files(cursor, page)
+            for f in files:
+                checked += 1
+                outcome = await self._ensure_file(f.outcome_id, f.outcome_path, f.content_sha256)
+                repaired += outcome is True
+                unrepairable += outcome is None
+            if len(files) < page:
+                return RepairReport(checked=checked, repaired=repaired, unrepairable=unrepairable)
+            cursor = files[-1].seq
+
+    async def repair_recent_files(self) -> RepairReport:
+        """At start-up: the completions among the latest REPAIR_RECENT_EVENTS events."""
+        latest = await self.store.latest_seq()
+        return await self.repair_files(max(0, latest - REPAIR_RECENT_EVENTS))
 
     async def outcome_content(self, outcome_id: str) -> tuple[bytes, str]:
         outcome = await self.store.get_outcome(outcome_id)

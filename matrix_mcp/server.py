@@ -83,6 +83,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(holder.notifier.watch, engine.store)
+                tg.start_soon(repair_recent_files, engine)  # in the background: start-up stays fast
                 try:
                     yield holder
                 finally:
@@ -502,6 +503,19 @@ def answer_prompt_errors(mcp: MCPServer[Any]) -> None:
             raise MCPError(types.INVALID_PARAMS, f"prompt {name[:100]!r}: {exc}") from None
 
     mcp.get_prompt = checked  # type: ignore[method-assign]
+
+
+async def repair_recent_files(engine: Engine) -> None:
+    """Restore files that a process killed between commit and link left missing (recent completions)."""
+    try:
+        report = await engine.repair_recent_files()
+    except StoreError as exc:
+        log.warning("could not check recent outcome files: %s", exc)
+        return
+    if report.repaired or report.unrepairable:
+        log.warning(
+            "restored %d missing outcome file(s); %d cannot be restored", report.repaired, report.unrepairable
+        )
 
 
 def refuse_lone_surrogates(mcp: MCPServer[Any]) -> None:

@@ -60,6 +60,16 @@ class Unavailable(StoreError):
 
 
 @dataclass(frozen=True)
+class ContentFile:
+    """Where a complete outcome's content should be readable: outcome_path, linked from its blob."""
+
+    seq: int  # the `completed` event's sequence number (a cursor)
+    outcome_id: str
+    outcome_path: str
+    content_sha256: str
+
+
+@dataclass(frozen=True)
 class NewItem:
     name: str
     specifications: dict[str, Any] | str | None = None
@@ -252,4 +262,9 @@ class Store(Protocol):
 
     async def content_hashes(self) -> set[str]:
         """Every content_sha256 an outcome refers to (artifact garbage collection)."""
+        ...
+
+    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+        """Complete outcomes with stored content and a path, in the order of their `completed` events after
+        `since_seq` (the event log's index finds recent completions without scanning the outcomes)."""
         ...

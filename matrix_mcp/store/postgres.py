@@ -67,6 +67,7 @@ from matrix_mcp.store.base import (
     Claim,
     ClaimBatch,
     Conflict,
+    ContentFile,
     NewPackage,
     NotFound,
     OutcomeFilter,
@@ -1926,6 +1927,19 @@ class PostgresStore:
                 c, "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
             )
             return {r["content_sha256"] for r in rows}
+
+        return await self._read(op)
+
+    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+        async def op(c: Conn) -> list[ContentFile]:
+            rows = await _all(
+                c,
+                "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"
+                " WHERE e.seq > %s AND e.kind = 'completed' AND o.status = 'complete'"
+                " AND o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT %s",
+                (since_seq, limit),
+            )
+            return [ContentFile(int(r["seq"]), r["id"], r["outcome_path"], r["content_sha256"]) for r in rows]
 
         return await self._read(op)
 

@@ -51,6 +51,7 @@ from matrix_mcp.store.base import (
     Claim,
     ClaimBatch,
     Conflict,
+    ContentFile,
     NewPackage,
     NotFound,
     OutcomeFilter,
@@ -1078,6 +1079,18 @@ class SQLiteStore:
                 )
             }
         )
+
+    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+        def op(c: sqlite3.Connection) -> list[ContentFile]:
+            rows = c.execute(
+                "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"
+                " WHERE e.seq > ? AND e.kind = 'completed' AND o.status = 'complete'"
+                " AND o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT ?",
+                (since_seq, limit),
+            ).fetchall()
+            return [ContentFile(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+        return await self._read(op)
 
     async def rebuild_counters(self, run_id: str | None = None) -> None:
         def op(c: sqlite3.Connection) -> None:
