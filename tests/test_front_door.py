@@ -304,3 +304,19 @@ def test_packaging_pins_the_sdk_minor_and_uses_an_spdx_license() -> None:
     (mcp,) = [Requirement(r) for r in project["project"]["dependencies"] if Requirement(r).name == "mcp"]
     assert Version("2.3.0") in mcp.specifier and Version("2.4.0") not in mcp.specifier
     assert Version(importlib.metadata.version("mcp")) in mcp.specifier
+
+
+def test_readme_gives_complete_claude_desktop_entries_for_both_servers() -> None:
+    """Claude Desktop starts servers outside the project: each entry needs an absolute command and its own
+    --database-url (the README once showed arguments for `matrix` only)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("**Claude Desktop**", 1)[1]
+    block = section.split("```json", 1)[1].split("```", 1)[0]
+    servers = json.loads(block)["mcpServers"]
+    assert set(servers) == {"matrix", "database-schema"}
+    for name, entry in servers.items():
+        assert entry["command"].startswith("/"), name
+        args = entry["args"]
+        url = args[args.index("--database-url") + 1]
+        assert url.startswith("sqlite:////"), (name, url)  # an absolute path: four slashes
+    assert servers["matrix"]["args"][servers["matrix"]["args"].index("--database-url") + 1] == url
