@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix_mcp import __version__
-from matrix_mcp.config import Settings
+from matrix_mcp.config import ArgumentParser, Settings
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argpars
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="matrix-mcp",
         description="Durable N×M orchestration for AI agents over MCP. With no command: serve stdio.",
     )
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             level=args.log_level.upper(),
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
+    except ValueError as exc:
+        sys.exit(f"matrix-mcp: --log-level / MATRIX_LOG_LEVEL: {exc}")
+    try:
         settings = Settings.from_env(database_url=args.database_url, artifacts_dir=args.artifacts_dir)
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")

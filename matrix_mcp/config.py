@@ -5,8 +5,10 @@ Precedence: CLI flag > environment variable > default. Nothing here opens a conn
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +20,14 @@ DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
 
 class SettingError(ValueError):
     """A setting that cannot be used; the message names it. Reported as one line before anything starts."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line on stderr (exit status 2), like every other CLI error.
+    Subcommand parsers are made with the same class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
 
 
 def is_checked_setting(name: str) -> bool:

@@ -9,7 +9,6 @@ Logs go to stderr only; on stdio, stdout carries nothing but the protocol.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -19,7 +18,14 @@ from typing import Any
 
 from mcp.server import MCPServer
 
-from matrix_mcp.config import SettingError, check_database_url, check_placeholders, redact_url, url_from_parts
+from matrix_mcp.config import (
+    ArgumentParser,
+    SettingError,
+    check_database_url,
+    check_placeholders,
+    redact_url,
+    url_from_parts,
+)
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
 from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_tool_cache
 
@@ -58,9 +64,7 @@ def build_server(url: str) -> MCPServer[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="matrix-schema-mcp", description="Read-only database schema MCP server."
-    )
+    parser = ArgumentParser(prog="matrix-schema-mcp", description="Read-only database schema MCP server.")
     parser.add_argument(
         "--database-url", help="sqlite:///path.db or postgresql://… (default: DATABASE_URL, DB_*)"
     )
@@ -69,11 +73,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--log-level", default=os.environ.get("MATRIX_LOG_LEVEL", "WARNING"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    try:
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=args.log_level.upper(),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+    except ValueError as exc:
+        sys.exit(f"matrix-schema-mcp: --log-level / MATRIX_LOG_LEVEL: {exc}")
     url = resolve_url(args.database_url, os.environ)
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL (or DB_HOST/DB_NAME/...)")

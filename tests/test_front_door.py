@@ -170,6 +170,20 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert "unsupported database URL" in line
 
 
+def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    line = one_error_line(cli("status", "--bogus", cwd=tmp_path))
+    assert "unrecognized arguments: --bogus" in line and "--help" in line
+    assert "required: run" in one_error_line(cli("export", cwd=tmp_path))
+    assert "--log-level" in one_error_line(cli("--log-level", "loud", "status", cwd=tmp_path))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MATRIX_", "DB_")) and k != "DATABASE_URL"
+    }
+    schema = subprocess.run(
+        [str(BIN / "matrix-schema-mcp")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "no database" in one_error_line(schema)
+
+
 def test_global_flags_are_accepted_after_the_command(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     before = cli("--database-url", db, "status", "r", cwd=tmp_path)
@@ -270,6 +284,7 @@ async def test_prompt_without_a_required_argument_is_invalid_params_and_one_log_
         ("matrix://runs/r/packages/" + "p" * 10_000, "package: longer than 512 characters"),
         ("matrix://runs/x';DROP TABLE runs;--", "run: unknown run"),
         ("matrix://runs/a%0D%0Ab", "run: unknown run"),
+        ("matrix://runs/a\r\nb", "run: unknown run"),
         ("matrix://runs/nope/packages/p", "run: unknown run 'nope'"),
         ("matrix://runs/r/packages/nope", "package"),
         ("matrix://outcomes/nope", "outcome_id: unknown outcome 'nope'"),
