@@ -128,8 +128,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         server = create_server(settings)
         transport = getattr(args, "transport", "stdio")
         if transport == "stdio":
-            server.run()
+            server.run()  # a start-up failure surfaces here, in exception groups: user_error unwraps it
         else:
+            import anyio
+
+            # uvicorn would log a failed start-up as a traceback: open the store once before serving
+            anyio.run(_check_store, settings)
             server.run("streamable-http", host=args.host, port=args.port)
         return
     import anyio
@@ -144,6 +148,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         anyio.run(_export, settings, args.run, args.format)
     elif command == "gc":
         anyio.run(_gc, settings, args.older_than, args.repair)
+
+
+async def _check_store(settings: Settings) -> None:
+    from matrix_mcp.engine import Engine
+
+    engine = await Engine.open(settings)
+    await engine.close()
 
 
 async def _status(settings: Settings, run: str | None, check: bool) -> None:

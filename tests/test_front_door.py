@@ -215,8 +215,11 @@ def test_status_header_names_every_column(tmp_path: Path) -> None:
     assert row.split() == ["svc", "active", "0/2", "1", "1", "0", "0"]
 
 
+SERVE_HTTP = "serve --transport streamable-http --port 1"  # never listens: the store check comes first
+
+
 @pytest.mark.postgres
-@pytest.mark.parametrize("command", ["status", "serve"])
+@pytest.mark.parametrize("command", ["status", "serve", SERVE_HTTP])
 def test_postgres_refusals_are_reported_at_once_as_what_they_are(command: str, tmp_path: Path) -> None:
     require_postgres()
     from urllib.parse import urlsplit
@@ -224,20 +227,27 @@ def test_postgres_refusals_are_reported_at_once_as_what_they_are(command: str, t
     host = urlsplit(PG_URL).hostname
     port = urlsplit(PG_URL).port or 5432
     role = one_error_line(
-        cli(command, "--database-url", f"postgresql://nobody_here@{host}:{port}/test", cwd=tmp_path)
+        cli(*command.split(), "--database-url", f"postgresql://nobody_here@{host}:{port}/test", cwd=tmp_path)
     )
     assert f"{host}:{port}" in role and 'role "nobody_here" does not exist' in role and "retry" not in role
     database = one_error_line(
-        cli(command, "--database-url", f"postgresql://postgres@{host}:{port}/no_such_db", cwd=tmp_path)
+        cli(
+            *command.split(),
+            "--database-url",
+            f"postgresql://postgres@{host}:{port}/no_such_db",
+            cwd=tmp_path,
+        )
     )
     assert 'database "no_such_db" does not exist' in database and "retry" not in database
 
 
-@pytest.mark.parametrize("command", ["status", "serve"])
+@pytest.mark.parametrize("command", ["status", "serve", SERVE_HTTP])
 def test_unreachable_postgres_is_one_line_naming_host_and_port(command: str, tmp_path: Path) -> None:
     """Port 1 on loopback: refused at once by the kernel, retried for a bounded few seconds, then one line
     naming host and port — never the password, no psycopg.pool WARNING lines."""
-    proc = cli(command, "--database-url", "postgresql://me:hunter2secret@127.0.0.1:1/x", cwd=tmp_path)
+    proc = cli(
+        *command.split(), "--database-url", "postgresql://me:hunter2secret@127.0.0.1:1/x", cwd=tmp_path
+    )
     line = one_error_line(proc)
     assert "cannot reach PostgreSQL at 127.0.0.1:1" in line
     assert "hunter2secret" not in proc.stderr and "WARNING" not in proc.stderr
