@@ -103,6 +103,8 @@ class Settings:
         else:
             source = "MATRIX_DATABASE_URL" if env.get("MATRIX_DATABASE_URL") else "DB_HOST/DB_NAME"
             check_database_url(settings.database_url, source)
+        if settings.schema_database_url:
+            check_database_url(settings.schema_database_url, "MATRIX_SCHEMA_DATABASE_URL")
         if "artifacts_dir" in clean:
             clean["artifacts_dir"] = Path(str(clean["artifacts_dir"]))
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -168,6 +168,8 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert "--database-url" in line and "unsupported database URL 'bogus://x'" in line
     line = one_error_line(cli("--database-url", "bogus://x", "serve", cwd=tmp_path))
     assert "unsupported database URL" in line
+    line = one_error_line(cli("status", cwd=tmp_path, env={"MATRIX_SCHEMA_DATABASE_URL": "mysql://x"}))
+    assert line.startswith("matrix-mcp: MATRIX_SCHEMA_DATABASE_URL: unsupported database URL")
 
 
 def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
