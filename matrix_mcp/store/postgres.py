@@ -64,6 +64,7 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
+    ApiKey,
     Claim,
     ClaimBatch,
     Conflict,
@@ -1863,6 +1864,70 @@ class PostgresStore:
             return R.integration_from(row)
 
         return await self._write(op, journal=_INTEGRATION_ANSWER)
+
+    # ---- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+        async def op(tx: _Tx) -> ApiKey:
+            row = await tx.one(
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING RETURNING name",
+                (name, key_hash, R.dumps(list(scopes)), now),
+            )
+            if row is None:
+                raise Conflict(f"a key named '{name}' exists (revoked keys keep their name)", field="name")
+            tx.wrote = True
+            return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
+
+        return await self._write(op, atomic=True)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async def op(c: Conn) -> list[ApiKey]:
+            return [R.api_key_from(r) for r in await _all(c, "SELECT * FROM api_keys ORDER BY name")]
+
+        return await self._read(op)
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+        async def op(tx: _Tx) -> ApiKey:
+            row = await tx.one(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *",
+                (now, name),
+            )
+            if row is None:
+                raise NotFound(f"unknown key '{name}'", field="name")
+            tx.wrote = True
+            return R.api_key_from(row)
+
+        return await self._write(op, atomic=True)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async def op(c: Conn) -> ApiKey | None:
+            row = await _one(c, "SELECT * FROM api_keys WHERE key_hash = %s", (key_hash,))
+            return None if row is None else R.api_key_from(row)
+
+        return await self._read(op)
+
+    async def touch_api_key(self, name: str, now: float) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute(
+                "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s",
+                (now, name),
+            )
+
+        # autocommit, outside the group commit: a use stamp must not wait behind (or slow) the work loop
+        await self._read(op)
+
+    async def status_counts(self) -> dict[str, dict[Status, int]]:
+        async def op(c: Conn) -> dict[str, dict[Status, int]]:
+            rows = await _all(
+                c,
+                "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
+                " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+                " FROM package_counters GROUP BY name ORDER BY name",
+            )
+            return R.status_counts_from(rows)
+
+        return await self._read(op)
 
     # ---- change feed ----------------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""Request limits: rate per principal (per client address when the service runs open), a lower rate of
+failed authentications per address, and a bound on how long a client may take to send its body.
+
+Rates use the `limits` library (sliding-window counters, in this process's memory). With several
+replicas each keeps its own counters, so a principal spread evenly over N replicas gets up to N× the
+configured rate; configure the per-replica share accordingly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import anyio
+import limits
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from starlette.types import Message, Receive
+
+
+def parse_rate(value: str, setting: str) -> list[limits.RateLimitItem]:
+    """`600/minute`, or several joined by `;` (e.g. `600/minute;50/second` to cap bursts)."""
+    try:
+        return limits.parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {value!r} is not a rate such as 600/minute ({exc})") from exc
+
+
+@dataclass
+class Verdict:
+    allowed: bool
+    retry_after: int = 0
+
+
+class RateLimits:
+    def __init__(self, rate: list[limits.RateLimitItem], auth_failures: list[limits.RateLimitItem]) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._rate = rate
+        self._auth_failures = auth_failures
+
+    async def hit(self, key: str) -> Verdict:
+        return await self._hit(self._rate, "rate", key)
+
+    async def auth_blocked(self, address: str) -> Verdict:
+        """Whether this address has used up its failed authentications (does not count one)."""
+        for item in self._auth_failures:
+            if not await self._limiter.test(item, "auth", address):
+                return Verdict(False, await self._retry_after(item, "auth", address))
+        return Verdict(True)
+
+    async def auth_failed(self, address: str) -> None:
+        for item in self._auth_failures:
+            await self._limiter.hit(item, "auth", address)
+
+    async def _hit(self, items: list[limits.RateLimitItem], kind: str, key: str) -> Verdict:
+        for item in items:
+            if not await self._limiter.hit(item, kind, key):
+                return Verdict(False, await self._retry_after(item, kind, key))
+        return Verdict(True)
+
+    async def _retry_after(self, item: limits.RateLimitItem, kind: str, key: str) -> int:
+        stats = await self._limiter.get_window_stats(item, kind, key)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+def body_deadline(receive: Receive, seconds: float) -> Receive:
+    """A `receive` that gives the app a disconnect when the client has not sent its whole body within
+    `seconds` of the request's start: a slow or abandoned upload does not pin a handler."""
+    deadline = anyio.current_time() + seconds
+    done = False
+
+    async def bounded() -> Message:
+        nonlocal done
+        if done:
+            return await receive()
+        remaining = deadline - anyio.current_time()
+        with anyio.move_on_after(max(remaining, 0)):
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+        done = True
+        return {"type": "http.disconnect"}
+
+    return bounded

@@ -1,0 +1,190 @@
+"""The team service over real HTTP: API keys, scopes, 401/403/421/429, revocation, safe defaults."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+
+from matrix_mcp.config import Settings
+from matrix_mcp.engine import Engine
+from matrix_mcp.http.app import decide_auth
+from matrix_mcp.http.options import ServiceOptions
+from matrix_mcp.http.scopes import TOOL_SCOPES
+from tests.http_helpers import MCP_HEADERS, client, create_key, post_init, serving
+
+pytestmark = pytest.mark.anyio
+
+READ_TOOLS = {t for t, s in TOOL_SCOPES.items() if s == "matrix:read"}
+WORK_TOOLS = {t for t, s in TOOL_SCOPES.items() if s == "matrix:work"}
+PLAN_TOOLS = {t for t, s in TOOL_SCOPES.items() if s == "matrix:plan"}
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_keys_and_scopes_decide_what_a_caller_sees_and_may_call(
+    sqlite_settings: Settings, mode: str
+) -> None:
+    planner = await create_key(sqlite_settings, "planner", "matrix:plan", "matrix:read")
+    worker = await create_key(sqlite_settings, "worker", "matrix:work")
+    async with serving(sqlite_settings, auth=True) as (base, _):
+        async with client(base, planner, mode) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == READ_TOOLS | PLAN_TOOLS
+            plan = await c.call_tool(
+                "plan_run", {"name": "r", "packages": [{"name": "p", "items": ["a", "b"]}]}
+            )
+            assert not plan.is_error, plan.content
+            refused = await c.call_tool("claim_items", {"run": "r", "worker": "w"})
+            assert refused.is_error
+            text = refused.content[0].text  # type: ignore[union-attr]
+            assert "insufficient_scope" in text and "matrix:work" in text and "claim_items" in text
+            runs = await c.read_resource("matrix://runs")
+            assert '"r"' in runs.contents[0].text  # type: ignore[union-attr]
+        async with client(base, worker, mode) as c:
+            assert {t.name for t in (await c.list_tools()).tools} == WORK_TOOLS
+            got = await c.call_tool("claim_items", {"run": "r", "worker": "w", "limit": 2})
+            assert not got.is_error, got.content
+            for item in (got.structured_content or {})["items"]:
+                done = await c.call_tool(
+                    "complete_item", {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]}
+                )
+                assert not done.is_error
+            status = await c.call_tool("run_status", {"run": "r"})
+            assert status.is_error and "matrix:read" in status.content[0].text  # type: ignore[union-attr]
+            with pytest.raises(Exception, match=r"insufficient_scope.*matrix:read"):
+                await c.read_resource("matrix://runs")
+            with pytest.raises(Exception, match="insufficient_scope"):
+                await c.list_prompts()
+    engine = await Engine.open(sqlite_settings)
+    try:
+        assert (await engine.run_status("r")).counts.complete == 2
+        keys = {k.name: k for k in await engine.store.list_api_keys()}
+        assert keys["worker"].last_used_at is not None and keys["planner"].last_used_at is not None
+    finally:
+        await engine.close()
+
+
+async def test_401_carries_the_resource_metadata_which_is_served(sqlite_settings: Settings) -> None:
+    await create_key(sqlite_settings, "k", "matrix:read")
+    async with serving(sqlite_settings, auth=True) as (base, _), httpx2.AsyncClient() as http:
+        for headers in ({}, {"Authorization": "Bearer mtx_wrong"}, {"Authorization": "Bearer not-a-jwt"}):
+            r = await post_init(http, base, **headers)
+            assert r.status_code == 401
+            challenge = r.headers["www-authenticate"]
+            assert challenge.startswith("Bearer ") and 'error="invalid_token"' in challenge
+            assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in challenge
+        meta = await http.get(f"{base}/.well-known/oauth-protected-resource/mcp")
+        assert meta.status_code == 200 and meta.json()["resource"] == f"{base}/mcp"
+        # health is not behind authentication
+        assert (await http.get(f"{base}/healthz")).json() == {"status": "ok"}
+
+
+async def test_dns_rebinding_protection_421_and_403(sqlite_settings: Settings) -> None:
+    key = await create_key(sqlite_settings, "k", "matrix:read")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        serving(sqlite_settings, auth=True, allowed_hosts=("matrix.example",)) as (base, _),
+        httpx2.AsyncClient() as http,
+    ):
+        assert (await post_init(http, base, **auth)).status_code == 200
+        assert (await post_init(http, base, **auth, Host="evil.example")).status_code == 421
+        assert (await post_init(http, base, **auth, Host="matrix.example")).status_code == 200
+        bad_origin = await post_init(http, base, **auth, Origin="http://evil.example")
+        assert bad_origin.status_code == 403
+
+
+async def test_rate_limits_answer_429_with_retry_after(sqlite_settings: Settings) -> None:
+    key = await create_key(sqlite_settings, "k", "matrix:read")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        serving(sqlite_settings, auth=True, rate_limit="4/minute", auth_failure_limit="3/minute") as (
+            base,
+            _,
+        ),
+        httpx2.AsyncClient() as http,
+    ):
+        codes = [(await post_init(http, base, **auth)).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 200, 429]
+        limited = await post_init(http, base, **auth)
+        assert limited.status_code == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+        assert limited.json()["error"] == "rate_limited"
+        # failed authentications have their own, lower limit per address
+        bad = [(await post_init(http, base, Authorization="Bearer mtx_nope")).status_code for _ in range(4)]
+        assert bad == [401, 401, 401, 429]
+        exposition = (await http.get(f"{base}/metrics")).text
+        assert "matrix_rate_limited_total 3.0" in exposition
+        assert "matrix_auth_failures_total 3.0" in exposition
+        assert 'matrix_http_requests_total{code="429"} 3.0' in exposition
+
+
+async def test_open_service_limits_per_address(sqlite_settings: Settings) -> None:
+    async with (
+        serving(sqlite_settings, auth=False, rate_limit="2/minute") as (base, _),
+        httpx2.AsyncClient() as http,
+    ):
+        codes = [(await post_init(http, base)).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+
+
+async def test_revocation_is_seen_within_the_cache_time(sqlite_settings: Settings) -> None:
+    key = await create_key(sqlite_settings, "temp", "matrix:read")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        serving(sqlite_settings, auth=True, key_cache_seconds=0.5) as (base, _),
+        httpx2.AsyncClient() as http,
+    ):
+        assert (await post_init(http, base, **auth)).status_code == 200
+        engine = await Engine.open(sqlite_settings)
+        try:
+            await engine.store.revoke_api_key("temp", time.time())
+        finally:
+            await engine.close()
+        deadline = time.monotonic() + 5
+        while (await post_init(http, base, **auth)).status_code == 200:
+            assert time.monotonic() < deadline, "the revoked key was still accepted after 5 s"
+            await anyio.sleep(0.1)
+        assert (await post_init(http, base, **auth)).status_code == 401
+
+
+async def test_body_size_is_bounded(tmp_path: Path) -> None:
+    from matrix_mcp.config import Limits
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'm.db'}",
+        artifacts_dir=tmp_path / "a",
+        limits=Limits(max_content_bytes=1000, max_json_bytes=1000),
+    )
+    async with serving(settings, auth=False) as (base, _), httpx2.AsyncClient() as http:
+        big = b'{"jsonrpc":"2.0","id":1,"method":"ping","pad":"' + b"x" * 200_000 + b'"}'
+        r = await http.post(f"{base}/mcp", content=big, headers=MCP_HEADERS)
+        assert r.status_code == 413
+
+
+async def test_safe_defaults_decide_whether_authentication_is_required(
+    sqlite_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loopback = ServiceOptions(host="127.0.0.1")
+    assert await decide_auth(sqlite_settings, loopback) is False
+    assert "serving OPEN" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"refusing to serve on 0\.0\.0\.0 without authentication"):
+        await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0"))
+    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0", insecure_no_auth=True)) is False
+    assert "--insecure-no-auth" in capsys.readouterr().err
+    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0", jwt_secret="s" * 32)) is True
+    await create_key(sqlite_settings, "k", "matrix:read")
+    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0")) is True
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.store.revoke_api_key("k", time.time())
+    finally:
+        await engine.close()
+    with pytest.raises(ValueError, match="without authentication"):  # a revoked key is no key
+        await decide_auth(sqlite_settings, ServiceOptions(host="10.1.2.3"))
