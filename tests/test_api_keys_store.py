@@ -20,7 +20,9 @@ async def test_api_keys_lifecycle(engine: Engine) -> None:
     assert exc.value.field == "name"
     await store.create_api_key("admin", "h3", ("matrix:admin",), 102.0)
     found = await store.api_key_by_hash("h1")
-    assert found is not None and found.name == "ci" and found.revoked_at is None and found.last_used_at is None
+    assert (
+        found is not None and found.name == "ci" and found.revoked_at is None and found.last_used_at is None
+    )
     assert await store.api_key_by_hash("nope") is None
     await store.touch_api_key("ci", 150.0)
     assert [(k.name, k.last_used_at) for k in await store.list_api_keys()] == [("admin", None), ("ci", 150.0)]
@@ -38,7 +40,10 @@ async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
     assert await engine.store.status_counts() == {}
     for run in ("r1", "r2"):
         await engine.plan_run(
-            run, [PackageSpec(name="api", items=["a", "b"]), PackageSpec(name="docs", items=["c"])], None, None
+            run,
+            [PackageSpec(name="api", items=["a", "b"]), PackageSpec(name="docs", items=["c"])],
+            None,
+            None,
         )
     got = await engine.claim_items("r1", "w", 1, "api", 0)
     await engine.complete_item(got.items[0].outcome_id, got.items[0].lease_token)
