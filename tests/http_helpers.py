@@ -14,6 +14,7 @@ import uvicorn
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from starlette.types import ASGIApp
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
@@ -29,9 +30,9 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running(service: Service, port: int) -> AsyncIterator[str]:
-    """Serve `service` with uvicorn on 127.0.0.1:port until the block ends; yields the base URL."""
-    config = uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+async def running(app: ASGIApp, port: int) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1:port until the block ends; yields the base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:
@@ -51,7 +52,7 @@ async def serving(settings: Settings, *, auth: bool, **options: Any) -> AsyncIte
     port = free_port()
     opts = ServiceOptions(host="127.0.0.1", port=port, **options)
     service = matrix_service(settings, opts, auth=auth)
-    async with running(service, port) as base:
+    async with running(service.app, port) as base:
         yield base, service
 
 

@@ -30,12 +30,10 @@ JWKS_REFETCH_SECONDS = 5.0  # an unknown kid refetches at most this often (no fe
 class JwksCache:
     """The identity provider's signing keys by `kid`."""
 
-    def __init__(
-        self, url: str, ttl: float = JWKS_TTL_SECONDS, refetch: float = JWKS_REFETCH_SECONDS
-    ) -> None:
+    def __init__(self, url: str, ttl: float | None = None, refetch: float | None = None) -> None:
         self.url = url
-        self._ttl = ttl
-        self._refetch = refetch
+        self._ttl = JWKS_TTL_SECONDS if ttl is None else ttl
+        self._refetch = JWKS_REFETCH_SECONDS if refetch is None else refetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched = float("-inf")
         self._lock = anyio.Lock()
