@@ -188,3 +188,37 @@ async def test_safe_defaults_decide_whether_authentication_is_required(
         await engine.close()
     with pytest.raises(ValueError, match="without authentication"):  # a revoked key is no key
         await decide_auth(sqlite_settings, ServiceOptions(host="10.1.2.3"))
+
+
+async def test_the_principal_is_recorded_on_the_events_it_causes(settings: Settings) -> None:
+    """On both backends: every event a key's calls cause names the key; the open service names none."""
+    planner = await create_key(settings, "planner", "matrix:plan", "matrix:read")
+    worker = await create_key(settings, "worker", "matrix:work")
+    async with serving(settings, auth=True) as (base, _):
+        async with client(base, planner) as c:
+            await c.call_tool(
+                "plan_run", {"name": "a", "packages": [{"name": "p", "items": ["x", "y", "z"]}]}
+            )
+        async with client(base, worker) as c:
+            got = await c.call_tool("claim_items", {"run": "a", "worker": "w", "limit": 2})
+            items = (got.structured_content or {})["items"]
+            await c.call_tool(
+                "complete_item",
+                {"outcome_id": items[0]["outcome_id"], "lease_token": items[0]["lease_token"]},
+            )
+            await c.call_tool(
+                "fail_item",
+                {"outcome_id": items[1]["outcome_id"], "lease_token": items[1]["lease_token"], "error": "e"},
+            )
+        async with client(base, planner) as c:
+            await c.call_tool("control_run", {"run": "a", "action": "cancel"})
+            status = await c.call_tool("run_status", {"run": "a", "since": 0})
+    events = (status.structured_content or {})["events"]
+    by_kind = {e["kind"]: e["data"].get("principal") for e in events}
+    assert by_kind["run_planned"] == "key:planner" and by_kind["run_cancelled"] == "key:planner", events
+    assert by_kind["claimed"] == "key:worker" and by_kind["completed"] == "key:worker", events
+    assert all(e["data"].get("principal") for e in events), events
+    async with serving(settings, auth=False) as (base, _), client(base, None) as c:
+        await c.call_tool("plan_run", {"name": "b", "packages": [{"name": "p", "items": ["x"]}]})
+        status = await c.call_tool("run_status", {"run": "b", "since": 0})
+    assert all("principal" not in e["data"] for e in (status.structured_content or {})["events"])

@@ -7,13 +7,14 @@ not in the map need `matrix:admin`: a new tool is closed until someone decides w
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Iterable
 from typing import Any
 
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+
+from matrix_mcp.audit import current_principal
 
 READ = "matrix:read"
 WORK = "matrix:work"
@@ -52,11 +53,6 @@ UNMAPPED_TOOL_SCOPE = ADMIN
 # every other request method needs READ, except these, which any authenticated caller may send
 _UNSCOPED_METHODS = frozenset(
     {"initialize", "ping", "server/discover", "tools/list", "logging/setLevel", "notifications/initialized"}
-)
-
-# who is calling, for the code below the tools (events record it); None when the service runs open
-current_principal: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "matrix_principal", default=None
 )
 
 

@@ -40,6 +40,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
+from matrix_mcp.audit import acting_as, current_principal, stamped
 from matrix_mcp.config import redact_text, redact_url, url_password
 from matrix_mcp.models import (
     STATUSES,
@@ -563,7 +564,7 @@ class _Tx:
     def event(
         self, run_id: str | None, outcome_id: str | None, kind: str, data: dict[str, Any], now: float
     ) -> None:
-        self.events.append((run_id, outcome_id, kind, R.dumps(data), float(now)))
+        self.events.append((run_id, outcome_id, kind, R.dumps(stamped(kind, data)), float(now)))
 
     def add(self, key: DeltaKey, **values: float) -> None:
         row = self.deltas.get(key)
@@ -671,6 +672,7 @@ class _Request:
         "journal",
         "key",
         "merge",
+        "principal",
         "rest",
         "tried",
         "value",
@@ -684,6 +686,7 @@ class _Request:
         journal: TypeAdapter[Any] | None = None,
     ) -> None:
         self.fn = fn
+        self.principal = current_principal.get()  # who queued it: its events record them
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
         # writes that must not run twice (see _recover_answers) journal their answer under `key`
@@ -1029,7 +1032,8 @@ class PostgresStore:
             tx = _Tx(conn, state)
             if req.atomic and not safe:
                 try:
-                    req.value = await (req.rest or req.fn)(tx)
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
                 except psycopg.Error as exc:
                     if _transient(exc):
                         raise
@@ -1044,7 +1048,8 @@ class PostgresStore:
                 continue
             try:
                 async with conn.transaction():
-                    req.value = await (req.rest or req.fn)(tx)
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
             except psycopg.Error as exc:
                 if _transient(exc):
                     raise
@@ -2089,7 +2094,8 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
                 mine = got[pos : pos + a.limit]
                 pos += len(mine)
                 tx = _Tx(conn, state)
-                claims = _claims_from(tx, run_id, a.worker, mine, a.now)
+                with acting_as(req.principal):
+                    claims = _claims_from(tx, run_id, a.worker, mine, a.now)
                 tx.succeeded()
                 if len(claims) == a.limit:
                     req.value = ClaimBatch(claims)
@@ -2141,7 +2147,8 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
         tx.move(run_id, pid, "generating", "complete")
         tx.contribution(run_id, pid, a.report.metrics, duration, +1)
         tx.minute(run_id, a.now, completed=1, duration=duration)
-        tx.event(run_id, a.outcome_id, "completed", {"item": row["item"], "duration": duration}, a.now)
+        with acting_as(req.principal):
+            tx.event(run_id, a.outcome_id, "completed", {"item": row["item"], "duration": duration}, a.now)
         tx.succeeded()
         req.value = R.outcome_from(row)
         req.handled = True

@@ -25,6 +25,7 @@ import aiosqlite
 import anyio
 import anyio.lowlevel
 
+from matrix_mcp.audit import acting_as, current_principal, stamped
 from matrix_mcp.models import (
     STATUSES,
     Event,
@@ -125,10 +126,11 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: An
 
 
 class _Request:
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("done", "error", "fn", "principal", "value")
 
     def __init__(self, fn: Op[Any]) -> None:
         self.fn = fn
+        self.principal = current_principal.get()  # who queued it: its events record them
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -286,7 +288,8 @@ class SQLiteStore:
                     req = batch[0]
                     req.error = None
                     try:
-                        req.value = req.fn(c)
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
                     except Exception as exc:
                         if _is_busy(exc):
                             raise
@@ -299,7 +302,8 @@ class SQLiteStore:
                     req.error = None
                     c.execute("SAVEPOINT op")
                     try:
-                        req.value = req.fn(c)
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
                         c.execute("RELEASE op")
                     except Exception as exc:
                         if _is_busy(exc):
@@ -1196,7 +1200,7 @@ def _event(
     """Append to the change feed; returns the event's sequence number."""
     cur = c.execute(
         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        (run_id, outcome_id, kind, R.dumps(data), now),
+        (run_id, outcome_id, kind, R.dumps(stamped(kind, data)), now),
     )
     return int(cur.lastrowid or 0)
 
