@@ -21,6 +21,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import Service, matrix_service
 from matrix_mcp.http.keys import hash_key, new_key
 from matrix_mcp.http.options import ServiceOptions
+from matrix_mcp.http.scopes import parse_scopes
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ async def create_key(settings: Settings, name: str, *scopes: str) -> str:
     key = new_key()
     engine = await Engine.open(settings)
     try:
-        await engine.store.create_api_key(name, hash_key(key), scopes, time.time())
+        await engine.store.create_api_key(name, hash_key(key), parse_scopes(scopes), time.time())
     finally:
         await engine.close()
     return key
