@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -222,3 +223,37 @@ async def test_the_principal_is_recorded_on_the_events_it_causes(settings: Setti
         await c.call_tool("plan_run", {"name": "b", "packages": [{"name": "p", "items": ["x"]}]})
         status = await c.call_tool("run_status", {"run": "b", "since": 0})
     assert all("principal" not in e["data"] for e in (status.structured_content or {})["events"])
+
+
+def test_the_cli_refuses_a_non_loopback_bind_without_authentication(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    script = shutil.which("matrix-mcp")
+    assert script
+    args = [
+        script,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "serve",
+        "--transport",
+        "streamable-http",
+    ]
+    proc = subprocess.run(
+        [*args, "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "matrix-mcp: refusing to serve on 0.0.0.0 without authentication: create an API key (matrix-mcp keys "
+        "create NAME --scope read --scope work) or set MATRIX_JWT_SECRET / MATRIX_JWT_JWKS_URL; "
+        "--insecure-no-auth serves open anyway"
+    ]
+    bad = subprocess.run(
+        [*args, "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MATRIX_RATE_LIMIT": "lots"},
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("matrix-mcp: MATRIX_RATE_LIMIT: 'lots'")
+    assert "Traceback" not in bad.stderr

@@ -57,6 +57,12 @@ class ServiceOptions:
             if name in clean:
                 clean[name] = getattr(options, name) + tuple(clean[name])  # type: ignore[arg-type]
         options = replace(options, **clean)  # type: ignore[arg-type]
+        from matrix_mcp.http.ratelimit import parse_rate
+
+        if options.rate_limit:
+            parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT")
+        if options.auth_failure_limit:
+            parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
         if options.jwt_secret and options.jwt_jwks_url:
             raise ValueError("MATRIX_JWT_SECRET and MATRIX_JWT_JWKS_URL: set one, not both")
         if options.jwt_secret is not None and len(options.jwt_secret) < 32:
