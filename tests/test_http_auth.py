@@ -173,22 +173,28 @@ async def test_safe_defaults_decide_whether_authentication_is_required(
     sqlite_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     loopback = ServiceOptions(host="127.0.0.1")
-    assert await decide_auth(sqlite_settings, loopback) is False
+    assert await decide_auth(sqlite_settings.database_url, loopback) is False
     assert "serving OPEN" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"refusing to serve on 0\.0\.0\.0 without authentication"):
-        await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0"))
-    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0", insecure_no_auth=True)) is False
+        await decide_auth(sqlite_settings.database_url, ServiceOptions(host="0.0.0.0"))
+    assert (
+        await decide_auth(sqlite_settings.database_url, ServiceOptions(host="0.0.0.0", insecure_no_auth=True))
+        is False
+    )
     assert "--insecure-no-auth" in capsys.readouterr().err
-    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0", jwt_secret="s" * 32)) is True
+    assert (
+        await decide_auth(sqlite_settings.database_url, ServiceOptions(host="0.0.0.0", jwt_secret="s" * 32))
+        is True
+    )
     await create_key(sqlite_settings, "k", "matrix:read")
-    assert await decide_auth(sqlite_settings, ServiceOptions(host="0.0.0.0")) is True
+    assert await decide_auth(sqlite_settings.database_url, ServiceOptions(host="0.0.0.0")) is True
     engine = await Engine.open(sqlite_settings)
     try:
         await engine.store.revoke_api_key("k", time.time())
     finally:
         await engine.close()
     with pytest.raises(ValueError, match="without authentication"):  # a revoked key is no key
-        await decide_auth(sqlite_settings, ServiceOptions(host="10.1.2.3"))
+        await decide_auth(sqlite_settings.database_url, ServiceOptions(host="10.1.2.3"))
 
 
 async def test_the_principal_is_recorded_on_the_events_it_causes(settings: Settings) -> None:

@@ -76,15 +76,16 @@ def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
 
 def build_service(
     make_server: Callable[[AuthSettings | None, TokenVerifier | None], MCPServer[Any]],
-    store: Callable[[], Store | None],
+    store: Callable[[], Store | None] | None,
     options: ServiceOptions,
     *,
     auth: bool,
     max_body_bytes: int,
-    with_store_health: bool = True,
+    gauges: bool = True,
 ) -> Service:
     """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
-    `store` gives the open store (keys, readiness, gauges) once the server's lifespan has opened it."""
+    `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
+    None for a server without one (JWT only; /readyz is then /healthz)."""
     verifier: Verifiers | None = None
     auth_settings: AuthSettings | None = None
     if auth:
@@ -100,7 +101,8 @@ def build_service(
             if options.jwt_configured
             else None
         )
-        verifier = Verifiers(ApiKeyVerifier(store, options.key_cache_seconds), jwt)
+        keys = ApiKeyVerifier(store, options.key_cache_seconds) if store is not None else None
+        verifier = Verifiers(keys, jwt)
         auth_settings = AuthSettings(
             # with API keys alone there is no separate authorization server: the service names itself
             issuer_url=options.jwt_issuer or options.base_url,  # type: ignore[arg-type]
@@ -113,11 +115,9 @@ def build_service(
         mcp.middleware.append(ScopeGate())
     mcp.middleware.append(ToolMetrics(metrics))
     mcp.custom_route("/healthz", methods=["GET"])(healthz)
-    if with_store_health:
-        mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store))
-    else:
-        mcp.custom_route("/readyz", methods=["GET"])(healthz)
-    mcp.custom_route("/metrics", methods=["GET"])(metrics_endpoint(metrics, store, options.metrics_token))
+    mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
+    gauge_store = store if gauges and store is not None else (lambda: None)
+    mcp.custom_route("/metrics", methods=["GET"])(metrics_endpoint(metrics, gauge_store, options.metrics_token))
     inner = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=options.stateless,
@@ -251,21 +251,22 @@ def matrix_service(settings: Settings, options: ServiceOptions, *, auth: bool) -
     return build_service(make, store, options, auth=auth, max_body_bytes=max_body_bytes(settings))
 
 
-async def decide_auth(settings: Settings, options: ServiceOptions) -> bool:
-    """Authentication is on when the store holds an API key that is not revoked or a JWT verifier is
-    configured. Without either: open on a loopback address (said on stderr); refused elsewhere unless
-    --insecure-no-auth. Raises ValueError with the one-line reason."""
+async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
+    """Authentication is on when the store at `keys_url` holds an API key that is not revoked or a JWT
+    verifier is configured. Without either: open on a loopback address (said on stderr); refused elsewhere
+    unless --insecure-no-auth. Raises ValueError with the one-line reason."""
     if options.jwt_configured:
         return True
-    from matrix_mcp.engine import Engine
+    if keys_url is not None:
+        from matrix_mcp.engine import open_store
 
-    engine = await Engine.open(settings)
-    try:
-        keys = await engine.store.list_api_keys()
-    finally:
-        await engine.close()
-    if any(k.revoked_at is None for k in keys):
-        return True
+        store = await open_store(Settings(database_url=keys_url))
+        try:
+            keys = await store.list_api_keys()
+        finally:
+            await store.close()
+        if any(k.revoked_at is None for k in keys):
+            return True
     if is_loopback(options.host):
         notice(
             f"serving OPEN (no authentication) on {options.host}:{options.port}: no API key or JWT is "
@@ -287,19 +288,18 @@ async def decide_auth(settings: Settings, options: ServiceOptions) -> bool:
 
 async def serve(settings: Settings, options: ServiceOptions) -> None:
 
-    auth = await decide_auth(settings, options)
-    service = matrix_service(settings, options, auth=auth)
-    if not is_loopback(options.host) and not options.allowed_hosts:
-        notice(
-            "DNS-rebinding protection admits only loopback names and the bind address as Host; "
-            "pass --allowed-hosts (MATRIX_ALLOWED_HOSTS) with the name clients use"
-        )
-    await run_uvicorn(service.app, options)
+    auth = await decide_auth(settings.database_url, options)
+    await run_uvicorn(matrix_service(settings, options, auth=auth).app, options)
 
 
 async def run_uvicorn(app: ASGIApp, options: ServiceOptions) -> None:
     import uvicorn
 
+    if not is_loopback(options.host) and not options.allowed_hosts:
+        notice(
+            "DNS-rebinding protection admits only loopback names and the bind address as Host; "
+            "pass --allowed-hosts (MATRIX_ALLOWED_HOSTS) with the name clients use"
+        )
     config = uvicorn.Config(
         app,
         host=options.host,
