@@ -117,7 +117,9 @@ def build_service(
     mcp.custom_route("/healthz", methods=["GET"])(healthz)
     mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
     gauge_store = store if gauges and store is not None else (lambda: None)
-    mcp.custom_route("/metrics", methods=["GET"])(metrics_endpoint(metrics, gauge_store, options.metrics_token))
+    mcp.custom_route("/metrics", methods=["GET"])(
+        metrics_endpoint(metrics, gauge_store, options.metrics_token)
+    )
     inner = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=options.stateless,
