@@ -263,3 +263,22 @@ def test_the_cli_refuses_a_non_loopback_bind_without_authentication(tmp_path: Pa
     )
     assert bad.returncode == 1 and bad.stderr.strip().startswith("matrix-mcp: MATRIX_RATE_LIMIT: 'lots'")
     assert "Traceback" not in bad.stderr
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408(sqlite_settings: Settings) -> None:
+    async with serving(sqlite_settings, auth=False, body_timeout=0.5) as (base, _):
+        stream = await anyio.connect_tcp("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        head = (
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n"
+        )
+        await stream.send(head.encode() + b'{"jsonrpc"')  # ... and never the rest
+        data = b""
+        with anyio.move_on_after(20):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass  # the server closed the connection after answering
+        assert data.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in data
+        await stream.aclose()

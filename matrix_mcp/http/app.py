@@ -27,7 +27,7 @@ from matrix_mcp.http.health import healthz, readyz_endpoint
 from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
 from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
 from matrix_mcp.http.options import ServiceOptions, is_loopback
-from matrix_mcp.http.ratelimit import RateLimits, body_deadline, parse_rate
+from matrix_mcp.http.ratelimit import RateLimits, parse_rate, read_body, replay
 from matrix_mcp.http.scopes import TOOL_SCOPES, ScopeGate
 from matrix_mcp.store.base import Store
 
@@ -202,23 +202,30 @@ class Guard:
             if not verdict.allowed:
                 await self._too_many(counted, verdict.retry_after, "rate limit exceeded")
                 return
-        await self.app(scope, body_deadline(receive, self.body_timeout), counted)
+        body = await read_body(receive, self.body_timeout)
+        if body is None:
+            await _answer(
+                counted, 408, "request_timeout", "the request body did not arrive in time", close=True
+            )
+            return
+        await self.app(scope, replay(body, receive), counted)
 
     async def _too_many(self, send: Send, retry_after: int, why: str) -> None:
         self.metrics.rate_limited.inc()
-        body = json.dumps({"error": "rate_limited", "error_description": why}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(retry_after).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 429, "rate_limited", why, retry_after=retry_after)
+
+
+async def _answer(
+    send: Send, status: int, error: str, why: str, *, retry_after: int | None = None, close: bool = False
+) -> None:
+    body = json.dumps({"error": error, "error_description": why}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -64,23 +64,25 @@ class RateLimits:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
 
-def body_deadline(receive: Receive, seconds: float) -> Receive:
-    """A `receive` that gives the app a disconnect when the client has not sent its whole body within
-    `seconds` of the request's start: a slow or abandoned upload does not pin a handler."""
-    deadline = anyio.current_time() + seconds
-    done = False
-
-    async def bounded() -> Message:
-        nonlocal done
-        if done:
-            return await receive()
-        remaining = deadline - anyio.current_time()
-        with anyio.move_on_after(max(remaining, 0)):
+async def read_body(receive: Receive, seconds: float) -> list[Message] | None:
+    """The request's body messages, read within `seconds`; None when the client did not send it all in
+    time (a slow or abandoned upload must not pin a handler)."""
+    messages: list[Message] = []
+    with anyio.move_on_after(seconds):
+        while True:
             message = await receive()
+            messages.append(message)
             if message["type"] != "http.request" or not message.get("more_body", False):
-                done = True
-            return message
-        done = True
-        return {"type": "http.disconnect"}
+                return messages
+    return None
 
-    return bounded
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
