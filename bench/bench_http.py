@@ -249,19 +249,24 @@ async def scrape(pg: str, tmp: str) -> None:
                             "complete_item",
                             {"outcome_id": it["outcome_id"], "lease_token": it["lease_token"]},
                         )
-                times = []
+                times: list[float] = []
+                floor: list[float] = []
                 async with httpx2.AsyncClient() as http:
                     for _ in range(5):
                         await http.get(f"{base}/metrics")
-                    for _ in range(50):
+                    for _ in range(50):  # interleaved with /healthz: what any request costs here
                         t0 = time.perf_counter()
                         r = await http.get(f"{base}/metrics")
-                        times.append(time.perf_counter() - t0)
+                        t1 = time.perf_counter()
+                        await http.get(f"{base}/healthz")
+                        floor.append(time.perf_counter() - t1)
+                        times.append(t1 - t0)
                 size = len(r.content)
                 times.sort()
                 print(
                     f"   {label:<10} p50 {statistics.median(times) * 1000:.1f} ms, p95 {times[47] * 1000:.1f} ms"
-                    f" ({size} bytes, {r.text.count(chr(10))} lines; goal ≤ 20 ms)"
+                    f" ({size} bytes, {r.text.count(chr(10))} lines; goal ≤ 20 ms);"
+                    f" /healthz p50 {statistics.median(floor) * 1000:.1f} ms; load average {load()}"
                 )
     finally:
         drop_database(pg, name)
