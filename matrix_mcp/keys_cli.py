@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,10 +14,14 @@ from matrix_mcp.http.keys import hash_key, new_key
 from matrix_mcp.http.scopes import parse_scopes
 from matrix_mcp.store.base import StoreError
 
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
     try:
         scopes = parse_scopes(args.scope) if args.keys_command == "create" else ()
+        if args.keys_command == "create" and not KEY_NAME.fullmatch(args.name):
+            raise ValueError(f"name: {args.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     except ValueError as exc:
         print(f"matrix-mcp: {exc}", file=sys.stderr)
         return 2

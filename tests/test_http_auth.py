@@ -282,3 +282,43 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(sqlite_settin
                 pass  # the server closed the connection after answering
         assert data.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in data
         await stream.aclose()
+
+
+def test_keys_cli(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    script = shutil.which("matrix-mcp")
+    assert script
+    base = [
+        script,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--artifacts-dir",
+        str(tmp_path / "a"),
+        "keys",
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
+
+    made = run("create", "ci-bot", "--scope", "work", "--scope", "matrix:read")
+    assert made.returncode == 0 and made.stdout.startswith("mtx_") and len(made.stdout.strip()) > 40
+    assert "only time it is shown" in made.stderr
+    assert run("create", "ci-bot", "--scope", "read").stderr.strip() == (
+        "matrix-mcp: keys create: name: a key named 'ci-bot' exists (revoked keys keep their name)"
+    )
+    assert "unknown scope 'root'" in run("create", "x", "--scope", "root").stderr
+    assert "name: 'a b' must be" in run("create", "a b", "--scope", "read").stderr
+    listing = run("list")
+    assert (
+        listing.returncode == 0 and "ci-bot" in listing.stdout and "matrix:work matrix:read" in listing.stdout
+    )
+    assert made.stdout.strip() not in listing.stdout + listing.stderr  # never the key
+    assert "active" in listing.stdout and "last used never" in listing.stdout
+    assert run("revoke", "ci-bot").returncode == 0
+    assert "revoked" in run("list").stdout
+    gone = run("revoke", "ghost")
+    assert (
+        gone.returncode == 1 and gone.stderr.strip() == "matrix-mcp: keys revoke: name: unknown key 'ghost'"
+    )

@@ -111,9 +111,9 @@ def build_service(
         )
     mcp = make_server(auth_settings, verifier)
     metrics = Metrics(lambda: TOOL_SCOPES)  # the tools the scope map knows: a bounded label set
+    mcp.middleware.append(ToolMetrics(metrics))  # outside the gate: refused calls count as errors
     if auth:
         mcp.middleware.append(ScopeGate())
-    mcp.middleware.append(ToolMetrics(metrics))
     mcp.custom_route("/healthz", methods=["GET"])(healthz)
     mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
     gauge_store = store if gauges and store is not None else (lambda: None)
