@@ -24,7 +24,8 @@ HMAC_ALGORITHMS = ["HS256"]
 KEY_ALGORITHMS = ["RS256", "ES256"]
 LEEWAY_SECONDS = 30.0
 JWKS_TTL_SECONDS = 300.0
-JWKS_REFETCH_SECONDS = 5.0  # an unknown kid refetches at most this often (no fetch storm on bad tokens)
+JWKS_REFETCH_SECONDS = 5.0
+VERIFIED_CACHE_MAX = 10_000  # an unknown kid refetches at most this often (no fetch storm on bad tokens)
 
 
 class JwksCache:
@@ -92,8 +93,22 @@ class JwtVerifier:
         self._secret = secret
         self.jwks = JwksCache(jwks_url) if jwks_url else None
         self._leeway = leeway
+        self._verified: dict[str, AccessToken] = {}  # a token is checked once, then reused until it expires
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit.expires_at is not None and hit.expires_at > time.time():
+                return hit
+            del self._verified[token]
+        access = await self._verify(token)
+        if access is not None:
+            if len(self._verified) >= VERIFIED_CACHE_MAX:
+                self._verified.clear()
+            self._verified[token] = access
+        return access
+
+    async def _verify(self, token: str) -> AccessToken | None:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
