@@ -169,6 +169,7 @@ def http_service(url: str, keys_url: str | None, options: ServiceOptions, *, aut
         auth=auth,
         max_body_bytes=Limits().max_json_bytes + 64 * 1024,
         gauges=False,
+        resource_name="Matrix database-schema analyser",
     )
 
 

@@ -84,6 +84,13 @@ async def test_401_carries_the_resource_metadata_which_is_served(sqlite_settings
             assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in challenge
         meta = await http.get(f"{base}/.well-known/oauth-protected-resource/mcp")
         assert meta.status_code == 200 and meta.json()["resource"] == f"{base}/mcp"
+        assert meta.json()["scopes_supported"] == [
+            "matrix:read",
+            "matrix:work",
+            "matrix:plan",
+            "matrix:admin",
+        ]
+        assert meta.json()["bearer_methods_supported"] == ["header"]
         # health is not behind authentication
         assert (await http.get(f"{base}/healthz")).json() == {"status": "ok"}
 

@@ -28,7 +28,7 @@ from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
 from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
 from matrix_mcp.http.options import ServiceOptions, is_loopback
 from matrix_mcp.http.ratelimit import RateLimits, parse_rate, read_body, replay
-from matrix_mcp.http.scopes import TOOL_SCOPES, ScopeGate
+from matrix_mcp.http.scopes import ALL_SCOPES, TOOL_SCOPES, ScopeGate
 from matrix_mcp.store.base import Store
 
 log = logging.getLogger("matrix_mcp.http")
@@ -82,6 +82,7 @@ def build_service(
     auth: bool,
     max_body_bytes: int,
     gauges: bool = True,
+    resource_name: str = "Matrix MCP",
 ) -> Service:
     """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
     `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
@@ -127,6 +128,20 @@ def build_service(
         max_request_body_size=max_body_bytes,
         host=options.host,
     )
+    if auth_settings is not None:
+        # the SDK's RFC 9728 metadata, with the scopes this service understands (it would list none):
+        # ahead of the SDK's own route for the same path
+        from mcp.server.auth.routes import create_protected_resource_routes
+
+        for route in reversed(
+            create_protected_resource_routes(
+                resource_url=auth_settings.resource_server_url,  # type: ignore[arg-type]
+                authorization_servers=[auth_settings.issuer_url],
+                scopes_supported=list(ALL_SCOPES),
+                resource_name=resource_name,
+            )
+        ):
+            inner.routes.insert(0, route)
     limits = None
     if options.rate_limit or options.auth_failure_limit:
         limits = RateLimits(
