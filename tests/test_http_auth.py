@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -174,6 +175,19 @@ async def test_body_size_is_bounded(tmp_path: Path) -> None:
         big = b'{"jsonrpc":"2.0","id":1,"method":"ping","pad":"' + b"x" * 200_000 + b'"}'
         r = await http.post(f"{base}/mcp", content=big, headers=MCP_HEADERS)
         assert r.status_code == 413
+        assert r.json()["error"] == "request_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: refused as the bytes arrive
+            for _ in range(100):
+                yield b"x" * 10_000
+
+        try:  # the server answers and closes while the client still sends: it may see only the reset
+            streamed = await http.post(f"{base}/mcp", content=chunks(), headers=MCP_HEADERS)
+            assert streamed.status_code == 413
+        except httpx2.TransportError:
+            pass
+        counted = (await http.get(f"{base}/metrics")).text
+        assert 'matrix_http_requests_total{code="413"} 2.0' in counted
 
 
 async def test_safe_defaults_decide_whether_authentication_is_required(

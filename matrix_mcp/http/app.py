@@ -27,7 +27,7 @@ from matrix_mcp.http.health import healthz, readyz_endpoint
 from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
 from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
 from matrix_mcp.http.options import ServiceOptions, is_loopback
-from matrix_mcp.http.ratelimit import RateLimits, parse_rate, read_body, replay
+from matrix_mcp.http.ratelimit import BodyTooLarge, RateLimits, parse_rate, read_body, replay
 from matrix_mcp.http.scopes import ALL_SCOPES, TOOL_SCOPES, ScopeGate
 from matrix_mcp.store.base import Store
 
@@ -150,7 +150,14 @@ def build_service(
             if options.auth_failure_limit
             else [],
         )
-    guard = Guard(inner, verifier=verifier, limits=limits, metrics=metrics, body_timeout=options.body_timeout)
+    guard = Guard(
+        inner,
+        verifier=verifier,
+        limits=limits,
+        metrics=metrics,
+        body_timeout=options.body_timeout,
+        max_body_bytes=max_body_bytes,
+    )
     return Service(app=guard, mcp=mcp, metrics=metrics, auth=auth)
 
 
@@ -162,7 +169,7 @@ def max_body_bytes(settings: Settings) -> int:
 
 class Guard:
     """Outermost ASGI layer: rate limits (per principal, or per address when open / unauthenticated),
-    failed-authentication limit per address, body deadline, response counts by code."""
+    failed-authentication limit per address, body size and deadline, response counts by code."""
 
     def __init__(
         self,
@@ -172,8 +179,10 @@ class Guard:
         limits: RateLimits | None,
         metrics: Metrics,
         body_timeout: float,
+        max_body_bytes: int,
     ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.verifier = verifier
         self.limits = limits
         self.metrics = metrics
@@ -217,7 +226,14 @@ class Guard:
             if not verdict.allowed:
                 await self._too_many(counted, verdict.retry_after, "rate limit exceeded")
                 return
-        body = await read_body(receive, self.body_timeout)
+        if _declared_length(scope) > self.max_body_bytes:
+            await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
+            return
+        try:
+            body = await read_body(receive, self.body_timeout, self.max_body_bytes)
+        except BodyTooLarge:
+            await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
+            return
         if body is None:
             await _answer(
                 counted, 408, "request_timeout", "the request body did not arrive in time", close=True
@@ -241,6 +257,16 @@ async def _answer(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -64,15 +64,26 @@ class RateLimits:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
 
-async def read_body(receive: Receive, seconds: float) -> list[Message] | None:
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, seconds: float, max_bytes: int) -> list[Message] | None:
     """The request's body messages, read within `seconds`; None when the client did not send it all in
-    time (a slow or abandoned upload must not pin a handler)."""
+    time (a slow or abandoned upload must not pin a handler). Raises BodyTooLarge past `max_bytes`, as
+    soon as that many have arrived."""
     messages: list[Message] = []
+    size = 0
     with anyio.move_on_after(seconds):
         while True:
             message = await receive()
             messages.append(message)
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > max_bytes:
+                raise BodyTooLarge
+            if not message.get("more_body", False):
                 return messages
     return None
 
