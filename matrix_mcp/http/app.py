@@ -339,6 +339,9 @@ async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
 async def serve(settings: Settings, options: ServiceOptions) -> None:
 
     auth = await decide_auth(settings.database_url, options)
+    if auth:
+        how = ["API keys"] + (["JWT"] if options.jwt_configured else [])
+        notice(f"serving {options.resource_url} with authentication ({' and '.join(how)})")
     await run_uvicorn(matrix_service(settings, options, auth=auth).app, options)
 
 
