@@ -50,3 +50,30 @@ async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
     counts = await engine.store.status_counts()
     assert counts["api"] == {"pending": 3, "generating": 0, "complete": 1, "failed": 0, "cancelled": 0}
     assert counts["docs"]["pending"] == 2 and sum(counts["docs"].values()) == 2
+
+
+async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
+    from matrix_mcp.http.keys import ApiKeyVerifier, hash_key
+    from matrix_mcp.store.base import Store, Unavailable
+
+    await engine.store.create_api_key("k", hash_key("mtx_known"), ("matrix:read",), 1.0)
+    down = False
+
+    class Flaky:
+        """The real store, until it goes down."""
+
+        async def api_key_by_hash(self, key_hash: str) -> object:
+            if down:
+                raise Unavailable("the store is unreachable")
+            return await engine.store.api_key_by_hash(key_hash)
+
+        async def touch_api_key(self, name: str, now: float) -> None:
+            await engine.store.touch_api_key(name, now)
+
+    flaky: Store = Flaky()  # type: ignore[assignment]
+    verifier = ApiKeyVerifier(lambda: flaky, cache_seconds=0.0)
+    assert (await verifier.verify_token("mtx_known")) is not None
+    down = True
+    known = await verifier.verify_token("mtx_known")
+    assert known is not None and known.client_id == "key:k"
+    assert await verifier.verify_token("mtx_other") is None

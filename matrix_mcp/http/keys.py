@@ -67,8 +67,12 @@ class ApiKeyVerifier:
             try:
                 key = await store.api_key_by_hash(digest)
             except StoreError as exc:
+                # the store is unreachable: a key known a moment ago stays good until it answers again
+                # (nobody can revoke it meanwhile); an unknown one is refused
                 log.warning("API key lookup failed: %s", exc)
-                return None
+                if hit is None:
+                    return None
+                key = hit.key
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             hit = self._cache[digest] = _Cached(key, now + self._cache_seconds)
