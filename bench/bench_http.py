@@ -166,6 +166,12 @@ def pg_database(base_url: str) -> tuple[str, str]:
     return name, urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
+def commits(base_url: str, name: str) -> int:
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def drop_database(base_url: str, name: str) -> None:
     with psycopg.connect(base_url, autocommit=True) as conn:
         conn.execute(
@@ -188,6 +194,7 @@ async def replicas(pg: str, items: int, tmp: str, workers: int = 16) -> None:
                     ]
                     await c.call_tool("plan_run", {"name": "b", "packages": packages})
                 pids = [pid for _, pid in bases]
+                commits0 = commits(pg, name)
                 cpu0 = [cpu_seconds(p) for p in pids]
                 me0, pg0 = time.process_time(), postgres_cpu()
 
@@ -221,13 +228,16 @@ async def replicas(pg: str, items: int, tmp: str, workers: int = 16) -> None:
                 wall = time.perf_counter() - t0
                 used = [cpu_seconds(p) - c0 for p, c0 in zip(pids, cpu0, strict=True)]
                 me, pgc = time.process_time() - me0, postgres_cpu() - pg0
+                await anyio.sleep(1.5)  # PostgreSQL publishes its statistics within a second
+                per_commit = 2 * items / max(1, commits(pg, name) - commits0)
                 rate = items / wall
                 results.setdefault(count, 0.0)
                 results[count] = max(results[count], rate)
                 print(
                     f"   {count} replica(s): {rate:7.0f} items/s in {wall:.1f} s; CPU s: replicas "
                     + "+".join(f"{u:.1f}" for u in used)
-                    + f", client {me:.1f}, postgres {pgc:.1f} (of {2 * wall:.1f} on 2 cores); load average {load()}"
+                    + f", client {me:.1f}, postgres {pgc:.1f} (of {2 * wall:.1f} on 2 cores); load average {load()};"
+                    f" {per_commit:.1f} tool calls per database commit"
                 )
         finally:
             drop_database(pg, name)
