@@ -50,6 +50,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--stateless", action="store_true", help="HTTP: no sessions, any replica answers any request"
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="HTTP: serve without authentication on a non-loopback address",
+    )
+    serve.add_argument(
+        "--allowed-hosts", action="append", help="HTTP: Host names clients use (env MATRIX_ALLOWED_HOSTS)"
+    )
+    serve.add_argument(
+        "--allowed-origins", action="append", help="HTTP: browser origins (env MATRIX_ALLOWED_ORIGINS)"
+    )
+    serve.add_argument("--public-url", help="HTTP: the URL clients reach, e.g. https://matrix.example.com")
+    keys = sub.add_parser("keys", help="API keys for the HTTP service: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_create = keys_sub.add_parser("create", help="create a key and print it (once)")
+    keys_create.add_argument("name")
+    keys_create.add_argument(
+        "--scope", action="append", required=True, help="read, work, plan or admin (repeat for several)"
+    )
+    keys_sub.add_parser("list", help="names, scopes, created, last used (never the keys)")
+    keys_revoke = keys_sub.add_parser("revoke", help="revoke a key on every replica (within seconds)")
+    keys_revoke.add_argument("name")
     demo = sub.add_parser("demo", help="run a 5×3 job end to end with concurrent worker processes")
     demo.add_argument("--workers", type=int, default=3)
     demo.add_argument("--run", default=None, help="run name (default: demo-<time>)")
@@ -123,18 +148,14 @@ def user_error(exc: BaseException) -> str | None:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
     command = args.command or "serve"
     if command == "serve":
+        transport = getattr(args, "transport", "stdio")
+        if transport != "stdio":
+            _serve_http(settings, args)
+            return
         from matrix_mcp.server import create_server
 
         server = create_server(settings)
-        transport = getattr(args, "transport", "stdio")
-        if transport == "stdio":
-            server.run()  # a start-up failure surfaces here, in exception groups: user_error unwraps it
-        else:
-            import anyio
-
-            # uvicorn would log a failed start-up as a traceback: open the store once before serving
-            anyio.run(_check_store, settings)
-            server.run("streamable-http", host=args.host, port=args.port)
+        server.run()  # a start-up failure surfaces here, in exception groups: user_error unwraps it
         return
     import anyio
 
@@ -148,6 +169,42 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         anyio.run(_export, settings, args.run, args.format)
     elif command == "gc":
         anyio.run(_gc, settings, args.older_than, args.repair)
+    elif command == "keys":
+        from matrix_mcp.keys_cli import run_keys
+
+        sys.exit(anyio.run(run_keys, settings, args))
+
+
+def _serve_http(settings: Settings, args: argparse.Namespace) -> None:
+    """The team service (HTTP): authentication, scopes, limits, health and metrics (matrix_mcp.http)."""
+    import anyio
+
+    from matrix_mcp.http.app import serve
+    from matrix_mcp.http.options import ServiceOptions
+
+    try:
+        # uvicorn would log a failed start-up as a traceback: open the store once before serving
+        anyio.run(_check_store, settings)
+        options = ServiceOptions.from_env(
+            host=args.host,
+            port=args.port,
+            stateless=args.stateless or None,
+            insecure_no_auth=args.insecure_no_auth or None,
+            allowed_hosts=_split(args.allowed_hosts),
+            allowed_origins=_split(args.allowed_origins),
+            public_url=args.public_url.rstrip("/") if args.public_url else None,
+        )
+        anyio.run(serve, settings, options)
+    except ValueError as exc:
+        sys.exit(f"matrix-mcp: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
 
 
 async def _check_store(settings: Settings) -> None:

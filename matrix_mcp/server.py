@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio
 import mcp_types as types
@@ -52,6 +53,10 @@ from matrix_mcp.sdk_compat import (
 )
 from matrix_mcp.store.base import NotFound, StoreError, Unavailable
 
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import TokenVerifier
+    from mcp.server.auth.settings import AuthSettings
+
 log = logging.getLogger("matrix_mcp.server")
 T = TypeVar("T")
 
@@ -67,7 +72,24 @@ class _Holder:
     notifier: Notifier | None = None
 
 
-def create_server(settings: Settings | None = None) -> MCPServer[Any]:
+_HOLDERS: weakref.WeakKeyDictionary[MCPServer[Any], _Holder] = weakref.WeakKeyDictionary()
+
+
+def engine_of(mcp: MCPServer[Any]) -> Engine | None:
+    """The engine a server built by `create_server` is serving with; None before start-up / after close
+    (the HTTP service's health, metrics and key checks use it)."""
+    holder = _HOLDERS.get(mcp)
+    return None if holder is None else holder.engine
+
+
+def create_server(
+    settings: Settings | None = None,
+    *,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+) -> MCPServer[Any]:
+    """The Matrix server. `auth` and `token_verifier` (HTTP only) are handed to the SDK, which then requires
+    a bearer token on /mcp and serves the protected-resource metadata."""
     settings = settings or Settings.from_env()
     holder = _Holder()
     bus = CountingBus()
@@ -103,7 +125,10 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         subscriptions=bus,
+        auth=auth,
+        token_verifier=token_verifier,
     )
+    _HOLDERS[mcp] = holder
     use_tool_cache(mcp)
     legacy.install(mcp)
 

@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 from mcp.server import MCPServer
 
 from matrix_mcp.config import (
@@ -28,6 +29,16 @@ from matrix_mcp.config import (
 )
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
 from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_tool_cache
+
+if TYPE_CHECKING:
+    import argparse
+
+    from mcp.server.auth.provider import TokenVerifier
+    from mcp.server.auth.settings import AuthSettings
+
+    from matrix_mcp.http.app import Service
+    from matrix_mcp.http.options import ServiceOptions
+    from matrix_mcp.store.base import Store
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -43,18 +54,35 @@ def resolve_url(cli_url: str | None, env: Mapping[str, str]) -> str | None:
     return cli_url or env.get("DATABASE_URL") or url_from_parts(env)
 
 
-def build_server(url: str) -> MCPServer[Any]:
+def build_server(
+    url: str,
+    *,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+    keys_store: KeysStore | None = None,
+) -> MCPServer[Any]:
+    """The schema server; over HTTP with authentication, `keys_store` is opened with it (API keys)."""
+
     @asynccontextmanager
     async def lifespan(server: MCPServer[Any]) -> AsyncIterator[None]:
         try:
+            if keys_store is not None:
+                await keys_store.open()
             yield None
         finally:
+            if keys_store is not None:
+                await keys_store.close()
             service = schema_service(server)
             if service is not None:
                 await service.close()
 
     mcp: MCPServer[Any] = MCPServer(
-        "database-schema", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan
+        "database-schema",
+        version="0.1.0",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        auth=auth,
+        token_verifier=token_verifier,
     )
     use_tool_cache(mcp)
     register_schema_tools(mcp, lambda: url)
@@ -71,6 +99,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument(
+        "--keys-database-url",
+        help="HTTP: the Matrix store whose API keys admit callers (env MATRIX_KEYS_DATABASE_URL, "
+        "else MATRIX_DATABASE_URL); JWT settings work without it",
+    )
+    parser.add_argument("--stateless", action="store_true", help="HTTP: no sessions")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="HTTP: serve open on a non-loopback address"
+    )
+    parser.add_argument("--allowed-hosts", action="append", help="HTTP: Host names clients use")
+    parser.add_argument("--allowed-origins", action="append", help="HTTP: browser origins")
+    parser.add_argument("--public-url", help="HTTP: the URL clients reach")
     parser.add_argument("--log-level", default=os.environ.get("MATRIX_LOG_LEVEL", "WARNING"))
     args = parser.parse_args(argv)
     try:
@@ -98,11 +138,81 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingError as exc:
         sys.exit(f"matrix-schema-mcp: {exc}")
     log.info("analysing %s over %s", redact_url(url), args.transport)
-    mcp = build_server(url)
     if args.transport == "stdio":
-        mcp.run()
-    else:
-        mcp.run("streamable-http", host=args.host, port=args.port)
+        build_server(url).run()
+        return
+    keys_url = (
+        args.keys_database_url
+        or os.environ.get("MATRIX_KEYS_DATABASE_URL")
+        or os.environ.get("MATRIX_DATABASE_URL")
+    )
+    try:
+        anyio.run(serve_http, url, keys_url, args)
+    except ValueError as exc:
+        sys.exit(f"matrix-schema-mcp: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+class KeysStore:
+    """The Matrix store that holds the API keys, opened for the life of the HTTP server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store: Store | None = None
+
+    async def open(self) -> None:
+        from matrix_mcp.config import Settings
+        from matrix_mcp.engine import open_store
+
+        self.store = await open_store(Settings(database_url=self.url))
+
+    async def close(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
+
+
+def http_service(url: str, keys_url: str | None, options: ServiceOptions, *, auth: bool) -> Service:
+    """The schema server as a team service: the same authentication, scopes (matrix:read), limits,
+    health and metrics as matrix-mcp (API keys from the Matrix store at `keys_url`)."""
+    from matrix_mcp.config import Limits
+    from matrix_mcp.http.app import build_service
+
+    keys = KeysStore(keys_url) if keys_url else None
+
+    def make(auth_settings: AuthSettings | None, verifier: TokenVerifier | None) -> MCPServer[Any]:
+        return build_server(url, auth=auth_settings, token_verifier=verifier, keys_store=keys)
+
+    return build_service(
+        make,
+        (lambda: keys.store) if keys is not None else None,
+        options,
+        auth=auth,
+        max_body_bytes=Limits().max_json_bytes + 64 * 1024,
+        gauges=False,
+        resource_name="Matrix database-schema analyser",
+    )
+
+
+async def serve_http(url: str, keys_url: str | None, args: argparse.Namespace) -> None:
+    from matrix_mcp.http.app import decide_auth, run_uvicorn
+    from matrix_mcp.http.options import ServiceOptions
+
+    def split(values: list[str] | None) -> tuple[str, ...] | None:
+        return tuple(p.strip() for v in values for p in v.split(",") if p.strip()) if values else None
+
+    options = ServiceOptions.from_env(
+        host=args.host,
+        port=args.port,
+        stateless=args.stateless or None,
+        insecure_no_auth=args.insecure_no_auth or None,
+        allowed_hosts=split(args.allowed_hosts),
+        allowed_origins=split(args.allowed_origins),
+        public_url=args.public_url.rstrip("/") if args.public_url else None,
+    )
+    auth = await decide_auth(keys_url, options)
+    await run_uvicorn(http_service(url, keys_url, options, auth=auth).app, options)
 
 
 if __name__ == "__main__":

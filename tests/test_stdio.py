@@ -145,7 +145,8 @@ from matrix_mcp.config import Settings
 from matrix_mcp.server import create_server
 
 LAZY = ("psycopg", "psycopg_pool", "matrix_mcp.store.postgres", "matrix_mcp.schema.api", "matrix_mcp.schema.ddl",
-        "matrix_mcp.schema.sqlite_reader", "matrix_mcp.schema.postgres_reader")
+        "matrix_mcp.schema.sqlite_reader", "matrix_mcp.schema.postgres_reader",
+        "matrix_mcp.http", "prometheus_client", "limits", "jwt", "matrix_mcp.keys_cli")
 
 def loaded():
     return sorted(m for m in LAZY if m in sys.modules)
@@ -167,8 +168,8 @@ anyio.run(main)
 
 
 def test_heavy_and_optional_modules_load_only_when_used(tmp_path: Path) -> None:
-    """On SQLite, the work loop never imports psycopg or the schema generators and readers (start-up stays
-    fast); the first schema call loads the SQLite reader and the generator, still not psycopg."""
+    """On SQLite, the work loop never imports psycopg, the schema generators and readers, or the HTTP
+    service's parts (auth, JWT, limits, metrics) (start-up stays fast); the first schema call loads the SQLite reader and the generator, still not psycopg."""
     proc = subprocess.run(
         [sys.executable, "-c", LAZY_PROBE, str(tmp_path / "m.db"), str(tmp_path / "a")],
         capture_output=True,

@@ -129,6 +129,17 @@ class RunOverview:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """An API key as stored: never the key itself (only its hash, which stays in the store)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
 class OutcomeFilter:
     run_id: str | None = None
     package: str | None = None
@@ -251,6 +262,27 @@ class Store(Protocol):
 
     async def wait_for_change(self, since: int, timeout: float) -> int:
         """Return the latest sequence once it exceeds `since`, or after `timeout` seconds."""
+        ...
+
+    # API keys (the HTTP service's credentials; shared by every process on one store)
+    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+        """Raises Conflict (field name) when a key of that name exists, revoked or not."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+        """Raises NotFound (field name). Revoking twice keeps the first time."""
+        ...
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+
+    async def touch_api_key(self, name: str, now: float) -> None:
+        """Record a use (callers throttle this; it is not written per request)."""
+        ...
+
+    async def status_counts(self) -> dict[str, dict[Status, int]]:
+        """Outcomes by package name and status over all runs, from the counters (no scan)."""
         ...
 
     # maintenance

@@ -40,6 +40,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
+from matrix_mcp.audit import acting_as, current_principal, stamped
 from matrix_mcp.config import redact_text, redact_url, url_password
 from matrix_mcp.models import (
     STATUSES,
@@ -64,6 +65,7 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
+    ApiKey,
     Claim,
     ClaimBatch,
     Conflict,
@@ -563,7 +565,7 @@ class _Tx:
     def event(
         self, run_id: str | None, outcome_id: str | None, kind: str, data: dict[str, Any], now: float
     ) -> None:
-        self.events.append((run_id, outcome_id, kind, R.dumps(data), float(now)))
+        self.events.append((run_id, outcome_id, kind, R.dumps(stamped(kind, data)), float(now)))
 
     def add(self, key: DeltaKey, **values: float) -> None:
         row = self.deltas.get(key)
@@ -671,6 +673,7 @@ class _Request:
         "journal",
         "key",
         "merge",
+        "principal",
         "rest",
         "tried",
         "value",
@@ -684,6 +687,7 @@ class _Request:
         journal: TypeAdapter[Any] | None = None,
     ) -> None:
         self.fn = fn
+        self.principal = current_principal.get()  # who queued it: its events record them
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
         # writes that must not run twice (see _recover_answers) journal their answer under `key`
@@ -1032,7 +1036,8 @@ class PostgresStore:
             tx = _Tx(conn, state)
             if req.atomic and not safe:
                 try:
-                    req.value = await (req.rest or req.fn)(tx)
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
                 except psycopg.Error as exc:
                     if _transient(exc):
                         raise
@@ -1047,7 +1052,8 @@ class PostgresStore:
                 continue
             try:
                 async with conn.transaction():
-                    req.value = await (req.rest or req.fn)(tx)
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
             except psycopg.Error as exc:
                 if _transient(exc):
                     raise
@@ -1880,6 +1886,70 @@ class PostgresStore:
 
         return await self._write(op, journal=_INTEGRATION_ANSWER)
 
+    # ---- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+        async def op(tx: _Tx) -> ApiKey:
+            row = await tx.one(
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING RETURNING name",
+                (name, key_hash, R.dumps(list(scopes)), now),
+            )
+            if row is None:
+                raise Conflict(f"a key named '{name}' exists (revoked keys keep their name)", field="name")
+            tx.wrote = True
+            return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
+
+        return await self._write(op, atomic=True)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async def op(c: Conn) -> list[ApiKey]:
+            return [R.api_key_from(r) for r in await _all(c, "SELECT * FROM api_keys ORDER BY name")]
+
+        return await self._read(op)
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+        async def op(tx: _Tx) -> ApiKey:
+            row = await tx.one(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *",
+                (now, name),
+            )
+            if row is None:
+                raise NotFound(f"unknown key '{name}'", field="name")
+            tx.wrote = True
+            return R.api_key_from(row)
+
+        return await self._write(op, atomic=True)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async def op(c: Conn) -> ApiKey | None:
+            row = await _one(c, "SELECT * FROM api_keys WHERE key_hash = %s", (key_hash,))
+            return None if row is None else R.api_key_from(row)
+
+        return await self._read(op)
+
+    async def touch_api_key(self, name: str, now: float) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute(
+                "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s",
+                (now, name),
+            )
+
+        # autocommit, outside the group commit: a use stamp must not wait behind (or slow) the work loop
+        await self._read(op)
+
+    async def status_counts(self) -> dict[str, dict[Status, int]]:
+        async def op(c: Conn) -> dict[str, dict[Status, int]]:
+            rows = await _all(
+                c,
+                "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
+                " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+                " FROM package_counters GROUP BY name ORDER BY name",
+            )
+            return R.status_counts_from(rows)
+
+        return await self._read(op)
+
     # ---- change feed ----------------------------------------------------------------------------
 
     async def latest_seq(self) -> int:
@@ -2053,7 +2123,8 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
                 mine = got[pos : pos + a.limit]
                 pos += len(mine)
                 tx = _Tx(conn, state)
-                claims = _claims_from(tx, run_id, a.worker, mine, a.now)
+                with acting_as(req.principal):
+                    claims = _claims_from(tx, run_id, a.worker, mine, a.now)
                 tx.succeeded()
                 if len(claims) == a.limit:
                     req.value = ClaimBatch(claims)
@@ -2105,13 +2176,14 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
         tx.move(run_id, pid, "generating", "complete")
         tx.contribution(run_id, pid, a.report.metrics, duration, +1)
         tx.minute(run_id, a.now, completed=1, duration=duration)
-        tx.event(
-            run_id,
-            a.outcome_id,
-            "completed",
-            {"package": row["package_name"], "item": row["item"], "duration": duration},
-            a.now,
-        )
+        with acting_as(req.principal):
+            tx.event(
+                run_id,
+                a.outcome_id,
+                "completed",
+                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                a.now,
+            )
         tx.succeeded()
         req.value = R.outcome_from(row)
         req.handled = True

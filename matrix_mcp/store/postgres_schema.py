@@ -257,4 +257,19 @@ CREATE TABLE write_answers (
 ) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000);
 """,
     ),
+    (
+        4,
+        # API keys for the HTTP service: only a SHA-256 of each key is kept (keys are 256-bit random);
+        # every replica on this database shares them
+        """
+CREATE TABLE api_keys (
+    name text PRIMARY KEY,
+    key_hash text NOT NULL UNIQUE,
+    scopes text NOT NULL,
+    created_at double precision NOT NULL,
+    last_used_at double precision,
+    revoked_at double precision
+);
+""",
+    ),
 ]

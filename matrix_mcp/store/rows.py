@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from matrix_mcp.models import (
+    STATUSES,
     Attempt,
     Event,
     IntegrationEvent,
@@ -17,10 +18,11 @@ from matrix_mcp.models import (
     PackageSummary,
     Run,
     RunPolicy,
+    Status,
     StatusCounts,
     ts,
 )
-from matrix_mcp.store.base import StoreError
+from matrix_mcp.store.base import ApiKey, StoreError
 
 # Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
 HIST_BASE = 1.2
@@ -291,3 +293,17 @@ def stale_token_message(row: RowLike) -> str:
     else:
         what = f"the item is {status}"
     return f"stale lease_token: {what}; this token is not its current lease, and the report changes nothing"
+
+
+def api_key_from(row: RowLike) -> ApiKey:
+    return ApiKey(
+        name=row["name"],
+        scopes=tuple(loads(row["scopes"], [])),
+        created_at=float(row["created_at"]),
+        last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]),
+        revoked_at=None if row["revoked_at"] is None else float(row["revoked_at"]),
+    )
+
+
+def status_counts_from(rows: Iterable[RowLike]) -> dict[str, dict[Status, int]]:
+    return {r["name"]: {s: int(r[s] or 0) for s in STATUSES} for r in rows}

@@ -25,6 +25,7 @@ import aiosqlite
 import anyio
 import anyio.lowlevel
 
+from matrix_mcp.audit import acting_as, current_principal, stamped
 from matrix_mcp.models import (
     STATUSES,
     Event,
@@ -48,6 +49,7 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
+    ApiKey,
     Claim,
     ClaimBatch,
     Conflict,
@@ -125,10 +127,11 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: An
 
 
 class _Request:
-    __slots__ = ("done", "error", "fn", "value")
+    __slots__ = ("done", "error", "fn", "principal", "value")
 
     def __init__(self, fn: Op[Any]) -> None:
         self.fn = fn
+        self.principal = current_principal.get()  # who queued it: its events record them
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -286,7 +289,8 @@ class SQLiteStore:
                     req = batch[0]
                     req.error = None
                     try:
-                        req.value = req.fn(c)
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
                     except Exception as exc:
                         if _is_busy(exc):
                             raise
@@ -299,7 +303,8 @@ class SQLiteStore:
                     req.error = None
                     c.execute("SAVEPOINT op")
                     try:
-                        req.value = req.fn(c)
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
                         c.execute("RELEASE op")
                     except Exception as exc:
                         if _is_busy(exc):
@@ -1032,6 +1037,59 @@ class SQLiteStore:
 
         return await self._write(op)
 
+    # ---- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+        def op(c: sqlite3.Connection) -> ApiKey:
+            if c.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone() is not None:
+                raise Conflict(f"a key named '{name}' exists (revoked keys keep their name)", field="name")
+            c.execute(
+                "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
+                (name, key_hash, R.dumps(list(scopes)), now),
+            )
+            return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
+
+        return await self._write(op)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        return await self._read(
+            lambda c: [R.api_key_from(r) for r in c.execute("SELECT * FROM api_keys ORDER BY name")]
+        )
+
+    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+        def op(c: sqlite3.Connection) -> ApiKey:
+            c.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+            row = c.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"unknown key '{name}'", field="name")
+            return R.api_key_from(row)
+
+        return await self._write(op)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        def op(c: sqlite3.Connection) -> ApiKey | None:
+            row = c.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+            return None if row is None else R.api_key_from(row)
+
+        return await self._read(op)
+
+    async def touch_api_key(self, name: str, now: float) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", (now, name))
+
+        await self._write(op)
+
+    async def status_counts(self) -> dict[str, dict[Status, int]]:
+        return await self._read(
+            lambda c: R.status_counts_from(
+                c.execute(
+                    "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
+                    " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+                    " FROM packages GROUP BY name ORDER BY name"
+                )
+            )
+        )
+
     # ---- change feed ----------------------------------------------------------------------------
 
     async def latest_seq(self) -> int:
@@ -1155,7 +1213,7 @@ def _event(
     """Append to the change feed; returns the event's sequence number."""
     cur = c.execute(
         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        (run_id, outcome_id, kind, R.dumps(data), now),
+        (run_id, outcome_id, kind, R.dumps(stamped(kind, data)), now),
     )
     return int(cur.lastrowid or 0)
 

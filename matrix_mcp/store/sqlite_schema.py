@@ -149,4 +149,18 @@ UPDATE packages SET duration_hist = COALESCE(
 DROP TABLE package_durations
 """,
     ),
+    (
+        3,
+        # API keys for the HTTP service: only a SHA-256 of each key is kept (keys are 256-bit random)
+        """
+CREATE TABLE api_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+)
+""",
+    ),
 ]

@@ -1,0 +1,368 @@
+"""The team service: one ASGI app per process — /mcp (Streamable HTTP, bearer auth by the SDK),
+/.well-known/oauth-protected-resource/mcp (RFC 9728), /healthz, /readyz, /metrics — behind a guard
+that applies rate limits, a body deadline and counts responses.
+
+Authentication is the SDK's: `AuthSettings` + our `TokenVerifier` make it answer 401 with
+`WWW-Authenticate: Bearer … resource_metadata=…` and serve the metadata; scopes are checked per MCP
+request by `ScopeGate` (server middleware), which also filters `tools/list`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from matrix_mcp.config import Settings
+from matrix_mcp.http.health import healthz, readyz_endpoint
+from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
+from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
+from matrix_mcp.http.options import ServiceOptions, is_loopback
+from matrix_mcp.http.ratelimit import BodyTooLarge, RateLimits, parse_rate, read_body, replay
+from matrix_mcp.http.scopes import ALL_SCOPES, TOOL_SCOPES, ScopeGate
+from matrix_mcp.store.base import Store
+
+log = logging.getLogger("matrix_mcp.http")
+
+MCP_PATH = "/mcp"
+UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
+LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+
+
+class Verifiers:
+    """API keys (`mtx_…`) go to the key verifier, anything else to the JWT verifier."""
+
+    def __init__(self, keys: TokenVerifier | None, jwt: TokenVerifier | None) -> None:
+        self.keys = keys
+        self.jwt = jwt
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        verifier = self.keys if looks_like_key(token) else self.jwt
+        return None if verifier is None else await verifier.verify_token(token)
+
+
+@dataclass
+class Service:
+    app: ASGIApp
+    mcp: MCPServer[Any]
+    metrics: Metrics
+    auth: bool
+
+
+def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
+    """DNS-rebinding protection stays on for every bind: loopback names always, the bind address when it
+    is a specific one, plus --allowed-hosts / --allowed-origins (a bare host allows any port)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if options.host not in ("0.0.0.0", "::", "") and not is_loopback(options.host):
+        bracketed = f"[{options.host}]" if ":" in options.host else options.host
+        hosts += [bracketed, f"{bracketed}:*"]
+    for h in options.allowed_hosts:
+        hosts += [h] if h.endswith(":*") or h.rsplit(":", 1)[-1].isdigit() else [h, f"{h}:*"]
+    origins = list(LOOPBACK_ORIGINS) + list(options.allowed_origins)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def build_service(
+    make_server: Callable[[AuthSettings | None, TokenVerifier | None], MCPServer[Any]],
+    store: Callable[[], Store | None] | None,
+    options: ServiceOptions,
+    *,
+    auth: bool,
+    max_body_bytes: int,
+    gauges: bool = True,
+    resource_name: str = "Matrix MCP",
+) -> Service:
+    """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
+    `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
+    None for a server without one (JWT only; /readyz is then /healthz)."""
+    verifier: Verifiers | None = None
+    auth_settings: AuthSettings | None = None
+    if auth:
+        from matrix_mcp.http.jwt_auth import JwtVerifier
+
+        jwt = (
+            JwtVerifier(
+                audience=options.jwt_audience or options.resource_url,
+                secret=options.jwt_secret,
+                jwks_url=options.jwt_jwks_url,
+                issuer=options.jwt_issuer,
+            )
+            if options.jwt_configured
+            else None
+        )
+        keys = ApiKeyVerifier(store, options.key_cache_seconds) if store is not None else None
+        verifier = Verifiers(keys, jwt)
+        auth_settings = AuthSettings(
+            # with API keys alone there is no separate authorization server: the service names itself
+            issuer_url=options.jwt_issuer or options.base_url,  # type: ignore[arg-type]
+            resource_server_url=options.resource_url,  # type: ignore[arg-type]
+            validate_token_resource=False,  # the JWT verifier checks `aud` itself; API keys have none
+        )
+    mcp = make_server(auth_settings, verifier)
+    metrics = Metrics(lambda: TOOL_SCOPES)  # the tools the scope map knows: a bounded label set
+    mcp.middleware.append(ToolMetrics(metrics))  # outside the gate: refused calls count as errors
+    if auth:
+        mcp.middleware.append(ScopeGate())
+    mcp.custom_route("/healthz", methods=["GET"])(healthz)
+    mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
+    gauge_store = store if gauges and store is not None else (lambda: None)
+    mcp.custom_route("/metrics", methods=["GET"])(
+        metrics_endpoint(metrics, gauge_store, options.metrics_token)
+    )
+    inner = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        stateless_http=options.stateless,
+        transport_security=transport_security(options),
+        max_request_body_size=max_body_bytes,
+        host=options.host,
+    )
+    if auth_settings is not None:
+        # the SDK's RFC 9728 metadata, with the scopes this service understands (it would list none):
+        # ahead of the SDK's own route for the same path
+        from mcp.server.auth.routes import create_protected_resource_routes
+
+        for route in reversed(
+            create_protected_resource_routes(
+                resource_url=auth_settings.resource_server_url,  # type: ignore[arg-type]
+                authorization_servers=[auth_settings.issuer_url],
+                scopes_supported=list(ALL_SCOPES),
+                resource_name=resource_name,
+            )
+        ):
+            inner.routes.insert(0, route)
+    limits = None
+    if options.rate_limit or options.auth_failure_limit:
+        limits = RateLimits(
+            parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT") if options.rate_limit else [],
+            parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
+            if options.auth_failure_limit
+            else [],
+        )
+    guard = Guard(
+        inner,
+        verifier=verifier,
+        limits=limits,
+        metrics=metrics,
+        body_timeout=options.body_timeout,
+        max_body_bytes=max_body_bytes,
+    )
+    return Service(app=guard, mcp=mcp, metrics=metrics, auth=auth)
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Room for the largest content a report may carry, base64-encoded, plus its JSON envelope."""
+    limits = settings.limits
+    return limits.max_content_bytes * 4 // 3 + 2 * limits.max_json_bytes + 64 * 1024
+
+
+class Guard:
+    """Outermost ASGI layer: rate limits (per principal, or per address when open / unauthenticated),
+    failed-authentication limit per address, body size and deadline, response counts by code."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier | None,
+        limits: RateLimits | None,
+        metrics: Metrics,
+        body_timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.verifier = verifier
+        self.limits = limits
+        self.metrics = metrics
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counter = self.metrics.http_requests
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                counter.labels(str(message["status"])).inc()
+            await send(message)
+
+        path: str = scope["path"]
+        if path in UNGUARDED:
+            await self.app(scope, receive, counted)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        key = f"address:{address}"
+        if self.verifier is not None and path == MCP_PATH:
+            if self.limits is not None:
+                blocked = await self.limits.auth_blocked(address)
+                if not blocked.allowed:
+                    await self._too_many(counted, blocked.retry_after, "too many failed authentications")
+                    return
+            token = _bearer(scope)
+            access = await self.verifier.verify_token(token) if token else None
+            if access is None:  # the SDK answers 401 with WWW-Authenticate
+                self.metrics.auth_failures.inc()
+                if self.limits is not None:
+                    await self.limits.auth_failed(address)
+                await self.app(scope, receive, counted)
+                return
+            key = f"principal:{access.client_id}"
+        if self.limits is not None:
+            verdict = await self.limits.hit(key)
+            if not verdict.allowed:
+                await self._too_many(counted, verdict.retry_after, "rate limit exceeded")
+                return
+        if _declared_length(scope) > self.max_body_bytes:
+            await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
+            return
+        try:
+            body = await read_body(receive, self.body_timeout, self.max_body_bytes)
+        except BodyTooLarge:
+            await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
+            return
+        if body is None:
+            await _answer(
+                counted, 408, "request_timeout", "the request body did not arrive in time", close=True
+            )
+            return
+        await self.app(scope, replay(body, receive), counted)
+
+    async def _too_many(self, send: Send, retry_after: int, why: str) -> None:
+        self.metrics.rate_limited.inc()
+        await _answer(send, 429, "rate_limited", why, retry_after=retry_after)
+
+
+async def _answer(
+    send: Send, status: int, error: str, why: str, *, retry_after: int | None = None, close: bool = False
+) -> None:
+    body = json.dumps({"error": error, "error_description": why}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            if text[:7].lower() == "bearer ":
+                return text[7:].strip() or None
+            return None
+    return None
+
+
+def notice(text: str) -> None:
+    print(f"matrix-mcp: {text}", file=sys.stderr, flush=True)
+
+
+def matrix_service(settings: Settings, options: ServiceOptions, *, auth: bool) -> Service:
+    """The Matrix server as a team service."""
+    from matrix_mcp.server import create_server, engine_of
+
+    holder: dict[str, MCPServer[Any]] = {}
+
+    def store() -> Store | None:
+        engine = engine_of(holder["mcp"]) if "mcp" in holder else None
+        return None if engine is None else engine.store
+
+    def make(auth_settings: AuthSettings | None, verifier: TokenVerifier | None) -> MCPServer[Any]:
+        mcp = create_server(settings, auth=auth_settings, token_verifier=verifier)
+        holder["mcp"] = mcp
+        return mcp
+
+    return build_service(make, store, options, auth=auth, max_body_bytes=max_body_bytes(settings))
+
+
+async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
+    """Authentication is on when the store at `keys_url` holds an API key that is not revoked or a JWT
+    verifier is configured. Without either: open on a loopback address (said on stderr); refused elsewhere
+    unless --insecure-no-auth. Raises ValueError with the one-line reason."""
+    if options.jwt_configured:
+        return True
+    if keys_url is not None:
+        from matrix_mcp.engine import open_store
+
+        store = await open_store(Settings(database_url=keys_url))
+        try:
+            keys = await store.list_api_keys()
+        finally:
+            await store.close()
+        if any(k.revoked_at is None for k in keys):
+            return True
+    if is_loopback(options.host):
+        notice(
+            f"serving OPEN (no authentication) on {options.host}:{options.port}: no API key or JWT is "
+            "configured; anyone on this machine can call every tool (matrix-mcp keys create NAME --scope …)"
+        )
+        return False
+    if options.insecure_no_auth:
+        notice(
+            f"WARNING: serving OPEN (no authentication) on {options.host}:{options.port} because of "
+            "--insecure-no-auth: anyone who can reach it can call every tool"
+        )
+        return False
+    raise ValueError(
+        f"refusing to serve on {options.host} without authentication: create an API key "
+        "(matrix-mcp keys create NAME --scope read --scope work) or set MATRIX_JWT_SECRET / "
+        "MATRIX_JWT_JWKS_URL; --insecure-no-auth serves open anyway"
+    )
+
+
+async def serve(settings: Settings, options: ServiceOptions) -> None:
+
+    auth = await decide_auth(settings.database_url, options)
+    if auth:
+        how = ["API keys"] + (["JWT"] if options.jwt_configured else [])
+        notice(f"serving {options.resource_url} with authentication ({' and '.join(how)})")
+    await run_uvicorn(matrix_service(settings, options, auth=auth).app, options)
+
+
+async def run_uvicorn(app: ASGIApp, options: ServiceOptions) -> None:
+    import uvicorn
+
+    if not is_loopback(options.host) and not options.allowed_hosts:
+        notice(
+            "DNS-rebinding protection admits only loopback names and the bind address as Host; "
+            "pass --allowed-hosts (MATRIX_ALLOWED_HOSTS) with the name clients use"
+        )
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=options.max_connections,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,162 @@
+"""Prometheus metrics for one service process, and the /metrics endpoint.
+
+No unbounded labels: tools are the registered ones (anything else counts as `other`), HTTP codes,
+integration services and statuses are small vocabularies; `package` is the package names the runs
+plan (no run names, outcome ids or workers). `matrix_active_outcomes` is read from the store's
+counters at scrape time, so every replica on one database reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from collections.abc import Callable, Container, Iterable
+from typing import Any
+
+import prometheus_client
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from matrix_mcp.models import STATUSES, Status
+from matrix_mcp.store.base import Store, StoreError
+from matrix_mcp.telemetry import add_integration_sink
+
+GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The metric families of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self, known_tools: Callable[[], Container[str]]) -> None:
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # fewer lines to scrape
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._known_tools = known_tools
+        self.generation = Histogram(
+            "matrix_outcome_generation_seconds",
+            "Time from claim to completion of each outcome completed through this process.",
+            ["package", "outcome_type"],
+            buckets=GENERATION_BUCKETS,
+            registry=r,
+        )
+        self.active = ActiveOutcomes()
+        r.register(self.active)
+        self.integration_calls = Counter(
+            "matrix_integration_calls", "Outbound integration calls.", ["service", "status"], registry=r
+        )
+        self.integration_duration = Histogram(
+            "matrix_integration_duration_seconds",
+            "Duration of outbound integration calls.",
+            ["service"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tool_calls = Counter("matrix_tool_calls", "MCP tool calls.", ["tool", "result"], registry=r)
+        self.tool_duration = Histogram(
+            "matrix_tool_call_duration_seconds",
+            "MCP tool call duration.",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter("matrix_http_requests", "HTTP responses by code.", ["code"], registry=r)
+        self.rate_limited = Counter("matrix_rate_limited", "Requests refused with 429.", registry=r)
+        self.auth_failures = Counter(
+            "matrix_auth_failures", "Requests with a missing or invalid credential.", registry=r
+        )
+        add_integration_sink(self.observe_integration_call)
+
+    def observe_integration_call(self, service: str, status: str, seconds: float) -> None:
+        self.integration_calls.labels(service, status).inc()
+        self.integration_duration.labels(service).observe(seconds)
+
+    def tool_label(self, name: object) -> str:
+        return name if isinstance(name, str) and name in self._known_tools() else "other"
+
+    async def refresh_active(self, store: Store) -> None:
+        self.active.counts = await store.status_counts()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ActiveOutcomes(Collector):
+    """`matrix_active_outcomes{package,status}` from the counts the last scrape read from the store."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[Status, int]] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "matrix_active_outcomes",
+            "Outcomes by package and status over all runs, from the store's counters.",
+            labels=["package", "status"],
+        )
+        for package, by_status in self.counts.items():
+            for status in STATUSES:
+                family.add_metric([package, status], by_status.get(status, 0))
+        yield family
+
+
+class ToolMetrics:
+    """Server middleware: counts and times tool calls; feeds the generation histogram from completions."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        tool = self.metrics.tool_label(ctx.params.get("name") if isinstance(ctx.params, dict) else None)
+        start = time.perf_counter()
+        result: HandlerResult = None
+        try:
+            result = await call_next(ctx)
+        finally:
+            self.metrics.tool_duration.labels(tool).observe(time.perf_counter() - start)
+            error, structured = _outcome_of(result)
+            self.metrics.tool_calls.labels(tool, "error" if error else "ok").inc()
+        if tool == "complete_item" and not error and isinstance(structured, dict):
+            seconds = structured.get("duration_seconds")
+            if isinstance(seconds, int | float):
+                self.metrics.generation.labels(
+                    str(structured.get("package", "")), str(structured.get("outcome_type", ""))
+                ).observe(float(seconds))
+        return result
+
+
+def _outcome_of(result: HandlerResult) -> tuple[bool, Any]:
+    """(is_error, structured content) of a tools/call result, as a model or as its wire mapping."""
+    if result is None:
+        return True, None
+    if isinstance(result, dict):
+        return bool(result.get("isError")), result.get("structuredContent")
+    return bool(getattr(result, "is_error", False)), getattr(result, "structured_content", None)
+
+
+def metrics_endpoint(
+    metrics: Metrics, store: Callable[[], Store | None], token: str | None
+) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse(
+                    {"error": "invalid_token", "error_description": "MATRIX_METRICS_TOKEN required"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
+        current = store()
+        if current is not None:
+            with contextlib.suppress(StoreError):  # gauges keep their last values; /readyz tells
+                await metrics.refresh_active(current)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint

@@ -1,0 +1,122 @@
+"""The HTTP service's settings: flags > environment > defaults. Nothing here opens a connection."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+DEFAULT_RATE_LIMIT = "3000/minute"
+DEFAULT_AUTH_FAILURE_LIMIT = "30/minute"
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_KEY_CACHE_SECONDS = 5.0
+DEFAULT_MAX_CONNECTIONS = 1000
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    stateless: bool = False
+    insecure_no_auth: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    public_url: str | None = None
+    rate_limit: str | None = DEFAULT_RATE_LIMIT  # None: off
+    auth_failure_limit: str | None = DEFAULT_AUTH_FAILURE_LIMIT
+    jwt_secret: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    metrics_token: str | None = None
+    key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> ServiceOptions:
+        env = os.environ if env is None else env
+        options = cls(
+            allowed_hosts=_list(env.get("MATRIX_ALLOWED_HOSTS")),
+            allowed_origins=_list(env.get("MATRIX_ALLOWED_ORIGINS")),
+            public_url=(env.get("MATRIX_PUBLIC_URL") or "").rstrip("/") or None,
+            rate_limit=_rate(env, "MATRIX_RATE_LIMIT", DEFAULT_RATE_LIMIT),
+            auth_failure_limit=_rate(env, "MATRIX_AUTH_FAILURE_LIMIT", DEFAULT_AUTH_FAILURE_LIMIT),
+            jwt_secret=env.get("MATRIX_JWT_SECRET") or None,
+            jwt_jwks_url=env.get("MATRIX_JWT_JWKS_URL") or None,
+            jwt_issuer=env.get("MATRIX_JWT_ISSUER") or None,
+            jwt_audience=env.get("MATRIX_JWT_AUDIENCE") or None,
+            metrics_token=env.get("MATRIX_METRICS_TOKEN") or None,
+            key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
+            body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            max_connections=int(_float(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
+        )
+        clean: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+        for name in ("allowed_hosts", "allowed_origins"):
+            if name in clean:
+                clean[name] = getattr(options, name) + tuple(clean[name])  # type: ignore[arg-type]
+        options = replace(options, **clean)  # type: ignore[arg-type]
+        from matrix_mcp.http.ratelimit import parse_rate
+
+        if options.rate_limit:
+            parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT")
+        if options.auth_failure_limit:
+            parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
+        if options.jwt_secret and options.jwt_jwks_url:
+            raise ValueError("MATRIX_JWT_SECRET and MATRIX_JWT_JWKS_URL: set one, not both")
+        if options.jwt_secret is not None and len(options.jwt_secret) < 32:
+            raise ValueError("MATRIX_JWT_SECRET: use at least 32 characters")
+        return options
+
+    @property
+    def jwt_configured(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_jwks_url)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def resource_url(self) -> str:
+        """This server's MCP endpoint: the resource in the protected-resource metadata and the default
+        JWT audience."""
+        return self.base_url + "/mcp"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
+
+
+def _rate(env: Mapping[str, str], name: str, default: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if raw.lower() in ("off", "none", "0"):
+        return None
+    return raw or default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {raw}")
+    return value

@@ -1,0 +1,148 @@
+"""Scopes and the one map from MCP requests to the scope each needs.
+
+A caller sees in `tools/list` only the tools its scopes allow, and a call outside them is refused with
+a tool error (or, for resources/prompts/completions, a JSON-RPC error) naming the missing scope. Tools
+not in the map need `matrix:admin`: a new tool is closed until someone decides who may call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from matrix_mcp.audit import current_principal
+
+READ = "matrix:read"
+WORK = "matrix:work"
+PLAN = "matrix:plan"
+ADMIN = "matrix:admin"
+ALL_SCOPES: tuple[str, ...] = (READ, WORK, PLAN, ADMIN)
+
+TOOL_SCOPES: dict[str, str] = {
+    # reading status, lists, records, summaries and the schema analyser
+    "list_runs": READ,
+    "run_status": READ,
+    "get_outcome": READ,
+    "list_outcomes": READ,
+    "package_summary": READ,
+    "system_metrics": READ,
+    "analyze_schema": READ,
+    "generate_table_ddl": READ,
+    "find_relationships": READ,
+    "generate_api_schema": READ,
+    # the worker loop
+    "claim_items": WORK,
+    "heartbeat": WORK,
+    "complete_item": WORK,
+    "fail_item": WORK,
+    # planning and steering
+    "plan_run": PLAN,
+    "control_run": PLAN,
+    "retry_items": PLAN,
+    "record_outcome": PLAN,
+    "update_outcome_status": PLAN,
+    "export_outcomes": PLAN,
+    "record_integration_event": PLAN,
+}
+UNMAPPED_TOOL_SCOPE = ADMIN
+
+# every other request method needs READ, except these, which any authenticated caller may send
+_UNSCOPED_METHODS = frozenset(
+    {"initialize", "ping", "server/discover", "tools/list", "logging/setLevel", "notifications/initialized"}
+)
+
+
+def register_tool_scope(tool: str, scope: str) -> None:
+    """Map a new tool (e.g. webhook management: ADMIN) to the scope it needs."""
+    if scope not in ALL_SCOPES:
+        raise ValueError(f"scope: unknown scope {scope!r}; known: {', '.join(ALL_SCOPES)}")
+    TOOL_SCOPES[tool] = scope
+
+
+def tool_scope(tool: str) -> str:
+    return TOOL_SCOPES.get(tool, UNMAPPED_TOOL_SCOPE)
+
+
+def required_scope(method: str, params: Any) -> str | None:
+    """The scope a request needs; None for the handshake, pings, tools/list and notifications."""
+    if method == "tools/call":
+        name = params.get("name") if isinstance(params, dict) else None
+        return tool_scope(name if isinstance(name, str) else "")
+    if method in _UNSCOPED_METHODS or method.startswith("notifications/"):
+        return None
+    return READ
+
+
+def parse_scopes(values: Iterable[str], field: str = "scope") -> tuple[str, ...]:
+    """Accept `read` or `matrix:read`; refuse anything else naming the field."""
+    out: list[str] = []
+    for raw in values:
+        for part in raw.replace(",", " ").split():
+            scope = part if part.startswith("matrix:") else f"matrix:{part}"
+            if scope not in ALL_SCOPES:
+                raise ValueError(f"{field}: unknown scope {part!r}; use one of read, work, plan, admin")
+            if scope not in out:
+                out.append(scope)
+    if not out:
+        raise ValueError(f"{field}: give at least one scope (read, work, plan, admin)")
+    return tuple(out)
+
+
+def caller(ctx: ServerRequestContext[Any, Any]) -> tuple[str, frozenset[str]] | None:
+    """(principal, scopes) of the HTTP request that carried this message; None when unauthenticated."""
+    request = ctx.request
+    scope = getattr(request, "scope", None)
+    user = scope.get("user") if isinstance(scope, dict) else None
+    token = getattr(user, "access_token", None)
+    if token is None:
+        return None
+    return str(token.client_id), frozenset(token.scopes)
+
+
+class ScopeGate:
+    """Server middleware: refuses requests outside the caller's scopes, filters `tools/list`, and makes
+    the principal known to the code below (`current_principal`) while the request runs."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        who = caller(ctx)
+        if who is None:  # not reached behind the SDK's RequireAuthMiddleware; stdio never installs this
+            return await call_next(ctx)
+        principal, scopes = who
+        needed = required_scope(ctx.method, ctx.params)
+        if needed is not None and needed not in scopes:
+            text = f"insufficient_scope: {_what(ctx)} needs {needed}; this credential has {_list(scopes)}"
+            if ctx.method == "tools/call":
+                return types.CallToolResult(
+                    content=[types.TextContent(type="text", text=text)], is_error=True
+                )
+            raise MCPError(code=types.INVALID_REQUEST, message=text)
+        token = current_principal.set(principal)
+        try:
+            result = await call_next(ctx)
+        finally:
+            current_principal.reset(token)
+        if ctx.method == "tools/list":
+            return _filter_tools(result, scopes)
+        return result
+
+
+def _filter_tools(result: HandlerResult, scopes: frozenset[str]) -> HandlerResult:
+    if isinstance(result, types.ListToolsResult):
+        return result.model_copy(update={"tools": [t for t in result.tools if tool_scope(t.name) in scopes]})
+    if isinstance(result, dict) and isinstance(result.get("tools"), list):
+        return {**result, "tools": [t for t in result["tools"] if tool_scope(str(t.get("name"))) in scopes]}
+    return result
+
+
+def _what(ctx: ServerRequestContext[Any, Any]) -> str:
+    if ctx.method == "tools/call" and isinstance(ctx.params, dict):
+        return f"tool {ctx.params.get('name')!r}"
+    return ctx.method
+
+
+def _list(scopes: frozenset[str]) -> str:
+    return ", ".join(sorted(scopes)) or "no scopes"

@@ -1,0 +1,79 @@
+"""API keys and the per-package status counts in the store: the same answers on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix_mcp.engine import Engine
+from matrix_mcp.models import PackageSpec
+from matrix_mcp.store.base import Conflict, NotFound
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_api_keys_lifecycle(engine: Engine) -> None:
+    store = engine.store
+    created = await store.create_api_key("ci", "h1", ("matrix:read", "matrix:work"), 100.0)
+    assert created.name == "ci" and created.scopes == ("matrix:read", "matrix:work")
+    with pytest.raises(Conflict) as exc:
+        await store.create_api_key("ci", "h2", ("matrix:read",), 101.0)
+    assert exc.value.field == "name"
+    await store.create_api_key("admin", "h3", ("matrix:admin",), 102.0)
+    found = await store.api_key_by_hash("h1")
+    assert (
+        found is not None and found.name == "ci" and found.revoked_at is None and found.last_used_at is None
+    )
+    assert await store.api_key_by_hash("nope") is None
+    await store.touch_api_key("ci", 150.0)
+    assert [(k.name, k.last_used_at) for k in await store.list_api_keys()] == [("admin", None), ("ci", 150.0)]
+    revoked = await store.revoke_api_key("ci", 200.0)
+    assert revoked.revoked_at == 200.0
+    assert (await store.revoke_api_key("ci", 300.0)).revoked_at == 200.0  # the first time stays
+    again = await store.api_key_by_hash("h1")
+    assert again is not None and again.revoked_at == 200.0
+    with pytest.raises(NotFound) as missing:
+        await store.revoke_api_key("ghost", 1.0)
+    assert missing.value.field == "name"
+
+
+async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
+    assert await engine.store.status_counts() == {}
+    for run in ("r1", "r2"):
+        await engine.plan_run(
+            run,
+            [PackageSpec(name="api", items=["a", "b"]), PackageSpec(name="docs", items=["c"])],
+            None,
+            None,
+        )
+    got = await engine.claim_items("r1", "w", 1, "api", 0)
+    await engine.complete_item(got.items[0].outcome_id, got.items[0].lease_token)
+    counts = await engine.store.status_counts()
+    assert counts["api"] == {"pending": 3, "generating": 0, "complete": 1, "failed": 0, "cancelled": 0}
+    assert counts["docs"]["pending"] == 2 and sum(counts["docs"].values()) == 2
+
+
+async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
+    from matrix_mcp.http.keys import ApiKeyVerifier, hash_key
+    from matrix_mcp.store.base import Store, Unavailable
+
+    await engine.store.create_api_key("k", hash_key("mtx_known"), ("matrix:read",), 1.0)
+    down = False
+
+    class Flaky:
+        """The real store, until it goes down."""
+
+        async def api_key_by_hash(self, key_hash: str) -> object:
+            if down:
+                raise Unavailable("the store is unreachable")
+            return await engine.store.api_key_by_hash(key_hash)
+
+        async def touch_api_key(self, name: str, now: float) -> None:
+            await engine.store.touch_api_key(name, now)
+
+    flaky: Store = Flaky()  # type: ignore[assignment]
+    verifier = ApiKeyVerifier(lambda: flaky, cache_seconds=0.0)
+    assert (await verifier.verify_token("mtx_known")) is not None
+    down = True
+    known = await verifier.verify_token("mtx_known")
+    assert known is not None and known.client_id == "key:k"
+    assert await verifier.verify_token("mtx_other") is None
