@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="sqlite:///path.db or postgresql://… (env MATRIX_DATABASE_URL)")
     p.add_argument("--artifacts-dir", help="where outcome content is stored (env MATRIX_ARTIFACTS_DIR)")
     p.add_argument("--log-level", default=os.environ.get("MATRIX_LOG_LEVEL", "WARNING"))
+    p.add_argument(
+        "--toolset",
+        choices=["worker", "orchestrator", "all"],
+        help="tools a connection lists (env MATRIX_TOOLSET, default all)",
+    )
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve MCP (default: stdio)")
     serve.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
@@ -59,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        settings = Settings.from_env(database_url=args.database_url, artifacts_dir=args.artifacts_dir)
+        settings = Settings.from_env(
+            database_url=args.database_url, artifacts_dir=args.artifacts_dir, toolset=args.toolset
+        )
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     command = args.command or "serve"

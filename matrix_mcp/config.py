@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from matrix_mcp.toolsets import Toolset, parse_toolset
+
 DEFAULT_DATABASE_URL = "sqlite:///.matrix/matrix.db"
 DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
 
@@ -35,6 +37,7 @@ class Settings:
     artifacts_dir: Path = field(default_factory=lambda: Path(DEFAULT_ARTIFACTS_DIR))
     schema_database_url: str | None = None
     limits: Limits = field(default_factory=Limits)
+    toolset: Toolset = "all"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -53,6 +56,13 @@ class Settings:
             limits=limits,
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
+        toolset = clean.pop("toolset", None)
+        settings = replace(
+            settings,
+            toolset=parse_toolset(str(toolset), "--toolset")
+            if toolset is not None
+            else parse_toolset(env.get("MATRIX_TOOLSET") or "all", "MATRIX_TOOLSET"),
+        )
         if "artifacts_dir" in clean:
             clean["artifacts_dir"] = Path(str(clean["artifacts_dir"]))
         return replace(settings, **clean)  # type: ignore[arg-type]
