@@ -45,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's outcomes to stdout")
     export.add_argument("run")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    work = sub.add_parser(
+        "work",
+        usage="matrix-mcp work RUN [options] -- COMMAND [ARGS…]",
+        help="run COMMAND once per item of RUN, N at a time (the item as env and JSON on stdin; stdout = content)",
+    )
+    work.add_argument("run")
+    work.add_argument("--package", help="only this package's items")
+    work.add_argument("-j", "--jobs", type=int, default=1, help="commands at a time (default 1)")
+    work.add_argument("--timeout", type=float, metavar="SECONDS", help="kill a command after this long")
+    work.add_argument("--worker", help="worker name (default: host-pid)")
+    work.add_argument(
+        "--no-retry-exit", metavar="CODES", help="exit codes that fail an item for good, e.g. 2,3"
+    )
+    work.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM")
     gc = sub.add_parser("gc", help="delete stored content no outcome refers to (left by rejected reports)")
     gc.add_argument(
         "--older-than",
@@ -57,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    trailing: list[str] = []  # after `--`: the command `work` runs, passed on untouched
+    if "--" in argv:
+        argv, trailing = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = _parser().parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
@@ -86,6 +104,14 @@ def main(argv: list[str] | None = None) -> None:
         from matrix_mcp.demo import run_demo
 
         sys.exit(anyio.run(run_demo, settings, args.workers, args.run))
+    if command == "work":
+        from matrix_mcp.work import run_work, work_options
+
+        try:
+            options = work_options(args, trailing)
+        except ValueError as exc:
+            sys.exit(f"matrix-mcp work: {exc}")
+        sys.exit(anyio.run(run_work, settings, options))
     if command == "status":
         anyio.run(_status, settings, args.run, args.check)
     elif command == "export":
