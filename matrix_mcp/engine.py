@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -299,7 +300,8 @@ class Engine:
                     item=c.item,
                     attempt=c.attempt,
                     lease_token=c.lease_token,
-                    lease_expires_at=ts(c.lease_expires_at),  # type: ignore[arg-type]
+                    # whole seconds, rounded down: a worker reads it as a deadline, and it costs fewer tokens
+                    lease_expires_at=ts(math.floor(c.lease_expires_at)),  # type: ignore[arg-type]
                     specifications=c.specifications,
                     outcome_path=c.outcome_path,
                     briefing="\n\n".join(x for x in (info.goal, c.package_description) if x) or None,
