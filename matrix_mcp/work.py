@@ -18,17 +18,16 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from subprocess import PIPE
-from typing import Any, TextIO, TypeVar
+from typing import IO, Any, TextIO, TypeVar
 
 import anyio
-import anyio.abc
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError, RunInfo
@@ -72,7 +71,7 @@ class CommandResult:
 @dataclass
 class Running:
     item: ClaimedItem
-    process: anyio.abc.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
     stopped: str | None = None
 
     def kill(self, why: str) -> None:
@@ -234,54 +233,47 @@ class Worker:
         started = time.monotonic()
         try:
             try:
-                process = await anyio.open_process(
-                    list(self.options.command),
-                    stdin=PIPE,
-                    stdout=PIPE,
-                    stderr=PIPE,
-                    env=env,
-                    start_new_session=True,
-                )
+                # Popen (vfork + exec) on a worker thread rather than asyncio's subprocess transport (a
+                # child-watcher thread per process: 0.20 of xargs' rate instead of 0.27, see README);
+                # the pipes and the exit are awaited on the event loop below
+                process = await anyio.to_thread.run_sync(_spawn, list(self.options.command), env)
             except OSError as exc:
                 return CommandResult(127, b"", 0, f"cannot start the command: {exc}".encode(), 0.0)
             running.process = process
             if running.stopped is not None:  # stopped while it was starting
                 running.kill(running.stopped)
 
-            async def feed() -> None:
-                assert process.stdin is not None
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    await process.stdin.send(json.dumps(doc, ensure_ascii=False).encode() + b"\n")
-                with contextlib.suppress(OSError):
-                    await process.stdin.aclose()
-
-            async def read_out() -> None:
+            def take_out(chunk: bytes) -> None:
                 nonlocal total
-                assert process.stdout is not None
-                async for chunk in process.stdout:
-                    total += len(chunk)
-                    if total <= self.max_bytes:
-                        stdout.extend(chunk)
+                total += len(chunk)
+                if total <= self.max_bytes:
+                    stdout.extend(chunk)
 
-            async def read_err() -> None:
-                assert process.stderr is not None
-                async for chunk in process.stderr:
-                    tail.extend(chunk)
-                    del tail[:-STDERR_TAIL]
+            def take_err(chunk: bytes) -> None:
+                tail.extend(chunk)
+                del tail[:-STDERR_TAIL]
 
+            assert process.stdin and process.stdout and process.stderr
+            data = json.dumps(doc, ensure_ascii=False).encode() + b"\n"
             with anyio.move_on_after(self.options.timeout) as deadline:
                 async with anyio.create_task_group() as io:
-                    io.start_soon(feed)
-                    io.start_soon(read_out)
-                    io.start_soon(read_err)
-                await process.wait()
+                    io.start_soon(_feed, process.stdin, data)
+                    io.start_soon(_drain, process.stdout, take_out)
+                    io.start_soon(_drain, process.stderr, take_err)
+                await _exited(process)
             if deadline.cancelled_caught:
                 running.kill("timeout")
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-                await process.aclose()
         finally:
             self.running.pop(item.outcome_id, None)
+            if running.process is not None:
+                with anyio.CancelScope(shield=True):
+                    if running.process.poll() is None:
+                        running.kill(running.stopped or "interrupted")
+                        await _exited(running.process)
+                for pipe in (running.process.stdin, running.process.stdout, running.process.stderr):
+                    if pipe is not None:
+                        with contextlib.suppress(OSError):
+                            pipe.close()
         outcome = CommandResult(
             process.returncode, bytes(stdout), total, bytes(tail), time.monotonic() - started, running.stopped
         )
@@ -444,6 +436,69 @@ class Worker:
             eta = remaining / rate if rate and remaining else None
             self.live.show(progress_line(c.model_dump(), rate, eta) + f" · {len(self.running)} running here")
             await anyio.sleep(0.5)
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The command in a session (and process group) of its own, so that killing it kills its children."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+
+
+async def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write the document to the command's stdin and close it; a command that does not read it is fine."""
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+    except OSError:  # BrokenPipeError: it exited or closed its stdin without reading
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+async def _drain(pipe: IO[bytes], take: Callable[[bytes], None]) -> None:
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        if not chunk:
+            return
+        take(chunk)
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> int:
+    """Wait for the process to exit without blocking the event loop (a pidfd where there is one)."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return process.wait()
+    while process.poll() is None:  # noqa: ASYNC110 - no pidfd on this system: poll
+        await anyio.sleep(0.01)
+    return process.returncode
 
 
 def _as_text(data: bytes) -> tuple[str, Any]:
