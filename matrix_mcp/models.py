@@ -191,7 +191,7 @@ ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off"
 
 class ClaimResult(_Model):
     items: list[ClaimedItem]
-    reason: ClaimReason | None = Field(default=None, description="Why fewer items than asked came.")
+    reason: ClaimReason | None = None  # why fewer items than asked came (the tool's description says so)
     retry_after_seconds: float | None = None
 
 
@@ -204,8 +204,8 @@ class HeartbeatResult(_Model):
     extended: list[LeaseState] | None = None  # detail='full'
 
     lease_expires_at: datetime | None = Field(default=None, description="Earliest new expiry.")
-    lost: list[str] = Field(description="Expired, taken over or finished.")
-    cancelled: list[str] = Field(description="Run cancelled: stop these.")
+    lost: list[str]  # expired, taken over or finished
+    cancelled: list[str]  # the run was cancelled: stop these
 
 
 class ReportResult(_Model):

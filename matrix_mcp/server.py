@@ -177,7 +177,8 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
     async def heartbeat(
         leases: list[LeaseRef], detail: Detail = "compact"
     ) -> Annotated[CallToolResult, HeartbeatResult]:
-        """Extend leases; lists those lost and those of a cancelled run (stop them)."""
+        """Extend leases; lists those lost (expired, taken over, finished) and those of a cancelled
+        run (stop them)."""
         return await call(engine().heartbeat(leases), full=detail == "full", keep="extended")
 
     @mcp.tool()

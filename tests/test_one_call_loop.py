@@ -214,8 +214,9 @@ async def test_worker_loop_over_stdio_one_call_per_item(settings: Settings, mode
     async with Client(stdio(settings), mode=mode) as orchestrator:
         await call(orchestrator, "plan_run", {"name": "r", "packages": [p.model_dump() for p in grid(3, 4)]})
     async with Client(stdio(settings, "--toolset", "worker"), mode=mode) as worker:
-        listed = {t.name for t in (await worker.list_tools()).tools}
-        assert listed == WORKER_TOOLS
+        tools = await worker.list_tools()
+        assert {t.name for t in tools.tools} == WORKER_TOOLS
+        assert len(tools.model_dump_json(by_alias=True, exclude_none=True)) <= 6 * 1024  # a worker's context
         got, _ = await call(worker, "claim_items", {"run": "r", "worker": "w"})
         item = got["items"][0]
         assert set(item) == {"outcome_id", "package", "item", "attempt", "lease_token", "lease_expires_at"}
