@@ -142,10 +142,12 @@ async def one_call_loop(url: str, artifacts: str, items: int, mode: str) -> dict
     one: list[float] = []
     echo2: list[float] = []
     cycle_bytes: list[int] = []
+    noop: list[float] = []
     async with (
         Client(matrix_params(url, artifacts, "--toolset", "worker"), mode=mode) as w,
         Client(matrix_params(url, artifacts), mode=mode) as m,
         Client(echo_params(), mode=mode) as e,
+        Client(noop_params(url, artifacts), mode=mode) as z,
     ):
         per_pkg = max(1, items // 10)
         packages = [{"name": f"pkg-{i}", "items": [f"item-{j}" for j in range(per_pkg)]} for i in range(10)]
@@ -176,6 +178,9 @@ async def one_call_loop(url: str, artifacts: str, items: int, mode: str) -> dict
             await e.call_tool("echo", {"text": item["outcome_id"]})
             await e.call_tool("echo", {"text": item["lease_token"]})
             echo2.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # the same call on a no-op engine: the SDK's cost of its shapes
+            await z.call_tool("complete_item", args)
+            noop.append(time.perf_counter() - t0)
             nxt = (res.structured_content or {}).get("next") or []
             item = nxt[0] if nxt else None
         # the two-call loop on the same server (compact results), and with the full records (detail=full)
@@ -193,6 +198,7 @@ async def one_call_loop(url: str, artifacts: str, items: int, mode: str) -> dict
                 full.append(text_bytes(got) + text_bytes(res))
     return {
         "one": statistics.median(one),
+        "noop": statistics.median(noop),
         "echo2": statistics.median(echo2),
         "calls_per_item": calls / done,
         "cycle_bytes": statistics.median(cycle_bytes),
@@ -222,6 +228,10 @@ async def main() -> None:
             f"{tag} one-call loop: complete_item(claim_next=1) with 4 KiB content {loop['one'] * 1000:.2f} ms, "
             f"two echo calls {loop['echo2'] * 1000:.2f} ms, ratio {loop['one'] / loop['echo2']:.2f} (goal ≤ 0.8); "
             f"{loop['items']} items"
+        )
+        print(
+            f"{tag}   the same call on a no-op engine (bench/noop_engine_server.py, canned answer with `next`): "
+            f"{loop['noop'] * 1000:.2f} ms, ratio {loop['noop'] / loop['echo2']:.2f} — the SDK's cost of the call alone"
         )
         print(
             f"{tag}   tool calls per item: {loop['calls_per_item']:.3f} (goal 1; one claim_items, then one "

@@ -80,6 +80,7 @@ class Artifacts:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root.absolute()
         self.max_bytes = max_bytes
+        self._real_root: Path | None = None  # the root with its symlinks resolved, once it exists
 
     # ---- paths ----------------------------------------------------------------------------------
 
@@ -109,7 +110,13 @@ class Artifacts:
 
     def _resolve_inside(self, rel: str, field: str) -> Path:
         target = self.root / rel
-        root = self.root.resolve()
+        # resolved once (a realpath is a few lstat calls; a report checks its path three times): were the
+        # root later replaced by a symlink to elsewhere, every path would resolve outside it and be refused
+        root = self._real_root
+        if root is None:
+            root = self.root.resolve()
+            if root.is_dir():
+                self._real_root = root
         # resolve() follows every symlink that exists along the way, so an escape is caught here
         resolved = target.resolve()
         if resolved != root and root not in resolved.parents:

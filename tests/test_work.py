@@ -51,6 +51,8 @@ SCRIPT = textwrap.dedent(
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         open(mark + ".child", "w").write(str(child.pid))
         time.sleep(120)
+    if mode == "longer_than_the_lease":
+        time.sleep(3)
     if mode == "huge":
         sys.stdout.write("x" * 5000)
         sys.exit(0)
@@ -211,6 +213,27 @@ async def test_work_exit_status_and_bad_arguments(settings: Settings, script: Pa
         bad = await anyio.run_process(work_cmd(settings, *args), env=env(tmp_path), check=False)
         assert bad.returncode != 0 and message in bad.stderr.decode(), (args, bad.stderr)
         assert "Traceback" not in bad.stderr.decode()
+
+
+async def test_leases_are_heartbeated_while_a_command_runs(
+    settings: Settings, script: Path, tmp_path: Path
+) -> None:
+    await plan(settings, [PackageSpec(name="p", items=["a", "b"])], lease_seconds=1)
+    proc = await anyio.run_process(
+        work_cmd(settings, "r", "-j", "2", "--", sys.executable, str(script)),
+        env=env(tmp_path, MODE="longer_than_the_lease"),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    engine = await Engine.open(settings)
+    try:
+        for o in (await engine.list_outcomes(run="r")).outcomes:
+            # 3 s of work under a 1 s lease: still the first attempt, never taken back
+            assert (
+                o.status == "complete" and o.attempts == 1 and o.duration_seconds and o.duration_seconds > 2.5
+            )
+    finally:
+        await engine.close()
 
 
 async def wait_generating(settings: Settings, n: int, timeout: float = 60) -> None:
