@@ -19,6 +19,7 @@ import mimetypes
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -117,6 +118,8 @@ class Artifacts:
             root = self.root.resolve()
             if root.is_dir():
                 self._real_root = root
+        if self._plainly_inside(root, rel):
+            return target
         # resolve() follows every symlink that exists along the way, so an escape is caught here
         resolved = target.resolve()
         if resolved != root and root not in resolved.parents:
@@ -131,6 +134,26 @@ class Artifacts:
             if guessed:
                 return guessed
         return "text/plain"
+
+    @staticmethod
+    def _plainly_inside(root: Path, rel: str) -> bool:
+        """True when `rel` has no '.', '..' or empty component and no existing component of it under the
+        (resolved) root is a symlink: then it cannot lead outside. One lstat per existing component, where
+        a full resolve() costs a realpath of the whole absolute path; anything else takes the full check."""
+        current = str(root)
+        for part in rel.split("/"):
+            if part in ("", ".", ".."):
+                return False
+            current = current + "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                return True  # nothing below a missing component exists, so no symlink either
+            except OSError:
+                return False
+            if stat.S_ISLNK(mode):
+                return False
+        return True
 
     # ---- writes ---------------------------------------------------------------------------------
 
