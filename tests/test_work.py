@@ -236,6 +236,37 @@ async def test_leases_are_heartbeated_while_a_command_runs(
         await engine.close()
 
 
+async def test_two_work_processes_drain_one_run_together(
+    settings: Settings, script: Path, tmp_path: Path
+) -> None:
+    """Several `work` processes (on several hosts, with PostgreSQL) share a run: each item runs once."""
+    await plan(settings, [PackageSpec(name=f"p{n}", items=[f"i{k}" for k in range(10)]) for n in range(3)])
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def one(name: str) -> None:
+        results.append(
+            await anyio.run_process(
+                work_cmd(settings, "r", "-j", "3", "--worker", name, "--", sys.executable, str(script)),
+                env=env(tmp_path),
+                check=False,
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "host-a")
+        tg.start_soon(one, "host-b")
+    assert [r.returncode for r in results] == [0, 0], [r.stderr.decode()[-500:] for r in results]
+    runs_per_item = [len(m.read_text().split()) for m in (tmp_path / "marks").iterdir()]
+    assert len(runs_per_item) == 30 and set(runs_per_item) == {1}  # each command ran once
+    engine = await Engine.open(settings)
+    try:
+        outcomes = (await engine.list_outcomes(run="r")).outcomes
+        assert {o.status for o in outcomes} == {"complete"} and {o.attempts for o in outcomes} == {1}
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
+
+
 async def wait_generating(settings: Settings, n: int, timeout: float = 60) -> None:
     engine = await Engine.open(settings)
     try:
