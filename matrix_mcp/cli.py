@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     command = args.command or "serve"
+    if trailing and command != "work":
+        sys.exit("matrix-mcp: arguments after -- are only taken by `matrix-mcp work`")
     if command == "serve":
         from matrix_mcp.server import create_server
 

@@ -114,15 +114,15 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
             raise ToolError("the server is starting or stopping; retry")
         return holder.engine
 
-    async def call(awaitable: Awaitable[BaseModel], full: bool = True, keep: str = "") -> CallToolResult:
+    async def call(awaitable: Awaitable[BaseModel], full: bool = True, full_only: str = "") -> CallToolResult:
         """Run an engine call; return its model as structured content plus the same JSON, compact, as text
-        (hosts that ignore structuredContent read the text). full=False leaves out the field `keep`
+        (hosts that ignore structuredContent read the text). full=False leaves out the field `full_only`
         (a report's full record, a heartbeat's per-lease list). Map engine/store errors to tool errors that
         name the field; never leak a password."""
         try:
             model = await awaitable
             data = model.model_dump(
-                mode="json", exclude_none=True, exclude={keep} if keep and not full else None
+                mode="json", exclude_none=True, exclude={full_only} if full_only and not full else None
             )  # absent = null: fewer tokens, less to check
             text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
             return ModelResult(content=[TextContent(type="text", text=text)], structured_content=data)
@@ -179,7 +179,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
     ) -> Annotated[CallToolResult, HeartbeatResult]:
         """Extend leases; lists those lost (expired, taken over, finished) and those of a cancelled
         run (stop them)."""
-        return await call(engine().heartbeat(leases), full=detail == "full", keep="extended")
+        return await call(engine().heartbeat(leases), full=detail == "full", full_only="extended")
 
     @mcp.tool()
     async def complete_item(
@@ -210,7 +210,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
                 claim_next,
             ),
             full=detail == "full",
-            keep="outcome",
+            full_only="outcome",
         )
 
     @mcp.tool()
@@ -227,7 +227,7 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
         return await call(
             engine().fail_item(outcome_id, lease_token, error, retryable, claim_next),
             full=detail == "full",
-            keep="outcome",
+            full_only="outcome",
         )
 
     @mcp.tool()
