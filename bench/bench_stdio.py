@@ -6,9 +6,13 @@
   and with one durable write per call and nothing else (bench/floor_server.py): the floor any store that
   persists each claim and completion stands on.
 - cold start: spawn → connected → first tool result, matrix-mcp (`list_runs`) ÷ echo (`echo`), medians.
-- the size of the tools/list result on the wire.
+- the size of the tools/list result on the wire, for all tools and for `--toolset worker`.
+- the one-call worker loop (issue 12): `complete_item(claim_next=1)` with 4 KiB of content ÷ two echo calls,
+  interleaved, medians; tool calls per item; result bytes per item cycle (the JSON text of the results a
+  worker reads: claim + report), one-call loop next to the two-call loop and to the full records.
 
     python bench/bench_stdio.py [--items 400] [--starts 15] [--mode legacy|auto] [--database-url URL]
+                                [--loop-only]
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from mcp.client.stdio import StdioServerParameters
 HERE = Path(__file__).resolve().parent
 
 
-def matrix_params(url: str, artifacts: str) -> StdioServerParameters:
+def matrix_params(url: str, artifacts: str, *extra: str) -> StdioServerParameters:
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "matrix_mcp", "--database-url", url, "--artifacts-dir", artifacts]
+        command=sys.executable,
+        args=["-m", "matrix_mcp", "--database-url", url, "--artifacts-dir", artifacts, *extra],
     )
 
 
@@ -115,10 +120,94 @@ async def cold_start(params: StdioServerParameters, tool: str, args: dict[str, s
     return elapsed
 
 
-async def tools_list_bytes(url: str, artifacts: str, mode: str) -> int:
-    async with Client(matrix_params(url, artifacts), mode=mode) as c:
+async def tools_list_bytes(url: str, artifacts: str, mode: str, *extra: str) -> int:
+    async with Client(matrix_params(url, artifacts, *extra), mode=mode) as c:
         result = await c.list_tools()
         return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+CONTENT_4K = ("x" * 63 + "\n") * 64  # 4 KiB, 64 lines
+
+
+def text_bytes(result: Any) -> int:
+    """Bytes of the result's JSON text (the same JSON as its structuredContent, compact)."""
+    assert not result.is_error, result.content
+    return len(result.content[0].text.encode())
+
+
+async def one_call_loop(url: str, artifacts: str, items: int, mode: str) -> dict[str, float]:
+    """The worker loop of issue 12, interleaved with two echo calls per item: medians and byte counts."""
+    run = f"loop-{time.time_ns()}"
+    calls = 0
+    one: list[float] = []
+    echo2: list[float] = []
+    cycle_bytes: list[int] = []
+    noop: list[float] = []
+    async with (
+        Client(matrix_params(url, artifacts, "--toolset", "worker"), mode=mode) as w,
+        Client(matrix_params(url, artifacts), mode=mode) as m,
+        Client(echo_params(), mode=mode) as e,
+        Client(noop_params(url, artifacts), mode=mode) as z,
+    ):
+        per_pkg = max(1, items // 10)
+        packages = [{"name": f"pkg-{i}", "items": [f"item-{j}" for j in range(per_pkg)]} for i in range(10)]
+        await m.call_tool("plan_run", {"name": run, "packages": packages, "goal": "a goal"})
+        await m.call_tool("plan_run", {"name": run + "-2", "packages": packages, "goal": "a goal"})
+        for _ in range(20):
+            await e.call_tool("echo", {"text": "x"})
+        got = await w.call_tool("claim_items", {"run": run, "worker": "bench"})
+        calls += 1
+        claim_bytes = text_bytes(got)
+        item = (got.structured_content or {})["items"][0]
+        done = 0
+        while item is not None:
+            args = {
+                "outcome_id": item["outcome_id"],
+                "lease_token": item["lease_token"],
+                "content": CONTENT_4K,
+                "metrics": {"lines_generated": 64},
+                "claim_next": 1,
+            }
+            t0 = time.perf_counter()
+            res = await w.call_tool("complete_item", args)
+            one.append(time.perf_counter() - t0)
+            calls += 1
+            done += 1
+            cycle_bytes.append(text_bytes(res))
+            t0 = time.perf_counter()
+            await e.call_tool("echo", {"text": item["outcome_id"]})
+            await e.call_tool("echo", {"text": item["lease_token"]})
+            echo2.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # the same call on a no-op engine: the SDK's cost of its shapes
+            await z.call_tool("complete_item", args)
+            noop.append(time.perf_counter() - t0)
+            nxt = (res.structured_content or {}).get("next") or []
+            item = nxt[0] if nxt else None
+        # the two-call loop on the same server (compact results), and with the full records (detail=full)
+        two_call: list[int] = []
+        full: list[int] = []
+        for n in range(min(50, per_pkg * 10)):
+            got = await w.call_tool("claim_items", {"run": run + "-2", "worker": "bench"})
+            it = (got.structured_content or {})["items"][0]
+            ref = {"outcome_id": it["outcome_id"], "lease_token": it["lease_token"], "content": "x"}
+            if n % 2:
+                res = await w.call_tool("complete_item", ref)
+                two_call.append(text_bytes(got) + text_bytes(res))
+            else:
+                res = await w.call_tool("complete_item", {**ref, "detail": "full"})
+                full.append(text_bytes(got) + text_bytes(res))
+    return {
+        "one": statistics.median(one),
+        "noop": statistics.median(noop),
+        "echo2": statistics.median(echo2),
+        "calls_per_item": calls / done,
+        "cycle_bytes": statistics.median(cycle_bytes),
+        "cycle_bytes_max": max(cycle_bytes),
+        "claim_bytes": claim_bytes,
+        "two_call_bytes": statistics.median(two_call),
+        "full_bytes": statistics.median(full),
+        "items": done,
+    }
 
 
 async def main() -> None:
@@ -127,11 +216,41 @@ async def main() -> None:
     ap.add_argument("--starts", type=int, default=15)
     ap.add_argument("--mode", choices=["legacy", "auto"], default="legacy")
     ap.add_argument("--database-url", default=None)
+    ap.add_argument("--loop-only", action="store_true", help="only the one-call loop figures (issue 12)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
         backend = url.split(":", 1)[0]
         artifacts = f"{tmp}/artifacts"
+        loop = await one_call_loop(url, artifacts, args.items, args.mode)
+        tag = f"[{backend}, {args.mode}]"
+        print(
+            f"{tag} one-call loop: complete_item(claim_next=1) with 4 KiB content {loop['one'] * 1000:.2f} ms, "
+            f"two echo calls {loop['echo2'] * 1000:.2f} ms, ratio {loop['one'] / loop['echo2']:.2f} (goal ≤ 0.8); "
+            f"{loop['items']} items"
+        )
+        print(
+            f"{tag}   the same call on a no-op engine (bench/noop_engine_server.py, canned answer with `next`): "
+            f"{loop['noop'] * 1000:.2f} ms, ratio {loop['noop'] / loop['echo2']:.2f} — the SDK's cost of the call alone"
+        )
+        print(
+            f"{tag}   tool calls per item: {loop['calls_per_item']:.3f} (goal 1; one claim_items, then one "
+            f"report per item)"
+        )
+        print(
+            f"{tag}   result bytes per item cycle: {loop['cycle_bytes']:.0f} (max {loop['cycle_bytes_max']}; goal "
+            f"≤ 300; the report's ack carrying the next item); the first claim_items {loop['claim_bytes']} bytes; "
+            f"two-call loop with compact results {loop['two_call_bytes']:.0f}; with the full record "
+            f"(detail=full) {loop['full_bytes']:.0f}"
+        )
+        worker_list = await tools_list_bytes(url, artifacts, args.mode, "--toolset", "worker")
+        all_list = await tools_list_bytes(url, artifacts, args.mode)
+        print(
+            f"{tag} tools/list with --toolset worker: {worker_list} bytes ({worker_list / 1024:.2f} KiB; goal "
+            f"≤ 6 KiB); all tools {all_list} bytes ({all_list / 1024:.1f} KiB)"
+        )
+        if args.loop_only:
+            return
         t = await per_item(url, artifacts, args.items, args.mode)
         ours, floor, noop, durable = t["ours"], t["echo"], t["noop"], t["durable"]
         print(

@@ -21,24 +21,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
-from matrix_mcp.models import ClaimResult, Outcome, PackageSpec
+from matrix_mcp.models import ClaimResult, PackageSpec, ReportResult
 from matrix_mcp.server import create_server
 
 
-async def capture(settings: Settings) -> tuple[ClaimResult, Outcome]:
+async def capture(settings: Settings) -> tuple[ClaimResult, ReportResult]:
+    """A real claim, and a real report that leased the next item (what `claim_next=1` answers)."""
     engine = await Engine.open(settings)
     run = f"noop-capture-{time.time_ns()}"  # one per server: another bench server may share the database
     try:
-        await engine.plan_run(run, [PackageSpec(name="p0", items=["i000"])])
+        await engine.plan_run(run, [PackageSpec(name="pkg-0", items=["item-000", "item-001"])])
         claim = await engine.claim_items(run, "bench")
         item = claim.items[0]
-        done = await engine.complete_item(item.outcome_id, item.lease_token, metrics={"lines_generated": 1})
+        done = await engine.complete_item(
+            item.outcome_id, item.lease_token, metrics={"lines_generated": 1}, claim_next=1
+        )
         return claim, done
     finally:
         await engine.close()
 
 
-def start(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, Settings, ClaimResult, Outcome]:
+def start(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, Settings, ClaimResult, ReportResult]:
     """Parse --database-url/--artifacts-dir (and whatever `ap` adds); capture a real claim and outcome."""
     ap.add_argument("--database-url", required=True)
     ap.add_argument("--artifacts-dir", required=True)
@@ -54,7 +57,7 @@ def main() -> None:
     async def claim_items(self: Engine, *a: Any, **k: Any) -> ClaimResult:
         return claim
 
-    async def complete_item(self: Engine, *a: Any, **k: Any) -> Outcome:
+    async def complete_item(self: Engine, *a: Any, **k: Any) -> ReportResult:
         return done
 
     Engine.claim_items = claim_items  # type: ignore[method-assign]

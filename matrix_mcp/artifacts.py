@@ -19,6 +19,7 @@ import mimetypes
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -87,6 +88,7 @@ class Artifacts:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root.absolute()
         self.max_bytes = max_bytes
+        self._real_root: Path | None = None  # the root with its symlinks resolved, once it exists
 
     # ---- paths ----------------------------------------------------------------------------------
 
@@ -116,7 +118,15 @@ class Artifacts:
 
     def _resolve_inside(self, rel: str, field: str) -> Path:
         target = self.root / rel
-        root = self.root.resolve()
+        # resolved once (a realpath is a few lstat calls; a report checks its path three times): were the
+        # root later replaced by a symlink to elsewhere, every path would resolve outside it and be refused
+        root = self._real_root
+        if root is None:
+            root = self.root.resolve()
+            if root.is_dir():
+                self._real_root = root
+        if self._plainly_inside(root, rel):
+            return target
         # resolve() follows every symlink that exists along the way, so an escape is caught here
         resolved = target.resolve()
         if resolved != root and root not in resolved.parents:
@@ -131,6 +141,26 @@ class Artifacts:
             if guessed:
                 return guessed
         return "text/plain"
+
+    @staticmethod
+    def _plainly_inside(root: Path, rel: str) -> bool:
+        """True when `rel` has no '.', '..' or empty component and no existing component of it under the
+        (resolved) root is a symlink: then it cannot lead outside. One lstat per existing component, where
+        a full resolve() costs a realpath of the whole absolute path; anything else takes the full check."""
+        current = str(root)
+        for part in rel.split("/"):
+            if part in ("", ".", ".."):
+                return False
+            current = current + "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                return True  # nothing below a missing component exists, so no symlink either
+            except OSError:
+                return False
+            if stat.S_ISLNK(mode):
+                return False
+        return True
 
     # ---- writes ---------------------------------------------------------------------------------
 

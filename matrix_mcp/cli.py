@@ -35,6 +35,12 @@ def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argpars
         help="where outcome content is stored (env MATRIX_ARTIFACTS_DIR)",
     )
     p.add_argument("--log-level", default=default(os.environ.get("MATRIX_LOG_LEVEL", "WARNING")))
+    p.add_argument(
+        "--toolset",
+        choices=["worker", "orchestrator", "all"],
+        default=default(None),
+        help="tools a connection lists (env MATRIX_TOOLSET, default all)",
+    )
     return p
 
 
@@ -84,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's outcomes to stdout")
     export.add_argument("run")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    work = sub.add_parser(
+        "work",
+        usage="matrix-mcp work RUN [options] -- COMMAND [ARGS…]",
+        help="run COMMAND once per item of RUN, N at a time (the item as env and JSON on stdin; stdout = content)",
+    )
+    work.add_argument("run")
+    work.add_argument("--package", help="only this package's items")
+    work.add_argument("-j", "--jobs", type=int, default=1, help="commands at a time (default 1)")
+    work.add_argument("--timeout", type=float, metavar="SECONDS", help="kill a command after this long")
+    work.add_argument("--worker", help="worker name (default: host-pid)")
+    work.add_argument(
+        "--no-retry-exit", metavar="CODES", help="exit codes that fail an item for good, e.g. 2,3"
+    )
+    work.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM")
     gc = sub.add_parser("gc", help="delete stored content no outcome refers to (left by rejected reports)")
     gc.add_argument(
         "--older-than",
@@ -103,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    trailing: list[str] = []  # after `--`: the command `work` runs, passed on untouched
+    if "--" in argv:
+        argv, trailing = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = _parser().parse_args(argv)
     try:
         logging.basicConfig(
@@ -113,11 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"matrix-mcp: --log-level / MATRIX_LOG_LEVEL: {exc}")
     try:
-        settings = Settings.from_env(database_url=args.database_url, artifacts_dir=args.artifacts_dir)
+        settings = Settings.from_env(
+            database_url=args.database_url, artifacts_dir=args.artifacts_dir, toolset=args.toolset
+        )
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     try:
-        _dispatch(args, settings)
+        _dispatch(args, settings, trailing)
     except Exception as exc:  # every error a person can act on is one line on stderr, never a traceback
         problem = user_error(exc)
         if problem is None:
@@ -145,8 +171,10 @@ def user_error(exc: BaseException) -> str | None:
     return None
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
+def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str]) -> None:
     command = args.command or "serve"
+    if trailing and command != "work":
+        sys.exit("matrix-mcp: arguments after -- are only taken by `matrix-mcp work`")
     if command == "serve":
         transport = getattr(args, "transport", "stdio")
         if transport != "stdio":
@@ -163,6 +191,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> None:
         from matrix_mcp.demo import run_demo
 
         sys.exit(anyio.run(run_demo, settings, args.workers, args.run))
+    if command == "work":
+        from matrix_mcp.work import run_work, work_options
+
+        try:
+            options = work_options(args, trailing)
+        except ValueError as exc:
+            sys.exit(f"matrix-mcp work: {exc}")
+        sys.exit(anyio.run(run_work, settings, options))
     if command == "status":
         anyio.run(_status, settings, args.run, args.check)
     elif command == "export":

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from matrix_mcp.toolsets import Toolset, parse_toolset
+
 DEFAULT_DATABASE_URL = "sqlite:///.matrix/matrix.db"
 DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
 
@@ -77,6 +79,7 @@ class Settings:
     artifacts_dir: Path = field(default_factory=lambda: Path(DEFAULT_ARTIFACTS_DIR))
     schema_database_url: str | None = None
     limits: Limits = field(default_factory=Limits)
+    toolset: Toolset = "all"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -105,6 +108,13 @@ class Settings:
             check_database_url(settings.database_url, source)
         if settings.schema_database_url:
             check_database_url(settings.schema_database_url, "MATRIX_SCHEMA_DATABASE_URL")
+        toolset = clean.pop("toolset", None)
+        settings = replace(
+            settings,
+            toolset=parse_toolset(str(toolset), "--toolset")
+            if toolset is not None
+            else parse_toolset(env.get("MATRIX_TOOLSET") or "all", "MATRIX_TOOLSET"),
+        )
         if "artifacts_dir" in clean:
             clean["artifacts_dir"] = Path(str(clean["artifacts_dir"]))
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from matrix_mcp.cli import format_status, server_command
 from matrix_mcp.config import DEFAULT_DATABASE_URL, Settings, redact_url
+from matrix_mcp.progress import LiveLine, progress_line
 
 PACKAGES = ["auth-service", "billing-service", "catalog-service", "orders-service", "search-service"]
 ITEMS = ["models", "api", "tests"]
@@ -145,23 +146,21 @@ async def run_demo(settings: Settings, workers: int = 3, run: str | None = None)
 
         async def watch(done: anyio.Event) -> None:
             seq = 0
-            tty = out.isatty()
+            live = LiveLine(out, every=0.0)  # the demo is short: every redraw is shown
             while not done.is_set():
                 status = _data(
                     await orchestrator.call_tool("run_status", {"run": run, "since": seq, "wait_seconds": 1})
                 )
                 seq = status["latest_seq"]
                 c = status["counts"]
-                line = _progress_line(c)
                 for note in notes:
-                    print(("\r\033[K" if tty else "") + note, file=out)
+                    live.note(note)
                 notes.clear()
-                print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
+                live.show(progress_line(c))
                 counts.update(c)
                 if c["pending"] + c["generating"] == 0:
                     break
-            if tty:
-                print(file=out)
+            live.close()
 
         finished = anyio.Event()
         results: list[int] = []
@@ -199,16 +198,6 @@ def status_command(settings: Settings, run: str) -> str:
     if settings.database_url != DEFAULT_DATABASE_URL:
         command += ["--database-url", redact_url(settings.database_url)]
     return shlex.join(command)
-
-
-def _progress_line(c: dict[str, int]) -> str:
-    total = max(1, c["total"])
-    width = 30
-    filled = round(width * (c["complete"] + c["failed"]) / total)
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {c['complete']}/{c['total']} complete · "
-        f"{c['generating']} generating · {c['pending']} pending · {c['failed']} failed"
-    )
 
 
 def _render(status: dict[str, Any]) -> str:

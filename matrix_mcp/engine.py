@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -45,6 +46,7 @@ from matrix_mcp.models import (
     PackageSummary,
     PlanResult,
     RecordResult,
+    ReportResult,
     RetryResult,
     Run,
     RunAction,
@@ -55,7 +57,18 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, Store, StoreError
+from matrix_mcp.store.base import (
+    ClaimBatch,
+    NewItem,
+    NewPackage,
+    NextClaim,
+    OutcomeFilter,
+    Report,
+    Reported,
+    Store,
+    StoreError,
+)
+from matrix_mcp.telemetry import observe_generation
 
 log = logging.getLogger("matrix_mcp.engine")
 # A server repairs, as it starts, the files of completions among this many latest events (a process killed
@@ -120,6 +133,12 @@ def _validator(schema_json: str) -> Any:
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(json.loads(schema_json))
+
+
+def _retry_after(batch: ClaimBatch, now: float) -> float | None:
+    if batch.next_available_at is None:
+        return None
+    return round(max(0.0, batch.next_available_at - now), 3)
 
 
 @dataclass(frozen=True)
@@ -273,46 +292,74 @@ class Engine:
             seq = await self.store.latest_seq() if wait_seconds else 0
             now = self.now()
             batch = await self.store.claim(info.id, worker, limit, package, now, new_token)
-            retry_after = None
-            if batch.next_available_at is not None:
-                retry_after = round(max(0.0, batch.next_available_at - now), 3)
+            retry_after = _retry_after(batch, now)
             remaining = deadline - anyio.current_time()
             waitable = batch.reason in ("all_leased", "backing_off")
             if batch.claims or not waitable or remaining <= 0:
-                briefing = info.goal
-                if len(self._leased) > 100_000:
-                    self._leased.clear()
-                for c in batch.claims:
-                    self._leased[c.outcome_id] = (info.id, c.package, c.item, c.outcome_type, c.outcome_path)
-                return ClaimResult(
-                    items=[
-                        ClaimedItem(
-                            outcome_id=c.outcome_id,
-                            run=c.run,
-                            package=c.package,
-                            item=c.item,
-                            attempt=c.attempt,
-                            lease_token=c.lease_token,
-                            lease_expires_at=ts(c.lease_expires_at),  # type: ignore[arg-type]
-                            outcome_type=c.outcome_type,
-                            specifications=c.specifications,
-                            outcome_path=c.outcome_path,
-                            briefing="\n\n".join(x for x in (briefing, c.package_description) if x) or None,
-                        )
-                        for c in batch.claims
-                    ],
-                    reason=batch.reason,
-                    retry_after_seconds=retry_after,
-                )
+                return self._claimed(info, batch, now)
             pause = remaining if retry_after is None else min(remaining, max(retry_after, 0.01))
             await self.store.wait_for_change(seq, pause)
+
+    def _claimed(self, info: RunInfo, batch: ClaimBatch, now: float) -> ClaimResult:
+        """Claims as a worker sees them (claim_items, and the `next` of a report)."""
+        if len(self._leased) > 100_000:
+            self._leased.clear()
+        for c in batch.claims:
+            self._leased[c.outcome_id] = (info.id, c.package, c.item, c.outcome_type, c.outcome_path)
+        return ClaimResult(
+            items=[
+                ClaimedItem(
+                    outcome_id=c.outcome_id,
+                    package=c.package,
+                    item=c.item,
+                    attempt=c.attempt,
+                    lease_token=c.lease_token,
+                    # whole seconds, rounded down: a worker reads it as a deadline, and it costs fewer tokens
+                    lease_expires_at=ts(math.floor(c.lease_expires_at)),  # type: ignore[arg-type]
+                    specifications=c.specifications,
+                    outcome_path=c.outcome_path,
+                    briefing="\n\n".join(x for x in (info.goal, c.package_description) if x) or None,
+                )
+                for c in batch.claims
+            ],
+            reason=batch.reason,
+            retry_after_seconds=_retry_after(batch, now),
+        )
+
+    def _reported(self, info: RunInfo, reported: Reported, now: float) -> ReportResult:
+        outcome = reported.outcome
+        result = ReportResult(
+            outcome_id=outcome.id,
+            status=outcome.status,
+            attempt=outcome.attempts,
+            available_at=outcome.available_at if outcome.status == "pending" else None,
+            outcome=outcome,
+        )
+        if reported.next is not None:
+            claimed = self._claimed(info, reported.next, now)
+            result.next = claimed.items
+            result.reason = claimed.reason
+            result.retry_after_seconds = claimed.retry_after_seconds
+        return result
+
+    def _next_claim(self, claim_next: int, package: str | None) -> NextClaim | None:
+        if claim_next == 0:
+            return None
+        if claim_next < 0 or claim_next > self.limits.max_page_size:
+            raise InputError(f"must be between 0 and {self.limits.max_page_size}", "claim_next")
+        if package is not None:
+            self._name(package, "package")
+        return NextClaim(claim_next, package, new_token)
 
     async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
         if not leases:
             raise InputError("give at least one lease", "leases")
         if len(leases) > self.limits.max_page_size:
             raise InputError(f"at most {self.limits.max_page_size} leases per call", "leases")
-        return await self.store.heartbeat(leases, self.now())
+        result = await self.store.heartbeat(leases, self.now())
+        expiries = [e.lease_expires_at for e in result.extended or () if e.lease_expires_at is not None]
+        result.lease_expires_at = min(expiries, default=None)
+        return result
 
     def _check_report(
         self, schema: dict[str, Any] | None, metrics: dict[str, Any], metadata: dict[str, Any]
@@ -351,7 +398,11 @@ class Engine:
         metadata: dict[str, Any] | None = None,
         content_encoding: Literal["utf-8", "base64"] = "utf-8",
         mime_type: str | None = None,
-    ) -> Outcome:
+        claim_next: int = 0,
+        package: str | None = None,
+    ) -> ReportResult:
+        """Store the content, complete the item and, with claim_next, lease the next items in the same
+        transaction (`package` limits those to one package)."""
         self._name(outcome_id, "outcome_id")
         self._name(lease_token, "lease_token")
         metrics = self._json(metrics, "metrics") or {}
@@ -361,13 +412,14 @@ class Engine:
         data = self._content_bytes(content, content_encoding)
         if data is not None and len(data) > self.limits.max_content_bytes:
             raise InputError(f"is {len(data)} bytes; the limit is {self.limits.max_content_bytes}", "content")
-        run_id, package, item, outcome_type, planned_path = await self._outcome_key(outcome_id)
+        next_claim = self._next_claim(claim_next, package)
+        run_id, package_name, item, outcome_type, planned_path = await self._outcome_key(outcome_id)
         info = await self.run_info(run_id)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
         if data is not None:
             blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
-            path = outcome_path or planned_path or default_path(info.name, package, item, outcome_type)
+            path = outcome_path or planned_path or default_path(info.name, package_name, item, outcome_type)
             # a default or planned path is checked like a client's: a symlink planted there fails before commit
             path = self.artifacts.check_path(path)
             report = Report(
@@ -378,7 +430,9 @@ class Engine:
                 metrics=metrics,
                 metadata=metadata,
             )
-        outcome = await self.store.complete(outcome_id, lease_token, report, self.now())
+        now = self.now()
+        reported = await self.store.complete(outcome_id, lease_token, report, now, next_claim)
+        outcome = reported.outcome
         self._leased.pop(outcome_id, None)
         if _KILL_AFTER_COMMIT:
             import signal
@@ -386,6 +440,8 @@ class Engine:
             os.kill(os.getpid(), signal.SIGKILL)
         # A process killed here leaves a complete outcome without its file: any later process repairs it
         # (repair_files at start-up, get_outcome on read, `matrix-mcp gc --repair`).
+        if outcome.duration_seconds is not None:
+            observe_generation(outcome.package, outcome.outcome_type, outcome.duration_seconds)
         if data is not None and outcome.outcome_path and outcome.content_sha256:
             try:
                 await anyio.to_thread.run_sync(
@@ -400,24 +456,34 @@ class Engine:
                     outcome.outcome_path,
                     exc,
                 )
-        return outcome
+        return self._reported(info, reported, now)
 
     async def fail_item(
-        self, outcome_id: str, lease_token: str, error: str, retryable: bool = True
-    ) -> Outcome:
+        self,
+        outcome_id: str,
+        lease_token: str,
+        error: str,
+        retryable: bool = True,
+        claim_next: int = 0,
+        package: str | None = None,
+    ) -> ReportResult:
         self._name(outcome_id, "outcome_id")
         self._name(lease_token, "lease_token")
         if not error or not error.strip():
             raise InputError("describe the failure", "error")
         if len(error) > 20_000:
             error = error[:20_000] + "…"
-        policy = (await self.run_info((await self._outcome_key(outcome_id))[0])).policy
+        next_claim = self._next_claim(claim_next, package)
+        info = await self.run_info((await self._outcome_key(outcome_id))[0])
+        policy = info.policy
         self._leased.pop(outcome_id, None)
 
         def backoff(attempt: int) -> float:
             return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
 
-        return await self.store.fail(outcome_id, lease_token, error, retryable, self.now(), backoff)
+        now = self.now()
+        reported = await self.store.fail(outcome_id, lease_token, error, retryable, now, backoff, next_claim)
+        return self._reported(info, reported, now)
 
     async def retry_items(
         self, run: str, package: str | None = None, outcome_ids: Sequence[str] | None = None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 Status = Literal["pending", "generating", "complete", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled")
@@ -174,17 +174,16 @@ class PlanResult(_Model):
 
 
 class ClaimedItem(_Model):
+    # what a worker needs to do one item (it knows the run; get_outcome has every field)
     outcome_id: str
-    run: str
     package: str
     item: str
     attempt: int
     lease_token: str
     lease_expires_at: datetime
-    outcome_type: str
     specifications: Json | str | None = None
     outcome_path: str | None = None
-    briefing: str | None = Field(default=None, description="Run goal + package description.")
+    briefing: str | None = None  # the run's goal and the package's description
 
 
 ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off", "empty"]
@@ -192,7 +191,7 @@ ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off"
 
 class ClaimResult(_Model):
     items: list[ClaimedItem]
-    reason: ClaimReason | None = Field(default=None, description="Why fewer items than asked came.")
+    reason: ClaimReason | None = None  # why fewer items than asked came (the tool's description says so)
     retry_after_seconds: float | None = None
 
 
@@ -202,9 +201,24 @@ class LeaseState(_Model):
 
 
 class HeartbeatResult(_Model):
-    extended: list[LeaseState]
-    lost: list[str] = Field(description="Expired, taken over or finished.")
-    cancelled: list[str] = Field(description="Run cancelled: stop these.")
+    extended: list[LeaseState] | None = None  # detail='full'
+
+    lease_expires_at: datetime | None = Field(default=None, description="Earliest new expiry.")
+    lost: list[str]  # expired, taken over or finished
+    cancelled: list[str]  # the run was cancelled: stop these
+
+
+class ReportResult(_Model):
+    # a report's acknowledgement: what the worker needs to go on; the full record only with detail='full'
+    outcome_id: str
+    status: Status
+    attempt: int
+    available_at: datetime | None = Field(default=None, description="Retried from then.")
+    next: list[ClaimedItem] | None = None
+    reason: ClaimReason | None = Field(default=None, description="Why `next` is short.")
+    retry_after_seconds: float | None = None
+    # detail='full': the record as get_outcome has it (described as an object: the tool's definition stays small)
+    outcome: Annotated[Outcome | None, WithJsonSchema({"type": ["object", "null"]})] = None
 
 
 class RetryResult(_Model):

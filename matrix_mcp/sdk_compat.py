@@ -14,7 +14,7 @@ import logging
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ _INPUT_ONLY = frozenset(
         "exclusiveMinimum",
         "minLength",
         "maxLength",
+        "format",  # date-time: the field names (`…_at`) say so
     }
 )
 # keywords whose value is a map of name -> schema (the names are data, not keywords)
@@ -212,17 +213,40 @@ def harden_arguments(server: MCPServer[Any]) -> None:
             tool.parameters["additionalProperties"] = False
 
 
-def compact_tool_schemas(server: MCPServer[Any]) -> None:
+def lean_result_schema(schema: Any) -> Any:
+    """A result schema for results dumped without their null fields (`exclude_none`): `null` leaves every
+    type list (an absent field already says it), and enums go (a result's values speak for themselves:
+    `"status": "complete"`); a worker's connection re-reads these definitions every turn."""
+    if isinstance(schema, list):
+        return [lean_result_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "enum":
+            continue
+        if key == "type" and isinstance(value, list) and "null" in value:
+            kept = [t for t in value if t != "null"]
+            out[key] = kept[0] if len(kept) == 1 else kept
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: lean_result_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = lean_result_schema(value) if isinstance(value, dict | list) else value
+    return out
+
+
+def compact_tool_schemas(server: MCPServer[Any], null_free: Collection[str] = ()) -> None:
+    """Compact every tool's schemas (single-use input definitions inlined too); the output schemas of
+    tools named in `null_free` (whose results never carry a null) are made lean (`lean_result_schema`)."""
     for tool in server._tool_manager.list_tools():
         if isinstance(tool.fn_metadata, CachedFuncMetadata):
             continue  # precomputed in its final form
         if tool.description:
             tool.description = " ".join(tool.description.split())  # docstring indentation costs context
-        tool.parameters = compact_schema(tool.parameters)
+        tool.parameters = inline_refs(compact_schema(tool.parameters))
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = inline_refs(
-                compact_schema(tool.fn_metadata.output_schema, output=True)
-            )
+            output = inline_refs(compact_schema(tool.fn_metadata.output_schema, output=True))
+            tool.fn_metadata.output_schema = lean_result_schema(output) if tool.name in null_free else output
 
 
 class DynamicMimeTemplate(ResourceTemplate):

@@ -64,9 +64,9 @@ async def test_rejected_reports_content_is_collected_and_nothing_else(engine: En
     assert report.kept == 2
     assert not blob(root, b"late and rejected").exists()
     assert not (root / ".blobs" / "ab" / ".tmp-killedwrite").exists()
-    assert (await engine.outcome_content(done.id))[0] == b"on time"
+    assert (await engine.outcome_content(done.outcome_id))[0] == b"on time"
     assert (await engine.outcome_content(other.outcome_id))[0] == b"kept too"
-    assert (root / str(done.outcome_path)).read_bytes() == b"on time"
+    assert (root / str(done.outcome and done.outcome.outcome_path)).read_bytes() == b"on time"
     await assert_consistent(engine)
 
 

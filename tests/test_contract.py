@@ -102,11 +102,11 @@ async def test_complete_is_fenced_and_idempotent(engine: Engine) -> None:
     done = await engine.complete_item(
         item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
     )
-    assert done.status == "complete" and done.content_bytes == 5
+    assert done.status == "complete" and done.outcome and done.outcome.content_bytes == 5
     again = await engine.complete_item(
         item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
     )
-    assert again.updated_at == done.updated_at
+    assert again.outcome and again.outcome.updated_at == done.outcome.updated_at
     with pytest.raises(Conflict):
         await engine.complete_item(item.outcome_id, item.lease_token, content="different")
     summary = await engine.package_summary("p0", "r")
@@ -131,8 +131,8 @@ async def test_expired_lease_is_reclaimed_and_late_report_rejected(engine: Engin
     lost = await engine.heartbeat([LeaseRef(outcome_id=first.outcome_id, lease_token=first.lease_token)])
     assert lost.lost == [first.outcome_id] and lost.extended == []
     out = await engine.complete_item(second.outcome_id, second.lease_token, content="on time")
-    assert out.worker == "fast" and out.attempts == 2
-    detail = await engine.get_outcome(out.id)
+    assert out.outcome and out.outcome.worker == "fast" and out.attempt == 2
+    detail = await engine.get_outcome(out.outcome_id)
     assert [h.status for h in detail.history] == ["failed", "complete"]
     assert detail.history[0].error == "lease expired"
     await assert_consistent(engine)
@@ -174,7 +174,8 @@ async def test_retries_back_off_until_max_attempts(engine: Engine) -> None:
     assert 5 <= delays[0] <= 10 and 7.5 <= delays[1] <= 15
     item = (await engine.claim_items("r", "w")).items[0]
     final = await engine.fail_item(item.outcome_id, item.lease_token, "boom for good")
-    assert final.status == "failed" and final.error_message == "boom for good" and final.attempts == 3
+    assert final.status == "failed" and final.outcome and final.outcome.error_message == "boom for good"
+    assert final.attempt == 3
     assert (await engine.package_summary("p0")).failed_items == 1
     requeued = await engine.retry_items("r")
     assert requeued.requeued == 1
@@ -187,7 +188,7 @@ async def test_non_retryable_failure_is_final(engine: Engine) -> None:
     await engine.plan_run("r", grid(1, 2))
     item = (await engine.claim_items("r", "w")).items[0]
     out = await engine.fail_item(item.outcome_id, item.lease_token, "bad spec", retryable=False)
-    assert out.status == "failed" and out.attempts == 1
+    assert out.status == "failed" and out.attempt == 1
     await assert_consistent(engine)
 
 
@@ -328,8 +329,10 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
     assert list(outside.iterdir()) == []
     assert (await engine.get_outcome(item.outcome_id)).status == "generating"
     out = await engine.complete_item(item.outcome_id, item.lease_token, content="ok", outcome_path="a/b.txt")
-    assert (root / "a" / "b.txt").read_text() == "ok" and out.mime_type == "text/plain"
-    data, mime = await engine.outcome_content(out.id)
+    assert (
+        (root / "a" / "b.txt").read_text() == "ok" and out.outcome and out.outcome.mime_type == "text/plain"
+    )
+    data, mime = await engine.outcome_content(out.outcome_id)
     assert data == b"ok" and mime == "text/plain"
 
 
@@ -407,12 +410,13 @@ async def test_default_artifact_path_is_checked_before_commit(engine: Engine) ->
     await engine.plan_run("exports", grid(1, 2))  # a run named like the internal exports folder
     first = (await engine.claim_items("exports", "w")).items[0]
     out = await engine.complete_item(first.outcome_id, first.lease_token, content="fine")
-    assert out.outcome_path and not out.outcome_path.startswith("exports/")
-    assert (engine.artifacts.root / out.outcome_path).read_text() == "fine"
+    path = out.outcome and out.outcome.outcome_path
+    assert path and not path.startswith("exports/")
+    assert (engine.artifacts.root / path).read_text() == "fine"
     second = (await engine.claim_items("exports", "w")).items[0]
     outside = engine.artifacts.root.parent / "elsewhere"
     outside.mkdir()
-    planted = engine.artifacts.root / out.outcome_path.rsplit("/", 1)[0] / second.item
+    planted = engine.artifacts.root / path.rsplit("/", 1)[0] / second.item
     planted.symlink_to(outside / "target")
     with pytest.raises(StoreError) as err:
         await engine.complete_item(second.outcome_id, second.lease_token, content="pwn")
@@ -657,7 +661,7 @@ async def test_duration_averages_and_percentiles(engine: Engine) -> None:
         item = (await engine.claim_items("r", "w", package="p0")).items[0]
         clock.advance(d)
         out = await engine.complete_item(item.outcome_id, item.lease_token)
-        assert out.duration_seconds == d
+        assert out.outcome and out.outcome.duration_seconds == d
     for _ in range(3):
         item = (await engine.claim_items("r", "w", package="p1")).items[0]
         clock.advance(0.5)

@@ -82,8 +82,10 @@ async def test_sql_in_every_name_is_stored_as_text(client: Client, settings: Set
                 "content": evil,
                 "metrics": {evil: 1, "lines_generated": 3},
                 "metadata": {evil: evil},
+                "detail": "full",
             },
         )
+        done = done["outcome"]
         assert done["metrics"][evil] == 1 and done["worker"] == evil
         await data(
             client,

@@ -123,8 +123,9 @@ async def test_repair_leaves_present_files_alone_and_counts_what_cannot_be_resto
 ) -> None:
     await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b"])])
     a, b = sorted((await engine.claim_items("r", "w", limit=2)).items, key=lambda i: i.item)
-    done_a = await engine.complete_item(a.outcome_id, a.lease_token, content="A")
-    done_b = await engine.complete_item(b.outcome_id, b.lease_token, content="B")
+    done_a = (await engine.complete_item(a.outcome_id, a.lease_token, content="A")).outcome
+    done_b = (await engine.complete_item(b.outcome_id, b.lease_token, content="B")).outcome
+    assert done_a and done_b
     assert done_a.outcome_path and done_b.outcome_path and done_b.content_sha256
     readable(settings, done_a.outcome_path).write_text("edited by hand")  # present: not overwritten
     readable(settings, done_b.outcome_path).unlink()

@@ -138,7 +138,10 @@ async def test_text_arguments_that_look_like_json_stay_text(tmp_path: Path) -> N
         # a list sent as a JSON string is still accepted where a list is expected (Claude Desktop does this)
         hb = await c.call_tool(
             "heartbeat",
-            {"leases": f'[{{"outcome_id": "{item["outcome_id"]}", "lease_token": "{item["lease_token"]}"}}]'},
+            {
+                "leases": f'[{{"outcome_id": "{item["outcome_id"]}", "lease_token": "{item["lease_token"]}"}}]',
+                "detail": "full",
+            },
         )
         assert not hb.is_error and len((hb.structured_content or {})["extended"]) == 1
 

@@ -437,7 +437,10 @@ async def test_outcome_schema_rejects_a_report_through_the_client(
     assert status["counts"]["generating"] == 1 and status["counts"]["complete"] == 0
 
     good = {"metrics": {"lines_generated": 3, "quality_score": 0.9}, "metadata": {"language": "python"}}
-    done = await call(client, "complete_item", {**ref, **good})
+    ack = await call(client, "complete_item", {**ref, **good})
+    assert ack == {"outcome_id": item["outcome_id"], "status": "complete", "attempt": 1}
+    done = await call(client, "complete_item", {**ref, **good, "detail": "full"})  # the identical repeat
+    done = done["outcome"]
     assert done["status"] == "complete" and done["metrics"] == good["metrics"]
     assert done["metadata"] == good["metadata"] and done["content_sha256"]
     content = await client.read_resource(f"matrix://outcomes/{item['outcome_id']}/content")

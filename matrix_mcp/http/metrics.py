@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from matrix_mcp.models import STATUSES, Status
 from matrix_mcp.store.base import Store, StoreError
-from matrix_mcp.telemetry import add_integration_sink
+from matrix_mcp.telemetry import add_generation_sink, add_integration_sink
 
 GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -72,6 +72,10 @@ class Metrics:
             "matrix_auth_failures", "Requests with a missing or invalid credential.", registry=r
         )
         add_integration_sink(self.observe_integration_call)
+        add_generation_sink(self.observe_generation)
+
+    def observe_generation(self, package: str, outcome_type: str, seconds: float) -> None:
+        self.generation.labels(package, outcome_type).observe(seconds)
 
     def observe_integration_call(self, service: str, status: str, seconds: float) -> None:
         self.integration_calls.labels(service, status).inc()
@@ -106,7 +110,7 @@ class ActiveOutcomes(Collector):
 
 
 class ToolMetrics:
-    """Server middleware: counts and times tool calls; feeds the generation histogram from completions."""
+    """Server middleware: counts and times tool calls (the engine feeds the generation histogram)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -121,24 +125,18 @@ class ToolMetrics:
             result = await call_next(ctx)
         finally:
             self.metrics.tool_duration.labels(tool).observe(time.perf_counter() - start)
-            error, structured = _outcome_of(result)
+            error = _is_error(result)
             self.metrics.tool_calls.labels(tool, "error" if error else "ok").inc()
-        if tool == "complete_item" and not error and isinstance(structured, dict):
-            seconds = structured.get("duration_seconds")
-            if isinstance(seconds, int | float):
-                self.metrics.generation.labels(
-                    str(structured.get("package", "")), str(structured.get("outcome_type", ""))
-                ).observe(float(seconds))
         return result
 
 
-def _outcome_of(result: HandlerResult) -> tuple[bool, Any]:
-    """(is_error, structured content) of a tools/call result, as a model or as its wire mapping."""
+def _is_error(result: HandlerResult) -> bool:
+    """Whether a tools/call result is an error, as a model or as its wire mapping."""
     if result is None:
-        return True, None
+        return True
     if isinstance(result, dict):
-        return bool(result.get("isError")), result.get("structuredContent")
-    return bool(getattr(result, "is_error", False)), getattr(result, "structured_content", None)
+        return bool(result.get("isError"))
+    return bool(getattr(result, "is_error", False))
 
 
 def metrics_endpoint(

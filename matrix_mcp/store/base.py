@@ -107,6 +107,27 @@ class ClaimBatch:
 
 
 @dataclass(frozen=True)
+class NextClaim:
+    """With a report: lease up to `limit` next items of the same run for the worker that held the
+    reported lease, in the report's own transaction (the one-call worker loop)."""
+
+    limit: int
+    package: str | None
+    token_factory: Callable[[], str]
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What a report answers: the outcome as it now stands, and the next leases when asked for.
+
+    A repeat of the identical report answers the leases the first one took that the worker still
+    holds (those whose attempt started at the first report's time), never new ones."""
+
+    outcome: Outcome
+    next: ClaimBatch | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     """A completion report. Identical reports for the same lease are idempotent."""
 
@@ -185,7 +206,14 @@ class Store(Protocol):
 
     async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult: ...
 
-    async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome: ...
+    async def complete(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        report: Report,
+        now: float,
+        next_claim: NextClaim | None = None,
+    ) -> Reported: ...
 
     async def fail(
         self,
@@ -195,7 +223,8 @@ class Store(Protocol):
         retryable: bool,
         now: float,
         backoff: Callable[[int], float],
-    ) -> Outcome:
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
         """backoff(attempts_so_far) gives the delay before the item is claimable again."""
         ...
 

@@ -71,9 +71,11 @@ from matrix_mcp.store.base import (
     Conflict,
     ContentFile,
     NewPackage,
+    NextClaim,
     NotFound,
     OutcomeFilter,
     Report,
+    Reported,
     RunOverview,
     StaleLease,
     StoreError,
@@ -94,6 +96,7 @@ T = TypeVar("T")
 _PLAN_ANSWER = TypeAdapter(PlanResult)
 _RUN_ANSWER = TypeAdapter(Run)
 _OUTCOME_ANSWER = TypeAdapter(Outcome)
+_REPORTED_ANSWER = TypeAdapter(Reported)
 _IDS_ANSWER = TypeAdapter(list[str])
 _RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
 _INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
@@ -1398,22 +1401,31 @@ class PostgresStore:
             )
             tx.wrote = bool(rows)
             held = {(r["id"], r["lease_token"]): r for r in rows}
-            result = HeartbeatResult(extended=[], lost=[], cancelled=[])
+            extended: list[LeaseState] = []
+            lost: list[str] = []
+            cancelled: list[str] = []
             for lease in leases:
                 r = held.get((lease.outcome_id, lease.lease_token))
                 if r is None:
-                    result.lost.append(lease.outcome_id)
+                    lost.append(lease.outcome_id)
                     continue
                 if r["state"] == "cancelled":
-                    result.cancelled.append(lease.outcome_id)
-                result.extended.append(
+                    cancelled.append(lease.outcome_id)
+                extended.append(
                     LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(r["lease_expires_at"]))  # type: ignore[arg-type]
                 )
-            return result
+            return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
 
         return await self._write(op, atomic=True)
 
-    async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome:
+    async def complete(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        report: Report,
+        now: float,
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
         metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
         values = R.numeric_metrics(report.metrics)
         params = {
@@ -1475,8 +1487,17 @@ class PostgresStore:
             )
             return R.outcome_from(row)
 
-        merge = _CompleteArgs(outcome_id, lease_token, report, now, metrics, metadata, values)
-        return await self._write(op, atomic=True, merge=merge)
+        if next_claim is None:
+            merge = _CompleteArgs(outcome_id, lease_token, report, now, metrics, metadata, values)
+            return Reported(await self._write(op, atomic=True, merge=merge))
+        claim = next_claim
+
+        async def then(tx: _Tx) -> Reported:
+            outcome = await op(tx)  # sets tx.wrote only when this report completed the item
+            return Reported(outcome, await _next_claims(tx, outcome, lease_token, claim, now, tx.wrote))
+
+        # journaled: a retry after a lost answer returns these leases instead of taking more
+        return await self._write(then, atomic=True, journal=_REPORTED_ANSWER)
 
     async def fail(
         self,
@@ -1486,8 +1507,9 @@ class PostgresStore:
         retryable: bool,
         now: float,
         backoff: Callable[[int], float],
-    ) -> Outcome:
-        async def op(tx: _Tx) -> Outcome:
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
+        async def op(tx: _Tx) -> Reported:
             row = await _leased_row(tx, outcome_id, lease_token)
             if row["status"] != "generating":
                 attempt = await tx.one(
@@ -1495,7 +1517,10 @@ class PostgresStore:
                     (outcome_id, lease_token),
                 )
                 if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    return R.outcome_from(row)  # the identical report, repeated
+                    repeated = R.outcome_from(row)  # the identical report, repeated
+                    return Reported(
+                        repeated, await _next_claims(tx, repeated, lease_token, next_claim, now, False)
+                    )
                 raise StaleLease(R.lost_lease_message(row), field="lease_token")
             run_id, pid = row["run_id"], int(row["package_id"])
             attempts = int(row["attempts"])
@@ -1559,9 +1584,10 @@ class PostgresStore:
                     error_message=error,
                     updated_at=now,
                 )
-            return R.outcome_from(row)
+            outcome = R.outcome_from(row)
+            return Reported(outcome, await _next_claims(tx, outcome, lease_token, next_claim, now, True))
 
-        return await self._write(op, journal=_OUTCOME_ANSWER)
+        return await self._write(op, journal=_REPORTED_ANSWER)
 
     async def retry(
         self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
@@ -2084,6 +2110,42 @@ def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitab
         return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
 
     return op
+
+
+_HELD_SQL = (
+    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
+    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    " WHERE o.run_id = %s AND o.status = 'generating' AND o.worker = %s AND o.started_at = %s"
+    " ORDER BY o.claim_seq LIMIT %s"
+)
+
+
+async def _next_claims(
+    tx: _Tx, outcome: Outcome, token: str, next_claim: NextClaim | None, now: float, fresh: bool
+) -> ClaimBatch | None:
+    """The next leases of a report: claimed now when the report is fresh; for a repeat of the identical
+    report, the leases the first one took that its worker still holds (claimed at that report's time)."""
+    if next_claim is None:
+        return None
+    if fresh:
+        args = _ClaimArgs(
+            outcome.run_id,
+            outcome.worker or "",
+            next_claim.limit,
+            next_claim.package,
+            now,
+            next_claim.token_factory,
+        )
+        return await _claim_op(args, [])(tx)
+    first = await tx.one(
+        "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
+        (outcome.id, token),
+    )
+    if first is None or first["ended_at"] is None:
+        return ClaimBatch([])
+    rows = await tx.all(_HELD_SQL, (outcome.run_id, first["worker"], first["ended_at"], next_claim.limit))
+    return ClaimBatch([_claim(r) for r in rows])
 
 
 async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:

@@ -55,9 +55,11 @@ from matrix_mcp.store.base import (
     Conflict,
     ContentFile,
     NewPackage,
+    NextClaim,
     NotFound,
     OutcomeFilter,
     Report,
+    Reported,
     RunOverview,
     StaleLease,
     StoreError,
@@ -506,87 +508,15 @@ class SQLiteStore:
         token_factory: Callable[[], str],
     ) -> ClaimBatch:
         def op(c: sqlite3.Connection) -> ClaimBatch:
-            run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if run is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
-            if run["state"] == "cancelled":
-                return ClaimBatch([], "cancelled")
-            _sweep(c, run_id, now)
-            if run["state"] == "paused":
-                return ClaimBatch([], "paused")
-            sql = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0"
-            args: list[Any] = [run_id]
-            if package is not None:
-                sql += " AND name = ?"
-                args.append(package)
-            active = c.execute(sql + " ORDER BY last_claim, position", args).fetchall()
-            claims: list[Claim] = []
-            expires = now + float(run["lease_seconds"])
-            while active and len(claims) < limit:
-                still = []
-                for p in active:
-                    if len(claims) >= limit:
-                        break
-                    o = c.execute(
-                        "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes"
-                        " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
-                        " ORDER BY available_at, position LIMIT 1",
-                        (p["id"], now),
-                    ).fetchone()
-                    if o is None:
-                        continue
-                    token = token_factory()
-                    attempt = int(o["attempts"]) + 1
-                    c.execute(
-                        "UPDATE outcomes SET status = 'generating', attempts = ?, worker = ?, lease_token = ?,"
-                        " lease_expires_at = ?, started_at = ?, updated_at = ? WHERE n = ?",
-                        (attempt, worker, token, expires, now, now, o["n"]),
-                    )
-                    c.execute(
-                        "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status,"
-                        " started_at) VALUES (?, ?, ?, ?, 'generating', ?)",
-                        (o["id"], attempt, token, worker, now),
-                    )
-                    seq = _event(
-                        c,
-                        run_id,
-                        o["id"],
-                        "claimed",
-                        {"package": p["name"], "item": o["item"], "worker": worker, "attempt": attempt},
-                        now,
-                    )
-                    # fairness clock: the claim's own event sequence (monotonic across processes)
-                    c.execute(
-                        "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ?"
-                        " WHERE id = ?",
-                        (seq, p["id"]),
-                    )
-                    claims.append(
-                        Claim(
-                            outcome_id=o["id"],
-                            run=run["name"],
-                            package=p["name"],
-                            package_description=p["description"],
-                            item=o["item"],
-                            attempt=attempt,
-                            lease_token=token,
-                            lease_expires_at=expires,
-                            outcome_type=o["outcome_type"],
-                            specifications=R.loads(o["specifications"]),
-                            outcome_path=o["outcome_path"],
-                        )
-                    )
-                    still.append(p)
-                active = still
-            if len(claims) >= limit:
-                return ClaimBatch(claims)
-            return ClaimBatch(claims, *_why_nothing(c, run_id, package))
+            return _claim(c, run_id, worker, limit, package, now, token_factory)
 
         return await self._write(op)
 
     async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
         def op(c: sqlite3.Connection) -> HeartbeatResult:
-            result = HeartbeatResult(extended=[], lost=[], cancelled=[])
+            extended: list[LeaseState] = []
+            lost: list[str] = []
+            cancelled: list[str] = []
             for lease in leases:
                 row = c.execute(
                     "SELECT o.n, o.status, o.lease_token, r.state, r.lease_seconds FROM outcomes o"
@@ -594,7 +524,7 @@ class SQLiteStore:
                     (lease.outcome_id,),
                 ).fetchone()
                 if row is None or row["status"] != "generating" or row["lease_token"] != lease.lease_token:
-                    result.lost.append(lease.outcome_id)
+                    lost.append(lease.outcome_id)
                     continue
                 expires = now + float(row["lease_seconds"])
                 c.execute(
@@ -602,18 +532,27 @@ class SQLiteStore:
                     (expires, now, row["n"]),
                 )
                 if row["state"] == "cancelled":
-                    result.cancelled.append(lease.outcome_id)
-                result.extended.append(LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(expires)))
-            return result
+                    cancelled.append(lease.outcome_id)
+                extended.append(LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(expires)))
+            return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
 
         return await self._write(op)
 
-    async def complete(self, outcome_id: str, lease_token: str, report: Report, now: float) -> Outcome:
-        def op(c: sqlite3.Connection) -> Outcome:
+    async def complete(
+        self,
+        outcome_id: str,
+        lease_token: str,
+        report: Report,
+        now: float,
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
+        def op(c: sqlite3.Connection) -> Reported:
             row = _leased_row(c, outcome_id, lease_token)
             if row["status"] == "complete":
                 if R.same_report(row, report):
-                    return _outcome(c, outcome_id)
+                    return Reported(
+                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
+                    )
                 raise Conflict(
                     "the item is already complete with a different report; repeat the identical report or "
                     "use update_outcome_status",
@@ -669,7 +608,7 @@ class SQLiteStore:
                 content_bytes=report.content_bytes,
                 mime_type=report.mime_type,
             )
-            return R.outcome_from(done)
+            return Reported(R.outcome_from(done), _claim_next(c, row, lease_token, next_claim, now, True))
 
         return await self._write(op)
 
@@ -681,8 +620,9 @@ class SQLiteStore:
         retryable: bool,
         now: float,
         backoff: Callable[[int], float],
-    ) -> Outcome:
-        def op(c: sqlite3.Connection) -> Outcome:
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
+        def op(c: sqlite3.Connection) -> Reported:
             row = _leased_row(c, outcome_id, lease_token)
             if row["status"] != "generating":
                 attempt = c.execute(
@@ -690,7 +630,10 @@ class SQLiteStore:
                     (outcome_id, lease_token),
                 ).fetchone()
                 if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    return _outcome(c, outcome_id)  # the identical report, repeated
+                    # the identical report, repeated
+                    return Reported(
+                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
+                    )
                 raise StaleLease(R.lost_lease_message(row), field="lease_token")
             run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
             attempts = int(row["attempts"])
@@ -741,7 +684,7 @@ class SQLiteStore:
                     },
                     now,
                 )
-            return _outcome(c, outcome_id)
+            return Reported(_outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, True))
 
         return await self._write(op)
 
@@ -1376,6 +1319,139 @@ def _cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
         )
         total += n
     return total
+
+
+def _claim(
+    c: sqlite3.Connection,
+    run_id: str,
+    worker: str,
+    limit: int,
+    package: str | None,
+    now: float,
+    token_factory: Callable[[], str],
+) -> ClaimBatch:
+    """Lease up to `limit` pending items round-robin across packages (least recently served first)."""
+    run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if run is None:
+        raise NotFound(f"unknown run '{run_id}'", field="run")
+    if run["state"] == "cancelled":
+        return ClaimBatch([], "cancelled")
+    _sweep(c, run_id, now)
+    if run["state"] == "paused":
+        return ClaimBatch([], "paused")
+    sql = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0"
+    args: list[Any] = [run_id]
+    if package is not None:
+        sql += " AND name = ?"
+        args.append(package)
+    active = c.execute(sql + " ORDER BY last_claim, position", args).fetchall()
+    claims: list[Claim] = []
+    expires = now + float(run["lease_seconds"])
+    while active and len(claims) < limit:
+        still = []
+        for p in active:
+            if len(claims) >= limit:
+                break
+            o = c.execute(
+                "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes"
+                " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
+                " ORDER BY available_at, position LIMIT 1",
+                (p["id"], now),
+            ).fetchone()
+            if o is None:
+                continue
+            token = token_factory()
+            attempt = int(o["attempts"]) + 1
+            c.execute(
+                "UPDATE outcomes SET status = 'generating', attempts = ?, worker = ?, lease_token = ?,"
+                " lease_expires_at = ?, started_at = ?, updated_at = ? WHERE n = ?",
+                (attempt, worker, token, expires, now, now, o["n"]),
+            )
+            c.execute(
+                "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status,"
+                " started_at) VALUES (?, ?, ?, ?, 'generating', ?)",
+                (o["id"], attempt, token, worker, now),
+            )
+            seq = _event(
+                c,
+                run_id,
+                o["id"],
+                "claimed",
+                {"package": p["name"], "item": o["item"], "worker": worker, "attempt": attempt},
+                now,
+            )
+            # fairness clock: the claim's own event sequence (monotonic across processes)
+            c.execute(
+                "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ?"
+                " WHERE id = ?",
+                (seq, p["id"]),
+            )
+            claims.append(
+                Claim(
+                    outcome_id=o["id"],
+                    run=run["name"],
+                    package=p["name"],
+                    package_description=p["description"],
+                    item=o["item"],
+                    attempt=attempt,
+                    lease_token=token,
+                    lease_expires_at=expires,
+                    outcome_type=o["outcome_type"],
+                    specifications=R.loads(o["specifications"]),
+                    outcome_path=o["outcome_path"],
+                )
+            )
+            still.append(p)
+        active = still
+    if len(claims) >= limit:
+        return ClaimBatch(claims)
+    return ClaimBatch(claims, *_why_nothing(c, run_id, package))
+
+
+def _claim_next(
+    c: sqlite3.Connection, row: sqlite3.Row, token: str, next_claim: NextClaim | None, now: float, fresh: bool
+) -> ClaimBatch | None:
+    """The next leases of a report: claimed now when the report is fresh; for a repeat of the identical
+    report, the leases the first one took that its worker still holds (claimed at that report's time)."""
+    if next_claim is None:
+        return None
+    worker = row["worker"] or ""
+    if fresh:
+        return _claim(
+            c, row["run_id"], worker, next_claim.limit, next_claim.package, now, next_claim.token_factory
+        )
+    first = c.execute(
+        "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
+        (row["id"], token),
+    ).fetchone()
+    if first is None or first["ended_at"] is None:
+        return ClaimBatch([])
+    held = c.execute(
+        "SELECT o.id, o.item, o.attempts, o.lease_token, o.lease_expires_at, o.outcome_type, o.specifications,"
+        " o.outcome_path, p.name AS package_name, p.description, r.name AS run_name FROM outcomes o"
+        " JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+        " WHERE o.run_id = ? AND o.status = 'generating' AND o.worker = ? AND o.started_at = ?"
+        " ORDER BY o.n LIMIT ?",
+        (row["run_id"], first["worker"], first["ended_at"], next_claim.limit),
+    ).fetchall()
+    return ClaimBatch(
+        [
+            Claim(
+                outcome_id=o["id"],
+                run=o["run_name"],
+                package=o["package_name"],
+                package_description=o["description"],
+                item=o["item"],
+                attempt=int(o["attempts"]),
+                lease_token=o["lease_token"],
+                lease_expires_at=float(o["lease_expires_at"]),
+                outcome_type=o["outcome_type"],
+                specifications=R.loads(o["specifications"]),
+                outcome_path=o["outcome_path"],
+            )
+            for o in held
+        ]
+    )
 
 
 def _why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tuple[Any, float | None]:
