@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from matrix_mcp.store.base import StoreError
+from matrix_mcp.errors import StoreError
 
 BLOBS = ".blobs"
 EXPORTS = "exports"

@@ -1,4 +1,4 @@
-"""The Store protocol: what the engine needs from persistence, and the errors stores raise.
+"""The Store protocol: what the engine needs from persistence (errors: matrix_mcp.errors, re-exported).
 
 A store is the only place that speaks SQL for the outcome store. Each method is one atomic
 transition: it either happens whole or raises and changes nothing. Times are epoch seconds
@@ -11,6 +11,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from matrix_mcp.errors import Conflict as Conflict
+from matrix_mcp.errors import NotFound as NotFound
+from matrix_mcp.errors import StaleLease as StaleLease
+from matrix_mcp.errors import StoreError as StoreError
+from matrix_mcp.errors import Unavailable as Unavailable
 from matrix_mcp.models import (
     ClaimReason,
     Event,
@@ -29,34 +34,6 @@ from matrix_mcp.models import (
     Status,
     SystemMetrics,
 )
-
-
-class StoreError(Exception):
-    """Base of every error a store raises on purpose. The message is safe to show a client."""
-
-    field: str | None = None
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class NotFound(StoreError):
-    """A run, package or outcome that does not exist."""
-
-
-class Conflict(StoreError):
-    """The request contradicts the current state (a different report for a finished item...)."""
-
-
-class StaleLease(Conflict):
-    """The lease token is not the item's current one: it expired and was re-claimed, or never was."""
-
-
-class Unavailable(StoreError):
-    """The database cannot be reached right now; the call may be retried."""
-
-    retryable = True
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,13 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
-from matrix_mcp.audit import acting_as, current_principal, stamped
+from matrix_mcp import rules
+from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.config import redact_text, redact_url, url_password
 from matrix_mcp.models import (
     STATUSES,
     Event,
     HeartbeatResult,
-    HourBucket,
     IntegrationEvent,
     LeaseRef,
     LeaseState,
@@ -68,16 +68,13 @@ from matrix_mcp.store.base import (
     ApiKey,
     Claim,
     ClaimBatch,
-    Conflict,
     ContentFile,
     NewPackage,
     NextClaim,
-    NotFound,
     OutcomeFilter,
     Report,
     Reported,
     RunOverview,
-    StaleLease,
     StoreError,
     Unavailable,
 )
@@ -401,12 +398,10 @@ WITH exp AS MATERIALIZED (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ),
-r AS (SELECT state, max_attempts FROM runs WHERE id = %(run)s),
+r AS (SELECT max_attempts FROM runs WHERE id = %(run)s),
+-- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/test_rules.py holds them together)
 t AS (
-    SELECT o.n,
-           CASE WHEN r.state = 'cancelled' THEN 'cancelled'
-                WHEN o.attempts >= r.max_attempts THEN 'failed'
-                ELSE 'pending' END AS target
+    SELECT o.n, CASE WHEN o.attempts >= r.max_attempts THEN 'failed' ELSE 'pending' END AS target
     FROM outcomes o JOIN exp ON exp.n = o.n CROSS JOIN r
 ),
 upd AS (
@@ -481,6 +476,13 @@ m AS (
 )
 SELECT count(*) AS n FROM d
 """
+
+
+# when a short claim may ask again: the earliest time of the column rules.why_nothing names
+_EARLIEST = {
+    "available_at": "SELECT MIN(available_at) AS t FROM outcomes WHERE run_id = %s AND status = 'pending'",
+    "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcomes WHERE run_id = %s AND status = 'generating'",
+}
 
 
 def _transient(exc: BaseException) -> bool:
@@ -565,10 +567,8 @@ class _Tx:
     async def execute(self, query: Any, params: Any = None) -> None:
         await self.conn.execute(query, params)
 
-    def event(
-        self, run_id: str | None, outcome_id: str | None, kind: str, data: dict[str, Any], now: float
-    ) -> None:
-        self.events.append((run_id, outcome_id, kind, R.dumps(stamped(kind, data)), float(now)))
+    def event(self, run_id: str | None, outcome_id: str | None, ev: rules.Ev, now: float) -> None:
+        self.events.append((run_id, outcome_id, ev.kind, ev.payload(), float(now)))
 
     def add(self, key: DeltaKey, **values: float) -> None:
         row = self.deltas.get(key)
@@ -713,8 +713,7 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
         tx.event(
             run_id,
             o["id"],
-            "claimed",
-            {"package": o["package_name"], "item": o["item"], "worker": worker, "attempt": o["attempts"]},
+            rules.claimed(package=o["package_name"], item=o["item"], worker=worker, attempt=o["attempts"]),
             now,
         )
         claims.append(_claim(o))
@@ -1210,12 +1209,7 @@ class PostgresStore:
                         run_id,
                         name,
                         goal,
-                        policy.outcome_type,
-                        policy.lease_seconds,
-                        policy.max_attempts,
-                        policy.backoff_seconds,
-                        policy.backoff_cap_seconds,
-                        R.spec_dumps(policy.outcome_schema),
+                        *R.policy_values(policy),
                         now,
                         now,
                     ),
@@ -1230,7 +1224,7 @@ class PostgresStore:
                 run_id = row["id"]
                 outcome_type = row["outcome_type"]
                 if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise Conflict(f"run '{name}' is cancelled; plan a new run", field="name")
+                    raise rules.run_cancelled_for_plan(name)
             names = [p.name for p in packages]
             existing = {
                 r["name"]: int(r["id"])
@@ -1303,20 +1297,12 @@ class PostgresStore:
                 tx.event(
                     run_id,
                     None,
-                    "run_planned" if created else "run_extended",
-                    {"packages": added_packages, "items": added_items},
+                    rules.planned(created=created, packages=added_packages, items=added_items),
                     now,
                 )
             await tx.flush()
             run = await _run(tx.conn, run_id)
-            return PlanResult(
-                run=run,
-                created=created,
-                packages=run.packages,
-                items=run.counts.total,
-                added_packages=added_packages,
-                added_items=added_items,
-            )
+            return R.plan_result(run, created, added_packages, added_items)
 
         return await self._write(op, journal=_PLAN_ANSWER)
 
@@ -1329,7 +1315,7 @@ class PostgresStore:
                 (ref, ref, ref),
             )
             if row is None:
-                raise NotFound(f"unknown run '{ref}'", field="run")
+                raise rules.unknown_run(ref)
             return R.run_from(row)
 
         return await self._read(op)
@@ -1345,28 +1331,14 @@ class PostgresStore:
         async def op(tx: _Tx) -> Run:
             state = await tx.one("SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
             if state is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
-            current = state["state"]
-            if action == "pause":
-                if current == "cancelled":
-                    raise Conflict("the run is cancelled; it cannot be paused", field="action")
-                target = "paused"
-            elif action == "resume":
-                if current == "cancelled":
-                    raise Conflict("the run is cancelled; cancellation is final", field="action")
-                target = "active"
-            else:
-                target = "cancelled"
-            if target != current:
+                raise rules.unknown_run(run_id)
+            target = rules.control_target(state["state"], action)
+            if target != state["state"]:
                 await tx.execute(
                     "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s", (target, now, run_id)
                 )
-                extra: dict[str, Any] = {}
-                if target == "cancelled":
-                    extra["cancelled_items"] = await _cancel_pending(tx, run_id, now)
-                tx.event(
-                    run_id, None, f"run_{action}d" if action != "cancel" else "run_cancelled", extra, now
-                )
+                cancelled = await _cancel_pending(tx, run_id, now) if target == "cancelled" else None
+                tx.event(run_id, None, rules.run_controlled(action, cancelled), now)
             await tx.flush()
             return await _run(tx.conn, run_id)
 
@@ -1445,19 +1417,15 @@ class PostgresStore:
         async def op(tx: _Tx) -> Outcome:
             row = await tx.one(_COMPLETE_SQL, params)
             if row is None:
-                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+                raise rules.unknown_outcome(outcome_id)
             if not row["done"]:
                 if row["lease_token"] != lease_token:
-                    raise StaleLease(R.stale_token_message(row), field="lease_token")
+                    raise rules.stale_token(row)
                 if row["status"] == "complete":
-                    if R.same_report(row, report):
+                    if rules.same_report(row, report):
                         return R.outcome_from(row)
-                    raise Conflict(
-                        "the item is already complete with a different report; repeat the identical report or "
-                        "use update_outcome_status",
-                        field="outcome_id",
-                    )
-                raise StaleLease(R.lost_lease_message(row), field="lease_token")
+                    raise rules.complete_differs()
+                raise rules.lost_lease(row)
             tx.wrote = True
             duration = row["new_duration"]
             run_id, pid = row["run_id"], int(row["package_id"])
@@ -1467,8 +1435,7 @@ class PostgresStore:
             tx.event(
                 run_id,
                 outcome_id,
-                "completed",
-                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
                 now,
             )
             row.update(
@@ -1521,69 +1488,48 @@ class PostgresStore:
                     return Reported(
                         repeated, await _next_claims(tx, repeated, lease_token, next_claim, now, False)
                     )
-                raise StaleLease(R.lost_lease_message(row), field="lease_token")
+                raise rules.lost_lease(row)
             run_id, pid = row["run_id"], int(row["package_id"])
             attempts = int(row["attempts"])
             await _end_attempt(tx, outcome_id, lease_token, "failed", error, now)
-            if retryable and attempts < int(row["max_attempts"]) and row["run_state"] != "cancelled":
-                delay = max(0.0, float(backoff(attempts)))
+            decided = rules.failure_outcome(
+                retryable=retryable,
+                attempts=attempts,
+                max_attempts=int(row["max_attempts"]),
+                run_state=row["run_state"],
+                backoff=backoff,
+            )
+            if decided.retries:
                 await tx.execute(
                     "UPDATE outcomes SET status = 'pending', available_at = %s, lease_expires_at = NULL,"
                     " error_message = %s, updated_at = %s WHERE n = %s",
-                    (now + delay, error, now, row["n"]),
+                    (now + decided.delay, error, now, row["n"]),
                 )
-                tx.move(run_id, pid, "generating", "pending")
-                tx.event(
-                    run_id,
-                    outcome_id,
-                    "retry_scheduled",
-                    {
-                        "package": row["package_name"],
-                        "item": row["item"],
-                        "attempt": attempts,
-                        "delay": round(delay, 3),
-                        "error": error[:500],
-                    },
-                    now,
-                )
-                row.update(
-                    status="pending",
-                    available_at=now + delay,
-                    lease_expires_at=None,
-                    error_message=error,
-                    updated_at=now,
-                )
+                row.update(available_at=now + decided.delay)
             else:
-                target: Status = "cancelled" if row["run_state"] == "cancelled" and retryable else "failed"
-                duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
+                duration = rules.duration(row["started_at"], now)
                 await tx.execute(
                     "UPDATE outcomes SET status = %s, completed_at = %s, duration_seconds = %s,"
                     " lease_expires_at = NULL, error_message = %s, updated_at = %s WHERE n = %s",
-                    (target, now, duration, error, now, row["n"]),
+                    (decided.target, now, duration, error, now, row["n"]),
                 )
-                tx.move(run_id, pid, "generating", target)
-                if target == "failed":
+                if decided.target == "failed":
                     tx.minute(run_id, now, failed=1)
-                tx.event(
-                    run_id,
-                    outcome_id,
-                    target,
-                    {
-                        "package": row["package_name"],
-                        "item": row["item"],
-                        "attempt": attempts,
-                        "error": error[:500],
-                    },
-                    now,
-                )
-                row.update(
-                    status=target,
-                    completed_at=now,
-                    duration_seconds=duration,
-                    lease_expires_at=None,
-                    error_message=error,
-                    updated_at=now,
-                )
+                row.update(completed_at=now, duration_seconds=duration)
+            tx.move(run_id, pid, "generating", decided.target)
+            tx.event(
+                run_id,
+                outcome_id,
+                rules.failure_reported(
+                    package=row["package_name"],
+                    item=row["item"],
+                    attempt=attempts,
+                    error=error,
+                    outcome=decided,
+                ),
+                now,
+            )
+            row.update(status=decided.target, lease_expires_at=None, error_message=error, updated_at=now)
             outcome = R.outcome_from(row)
             return Reported(outcome, await _next_claims(tx, outcome, lease_token, next_claim, now, True))
 
@@ -1595,16 +1541,16 @@ class PostgresStore:
         async def op(tx: _Tx) -> list[str]:
             state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
             if state is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
+                raise rules.unknown_run(run_id)
             if state["state"] == "cancelled":
-                raise Conflict("the run is cancelled; plan a new run to redo its items", field="run")
+                raise rules.run_cancelled_for_retry()
             pid: int | None = None
             if package is not None:
                 prow = await tx.one(
                     "SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package)
                 )
                 if prow is None:
-                    raise NotFound(f"unknown package '{package}' in this run", field="package")
+                    raise rules.unknown_package_in_run(package)
                 pid = int(prow["id"])
             rows = await tx.all(
                 "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, completed_at = NULL,"
@@ -1628,7 +1574,7 @@ class PostgresStore:
                 tx.move(run_id, p, "failed", "pending", n)
             ids = [r["id"] for r in rows]
             if ids:
-                tx.event(run_id, None, "requeued", {"count": len(ids), "outcome_ids": ids[:100]}, now)
+                tx.event(run_id, None, rules.requeued(ids), now)
             return ids
 
         return await self._write(op, journal=_IDS_ANSWER)
@@ -1653,7 +1599,7 @@ class PostgresStore:
                 "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,)
             )
             if run is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
+                raise rules.unknown_run(run_id)
             prow = await tx.one("SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package))
             if prow is None:
                 created_pkg = await tx.one(
@@ -1693,9 +1639,7 @@ class PostgresStore:
                 ),
             )
             tx.add((run_id, package_id, None, None), total=1, pending=1)
-            tx.event(
-                run_id, outcome_id, "recorded", {"package": package, "item": item, "status": status}, now
-            )
+            tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return await _outcome(tx.conn, outcome_id), True
             return await _update_status(tx, outcome_id, status, error_message, report, now, created_by), True
@@ -1714,7 +1658,7 @@ class PostgresStore:
         async def op(c: Conn) -> OutcomeDetail:
             row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
             if row is None:
-                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+                raise rules.unknown_outcome(outcome_id)
             hist: list[Row] = []
             if history:
                 hist = await _all(
@@ -1781,12 +1725,7 @@ class PostgresStore:
                 found = await _summaries(c, "p.run_id = %s AND p.name = %s", [run_id, package])
             else:
                 found = await _summaries(c, "p.name = %s", [package])
-            if not found:
-                raise NotFound(f"unknown package '{package}'", field="package")
-            if len(found) > 1:
-                runs = ", ".join(sorted(s.run for s in found))
-                raise Conflict(f"package '{package}' exists in several runs ({runs}); pass run", field="run")
-            return found[0]
+            return R.the_one_summary(found, package)
 
         return await self._read(op)
 
@@ -1814,34 +1753,11 @@ class PostgresStore:
                 + " GROUP BY minute / 60 ORDER BY hour",
                 [since_minute, *args],
             )
-            counts = R.counts_from(t)
-            finished = counts.complete + counts.failed
             run_name = None
             if run_id:
                 r = await _one(c, "SELECT name FROM runs WHERE id = %s", (run_id,))
                 run_name = r["name"] if r else None
-            return SystemMetrics(
-                run=run_name,
-                outcomes_total=counts.total,
-                outcomes_pending=counts.pending,
-                outcomes_generating=counts.generating,
-                outcomes_complete=counts.complete,
-                outcomes_failed=counts.failed,
-                outcomes_cancelled=counts.cancelled,
-                avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
-                success_rate=round(counts.complete / finished, 6) if finished else None,
-                total_lines_generated=float(t["ls"]),
-                average_quality_score=round(t["qs"] / t["qn"], 6) if t["qn"] else None,
-                outcomes_by_hour=[
-                    HourBucket(
-                        hour=ts(int(h["hour"]) * 3600),  # type: ignore[arg-type]
-                        completed=int(h["completed"]),
-                        failed=int(h["failed"]),
-                        avg_duration_seconds=round(h["ds"] / h["dn"], 6) if h["dn"] else None,
-                    )
-                    for h in hours
-                ],
-            )
+            return R.system_metrics_from(run_name, t, hours)
 
         return await self._read(op, snapshot=True)
 
@@ -1869,7 +1785,7 @@ class PostgresStore:
                             await conn.execute("ROLLBACK")
                     raise
             if run_row is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
+                raise rules.unknown_run(run_id)
             return RunOverview(
                 R.run_from(run_row),
                 [_summary(r) for r in summary_rows],
@@ -1894,7 +1810,7 @@ class PostgresStore:
                 outcome_id is not None
                 and await tx.one("SELECT 1 FROM outcomes WHERE id = %s", (outcome_id,)) is None
             ):
-                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+                raise rules.unknown_outcome(outcome_id)
             row = await tx.one(
                 "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status,"
                 " details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *)"
@@ -1904,8 +1820,7 @@ class PostgresStore:
             tx.event(
                 run_id,
                 outcome_id,
-                "integration",
-                {"integration_type": integration_type, "action": action, "status": status},
+                rules.integration(integration_type=integration_type, action=action, status=status),
                 now,
             )
             return R.integration_from(row)
@@ -1922,7 +1837,7 @@ class PostgresStore:
                 (name, key_hash, R.dumps(list(scopes)), now),
             )
             if row is None:
-                raise Conflict(f"a key named '{name}' exists (revoked keys keep their name)", field="name")
+                raise rules.key_exists(name)
             tx.wrote = True
             return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
 
@@ -1941,7 +1856,7 @@ class PostgresStore:
                 (now, name),
             )
             if row is None:
-                raise NotFound(f"unknown key '{name}'", field="name")
+                raise rules.unknown_key(name)
             tx.wrote = True
             return R.api_key_from(row)
 
@@ -2103,7 +2018,7 @@ def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitab
             return ClaimBatch(claims)
         run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
         if run is None:
-            raise NotFound(f"unknown run '{run_id}'", field="run")
+            raise rules.unknown_run(run_id)
         if run["state"] in ("cancelled", "paused"):
             return ClaimBatch(claims, run["state"])
         await tx.flush()
@@ -2242,8 +2157,7 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
             tx.event(
                 run_id,
                 a.outcome_id,
-                "completed",
-                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
                 a.now,
             )
         tx.succeeded()
@@ -2254,14 +2168,14 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
 async def _run(c: Conn, run_id: str) -> Run:
     row = await _one(c, _ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
     if row is None:
-        raise NotFound(f"unknown run '{run_id}'", field="run")
+        raise rules.unknown_run(run_id)
     return R.run_from(row)
 
 
 async def _outcome(c: Conn, outcome_id: str) -> Outcome:
     row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
     if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+        raise rules.unknown_outcome(outcome_id)
     return R.outcome_from(row)
 
 
@@ -2272,11 +2186,7 @@ async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
         " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
         (outcome_id,),
     )
-    if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
-    if row["lease_token"] != token:
-        raise StaleLease(R.stale_token_message(row), field="lease_token")
-    return row
+    return rules.check_lease(row, outcome_id, token)  # type: ignore[no-any-return]
 
 
 async def _end_attempt(
@@ -2310,8 +2220,9 @@ def _swept(tx: _Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
         tx.event(
             run_id,
             r["id"],
-            "lease_expired",
-            {"package": r["package_name"], "item": r["item"], "attempt": r["attempts"], "now": target},
+            rules.lease_expired_event(
+                package=r["package_name"], item=r["item"], attempt=r["attempts"], target=target
+            ),
             now,
         )
 
@@ -2339,31 +2250,27 @@ async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, 
     )
     assert row is not None
     if package is not None and row["n"] == 0:
-        raise NotFound(f"unknown package '{package}' in this run", field="package")
+        raise rules.unknown_package_in_run(package)
+    total = 0
+    if not row["pending"] and not row["generating"]:  # done or empty: said of the whole run
+        t = await tx.one(
+            "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s",
+            (run_id,),
+        )
+        total = int(t["total"]) if t else 0
+    reason, column = rules.why_nothing(
+        pending=int(row["pending"]), generating=int(row["generating"]), total=total
+    )
+    if column is None:
+        return reason, None
     pkg_filter = (
         ""
         if package is None
         else " AND package_id IN (SELECT id FROM packages WHERE run_id = %s AND name = %s)"
     )
     pkg_args = [] if package is None else [run_id, package]
-    if row["pending"]:
-        m = await tx.one(
-            "SELECT MIN(available_at) AS t FROM outcomes WHERE run_id = %s AND status = 'pending'"
-            + pkg_filter,
-            [run_id, *pkg_args],
-        )
-        return "backing_off", m["t"] if m else None
-    if row["generating"]:
-        m = await tx.one(
-            "SELECT MIN(lease_expires_at) AS t FROM outcomes WHERE run_id = %s AND status = 'generating'"
-            + pkg_filter,
-            [run_id, *pkg_args],
-        )
-        return "all_leased", m["t"] if m else None
-    total = await tx.one(
-        "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s", (run_id,)
-    )
-    return ("done" if total and total["total"] else "empty"), None
+    m = await tx.one(_EARLIEST[column] + pkg_filter, [run_id, *pkg_args])
+    return reason, m["t"] if m else None
 
 
 async def _update_status(
@@ -2381,27 +2288,19 @@ async def _update_status(
         (outcome_id,),
     )
     if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+        raise rules.unknown_outcome(outcome_id)
     run_id, pid = row["run_id"], int(row["package_id"])
-    old = row["status"]
-    old_metrics = R.loads(row["metrics"], {})
-    metrics = report.metrics if report is not None and report.metrics else old_metrics
-    metadata = report.metadata if report is not None and report.metadata else R.loads(row["metadata"], {})
-    started = row["started_at"]
-    completed_at = row["completed_at"]
-    duration = row["duration_seconds"]
-    lease_expires = None
+    t = rules.override(
+        row,
+        new=status,
+        error_message=error_message,
+        report=report,
+        lease_seconds=row["lease_seconds"],
+        now=now,
+    )
+    old, metrics, duration = t.old, t.metrics, t.duration_seconds
+    old_metrics = t.old_metrics
     token = str(uuid.uuid4())  # any override fences off whoever held the lease
-    if status == "generating":
-        started = now
-        lease_expires = now + float(row["lease_seconds"])
-        completed_at = duration = None
-    elif status in ("complete", "failed", "cancelled"):
-        if old != status:
-            completed_at = now
-            duration = max(0.0, now - started) if started is not None else None
-    else:  # pending
-        completed_at = duration = None
     if old == "complete":
         tx.contribution(run_id, pid, old_metrics, row["duration_seconds"], -1)
     await tx.execute(
@@ -2410,25 +2309,7 @@ async def _update_status(
         " content_bytes = COALESCE(%s, content_bytes), mime_type = COALESCE(%s, mime_type),"
         " started_at = %s, completed_at = %s, duration_seconds = %s, lease_token = %s, lease_expires_at = %s,"
         " available_at = %s, created_by = COALESCE(created_by, %s), updated_at = %s WHERE id = %s",
-        (
-            status,
-            error_message if status != "complete" else None,
-            R.dumps(metrics),
-            R.dumps(metadata),
-            report.outcome_path if report else None,
-            report.content_sha256 if report else None,
-            report.content_bytes if report else None,
-            report.mime_type if report else None,
-            started,
-            completed_at,
-            duration,
-            token,
-            lease_expires,
-            now,
-            created_by,
-            now,
-            outcome_id,
-        ),
+        R.override_params(t, report, token, created_by, outcome_id, now),
     )
     tx.move(run_id, pid, old, status)
     if status == "complete":
@@ -2448,8 +2329,7 @@ async def _update_status(
     tx.event(
         run_id,
         outcome_id,
-        "status_updated",
-        {"package": row["package_name"], "item": row["item"], "from": old, "to": status},
+        rules.status_updated(package=row["package_name"], item=row["item"], old=old, new=status),
         now,
     )
     return await _outcome(tx.conn, outcome_id)
@@ -2547,21 +2427,13 @@ async def _recount(c: Conn, run_id: str | None) -> RecountReport:
     )
     for p in packages:
         truth = await _truth(c, int(p["id"]))
-        label = f"{p['run_name']}/{p['name']}"
-        for key in ("total", *STATUSES):
-            if int(p[key]) != truth[key]:
-                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
-        for key in _COUNTER_COLUMNS:
-            if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
-                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
         hist = {
             int(h["bucket"]): int(h["n"])
             for h in await _all(
                 c, "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0", (p["id"],)
             )
         }
-        if hist != truth["hist"]:
-            mismatches.append(f"{label}: duration histogram {hist} != rows {truth['hist']}")
+        mismatches += R.counter_mismatches(p, truth, hist, _COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 

@@ -12,14 +12,17 @@ from matrix_mcp.models import (
     STATUSES,
     Attempt,
     Event,
+    HourBucket,
     IntegrationEvent,
     Outcome,
     OutcomeDetail,
     PackageSummary,
+    PlanResult,
     Run,
     RunPolicy,
     Status,
     StatusCounts,
+    SystemMetrics,
     ts,
 )
 from matrix_mcp.store.base import ApiKey, StoreError
@@ -262,37 +265,111 @@ def integration_from(row: RowLike) -> IntegrationEvent:
     )
 
 
-def same_report(row: RowLike, report: Any) -> bool:
-    """Whether a stored complete outcome carries exactly this report (idempotent repeat)."""
-    return bool(
-        row["content_sha256"] == report.content_sha256
-        and (report.outcome_path is None or row["outcome_path"] == report.outcome_path)
-        and loads(row["metrics"], {}) == report.metrics
-        and loads(row["metadata"], {}) == report.metadata
+def override_params(
+    t: Any, report: Any, token: str, created_by: str | None, outcome_id: str, now: float
+) -> tuple[Any, ...]:
+    """The parameters of both stores' override UPDATE (a rules.Override), in the column order of its SQL:
+    status, error_message, metrics, metadata, outcome_path, content_sha256, content_bytes, mime_type,
+    started_at, completed_at, duration_seconds, lease_token, lease_expires_at, available_at, created_by,
+    updated_at; then the outcome id."""
+    return (
+        t.new,
+        t.error_message,
+        dumps(t.metrics),
+        dumps(t.metadata),
+        report.outcome_path if report else None,
+        report.content_sha256 if report else None,
+        report.content_bytes if report else None,
+        report.mime_type if report else None,
+        t.started_at,
+        t.completed_at,
+        t.duration_seconds,
+        token,
+        t.lease_expires_at,
+        now,
+        created_by,
+        now,
+        outcome_id,
     )
 
 
-def lost_lease_message(row: RowLike) -> str:
-    """Why a report whose lease_token is the item's current one changes nothing: the lease no longer holds."""
-    if row["status"] == "pending":
-        return "the lease expired or the item was failed and requeued; this report changes nothing"
-    return f"the item is {row['status']}; this lease no longer holds it, and the report changes nothing"
+def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLike]) -> SystemMetrics:
+    """Totals (columns pending..cancelled, ds/dn duration sums, ls lines, qs/qn quality) and hourly rows."""
+    counts = counts_from(t)
+    finished = counts.complete + counts.failed
+    return SystemMetrics(
+        run=run_name,
+        outcomes_total=counts.total,
+        outcomes_pending=counts.pending,
+        outcomes_generating=counts.generating,
+        outcomes_complete=counts.complete,
+        outcomes_failed=counts.failed,
+        outcomes_cancelled=counts.cancelled,
+        avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
+        success_rate=round(counts.complete / finished, 6) if finished else None,
+        total_lines_generated=float(t["ls"]),
+        average_quality_score=round(t["qs"] / t["qn"], 6) if t["qn"] else None,
+        outcomes_by_hour=[
+            HourBucket(
+                hour=ts(int(h["hour"]) * 3600),  # type: ignore[arg-type]
+                completed=int(h["completed"]),
+                failed=int(h["failed"]),
+                avg_duration_seconds=round(h["ds"] / h["dn"], 6) if h["dn"] else None,
+            )
+            for h in hours
+        ],
+    )
 
 
-def stale_token_message(row: RowLike) -> str:
-    """Why a report with a lease_token that is not the item's current one changes nothing, said from the item's
-    row (status, worker, attempts): what actually happened to the item, not a guess."""
-    status, worker, attempt = row["status"], row["worker"], row["attempts"]
-    last = f"attempt {attempt}" + (f" by worker {worker!r}" if worker else "")
-    if status == "complete":
-        what = f"the item is already complete (its last lease: {last})"
-    elif status == "generating":
-        what = f"the item is leased under another token ({last})"
-    elif status == "pending":
-        what = "the item is pending: its lease expired or it was failed, requeued or reset"
-    else:
-        what = f"the item is {status}"
-    return f"stale lease_token: {what}; this token is not its current lease, and the report changes nothing"
+def plan_result(run: Run, created: bool, added_packages: list[str], added_items: int) -> PlanResult:
+    return PlanResult(
+        run=run,
+        created=created,
+        packages=run.packages,
+        items=run.counts.total,
+        added_packages=added_packages,
+        added_items=added_items,
+    )
+
+
+def policy_values(policy: RunPolicy) -> tuple[Any, ...]:
+    """outcome_type, lease_seconds, max_attempts, backoff_seconds, backoff_cap_seconds, outcome_schema."""
+    return (
+        policy.outcome_type,
+        policy.lease_seconds,
+        policy.max_attempts,
+        policy.backoff_seconds,
+        policy.backoff_cap_seconds,
+        spec_dumps(policy.outcome_schema),
+    )
+
+
+def the_one_summary(found: list[PackageSummary], package: str) -> PackageSummary:
+    """package_summary without a run: the package must exist in exactly one run."""
+    from matrix_mcp import rules
+
+    if not found:
+        raise rules.unknown_package(package)
+    if len(found) > 1:
+        raise rules.ambiguous_package(package, ", ".join(sorted(s.run for s in found)))
+    return found[0]
+
+
+def counter_mismatches(
+    p: RowLike, truth: Mapping[str, Any], hist: Mapping[int, int], counter_columns: Iterable[str]
+) -> list[str]:
+    """How a package's counters (row p, rolled-up histogram hist) differ from a recount of its rows."""
+    label = f"{p['run_name']}/{p['name']}"
+    out: list[str] = []
+    for key in ("total", *STATUSES):
+        if int(p[key]) != truth[key]:
+            out.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
+    for key in counter_columns:
+        if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
+            out.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
+    if dict(hist) != truth["hist"]:
+        out.append(f"{label}: duration histogram {dict(hist)} != rows {truth['hist']}")
+    return out
 
 
 def api_key_from(row: RowLike) -> ApiKey:

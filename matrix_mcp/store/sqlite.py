@@ -25,12 +25,12 @@ import aiosqlite
 import anyio
 import anyio.lowlevel
 
-from matrix_mcp.audit import acting_as, current_principal, stamped
+from matrix_mcp import rules
+from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import (
     STATUSES,
     Event,
     HeartbeatResult,
-    HourBucket,
     IntegrationEvent,
     LeaseRef,
     LeaseState,
@@ -52,16 +52,13 @@ from matrix_mcp.store.base import (
     ApiKey,
     Claim,
     ClaimBatch,
-    Conflict,
     ContentFile,
     NewPackage,
     NextClaim,
-    NotFound,
     OutcomeFilter,
     Report,
     Reported,
     RunOverview,
-    StaleLease,
     StoreError,
     Unavailable,
 )
@@ -111,6 +108,13 @@ _MOVE_CONTRIB_SQL = {
     for a in STATUSES
     for b in STATUSES
     if a != b
+}
+
+
+# when a short claim may ask again: the earliest time of the column rules.why_nothing names
+_EARLIEST = {
+    "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
+    "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
 }
 
 
@@ -369,12 +373,7 @@ class SQLiteStore:
                         run_id,
                         name,
                         goal,
-                        policy.outcome_type,
-                        policy.lease_seconds,
-                        policy.max_attempts,
-                        policy.backoff_seconds,
-                        policy.backoff_cap_seconds,
-                        R.spec_dumps(policy.outcome_schema),
+                        *R.policy_values(policy),
                         now,
                         now,
                     ),
@@ -382,7 +381,7 @@ class SQLiteStore:
             else:
                 run_id = row["id"]
                 if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise Conflict(f"run '{name}' is cancelled; plan a new run", field="name")
+                    raise rules.run_cancelled_for_plan(name)
             outcome_type = c.execute("SELECT outcome_type FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             added_packages: list[str] = []
             added_items = 0
@@ -442,19 +441,11 @@ class SQLiteStore:
                     c,
                     run_id,
                     None,
-                    "run_planned" if created else "run_extended",
-                    {"packages": added_packages, "items": added_items},
+                    rules.planned(created=created, packages=added_packages, items=added_items),
                     now,
                 )
             run = _run(c, run_id)
-            return PlanResult(
-                run=run,
-                created=created,
-                packages=run.packages,
-                items=run.counts.total,
-                added_packages=added_packages,
-                added_items=added_items,
-            )
+            return R.plan_result(run, created, added_packages, added_items)
 
         return await self._write(op)
 
@@ -472,26 +463,12 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> Run:
             state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if state is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
-            current = state[0]
-            if action == "pause":
-                if current == "cancelled":
-                    raise Conflict("the run is cancelled; it cannot be paused", field="action")
-                target = "paused"
-            elif action == "resume":
-                if current == "cancelled":
-                    raise Conflict("the run is cancelled; cancellation is final", field="action")
-                target = "active"
-            else:
-                target = "cancelled"
-            if target != current:
+                raise rules.unknown_run(run_id)
+            target = rules.control_target(state[0], action)
+            if target != state[0]:
                 c.execute("UPDATE runs SET state = ?, updated_at = ? WHERE id = ?", (target, now, run_id))
-                extra: dict[str, Any] = {}
-                if target == "cancelled":
-                    extra["cancelled_items"] = _cancel_pending(c, run_id, now)
-                _event(
-                    c, run_id, None, f"run_{action}d" if action != "cancel" else "run_cancelled", extra, now
-                )
+                cancelled = _cancel_pending(c, run_id, now) if target == "cancelled" else None
+                _event(c, run_id, None, rules.run_controlled(action, cancelled), now)
             return _run(c, run_id)
 
         return await self._write(op)
@@ -549,18 +526,14 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> Reported:
             row = _leased_row(c, outcome_id, lease_token)
             if row["status"] == "complete":
-                if R.same_report(row, report):
+                if rules.same_report(row, report):
                     return Reported(
                         _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
                     )
-                raise Conflict(
-                    "the item is already complete with a different report; repeat the identical report or "
-                    "use update_outcome_status",
-                    field="outcome_id",
-                )
+                raise rules.complete_differs()
             if row["status"] != "generating":
-                raise StaleLease(R.lost_lease_message(row), field="lease_token")
-            duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
+                raise rules.lost_lease(row)
+            duration = rules.duration(row["started_at"], now)
             c.execute(
                 "UPDATE outcomes SET status = 'complete', completed_at = ?, duration_seconds = ?, updated_at = ?,"
                 " lease_expires_at = NULL, error_message = NULL, metrics = ?, metadata = ?,"
@@ -589,8 +562,7 @@ class SQLiteStore:
                 c,
                 row["run_id"],
                 outcome_id,
-                "completed",
-                {"package": row["package_name"], "item": row["item"], "duration": duration},
+                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
                 now,
             )
             done = dict(row)
@@ -634,56 +606,45 @@ class SQLiteStore:
                     return Reported(
                         _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
                     )
-                raise StaleLease(R.lost_lease_message(row), field="lease_token")
+                raise rules.lost_lease(row)
             run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
             attempts = int(row["attempts"])
             _end_attempt(c, outcome_id, lease_token, "failed", error, now)
-            if retryable and attempts < int(run["max_attempts"]) and run["state"] != "cancelled":
-                delay = max(0.0, float(backoff(attempts)))
+            decided = rules.failure_outcome(
+                retryable=retryable,
+                attempts=attempts,
+                max_attempts=int(run["max_attempts"]),
+                run_state=run["state"],
+                backoff=backoff,
+            )
+            if decided.retries:
                 c.execute(
                     "UPDATE outcomes SET status = 'pending', available_at = ?, lease_expires_at = NULL,"
                     " error_message = ?, updated_at = ? WHERE n = ?",
-                    (now + delay, error, now, row["n"]),
-                )
-                _move(c, row["package_id"], "generating", "pending")
-                _event(
-                    c,
-                    row["run_id"],
-                    outcome_id,
-                    "retry_scheduled",
-                    {
-                        "package": row["package_name"],
-                        "item": row["item"],
-                        "attempt": attempts,
-                        "delay": round(delay, 3),
-                        "error": error[:500],
-                    },
-                    now,
+                    (now + decided.delay, error, now, row["n"]),
                 )
             else:
-                target: Status = "cancelled" if run["state"] == "cancelled" and retryable else "failed"
-                duration = max(0.0, now - row["started_at"]) if row["started_at"] is not None else None
                 c.execute(
                     "UPDATE outcomes SET status = ?, completed_at = ?, duration_seconds = ?,"
                     " lease_expires_at = NULL, error_message = ?, updated_at = ? WHERE n = ?",
-                    (target, now, duration, error, now, row["n"]),
+                    (decided.target, now, rules.duration(row["started_at"], now), error, now, row["n"]),
                 )
-                _move(c, row["package_id"], "generating", target)
-                if target == "failed":
+                if decided.target == "failed":
                     _minute(c, row["run_id"], now, failed=1)
-                _event(
-                    c,
-                    row["run_id"],
-                    outcome_id,
-                    target,
-                    {
-                        "package": row["package_name"],
-                        "item": row["item"],
-                        "attempt": attempts,
-                        "error": error[:500],
-                    },
-                    now,
-                )
+            _move(c, row["package_id"], "generating", decided.target)
+            _event(
+                c,
+                row["run_id"],
+                outcome_id,
+                rules.failure_reported(
+                    package=row["package_name"],
+                    item=row["item"],
+                    attempt=attempts,
+                    error=error,
+                    outcome=decided,
+                ),
+                now,
+            )
             return Reported(_outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, True))
 
         return await self._write(op)
@@ -694,9 +655,9 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> list[str]:
             state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if state is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
+                raise rules.unknown_run(run_id)
             if state[0] == "cancelled":
-                raise Conflict("the run is cancelled; plan a new run to redo its items", field="run")
+                raise rules.run_cancelled_for_retry()
             sql = "SELECT o.n, o.id, o.package_id FROM outcomes o"
             args: list[Any] = []
             where = ["o.run_id = ?", "o.status = 'failed'"]
@@ -706,7 +667,7 @@ class SQLiteStore:
                     "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
                 ).fetchone()
                 if pid is None:
-                    raise NotFound(f"unknown package '{package}' in this run", field="package")
+                    raise rules.unknown_package_in_run(package)
                 where.append("o.package_id = ?")
                 args.append(pid[0])
             rows = c.execute(sql + " WHERE " + " AND ".join(where) + " ORDER BY o.n", args).fetchall()
@@ -722,7 +683,7 @@ class SQLiteStore:
                 _move(c, r["package_id"], "failed", "pending")
             ids = [r["id"] for r in rows]
             if ids:
-                _event(c, run_id, None, "requeued", {"count": len(ids), "outcome_ids": ids[:100]}, now)
+                _event(c, run_id, None, rules.requeued(ids), now)
             return ids
 
         return await self._write(op)
@@ -745,7 +706,7 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> tuple[Outcome, bool]:
             run = c.execute("SELECT outcome_type, state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if run is None:
-                raise NotFound(f"unknown run '{run_id}'", field="run")
+                raise rules.unknown_run(run_id)
             prow = c.execute(
                 "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
             ).fetchone()
@@ -788,9 +749,7 @@ class SQLiteStore:
             c.execute(
                 "UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?", (package_id,)
             )
-            _event(
-                c, run_id, outcome_id, "recorded", {"package": package, "item": item, "status": status}, now
-            )
+            _event(c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return _outcome(c, outcome_id), True
             return _update_status(c, outcome_id, status, error_message, report, now, created_by), True
@@ -808,7 +767,7 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> OutcomeDetail:
             row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
             if row is None:
-                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+                raise rules.unknown_outcome(outcome_id)
             hist = []
             if history:
                 hist = c.execute(
@@ -870,12 +829,7 @@ class SQLiteStore:
                 found = _summaries(c, "p.run_id = ? AND p.name = ?", [run_id, package])
             else:
                 found = _summaries(c, "p.name = ?", [package])
-            if not found:
-                raise NotFound(f"unknown package '{package}'", field="package")
-            if len(found) > 1:
-                runs = ", ".join(sorted(s.run for s in found))
-                raise Conflict(f"package '{package}' exists in several runs ({runs}); pass run", field="run")
-            return found[0]
+            return R.the_one_summary(found, package)
 
         return await self._read(op)
 
@@ -900,33 +854,10 @@ class SQLiteStore:
                 + " GROUP BY minute / 60 ORDER BY hour",
                 [since_minute, *args],
             ).fetchall()
-            counts = R.counts_from(t)
-            finished = counts.complete + counts.failed
             run_name = None
             if run_id:
                 run_name = c.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-            return SystemMetrics(
-                run=run_name,
-                outcomes_total=counts.total,
-                outcomes_pending=counts.pending,
-                outcomes_generating=counts.generating,
-                outcomes_complete=counts.complete,
-                outcomes_failed=counts.failed,
-                outcomes_cancelled=counts.cancelled,
-                avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
-                success_rate=round(counts.complete / finished, 6) if finished else None,
-                total_lines_generated=float(t["ls"]),
-                average_quality_score=round(t["qs"] / t["qn"], 6) if t["qn"] else None,
-                outcomes_by_hour=[
-                    HourBucket(
-                        hour=ts(h["hour"] * 3600),  # type: ignore[arg-type]
-                        completed=int(h["completed"]),
-                        failed=int(h["failed"]),
-                        avg_duration_seconds=round(h["ds"] / h["dn"], 6) if h["dn"] else None,
-                    )
-                    for h in hours
-                ],
-            )
+            return R.system_metrics_from(run_name, t, hours)
 
         return await self._read(op)
 
@@ -957,7 +888,7 @@ class SQLiteStore:
                 outcome_id is not None
                 and c.execute("SELECT 1 FROM outcomes WHERE id = ?", (outcome_id,)).fetchone() is None
             ):
-                raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+                raise rules.unknown_outcome(outcome_id)
             cur = c.execute(
                 "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -967,8 +898,7 @@ class SQLiteStore:
                 c,
                 run_id,
                 outcome_id,
-                "integration",
-                {"integration_type": integration_type, "action": action, "status": status},
+                rules.integration(integration_type=integration_type, action=action, status=status),
                 now,
             )
             row = c.execute(
@@ -985,7 +915,7 @@ class SQLiteStore:
     async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
         def op(c: sqlite3.Connection) -> ApiKey:
             if c.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone() is not None:
-                raise Conflict(f"a key named '{name}' exists (revoked keys keep their name)", field="name")
+                raise rules.key_exists(name)
             c.execute(
                 "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
                 (name, key_hash, R.dumps(list(scopes)), now),
@@ -1004,7 +934,7 @@ class SQLiteStore:
             c.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
             row = c.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise NotFound(f"unknown key '{name}'", field="name")
+                raise rules.unknown_key(name)
             return R.api_key_from(row)
 
         return await self._write(op)
@@ -1127,21 +1057,21 @@ def _run_id(c: sqlite3.Connection, ref: str) -> str:
         "SELECT id FROM runs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (ref, ref, ref)
     ).fetchone()
     if row is None:
-        raise NotFound(f"unknown run '{ref}'", field="run")
+        raise rules.unknown_run(ref)
     return str(row[0])
 
 
 def _run(c: sqlite3.Connection, run_id: str) -> Run:
     row = c.execute(_RUN_SELECT + " WHERE r.id = ? GROUP BY r.id", (run_id,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown run '{run_id}'", field="run")
+        raise rules.unknown_run(run_id)
     return R.run_from(row)
 
 
 def _outcome(c: sqlite3.Connection, outcome_id: str) -> Outcome:
     row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
+        raise rules.unknown_outcome(outcome_id)
     return R.outcome_from(row)
 
 
@@ -1149,14 +1079,13 @@ def _event(
     c: sqlite3.Connection,
     run_id: str | None,
     outcome_id: str | None,
-    kind: str,
-    data: dict[str, Any],
+    ev: rules.Ev,
     now: float,
 ) -> int:
     """Append to the change feed; returns the event's sequence number."""
     cur = c.execute(
         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        (run_id, outcome_id, kind, R.dumps(stamped(kind, data)), now),
+        (run_id, outcome_id, ev.kind, ev.payload(), now),
     )
     return int(cur.lastrowid or 0)
 
@@ -1252,11 +1181,7 @@ def _end_attempt(
 
 def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
     row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
-    if row["lease_token"] != token:
-        raise StaleLease(R.stale_token_message(row), field="lease_token")
-    return row  # type: ignore[no-any-return]
+    return rules.check_lease(row, outcome_id, token)  # type: ignore[no-any-return]
 
 
 def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
@@ -1268,36 +1193,34 @@ def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
         (run_id, now, SWEEP_LIMIT),
     ).fetchall()
     for r in rows:
-        _end_attempt(c, r["id"], r["lease_token"], "failed", "lease expired", now)
-        target: Status
-        if r["state"] == "cancelled":
-            target = "cancelled"
-        elif int(r["attempts"]) >= int(r["max_attempts"]):
-            target = "failed"
-        else:
-            target = "pending"
+        target = rules.lease_expiry(
+            run_state=r["state"], attempts=int(r["attempts"]), max_attempts=int(r["max_attempts"])
+        )
+        if target is None:
+            continue
+        _end_attempt(c, r["id"], r["lease_token"], "failed", rules.LEASE_EXPIRED, now)
+        error = rules.lease_expired_error(target, int(r["attempts"]))
         if target == "pending":
             c.execute(
                 "UPDATE outcomes SET status = 'pending', available_at = ?, lease_expires_at = NULL,"
-                " error_message = 'lease expired', updated_at = ? WHERE n = ?",
-                (now, now, r["n"]),
+                " error_message = ?, updated_at = ? WHERE n = ?",
+                (now, error, now, r["n"]),
             )
         else:
-            duration = max(0.0, now - r["started_at"]) if r["started_at"] is not None else None
             c.execute(
                 "UPDATE outcomes SET status = ?, lease_expires_at = NULL, completed_at = ?, duration_seconds = ?,"
                 " error_message = ?, updated_at = ? WHERE n = ?",
-                (target, now, duration, f"lease expired after {r['attempts']} attempts", now, r["n"]),
+                (target, now, rules.duration(r["started_at"], now), error, now, r["n"]),
             )
-            if target == "failed":
-                _minute(c, run_id, now, failed=1)
+            _minute(c, run_id, now, failed=1)
         _move(c, r["package_id"], "generating", target)
         _event(
             c,
             run_id,
             r["id"],
-            "lease_expired",
-            {"package": r["package_name"], "item": r["item"], "attempt": r["attempts"], "now": target},
+            rules.lease_expired_event(
+                package=r["package_name"], item=r["item"], attempt=r["attempts"], target=target
+            ),
             now,
         )
 
@@ -1333,7 +1256,7 @@ def _claim(
     """Lease up to `limit` pending items round-robin across packages (least recently served first)."""
     run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
-        raise NotFound(f"unknown run '{run_id}'", field="run")
+        raise rules.unknown_run(run_id)
     if run["state"] == "cancelled":
         return ClaimBatch([], "cancelled")
     _sweep(c, run_id, now)
@@ -1376,8 +1299,7 @@ def _claim(
                 c,
                 run_id,
                 o["id"],
-                "claimed",
-                {"package": p["name"], "item": o["item"], "worker": worker, "attempt": attempt},
+                rules.claimed(package=p["name"], item=o["item"], worker=worker, attempt=attempt),
                 now,
             )
             # fairness clock: the claim's own event sequence (monotonic across processes)
@@ -1462,28 +1384,23 @@ def _why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tup
         args.append(package)
     pending, generating, n = c.execute(sql, args).fetchone()
     if package is not None and n == 0:
-        raise NotFound(f"unknown package '{package}' in this run", field="package")
+        raise rules.unknown_package_in_run(package)
+    total = 0
+    if not pending and not generating:  # done or empty: said of the whole run
+        total = c.execute(
+            "SELECT COALESCE(SUM(total),0) FROM packages WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+    reason, column = rules.why_nothing(pending=int(pending), generating=int(generating), total=int(total))
+    if column is None:
+        return reason, None
     pkg_filter = (
         ""
         if package is None
         else " AND package_id IN (SELECT id FROM packages WHERE run_id = ? AND name = ?)"
     )
     pkg_args = [] if package is None else [run_id, package]
-    if pending:
-        row = c.execute(
-            "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'" + pkg_filter,
-            [run_id, *pkg_args],
-        ).fetchone()
-        return "backing_off", row[0]
-    if generating:
-        row = c.execute(
-            "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'"
-            + pkg_filter,
-            [run_id, *pkg_args],
-        ).fetchone()
-        return "all_leased", row[0]
-    total = c.execute("SELECT COALESCE(SUM(total),0) FROM packages WHERE run_id = ?", (run_id,)).fetchone()[0]
-    return ("done" if total else "empty"), None
+    row = c.execute(_EARLIEST[column] + pkg_filter, [run_id, *pkg_args]).fetchone()
+    return reason, row[0]
 
 
 def _update_status(
@@ -1501,26 +1418,18 @@ def _update_status(
         (outcome_id,),
     ).fetchone()
     if row is None:
-        raise NotFound(f"unknown outcome '{outcome_id}'", field="outcome_id")
-    old = row["status"]
-    old_metrics = R.loads(row["metrics"], {})
-    metrics = report.metrics if report is not None and report.metrics else old_metrics
-    metadata = report.metadata if report is not None and report.metadata else R.loads(row["metadata"], {})
-    started = row["started_at"]
-    completed_at = row["completed_at"]
-    duration = row["duration_seconds"]
-    lease_expires = None
+        raise rules.unknown_outcome(outcome_id)
+    t = rules.override(
+        row,
+        new=status,
+        error_message=error_message,
+        report=report,
+        lease_seconds=row["lease_seconds"],
+        now=now,
+    )
+    old, metrics, duration = t.old, t.metrics, t.duration_seconds
+    old_metrics = t.old_metrics
     token = str(uuid.uuid4())  # any override fences off whoever held the lease
-    if status == "generating":
-        started = now
-        lease_expires = now + float(row["lease_seconds"])
-        completed_at = duration = None
-    elif status in ("complete", "failed", "cancelled"):
-        if old != status:
-            completed_at = now
-            duration = max(0.0, now - started) if started is not None else None
-    else:  # pending
-        completed_at = duration = None
     if old == "complete":
         _add_contribution(c, row["package_id"], old_metrics, row["duration_seconds"], -1)
         c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
@@ -1530,25 +1439,7 @@ def _update_status(
         " content_bytes = COALESCE(?, content_bytes), mime_type = COALESCE(?, mime_type),"
         " started_at = ?, completed_at = ?, duration_seconds = ?, lease_token = ?, lease_expires_at = ?,"
         " available_at = ?, created_by = COALESCE(created_by, ?), updated_at = ? WHERE id = ?",
-        (
-            status,
-            error_message if status != "complete" else None,
-            R.dumps(metrics),
-            R.dumps(metadata),
-            report.outcome_path if report else None,
-            report.content_sha256 if report else None,
-            report.content_bytes if report else None,
-            report.mime_type if report else None,
-            started,
-            completed_at,
-            duration,
-            token,
-            lease_expires,
-            now,
-            created_by,
-            now,
-            outcome_id,
-        ),
+        R.override_params(t, report, token, created_by, outcome_id, now),
     )
     _move(c, row["package_id"], old, status)
     if status == "complete":
@@ -1562,8 +1453,7 @@ def _update_status(
         c,
         row["run_id"],
         outcome_id,
-        "status_updated",
-        {"package": row["package_name"], "item": row["item"], "from": old, "to": status},
+        rules.status_updated(package=row["package_name"], item=row["item"], old=old, new=status),
         now,
     )
     return _outcome(c, outcome_id)
@@ -1623,17 +1513,8 @@ def _recount(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     for p in c.execute(
         "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id " + where, args
     ):
-        truth = _truth(c, p["id"])
-        label = f"{p['run_name']}/{p['name']}"
-        for key in ("total", *STATUSES):
-            if int(p[key]) != truth[key]:
-                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
-        for key in _COUNTER_COLUMNS:
-            if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
-                mismatches.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
-        if hist != truth["hist"]:
-            mismatches.append(f"{label}: duration histogram {hist} != rows {truth['hist']}")
+        mismatches += R.counter_mismatches(p, _truth(c, p["id"]), hist, _COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 
