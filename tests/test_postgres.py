@@ -264,10 +264,10 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
     through LISTEN/NOTIFY — with the polling fallback pushed out to 60 s, so only a notification can wake it
     in time. A write inside the debounce window (stretched to 1 s here) sends no NOTIFY of its own; the
     trailing NOTIFY after the window still wakes the watcher."""
-    from matrix_mcp.store import postgres
+    from matrix_mcp.store.postgres import connection
 
-    monkeypatch.setattr(postgres, "POLL_FALLBACK", 60.0)
-    monkeypatch.setattr(postgres, "NOTIFY_DEBOUNCE", 1.0)
+    monkeypatch.setattr(connection, "POLL_FALLBACK", 60.0)
+    monkeypatch.setattr(connection, "NOTIFY_DEBOUNCE", 1.0)
     writer = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
     watcher = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
 

@@ -155,7 +155,9 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
     from psycopg.rows import dict_row
 
     from matrix_mcp.store.base import NewItem, NewPackage
-    from matrix_mcp.store.postgres import _SWEEP_SQL, SWEEP_LIMIT, PostgresStore
+    from matrix_mcp.store.postgres import PostgresStore
+    from matrix_mcp.store.postgres.sql import _SWEEP_SQL
+    from matrix_mcp.store.postgres.transitions import SWEEP_LIMIT
 
     async def populate() -> str:
         store = await PostgresStore.open(postgres_database)

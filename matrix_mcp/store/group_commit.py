@@ -1,0 +1,95 @@
+"""Group commit, one mechanism for both stores: concurrent writes of one process queue up; the first
+writer to arrive leads, drains the queue batch by batch and hands each batch to the store's runner (one
+transaction per batch, a savepoint per request where the store needs one). Every request is answered
+with its own value or error.
+
+Tests watch the batches through `observe` (a callback given each batch's size) instead of patching
+the stores' internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from matrix_mcp.audit import current_principal
+from matrix_mcp.errors import StoreError, Unavailable
+
+
+class Request:
+    """One queued write: who queued it (its events record them), and its answer once the batch ran."""
+
+    __slots__ = ("done", "error", "principal", "value")
+
+    def __init__(self) -> None:
+        self.principal = current_principal.get()
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+Req = TypeVar("Req", bound=Request)
+
+
+class GroupCommit(Generic[Req]):
+    """The queue and its leader. `runner(batch)` commits a batch (or sets each request's error); an error
+    it raises is every request's: a StoreError as it is, anything else as Unavailable(unavailable(exc))."""
+
+    def __init__(
+        self,
+        runner: Callable[[list[Req]], Awaitable[None]],
+        *,
+        unavailable: Callable[[BaseException], str],
+        after: Callable[[], None] | None = None,
+        gather: bool = False,
+    ) -> None:
+        self._runner = runner
+        self._unavailable = unavailable
+        self._after = after
+        self._gather = gather  # yield once before the first batch so every ready writer joins it
+        self._queue: list[Req] = []
+        self._leading = False
+        self._observers: list[Callable[[int], None]] = []
+        self.closed = False
+
+    def observe(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call `callback(size)` for every batch from now on; returns the function that stops it."""
+        self._observers.append(callback)
+        return lambda: self._observers.remove(callback)
+
+    async def submit(self, request: Req) -> Any:
+        """Queue `request`, lead the batches if nobody does, and answer it (or raise its error)."""
+        if self.closed:
+            raise Unavailable("the store is closed")
+        self._queue.append(request)
+        if not self._leading:
+            self._leading = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    if self._gather:
+                        await anyio.lowlevel.checkpoint()
+                    while self._queue:
+                        batch, self._queue = self._queue, []
+                        for observer in list(self._observers):
+                            observer(len(batch))
+                        try:
+                            await self._runner(batch)
+                        except StoreError as exc:
+                            for req in batch:
+                                req.error = exc
+                        except BaseException as exc:  # the connection itself failed
+                            for req in batch:
+                                req.error = Unavailable(self._unavailable(exc))
+                        for req in batch:
+                            req.done.set()
+                        if self._after is not None:
+                            self._after()
+            finally:
+                self._leading = False
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value

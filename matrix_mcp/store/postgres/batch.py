@@ -1,0 +1,370 @@
+"""One group-commit batch of the PostgreSQL store: the requests, their savepoint-scoped transaction view
+(`_Tx`: counter deltas and events kept until the batch commits), and the journal of answers that
+lets a batch re-run after a lost answer without doing a write twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from pydantic import TypeAdapter
+
+from matrix_mcp import rules
+from matrix_mcp.models import (
+    IntegrationEvent,
+    Outcome,
+    PlanResult,
+    Run,
+    Status,
+)
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.base import (
+    Claim,
+    Report,
+    Reported,
+)
+from matrix_mcp.store.group_commit import Request
+from matrix_mcp.store.postgres.sql import (
+    _COL,
+    _COUNTER_COLUMNS,
+    _DELTA_INSERT,
+    _DELTA_INSERT_ARRAYS,
+    _DELTA_INT,
+    _RECOVER_ANSWERS_SQL,
+    DELTA_COLUMNS,
+    DeltaKey,
+)
+
+log = logging.getLogger("matrix_mcp.store.postgres")
+
+
+T = TypeVar("T")
+
+
+# answers of the writes that journal them (see _recover_answers)
+_PLAN_ANSWER = TypeAdapter(PlanResult)
+
+
+_RUN_ANSWER = TypeAdapter(Run)
+
+
+_OUTCOME_ANSWER = TypeAdapter(Outcome)
+
+
+_REPORTED_ANSWER = TypeAdapter(Reported)
+
+
+_IDS_ANSWER = TypeAdapter(list[str])
+
+
+_RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
+
+
+_INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
+
+
+Row = dict[str, Any]
+
+
+Conn = AsyncConnection[Row]
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors worth retrying the whole transaction for: the database, not the request, is at fault."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
+async def _configure(conn: Conn) -> None:
+    # the hot statements are prepared (psycopg prepares after 5 uses); their plans do not depend on
+    # parameter values, so skip re-planning every execution
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+_IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+
+
+_RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+
+
+CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is pinged before use
+
+
+async def _note_return(conn: Conn) -> None:
+    _RETURNED[conn] = time.monotonic()
+
+
+async def _check(conn: Conn) -> None:
+    """Ping a connection that sat idle (the server may have gone away); a connection returned moments
+    ago is used as is — if it broke since, the call's transient-error retry takes another one."""
+    if time.monotonic() - _RETURNED.get(conn, 0.0) > CHECK_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
+    cur = await c.execute(query, params)
+    return await cur.fetchone()
+
+
+async def _all(c: Conn, query: Any, params: Any = None) -> list[Row]:
+    cur = await c.execute(query, params)
+    return await cur.fetchall()
+
+
+class _NeedSafe(Exception):
+    """An atomic request failed after writing: re-run the batch with a savepoint per request."""
+
+
+class _Batch:
+    """What a group-commit batch has accumulated from the requests that succeeded so far."""
+
+    __slots__ = ("deltas", "events", "swept")
+
+    def __init__(self) -> None:
+        self.deltas: dict[DeltaKey, list[float]] = {}
+        self.events: list[tuple[str | None, str | None, str, str, float]] = []
+        self.swept: dict[str, float] = {}
+
+
+def _merge(into: dict[DeltaKey, list[float]], other: dict[DeltaKey, list[float]]) -> None:
+    for key, values in other.items():
+        row = into.get(key)
+        if row is None:
+            into[key] = list(values)
+        else:
+            for i, v in enumerate(values):
+                row[i] += v
+
+
+class _Tx:
+    """One request inside a batch: its connection (inside a savepoint), its counter deltas and events."""
+
+    def __init__(self, conn: Conn, batch: _Batch) -> None:
+        self.conn = conn
+        self.batch = batch
+        self.deltas: dict[DeltaKey, list[float]] = {}
+        self.events: list[tuple[str | None, str | None, str, str, float]] = []
+        self.taken: dict[DeltaKey, list[float]] = {}
+        self.wrote = False  # set by atomic requests once they changed a row
+
+    async def one(self, query: Any, params: Any = None) -> Row | None:
+        return await _one(self.conn, query, params)
+
+    async def all(self, query: Any, params: Any = None) -> list[Row]:
+        return await _all(self.conn, query, params)
+
+    async def execute(self, query: Any, params: Any = None) -> None:
+        await self.conn.execute(query, params)
+
+    def event(self, run_id: str | None, outcome_id: str | None, ev: rules.Ev, now: float) -> None:
+        self.events.append((run_id, outcome_id, ev.kind, ev.payload(), float(now)))
+
+    def add(self, key: DeltaKey, **values: float) -> None:
+        row = self.deltas.get(key)
+        if row is None:
+            row = self.deltas[key] = [0.0] * len(DELTA_COLUMNS)
+        for name, v in values.items():
+            row[_COL[name]] += v
+
+    def move(self, run_id: str, package_id: int, old: Status, new: Status, n: int = 1) -> None:
+        if old == new or n == 0:
+            return
+        self.add((run_id, package_id, None, None), **{old: -n, new: n})
+
+    def contribution(
+        self, run_id: str, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+    ) -> None:
+        contrib = R.contribution(metrics, duration)
+        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in _COUNTER_COLUMNS})
+        if duration is not None:
+            self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
+
+    def minute(
+        self, run_id: str, now: float, completed: int = 0, failed: int = 0, duration: float | None = None
+    ) -> None:
+        self.add(
+            (run_id, None, None, int(now // 60)),
+            m_completed=completed,
+            m_failed=failed,
+            m_duration_sum=duration or 0.0,
+            m_duration_n=1 if duration is not None else 0,
+        )
+
+    async def flush(self) -> None:
+        """Write the batch's and this request's deltas now, before reading counters in this transaction.
+
+        The batch's part is remembered: if this request rolls back, it goes back to the batch."""
+        pending = dict(self.batch.deltas)
+        _merge(self.taken, self.batch.deltas)
+        _merge(pending, self.deltas)
+        self.batch.deltas = {}
+        self.deltas = {}
+        await _write_deltas(self.conn, pending)
+
+    def succeeded(self) -> None:
+        _merge(self.batch.deltas, self.deltas)
+        self.batch.events.extend(self.events)
+
+    def failed(self) -> None:
+        _merge(self.batch.deltas, self.taken)
+
+
+async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
+    rows = [
+        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, _DELTA_INT, strict=True))]
+        for k, v in deltas.items()
+        if any(v)
+    ]
+    if not rows:
+        return
+    try:
+        payload = json.dumps(rows, allow_nan=False)
+    except ValueError:  # a sum overflowed to infinity: JSON cannot carry it, float8 arrays can
+        await c.execute(_DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
+        return
+    await c.execute(_DELTA_INSERT, (payload,))
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimArgs:
+    run_id: str
+    worker: str
+    limit: int
+    package: str | None
+    now: float
+    token_factory: Callable[[], str]
+    # every lease token handed to this request's claim statements, across attempts: when an attempt's
+    # COMMIT went through but its answer was lost with the connection, the retry finds its leases by
+    # these tokens instead of leaving them orphaned until they expire
+    issued: list[str] = field(default_factory=list)
+
+    def token(self) -> str:
+        token = self.token_factory()
+        self.issued.append(token)
+        return token
+
+
+@dataclass(frozen=True, slots=True)
+class _CompleteArgs:
+    outcome_id: str
+    lease_token: str
+    report: Report
+    now: float
+    metrics: str
+    metadata: str
+    values: list[tuple[str, float]]
+
+
+class _Request(Request):
+    __slots__ = ("atomic", "fn", "handled", "journal", "key", "merge", "rest", "tried")
+
+    def __init__(
+        self,
+        fn: Callable[[_Tx], Awaitable[Any]],
+        atomic: bool,
+        merge: _ClaimArgs | _CompleteArgs | None = None,
+        journal: TypeAdapter[Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.fn = fn
+        self.atomic = atomic
+        self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
+        # writes that must not run twice (see _recover_answers) journal their answer under `key`
+        self.journal = journal
+        self.key = uuid.uuid4().hex if journal is not None else ""
+        self.tried = False
+        self.handled = False  # answered by the merged statement
+        self.rest: Callable[[_Tx], Awaitable[Any]] | None = None  # what is left to do one by one
+
+
+def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
+    """Claims (with their events and counter moves) from claim-statement rows of one request."""
+    claims: list[Claim] = []
+    per_package: dict[int, int] = defaultdict(int)
+    for o in rows:
+        per_package[int(o["pk_id"])] += 1
+        tx.event(
+            run_id,
+            o["id"],
+            rules.claimed(package=o["package_name"], item=o["item"], worker=worker, attempt=o["attempts"]),
+            now,
+        )
+        claims.append(_claim(o))
+    for pid, n in per_package.items():
+        tx.move(run_id, pid, "pending", "generating", n)
+    if rows:
+        tx.wrote = True
+    return claims
+
+
+def _claim(o: Row) -> Claim:
+    return Claim(
+        outcome_id=o["id"],
+        run=o["run_name"],
+        package=o["package_name"],
+        package_description=o["package_description"],
+        item=o["item"],
+        attempt=int(o["attempts"]),
+        lease_token=o["lease_token"],
+        lease_expires_at=float(o["lease_expires_at"]),
+        outcome_type=o["outcome_type"],
+        specifications=R.loads(o["specifications"]),
+        outcome_path=o["outcome_path"],
+    )
+
+
+async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
+    """Before a batch is re-run after a transient error: a journaled write whose earlier attempt
+    committed (the connection died before its answer came back) gets the answer that attempt
+    journaled with it, instead of running again — which would log a second integration event,
+    answer `created: false` for the run or outcome it created, or call its own lease lost."""
+    keys = [req.key for req in batch if req.journal is not None and req.tried]
+    if not keys:
+        return
+    found = {r["key"]: r["answer"] for r in await _all(conn, _RECOVER_ANSWERS_SQL, (keys,))}
+    for req in batch:
+        answer = found.get(req.key) if req.journal is not None else None
+        if answer is not None:
+            assert req.journal is not None
+            log.info("recovered the answer of a write committed by an attempt whose answer was lost")
+            req.value = req.journal.validate_json(answer)
+            req.handled = True
+
+
+async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
+    rows = [
+        (req.key, req.journal.dump_json(req.value).decode())
+        for req in batch
+        if req.journal is not None and req.error is None and not req.handled
+    ]
+    if rows:
+        await conn.execute(
+            "INSERT INTO write_answers (key, answer, created_at)"
+            " SELECT k, a, %s FROM unnest(%s::text[], %s::text[]) AS u(k, a)",
+            (time.time(), [k for k, _ in rows], [a for _, a in rows]),
+        )
+
+
+def _claim_params(
+    run_id: str, package: str | None, exhausted: list[int], cutoff: float, slots: list[tuple[str, float, str]]
+) -> dict[str, Any]:
+    """Parameters of _CLAIM_SQL: one (worker, now, token) slot per item wanted, handed out by rank."""
+    return {
+        "run": run_id,
+        "package": package,
+        "exhausted": exhausted,
+        "now": cutoff,
+        "limit": len(slots),
+        "workers": [w for w, _, _ in slots],
+        "nows": [float(t) for _, t, _ in slots],
+        "tokens": [k for _, _, k in slots],
+    }

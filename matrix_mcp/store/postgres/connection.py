@@ -1,0 +1,455 @@
+"""The PostgreSQL store's plumbing: the pool, migrations under an advisory lock, group commit
+(matrix_mcp.store.group_commit) with transient-error retries, pipelined batches, the counter roller
+and LISTEN/NOTIFY wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Self
+
+import anyio
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import TypeAdapter
+
+from matrix_mcp.audit import acting_as
+from matrix_mcp.config import redact_text, redact_url, url_password
+from matrix_mcp.store.base import (
+    StoreError,
+    Unavailable,
+)
+from matrix_mcp.store.group_commit import GroupCommit
+from matrix_mcp.store.postgres.batch import (
+    _IN_TRANSACTION,
+    Conn,
+    T,
+    _all,
+    _Batch,
+    _check,
+    _ClaimArgs,
+    _CompleteArgs,
+    _configure,
+    _journal_answers,
+    _NeedSafe,
+    _note_return,
+    _one,
+    _recover_answers,
+    _Request,
+    _transient,
+    _Tx,
+    _write_deltas,
+    log,
+)
+from matrix_mcp.store.postgres.sql import _LATEST_SEQ_SQL, _ROLLUP_SQL
+from matrix_mcp.store.postgres.transitions import _merged, _recover_claims
+from matrix_mcp.store.postgres_schema import (
+    EVENTS_LOCK,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    NOTIFY_CHANNEL,
+    ROLLUP_LOCK,
+)
+
+POOL_MIN = 2
+
+
+POOL_MAX = 10
+
+
+POOL_WAIT = 2.0  # seconds a call waits for a connection before the retry budget counts it
+
+
+RETRY_BUDGET = 4.0  # seconds of transient-error retries before answering Unavailable
+
+
+ROLL_INTERVAL = 0.5
+
+
+ROLL_CHUNK = 50_000
+
+
+NOTIFY_DEBOUNCE = 0.01
+
+
+POLL_FALLBACK = 0.5
+
+
+# a journaled answer is needed only while its write is being retried (RETRY_BUDGET); kept far longer
+ANSWERS_KEEP = 600.0
+
+
+ANSWERS_PRUNE_INTERVAL = 60.0
+
+
+class Connection:
+    """The PostgreSQL store's plumbing: pool, migrations, group commit with retries, roll-up, LISTEN/NOTIFY."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Conn]) -> None:
+        self._url = url
+        self._secret = url_password(url) or ""
+        self.url_for_display = redact_url(url)
+        self._pool = pool
+        self.group_commit: GroupCommit[_Request] = GroupCommit(
+            self._commit, unavailable=self._unavailable_text, after=self._wake
+        )
+        self._changed = anyio.Event()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._last_notify = 0.0
+        self._notify_owed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str) -> Self:
+        if url.startswith("postgresql+psycopg://"):
+            url = "postgresql://" + url[len("postgresql+psycopg://") :]
+        from matrix_mcp.store.postgres_connect import check_connect
+
+        await check_connect(url, url_password(url) or "")  # a refusal at once, an unreachable server briefly
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            url,
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            open=False,
+            timeout=POOL_WAIT,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=_check,
+            reset=_note_return,
+            configure=_configure,
+            reconnect_timeout=30.0,
+            name="matrix",
+        )
+        store = cls(url, pool)
+        try:
+            await pool.open(wait=True, timeout=10.0)
+            await store._migrate()
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise Unavailable(store._unavailable_text(exc)) from None
+            raise
+        store._tasks.append(asyncio.create_task(store._roller(), name="matrix-pg-roller"))
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._pool.close()
+
+    async def _migrate(self) -> None:
+        async with self._pool.connection() as c, c.transaction():
+            await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            )
+            done = {r["version"] for r in await _all(c, "SELECT version FROM schema_migrations")}
+            for version, script in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in (s.strip() for s in script.split(";\n")):
+                    if statement:
+                        await c.execute(statement.encode())
+                await c.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    (version, time.time()),
+                )
+                log.info("applied migration %s", version)
+
+    def _unavailable_text(self, exc: BaseException) -> str:
+        detail = redact_text(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, (self._secret,)
+        )
+        return f"the PostgreSQL database is unavailable ({detail}); retry the call"
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    async def _with_retry(self, attempt_fn: Callable[[], Awaitable[T]]) -> T:
+        """Run attempt_fn, retrying transient database errors with jittered backoff for a short budget."""
+        deadline = time.monotonic() + RETRY_BUDGET
+        delay = 0.02
+        while True:
+            if self._closed:
+                raise Unavailable("the store is closed")
+            try:
+                return await attempt_fn()
+            except psycopg.Error as exc:
+                if not _transient(exc):
+                    raise StoreError(f"database error: {redact_text(str(exc), (self._secret,))}") from None
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(self._unavailable_text(exc)) from None
+                log.info("transient database error, retrying: %s", redact_text(str(exc), (self._secret,)))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+
+    async def _write(
+        self,
+        fn: Callable[[_Tx], Awaitable[T]],
+        atomic: bool = False,
+        merge: _ClaimArgs | _CompleteArgs | None = None,
+        journal: TypeAdapter[T] | None = None,
+    ) -> T:
+        """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
+
+        atomic=True: fn either raises before changing any row or sets `tx.wrote` after its only write,
+        so it runs without a SAVEPOINT (two round trips fewer); if it fails after writing, the batch
+        is rolled back and re-run with a savepoint around every request.
+
+        journal: for writes that must not run twice — the answer is stored with the batch, and a
+        retry after a lost answer returns it instead of running `fn` again."""
+        if self._closed:
+            raise Unavailable("the store is closed")
+        return await self.group_commit.submit(_Request(fn, atomic, merge, journal))  # type: ignore[no-any-return]
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        await self._with_retry(functools.partial(self._run_batch, batch))
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            if all(req.atomic for req in batch):
+                await self._run_batch_pipelined(batch)
+            else:
+                await self._run_batch_once(batch, safe=False)
+        except _NeedSafe:
+            await self._run_batch_once(batch, safe=True)
+
+    async def _run_batch_pipelined(self, batch: list[_Request]) -> None:
+        """A batch of atomic requests (claims, completes, heartbeats) in pipeline mode: BEGIN goes out
+        with the first statement, the deltas, the events and COMMIT with one Sync, so a lone claim or
+        complete costs two round trips. A database error rolls the whole batch back (non-transient
+        ones re-run it with a savepoint per request, outside pipeline mode)."""
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    notify = await self._batch_body(conn, batch, safe=False, pipelined=True)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status in _IN_TRANSACTION:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+        self._after_commit(notify)
+
+    async def _run_batch_once(self, batch: list[_Request], safe: bool) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            notify = await self._batch_body(conn, batch, safe, pipelined=False)
+        self._after_commit(notify)
+
+    async def _batch_body(
+        self, conn: Conn, batch: list[_Request], safe: bool, pipelined: bool
+    ) -> bool | None:
+        """Run the batch's requests and write its deltas and events; returns None when it wrote no
+        event, else whether its events statement sent the NOTIFY."""
+        state = _Batch()
+        for req in batch:
+            req.error = None
+            req.value = None
+            req.handled = False
+            req.rest = None
+        await _recover_claims(conn, batch)
+        await _recover_answers(conn, batch)
+        for req in batch:
+            req.tried = True
+        if not safe and any(req.merge is not None for req in batch):
+            try:
+                await _merged(conn, state, batch)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    raise
+                raise _NeedSafe from exc
+            except Exception as exc:
+                raise _NeedSafe from exc
+        for req in batch:
+            if req.handled:
+                continue
+            tx = _Tx(conn, state)
+            if req.atomic and not safe:
+                try:
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
+                except psycopg.Error as exc:
+                    if _transient(exc):
+                        raise
+                    raise _NeedSafe from exc  # the transaction is aborted: redo with savepoints
+                except Exception as exc:
+                    if tx.wrote:
+                        raise _NeedSafe from exc
+                    tx.failed()
+                    req.error = exc
+                else:
+                    tx.succeeded()
+                continue
+            try:
+                async with conn.transaction():
+                    with acting_as(req.principal):
+                        req.value = await (req.rest or req.fn)(tx)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    raise
+                tx.failed()
+                req.error = StoreError(f"database error: {redact_text(str(exc), (self._secret,))}")
+            except Exception as exc:
+                tx.failed()
+                req.error = exc
+            else:
+                tx.succeeded()
+        if not state.events:
+            async with contextlib.nullcontext() if pipelined else conn.pipeline():
+                await _journal_answers(conn, batch)
+                await _write_deltas(conn, state.deltas)
+            return None
+        cols = list(zip(*state.events, strict=True))
+        notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
+        async with contextlib.nullcontext() if pipelined else conn.pipeline():
+            await _journal_answers(conn, batch)
+            await _write_deltas(conn, state.deltas)
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            await conn.execute(
+                "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
+                " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
+                [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
+            )
+        return notify
+
+    def _after_commit(self, notify: bool | None) -> None:
+        if notify is None:
+            return
+        if notify:
+            self._last_notify = time.monotonic()
+        elif not self._notify_owed:
+            self._notify_owed = True
+            self._tasks.append(asyncio.create_task(self._trailing_notify()))
+
+    async def _trailing_notify(self) -> None:
+        """A debounced NOTIFY skipped during a burst is sent once the burst window has passed."""
+        try:
+            await asyncio.sleep(NOTIFY_DEBOUNCE)
+            self._notify_owed = False
+            self._last_notify = time.monotonic()
+            async with self._pool.connection(timeout=POOL_WAIT) as c:
+                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        except Exception:  # the poll fallback covers a lost notification
+            self._notify_owed = False
+        finally:
+            task = asyncio.current_task()
+            if task in self._tasks:
+                self._tasks.remove(task)  # type: ignore[arg-type]
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]], snapshot: bool = False) -> T:
+        """Run fn on a pooled connection: autocommit (one statement = one snapshot) or, with
+        snapshot=True, inside a REPEATABLE READ READ ONLY transaction."""
+
+        async def attempt() -> T:
+            async with self._pool.connection() as conn:
+                if not snapshot:
+                    return await fn(conn)
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    value = await fn(conn)
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+                return value
+
+        return await self._with_retry(attempt)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    # ---- background: counter roll-up and LISTEN ------------------------------------------------
+
+    async def _roller(self) -> None:
+        pruned = time.monotonic()
+        while not self._closed:
+            await asyncio.sleep(ROLL_INTERVAL * (0.75 + random.random() / 2))
+            try:
+                await self.roll_up()
+                if time.monotonic() - pruned >= ANSWERS_PRUNE_INTERVAL:
+                    await self.prune_answers(time.time() - ANSWERS_KEEP)
+                    pruned = time.monotonic()
+            except Exception as exc:  # retried next round; the deltas stay readable meanwhile
+                log.debug("counter roll-up skipped: %s", redact_text(str(exc), (self._secret,)))
+
+    async def prune_answers(self, before: float) -> int:
+        """Drop journaled write answers (see _recover_answers) written before `before`; returns how many."""
+        async with self._pool.connection(timeout=POOL_WAIT) as c:
+            cur = await c.execute("DELETE FROM write_answers WHERE created_at < %s", (before,))
+            return cur.rowcount
+
+    async def roll_up(self) -> int:
+        """Fold the appended counter deltas into the package rows; returns how many deltas were folded.
+        At most one roller runs at a time across all processes (the others skip)."""
+        folded = 0
+        async with self._pool.connection(timeout=POOL_WAIT) as c:
+            while True:
+                async with c.transaction():
+                    got = await _one(c, "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ROLLUP_LOCK,))
+                    if not got or not got["ok"]:
+                        return folded
+                    row = await _one(c, _ROLLUP_SQL, {"chunk": ROLL_CHUNK})
+                    n = int(row["n"]) if row else 0
+                folded += n
+                if n < ROLL_CHUNK:
+                    return folded
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while not self._closed:
+            try:
+                conn = await AsyncConnection.connect(self._url, autocommit=True, connect_timeout=3)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    delay = 0.2
+                    self._wake()  # anything missed while not listening is picked up by the poll
+                    async for _ in conn.notifies():
+                        self._wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("LISTEN connection lost: %s", redact_text(str(exc), (self._secret,)))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        """Wakes on this process's commits at once, on other processes' through LISTEN/NOTIFY, and
+        polls every POLL_FALLBACK seconds in case a notification is lost."""
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.create_task(self._listen(), name="matrix-pg-listen")
+        deadline = anyio.current_time() + timeout
+        while True:
+            changed = self._changed
+            latest = await self.latest_seq()
+            remaining = deadline - anyio.current_time()
+            if latest > since or remaining <= 0:
+                return latest
+            with anyio.move_on_after(min(POLL_FALLBACK, remaining)):
+                await changed.wait()
+
+    async def latest_seq(self) -> int:
+        async def op(c: Conn) -> int:
+            row = await _one(c, _LATEST_SEQ_SQL)
+            return int(row["s"]) if row else 0
+
+        return await self._read(op)

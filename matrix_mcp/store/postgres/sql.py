@@ -1,0 +1,421 @@
+"""SQL text of the PostgreSQL store: the set-based hot-path statements (claim, complete, sweep, roll-up)
+and the selects more than one module uses."""
+
+from __future__ import annotations
+
+DELTA_COLUMNS = (
+    "total",
+    "pending",
+    "generating",
+    "complete",
+    "failed",
+    "cancelled",
+    "duration_sum",
+    "duration_n",
+    "lines_sum",
+    "quality_sum",
+    "quality_n",
+    "bucket_n",
+    "m_completed",
+    "m_failed",
+    "m_duration_sum",
+    "m_duration_n",
+)
+
+
+_FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum"}
+
+
+_COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
+
+
+_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+
+
+DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
+
+
+def _build_delta_insert() -> str:
+    """One parameter: the batch's delta rows as a JSON array of arrays (key columns, then DELTA_COLUMNS);
+    a plain string query, so psycopg converts it once and dumps a single text value per batch."""
+    types = ["text", "int8", "int4", "int8"] + [
+        "float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS
+    ]
+    cols = ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
+    values = ", ".join(f"(e->>{i})::{t}" for i, t in enumerate(types))
+    return f"INSERT INTO package_deltas ({cols}) SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS d(e)"
+
+
+_DELTA_INSERT = _build_delta_insert()
+
+
+_DELTA_INSERT_ARRAYS = (
+    "INSERT INTO package_deltas ("
+    + ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
+    + ") SELECT * FROM unnest("
+    + ", ".join(
+        f"%b::{t}[]"
+        for t in ["text", "int8", "int4", "int8"]
+        + ["float8" if c in _FLOAT_COLUMNS else "int8" for c in DELTA_COLUMNS]
+    )
+    + ")"
+)
+
+
+_DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
+
+
+_RUN_SELECT = """
+SELECT r.*, COUNT(p.id)::bigint AS packages,
+       COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
+       COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
+       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled
+FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
+"""
+
+
+# One run with its summed counters, set-based: the rolled package rows plus the run's unrolled deltas
+# (two aggregates over index ranges instead of one per package). %(where)s picks the run.
+_ONE_RUN_SQL = """
+SELECT r.*, p.packages,
+       p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
+       p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled
+FROM runs r
+CROSS JOIN LATERAL (
+    SELECT COUNT(*)::int8 AS packages, COALESCE(SUM(pending), 0)::int8 AS pending,
+           COALESCE(SUM(generating), 0)::int8 AS generating, COALESCE(SUM(complete), 0)::int8 AS complete,
+           COALESCE(SUM(failed), 0)::int8 AS failed, COALESCE(SUM(cancelled), 0)::int8 AS cancelled
+    FROM packages WHERE run_id = r.id
+) p
+CROSS JOIN LATERAL (
+    SELECT SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating, SUM(complete)::int8 AS complete,
+           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled
+    FROM package_deltas WHERE run_id = r.id AND package_id IS NOT NULL AND bucket IS NULL
+) d
+"""
+
+
+_OUTCOME_SELECT = """
+SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
+"""
+
+
+_SUMMARY_SELECT = """
+SELECT p.*, r.name AS run_name,
+       ARRAY(SELECT h.bucket FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hb,
+       ARRAY(SELECT h.n FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hn
+FROM package_counters p JOIN runs r ON r.id = p.run_id
+"""
+
+
+# All summaries of one run in one pass: rolled counters + this run's unrolled deltas. Histograms: the
+# rolled buckets as arrays per package (read in key order, no aggregation over numeric sums), plus the few unrolled delta
+# buckets, added up in Python.
+_RUN_SUMMARIES_SQL = """
+WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
+d AS (
+    SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
+           SUM(complete)::int8 AS complete, SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled,
+           SUM(duration_sum) AS duration_sum, SUM(duration_n)::int8 AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n)::int8 AS quality_n
+    FROM package_deltas WHERE run_id = %(run)s AND package_id IS NOT NULL AND bucket IS NULL
+    GROUP BY package_id
+),
+hd AS (
+    SELECT package_id, array_agg(bucket) AS db, array_agg(bucket_n) AS dn
+    FROM package_deltas WHERE run_id = %(run)s AND bucket IS NOT NULL
+    GROUP BY package_id
+)
+SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
+       pk.total + COALESCE(d.total, 0) AS total, pk.pending + COALESCE(d.pending, 0) AS pending,
+       pk.generating + COALESCE(d.generating, 0) AS generating,
+       pk.complete + COALESCE(d.complete, 0) AS complete,
+       pk.failed + COALESCE(d.failed, 0) AS failed,
+       pk.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       pk.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
+       pk.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
+       pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
+       pk.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
+       pk.quality_n + COALESCE(d.quality_n, 0) AS quality_n,
+       pk.hist_b AS hb, pk.hist_n AS hn, hd.db, hd.dn
+FROM pk JOIN runs r ON r.id = pk.run_id
+LEFT JOIN d ON d.package_id = pk.id LEFT JOIN hd ON hd.package_id = pk.id
+ORDER BY pk.position
+"""
+
+
+_THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
+
+
+_LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
+
+
+_CLAIM_SQL = """
+WITH r AS MATERIALIZED (
+    SELECT name, lease_seconds FROM runs WHERE id = %(run)s AND state = 'active'
+),
+pk AS MATERIALIZED (
+    SELECT p.id, p.name, p.description, p.position,
+           (row_number() OVER (ORDER BY COALESCE(lc.last, 0), p.position) - 1)::int AS ord,
+           (count(*) OVER ())::int AS np
+    FROM packages p
+    JOIN r ON true
+    -- one index probe per package (a LATERAL ... LIMIT 1 is never flattened into a semi-join, which
+    -- with a fresh run's stale statistics scanned every pending row of the run for every package)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM outcomes o
+        WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
+        LIMIT 1
+    ) has
+    LEFT JOIN LATERAL (
+        SELECT max(o.claim_seq) AS last FROM outcomes o
+        WHERE o.package_id = p.id AND o.claim_seq IS NOT NULL
+    ) lc ON true
+    WHERE p.run_id = %(run)s
+      AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
+      AND NOT (p.id = ANY(%(exhausted)b::bigint[]))
+),
+cand AS MATERIALIZED (
+    SELECT c.n, c.available_at, c.position AS ipos, pk.id AS package_id, pk.ord
+    FROM pk CROSS JOIN LATERAL (
+        SELECT o.n, o.available_at, o.position FROM outcomes o
+        WHERE o.package_id = pk.id AND o.status = 'pending' AND o.available_at <= %(now)s
+        ORDER BY o.available_at, o.position
+        LIMIT GREATEST(0, (%(limit)s - pk.ord + pk.np - 1) / pk.np)
+        FOR UPDATE SKIP LOCKED
+    ) c
+),
+picked AS (
+    SELECT x.n, x.package_id, row_number() OVER (ORDER BY x.k, x.ord) AS rank
+    FROM (
+        SELECT cand.*, row_number() OVER (PARTITION BY cand.package_id ORDER BY cand.available_at, cand.ipos) AS k
+        FROM cand
+    ) x
+),
+clk AS (SELECT nextval('claim_clock') AS v),
+upd AS (
+    UPDATE outcomes o
+    SET status = 'generating', attempts = o.attempts + 1, worker = (%(workers)b::text[])[picked.rank],
+        lease_token = (%(tokens)b::text[])[picked.rank],
+        lease_expires_at = (%(nows)b::float8[])[picked.rank] + r.lease_seconds,
+        started_at = (%(nows)b::float8[])[picked.rank], updated_at = (%(nows)b::float8[])[picked.rank],
+        claim_seq = clk.v * 4096 + picked.rank
+    FROM picked, clk, r
+    WHERE o.n = picked.n
+    RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.worker,
+              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, picked.rank
+),
+att AS (
+    INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status, started_at)
+    SELECT upd.id, upd.attempts, upd.lease_token, upd.worker, 'generating', upd.started_at FROM upd
+)
+SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
+       upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
+       upd.lease_token, upd.lease_expires_at, upd.rank, (SELECT name FROM r) AS run_name
+FROM pk LEFT JOIN upd ON upd.package_id = pk.id
+ORDER BY upd.rank NULLS LAST
+"""
+
+
+_COMPLETE_SQL = """
+WITH cur AS MATERIALIZED (
+    SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+    FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
+    WHERE o.id = %(id)s
+    FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = 'complete', completed_at = %(now)s,
+        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, %(now)s - cur.started_at) END,
+        updated_at = %(now)s, lease_expires_at = NULL, error_message = NULL,
+        metrics = %(metrics)s, metadata = %(metadata)s, outcome_path = COALESCE(%(path)s, o.outcome_path),
+        content_sha256 = %(sha)s, content_bytes = %(bytes)s, mime_type = %(mime)s
+    FROM cur
+    WHERE o.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
+    RETURNING o.duration_seconds
+),
+a AS (
+    UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s
+    WHERE outcome_id = %(id)s AND lease_token = %(token)s AND EXISTS (SELECT 1 FROM u)
+),
+md AS (
+    DELETE FROM outcome_metrics
+    WHERE outcome_id = %(id)s AND NOT (name = ANY(%(names)b::text[])) AND EXISTS (SELECT 1 FROM u)
+),
+mi AS (
+    INSERT INTO outcome_metrics (outcome_id, name, value)
+    SELECT %(id)s, m.k, m.v FROM unnest(%(names)b::text[], %(values)b::float8[]) AS m(k, v)
+    WHERE EXISTS (SELECT 1 FROM u)
+    ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+)
+SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration FROM cur
+"""
+
+
+# Every complete of one group-commit batch in one statement: rows whose token still holds are locked in
+# a fixed order (no deadlock between two processes), updated, their attempts closed and metrics written.
+# Requests not returned (stale token, repeat, unknown id) are answered one by one afterwards.
+_COMPLETE_MANY_SQL = """
+WITH inp AS MATERIALIZED (
+    SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
+                         %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
+                         %(mimes)b::text[])
+        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, i)
+),
+cur AS MATERIALIZED (
+    SELECT o.n, o.started_at, inp.i FROM outcomes o JOIN inp ON o.id = inp.id
+    WHERE o.lease_token = inp.tok AND o.status = 'generating'
+    ORDER BY o.n
+    FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = 'complete', completed_at = inp.now,
+        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, inp.now - cur.started_at) END,
+        updated_at = inp.now, lease_expires_at = NULL, error_message = NULL,
+        metrics = inp.metrics, metadata = inp.metadata, outcome_path = COALESCE(inp.path, o.outcome_path),
+        content_sha256 = inp.sha, content_bytes = inp.nbytes, mime_type = inp.mime
+    FROM cur JOIN inp ON inp.i = cur.i
+    WHERE o.n = cur.n
+    RETURNING o.*, inp.i AS req
+),
+a AS (
+    UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
+    FROM u WHERE a.outcome_id = u.id AND a.lease_token = u.lease_token
+),
+mv AS (
+    SELECT m.req, m.k, m.v FROM unnest(%(mreq)b::int8[], %(mnames)b::text[], %(mvalues)b::float8[]) AS m(req, k, v)
+),
+md AS (
+    DELETE FROM outcome_metrics om USING u
+    WHERE om.outcome_id = u.id AND NOT EXISTS (SELECT 1 FROM mv WHERE mv.req = u.req AND mv.k = om.name)
+),
+mi AS (
+    INSERT INTO outcome_metrics (outcome_id, name, value)
+    SELECT u.id, mv.k, mv.v FROM mv JOIN u ON u.req = mv.req
+    ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+)
+SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
+"""
+
+
+_SWEEP_SQL = """
+WITH exp AS MATERIALIZED (
+    SELECT o.n FROM outcomes o
+    WHERE o.run_id = %(run)s AND o.status = 'generating' AND o.lease_expires_at <= %(now)s
+      AND EXISTS (SELECT 1 FROM runs WHERE id = %(run)s AND state <> 'cancelled')
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+r AS (SELECT max_attempts FROM runs WHERE id = %(run)s),
+-- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/test_rules.py holds them together)
+t AS (
+    SELECT o.n, CASE WHEN o.attempts >= r.max_attempts THEN 'failed' ELSE 'pending' END AS target
+    FROM outcomes o JOIN exp ON exp.n = o.n CROSS JOIN r
+),
+upd AS (
+    UPDATE outcomes o
+    SET status = t.target,
+        available_at = CASE WHEN t.target = 'pending' THEN %(now)s ELSE o.available_at END,
+        lease_expires_at = NULL,
+        completed_at = CASE WHEN t.target = 'pending' THEN o.completed_at ELSE %(now)s END,
+        duration_seconds = CASE
+            WHEN t.target = 'pending' THEN o.duration_seconds
+            WHEN o.started_at IS NULL THEN NULL
+            ELSE GREATEST(0.0, %(now)s - o.started_at) END,
+        error_message = CASE WHEN t.target = 'pending' THEN 'lease expired'
+            ELSE 'lease expired after ' || o.attempts || ' attempts' END,
+        updated_at = %(now)s
+    FROM t WHERE o.n = t.n
+    RETURNING o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, t.target
+),
+att AS (
+    UPDATE outcome_attempts a SET status = 'failed', error = 'lease expired', ended_at = %(now)s
+    FROM upd WHERE a.outcome_id = upd.id AND a.lease_token = upd.lease_token
+)
+SELECT upd.*, p.name AS package_name FROM upd JOIN packages p ON p.id = upd.package_id ORDER BY upd.n
+"""
+
+
+_ROLLUP_SQL = """
+WITH d AS (
+    DELETE FROM package_deltas
+    WHERE id IN (SELECT id FROM package_deltas ORDER BY id LIMIT %(chunk)s)
+    RETURNING *
+),
+c AS (
+    SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
+           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
+           SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n
+    FROM d WHERE package_id IS NOT NULL GROUP BY package_id
+),
+hd AS (
+    SELECT package_id, bucket, SUM(bucket_n) AS n FROM d
+    WHERE package_id IS NOT NULL AND bucket IS NOT NULL GROUP BY package_id, bucket
+),
+u AS (
+    UPDATE packages p SET
+        total = p.total + c.total, pending = p.pending + c.pending, generating = p.generating + c.generating,
+        complete = p.complete + c.complete, failed = p.failed + c.failed, cancelled = p.cancelled + c.cancelled,
+        duration_sum = p.duration_sum + c.duration_sum, duration_n = p.duration_n + c.duration_n,
+        lines_sum = p.lines_sum + c.lines_sum, quality_sum = p.quality_sum + c.quality_sum,
+        quality_n = p.quality_n + c.quality_n,
+        (hist_b, hist_n) = (
+            SELECT COALESCE(array_agg(y.b ORDER BY y.b), '{}'), COALESCE(array_agg(y.n ORDER BY y.b), '{}')
+            FROM (
+                SELECT x.b, SUM(x.n)::int8 AS n FROM (
+                    SELECT h.b, h.n FROM unnest(p.hist_b, p.hist_n) AS h(b, n)
+                    UNION ALL
+                    SELECT hd.bucket, hd.n FROM hd WHERE hd.package_id = p.id
+                ) x GROUP BY x.b HAVING SUM(x.n) <> 0
+            ) y
+        )
+    FROM c WHERE p.id = c.package_id
+),
+m AS (
+    INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)
+    SELECT run_id, minute, SUM(m_completed), SUM(m_failed), SUM(m_duration_sum), SUM(m_duration_n) FROM d
+    WHERE minute IS NOT NULL AND run_id IN (SELECT id FROM runs)
+    GROUP BY run_id, minute
+    ON CONFLICT (run_id, minute) DO UPDATE SET
+        completed = outcome_minutes.completed + EXCLUDED.completed,
+        failed = outcome_minutes.failed + EXCLUDED.failed,
+        duration_sum = outcome_minutes.duration_sum + EXCLUDED.duration_sum,
+        duration_n = outcome_minutes.duration_n + EXCLUDED.duration_n
+)
+SELECT count(*) AS n FROM d
+"""
+
+
+# when a short claim may ask again: the earliest time of the column rules.why_nothing names
+_EARLIEST = {
+    "available_at": "SELECT MIN(available_at) AS t FROM outcomes WHERE run_id = %s AND status = 'pending'",
+    "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcomes WHERE run_id = %s AND status = 'generating'",
+}
+
+
+_RECOVER_CLAIMS_SQL = (
+    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
+    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    # the run's leased rows only (partial index outcomes_leased), not a scan of every outcome
+    " WHERE o.run_id = ANY(%s::text[]) AND o.status = 'generating' AND o.lease_token = ANY(%s::text[])"
+    " ORDER BY o.claim_seq"
+)
+
+
+_RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
+
+
+_HELD_SQL = (
+    "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
+    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    " WHERE o.run_id = %s AND o.status = 'generating' AND o.worker = %s AND o.started_at = %s"
+    " ORDER BY o.claim_seq LIMIT %s"
+)

@@ -1,0 +1,259 @@
+"""The SQLite store's plumbing: WAL connections, migrations under BEGIN IMMEDIATE, group commit
+(matrix_mcp.store.group_commit) and snapshot reads on reader connections."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import aiosqlite
+import anyio
+import anyio.lowlevel
+
+from matrix_mcp.audit import acting_as
+from matrix_mcp.store.base import (
+    Unavailable,
+)
+from matrix_mcp.store.group_commit import GroupCommit, Request
+from matrix_mcp.store.sqlite_schema import MIGRATIONS
+
+log = logging.getLogger("matrix_mcp.store.sqlite")
+
+
+T = TypeVar("T")
+
+
+Op = Callable[[sqlite3.Connection], T]
+
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+READERS = 2
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run fn(sqlite3_connection, *args) on the aiosqlite connection's own thread, in one hop.
+
+    aiosqlite's public methods cost one thread hop per statement; a group-commit batch or a
+    multi-statement snapshot read runs as one function instead.
+    """
+    return await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call,no-any-return]
+
+
+class _Request(Request):
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Op[Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+
+class Connection:
+    """The SQLite store's plumbing: its connections, migrations, group-commit writes and snapshot reads."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
+        self.path = path
+        self.url_for_display = f"sqlite:///{path}"
+        self._writer = writer
+        self._inline: aiosqlite.Connection | None = None  # busy_timeout 0: batches run on the event loop
+        self._readers = readers
+        self._reader_locks = [anyio.Lock() for _ in readers]
+        self._next_reader = 0
+        self.group_commit: GroupCommit[_Request] = GroupCommit(
+            self._commit,
+            unavailable=lambda exc: f"the SQLite store failed: {exc}",
+            after=self._wake,
+            gather=True,
+        )
+        self._changed = anyio.Event()
+        self._closed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Self:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await cls._connect(path)
+        store = cls(path, writer, [])
+        await store._migrate()
+        store._inline = await cls._connect(path, busy_ms=0)
+        store._readers = [await cls._connect(path, reader=True) for _ in range(READERS)]
+        store._reader_locks = [anyio.Lock() for _ in store._readers]
+        return store
+
+    @staticmethod
+    async def _connect(
+        path: Path, reader: bool = False, busy_ms: int = BUSY_TIMEOUT_MS
+    ) -> aiosqlite.Connection:
+        # check_same_thread=False: the inline writer runs on the event loop, not aiosqlite's thread; the
+        # group-commit leader guarantees no two writes run at once.
+        conn = await aiosqlite.connect(
+            str(path), isolation_level=None, timeout=busy_ms / 1000, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+
+        def setup(c: sqlite3.Connection) -> None:
+            c.execute("PRAGMA busy_timeout = " + str(busy_ms))
+            for _ in range(100):
+                try:
+                    c.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    time.sleep(0.05)
+            c.execute("PRAGMA synchronous = NORMAL")
+            c.execute("PRAGMA foreign_keys = ON")
+            if reader:
+                c.execute("PRAGMA query_only = ON")
+
+        await _in_thread(conn, setup)
+        return conn
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for conn in [self._writer, *([self._inline] if self._inline else []), *self._readers]:
+            await conn.close()
+
+    async def _migrate(self) -> None:
+        def migrate(c: sqlite3.Connection) -> None:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
+            )
+            done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
+            for version, script in MIGRATIONS:
+                if version in done:
+                    continue
+                # executescript commits first; statements then run inside our own transaction
+                statements = [s.strip() for s in script.split(";\n") if s.strip()]
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    if c.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                        c.execute("ROLLBACK")
+                        continue
+                    for statement in statements:
+                        c.execute(statement)
+                    c.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+                    c.execute("COMMIT")
+                    log.info("applied migration %s", version)
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+
+        await _in_thread(self._writer, migrate)
+
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    async def _write(self, fn: Op[T]) -> T:
+        """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all."""
+        if self._closed:
+            raise Unavailable("the store is closed")
+        return await self.group_commit.submit(_Request(fn))  # type: ignore[no-any-return]
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        """Inline on the event loop, on a connection that never waits for the write lock (a batch is a few
+        hundred microseconds of work); when another process holds the lock, wait for it on the writer's
+        thread instead."""
+        assert self._inline is not None
+        if not self._run_batch(self._inline._conn, batch, wait=False):
+            await _in_thread(self._writer, self._run_batch, batch, True)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    @staticmethod
+    def _run_batch(c: sqlite3.Connection, batch: list[_Request], wait: bool = True) -> bool:
+        """Run the batch in one transaction (retrying it whole while the database is busy). With
+        wait=False (inline on the event loop), return False, having committed nothing, as soon as the
+        database is busy, so the caller can retry on the writer's thread, where waiting blocks nobody."""
+        inline = not wait
+        for attempt in range(50):
+            try:
+                if wait:
+                    c.execute("BEGIN IMMEDIATE")
+                else:  # on the inline connection (busy_timeout 0): busy means "not now", at once
+                    try:
+                        c.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as exc:
+                        if _is_busy(exc):
+                            return False
+                        raise
+                if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                    req = batch[0]
+                    req.error = None
+                    try:
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
+                    except Exception as exc:
+                        if _is_busy(exc):
+                            raise
+                        c.execute("ROLLBACK")
+                        req.error = exc
+                        return True
+                    c.execute("COMMIT")
+                    return True
+                for req in batch:
+                    req.error = None
+                    c.execute("SAVEPOINT op")
+                    try:
+                        with acting_as(req.principal):
+                            req.value = req.fn(c)
+                        c.execute("RELEASE op")
+                    except Exception as exc:
+                        if _is_busy(exc):
+                            raise
+                        c.execute("ROLLBACK TO op")
+                        c.execute("RELEASE op")
+                        req.error = exc
+                c.execute("COMMIT")
+                return True
+            except sqlite3.OperationalError as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if inline and _is_busy(exc):
+                    return False
+                if not _is_busy(exc) or attempt == 49:
+                    for req in batch:
+                        req.error = Unavailable(f"the SQLite database is busy; retry the call ({exc})")
+                    return True
+                time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
+        return True  # pragma: no cover - the loop always returns
+
+    async def _read(self, fn: Op[T]) -> T:
+        if self._closed:
+            raise Unavailable("the store is closed")
+        index = self._next_reader = (self._next_reader + 1) % len(self._readers)
+        conn = self._readers[index]
+
+        def in_snapshot(c: sqlite3.Connection) -> T:
+            for attempt in range(50):
+                try:
+                    c.execute("BEGIN")
+                    try:
+                        return fn(c)
+                    finally:
+                        c.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.01 * random.random())
+            raise AssertionError("unreachable")
+
+        async with self._reader_locks[index]:
+            return await _in_thread(conn, in_snapshot)

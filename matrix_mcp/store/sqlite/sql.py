@@ -1,0 +1,58 @@
+"""SQL text of the SQLite store that more than one of its modules uses."""
+
+from __future__ import annotations
+
+from matrix_mcp.models import (
+    STATUSES,
+)
+
+_RUN_SELECT = """
+SELECT r.*, COUNT(p.id) AS packages,
+       COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
+       COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
+       COALESCE(SUM(p.cancelled), 0) AS cancelled
+FROM runs r LEFT JOIN packages p ON p.run_id = r.id
+"""
+
+
+_OUTCOME_SELECT = """
+SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
+"""
+
+
+_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+
+
+# Status counter columns are a closed set: one prepared statement per (from, to) pair.
+_MOVE_SQL = {
+    (a, b): "UPDATE packages SET " + a + " = " + a + " - 1, " + b + " = " + b + " + 1 WHERE id = ?"
+    for a in STATUSES
+    for b in STATUSES
+    if a != b
+}
+
+
+_MOVE_CONTRIB_SQL = {
+    (a, b): "UPDATE packages SET "
+    + a
+    + " = "
+    + a
+    + " - 1, "
+    + b
+    + " = "
+    + b
+    + " + 1, duration_sum = duration_sum + ?,"
+    " duration_n = duration_n + ?, lines_sum = lines_sum + ?, quality_sum = quality_sum + ?,"
+    " quality_n = quality_n + ? WHERE id = ?"
+    for a in STATUSES
+    for b in STATUSES
+    if a != b
+}
+
+
+# when a short claim may ask again: the earliest time of the column rules.why_nothing names
+_EARLIEST = {
+    "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
+    "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
+}
