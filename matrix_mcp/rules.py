@@ -219,10 +219,8 @@ class Override:
     lease_expires_at: float | None
 
 
-def override(
-    row: RowLike, *, new: Status, error_message: str | None, report: Any, lease_seconds: float, now: float
-) -> Override:
-    """update_outcome_status on the item's locked row. The report's non-empty metrics/metadata replace the
+def override(row: RowLike, *, new: Status, error_message: str | None, report: Any, now: float) -> Override:
+    """update_outcome_status on the item's locked row (with its run's lease_seconds). The report's non-empty metrics/metadata replace the
     row's; generating starts a fresh lease now; a final status entered now ends the attempt now (re-setting
     the same final status keeps its times); pending clears the end. A complete item carries no error."""
     old: Status = row["status"]
@@ -232,7 +230,7 @@ def override(
     started, completed, took = row["started_at"], row["completed_at"], row["duration_seconds"]
     expires = None
     if new == "generating":
-        started, completed, took, expires = now, None, None, now + float(lease_seconds)
+        started, completed, took, expires = now, None, None, now + float(row["lease_seconds"])
     elif new in ("complete", "failed", "cancelled"):
         if old != new:
             completed, took = now, duration(started, now)

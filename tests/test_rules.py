@@ -75,9 +75,10 @@ def test_override(
         "started_at": started,
         "completed_at": 1.0,
         "duration_seconds": 2.0,
+        "lease_seconds": 30,
     }
     report = Report(metrics=report_metrics)
-    t = rules.override(row, new=new, error_message="e", report=report, lease_seconds=30, now=now)
+    t = rules.override(row, new=new, error_message="e", report=report, now=now)
     assert t.old == old and t.old_metrics == {"quality_score": 1}
     assert t.metrics == (report_metrics or {"quality_score": 1}) and t.metadata == {}
     assert t.error_message == (None if new == "complete" else "e")

@@ -7,7 +7,7 @@ passed in by the engine (so rules and tests control the clock), except where not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -143,6 +143,20 @@ class OutcomeFilter:
     package: str | None = None
     status: Status | None = None
     worker: str | None = None
+
+
+async def paged_outcomes(
+    list_outcomes: Callable[[OutcomeFilter, int, str | None], Awaitable[OutcomePage]], run_id: str
+) -> AsyncIterator[Outcome]:
+    """Every outcome of a run, page by page (what both stores' iter_outcomes do)."""
+    cursor: str | None = None
+    while True:
+        page = await list_outcomes(OutcomeFilter(run_id=run_id), 1000, cursor)
+        for outcome in page.outcomes:
+            yield outcome
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 class Store(Protocol):

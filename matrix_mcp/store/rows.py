@@ -25,7 +25,7 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import ApiKey, StoreError
+from matrix_mcp.store.base import ApiKey, Claim, StoreError
 
 # Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
 HIST_BASE = 1.2
@@ -370,6 +370,66 @@ def counter_mismatches(
     if dict(hist) != truth["hist"]:
         out.append(f"{label}: duration histogram {dict(hist)} != rows {truth['hist']}")
     return out
+
+
+class Truth:
+    """A recount of one package from its rows: status counts, the complete items' summary sums and the
+    duration histogram (what its counters must equal)."""
+
+    def __init__(self, counter_columns: Iterable[str]) -> None:
+        self.values: dict[str, Any] = dict.fromkeys(STATUSES, 0)
+        self.values.update(dict.fromkeys(counter_columns, 0.0))
+        self.hist: dict[int, int] = {}
+
+    def count(self, status: str, n: int) -> None:
+        self.values[status] = int(n)
+
+    def complete(self, metrics: str | None, duration: float | None) -> None:
+        for k, v in contribution(loads(metrics, {}), duration).items():
+            self.values[k] += v
+        if duration is not None:
+            b = duration_bucket(duration)
+            self.hist[b] = self.hist.get(b, 0) + 1
+
+    def result(self) -> dict[str, Any]:
+        return {**self.values, "total": sum(self.values[s] for s in STATUSES), "hist": dict(self.hist)}
+
+
+def claim_from(o: RowLike) -> Claim:
+    """A lease as a claim returns it, from a leased row with run_name, package_name, package_description."""
+    return Claim(
+        outcome_id=o["id"],
+        run=o["run_name"],
+        package=o["package_name"],
+        package_description=o["package_description"],
+        item=o["item"],
+        attempt=int(o["attempts"]),
+        lease_token=o["lease_token"],
+        lease_expires_at=float(o["lease_expires_at"]),
+        outcome_type=o["outcome_type"],
+        specifications=loads(o["specifications"]),
+        outcome_path=o["outcome_path"],
+    )
+
+
+def completed_row(row: RowLike, report: Any, duration: float | None, now: float) -> dict[str, Any]:
+    """The row of an item `complete` just completed with `report`, as its UPDATE left it (no re-read)."""
+    done = dict(row)
+    done.update(
+        status="complete",
+        completed_at=now,
+        duration_seconds=duration,
+        updated_at=now,
+        lease_expires_at=None,
+        error_message=None,
+        metrics=dumps(report.metrics),
+        metadata=dumps(report.metadata),
+        outcome_path=report.outcome_path if report.outcome_path is not None else row["outcome_path"],
+        content_sha256=report.content_sha256,
+        content_bytes=report.content_bytes,
+        mime_type=report.mime_type,
+    )
+    return done
 
 
 def api_key_from(row: RowLike) -> ApiKey:

@@ -298,28 +298,12 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
             rules.claimed(package=o["package_name"], item=o["item"], worker=worker, attempt=o["attempts"]),
             now,
         )
-        claims.append(_claim(o))
+        claims.append(R.claim_from(o))
     for pid, n in per_package.items():
         tx.move(run_id, pid, "pending", "generating", n)
     if rows:
         tx.wrote = True
     return claims
-
-
-def _claim(o: Row) -> Claim:
-    return Claim(
-        outcome_id=o["id"],
-        run=o["run_name"],
-        package=o["package_name"],
-        package_description=o["package_description"],
-        item=o["item"],
-        attempt=int(o["attempts"]),
-        lease_token=o["lease_token"],
-        lease_expires_at=float(o["lease_expires_at"]),
-        outcome_type=o["outcome_type"],
-        specifications=R.loads(o["specifications"]),
-        outcome_path=o["outcome_path"],
-    )
 
 
 async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:

@@ -4,7 +4,6 @@ the recount that checks them against the rows, and the rebuild."""
 from __future__ import annotations
 
 import operator
-from collections import defaultdict
 from typing import Any
 
 import psycopg
@@ -83,27 +82,19 @@ async def _summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummar
 
 
 async def _truth(c: Conn, package_id: int) -> dict[str, Any]:
-    truth: dict[str, Any] = dict.fromkeys(STATUSES, 0)
+    truth = R.Truth(_COUNTER_COLUMNS)
     for r in await _all(
         c, "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status", (package_id,)
     ):
-        truth[r["status"]] = int(r["n"])
-    truth["total"] = sum(truth[s] for s in STATUSES)
-    sums = dict.fromkeys(_COUNTER_COLUMNS, 0.0)
-    hist: dict[int, int] = defaultdict(int)
+        truth.count(r["status"], r["n"])
     async with c.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         await cur.execute(
             "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'",
             (package_id,),
         )
         async for metrics, duration in cur:
-            for k, v in R.contribution(R.loads(metrics, {}), duration).items():
-                sums[k] += v
-            if duration is not None:
-                hist[R.duration_bucket(duration)] += 1
-    truth.update(sums)
-    truth["hist"] = dict(hist)
-    return truth
+            truth.complete(metrics, duration)
+    return truth.result()
 
 
 async def _recount(c: Conn, run_id: str | None) -> RecountReport:

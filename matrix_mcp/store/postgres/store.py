@@ -19,9 +19,7 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -29,546 +27,46 @@ import psycopg
 from matrix_mcp import rules
 from matrix_mcp.models import (
     Event,
-    HeartbeatResult,
-    IntegrationEvent,
-    LeaseRef,
-    LeaseState,
     Outcome,
     OutcomeDetail,
     OutcomePage,
     PackageSummary,
-    PlanResult,
     RecountReport,
-    Run,
-    RunAction,
-    RunPolicy,
     Status,
     SystemMetrics,
-    ts,
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
-    ClaimBatch,
     ContentFile,
-    NewPackage,
-    NextClaim,
     OutcomeFilter,
-    Report,
-    Reported,
     RunOverview,
+    paged_outcomes,
 )
 from matrix_mcp.store.postgres.batch import (
-    _IDS_ANSWER,
     _IN_TRANSACTION,
-    _INTEGRATION_ANSWER,
-    _OUTCOME_ANSWER,
-    _PLAN_ANSWER,
-    _RECORD_ANSWER,
-    _REPORTED_ANSWER,
-    _RUN_ANSWER,
     Conn,
     Row,
     _all,
-    _ClaimArgs,
-    _CompleteArgs,
     _one,
     _Tx,
 )
-from matrix_mcp.store.postgres.connection import Connection
 from matrix_mcp.store.postgres.counters import _rebuild, _recount, _summaries, _summary
 from matrix_mcp.store.postgres.sql import (
-    _COMPLETE_SQL,
     _LATEST_SEQ_SQL,
     _ONE_RUN_SQL,
     _OUTCOME_SELECT,
-    _RUN_SELECT,
     _RUN_SUMMARIES_SQL,
     _THROUGHPUT_SQL,
 )
-from matrix_mcp.store.postgres.transitions import (
-    _cancel_pending,
-    _claim_op,
-    _end_attempt,
-    _leased_row,
-    _next_claims,
-    _outcome,
-    _run,
-    _update_status,
-)
+from matrix_mcp.store.postgres.writes import Writes
 from matrix_mcp.store.postgres_schema import (
     ROLLUP_LOCK,
 )
 
 
-class PostgresStore(Connection):
+class PostgresStore(Writes):
     """See the module docstring. Open with `await PostgresStore.open(url)`."""
-
-    # ---- runs and planning ----------------------------------------------------------------------
-
-    async def plan(
-        self, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
-    ) -> PlanResult:
-        async def op(tx: _Tx) -> PlanResult:
-            row = await tx.one(
-                "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
-            )
-            created = row is None
-            if row is None:
-                run_id = str(uuid.uuid4())
-                inserted = await tx.one(
-                    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts,"
-                    " backoff_seconds, backoff_cap_seconds, outcome_schema, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
-                    " RETURNING id",
-                    (
-                        run_id,
-                        name,
-                        goal,
-                        *R.policy_values(policy),
-                        now,
-                        now,
-                    ),
-                )
-                if inserted is None:  # another process created it just now
-                    row = await tx.one(
-                        "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
-                    )
-                    created = False
-                outcome_type = policy.outcome_type
-            if row is not None:
-                run_id = row["id"]
-                outcome_type = row["outcome_type"]
-                if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise rules.run_cancelled_for_plan(name)
-            names = [p.name for p in packages]
-            existing = {
-                r["name"]: int(r["id"])
-                for r in await tx.all(
-                    "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])",
-                    (run_id, names),
-                )
-            }
-            added_packages = [p.name for p in packages if p.name not in existing]
-            ids = dict(existing)
-            if added_packages:
-                top = await tx.one(
-                    "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s", (run_id,)
-                )
-                first = int(top["pos"]) if top else 0
-                descriptions = {p.name: p.description for p in packages}
-                for r in await tx.all(
-                    "INSERT INTO packages (run_id, name, description, position)"
-                    " SELECT %s, n, d, %s + i - 1 FROM unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i)"
-                    " RETURNING id, name",
-                    (run_id, first, added_packages, [descriptions[n] for n in added_packages]),
-                ):
-                    ids[r["name"]] = int(r["id"])
-            starts: dict[int, int] = {}
-            if existing:
-                for r in await tx.all(
-                    "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes"
-                    " WHERE package_id = ANY(%b::bigint[]) GROUP BY package_id",
-                    (list(existing.values()),),
-                ):
-                    starts[int(r["package_id"])] = int(r["pos"])
-            pids: list[int] = []
-            items: list[str] = []
-            positions: list[int] = []
-            specs: list[str | None] = []
-            for pkg in packages:
-                pid = ids[pkg.name]
-                base = starts.get(pid, 0)
-                for i, item in enumerate(pkg.items):
-                    pids.append(pid)
-                    items.append(item.name)
-                    positions.append(base + i)
-                    specs.append(R.spec_dumps(item.specifications))
-            added_items = 0
-            if items:
-                for r in await tx.all(
-                    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status,"
-                    " outcome_type, specifications, available_at, created_at, updated_at)"
-                    " SELECT gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec,"
-                    " %(now)s, %(now)s, %(now)s"
-                    " FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], %(specs)b::text[])"
-                    " WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i"
-                    " ON CONFLICT (package_id, item) DO NOTHING RETURNING package_id)"
-                    " SELECT package_id, count(*) AS n FROM ins GROUP BY package_id",
-                    {
-                        "run": run_id,
-                        "ot": outcome_type,
-                        "now": now,
-                        "pids": pids,
-                        "items": items,
-                        "pos": positions,
-                        "specs": specs,
-                    },
-                ):
-                    n = int(r["n"])
-                    tx.add((run_id, int(r["package_id"]), None, None), total=n, pending=n)
-                    added_items += n
-            if created or added_items or added_packages:
-                await tx.execute("UPDATE runs SET updated_at = %s WHERE id = %s", (now, run_id))
-                tx.event(
-                    run_id,
-                    None,
-                    rules.planned(created=created, packages=added_packages, items=added_items),
-                    now,
-                )
-            await tx.flush()
-            run = await _run(tx.conn, run_id)
-            return R.plan_result(run, created, added_packages, added_items)
-
-        return await self._write(op, journal=_PLAN_ANSWER)
-
-    async def get_run(self, ref: str) -> Run:
-        async def op(c: Conn) -> Run:
-            row = await _one(
-                c,
-                _ONE_RUN_SQL
-                + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)",
-                (ref, ref, ref),
-            )
-            if row is None:
-                raise rules.unknown_run(ref)
-            return R.run_from(row)
-
-        return await self._read(op)
-
-    async def list_runs(self) -> list[Run]:
-        async def op(c: Conn) -> list[Run]:
-            rows = await _all(c, _RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name")
-            return [R.run_from(r) for r in rows]
-
-        return await self._read(op)
-
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
-        async def op(tx: _Tx) -> Run:
-            state = await tx.one("SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
-            if state is None:
-                raise rules.unknown_run(run_id)
-            target = rules.control_target(state["state"], action)
-            if target != state["state"]:
-                await tx.execute(
-                    "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s", (target, now, run_id)
-                )
-                cancelled = await _cancel_pending(tx, run_id, now) if target == "cancelled" else None
-                tx.event(run_id, None, rules.run_controlled(action, cancelled), now)
-            await tx.flush()
-            return await _run(tx.conn, run_id)
-
-        return await self._write(op, journal=_RUN_ANSWER)
-
-    # ---- the work loop --------------------------------------------------------------------------
-
-    async def claim(
-        self,
-        run_id: str,
-        worker: str,
-        limit: int,
-        package: str | None,
-        now: float,
-        token_factory: Callable[[], str],
-    ) -> ClaimBatch:
-        args = _ClaimArgs(run_id, worker, limit, package, now, token_factory)
-        return await self._write(_claim_op(args, []), atomic=True, merge=args)
-
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
-        async def op(tx: _Tx) -> HeartbeatResult:
-            rows = await tx.all(
-                "UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
-                " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
-                " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
-                " RETURNING o.id, o.lease_token, o.lease_expires_at, r.state",
-                {
-                    "now": now,
-                    "ids": [lease.outcome_id for lease in leases],
-                    "tokens": [lease.lease_token for lease in leases],
-                },
-            )
-            tx.wrote = bool(rows)
-            held = {(r["id"], r["lease_token"]): r for r in rows}
-            extended: list[LeaseState] = []
-            lost: list[str] = []
-            cancelled: list[str] = []
-            for lease in leases:
-                r = held.get((lease.outcome_id, lease.lease_token))
-                if r is None:
-                    lost.append(lease.outcome_id)
-                    continue
-                if r["state"] == "cancelled":
-                    cancelled.append(lease.outcome_id)
-                extended.append(
-                    LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(r["lease_expires_at"]))  # type: ignore[arg-type]
-                )
-            return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
-
-        return await self._write(op, atomic=True)
-
-    async def complete(
-        self,
-        outcome_id: str,
-        lease_token: str,
-        report: Report,
-        now: float,
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
-        values = R.numeric_metrics(report.metrics)
-        params = {
-            "now": now,
-            "metrics": metrics,
-            "metadata": metadata,
-            "path": report.outcome_path,
-            "sha": report.content_sha256,
-            "bytes": report.content_bytes,
-            "mime": report.mime_type,
-            "id": outcome_id,
-            "token": lease_token,
-            "names": [k for k, _ in values],
-            "values": [v for _, v in values],
-        }
-
-        async def op(tx: _Tx) -> Outcome:
-            row = await tx.one(_COMPLETE_SQL, params)
-            if row is None:
-                raise rules.unknown_outcome(outcome_id)
-            if not row["done"]:
-                if row["lease_token"] != lease_token:
-                    raise rules.stale_token(row)
-                if row["status"] == "complete":
-                    if rules.same_report(row, report):
-                        return R.outcome_from(row)
-                    raise rules.complete_differs()
-                raise rules.lost_lease(row)
-            tx.wrote = True
-            duration = row["new_duration"]
-            run_id, pid = row["run_id"], int(row["package_id"])
-            tx.move(run_id, pid, "generating", "complete")
-            tx.contribution(run_id, pid, report.metrics, duration, +1)
-            tx.minute(run_id, now, completed=1, duration=duration)
-            tx.event(
-                run_id,
-                outcome_id,
-                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
-                now,
-            )
-            row.update(
-                status="complete",
-                completed_at=now,
-                duration_seconds=duration,
-                updated_at=now,
-                lease_expires_at=None,
-                error_message=None,
-                metrics=metrics,
-                metadata=metadata,
-                outcome_path=report.outcome_path if report.outcome_path is not None else row["outcome_path"],
-                content_sha256=report.content_sha256,
-                content_bytes=report.content_bytes,
-                mime_type=report.mime_type,
-            )
-            return R.outcome_from(row)
-
-        if next_claim is None:
-            merge = _CompleteArgs(outcome_id, lease_token, report, now, metrics, metadata, values)
-            return Reported(await self._write(op, atomic=True, merge=merge))
-        claim = next_claim
-
-        async def then(tx: _Tx) -> Reported:
-            outcome = await op(tx)  # sets tx.wrote only when this report completed the item
-            return Reported(outcome, await _next_claims(tx, outcome, lease_token, claim, now, tx.wrote))
-
-        # journaled: a retry after a lost answer returns these leases instead of taking more
-        return await self._write(then, atomic=True, journal=_REPORTED_ANSWER)
-
-    async def fail(
-        self,
-        outcome_id: str,
-        lease_token: str,
-        error: str,
-        retryable: bool,
-        now: float,
-        backoff: Callable[[int], float],
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        async def op(tx: _Tx) -> Reported:
-            row = await _leased_row(tx, outcome_id, lease_token)
-            if row["status"] != "generating":
-                attempt = await tx.one(
-                    "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
-                    (outcome_id, lease_token),
-                )
-                if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    repeated = R.outcome_from(row)  # the identical report, repeated
-                    return Reported(
-                        repeated, await _next_claims(tx, repeated, lease_token, next_claim, now, False)
-                    )
-                raise rules.lost_lease(row)
-            run_id, pid = row["run_id"], int(row["package_id"])
-            attempts = int(row["attempts"])
-            await _end_attempt(tx, outcome_id, lease_token, "failed", error, now)
-            decided = rules.failure_outcome(
-                retryable=retryable,
-                attempts=attempts,
-                max_attempts=int(row["max_attempts"]),
-                run_state=row["run_state"],
-                backoff=backoff,
-            )
-            if decided.retries:
-                await tx.execute(
-                    "UPDATE outcomes SET status = 'pending', available_at = %s, lease_expires_at = NULL,"
-                    " error_message = %s, updated_at = %s WHERE n = %s",
-                    (now + decided.delay, error, now, row["n"]),
-                )
-                row.update(available_at=now + decided.delay)
-            else:
-                duration = rules.duration(row["started_at"], now)
-                await tx.execute(
-                    "UPDATE outcomes SET status = %s, completed_at = %s, duration_seconds = %s,"
-                    " lease_expires_at = NULL, error_message = %s, updated_at = %s WHERE n = %s",
-                    (decided.target, now, duration, error, now, row["n"]),
-                )
-                if decided.target == "failed":
-                    tx.minute(run_id, now, failed=1)
-                row.update(completed_at=now, duration_seconds=duration)
-            tx.move(run_id, pid, "generating", decided.target)
-            tx.event(
-                run_id,
-                outcome_id,
-                rules.failure_reported(
-                    package=row["package_name"],
-                    item=row["item"],
-                    attempt=attempts,
-                    error=error,
-                    outcome=decided,
-                ),
-                now,
-            )
-            row.update(status=decided.target, lease_expires_at=None, error_message=error, updated_at=now)
-            outcome = R.outcome_from(row)
-            return Reported(outcome, await _next_claims(tx, outcome, lease_token, next_claim, now, True))
-
-        return await self._write(op, journal=_REPORTED_ANSWER)
-
-    async def retry(
-        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
-    ) -> list[str]:
-        async def op(tx: _Tx) -> list[str]:
-            state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
-            if state is None:
-                raise rules.unknown_run(run_id)
-            if state["state"] == "cancelled":
-                raise rules.run_cancelled_for_retry()
-            pid: int | None = None
-            if package is not None:
-                prow = await tx.one(
-                    "SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package)
-                )
-                if prow is None:
-                    raise rules.unknown_package_in_run(package)
-                pid = int(prow["id"])
-            rows = await tx.all(
-                "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, completed_at = NULL,"
-                " duration_seconds = NULL, updated_at = %(now)s"
-                " WHERE run_id = %(run)s AND status = 'failed'"
-                " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
-                " AND (%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[]))"
-                " RETURNING n, id, package_id",
-                {
-                    "now": now,
-                    "run": run_id,
-                    "pid": pid,
-                    "ids": list(outcome_ids) if outcome_ids is not None else None,
-                },
-            )
-            rows.sort(key=lambda r: int(r["n"]))
-            per_package: dict[int, int] = defaultdict(int)
-            for r in rows:
-                per_package[int(r["package_id"])] += 1
-            for p, n in per_package.items():
-                tx.move(run_id, p, "failed", "pending", n)
-            ids = [r["id"] for r in rows]
-            if ids:
-                tx.event(run_id, None, rules.requeued(ids), now)
-            return ids
-
-        return await self._write(op, journal=_IDS_ANSWER)
-
-    # ---- the seed's tracking API ----------------------------------------------------------------
-
-    async def record_outcome(
-        self,
-        run_id: str,
-        package: str,
-        item: str,
-        status: Status,
-        outcome_type: str | None,
-        specifications: dict[str, Any] | str | None,
-        report: Report,
-        error_message: str | None,
-        created_by: str | None,
-        now: float,
-    ) -> tuple[Outcome, bool]:
-        async def op(tx: _Tx) -> tuple[Outcome, bool]:
-            run = await tx.one(
-                "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,)
-            )
-            if run is None:
-                raise rules.unknown_run(run_id)
-            prow = await tx.one("SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package))
-            if prow is None:
-                created_pkg = await tx.one(
-                    "INSERT INTO packages (run_id, name, position) SELECT %s, %s,"
-                    " COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = %s RETURNING id",
-                    (run_id, package, run_id),
-                )
-                assert created_pkg is not None
-                package_id = int(created_pkg["id"])
-            else:
-                package_id = int(prow["id"])
-            existing = await tx.one(
-                "SELECT id FROM outcomes WHERE package_id = %s AND item = %s", (package_id, item)
-            )
-            if existing is not None:
-                return await _update_status(
-                    tx, existing["id"], status, error_message, report, now, created_by
-                ), False
-            outcome_id = str(uuid.uuid4())
-            await tx.execute(
-                "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
-                " specifications, created_by, available_at, created_at, updated_at)"
-                " SELECT %s, %s, %s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s"
-                " FROM outcomes WHERE package_id = %s",
-                (
-                    outcome_id,
-                    run_id,
-                    package_id,
-                    item,
-                    outcome_type or run["outcome_type"],
-                    R.spec_dumps(specifications),
-                    created_by,
-                    now,
-                    now,
-                    now,
-                    package_id,
-                ),
-            )
-            tx.add((run_id, package_id, None, None), total=1, pending=1)
-            tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
-            if status == "pending" and report == Report() and error_message is None:
-                return await _outcome(tx.conn, outcome_id), True
-            return await _update_status(tx, outcome_id, status, error_message, report, now, created_by), True
-
-        return await self._write(op, journal=_RECORD_ANSWER)
-
-    async def update_status(
-        self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
-    ) -> Outcome:
-        return await self._write(
-            lambda tx: _update_status(tx, outcome_id, status, error_message, report, now, None),
-            journal=_OUTCOME_ANSWER,
-        )
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
         async def op(c: Conn) -> OutcomeDetail:
@@ -619,15 +117,8 @@ class PostgresStore(Connection):
 
         return await self._read(op)
 
-    async def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
-        cursor: str | None = None
-        while True:
-            page = await self.list_outcomes(OutcomeFilter(run_id=run_id), 1000, cursor)
-            for outcome in page.outcomes:
-                yield outcome
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
+        return paged_outcomes(self.list_outcomes, run_id)
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         async def op(c: Conn) -> list[PackageSummary]:
@@ -710,38 +201,6 @@ class PostgresStore(Connection):
             )
 
         return await self._with_retry(attempt)
-
-    async def record_integration(
-        self,
-        run_id: str | None,
-        outcome_id: str | None,
-        integration_type: str,
-        action: str,
-        status: str,
-        details: dict[str, Any],
-        now: float,
-    ) -> IntegrationEvent:
-        async def op(tx: _Tx) -> IntegrationEvent:
-            if (
-                outcome_id is not None
-                and await tx.one("SELECT 1 FROM outcomes WHERE id = %s", (outcome_id,)) is None
-            ):
-                raise rules.unknown_outcome(outcome_id)
-            row = await tx.one(
-                "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status,"
-                " details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *)"
-                " SELECT l.*, r.name AS run_name FROM l LEFT JOIN runs r ON r.id = l.run_id",
-                (run_id, outcome_id, integration_type, action, status, R.dumps(details), now),
-            )
-            tx.event(
-                run_id,
-                outcome_id,
-                rules.integration(integration_type=integration_type, action=action, status=status),
-                now,
-            )
-            return R.integration_from(row)
-
-        return await self._write(op, journal=_INTEGRATION_ANSWER)
 
     # ---- API keys -------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from matrix_mcp.store.postgres.batch import (
     Row,
     _all,
     _Batch,
-    _claim,
     _claim_params,
     _ClaimArgs,
     _claims_from,
@@ -63,7 +62,7 @@ async def _recover_claims(conn: Conn, batch: list[_Request]) -> None:
     tokens = [t for _, a in retried for t in a.issued]
     by_token = {r["lease_token"]: r for r in await _all(conn, _RECOVER_CLAIMS_SQL, (runs, tokens))}
     for req, a in retried:
-        got = [_claim(by_token[t]) for t in a.issued if t in by_token]
+        got = [R.claim_from(by_token[t]) for t in a.issued if t in by_token]
         if not got:
             continue
         log.info("recovered %d claim(s) committed by an attempt whose answer was lost", len(got))
@@ -153,7 +152,7 @@ async def _next_claims(
     if first is None or first["ended_at"] is None:
         return ClaimBatch([])
     rows = await tx.all(_HELD_SQL, (outcome.run_id, first["worker"], first["ended_at"], next_claim.limit))
-    return ClaimBatch([_claim(r) for r in rows])
+    return ClaimBatch([R.claim_from(r) for r in rows])
 
 
 async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
@@ -383,16 +382,8 @@ async def _update_status(
     if row is None:
         raise rules.unknown_outcome(outcome_id)
     run_id, pid = row["run_id"], int(row["package_id"])
-    t = rules.override(
-        row,
-        new=status,
-        error_message=error_message,
-        report=report,
-        lease_seconds=row["lease_seconds"],
-        now=now,
-    )
-    old, metrics, duration = t.old, t.metrics, t.duration_seconds
-    old_metrics = t.old_metrics
+    t = rules.override(row, new=status, error_message=error_message, report=report, now=now)
+    old, metrics, duration, old_metrics = t.old, t.metrics, t.duration_seconds, t.old_metrics
     token = str(uuid.uuid4())  # any override fences off whoever held the lease
     if old == "complete":
         tx.contribution(run_id, pid, old_metrics, row["duration_seconds"], -1)

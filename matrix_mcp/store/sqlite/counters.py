@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import defaultdict
 from typing import Any
 
 from matrix_mcp.models import (
-    STATUSES,
     PackageSummary,
     RecountReport,
     Status,
@@ -125,25 +123,17 @@ def _summary(row: sqlite3.Row) -> PackageSummary:
 
 
 def _truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
-    truth: dict[str, Any] = dict.fromkeys(STATUSES, 0)
+    truth = R.Truth(_COUNTER_COLUMNS)
     for status, n in c.execute(
         "SELECT status, COUNT(*) FROM outcomes WHERE package_id = ? GROUP BY status", (package_id,)
     ):
-        truth[status] = n
-    truth["total"] = sum(truth[s] for s in STATUSES)
-    sums = dict.fromkeys(_COUNTER_COLUMNS, 0.0)
-    hist: dict[int, int] = defaultdict(int)
+        truth.count(status, n)
     for metrics, duration in c.execute(
         "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = ? AND status = 'complete'",
         (package_id,),
     ):
-        for k, v in R.contribution(R.loads(metrics, {}), duration).items():
-            sums[k] += v
-        if duration is not None:
-            hist[R.duration_bucket(duration)] += 1
-    truth.update(sums)
-    truth["hist"] = dict(hist)
-    return truth
+        truth.complete(metrics, duration)
+    return truth.result()
 
 
 def _recount(c: sqlite3.Connection, run_id: str | None) -> RecountReport:

@@ -11,8 +11,7 @@
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -22,472 +21,38 @@ from matrix_mcp import rules
 from matrix_mcp.models import (
     STATUSES,
     Event,
-    HeartbeatResult,
-    IntegrationEvent,
-    LeaseRef,
-    LeaseState,
     Outcome,
     OutcomeDetail,
     OutcomePage,
     PackageSummary,
-    PlanResult,
     RecountReport,
-    Run,
-    RunAction,
-    RunPolicy,
     Status,
     SystemMetrics,
-    ts,
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
-    ClaimBatch,
     ContentFile,
-    NewPackage,
-    NextClaim,
     OutcomeFilter,
-    Report,
-    Reported,
     RunOverview,
     StoreError,
+    paged_outcomes,
 )
-from matrix_mcp.store.sqlite.connection import Connection
 from matrix_mcp.store.sqlite.counters import (
-    _add_histogram,
     _hist_dumps,
-    _minute,
-    _move,
     _recount,
-    _set_metrics,
     _summaries,
     _truth,
 )
-from matrix_mcp.store.sqlite.sql import _COUNTER_COLUMNS, _OUTCOME_SELECT, _RUN_SELECT
+from matrix_mcp.store.sqlite.sql import _COUNTER_COLUMNS, _OUTCOME_SELECT
 from matrix_mcp.store.sqlite.transitions import (
-    _cancel_pending,
-    _claim,
-    _claim_next,
-    _end_attempt,
-    _event,
-    _leased_row,
-    _outcome,
     _run,
-    _run_id,
-    _update_status,
 )
+from matrix_mcp.store.sqlite.writes import Writes
 
 
-class SQLiteStore(Connection):
+class SQLiteStore(Writes):
     """See the module docstring. Open with `await SQLiteStore.open(path)`."""
-
-    # ---- runs and planning ----------------------------------------------------------------------
-
-    async def plan(
-        self, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
-    ) -> PlanResult:
-        def op(c: sqlite3.Connection) -> PlanResult:
-            row = c.execute("SELECT id, state FROM runs WHERE name = ?", (name,)).fetchone()
-            created = row is None
-            if created:
-                run_id = str(uuid.uuid4())
-                c.execute(
-                    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts,"
-                    " backoff_seconds, backoff_cap_seconds, outcome_schema, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        name,
-                        goal,
-                        *R.policy_values(policy),
-                        now,
-                        now,
-                    ),
-                )
-            else:
-                run_id = row["id"]
-                if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise rules.run_cancelled_for_plan(name)
-            outcome_type = c.execute("SELECT outcome_type FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-            added_packages: list[str] = []
-            added_items = 0
-            next_pos = c.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
-            for pkg in packages:
-                prow = c.execute(
-                    "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, pkg.name)
-                ).fetchone()
-                if prow is None:
-                    cur = c.execute(
-                        "INSERT INTO packages (run_id, name, description, position) VALUES (?, ?, ?, ?)",
-                        (run_id, pkg.name, pkg.description, next_pos),
-                    )
-                    package_id = cur.lastrowid
-                    next_pos += 1
-                    added_packages.append(pkg.name)
-                    item_pos = 0
-                else:
-                    package_id = prow["id"]
-                    item_pos = c.execute(
-                        "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?",
-                        (package_id,),
-                    ).fetchone()[0]
-                before = c.total_changes
-                c.executemany(
-                    "INSERT OR IGNORE INTO outcomes (id, run_id, package_id, item, position, status,"
-                    " outcome_type, specifications, available_at, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            str(uuid.uuid4()),
-                            run_id,
-                            package_id,
-                            item.name,
-                            item_pos + i,
-                            outcome_type,
-                            R.spec_dumps(item.specifications),
-                            now,
-                            now,
-                            now,
-                        )
-                        for i, item in enumerate(pkg.items)
-                    ],
-                )
-                added = c.total_changes - before
-                if added:
-                    c.execute(
-                        "UPDATE packages SET total = total + ?, pending = pending + ? WHERE id = ?",
-                        (added, added, package_id),
-                    )
-                    added_items += added
-            if created or added_items or added_packages:
-                c.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id))
-                _event(
-                    c,
-                    run_id,
-                    None,
-                    rules.planned(created=created, packages=added_packages, items=added_items),
-                    now,
-                )
-            run = _run(c, run_id)
-            return R.plan_result(run, created, added_packages, added_items)
-
-        return await self._write(op)
-
-    async def get_run(self, ref: str) -> Run:
-        return await self._read(lambda c: _run(c, _run_id(c, ref)))
-
-    async def list_runs(self) -> list[Run]:
-        def op(c: sqlite3.Connection) -> list[Run]:
-            rows = c.execute(_RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name").fetchall()
-            return [R.run_from(r) for r in rows]
-
-        return await self._read(op)
-
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
-        def op(c: sqlite3.Connection) -> Run:
-            state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if state is None:
-                raise rules.unknown_run(run_id)
-            target = rules.control_target(state[0], action)
-            if target != state[0]:
-                c.execute("UPDATE runs SET state = ?, updated_at = ? WHERE id = ?", (target, now, run_id))
-                cancelled = _cancel_pending(c, run_id, now) if target == "cancelled" else None
-                _event(c, run_id, None, rules.run_controlled(action, cancelled), now)
-            return _run(c, run_id)
-
-        return await self._write(op)
-
-    # ---- the work loop --------------------------------------------------------------------------
-
-    async def claim(
-        self,
-        run_id: str,
-        worker: str,
-        limit: int,
-        package: str | None,
-        now: float,
-        token_factory: Callable[[], str],
-    ) -> ClaimBatch:
-        def op(c: sqlite3.Connection) -> ClaimBatch:
-            return _claim(c, run_id, worker, limit, package, now, token_factory)
-
-        return await self._write(op)
-
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
-        def op(c: sqlite3.Connection) -> HeartbeatResult:
-            extended: list[LeaseState] = []
-            lost: list[str] = []
-            cancelled: list[str] = []
-            for lease in leases:
-                row = c.execute(
-                    "SELECT o.n, o.status, o.lease_token, r.state, r.lease_seconds FROM outcomes o"
-                    " JOIN runs r ON r.id = o.run_id WHERE o.id = ?",
-                    (lease.outcome_id,),
-                ).fetchone()
-                if row is None or row["status"] != "generating" or row["lease_token"] != lease.lease_token:
-                    lost.append(lease.outcome_id)
-                    continue
-                expires = now + float(row["lease_seconds"])
-                c.execute(
-                    "UPDATE outcomes SET lease_expires_at = ?, updated_at = ? WHERE n = ?",
-                    (expires, now, row["n"]),
-                )
-                if row["state"] == "cancelled":
-                    cancelled.append(lease.outcome_id)
-                extended.append(LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(expires)))
-            return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
-
-        return await self._write(op)
-
-    async def complete(
-        self,
-        outcome_id: str,
-        lease_token: str,
-        report: Report,
-        now: float,
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        def op(c: sqlite3.Connection) -> Reported:
-            row = _leased_row(c, outcome_id, lease_token)
-            if row["status"] == "complete":
-                if rules.same_report(row, report):
-                    return Reported(
-                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
-                    )
-                raise rules.complete_differs()
-            if row["status"] != "generating":
-                raise rules.lost_lease(row)
-            duration = rules.duration(row["started_at"], now)
-            c.execute(
-                "UPDATE outcomes SET status = 'complete', completed_at = ?, duration_seconds = ?, updated_at = ?,"
-                " lease_expires_at = NULL, error_message = NULL, metrics = ?, metadata = ?,"
-                " outcome_path = COALESCE(?, outcome_path), content_sha256 = ?, content_bytes = ?, mime_type = ?"
-                " WHERE n = ?",
-                (
-                    now,
-                    duration,
-                    now,
-                    R.dumps(report.metrics),
-                    R.dumps(report.metadata),
-                    report.outcome_path,
-                    report.content_sha256,
-                    report.content_bytes,
-                    report.mime_type,
-                    row["n"],
-                ),
-            )
-            _end_attempt(c, outcome_id, lease_token, "complete", None, now)
-            _move(c, row["package_id"], "generating", "complete", R.contribution(report.metrics, duration))
-            if duration is not None:
-                _add_histogram(c, row["package_id"], duration, +1)
-            _set_metrics(c, outcome_id, report.metrics, replace=False)
-            _minute(c, row["run_id"], now, completed=1, duration=duration)
-            _event(
-                c,
-                row["run_id"],
-                outcome_id,
-                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
-                now,
-            )
-            done = dict(row)
-            done.update(
-                status="complete",
-                completed_at=now,
-                duration_seconds=duration,
-                updated_at=now,
-                lease_expires_at=None,
-                error_message=None,
-                metrics=R.dumps(report.metrics),
-                metadata=R.dumps(report.metadata),
-                outcome_path=report.outcome_path or row["outcome_path"],
-                content_sha256=report.content_sha256,
-                content_bytes=report.content_bytes,
-                mime_type=report.mime_type,
-            )
-            return Reported(R.outcome_from(done), _claim_next(c, row, lease_token, next_claim, now, True))
-
-        return await self._write(op)
-
-    async def fail(
-        self,
-        outcome_id: str,
-        lease_token: str,
-        error: str,
-        retryable: bool,
-        now: float,
-        backoff: Callable[[int], float],
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        def op(c: sqlite3.Connection) -> Reported:
-            row = _leased_row(c, outcome_id, lease_token)
-            if row["status"] != "generating":
-                attempt = c.execute(
-                    "SELECT status, error FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
-                    (outcome_id, lease_token),
-                ).fetchone()
-                if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    # the identical report, repeated
-                    return Reported(
-                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
-                    )
-                raise rules.lost_lease(row)
-            run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-            attempts = int(row["attempts"])
-            _end_attempt(c, outcome_id, lease_token, "failed", error, now)
-            decided = rules.failure_outcome(
-                retryable=retryable,
-                attempts=attempts,
-                max_attempts=int(run["max_attempts"]),
-                run_state=run["state"],
-                backoff=backoff,
-            )
-            if decided.retries:
-                c.execute(
-                    "UPDATE outcomes SET status = 'pending', available_at = ?, lease_expires_at = NULL,"
-                    " error_message = ?, updated_at = ? WHERE n = ?",
-                    (now + decided.delay, error, now, row["n"]),
-                )
-            else:
-                c.execute(
-                    "UPDATE outcomes SET status = ?, completed_at = ?, duration_seconds = ?,"
-                    " lease_expires_at = NULL, error_message = ?, updated_at = ? WHERE n = ?",
-                    (decided.target, now, rules.duration(row["started_at"], now), error, now, row["n"]),
-                )
-                if decided.target == "failed":
-                    _minute(c, row["run_id"], now, failed=1)
-            _move(c, row["package_id"], "generating", decided.target)
-            _event(
-                c,
-                row["run_id"],
-                outcome_id,
-                rules.failure_reported(
-                    package=row["package_name"],
-                    item=row["item"],
-                    attempt=attempts,
-                    error=error,
-                    outcome=decided,
-                ),
-                now,
-            )
-            return Reported(_outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, True))
-
-        return await self._write(op)
-
-    async def retry(
-        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
-    ) -> list[str]:
-        def op(c: sqlite3.Connection) -> list[str]:
-            state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if state is None:
-                raise rules.unknown_run(run_id)
-            if state[0] == "cancelled":
-                raise rules.run_cancelled_for_retry()
-            sql = "SELECT o.n, o.id, o.package_id FROM outcomes o"
-            args: list[Any] = []
-            where = ["o.run_id = ?", "o.status = 'failed'"]
-            args.append(run_id)
-            if package is not None:
-                pid = c.execute(
-                    "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
-                ).fetchone()
-                if pid is None:
-                    raise rules.unknown_package_in_run(package)
-                where.append("o.package_id = ?")
-                args.append(pid[0])
-            rows = c.execute(sql + " WHERE " + " AND ".join(where) + " ORDER BY o.n", args).fetchall()
-            if outcome_ids is not None:
-                wanted = set(outcome_ids)
-                rows = [r for r in rows if r["id"] in wanted]
-            for r in rows:
-                c.execute(
-                    "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = ?, completed_at = NULL,"
-                    " duration_seconds = NULL, updated_at = ? WHERE n = ?",
-                    (now, now, r["n"]),
-                )
-                _move(c, r["package_id"], "failed", "pending")
-            ids = [r["id"] for r in rows]
-            if ids:
-                _event(c, run_id, None, rules.requeued(ids), now)
-            return ids
-
-        return await self._write(op)
-
-    # ---- the seed's tracking API ----------------------------------------------------------------
-
-    async def record_outcome(
-        self,
-        run_id: str,
-        package: str,
-        item: str,
-        status: Status,
-        outcome_type: str | None,
-        specifications: dict[str, Any] | str | None,
-        report: Report,
-        error_message: str | None,
-        created_by: str | None,
-        now: float,
-    ) -> tuple[Outcome, bool]:
-        def op(c: sqlite3.Connection) -> tuple[Outcome, bool]:
-            run = c.execute("SELECT outcome_type, state FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if run is None:
-                raise rules.unknown_run(run_id)
-            prow = c.execute(
-                "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
-            ).fetchone()
-            if prow is None:
-                pos = c.execute(
-                    "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = ?", (run_id,)
-                ).fetchone()[0]
-                package_id = c.execute(
-                    "INSERT INTO packages (run_id, name, position) VALUES (?, ?, ?)", (run_id, package, pos)
-                ).lastrowid
-            else:
-                package_id = prow[0]
-            existing = c.execute(
-                "SELECT id FROM outcomes WHERE package_id = ? AND item = ?", (package_id, item)
-            ).fetchone()
-            if existing is not None:
-                return _update_status(c, existing[0], status, error_message, report, now, created_by), False
-            outcome_id = str(uuid.uuid4())
-            pos = c.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?", (package_id,)
-            ).fetchone()[0]
-            c.execute(
-                "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
-                " specifications, created_by, available_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                (
-                    outcome_id,
-                    run_id,
-                    package_id,
-                    item,
-                    pos,
-                    outcome_type or run["outcome_type"],
-                    R.spec_dumps(specifications),
-                    created_by,
-                    now,
-                    now,
-                    now,
-                ),
-            )
-            c.execute(
-                "UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?", (package_id,)
-            )
-            _event(c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
-            if status == "pending" and report == Report() and error_message is None:
-                return _outcome(c, outcome_id), True
-            return _update_status(c, outcome_id, status, error_message, report, now, created_by), True
-
-        return await self._write(op)
-
-    async def update_status(
-        self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
-    ) -> Outcome:
-        return await self._write(
-            lambda c: _update_status(c, outcome_id, status, error_message, report, now, None)
-        )
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
         def op(c: sqlite3.Connection) -> OutcomeDetail:
@@ -536,15 +101,8 @@ class SQLiteStore(Connection):
 
         return await self._read(op)
 
-    async def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
-        cursor: str | None = None
-        while True:
-            page = await self.list_outcomes(OutcomeFilter(run_id=run_id), 1000, cursor)
-            for outcome in page.outcomes:
-                yield outcome
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
+        return paged_outcomes(self.list_outcomes, run_id)
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         return await self._read(lambda c: _summaries(c, "p.run_id = ?", [run_id]))
@@ -598,43 +156,6 @@ class SQLiteStore(Connection):
             return RunOverview(_run(c, run_id), summaries, int(finished), int(latest))
 
         return await self._read(op)
-
-    async def record_integration(
-        self,
-        run_id: str | None,
-        outcome_id: str | None,
-        integration_type: str,
-        action: str,
-        status: str,
-        details: dict[str, Any],
-        now: float,
-    ) -> IntegrationEvent:
-        def op(c: sqlite3.Connection) -> IntegrationEvent:
-            if (
-                outcome_id is not None
-                and c.execute("SELECT 1 FROM outcomes WHERE id = ?", (outcome_id,)).fetchone() is None
-            ):
-                raise rules.unknown_outcome(outcome_id)
-            cur = c.execute(
-                "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, outcome_id, integration_type, action, status, R.dumps(details), now),
-            )
-            _event(
-                c,
-                run_id,
-                outcome_id,
-                rules.integration(integration_type=integration_type, action=action, status=status),
-                now,
-            )
-            row = c.execute(
-                "SELECT l.*, r.name AS run_name FROM integration_logs l LEFT JOIN runs r ON r.id = l.run_id"
-                " WHERE l.id = ?",
-                (cur.lastrowid,),
-            ).fetchone()
-            return R.integration_from(row)
-
-        return await self._write(op)
 
     # ---- API keys -------------------------------------------------------------------------------
 

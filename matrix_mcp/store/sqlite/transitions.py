@@ -245,30 +245,13 @@ def _claim_next(
         return ClaimBatch([])
     held = c.execute(
         "SELECT o.id, o.item, o.attempts, o.lease_token, o.lease_expires_at, o.outcome_type, o.specifications,"
-        " o.outcome_path, p.name AS package_name, p.description, r.name AS run_name FROM outcomes o"
+        " o.outcome_path, p.name AS package_name, p.description AS package_description, r.name AS run_name FROM outcomes o"
         " JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
         " WHERE o.run_id = ? AND o.status = 'generating' AND o.worker = ? AND o.started_at = ?"
         " ORDER BY o.n LIMIT ?",
         (row["run_id"], first["worker"], first["ended_at"], next_claim.limit),
     ).fetchall()
-    return ClaimBatch(
-        [
-            Claim(
-                outcome_id=o["id"],
-                run=o["run_name"],
-                package=o["package_name"],
-                package_description=o["description"],
-                item=o["item"],
-                attempt=int(o["attempts"]),
-                lease_token=o["lease_token"],
-                lease_expires_at=float(o["lease_expires_at"]),
-                outcome_type=o["outcome_type"],
-                specifications=R.loads(o["specifications"]),
-                outcome_path=o["outcome_path"],
-            )
-            for o in held
-        ]
-    )
+    return ClaimBatch([R.claim_from(o) for o in held])
 
 
 def _why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tuple[Any, float | None]:
@@ -314,16 +297,8 @@ def _update_status(
     ).fetchone()
     if row is None:
         raise rules.unknown_outcome(outcome_id)
-    t = rules.override(
-        row,
-        new=status,
-        error_message=error_message,
-        report=report,
-        lease_seconds=row["lease_seconds"],
-        now=now,
-    )
-    old, metrics, duration = t.old, t.metrics, t.duration_seconds
-    old_metrics = t.old_metrics
+    t = rules.override(row, new=status, error_message=error_message, report=report, now=now)
+    old, metrics, duration, old_metrics = t.old, t.metrics, t.duration_seconds, t.old_metrics
     token = str(uuid.uuid4())  # any override fences off whoever held the lease
     if old == "complete":
         _add_contribution(c, row["package_id"], old_metrics, row["duration_seconds"], -1)
