@@ -177,6 +177,14 @@ class Artifacts:
             raise ArtifactError(f"could not write the artifact: {exc.strerror or exc}", "content") from exc
         return Blob(sha, len(data))
 
+    def write_copy(self, rel: str, data: bytes) -> Path:
+        """The readable file of content the store keeps (inline), after its commit: its blob written without
+        fsync (the store holds the durable copy and rebuilds this one when it is lost), linked at rel."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.blob_path(sha).exists():
+            self._atomic_write(self.blob_path(sha), data, sync=False)
+        return self.materialize(rel, sha)
+
     def collect_garbage(self, referenced: set[str], older_than: float, now: float) -> GarbageReport:
         """Delete the blobs no outcome refers to that nothing has written for `older_than` seconds.
 
@@ -276,15 +284,16 @@ class Artifacts:
         self._atomic_write(path, data)
         return path
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
+    def _atomic_write(self, path: Path, data: bytes, sync: bool = True) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if sync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):

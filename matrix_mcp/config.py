@@ -65,6 +65,9 @@ class Limits:
     """Caps enforced on every input; each violation is a clear tool error naming the field."""
 
     max_content_bytes: int = 10 * 1024 * 1024
+    # content up to this size is stored in the store, in the report's own transaction (one sync); larger
+    # content goes to the content-addressed blob store (fsync) before the report
+    inline_content_bytes: int = 256 * 1024
     max_items_per_plan: int = 200_000
     max_page_size: int = 1000
     max_json_depth: int = 32
@@ -89,6 +92,7 @@ class Settings:
         check_placeholders(flags, every=True)
         limits = Limits(
             max_content_bytes=_int(env, "MATRIX_MAX_CONTENT_BYTES", Limits.max_content_bytes),
+            inline_content_bytes=_int(env, "MATRIX_INLINE_CONTENT_BYTES", Limits.inline_content_bytes),
             max_items_per_plan=_int(env, "MATRIX_MAX_ITEMS_PER_PLAN", Limits.max_items_per_plan),
             max_page_size=_int(env, "MATRIX_MAX_PAGE_SIZE", Limits.max_page_size),
             max_json_depth=_int(env, "MATRIX_MAX_JSON_DEPTH", Limits.max_json_depth),

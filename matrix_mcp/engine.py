@@ -6,6 +6,7 @@ Tools call the engine; the engine validates, decides and calls one atomic store 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import anyio
 from matrix_mcp.artifacts import (
     ArtifactError,
     Artifacts,
+    Blob,
     GarbageReport,
     RepairReport,
     default_path,
@@ -417,8 +419,12 @@ class Engine:
         info = await self.run_info(run_id)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
+        inline = data is not None and len(data) <= self.limits.inline_content_bytes
         if data is not None:
-            blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
+            if inline:  # kept in the store with the report, one transaction; the file is a copy made after it
+                blob = Blob(hashlib.sha256(data).hexdigest(), len(data))
+            else:  # durable in the blob store (fsync) before the report refers to it
+                blob = await anyio.to_thread.run_sync(self.artifacts.put_blob, data)
             path = outcome_path or planned_path or default_path(info.name, package_name, item, outcome_type)
             # a default or planned path is checked like a client's: a symlink planted there fails before commit
             path = self.artifacts.check_path(path)
@@ -429,6 +435,7 @@ class Engine:
                 mime_type=self.artifacts.mime_for(path, mime_type),
                 metrics=metrics,
                 metadata=metadata,
+                inline=data if inline else None,
             )
         now = self.now()
         reported = await self.store.complete(outcome_id, lease_token, report, now, next_claim)
@@ -444,9 +451,12 @@ class Engine:
             observe_generation(outcome.package, outcome.outcome_type, outcome.duration_seconds)
         if data is not None and outcome.outcome_path and outcome.content_sha256:
             try:
-                await anyio.to_thread.run_sync(
-                    self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
-                )
+                if inline:
+                    await anyio.to_thread.run_sync(self.artifacts.write_copy, outcome.outcome_path, data)
+                else:
+                    await anyio.to_thread.run_sync(
+                        self.artifacts.materialize, outcome.outcome_path, outcome.content_sha256
+                    )
             except ArtifactError as exc:
                 # The report is committed and its content is safe in the blob store (served by
                 # matrix://outcomes/{id}/content); only the readable copy at outcome_path is missing.
@@ -633,8 +643,16 @@ class Engine:
         try:
             linked = await anyio.to_thread.run_sync(self.artifacts.ensure_linked, path, sha)
         except ArtifactError as exc:
-            log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, exc)
-            return None
+            body = await self.store.inline_content(sha)  # content kept in the store: the file is its copy
+            if body is None:
+                log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, exc)
+                return None
+            try:
+                await anyio.to_thread.run_sync(self.artifacts.write_copy, path, body)
+            except ArtifactError as again:
+                log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, again)
+                return None
+            linked = True
         if linked:
             log.warning("outcome %s: restored its missing file at %s", outcome_id, path)
         return linked
@@ -667,6 +685,9 @@ class Engine:
         try:
             data = await anyio.to_thread.run_sync(self.artifacts.read_blob, outcome.content_sha256)
         except OSError as exc:
+            body = await self.store.inline_content(outcome.content_sha256)
+            if body is not None:
+                return body, outcome.mime_type or "application/octet-stream"
             raise ArtifactError(
                 f"the artifact could not be read: {exc.strerror or exc}", "outcome_id"
             ) from exc

@@ -158,7 +158,8 @@ def check_events(url: str) -> list[str]:
 
 
 def check_artifacts(url: str, root: Path) -> list[str]:
-    """Blobs hash to their names; every readable file is one whole blob; committed content has its blob;
+    """Blobs hash to their names; every readable file is one whole blob; committed content has its blob or is
+    kept in the store;
     nothing outside the root was touched (the caller checks its sentinel)."""
     problems: list[str] = []
     blobs: set[str] = set()
@@ -176,8 +177,16 @@ def check_artifacts(url: str, root: Path) -> list[str]:
                 continue
             if hashlib.sha256(f.read_bytes()).hexdigest() not in blobs:
                 problems.append(f"readable artifact {rel} is not a whole blob (half-written?)")
+    # content kept in the store with its report (inline): its blob is a copy written after the commit
+    inline = {
+        sha: hashlib.sha256(bytes(body)).hexdigest() == sha
+        for sha, body in _rows(url, "SELECT sha256, body FROM contents")
+    }
+    problems += [
+        f"inline content {sha[:12]} does not hash to its name" for sha, ok in inline.items() if not ok
+    ]
     for (sha,) in _rows(url, "SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"):
-        if sha not in blobs:
+        if sha not in blobs and sha not in inline:
             problems.append(f"committed content {sha[:12]} has no blob")
     return problems
 

@@ -3,11 +3,13 @@ a while; content any outcome refers to, and content a report is writing right no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -22,6 +24,18 @@ from tests.conftest import assert_consistent
 pytestmark = pytest.mark.anyio
 
 HOUR = 3600.0
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    """Content always goes to the blob store here (what gc collects): nothing is small enough to be kept in
+    the store with its report (a rejected small report writes no file at all)."""
+    limits = dataclasses.replace(settings.limits, inline_content_bytes=1)
+    eng = await Engine.open(dataclasses.replace(settings, limits=limits))
+    try:
+        yield eng
+    finally:
+        await eng.close()
 
 
 def age_everything(root: Path, seconds: float) -> None:

@@ -342,10 +342,13 @@ async def test_artifact_disk_trouble_is_a_clear_error_and_nothing_is_lost(
     database_url: str, tmp_path: Path, kind: str
 ) -> None:
     artifacts = tmp_path / f"artifacts-{uuid.uuid4().hex[:6]}"
-    settings = Settings(database_url=database_url, artifacts_dir=artifacts)
+    # content over 1 KiB goes to the blob store before the commit; up to it, into the store with the report
+    settings = Settings(
+        database_url=database_url, artifacts_dir=artifacts, limits=Limits(inline_content_bytes=1024)
+    )
     async with Client(create_server(settings)) as c:
-        await data(c, "plan_run", {"name": "r", "packages": [{"name": "p", "items": ["a", "b"]}]})
-        items = (await data(c, "claim_items", {"run": "r", "worker": "w", "limit": 2}))["items"]
+        await data(c, "plan_run", {"name": "r", "packages": [{"name": "p", "items": ["a", "b", "c"]}]})
+        items = (await data(c, "claim_items", {"run": "r", "worker": "w", "limit": 3}))["items"]
         refs = [{"outcome_id": i["outcome_id"], "lease_token": i["lease_token"]} for i in items]
         await data(c, "complete_item", {**refs[0], "content": "before"})
         with mounted(kind, artifacts):
@@ -356,7 +359,13 @@ async def test_artifact_disk_trouble_is_a_clear_error_and_nothing_is_lost(
             assert (await data(c, "get_outcome", {"outcome_id": refs[1]["outcome_id"]}))[
                 "status"
             ] == "generating"
-        # the device is back: the same lease completes, the earlier artifact is intact
+            # small content is durable in the store: the report commits; only its readable copy waits
+            small = await data(c, "complete_item", {**refs[2], "content": "kept in the store"})
+            assert small["status"] == "complete"
+        # the device is back: the missing copy is rebuilt from the store on read
+        small_detail = await data(c, "get_outcome", {"outcome_id": refs[2]["outcome_id"]})
+        assert (artifacts / small_detail["outcome_path"]).read_text() == "kept in the store"
+        # the same lease completes, the earlier artifact is intact
         done = await data(c, "complete_item", {**refs[1], "content": "after"})
         assert done["status"] == "complete"
         first = await c.read_resource(f"matrix://outcomes/{refs[0]['outcome_id']}/content")

@@ -8,10 +8,13 @@ is shown to restore the file: on read (get_outcome), at a server's start-up, and
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -119,12 +122,30 @@ async def test_a_kill_between_commit_and_link_is_repaired_on_read_at_start_up_an
 
 
 async def test_repair_leaves_present_files_alone_and_counts_what_cannot_be_restored(
-    settings: Settings, engine: Engine
+    settings: Settings,
 ) -> None:
+    # content in the blob store only (none kept in the store: tests/test_inline_content.py restores that)
+    settings = dataclasses.replace(
+        settings, limits=dataclasses.replace(settings.limits, inline_content_bytes=1)
+    )
+    async with engine_for(settings) as engine:
+        await _repair_leaves_present_files_alone(settings, engine)
+
+
+@contextlib.asynccontextmanager
+async def engine_for(settings: Settings) -> AsyncIterator[Engine]:
+    engine = await Engine.open(settings)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def _repair_leaves_present_files_alone(settings: Settings, engine: Engine) -> None:
     await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b"])])
     a, b = sorted((await engine.claim_items("r", "w", limit=2)).items, key=lambda i: i.item)
-    done_a = (await engine.complete_item(a.outcome_id, a.lease_token, content="A")).outcome
-    done_b = (await engine.complete_item(b.outcome_id, b.lease_token, content="B")).outcome
+    done_a = (await engine.complete_item(a.outcome_id, a.lease_token, content="AA")).outcome
+    done_b = (await engine.complete_item(b.outcome_id, b.lease_token, content="BB")).outcome
     assert done_a and done_b
     assert done_a.outcome_path and done_b.outcome_path and done_b.content_sha256
     readable(settings, done_a.outcome_path).write_text("edited by hand")  # present: not overwritten

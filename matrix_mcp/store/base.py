@@ -114,6 +114,9 @@ class Report:
     mime_type: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the content itself, when small enough to be kept in the store: written with the report, in its
+    # transaction, under content_sha256 (the readable file is a copy made after the commit)
+    inline: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,10 @@ class Store(Protocol):
         ...
 
     async def rebuild_counters(self, run_id: str | None = None) -> None: ...
+
+    async def inline_content(self, sha256: str) -> bytes | None:
+        """Content kept in the store under its sha256 (a report's inline content), or None."""
+        ...
 
     async def content_hashes(self) -> set[str]:
         """Every content_sha256 an outcome refers to (artifact garbage collection)."""

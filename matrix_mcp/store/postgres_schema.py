@@ -272,4 +272,15 @@ CREATE TABLE api_keys (
 );
 """,
     ),
+    (
+        6,
+        # small content, kept in the store with the report that brought it (one transaction, one commit);
+        # the file under the artifacts root is a copy, rebuilt from here when missing
+        """
+CREATE TABLE contents (
+    sha256 text PRIMARY KEY,
+    body bytea NOT NULL
+);
+""",
+    ),
 ]

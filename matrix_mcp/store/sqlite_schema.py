@@ -163,4 +163,15 @@ CREATE TABLE api_keys (
 )
 """,
     ),
+    (
+        5,
+        # small content, kept in the store with the report that brought it (one transaction, one sync);
+        # the file under the artifacts root is a copy, rebuilt from here when missing
+        """
+CREATE TABLE contents (
+    sha256 TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+) WITHOUT ROWID
+""",
+    ),
 ]

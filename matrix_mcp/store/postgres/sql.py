@@ -250,6 +250,11 @@ mi AS (
     SELECT %(id)s, m.k, m.v FROM unnest(%(names)b::text[], %(values)b::float8[]) AS m(k, v)
     WHERE EXISTS (SELECT 1 FROM u)
     ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+),
+ins AS (
+    INSERT INTO contents (sha256, body)
+    SELECT %(sha)s, %(body)b::bytea WHERE %(body)b::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM u)
+    ON CONFLICT (sha256) DO NOTHING
 )
 SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration FROM cur
 """
@@ -262,8 +267,8 @@ _COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
                          %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
-                         %(mimes)b::text[])
-        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, i)
+                         %(mimes)b::text[], %(bodies)b::bytea[])
+        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
 ),
 cur AS MATERIALIZED (
     SELECT o.n, o.started_at, inp.i FROM outcomes o JOIN inp ON o.id = inp.id
@@ -297,6 +302,11 @@ mi AS (
     INSERT INTO outcome_metrics (outcome_id, name, value)
     SELECT u.id, mv.k, mv.v FROM mv JOIN u ON u.req = mv.req
     ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
+),
+ins AS (
+    INSERT INTO contents (sha256, body)
+    SELECT DISTINCT ON (inp.sha) inp.sha, inp.body FROM u JOIN inp ON inp.i = u.req WHERE inp.body IS NOT NULL
+    ON CONFLICT (sha256) DO NOTHING
 )
 SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id

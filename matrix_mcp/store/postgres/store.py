@@ -285,6 +285,13 @@ class PostgresStore(Writes):
     async def recount(self, run_id: str | None = None) -> RecountReport:
         return await self._read(lambda c: _recount(c, run_id), snapshot=True)
 
+    async def inline_content(self, sha256: str) -> bytes | None:
+        async def op(c: Conn) -> bytes | None:
+            row = await _one(c, "SELECT body FROM contents WHERE sha256 = %s", (sha256,))
+            return None if row is None else bytes(row["body"])
+
+        return await self._read(op)
+
     async def content_hashes(self) -> set[str]:
         async def op(c: Conn) -> set[str]:
             rows = await _all(

@@ -232,6 +232,7 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
             "shas": [a.report.content_sha256 for _, a in todo],
             "bytes": [a.report.content_bytes for _, a in todo],
             "mimes": [a.report.mime_type for _, a in todo],
+            "bodies": [a.report.inline for _, a in todo],
             "mreq": mreq,
             "mnames": mnames,
             "mvalues": mvalues,

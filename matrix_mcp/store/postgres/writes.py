@@ -290,6 +290,7 @@ class Writes(Connection):
             "token": lease_token,
             "names": [k for k, _ in values],
             "values": [v for _, v in values],
+            "body": report.inline,
         }
 
         async def op(tx: _Tx) -> Outcome:

@@ -248,6 +248,13 @@ class SQLiteStore(Writes):
     async def recount(self, run_id: str | None = None) -> RecountReport:
         return await self._read(lambda c: _recount(c, run_id))
 
+    async def inline_content(self, sha256: str) -> bytes | None:
+        def op(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT body FROM contents WHERE sha256 = ?", (sha256,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._read(op)
+
     async def content_hashes(self) -> set[str]:
         return await self._read(
             lambda c: {

@@ -253,6 +253,11 @@ class Writes(Connection):
                 ),
             )
             _end_attempt(c, outcome_id, lease_token, "complete", None, now)
+            if report.inline is not None:
+                c.execute(
+                    "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (report.content_sha256, report.inline),
+                )
             _move(c, row["package_id"], "generating", "complete", R.contribution(report.metrics, duration))
             if duration is not None:
                 _add_histogram(c, row["package_id"], duration, +1)
