@@ -258,6 +258,8 @@ class Sse:
                 elif not line.startswith(":"):
                     name, _, value = line.partition(":")
                     current[name] = value.lstrip(" ")
+                    if name == "data":
+                        current["event"] = json.loads(current["data"])["kind"]
         return events
 
 

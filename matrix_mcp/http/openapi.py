@@ -136,7 +136,7 @@ def document(mcp: MCPServer[Any]) -> dict[str, Any]:
         }
     }
     sse = {
-        "description": "Server-sent events: `id` = event sequence, `event` = kind, `data` = the Event as JSON.",
+        "description": "Server-sent events: `id` = event sequence, `data` = the Event as JSON (its `kind` says what happened).",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
     resume = [

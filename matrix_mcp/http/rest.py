@@ -265,7 +265,8 @@ class Rest:
         )
 
     async def events(self, request: Request) -> Response:
-        """`text/event-stream` of the store's event log (one run, or all): `id` is the sequence number,
+        """`text/event-stream` of the store's event log (one run, or all): `data` is the Event as JSON and
+        `id` its sequence number,
         so a reconnecting EventSource resumes after `Last-Event-ID`; `?since=S` starts after S; without
         either the stream starts at the present."""
         try:
@@ -326,7 +327,8 @@ async def event_stream(store: Store, run_id: str | None, since: int) -> AsyncIte
             chunk = []
             for event in events:
                 data = json.dumps(event.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
-                chunk.append(f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n")
+                # no `event:` line: every event is a "message" to an EventSource; `kind` is in the data
+                chunk.append(f"id: {event.seq}\ndata: {data}\n\n")
                 last = event.seq
             yield "".join(chunk).encode()
             if len(events) == SSE_BATCH:

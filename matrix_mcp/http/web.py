@@ -21,4 +21,7 @@ def mount(parts: Parts) -> Callable[[Scope], str | None]:
     identify = Identify(parts.verifier, sessions)
     rest = Rest(parts.mcp, identify, parts.store)
     mount_rest(parts.mcp, rest)
+    from matrix_mcp.http.board import Board, mount_board
+
+    mount_board(parts.mcp, Board(parts.mcp, identify, sessions, parts.store, parts.limits))
     return sessions.token_of
