@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form post's Origin "null"
     "Cache-Control": "no-store",
 }
 STATUS_CODE = {status: i for i, status in enumerate(STATUSES)}

@@ -188,14 +188,14 @@
 
   const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280"];
   const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff"];
-  const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, dirty: [], frame: 0 };
+  const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, dirty: [], frame: 0 };
   const selected = new Set();
   const series = [];
 
   function drawCell(ctx, r, c) {
     const S = grid.size;
     const code = grid.rows[r].status[c];
-    const x = c * S;
+    const x = grid.gutter + c * S;
     const y = r * S;
     const s = S > 5 ? S - 1 : S; // a 1-pixel gap between cells when there is room
     ctx.clearRect(x, y, S, S);
@@ -243,9 +243,12 @@
     const canvas = $("grid");
     const box = $("grid-box");
     const cols = Math.max(1, grid.cols);
-    grid.size = Math.max(4, Math.min(28, Math.floor((box.clientWidth - 4) / cols)));
+    // package names in a left gutter when rows are tall enough to read them
+    grid.gutter = Math.floor((box.clientWidth - 4) / cols) >= 14 ? 160 : 0;
+    grid.size = Math.max(4, Math.min(28, Math.floor((box.clientWidth - 4 - grid.gutter) / cols)));
+    if (grid.size < 12) grid.gutter = 0;
     const ratio = window.devicePixelRatio || 1;
-    const w = cols * grid.size;
+    const w = grid.gutter + cols * grid.size;
     const h = Math.max(1, grid.rows.length) * grid.size;
     canvas.width = Math.round(w * ratio);
     canvas.height = Math.round(h * ratio);
@@ -253,6 +256,16 @@
     canvas.style.height = h + "px";
     const ctx = canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    if (grid.gutter) {
+      ctx.font = Math.min(13, grid.size - 3) + "px system-ui, sans-serif";
+      ctx.textBaseline = "middle";
+      ctx.fillStyle = "#111827";
+      for (let r = 0; r < grid.rows.length; r++) {
+        let name = grid.rows[r].name; // drawn as pixels: never markup
+        while (name.length > 1 && ctx.measureText(name).width > grid.gutter - 8) name = name.slice(0, -2) + "…";
+        ctx.fillText(name, 2, r * grid.size + grid.size / 2);
+      }
+    }
     for (let r = 0; r < grid.rows.length; r++) {
       const n = grid.rows[r].status.length;
       for (let c = 0; c < n; c++) drawCell(ctx, r, c);
@@ -324,7 +337,7 @@
 
   function cellAt(ev) {
     const rect = $("grid").getBoundingClientRect();
-    const c = Math.floor((ev.clientX - rect.left) / grid.size);
+    const c = Math.floor((ev.clientX - rect.left - grid.gutter) / grid.size);
     const r = Math.floor((ev.clientY - rect.top) / grid.size);
     if (r < 0 || r >= grid.rows.length || c < 0 || c >= grid.rows[r].ids.length) return null;
     return [r, c];
@@ -625,7 +638,7 @@
       },
       cell: (id) => {
         const at = grid.index.get(id);
-        return at ? { row: at[0], col: at[1], size: grid.size } : null;
+        return at ? { row: at[0], col: at[1], size: grid.size, x: grid.gutter + at[1] * grid.size, y: at[0] * grid.size } : null;
       },
     };
   }
