@@ -148,3 +148,22 @@ async def test_a_credential_without_read_sees_no_board(sqlite_settings: Settings
         await h.post("/ui/signin", data={"token": worker})
         assert (await h.get("/ui/")).status_code == 403
         assert (await h.get("/ui/runs/x/grid")).status_code == 403
+
+
+async def test_store_cells_match_the_outcomes(engine: Engine) -> None:
+    """The grid's one read (both backends): every outcome of the run, in creation order, with its status."""
+    from matrix_mcp.models import PackageSpec
+
+    await engine.plan_run("g", [PackageSpec(name="p", items=["a", "b"]), PackageSpec(name=EVIL, items=["c"])])
+    await engine.plan_run("other", [PackageSpec(name="p", items=["z"])])
+    claimed = (await engine.claim_items("g", "w", limit=2)).items
+    await engine.complete_item(claimed[0].outcome_id, claimed[0].lease_token)
+    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "e", retryable=False)
+    run_id = (await engine.run_info("g")).id
+    cells = await engine.store.cells(run_id)
+    outcomes = [o async for o in engine.store.iter_outcomes(run_id)]
+    assert [(c.outcome_id, c.package, c.item, c.status) for c in cells] == [
+        (o.id, o.package, o.item, o.status) for o in outcomes
+    ]
+    assert sorted(c.status for c in cells) == ["complete", "failed", "pending"]
+    assert await engine.store.cells((await engine.run_info("other")).id) != []

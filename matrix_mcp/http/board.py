@@ -176,14 +176,14 @@ class Board:
             latest = await engine.store.latest_seq()
             packages: dict[str, dict[str, Any]] = {}
             codes: dict[str, list[str]] = {}
-            async for o in engine.store.iter_outcomes(info.id):
-                p = packages.get(o.package)
+            for cell in await engine.store.cells(info.id):
+                p = packages.get(cell.package)
                 if p is None:
-                    p = packages[o.package] = {"name": o.package, "ids": [], "items": []}
-                    codes[o.package] = []
-                p["ids"].append(o.id)
-                p["items"].append(o.item)
-                codes[o.package].append(str(STATUS_CODE[o.status]))
+                    p = packages[cell.package] = {"name": cell.package, "ids": [], "items": []}
+                    codes[cell.package] = []
+                p["ids"].append(cell.outcome_id)
+                p["items"].append(cell.item)
+                codes[cell.package].append(str(STATUS_CODE[cell.status]))
         except StoreError as exc:
             return classify(exc).response()
         for name, p in packages.items():

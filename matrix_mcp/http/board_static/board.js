@@ -281,6 +281,11 @@
     grid.dirty = [];
     for (const [r, c] of dirty) drawCell(ctx, r, c);
     document.body.dataset.gridPainted = String(Date.now());
+    const trace = window.matrixTrace; // a Map a bench installs: outcome id -> when its cell was repainted
+    if (trace instanceof Map) {
+      const now = performance.timeOrigin + performance.now();
+      for (const [r, c] of dirty) trace.set(grid.rows[r].ids[c], now);
+    }
   }
 
   function setCell(id, status) {
