@@ -266,12 +266,22 @@
         ctx.fillText(name, 2, r * grid.size + grid.size / 2);
       }
     }
-    for (let r = 0; r < grid.rows.length; r++) {
-      const n = grid.rows[r].status.length;
-      for (let c = 0; c < n; c++) drawCell(ctx, r, c);
-    }
     grid.dirty = [];
-    document.body.dataset.gridPainted = String(Date.now());
+    // rows in slices of ~25 ms per frame: a 40,000-cell grid never blocks the page for long
+    const epoch = (grid.epoch = (grid.epoch || 0) + 1);
+    let r = 0;
+    const slice = () => {
+      if (epoch !== grid.epoch) return; // a newer full paint took over
+      const started = performance.now();
+      while (r < grid.rows.length && performance.now() - started < 25) {
+        const n = grid.rows[r].status.length;
+        for (let c = 0; c < n; c++) drawCell(ctx, r, c);
+        r++;
+      }
+      if (r < grid.rows.length) requestAnimationFrame(slice);
+      else document.body.dataset.gridPainted = String(Date.now());
+    };
+    slice();
   }
 
   function paintDirty() {
