@@ -167,3 +167,28 @@ async def test_store_cells_match_the_outcomes(engine: Engine) -> None:
     ]
     assert sorted(c.status for c in cells) == ["complete", "failed", "pending"]
     assert await engine.store.cells((await engine.run_info("other")).id) != []
+
+
+async def test_a_jwt_signs_in_and_works_on_the_rest_api(sqlite_settings: Settings) -> None:
+    import jwt
+
+    secret = "board-secret-board-secret-board-secret"
+    async with serving(sqlite_settings, auth=True, jwt_secret=secret) as (base, _):
+        now = int(time.time())
+        claims = {"sub": "alice", "aud": f"{base}/mcp", "iat": now, "exp": now + 300, "scope": "matrix:read"}
+        token = jwt.encode(claims, secret)
+        async with httpx2.AsyncClient(base_url=base) as h:
+            assert (
+                await h.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+            ).status_code == 200
+            plan = await h.post(
+                "/api/v1/runs",
+                json={"name": "r", "packages": []},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert plan.status_code == 403 and "matrix:plan" in plan.json()["error_description"]
+            wrong_aud = jwt.encode({**claims, "aud": "http://elsewhere/mcp"}, secret)
+            assert (await h.post("/ui/signin", data={"token": wrong_aud})).status_code == 401
+            assert (await h.post("/ui/signin", data={"token": token})).status_code == 303
+            page = await h.get("/ui/")
+            assert page.status_code == 200 and "jwt:alice" in page.text

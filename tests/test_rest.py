@@ -4,6 +4,7 @@ the OpenAPI document, and agreement with the MCP tools on the same server."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,25 @@ async def test_openapi_document_is_valid_and_matches_the_tools(tmp_path: Path) -
             assert named | set(body.get("properties", {})) == set(props), ep.tool  # every argument, once
         for path in ("/runs/{run}/events", "/outcomes/{outcome_id}/content"):
             assert "get" in doc["paths"][PREFIX + path]
+
+
+async def test_sse_ends_when_the_key_is_revoked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matrix_mcp.http import rest
+
+    monkeypatch.setattr(rest, "SSE_KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(rest, "RECHECK_SECONDS", 0.2)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    key = await create_key(settings, "k", "matrix:read", "matrix:plan")
+    async with serving(settings, auth=True, key_cache_seconds=0.1) as (base, _), api(base, key) as h:
+        await h.post("/runs", json={"name": "r", "packages": [{"name": "p", "items": ["a"]}]})
+        async with h.stream("GET", "/runs/r/events", params={"since": 0}) as stream:
+            sse = Sse(stream)
+            assert (await sse.next(1))[0]["event"] == "run_planned"
+            engine = await Engine.open(settings)
+            try:
+                await engine.store.revoke_api_key("k", time.time())
+            finally:
+                await engine.close()
+            with anyio.fail_after(10):
+                rest_of_stream = [line async for line in sse.lines]
+            assert all(not line.startswith("data:") for line in rest_of_stream)  # it ended, no more events

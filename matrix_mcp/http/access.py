@@ -122,10 +122,12 @@ class Identify:
     def open(self) -> bool:
         return self.verifier is None
 
-    async def __call__(self, request: Request) -> Caller | None:
+    async def __call__(self, request: Request, *, again: bool = False) -> Caller | None:
+        """`again`: verify the credential anew rather than take the guard's verdict from the request's
+        start (a long-lived event stream asks again now and then)."""
         if self.verifier is None:
             return Caller(None, frozenset(ALL_SCOPES))
-        access: AccessToken | None = request.scope.get(ACCESS_KEY)
+        access: AccessToken | None = None if again else request.scope.get(ACCESS_KEY)
         bearer = bearer_token(request.scope)
         cookie = None if bearer is not None else session_cookie(request.scope)
         if access is None:  # not verified by the guard (it verifies whenever it can): do it here

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ log = logging.getLogger("matrix_mcp.http.rest")
 
 PREFIX = "/api/v1"
 SSE_BATCH = 500
-SSE_KEEPALIVE_SECONDS = 15.0
+SSE_KEEPALIVE_SECONDS = 10.0
+RECHECK_SECONDS = 5.0
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
 
@@ -290,8 +292,13 @@ class Rest:
                 since = await store.latest_seq()
         except ApiError as err:
             return err.response()
+
+        async def allowed() -> bool:
+            caller = await self.identify(request, again=True)
+            return caller is not None and READ in caller.scopes
+
         return StreamingResponse(
-            event_stream(store, run_id, since),
+            event_stream(store, run_id, since, allowed),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -317,10 +324,19 @@ def _since(request: Request) -> int | None:
     return None
 
 
-async def event_stream(store: Store, run_id: str | None, since: int) -> AsyncIterator[bytes]:
+async def event_stream(
+    store: Store, run_id: str | None, since: int, allowed: Callable[[], Awaitable[bool]] | None = None
+) -> AsyncIterator[bytes]:
+    """Events after `since`, then each new one as it is committed. `allowed` is asked again every
+    RECHECK_SECONDS: a revoked key or an expired token ends the stream."""
     yield b"retry: 1000\n\n"
     last = since
+    checked = time.monotonic()
     while True:
+        if allowed is not None and time.monotonic() - checked > RECHECK_SECONDS:
+            if not await allowed():
+                return
+            checked = time.monotonic()
         head = await store.latest_seq()
         events = await store.events_after(last, run_id, SSE_BATCH)
         if events:
