@@ -225,3 +225,42 @@ async def test_grid_screenshot_for_the_readme(browser: Any, sqlite_settings: Set
         assert shot.stat().st_size > 10_000
         assert not seen, seen
         await page.close()
+
+
+async def test_the_board_reconnects_and_catches_up_after_a_restart(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    """The server goes away under an open page; meanwhile an item completes; a new server process comes
+    up on the same port: the page reconnects by itself and shows the change it missed."""
+    from matrix_mcp.engine import Engine
+    from matrix_mcp.http.app import matrix_service
+    from matrix_mcp.http.options import ServiceOptions
+    from matrix_mcp.models import PackageSpec
+    from tests.http_helpers import free_port, running
+
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])])
+        item = (await engine.claim_items("r", "w")).items[0]
+    finally:
+        await engine.close()
+    port = free_port()
+    options = ServiceOptions(host="127.0.0.1", port=port)
+    page, seen = await new_page(browser)
+    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1) as base:
+        await page.goto(base + "/ui/runs/r")
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        assert await page.evaluate("(id) => window.matrixBoard.status(id)", item.outcome_id) == "generating"
+    await page.wait_for_function("!document.getElementById('live').classList.contains('on')", timeout=10_000)
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.complete_item(item.outcome_id, item.lease_token)
+    finally:
+        await engine.close()
+    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1):
+        await page.wait_for_function(
+            "(id) => window.matrixBoard.status(id) === 'complete'", arg=item.outcome_id, timeout=15_000
+        )
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+    assert not [s for s in seen if "error:" in s], seen
+    await page.close()
