@@ -1,5 +1,5 @@
 """The live board and the REST API, measured in headless Chromium (Debian's, driven by Playwright)
-against the service on 127.0.0.1 (SQLite store, API-key authentication on).
+against the service on 127.0.0.1 (SQLite store, or a fresh PostgreSQL database; API-key authentication on).
 
 1. run page of a 100 × 100 run: navigation start → grid painted (goal ≤ 1 s), median of 5;
 2. complete_item (over MCP) committed → that cell repainted on an open page, p50 (goal ≤ 500 ms);
@@ -7,7 +7,7 @@ against the service on 127.0.0.1 (SQLite store, API-key authentication on).
    and then completed as fast as the server takes them (goal: no long task > 200 ms);
 4. GET /api/v1/runs/{run} p50 vs the MCP run_status tool over /mcp on the same server (goal ≤ 1.0×).
 
-    python bench/bench_board.py [--chromium /usr/bin/chromium] [--samples 30] [--calls 300]
+    python bench/bench_board.py [--backend sqlite|postgres] [--chromium /usr/bin/chromium] [--samples 30]
 """
 
 from __future__ import annotations
@@ -73,10 +73,19 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-board-"))
+    if args.backend == "postgres":
+        from bench.bench_store import fresh_pg_database
+
+        async with fresh_pg_database(args.pg_server) as url:
+            await measure(args, Settings(database_url=url, artifacts_dir=tmp / "a"))
+    else:
+        await measure(args, Settings(database_url=f"sqlite:///{tmp / 'm.db'}", artifacts_dir=tmp / "a"))
+
+
+async def measure(args: argparse.Namespace, settings: Settings) -> None:
     from playwright.async_api import async_playwright
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-board-"))
-    settings = Settings(database_url=f"sqlite:///{tmp / 'm.db'}", artifacts_dir=tmp / "a")
     key = await create_key(settings, "bench", "matrix:read", "matrix:work", "matrix:plan")
     auth = {"Authorization": f"Bearer {key}"}
     rows: list[tuple[str, str, str]] = []
@@ -236,6 +245,7 @@ async def main(args: argparse.Namespace) -> None:
         await browser.close()
 
     width = max(len(r[0]) for r in rows)
+    print(f"backend: {settings.database_url.split(':', 1)[0]}")
     print(f"{'figure'.ljust(width)} | measured | goal")
     for name, value, goal in rows:
         print(f"{name.ljust(width)} | {value} | {goal}")
@@ -248,4 +258,6 @@ if __name__ == "__main__":
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg-server", default="postgresql://postgres@127.0.0.1:5432/postgres")
     anyio.run(main, parser.parse_args())

@@ -26,6 +26,21 @@
     for (const c of cells) tr.appendChild(c instanceof Node ? wrapTd(c) : el("td", c));
     return tr;
   }
+  // Rows of plain values: cells whose text changed are updated in place (a 200-package table every
+  // second would otherwise be rebuilt, and laid out, whole).
+  function fillTable(body, values) {
+    if (body.rows.length !== values.length) {
+      body.replaceChildren(...values.map((v) => row(v)));
+      return;
+    }
+    for (let i = 0; i < values.length; i++) {
+      const cells = body.rows[i].cells;
+      for (let j = 0; j < values[i].length; j++) {
+        const text = String(values[i][j]);
+        if (cells[j].textContent !== text) cells[j].textContent = text;
+      }
+    }
+  }
   function wrapTd(node) {
     const td = document.createElement("td");
     td.appendChild(node);
@@ -477,9 +492,9 @@
       c.total + " items · " + c.pending + " pending · " + c.generating + " generating · " + c.complete +
       " complete · " + c.failed + " failed · " + c.cancelled + " cancelled · " +
       fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + eta(s.eta_seconds);
-    $("packages").replaceChildren(
-      ...s.packages.map((p) =>
-        row([
+    fillTable(
+      $("packages"),
+      s.packages.map((p) => [
           p.package,
           p.total_items,
           p.completed_items,
@@ -492,7 +507,6 @@
           fmt(p.total_lines_generated),
           fmt(p.average_quality_score, 2),
         ]),
-      ),
     );
     const select = $("retry-package");
     if (select && select.options.length !== s.packages.length) {
