@@ -192,3 +192,17 @@ async def test_a_jwt_signs_in_and_works_on_the_rest_api(sqlite_settings: Setting
             assert (await h.post("/ui/signin", data={"token": token})).status_code == 303
             page = await h.get("/ui/")
             assert page.status_code == 200 and "jwt:alice" in page.text
+
+
+async def test_dns_rebinding_protection_covers_the_board_and_the_api(sqlite_settings: Settings) -> None:
+    """A page on another name that rebinds it to 127.0.0.1 cannot read the board (and its CSRF token) or
+    call the API of an open loopback server: the Host and Origin checks of /mcp apply here too."""
+    async with serving(sqlite_settings, auth=False) as (base, _), httpx2.AsyncClient(base_url=base) as h:
+        for path in ("/ui/", "/ui/runs/r", "/ui/static/board.js", "/api/v1/runs", "/api/v1/openapi.json"):
+            assert (await h.get(path, headers={"Host": "rebound.example:8000"})).status_code == 421, path
+            assert (await h.get(path, headers={"Origin": "http://rebound.example"})).status_code == 403, path
+        post = await h.post(
+            "/api/v1/runs", json={"name": "x", "packages": []}, headers={"Host": "rebound.example"}
+        )
+        assert post.status_code == 421
+        assert (await h.get("/ui/", headers={"Origin": base})).status_code == 200

@@ -15,12 +15,15 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
 from cryptography.fernet import Fernet, InvalidToken
 from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Scope
 
 from matrix_mcp.http.scopes import ALL_SCOPES
@@ -114,9 +117,30 @@ def from_browser(request: Request) -> bool:
 class Identify:
     """Resolves the caller of a request beside /mcp (None: not authenticated)."""
 
-    def __init__(self, verifier: TokenVerifier | None, sessions: Sessions) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier | None,
+        sessions: Sessions,
+        security: TransportSecuritySettings | None = None,
+    ) -> None:
         self.verifier = verifier
         self.sessions = sessions
+        self._security = None if security is None else TransportSecurityMiddleware(security)
+
+    def hosted(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the same Host / Origin checks as /mcp (421 / 403): a page that rebinds a DNS name
+        to this address cannot read the board or its CSRF token, nor call the API."""
+
+        async def checked(request: Request) -> Response:
+            if self._security is not None:
+                refusal = await self._security.validate_request(request, is_post=False)
+                if refusal is not None:
+                    return refusal
+            return await handler(request)
+
+        return checked
 
     @property
     def open(self) -> bool:

@@ -72,6 +72,7 @@ class Parts:
     metrics: Metrics
     options: ServiceOptions
     store: Callable[[], Store | None]
+    security: TransportSecuritySettings  # /mcp's DNS-rebinding protection, for the routes beside it too
 
 
 def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
@@ -143,16 +144,15 @@ def build_service(
             else [],
         )
     # routes beside /mcp (REST, dashboard): their credential may also come from a session cookie
+    security = transport_security(options)
     routes_token = None
     if mount is not None:
-        parts = Parts(
-            mcp=mcp, verifier=verifier, limits=limits, metrics=metrics, options=options, store=store
-        )
+        parts = Parts(mcp, verifier, limits, metrics, options, store, security)
         routes_token = mount(parts)
     inner = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=options.stateless,
-        transport_security=transport_security(options),
+        transport_security=security,
         max_request_body_size=max_body_bytes,
         host=options.host,
     )

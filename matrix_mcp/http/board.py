@@ -11,7 +11,7 @@ and require the page's CSRF token.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from html import escape
 from importlib import resources
 from typing import Any
@@ -267,16 +267,18 @@ def same_origin(request: Request) -> bool:
 
 
 def mount_board(mcp: MCPServer[Any], board: Board) -> None:
-    route = mcp.custom_route
-    route("/ui/", methods=["GET"])(board.runs_page)
-    route("/ui/runs/{run}", methods=["GET"])(board.run_page)
-    route("/ui/runs/{run}/grid", methods=["GET"])(board.grid)
-    route("/ui/signin", methods=["GET"])(board.signin_page)
-    route("/ui/signin", methods=["POST"])(board.signin)
-    route("/ui/signout", methods=["POST"])(board.signout)
-    route("/ui/static/{name}", methods=["GET"])(board.static)
+    def route(path: str, method: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        mcp.custom_route(path, methods=[method])(board.identify.hosted(handler))
+
+    route("/ui/", "GET", board.runs_page)
+    route("/ui/runs/{run}", "GET", board.run_page)
+    route("/ui/runs/{run}/grid", "GET", board.grid)
+    route("/ui/signin", "GET", board.signin_page)
+    route("/ui/signin", "POST", board.signin)
+    route("/ui/signout", "POST", board.signout)
+    route("/ui/static/{name}", "GET", board.static)
 
     async def to_board(request: Request) -> Response:
         return RedirectResponse("/ui/", status_code=307)
 
-    route("/ui", methods=["GET"])(to_board)
+    route("/ui", "GET", to_board)

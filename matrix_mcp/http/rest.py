@@ -182,7 +182,7 @@ class Rest:
             raise ApiError(403, "csrf", refusal, "x-csrf-token")
         return caller
 
-    def handler(self, endpoint: Endpoint) -> Callable[[Request], Any]:
+    def handler(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         what = f"{endpoint.method} {PREFIX}{endpoint.path}"
 
         async def handle(request: Request) -> Response:
@@ -355,15 +355,18 @@ async def event_stream(
 
 
 def mount_rest(mcp: MCPServer[Any], rest: Rest) -> None:
+    def route(path: str, method: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        mcp.custom_route(PREFIX + path, methods=[method])(rest.identify.hosted(handler))
+
     for endpoint in ENDPOINTS:
-        mcp.custom_route(PREFIX + endpoint.path, methods=[endpoint.method])(rest.handler(endpoint))
-    mcp.custom_route(PREFIX + "/outcomes/{outcome_id}/content", methods=["GET"])(rest.content)
-    mcp.custom_route(PREFIX + "/runs/{run}/events", methods=["GET"])(rest.events)
-    mcp.custom_route(PREFIX + "/events", methods=["GET"])(rest.events)
+        route(endpoint.path, endpoint.method, rest.handler(endpoint))
+    route("/outcomes/{outcome_id}/content", "GET", rest.content)
+    route("/runs/{run}/events", "GET", rest.events)
+    route("/events", "GET", rest.events)
 
     async def openapi(request: Request) -> Response:
         from matrix_mcp.http.openapi import document
 
         return json_response(document(mcp))
 
-    mcp.custom_route(PREFIX + "/openapi.json", methods=["GET"])(openapi)
+    route("/openapi.json", "GET", openapi)
