@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.http.app import max_body_bytes
 from matrix_mcp.http.rest import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import TOOL_SCOPES
 from tests.conftest import assert_consistent
@@ -172,6 +173,9 @@ async def test_error_classes(tmp_path: Path) -> None:
             "invalid_argument",
             "name",
         )
+        # 413: the same body bound as /mcp (room for the content cap, base64-encoded)
+        huge = b'{"name": "' + b"x" * (max_body_bytes(settings) + 10) + b'"}'
+        await error(await h.post("/runs", content=huge), 413, "too_large", "body")
         # 404
         await error(await h.get("/runs/nope"), 404, "not_found", "run")
         await error(

@@ -73,6 +73,7 @@ class Parts:
     options: ServiceOptions
     store: Callable[[], Store | None]
     security: TransportSecuritySettings  # /mcp's DNS-rebinding protection, for the routes beside it too
+    max_body_bytes: int  # /mcp's request body bound, for the routes beside it too
 
 
 def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
@@ -147,7 +148,7 @@ def build_service(
     security = transport_security(options)
     routes_token = None
     if mount is not None:
-        parts = Parts(mcp, verifier, limits, metrics, options, store, security)
+        parts = Parts(mcp, verifier, limits, metrics, options, store, security, max_body_bytes)
         routes_token = mount(parts)
     inner = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,

@@ -23,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 
 from matrix_mcp.http.access import Caller, Identify, Sessions
 from matrix_mcp.http.ratelimit import RateLimits
-from matrix_mcp.http.rest import ApiError, classify, json_response
+from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
 from matrix_mcp.http.scopes import PLAN, READ
 from matrix_mcp.models import STATUSES
 from matrix_mcp.store.base import Store, StoreError
@@ -224,7 +224,10 @@ class Board:
         address = request.client.host if request.client else "unknown"
         if self.limits is not None and not (await self.limits.auth_blocked(address)).allowed:
             return self._signin_form("Too many failed sign-ins; wait a minute.", 429)
-        body = (await request.body())[:65536].decode("utf-8", "replace")
+        try:
+            body = (await read_body(request, 65536)).decode("utf-8", "replace")
+        except ApiError:
+            return self._signin_form("That is too long for an API key or JWT.", 413)
         token = (parse_qs(body).get("token") or [""])[0].strip()
         access = await self.identify.verifier.verify_token(token) if token else None
         if access is None:
@@ -237,7 +240,10 @@ class Board:
 
     async def signout(self, request: Request) -> Response:
         caller = await self.identify(request)
-        body = (await request.body())[:4096].decode("utf-8", "replace")
+        try:
+            body = (await read_body(request, 4096)).decode("utf-8", "replace")
+        except ApiError as err:
+            return err.response()
         given = (parse_qs(body).get("csrf") or [""])[0]
         cookie = caller.cookie if caller else None
         if not hmac.compare_digest(given.encode(), self.sessions.csrf(cookie).encode()):

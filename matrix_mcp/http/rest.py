@@ -155,10 +155,17 @@ def classify(exc: BaseException) -> ApiError:
 class Rest:
     """The REST handlers over one MCP server."""
 
-    def __init__(self, mcp: MCPServer[Any], identify: Identify, store: Callable[[], Store | None]) -> None:
+    def __init__(
+        self,
+        mcp: MCPServer[Any],
+        identify: Identify,
+        store: Callable[[], Store | None],
+        max_body_bytes: int,
+    ) -> None:
         self.mcp = mcp
         self.identify = identify
         self.store = store
+        self.max_body_bytes = max_body_bytes
 
     async def authorize(self, request: Request, scope: str, what: str) -> Caller:
         caller = await self.identify(request)
@@ -218,7 +225,7 @@ class Rest:
                 )
             arguments[name] = value
         if endpoint.body:
-            raw = await request.body()
+            raw = await read_body(request, self.max_body_bytes)
             if raw.strip():
                 try:
                     body = json.loads(raw)
@@ -302,6 +309,21 @@ class Rest:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body: larger than {limit} bytes", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body: larger than {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _since(request: Request) -> int | None:

@@ -19,7 +19,7 @@ def mount(parts: Parts) -> Callable[[Scope], str | None]:
     """Register the routes; returns how the guard finds a request's credential (bearer or session)."""
     sessions = Sessions(session_secret(), secure=parts.options.base_url.startswith("https://"))
     identify = Identify(parts.verifier, sessions, parts.security)
-    rest = Rest(parts.mcp, identify, parts.store)
+    rest = Rest(parts.mcp, identify, parts.store, parts.max_body_bytes)
     mount_rest(parts.mcp, rest)
     from matrix_mcp.http.board import Board, mount_board
 
