@@ -192,7 +192,9 @@ async def measure(args: argparse.Namespace, settings: Settings) -> None:
         rows.append(
             (
                 "40,000-cell page load: long tasks (> 50 ms)",
-                f"{len(load_tasks)}: " + ", ".join(f"{t['ms']:.0f}" for t in load_tasks) + " ms",
+                (f"{len(load_tasks)}: " + ", ".join(f"{t['ms']:.0f}" for t in load_tasks) + " ms")
+                if load_tasks
+                else "none",
                 "reported (the observer works)",
             )
         )
