@@ -179,6 +179,15 @@ async def test_a_reader_sees_no_actions(browser: Any, sqlite_settings: Settings)
             )
         page, seen = await new_page(browser)
         await sign_in(page, base, reader)
+        # the runs list: rows for the runs, and a run planned meanwhile appears by itself
+        await page.wait_for_selector("#runs tbody tr")
+        assert await page.locator("#runs tbody tr").count() == 1
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {planner}"}) as api:
+            await api.post(
+                base + "/api/v1/runs", json={"name": "later", "packages": [{"name": "p", "items": ["x"]}]}
+            )
+        await page.wait_for_function("document.querySelectorAll('#runs tbody tr').length === 2", timeout=5000)
         await page.goto(base + "/ui/runs/r")
         await page.wait_for_function("document.body.dataset.gridPainted")
         assert await page.locator("[data-action]").count() == 0

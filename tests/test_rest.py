@@ -350,3 +350,31 @@ async def test_sse_ends_when_the_key_is_revoked(tmp_path: Path, monkeypatch: pyt
             with anyio.fail_after(10):
                 rest_of_stream = [line async for line in sse.lines]
             assert all(not line.startswith("data:") for line in rest_of_stream)  # it ended, no more events
+
+
+def test_classify_maps_what_the_server_cannot_answer_now_and_hides_crashes() -> None:
+    """503 for a store that is down (through the tool's own wrapping), 500 without detail for a crash."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from matrix_mcp.http.rest import classify
+    from matrix_mcp.store.base import Unavailable
+
+    def wrapped(inner: BaseException) -> BaseException:
+        ours = ToolError(f"retryable: {inner}")
+        ours.__cause__ = inner
+        outer = ToolError(f"Error executing tool run_status: {ours}")
+        outer.__cause__ = ours
+        return outer
+
+    down = classify(wrapped(Unavailable("the database did not answer")))
+    assert (down.status, down.code, down.headers) == (503, "unavailable", {"Retry-After": "1"})
+    assert down.message == "retryable: the database did not answer"
+    starting = classify(ToolError("the server is starting or stopping; retry"))
+    assert starting.status == 503
+    crash = RuntimeError("secret internals")
+    outer = ToolError("Error executing tool x")
+    outer.__cause__ = crash
+    err = classify(outer)
+    assert err.status == 500 and "secret" not in err.message
+    unexpected = classify(ValueError("password=hunter2"))
+    assert unexpected.status == 500 and "hunter2" not in unexpected.message
