@@ -66,6 +66,7 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
+    Cell,
     Claim,
     ClaimBatch,
     Conflict,
@@ -1768,6 +1769,18 @@ class PostgresStore:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    async def cells(self, run_id: str) -> list[Cell]:
+        async def op(c: Conn) -> list[Cell]:
+            rows = await _all(
+                c,
+                "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o"
+                " JOIN packages p ON p.id = o.package_id WHERE o.run_id = %s ORDER BY o.n",
+                [run_id],
+            )
+            return [Cell(str(r["id"]), r["package"], r["item"], r["status"]) for r in rows]
+
+        return await self._read(op)
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         async def op(c: Conn) -> list[PackageSummary]:

@@ -50,6 +50,7 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
+    Cell,
     Claim,
     ClaimBatch,
     Conflict,
@@ -860,6 +861,18 @@ class SQLiteStore:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    async def cells(self, run_id: str) -> list[Cell]:
+        return await self._read(
+            lambda c: [
+                Cell(r[0], r[1], r[2], r[3])
+                for r in c.execute(
+                    "SELECT o.id, p.name, o.item, o.status FROM outcomes o"
+                    " JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? ORDER BY o.n",
+                    (run_id,),
+                )
+            ]
+        )
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         return await self._read(lambda c: _summaries(c, "p.run_id = ?", [run_id]))
