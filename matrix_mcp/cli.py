@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="untouched this long (default 3600)",
     )
+    from matrix_mcp.integrations.cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(_export, settings, args.run, args.format)
     elif command == "gc":
         anyio.run(_gc, settings, args.older_than)
+    elif command in ("hooks", "dispatch"):
+        from matrix_mcp.integrations import cli as hooks_cli
+
+        anyio.run(hooks_cli.run, settings, args)
 
 
 async def _status(settings: Settings, run: str | None, check: bool) -> None:

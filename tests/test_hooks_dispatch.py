@@ -229,6 +229,6 @@ async def test_ping_update_rotate_and_remove(engine: Engine) -> None:
         assert len(headers["webhook-signature"].split()) == 2
         off = await hooks.update(created.webhook.id, active=False, events=["run.completed"])
         assert not off.webhook.active and off.webhook.events == ["run.completed"] and off.secret is None
-        assert (await hooks.rotate_key()) == 1
+        assert (await hooks.rotate_key())[0] == 1
         await hooks.remove(created.webhook.id)
         assert (await hooks.list_all()).webhooks == []

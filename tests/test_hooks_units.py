@@ -262,6 +262,8 @@ async def test_ssrf_refuses_every_non_public_address(address: str, why: str) -> 
 
     with pytest.raises(Refused, match="resolves to"):
         await check("https://hooks.example.com/x", (), resolver)
+    with pytest.raises(Refused, match=" is a "):
+        await check(f"https://[{address}]/x" if ":" in address else f"https://{address}/x", (), resolver)
 
 
 async def test_ssrf_public_https_allowed_http_refused_and_allowed_networks() -> None:

@@ -371,12 +371,27 @@ class Hooks:
             duration_ms=round(took * 1000, 1),
         )
 
-    async def rotate_key(self) -> int:
-        """Re-encrypt every subscription's credentials with the first key; returns how many."""
+    async def rotate_key(self) -> tuple[int, str]:
+        """Re-encrypt every subscription's credentials with the first key; returns (how many, which key).
+
+        With MATRIX_ENCRYPTION_KEY: put the new key first (new,old), rotate, then drop the old one. With
+        the key file: a new key is written first beside the old one, and the old one is dropped once
+        everything is re-encrypted (a crash in between leaves both, and nothing undecryptable)."""
+        from matrix_mcp.integrations.crypto import Keyring, key_file, new_key, read_key_file, write_key_file
+
         ring = self.keyring()
+        path = None if self.settings.encryption_keys else key_file(self.database_url)
+        if path is not None:
+            fresh = new_key()
+            write_key_file(path, [fresh, *read_key_file(path)])
+            ring = Keyring(read_key_file(path))
         pairs = [(sid, ring.rotate(token)) for sid, token in await self.store.hooks.all_credentials()]
         await self.store.hooks.set_credentials(pairs, self.clock())
-        return len(pairs)
+        if path is not None:
+            write_key_file(path, [fresh])
+            self._keyring = Keyring([fresh])
+            return len(pairs), f"a new key in {path}"
+        return len(pairs), "the first MATRIX_ENCRYPTION_KEY"
 
 
 def dumps(model: Any) -> str:

@@ -123,9 +123,8 @@ async def check(url: str, allowed: Sequence[Network], resolver: Resolver) -> Tar
         explicit = False
         why = refusal(ip)
         if why is not None:
-            raise Refused(
-                f"{host} resolves to {ip}, a {why} address (allow it with MATRIX_WEBHOOK_ALLOWED_NETWORKS)"
-            )
+            said = f"{host} is" if literal is not None else f"{host} resolves to {ip},"
+            raise Refused(f"{said} a {why} address (allow it with MATRIX_WEBHOOK_ALLOWED_NETWORKS)")
     if parts.scheme != "https" and not explicit:
         raise Refused("https is required (plain http only to MATRIX_WEBHOOK_ALLOWED_NETWORKS)")
     path = parts.path or "/"
