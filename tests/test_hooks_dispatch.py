@@ -232,3 +232,52 @@ async def test_ping_update_rotate_and_remove(engine: Engine) -> None:
         assert (await hooks.rotate_key())[0] == 1
         await hooks.remove(created.webhook.id)
         assert (await hooks.list_all()).webhooks == []
+
+
+async def test_slack_incoming_webhook_block_kit(engine: Engine) -> None:
+    settings = fast()
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    with Receiver() as rx:
+        created = await hooks.add(rx.url, ["*"], kind="slack")
+        assert created.secret is None and created.webhook.target.endswith("/…")  # the path is the secret
+        async with dispatching(engine, settings):
+            await work(engine, "r1", ["a", "b"], fail={"b"})
+            await until(lambda: len(rx.requests) >= 3)
+            await anyio.sleep(0.3)
+        bodies = rx.bodies()
+        # only what people act on: a final failure, the package and the run (no started/completed items)
+        assert len(bodies) == 3 and all({"text", "blocks"} == set(b) for b in bodies)
+        texts = sorted(b["text"] for b in bodies)
+        assert texts[0].startswith("Item p/b in run r1 failed for good")
+        assert texts[1].startswith("Package p of run r1 completed: 1/2 done, 1 failed")
+        run_msg = next(b for b in bodies if b["text"].startswith("Run r1 completed"))
+        assert run_msg["blocks"][0] == {
+            "type": "header",
+            "text": {"type": "plain_text", "text": "Run r1 completed"},
+        }
+        table = run_msg["blocks"][2]["text"]["text"]
+        assert table.startswith("```package") and "p " in table and "50%" in table
+        failed = next(b for b in bodies if "failed for good" in b["text"])
+        assert (
+            failed["blocks"][1]["fields"][0]["text"] == "*Attempts*\n1"
+            and "boom" in failed["blocks"][2]["text"]["text"]
+        )
+
+
+async def test_slack_bot_token_threads_per_run_and_honours_429(engine: Engine) -> None:
+    settings = fast(retry_schedule=(5.0,))
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    statuses = {1: (429, {"Retry-After": "0"})}
+    with Receiver(status=lambda n, b: statuses.get(n, 200)) as rx:
+        api = rx.server.url_for("/api")
+        await hooks.add(api, ["outcome.failed"], kind="slack", token="xoxb-test", options={"channel": "C123"})
+        async with dispatching(engine, settings):
+            await work(engine, "r1", ["a", "b", "c"], fail={"a", "b", "c"})
+            await until(lambda: len(rx.requests) >= 4, timeout=10)
+        headers = [h for h, _, _, _ in rx.requests]
+        assert all(h["authorization"] == "Bearer xoxb-test" for h in headers)
+        bodies = rx.bodies()
+        assert all(b["channel"] == "C123" for b in bodies)
+        # the 429 was retried after Retry-After (0 s), not after the 5 s schedule; then one thread per run
+        threaded = [b for b in bodies if "thread_ts" in b]
+        assert len(threaded) == 2 and len({b["thread_ts"] for b in threaded}) == 1

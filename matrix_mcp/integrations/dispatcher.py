@@ -222,6 +222,13 @@ class Dispatcher:
             pub = E.public_event(event)
             if pub is None:
                 continue
+            if "outcome_id" in pub.data and "package" not in pub.data:
+                # some PostgreSQL events carry no package (fixed by issue 10): read it from the outcome
+                try:
+                    outcome = await self.store.get_outcome(pub.data["outcome_id"])
+                    pub.data.update(package=outcome.package, item=outcome.item)
+                except NotFound:
+                    pass
             if pub.type in E.TERMINAL_TYPES and pub.run is not None:
                 package = pub.data.get("package")
                 seen = touched.setdefault(pub.run, set())
