@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -88,7 +89,13 @@ def create_server(settings: Settings | None = None) -> MCPServer[Any]:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(holder.notifier.watch, engine.store)
                 # events out: a cheap check now and then; the dispatcher loads only once a webhook exists
-                tg.start_soon(dispatch_when_needed, engine.store, settings.database_url, waker)
+                tg.start_soon(
+                    dispatch_when_needed,
+                    engine.store,
+                    settings.database_url,
+                    waker,
+                    Path(settings.artifacts_dir),
+                )
                 try:
                     yield holder
                 finally:

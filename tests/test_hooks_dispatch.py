@@ -45,7 +45,12 @@ def fast(**kw: object) -> HookSettings:
 @asynccontextmanager
 async def dispatching(engine: Engine, settings: HookSettings, n: int = 1) -> AsyncIterator[list[Dispatcher]]:
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
-    ds = [Dispatcher(engine.store, settings, hooks.keyring(), owner=f"d{i}") for i in range(n)]
+    ds = [
+        Dispatcher(
+            engine.store, settings, hooks.keyring(), owner=f"d{i}", artifacts_dir=engine.artifacts.root
+        )
+        for i in range(n)
+    ]
     async with anyio.create_task_group() as tg:
         for d in ds:
             tg.start_soon(d.run)
@@ -273,7 +278,7 @@ async def test_slack_bot_token_threads_per_run_and_honours_429(engine: Engine) -
         await hooks.add(api, ["outcome.failed"], kind="slack", token="xoxb-test", options={"channel": "C123"})
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a", "b", "c"], fail={"a", "b", "c"})
-            await until(lambda: len(rx.requests) >= 4, timeout=10)
+            await until(lambda: len(rx.requests) >= 4, timeout=4)
         headers = [h for h, _, _, _ in rx.requests]
         assert all(h["authorization"] == "Bearer xoxb-test" for h in headers)
         bodies = rx.bodies()

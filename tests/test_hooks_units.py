@@ -189,6 +189,10 @@ def test_retry_schedule_jitter_retry_after_and_giving_up() -> None:
     assert attempt_result(s, "d", 5, Answer(204), 1000.0, rng).status == "succeeded"
     late = attempt_result(s, "d", 0, Answer(429, "HTTP 429", retry_after=40.0), 1000.0, rng)
     assert late.next_attempt_at == 1040.0
+    soon = attempt_result(s, "d", 0, Answer(429, "HTTP 429", retry_after=1.0), 1000.0, rng)
+    assert soon.next_attempt_at == 1001.0
+    ignored = attempt_result(s, "d", 0, Answer(500, "HTTP 500", retry_after=1.0), 1000.0, rng)
+    assert ignored.next_attempt_at >= 1004.0  # Retry-After counts on 429/503 only
     clamped = attempt_result(s, "d", 0, Answer(503, "HTTP 503", retry_after=9999.0), 1000.0, rng)
     assert clamped.next_attempt_at == 1060.0
     assert retry_after_seconds("12", 0.0) == 12.0

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from matrix_mcp.config import Settings
@@ -20,12 +21,20 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("url")
     add.add_argument("--events", default="*", help="comma-separated event types, or * (default)")
     add.add_argument("--run", help="only this run's events")
-    add.add_argument("--kind", choices=["webhook", "slack"], default="webhook")
+    add.add_argument("--kind", choices=["webhook", "slack", "jira", "github"], default="webhook")
     add.add_argument("--secret", help="a whsec_… secret to use (default: generated)")
     add.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
     add.add_argument("--description")
-    add.add_argument("--token", help="slack: a bot token (else the URL is an incoming webhook)")
-    add.add_argument("--channel", help="slack: the channel for chat.postMessage")
+    add.add_argument(
+        "--token", help="slack bot token (else the URL is an incoming webhook), jira or github token"
+    )
+    add.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slack: channel; jira: project, email, issue_type, done_transition; github: repository, base_branch",
+    )
     hsub.add_parser("list", help="subscriptions and their state")
     up = hsub.add_parser("update", help="change a subscription")
     up.add_argument("id")
@@ -67,7 +76,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
         if args.command == "dispatch":
             from matrix_mcp.integrations.runner import dispatch
 
-            await dispatch(store, settings.database_url)
+            await dispatch(store, settings.database_url, artifacts_dir=Path(settings.artifacts_dir))
             return
         hooks = Hooks(store, settings.database_url)
         try:
@@ -87,7 +96,12 @@ async def _hooks(hooks: Any, args: argparse.Namespace) -> None:
             if not sep:
                 sys.exit(f"matrix-mcp: --header: expected NAME=VALUE, got {h!r}")
             headers[name] = value
-        options = {"channel": args.channel} if args.channel else None
+        options = {}
+        for o in args.option:
+            name, sep, value = o.partition("=")
+            if not sep:
+                sys.exit(f"matrix-mcp: --option: expected KEY=VALUE, got {o!r}")
+            options[name] = value
         events = [e.strip() for e in args.events.split(",") if e.strip()]
         _print(
             await hooks.add(

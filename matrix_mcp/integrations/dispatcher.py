@@ -17,12 +17,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import httpx2
 
+from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.integrations import events as E
 from matrix_mcp.integrations.crypto import Keyring
 from matrix_mcp.integrations.http import Http, Refused
@@ -49,8 +51,9 @@ LIST_REFRESH = 1.0
 
 
 class _Worker:
-    def __init__(self, row: SubscriptionRow) -> None:
+    def __init__(self, row: SubscriptionRow, sink: Sink) -> None:
         self.row = row  # the latest view (the main loop refreshes it)
+        self.sink = sink  # one per subscription: it may pace its calls
         self.wake = anyio.Event()
         self.stop = False
 
@@ -69,6 +72,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         owner: str | None = None,
+        artifacts_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.hooks = store.hooks
@@ -81,6 +85,18 @@ class Dispatcher:
         self._workers: dict[str, _Worker] = {}
         self._run_ids: dict[str, str] = {}
         self._secrets: dict[str, dict[str, Any]] = {}
+        self._artifacts = Artifacts(artifacts_dir, 0) if artifacts_dir is not None else None
+
+    def context(self, row: SubscriptionRow) -> SinkContext:
+        return SinkContext(
+            row,
+            self.credentials(row),
+            self.http,
+            self.hooks,
+            self.clock,
+            self.store,
+            self._artifacts.read_blob if self._artifacts is not None else None,
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -134,7 +150,7 @@ class Dispatcher:
             if sid in self._workers:
                 self._workers[sid].row = row
                 continue
-            w = self._workers[sid] = _Worker(row)
+            w = self._workers[sid] = _Worker(row, sink_for(row.kind, self.settings.github_min_interval))
             tg.start_soon(self._serve, w)
 
     # ---- one subscription ---------------------------------------------------------------------
@@ -161,7 +177,7 @@ class Dispatcher:
                     held_until = now + self.settings.lease_ttl
                     w.row = row
                 assert state is not None
-                sink = sink_for(w.row.kind)
+                sink = w.sink
                 # 1. events → deliveries, and the cursor, in one transaction
                 events = await self.store.events_after(scan, None, EVENTS_PER_READ)
                 if events:
@@ -283,7 +299,7 @@ class Dispatcher:
             return False, state, True
         if state.failures >= self.settings.circuit_failures:
             due = due[:1]  # half-open: one probe
-        ctx = SinkContext(w.row, self.credentials(w.row), self.http, self.hooks, self.clock)
+        ctx = self.context(w.row)
         results: list[AttemptResult] = []
         timings: list[tuple[DeliveryRow, Answer, float]] = []
         current = state

@@ -62,7 +62,7 @@ def attempt_result(
     if delay is None:
         return AttemptResult(delivery_id, "failed", attempts, now, answer.status_code, error, now)
     if answer.status_code in (429, 503) and answer.retry_after is not None:
-        delay = min(max(delay, answer.retry_after), settings.retry_after_max)
+        delay = min(answer.retry_after, settings.retry_after_max)  # the endpoint says when
     return AttemptResult(delivery_id, "pending", attempts, now + delay, answer.status_code, error, now)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import anyio
 
@@ -29,7 +30,9 @@ class Waker:
         self.event.set()
 
 
-async def dispatch_when_needed(store: Store, database_url: str, waker: Waker | None = None) -> None:
+async def dispatch_when_needed(
+    store: Store, database_url: str, waker: Waker | None = None, artifacts_dir: Path | None = None
+) -> None:
     if os.environ.get("MATRIX_WEBHOOK_DISPATCH", "1") == "0":
         return
     waker = waker or Waker()
@@ -42,10 +45,12 @@ async def dispatch_when_needed(store: Store, database_url: str, waker: Waker | N
         with anyio.move_on_after(CHECK_EVERY):
             await waker.event.wait()
         waker.event = anyio.Event()
-    await dispatch(store, database_url)
+    await dispatch(store, database_url, artifacts_dir=artifacts_dir)
 
 
-async def dispatch(store: Store, database_url: str, settings: HookSettings | None = None) -> None:
+async def dispatch(
+    store: Store, database_url: str, settings: HookSettings | None = None, artifacts_dir: Path | None = None
+) -> None:
     """Run the dispatcher until cancelled (also `matrix-mcp dispatch`)."""
     from matrix_mcp.integrations.crypto import KeyError_, load_keyring
     from matrix_mcp.integrations.dispatcher import Dispatcher
@@ -56,7 +61,7 @@ async def dispatch(store: Store, database_url: str, settings: HookSettings | Non
     except KeyError_ as exc:
         log.error("webhooks are not dispatched: %s", exc)
         return
-    dispatcher = Dispatcher(store, settings, keyring)
+    dispatcher = Dispatcher(store, settings, keyring, artifacts_dir=artifacts_dir)
     log.info("dispatching webhooks as %s", dispatcher.owner)
     try:
         await dispatcher.run()

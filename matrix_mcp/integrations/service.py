@@ -33,11 +33,17 @@ from matrix_mcp.store.hooks import DeliveryRow, SubscriptionChange, Subscription
 if TYPE_CHECKING:
     from matrix_mcp.integrations.crypto import Keyring
 
-KINDS = ("webhook", "slack")  # jira and github: see README "Integrations" (not built yet)
+KINDS = ("webhook", "slack", "jira", "github")
 ROTATION_GRACE = 24 * 3600.0  # a rotated signing secret keeps signing this long
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 _RESERVED_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
-_OPTION_KEYS = {"slack": {"channel"}, "webhook": set[str]()}
+_OPTION_KEYS = {
+    "webhook": set[str](),
+    "slack": {"channel"},
+    "jira": {"project", "email", "issue_type", "done_transition"},
+    "github": {"repository", "base_branch"},
+}
+_REQUIRED_OPTIONS = {"jira": ("project",), "github": ("repository",)}
 
 
 def _fail(field: str, message: str) -> StoreError:
@@ -218,6 +224,16 @@ class Hooks:
             creds["token"] = token
             if not options.get("channel"):
                 raise _fail("options.channel", "a Slack bot token needs a channel")
+        if kind in ("jira", "github"):
+            if not token:
+                raise _fail("token", f"a {kind} subscription needs an API token")
+            creds["token"] = token
+            for key in _REQUIRED_OPTIONS[kind]:
+                if not options.get(key):
+                    raise _fail(f"options.{key}", f"required for a {kind} subscription")
+            repo = options.get("repository")
+            if kind == "github" and repo is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+                raise _fail("options.repository", "expected owner/name")
         if description is not None and len(description) > 1000:
             raise _fail("description", "longer than 1000 characters")
         await self._check_reachable(url)
@@ -313,7 +329,6 @@ class Hooks:
         from matrix_mcp.integrations import events as E
         from matrix_mcp.integrations.dispatcher import Dispatcher
         from matrix_mcp.integrations.sinks import sink_for
-        from matrix_mcp.integrations.sinks.base import SinkContext
         from matrix_mcp.store.hooks import DeliveryRow
 
         row = await self.store.hooks.get_subscription(webhook)
@@ -339,7 +354,7 @@ class Hooks:
         dispatcher = Dispatcher(self.store, self.settings, self.keyring(), clock=self.clock)
         try:
             sink = sink_for(row.kind)
-            ctx = SinkContext(row, dispatcher.credentials(row), dispatcher.http, self.store.hooks, self.clock)
+            ctx = dispatcher.context(row)
             started = time.monotonic()
             answer = await dispatcher.attempt(sink, ctx, d)
             took = time.monotonic() - started

@@ -50,7 +50,7 @@ def register_hook_tools(
         url: str,
         events: list[str],
         run: str | None = None,
-        kind: Literal["webhook", "slack"] = "webhook",
+        kind: Literal["webhook", "slack", "jira", "github"] = "webhook",
         secret: str | None = None,
         headers: dict[str, str] | None = None,
         description: str | None = None,

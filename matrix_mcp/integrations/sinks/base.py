@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from matrix_mcp.integrations.http import Http, Response
 from matrix_mcp.integrations.policy import Answer, retry_after_seconds
+from matrix_mcp.store.base import Store
 from matrix_mcp.store.hooks import DeliveryRow, HookStore, SubscriptionRow
 
 
@@ -18,6 +19,8 @@ class SinkContext:
     http: Http
     hooks: HookStore
     now: Callable[[], float]
+    store: Store | None = None  # for sinks that read outcomes (github)
+    read_blob: Callable[[str], bytes] | None = None  # artifact content by sha256 (github)
 
 
 class Sink(Protocol):

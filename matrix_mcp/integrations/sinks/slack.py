@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
+
 from matrix_mcp.integrations.policy import Answer
 from matrix_mcp.integrations.sinks.base import SinkContext, answer_from
 from matrix_mcp.store.hooks import DeliveryRow
@@ -65,6 +67,9 @@ def blocks(event_type: str, data: dict[str, Any]) -> tuple[str, list[dict[str, A
 class SlackSink:
     service = "slack"
 
+    def __init__(self) -> None:
+        self._thread_lock = anyio.Lock()  # a run's first message opens its thread: post it before the rest
+
     def wants(self, event_type: str) -> bool:
         return event_type in WANTED
 
@@ -76,8 +81,14 @@ class SlackSink:
         if not token:  # incoming webhook: the URL is the credential
             response = await ctx.http.request("POST", str(ctx.credentials["url"]), json=message)
             return answer_from(response, ctx.now())
-        api = str(ctx.credentials.get("url") or DEFAULT_API).rstrip("/")
         message["channel"] = ctx.subscription.config.get("channel")
+        async with self._thread_lock:
+            return await self._post(ctx, delivery, message, str(token))
+
+    async def _post(
+        self, ctx: SinkContext, delivery: DeliveryRow, message: dict[str, Any], token: str
+    ) -> Answer:
+        api = str(ctx.credentials.get("url") or DEFAULT_API).rstrip("/")
         ref = f"thread:{delivery.run}" if delivery.run else None
         if ref is not None:
             thread = await ctx.hooks.get_link(ctx.subscription.id, ref)
