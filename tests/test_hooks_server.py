@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp.client import Client
 from standardwebhooks.webhooks import Webhook
@@ -79,7 +80,11 @@ async def test_tools_end_to_end(client: Client) -> None:
         assert [w["id"] for w in listed["webhooks"]] == [hook["id"]] and secret not in json.dumps(listed)
         resource = await client.read_resource("matrix://webhooks")
         assert hook["id"] in resource.contents[0].text and secret not in resource.contents[0].text  # type: ignore[union-attr]
-        deliveries = await call(client, "list_deliveries", {"webhook": hook["id"], "status": "succeeded"})
+        for _ in range(200):  # the results are recorded just after the receiver answered
+            deliveries = await call(client, "list_deliveries", {"webhook": hook["id"], "status": "succeeded"})
+            if len(deliveries["deliveries"]) == 2:
+                break
+            await anyio.sleep(0.02)
         assert len(deliveries["deliveries"]) == 2
         again = await call(client, "redeliver", {"delivery_id": deliveries["deliveries"][0]["id"]})
         assert again["redelivered"] == 1
@@ -157,6 +162,10 @@ async def test_cli_key_file_rotation_and_standalone_dispatch(tmp_path: Path) -> 
             finally:
                 await engine.close()
             await until(lambda: rx.types().count("outcome.completed") == 2, timeout=20)
+            for _ in range(250):  # recorded just after the receiver answered
+                done = cli(["hooks", "deliveries", "--webhook", hid, "--status", "succeeded"], env).stdout
+                if len(json.loads(done)["deliveries"]) == 2:
+                    break
         finally:
             proc.terminate()
             proc.wait(timeout=10)
