@@ -24,6 +24,7 @@ class Receiver:
         self.path = path
         self.lock = threading.Lock()
         self.requests: list[tuple[dict[str, str], str, dict[str, Any], float]] = []
+        self.codes: dict[int, int] = {}  # request index -> the status it was answered with
         self.server.expect_request(path).respond_with_handler(self._handle)
         self.server.expect_request("/api/chat.postMessage").respond_with_handler(self._handle)
 
@@ -40,6 +41,8 @@ class Receiver:
             time.sleep(self.delay)
         answer = self.status(n, body)
         code, headers = answer if isinstance(answer, tuple) else (answer, {})
+        with self.lock:
+            self.codes[n - 1] = code
         reply: Any = {"ok": True, "ts": f"1700000000.{n:06d}"} if request.path.endswith("postMessage") else ""
         return Response(json.dumps(reply) if reply else "", status=code, headers=headers)
 
