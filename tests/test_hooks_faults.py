@@ -36,6 +36,7 @@ def env_for(database_url: str, tmp_path: Path, key: str) -> dict[str, str]:
         MATRIX_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         MATRIX_WEBHOOK_LEASE_SECONDS="1",
         MATRIX_WEBHOOK_POLL_SECONDS="0.2",
+        MATRIX_WEBHOOK_BUSY_PAUSE="0.05",
         MATRIX_WEBHOOK_CIRCUIT_RECOVERY="0.5",
         MATRIX_WEBHOOK_RETRY_SCHEDULE=",".join(["0.1"] * 20),
     )

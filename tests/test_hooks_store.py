@@ -11,6 +11,7 @@ from matrix_mcp.models import PackageSpec
 from matrix_mcp.store.base import NotFound, StoreError
 from matrix_mcp.store.hooks import (
     AttemptResult,
+    CallLog,
     EndpointState,
     NewDelivery,
     SubscriptionChange,
@@ -121,8 +122,30 @@ async def test_record_results_due_and_circuit_state(engine: Engine) -> None:
     ok = AttemptResult(due[0].id, "succeeded", 1, 1.0, 200, None, 2.0)
     retry = AttemptResult(due[1].id, "pending", 1, 10.0, 500, "HTTP 500", 2.0)
     state = EndpointState(failures=1, failing_since=2.0, circuit_open_until=None, last_success_at=2.0)
-    assert not await hooks.record("wh_1", "b", [ok, retry], state, 2.0)  # not the holder
-    assert await hooks.record("wh_1", "a", [ok, retry], state, 2.0)
+    await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
+    logs = [
+        CallLog("r", "webhook", "deliver", "success", {"delivery_id": due[0].id}, 2.0),
+        CallLog("r", "webhook", "deliver", "failure", {"delivery_id": due[1].id, "status_code": 500}, 2.0),
+        CallLog(None, "webhook", "deliver", "failure", {}, 2.0),
+    ]
+    before = await engine.store.latest_seq()
+    assert not await hooks.record("wh_1", "b", [ok, retry], state, 2.0, logs)  # not the holder
+    assert await engine.store.latest_seq() == before
+    assert await hooks.record("wh_1", "a", [ok, retry], state, 2.0, logs)
+    # the calls' integration_logs rows, and one event per (type, action, status), identical on both backends
+    events = await engine.store.events_after(before, None, 10)
+    assert [(e.kind, e.data, e.run) for e in events] == [
+        (
+            "integration",
+            {"integration_type": "webhook", "action": "deliver", "status": "failure", "count": 2},
+            None,
+        ),
+        (
+            "integration",
+            {"integration_type": "webhook", "action": "deliver", "status": "success", "count": 1},
+            None,
+        ),
+    ]
     first = await hooks.get_delivery(due[0].id)
     assert first.status == "succeeded" and first.delivered_at == 2.0 and first.last_status_code == 200
     second = await hooks.get_delivery(due[1].id)

@@ -40,7 +40,14 @@ from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.integrations.sinks import sink_for
 from matrix_mcp.integrations.sinks.base import Sink, SinkContext
 from matrix_mcp.store.base import NotFound, Store
-from matrix_mcp.store.hooks import AttemptResult, DeliveryRow, EndpointState, NewDelivery, SubscriptionRow
+from matrix_mcp.store.hooks import (
+    AttemptResult,
+    CallLog,
+    DeliveryRow,
+    EndpointState,
+    NewDelivery,
+    SubscriptionRow,
+)
 
 log = logging.getLogger("matrix_mcp.integrations")
 
@@ -199,7 +206,13 @@ class Dispatcher:
                 if not kept:
                     held_until = 0.0
                     continue
+                if len(events) >= EVENTS_PER_READ or sent >= self.settings.batch:
+                    continue  # a backlog: straight on
                 if events or sent:
+                    # a trickle (the board is busy): let events gather for a moment, so each round's reads
+                    # and writes serve many and the hot path is left alone; an idle dispatcher answers the
+                    # first event at once
+                    await anyio.sleep(self.settings.busy_pause)
                     continue
                 await self._nap(w, await self._idle_for(sid, state))
         except anyio.get_cancelled_exc_class():
@@ -288,15 +301,15 @@ class Dispatcher:
 
     async def _send_due(
         self, w: _Worker, sink: Sink, state: EndpointState
-    ) -> tuple[bool, EndpointState, bool]:
-        """Send one round of due deliveries; (sent any, endpoint state, lease still held)."""
+    ) -> tuple[int, EndpointState, bool]:
+        """Send one round of due deliveries; (how many were attempted, endpoint state, lease still held)."""
         sid = w.row.id
         now = self.clock()
         if circuit_open(state, now):
-            return False, state, True
+            return 0, state, True
         due = await self.hooks.due_deliveries(sid, now, self.settings.batch)
         if not due:
-            return False, state, True
+            return 0, state, True
         if state.failures >= self.settings.circuit_failures:
             due = due[:1]  # half-open: one probe
         ctx = self.context(w.row)
@@ -322,12 +335,12 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             for d in due:
                 tg.start_soon(one, d)
-        kept = await self.hooks.record(sid, self.owner, results, current, self.clock())
+        logs = self._call_logs(sink.service, w.row, timings)
+        kept = await self.hooks.record(sid, self.owner, results, current, self.clock(), logs)
         if not current.active:
             log.warning("webhook %s disabled: %s", sid, current.disabled_reason)
             w.stop = True
-        await self._log_calls(sink.service, w.row, timings)
-        return bool(results), current, kept
+        return len(results), current, kept
 
     async def attempt(self, sink: Sink, ctx: SinkContext, d: DeliveryRow) -> Answer:
         """One call; every failure becomes an Answer whose error is safe to store (no URL, no secret)."""
@@ -343,18 +356,16 @@ class Dispatcher:
             log.warning("webhook sink %s failed on %s: %s", sink.service, d.id, type(exc).__name__)
             return Answer(None, f"sink error ({type(exc).__name__})")
 
-    async def _log_calls(
+    def _call_logs(
         self, service: str, row: SubscriptionRow, timings: list[tuple[DeliveryRow, Answer, float]]
-    ) -> None:
-        """Each call: the metrics observer, and an integration event (the seed's integration_logs)."""
-
-        async def record(d: DeliveryRow, answer: Answer, took: float) -> None:
+    ) -> list[CallLog]:
+        """Each call: the metrics observer, and a row for the seed's integration_logs (written with the
+        results, in the same transaction)."""
+        logs = []
+        now = self.clock()
+        for d, answer, took in timings:
             status = "success" if answer.ok else "failure"
             observe(service, status, took)
-            try:
-                run_id = await self._run_id(d.run) if d.run else None
-            except NotFound:
-                run_id = None
             details: dict[str, Any] = {
                 "webhook": row.id,
                 "target": row.target,
@@ -366,13 +377,5 @@ class Dispatcher:
             }
             if answer.error:
                 details["error"] = answer.error
-            try:
-                await self.store.record_integration(
-                    run_id, None, service, "deliver", status, details, self.clock()
-                )
-            except Exception as exc:  # the delivery itself is recorded; the log line is best effort
-                log.debug("integration record failed: %s", type(exc).__name__)
-
-        async with anyio.create_task_group() as tg:
-            for d, answer, took in timings:
-                tg.start_soon(record, d, answer, took)
+            logs.append(CallLog(d.run, service, "deliver", status, details, now))
+        return logs

@@ -24,6 +24,7 @@ class HookSettings:
     poll: float = 5.0  # fallback poll when no change notification arrives
     batch: int = 200  # deliveries sent per round per subscription
     concurrency: int = 8  # requests in flight per subscription
+    busy_pause: float = 0.5  # seconds between rounds while events trickle in (not on a backlog)
     github_min_interval: float = 0.75  # seconds between GitHub content-creating requests (≤ 80/min)
     allowed_networks: tuple[Network, ...] = field(default_factory=tuple)
     encryption_keys: tuple[str, ...] = field(default_factory=tuple)
@@ -43,6 +44,7 @@ class HookSettings:
             ("MATRIX_WEBHOOK_DISABLE_AFTER", "disable_after"),
             ("MATRIX_WEBHOOK_JITTER", "jitter"),
             ("MATRIX_GITHUB_MIN_INTERVAL", "github_min_interval"),
+            ("MATRIX_WEBHOOK_BUSY_PAUSE", "busy_pause"),
         ):
             if env.get(name):
                 kw[attr] = _float(name, env[name])

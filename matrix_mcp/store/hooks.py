@@ -105,6 +105,31 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class CallLog:
+    """One outbound call, for the seed's integration_logs (written with the attempt results)."""
+
+    run: str | None  # run name
+    integration_type: str
+    action: str
+    status: str
+    details: dict[str, Any]
+    created_at: float
+
+
+def log_events(logs: list[CallLog]) -> list[dict[str, Any]]:
+    """The events-log payloads for a round of calls: one per (type, action, status), with a count —
+    identical on both backends."""
+    groups: dict[tuple[str, str, str], int] = {}
+    for log in logs:
+        key = (log.integration_type, log.action, log.status)
+        groups[key] = groups.get(key, 0) + 1
+    return [
+        {"integration_type": t, "action": a, "status": st, "count": n}
+        for (t, a, st), n in sorted(groups.items())
+    ]
+
+
+@dataclass(frozen=True)
 class EndpointState:
     """A subscription's circuit breaker and health after a round of attempts."""
 
@@ -174,9 +199,16 @@ class HookStore(Protocol):
     async def next_due(self, subscription_id: str) -> float | None: ...
 
     async def record(
-        self, subscription_id: str, owner: str, results: list[AttemptResult], state: EndpointState, now: float
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
     ) -> bool:
-        """Store attempt results and the endpoint state in one transaction; False (nothing changed) when
+        """Store attempt results, the endpoint state and the calls' integration_logs rows (plus one
+        `integration` event per type/action/status) in one transaction; False (nothing changed) when
         `owner` no longer holds the lease."""
         ...
 

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import sql
 
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import NotFound
 from matrix_mcp.store.hooks import (
     AttemptResult,
+    CallLog,
     DeliveryPage,
     DeliveryRow,
     DeliveryStatus,
@@ -24,8 +26,10 @@ from matrix_mcp.store.hooks import (
     decode_cursor,
     delivery_from,
     encode_cursor,
+    log_events,
     subscription_from,
 )
+from matrix_mcp.store.postgres_schema import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres import Conn, PostgresStore
@@ -238,7 +242,13 @@ class PostgresHooks:
         return await self._rd(op)
 
     async def record(
-        self, subscription_id: str, owner: str, results: list[AttemptResult], state: EndpointState, now: float
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
     ) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
@@ -277,6 +287,30 @@ class PostgresHooks:
                         subscription_id,
                     ),
                 )
+            if logs:
+                await c.execute(
+                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
+                    " created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+                    " AS u(r, t, a, s, d, c)",
+                    (
+                        [g.run for g in logs],
+                        [g.integration_type for g in logs],
+                        [g.action for g in logs],
+                        [g.status for g in logs],
+                        [json.dumps(g.details) for g in logs],
+                        [g.created_at for g in logs],
+                    ),
+                )
+                # events get their sequence numbers in commit order (see postgres.py)
+                await c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                for data in log_events(logs):
+                    await c.execute(
+                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                        " VALUES (NULL, NULL, 'integration', %s, %s)",
+                        (R.dumps(data), now),
+                    )
+                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
             return True
 
         return await self._tx(op)

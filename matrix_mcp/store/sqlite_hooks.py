@@ -6,9 +6,11 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import NotFound
 from matrix_mcp.store.hooks import (
     AttemptResult,
+    CallLog,
     DeliveryPage,
     DeliveryRow,
     DeliveryStatus,
@@ -20,6 +22,7 @@ from matrix_mcp.store.hooks import (
     decode_cursor,
     delivery_from,
     encode_cursor,
+    log_events,
     subscription_from,
 )
 
@@ -226,7 +229,13 @@ class SQLiteHooks:
         return await self._store._read(op)
 
     async def record(
-        self, subscription_id: str, owner: str, results: list[AttemptResult], state: EndpointState, now: float
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
     ) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             if not _holds(c, subscription_id, owner):
@@ -266,6 +275,21 @@ class SQLiteHooks:
                     subscription_id,
                 ),
             )
+            if logs:
+                c.executemany(
+                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
+                    " created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)",
+                    [
+                        (g.run, g.integration_type, g.action, g.status, json.dumps(g.details), g.created_at)
+                        for g in logs
+                    ],
+                )
+                for data in log_events(logs):
+                    c.execute(
+                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL,"
+                        " 'integration', ?, ?)",
+                        (R.dumps(data), now),
+                    )
             return True
 
         return await self._store._write(op)
