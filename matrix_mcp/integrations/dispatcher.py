@@ -173,9 +173,11 @@ class Dispatcher:
                 now = self.clock()
                 if now >= held_until - self.settings.lease_ttl / 2:
                     row = await self.hooks.lease(sid, self.owner, now, self.settings.lease_ttl)
-                    if row is None:  # held elsewhere, or no longer active
+                    if (
+                        row is None
+                    ):  # held elsewhere, or no longer active: look again later, not on every change
                         held_until = 0.0
-                        await self._nap(w, self.settings.lease_ttl / 3)
+                        await anyio.sleep(self.settings.lease_ttl / 3)
                         continue
                     if held_until == 0.0:  # freshly taken: start from what the store says
                         stored = scan = row.cursor
