@@ -168,6 +168,7 @@ class Dispatcher:
         stored = scan = 0
         cursor_written = 0.0
         state: EndpointState | None = None
+        window_start, window_events, rate = self.clock(), 0, 0.0
         try:
             while not w.stop:
                 now = self.clock()
@@ -211,10 +212,12 @@ class Dispatcher:
                 if len(events) >= EVENTS_PER_READ or sent >= self.settings.batch:
                     continue  # a backlog: straight on
                 if events or sent:
-                    # a trickle (the board is busy): let events gather for a moment, so each round's reads
-                    # and writes serve many and the hot path is left alone; an idle dispatcher answers the
-                    # first event at once
-                    await anyio.sleep(self.settings.busy_pause)
+                    # a steady stream (the board is busy): let events gather, so each round's reads and
+                    # writes serve many and the hot path is left alone; a few events: answer them at once
+                    window_events += len(events)
+                    if now - window_start >= 1.0:  # the event rate over the last second or so
+                        rate, window_events, window_start = window_events / (now - window_start), 0, now
+                    await anyio.sleep(self.settings.busy_pause if rate >= self.settings.busy_rate else 0.01)
                     continue
                 await self._nap(w, await self._idle_for(sid, state))
         except anyio.get_cancelled_exc_class():

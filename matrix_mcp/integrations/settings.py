@@ -24,7 +24,8 @@ class HookSettings:
     poll: float = 5.0  # fallback poll when no change notification arrives
     batch: int = 200  # deliveries sent per round per subscription
     concurrency: int = 8  # requests in flight per subscription
-    busy_pause: float = 0.5  # seconds between rounds while events trickle in (not on a backlog)
+    busy_pause: float = 0.5  # seconds between rounds while events stream in (not on a backlog)
+    busy_rate: float = 200.0  # events per second (all kinds) from which a stream counts as busy
     github_min_interval: float = 0.75  # seconds between GitHub content-creating requests (≤ 80/min)
     allowed_networks: tuple[Network, ...] = field(default_factory=tuple)
     encryption_keys: tuple[str, ...] = field(default_factory=tuple)
@@ -45,6 +46,7 @@ class HookSettings:
             ("MATRIX_WEBHOOK_JITTER", "jitter"),
             ("MATRIX_GITHUB_MIN_INTERVAL", "github_min_interval"),
             ("MATRIX_WEBHOOK_BUSY_PAUSE", "busy_pause"),
+            ("MATRIX_WEBHOOK_BUSY_RATE", "busy_rate"),
         ):
             if env.get(name):
                 kw[attr] = _float(name, env[name])
