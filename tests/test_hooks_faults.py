@@ -141,5 +141,6 @@ async def test_two_processes_one_subscription_no_duplicates(database_url: str, t
     got = {b["data"]["outcome_id"] for b in rx.bodies()}
     assert expected | more <= got
     duplicates = sum(n - 1 for n in ids.values())
-    # only what was in flight at the kill may be sent twice (at most one round of 8 concurrent requests)
+    # only a round in flight at the kill may be sent twice; here the kill comes once the first 200 were
+    # delivered and recorded, so next to nothing
     assert duplicates <= 8, duplicates
