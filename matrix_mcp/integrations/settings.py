@@ -22,7 +22,7 @@ class HookSettings:
     disable_after: float = 5 * 24 * 3600.0  # failing this long disables the subscription
     lease_ttl: float = 30.0  # the per-subscription dispatch lease
     poll: float = 5.0  # fallback poll when no change notification arrives
-    batch: int = 200  # deliveries sent per round per subscription
+    batch: int = 64  # deliveries sent per round per subscription (their results are written together)
     concurrency: int = 8  # requests in flight per subscription
     busy_pause: float = 0.5  # seconds between rounds while events stream in (not on a backlog)
     busy_rate: float = 200.0  # events per second (all kinds) from which a stream counts as busy
@@ -47,9 +47,12 @@ class HookSettings:
             ("MATRIX_GITHUB_MIN_INTERVAL", "github_min_interval"),
             ("MATRIX_WEBHOOK_BUSY_PAUSE", "busy_pause"),
             ("MATRIX_WEBHOOK_BUSY_RATE", "busy_rate"),
+            ("MATRIX_WEBHOOK_BATCH", "batch"),
         ):
             if env.get(name):
                 kw[attr] = _float(name, env[name])
+        if "batch" in kw:
+            kw["batch"] = max(1, int(float(str(kw["batch"]))))
         nets = env.get("MATRIX_WEBHOOK_ALLOWED_NETWORKS", "")
         try:
             kw["allowed_networks"] = tuple(
