@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first restore the missing file of every complete outcome (left by a process killed mid-report)",
     )
+    from matrix_mcp.integrations.cli import add_parsers
+
+    add_parsers(sub)
     for command in sub.choices.values():  # global flags are accepted after the command's name too
         _global_flags(command, suppress=True)
     return p
@@ -209,6 +212,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
         from matrix_mcp.keys_cli import run_keys
 
         sys.exit(anyio.run(run_keys, settings, args))
+    elif command in ("hooks", "dispatch"):
+        from matrix_mcp.integrations import cli as hooks_cli
+
+        anyio.run(hooks_cli.run, settings, args)
 
 
 def _serve_http(settings: Settings, args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from matrix_mcp.models import (
     ClaimReason,
@@ -29,6 +29,9 @@ from matrix_mcp.models import (
     Status,
     SystemMetrics,
 )
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.hooks import HookStore
 
 
 class StoreError(Exception):
@@ -181,6 +184,11 @@ class Store(Protocol):
     """Persistence for runs, packages, outcomes, events and integration logs."""
 
     url_for_display: str
+
+    @property
+    def hooks(self) -> HookStore:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        ...
 
     async def close(self) -> None: ...
 

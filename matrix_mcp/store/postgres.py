@@ -31,7 +31,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import psycopg
@@ -89,6 +89,9 @@ from matrix_mcp.store.postgres_schema import (
     NOTIFY_CHANNEL,
     ROLLUP_LOCK,
 )
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres_hooks import PostgresHooks
 
 log = logging.getLogger("matrix_mcp.store.postgres")
 T = TypeVar("T")
@@ -876,6 +879,13 @@ class PostgresStore:
             raise
         store._tasks.append(asyncio.create_task(store._roller(), name="matrix-pg-roller"))
         return store
+
+    @property
+    def hooks(self) -> PostgresHooks:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        from matrix_mcp.store.postgres_hooks import PostgresHooks
+
+        return PostgresHooks(self)
 
     async def close(self) -> None:
         if self._closed:

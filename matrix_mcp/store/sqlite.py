@@ -19,7 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -67,6 +67,9 @@ from matrix_mcp.store.base import (
     Unavailable,
 )
 from matrix_mcp.store.sqlite_schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.sqlite_hooks import SQLiteHooks
 
 log = logging.getLogger("matrix_mcp.store.sqlite")
 T = TypeVar("T")
@@ -199,6 +202,13 @@ class SQLiteStore:
 
         await _in_thread(conn, setup)
         return conn
+
+    @property
+    def hooks(self) -> SQLiteHooks:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        from matrix_mcp.store.sqlite_hooks import SQLiteHooks
+
+        return SQLiteHooks(self)
 
     async def close(self) -> None:
         if self._closed:
