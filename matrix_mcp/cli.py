@@ -7,14 +7,13 @@ keep cold start fast; the demo and reports import what they need when they run.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from matrix_mcp import __version__
-from matrix_mcp.config import ArgumentParser, Settings
+from matrix_mcp.config import ArgumentParser, Settings, add_serve_flags, setup_logging
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:
@@ -53,24 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     _global_flags(p)
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve MCP (default: stdio)")
-    serve.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--stateless", action="store_true", help="HTTP: no sessions, any replica answers any request"
-    )
-    serve.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="HTTP: serve without authentication on a non-loopback address",
-    )
-    serve.add_argument(
-        "--allowed-hosts", action="append", help="HTTP: Host names clients use (env MATRIX_ALLOWED_HOSTS)"
-    )
-    serve.add_argument(
-        "--allowed-origins", action="append", help="HTTP: browser origins (env MATRIX_ALLOWED_ORIGINS)"
-    )
-    serve.add_argument("--public-url", help="HTTP: the URL clients reach, e.g. https://matrix.example.com")
+    add_serve_flags(serve, port=8000)
     keys = sub.add_parser("keys", help="API keys for the HTTP service: create, list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_create = keys_sub.add_parser("create", help="create a key and print it (once)")
@@ -117,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first restore the missing file of every complete outcome (left by a process killed mid-report)",
     )
+    from matrix_mcp.integrations.cli import add_parsers
+
+    add_parsers(sub)
     for command in sub.choices.values():  # global flags are accepted after the command's name too
         _global_flags(command, suppress=True)
     return p
@@ -128,14 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--" in argv:
         argv, trailing = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = _parser().parse_args(argv)
-    try:
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=args.log_level.upper(),
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
-    except ValueError as exc:
-        sys.exit(f"matrix-mcp: --log-level / MATRIX_LOG_LEVEL: {exc}")
+    setup_logging(args.log_level, "matrix-mcp")
     try:
         settings = Settings.from_env(
             database_url=args.database_url, artifacts_dir=args.artifacts_dir, toolset=args.toolset
@@ -209,6 +187,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
         from matrix_mcp.keys_cli import run_keys
 
         sys.exit(anyio.run(run_keys, settings, args))
+    elif command in ("hooks", "dispatch"):
+        from matrix_mcp.integrations import cli as hooks_cli
+
+        anyio.run(hooks_cli.run, settings, args)
 
 
 def _serve_http(settings: Settings, args: argparse.Namespace) -> None:
@@ -221,26 +203,12 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> None:
     try:
         # uvicorn would log a failed start-up as a traceback: open the store once before serving
         anyio.run(_check_store, settings)
-        options = ServiceOptions.from_env(
-            host=args.host,
-            port=args.port,
-            stateless=args.stateless or None,
-            insecure_no_auth=args.insecure_no_auth or None,
-            allowed_hosts=_split(args.allowed_hosts),
-            allowed_origins=_split(args.allowed_origins),
-            public_url=args.public_url.rstrip("/") if args.public_url else None,
-        )
+        options = ServiceOptions.from_args(args)
         anyio.run(serve, settings, options)
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     except KeyboardInterrupt:
         pass
-
-
-def _split(values: list[str] | None) -> tuple[str, ...] | None:
-    if not values:
-        return None
-    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
 
 
 async def _check_store(settings: Settings) -> None:

@@ -32,6 +32,41 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
 
 
+def add_serve_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    """The transport flags both servers take (HTTP ones read by `ServiceOptions.from_args`)."""
+    parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(
+        "--stateless", action="store_true", help="HTTP: no sessions, any replica answers any request"
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="HTTP: serve without authentication on a non-loopback address",
+    )
+    parser.add_argument(
+        "--allowed-hosts", action="append", help="HTTP: Host names clients use (env MATRIX_ALLOWED_HOSTS)"
+    )
+    parser.add_argument(
+        "--allowed-origins", action="append", help="HTTP: browser origins (env MATRIX_ALLOWED_ORIGINS)"
+    )
+    parser.add_argument("--public-url", help="HTTP: the URL clients reach, e.g. https://matrix.example.com")
+
+
+def setup_logging(level: str, prog: str) -> None:
+    """Log to stderr only (stdout is the stdio transport); a bad level is one line and exit 1."""
+    import logging
+    import sys
+
+    try:
+        logging.basicConfig(
+            stream=sys.stderr, level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    except ValueError as exc:
+        sys.exit(f"{prog}: --log-level / MATRIX_LOG_LEVEL: {exc}")
+
+
 def is_checked_setting(name: str) -> bool:
     """The variables this project reads: its own MATRIX_*, the seed's DB_* and the schema server's DATABASE_URL."""
     return name.startswith(("MATRIX_", "DB_")) or name == "DATABASE_URL"

@@ -326,5 +326,11 @@ def status_updated(*, package: str, item: str, old: str, new: Status) -> Ev:
     return Ev("status_updated", {"package": package, "item": item, "from": old, "to": new})
 
 
+def integration_calls(*, integration_type: str, action: str, status: str, count: int) -> Ev:
+    """A round of calls to one integration sink (events out), counted by type, action and status."""
+    data = {"integration_type": integration_type, "action": action, "status": status, "count": count}
+    return Ev("integration", data)
+
+
 def integration(*, integration_type: str, action: str, status: str) -> Ev:
     return Ev("integration", {"integration_type": integration_type, "action": action, "status": status})

@@ -276,7 +276,15 @@ def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
 # release of either simply means tools register the SDK's way). Argument models are built on first call.
 
 TOOL_CACHE = Path(__file__).with_name("tool_schemas.json")
-_SHAPING_SOURCES = ("server.py", "models.py", "sdk_compat.py", "schema/tools.py", "schema/model.py")
+_SHAPING_SOURCES = (
+    "server.py",
+    "models.py",
+    "sdk_compat.py",
+    "schema/tools.py",
+    "schema/model.py",
+    "integrations/tools.py",
+    "integrations/models.py",
+)
 _cache: dict[str, Any] | None = None
 
 

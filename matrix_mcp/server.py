@@ -7,6 +7,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -22,6 +23,9 @@ from pydantic import BaseModel, Field, ValidationError
 from matrix_mcp import __version__
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
+from matrix_mcp.integrations.service import Hooks
+from matrix_mcp.integrations.tools import register_hook_tools
 from matrix_mcp.models import (
     ClaimResult,
     ExportResult,
@@ -74,6 +78,7 @@ Integrator: list_outcomes / matrix://outcomes/{id}/content. Text from runs, item
 class _Holder:
     engine: Engine | None = None
     notifier: Notifier | None = None
+    hooks: Hooks | None = None
 
 
 _HOLDERS: weakref.WeakKeyDictionary[MCPServer[Any], _Holder] = weakref.WeakKeyDictionary()
@@ -99,6 +104,7 @@ def create_server(
     bus = CountingBus()
     legacy = LegacySubscriptions()
     secrets = tuple(p for p in (url_password(settings.database_url),) if p)
+    waker = Waker()
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[Any]) -> AsyncIterator[_Holder]:
@@ -110,12 +116,21 @@ def create_server(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(holder.notifier.watch, engine.store)
                 tg.start_soon(repair_recent_files, engine)  # in the background: start-up stays fast
+                # events out: a cheap check now and then; the dispatcher loads only once a webhook exists
+                tg.start_soon(
+                    dispatch_when_needed,
+                    engine.store,
+                    settings.database_url,
+                    waker,
+                    Path(settings.artifacts_dir),
+                )
                 try:
                     yield holder
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             holder.engine = None
+            holder.hooks = None
             await engine.close()
             from matrix_mcp.schema.tools import schema_service
 
@@ -542,6 +557,15 @@ def create_server(
         log.warning("schema tools unavailable")
     else:
         register_schema_tools(mcp, lambda: settings.schema_database_url or settings.database_url)
+
+    # ---- events out: webhook subscriptions (scope matrix:admin over HTTP) ---------------------------
+
+    def hooks() -> Hooks:
+        if holder.hooks is None or holder.hooks.store is not engine().store:
+            holder.hooks = Hooks(engine().store, settings.database_url)
+        return holder.hooks
+
+    register_hook_tools(mcp, hooks, call, read, waker.wake)
 
     select_tools(mcp, settings.toolset)
     compact_tool_schemas(mcp, null_free)

@@ -7,6 +7,7 @@ lookup and do nothing. Integrations call `observe_integration_call` once per out
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 IntegrationSink = Callable[[str, str, float], None]
@@ -17,9 +18,11 @@ _generation_sinks: list[GenerationSink] = []
 
 def observe_integration_call(service: str, status: str, seconds: float) -> None:
     """One outbound call: `service` (webhook, slack, jira, github — a fixed vocabulary, never a URL),
-    `status` (success, failure, timeout, …) and how long it took."""
+    `status` (success, failure, timeout, …) and how long it took. Never raises: metrics must not break
+    a delivery."""
     for sink in _integration_sinks:
-        sink(service, status, seconds)
+        with contextlib.suppress(Exception):
+            sink(service, status, seconds)
 
 
 def add_integration_sink(sink: IntegrationSink) -> None:

@@ -22,9 +22,11 @@ from mcp.server import MCPServer
 from matrix_mcp.config import (
     ArgumentParser,
     SettingError,
+    add_serve_flags,
     check_database_url,
     check_placeholders,
     redact_url,
+    setup_logging,
     url_from_parts,
 )
 from matrix_mcp.schema.tools import register_schema_tools, schema_service
@@ -96,31 +98,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--database-url", help="sqlite:///path.db or postgresql://… (default: DATABASE_URL, DB_*)"
     )
-    parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+    add_serve_flags(parser, port=8001)
     parser.add_argument(
         "--keys-database-url",
         help="HTTP: the Matrix store whose API keys admit callers (env MATRIX_KEYS_DATABASE_URL, "
         "else MATRIX_DATABASE_URL); JWT settings work without it",
     )
-    parser.add_argument("--stateless", action="store_true", help="HTTP: no sessions")
-    parser.add_argument(
-        "--insecure-no-auth", action="store_true", help="HTTP: serve open on a non-loopback address"
-    )
-    parser.add_argument("--allowed-hosts", action="append", help="HTTP: Host names clients use")
-    parser.add_argument("--allowed-origins", action="append", help="HTTP: browser origins")
-    parser.add_argument("--public-url", help="HTTP: the URL clients reach")
     parser.add_argument("--log-level", default=os.environ.get("MATRIX_LOG_LEVEL", "WARNING"))
     args = parser.parse_args(argv)
-    try:
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=args.log_level.upper(),
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
-    except ValueError as exc:
-        sys.exit(f"matrix-schema-mcp: --log-level / MATRIX_LOG_LEVEL: {exc}")
+    setup_logging(args.log_level, "matrix-schema-mcp")
     url = resolve_url(args.database_url, os.environ)
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL (or DB_HOST/DB_NAME/...)")
@@ -199,18 +185,7 @@ async def serve_http(url: str, keys_url: str | None, args: argparse.Namespace) -
     from matrix_mcp.http.app import decide_auth, run_uvicorn
     from matrix_mcp.http.options import ServiceOptions
 
-    def split(values: list[str] | None) -> tuple[str, ...] | None:
-        return tuple(p.strip() for v in values for p in v.split(",") if p.strip()) if values else None
-
-    options = ServiceOptions.from_env(
-        host=args.host,
-        port=args.port,
-        stateless=args.stateless or None,
-        insecure_no_auth=args.insecure_no_auth or None,
-        allowed_hosts=split(args.allowed_hosts),
-        allowed_origins=split(args.allowed_origins),
-        public_url=args.public_url.rstrip("/") if args.public_url else None,
-    )
+    options = ServiceOptions.from_args(args)
     auth = await decide_auth(keys_url, options)
     await run_uvicorn(http_service(url, keys_url, options, auth=auth).app, options)
 

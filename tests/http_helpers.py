@@ -31,9 +31,17 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running(app: ASGIApp, port: int) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1:port until the block ends; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+async def running(app: ASGIApp, port: int, graceful: float | None = None) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1:port until the block ends; yields the base URL. `graceful`:
+    seconds open connections (an event stream) get at shutdown before they are closed."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=graceful,
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:

@@ -203,7 +203,7 @@ async def test_precomputed_tools_are_the_sdks_tools(
                 else:
                     ok = await c.call_tool("find_relationships", {})
                     assert not ok.is_error and "relationships" in (ok.structured_content or {})
-    assert listed["1"] == listed["0"] and len(listed["1"]) == 25
+    assert listed["1"] == listed["0"] and len(listed["1"]) == 32
     assert contexts["1"] == contexts["0"] and contexts["0"]["run_status"] == "ctx"
 
 

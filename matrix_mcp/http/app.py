@@ -23,6 +23,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from matrix_mcp.config import Settings
+from matrix_mcp.http.access import ACCESS_KEY
 from matrix_mcp.http.health import healthz, readyz_endpoint
 from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
 from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
@@ -35,6 +36,7 @@ log = logging.getLogger("matrix_mcp.http")
 
 MCP_PATH = "/mcp"
 UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
+ROUTES_BESIDE = ("/api/", "/ui/")  # REST and the dashboard: rate-limited per principal like /mcp
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
 LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 
@@ -57,6 +59,21 @@ class Service:
     mcp: MCPServer[Any]
     metrics: Metrics
     auth: bool
+
+
+@dataclass
+class Parts:
+    """What routes mounted beside /mcp (the REST API, the dashboard) share with it: one verifier, one
+    rate limiter, one set of metrics, the same options and store."""
+
+    mcp: MCPServer[Any]
+    verifier: TokenVerifier | None
+    limits: RateLimits | None
+    metrics: Metrics
+    options: ServiceOptions
+    store: Callable[[], Store | None]
+    security: TransportSecuritySettings  # /mcp's DNS-rebinding protection, for the routes beside it too
+    max_body_bytes: int  # /mcp's request body bound, for the routes beside it too
 
 
 def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
@@ -83,6 +100,7 @@ def build_service(
     max_body_bytes: int,
     gauges: bool = True,
     resource_name: str = "Matrix MCP",
+    mount: Callable[[Parts], Callable[[Scope], str | None]] | None = None,
 ) -> Service:
     """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
     `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
@@ -121,10 +139,26 @@ def build_service(
     mcp.custom_route("/metrics", methods=["GET"])(
         metrics_endpoint(metrics, gauge_store, options.metrics_token)
     )
+    limits = None
+    if options.rate_limit or options.auth_failure_limit:
+        limits = RateLimits(
+            parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT") if options.rate_limit else [],
+            parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
+            if options.auth_failure_limit
+            else [],
+        )
+    # routes beside /mcp (REST, dashboard): their credential may also come from a session cookie
+    security = transport_security(options)
+    routes_token = None
+    if mount is not None:
+        parts = Parts(
+            mcp, verifier, limits, metrics, options, store or (lambda: None), security, max_body_bytes
+        )
+        routes_token = mount(parts)
     inner = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=options.stateless,
-        transport_security=transport_security(options),
+        transport_security=security,
         max_request_body_size=max_body_bytes,
         host=options.host,
     )
@@ -142,14 +176,6 @@ def build_service(
             )
         ):
             inner.routes.insert(0, route)
-    limits = None
-    if options.rate_limit or options.auth_failure_limit:
-        limits = RateLimits(
-            parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT") if options.rate_limit else [],
-            parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
-            if options.auth_failure_limit
-            else [],
-        )
     guard = Guard(
         inner,
         verifier=verifier,
@@ -157,6 +183,7 @@ def build_service(
         metrics=metrics,
         body_timeout=options.body_timeout,
         max_body_bytes=max_body_bytes,
+        routes_token=routes_token,
     )
     return Service(app=guard, mcp=mcp, metrics=metrics, auth=auth)
 
@@ -180,9 +207,11 @@ class Guard:
         metrics: Metrics,
         body_timeout: float,
         max_body_bytes: int,
+        routes_token: Callable[[Scope], str | None] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.routes_token = routes_token
         self.verifier = verifier
         self.limits = limits
         self.metrics = metrics
@@ -206,21 +235,25 @@ class Guard:
         client = scope.get("client")
         address = str(client[0]) if client else "unknown"
         key = f"address:{address}"
-        if self.verifier is not None and path == MCP_PATH:
+        beside = self.routes_token is not None and path.startswith(ROUTES_BESIDE)
+        if self.verifier is not None and (path == MCP_PATH or beside):
             if self.limits is not None:
                 blocked = await self.limits.auth_blocked(address)
                 if not blocked.allowed:
                     await self._too_many(counted, blocked.retry_after, "too many failed authentications")
                     return
-            token = _bearer(scope)
+            token = self.routes_token(scope) if beside and self.routes_token else _bearer(scope)
             access = await self.verifier.verify_token(token) if token else None
-            if access is None:  # the SDK answers 401 with WWW-Authenticate
+            if access is None and (token or not beside):
+                # /mcp: the SDK answers 401 with WWW-Authenticate; beside it, the route answers
                 self.metrics.auth_failures.inc()
                 if self.limits is not None:
                     await self.limits.auth_failed(address)
                 await self.app(scope, receive, counted)
                 return
-            key = f"principal:{access.client_id}"
+            if access is not None:
+                scope[ACCESS_KEY] = access  # verified once: the routes beside /mcp read it here
+                key = f"principal:{access.client_id}"
         if self.limits is not None:
             verdict = await self.limits.hit(key)
             if not verdict.allowed:
@@ -298,7 +331,11 @@ def matrix_service(settings: Settings, options: ServiceOptions, *, auth: bool) -
         holder["mcp"] = mcp
         return mcp
 
-    return build_service(make, store, options, auth=auth, max_body_bytes=max_body_bytes(settings))
+    from matrix_mcp.http.web import mount
+
+    return build_service(
+        make, store, options, auth=auth, max_body_bytes=max_body_bytes(settings), mount=mount
+    )
 
 
 async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:

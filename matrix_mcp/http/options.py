@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -33,6 +34,23 @@ class ServiceOptions:
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServiceOptions:
+        """From the flags `config.add_serve_flags` defines, over the environment's settings."""
+
+        def split(values: list[str] | None) -> tuple[str, ...] | None:
+            return tuple(p.strip() for v in values for p in v.split(",") if p.strip()) if values else None
+
+        return cls.from_env(
+            host=args.host,
+            port=args.port,
+            stateless=args.stateless or None,
+            insecure_no_auth=args.insecure_no_auth or None,
+            allowed_hosts=split(args.allowed_hosts),
+            allowed_origins=split(args.allowed_origins),
+            public_url=args.public_url.rstrip("/") if args.public_url else None,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> ServiceOptions:

@@ -47,6 +47,14 @@ TOOL_SCOPES: dict[str, str] = {
     "update_outcome_status": PLAN,
     "export_outcomes": PLAN,
     "record_integration_event": PLAN,
+    # events out: webhook subscriptions hold secrets and send data off the machine
+    "add_webhook": ADMIN,
+    "list_webhooks": ADMIN,
+    "update_webhook": ADMIN,
+    "remove_webhook": ADMIN,
+    "test_webhook": ADMIN,
+    "list_deliveries": ADMIN,
+    "redeliver": ADMIN,
 }
 UNMAPPED_TOOL_SCOPE = ADMIN
 

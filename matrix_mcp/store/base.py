@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from matrix_mcp.errors import Conflict as Conflict
 from matrix_mcp.errors import NotFound as NotFound
@@ -34,6 +34,9 @@ from matrix_mcp.models import (
     Status,
     SystemMetrics,
 )
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.hooks import HookStore
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,15 @@ class ApiKey:
     revoked_at: float | None = None
 
 
+class Cell(NamedTuple):
+    """One outcome as the board's grid shows it."""
+
+    outcome_id: str
+    package: str
+    item: str
+    status: Status
+
+
 @dataclass(frozen=True)
 class OutcomeFilter:
     run_id: str | None = None
@@ -166,6 +178,11 @@ class Store(Protocol):
     """Persistence for runs, packages, outcomes, events and integration logs."""
 
     url_for_display: str
+
+    @property
+    def hooks(self) -> HookStore:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -255,6 +272,11 @@ class Store(Protocol):
     async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage: ...
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]: ...
+
+    async def cells(self, run_id: str) -> list[Cell]:
+        """Every outcome of a run, in creation order, reduced to what the board's grid draws (one read;
+        a 40,000-item run without building 40,000 records)."""
+        ...
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]: ...
 

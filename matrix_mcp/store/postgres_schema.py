@@ -273,6 +273,61 @@ CREATE TABLE api_keys (
 """,
     ),
     (
+        # issue 14, events out: webhook subscriptions with a cursor into `events`, their deliveries, and
+        # what a sink remembers between calls (a Slack thread, a Jira issue key, a GitHub pull request)
+        5,
+        """
+CREATE TABLE hook_subscriptions (
+    id text PRIMARY KEY,
+    kind text NOT NULL,
+    target text NOT NULL,
+    description text,
+    events text NOT NULL DEFAULT '["*"]',
+    run_name text,
+    config text NOT NULL DEFAULT '{}',
+    credentials text NOT NULL,
+    active boolean NOT NULL DEFAULT true,
+    disabled_reason text,
+    cursor bigint NOT NULL DEFAULT 0,
+    lease_owner text,
+    lease_expires_at double precision,
+    failures integer NOT NULL DEFAULT 0,
+    failing_since double precision,
+    circuit_open_until double precision,
+    last_success_at double precision,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+
+CREATE TABLE hook_deliveries (
+    n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    subscription_id text NOT NULL REFERENCES hook_subscriptions(id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    event_type text NOT NULL,
+    run_name text,
+    body text NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision NOT NULL,
+    last_status_code integer,
+    last_error text,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    delivered_at double precision
+);
+CREATE INDEX hook_deliveries_due ON hook_deliveries (subscription_id, next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX hook_deliveries_by_subscription ON hook_deliveries (subscription_id, n);
+
+CREATE TABLE hook_links (
+    subscription_id text NOT NULL REFERENCES hook_subscriptions(id) ON DELETE CASCADE,
+    ref text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (subscription_id, ref)
+)
+""",
+    ),
+    (
         6,
         # small content, kept in the store with the report that brought it (one transaction, one commit);
         # the file under the artifacts root is a copy, rebuilt from here when missing

@@ -164,6 +164,61 @@ CREATE TABLE api_keys (
 """,
     ),
     (
+        # issue 14, events out: webhook subscriptions with a cursor into `events`, their deliveries, and
+        # what a sink remembers between calls (a Slack thread, a Jira issue key, a GitHub pull request)
+        4,
+        """
+CREATE TABLE hook_subscriptions (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    description TEXT,
+    events TEXT NOT NULL DEFAULT '["*"]',
+    run_name TEXT,
+    config TEXT NOT NULL DEFAULT '{}',
+    credentials TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1,
+    disabled_reason TEXT,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    circuit_open_until REAL,
+    last_success_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE hook_deliveries (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    subscription_id TEXT NOT NULL REFERENCES hook_subscriptions(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    run_name TEXT,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status_code INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX hook_deliveries_due ON hook_deliveries (subscription_id, next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX hook_deliveries_by_subscription ON hook_deliveries (subscription_id, n);
+
+CREATE TABLE hook_links (
+    subscription_id TEXT NOT NULL REFERENCES hook_subscriptions(id) ON DELETE CASCADE,
+    ref TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, ref)
+) WITHOUT ROWID
+""",
+    ),
+    (
         5,
         # small content, kept in the store with the report that brought it (one transaction, one sync);
         # the file under the artifacts root is a copy, rebuilt from here when missing

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -38,6 +38,7 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
+    Cell,
     ContentFile,
     OutcomeFilter,
     RunOverview,
@@ -64,9 +65,19 @@ from matrix_mcp.store.postgres_schema import (
     ROLLUP_LOCK,
 )
 
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres.hooks import PostgresHooks
+
 
 class PostgresStore(Writes):
     """See the module docstring. Open with `await PostgresStore.open(url)`."""
+
+    @property
+    def hooks(self) -> PostgresHooks:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        from matrix_mcp.store.postgres.hooks import PostgresHooks
+
+        return PostgresHooks(self)
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
         async def op(c: Conn) -> OutcomeDetail:
@@ -119,6 +130,18 @@ class PostgresStore(Writes):
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
+
+    async def cells(self, run_id: str) -> list[Cell]:
+        async def op(c: Conn) -> list[Cell]:
+            rows = await _all(
+                c,
+                "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o"
+                " JOIN packages p ON p.id = o.package_id WHERE o.run_id = %s ORDER BY o.n",
+                [run_id],
+            )
+            return [Cell(str(r["id"]), r["package"], r["item"], r["status"]) for r in rows]
+
+        return await self._read(op)
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         async def op(c: Conn) -> list[PackageSummary]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -32,6 +32,7 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
+    Cell,
     ContentFile,
     OutcomeFilter,
     RunOverview,
@@ -50,9 +51,19 @@ from matrix_mcp.store.sqlite.transitions import (
 )
 from matrix_mcp.store.sqlite.writes import Writes
 
+if TYPE_CHECKING:
+    from matrix_mcp.store.sqlite.hooks import SQLiteHooks
+
 
 class SQLiteStore(Writes):
     """See the module docstring. Open with `await SQLiteStore.open(path)`."""
+
+    @property
+    def hooks(self) -> SQLiteHooks:
+        """Subscriptions and deliveries for events out (store/hooks.py)."""
+        from matrix_mcp.store.sqlite.hooks import SQLiteHooks
+
+        return SQLiteHooks(self)
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
         def op(c: sqlite3.Connection) -> OutcomeDetail:
@@ -103,6 +114,18 @@ class SQLiteStore(Writes):
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
+
+    async def cells(self, run_id: str) -> list[Cell]:
+        return await self._read(
+            lambda c: [
+                Cell(r[0], r[1], r[2], r[3])
+                for r in c.execute(
+                    "SELECT o.id, p.name, o.item, o.status FROM outcomes o"
+                    " JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? ORDER BY o.n",
+                    (run_id,),
+                )
+            ]
+        )
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         return await self._read(lambda c: _summaries(c, "p.run_id = ?", [run_id]))

@@ -1,0 +1,679 @@
+// The Matrix live board. Plain script, no dependencies, no build step.
+// Every name and every byte of content is untrusted text: it is only ever set with textContent
+// (or drawn on the canvas), never parsed as HTML.
+"use strict";
+(function () {
+  const API = "/api/v1";
+  const meta = (name) => {
+    const m = document.querySelector('meta[name="' + name + '"]');
+    return m ? m.getAttribute("content") : null;
+  };
+  const PAGE = meta("matrix-page");
+  const RUN = meta("matrix-run");
+  const CSRF = meta("csrf-token");
+  const CAN_PLAN = meta("matrix-can-plan") === "1";
+  const $ = (id) => document.getElementById(id);
+  const enc = encodeURIComponent;
+
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const c of cells) tr.appendChild(c instanceof Node ? wrapTd(c) : el("td", c));
+    return tr;
+  }
+  // Rows of plain values: cells whose text changed are updated in place (a 200-package table every
+  // second would otherwise be rebuilt, and laid out, whole).
+  function fillTable(body, values) {
+    if (body.rows.length !== values.length) {
+      body.replaceChildren(...values.map((v) => row(v)));
+      return;
+    }
+    for (let i = 0; i < values.length; i++) {
+      const cells = body.rows[i].cells;
+      for (let j = 0; j < values[i].length; j++) {
+        const text = String(values[i][j]);
+        if (cells[j].textContent !== text) cells[j].textContent = text;
+      }
+    }
+  }
+  function wrapTd(node) {
+    const td = document.createElement("td");
+    td.appendChild(node);
+    return td;
+  }
+  function fmt(n, digits) {
+    if (n === null || n === undefined) return "–";
+    return typeof n === "number" ? n.toFixed(digits === undefined ? 0 : digits) : String(n);
+  }
+  function eta(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 90) return Math.round(seconds) + " s";
+    if (seconds < 5400) return Math.round(seconds / 60) + " min";
+    return (seconds / 3600).toFixed(1) + " h";
+  }
+  function setLive(on, text) {
+    const live = $("live");
+    if (!live) return;
+    live.textContent = text || (on ? "● live" : "○ reconnecting");
+    live.classList.toggle("on", !!on);
+  }
+
+  async function api(path, options) {
+    const opts = options || {};
+    const headers = { Accept: "application/json" };
+    let body;
+    if (opts.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      headers["X-CSRF-Token"] = CSRF;
+      body = JSON.stringify(opts.body);
+    }
+    const r = await fetch(path.startsWith("/ui/") ? path : API + path, {
+      method: opts.method || "GET",
+      headers: headers,
+      body: body,
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+    if (r.status === 401) {
+      location.assign("/ui/signin");
+      throw new Error("signed out");
+    }
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(data.error_description || "HTTP " + r.status);
+    return data;
+  }
+
+  // Batches calls: fn runs at most once per `ms`, after the last request in a burst.
+  function debounce(fn, ms) {
+    let timer = null;
+    let running = false;
+    let again = false;
+    const run = async () => {
+      timer = null;
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        await fn();
+      } catch (e) {
+        console.warn(e);
+      } finally {
+        running = false;
+        if (again) {
+          again = false;
+          schedule();
+        }
+      }
+    };
+    const schedule = () => {
+      if (timer === null) timer = setTimeout(run, ms);
+    };
+    return schedule;
+  }
+
+  // Follows an event stream; reconnects by itself from the last event seen. onEvents gets batches.
+  function follow(url, since, onEvents) {
+    let last = since;
+    let pending = [];
+    let flushing = false;
+    let source = null;
+    const flush = () => {
+      flushing = false;
+      const batch = pending;
+      pending = [];
+      onEvents(batch);
+    };
+    const open = () => {
+      const sep = url.indexOf("?") >= 0 ? "&" : "?";
+      source = new EventSource(url + (last === null ? "" : sep + "since=" + last));
+      source.onopen = () => setLive(true);
+      source.onmessage = (m) => {
+        let event;
+        try {
+          event = JSON.parse(m.data);
+        } catch (e) {
+          return;
+        }
+        last = event.seq;
+        pending.push(event);
+        if (!flushing) {
+          flushing = true;
+          setTimeout(flush, 100); // debounce: one repaint for a burst of events
+        }
+      };
+      source.onerror = () => {
+        setLive(false);
+        if (source.readyState === EventSource.CLOSED) {
+          source.close();
+          setTimeout(open, 2000);
+        }
+      };
+    };
+    open();
+  }
+
+  // ---- the runs list ------------------------------------------------------------------------------
+
+  async function runsPage() {
+    const body = document.querySelector("#runs tbody");
+    const refresh = async () => {
+      const list = await api("/runs");
+      const statuses = await Promise.all(
+        list.runs.slice(0, 50).map((r) => api("/runs/" + enc(r.name)).catch(() => null)),
+      );
+      const rows = list.runs.map((r, i) => {
+        const s = statuses[i];
+        const link = el("a", r.name);
+        link.href = "/ui/runs/" + enc(r.name);
+        const bar = el("div", null, "progress");
+        const fill = el("div", null, "bar");
+        fill.style.width = (r.progress * 100).toFixed(1) + "%";
+        bar.appendChild(fill);
+        bar.title = (r.progress * 100).toFixed(1) + "% finished";
+        const c = r.counts;
+        return row([
+          link,
+          r.state,
+          bar,
+          c.pending,
+          c.generating,
+          c.complete,
+          c.failed,
+          c.cancelled,
+          s ? fmt(s.throughput_per_minute, 1) : "–",
+          s ? eta(s.eta_seconds) : "–",
+        ]);
+      });
+      body.replaceChildren(...rows);
+      $("empty").hidden = list.runs.length > 0;
+    };
+    await refresh();
+    const later = debounce(refresh, 500);
+    follow(API + "/events", null, later);
+  }
+
+  // ---- a run --------------------------------------------------------------------------------------
+
+  const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280"];
+  const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff"];
+  const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, dirty: [], frame: 0 };
+  const selected = new Set();
+  const series = [];
+
+  function drawCell(ctx, r, c) {
+    const S = grid.size;
+    const code = grid.rows[r].status[c];
+    const x = grid.gutter + c * S;
+    const y = r * S;
+    const s = S > 5 ? S - 1 : S; // a 1-pixel gap between cells when there is room
+    ctx.clearRect(x, y, S, S);
+    ctx.fillStyle = COLORS[code];
+    ctx.strokeStyle = INK[code];
+    ctx.lineWidth = S >= 12 ? 2 : 1;
+    if (code === 0) {
+      // pending: an outline
+      ctx.fillRect(x, y, s, s);
+      ctx.strokeRect(x + 0.5, y + 0.5, s - 1, s - 1);
+    } else if (code === 1) {
+      // generating: lower-right half filled
+      ctx.fillStyle = COLORS[0];
+      ctx.fillRect(x, y, s, s);
+      ctx.fillStyle = COLORS[1];
+      ctx.beginPath();
+      ctx.moveTo(x + s, y);
+      ctx.lineTo(x + s, y + s);
+      ctx.lineTo(x, y + s);
+      ctx.closePath();
+      ctx.fill();
+    } else if (code === 2) {
+      // complete: solid
+      ctx.fillRect(x, y, s, s);
+    } else {
+      // failed: a cross; cancelled: one slash
+      ctx.fillRect(x, y, s, s);
+      ctx.beginPath();
+      ctx.moveTo(x + 1, y + s - 1);
+      ctx.lineTo(x + s - 1, y + 1);
+      if (code === 3) {
+        ctx.moveTo(x + 1, y + 1);
+        ctx.lineTo(x + s - 1, y + s - 1);
+      }
+      ctx.stroke();
+    }
+    if (selected.has(grid.rows[r].ids[c])) {
+      ctx.strokeStyle = "#f59e0b";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x + 1, y + 1, s - 2, s - 2);
+    }
+  }
+
+  function paintAll() {
+    const canvas = $("grid");
+    const box = $("grid-box");
+    const cols = Math.max(1, grid.cols);
+    // package names in a left gutter when rows are tall enough to read them
+    grid.gutter = Math.floor((box.clientWidth - 4) / cols) >= 14 ? 160 : 0;
+    grid.size = Math.max(4, Math.min(28, Math.floor((box.clientWidth - 4 - grid.gutter) / cols)));
+    if (grid.size < 12) grid.gutter = 0;
+    const ratio = window.devicePixelRatio || 1;
+    const w = grid.gutter + cols * grid.size;
+    const h = Math.max(1, grid.rows.length) * grid.size;
+    canvas.width = Math.round(w * ratio);
+    canvas.height = Math.round(h * ratio);
+    canvas.style.width = w + "px";
+    canvas.style.height = h + "px";
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    if (grid.gutter) {
+      ctx.font = Math.min(13, grid.size - 3) + "px system-ui, sans-serif";
+      ctx.textBaseline = "middle";
+      ctx.fillStyle = "#111827";
+      for (let r = 0; r < grid.rows.length; r++) {
+        let name = grid.rows[r].name; // drawn as pixels: never markup
+        while (name.length > 1 && ctx.measureText(name).width > grid.gutter - 8) name = name.slice(0, -2) + "…";
+        ctx.fillText(name, 2, r * grid.size + grid.size / 2);
+      }
+    }
+    grid.dirty = [];
+    // rows in slices of ~25 ms per frame: a 40,000-cell grid never blocks the page for long
+    const epoch = (grid.epoch = (grid.epoch || 0) + 1);
+    let r = 0;
+    const slice = () => {
+      if (epoch !== grid.epoch) return; // a newer full paint took over
+      const started = performance.now();
+      while (r < grid.rows.length && performance.now() - started < 25) {
+        const n = grid.rows[r].status.length;
+        for (let c = 0; c < n; c++) drawCell(ctx, r, c);
+        r++;
+      }
+      if (r < grid.rows.length) requestAnimationFrame(slice);
+      else document.body.dataset.gridPainted = String(Date.now());
+    };
+    slice();
+  }
+
+  function paintDirty() {
+    grid.frame = 0;
+    const ctx = $("grid").getContext("2d");
+    const dirty = grid.dirty;
+    grid.dirty = [];
+    for (const [r, c] of dirty) drawCell(ctx, r, c);
+    document.body.dataset.gridPainted = String(Date.now());
+    const trace = window.matrixTrace; // a Map a bench installs: outcome id -> when its cell was repainted
+    if (trace instanceof Map) {
+      const now = performance.timeOrigin + performance.now();
+      for (const [r, c] of dirty) trace.set(grid.rows[r].ids[c], now);
+    }
+  }
+
+  function setCell(id, status) {
+    const at = grid.index.get(id);
+    const code = grid.statuses.indexOf(status);
+    if (!at || code < 0) return false;
+    const [r, c] = at;
+    if (grid.rows[r].status[c] !== code) {
+      grid.rows[r].status[c] = code;
+      grid.dirty.push(at);
+    }
+    return true;
+  }
+
+  async function loadGrid() {
+    const data = await api("/ui/runs/" + enc(RUN) + "/grid");
+    grid.statuses = data.statuses;
+    grid.index = new Map();
+    grid.cols = 0;
+    grid.rows = data.packages.map((p, r) => {
+      const status = new Uint8Array(p.status.length);
+      for (let c = 0; c < p.status.length; c++) {
+        status[c] = p.status.charCodeAt(c) - 48;
+        grid.index.set(p.ids[c], [r, c]);
+      }
+      grid.cols = Math.max(grid.cols, p.ids.length);
+      return { name: p.name, ids: p.ids, items: p.items, status: status };
+    });
+    paintAll();
+    return data.latest_seq;
+  }
+
+  // What an event says about one cell's status; null when the event needs the grid reloaded.
+  function cellChange(e) {
+    const d = e.data || {};
+    switch (e.kind) {
+      case "claimed":
+        return "generating";
+      case "completed":
+        return "complete";
+      case "retry_scheduled":
+        return "pending";
+      case "failed":
+      case "cancelled":
+        return e.kind;
+      case "lease_expired":
+        return d.now || null;
+      case "status_updated":
+        return d.to || null;
+      default:
+        return null;
+    }
+  }
+
+  function cellAt(ev) {
+    const rect = $("grid").getBoundingClientRect();
+    const c = Math.floor((ev.clientX - rect.left - grid.gutter) / grid.size);
+    const r = Math.floor((ev.clientY - rect.top) / grid.size);
+    if (r < 0 || r >= grid.rows.length || c < 0 || c >= grid.rows[r].ids.length) return null;
+    return [r, c];
+  }
+
+  async function showDetail(id) {
+    const o = await api("/outcomes/" + enc(id));
+    $("detail").hidden = false;
+    $("d-title").textContent = o.package + " / " + o.item;
+    const fields = [
+      ["status", o.status],
+      ["attempts", o.attempts + " of " + o.max_attempts],
+      ["worker", o.worker],
+      ["created", o.created_at],
+      ["started", o.started_at],
+      ["completed", o.completed_at],
+      ["duration", o.duration_seconds === undefined ? null : fmt(o.duration_seconds, 2) + " s"],
+      ["error", o.error_message],
+      ["path", o.outcome_path],
+      ["content", o.content_bytes === undefined ? null : o.content_bytes + " bytes, " + (o.mime_type || "")],
+      ["id", o.id],
+    ];
+    const dl = $("d-fields");
+    dl.replaceChildren();
+    for (const [k, v] of fields) {
+      if (v === undefined || v === null) continue;
+      dl.appendChild(el("dt", k));
+      dl.appendChild(el("dd", v));
+    }
+    $("d-attempts").replaceChildren(
+      ...(o.history || []).map((a) =>
+        row([a.attempt, a.worker || "–", a.status, a.started_at || "–", a.ended_at || "–", a.error || ""]),
+      ),
+    );
+    $("d-metrics").textContent = JSON.stringify(o.metrics || {}, null, 2);
+    const preview = $("d-content");
+    preview.textContent = "";
+    if (!o.content_sha256) {
+      preview.textContent = "(no content)";
+      return;
+    }
+    const r = await fetch(API + "/outcomes/" + enc(id) + "/content", { credentials: "same-origin" });
+    if (!r.ok || !r.body) {
+      preview.textContent = "(content unavailable)";
+      return;
+    }
+    const mime = r.headers.get("content-type") || "";
+    const textual = /^text\/|json|xml|yaml|javascript/.test(mime);
+    if (!textual) {
+      preview.textContent = "(" + mime + ", " + o.content_bytes + " bytes: not shown)";
+      r.body.cancel();
+      return;
+    }
+    const reader = r.body.getReader();
+    const chunks = [];
+    let size = 0;
+    while (size < 65536) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.length;
+    }
+    reader.cancel();
+    const bytes = new Uint8Array(Math.min(size, 65536));
+    let at = 0;
+    for (const ch of chunks) {
+      const take = Math.min(ch.length, bytes.length - at);
+      bytes.set(ch.subarray(0, take), at);
+      at += take;
+    }
+    const text = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+    preview.textContent = text + (o.content_bytes > 65536 ? "\n… (first 64 KiB of " + o.content_bytes + " bytes)" : "");
+  }
+
+  function drawChart() {
+    const svg = $("chart");
+    const NS = "http://www.w3.org/2000/svg";
+    svg.replaceChildren();
+    const pts = series.slice(-120);
+    const max = Math.max(1, ...pts.map((p) => p.v));
+    const axis = document.createElementNS(NS, "line");
+    axis.setAttribute("x1", "40");
+    axis.setAttribute("y1", "140");
+    axis.setAttribute("x2", "590");
+    axis.setAttribute("y2", "140");
+    axis.setAttribute("class", "axis");
+    svg.appendChild(axis);
+    const label = document.createElementNS(NS, "text");
+    label.setAttribute("x", "4");
+    label.setAttribute("y", "20");
+    label.textContent = max.toFixed(1);
+    svg.appendChild(label);
+    const zero = document.createElementNS(NS, "text");
+    zero.setAttribute("x", "4");
+    zero.setAttribute("y", "140");
+    zero.textContent = "0";
+    svg.appendChild(zero);
+    if (pts.length >= 1) {
+      const t0 = pts[0].t;
+      const span = Math.max(1, pts[pts.length - 1].t - t0);
+      const line = document.createElementNS(NS, "polyline");
+      line.setAttribute(
+        "points",
+        pts
+          .map((p) => (40 + ((p.t - t0) / span) * 550).toFixed(1) + "," + (140 - (p.v / max) * 120).toFixed(1))
+          .join(" "),
+      );
+      line.setAttribute("class", "series");
+      svg.appendChild(line);
+    }
+    $("chart-note").textContent =
+      "Finished items per minute (last 5 minutes, from the server), sampled on every change since this page opened" +
+      (pts.length ? "; now " + pts[pts.length - 1].v.toFixed(1) + "/min." : ".");
+  }
+
+  async function refreshStatus() {
+    const s = await api("/runs/" + enc(RUN));
+    const c = s.counts;
+    $("run-state").textContent = s.state;
+    $("progress-bar").style.width = (s.progress * 100).toFixed(1) + "%";
+    $("counts").textContent =
+      c.total + " items · " + c.pending + " pending · " + c.generating + " generating · " + c.complete +
+      " complete · " + c.failed + " failed · " + c.cancelled + " cancelled · " +
+      fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + eta(s.eta_seconds);
+    fillTable(
+      $("packages"),
+      s.packages.map((p) => [
+          p.package,
+          p.total_items,
+          p.completed_items,
+          p.failed_items,
+          p.pending_items,
+          p.generating_items,
+          p.success_rate === undefined ? "–" : (p.success_rate * 100).toFixed(0) + "%",
+          fmt(p.p50_duration_seconds, 2),
+          fmt(p.p90_duration_seconds, 2),
+          fmt(p.total_lines_generated),
+          fmt(p.average_quality_score, 2),
+        ]),
+    );
+    const select = $("retry-package");
+    if (select && select.options.length !== s.packages.length) {
+      select.replaceChildren(
+        ...s.packages.map((p) => {
+          const o = el("option", p.package);
+          o.value = p.package;
+          return o;
+        }),
+      );
+    }
+    series.push({ t: Date.now() / 1000, v: s.throughput_per_minute || 0 });
+    drawChart();
+  }
+
+  async function refreshFailures() {
+    const page = await api("/outcomes?run=" + enc(RUN) + "&status=failed&limit=200");
+    $("no-failures").hidden = page.outcomes.length > 0;
+    $("failures").replaceChildren(
+      ...page.outcomes.map((o) => {
+        let pick = el("span", "");
+        if (CAN_PLAN) {
+          pick = document.createElement("input");
+          pick.type = "checkbox";
+          pick.checked = selected.has(o.id);
+          pick.setAttribute("aria-label", "select for retry");
+          pick.addEventListener("change", () => {
+            toggleSelected(o.id, pick.checked);
+          });
+        }
+        const link = el("a", o.item);
+        link.href = "#";
+        link.addEventListener("click", (ev) => {
+          ev.preventDefault();
+          showDetail(o.id);
+        });
+        return row([pick, o.package, link, o.attempts, o.error_message || ""]);
+      }),
+    );
+  }
+
+  function toggleSelected(id, on) {
+    if (on) selected.add(id);
+    else selected.delete(id);
+    const at = grid.index.get(id);
+    if (at) {
+      grid.dirty.push(at);
+      if (!grid.frame) grid.frame = requestAnimationFrame(paintDirty);
+    }
+    const count = $("selected-count");
+    if (count) count.textContent = String(selected.size);
+    const button = document.querySelector('[data-action="retry-selected"]');
+    if (button) button.disabled = selected.size === 0;
+  }
+
+  async function act(action) {
+    const run = "/runs/" + enc(RUN);
+    let path = run + "/retry";
+    let body = {};
+    let question;
+    if (action === "retry-all") question = "Retry every failed item of this run?";
+    else if (action === "retry-package") {
+      body = { package: $("retry-package").value };
+      question = "Retry the failed items of package " + body.package + "?";
+    } else if (action === "retry-selected") {
+      body = { outcome_ids: Array.from(selected) };
+      question = "Retry the " + selected.size + " selected items?";
+    } else {
+      path = run + "/control";
+      body = { action: action };
+      question = action === "cancel" ? "Cancel this run? This is final." : action[0].toUpperCase() + action.slice(1) + " this run?";
+    }
+    if (!window.confirm(question)) return;
+    const out = $("action-result");
+    try {
+      const r = await api(path, { method: "POST", body: body });
+      out.textContent = r.requeued !== undefined ? r.requeued + " items re-queued" : "run " + r.state;
+      if (action === "retry-selected") for (const id of Array.from(selected)) toggleSelected(id, false);
+    } catch (e) {
+      out.textContent = e.message;
+    }
+  }
+
+  async function runPage() {
+    const since = await loadGrid();
+    const status = debounce(refreshStatus, 1000);
+    const failures = debounce(refreshFailures, 1000);
+    const reload = debounce(async () => {
+      await loadGrid();
+    }, 1000);
+    refreshStatus();
+    refreshFailures();
+    follow(API + "/runs/" + enc(RUN) + "/events", since, (events) => {
+      let needReload = false;
+      let failed = false;
+      for (const e of events) {
+        const to = cellChange(e);
+        if (to === null || !e.outcome_id || !setCell(e.outcome_id, to)) {
+          if (e.kind === "requeued" && e.data && e.data.count <= (e.data.outcome_ids || []).length) {
+            for (const id of e.data.outcome_ids) setCell(id, "pending");
+          } else if (e.kind !== "integration" && e.kind !== "run_paused" && e.kind !== "run_resumed") {
+            needReload = true;
+          }
+        }
+        if (e.kind !== "claimed" && e.kind !== "completed") failed = true;
+      }
+      if (grid.dirty.length && !grid.frame) grid.frame = requestAnimationFrame(paintDirty);
+      if (needReload) reload();
+      status();
+      if (failed) failures();
+    });
+    const canvas = $("grid");
+    const tip = $("tip");
+    let hover = null;
+    canvas.addEventListener("mousemove", (ev) => {
+      hover = ev;
+      if (tip.dataset.pending) return;
+      tip.dataset.pending = "1";
+      requestAnimationFrame(() => {
+        delete tip.dataset.pending;
+        const at = cellAt(hover);
+        if (!at) {
+          tip.hidden = true;
+          return;
+        }
+        const p = grid.rows[at[0]];
+        tip.textContent = p.name + " / " + p.items[at[1]] + " — " + grid.statuses[p.status[at[1]]];
+        tip.style.left = hover.offsetX + 12 + "px";
+        tip.style.top = hover.offsetY + 12 + "px";
+        tip.hidden = false;
+      });
+    });
+    canvas.addEventListener("mouseleave", () => {
+      tip.hidden = true;
+    });
+    canvas.addEventListener("click", (ev) => {
+      const at = cellAt(ev);
+      if (!at) return;
+      const id = grid.rows[at[0]].ids[at[1]];
+      if (CAN_PLAN && (ev.shiftKey || ev.ctrlKey || ev.metaKey)) toggleSelected(id, !selected.has(id));
+      else showDetail(id);
+    });
+    let width = $("grid-box").clientWidth;
+    window.addEventListener("resize", () => {
+      if ($("grid-box").clientWidth !== width) {
+        width = $("grid-box").clientWidth;
+        paintAll();
+      }
+    });
+    for (const b of document.querySelectorAll("[data-action]")) {
+      b.addEventListener("click", () => act(b.getAttribute("data-action")));
+    }
+    // for tests and benches: read the model the canvas is painted from
+    window.matrixBoard = {
+      status: (id) => {
+        const at = grid.index.get(id);
+        return at ? grid.statuses[grid.rows[at[0]].status[at[1]]] : null;
+      },
+      cell: (id) => {
+        const at = grid.index.get(id);
+        return at ? { row: at[0], col: at[1], size: grid.size, x: grid.gutter + at[1] * grid.size, y: at[0] * grid.size } : null;
+      },
+    };
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const start = PAGE === "runs" ? runsPage : PAGE === "run" ? runPage : null;
+    if (start) start().catch((e) => setLive(false, "○ " + e.message));
+  });
+})();

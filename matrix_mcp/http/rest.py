@@ -1,0 +1,395 @@
+"""The seed's REST API under /api/v1/, beside /mcp.
+
+Each endpoint is an MCP tool reached over plain HTTP: its arguments come from the path, the query
+string and a JSON body, and go through `MCPServer.call_tool` — the tool's own argument model (bounds,
+unknown arguments refused, text kept verbatim), the same engine call, the same result model. The scope
+an endpoint needs is the tool's, from the one scope map. Errors keep their class: 400 naming the field,
+404, 409 (stale lease, conflict), 403 (scope), 401, 429 (the guard's rate limiter), 503 (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from matrix_mcp.audit import current_principal
+from matrix_mcp.http.access import Caller, Identify
+from matrix_mcp.http.scopes import READ, tool_scope
+from matrix_mcp.store.base import Conflict, NotFound, StaleLease, Store, StoreError, Unavailable
+
+log = logging.getLogger("matrix_mcp.http.rest")
+
+PREFIX = "/api/v1"
+SSE_BATCH = 500
+SSE_KEEPALIVE_SECONDS = 10.0
+RECHECK_SECONDS = 5.0
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # under PREFIX; {names} are tool arguments
+    tool: str
+    summary: str
+    query: tuple[str, ...] = ()  # tool arguments taken from the query string
+    body: bool = False  # the remaining arguments come as a JSON object
+
+    @property
+    def path_params(self) -> list[str]:
+        return _PATH_PARAM.findall(self.path)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("POST", "/runs", "plan_run", "Plan a run of packages × items (idempotent by name).", body=True),
+    Endpoint("GET", "/runs", "list_runs", "All runs with state, policy and counts."),
+    Endpoint(
+        "GET",
+        "/runs/{run}",
+        "run_status",
+        "Counts, package summaries, throughput, ETA; events after `since` (long-poll with wait_seconds).",
+        query=("since", "wait_seconds"),
+    ),
+    Endpoint("POST", "/runs/{run}/control", "control_run", "Pause, resume or cancel a run.", body=True),
+    Endpoint("POST", "/runs/{run}/retry", "retry_items", "Re-queue failed items.", body=True),
+    Endpoint("GET", "/runs/{run}/packages/{package}", "package_summary", "One package's summary."),
+    Endpoint("POST", "/runs/{run}/claim", "claim_items", "Lease items (fair across packages).", body=True),
+    Endpoint(
+        "GET",
+        "/outcomes",
+        "list_outcomes",
+        "Outcomes in creation order, filtered; pass next_cursor back as cursor.",
+        query=("run", "package", "status", "worker", "limit", "cursor"),
+    ),
+    Endpoint(
+        "POST", "/outcomes", "record_outcome", "Create or update an outcome record directly.", body=True
+    ),
+    Endpoint("GET", "/outcomes/{outcome_id}", "get_outcome", "One outcome with its attempt history."),
+    Endpoint(
+        "PATCH", "/outcomes/{outcome_id}", "update_outcome_status", "Set an outcome's status.", body=True
+    ),
+    Endpoint(
+        "POST", "/outcomes/{outcome_id}/complete", "complete_item", "Report a claimed item done.", body=True
+    ),
+    Endpoint("POST", "/outcomes/{outcome_id}/fail", "fail_item", "Report a claimed item failed.", body=True),
+    Endpoint("POST", "/leases/heartbeat", "heartbeat", "Extend leases.", body=True),
+    Endpoint(
+        "GET", "/metrics/system", "system_metrics", "Totals, averages, outcomes by hour.", query=("run",)
+    ),
+    Endpoint(
+        "POST",
+        "/integration-events",
+        "record_integration_event",
+        "Log an action taken in another system.",
+        body=True,
+    ),
+)
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {"error": self.code, "error_description": self.message}
+        if self.field:
+            body["field"] = self.field
+        return json_response(body, self.status, self.headers)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def classify(exc: BaseException) -> ApiError:
+    """The HTTP answer for what a tool call raised (walking the chain the SDK and our tools build)."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__
+    for i, e in enumerate(chain):
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "body"
+            return ApiError(400, "invalid_argument", f"{field}: {first['msg']}", field)
+        if isinstance(e, StoreError):
+            # the tool's own ToolError (just above it) carries the redacted, field-named text
+            above = chain[i - 1] if i > 0 and isinstance(chain[i - 1], ToolError) else None
+            message = str(above) if above is not None else (f"{e.field}: {e}" if e.field else str(e))
+            if isinstance(e, Unavailable):
+                return ApiError(503, "unavailable", message, e.field, {"Retry-After": "1"})
+            if isinstance(e, StaleLease):
+                return ApiError(409, "stale_lease", message, e.field)
+            if isinstance(e, Conflict):
+                return ApiError(409, "conflict", message, e.field)
+            if isinstance(e, NotFound):
+                return ApiError(404, "not_found", message, e.field)
+            return ApiError(400, "invalid_argument", message, e.field)
+    last = chain[-1]
+    if isinstance(last, ToolError):
+        text = str(last)
+        if "starting or stopping" in text:
+            return ApiError(503, "unavailable", text, None, {"Retry-After": "1"})
+        head = text.split(":", 1)[0]
+        return ApiError(400, "invalid_argument", text, head if ":" in text and " " not in head else None)
+    log.error("REST call failed", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error; see the server log")
+
+
+class Rest:
+    """The REST handlers over one MCP server."""
+
+    def __init__(
+        self,
+        mcp: MCPServer[Any],
+        identify: Identify,
+        store: Callable[[], Store | None],
+        max_body_bytes: int,
+    ) -> None:
+        self.mcp = mcp
+        self.identify = identify
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+
+    async def authorize(self, request: Request, scope: str, what: str) -> Caller:
+        caller = await self.identify(request)
+        if caller is None:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "a valid API key or JWT is required (Authorization: Bearer …)",
+                headers={"WWW-Authenticate": 'Bearer realm="matrix", error="invalid_token"'},
+            )
+        if scope not in caller.scopes:
+            have = ", ".join(sorted(caller.scopes)) or "no scopes"
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                f"insufficient_scope: {what} needs {scope}; this credential has {have}",
+                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            )
+        refusal = self.identify.csrf_refusal(request, caller)
+        if refusal is not None:
+            raise ApiError(403, "csrf", refusal, "x-csrf-token")
+        return caller
+
+    def handler(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        what = f"{endpoint.method} {PREFIX}{endpoint.path}"
+
+        async def handle(request: Request) -> Response:
+            try:
+                caller = await self.authorize(request, tool_scope(endpoint.tool), what)
+                arguments = await self._arguments(request, endpoint)
+                return await self.call(endpoint.tool, arguments, caller)
+            except ApiError as err:
+                return err.response()
+
+        return handle
+
+    async def call(self, tool: str, arguments: dict[str, Any], caller: Caller) -> Response:
+        token = current_principal.set(caller.principal)
+        try:
+            result = await self.mcp.call_tool(tool, arguments)
+        except Exception as exc:
+            raise classify(exc) from exc
+        finally:
+            current_principal.reset(token)
+        structured = getattr(result, "structured_content", None)
+        if getattr(result, "is_error", False) or structured is None:
+            raise ApiError(500, "internal_error", "the tool returned no result")
+        return json_response(structured)
+
+    async def _arguments(self, request: Request, endpoint: Endpoint) -> dict[str, Any]:
+        arguments: dict[str, Any] = dict(request.path_params)
+        for name, value in request.query_params.multi_items():
+            if name not in endpoint.query:
+                allowed = ", ".join(endpoint.query) or "none"
+                raise ApiError(
+                    400, "invalid_argument", f"{name}: unknown query parameter; takes {allowed}", name
+                )
+            arguments[name] = value
+        if endpoint.body:
+            raw = await read_body(request, self.max_body_bytes)
+            if raw.strip():
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    raise ApiError(400, "invalid_argument", f"body: not valid JSON ({exc})", "body") from exc
+                if not isinstance(body, dict):
+                    raise ApiError(400, "invalid_argument", "body: must be a JSON object", "body")
+                for name, value in body.items():
+                    if name in arguments:
+                        raise ApiError(
+                            400, "invalid_argument", f"{name}: given in the path or query; omit it", name
+                        )
+                    arguments[name] = value
+        return arguments
+
+    # ---- not tools: an outcome's content, and the event stream -----------------------------------
+
+    async def content(self, request: Request) -> Response:
+        from matrix_mcp.server import engine_of
+
+        try:
+            await self.authorize(request, READ, "GET /api/v1/outcomes/{outcome_id}/content")
+            engine = engine_of(self.mcp)
+            if engine is None:
+                raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+            outcome_id = request.path_params["outcome_id"]
+            try:
+                data, mime = await engine.outcome_content(outcome_id)
+            except StoreError as exc:
+                err = classify(exc)
+                if err.status == 400 and "no stored content" in err.message:
+                    err = ApiError(404, "not_found", err.message, "outcome_id")
+                raise err from exc
+        except ApiError as err:
+            return err.response()
+        # untrusted bytes: never rendered by a browser as a page of this origin
+        return Response(
+            data,
+            media_type=mime,
+            headers={
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                "Content-Disposition": "attachment",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    async def events(self, request: Request) -> Response:
+        """`text/event-stream` of the store's event log (one run, or all): `data` is the Event as JSON and
+        `id` its sequence number,
+        so a reconnecting EventSource resumes after `Last-Event-ID`; `?since=S` starts after S; without
+        either the stream starts at the present."""
+        try:
+            await self.authorize(request, READ, "GET /api/v1/runs/{run}/events")
+            store = self.store()
+            if store is None:
+                raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+            run_id = None
+            if "run" in request.path_params:
+                from matrix_mcp.server import engine_of
+
+                engine = engine_of(self.mcp)
+                if engine is None:
+                    raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+                try:
+                    run_id = (await engine.run_info(request.path_params["run"])).id
+                except StoreError as exc:
+                    raise classify(exc) from exc
+            since = _since(request)
+            if since is None:
+                since = await store.latest_seq()
+        except ApiError as err:
+            return err.response()
+
+        async def allowed() -> bool:
+            caller = await self.identify(request, again=True)
+            return caller is not None and READ in caller.scopes
+
+        return StreamingResponse(
+            event_stream(store, run_id, since, allowed),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body: larger than {limit} bytes", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body: larger than {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _since(request: Request) -> int | None:
+    for name, raw in (
+        ("Last-Event-ID", request.headers.get("last-event-id")),
+        ("since", request.query_params.get("since")),
+    ):
+        if raw is None or raw == "":
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ApiError(400, "invalid_argument", f"{name}: must be an event sequence number ≥ 0", name)
+        return value
+    extra = [k for k in request.query_params if k != "since"]
+    if extra:
+        raise ApiError(400, "invalid_argument", f"{extra[0]}: unknown query parameter; takes since", extra[0])
+    return None
+
+
+async def event_stream(
+    store: Store, run_id: str | None, since: int, allowed: Callable[[], Awaitable[bool]] | None = None
+) -> AsyncIterator[bytes]:
+    """Events after `since`, then each new one as it is committed. `allowed` is asked again every
+    RECHECK_SECONDS: a revoked key or an expired token ends the stream."""
+    yield b"retry: 1000\n\n"
+    last = since
+    checked = time.monotonic()
+    while True:
+        if allowed is not None and time.monotonic() - checked > RECHECK_SECONDS:
+            if not await allowed():
+                return
+            checked = time.monotonic()
+        head = await store.latest_seq()
+        events = await store.events_after(last, run_id, SSE_BATCH)
+        if events:
+            chunk = []
+            for event in events:
+                data = json.dumps(event.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+                # no `event:` line: every event is a "message" to an EventSource; `kind` is in the data
+                chunk.append(f"id: {event.seq}\ndata: {data}\n\n")
+                last = event.seq
+            yield "".join(chunk).encode()
+            if len(events) == SSE_BATCH:
+                continue
+        latest = await store.wait_for_change(max(head, last), SSE_KEEPALIVE_SECONDS)
+        if latest <= max(head, last):
+            yield b": keep-alive\n\n"
+
+
+def mount_rest(mcp: MCPServer[Any], rest: Rest) -> None:
+    def route(path: str, method: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        mcp.custom_route(PREFIX + path, methods=[method])(rest.identify.hosted(handler))
+
+    for endpoint in ENDPOINTS:
+        route(endpoint.path, endpoint.method, rest.handler(endpoint))
+    route("/outcomes/{outcome_id}/content", "GET", rest.content)
+    route("/runs/{run}/events", "GET", rest.events)
+    route("/events", "GET", rest.events)
+
+    async def openapi(request: Request) -> Response:
+        from matrix_mcp.http.openapi import document
+
+        return json_response(document(mcp))
+
+    route("/openapi.json", "GET", openapi)

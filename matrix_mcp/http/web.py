@@ -1,0 +1,27 @@
+"""The routes beside /mcp for the Matrix server: the REST API and the dashboard, sharing the service's
+verifier, rate limiter, scope map and store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from starlette.types import Scope
+
+from matrix_mcp.http.access import Identify, Sessions, session_secret
+from matrix_mcp.http.rest import Rest, mount_rest
+
+if TYPE_CHECKING:
+    from matrix_mcp.http.app import Parts
+
+
+def mount(parts: Parts) -> Callable[[Scope], str | None]:
+    """Register the routes; returns how the guard finds a request's credential (bearer or session)."""
+    sessions = Sessions(session_secret(), secure=parts.options.base_url.startswith("https://"))
+    identify = Identify(parts.verifier, sessions, parts.security)
+    rest = Rest(parts.mcp, identify, parts.store, parts.max_body_bytes)
+    mount_rest(parts.mcp, rest)
+    from matrix_mcp.http.board import Board, mount_board
+
+    mount_board(parts.mcp, Board(parts.mcp, identify, sessions, parts.store, parts.limits))
+    return sessions.token_of

@@ -1,0 +1,161 @@
+"""Which public event a change in the events log becomes: the one mapping, pure.
+
+Public types (the issue's vocabulary): outcome.created, outcome.started, outcome.completed,
+outcome.retry_scheduled, outcome.failed (final), package.completed, run.completed, run.cancelled, ping.
+`package.completed` and `run.completed` are not in the events log: they are derived from the package
+counters when a terminal outcome event is dispatched (`completions`), and keyed by the counters so the
+same completion is delivered once however many events reveal it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from matrix_mcp.models import Event, PackageSummary
+
+EVENT_TYPES = (
+    "outcome.created",
+    "outcome.started",
+    "outcome.completed",
+    "outcome.retry_scheduled",
+    "outcome.failed",
+    "package.completed",
+    "run.completed",
+    "run.cancelled",
+    "ping",
+)
+# internal kinds after which a package may have finished
+TERMINAL_TYPES = frozenset({"outcome.completed", "outcome.failed"})
+_STATUS_FOR = {
+    "outcome.created": "pending",
+    "outcome.started": "generating",
+    "outcome.completed": "complete",
+    "outcome.retry_scheduled": "pending",
+    "outcome.failed": "failed",
+}
+
+
+@dataclass(frozen=True)
+class PublicEvent:
+    type: str
+    seq: int
+    run: str | None
+    key: str  # what makes it unique for one subscription (the delivery id derives from it)
+    created_at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def public_event(event: Event) -> PublicEvent | None:
+    """The public event for one events-log row, or None when that kind is not published (planning,
+    heartbeats of the board itself, integration records — publishing those would loop)."""
+    d = event.data
+    kind = event.kind
+    kind_map = {
+        "recorded": "outcome.created",
+        "claimed": "outcome.started",
+        "completed": "outcome.completed",
+        "retry_scheduled": "outcome.retry_scheduled",
+        "failed": "outcome.failed",
+        "run_cancelled": "run.cancelled",
+    }
+    if kind == "lease_expired":
+        target = {"pending": "outcome.retry_scheduled", "failed": "outcome.failed"}.get(str(d.get("now")))
+    elif kind == "status_updated":
+        target = {
+            "complete": "outcome.completed",
+            "failed": "outcome.failed",
+            "generating": "outcome.started",
+        }.get(str(d.get("to")))
+    else:
+        target = kind_map.get(kind)
+    if target is None:
+        return None
+    data: dict[str, Any] = {"seq": event.seq, "run": event.run}
+    if event.outcome_id is not None:
+        data["outcome_id"] = event.outcome_id
+        data["status"] = _STATUS_FOR[target]
+    for name in ("package", "item", "attempt", "worker", "duration", "delay"):
+        if d.get(name) is not None:
+            data[name] = d[name]
+    if kind == "lease_expired":
+        data["error"] = "lease expired"
+    elif d.get("error") is not None:
+        data["error"] = d["error"]
+    if kind == "run_cancelled" and d.get("cancelled_items") is not None:
+        data["cancelled_items"] = d["cancelled_items"]
+    return PublicEvent(target, event.seq, event.run, f"seq:{event.seq}", event.created_at.timestamp(), data)
+
+
+def completions(
+    summaries: Sequence[PackageSummary], touched: Iterable[str], seq: int, now: float
+) -> list[PublicEvent]:
+    """package.completed for each touched package with nothing left to do, and run.completed when the
+    whole run has nothing left; `summaries` are all of one run's packages, read after the events."""
+    out: list[PublicEvent] = []
+    touched = set(touched)
+
+    def done(p: PackageSummary) -> bool:
+        return p.total_items > 0 and p.pending_items == 0 and p.generating_items == 0
+
+    def counts(p: PackageSummary) -> dict[str, Any]:
+        return {
+            "total": p.total_items,
+            "complete": p.completed_items,
+            "failed": p.failed_items,
+            "cancelled": p.cancelled_items,
+            "success_rate": p.success_rate,
+        }
+
+    for p in summaries:
+        if p.package in touched and done(p):
+            c = counts(p)
+            key = f"package:{p.run}:{p.package}:{c['complete']}:{c['failed']}:{c['cancelled']}"
+            out.append(
+                PublicEvent(
+                    "package.completed",
+                    seq,
+                    p.run,
+                    key,
+                    now,
+                    {"seq": seq, "run": p.run, "package": p.package, **c},
+                )
+            )
+    if summaries and touched and all(done(p) for p in summaries):
+        run = summaries[0].run
+        packages = [{"package": p.package, **counts(p)} for p in summaries]
+        totals = {k: sum(int(c[k]) for c in packages) for k in ("total", "complete", "failed", "cancelled")}
+        key = f"run:{run}:{totals['complete']}:{totals['failed']}:{totals['cancelled']}"
+        out.append(
+            PublicEvent(
+                "run.completed", seq, run, key, now, {"seq": seq, "run": run, **totals, "packages": packages}
+            )
+        )
+    return out
+
+
+def matches(patterns: Sequence[str], run_filter: str | None, event: PublicEvent) -> bool:
+    if event.type == "ping":
+        return True
+    if run_filter is not None and event.run != run_filter:
+        return False
+    return "*" in patterns or event.type in patterns
+
+
+def delivery_id(subscription_id: str, key: str) -> str:
+    """Stable across retries and re-materialization: the Standard Webhooks `webhook-id`."""
+    return "msg_" + hashlib.sha256(f"{subscription_id}\n{key}".encode()).hexdigest()[:26]
+
+
+def body(event: PublicEvent) -> str:
+    """The JSON body, fixed when the delivery is created so every retry signs the same bytes."""
+    stamp = datetime.fromtimestamp(event.created_at, tz=UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps(
+        {"type": event.type, "timestamp": stamp, "data": event.data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )

@@ -1,0 +1,346 @@
+"""What events out (webhooks, Slack, Jira, GitHub) needs from the outcome store: the HookStore protocol.
+
+Both dialects (`sqlite/hooks.py`, `postgres/hooks.py`) implement it with identical semantics and pass
+one contract suite (tests/test_hooks_store.py). Each store exposes it as `store.hooks`.
+
+- A subscription keeps a `cursor` into the events log. The dispatcher holding the subscription's lease
+  reads the events after the cursor, turns them into deliveries and advances the cursor in one
+  transaction (`materialize`), so the claim/complete hot path writes nothing for webhooks.
+- One dispatcher at a time per subscription, across processes and hosts: `lease` takes or renews a
+  time-limited lease; `materialize` and `record` change nothing unless the caller still holds it.
+- A delivery's id is derived from the subscription and the event, so it is stable across retries and
+  re-materializing an event (after a crash) inserts nothing new.
+- Credentials arrive here already encrypted; the store never sees a secret in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from matrix_mcp import rules
+from matrix_mcp.store.base import StoreError
+
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    kind: str
+    target: str  # what may be shown: the URL without credentials, query or (for Slack) path
+    credentials: str  # encrypted (Fernet token): URL, signing secrets, headers, tokens
+    events: list[str] = field(default_factory=lambda: ["*"])
+    run: str | None = None
+    description: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    active: bool = True
+    disabled_reason: str | None = None
+    cursor: int = 0
+    failures: int = 0
+    failing_since: float | None = None
+    circuit_open_until: float | None = None
+    last_success_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """Fields to change on a subscription; None leaves a field as it is."""
+
+    active: bool | None = None
+    events: list[str] | None = None
+    run: str | None = None
+    target: str | None = None
+    credentials: str | None = None
+    description: str | None = None
+    config: dict[str, Any] | None = None
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    seq: int
+    event_type: str
+    run: str | None
+    body: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    n: int
+    id: str
+    subscription_id: str
+    seq: int
+    event_type: str
+    run: str | None
+    body: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """The outcome of one attempt at one delivery, decided by the dispatcher's rules."""
+
+    delivery_id: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    status_code: int | None
+    error: str | None
+    now: float
+
+
+@dataclass(frozen=True)
+class CallLog:
+    """One outbound call, for the seed's integration_logs (written with the attempt results)."""
+
+    run: str | None  # run name
+    integration_type: str
+    action: str
+    status: str
+    details: dict[str, Any]
+    created_at: float
+
+
+def log_events(logs: list[CallLog]) -> list[rules.Ev]:
+    """The events of a round of calls: one per (type, action, status), with a count — built by
+    matrix_mcp.rules, identical on both backends."""
+    groups: dict[tuple[str, str, str], int] = {}
+    for log in logs:
+        key = (log.integration_type, log.action, log.status)
+        groups[key] = groups.get(key, 0) + 1
+    return [
+        rules.integration_calls(integration_type=t, action=a, status=st, count=n)
+        for (t, a, st), n in sorted(groups.items())
+    ]
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """A subscription's circuit breaker and health after a round of attempts."""
+
+    failures: int
+    failing_since: float | None
+    circuit_open_until: float | None
+    last_success_at: float | None
+    active: bool = True
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    deliveries: list[DeliveryRow]
+    next_cursor: str | None
+
+
+class HookStore(Protocol):
+    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+        """Insert; the cursor starts at the latest event (no history is replayed)."""
+        ...
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
+        """NotFound names the field `webhook`."""
+        ...
+
+    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]: ...
+
+    async def any_active(self) -> bool:
+        """One indexed read: is there anything to dispatch for at all?"""
+        ...
+
+    async def update_subscription(
+        self, subscription_id: str, change: SubscriptionChange, now: float
+    ) -> SubscriptionRow:
+        """Re-activating a subscription also resets its failure count and closes its circuit."""
+        ...
+
+    async def remove_subscription(self, subscription_id: str) -> None: ...
+
+    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+        """Take or renew the dispatch lease; the subscription (as now stored) when held, else None."""
+        ...
+
+    async def release(self, subscription_id: str, owner: str) -> None: ...
+
+    async def materialize(
+        self,
+        subscription_id: str,
+        owner: str,
+        cursor_from: int,
+        cursor_to: int,
+        deliveries: list[NewDelivery],
+        now: float,
+    ) -> bool:
+        """Insert the deliveries (ids already present are skipped) and move the cursor from cursor_from to
+        cursor_to, in one transaction; False (nothing changed) unless `owner` holds the lease and the
+        cursor is still cursor_from."""
+        ...
+
+    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+        """A delivery not derived from the events log (a ping), due now."""
+        ...
+
+    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]: ...
+
+    async def next_due(self, subscription_id: str) -> float | None: ...
+
+    async def record(
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
+    ) -> bool:
+        """Store attempt results, the endpoint state and the calls' integration_logs rows (plus one
+        `integration` event per type/action/status) in one transaction; False (nothing changed) when
+        `owner` no longer holds the lease."""
+        ...
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow: ...
+
+    async def list_deliveries(
+        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
+    ) -> DeliveryPage: ...
+
+    async def redeliver(
+        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
+    ) -> int:
+        """Make one delivery, or every delivery of a subscription created at or after `since`, due now
+        (attempts restart); returns how many."""
+        ...
+
+    async def get_link(self, subscription_id: str, ref: str) -> str | None: ...
+
+    async def set_link(self, subscription_id: str, ref: str, value: str) -> None: ...
+
+    async def all_credentials(self) -> list[tuple[str, str]]: ...
+
+    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+        """Replace the encrypted credentials of several subscriptions in one transaction (key rotation)."""
+        ...
+
+
+# ---- row conversion, shared by both dialects -----------------------------------------------------
+
+SUBSCRIPTION_COLUMNS = (
+    "id",
+    "kind",
+    "target",
+    "description",
+    "events",
+    "run_name",
+    "config",
+    "credentials",
+    "active",
+    "disabled_reason",
+    "cursor",
+    "lease_owner",
+    "lease_expires_at",
+    "failures",
+    "failing_since",
+    "circuit_open_until",
+    "last_success_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def subscription_from(row: Any) -> SubscriptionRow:
+    return SubscriptionRow(
+        id=row["id"],
+        kind=row["kind"],
+        target=row["target"],
+        credentials=row["credentials"],
+        events=json.loads(row["events"]),
+        run=row["run_name"],
+        description=row["description"],
+        config=json.loads(row["config"]),
+        active=bool(row["active"]),
+        disabled_reason=row["disabled_reason"],
+        cursor=int(row["cursor"]),
+        failures=int(row["failures"]),
+        failing_since=row["failing_since"],
+        circuit_open_until=row["circuit_open_until"],
+        last_success_at=row["last_success_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def delivery_from(row: Any) -> DeliveryRow:
+    return DeliveryRow(
+        n=int(row["n"]),
+        id=row["id"],
+        subscription_id=row["subscription_id"],
+        seq=int(row["seq"]),
+        event_type=row["event_type"],
+        run=row["run_name"],
+        body=row["body"],
+        status=row["status"],
+        attempts=int(row["attempts"]),
+        next_attempt_at=float(row["next_attempt_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        delivered_at=row["delivered_at"],
+    )
+
+
+def change_columns(change: SubscriptionChange) -> dict[str, Any]:
+    """The columns a change sets (JSON already dumped); re-activation resets the circuit."""
+    cols: dict[str, Any] = {}
+    if change.events is not None:
+        cols["events"] = json.dumps(change.events)
+    if change.run is not None:
+        cols["run_name"] = change.run or None
+    if change.target is not None:
+        cols["target"] = change.target
+    if change.credentials is not None:
+        cols["credentials"] = change.credentials
+    if change.description is not None:
+        cols["description"] = change.description
+    if change.config is not None:
+        cols["config"] = json.dumps(change.config, sort_keys=True)
+    if change.active is not None:
+        cols["active"] = change.active
+        if change.active:
+            cols.update(failures=0, failing_since=None, circuit_open_until=None, disabled_reason=None)
+        else:
+            cols["disabled_reason"] = change.disabled_reason or "disabled by request"
+    return cols
+
+
+def encode_cursor(n: int) -> str:
+    return base64.urlsafe_b64encode(str(n).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise StoreError("not a cursor this server issued", field="cursor") from None
+    if not 0 <= value < 2**63:
+        raise StoreError("not a cursor this server issued", field="cursor")
+    return value

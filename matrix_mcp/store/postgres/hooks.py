@@ -1,0 +1,402 @@
+"""The HookStore (see hooks.py) on the PostgreSQL store: short transactions of their own on its pool,
+retried on transient errors like every other call (each write here is safe to repeat: a materialize
+checks the cursor, a record the lease, inserts skip ids already present)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from psycopg import sql
+
+from matrix_mcp.store.base import NotFound
+from matrix_mcp.store.hooks import (
+    AttemptResult,
+    CallLog,
+    DeliveryPage,
+    DeliveryRow,
+    DeliveryStatus,
+    EndpointState,
+    NewDelivery,
+    SubscriptionChange,
+    SubscriptionRow,
+    change_columns,
+    decode_cursor,
+    delivery_from,
+    encode_cursor,
+    log_events,
+    subscription_from,
+)
+from matrix_mcp.store.postgres_schema import EVENTS_LOCK, NOTIFY_CHANNEL
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres.batch import Conn
+    from matrix_mcp.store.postgres.store import PostgresStore
+
+T = TypeVar("T")
+
+
+async def _subscription(c: Conn, subscription_id: str) -> SubscriptionRow:
+    cur = await c.execute("SELECT * FROM hook_subscriptions WHERE id = %s", (subscription_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+    return subscription_from(row)
+
+
+async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
+    cur = await c.execute("SELECT * FROM hook_deliveries WHERE id = %s", (delivery_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+    return delivery_from(row)
+
+
+class PostgresHooks:
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            async with self._store._pool.connection() as conn, conn.transaction():
+                return await fn(conn)
+
+        return await self._store._with_retry(attempt)
+
+    async def _rd(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        return await self._store._read(fn)
+
+    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+        async def op(c: Conn) -> SubscriptionRow:
+            await c.execute(
+                "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
+                " credentials, active, cursor, created_at, updated_at)"
+                " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, COALESCE(MAX(seq), 0), %s, %s FROM events",
+                (
+                    row.id,
+                    row.kind,
+                    row.target,
+                    row.description,
+                    json.dumps(row.events),
+                    row.run,
+                    json.dumps(row.config, sort_keys=True),
+                    row.credentials,
+                    row.active,
+                    now,
+                    now,
+                ),
+            )
+            return await _subscription(c, row.id)
+
+        return await self._tx(op)
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
+        return await self._rd(lambda c: _subscription(c, subscription_id))
+
+    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]:
+        async def op(c: Conn) -> list[SubscriptionRow]:
+            cur = await c.execute(
+                "SELECT * FROM hook_subscriptions"
+                + (" WHERE active" if active_only else "")
+                + " ORDER BY created_at, id"
+            )
+            return [subscription_from(r) for r in await cur.fetchall()]
+
+        return await self._rd(op)
+
+    async def any_active(self) -> bool:
+        async def op(c: Conn) -> bool:
+            cur = await c.execute("SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1")
+            return await cur.fetchone() is not None
+
+        return await self._rd(op)
+
+    async def update_subscription(
+        self, subscription_id: str, change: SubscriptionChange, now: float
+    ) -> SubscriptionRow:
+        cols = change_columns(change)
+
+        async def op(c: Conn) -> SubscriptionRow:
+            await _subscription(c, subscription_id)
+            if cols:
+                query = sql.SQL("UPDATE hook_subscriptions SET {}, updated_at = %s WHERE id = %s").format(
+                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in cols)
+                )
+                await c.execute(query, [*cols.values(), now, subscription_id])
+            return await _subscription(c, subscription_id)
+
+        return await self._tx(op)
+
+    async def remove_subscription(self, subscription_id: str) -> None:
+        async def op(c: Conn) -> None:
+            cur = await c.execute("DELETE FROM hook_subscriptions WHERE id = %s", (subscription_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+
+        await self._tx(op)
+
+    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+        async def op(c: Conn) -> SubscriptionRow | None:
+            cur = await c.execute(
+                "UPDATE hook_subscriptions SET lease_owner = %s, lease_expires_at = %s WHERE id = %s AND active"
+                " AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at <= %s) RETURNING *",
+                (owner, now + ttl, subscription_id, owner, now),
+            )
+            row = await cur.fetchone()
+            return None if row is None else subscription_from(row)
+
+        return await self._tx(op)
+
+    async def release(self, subscription_id: str, owner: str) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute(
+                "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = %s AND lease_owner = %s",
+                (subscription_id, owner),
+            )
+
+        await self._tx(op)
+
+    async def materialize(
+        self,
+        subscription_id: str,
+        owner: str,
+        cursor_from: int,
+        cursor_to: int,
+        deliveries: list[NewDelivery],
+        now: float,
+    ) -> bool:
+        async def op(c: Conn) -> bool:
+            cur = await c.execute(
+                "UPDATE hook_subscriptions SET cursor = %s WHERE id = %s AND lease_owner = %s AND cursor = %s",
+                (cursor_to, subscription_id, owner, cursor_from),
+            )
+            if cur.rowcount == 0:
+                return False
+            if deliveries:
+                await c.execute(
+                    "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
+                    " next_attempt_at, created_at, updated_at)"
+                    " SELECT i, %s, s, t, r, b, 'pending', %s, %s, %s"
+                    " FROM unnest(%s::text[], %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, s, t, r, b)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (
+                        subscription_id,
+                        now,
+                        now,
+                        now,
+                        [d.id for d in deliveries],
+                        [d.seq for d in deliveries],
+                        [d.event_type for d in deliveries],
+                        [d.run for d in deliveries],
+                        [d.body for d in deliveries],
+                    ),
+                )
+            return True
+
+        return await self._tx(op)
+
+    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+        async def op(c: Conn) -> DeliveryRow:
+            await _subscription(c, subscription_id)
+            await c.execute(
+                "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
+                " next_attempt_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
+                (
+                    delivery.id,
+                    subscription_id,
+                    delivery.seq,
+                    delivery.event_type,
+                    delivery.run,
+                    delivery.body,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            return await _delivery(c, delivery.id)
+
+        return await self._tx(op)
+
+    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]:
+        async def op(c: Conn) -> list[DeliveryRow]:
+            cur = await c.execute(
+                "SELECT * FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'"
+                " AND next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s",
+                (subscription_id, now, limit),
+            )
+            return [delivery_from(r) for r in await cur.fetchall()]
+
+        return await self._rd(op)
+
+    async def next_due(self, subscription_id: str) -> float | None:
+        async def op(c: Conn) -> float | None:
+            cur = await c.execute(
+                "SELECT MIN(next_attempt_at) AS t FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'",
+                (subscription_id,),
+            )
+            row = await cur.fetchone()
+            return None if row is None or row["t"] is None else float(row["t"])
+
+        return await self._rd(op)
+
+    async def record(
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
+    ) -> bool:
+        async def op(c: Conn) -> bool:
+            cur = await c.execute(
+                "UPDATE hook_subscriptions SET failures = %s, failing_since = %s, circuit_open_until = %s,"
+                " last_success_at = %s, active = active AND %s, disabled_reason = COALESCE(%s, disabled_reason),"
+                " updated_at = %s WHERE id = %s AND lease_owner = %s",
+                (
+                    state.failures,
+                    state.failing_since,
+                    state.circuit_open_until,
+                    state.last_success_at,
+                    state.active,
+                    state.disabled_reason,
+                    now,
+                    subscription_id,
+                    owner,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            if results:
+                await c.execute(
+                    "UPDATE hook_deliveries d SET status = u.st, attempts = u.a, next_attempt_at = u.na,"
+                    " last_status_code = u.code, last_error = u.err, updated_at = u.t,"
+                    " delivered_at = CASE WHEN u.st = 'succeeded' THEN u.t ELSE d.delivered_at END"
+                    " FROM unnest(%s::text[], %s::text[], %s::int4[], %s::float8[], %s::int4[], %s::text[],"
+                    " %s::float8[]) AS u(i, st, a, na, code, err, t) WHERE d.id = u.i AND d.subscription_id = %s",
+                    (
+                        [r.delivery_id for r in results],
+                        [r.status for r in results],
+                        [r.attempts for r in results],
+                        [r.next_attempt_at for r in results],
+                        [r.status_code for r in results],
+                        [r.error for r in results],
+                        [r.now for r in results],
+                        subscription_id,
+                    ),
+                )
+            if logs:
+                await c.execute(
+                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
+                    " created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+                    " AS u(r, t, a, s, d, c)",
+                    (
+                        [g.run for g in logs],
+                        [g.integration_type for g in logs],
+                        [g.action for g in logs],
+                        [g.status for g in logs],
+                        [json.dumps(g.details) for g in logs],
+                        [g.created_at for g in logs],
+                    ),
+                )
+                # events get their sequence numbers in commit order (see store/postgres/batch.py)
+                await c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                for ev in log_events(logs):
+                    await c.execute(
+                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                        " VALUES (NULL, NULL, %s, %s, %s)",
+                        (ev.kind, ev.payload(), now),
+                    )
+                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            return True
+
+        return await self._tx(op)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow:
+        return await self._rd(lambda c: _delivery(c, delivery_id))
+
+    async def list_deliveries(
+        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        after = decode_cursor(cursor)
+
+        async def op(c: Conn) -> DeliveryPage:
+            where: list[str] = ["n > %s"]
+            args: list[Any] = [after]
+            if subscription_id is not None:
+                where.append("subscription_id = %s")
+                args.append(subscription_id)
+            if status is not None:
+                where.append("status = %s")
+                args.append(status)
+            cur = await c.execute(
+                "SELECT * FROM hook_deliveries WHERE " + " AND ".join(where) + " ORDER BY n LIMIT %s",
+                [*args, limit + 1],
+            )
+            rows = await cur.fetchall()
+            page = [delivery_from(r) for r in rows[:limit]]
+            return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
+
+        return await self._rd(op)
+
+    async def redeliver(
+        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
+    ) -> int:
+        async def op(c: Conn) -> int:
+            text = (
+                "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
+                " updated_at = %s WHERE "
+            )
+            if delivery_id is not None:
+                cur = await c.execute(text + "id = %s", (now, now, delivery_id))
+                if not cur.rowcount:
+                    raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+                return int(cur.rowcount)
+            assert subscription_id is not None
+            await _subscription(c, subscription_id)
+            cur = await c.execute(
+                text + "subscription_id = %s AND created_at >= %s", (now, now, subscription_id, since or 0.0)
+            )
+            return int(cur.rowcount)
+
+        return await self._tx(op)
+
+    async def get_link(self, subscription_id: str, ref: str) -> str | None:
+        async def op(c: Conn) -> str | None:
+            cur = await c.execute(
+                "SELECT value FROM hook_links WHERE subscription_id = %s AND ref = %s", (subscription_id, ref)
+            )
+            row: Any = await cur.fetchone()
+            return None if row is None else str(row["value"])
+
+        return await self._rd(op)
+
+    async def set_link(self, subscription_id: str, ref: str, value: str) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute(
+                "INSERT INTO hook_links (subscription_id, ref, value) VALUES (%s, %s, %s)"
+                " ON CONFLICT (subscription_id, ref) DO UPDATE SET value = EXCLUDED.value",
+                (subscription_id, ref, value),
+            )
+
+        await self._tx(op)
+
+    async def all_credentials(self) -> list[tuple[str, str]]:
+        async def op(c: Conn) -> list[tuple[str, str]]:
+            cur = await c.execute("SELECT id, credentials FROM hook_subscriptions ORDER BY id")
+            return [(r["id"], r["credentials"]) for r in await cur.fetchall()]
+
+        return await self._rd(op)
+
+    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+        async def op(c: Conn) -> None:
+            for sid, cred in pairs:
+                await c.execute(
+                    "UPDATE hook_subscriptions SET credentials = %s, updated_at = %s WHERE id = %s",
+                    (cred, now, sid),
+                )
+
+        await self._tx(op)

@@ -1,0 +1,383 @@
+"""The HookStore (see hooks.py) on the SQLite store: its group-commit writer and snapshot readers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from matrix_mcp.store.base import NotFound
+from matrix_mcp.store.hooks import (
+    AttemptResult,
+    CallLog,
+    DeliveryPage,
+    DeliveryRow,
+    DeliveryStatus,
+    EndpointState,
+    NewDelivery,
+    SubscriptionChange,
+    SubscriptionRow,
+    change_columns,
+    decode_cursor,
+    delivery_from,
+    encode_cursor,
+    log_events,
+    subscription_from,
+)
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.sqlite import SQLiteStore
+
+# column names below come from this closed set only (change_columns); values are always bound
+_CHANGEABLE = frozenset(
+    {
+        "events",
+        "run_name",
+        "target",
+        "credentials",
+        "description",
+        "config",
+        "active",
+        "failures",
+        "failing_since",
+        "circuit_open_until",
+        "disabled_reason",
+    }
+)
+
+
+def _subscription(c: sqlite3.Connection, subscription_id: str) -> SubscriptionRow:
+    row = c.execute("SELECT * FROM hook_subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+    return subscription_from(row)
+
+
+def _holds(c: sqlite3.Connection, subscription_id: str, owner: str) -> bool:
+    return (
+        c.execute(
+            "SELECT 1 FROM hook_subscriptions WHERE id = ? AND lease_owner = ?", (subscription_id, owner)
+        ).fetchone()
+        is not None
+    )
+
+
+class SQLiteHooks:
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+        def op(c: sqlite3.Connection) -> SubscriptionRow:
+            cursor = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            c.execute(
+                "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
+                " credentials, active, cursor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id,
+                    row.kind,
+                    row.target,
+                    row.description,
+                    json.dumps(row.events),
+                    row.run,
+                    json.dumps(row.config, sort_keys=True),
+                    row.credentials,
+                    row.active,
+                    cursor,
+                    now,
+                    now,
+                ),
+            )
+            return _subscription(c, row.id)
+
+        return await self._store._write(op)
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
+        return await self._store._read(lambda c: _subscription(c, subscription_id))
+
+    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]:
+        sql = (
+            "SELECT * FROM hook_subscriptions"
+            + (" WHERE active" if active_only else "")
+            + " ORDER BY created_at, id"
+        )
+        return await self._store._read(lambda c: [subscription_from(r) for r in c.execute(sql)])
+
+    async def any_active(self) -> bool:
+        return await self._store._read(
+            lambda c: (
+                c.execute("SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1").fetchone() is not None
+            )
+        )
+
+    async def update_subscription(
+        self, subscription_id: str, change: SubscriptionChange, now: float
+    ) -> SubscriptionRow:
+        cols = change_columns(change)
+        assert set(cols) <= _CHANGEABLE
+
+        def op(c: sqlite3.Connection) -> SubscriptionRow:
+            _subscription(c, subscription_id)
+            if cols:
+                c.execute(
+                    "UPDATE hook_subscriptions SET "
+                    + ", ".join(f"{name} = ?" for name in cols)
+                    + ", updated_at = ? WHERE id = ?",
+                    [*cols.values(), now, subscription_id],
+                )
+            return _subscription(c, subscription_id)
+
+        return await self._store._write(op)
+
+    async def remove_subscription(self, subscription_id: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            if c.execute("DELETE FROM hook_subscriptions WHERE id = ?", (subscription_id,)).rowcount == 0:
+                raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+
+        await self._store._write(op)
+
+    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+        def op(c: sqlite3.Connection) -> SubscriptionRow | None:
+            taken = c.execute(
+                "UPDATE hook_subscriptions SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND active"
+                " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at <= ?)",
+                (owner, now + ttl, subscription_id, owner, now),
+            ).rowcount
+            return _subscription(c, subscription_id) if taken else None
+
+        return await self._store._write(op)
+
+    async def release(self, subscription_id: str, owner: str) -> None:
+        await self._store._write(
+            lambda c: c.execute(
+                "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                (subscription_id, owner),
+            )
+        )
+
+    async def materialize(
+        self,
+        subscription_id: str,
+        owner: str,
+        cursor_from: int,
+        cursor_to: int,
+        deliveries: list[NewDelivery],
+        now: float,
+    ) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            moved = c.execute(
+                "UPDATE hook_subscriptions SET cursor = ? WHERE id = ? AND lease_owner = ? AND cursor = ?",
+                (cursor_to, subscription_id, owner, cursor_from),
+            ).rowcount
+            if not moved:
+                return False
+            c.executemany(
+                "INSERT OR IGNORE INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body,"
+                " status, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                [
+                    (d.id, subscription_id, d.seq, d.event_type, d.run, d.body, now, now, now)
+                    for d in deliveries
+                ],
+            )
+            return True
+
+        return await self._store._write(op)
+
+    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+        def op(c: sqlite3.Connection) -> DeliveryRow:
+            _subscription(c, subscription_id)
+            c.execute(
+                "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
+                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (
+                    delivery.id,
+                    subscription_id,
+                    delivery.seq,
+                    delivery.event_type,
+                    delivery.run,
+                    delivery.body,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            return _delivery(c, delivery.id)
+
+        return await self._store._write(op)
+
+    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]:
+        return await self._store._read(
+            lambda c: [
+                delivery_from(r)
+                for r in c.execute(
+                    "SELECT * FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'"
+                    " AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
+                    (subscription_id, now, limit),
+                )
+            ]
+        )
+
+    async def next_due(self, subscription_id: str) -> float | None:
+        def op(c: sqlite3.Connection) -> float | None:
+            row = c.execute(
+                "SELECT MIN(next_attempt_at) FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'",
+                (subscription_id,),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._store._read(op)
+
+    async def record(
+        self,
+        subscription_id: str,
+        owner: str,
+        results: list[AttemptResult],
+        state: EndpointState,
+        now: float,
+        logs: list[CallLog] | None = None,
+    ) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            if not _holds(c, subscription_id, owner):
+                return False
+            c.executemany(
+                "UPDATE hook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status_code = ?,"
+                " last_error = ?, updated_at = ?, delivered_at = CASE WHEN ? = 'succeeded' THEN ? ELSE delivered_at END"
+                " WHERE id = ? AND subscription_id = ?",
+                [
+                    (
+                        r.status,
+                        r.attempts,
+                        r.next_attempt_at,
+                        r.status_code,
+                        r.error,
+                        r.now,
+                        r.status,
+                        r.now,
+                        r.delivery_id,
+                        subscription_id,
+                    )
+                    for r in results
+                ],
+            )
+            c.execute(
+                "UPDATE hook_subscriptions SET failures = ?, failing_since = ?, circuit_open_until = ?,"
+                " last_success_at = ?, active = active AND ?, disabled_reason = COALESCE(?, disabled_reason),"
+                " updated_at = ? WHERE id = ?",
+                (
+                    state.failures,
+                    state.failing_since,
+                    state.circuit_open_until,
+                    state.last_success_at,
+                    state.active,
+                    state.disabled_reason,
+                    now,
+                    subscription_id,
+                ),
+            )
+            if logs:
+                c.executemany(
+                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
+                    " created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)",
+                    [
+                        (g.run, g.integration_type, g.action, g.status, json.dumps(g.details), g.created_at)
+                        for g in logs
+                    ],
+                )
+                for ev in log_events(logs):
+                    c.execute(
+                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL,"
+                        " ?, ?, ?)",
+                        (ev.kind, ev.payload(), now),
+                    )
+            return True
+
+        return await self._store._write(op)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRow:
+        return await self._store._read(lambda c: _delivery(c, delivery_id))
+
+    async def list_deliveries(
+        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        after = decode_cursor(cursor)
+
+        def op(c: sqlite3.Connection) -> DeliveryPage:
+            where: list[str] = ["n > ?"]
+            args: list[Any] = [after]
+            if subscription_id is not None:
+                where.append("subscription_id = ?")
+                args.append(subscription_id)
+            if status is not None:
+                where.append("status = ?")
+                args.append(status)
+            rows = c.execute(
+                "SELECT * FROM hook_deliveries WHERE " + " AND ".join(where) + " ORDER BY n LIMIT ?",
+                [*args, limit + 1],
+            ).fetchall()
+            page = [delivery_from(r) for r in rows[:limit]]
+            return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
+
+        return await self._store._read(op)
+
+    async def redeliver(
+        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
+    ) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
+                " WHERE "
+            )
+            if delivery_id is not None:
+                n = c.execute(sql + "id = ?", (now, now, delivery_id)).rowcount
+                if not n:
+                    raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+                return int(n)
+            assert subscription_id is not None
+            _subscription(c, subscription_id)
+            return int(
+                c.execute(
+                    sql + "subscription_id = ? AND created_at >= ?", (now, now, subscription_id, since or 0.0)
+                ).rowcount
+            )
+
+        return await self._store._write(op)
+
+    async def get_link(self, subscription_id: str, ref: str) -> str | None:
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT value FROM hook_links WHERE subscription_id = ? AND ref = ?", (subscription_id, ref)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._store._read(op)
+
+    async def set_link(self, subscription_id: str, ref: str, value: str) -> None:
+        await self._store._write(
+            lambda c: c.execute(
+                "INSERT INTO hook_links (subscription_id, ref, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (subscription_id, ref) DO UPDATE SET value = excluded.value",
+                (subscription_id, ref, value),
+            )
+        )
+
+    async def all_credentials(self) -> list[tuple[str, str]]:
+        return await self._store._read(
+            lambda c: [
+                (r[0], r[1]) for r in c.execute("SELECT id, credentials FROM hook_subscriptions ORDER BY id")
+            ]
+        )
+
+    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+        await self._store._write(
+            lambda c: c.executemany(
+                "UPDATE hook_subscriptions SET credentials = ?, updated_at = ? WHERE id = ?",
+                [(cred, now, sid) for sid, cred in pairs],
+            )
+        )
+
+
+def _delivery(c: sqlite3.Connection, delivery_id: str) -> DeliveryRow:
+    row: Any = c.execute("SELECT * FROM hook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+    return delivery_from(row)

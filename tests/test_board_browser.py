@@ -1,0 +1,276 @@
+"""The live board in a real browser: headless Chromium (Debian's, driven by Playwright) against the service
+on 127.0.0.1. Skipped when Chromium or Playwright is missing here; CI installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from matrix_mcp.config import Settings
+from tests.http_helpers import client, create_key, serving
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = os.environ.get("MATRIX_CHROMIUM", "/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+EVIL_NAME = "<script>window.__pwned=1</script>"
+EVIL_ITEM = '<img src=x onerror="window.__pwned=2">'
+EVIL_CONTENT = '<script>window.__pwned=3</script><img src=x onerror="window.__pwned=4"> & plain text'
+GREEN = (22, 163, 74)  # complete
+GREY = (229, 231, 235)  # pending
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+
+
+async def new_page(browser: Any) -> tuple[Any, list[str]]:
+    # Playwright's wait_for_function evaluates strings, which the board's CSP forbids: the tests run
+    # without that safety net, so they show the script itself never runs untrusted text (the CSP
+    # header is checked in test_board.py)
+    page = await browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)
+    seen: list[str] = []
+    page.on("dialog", lambda d: seen.append(f"dialog: {d.message}"))
+    page.on("pageerror", lambda e: seen.append(f"error: {e}"))
+    return page, seen
+
+
+async def sign_in(page: Any, base: str, key: str) -> None:
+    await page.goto(base + "/ui/")
+    assert page.url.endswith("/ui/signin")
+    await page.fill("#token", key)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/ui/")
+
+
+async def pixel(page: Any, outcome_id: str) -> tuple[int, int, int]:
+    """The colour at the centre of an item's cell, read back from the canvas."""
+    rgb = await page.evaluate(
+        """(id) => {
+            const cell = window.matrixBoard.cell(id);
+            const canvas = document.getElementById("grid");
+            const ratio = canvas.width / parseFloat(canvas.style.width);
+            const x = Math.floor((cell.x + cell.size / 2) * ratio);
+            const y = Math.floor((cell.y + cell.size / 2) * ratio);
+            const d = canvas.getContext("2d").getImageData(x, y, 1, 1).data;
+            return [d[0], d[1], d[2]];
+        }""",
+        outcome_id,
+    )
+    return (rgb[0], rgb[1], rgb[2])
+
+
+async def test_sign_in_watch_a_cell_retry_from_the_ui_and_untrusted_text(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    planner = await create_key(sqlite_settings, "planner", "matrix:plan", "matrix:read")
+    worker = await create_key(sqlite_settings, "worker", "matrix:work")
+    async with (
+        serving(sqlite_settings, auth=True) as (base, _),
+        httpx2.AsyncClient(base_url=base + "/api/v1", headers={"Authorization": f"Bearer {planner}"}) as api,
+    ):
+        packages = [{"name": f"pkg{i}", "items": [f"item{j}" for j in range(4)]} for i in range(3)]
+        packages.append({"name": EVIL_NAME, "items": [EVIL_ITEM]})
+        plan = await api.post("/runs", json={"name": "board", "packages": packages, "max_attempts": 1})
+        assert plan.status_code == 200, plan.text
+        async with client(base, worker) as mcp:
+            claimed = await mcp.call_tool("claim_items", {"run": "board", "worker": "w1", "limit": 3})
+            items = (claimed.structured_content or {})["items"]
+            watched, failing, _ = items
+            await mcp.call_tool(
+                "fail_item",
+                {"outcome_id": failing["outcome_id"], "lease_token": failing["lease_token"], "error": "boom"},
+            )
+
+            page, seen = await new_page(browser)
+            await sign_in(page, base, planner)
+            await page.click("text=board")
+            await page.wait_for_function("window.matrixBoard && document.body.dataset.gridPainted")
+            await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+            assert (
+                await page.evaluate("(id) => window.matrixBoard.status(id)", watched["outcome_id"])
+                == "generating"
+            )
+
+            # a worker completes an item over MCP: its cell turns complete on the page
+            done = await mcp.call_tool(
+                "complete_item", {"outcome_id": watched["outcome_id"], "lease_token": watched["lease_token"]}
+            )
+            assert not done.is_error
+            await page.wait_for_function(
+                "(id) => window.matrixBoard.status(id) === 'complete'",
+                arg=watched["outcome_id"],
+                timeout=5000,
+            )
+            await page.wait_for_timeout(100)  # the repaint is the next animation frame
+            assert await pixel(page, watched["outcome_id"]) == GREEN
+
+            # retry the failed item from the UI: select it in the failures view, confirm
+            page.on("dialog", lambda d: d.accept())
+            await page.wait_for_selector("#failures input[type=checkbox]")
+            await page.check("#failures input[type=checkbox]")
+            await page.click("[data-action=retry-selected]")
+            await page.wait_for_function(
+                "document.getElementById('action-result').textContent.includes('1 items re-queued')"
+            )
+            await page.wait_for_function(
+                "(id) => window.matrixBoard.status(id) === 'pending'", arg=failing["outcome_id"], timeout=5000
+            )
+            await page.wait_for_timeout(100)
+            assert await pixel(page, failing["outcome_id"]) == GREY
+            assert (await api.get(f"/outcomes/{failing['outcome_id']}")).json()["status"] == "pending"
+
+            # untrusted names and content render as text
+            evil = await mcp.call_tool("claim_items", {"run": "board", "worker": "w2", "package": EVIL_NAME})
+            evil_item = (evil.structured_content or {})["items"][0]
+            await mcp.call_tool(
+                "complete_item",
+                {
+                    "outcome_id": evil_item["outcome_id"],
+                    "lease_token": evil_item["lease_token"],
+                    "content": EVIL_CONTENT,
+                },
+            )
+        await page.wait_for_function(
+            "(id) => window.matrixBoard.status(id) === 'complete'", arg=evil_item["outcome_id"], timeout=5000
+        )
+        cell = await page.evaluate("(id) => window.matrixBoard.cell(id)", evil_item["outcome_id"])
+        await page.click("#grid", position={"x": cell["x"] + 2, "y": cell["y"] + 2})
+        await page.wait_for_function(
+            "document.getElementById('d-content').textContent.includes('plain text')"
+        )
+        assert await page.text_content("#d-title") == f"{EVIL_NAME} / {EVIL_ITEM}"
+        assert await page.text_content("#d-content") == EVIL_CONTENT
+        assert EVIL_NAME in (await page.text_content("#packages") or "")
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.evaluate("document.querySelectorAll('script').length") == 1  # board.js alone
+        assert await page.evaluate("document.querySelectorAll('main img').length") == 0
+        assert not [s for s in seen if not s.startswith("dialog: Retry")], seen
+        await page.close()
+
+
+async def test_a_reader_sees_no_actions(browser: Any, sqlite_settings: Settings) -> None:
+    reader = await create_key(sqlite_settings, "reader", "matrix:read")
+    planner = await create_key(sqlite_settings, "planner", "matrix:plan")
+    async with serving(sqlite_settings, auth=True) as (base, _):
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {planner}"}) as api:
+            await api.post(
+                base + "/api/v1/runs", json={"name": "r", "packages": [{"name": "p", "items": ["a"]}]}
+            )
+        page, seen = await new_page(browser)
+        await sign_in(page, base, reader)
+        # the runs list: rows for the runs, and a run planned meanwhile appears by itself
+        await page.wait_for_selector("#runs tbody tr")
+        assert await page.locator("#runs tbody tr").count() == 1
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {planner}"}) as api:
+            await api.post(
+                base + "/api/v1/runs", json={"name": "later", "packages": [{"name": "p", "items": ["x"]}]}
+            )
+        await page.wait_for_function("document.querySelectorAll('#runs tbody tr').length === 2", timeout=5000)
+        await page.goto(base + "/ui/runs/r")
+        await page.wait_for_function("document.body.dataset.gridPainted")
+        assert await page.locator("[data-action]").count() == 0
+        assert await page.locator("#actions").count() == 0
+        await page.wait_for_function("document.getElementById('run-state').textContent === 'active'")
+        assert not seen, seen
+        await page.close()
+
+
+async def test_grid_screenshot_for_the_readme(browser: Any, sqlite_settings: Settings) -> None:
+    """Writes docs/grid.png: a 12 × 40 run part-way through, as the board shows it."""
+    async with (
+        serving(sqlite_settings, auth=False) as (base, _),
+        httpx2.AsyncClient(base_url=base + "/api/v1") as api,
+    ):
+        packages = [
+            {"name": f"service-{i:02d}", "items": [f"module-{j:02d}" for j in range(40)]} for i in range(12)
+        ]
+        await api.post("/runs", json={"name": "docs-demo", "packages": packages, "max_attempts": 1})
+        claimed = (await api.post("/runs/docs-demo/claim", json={"worker": "w", "limit": 300})).json()[
+            "items"
+        ]
+        for n, item in enumerate(claimed):
+            ref = {"lease_token": item["lease_token"]}
+            if n % 11 == 5:
+                await api.post(
+                    f"/outcomes/{item['outcome_id']}/fail",
+                    json={**ref, "error": "timeout", "retryable": False},
+                )
+            elif n % 5 != 4:
+                metrics = {"lines_generated": 40 + n % 30, "quality_score": 0.7 + (n % 3) / 10}
+                await api.post(
+                    f"/outcomes/{item['outcome_id']}/complete",
+                    json={**ref, "content": "ok", "metrics": metrics},
+                )
+        page, seen = await new_page(browser)
+        await page.goto(base + "/ui/runs/docs-demo")
+        await page.wait_for_function("document.body.dataset.gridPainted")
+        await page.wait_for_selector("#packages tr")
+        await page.wait_for_timeout(300)
+        DOCS.mkdir(exist_ok=True)
+        shot = DOCS / "grid.png"
+        # the grid section alone: no times or rates in it, so the image is the same on every run
+        await page.locator("section.grid-wrap").screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        assert not seen, seen
+        await page.close()
+
+
+async def test_the_board_reconnects_and_catches_up_after_a_restart(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    """The server goes away under an open page; meanwhile an item completes; a new server process comes
+    up on the same port: the page reconnects by itself and shows the change it missed."""
+    from matrix_mcp.engine import Engine
+    from matrix_mcp.http.app import matrix_service
+    from matrix_mcp.http.options import ServiceOptions
+    from matrix_mcp.models import PackageSpec
+    from tests.http_helpers import free_port, running
+
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])])
+        item = (await engine.claim_items("r", "w")).items[0]
+    finally:
+        await engine.close()
+    port = free_port()
+    options = ServiceOptions(host="127.0.0.1", port=port)
+    page, seen = await new_page(browser)
+    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1) as base:
+        await page.goto(base + "/ui/runs/r")
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        assert await page.evaluate("(id) => window.matrixBoard.status(id)", item.outcome_id) == "generating"
+    await page.wait_for_function("!document.getElementById('live').classList.contains('on')", timeout=10_000)
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.complete_item(item.outcome_id, item.lease_token)
+    finally:
+        await engine.close()
+    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1):
+        await page.wait_for_function(
+            "(id) => window.matrixBoard.status(id) === 'complete'", arg=item.outcome_id, timeout=15_000
+        )
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+    assert not [s for s in seen if "error:" in s], seen
+    await page.close()
