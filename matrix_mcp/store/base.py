@@ -194,7 +194,11 @@ class Store(Protocol):
         policy: RunPolicy,
         packages: Sequence[NewPackage],
         now: float,
-    ) -> PlanResult: ...
+    ) -> PlanResult:
+        """Create the run (or extend the one of that name) with packages and pending items; items already
+        there are kept. Event `run_planned` / `run_extended` (rules.planned) when anything was added.
+        Conflict (field name) when the run is cancelled and items would be added."""
+        ...
 
     async def get_run(self, ref: str) -> Run:
         """By id or by name; NotFound names the field `run`."""
@@ -202,7 +206,11 @@ class Store(Protocol):
 
     async def list_runs(self) -> list[Run]: ...
 
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run: ...
+    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
+        """The run moves to rules.control_target(state, action); cancel also cancels its pending items.
+        Event run_paused / run_resumed / run_cancelled (with cancelled_items) when the state changed.
+        NotFound (run); Conflict (action) on pause or resume of a cancelled run."""
+        ...
 
     # the work loop
     async def claim(
@@ -213,9 +221,17 @@ class Store(Protocol):
         package: str | None,
         now: float,
         token_factory: Callable[[], str],
-    ) -> ClaimBatch: ...
+    ) -> ClaimBatch:
+        """Expired leases first go where rules.lease_expiry sends them (event lease_expired each); then up
+        to `limit` pending items whose available_at has come are leased round-robin across packages:
+        pending → generating, attempt + 1, an attempt row, event `claimed` each. A short batch says why
+        (rules.why_nothing, or paused / cancelled) and when to ask again. NotFound (run, package)."""
+        ...
 
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult: ...
+    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
+        """Extend every lease still held (generating under that token) by the run's lease_seconds; the
+        others are `lost`; held leases of a cancelled run are also listed `cancelled`. No event, no error."""
+        ...
 
     async def complete(
         self,
@@ -224,7 +240,14 @@ class Store(Protocol):
         report: Report,
         now: float,
         next_claim: NextClaim | None = None,
-    ) -> Reported: ...
+    ) -> Reported:
+        """generating → complete under the current lease token: metrics, metadata, content reference (and
+        the content itself when report.inline is set, in the same transaction), counters, duration
+        histogram, event `completed`; with next_claim, the next leases in the same transaction. The
+        identical report repeated answers the same outcome and leases. NotFound (outcome_id); StaleLease
+        (lease_token) for a token that is not the current one or a lease that no longer holds; Conflict
+        (outcome_id) for a different report on a complete item."""
+        ...
 
     async def fail(
         self,
@@ -236,12 +259,17 @@ class Store(Protocol):
         backoff: Callable[[int], float],
         next_claim: NextClaim | None = None,
     ) -> Reported:
-        """backoff(attempts_so_far) gives the delay before the item is claimable again."""
+        """generating → where rules.failure_outcome sends it: pending after backoff(attempts_so_far)
+        (event retry_scheduled), or final failed / cancelled (event of that name). The identical report
+        repeated changes nothing. Errors as for complete."""
         ...
 
     async def retry(
         self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """failed → pending with attempts reset (optionally one package, or these ids); event `requeued`
+        when any moved. NotFound (run, package); Conflict (run) when the run is cancelled."""
+        ...
 
     # the seed's tracking API
     async def record_outcome(
@@ -256,7 +284,10 @@ class Store(Protocol):
         error_message: str | None,
         created_by: str | None,
         now: float,
-    ) -> tuple[Outcome, bool]: ...
+    ) -> tuple[Outcome, bool]:
+        """The seed's tracking call: the item (and its package) created when new (event `recorded`),
+        then set to `status` as update_status does; answers (outcome, created). NotFound (run)."""
+        ...
 
     async def update_status(
         self,
@@ -265,7 +296,10 @@ class Store(Protocol):
         error_message: str | None,
         report: Report | None,
         now: float,
-    ) -> Outcome: ...
+    ) -> Outcome:
+        """A manual override (rules.override): any status from any status, counters moved, a fresh lease
+        token fences off whoever held the item; event `status_updated` (from, to). NotFound (outcome_id)."""
+        ...
 
     async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail: ...
 
