@@ -229,6 +229,11 @@ class Guard:
             await send(message)
 
         path: str = scope["path"]
+        if self.routes_token is not None and path.startswith(ROUTES_BESIDE):
+            from matrix_mcp.http.paths import keep_escaped
+
+            keep_escaped(scope)  # a name holding `/` stays one path parameter
+            path = scope["path"]
         if path in UNGUARDED:
             await self.app(scope, receive, counted)
             return

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from matrix_mcp.http.access import Caller, Identify, Sessions
+from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
 from matrix_mcp.http.scopes import PLAN, READ
@@ -121,7 +122,7 @@ class Board:
         caller = await self._caller_or_signin(request)
         if isinstance(caller, Response):
             return caller
-        run = request.path_params["run"]
+        run = param(request, "run")
         actions = ""
         if PLAN in caller.scopes:
             actions = """<section id="actions" class="actions" aria-label="actions">
@@ -172,7 +173,7 @@ class Board:
         if engine is None:
             return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
         try:
-            info = await engine.run_info(request.path_params["run"])
+            info = await engine.run_info(param(request, "run"))
             latest = await engine.store.latest_seq()
             packages: dict[str, dict[str, Any]] = {}
             codes: dict[str, list[str]] = {}
