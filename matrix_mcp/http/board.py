@@ -42,6 +42,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 STATUS_CODE = {status: i for i, status in enumerate(STATUSES)}
+CHART_MINUTES = 60  # the throughput chart's span
 
 
 def _static(name: str) -> bytes:
@@ -198,6 +199,42 @@ class Board:
             }
         )
 
+    async def throughput(self, request: Request) -> Response:
+        """Items finished per minute, from the store's per-minute counts (those the run's throughput
+        window sums): the last `CHART_MINUTES` minutes, or from `since` (a minute) on to extend the chart."""
+        from matrix_mcp.server import engine_of
+
+        caller = await self.identify(request)
+        if caller is None:
+            return ApiError(401, "invalid_token", "sign in again").response()
+        if READ not in caller.scopes:
+            return ApiError(
+                403, "insufficient_scope", f"insufficient_scope: the chart needs {READ}"
+            ).response()
+        engine = engine_of(self.mcp)
+        if engine is None:
+            return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
+        now_minute = int(engine.now() // 60)
+        first = now_minute - CHART_MINUTES + 1
+        since = request.query_params.get("since", "")
+        if since:
+            try:
+                first = max(first, int(since))
+            except ValueError:
+                return ApiError(400, "invalid_argument", "since: must be a whole minute", "since").response()
+        try:
+            info = await engine.run_info(param(request, "run"))
+            minutes = await engine.store.run_minutes(info.id, first)
+        except StoreError as exc:
+            return classify(exc).response()
+        return json_response(
+            {
+                "now_minute": now_minute,
+                "since_minute": first,
+                "minutes": [[m.minute, m.completed, m.failed] for m in minutes],
+            }
+        )
+
     # ---- sign-in ---------------------------------------------------------------------------------
 
     def _signin_form(self, error: str | None = None, status: int = 200) -> Response:
@@ -280,6 +317,7 @@ def mount_board(mcp: MCPServer[Any], board: Board) -> None:
     route("/ui/", "GET", board.runs_page)
     route("/ui/runs/{run}", "GET", board.run_page)
     route("/ui/runs/{run}/grid", "GET", board.grid)
+    route("/ui/runs/{run}/throughput", "GET", board.throughput)
     route("/ui/signin", "GET", board.signin_page)
     route("/ui/signin", "POST", board.signin)
     route("/ui/signout", "POST", board.signout)
