@@ -71,6 +71,7 @@ from matrix_mcp.store.base import (
     ClaimBatch,
     Conflict,
     ContentFile,
+    MinuteCount,
     NewPackage,
     NextClaim,
     NotFound,
@@ -1901,6 +1902,18 @@ class PostgresStore:
             )
 
         return await self._with_retry(attempt)
+
+    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+        async def op(c: Conn) -> list[MinuteCount]:
+            rows = await _all(
+                c,
+                "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes"
+                " WHERE run_id = %s AND minute >= %s ORDER BY minute",
+                (run_id, since_minute),
+            )
+            return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
+
+        return await self._read(op)
 
     async def record_integration(
         self,

@@ -55,6 +55,7 @@ from matrix_mcp.store.base import (
     ClaimBatch,
     Conflict,
     ContentFile,
+    MinuteCount,
     NewPackage,
     NextClaim,
     NotFound,
@@ -962,6 +963,17 @@ class SQLiteStore:
             ).fetchone()[0]
             latest = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             return RunOverview(_run(c, run_id), summaries, int(finished), int(latest))
+
+        return await self._read(op)
+
+    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+        def op(c: sqlite3.Connection) -> list[MinuteCount]:
+            rows = c.execute(
+                "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
+                " ORDER BY minute",
+                (run_id, since_minute),
+            ).fetchall()
+            return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
 
         return await self._read(op)
 
