@@ -18,7 +18,7 @@ from tests.http_helpers import create_key, serving
 pytestmark = pytest.mark.anyio
 
 EVIL = "<script>alert(1)</script>"
-EVIL_RUN = '<img src=x onerror="alert(2)">'  # a run name is a path segment: no slash
+EVIL_RUN = '<img src=x onerror="alert(2)">'
 
 
 @pytest.fixture
@@ -167,6 +167,50 @@ async def test_store_cells_match_the_outcomes(engine: Engine) -> None:
     ]
     assert sorted(c.status for c in cells) == ["complete", "failed", "pending"]
     assert await engine.store.cells((await engine.run_info("other")).id) != []
+
+
+async def test_store_run_minutes_are_the_throughput_window(engine: Engine) -> None:
+    """The chart's read (both backends): per-minute finished counts, the ones run_status's window sums."""
+    from matrix_mcp.models import PackageSpec
+
+    t = 1_800_000_000.0  # a whole minute
+    engine.now = lambda: t  # type: ignore[method-assign]
+    await engine.plan_run("m", [PackageSpec(name="p", items=["a", "b", "c", "d"])])
+    await engine.plan_run("other", [PackageSpec(name="p", items=["z"])])
+    claimed = (await engine.claim_items("m", "w", limit=4)).items
+    await engine.complete_item(claimed[0].outcome_id, claimed[0].lease_token)
+    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "e", retryable=False)
+    t += 125  # two minutes on
+    await engine.complete_item(claimed[2].outcome_id, claimed[2].lease_token)
+    other = (await engine.claim_items("other", "w")).items[0]
+    await engine.complete_item(other.outcome_id, other.lease_token)
+    run_id = (await engine.run_info("m")).id
+    first = 1_800_000_000 // 60
+    got = [(m.minute, m.completed, m.failed) for m in await engine.store.run_minutes(run_id, 0)]
+    assert got == [(first, 1, 1), (first + 2, 1, 0)]
+    assert [m.minute for m in await engine.store.run_minutes(run_id, first + 1)] == [first + 2]
+    status = await engine.run_status("m")
+    assert status.throughput_per_minute == round(3 / 125 * 60, 3)  # the same 3 finished, over 125 s
+    assert sum(m.completed + m.failed for m in await engine.store.run_minutes(run_id, first - 4)) == 3
+
+
+async def test_throughput_endpoint(sqlite_settings: Settings) -> None:
+    async with serving(sqlite_settings, auth=False) as (base, _), httpx2.AsyncClient(base_url=base) as h:
+        await h.post("/api/v1/runs", json={"name": "a/b", "packages": [{"name": "p", "items": ["x"]}]})
+        claim = (await h.post("/api/v1/runs/a%2Fb/claim", json={"worker": "w"})).json()["items"][0]
+        done = await h.post(
+            f"/api/v1/outcomes/{claim['outcome_id']}/complete", json={"lease_token": claim["lease_token"]}
+        )
+        assert done.status_code == 200
+        got = (await h.get("/ui/runs/a%2Fb/throughput")).json()
+        now = int(time.time() // 60)
+        assert got["since_minute"] == got["now_minute"] - 59 and abs(got["now_minute"] - now) <= 1
+        assert [row[1:] for row in got["minutes"]] == [[1, 0]]
+        later = (await h.get("/ui/runs/a%2Fb/throughput", params={"since": got["now_minute"] + 1})).json()
+        assert later["minutes"] == [] and later["since_minute"] == got["now_minute"] + 1
+        bad = await h.get("/ui/runs/a%2Fb/throughput", params={"since": "soon"})
+        assert bad.status_code == 400 and bad.json()["field"] == "since"
+        assert (await h.get("/ui/runs/nope/throughput")).status_code == 404
 
 
 async def test_a_jwt_signs_in_and_works_on_the_rest_api(sqlite_settings: Settings) -> None:

@@ -274,3 +274,58 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
         await page.wait_for_function("document.getElementById('live').classList.contains('on')")
     assert not [s for s in seen if "error:" in s], seen
     await page.close()
+
+
+async def test_a_run_named_with_a_slash_and_its_throughput_history(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    """A run whose name holds `/` and `%` opens from the runs list (its link percent-encoded); the
+    throughput chart opens with what finished before the page did, then grows live."""
+    run = "team/docs 100%"
+    async with serving(sqlite_settings, auth=False) as (base, _), client(base, None) as mcp:
+        plan = await mcp.call_tool(
+            "plan_run",
+            {
+                "name": run,
+                "packages": [{"name": "p/q", "items": [f"i{j}" for j in range(5)]}],
+                "max_attempts": 1,
+            },
+        )
+        assert not plan.is_error
+        claimed = await mcp.call_tool("claim_items", {"run": run, "worker": "w", "limit": 4})
+        items = (claimed.structured_content or {})["items"]
+        for item in items[:2]:
+            await mcp.call_tool(
+                "complete_item", {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]}
+            )
+        await mcp.call_tool(
+            "fail_item",
+            {"outcome_id": items[2]["outcome_id"], "lease_token": items[2]["lease_token"], "error": "x"},
+        )
+
+        page, seen = await new_page(browser)
+        await page.goto(base + "/ui/")
+        link = page.locator("#runs tbody a", has_text=run)
+        assert await link.get_attribute("href") == "/ui/runs/team%2Fdocs%20100%25"
+        await link.click()
+        await page.wait_for_function("window.matrixBoard && document.body.dataset.gridPainted")
+        assert page.url == base + "/ui/runs/team%2Fdocs%20100%25"
+        assert await page.text_content("#run-name") == run
+        assert "p/q" in (await page.text_content("#packages") or "")
+        # history: the three finished before the page opened are on the chart at once
+        await page.wait_for_function("window.matrixBoard.chart().length > 0")
+        chart = await page.evaluate("window.matrixBoard.chart()")
+        assert sum(p["v"] for p in chart) == 3 and 1 <= len(chart) <= 60
+        assert "3 in all" in (await page.text_content("#chart-note") or "")
+        # live: one more finishes over MCP and the chart extends
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        last = items[3]
+        await mcp.call_tool(
+            "complete_item", {"outcome_id": last["outcome_id"], "lease_token": last["lease_token"]}
+        )
+        await page.wait_for_function(
+            "window.matrixBoard.chart().reduce((n, p) => n + p.v, 0) === 4", timeout=5000
+        )
+        assert await page.evaluate("(id) => window.matrixBoard.status(id)", last["outcome_id"]) == "complete"
+        assert not seen, seen
+        await page.close()

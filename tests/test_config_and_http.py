@@ -108,3 +108,6 @@ async def test_streamable_http_transport(tmp_path: Path) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "serving OPEN" in err  # the existing notice, and beside it where the board and REST API are
+    assert f"board: http://127.0.0.1:{port}/ui/ · REST API: http://127.0.0.1:{port}/api/v1/" in err

@@ -96,6 +96,7 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
         types = rx.types()
         assert sorted(types) == sorted(
             [
+                "run.planned",
                 "outcome.started",
                 "outcome.started",
                 "outcome.completed",
@@ -114,13 +115,28 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
             and failed["data"]["error"] == "boom"
             and failed["data"]["status"] == "failed"
         )
+        assert failed["data"]["attempt"] == 1 and failed["data"]["metrics"] == {}
+        done = next(b for b in rx.bodies() if b["type"] == "outcome.completed")["data"]
+        assert (done["item"], done["status"], done["attempt"], done["metrics"]) == (
+            "a",
+            "complete",
+            1,
+            {"lines": 1},
+        )
+        planned = next(b for b in rx.bodies() if b["type"] == "run.planned")["data"]
+        assert (planned["run"], planned["packages"], planned["items"], planned["extended"]) == (
+            "r1",
+            ["p"],
+            2,
+            False,
+        )
         run_done = next(b for b in rx.bodies() if b["type"] == "run.completed")["data"]
         assert (run_done["total"], run_done["complete"], run_done["failed"]) == (2, 1, 1)
         page = await hooks.deliveries(created.webhook.id, None, None)
-        assert len(page.deliveries) == 6 and {d.status for d in page.deliveries} == {"succeeded"}
+        assert len(page.deliveries) == 7 and {d.status for d in page.deliveries} == {"succeeded"}
         assert {d.id for d in page.deliveries} == {h["webhook-id"] for h, _, _, _ in rx.requests}
         records = [e for e in await engine.store.events_after(0, None, 1000) if e.kind == "integration"]
-        assert sum(e.data["count"] for e in records) == 6 and {
+        assert sum(e.data["count"] for e in records) == 7 and {
             e.data["integration_type"] for e in records
         } == {"webhook"}
         # nothing secret anywhere the tools can show
@@ -141,6 +157,57 @@ async def test_filters_by_event_type_and_run(engine: Engine) -> None:
             await until(lambda: len(rx.requests) >= 1)
             await anyio.sleep(0.5)
         assert rx.types() == ["outcome.completed"] and rx.bodies()[0]["data"]["run"] == "r2"
+
+
+async def test_a_big_plan_is_one_run_planned_not_an_outcome_created_per_item(engine: Engine) -> None:
+    settings = fast()
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    packages = [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(200)]) for i in range(200)]
+    with Receiver() as every, Receiver() as created:
+        await hooks.add(every.url, ["*"])
+        await hooks.add(created.url, ["outcome.created"])
+        async with dispatching(engine, settings):
+            await engine.plan_run("big", packages)
+            await engine.plan_run("big", [PackageSpec(name="p0", items=["extra"])])
+            await engine.record_outcome("big", "p0", "manual")
+            await until(lambda: len(every.requests) >= 3 and len(created.requests) >= 1)
+            await anyio.sleep(0.5)
+        bodies = sorted(every.bodies(), key=lambda b: b["data"]["seq"])  # no global order: by seq
+        assert [b["type"] for b in bodies] == ["run.planned", "run.planned", "outcome.created"], bodies
+        first, second = bodies[0]["data"], bodies[1]["data"]
+        assert (first["items"], len(first["packages"]), first["extended"]) == (40_000, 200, False)
+        assert (second["items"], second["packages"], second["extended"]) == (1, [], True)
+        assert bodies[2]["data"]["item"] == "manual"
+        # an explicit outcome.created subscription hears of outcomes recorded one at a time only
+        assert [b["data"]["item"] for b in created.bodies()] == ["manual"]
+
+
+async def test_metrics_come_from_one_read_per_round(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = fast()
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    cls = type(engine.store.hooks)
+    real = cls.outcome_facts
+    calls: list[int] = []
+
+    async def counted(self: object, ids: list[str]) -> object:
+        calls.append(len(ids))
+        return await real(self, ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cls, "outcome_facts", counted)
+    items = [f"i{j}" for j in range(50)]
+    with Receiver() as rx:
+        await hooks.add(rx.url, ["outcome.completed"])
+        await engine.plan_run("r1", [PackageSpec(name="p", items=items)])
+        for c in (await engine.claim_items("r1", "w", limit=50)).items:
+            await engine.complete_item(
+                c.outcome_id, c.lease_token, content="x", metrics={"lines": int(c.item[1:])}
+            )
+        async with dispatching(engine, settings):  # the backlog: one round of events
+            await until(lambda: len(rx.requests) >= 50)
+            await anyio.sleep(0.3)
+        assert calls == [50]  # one batched read for the 50 completions, not one per event
+        got = {b["data"]["item"]: b["data"]["metrics"] for b in rx.bodies()}
+        assert got == {f"i{j}": {"lines": j} for j in range(50)}
 
 
 async def test_retries_keep_the_webhook_id_and_stop_after_the_schedule(engine: Engine) -> None:

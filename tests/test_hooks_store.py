@@ -216,3 +216,27 @@ async def test_list_redeliver_ping_links_and_credentials(engine: Engine) -> None
         "wh_2"
     ]
     assert await hooks.get_link("wh_1", "run:r") is None
+
+
+async def test_outcome_facts_in_one_read_leave_unknown_ids_out(engine: Engine) -> None:
+    items = [f"i{j}" for j in range(1200)]  # more than one SQLite chunk
+    await engine.plan_run("r", [PackageSpec(name="p", items=items)])
+    claimed = (await engine.claim_items("r", "w", limit=2)).items
+    await engine.complete_item(
+        claimed[0].outcome_id, claimed[0].lease_token, content="x", metrics={"lines": 7}
+    )
+    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "boom", retryable=False)
+    ids = [o.id async for o in engine.store.iter_outcomes((await engine.store.get_run("r")).id)]
+    assert len(ids) == 1200
+    facts = await engine.store.hooks.outcome_facts([*ids, "missing", ids[0]])
+    assert len(facts) == 1200 and "missing" not in facts
+    done, failed = facts[claimed[0].outcome_id], facts[claimed[1].outcome_id]
+    assert (done.package, done.item, done.attempts, done.metrics, done.error) == (
+        "p",
+        claimed[0].item,
+        1,
+        {"lines": 7},
+        None,
+    )
+    assert (failed.attempts, failed.metrics, failed.error) == (1, {}, "boom")
+    assert await engine.store.hooks.outcome_facts([]) == {}

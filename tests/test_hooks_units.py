@@ -65,7 +65,8 @@ def ev(kind: str, seq: int = 7, **data: object) -> Event:
         (ev("status_updated", package="p", item="i", to="pending"), None),
         (ev("run_cancelled", cancelled_items=4), "run.cancelled"),
         (ev("cancelled", package="p", item="i"), None),
-        (ev("run_planned", packages=1, items=2), None),
+        (ev("run_planned", packages=["p"], items=2), "run.planned"),
+        (ev("run_extended", packages=[], items=3), "run.planned"),
         (ev("integration", integration_type="webhook"), None),  # never publish our own records: a loop
         (ev("requeued", count=1), None),
     ],
@@ -75,6 +76,46 @@ def test_public_event_mapping(event: Event, expected: str | None) -> None:
     assert (pub.type if pub else None) == expected
     if pub is not None:
         assert pub.data["seq"] == 7 and pub.data["run"] == "r" and pub.key == "seq:7"
+
+
+def test_enrich_adds_metrics_attempt_and_error_but_keeps_what_the_event_says() -> None:
+    from matrix_mcp.store.hooks import OutcomeFacts
+
+    facts = OutcomeFacts("p", "i", 2, {"lines": 3}, "last error")
+    done = E.public_event(ev("completed", duration=1.0))
+    assert done is not None
+    E.enrich(done, facts)
+    assert (done.data["package"], done.data["item"], done.data["attempt"], done.data["metrics"]) == (
+        "p",
+        "i",
+        2,
+        {"lines": 3},
+    )
+    assert "error" not in done.data  # a completion carries no error
+    failed = E.public_event(ev("status_updated", package="q", item="j", to="failed"))
+    assert failed is not None
+    E.enrich(failed, facts)
+    assert (failed.data["package"], failed.data["error"], failed.data["metrics"]) == (
+        "q",
+        "last error",
+        {"lines": 3},
+    )
+    own = E.public_event(ev("failed", package="p", item="i", attempt=3, error="boom"))
+    assert own is not None
+    E.enrich(own, facts)
+    assert (own.data["attempt"], own.data["error"]) == (3, "boom")  # the event's own values win
+    started = E.public_event(ev("claimed", package="p", item="i", worker="w", attempt=1))
+    assert started is not None
+    E.enrich(started, facts)
+    assert "metrics" not in started.data and started.data["attempt"] == 1
+    planned = E.public_event(ev("run_extended", packages=["p2"], items=3))
+    assert planned is not None and {k: v for k, v in planned.data.items() if k != "outcome_id"} == {
+        "seq": 7,
+        "run": "r",
+        "packages": ["p2"],
+        "items": 3,
+        "extended": True,
+    }
 
 
 def test_public_event_payload_fields() -> None:

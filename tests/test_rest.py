@@ -390,3 +390,41 @@ def test_classify_maps_what_the_server_cannot_answer_now_and_hides_crashes() -> 
     assert err.status == 500 and "secret" not in err.message
     unexpected = classify(ValueError("password=hunter2"))
     assert unexpected.status == 500 and "hunter2" not in unexpected.message
+
+
+async def test_names_with_slashes_and_escapes_are_one_path_parameter(tmp_path: Path) -> None:
+    """A run or package name holding `/`, `%`, `?`, `#` or spaces is addressable percent-encoded."""
+    from urllib.parse import quote
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    run, package = "team/docs 100% ?#é", "api/v2%2F"
+    r, p = quote(run, safe=""), quote(package, safe="")
+    async with serving(settings, auth=False) as (base, _), api(base) as h:
+        plain = await h.post("/runs", json={"name": "team", "packages": [{"name": "x", "items": ["i"]}]})
+        assert plain.status_code == 200
+        plan = await h.post("/runs", json={"name": run, "packages": [{"name": package, "items": ["a", "b"]}]})
+        assert plan.status_code == 200, plan.text
+        status = await h.get(f"/runs/{r}")
+        assert status.status_code == 200, status.text
+        assert status.json()["run"] == run and status.json()["counts"]["total"] == 2
+        summary = await h.get(f"/runs/{r}/packages/{p}")
+        assert summary.status_code == 200 and summary.json()["package"] == package
+        claim = await h.post(f"/runs/{r}/claim", json={"worker": "w", "limit": 1})
+        assert claim.status_code == 200 and claim.json()["items"][0]["package"] == package
+        paused = await h.post(f"/runs/{r}/control", json={"action": "pause"})
+        assert paused.status_code == 200 and paused.json()["state"] == "paused"
+        assert (await h.get("/runs/team")).json()["counts"]["total"] == 1  # the prefix is another run
+        async with h.stream("GET", f"/runs/{r}/events", headers={"Last-Event-ID": "0"}) as events:
+            assert events.status_code == 200
+            async for line in events.aiter_lines():
+                if line.startswith("data:"):
+                    assert json.loads(line[5:])["run"] == run
+                    break
+        # unencoded, the slash splits the name: that is another (unknown) path, not this run
+        assert (await h.get("/runs/team/docs")).status_code == 404
+    async with serving(settings, auth=False) as (base, _), httpx2.AsyncClient(base_url=base) as ui:
+        page = await ui.get(f"/ui/runs/{r}")
+        assert page.status_code == 200
+        assert '<span id="run-name">team/docs 100% ?#é</span>' in page.text
+        grid = await ui.get(f"/ui/runs/{r}/grid")
+        assert grid.json()["run"] == run and grid.json()["packages"][0]["name"] == package

@@ -229,6 +229,11 @@ class Guard:
             await send(message)
 
         path: str = scope["path"]
+        if self.routes_token is not None and path.startswith(ROUTES_BESIDE):
+            from matrix_mcp.http.paths import keep_escaped
+
+            keep_escaped(scope)  # a name holding `/` stays one path parameter
+            path = scope["path"]
         if path in UNGUARDED:
             await self.app(scope, receive, counted)
             return
@@ -379,6 +384,8 @@ async def serve(settings: Settings, options: ServiceOptions) -> None:
     if auth:
         how = ["API keys"] + (["JWT"] if options.jwt_configured else [])
         notice(f"serving {options.resource_url} with authentication ({' and '.join(how)})")
+    base = options.base_url
+    notice(f"board: {base}/ui/ · REST API: {base}/api/v1/ (OpenAPI: {base}/api/v1/openapi.json)")
     await run_uvicorn(matrix_service(settings, options, auth=auth).app, options)
 
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from matrix_mcp.http.access import Caller, Identify, Sessions
+from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
 from matrix_mcp.http.scopes import PLAN, READ
@@ -41,6 +42,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 STATUS_CODE = {status: i for i, status in enumerate(STATUSES)}
+CHART_MINUTES = 60  # the throughput chart's span
 
 
 def _static(name: str) -> bytes:
@@ -121,7 +123,7 @@ class Board:
         caller = await self._caller_or_signin(request)
         if isinstance(caller, Response):
             return caller
-        run = request.path_params["run"]
+        run = param(request, "run")
         actions = ""
         if PLAN in caller.scopes:
             actions = """<section id="actions" class="actions" aria-label="actions">
@@ -172,7 +174,7 @@ class Board:
         if engine is None:
             return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
         try:
-            info = await engine.run_info(request.path_params["run"])
+            info = await engine.run_info(param(request, "run"))
             latest = await engine.store.latest_seq()
             packages: dict[str, dict[str, Any]] = {}
             codes: dict[str, list[str]] = {}
@@ -194,6 +196,42 @@ class Board:
                 "latest_seq": latest,
                 "statuses": list(STATUSES),
                 "packages": list(packages.values()),
+            }
+        )
+
+    async def throughput(self, request: Request) -> Response:
+        """Items finished per minute, from the store's per-minute counts (those the run's throughput
+        window sums): the last `CHART_MINUTES` minutes, or from `since` (a minute) on to extend the chart."""
+        from matrix_mcp.server import engine_of
+
+        caller = await self.identify(request)
+        if caller is None:
+            return ApiError(401, "invalid_token", "sign in again").response()
+        if READ not in caller.scopes:
+            return ApiError(
+                403, "insufficient_scope", f"insufficient_scope: the chart needs {READ}"
+            ).response()
+        engine = engine_of(self.mcp)
+        if engine is None:
+            return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
+        now_minute = int(engine.now() // 60)
+        first = now_minute - CHART_MINUTES + 1
+        since = request.query_params.get("since", "")
+        if since:
+            try:
+                first = max(first, int(since))
+            except ValueError:
+                return ApiError(400, "invalid_argument", "since: must be a whole minute", "since").response()
+        try:
+            info = await engine.run_info(param(request, "run"))
+            minutes = await engine.store.run_minutes(info.id, first)
+        except StoreError as exc:
+            return classify(exc).response()
+        return json_response(
+            {
+                "now_minute": now_minute,
+                "since_minute": first,
+                "minutes": [[m.minute, m.completed, m.failed] for m in minutes],
             }
         )
 
@@ -279,6 +317,7 @@ def mount_board(mcp: MCPServer[Any], board: Board) -> None:
     route("/ui/", "GET", board.runs_page)
     route("/ui/runs/{run}", "GET", board.run_page)
     route("/ui/runs/{run}/grid", "GET", board.grid)
+    route("/ui/runs/{run}/throughput", "GET", board.throughput)
     route("/ui/signin", "GET", board.signin_page)
     route("/ui/signin", "POST", board.signin)
     route("/ui/signout", "POST", board.signout)

@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from matrix_mcp.audit import current_principal
 from matrix_mcp.http.access import Caller, Identify
+from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
 from matrix_mcp.store.base import Conflict, NotFound, StaleLease, Store, StoreError, Unavailable
 
@@ -217,7 +218,7 @@ class Rest:
         return json_response(structured)
 
     async def _arguments(self, request: Request, endpoint: Endpoint) -> dict[str, Any]:
-        arguments: dict[str, Any] = dict(request.path_params)
+        arguments: dict[str, Any] = params(request)
         for name, value in request.query_params.multi_items():
             if name not in endpoint.query:
                 allowed = ", ".join(endpoint.query) or "none"
@@ -252,7 +253,7 @@ class Rest:
             engine = engine_of(self.mcp)
             if engine is None:
                 raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
-            outcome_id = request.path_params["outcome_id"]
+            outcome_id = param(request, "outcome_id")
             try:
                 data, mime = await engine.outcome_content(outcome_id)
             except StoreError as exc:
@@ -292,7 +293,7 @@ class Rest:
                 if engine is None:
                     raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
                 try:
-                    run_id = (await engine.run_info(request.path_params["run"])).id
+                    run_id = (await engine.run_info(param(request, "run"))).id
                 except StoreError as exc:
                     raise classify(exc) from exc
             since = _since(request)

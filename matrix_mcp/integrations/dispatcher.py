@@ -250,19 +250,22 @@ class Dispatcher:
         return wait
 
     async def _deliveries(self, row: SubscriptionRow, sink: Sink, events: list[Any]) -> list[NewDelivery]:
-        pubs: list[E.PublicEvent] = []
+        published = [p for p in (E.public_event(e) for e in events) if p is not None]
+        pubs = [p for p in published if E.matches(row.events, row.run, p) and sink.wants(p.type)]
+        # one read for the round: what the bodies tell beyond the event (metrics, a missing package —
+        # some PostgreSQL events carry none, fixed by issue 10 — attempt, last error)
+        ids = {
+            p.data["outcome_id"]
+            for p in published
+            if "outcome_id" in p.data and ("package" not in p.data or any(p is q for q in pubs))
+        }
+        facts = await self.hooks.outcome_facts(sorted(ids)) if ids else {}
+        for pub in published:
+            found = facts.get(pub.data.get("outcome_id", ""))
+            if found is not None:
+                E.enrich(pub, found)
         touched: dict[str, set[str] | None] = {}
-        for event in events:
-            pub = E.public_event(event)
-            if pub is None:
-                continue
-            if "outcome_id" in pub.data and "package" not in pub.data:
-                # some PostgreSQL events carry no package (fixed by issue 10): read it from the outcome
-                try:
-                    outcome = await self.store.get_outcome(pub.data["outcome_id"])
-                    pub.data.update(package=outcome.package, item=outcome.item)
-                except NotFound:
-                    pass
+        for pub in published:
             if pub.type in E.TERMINAL_TYPES and pub.run is not None:
                 package = pub.data.get("package")
                 seen = touched.setdefault(pub.run, set())
@@ -271,8 +274,6 @@ class Dispatcher:
                         seen.add(package)
                     else:
                         touched[pub.run] = None  # package unknown: check every package of the run
-            if E.matches(row.events, row.run, pub) and sink.wants(pub.type):
-                pubs.append(pub)
         derived_wanted = any(
             E.matches(row.events, row.run, E.PublicEvent(t, 0, row.run, "", 0.0)) and sink.wants(t)
             for t in ("package.completed", "run.completed")

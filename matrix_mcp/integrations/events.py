@@ -1,7 +1,13 @@
 """Which public event a change in the events log becomes: the one mapping, pure.
 
 Public types (the issue's vocabulary): outcome.created, outcome.started, outcome.completed,
-outcome.retry_scheduled, outcome.failed (final), package.completed, run.completed, run.cancelled, ping.
+outcome.retry_scheduled, outcome.failed (final), package.completed, run.completed, run.cancelled, ping,
+and run.planned.
+
+Planned items are announced by ONE `run.planned` per plan call (run, packages and items added, and
+whether it extended an existing run), never by one `outcome.created` per item: a 200 x 200 plan is one
+delivery, not 40,000. `outcome.created` is for outcomes recorded one at a time (record_outcome); a
+receiver that wants the items of a plan lists them (list_outcomes) when run.planned arrives.
 `package.completed` and `run.completed` are not in the events log: they are derived from the package
 counters when a terminal outcome event is dispatched (`completions`), and keyed by the counters so the
 same completion is delivered once however many events reveal it.
@@ -17,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from matrix_mcp.models import Event, PackageSummary
+from matrix_mcp.store.hooks import OutcomeFacts
 
 EVENT_TYPES = (
     "outcome.created",
@@ -27,6 +34,7 @@ EVENT_TYPES = (
     "package.completed",
     "run.completed",
     "run.cancelled",
+    "run.planned",
     "ping",
 )
 # internal kinds after which a package may have finished
@@ -62,6 +70,8 @@ def public_event(event: Event) -> PublicEvent | None:
         "retry_scheduled": "outcome.retry_scheduled",
         "failed": "outcome.failed",
         "run_cancelled": "run.cancelled",
+        "run_planned": "run.planned",
+        "run_extended": "run.planned",
     }
     if kind == "lease_expired":
         target = {"pending": "outcome.retry_scheduled", "failed": "outcome.failed"}.get(str(d.get("now")))
@@ -78,7 +88,8 @@ def public_event(event: Event) -> PublicEvent | None:
     data: dict[str, Any] = {"seq": event.seq, "run": event.run}
     if event.outcome_id is not None:
         data["outcome_id"] = event.outcome_id
-        data["status"] = _STATUS_FOR[target]
+        if target in _STATUS_FOR:
+            data["status"] = _STATUS_FOR[target]
     for name in ("package", "item", "attempt", "worker", "duration", "delay"):
         if d.get(name) is not None:
             data[name] = d[name]
@@ -88,7 +99,25 @@ def public_event(event: Event) -> PublicEvent | None:
         data["error"] = d["error"]
     if kind == "run_cancelled" and d.get("cancelled_items") is not None:
         data["cancelled_items"] = d["cancelled_items"]
+    if target == "run.planned":
+        data.update(packages=d.get("packages", 0), items=d.get("items", 0), extended=kind == "run_extended")
     return PublicEvent(target, event.seq, event.run, f"seq:{event.seq}", event.created_at.timestamp(), data)
+
+
+def enrich(pub: PublicEvent, facts: OutcomeFacts) -> None:
+    """Complete an outcome event's data from its outcome, read once per dispatch round: package and item
+    when the event lacks them; the attempt number when it lacks one; and for the terminal events the
+    outcome's metrics and (for outcome.failed) its last error. Values the event carries win: they are
+    what was true at that moment; the outcome's are as of the round (usually the same)."""
+    data = pub.data
+    if "package" not in data:
+        data.update(package=facts.package, item=facts.item)
+    if pub.type.startswith("outcome.") and pub.type != "outcome.created" and "attempt" not in data:
+        data["attempt"] = facts.attempts
+    if pub.type in TERMINAL_TYPES:
+        data["metrics"] = facts.metrics
+    if pub.type == "outcome.failed" and "error" not in data and facts.error is not None:
+        data["error"] = facts.error[:500]
 
 
 def completions(

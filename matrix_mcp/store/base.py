@@ -133,6 +133,15 @@ class RunOverview:
 
 
 @dataclass(frozen=True)
+class MinuteCount:
+    """Items of a run that finished in one minute (`minute`: whole minutes since the epoch)."""
+
+    minute: int
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """An API key as stored: never the key itself (only its hash, which stays in the store)."""
 
@@ -321,6 +330,11 @@ class Store(Protocol):
     async def run_overview(self, run_id: str, since: float) -> RunOverview:
         """The run, its package summaries, items finished at or after `since` and the latest event
         sequence, from one consistent snapshot (what `run_status` polls)."""
+        ...
+
+    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+        """The per-minute finished counts the throughput window sums, from `since_minute` on, in order
+        (minutes with nothing finished are absent)."""
         ...
 
     async def record_integration(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -131,6 +132,17 @@ def log_events(logs: list[CallLog]) -> list[rules.Ev]:
 
 
 @dataclass(frozen=True)
+class OutcomeFacts:
+    """What a delivery body tells about an outcome beyond its event: read in one batch per round."""
+
+    package: str
+    item: str
+    attempts: int
+    metrics: dict[str, Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
 class EndpointState:
     """A subscription's circuit breaker and health after a round of attempts."""
 
@@ -224,6 +236,11 @@ class HookStore(Protocol):
     ) -> int:
         """Make one delivery, or every delivery of a subscription created at or after `since`, due now
         (attempts restart); returns how many."""
+        ...
+
+    async def outcome_facts(self, outcome_ids: Sequence[str]) -> dict[str, OutcomeFacts]:
+        """Package, item, attempts, metrics and last error of these outcomes (unknown ids are left out),
+        in one read: the dispatcher's per-round lookup, never on the claim/complete path."""
         ...
 
     async def get_link(self, subscription_id: str, ref: str) -> str | None: ...
@@ -328,6 +345,23 @@ def change_columns(change: SubscriptionChange) -> dict[str, Any]:
         else:
             cols["disabled_reason"] = change.disabled_reason or "disabled by request"
     return cols
+
+
+def facts_from(row: Any) -> tuple[str, OutcomeFacts]:
+    try:
+        metrics = json.loads(row["metrics"] or "{}")
+    except ValueError:
+        metrics = {}
+    return str(row["id"]), OutcomeFacts(
+        str(row["package_name"]),
+        str(row["item"]),
+        int(row["attempts"]),
+        metrics if isinstance(metrics, dict) else {},
+        None if row["error_message"] is None else str(row["error_message"]),
+    )
+
+
+FACTS_CHUNK = 500  # ids per statement (SQLite's bound-parameter limit is far above)
 
 
 def encode_cursor(n: int) -> str:

@@ -205,7 +205,8 @@
   const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff"];
   const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, dirty: [], frame: 0 };
   const selected = new Set();
-  const series = [];
+  // finished items per minute, from the store's per-minute counts; keyed by minute since the epoch
+  const chart = { minutes: new Map(), now: null, first: null };
 
   function drawCell(ctx, r, c) {
     const S = grid.size;
@@ -442,12 +443,39 @@
     preview.textContent = text + (o.content_bytes > 65536 ? "\n… (first 64 KiB of " + o.content_bytes + " bytes)" : "");
   }
 
+  // The chart's history and its live extension are the same read: the store's per-minute counts,
+  // fetched whole on opening and then from the minute before the last one seen (a finish may be
+  // committed just after its minute ends).
+  async function loadThroughput() {
+    const since = chart.now === null ? "" : "?since=" + (chart.now - 1);
+    const data = await api("/ui/runs/" + enc(RUN) + "/throughput" + since);
+    for (const [minute, completed, failed] of data.minutes) chart.minutes.set(minute, completed + failed);
+    chart.now = data.now_minute;
+    if (chart.first === null) chart.first = data.since_minute;
+    drawChart();
+  }
+
+  function chartPoints() {
+    const pts = [];
+    if (chart.now === null) return pts;
+    const from = Math.max(chart.first, chart.now - 59);
+    for (let m = from; m <= chart.now; m++) pts.push({ minute: m, v: chart.minutes.get(m) || 0 });
+    return pts;
+  }
+
   function drawChart() {
     const svg = $("chart");
     const NS = "http://www.w3.org/2000/svg";
     svg.replaceChildren();
-    const pts = series.slice(-120);
+    const pts = chartPoints();
     const max = Math.max(1, ...pts.map((p) => p.v));
+    const text = (x, y, value) => {
+      const t = document.createElementNS(NS, "text");
+      t.setAttribute("x", String(x));
+      t.setAttribute("y", String(y));
+      t.textContent = value;
+      svg.appendChild(t);
+    };
     const axis = document.createElementNS(NS, "line");
     axis.setAttribute("x1", "40");
     axis.setAttribute("y1", "140");
@@ -455,32 +483,24 @@
     axis.setAttribute("y2", "140");
     axis.setAttribute("class", "axis");
     svg.appendChild(axis);
-    const label = document.createElementNS(NS, "text");
-    label.setAttribute("x", "4");
-    label.setAttribute("y", "20");
-    label.textContent = max.toFixed(1);
-    svg.appendChild(label);
-    const zero = document.createElementNS(NS, "text");
-    zero.setAttribute("x", "4");
-    zero.setAttribute("y", "140");
-    zero.textContent = "0";
-    svg.appendChild(zero);
+    text(4, 20, String(max));
+    text(4, 140, "0");
     if (pts.length >= 1) {
-      const t0 = pts[0].t;
-      const span = Math.max(1, pts[pts.length - 1].t - t0);
+      const span = Math.max(1, pts.length - 1);
+      text(40, 156, "-" + (pts.length - 1) + " min");
+      text(560, 156, "now");
       const line = document.createElementNS(NS, "polyline");
       line.setAttribute(
         "points",
-        pts
-          .map((p) => (40 + ((p.t - t0) / span) * 550).toFixed(1) + "," + (140 - (p.v / max) * 120).toFixed(1))
-          .join(" "),
+        pts.map((p, i) => (40 + (i / span) * 550).toFixed(1) + "," + (140 - (p.v / max) * 120).toFixed(1)).join(" "),
       );
       line.setAttribute("class", "series");
       svg.appendChild(line);
     }
+    const total = pts.reduce((n, p) => n + p.v, 0);
     $("chart-note").textContent =
-      "Finished items per minute (last 5 minutes, from the server), sampled on every change since this page opened" +
-      (pts.length ? "; now " + pts[pts.length - 1].v.toFixed(1) + "/min." : ".");
+      "Items finished (complete or failed) per minute over the last " + pts.length + " min, from the store; " +
+      total + " in all, " + (pts.length ? pts[pts.length - 1].v : 0) + " so far this minute.";
   }
 
   async function refreshStatus() {
@@ -518,8 +538,7 @@
         }),
       );
     }
-    series.push({ t: Date.now() / 1000, v: s.throughput_per_minute || 0 });
-    drawChart();
+    await loadThroughput();
   }
 
   async function refreshFailures() {
@@ -599,6 +618,7 @@
     }, 1000);
     refreshStatus();
     refreshFailures();
+    setInterval(status, 30000); // the chart moves on by the minute even when nothing happens
     follow(API + "/runs/" + enc(RUN) + "/events", since, (events) => {
       let needReload = false;
       let failed = false;
@@ -659,8 +679,9 @@
     for (const b of document.querySelectorAll("[data-action]")) {
       b.addEventListener("click", () => act(b.getAttribute("data-action")));
     }
-    // for tests and benches: read the model the canvas is painted from
+    // for tests and benches: read the model the canvas and the chart are painted from
     window.matrixBoard = {
+      chart: () => chartPoints(),
       status: (id) => {
         const at = grid.index.get(id);
         return at ? grid.statuses[grid.rows[at[0]].status[at[1]]] : null;

@@ -5,7 +5,7 @@ checks the cursor, a record the lease, inserts skip ids already present)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import sql
@@ -19,12 +19,14 @@ from matrix_mcp.store.hooks import (
     DeliveryStatus,
     EndpointState,
     NewDelivery,
+    OutcomeFacts,
     SubscriptionChange,
     SubscriptionRow,
     change_columns,
     decode_cursor,
     delivery_from,
     encode_cursor,
+    facts_from,
     log_events,
     subscription_from,
 )
@@ -363,6 +365,19 @@ class PostgresHooks:
             return int(cur.rowcount)
 
         return await self._tx(op)
+
+    async def outcome_facts(self, outcome_ids: Sequence[str]) -> dict[str, OutcomeFacts]:
+        ids = list(dict.fromkeys(outcome_ids))
+
+        async def op(c: Conn) -> dict[str, OutcomeFacts]:
+            cur = await c.execute(
+                "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
+                " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s)",
+                (ids,),
+            )
+            return dict(facts_from(r) for r in await cur.fetchall())
+
+        return {} if not ids else await self._rd(op)
 
     async def get_link(self, subscription_id: str, ref: str) -> str | None:
         async def op(c: Conn) -> str | None:

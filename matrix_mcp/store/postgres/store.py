@@ -40,6 +40,7 @@ from matrix_mcp.store.base import (
     ApiKey,
     Cell,
     ContentFile,
+    MinuteCount,
     OutcomeFilter,
     RunOverview,
     paged_outcomes,
@@ -130,6 +131,18 @@ class PostgresStore(Writes):
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
+
+    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+        async def op(c: Conn) -> list[MinuteCount]:
+            rows = await _all(
+                c,
+                "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes"
+                " WHERE run_id = %s AND minute >= %s ORDER BY minute",
+                (run_id, since_minute),
+            )
+            return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
+
+        return await self._read(op)
 
     async def cells(self, run_id: str) -> list[Cell]:
         async def op(c: Conn) -> list[Cell]:

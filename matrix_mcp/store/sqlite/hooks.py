@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp.store.base import NotFound
 from matrix_mcp.store.hooks import (
+    FACTS_CHUNK,
     AttemptResult,
     CallLog,
     DeliveryPage,
@@ -15,12 +17,14 @@ from matrix_mcp.store.hooks import (
     DeliveryStatus,
     EndpointState,
     NewDelivery,
+    OutcomeFacts,
     SubscriptionChange,
     SubscriptionRow,
     change_columns,
     decode_cursor,
     delivery_from,
     encode_cursor,
+    facts_from,
     log_events,
     subscription_from,
 )
@@ -341,6 +345,24 @@ class SQLiteHooks:
             )
 
         return await self._store._write(op)
+
+    async def outcome_facts(self, outcome_ids: Sequence[str]) -> dict[str, OutcomeFacts]:
+        ids = list(dict.fromkeys(outcome_ids))
+
+        def op(c: sqlite3.Connection) -> dict[str, OutcomeFacts]:
+            found: dict[str, OutcomeFacts] = {}
+            for i in range(0, len(ids), FACTS_CHUNK):
+                chunk = ids[i : i + FACTS_CHUNK]
+                marks = ", ".join("?" for _ in chunk)  # placeholders only; the ids are bound
+                rows = c.execute(
+                    "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
+                    " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id IN (" + marks + ")",
+                    chunk,
+                ).fetchall()
+                found.update(facts_from(r) for r in rows)
+            return found
+
+        return {} if not ids else await self._store._read(op)
 
     async def get_link(self, subscription_id: str, ref: str) -> str | None:
         def op(c: sqlite3.Connection) -> str | None:

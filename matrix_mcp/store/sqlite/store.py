@@ -34,6 +34,7 @@ from matrix_mcp.store.base import (
     ApiKey,
     Cell,
     ContentFile,
+    MinuteCount,
     OutcomeFilter,
     RunOverview,
     StoreError,
@@ -114,6 +115,17 @@ class SQLiteStore(Writes):
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
+
+    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+        def op(c: sqlite3.Connection) -> list[MinuteCount]:
+            rows = c.execute(
+                "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
+                " ORDER BY minute",
+                (run_id, since_minute),
+            ).fetchall()
+            return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+        return await self._read(op)
 
     async def cells(self, run_id: str) -> list[Cell]:
         return await self._read(
