@@ -131,6 +131,7 @@ class Outcome(_Model):
 class Attempt(_Model):
     attempt: int
     worker: str | None = None
+    principal: str | None = None  # who claimed it over HTTP (`key:NAME` / `jwt:SUB`); omitted when open
     status: Status
     error: str | None = None
     started_at: datetime | None = None

@@ -252,6 +252,37 @@ async def test_the_principal_is_recorded_on_the_events_it_causes(settings: Setti
     assert all("principal" not in e["data"] for e in (status.structured_content or {})["events"])
 
 
+async def test_the_principal_that_claimed_is_in_the_outcome_history(settings: Settings) -> None:
+    """On both backends: claims by a key (claim_items, and claim_next inside a report) show `key:NAME` in
+    get_outcome history; attempts claimed on the open service carry no principal."""
+    planner = await create_key(settings, "planner", "matrix:plan", "matrix:read")
+    worker = await create_key(settings, "worker", "matrix:work")
+    async with serving(settings, auth=True) as (base, _):
+        async with client(base, planner) as c:
+            await c.call_tool("plan_run", {"name": "a", "packages": [{"name": "p", "items": ["x", "y"]}]})
+        async with client(base, worker) as c:
+            got = await c.call_tool("claim_items", {"run": "a", "worker": "w", "limit": 1})
+            first = (got.structured_content or {})["items"][0]
+            done = await c.call_tool(
+                "complete_item",
+                {"outcome_id": first["outcome_id"], "lease_token": first["lease_token"], "claim_next": 1},
+            )
+            second = (done.structured_content or {})["next"][0]
+        async with client(base, planner) as c:
+            details = [
+                (await c.call_tool("get_outcome", {"outcome_id": o["outcome_id"]})).structured_content or {}
+                for o in (first, second)
+            ]
+    for d in details:
+        assert [h.get("principal") for h in d["history"]] == ["key:worker"], d
+    async with serving(settings, auth=False) as (base, _), client(base, None) as c:
+        await c.call_tool("plan_run", {"name": "b", "packages": [{"name": "p", "items": ["x"]}]})
+        got = await c.call_tool("claim_items", {"run": "b", "worker": "w", "limit": 1})
+        oid = (got.structured_content or {})["items"][0]["outcome_id"]
+        d = (await c.call_tool("get_outcome", {"outcome_id": oid})).structured_content or {}
+    assert len(d["history"]) == 1 and "principal" not in d["history"][0], d
+
+
 def test_the_cli_refuses_a_non_loopback_bind_without_authentication(tmp_path: Path) -> None:
     import shutil
     import subprocess

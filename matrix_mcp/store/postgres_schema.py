@@ -338,4 +338,9 @@ CREATE TABLE contents (
 );
 """,
     ),
+    (
+        7,
+        # who claimed each attempt (`key:NAME` / `jwt:SUB`; NULL on an open service or stdio)
+        "ALTER TABLE outcome_attempts ADD COLUMN principal text",
+    ),
 ]

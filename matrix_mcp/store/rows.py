@@ -231,6 +231,7 @@ def detail_from(row: RowLike, history: list[RowLike]) -> OutcomeDetail:
             Attempt(
                 attempt=int(h["attempt"]),
                 worker=h["worker"],
+                principal=h["principal"],
                 status=h["status"],
                 error=h["error"],
                 started_at=ts(h["started_at"]),

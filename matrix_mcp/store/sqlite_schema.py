@@ -229,4 +229,9 @@ CREATE TABLE contents (
 ) WITHOUT ROWID
 """,
     ),
+    (
+        6,
+        # who claimed each attempt (`key:NAME` / `jwt:SUB`; NULL on an open service or stdio)
+        "ALTER TABLE outcome_attempts ADD COLUMN principal TEXT",
+    ),
 ]

@@ -339,16 +339,21 @@ async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
 
 
 def _claim_params(
-    run_id: str, package: str | None, exhausted: list[int], cutoff: float, slots: list[tuple[str, float, str]]
+    run_id: str,
+    package: str | None,
+    exhausted: list[int],
+    cutoff: float,
+    slots: list[tuple[str, float, str, str | None]],
 ) -> dict[str, Any]:
-    """Parameters of _CLAIM_SQL: one (worker, now, token) slot per item wanted, handed out by rank."""
+    """Parameters of _CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
     return {
         "run": run_id,
         "package": package,
         "exhausted": exhausted,
         "now": cutoff,
         "limit": len(slots),
-        "workers": [w for w, _, _ in slots],
-        "nows": [float(t) for _, t, _ in slots],
-        "tokens": [k for _, _, k in slots],
+        "workers": [w for w, _, _, _ in slots],
+        "nows": [float(t) for _, t, _, _ in slots],
+        "tokens": [k for _, _, k, _ in slots],
+        "principals": [p for _, _, _, p in slots],
     }

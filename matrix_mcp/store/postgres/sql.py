@@ -208,8 +208,10 @@ upd AS (
               o.started_at, o.lease_token, o.lease_expires_at, o.package_id, picked.rank
 ),
 att AS (
-    INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status, started_at)
-    SELECT upd.id, upd.attempts, upd.lease_token, upd.worker, 'generating', upd.started_at FROM upd
+    INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, started_at)
+    SELECT upd.id, upd.attempts, upd.lease_token, upd.worker, (%(principals)b::text[])[upd.rank], 'generating',
+           upd.started_at
+    FROM upd
 )
 SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
        upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,

@@ -89,7 +89,7 @@ class PostgresStore(Writes):
             if history:
                 hist = await _all(
                     c,
-                    "SELECT attempt, worker, status, error, started_at, ended_at FROM outcome_attempts"
+                    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts"
                     " WHERE outcome_id = %s ORDER BY started_at, attempt",
                     (outcome_id,),
                 )

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.audit import acting_as
+from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import (
     Outcome,
     Run,
@@ -98,7 +98,7 @@ def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitab
                     package,
                     exhausted,
                     now,
-                    [(args.worker, now, args.token()) for _ in range(want)],
+                    [(args.worker, now, args.token(), current_principal.get()) for _ in range(want)],
                 ),
             )
             quota: dict[int, int] = {}
@@ -179,7 +179,7 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
             if run_id not in state.swept:  # sent with the claim, without waiting for its answer
                 state.swept[run_id] = cutoff
                 swept = await conn.execute(_SWEEP_SQL, _sweep_params(run_id, cutoff))
-            slots = [(a.worker, a.now, a.token()) for _, a in chunk for _ in range(a.limit)]
+            slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
             claimed = await conn.execute(_CLAIM_SQL, _claim_params(run_id, package, [], cutoff, slots))
             if swept is not None:
                 sweep = _Tx(conn, state)

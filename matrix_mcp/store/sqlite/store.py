@@ -74,7 +74,7 @@ class SQLiteStore(Writes):
             hist = []
             if history:
                 hist = c.execute(
-                    "SELECT attempt, worker, status, error, started_at, ended_at FROM outcome_attempts"
+                    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts"
                     " WHERE outcome_id = ? ORDER BY started_at, attempt",
                     (outcome_id,),
                 ).fetchall()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from matrix_mcp import rules
+from matrix_mcp.audit import current_principal
 from matrix_mcp.models import (
     Outcome,
     Run,
@@ -186,9 +187,9 @@ def _claim(
                 (attempt, worker, token, expires, now, now, o["n"]),
             )
             c.execute(
-                "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, status,"
-                " started_at) VALUES (?, ?, ?, ?, 'generating', ?)",
-                (o["id"], attempt, token, worker, now),
+                "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status,"
+                " started_at) VALUES (?, ?, ?, ?, ?, 'generating', ?)",
+                (o["id"], attempt, token, worker, current_principal.get(), now),
             )
             seq = _event(
                 c,
