@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.engine import new_token
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import NewItem, NewPackage, Report, Store
+from matrix_mcp.store.base import ClaimRequest, NewItem, NewPackage, Report, Store
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -58,21 +58,24 @@ async def fresh_pg_database(server_url: str) -> AsyncIterator[str]:
 async def matrix_drain(store: Store, items: int, claimers: int, packages: int = 10) -> float:
     per = items // packages
     plan = [NewPackage(f"p{i}", None, [NewItem(f"i{j}") for j in range(per)]) for i in range(packages)]
-    result = await store.plan("bench", None, RunPolicy(), plan, time.time())
+    result = await store.plan(name="bench", goal=None, policy=RunPolicy(), packages=plan, now=time.time())
     run_id = result.run.id
     done = 0
 
     async def claimer(n: int) -> None:
         nonlocal done
+        request = ClaimRequest(run_id=run_id, worker=f"w{n}", limit=1, token_factory=new_token)
         while True:
-            batch = await store.claim(run_id, f"w{n}", 1, None, time.time(), new_token)
+            batch = await store.claim(request, now=time.time())
             if not batch.claims:
                 if batch.reason in ("done", "empty"):
                     return
                 await asyncio.sleep(0.001)
                 continue
             for c in batch.claims:
-                await store.complete(c.outcome_id, c.lease_token, Report(), time.time())
+                await store.complete(
+                    c.outcome_id, lease_token=c.lease_token, report=Report(), now=time.time()
+                )
                 done += 1
 
     t0 = time.perf_counter()

@@ -87,12 +87,12 @@ async def measure(
 ) -> None:
     grid = [PackageSpec(name=f"p{i:03d}", items=[f"i{j:03d}" for j in range(100)]) for i in range(100)]
     t0 = time.perf_counter()
-    await engine.plan_run("plan-100x100", grid)
+    await engine.plan_run("plan-100x100", packages=grid)
     plan_s = time.perf_counter() - t0
     print(f"plan_run 100 x 100 items: {plan_s * 1000:.0f} ms")
 
     big = await engine.plan_run(
-        "big", [PackageSpec(name=f"b{i:03d}", items=[]) for i in range(BULK_PACKAGES)]
+        "big", packages=[PackageSpec(name=f"b{i:03d}", items=[]) for i in range(BULK_PACKAGES)]
     )
     t0 = time.perf_counter()
     await bulk(big.run.id, outcomes)
@@ -101,13 +101,13 @@ async def measure(
     run = await engine.get_run("big")
     assert run.counts.complete == outcomes // BULK_PACKAGES * BULK_PACKAGES, run.counts
     for _ in range(20):  # warm caches and prepared statements
-        await engine.package_summary("b050", "big")
+        await engine.package_summary("b050", run="big")
         await engine.run_status("big")
     summary: list[float] = []
     status: list[float] = []
     for i in range(reps):
         t0 = time.perf_counter()
-        s = await engine.package_summary(f"b{i % BULK_PACKAGES:03d}", "big")
+        s = await engine.package_summary(f"b{i % BULK_PACKAGES:03d}", run="big")
         summary.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         await engine.run_status("big")

@@ -109,12 +109,12 @@ def pct(values: list[float], q: float) -> float:
 async def produce(engine: Engine, run: str, n: int, pause: float = 0.0) -> dict[str, float]:
     """Complete n items; outcome_id → time the completion was committed."""
     await engine.plan_run(
-        run, [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(n // 10)]) for i in range(10)]
+        run, packages=[PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(n // 10)]) for i in range(10)]
     )
     committed: dict[str, float] = {}
     while len(committed) < n:
-        for c in (await engine.claim_items(run, "w", limit=1 if pause else 100)).items:
-            await engine.complete_item(c.outcome_id, c.lease_token, content="x")
+        for c in (await engine.claim_items(run, worker="w", limit=1 if pause else 100)).items:
+            await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="x")
             committed[c.outcome_id] = time.time()
             if pause:
                 await anyio.sleep(pause)

@@ -33,7 +33,7 @@ async def plan(settings: Settings, run: str, items: int) -> list[dict[str, objec
     packages = [PackageSpec(name=f"pkg-{p}", items=[f"item-{i}" for i in range(per)]) for p in range(20)]
     engine = await Engine.open(settings)
     try:
-        await engine.plan_run(run, packages, goal="bench")
+        await engine.plan_run(run, packages=packages, goal="bench")
         page = await engine.list_outcomes(run=run, limit=1000)
         docs = list(page.outcomes)
         while page.next_cursor:

@@ -217,7 +217,7 @@ async def plan(settings: Settings) -> tuple[str, float]:
     engine = await Engine.open(settings)
     try:
         packages = [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(1000)]) for i in range(10)]
-        result = await engine.plan_run(f"contract-floor-{time.time_ns()}", packages)
+        result = await engine.plan_run(f"contract-floor-{time.time_ns()}", packages=packages)
         info = await engine.run_info(result.run.id)
         return info.id, info.policy.lease_seconds
     finally:

@@ -30,11 +30,11 @@ async def capture(settings: Settings) -> tuple[ClaimResult, ReportResult]:
     engine = await Engine.open(settings)
     run = f"noop-capture-{time.time_ns()}"  # one per server: another bench server may share the database
     try:
-        await engine.plan_run(run, [PackageSpec(name="pkg-0", items=["item-000", "item-001"])])
-        claim = await engine.claim_items(run, "bench")
+        await engine.plan_run(run, packages=[PackageSpec(name="pkg-0", items=["item-000", "item-001"])])
+        claim = await engine.claim_items(run, worker="bench")
         item = claim.items[0]
         done = await engine.complete_item(
-            item.outcome_id, item.lease_token, metrics={"lines_generated": 1}, claim_next=1
+            item.outcome_id, lease_token=item.lease_token, metrics={"lines_generated": 1}, claim_next=1
         )
         return claim, done
     finally:

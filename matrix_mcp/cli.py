@@ -299,7 +299,7 @@ async def _export(settings: Settings, run: str, fmt: str) -> None:
     engine = await Engine.open(settings)
     try:
         info = await engine.run_info(run)
-        data, count = await engine.export_bytes(info.id, fmt)  # type: ignore[arg-type]
+        data, count = await engine.export_bytes(info.id, format=fmt)  # type: ignore[arg-type]
         sys.stdout.buffer.write(data)
         print(f"exported {count} outcomes", file=sys.stderr)
     finally:
@@ -318,7 +318,7 @@ async def _gc(settings: Settings, older_than: float, repair: bool = False) -> No
                 f"repaired {fixed.repaired} missing outcome file(s) of {fixed.checked} complete outcome(s)"
                 f" with content; {fixed.unrepairable} cannot be restored (content gone)"
             )
-        report = await engine.collect_garbage(older_than)
+        report = await engine.collect_garbage(older_than_seconds=older_than)
     except StoreError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     finally:

@@ -61,8 +61,11 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store.base import (
     ClaimBatch,
+    ClaimRequest,
+    Failure,
     NewItem,
     NewPackage,
+    NewRecord,
     NextClaim,
     OutcomeFilter,
     Report,
@@ -227,6 +230,7 @@ class Engine:
     async def plan_run(
         self,
         name: str,
+        *,
         packages: Sequence[PackageSpec],
         goal: str | None = None,
         policy: RunPolicy | None = None,
@@ -266,12 +270,11 @@ class Engine:
             if total > self.limits.max_items_per_plan:
                 raise InputError(f"more than {self.limits.max_items_per_plan} items in one plan", "packages")
             new.append(NewPackage(pkg.name, pkg.description, items))
-        result = await self.store.plan(name, goal, policy, new, self.now())
-        return result
+        return await self.store.plan(name=name, goal=goal, policy=policy, packages=new, now=self.now())
 
-    async def control_run(self, run: str, action: RunAction) -> Run:
+    async def control_run(self, run: str, *, action: RunAction) -> Run:
         info = await self.run_info(run)
-        return await self.store.control_run(info.id, action, self.now())
+        return await self.store.control_run(info.id, action=action, now=self.now())
 
     async def list_runs(self) -> RunList:
         return RunList(runs=await self.store.list_runs())
@@ -282,7 +285,7 @@ class Engine:
     # ---- the work loop --------------------------------------------------------------------------
 
     async def claim_items(
-        self, run: str, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
+        self, run: str, *, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
     ) -> ClaimResult:
         info = await self.run_info(run)
         self._name(worker, "worker")
@@ -290,10 +293,13 @@ class Engine:
         if package is not None:
             self._name(package, "package")
         deadline = anyio.current_time() + self._wait(wait_seconds, "wait_seconds")
+        request = ClaimRequest(
+            run_id=info.id, worker=worker, limit=limit, package=package, token_factory=new_token
+        )
         while True:
             seq = await self.store.latest_seq() if wait_seconds else 0
             now = self.now()
-            batch = await self.store.claim(info.id, worker, limit, package, now, new_token)
+            batch = await self.store.claim(request, now=now)
             retry_after = _retry_after(batch, now)
             remaining = deadline - anyio.current_time()
             waitable = batch.reason in ("all_leased", "backing_off")
@@ -351,14 +357,14 @@ class Engine:
             raise InputError(f"must be between 0 and {self.limits.max_page_size}", "claim_next")
         if package is not None:
             self._name(package, "package")
-        return NextClaim(claim_next, package, new_token)
+        return NextClaim(limit=claim_next, package=package, token_factory=new_token)
 
     async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
         if not leases:
             raise InputError("give at least one lease", "leases")
         if len(leases) > self.limits.max_page_size:
             raise InputError(f"at most {self.limits.max_page_size} leases per call", "leases")
-        result = await self.store.heartbeat(leases, self.now())
+        result = await self.store.heartbeat(leases, now=self.now())
         expiries = [e.lease_expires_at for e in result.extended or () if e.lease_expires_at is not None]
         result.lease_expires_at = min(expiries, default=None)
         return result
@@ -393,6 +399,7 @@ class Engine:
     async def complete_item(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
         content: str | None = None,
         outcome_path: str | None = None,
@@ -438,7 +445,9 @@ class Engine:
                 inline=data if inline else None,
             )
         now = self.now()
-        reported = await self.store.complete(outcome_id, lease_token, report, now, next_claim)
+        reported = await self.store.complete(
+            outcome_id, lease_token=lease_token, report=report, now=now, next_claim=next_claim
+        )
         outcome = reported.outcome
         self._leased.pop(outcome_id, None)
         if _KILL_AFTER_COMMIT:
@@ -471,6 +480,7 @@ class Engine:
     async def fail_item(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
         error: str,
         retryable: bool = True,
@@ -492,14 +502,20 @@ class Engine:
             return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
 
         now = self.now()
-        reported = await self.store.fail(outcome_id, lease_token, error, retryable, now, backoff, next_claim)
+        reported = await self.store.fail(
+            outcome_id,
+            lease_token=lease_token,
+            failure=Failure(error=error, retryable=retryable, backoff=backoff),
+            now=now,
+            next_claim=next_claim,
+        )
         return self._reported(info, reported, now)
 
     async def retry_items(
-        self, run: str, package: str | None = None, outcome_ids: Sequence[str] | None = None
+        self, run: str, *, package: str | None = None, outcome_ids: Sequence[str] | None = None
     ) -> RetryResult:
         info = await self.run_info(run)
-        ids = await self.store.retry(info.id, package, outcome_ids, self.now())
+        ids = await self.store.retry(info.id, package=package, outcome_ids=outcome_ids, now=self.now())
         return RetryResult(run=info.name, requeued=len(ids), outcome_ids=ids[:1000])
 
     async def _outcome_key(self, outcome_id: str) -> tuple[str, str, str, str, str | None]:
@@ -514,6 +530,7 @@ class Engine:
     async def run_status(
         self,
         run: str,
+        *,
         since: int | None = None,
         wait_seconds: float = 0,
         progress: ProgressFn | None = None,
@@ -569,6 +586,7 @@ class Engine:
 
     async def record_outcome(
         self,
+        *,
         run: str,
         package: str,
         item: str,
@@ -594,23 +612,24 @@ class Engine:
         if status == "complete":
             self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
-        outcome, created = await self.store.record_outcome(
-            info.id,
-            package,
-            item,
-            status,
-            outcome_type,
-            specifications,
-            report,
-            error_message,
-            created_by,
-            self.now(),
+        record = NewRecord(
+            run_id=info.id,
+            package=package,
+            item=item,
+            status=status,
+            outcome_type=outcome_type,
+            specifications=specifications,
+            report=report,
+            error_message=error_message,
+            created_by=created_by,
         )
+        outcome, created = await self.store.record_outcome(record, now=self.now())
         return RecordResult(outcome=outcome, created=created)
 
     async def update_outcome_status(
         self,
         outcome_id: str,
+        *,
         status: Status,
         error_message: str | None = None,
         metrics: dict[str, Any] | None = None,
@@ -629,7 +648,9 @@ class Engine:
                 info.policy.outcome_schema, metrics or current.metrics, metadata or current.metadata
             )
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
-        return await self.store.update_status(outcome_id, status, error_message, report, self.now())
+        return await self.store.update_status(
+            outcome_id, status=status, error_message=error_message, report=report, now=self.now()
+        )
 
     async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
         detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
@@ -657,7 +678,7 @@ class Engine:
             log.warning("outcome %s: restored its missing file at %s", outcome_id, path)
         return linked
 
-    async def repair_files(self, since_seq: int = 0, page: int = 1000) -> RepairReport:
+    async def repair_files(self, *, since_seq: int = 0, page: int = 1000) -> RepairReport:
         """Restore the readable file of every complete outcome completed after event `since_seq` whose file
         is missing (blob → commit → link: a kill after the commit leaves only the link undone)."""
         checked = repaired = unrepairable = 0
@@ -676,7 +697,7 @@ class Engine:
     async def repair_recent_files(self) -> RepairReport:
         """At start-up: the completions among the latest REPAIR_RECENT_EVENTS events."""
         latest = await self.store.latest_seq()
-        return await self.repair_files(max(0, latest - REPAIR_RECENT_EVENTS))
+        return await self.repair_files(since_seq=max(0, latest - REPAIR_RECENT_EVENTS))
 
     async def outcome_content(self, outcome_id: str) -> tuple[bytes, str]:
         outcome = await self.store.get_outcome(outcome_id)
@@ -695,6 +716,7 @@ class Engine:
 
     async def list_outcomes(
         self,
+        *,
         run: str | None = None,
         package: str | None = None,
         status: Status | None = None,
@@ -706,7 +728,7 @@ class Engine:
         self._limit(limit, "limit", self.limits.max_page_size)
         return await self.store.list_outcomes(OutcomeFilter(run_id, package, status, worker), limit, cursor)
 
-    async def package_summary(self, package: str, run: str | None = None) -> PackageSummary:
+    async def package_summary(self, package: str, *, run: str | None = None) -> PackageSummary:
         run_id = (await self.run_info(run)).id if run is not None else None
         return await self.store.package_summary(self._name(package, "package"), run_id)
 
@@ -716,6 +738,7 @@ class Engine:
 
     async def record_integration_event(
         self,
+        *,
         integration_type: str,
         action: str,
         status: str = "success",
@@ -729,10 +752,16 @@ class Engine:
         self._name(status, "status")
         details = self._json(details, "details") or {}
         return await self.store.record_integration(
-            run_id, outcome_id, integration_type, action, status, details, self.now()
+            run_id=run_id,
+            outcome_id=outcome_id,
+            integration_type=integration_type,
+            action=action,
+            status=status,
+            details=details,
+            now=self.now(),
         )
 
-    async def collect_garbage(self, older_than_seconds: float = 3600.0) -> GarbageReport:
+    async def collect_garbage(self, *, older_than_seconds: float = 3600.0) -> GarbageReport:
         """Delete content no outcome refers to (left by rejected reports) once unwritten for a while."""
         if not older_than_seconds >= 60:
             raise InputError("at least 60: a report commits seconds after writing its content", "older_than")
@@ -742,9 +771,9 @@ class Engine:
             self.artifacts.collect_garbage, referenced, older_than_seconds, now
         )
 
-    async def export_outcomes(self, run: str, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:
+    async def export_outcomes(self, run: str, *, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:
         info = await self.run_info(run)
-        data, count = await self.export_bytes(info.id, format)
+        data, count = await self.export_bytes(info.id, format=format)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{safe_component(info.name)}-{stamp}.{format}"
         path = await anyio.to_thread.run_sync(self.artifacts.write_export, name, data)
@@ -752,7 +781,7 @@ class Engine:
             run=info.name, format=format, count=count, path=str(path), bytes=len(data), uri=path.as_uri()
         )
 
-    async def export_bytes(self, run_id: str, format: Literal["jsonl", "csv"]) -> tuple[bytes, int]:
+    async def export_bytes(self, run_id: str, *, format: Literal["jsonl", "csv"]) -> tuple[bytes, int]:
         buf = io.StringIO()
         count = 0
         writer: Any = None

@@ -201,7 +201,7 @@ def create_server(
             backoff_cap_seconds=max(backoff_seconds, 300),
             outcome_schema=outcome_schema,
         )
-        return await call(engine().plan_run(name, packages, goal, policy))
+        return await call(engine().plan_run(name, packages=packages, goal=goal, policy=policy))
 
     @mcp.tool()
     async def claim_items(
@@ -213,7 +213,9 @@ def create_server(
     ) -> Annotated[CallToolResult, ClaimResult]:
         """Lease up to `limit` items, fair across packages (briefing: run goal + package description).
         wait_seconds long-polls; `reason` says why none came."""
-        return await call(engine().claim_items(run, worker, limit, package, wait_seconds))
+        return await call(
+            engine().claim_items(run, worker=worker, limit=limit, package=package, wait_seconds=wait_seconds)
+        )
 
     @mcp.tool()
     async def heartbeat(
@@ -242,14 +244,14 @@ def create_server(
         return await call(
             engine().complete_item(
                 outcome_id,
-                lease_token,
-                content,
-                outcome_path,
-                metrics,
-                metadata,
-                content_encoding,
-                mime_type,
-                claim_next,
+                lease_token=lease_token,
+                content=content,
+                outcome_path=outcome_path,
+                metrics=metrics,
+                metadata=metadata,
+                content_encoding=content_encoding,
+                mime_type=mime_type,
+                claim_next=claim_next,
             ),
             full=detail == "full",
             full_only="outcome",
@@ -267,7 +269,9 @@ def create_server(
         """Report a claimed item failed: retried after backoff while attempts remain, else failed.
         claim_next=N: your next N items come in `next`."""
         return await call(
-            engine().fail_item(outcome_id, lease_token, error, retryable, claim_next),
+            engine().fail_item(
+                outcome_id, lease_token=lease_token, error=error, retryable=retryable, claim_next=claim_next
+            ),
             full=detail == "full",
             full_only="outcome",
         )
@@ -277,14 +281,14 @@ def create_server(
         run: str, package: str | None = None, outcome_ids: list[str] | None = None
     ) -> Annotated[CallToolResult, RetryResult]:
         """Re-queue failed items (all of the run's, one package's, or the given ids) with fresh attempts."""
-        return await call(engine().retry_items(run, package, outcome_ids))
+        return await call(engine().retry_items(run, package=package, outcome_ids=outcome_ids))
 
     @mcp.tool()
     async def control_run(
         run: str, action: Literal["pause", "resume", "cancel"]
     ) -> Annotated[CallToolResult, Run]:
         """Pause, resume or cancel a run. Cancel is final: pending items are cancelled; heartbeats tell workers."""
-        return await call(engine().control_run(run, action))
+        return await call(engine().control_run(run, action=action))
 
     @mcp.tool()
     async def list_runs() -> Annotated[CallToolResult, RunList]:
@@ -304,7 +308,7 @@ def create_server(
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(done, total, message)
 
-        return await call(engine().run_status(run, since, wait_seconds, progress))
+        return await call(engine().run_status(run, since=since, wait_seconds=wait_seconds, progress=progress))
 
     # ---- the seed's tracking API ------------------------------------------------------------------
 
@@ -325,17 +329,17 @@ def create_server(
         """Create or update an outcome record directly (no lease), adding the package if needed."""
         return await call(
             engine().record_outcome(
-                run,
-                package,
-                item,
-                status,
-                outcome_type,
-                outcome_path,
-                specifications,
-                metrics,
-                metadata,
-                error_message,
-                created_by,
+                run=run,
+                package=package,
+                item=item,
+                status=status,
+                outcome_type=outcome_type,
+                outcome_path=outcome_path,
+                specifications=specifications,
+                metrics=metrics,
+                metadata=metadata,
+                error_message=error_message,
+                created_by=created_by,
             )
         )
 
@@ -349,7 +353,9 @@ def create_server(
     ) -> Annotated[CallToolResult, Outcome]:
         """Set an outcome's status by hand (overrides and fences off any lease holder)."""
         return await call(
-            engine().update_outcome_status(outcome_id, status, error_message, metrics, metadata)
+            engine().update_outcome_status(
+                outcome_id, status=status, error_message=error_message, metrics=metrics, metadata=metadata
+            )
         )
 
     @mcp.tool()
@@ -367,14 +373,18 @@ def create_server(
         cursor: str | None = None,
     ) -> Annotated[CallToolResult, OutcomePage]:
         """Outcomes in creation order, filtered; pass next_cursor back for the next page."""
-        return await call(engine().list_outcomes(run, package, status, worker, limit, cursor))
+        return await call(
+            engine().list_outcomes(
+                run=run, package=package, status=status, worker=worker, limit=limit, cursor=cursor
+            )
+        )
 
     @mcp.tool()
     async def package_summary(
         package: str, run: str | None = None
     ) -> Annotated[CallToolResult, PackageSummary]:
         """A package's totals, success rate, durations (avg, p50/p90/p99), lines generated, quality."""
-        return await call(engine().package_summary(package, run))
+        return await call(engine().package_summary(package, run=run))
 
     @mcp.tool()
     async def system_metrics(run: str | None = None) -> Annotated[CallToolResult, SystemMetrics]:
@@ -392,7 +402,14 @@ def create_server(
     ) -> Annotated[CallToolResult, IntegrationEvent]:
         """Log an action taken in another system (Slack message, Jira issue…) for a run or outcome."""
         return await call(
-            engine().record_integration_event(integration_type, action, status, run, outcome_id, details)
+            engine().record_integration_event(
+                integration_type=integration_type,
+                action=action,
+                status=status,
+                run=run,
+                outcome_id=outcome_id,
+                details=details,
+            )
         )
 
     @mcp.tool()
@@ -400,7 +417,7 @@ def create_server(
         run: str, format: Literal["jsonl", "csv"] = "jsonl"
     ) -> Annotated[CallToolResult, ExportResult]:
         """Write every outcome of a run to a JSONL or CSV file under the artifacts root; returns its path."""
-        return await call(engine().export_outcomes(run, format))
+        return await call(engine().export_outcomes(run, format=format))
 
     # ---- resources -------------------------------------------------------------------------------
 
@@ -435,7 +452,7 @@ def create_server(
         description="One package summary.",
     )
     async def package_resource(run: str, package: str) -> PackageSummary:
-        return await read(engine().package_summary(package, run))
+        return await read(engine().package_summary(package, run=run))
 
     @mcp.resource(
         "matrix://outcomes/{outcome_id}", mime_type="application/json", description="An outcome record."

@@ -172,7 +172,7 @@ class Worker:
         while not self.stopping:
             got = await self._retrying(
                 lambda: self.engine.claim_items(
-                    self.info.id, self.name, 1, self.options.package, wait_seconds=1
+                    self.info.id, worker=self.name, limit=1, package=self.options.package, wait_seconds=1
                 )
             )
             if got is None:
@@ -296,7 +296,6 @@ class Worker:
         """Report the outcome; returns the slot's next item (leased by the same call) or None."""
         error, retryable = self._failure(outcome)
         claim_next = 0 if self.stopping else 1
-        ref = (item.outcome_id, item.lease_token)
         try:
             if error is None:
                 text, encoding = _as_text(outcome.stdout)
@@ -309,7 +308,8 @@ class Worker:
                 try:
                     result = await self._retrying(
                         lambda: self.engine.complete_item(
-                            *ref,
+                            item.outcome_id,
+                            lease_token=item.lease_token,
                             content=text,
                             metrics=metrics,
                             content_encoding=encoding,
@@ -324,7 +324,12 @@ class Worker:
                     return self._went(item, result, "complete")
             result = await self._retrying(
                 lambda: self.engine.fail_item(
-                    *ref, error, retryable, claim_next=claim_next, package=self.options.package
+                    item.outcome_id,
+                    lease_token=item.lease_token,
+                    error=error,
+                    retryable=retryable,
+                    claim_next=claim_next,
+                    package=self.options.package,
                 )
             )
             return self._went(item, result, "failed")
@@ -520,7 +525,7 @@ async def run_work(settings: Settings, options: WorkOptions, out: TextIO | None 
         try:
             info = await engine.run_info(options.run)
             if options.package is not None:
-                await engine.package_summary(options.package, info.id)
+                await engine.package_summary(options.package, run=info.id)
         except StoreError as exc:
             print(f"matrix-mcp work: {exc.field + ': ' if exc.field else ''}{exc}", file=sys.stderr)
             return 2

@@ -41,12 +41,12 @@ async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
     for run in ("r1", "r2"):
         await engine.plan_run(
             run,
-            [PackageSpec(name="api", items=["a", "b"]), PackageSpec(name="docs", items=["c"])],
-            None,
-            None,
+            packages=[PackageSpec(name="api", items=["a", "b"]), PackageSpec(name="docs", items=["c"])],
+            goal=None,
+            policy=None,
         )
-    got = await engine.claim_items("r1", "w", 1, "api", 0)
-    await engine.complete_item(got.items[0].outcome_id, got.items[0].lease_token)
+    got = await engine.claim_items("r1", worker="w", limit=1, package="api", wait_seconds=0)
+    await engine.complete_item(got.items[0].outcome_id, lease_token=got.items[0].lease_token)
     counts = await engine.store.status_counts()
     assert counts["api"] == {"pending": 3, "generating": 0, "complete": 1, "failed": 0, "cancelled": 0}
     assert counts["docs"]["pending"] == 2 and sum(counts["docs"].values()) == 2

@@ -52,28 +52,30 @@ def blob(root: Path, data: bytes) -> Path:
 
 async def test_rejected_reports_content_is_collected_and_nothing_else(engine: Engine) -> None:
     root = engine.artifacts.root
-    await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])], policy=RunPolicy(lease_seconds=60))
+    await engine.plan_run(
+        "r", packages=[PackageSpec(name="p", items=["a", "b"])], policy=RunPolicy(lease_seconds=60)
+    )
     t = time.time()
     engine.now = lambda: t  # type: ignore[method-assign]
-    slow = (await engine.claim_items("r", "slow")).items[0]
+    slow = (await engine.claim_items("r", worker="slow")).items[0]
     t += 61  # the slow worker's lease expires; another worker takes the item and reports first
-    fast = (await engine.claim_items("r", "fast", limit=2)).items
+    fast = (await engine.claim_items("r", worker="fast", limit=2)).items
     assert len(fast) == 2 and slow.outcome_id in {c.outcome_id for c in fast}
     again = next(c for c in fast if c.outcome_id == slow.outcome_id)
     other = next(c for c in fast if c.outcome_id != slow.outcome_id)
-    done = await engine.complete_item(again.outcome_id, again.lease_token, content="on time")
+    done = await engine.complete_item(again.outcome_id, lease_token=again.lease_token, content="on time")
     with pytest.raises(StaleLease):
-        await engine.complete_item(slow.outcome_id, slow.lease_token, content="late and rejected")
+        await engine.complete_item(slow.outcome_id, lease_token=slow.lease_token, content="late and rejected")
     assert blob(root, b"late and rejected").exists()  # written before the store said no
-    await engine.complete_item(other.outcome_id, other.lease_token, content="kept too")
+    await engine.complete_item(other.outcome_id, lease_token=other.lease_token, content="kept too")
     (root / ".blobs" / "ab").mkdir(parents=True, exist_ok=True)
     (root / ".blobs" / "ab" / ".tmp-killedwrite").write_bytes(b"partial")  # a write killed midway
 
-    nothing = await engine.collect_garbage(HOUR)  # everything is young
+    nothing = await engine.collect_garbage(older_than_seconds=HOUR)  # everything is young
     assert (nothing.removed, nothing.kept) == (0, 3)
 
     age_everything(root, 2 * HOUR)
-    report = await engine.collect_garbage(HOUR)
+    report = await engine.collect_garbage(older_than_seconds=HOUR)
     assert report.removed == 2 and report.removed_bytes == len(b"late and rejected") + len(b"partial")
     assert report.kept == 2
     assert not blob(root, b"late and rejected").exists()
@@ -91,32 +93,32 @@ async def test_content_a_report_is_writing_now_is_kept(engine: Engine) -> None:
     engine.artifacts.put_blob(b"same bytes")
     age_everything(root, 2 * HOUR)
     engine.artifacts.put_blob(b"same bytes")  # a report in flight, before its commit
-    assert (await engine.collect_garbage(HOUR)).removed == 0
+    assert (await engine.collect_garbage(older_than_seconds=HOUR)).removed == 0
     assert blob(root, b"same bytes").exists()
 
-    await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
-    c = (await engine.claim_items("r", "w")).items[0]
-    await engine.complete_item(c.outcome_id, c.lease_token, content="referenced")
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
+    c = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="referenced")
     path = blob(root, b"referenced")
     shutil.move(path, path.with_name(".gc-" + path.name))  # a collection killed after moving it aside
     age_everything(root, 2 * HOUR)
-    report = await engine.collect_garbage(HOUR)
+    report = await engine.collect_garbage(older_than_seconds=HOUR)
     assert path.exists() and (await engine.outcome_content(c.outcome_id))[0] == b"referenced"
     assert report.removed == 1  # "same bytes": unreferenced and untouched for two hours now
 
 
 async def test_collect_garbage_refuses_a_window_a_report_could_fall_into(engine: Engine) -> None:
     with pytest.raises(InputError) as err:
-        await engine.collect_garbage(5)
+        await engine.collect_garbage(older_than_seconds=5)
     assert err.value.field == "older_than"
 
 
 async def complete_one_with_content(settings: Settings) -> None:
     engine = await Engine.open(settings)
     try:
-        await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
-        c = (await engine.claim_items("r", "w")).items[0]
-        await engine.complete_item(c.outcome_id, c.lease_token, content="referenced")
+        await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
+        c = (await engine.claim_items("r", worker="w")).items[0]
+        await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="referenced")
     finally:
         await engine.close()
 

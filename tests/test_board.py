@@ -154,11 +154,15 @@ async def test_store_cells_match_the_outcomes(engine: Engine) -> None:
     """The grid's one read (both backends): every outcome of the run, in creation order, with its status."""
     from matrix_mcp.models import PackageSpec
 
-    await engine.plan_run("g", [PackageSpec(name="p", items=["a", "b"]), PackageSpec(name=EVIL, items=["c"])])
-    await engine.plan_run("other", [PackageSpec(name="p", items=["z"])])
-    claimed = (await engine.claim_items("g", "w", limit=2)).items
-    await engine.complete_item(claimed[0].outcome_id, claimed[0].lease_token)
-    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "e", retryable=False)
+    await engine.plan_run(
+        "g", packages=[PackageSpec(name="p", items=["a", "b"]), PackageSpec(name=EVIL, items=["c"])]
+    )
+    await engine.plan_run("other", packages=[PackageSpec(name="p", items=["z"])])
+    claimed = (await engine.claim_items("g", worker="w", limit=2)).items
+    await engine.complete_item(claimed[0].outcome_id, lease_token=claimed[0].lease_token)
+    await engine.fail_item(
+        claimed[1].outcome_id, lease_token=claimed[1].lease_token, error="e", retryable=False
+    )
     run_id = (await engine.run_info("g")).id
     cells = await engine.store.cells(run_id)
     outcomes = [o async for o in engine.store.iter_outcomes(run_id)]
@@ -175,15 +179,17 @@ async def test_store_run_minutes_are_the_throughput_window(engine: Engine) -> No
 
     t = 1_800_000_000.0  # a whole minute
     engine.now = lambda: t  # type: ignore[method-assign]
-    await engine.plan_run("m", [PackageSpec(name="p", items=["a", "b", "c", "d"])])
-    await engine.plan_run("other", [PackageSpec(name="p", items=["z"])])
-    claimed = (await engine.claim_items("m", "w", limit=4)).items
-    await engine.complete_item(claimed[0].outcome_id, claimed[0].lease_token)
-    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "e", retryable=False)
+    await engine.plan_run("m", packages=[PackageSpec(name="p", items=["a", "b", "c", "d"])])
+    await engine.plan_run("other", packages=[PackageSpec(name="p", items=["z"])])
+    claimed = (await engine.claim_items("m", worker="w", limit=4)).items
+    await engine.complete_item(claimed[0].outcome_id, lease_token=claimed[0].lease_token)
+    await engine.fail_item(
+        claimed[1].outcome_id, lease_token=claimed[1].lease_token, error="e", retryable=False
+    )
     t += 125  # two minutes on
-    await engine.complete_item(claimed[2].outcome_id, claimed[2].lease_token)
-    other = (await engine.claim_items("other", "w")).items[0]
-    await engine.complete_item(other.outcome_id, other.lease_token)
+    await engine.complete_item(claimed[2].outcome_id, lease_token=claimed[2].lease_token)
+    other = (await engine.claim_items("other", worker="w")).items[0]
+    await engine.complete_item(other.outcome_id, lease_token=other.lease_token)
     run_id = (await engine.run_info("m")).id
     first = 1_800_000_000 // 60
     got = [(m.minute, m.completed, m.failed) for m in await engine.store.run_minutes(run_id, 0)]

@@ -250,8 +250,8 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
 
     engine = await Engine.open(sqlite_settings)
     try:
-        await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])])
-        item = (await engine.claim_items("r", "w")).items[0]
+        await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b"])])
+        item = (await engine.claim_items("r", worker="w")).items[0]
     finally:
         await engine.close()
     port = free_port()
@@ -264,7 +264,7 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
     await page.wait_for_function("!document.getElementById('live').classList.contains('on')", timeout=10_000)
     engine = await Engine.open(sqlite_settings)
     try:
-        await engine.complete_item(item.outcome_id, item.lease_token)
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
     finally:
         await engine.close()
     async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1):

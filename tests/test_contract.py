@@ -32,13 +32,13 @@ class Clock:
 
 
 async def test_plan_is_idempotent_and_extends(engine: Engine) -> None:
-    first = await engine.plan_run("r", grid(3, 4), goal="g")
+    first = await engine.plan_run("r", packages=grid(3, 4), goal="g")
     assert first.created and first.packages == 3 and first.items == 12 and first.added_items == 12
-    again = await engine.plan_run("r", grid(3, 4))
+    again = await engine.plan_run("r", packages=grid(3, 4))
     assert not again.created and again.added_items == 0 and again.added_packages == []
     assert again.run.id == first.run.id
     more = await engine.plan_run(
-        "r", [PackageSpec(name="p0", items=["i0", "new"]), PackageSpec(name="p9", items=["x"])]
+        "r", packages=[PackageSpec(name="p0", items=["i0", "new"]), PackageSpec(name="p9", items=["x"])]
     )
     assert more.added_items == 2 and more.added_packages == ["p9"] and more.items == 14
     assert (await engine.get_run("r")).counts.pending == 14
@@ -47,42 +47,44 @@ async def test_plan_is_idempotent_and_extends(engine: Engine) -> None:
 
 async def test_plan_rejects_bad_input_and_writes_nothing(engine: Engine) -> None:
     with pytest.raises(InputError) as err:
-        await engine.plan_run("r", [PackageSpec(name="a", items=["x", "x"])])
+        await engine.plan_run("r", packages=[PackageSpec(name="a", items=["x", "x"])])
     assert err.value.field == "packages[0].items[1]"
     with pytest.raises(InputError) as err:
-        await engine.plan_run("r", [PackageSpec(name="a"), PackageSpec(name="a")])
+        await engine.plan_run("r", packages=[PackageSpec(name="a"), PackageSpec(name="a")])
     assert err.value.field == "packages[1].name"
     with pytest.raises(InputError) as err:
-        await engine.plan_run("r", grid(1, 1), policy=RunPolicy(outcome_schema={"type": "nonsense"}))
+        await engine.plan_run("r", packages=grid(1, 1), policy=RunPolicy(outcome_schema={"type": "nonsense"}))
     assert err.value.field == "outcome_schema"
     assert (await engine.list_runs()).runs == []
 
 
 async def test_claim_is_fair_across_packages_and_exclusive(engine: Engine) -> None:
-    await engine.plan_run("r", grid(3, 3))
-    got = await engine.claim_items("r", "w1", limit=3)
+    await engine.plan_run("r", packages=grid(3, 3))
+    got = await engine.claim_items("r", worker="w1", limit=3)
     assert sorted(i.package for i in got.items) == ["p0", "p1", "p2"]
-    got2 = await engine.claim_items("r", "w2", limit=6)
+    got2 = await engine.claim_items("r", worker="w2", limit=6)
     assert len(got2.items) == 6
     ids = [i.outcome_id for i in got.items + got2.items]
     assert len(set(ids)) == 9
-    empty = await engine.claim_items("r", "w3")
+    empty = await engine.claim_items("r", worker="w3")
     assert empty.items == [] and empty.reason == "all_leased" and empty.retry_after_seconds is not None
     await assert_consistent(engine)
 
 
 async def test_concurrent_claimers_never_share_an_item(engine: Engine) -> None:
-    await engine.plan_run("r", grid(4, 25))
+    await engine.plan_run("r", packages=grid(4, 25))
     seen: list[str] = []
 
     async def worker(n: int) -> None:
         while True:
-            got = await engine.claim_items("r", f"w{n}", limit=2)
+            got = await engine.claim_items("r", worker=f"w{n}", limit=2)
             if not got.items:
                 return
             for item in got.items:
                 seen.append(item.outcome_id)
-                await engine.complete_item(item.outcome_id, item.lease_token, metrics={"lines_generated": 1})
+                await engine.complete_item(
+                    item.outcome_id, lease_token=item.lease_token, metrics={"lines_generated": 1}
+                )
 
     async with anyio.create_task_group() as tg:
         for n in range(16):
@@ -90,47 +92,47 @@ async def test_concurrent_claimers_never_share_an_item(engine: Engine) -> None:
     assert len(seen) == 100 and len(set(seen)) == 100
     run = await engine.get_run("r")
     assert run.counts.complete == 100 and run.state == "done"
-    assert (await engine.claim_items("r", "late")).reason == "done"
+    assert (await engine.claim_items("r", worker="late")).reason == "done"
     await assert_consistent(engine)
 
 
 async def test_complete_is_fenced_and_idempotent(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="w")).items[0]
     with pytest.raises(StaleLease):
-        await engine.complete_item(item.outcome_id, "not-the-token")
+        await engine.complete_item(item.outcome_id, lease_token="not-the-token")
     done = await engine.complete_item(
-        item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
+        item.outcome_id, lease_token=item.lease_token, content="hello", metrics={"quality_score": 0.5}
     )
     assert done.status == "complete" and done.outcome and done.outcome.content_bytes == 5
     again = await engine.complete_item(
-        item.outcome_id, item.lease_token, content="hello", metrics={"quality_score": 0.5}
+        item.outcome_id, lease_token=item.lease_token, content="hello", metrics={"quality_score": 0.5}
     )
     assert again.outcome and again.outcome.updated_at == done.outcome.updated_at
     with pytest.raises(Conflict):
-        await engine.complete_item(item.outcome_id, item.lease_token, content="different")
-    summary = await engine.package_summary("p0", "r")
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="different")
+    summary = await engine.package_summary("p0", run="r")
     assert summary.completed_items == 1 and summary.average_quality_score == 0.5
     await assert_consistent(engine)
 
 
 async def test_expired_lease_is_reclaimed_and_late_report_rejected(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 1), policy=RunPolicy(lease_seconds=10, max_attempts=3))
-    first = (await engine.claim_items("r", "slow")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1), policy=RunPolicy(lease_seconds=10, max_attempts=3))
+    first = (await engine.claim_items("r", worker="slow")).items[0]
     clock.advance(5)
     hb = await engine.heartbeat([LeaseRef(outcome_id=first.outcome_id, lease_token=first.lease_token)])
     assert [e.outcome_id for e in hb.extended] == [first.outcome_id]
     clock.advance(9)  # t+14: past the first lease (t+10), inside the extended one (t+15)
-    assert (await engine.claim_items("r", "fast")).reason == "all_leased"
+    assert (await engine.claim_items("r", worker="fast")).reason == "all_leased"
     clock.advance(2)
-    second = (await engine.claim_items("r", "fast")).items[0]
+    second = (await engine.claim_items("r", worker="fast")).items[0]
     assert second.outcome_id == first.outcome_id and second.attempt == 2
     with pytest.raises(StaleLease):
-        await engine.complete_item(first.outcome_id, first.lease_token, content="late")
+        await engine.complete_item(first.outcome_id, lease_token=first.lease_token, content="late")
     lost = await engine.heartbeat([LeaseRef(outcome_id=first.outcome_id, lease_token=first.lease_token)])
     assert lost.lost == [first.outcome_id] and lost.extended == []
-    out = await engine.complete_item(second.outcome_id, second.lease_token, content="on time")
+    out = await engine.complete_item(second.outcome_id, lease_token=second.lease_token, content="on time")
     assert out.outcome and out.outcome.worker == "fast" and out.attempt == 2
     detail = await engine.get_outcome(out.outcome_id)
     assert [h.status for h in detail.history] == ["failed", "complete"]
@@ -140,11 +142,11 @@ async def test_expired_lease_is_reclaimed_and_late_report_rejected(engine: Engin
 
 async def test_lease_expiry_spends_attempts(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 1), policy=RunPolicy(lease_seconds=1, max_attempts=2))
+    await engine.plan_run("r", packages=grid(1, 1), policy=RunPolicy(lease_seconds=1, max_attempts=2))
     for _ in range(2):
-        assert (await engine.claim_items("r", "w")).items
+        assert (await engine.claim_items("r", worker="w")).items
         clock.advance(2)
-    result = await engine.claim_items("r", "w")
+    result = await engine.claim_items("r", worker="w")
     assert result.items == [] and result.reason == "done"
     (outcome,) = (await engine.list_outcomes(run="r")).outcomes
     assert outcome.status == "failed" and "lease expired" in (outcome.error_message or "")
@@ -154,40 +156,44 @@ async def test_lease_expiry_spends_attempts(engine: Engine) -> None:
 async def test_retries_back_off_until_max_attempts(engine: Engine) -> None:
     clock = Clock(engine)
     await engine.plan_run(
-        "r", grid(1, 1), policy=RunPolicy(max_attempts=3, backoff_seconds=10, backoff_cap_seconds=15)
+        "r", packages=grid(1, 1), policy=RunPolicy(max_attempts=3, backoff_seconds=10, backoff_cap_seconds=15)
     )
     delays = []
     for attempt in (1, 2):
-        item = (await engine.claim_items("r", "w")).items[0]
+        item = (await engine.claim_items("r", worker="w")).items[0]
         assert item.attempt == attempt
-        failed = await engine.fail_item(item.outcome_id, item.lease_token, "boom")
+        failed = await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="boom")
         assert failed.status == "pending" and failed.available_at is not None
         delay = failed.available_at.timestamp() - clock.t
         delays.append(delay)
-        blocked = await engine.claim_items("r", "w")
+        blocked = await engine.claim_items("r", worker="w")
         assert blocked.reason == "backing_off" and blocked.retry_after_seconds == pytest.approx(
             delay, abs=0.01
         )
         # repeating the identical failure report is idempotent
-        assert (await engine.fail_item(item.outcome_id, item.lease_token, "boom")).status == "pending"
+        assert (
+            await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="boom")
+        ).status == "pending"
         clock.advance(delay + 0.001)
     assert 5 <= delays[0] <= 10 and 7.5 <= delays[1] <= 15
-    item = (await engine.claim_items("r", "w")).items[0]
-    final = await engine.fail_item(item.outcome_id, item.lease_token, "boom for good")
+    item = (await engine.claim_items("r", worker="w")).items[0]
+    final = await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="boom for good")
     assert final.status == "failed" and final.outcome and final.outcome.error_message == "boom for good"
     assert final.attempt == 3
     assert (await engine.package_summary("p0")).failed_items == 1
     requeued = await engine.retry_items("r")
     assert requeued.requeued == 1
-    again = (await engine.claim_items("r", "w")).items[0]
+    again = (await engine.claim_items("r", worker="w")).items[0]
     assert again.attempt == 1
     await assert_consistent(engine)
 
 
 async def test_non_retryable_failure_is_final(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 2))
-    item = (await engine.claim_items("r", "w")).items[0]
-    out = await engine.fail_item(item.outcome_id, item.lease_token, "bad spec", retryable=False)
+    await engine.plan_run("r", packages=grid(1, 2))
+    item = (await engine.claim_items("r", worker="w")).items[0]
+    out = await engine.fail_item(
+        item.outcome_id, lease_token=item.lease_token, error="bad spec", retryable=False
+    )
     assert out.status == "failed" and out.attempt == 1
     await assert_consistent(engine)
 
@@ -210,82 +216,98 @@ async def test_outcome_schema_is_enforced(engine: Engine) -> None:
             "metadata": {"type": "object", "required": ["language"]},
         },
     }
-    await engine.plan_run("r", grid(1, 1), policy=RunPolicy(outcome_schema=schema))
-    item = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1), policy=RunPolicy(outcome_schema=schema))
+    item = (await engine.claim_items("r", worker="w")).items[0]
     with pytest.raises(InputError) as err:
         await engine.complete_item(
-            item.outcome_id, item.lease_token, metrics={"quality_score": 3}, metadata={"language": "py"}
+            item.outcome_id,
+            lease_token=item.lease_token,
+            metrics={"quality_score": 3},
+            metadata={"language": "py"},
         )
     assert err.value.field == "metrics.quality_score"
     with pytest.raises(InputError) as err:
-        await engine.complete_item(item.outcome_id, item.lease_token, metrics={"quality_score": 1})
+        await engine.complete_item(
+            item.outcome_id, lease_token=item.lease_token, metrics={"quality_score": 1}
+        )
     assert "language" in str(err.value)
     assert (await engine.get_outcome(item.outcome_id)).status == "generating"  # nothing half-written
     ok = await engine.complete_item(
-        item.outcome_id, item.lease_token, metrics={"quality_score": 1}, metadata={"language": "py"}
+        item.outcome_id,
+        lease_token=item.lease_token,
+        metrics={"quality_score": 1},
+        metadata={"language": "py"},
     )
     assert ok.status == "complete"
     await assert_consistent(engine)
 
 
 async def test_pause_resume_cancel(engine: Engine) -> None:
-    await engine.plan_run("r", grid(2, 2))
-    held = (await engine.claim_items("r", "w")).items[0]
-    await engine.control_run("r", "pause")
-    assert (await engine.claim_items("r", "w")).reason == "paused"
-    await engine.control_run("r", "resume")
-    assert (await engine.claim_items("r", "w")).items
-    run = await engine.control_run("r", "cancel")
+    await engine.plan_run("r", packages=grid(2, 2))
+    held = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.control_run("r", action="pause")
+    assert (await engine.claim_items("r", worker="w")).reason == "paused"
+    await engine.control_run("r", action="resume")
+    assert (await engine.claim_items("r", worker="w")).items
+    run = await engine.control_run("r", action="cancel")
     assert run.state == "cancelled" and run.counts.cancelled == 2
-    assert (await engine.claim_items("r", "w")).reason == "cancelled"
+    assert (await engine.claim_items("r", worker="w")).reason == "cancelled"
     hb = await engine.heartbeat([LeaseRef(outcome_id=held.outcome_id, lease_token=held.lease_token)])
     assert hb.cancelled == [held.outcome_id]
     # work finished on a cancelled run is kept
-    assert (await engine.complete_item(held.outcome_id, held.lease_token, content="x")).status == "complete"
+    assert (
+        await engine.complete_item(held.outcome_id, lease_token=held.lease_token, content="x")
+    ).status == "complete"
     with pytest.raises(Conflict):
-        await engine.control_run("r", "resume")
+        await engine.control_run("r", action="resume")
     await assert_consistent(engine)
 
 
 async def test_tracking_api(engine: Engine) -> None:
-    await engine.plan_run("r", [])
-    rec = await engine.record_outcome("r", "docs", "intro", status="generating", created_by="me")
+    await engine.plan_run("r", packages=[])
+    rec = await engine.record_outcome(
+        run="r", package="docs", item="intro", status="generating", created_by="me"
+    )
     assert rec.created and rec.outcome.status == "generating"
     again = await engine.record_outcome(
-        "r", "docs", "intro", status="complete", metrics={"lines_generated": 40, "quality_score": 0.9}
+        run="r",
+        package="docs",
+        item="intro",
+        status="complete",
+        metrics={"lines_generated": 40, "quality_score": 0.9},
     )
     assert not again.created and again.outcome.status == "complete"
-    upd = await engine.update_outcome_status(again.outcome.id, "failed", error_message="reverted")
+    upd = await engine.update_outcome_status(again.outcome.id, status="failed", error_message="reverted")
     assert upd.status == "failed" and upd.error_message == "reverted"
-    summary = await engine.package_summary("docs", "r")
+    summary = await engine.package_summary("docs", run="r")
     assert summary.failed_items == 1 and summary.total_lines_generated == 0
-    await engine.update_outcome_status(again.outcome.id, "complete", metrics={"lines_generated": 10})
+    await engine.update_outcome_status(again.outcome.id, status="complete", metrics={"lines_generated": 10})
     metrics = await engine.system_metrics("r")
     assert metrics.outcomes_complete == 1 and metrics.total_lines_generated == 10
     assert metrics.outcomes_by_hour and sum(h.completed for h in metrics.outcomes_by_hour) == 2
     ev = await engine.record_integration_event(
-        "slack", "message_posted", run="r", details={"channel": "#dev"}
+        integration_type="slack", action="message_posted", run="r", details={"channel": "#dev"}
     )
     assert ev.integration_type == "slack" and ev.run == "r"
     with pytest.raises(NotFound):
-        await engine.record_outcome("nope", "p", "i")
+        await engine.record_outcome(run="nope", package="p", item="i")
     with pytest.raises(NotFound):
         await engine.get_outcome("00000000-0000-0000-0000-000000000000")
     await assert_consistent(engine)
 
 
 async def test_update_status_fences_off_the_lease_holder(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "w")).items[0]
-    await engine.update_outcome_status(item.outcome_id, "pending")
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.update_outcome_status(item.outcome_id, status="pending")
     with pytest.raises(StaleLease):
-        await engine.complete_item(item.outcome_id, item.lease_token, content="x")
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="x")
     await assert_consistent(engine)
 
 
 async def test_pagination_covers_everything_once(engine: Engine) -> None:
-    await engine.plan_run("r", grid(3, 7))
-    await engine.plan_run("other", grid(1, 5))
+    await engine.plan_run("r", packages=grid(3, 7))
+    await engine.plan_run("other", packages=grid(1, 5))
     seen: list[str] = []
     cursor = None
     pages = 0
@@ -305,8 +327,8 @@ async def test_pagination_covers_everything_once(engine: Engine) -> None:
 
 
 async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="w")).items[0]
     root = engine.artifacts.root
     outside = root.parent / "escape"
     outside.mkdir()
@@ -324,11 +346,15 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
         "a\\..\\b",
     ]:
         with pytest.raises(StoreError) as err:
-            await engine.complete_item(item.outcome_id, item.lease_token, content="pwn", outcome_path=bad)
+            await engine.complete_item(
+                item.outcome_id, lease_token=item.lease_token, content="pwn", outcome_path=bad
+            )
         assert err.value.field == "outcome_path"
     assert list(outside.iterdir()) == []
     assert (await engine.get_outcome(item.outcome_id)).status == "generating"
-    out = await engine.complete_item(item.outcome_id, item.lease_token, content="ok", outcome_path="a/b.txt")
+    out = await engine.complete_item(
+        item.outcome_id, lease_token=item.lease_token, content="ok", outcome_path="a/b.txt"
+    )
     assert (
         (root / "a" / "b.txt").read_text() == "ok" and out.outcome and out.outcome.mime_type == "text/plain"
     )
@@ -338,22 +364,22 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
 
 async def test_content_size_limit(engine: Engine) -> None:
     engine.limits = type(engine.limits)(max_content_bytes=10)
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="w")).items[0]
     with pytest.raises(InputError) as err:
-        await engine.complete_item(item.outcome_id, item.lease_token, content="x" * 11)
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="x" * 11)
     assert err.value.field == "content"
 
 
 async def test_events_and_long_poll(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 2))
+    await engine.plan_run("r", packages=grid(1, 2))
     status = await engine.run_status("r")
     seq = status.latest_seq
     assert seq > 0 and status.counts.pending == 2
 
     async def later() -> None:
         await anyio.sleep(0.2)
-        await engine.claim_items("r", "w")
+        await engine.claim_items("r", worker="w")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(later)
@@ -364,62 +390,62 @@ async def test_events_and_long_poll(engine: Engine) -> None:
 
 
 async def test_claim_long_poll_wakes_when_an_item_frees(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "a")).items[0]
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="a")).items[0]
 
     async def release() -> None:
         await anyio.sleep(0.2)
-        await engine.fail_item(item.outcome_id, item.lease_token, "retry me")
+        await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="retry me")
 
-    await engine.plan_run("r", grid(1, 1), policy=RunPolicy(backoff_seconds=0))
+    await engine.plan_run("r", packages=grid(1, 1), policy=RunPolicy(backoff_seconds=0))
     async with anyio.create_task_group() as tg:
         tg.start_soon(release)
-        got = await engine.claim_items("r", "b", wait_seconds=10)
+        got = await engine.claim_items("r", worker="b", wait_seconds=10)
     assert [i.outcome_id for i in got.items] == [item.outcome_id]
 
 
 async def test_export_jsonl_and_csv(engine: Engine) -> None:
     await engine.plan_run(
-        "r", [PackageSpec(name="p", items=[ItemSpec(name="a", specifications={"k": 1}), "b"])]
+        "r", packages=[PackageSpec(name="p", items=[ItemSpec(name="a", specifications={"k": 1}), "b"])]
     )
-    j = await engine.export_outcomes("r", "jsonl")
+    j = await engine.export_outcomes("r", format="jsonl")
     lines = open(j.path, encoding="utf-8").read().splitlines()
     assert j.count == 2 and len(lines) == 2 and json.loads(lines[0])["specifications"] == {"k": 1}
-    c = await engine.export_outcomes("r", "csv")
+    c = await engine.export_outcomes("r", format="csv")
     assert c.count == 2 and open(c.path, encoding="utf-8").read().startswith("id,")
 
 
 async def test_injection_strings_are_data(engine: Engine) -> None:
     evil = "'; DROP TABLE outcomes; --"
-    await engine.plan_run(evil, [PackageSpec(name=evil, items=[evil, 'x"); DROP TABLE runs; --'])])
-    item = (await engine.claim_items(evil, evil)).items[0]
-    await engine.complete_item(item.outcome_id, item.lease_token, metrics={evil: 1})
+    await engine.plan_run(evil, packages=[PackageSpec(name=evil, items=[evil, 'x"); DROP TABLE runs; --'])])
+    item = (await engine.claim_items(evil, worker=evil)).items[0]
+    await engine.complete_item(item.outcome_id, lease_token=item.lease_token, metrics={evil: 1})
     run = await engine.get_run(evil)
     assert run.name == evil and run.counts.total == 2
-    assert (await engine.package_summary(evil, evil)).completed_items == 1
+    assert (await engine.package_summary(evil, run=evil)).completed_items == 1
     await assert_consistent(engine)
 
 
 async def test_unknown_run_names_the_field(engine: Engine) -> None:
     with pytest.raises(NotFound) as err:
-        await engine.claim_items("missing", "w")
+        await engine.claim_items("missing", worker="w")
     assert err.value.field == "run"
 
 
 async def test_default_artifact_path_is_checked_before_commit(engine: Engine) -> None:
-    await engine.plan_run("exports", grid(1, 2))  # a run named like the internal exports folder
-    first = (await engine.claim_items("exports", "w")).items[0]
-    out = await engine.complete_item(first.outcome_id, first.lease_token, content="fine")
+    await engine.plan_run("exports", packages=grid(1, 2))  # a run named like the internal exports folder
+    first = (await engine.claim_items("exports", worker="w")).items[0]
+    out = await engine.complete_item(first.outcome_id, lease_token=first.lease_token, content="fine")
     path = out.outcome and out.outcome.outcome_path
     assert path and not path.startswith("exports/")
     assert (engine.artifacts.root / path).read_text() == "fine"
-    second = (await engine.claim_items("exports", "w")).items[0]
+    second = (await engine.claim_items("exports", worker="w")).items[0]
     outside = engine.artifacts.root.parent / "elsewhere"
     outside.mkdir()
     planted = engine.artifacts.root / path.rsplit("/", 1)[0] / second.item
     planted.symlink_to(outside / "target")
     with pytest.raises(StoreError) as err:
-        await engine.complete_item(second.outcome_id, second.lease_token, content="pwn")
+        await engine.complete_item(second.outcome_id, lease_token=second.lease_token, content="pwn")
     assert err.value.field == "outcome_path"
     assert (await engine.get_outcome(second.outcome_id)).status == "generating"
     assert list(outside.iterdir()) == []
@@ -473,7 +499,7 @@ async def _corrupt_package(database_url: str, run: str, package: str) -> None:
 
 
 async def _summaries(engine: Engine, run: str) -> list[PackageSummary]:
-    return [await engine.package_summary(p.package, run) for p in (await engine.run_status(run)).packages]
+    return [await engine.package_summary(p.package, run=run) for p in (await engine.run_status(run)).packages]
 
 
 async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
@@ -481,19 +507,21 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
 ) -> None:
     clock = Clock(engine)
     policy = RunPolicy(max_attempts=3, backoff_seconds=0)
-    await engine.plan_run("r", grid(3, 3), policy=policy)
-    await engine.plan_run("other", grid(1, 2), policy=policy)
-    items = {(i.package, i.item): i for i in (await engine.claim_items("r", "w", limit=9)).items}
+    await engine.plan_run("r", packages=grid(3, 3), policy=policy)
+    await engine.plan_run("other", packages=grid(1, 2), policy=policy)
+    items = {(i.package, i.item): i for i in (await engine.claim_items("r", worker="w", limit=9)).items}
     assert len(items) == 9
 
     async def complete(key: tuple[str, str], after: float, **metrics: float) -> None:
         clock.advance(after)
         item = items[key]
-        await engine.complete_item(item.outcome_id, item.lease_token, metrics=metrics)
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, metrics=metrics)
 
     async def fail(key: tuple[str, str], retryable: bool) -> None:
         item = items[key]
-        await engine.fail_item(item.outcome_id, item.lease_token, "boom", retryable=retryable)
+        await engine.fail_item(
+            item.outcome_id, lease_token=item.lease_token, error="boom", retryable=retryable
+        )
 
     await complete(("p0", "i0"), 2, lines_generated=10, quality_score=0.5)
     await fail(("p0", "i1"), retryable=True)  # back to pending, claimed again below
@@ -502,20 +530,24 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
     await complete(("p1", "i1"), 1, quality_score=0.25)
     await fail(("p2", "i0"), retryable=False)
     assert (await engine.retry_items("r", package="p2")).requeued == 1
-    again = (await engine.claim_items("r", "w2", package="p0")).items[0]
+    again = (await engine.claim_items("r", worker="w2", package="p0")).items[0]
     assert (again.package, again.item, again.attempt) == ("p0", "i1", 2)
     clock.advance(3)
     await engine.complete_item(
-        again.outcome_id, again.lease_token, metrics={"lines_generated": 20, "quality_score": 0.75}
+        again.outcome_id,
+        lease_token=again.lease_token,
+        metrics={"lines_generated": 20, "quality_score": 0.75},
     )
-    other = (await engine.claim_items("other", "w")).items[0]
+    other = (await engine.claim_items("other", worker="w")).items[0]
     clock.advance(6)
-    await engine.complete_item(other.outcome_id, other.lease_token, metrics={"lines_generated": 7})
+    await engine.complete_item(
+        other.outcome_id, lease_token=other.lease_token, metrics={"lines_generated": 7}
+    )
 
     run = await engine.get_run("r")
     summaries = await _summaries(engine, "r")
     metrics = await engine.system_metrics("r")
-    other_summary = await engine.package_summary("p0", "other")
+    other_summary = await engine.package_summary("p0", run="other")
     p0, p1, p2 = summaries
     # the scenario is what it claims to be, so "unchanged" below means "still right"
     assert (p0.completed_items, p0.failed_items, p0.total_lines_generated) == (2, 1, 30)
@@ -539,7 +571,7 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
     assert await engine.get_run("r") == run
     assert await _summaries(engine, "r") == summaries
     assert await engine.system_metrics("r") == metrics
-    assert await engine.package_summary("p0", "other") == other_summary
+    assert await engine.package_summary("p0", run="other") == other_summary
     await assert_consistent(engine)
 
     # a skewed counter: recount names it, readers see it, a rebuild of the run repairs it
@@ -550,7 +582,7 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
     assert any(m.startswith("r/p0: lines_sum counter") for m in report.mismatches), report.mismatches
     assert any(m.startswith("r/p0: duration histogram") for m in report.mismatches), report.mismatches
     assert all(m.startswith("r/p0: ") for m in report.mismatches), report.mismatches
-    skewed = await engine.package_summary("p0", "r")
+    skewed = await engine.package_summary("p0", run="r")
     assert skewed.completed_items == 7 and skewed.total_lines_generated == 1030
     assert skewed.p99_duration_seconds is not None and skewed.p99_duration_seconds > 1e15
     assert (await engine.get_run("r")).counts.complete == 9
@@ -567,21 +599,21 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
     assert {m.split(":")[0] for m in report.mismatches} == {"r/p1", "other/p0"}, report.mismatches
     await engine.store.rebuild_counters()
     assert await _summaries(engine, "r") == summaries
-    assert await engine.package_summary("p0", "other") == other_summary
+    assert await engine.package_summary("p0", run="other") == other_summary
     await assert_consistent(engine)
 
 
 async def test_single_claims_go_to_the_least_recently_served_package(engine: Engine) -> None:
     """claim_items: "round-robin across packages (least recently served first)", one item at a time too."""
-    await engine.plan_run("r", grid(3, 4))
+    await engine.plan_run("r", packages=grid(3, 4))
     left = {f"p{i}": 4 for i in range(3)}
     last_served: dict[str, int] = {}
     order: list[str] = []
     for k in range(16):
         if k == 6:  # a package added mid-run has never been served: it goes first
-            await engine.plan_run("r", [PackageSpec(name="p3", items=[f"i{j}" for j in range(4)])])
+            await engine.plan_run("r", packages=[PackageSpec(name="p3", items=[f"i{j}" for j in range(4)])])
             left["p3"] = 4
-        got = await engine.claim_items("r", f"w{k}", limit=1)
+        got = await engine.claim_items("r", worker=f"w{k}", limit=1)
         assert len(got.items) == 1, got
         item = got.items[0]
         oldest = min(last_served.get(p, -1) for p, n in left.items() if n > 0)
@@ -589,26 +621,28 @@ async def test_single_claims_go_to_the_least_recently_served_package(engine: Eng
         last_served[item.package] = k
         left[item.package] -= 1
         order.append(item.package)
-        await engine.complete_item(item.outcome_id, item.lease_token)
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
     # while the three packages all had items, every three consecutive claims covered all three
     assert all(len(set(order[k : k + 3])) == 3 for k in range(0, 4)), order
     assert order[6] == "p3" and set(order[6:10]) == {"p0", "p1", "p2", "p3"}, order
     assert order[-2:] == ["p3", "p3"]  # the last package with items left gets them all
-    assert (await engine.claim_items("r", "late")).reason == "done"
+    assert (await engine.claim_items("r", worker="late")).reason == "done"
     await assert_consistent(engine)
 
 
 async def test_retry_items_filters_by_package_and_outcome_ids(engine: Engine) -> None:
-    await engine.plan_run("r", grid(2, 3))
-    claimed = (await engine.claim_items("r", "w", limit=6)).items
+    await engine.plan_run("r", packages=grid(2, 3))
+    claimed = (await engine.claim_items("r", worker="w", limit=6)).items
     failed: dict[str, list[str]] = {"p0": [], "p1": []}
     completed: dict[str, str] = {}
     for item in sorted(claimed, key=lambda i: (i.package, i.item)):
         if item.item == "i2":
             completed[item.package] = item.outcome_id
-            await engine.complete_item(item.outcome_id, item.lease_token, content="ok")
+            await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="ok")
         else:
-            await engine.fail_item(item.outcome_id, item.lease_token, f"bad {item.item}", retryable=False)
+            await engine.fail_item(
+                item.outcome_id, lease_token=item.lease_token, error=f"bad {item.item}", retryable=False
+            )
             failed[item.package].append(item.outcome_id)
 
     only_p0 = await engine.retry_items("r", package="p0")
@@ -619,7 +653,7 @@ async def test_retry_items_filters_by_package_and_outcome_ids(engine: Engine) ->
         assert o.status == "pending" and o.attempts == 0
     for oid in failed["p1"]:
         assert (await engine.get_outcome(oid)).status == "failed"
-    s0, s1 = await engine.package_summary("p0", "r"), await engine.package_summary("p1", "r")
+    s0, s1 = await engine.package_summary("p0", run="r"), await engine.package_summary("p1", run="r")
     assert (s0.pending_items, s0.failed_items, s0.completed_items) == (2, 0, 1)
     assert (s1.pending_items, s1.failed_items, s1.completed_items) == (0, 2, 1)
     assert (await engine.retry_items("r", package="p0")).requeued == 0  # nothing failed there any more
@@ -638,7 +672,7 @@ async def test_retry_items_filters_by_package_and_outcome_ids(engine: Engine) ->
         await engine.retry_items("r", package="p9")
     assert err.value.field == "package"
 
-    again = (await engine.claim_items("r", "w2", limit=10)).items
+    again = (await engine.claim_items("r", worker="w2", limit=10)).items
     assert sorted(i.outcome_id for i in again) == sorted([*failed["p0"], picked])
     assert all(i.attempt == 1 for i in again)
     run = await engine.get_run("r")
@@ -650,7 +684,7 @@ async def test_duration_averages_and_percentiles(engine: Engine) -> None:
     clock = Clock(engine)  # starts on an hour boundary
     await engine.plan_run(
         "r",
-        [
+        packages=[
             PackageSpec(name="p0", items=[f"i{j}" for j in range(20)]),
             PackageSpec(name="p1", items=[f"i{j}" for j in range(4)]),
         ],
@@ -658,22 +692,22 @@ async def test_duration_averages_and_percentiles(engine: Engine) -> None:
     durations = [7.0, 1.0, 20.0, 13.0, 2.0, 18.0, 5.0, 11.0, 3.0, 16.0]
     durations += [10.0, 4.0, 19.0, 8.0, 15.0, 6.0, 12.0, 17.0, 9.0, 14.0]  # 1..20 s, shuffled
     for d in durations:
-        item = (await engine.claim_items("r", "w", package="p0")).items[0]
+        item = (await engine.claim_items("r", worker="w", package="p0")).items[0]
         clock.advance(d)
-        out = await engine.complete_item(item.outcome_id, item.lease_token)
+        out = await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
         assert out.outcome and out.outcome.duration_seconds == d
     for _ in range(3):
-        item = (await engine.claim_items("r", "w", package="p1")).items[0]
+        item = (await engine.claim_items("r", worker="w", package="p1")).items[0]
         clock.advance(0.5)
-        await engine.complete_item(item.outcome_id, item.lease_token)
-    item = (await engine.claim_items("r", "w", package="p1")).items[0]
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    item = (await engine.claim_items("r", worker="w", package="p1")).items[0]
     clock.advance(100)  # a failure's time is not a generation time
-    await engine.fail_item(item.outcome_id, item.lease_token, "gave up", retryable=False)
+    await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="gave up", retryable=False)
 
     def nearest_rank(values: list[float], q: float) -> float:
         return sorted(values)[math.ceil(q * len(values)) - 1]
 
-    p0 = await engine.package_summary("p0", "r")
+    p0 = await engine.package_summary("p0", run="r")
     assert p0.completed_items == 20 and p0.avg_duration_seconds == 10.5
     for q, got in (
         (0.5, p0.p50_duration_seconds),
@@ -682,7 +716,7 @@ async def test_duration_averages_and_percentiles(engine: Engine) -> None:
     ):
         assert got == pytest.approx(nearest_rank(durations, q), rel=0.10), (q, got)
     assert p0.p50_duration_seconds < p0.p90_duration_seconds <= p0.p99_duration_seconds  # type: ignore[operator]
-    p1 = await engine.package_summary("p1", "r")
+    p1 = await engine.package_summary("p1", run="r")
     assert (p1.completed_items, p1.failed_items, p1.avg_duration_seconds) == (3, 1, 0.5)
     for got in (p1.p50_duration_seconds, p1.p90_duration_seconds, p1.p99_duration_seconds):
         assert got == pytest.approx(0.5, rel=0.10)
@@ -701,15 +735,19 @@ async def test_duration_averages_and_percentiles(engine: Engine) -> None:
 async def test_run_status_throughput_covers_the_last_five_minutes(engine: Engine) -> None:
     clock = Clock(engine)  # starts on a minute boundary
     t0 = clock.t
-    await engine.plan_run("r", grid(2, 5))
+    await engine.plan_run("r", packages=grid(2, 5))
     assert (await engine.run_status("r")).throughput_per_minute is None  # nothing finished yet
     clock.advance(60)
-    claimed = (await engine.claim_items("r", "w", limit=8)).items
+    claimed = (await engine.claim_items("r", worker="w", limit=8)).items
     clock.advance(10)
     for item in claimed[:6]:
-        await engine.complete_item(item.outcome_id, item.lease_token)
-    await engine.fail_item(claimed[6].outcome_id, claimed[6].lease_token, "final", retryable=False)
-    await engine.fail_item(claimed[7].outcome_id, claimed[7].lease_token, "again")  # back to pending
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    await engine.fail_item(
+        claimed[6].outcome_id, lease_token=claimed[6].lease_token, error="final", retryable=False
+    )
+    await engine.fail_item(
+        claimed[7].outcome_id, lease_token=claimed[7].lease_token, error="again"
+    )  # back to pending
 
     def expected(finished: int, elapsed: float, remaining: int) -> tuple[float, float]:
         per_minute = round(finished / min(300.0, elapsed) * 60, 3)
@@ -737,27 +775,39 @@ async def _scripted_event_payloads(engine: Engine) -> list[tuple[str, str, dict[
     The clock is fake and backoff is 0, so every payload is deterministic."""
     clock = Clock(engine)
     policy = RunPolicy(lease_seconds=10, max_attempts=2, backoff_seconds=0, backoff_cap_seconds=0)
-    await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b", "c", "d"])], policy=policy)
+    await engine.plan_run("r", packages=[PackageSpec(name="pkg", items=["a", "b", "c", "d"])], policy=policy)
     names: dict[str, str] = {}
     for _ in range(4):
-        item = (await engine.claim_items("r", "w1")).items[0]
+        item = (await engine.claim_items("r", worker="w1")).items[0]
         names[item.outcome_id] = item.item
         clock.advance(1)
         if item.item == "a":
-            await engine.complete_item(item.outcome_id, item.lease_token, content="A", metrics={"n": 1})
+            await engine.complete_item(
+                item.outcome_id, lease_token=item.lease_token, content="A", metrics={"n": 1}
+            )
         elif item.item == "b":
-            await engine.fail_item(item.outcome_id, item.lease_token, "transient")  # retry_scheduled
+            await engine.fail_item(
+                item.outcome_id, lease_token=item.lease_token, error="transient"
+            )  # retry_scheduled
         elif item.item == "c":
-            await engine.fail_item(item.outcome_id, item.lease_token, "fatal", retryable=False)  # failed
+            await engine.fail_item(
+                item.outcome_id, lease_token=item.lease_token, error="fatal", retryable=False
+            )  # failed
         # d: left leased, expires below
     clock.advance(20)
-    again = (await engine.claim_items("r", "w2", limit=5)).items  # b again; d's lease expired and d again
+    again = (
+        await engine.claim_items("r", worker="w2", limit=5)
+    ).items  # b again; d's lease expired and d again
     assert sorted(i.item for i in again) == ["b", "d"]
     for item in again:
-        await engine.complete_item(item.outcome_id, item.lease_token, content=item.item)
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content=item.item)
     a_id = next(k for k, v in names.items() if v == "a")
-    await engine.update_outcome_status(a_id, "failed", error_message="reverted by hand")  # status_updated
-    await engine.record_outcome("r", "pkg", "e", status="complete", metrics={"n": 2})  # recorded
+    await engine.update_outcome_status(
+        a_id, status="failed", error_message="reverted by hand"
+    )  # status_updated
+    await engine.record_outcome(
+        run="r", package="pkg", item="e", status="complete", metrics={"n": 2}
+    )  # recorded
     run_id = (await engine.run_info("r")).id
     events = await engine.store.events_after(0, run_id, 1000)
     return [(e.kind, names.get(e.outcome_id or "", ""), e.data) for e in events]
@@ -786,17 +836,17 @@ async def test_event_payloads_are_identical_on_both_backends(postgres_database: 
 
 async def test_a_wrong_token_on_a_completed_item_says_it_is_complete(engine: Engine) -> None:
     """Not "re-claimed by another worker or reset" when neither happened: the item's own state is said."""
-    await engine.plan_run("r", grid(1, 1))
-    item = (await engine.claim_items("r", "w")).items[0]
-    await engine.complete_item(item.outcome_id, item.lease_token, content="x")
+    await engine.plan_run("r", packages=grid(1, 1))
+    item = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="x")
     with pytest.raises(StaleLease) as err:
-        await engine.complete_item(item.outcome_id, "a-wrong-token", content="x")
+        await engine.complete_item(item.outcome_id, lease_token="a-wrong-token", content="x")
     message = str(err.value)
     assert "already complete" in message and "worker 'w'" in message and "re-claimed" not in message
     with pytest.raises(StaleLease, match="already complete"):
-        await engine.fail_item(item.outcome_id, "a-wrong-token", "boom")
-    other = (await engine.plan_run("r2", grid(1, 1))).run.name
-    leased = (await engine.claim_items(other, "w2")).items[0]
+        await engine.fail_item(item.outcome_id, lease_token="a-wrong-token", error="boom")
+    other = (await engine.plan_run("r2", packages=grid(1, 1))).run.name
+    leased = (await engine.claim_items(other, worker="w2")).items[0]
     with pytest.raises(StaleLease, match=r"leased under another token .*worker 'w2'"):
-        await engine.complete_item(leased.outcome_id, "a-wrong-token", content="x")
+        await engine.complete_item(leased.outcome_id, lease_token="a-wrong-token", content="x")
     await assert_consistent(engine)

@@ -202,8 +202,8 @@ def test_status_header_names_every_column(tmp_path: Path) -> None:
 
         engine = await Engine.open(Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}"))
         try:
-            await engine.plan_run("svc", [PackageSpec(name="p", items=["a", "b"])])
-            await engine.claim_items("svc", "w")
+            await engine.plan_run("svc", packages=[PackageSpec(name="p", items=["a", "b"])])
+            await engine.claim_items("svc", worker="w")
         finally:
             await engine.close()
 

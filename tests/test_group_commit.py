@@ -20,9 +20,9 @@ async def test_concurrent_reports_share_transactions_and_a_bad_one_fails_alone(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await engine.plan_run(
-        "r", [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(10)]) for i in range(3)]
+        "r", packages=[PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(10)]) for i in range(3)]
     )
-    claims = (await engine.claim_items("r", "w", limit=30)).items
+    claims = (await engine.claim_items("r", worker="w", limit=30)).items
     assert len(claims) == 30
 
     sizes: list[int] = []
@@ -36,7 +36,7 @@ async def test_concurrent_reports_share_transactions_and_a_bad_one_fails_alone(
         token = "not-the-token" if n == 0 else c.lease_token
         try:
             results[c.outcome_id] = await engine.complete_item(
-                c.outcome_id, token, content=f"content {n}", metrics={"lines_generated": n}
+                c.outcome_id, lease_token=token, content=f"content {n}", metrics={"lines_generated": n}
             )
         except StaleLease as exc:
             results[c.outcome_id] = exc

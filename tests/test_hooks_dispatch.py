@@ -72,13 +72,15 @@ async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 async def work(engine: Engine, run: str, items: list[str], fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    await engine.plan_run(run, [PackageSpec(name="p", items=items)])
-    claimed = await engine.claim_items(run, "w", limit=len(items))
+    await engine.plan_run(run, packages=[PackageSpec(name="p", items=items)])
+    claimed = await engine.claim_items(run, worker="w", limit=len(items))
     for c in claimed.items:
         if c.item in fail:
-            await engine.fail_item(c.outcome_id, c.lease_token, "boom", retryable=False)
+            await engine.fail_item(c.outcome_id, lease_token=c.lease_token, error="boom", retryable=False)
         else:
-            await engine.complete_item(c.outcome_id, c.lease_token, content="x", metrics={"lines": 1})
+            await engine.complete_item(
+                c.outcome_id, lease_token=c.lease_token, content="x", metrics={"lines": 1}
+            )
 
 
 async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
@@ -147,13 +149,13 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
 async def test_filters_by_event_type_and_run(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
-    await engine.plan_run("r2", [PackageSpec(name="p", items=["x"])])
+    await engine.plan_run("r2", packages=[PackageSpec(name="p", items=["x"])])
     with Receiver() as rx:
         await hooks.add(rx.url, ["outcome.completed"], run="r2")
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a"])
-            c = (await engine.claim_items("r2", "w")).items[0]
-            await engine.complete_item(c.outcome_id, c.lease_token, content="y")
+            c = (await engine.claim_items("r2", worker="w")).items[0]
+            await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="y")
             await until(lambda: len(rx.requests) >= 1)
             await anyio.sleep(0.5)
         assert rx.types() == ["outcome.completed"] and rx.bodies()[0]["data"]["run"] == "r2"
@@ -167,9 +169,9 @@ async def test_a_big_plan_is_one_run_planned_not_an_outcome_created_per_item(eng
         await hooks.add(every.url, ["*"])
         await hooks.add(created.url, ["outcome.created"])
         async with dispatching(engine, settings):
-            await engine.plan_run("big", packages)
-            await engine.plan_run("big", [PackageSpec(name="p0", items=["extra"])])
-            await engine.record_outcome("big", "p0", "manual")
+            await engine.plan_run("big", packages=packages)
+            await engine.plan_run("big", packages=[PackageSpec(name="p0", items=["extra"])])
+            await engine.record_outcome(run="big", package="p0", item="manual")
             await until(lambda: len(every.requests) >= 3 and len(created.requests) >= 1)
             await anyio.sleep(0.5)
         bodies = sorted(every.bodies(), key=lambda b: b["data"]["seq"])  # no global order: by seq
@@ -197,10 +199,10 @@ async def test_metrics_come_from_one_read_per_round(engine: Engine, monkeypatch:
     items = [f"i{j}" for j in range(50)]
     with Receiver() as rx:
         await hooks.add(rx.url, ["outcome.completed"])
-        await engine.plan_run("r1", [PackageSpec(name="p", items=items)])
-        for c in (await engine.claim_items("r1", "w", limit=50)).items:
+        await engine.plan_run("r1", packages=[PackageSpec(name="p", items=items)])
+        for c in (await engine.claim_items("r1", worker="w", limit=50)).items:
             await engine.complete_item(
-                c.outcome_id, c.lease_token, content="x", metrics={"lines": int(c.item[1:])}
+                c.outcome_id, lease_token=c.lease_token, content="x", metrics={"lines": int(c.item[1:])}
             )
         async with dispatching(engine, settings):  # the backlog: one round of events
             await until(lambda: len(rx.requests) >= 50)

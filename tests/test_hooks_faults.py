@@ -53,11 +53,11 @@ def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 async def produce(engine: Engine, run: str, n: int, pause: float = 0.0) -> list[str]:
-    await engine.plan_run(run, [PackageSpec(name="p", items=[f"i{i}" for i in range(n)])])
+    await engine.plan_run(run, packages=[PackageSpec(name="p", items=[f"i{i}" for i in range(n)])])
     done: list[str] = []
     while len(done) < n:
-        for c in (await engine.claim_items(run, "w", limit=10)).items:
-            await engine.complete_item(c.outcome_id, c.lease_token, content="x")
+        for c in (await engine.claim_items(run, worker="w", limit=10)).items:
+            await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="x")
             done.append(c.outcome_id)
         if pause:
             await anyio.sleep(pause)

@@ -157,9 +157,9 @@ async def test_cli_key_file_rotation_and_standalone_dispatch(tmp_path: Path) -> 
         try:
             engine = await Engine.open(Settings(database_url=f"sqlite:///{db}", artifacts_dir=tmp_path / "a"))
             try:
-                await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])])
-                for c in (await engine.claim_items("r", "w", limit=2)).items:
-                    await engine.complete_item(c.outcome_id, c.lease_token, content="x")
+                await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b"])])
+                for c in (await engine.claim_items("r", worker="w", limit=2)).items:
+                    await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="x")
             finally:
                 await engine.close()
             await until(lambda: rx.types().count("outcome.completed") == 2, timeout=20)

@@ -95,19 +95,26 @@ async def test_jira_files_once_comments_on_retry_and_transitions_on_completion(e
         )
         assert created.webhook.options == {"email": "bot@example.com", "project": "MX"}
         assert (await hooks.test(created.webhook.id)).ok
-        await engine.plan_run("r1", [PackageSpec(name="p", items=["a", "b"])], policy=policy)
+        await engine.plan_run("r1", packages=[PackageSpec(name="p", items=["a", "b"])], policy=policy)
         async with dispatching(engine, settings):
-            items = (await engine.claim_items("r1", "w", limit=2)).items
+            items = (await engine.claim_items("r1", worker="w", limit=2)).items
             for c in items:
-                await engine.fail_item(c.outcome_id, c.lease_token, f"boom {c.item}", retryable=False)
+                await engine.fail_item(
+                    c.outcome_id, lease_token=c.lease_token, error=f"boom {c.item}", retryable=False
+                )
             await until(lambda: len(jira.issues) == 2)
             await engine.retry_items("r1")
-            again = (await engine.claim_items("r1", "w", limit=2)).items
+            again = (await engine.claim_items("r1", worker="w", limit=2)).items
             by_item = {c.item: c for c in again}
             await engine.fail_item(
-                by_item["a"].outcome_id, by_item["a"].lease_token, "boom again", retryable=True
+                by_item["a"].outcome_id,
+                lease_token=by_item["a"].lease_token,
+                error="boom again",
+                retryable=True,
             )
-            await engine.complete_item(by_item["b"].outcome_id, by_item["b"].lease_token, content="ok")
+            await engine.complete_item(
+                by_item["b"].outcome_id, lease_token=by_item["b"].lease_token, content="ok"
+            )
             await until(
                 lambda: (
                     any(i["comments"] for i in jira.issues.values())
@@ -140,8 +147,8 @@ async def test_jira_finds_an_issue_whose_key_was_lost(engine: Engine) -> None:
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with FakeJira() as jira:
         await hooks.add(jira.url, ["outcome.failed"], kind="jira", token="tok", options={"project": "MX"})
-        await engine.plan_run("r1", [PackageSpec(name="p", items=["a"])])
-        c = (await engine.claim_items("r1", "w")).items[0]
+        await engine.plan_run("r1", packages=[PackageSpec(name="p", items=["a"])])
+        c = (await engine.claim_items("r1", worker="w")).items[0]
         # filed earlier by a process that died before it could remember the key
         jira.issues["MX-1"] = {
             "labels": ["matrix", f"matrix-{c.outcome_id}"],
@@ -149,7 +156,7 @@ async def test_jira_finds_an_issue_whose_key_was_lost(engine: Engine) -> None:
             "status": "To Do",
         }
         async with dispatching(engine, settings):
-            await engine.fail_item(c.outcome_id, c.lease_token, "boom", retryable=False)
+            await engine.fail_item(c.outcome_id, lease_token=c.lease_token, error="boom", retryable=False)
             await until(lambda: any(call[1] == "/rest/api/3/search/jql" for call in jira.calls))
             await anyio.sleep(0.3)
         assert list(jira.issues) == ["MX-1"] and jira.calls[-1][3]["authorization"] == "Bearer tok"
@@ -237,13 +244,13 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
         )
         assert (await hooks.test(created.webhook.id)).ok
         await engine.plan_run(
-            "r1", [PackageSpec(name="api", items=["a"]), PackageSpec(name="web", items=["b"])]
+            "r1", packages=[PackageSpec(name="api", items=["a"]), PackageSpec(name="web", items=["b"])]
         )
         async with dispatching(engine, settings):
-            for c in (await engine.claim_items("r1", "w", limit=2)).items:
+            for c in (await engine.claim_items("r1", worker="w", limit=2)).items:
                 await engine.complete_item(
                     c.outcome_id,
-                    c.lease_token,
+                    lease_token=c.lease_token,
                     content=f"code of {c.item}",
                     outcome_path=f"src/{c.package}/{c.item}.py",
                 )

@@ -40,7 +40,7 @@ def new(sid: str, seq: int, kind: str = "outcome.completed") -> NewDelivery:
 async def test_subscription_lifecycle_and_cursor_starts_at_latest_event(engine: Engine) -> None:
     hooks = engine.store.hooks
     assert not await hooks.any_active()
-    await engine.plan_run("r", [PackageSpec(name="p", items=["a", "b"])])
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b"])])
     latest = await engine.store.latest_seq()
     assert latest > 0
     row = await hooks.add_subscription(sub(events=["outcome.failed"], run="r", config={"x": 1}), 100.0)
@@ -122,7 +122,7 @@ async def test_record_results_due_and_circuit_state(engine: Engine) -> None:
     ok = AttemptResult(due[0].id, "succeeded", 1, 1.0, 200, None, 2.0)
     retry = AttemptResult(due[1].id, "pending", 1, 10.0, 500, "HTTP 500", 2.0)
     state = EndpointState(failures=1, failing_since=2.0, circuit_open_until=None, last_success_at=2.0)
-    await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
     logs = [
         CallLog("r", "webhook", "deliver", "success", {"delivery_id": due[0].id}, 2.0),
         CallLog("r", "webhook", "deliver", "failure", {"delivery_id": due[1].id, "status_code": 500}, 2.0),
@@ -220,12 +220,14 @@ async def test_list_redeliver_ping_links_and_credentials(engine: Engine) -> None
 
 async def test_outcome_facts_in_one_read_leave_unknown_ids_out(engine: Engine) -> None:
     items = [f"i{j}" for j in range(1200)]  # more than one SQLite chunk
-    await engine.plan_run("r", [PackageSpec(name="p", items=items)])
-    claimed = (await engine.claim_items("r", "w", limit=2)).items
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=items)])
+    claimed = (await engine.claim_items("r", worker="w", limit=2)).items
     await engine.complete_item(
-        claimed[0].outcome_id, claimed[0].lease_token, content="x", metrics={"lines": 7}
+        claimed[0].outcome_id, lease_token=claimed[0].lease_token, content="x", metrics={"lines": 7}
     )
-    await engine.fail_item(claimed[1].outcome_id, claimed[1].lease_token, "boom", retryable=False)
+    await engine.fail_item(
+        claimed[1].outcome_id, lease_token=claimed[1].lease_token, error="boom", retryable=False
+    )
     ids = [o.id async for o in engine.store.iter_outcomes((await engine.store.get_run("r")).id)]
     assert len(ids) == 1200
     facts = await engine.store.hooks.outcome_facts([*ids, "missing", ids[0]])

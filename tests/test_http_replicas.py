@@ -156,7 +156,9 @@ async def test_two_replicas_one_database(postgres_database: str, tmp_path: Path)
         assert report.consistent, report.mismatches
         attempts, cursor = [], None
         while True:
-            page = await engine.list_outcomes("big", None, None, None, 1000, cursor)
+            page = await engine.list_outcomes(
+                run="big", package=None, status=None, worker=None, limit=1000, cursor=cursor
+            )
             attempts += [o.attempts for o in page.outcomes]
             if not page.next_cursor:
                 break

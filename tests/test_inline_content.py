@@ -25,12 +25,12 @@ async def test_small_content_lives_in_the_store_and_its_file_is_rebuilt(
     )
     engine = await Engine.open(settings)
     try:
-        await engine.plan_run("r", [PackageSpec(name="p", items=["small", "large", "twin"])])
-        claims = {c.item: c for c in (await engine.claim_items("r", "w", limit=3)).items}
+        await engine.plan_run("r", packages=[PackageSpec(name="p", items=["small", "large", "twin"])])
+        claims = {c.item: c for c in (await engine.claim_items("r", worker="w", limit=3)).items}
         small, large = "s" * 64, "L" * 65
         for item, text in (("small", small), ("large", large), ("twin", small)):
             c = claims[item]
-            await engine.complete_item(c.outcome_id, c.lease_token, content=text)
+            await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content=text)
         root = settings.artifacts_dir
         sha_small = hashlib.sha256(small.encode()).hexdigest()
         sha_large = hashlib.sha256(large.encode()).hexdigest()
@@ -61,10 +61,10 @@ async def test_small_content_lives_in_the_store_and_its_file_is_rebuilt(
 
 
 async def test_a_repeated_small_report_is_idempotent(engine: Engine) -> None:
-    await engine.plan_run("r", [PackageSpec(name="p", items=["a"])])
-    c = (await engine.claim_items("r", "w")).items[0]
-    first = await engine.complete_item(c.outcome_id, c.lease_token, content="hello")
-    again = await engine.complete_item(c.outcome_id, c.lease_token, content="hello")
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
+    c = (await engine.claim_items("r", worker="w")).items[0]
+    first = await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="hello")
+    again = await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content="hello")
     assert first.status == again.status == "complete"
     sha = hashlib.sha256(b"hello").hexdigest()
     assert await engine.store.inline_content(sha) == b"hello"

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.anyio
 
 async def test_complete_with_claim_next_leases_fairly_in_the_same_call(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(3, 2), goal="g")
-    first = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(3, 2), goal="g")
+    first = (await engine.claim_items("r", worker="w")).items[0]
     assert first.package == "p0"
     clock.advance(1)
-    ack = await engine.complete_item(first.outcome_id, first.lease_token, content="x", claim_next=2)
+    ack = await engine.complete_item(
+        first.outcome_id, lease_token=first.lease_token, content="x", claim_next=2
+    )
     assert ack.status == "complete" and ack.attempt == 1 and ack.reason is None
     assert ack.next is not None and [i.package for i in ack.next] == ["p1", "p2"]  # round robin goes on
     assert all(i.attempt == 1 and i.briefing == "g" for i in ack.next)
@@ -46,33 +48,39 @@ async def test_complete_with_claim_next_leases_fairly_in_the_same_call(engine: E
 
 async def test_claim_next_says_why_nothing_came(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 2), policy=RunPolicy(lease_seconds=30))
-    a, b = (await engine.claim_items("r", "w", limit=2)).items
-    ack = await engine.complete_item(a.outcome_id, a.lease_token, claim_next=1)
+    await engine.plan_run("r", packages=grid(1, 2), policy=RunPolicy(lease_seconds=30))
+    a, b = (await engine.claim_items("r", worker="w", limit=2)).items
+    ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, claim_next=1)
     assert ack.next == [] and ack.reason == "all_leased"
     assert ack.retry_after_seconds == pytest.approx(30, abs=0.01)
     clock.advance(1)
-    last = await engine.complete_item(b.outcome_id, b.lease_token, claim_next=3)
+    last = await engine.complete_item(b.outcome_id, lease_token=b.lease_token, claim_next=3)
     assert last.next == [] and last.reason == "done" and last.retry_after_seconds is None
     with pytest.raises(InputError) as err:
-        await engine.complete_item(a.outcome_id, a.lease_token, claim_next=-1)
+        await engine.complete_item(a.outcome_id, lease_token=a.lease_token, claim_next=-1)
     assert err.value.field == "claim_next"
     with pytest.raises(InputError) as err:
-        await engine.complete_item(a.outcome_id, a.lease_token, claim_next=1001)
+        await engine.complete_item(a.outcome_id, lease_token=a.lease_token, claim_next=1001)
     assert err.value.field == "claim_next"
     await assert_consistent(engine)
 
 
 async def test_fail_with_claim_next_and_backoff(engine: Engine) -> None:
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 2), policy=RunPolicy(backoff_seconds=10))
-    a = (await engine.claim_items("r", "w")).items[0]
-    ack = await engine.fail_item(a.outcome_id, a.lease_token, "flaky", claim_next=2)
+    await engine.plan_run("r", packages=grid(1, 2), policy=RunPolicy(backoff_seconds=10))
+    a = (await engine.claim_items("r", worker="w")).items[0]
+    ack = await engine.fail_item(a.outcome_id, lease_token=a.lease_token, error="flaky", claim_next=2)
     assert ack.status == "pending" and ack.available_at is not None
     assert ack.next is not None and len(ack.next) == 1 and ack.next[0].item == "i1"
     assert ack.reason == "backing_off" and ack.retry_after_seconds is not None  # a is backing off
     clock.advance(1)
-    final = await engine.fail_item(ack.next[0].outcome_id, ack.next[0].lease_token, "bad", False, 1)
+    final = await engine.fail_item(
+        ack.next[0].outcome_id,
+        lease_token=ack.next[0].lease_token,
+        error="bad",
+        retryable=False,
+        claim_next=1,
+    )
     assert final.status == "failed" and final.next == [] and final.reason == "backing_off"
     await assert_consistent(engine)
 
@@ -81,12 +89,12 @@ async def test_a_repeated_report_returns_the_same_leases_not_new_ones(engine: En
     """A worker that retries the identical report (its answer was lost on the way) gets back the items the
     first report leased for it, and no further lease is taken."""
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 5))
-    a = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 5))
+    a = (await engine.claim_items("r", worker="w")).items[0]
     clock.advance(1)
-    first = await engine.complete_item(a.outcome_id, a.lease_token, content="x", claim_next=2)
+    first = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x", claim_next=2)
     clock.advance(1)
-    again = await engine.complete_item(a.outcome_id, a.lease_token, content="x", claim_next=2)
+    again = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x", claim_next=2)
     assert first.next and again.next
     assert [(i.outcome_id, i.lease_token) for i in again.next] == [
         (i.outcome_id, i.lease_token) for i in first.next
@@ -94,21 +102,21 @@ async def test_a_repeated_report_returns_the_same_leases_not_new_ones(engine: En
     assert (await engine.get_run("r")).counts.generating == 2
     b = first.next[0]
     clock.advance(1)
-    failed = await engine.fail_item(b.outcome_id, b.lease_token, "boom", claim_next=1)
+    failed = await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="boom", claim_next=1)
     clock.advance(1)
-    repeat = await engine.fail_item(b.outcome_id, b.lease_token, "boom", claim_next=1)
+    repeat = await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="boom", claim_next=1)
     assert failed.next and repeat.next and repeat.next[0].lease_token == failed.next[0].lease_token
     assert (await engine.get_run("r")).counts.generating == 2  # first.next[1] and failed.next[0]
     await assert_consistent(engine)
 
 
 async def test_a_refused_report_leases_nothing(engine: Engine) -> None:
-    await engine.plan_run("r", grid(1, 3))
-    a = (await engine.claim_items("r", "w")).items[0]
+    await engine.plan_run("r", packages=grid(1, 3))
+    a = (await engine.claim_items("r", worker="w")).items[0]
     with pytest.raises(StaleLease):
-        await engine.complete_item(a.outcome_id, "not-the-token", claim_next=2)
+        await engine.complete_item(a.outcome_id, lease_token="not-the-token", claim_next=2)
     with pytest.raises(StaleLease):
-        await engine.fail_item(a.outcome_id, "not-the-token", "x", claim_next=2)
+        await engine.fail_item(a.outcome_id, lease_token="not-the-token", error="x", claim_next=2)
     assert (await engine.get_run("r")).counts.generating == 1
     await assert_consistent(engine)
 
@@ -117,18 +125,18 @@ async def test_crash_after_the_report_loses_nothing(engine: Engine) -> None:
     """The worker dies after its report leased the next item, before it read the answer: that lease
     expires as usual and the item goes back to pending for anyone."""
     clock = Clock(engine)
-    await engine.plan_run("r", grid(1, 2), policy=RunPolicy(lease_seconds=10))
-    a = (await engine.claim_items("r", "dies")).items[0]
-    ack = await engine.complete_item(a.outcome_id, a.lease_token, claim_next=1)
+    await engine.plan_run("r", packages=grid(1, 2), policy=RunPolicy(lease_seconds=10))
+    a = (await engine.claim_items("r", worker="dies")).items[0]
+    ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, claim_next=1)
     orphan = ack.next[0] if ack.next else None
     assert orphan is not None  # ... and never read by the crashed worker
-    assert (await engine.claim_items("r", "other")).reason == "all_leased"
+    assert (await engine.claim_items("r", worker="other")).reason == "all_leased"
     clock.advance(11)
-    taken = (await engine.claim_items("r", "other")).items
+    taken = (await engine.claim_items("r", worker="other")).items
     assert [(i.outcome_id, i.attempt) for i in taken] == [(orphan.outcome_id, 2)]
     with pytest.raises(StaleLease):
-        await engine.complete_item(orphan.outcome_id, orphan.lease_token)
-    done = await engine.complete_item(taken[0].outcome_id, taken[0].lease_token, claim_next=1)
+        await engine.complete_item(orphan.outcome_id, lease_token=orphan.lease_token)
+    done = await engine.complete_item(taken[0].outcome_id, lease_token=taken[0].lease_token, claim_next=1)
     assert done.reason == "done"
     history = (await engine.get_outcome(orphan.outcome_id)).history
     assert [(h.worker, h.status, h.error) for h in history] == [
@@ -139,13 +147,13 @@ async def test_crash_after_the_report_loses_nothing(engine: Engine) -> None:
 
 
 async def test_claim_next_in_a_cancelled_or_package_limited_run(engine: Engine) -> None:
-    await engine.plan_run("r", grid(2, 3))
-    a = (await engine.claim_items("r", "w", package="p1")).items[0]
-    ack = await engine.complete_item(a.outcome_id, a.lease_token, claim_next=5, package="p1")
+    await engine.plan_run("r", packages=grid(2, 3))
+    a = (await engine.claim_items("r", worker="w", package="p1")).items[0]
+    ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, claim_next=5, package="p1")
     assert ack.next is not None and {i.package for i in ack.next} == {"p1"} and len(ack.next) == 2
-    await engine.control_run("r", "cancel")
+    await engine.control_run("r", action="cancel")
     b = ack.next[0]
-    stop = await engine.fail_item(b.outcome_id, b.lease_token, "stopping", claim_next=1)
+    stop = await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="stopping", claim_next=1)
     assert stop.status == "cancelled" and stop.next == [] and stop.reason == "cancelled"
     await assert_consistent(engine)
 
@@ -161,16 +169,16 @@ async def test_postgres_report_with_claim_next_answer_lost_after_commit(
 
     engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
     try:
-        await engine.plan_run("r", grid(1, 6), policy=RunPolicy(lease_seconds=600))
+        await engine.plan_run("r", packages=grid(1, 6), policy=RunPolicy(lease_seconds=600))
         store = engine.store
         assert isinstance(store, PostgresStore)
-        a, b = (await engine.claim_items("r", "w", limit=2)).items
+        a, b = (await engine.claim_items("r", worker="w", limit=2)).items
         loss = AnswerLoss(monkeypatch, store, "_run_batch")  # pipelined (complete) and one by one (fail)
         loss.arm()
-        ack = await engine.complete_item(a.outcome_id, a.lease_token, content="x", claim_next=2)
+        ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x", claim_next=2)
         assert ack.status == "complete" and loss.lost == [1] and ack.next is not None and len(ack.next) == 2
         loss.arm()
-        failed = await engine.fail_item(b.outcome_id, b.lease_token, "flaky", claim_next=2)
+        failed = await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="flaky", claim_next=2)
         assert failed.status == "pending" and loss.lost == [1, 1]
         assert failed.next is not None and len(failed.next) == 2
         assert {i.outcome_id for i in ack.next}.isdisjoint(i.outcome_id for i in failed.next)

@@ -163,7 +163,7 @@ async def test_servers_drain_2000_items_exactly_once_through_backend_kills(
         # no lease was orphaned by a kill: every item was claimed exactly once
         assert attempts == {1: total}, attempts
         assert len(events) == total and set(events.values()) == {1}
-        summary = await engine.package_summary("p00", "big")
+        summary = await engine.package_summary("p00", run="big")
         assert summary.completed_items == per_package and summary.total_lines_generated == 2 * per_package
         metrics = await engine.system_metrics("big")
         assert metrics.outcomes_complete == total and metrics.total_lines_generated == 2 * total
@@ -283,7 +283,7 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
             await anyio.sleep(0.2)
-            await writer.record_integration_event("ci", write)
+            await writer.record_integration_event(integration_type="ci", action=write)
             with anyio.fail_after(10):  # far below the 60 s poll
                 await woke.wait()
         assert got[0] > since, (write, got)
@@ -320,8 +320,8 @@ async def test_many_processes_starting_at_once_migrate_once(postgres_database: s
         with psycopg.connect(postgres_database) as conn:
             versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
         assert versions == [v for v, _ in MIGRATIONS]
-        await engines[0].plan_run("r", [PackageSpec(name="p", items=[str(i) for i in range(8)])])
-        got = [await e.claim_items("r", f"w{n}") for n, e in enumerate(engines)]
+        await engines[0].plan_run("r", packages=[PackageSpec(name="p", items=[str(i) for i in range(8)])])
+        got = [await e.claim_items("r", worker=f"w{n}") for n, e in enumerate(engines)]
         assert len({c.items[0].outcome_id for c in got}) == 8
         await assert_consistent(engines[-1])
     finally:

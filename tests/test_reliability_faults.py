@@ -26,7 +26,7 @@ async def plan(url: str, artifacts: Path, run: str, n: int, m: int, lease: float
     engine = await Engine.open(Settings(database_url=url, artifacts_dir=artifacts))
     try:
         packages = [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(m)]) for i in range(n)]
-        await engine.plan_run(run, packages, policy=RunPolicy(lease_seconds=lease, max_attempts=100))
+        await engine.plan_run(run, packages=packages, policy=RunPolicy(lease_seconds=lease, max_attempts=100))
     finally:
         await engine.close()
 
@@ -89,7 +89,7 @@ async def test_workers_killed_at_random_points_lose_nothing(database_url: str, t
     # each artifact is the report of the attempt that completed it
     engine = await Engine.open(Settings(database_url=database_url, artifacts_dir=artifacts))
     try:
-        page = await engine.list_outcomes("r", limit=100)
+        page = await engine.list_outcomes(run="r", limit=100)
         for o in page.outcomes:
             data, _ = await engine.outcome_content(o.id)
             oid, attempt, worker = data.decode().split("|")

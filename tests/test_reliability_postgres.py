@@ -152,13 +152,15 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
     engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
     try:
         await engine.plan_run(
-            "r", [PackageSpec(name="p", items=["a", "b", "c", "d", "e"])], policy=RunPolicy(lease_seconds=600)
+            "r",
+            packages=[PackageSpec(name="p", items=["a", "b", "c", "d", "e"])],
+            policy=RunPolicy(lease_seconds=600),
         )
         store = engine.store
         assert isinstance(store, PostgresStore)
         loss = AnswerLoss(monkeypatch, store, "_run_batch_pipelined")
         loss.arm()
-        got = await engine.claim_items("r", "w1", limit=2)
+        got = await engine.claim_items("r", worker="w1", limit=2)
         assert loss.lost == [1]
         with psycopg.connect(postgres_database) as conn:
             leased = conn.execute(
@@ -169,10 +171,12 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
 
         loss.arm()
         first = got.items[0]
-        done = await engine.complete_item(first.outcome_id, first.lease_token, metrics={"lines_generated": 3})
+        done = await engine.complete_item(
+            first.outcome_id, lease_token=first.lease_token, metrics={"lines_generated": 3}
+        )
         assert loss.lost == [1, 1] and done.status == "complete"
 
-        rest = await engine.claim_items("r", "w2", limit=5)
+        rest = await engine.claim_items("r", worker="w2", limit=5)
         assert len(rest.items) == 3
         run = await engine.get_run("r")
         assert (run.counts.complete, run.counts.generating, run.counts.pending) == (1, 4, 0)
@@ -205,27 +209,35 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
 
         lose_next_answer()
         planned = await engine.plan_run(
-            "r", [PackageSpec(name="p", items=["a", "b", "c"])], policy=RunPolicy(backoff_seconds=0.01)
+            "r",
+            packages=[PackageSpec(name="p", items=["a", "b", "c"])],
+            policy=RunPolicy(backoff_seconds=0.01),
         )
         assert not loss.armed and planned.created and planned.items == 3
         assert events("run_planned") == 1
 
         lose_next_answer()
-        recorded = await engine.record_outcome("r", "p", "d", status="pending", created_by="tracker")
+        recorded = await engine.record_outcome(
+            run="r", package="p", item="d", status="pending", created_by="tracker"
+        )
         assert not loss.armed and recorded.created
         assert count("SELECT count(*) FROM outcomes WHERE item = 'd'") == 1 and events("recorded") == 1
 
         lose_next_answer()
-        logged = await engine.record_integration_event("ci", "deploy", run="r", details={"n": 1})
+        logged = await engine.record_integration_event(
+            integration_type="ci", action="deploy", run="r", details={"n": 1}
+        )
         assert not loss.armed and logged.action == "deploy"
         assert count("SELECT count(*) FROM integration_logs") == 1 and events("integration") == 1
 
-        claimed = (await engine.claim_items("r", "w", limit=2)).items
+        claimed = (await engine.claim_items("r", worker="w", limit=2)).items
         lose_next_answer()
-        retried = await engine.fail_item(claimed[0].outcome_id, claimed[0].lease_token, "flaky")
+        retried = await engine.fail_item(
+            claimed[0].outcome_id, lease_token=claimed[0].lease_token, error="flaky"
+        )
         assert not loss.armed and retried.status == "pending" and events("retry_scheduled") == 1
         gave_up = await engine.fail_item(
-            claimed[1].outcome_id, claimed[1].lease_token, "bad", retryable=False
+            claimed[1].outcome_id, lease_token=claimed[1].lease_token, error="bad", retryable=False
         )
         assert gave_up.status == "failed"
 
@@ -236,12 +248,12 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
 
         lose_next_answer()
         updated = await engine.update_outcome_status(
-            recorded.outcome.id, "complete", metrics={"lines_generated": 4}
+            recorded.outcome.id, status="complete", metrics={"lines_generated": 4}
         )
         assert not loss.armed and updated.status == "complete" and events("status_updated") == 1
 
         lose_next_answer()
-        paused = await engine.control_run("r", "pause")
+        paused = await engine.control_run("r", action="pause")
         assert not loss.armed and paused.state == "paused" and events("run_paused") == 1
 
         assert await store.prune_answers(time.time() - 3600) == 0  # recent answers stay for retries

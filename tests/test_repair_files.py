@@ -75,8 +75,8 @@ def readable(settings: Settings, outcome_path: str) -> Path:
 async def test_a_kill_between_commit_and_link_is_repaired_on_read_at_start_up_and_by_gc(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
-    await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b", "c"])])
-    a, b, c = sorted((await engine.claim_items("r", "w", limit=3)).items, key=lambda i: i.item)
+    await engine.plan_run("r", packages=[PackageSpec(name="pkg", items=["a", "b", "c"])])
+    a, b, c = sorted((await engine.claim_items("r", worker="w", limit=3)).items, key=lambda i: i.item)
 
     await killed_after_commit(settings, a, "content of a")
     await killed_after_commit(settings, b, "content of b")
@@ -142,10 +142,10 @@ async def engine_for(settings: Settings) -> AsyncIterator[Engine]:
 
 
 async def _repair_leaves_present_files_alone(settings: Settings, engine: Engine) -> None:
-    await engine.plan_run("r", [PackageSpec(name="pkg", items=["a", "b"])])
-    a, b = sorted((await engine.claim_items("r", "w", limit=2)).items, key=lambda i: i.item)
-    done_a = (await engine.complete_item(a.outcome_id, a.lease_token, content="AA")).outcome
-    done_b = (await engine.complete_item(b.outcome_id, b.lease_token, content="BB")).outcome
+    await engine.plan_run("r", packages=[PackageSpec(name="pkg", items=["a", "b"])])
+    a, b = sorted((await engine.claim_items("r", worker="w", limit=2)).items, key=lambda i: i.item)
+    done_a = (await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="AA")).outcome
+    done_b = (await engine.complete_item(b.outcome_id, lease_token=b.lease_token, content="BB")).outcome
     assert done_a and done_b
     assert done_a.outcome_path and done_b.outcome_path and done_b.content_sha256
     readable(settings, done_a.outcome_path).write_text("edited by hand")  # present: not overwritten

@@ -164,10 +164,10 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
         store = await PostgresStore.open(postgres_database)
         try:
             plan = await store.plan(
-                "sweep",
-                None,
-                RunPolicy(),
-                [NewPackage("p", None, [NewItem(f"i{k}") for k in range(6)])],
+                name="sweep",
+                goal=None,
+                policy=RunPolicy(),
+                packages=[NewPackage("p", None, [NewItem(f"i{k}") for k in range(6)])],
                 now=1.0,
             )
             return plan.run.id

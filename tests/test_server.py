@@ -312,8 +312,8 @@ async def _two_claimed_outcomes(settings: Settings) -> tuple[ClaimedItem, Claime
     every notification a test then sees comes from what the test does next."""
     engine = await Engine.open(settings)
     try:
-        await engine.plan_run("svc", [PackageSpec(name="pkg", items=["a", "b"])])
-        a, b = (await engine.claim_items("svc", "w", limit=2)).items
+        await engine.plan_run("svc", packages=[PackageSpec(name="pkg", items=["a", "b"])])
+        a, b = (await engine.claim_items("svc", worker="w", limit=2)).items
     finally:
         await engine.close()
     return a, b

@@ -94,7 +94,7 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
 async def plan(settings: Settings, packages: list[PackageSpec], **policy: float) -> None:
     engine = await Engine.open(settings)
     try:
-        await engine.plan_run("r", packages, goal="the goal", policy=RunPolicy(**policy))  # type: ignore[arg-type]
+        await engine.plan_run("r", packages=packages, goal="the goal", policy=RunPolicy(**policy))  # type: ignore[arg-type]
     finally:
         await engine.close()
 

@@ -365,18 +365,18 @@ class Hooks:
         status = "success" if answer.ok else "failure"
         observe(sink.service, status, took)
         await self.store.record_integration(
-            None,
-            None,
-            sink.service,
-            "ping",
-            status,
-            {
+            run_id=None,
+            outcome_id=None,
+            integration_type=sink.service,
+            action="ping",
+            status=status,
+            details={
                 "webhook": webhook,
                 "target": row.target,
                 "status_code": answer.status_code,
                 "error": answer.error,
             },
-            self.clock(),
+            now=self.clock(),
         )
         return PingResult(
             webhook=webhook,

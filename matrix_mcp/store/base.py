@@ -3,6 +3,11 @@
 A store is the only place that speaks SQL for the outcome store. Each method is one atomic
 transition: it either happens whole or raises and changes nothing. Times are epoch seconds
 passed in by the engine (so rules and tests control the clock), except where noted.
+
+Calls cannot be swapped silently: a method takes at most the identity of what it changes (an outcome id,
+a run id, a parameter object) positionally and everything else by keyword, and fields that travel
+together through the layers come as one frozen parameter object (ClaimRequest, NextClaim, Failure,
+NewRecord, Report), built by keyword.
 """
 
 from __future__ import annotations
@@ -86,14 +91,46 @@ class ClaimBatch:
     next_available_at: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class ClaimRequest:
+    """What `claim` asks for: up to `limit` items of the run for `worker` (of one package when given),
+    each leased under a fresh token from `token_factory`."""
+
+    run_id: str
+    worker: str
+    limit: int = 1
+    package: str | None = None
+    token_factory: Callable[[], str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class NextClaim:
     """With a report: lease up to `limit` next items of the same run for the worker that held the
     reported lease, in the report's own transaction (the one-call worker loop)."""
 
     limit: int
-    package: str | None
+    package: str | None = None
     token_factory: Callable[[], str]
+
+    def request(self, run_id: str, worker: str) -> ClaimRequest:
+        """The claim this asks for, once the reported row tells the run and the worker."""
+        return ClaimRequest(
+            run_id=run_id,
+            worker=worker,
+            limit=self.limit,
+            package=self.package,
+            token_factory=self.token_factory,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A failure report: the worker's error text, whether another attempt may help, and the delay before
+    attempt n + 1 (`backoff(n)`, n the attempts so far) when rules.failure_outcome schedules a retry."""
+
+    error: str
+    retryable: bool = True
+    backoff: Callable[[int], float]
 
 
 @dataclass(frozen=True)
@@ -120,6 +157,22 @@ class Report:
     # the content itself, when small enough to be kept in the store: written with the report, in its
     # transaction, under content_sha256 (the readable file is a copy made after the commit)
     inline: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRecord:
+    """The seed's tracking call: the item `item` of `package` in run `run_id`, set to `status` with
+    `report` (its outcome_type, specifications and created_by apply only when the item is new)."""
+
+    run_id: str
+    package: str
+    item: str
+    status: Status = "pending"
+    outcome_type: str | None = None
+    specifications: dict[str, Any] | str | None = None
+    report: Report = field(default_factory=Report)
+    error_message: str | None = None
+    created_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +251,7 @@ class Store(Protocol):
     # runs and planning
     async def plan(
         self,
+        *,
         name: str,
         goal: str | None,
         policy: RunPolicy,
@@ -215,29 +269,21 @@ class Store(Protocol):
 
     async def list_runs(self) -> list[Run]: ...
 
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
+    async def control_run(self, run_id: str, *, action: RunAction, now: float) -> Run:
         """The run moves to rules.control_target(state, action); cancel also cancels its pending items.
         Event run_paused / run_resumed / run_cancelled (with cancelled_items) when the state changed.
         NotFound (run); Conflict (action) on pause or resume of a cancelled run."""
         ...
 
     # the work loop
-    async def claim(
-        self,
-        run_id: str,
-        worker: str,
-        limit: int,
-        package: str | None,
-        now: float,
-        token_factory: Callable[[], str],
-    ) -> ClaimBatch:
+    async def claim(self, request: ClaimRequest, *, now: float) -> ClaimBatch:
         """Expired leases first go where rules.lease_expiry sends them (event lease_expired each); then up
-        to `limit` pending items whose available_at has come are leased round-robin across packages:
+        to `request.limit` pending items whose available_at has come are leased round-robin across packages:
         pending → generating, attempt + 1, an attempt row, event `claimed` each. A short batch says why
         (rules.why_nothing, or paused / cancelled) and when to ask again. NotFound (run, package)."""
         ...
 
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
+    async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
         """Extend every lease still held (generating under that token) by the run's lease_seconds; the
         others are `lost`; held leases of a cancelled run are also listed `cancelled`. No event, no error."""
         ...
@@ -245,6 +291,7 @@ class Store(Protocol):
     async def complete(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
         report: Report,
         now: float,
@@ -261,49 +308,44 @@ class Store(Protocol):
     async def fail(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
-        error: str,
-        retryable: bool,
+        failure: Failure,
         now: float,
-        backoff: Callable[[int], float],
         next_claim: NextClaim | None = None,
     ) -> Reported:
-        """generating → where rules.failure_outcome sends it: pending after backoff(attempts_so_far)
-        (event retry_scheduled), or final failed / cancelled (event of that name). The identical report
-        repeated changes nothing. Errors as for complete."""
+        """generating → where rules.failure_outcome sends it: pending after failure.backoff(attempts_so_far)
+        (event retry_scheduled), or final failed / cancelled (event of that name); the attempt ends failed
+        with failure.error. The identical report (same lease, same error) repeated changes nothing and
+        answers the same leases. Errors as for complete."""
         ...
 
     async def retry(
-        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
+        self,
+        run_id: str,
+        *,
+        package: str | None = None,
+        outcome_ids: Sequence[str] | None = None,
+        now: float,
     ) -> list[str]:
         """failed → pending with attempts reset (optionally one package, or these ids); event `requeued`
         when any moved. NotFound (run, package); Conflict (run) when the run is cancelled."""
         ...
 
     # the seed's tracking API
-    async def record_outcome(
-        self,
-        run_id: str,
-        package: str,
-        item: str,
-        status: Status,
-        outcome_type: str | None,
-        specifications: dict[str, Any] | str | None,
-        report: Report,
-        error_message: str | None,
-        created_by: str | None,
-        now: float,
-    ) -> tuple[Outcome, bool]:
-        """The seed's tracking call: the item (and its package) created when new (event `recorded`),
-        then set to `status` as update_status does; answers (outcome, created). NotFound (run)."""
+    async def record_outcome(self, record: NewRecord, *, now: float) -> tuple[Outcome, bool]:
+        """The seed's tracking call: record.item (and its package) created when new (event `recorded`),
+        then set to record.status as update_status does (skipped for a new item recorded pending with
+        an empty report and no error); answers (outcome, created). NotFound (run)."""
         ...
 
     async def update_status(
         self,
         outcome_id: str,
+        *,
         status: Status,
-        error_message: str | None,
-        report: Report | None,
+        error_message: str | None = None,
+        report: Report | None = None,
         now: float,
     ) -> Outcome:
         """A manual override (rules.override): any status from any status, counters moved, a fresh lease
@@ -339,6 +381,7 @@ class Store(Protocol):
 
     async def record_integration(
         self,
+        *,
         run_id: str | None,
         outcome_id: str | None,
         integration_type: str,
@@ -346,7 +389,10 @@ class Store(Protocol):
         status: str,
         details: dict[str, Any],
         now: float,
-    ) -> IntegrationEvent: ...
+    ) -> IntegrationEvent:
+        """A line in the integration log (details as JSON), and event `integration`. NotFound
+        (outcome_id) for an outcome id that does not exist."""
+        ...
 
     # change feed
     async def latest_seq(self) -> int: ...

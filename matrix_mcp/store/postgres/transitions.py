@@ -369,6 +369,7 @@ async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, 
 async def _update_status(
     tx: _Tx,
     outcome_id: str,
+    *,
     status: Status,
     error_message: str | None,
     report: Report | None,

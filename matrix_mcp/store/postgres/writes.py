@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from matrix_mcp import rules
@@ -25,7 +25,10 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ClaimBatch,
+    ClaimRequest,
+    Failure,
     NewPackage,
+    NewRecord,
     NextClaim,
     Report,
     Reported,
@@ -69,7 +72,7 @@ class Writes(Connection):
     # ---- runs and planning ----------------------------------------------------------------------
 
     async def plan(
-        self, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
+        self, *, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
     ) -> PlanResult:
         async def op(tx: _Tx) -> PlanResult:
             row = await tx.one(
@@ -205,7 +208,7 @@ class Writes(Connection):
 
         return await self._read(op)
 
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
+    async def control_run(self, run_id: str, *, action: RunAction, now: float) -> Run:
         async def op(tx: _Tx) -> Run:
             state = await tx.one("SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
             if state is None:
@@ -224,19 +227,18 @@ class Writes(Connection):
 
     # ---- the work loop --------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        run_id: str,
-        worker: str,
-        limit: int,
-        package: str | None,
-        now: float,
-        token_factory: Callable[[], str],
-    ) -> ClaimBatch:
-        args = _ClaimArgs(run_id, worker, limit, package, now, token_factory)
+    async def claim(self, request: ClaimRequest, *, now: float) -> ClaimBatch:
+        args = _ClaimArgs(
+            run_id=request.run_id,
+            worker=request.worker,
+            limit=request.limit,
+            package=request.package,
+            now=now,
+            token_factory=request.token_factory,
+        )
         return await self._write(_claim_op(args, []), atomic=True, merge=args)
 
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
+    async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
         async def op(tx: _Tx) -> HeartbeatResult:
             rows = await tx.all(
                 "UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
@@ -271,6 +273,7 @@ class Writes(Connection):
     async def complete(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
         report: Report,
         now: float,
@@ -320,7 +323,15 @@ class Writes(Connection):
             return R.outcome_from(R.completed_row(row, report, duration, now))
 
         if next_claim is None:
-            merge = _CompleteArgs(outcome_id, lease_token, report, now, metrics, metadata, values)
+            merge = _CompleteArgs(
+                outcome_id=outcome_id,
+                lease_token=lease_token,
+                report=report,
+                now=now,
+                metrics=metrics,
+                metadata=metadata,
+                values=values,
+            )
             return Reported(await self._write(op, atomic=True, merge=merge))
         claim = next_claim
 
@@ -334,13 +345,14 @@ class Writes(Connection):
     async def fail(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
-        error: str,
-        retryable: bool,
+        failure: Failure,
         now: float,
-        backoff: Callable[[int], float],
         next_claim: NextClaim | None = None,
     ) -> Reported:
+        error, retryable, backoff = failure.error, failure.retryable, failure.backoff
+
         async def op(tx: _Tx) -> Reported:
             row = await _leased_row(tx, outcome_id, lease_token)
             if row["status"] != "generating":
@@ -401,7 +413,12 @@ class Writes(Connection):
         return await self._write(op, journal=_REPORTED_ANSWER)
 
     async def retry(
-        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
+        self,
+        run_id: str,
+        *,
+        package: str | None = None,
+        outcome_ids: Sequence[str] | None = None,
+        now: float,
     ) -> list[str]:
         async def op(tx: _Tx) -> list[str]:
             state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
@@ -446,19 +463,10 @@ class Writes(Connection):
 
     # ---- the seed's tracking API ----------------------------------------------------------------
 
-    async def record_outcome(
-        self,
-        run_id: str,
-        package: str,
-        item: str,
-        status: Status,
-        outcome_type: str | None,
-        specifications: dict[str, Any] | str | None,
-        report: Report,
-        error_message: str | None,
-        created_by: str | None,
-        now: float,
-    ) -> tuple[Outcome, bool]:
+    async def record_outcome(self, record: NewRecord, *, now: float) -> tuple[Outcome, bool]:
+        run_id, package, item, status = record.run_id, record.package, record.item, record.status
+        report, error_message, created_by = record.report, record.error_message, record.created_by
+
         async def op(tx: _Tx) -> tuple[Outcome, bool]:
             run = await tx.one(
                 "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,)
@@ -480,9 +488,16 @@ class Writes(Connection):
                 "SELECT id FROM outcomes WHERE package_id = %s AND item = %s", (package_id, item)
             )
             if existing is not None:
-                return await _update_status(
-                    tx, existing["id"], status, error_message, report, now, created_by
-                ), False
+                changed = await _update_status(
+                    tx,
+                    existing["id"],
+                    status=status,
+                    error_message=error_message,
+                    report=report,
+                    now=now,
+                    created_by=created_by,
+                )
+                return changed, False
             outcome_id = str(uuid.uuid4())
             await tx.execute(
                 "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
@@ -494,8 +509,8 @@ class Writes(Connection):
                     run_id,
                     package_id,
                     item,
-                    outcome_type or run["outcome_type"],
-                    R.spec_dumps(specifications),
+                    record.outcome_type or run["outcome_type"],
+                    R.spec_dumps(record.specifications),
                     created_by,
                     now,
                     now,
@@ -507,20 +522,44 @@ class Writes(Connection):
             tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return await _outcome(tx.conn, outcome_id), True
-            return await _update_status(tx, outcome_id, status, error_message, report, now, created_by), True
+            changed = await _update_status(
+                tx,
+                outcome_id,
+                status=status,
+                error_message=error_message,
+                report=report,
+                now=now,
+                created_by=created_by,
+            )
+            return changed, True
 
         return await self._write(op, journal=_RECORD_ANSWER)
 
     async def update_status(
-        self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
+        self,
+        outcome_id: str,
+        *,
+        status: Status,
+        error_message: str | None = None,
+        report: Report | None = None,
+        now: float,
     ) -> Outcome:
         return await self._write(
-            lambda tx: _update_status(tx, outcome_id, status, error_message, report, now, None),
+            lambda tx: _update_status(
+                tx,
+                outcome_id,
+                status=status,
+                error_message=error_message,
+                report=report,
+                now=now,
+                created_by=None,
+            ),
             journal=_OUTCOME_ANSWER,
         )
 
     async def record_integration(
         self,
+        *,
         run_id: str | None,
         outcome_id: str | None,
         integration_type: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from matrix_mcp import rules
@@ -19,6 +18,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     Claim,
     ClaimBatch,
+    ClaimRequest,
     NextClaim,
     Report,
 )
@@ -140,16 +140,10 @@ def _cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
     return total
 
 
-def _claim(
-    c: sqlite3.Connection,
-    run_id: str,
-    worker: str,
-    limit: int,
-    package: str | None,
-    now: float,
-    token_factory: Callable[[], str],
-) -> ClaimBatch:
+def _claim(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> ClaimBatch:
     """Lease up to `limit` pending items round-robin across packages (least recently served first)."""
+    run_id, worker, limit, package = request.run_id, request.worker, request.limit, request.package
+    token_factory = request.token_factory
     run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
         raise rules.unknown_run(run_id)
@@ -235,9 +229,7 @@ def _claim_next(
         return None
     worker = row["worker"] or ""
     if fresh:
-        return _claim(
-            c, row["run_id"], worker, next_claim.limit, next_claim.package, now, next_claim.token_factory
-        )
+        return _claim(c, next_claim.request(row["run_id"], worker), now=now)
     first = c.execute(
         "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
         (row["id"], token),
@@ -285,6 +277,7 @@ def _why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tup
 def _update_status(
     c: sqlite3.Connection,
     outcome_id: str,
+    *,
     status: Status,
     error_message: str | None,
     report: Report | None,

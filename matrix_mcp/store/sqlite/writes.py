@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from matrix_mcp import rules
@@ -25,7 +25,10 @@ from matrix_mcp.models import (
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ClaimBatch,
+    ClaimRequest,
+    Failure,
     NewPackage,
+    NewRecord,
     NextClaim,
     Report,
     Reported,
@@ -58,7 +61,7 @@ class Writes(Connection):
     # ---- runs and planning ----------------------------------------------------------------------
 
     async def plan(
-        self, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
+        self, *, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
     ) -> PlanResult:
         def op(c: sqlite3.Connection) -> PlanResult:
             row = c.execute("SELECT id, state FROM runs WHERE name = ?", (name,)).fetchone()
@@ -159,7 +162,7 @@ class Writes(Connection):
 
         return await self._read(op)
 
-    async def control_run(self, run_id: str, action: RunAction, now: float) -> Run:
+    async def control_run(self, run_id: str, *, action: RunAction, now: float) -> Run:
         def op(c: sqlite3.Connection) -> Run:
             state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if state is None:
@@ -175,21 +178,13 @@ class Writes(Connection):
 
     # ---- the work loop --------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        run_id: str,
-        worker: str,
-        limit: int,
-        package: str | None,
-        now: float,
-        token_factory: Callable[[], str],
-    ) -> ClaimBatch:
+    async def claim(self, request: ClaimRequest, *, now: float) -> ClaimBatch:
         def op(c: sqlite3.Connection) -> ClaimBatch:
-            return _claim(c, run_id, worker, limit, package, now, token_factory)
+            return _claim(c, request, now=now)
 
         return await self._write(op)
 
-    async def heartbeat(self, leases: Sequence[LeaseRef], now: float) -> HeartbeatResult:
+    async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
         def op(c: sqlite3.Connection) -> HeartbeatResult:
             extended: list[LeaseState] = []
             lost: list[str] = []
@@ -218,6 +213,7 @@ class Writes(Connection):
     async def complete(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
         report: Report,
         now: float,
@@ -278,13 +274,14 @@ class Writes(Connection):
     async def fail(
         self,
         outcome_id: str,
+        *,
         lease_token: str,
-        error: str,
-        retryable: bool,
+        failure: Failure,
         now: float,
-        backoff: Callable[[int], float],
         next_claim: NextClaim | None = None,
     ) -> Reported:
+        error, retryable, backoff = failure.error, failure.retryable, failure.backoff
+
         def op(c: sqlite3.Connection) -> Reported:
             row = _leased_row(c, outcome_id, lease_token)
             if row["status"] != "generating":
@@ -341,7 +338,12 @@ class Writes(Connection):
         return await self._write(op)
 
     async def retry(
-        self, run_id: str, package: str | None, outcome_ids: Sequence[str] | None, now: float
+        self,
+        run_id: str,
+        *,
+        package: str | None = None,
+        outcome_ids: Sequence[str] | None = None,
+        now: float,
     ) -> list[str]:
         def op(c: sqlite3.Connection) -> list[str]:
             state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -381,19 +383,10 @@ class Writes(Connection):
 
     # ---- the seed's tracking API ----------------------------------------------------------------
 
-    async def record_outcome(
-        self,
-        run_id: str,
-        package: str,
-        item: str,
-        status: Status,
-        outcome_type: str | None,
-        specifications: dict[str, Any] | str | None,
-        report: Report,
-        error_message: str | None,
-        created_by: str | None,
-        now: float,
-    ) -> tuple[Outcome, bool]:
+    async def record_outcome(self, record: NewRecord, *, now: float) -> tuple[Outcome, bool]:
+        run_id, package, item, status = record.run_id, record.package, record.item, record.status
+        report, error_message, created_by = record.report, record.error_message, record.created_by
+
         def op(c: sqlite3.Connection) -> tuple[Outcome, bool]:
             run = c.execute("SELECT outcome_type, state FROM runs WHERE id = ?", (run_id,)).fetchone()
             if run is None:
@@ -414,7 +407,16 @@ class Writes(Connection):
                 "SELECT id FROM outcomes WHERE package_id = ? AND item = ?", (package_id, item)
             ).fetchone()
             if existing is not None:
-                return _update_status(c, existing[0], status, error_message, report, now, created_by), False
+                changed = _update_status(
+                    c,
+                    existing[0],
+                    status=status,
+                    error_message=error_message,
+                    report=report,
+                    now=now,
+                    created_by=created_by,
+                )
+                return changed, False
             outcome_id = str(uuid.uuid4())
             pos = c.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?", (package_id,)
@@ -429,8 +431,8 @@ class Writes(Connection):
                     package_id,
                     item,
                     pos,
-                    outcome_type or run["outcome_type"],
-                    R.spec_dumps(specifications),
+                    record.outcome_type or run["outcome_type"],
+                    R.spec_dumps(record.specifications),
                     created_by,
                     now,
                     now,
@@ -443,19 +445,43 @@ class Writes(Connection):
             _event(c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return _outcome(c, outcome_id), True
-            return _update_status(c, outcome_id, status, error_message, report, now, created_by), True
+            changed = _update_status(
+                c,
+                outcome_id,
+                status=status,
+                error_message=error_message,
+                report=report,
+                now=now,
+                created_by=created_by,
+            )
+            return changed, True
 
         return await self._write(op)
 
     async def update_status(
-        self, outcome_id: str, status: Status, error_message: str | None, report: Report | None, now: float
+        self,
+        outcome_id: str,
+        *,
+        status: Status,
+        error_message: str | None = None,
+        report: Report | None = None,
+        now: float,
     ) -> Outcome:
         return await self._write(
-            lambda c: _update_status(c, outcome_id, status, error_message, report, now, None)
+            lambda c: _update_status(
+                c,
+                outcome_id,
+                status=status,
+                error_message=error_message,
+                report=report,
+                now=now,
+                created_by=None,
+            )
         )
 
     async def record_integration(
         self,
+        *,
         run_id: str | None,
         outcome_id: str | None,
         integration_type: str,
