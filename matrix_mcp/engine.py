@@ -306,7 +306,7 @@ class Engine:
             if batch.claims or not waitable or remaining <= 0:
                 return self._claimed(info, batch, now)
             pause = remaining if retry_after is None else min(remaining, max(retry_after, 0.01))
-            await self.store.wait_for_change(seq, pause)
+            await self.store.wait_for_change(seq, timeout=pause)
 
     def _claimed(self, info: RunInfo, batch: ClaimBatch, now: float) -> ClaimResult:
         """Claims as a worker sees them (claim_items, and the `next` of a report)."""
@@ -545,7 +545,7 @@ class Engine:
             deadline = anyio.current_time() + wait_seconds
             cursor = since
             while True:
-                events = await self.store.events_after(since, info.id, event_limit + 1)
+                events = await self.store.events_after(since=since, run_id=info.id, limit=event_limit + 1)
                 remaining = deadline - anyio.current_time()
                 if events or remaining <= 0:
                     break
@@ -556,10 +556,10 @@ class Engine:
                         float(snapshot.counts.total),
                         f"waiting for changes after #{since}",
                     )
-                cursor = max(cursor, await self.store.wait_for_change(cursor, min(remaining, 5.0)))
+                cursor = max(cursor, await self.store.wait_for_change(cursor, timeout=min(remaining, 5.0)))
         now = self.now()
         window = 300.0
-        overview = await self.store.run_overview(info.id, now - window)
+        overview = await self.store.run_overview(info.id, since=now - window)
         snapshot, summaries, finished_recent = overview.run, overview.packages, overview.finished_since
         latest = overview.latest_seq  # read after any wait, so it covers the events returned
         span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
@@ -684,7 +684,7 @@ class Engine:
         checked = repaired = unrepairable = 0
         cursor = since_seq
         while True:
-            files = await self.store.content_files(cursor, page)
+            files = await self.store.content_files(since_seq=cursor, limit=page)
             for f in files:
                 checked += 1
                 outcome = await self._ensure_file(f.outcome_id, f.outcome_path, f.content_sha256)
@@ -726,15 +726,17 @@ class Engine:
     ) -> OutcomePage:
         run_id = (await self.run_info(run)).id if run is not None else None
         self._limit(limit, "limit", self.limits.max_page_size)
-        return await self.store.list_outcomes(OutcomeFilter(run_id, package, status, worker), limit, cursor)
+        return await self.store.list_outcomes(
+            OutcomeFilter(run_id, package, status, worker), limit=limit, cursor=cursor
+        )
 
     async def package_summary(self, package: str, *, run: str | None = None) -> PackageSummary:
         run_id = (await self.run_info(run)).id if run is not None else None
-        return await self.store.package_summary(self._name(package, "package"), run_id)
+        return await self.store.package_summary(self._name(package, "package"), run_id=run_id)
 
     async def system_metrics(self, run: str | None = None) -> SystemMetrics:
         run_id = (await self.run_info(run)).id if run is not None else None
-        return await self.store.system_metrics(run_id, self.now())
+        return await self.store.system_metrics(run_id, now=self.now())
 
     async def record_integration_event(
         self,

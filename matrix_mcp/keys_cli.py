@@ -30,7 +30,9 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
         store = engine.store
         if args.keys_command == "create":
             key = new_key()
-            record = await store.create_api_key(args.name, hash_key(key), scopes, time.time())
+            record = await store.create_api_key(
+                args.name, key_hash=hash_key(key), scopes=scopes, now=time.time()
+            )
             print(key)
             print(
                 f"key '{record.name}' created with {' '.join(record.scopes)}; this is the only time it is "
@@ -48,7 +50,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                     f"last used {_when(k.last_used_at)}  {state}"
                 )
         else:
-            record = await store.revoke_api_key(args.name, time.time())
+            record = await store.revoke_api_key(args.name, now=time.time())
             print(f"key '{record.name}' revoked (every replica refuses it within seconds)")
     except StoreError as exc:
         where = f"{exc.field}: " if exc.field else ""

@@ -152,10 +152,10 @@ class Notifier:
                     seq = latest - 100
                 continue
             try:
-                latest = await store.wait_for_change(seq, poll_timeout)
+                latest = await store.wait_for_change(seq, timeout=poll_timeout)
                 if latest <= seq:
                     continue
-                events = await store.events_after(seq, None, 2000)
+                events = await store.events_after(since=seq, run_id=None, limit=2000)
                 seq = events[-1].seq if events else latest
                 uris: set[str] = set()
                 for event in events:

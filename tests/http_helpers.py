@@ -69,7 +69,9 @@ async def create_key(settings: Settings, name: str, *scopes: str) -> str:
     key = new_key()
     engine = await Engine.open(settings)
     try:
-        await engine.store.create_api_key(name, hash_key(key), parse_scopes(scopes), time.time())
+        await engine.store.create_api_key(
+            name, key_hash=hash_key(key), scopes=parse_scopes(scopes), now=time.time()
+        )
     finally:
         await engine.close()
     return key

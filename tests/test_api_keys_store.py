@@ -13,26 +13,28 @@ pytestmark = pytest.mark.anyio
 
 async def test_api_keys_lifecycle(engine: Engine) -> None:
     store = engine.store
-    created = await store.create_api_key("ci", "h1", ("matrix:read", "matrix:work"), 100.0)
+    created = await store.create_api_key(
+        "ci", key_hash="h1", scopes=("matrix:read", "matrix:work"), now=100.0
+    )
     assert created.name == "ci" and created.scopes == ("matrix:read", "matrix:work")
     with pytest.raises(Conflict) as exc:
-        await store.create_api_key("ci", "h2", ("matrix:read",), 101.0)
+        await store.create_api_key("ci", key_hash="h2", scopes=("matrix:read",), now=101.0)
     assert exc.value.field == "name"
-    await store.create_api_key("admin", "h3", ("matrix:admin",), 102.0)
+    await store.create_api_key("admin", key_hash="h3", scopes=("matrix:admin",), now=102.0)
     found = await store.api_key_by_hash("h1")
     assert (
         found is not None and found.name == "ci" and found.revoked_at is None and found.last_used_at is None
     )
     assert await store.api_key_by_hash("nope") is None
-    await store.touch_api_key("ci", 150.0)
+    await store.touch_api_key("ci", now=150.0)
     assert [(k.name, k.last_used_at) for k in await store.list_api_keys()] == [("admin", None), ("ci", 150.0)]
-    revoked = await store.revoke_api_key("ci", 200.0)
+    revoked = await store.revoke_api_key("ci", now=200.0)
     assert revoked.revoked_at == 200.0
-    assert (await store.revoke_api_key("ci", 300.0)).revoked_at == 200.0  # the first time stays
+    assert (await store.revoke_api_key("ci", now=300.0)).revoked_at == 200.0  # the first time stays
     again = await store.api_key_by_hash("h1")
     assert again is not None and again.revoked_at == 200.0
     with pytest.raises(NotFound) as missing:
-        await store.revoke_api_key("ghost", 1.0)
+        await store.revoke_api_key("ghost", now=1.0)
     assert missing.value.field == "name"
 
 
@@ -56,7 +58,7 @@ async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
     from matrix_mcp.http.keys import ApiKeyVerifier, hash_key
     from matrix_mcp.store.base import Store, Unavailable
 
-    await engine.store.create_api_key("k", hash_key("mtx_known"), ("matrix:read",), 1.0)
+    await engine.store.create_api_key("k", key_hash=hash_key("mtx_known"), scopes=("matrix:read",), now=1.0)
     down = False
 
     class Flaky:
@@ -68,7 +70,7 @@ async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
             return await engine.store.api_key_by_hash(key_hash)
 
         async def touch_api_key(self, name: str, now: float) -> None:
-            await engine.store.touch_api_key(name, now)
+            await engine.store.touch_api_key(name, now=now)
 
     flaky: Store = Flaky()  # type: ignore[assignment]
     verifier = ApiKeyVerifier(lambda: flaky, cache_seconds=0.0)

@@ -123,7 +123,7 @@ async def test_sign_in_session_cookie_csrf_and_revocation(sqlite_settings: Setti
             # revoking the key ends the browser session too
             engine = await Engine.open(sqlite_settings)
             try:
-                await engine.store.revoke_api_key("reader", time.time())
+                await engine.store.revoke_api_key("reader", now=time.time())
             finally:
                 await engine.close()
             await anyio.sleep(0.3)
@@ -192,12 +192,15 @@ async def test_store_run_minutes_are_the_throughput_window(engine: Engine) -> No
     await engine.complete_item(other.outcome_id, lease_token=other.lease_token)
     run_id = (await engine.run_info("m")).id
     first = 1_800_000_000 // 60
-    got = [(m.minute, m.completed, m.failed) for m in await engine.store.run_minutes(run_id, 0)]
+    got = [(m.minute, m.completed, m.failed) for m in await engine.store.run_minutes(run_id, since_minute=0)]
     assert got == [(first, 1, 1), (first + 2, 1, 0)]
-    assert [m.minute for m in await engine.store.run_minutes(run_id, first + 1)] == [first + 2]
+    assert [m.minute for m in await engine.store.run_minutes(run_id, since_minute=first + 1)] == [first + 2]
     status = await engine.run_status("m")
     assert status.throughput_per_minute == round(3 / 125 * 60, 3)  # the same 3 finished, over 125 s
-    assert sum(m.completed + m.failed for m in await engine.store.run_minutes(run_id, first - 4)) == 3
+    assert (
+        sum(m.completed + m.failed for m in await engine.store.run_minutes(run_id, since_minute=first - 4))
+        == 3
+    )
 
 
 async def test_throughput_endpoint(sqlite_settings: Settings) -> None:

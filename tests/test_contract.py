@@ -809,7 +809,7 @@ async def _scripted_event_payloads(engine: Engine) -> list[tuple[str, str, dict[
         run="r", package="pkg", item="e", status="complete", metrics={"n": 2}
     )  # recorded
     run_id = (await engine.run_info("r")).id
-    events = await engine.store.events_after(0, run_id, 1000)
+    events = await engine.store.events_after(since=0, run_id=run_id, limit=1000)
     return [(e.kind, names.get(e.outcome_id or "", ""), e.data) for e in events]
 
 

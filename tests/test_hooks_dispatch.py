@@ -137,7 +137,11 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
         page = await hooks.deliveries(created.webhook.id, None, None)
         assert len(page.deliveries) == 7 and {d.status for d in page.deliveries} == {"succeeded"}
         assert {d.id for d in page.deliveries} == {h["webhook-id"] for h, _, _, _ in rx.requests}
-        records = [e for e in await engine.store.events_after(0, None, 1000) if e.kind == "integration"]
+        records = [
+            e
+            for e in await engine.store.events_after(since=0, run_id=None, limit=1000)
+            if e.kind == "integration"
+        ]
         assert sum(e.data["count"] for e in records) == 7 and {
             e.data["integration_type"] for e in records
         } == {"webhook"}

@@ -133,7 +133,7 @@ async def test_record_results_due_and_circuit_state(engine: Engine) -> None:
     assert await engine.store.latest_seq() == before
     assert await hooks.record("wh_1", "a", [ok, retry], state, 2.0, logs)
     # the calls' integration_logs rows, and one event per (type, action, status), identical on both backends
-    events = await engine.store.events_after(before, None, 10)
+    events = await engine.store.events_after(since=before, run_id=None, limit=10)
     assert [(e.kind, e.data, e.run) for e in events] == [
         (
             "integration",

@@ -153,7 +153,7 @@ async def test_revocation_is_seen_within_the_cache_time(sqlite_settings: Setting
         assert (await post_init(http, base, **auth)).status_code == 200
         engine = await Engine.open(sqlite_settings)
         try:
-            await engine.store.revoke_api_key("temp", time.time())
+            await engine.store.revoke_api_key("temp", now=time.time())
         finally:
             await engine.close()
         deadline = time.monotonic() + 5
@@ -211,7 +211,7 @@ async def test_safe_defaults_decide_whether_authentication_is_required(
     assert await decide_auth(sqlite_settings.database_url, ServiceOptions(host="0.0.0.0")) is True
     engine = await Engine.open(sqlite_settings)
     try:
-        await engine.store.revoke_api_key("k", time.time())
+        await engine.store.revoke_api_key("k", now=time.time())
     finally:
         await engine.close()
     with pytest.raises(ValueError, match="without authentication"):  # a revoked key is no key

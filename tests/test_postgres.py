@@ -277,7 +277,7 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
         woke = anyio.Event()
 
         async def wait() -> None:
-            got.append(await watcher.store.wait_for_change(since, 30.0))
+            got.append(await watcher.store.wait_for_change(since, timeout=30.0))
             woke.set()
 
         async with anyio.create_task_group() as tg:
@@ -290,7 +290,7 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
         return got[0]
 
     try:
-        await watcher.store.wait_for_change(0, 0.01)  # starts the LISTEN connection
+        await watcher.store.wait_for_change(0, timeout=0.01)  # starts the LISTEN connection
         await anyio.sleep(0.5)  # ... and lets it subscribe
         await woken_by("first")  # a lone write: its own NOTIFY
         await woken_by("inside the debounce window")  # no NOTIFY of its own: the trailing one

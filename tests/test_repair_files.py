@@ -41,7 +41,7 @@ from matrix_mcp.engine import Engine
 
 async def main() -> None:
     engine = await Engine.open(Settings(database_url=sys.argv[1], artifacts_dir=Path(sys.argv[2])))
-    await engine.complete_item(sys.argv[3], sys.argv[4], content=sys.argv[5])
+    await engine.complete_item(sys.argv[3], lease_token=sys.argv[4], content=sys.argv[5])
     print("not killed")
 
 

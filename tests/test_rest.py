@@ -356,7 +356,7 @@ async def test_sse_ends_when_the_key_is_revoked(tmp_path: Path, monkeypatch: pyt
             assert (await sse.next(1))[0]["event"] == "run_planned"
             engine = await Engine.open(settings)
             try:
-                await engine.store.revoke_api_key("k", time.time())
+                await engine.store.revoke_api_key("k", now=time.time())
             finally:
                 await engine.close()
             with anyio.fail_after(10):

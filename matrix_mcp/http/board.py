@@ -224,7 +224,7 @@ class Board:
                 return ApiError(400, "invalid_argument", "since: must be a whole minute", "since").response()
         try:
             info = await engine.run_info(param(request, "run"))
-            minutes = await engine.store.run_minutes(info.id, first)
+            minutes = await engine.store.run_minutes(info.id, since_minute=first)
         except StoreError as exc:
             return classify(exc).response()
         return json_response(

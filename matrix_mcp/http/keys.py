@@ -89,6 +89,6 @@ class ApiKeyVerifier:
             return
         self._touched[name] = now
         try:
-            await store.touch_api_key(name, now)
+            await store.touch_api_key(name, now=now)
         except StoreError as exc:  # a missed use stamp must not refuse the call
             log.warning("recording the use of key %r failed: %s", name, exc)

@@ -362,7 +362,7 @@ async def event_stream(
                 return
             checked = time.monotonic()
         head = await store.latest_seq()
-        events = await store.events_after(last, run_id, SSE_BATCH)
+        events = await store.events_after(since=last, run_id=run_id, limit=SSE_BATCH)
         if events:
             chunk = []
             for event in events:
@@ -373,7 +373,7 @@ async def event_stream(
             yield "".join(chunk).encode()
             if len(events) == SSE_BATCH:
                 continue
-        latest = await store.wait_for_change(max(head, last), SSE_KEEPALIVE_SECONDS)
+        latest = await store.wait_for_change(max(head, last), timeout=SSE_KEEPALIVE_SECONDS)
         if latest <= max(head, last):
             yield b": keep-alive\n\n"
 

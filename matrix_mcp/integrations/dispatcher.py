@@ -121,7 +121,9 @@ class Dispatcher:
                         refreshed = anyio.current_time()
                         await self._refresh(tg)
                     try:
-                        latest = await self.store.wait_for_change(seq, min(self.settings.poll, LIST_REFRESH))
+                        latest = await self.store.wait_for_change(
+                            seq, timeout=min(self.settings.poll, LIST_REFRESH)
+                        )
                     except anyio.get_cancelled_exc_class():
                         raise
                     except Exception as exc:
@@ -189,7 +191,7 @@ class Dispatcher:
                 assert state is not None
                 sink = w.sink
                 # 1. events → deliveries, and the cursor, in one transaction
-                events = await self.store.events_after(scan, None, EVENTS_PER_READ)
+                events = await self.store.events_after(since=scan, run_id=None, limit=EVENTS_PER_READ)
                 if events:
                     new = await self._deliveries(w.row, sink, events)
                     last = events[-1].seq

@@ -222,13 +222,19 @@ class OutcomeFilter:
     worker: str | None = None
 
 
-async def paged_outcomes(
-    list_outcomes: Callable[[OutcomeFilter, int, str | None], Awaitable[OutcomePage]], run_id: str
-) -> AsyncIterator[Outcome]:
+class ListOutcomes(Protocol):
+    """A store's list_outcomes, as paged_outcomes calls it."""
+
+    def __call__(
+        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
+    ) -> Awaitable[OutcomePage]: ...
+
+
+async def paged_outcomes(list_outcomes: ListOutcomes, run_id: str) -> AsyncIterator[Outcome]:
     """Every outcome of a run, page by page (what both stores' iter_outcomes do)."""
     cursor: str | None = None
     while True:
-        page = await list_outcomes(OutcomeFilter(run_id=run_id), 1000, cursor)
+        page = await list_outcomes(OutcomeFilter(run_id=run_id), limit=1000, cursor=cursor)
         for outcome in page.outcomes:
             yield outcome
         if page.next_cursor is None:
@@ -352,9 +358,11 @@ class Store(Protocol):
         token fences off whoever held the item; event `status_updated` (from, to). NotFound (outcome_id)."""
         ...
 
-    async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail: ...
+    async def get_outcome(self, outcome_id: str, *, history: bool = False) -> OutcomeDetail: ...
 
-    async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage: ...
+    async def list_outcomes(
+        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
+    ) -> OutcomePage: ...
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]: ...
 
@@ -365,16 +373,16 @@ class Store(Protocol):
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]: ...
 
-    async def package_summary(self, package: str, run_id: str | None) -> PackageSummary: ...
+    async def package_summary(self, package: str, *, run_id: str | None) -> PackageSummary: ...
 
-    async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics: ...
+    async def system_metrics(self, run_id: str | None, *, now: float) -> SystemMetrics: ...
 
-    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+    async def run_overview(self, run_id: str, *, since: float) -> RunOverview:
         """The run, its package summaries, items finished at or after `since` and the latest event
         sequence, from one consistent snapshot (what `run_status` polls)."""
         ...
 
-    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+    async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
         """The per-minute finished counts the throughput window sums, from `since_minute` on, in order
         (minutes with nothing finished are absent)."""
         ...
@@ -397,26 +405,26 @@ class Store(Protocol):
     # change feed
     async def latest_seq(self) -> int: ...
 
-    async def events_after(self, since: int, run_id: str | None, limit: int) -> list[Event]: ...
+    async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]: ...
 
-    async def wait_for_change(self, since: int, timeout: float) -> int:
+    async def wait_for_change(self, since: int, *, timeout: float) -> int:
         """Return the latest sequence once it exceeds `since`, or after `timeout` seconds."""
         ...
 
     # API keys (the HTTP service's credentials; shared by every process on one store)
-    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+    async def create_api_key(self, name: str, *, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
         """Raises Conflict (field name) when a key of that name exists, revoked or not."""
         ...
 
     async def list_api_keys(self) -> list[ApiKey]: ...
 
-    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+    async def revoke_api_key(self, name: str, *, now: float) -> ApiKey:
         """Raises NotFound (field name). Revoking twice keeps the first time."""
         ...
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
 
-    async def touch_api_key(self, name: str, now: float) -> None:
+    async def touch_api_key(self, name: str, *, now: float) -> None:
         """Record a use (callers throttle this; it is not written per request)."""
         ...
 
@@ -439,7 +447,7 @@ class Store(Protocol):
         """Every content_sha256 an outcome refers to (artifact garbage collection)."""
         ...
 
-    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+    async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         """Complete outcomes with stored content and a path, in the order of their `completed` events after
         `since_seq` (the event log's index finds recent completions without scanning the outcomes)."""
         ...

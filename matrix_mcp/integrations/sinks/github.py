@@ -94,7 +94,7 @@ class GitHubSink:
         cursor = None
         while len(files) < MAX_FILES:
             page = await ctx.store.list_outcomes(
-                OutcomeFilter(run_id=run_id, package=package, status="complete"), 500, cursor
+                OutcomeFilter(run_id=run_id, package=package, status="complete"), limit=500, cursor=cursor
             )
             for o in page.outcomes:
                 if o.content_sha256 and len(files) < MAX_FILES:

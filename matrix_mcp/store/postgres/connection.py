@@ -432,7 +432,7 @@ class Connection:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
 
-    async def wait_for_change(self, since: int, timeout: float) -> int:
+    async def wait_for_change(self, since: int, *, timeout: float) -> int:
         """Wakes on this process's commits at once, on other processes' through LISTEN/NOTIFY, and
         polls every POLL_FALLBACK seconds in case a notification is lost."""
         if self._listener is None and not self._closed:

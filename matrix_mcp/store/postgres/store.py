@@ -80,7 +80,7 @@ class PostgresStore(Writes):
 
         return PostgresHooks(self)
 
-    async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
+    async def get_outcome(self, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
         async def op(c: Conn) -> OutcomeDetail:
             row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
             if row is None:
@@ -97,7 +97,9 @@ class PostgresStore(Writes):
 
         return await self._read(op, snapshot=history)
 
-    async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage:
+    async def list_outcomes(
+        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
+    ) -> OutcomePage:
         after = R.decode_cursor(cursor)
 
         async def op(c: Conn) -> OutcomePage:
@@ -132,7 +134,7 @@ class PostgresStore(Writes):
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
 
-    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+    async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
         async def op(c: Conn) -> list[MinuteCount]:
             rows = await _all(
                 c,
@@ -162,7 +164,7 @@ class PostgresStore(Writes):
 
         return await self._read(op)
 
-    async def package_summary(self, package: str, run_id: str | None) -> PackageSummary:
+    async def package_summary(self, package: str, *, run_id: str | None) -> PackageSummary:
         async def op(c: Conn) -> PackageSummary:
             if run_id is not None:
                 found = await _summaries(c, "p.run_id = %s AND p.name = %s", [run_id, package])
@@ -172,7 +174,7 @@ class PostgresStore(Writes):
 
         return await self._read(op)
 
-    async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics:
+    async def system_metrics(self, run_id: str | None, *, now: float) -> SystemMetrics:
         async def op(c: Conn) -> SystemMetrics:
             where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
             t = await _one(
@@ -204,7 +206,7 @@ class PostgresStore(Writes):
 
         return await self._read(op, snapshot=True)
 
-    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+    async def run_overview(self, run_id: str, *, since: float) -> RunOverview:
         """The run, its package summaries, its recent throughput and the latest event, in one snapshot
         and one round trip (pipeline mode: BEGIN, the four reads and COMMIT go out together)."""
 
@@ -240,7 +242,7 @@ class PostgresStore(Writes):
 
     # ---- API keys -------------------------------------------------------------------------------
 
-    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+    async def create_api_key(self, name: str, *, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
         async def op(tx: _Tx) -> ApiKey:
             row = await tx.one(
                 "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s)"
@@ -260,7 +262,7 @@ class PostgresStore(Writes):
 
         return await self._read(op)
 
-    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+    async def revoke_api_key(self, name: str, *, now: float) -> ApiKey:
         async def op(tx: _Tx) -> ApiKey:
             row = await tx.one(
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *",
@@ -280,7 +282,7 @@ class PostgresStore(Writes):
 
         return await self._read(op)
 
-    async def touch_api_key(self, name: str, now: float) -> None:
+    async def touch_api_key(self, name: str, *, now: float) -> None:
         async def op(c: Conn) -> None:
             await c.execute(
                 "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s",
@@ -304,7 +306,7 @@ class PostgresStore(Writes):
 
     # ---- change feed ----------------------------------------------------------------------------
 
-    async def events_after(self, since: int, run_id: str | None, limit: int) -> list[Event]:
+    async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
         async def op(c: Conn) -> list[Event]:
             q = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
             args: list[Any] = [since]
@@ -337,7 +339,7 @@ class PostgresStore(Writes):
 
         return await self._read(op)
 
-    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+    async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         async def op(c: Conn) -> list[ContentFile]:
             rows = await _all(
                 c,

@@ -66,7 +66,7 @@ class SQLiteStore(Writes):
 
         return SQLiteHooks(self)
 
-    async def get_outcome(self, outcome_id: str, history: bool = False) -> OutcomeDetail:
+    async def get_outcome(self, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
         def op(c: sqlite3.Connection) -> OutcomeDetail:
             row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
             if row is None:
@@ -82,7 +82,9 @@ class SQLiteStore(Writes):
 
         return await self._read(op)
 
-    async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage:
+    async def list_outcomes(
+        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
+    ) -> OutcomePage:
         after = R.decode_cursor(cursor)
 
         def op(c: sqlite3.Connection) -> OutcomePage:
@@ -116,7 +118,7 @@ class SQLiteStore(Writes):
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         return paged_outcomes(self.list_outcomes, run_id)
 
-    async def run_minutes(self, run_id: str, since_minute: int) -> list[MinuteCount]:
+    async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
         def op(c: sqlite3.Connection) -> list[MinuteCount]:
             rows = c.execute(
                 "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
@@ -142,7 +144,7 @@ class SQLiteStore(Writes):
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
         return await self._read(lambda c: _summaries(c, "p.run_id = ?", [run_id]))
 
-    async def package_summary(self, package: str, run_id: str | None) -> PackageSummary:
+    async def package_summary(self, package: str, *, run_id: str | None) -> PackageSummary:
         def op(c: sqlite3.Connection) -> PackageSummary:
             if run_id is not None:
                 found = _summaries(c, "p.run_id = ? AND p.name = ?", [run_id, package])
@@ -152,7 +154,7 @@ class SQLiteStore(Writes):
 
         return await self._read(op)
 
-    async def system_metrics(self, run_id: str | None, now: float) -> SystemMetrics:
+    async def system_metrics(self, run_id: str | None, *, now: float) -> SystemMetrics:
         def op(c: sqlite3.Connection) -> SystemMetrics:
             where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
             t = c.execute(
@@ -180,7 +182,7 @@ class SQLiteStore(Writes):
 
         return await self._read(op)
 
-    async def run_overview(self, run_id: str, since: float) -> RunOverview:
+    async def run_overview(self, run_id: str, *, since: float) -> RunOverview:
         def op(c: sqlite3.Connection) -> RunOverview:
             summaries = _summaries(c, "p.run_id = ?", [run_id])
             finished = c.execute(
@@ -194,7 +196,7 @@ class SQLiteStore(Writes):
 
     # ---- API keys -------------------------------------------------------------------------------
 
-    async def create_api_key(self, name: str, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
+    async def create_api_key(self, name: str, *, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
         def op(c: sqlite3.Connection) -> ApiKey:
             if c.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone() is not None:
                 raise rules.key_exists(name)
@@ -211,7 +213,7 @@ class SQLiteStore(Writes):
             lambda c: [R.api_key_from(r) for r in c.execute("SELECT * FROM api_keys ORDER BY name")]
         )
 
-    async def revoke_api_key(self, name: str, now: float) -> ApiKey:
+    async def revoke_api_key(self, name: str, *, now: float) -> ApiKey:
         def op(c: sqlite3.Connection) -> ApiKey:
             c.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
             row = c.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
@@ -228,7 +230,7 @@ class SQLiteStore(Writes):
 
         return await self._read(op)
 
-    async def touch_api_key(self, name: str, now: float) -> None:
+    async def touch_api_key(self, name: str, *, now: float) -> None:
         def op(c: sqlite3.Connection) -> None:
             c.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", (now, name))
 
@@ -252,7 +254,7 @@ class SQLiteStore(Writes):
             lambda c: int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         )
 
-    async def events_after(self, since: int, run_id: str | None, limit: int) -> list[Event]:
+    async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
         def op(c: sqlite3.Connection) -> list[Event]:
             sql = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > ?"
             args: list[Any] = [since]
@@ -264,7 +266,7 @@ class SQLiteStore(Writes):
 
         return await self._read(op)
 
-    async def wait_for_change(self, since: int, timeout: float) -> int:
+    async def wait_for_change(self, since: int, *, timeout: float) -> int:
         """Wakes on this process's commits at once and on other processes' within ~50–200 ms."""
         deadline = anyio.current_time() + timeout
         poll = 0.05
@@ -300,7 +302,7 @@ class SQLiteStore(Writes):
             }
         )
 
-    async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
+    async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         def op(c: sqlite3.Connection) -> list[ContentFile]:
             rows = c.execute(
                 "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"

@@ -1,0 +1,134 @@
+"""Calls that cannot be swapped silently: engine and store methods take at most one identity argument
+positionally, the rest by keyword, and the parameter objects that carry fields through the layers are
+frozen and built by keyword."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import pytest
+
+from matrix_mcp.engine import Engine, new_token
+from matrix_mcp.models import PackageSpec
+from matrix_mcp.store.base import ClaimRequest, Failure, NewRecord, NextClaim, Report, Store
+from matrix_mcp.store.postgres import PostgresStore
+from matrix_mcp.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _positional(fn: Any) -> list[str]:
+    """The parameters of a method (self excluded) that a caller may pass by position."""
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in POSITIONAL][1:]
+
+
+def _public_methods(cls: type) -> dict[str, Any]:
+    return {
+        name: fn
+        for name, fn in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_") and fn.__qualname__.split(".")[0] == cls.__name__
+    }
+
+
+def test_every_public_engine_method_takes_at_most_one_argument_by_position() -> None:
+    methods = _public_methods(Engine)
+    assert {"complete_item", "fail_item", "record_outcome", "claim_items", "plan_run"} <= set(methods)
+    too_many = {name: _positional(fn) for name, fn in methods.items() if len(_positional(fn)) > 1}
+    assert too_many == {}
+
+
+def test_every_store_method_takes_at_most_one_argument_by_position() -> None:
+    methods = _public_methods(Store)  # type: ignore[type-abstract]
+    assert {"claim", "complete", "fail", "record_outcome", "update_status", "plan"} <= set(methods)
+    too_many = {name: _positional(fn) for name, fn in methods.items() if len(_positional(fn)) > 1}
+    assert too_many == {}
+
+
+@pytest.mark.parametrize("dialect", [SQLiteStore, PostgresStore])
+def test_both_dialects_take_the_protocols_arguments_the_protocols_way(dialect: type) -> None:
+    """The protocol being keyword-only is not enough: a dialect that still accepts a field by position
+    satisfies it for the type checker, and a positional caller of that dialect would go unnoticed."""
+    for name, proto in _public_methods(Store).items():  # type: ignore[type-abstract]
+        impl = getattr(dialect, name)
+        want = [(p.name, p.kind) for p in inspect.signature(proto).parameters.values()]
+        got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
+        assert got == want, name
+
+
+@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord, Report])
+def test_parameter_objects_are_frozen(cls: type) -> None:
+    assert dataclasses.is_dataclass(cls)
+    obj = _example(cls)
+    field = dataclasses.fields(obj)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(obj, field, None)
+
+
+@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord])
+def test_parameter_objects_are_built_by_keyword(cls: type) -> None:
+    values = [getattr(_example(cls), f.name) for f in dataclasses.fields(cls)]
+    with pytest.raises(TypeError):
+        cls(*values)
+
+
+def _example(cls: type) -> Any:
+    examples: dict[type, Any] = {
+        ClaimRequest: ClaimRequest(run_id="r", worker="w", limit=2, package="p", token_factory=new_token),
+        NextClaim: NextClaim(limit=2, package="p", token_factory=new_token),
+        Failure: Failure(error="boom", retryable=False, backoff=lambda n: 1.0),
+        NewRecord: NewRecord(run_id="r", package="p", item="i"),
+        Report: Report(outcome_path="a.txt"),
+    }
+    return examples[cls]
+
+
+def test_next_claim_asks_for_the_same_limit_package_and_tokens() -> None:
+    asked = NextClaim(limit=3, package="docs", token_factory=new_token).request("run-id", "w1")
+    assert asked == ClaimRequest(
+        run_id="run-id", worker="w1", limit=3, package="docs", token_factory=new_token
+    )
+
+
+async def test_a_positional_report_is_refused_before_anything_changes(engine: Engine) -> None:
+    """complete_item(outcome_id, lease_token, content, outcome_path, ...) by position was how a swapped
+    content/outcome_path would have been written; now it is a TypeError and the lease is untouched."""
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b"])])
+    (item,) = (await engine.claim_items("r", worker="w")).items
+    with pytest.raises(TypeError):
+        await engine.complete_item(item.outcome_id, item.lease_token, "content", "a.txt")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        await engine.fail_item(item.outcome_id, item.lease_token, "boom", False)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        await engine.claim_items("r", "w", 1)  # type: ignore[misc]
+    assert (await engine.get_outcome(item.outcome_id)).status == "generating"
+    assert (await engine.get_run("r")).counts.generating == 1
+
+    done = await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="content")
+    assert done.status == "complete"
+
+
+async def test_a_positional_store_call_is_refused_before_anything_changes(engine: Engine) -> None:
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
+    run_id = (await engine.run_info("r")).id
+    store: Any = engine.store  # as an untyped caller sees it: only the signature stands in the way
+    with pytest.raises(TypeError):
+        await store.record_outcome(run_id, "p", "new", "complete", None, None, Report(), None, None, 1.0)
+    with pytest.raises(TypeError):
+        await store.claim(run_id, "w", 1, None, 1.0, new_token)
+    assert [o.item for o in (await engine.list_outcomes(run="r")).outcomes] == ["a"]
+    assert (await engine.get_run("r")).counts.generating == 0
+
+    (item,) = (
+        await store.claim(ClaimRequest(run_id=run_id, worker="w", token_factory=new_token), now=engine.now())
+    ).claims
+    with pytest.raises(TypeError):
+        await store.fail(item.outcome_id, item.lease_token, "boom", True, 2.0, lambda n: 0.0)
+    failure = Failure(error="boom", retryable=False, backoff=lambda n: 0.0)
+    reported = await store.fail(
+        item.outcome_id, lease_token=item.lease_token, failure=failure, now=engine.now()
+    )
+    assert (reported.outcome.status, reported.outcome.error_message) == ("failed", "boom")
