@@ -70,6 +70,7 @@ from matrix_mcp.store.base import (
     OutcomeFilter,
     Report,
     Reported,
+    StatusChange,
     Store,
     StoreError,
 )
@@ -648,9 +649,8 @@ class Engine:
                 info.policy.outcome_schema, metrics or current.metrics, metadata or current.metadata
             )
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
-        return await self.store.update_status(
-            outcome_id, status=status, error_message=error_message, report=report, now=self.now()
-        )
+        change = StatusChange(status=status, error_message=error_message, report=report)
+        return await self.store.update_status(outcome_id, change=change, now=self.now())
 
     async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
         detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)

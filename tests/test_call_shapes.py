@@ -68,7 +68,7 @@ def test_parameter_objects_are_frozen(cls: type) -> None:
         setattr(obj, field, None)
 
 
-@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord])
+@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord, Report])
 def test_parameter_objects_are_built_by_keyword(cls: type) -> None:
     values = [getattr(_example(cls), f.name) for f in dataclasses.fields(cls)]
     with pytest.raises(TypeError):

@@ -7,7 +7,7 @@ passed in by the engine (so rules and tests control the clock), except where not
 Calls cannot be swapped silently: a method takes at most the identity of what it changes (an outcome id,
 a run id, a parameter object) positionally and everything else by keyword, and fields that travel
 together through the layers come as one frozen parameter object (ClaimRequest, NextClaim, Failure,
-NewRecord, Report), built by keyword.
+NewRecord, StatusChange, Report), built by keyword.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class Reported:
     next: ClaimBatch | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Report:
     """A completion report. Identical reports for the same lease are idempotent."""
 
@@ -157,6 +157,17 @@ class Report:
     # the content itself, when small enough to be kept in the store: written with the report, in its
     # transaction, under content_sha256 (the readable file is a copy made after the commit)
     inline: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusChange:
+    """A manual override: the status to set, with its error text and report (metrics, metadata, path);
+    `created_by` is recorded only where the outcome has no creator yet."""
+
+    status: Status
+    error_message: str | None = None
+    report: Report | None = None
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +184,16 @@ class NewRecord:
     report: Report = field(default_factory=Report)
     error_message: str | None = None
     created_by: str | None = None
+
+    @property
+    def change(self) -> StatusChange:
+        """The status this record sets, as update_status would set it."""
+        return StatusChange(
+            status=self.status,
+            error_message=self.error_message,
+            report=self.report,
+            created_by=self.created_by,
+        )
 
 
 @dataclass(frozen=True)
@@ -345,16 +366,8 @@ class Store(Protocol):
         an empty report and no error); answers (outcome, created). NotFound (run)."""
         ...
 
-    async def update_status(
-        self,
-        outcome_id: str,
-        *,
-        status: Status,
-        error_message: str | None = None,
-        report: Report | None = None,
-        now: float,
-    ) -> Outcome:
-        """A manual override (rules.override): any status from any status, counters moved, a fresh lease
+    async def update_status(self, outcome_id: str, *, change: StatusChange, now: float) -> Outcome:
+        """A manual override to change.status (rules.override): any status from any status, counters moved, a fresh lease
         token fences off whoever held the item; event `status_updated` (from, to). NotFound (outcome_id)."""
         ...
 

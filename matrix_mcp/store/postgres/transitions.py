@@ -20,7 +20,7 @@ from matrix_mcp.store.base import (
     Claim,
     ClaimBatch,
     NextClaim,
-    Report,
+    StatusChange,
 )
 from matrix_mcp.store.postgres.batch import (
     Conn,
@@ -366,16 +366,9 @@ async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, 
     return reason, m["t"] if m else None
 
 
-async def _update_status(
-    tx: _Tx,
-    outcome_id: str,
-    *,
-    status: Status,
-    error_message: str | None,
-    report: Report | None,
-    now: float,
-    created_by: str | None,
-) -> Outcome:
+async def _update_status(tx: _Tx, outcome_id: str, change: StatusChange, *, now: float) -> Outcome:
+    status, error_message = change.status, change.error_message
+    report, created_by = change.report, change.created_by
     row = await tx.one(
         "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
         " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",

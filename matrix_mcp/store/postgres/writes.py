@@ -19,7 +19,6 @@ from matrix_mcp.models import (
     Run,
     RunAction,
     RunPolicy,
-    Status,
     ts,
 )
 from matrix_mcp.store import rows as R
@@ -32,6 +31,7 @@ from matrix_mcp.store.base import (
     NextClaim,
     Report,
     Reported,
+    StatusChange,
 )
 from matrix_mcp.store.postgres.batch import (
     _IDS_ANSWER,
@@ -488,16 +488,7 @@ class Writes(Connection):
                 "SELECT id FROM outcomes WHERE package_id = %s AND item = %s", (package_id, item)
             )
             if existing is not None:
-                changed = await _update_status(
-                    tx,
-                    existing["id"],
-                    status=status,
-                    error_message=error_message,
-                    report=report,
-                    now=now,
-                    created_by=created_by,
-                )
-                return changed, False
+                return await _update_status(tx, existing["id"], record.change, now=now), False
             outcome_id = str(uuid.uuid4())
             await tx.execute(
                 "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
@@ -522,38 +513,13 @@ class Writes(Connection):
             tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return await _outcome(tx.conn, outcome_id), True
-            changed = await _update_status(
-                tx,
-                outcome_id,
-                status=status,
-                error_message=error_message,
-                report=report,
-                now=now,
-                created_by=created_by,
-            )
-            return changed, True
+            return await _update_status(tx, outcome_id, record.change, now=now), True
 
         return await self._write(op, journal=_RECORD_ANSWER)
 
-    async def update_status(
-        self,
-        outcome_id: str,
-        *,
-        status: Status,
-        error_message: str | None = None,
-        report: Report | None = None,
-        now: float,
-    ) -> Outcome:
+    async def update_status(self, outcome_id: str, *, change: StatusChange, now: float) -> Outcome:
         return await self._write(
-            lambda tx: _update_status(
-                tx,
-                outcome_id,
-                status=status,
-                error_message=error_message,
-                report=report,
-                now=now,
-                created_by=None,
-            ),
+            lambda tx: _update_status(tx, outcome_id, change, now=now),
             journal=_OUTCOME_ANSWER,
         )
 

@@ -12,7 +12,6 @@ from matrix_mcp.audit import current_principal
 from matrix_mcp.models import (
     Outcome,
     Run,
-    Status,
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
@@ -20,7 +19,7 @@ from matrix_mcp.store.base import (
     ClaimBatch,
     ClaimRequest,
     NextClaim,
-    Report,
+    StatusChange,
 )
 from matrix_mcp.store.sqlite.counters import _add_contribution, _minute, _move, _set_metrics
 from matrix_mcp.store.sqlite.sql import _EARLIEST, _OUTCOME_SELECT, _RUN_SELECT
@@ -274,16 +273,9 @@ def _why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tup
     return reason, row[0]
 
 
-def _update_status(
-    c: sqlite3.Connection,
-    outcome_id: str,
-    *,
-    status: Status,
-    error_message: str | None,
-    report: Report | None,
-    now: float,
-    created_by: str | None,
-) -> Outcome:
+def _update_status(c: sqlite3.Connection, outcome_id: str, change: StatusChange, *, now: float) -> Outcome:
+    status, error_message = change.status, change.error_message
+    report, created_by = change.report, change.created_by
     row = c.execute(
         "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
         " JOIN packages p ON p.id = o.package_id WHERE o.id = ?",

@@ -19,7 +19,6 @@ from matrix_mcp.models import (
     Run,
     RunAction,
     RunPolicy,
-    Status,
     ts,
 )
 from matrix_mcp.store import rows as R
@@ -32,6 +31,7 @@ from matrix_mcp.store.base import (
     NextClaim,
     Report,
     Reported,
+    StatusChange,
 )
 from matrix_mcp.store.sqlite.connection import Connection
 from matrix_mcp.store.sqlite.counters import (
@@ -407,16 +407,7 @@ class Writes(Connection):
                 "SELECT id FROM outcomes WHERE package_id = ? AND item = ?", (package_id, item)
             ).fetchone()
             if existing is not None:
-                changed = _update_status(
-                    c,
-                    existing[0],
-                    status=status,
-                    error_message=error_message,
-                    report=report,
-                    now=now,
-                    created_by=created_by,
-                )
-                return changed, False
+                return _update_status(c, existing[0], record.change, now=now), False
             outcome_id = str(uuid.uuid4())
             pos = c.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?", (package_id,)
@@ -445,39 +436,12 @@ class Writes(Connection):
             _event(c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
             if status == "pending" and report == Report() and error_message is None:
                 return _outcome(c, outcome_id), True
-            changed = _update_status(
-                c,
-                outcome_id,
-                status=status,
-                error_message=error_message,
-                report=report,
-                now=now,
-                created_by=created_by,
-            )
-            return changed, True
+            return _update_status(c, outcome_id, record.change, now=now), True
 
         return await self._write(op)
 
-    async def update_status(
-        self,
-        outcome_id: str,
-        *,
-        status: Status,
-        error_message: str | None = None,
-        report: Report | None = None,
-        now: float,
-    ) -> Outcome:
-        return await self._write(
-            lambda c: _update_status(
-                c,
-                outcome_id,
-                status=status,
-                error_message=error_message,
-                report=report,
-                now=now,
-                created_by=None,
-            )
-        )
+    async def update_status(self, outcome_id: str, *, change: StatusChange, now: float) -> Outcome:
+        return await self._write(lambda c: _update_status(c, outcome_id, change, now=now))
 
     async def record_integration(
         self,
