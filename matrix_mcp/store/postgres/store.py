@@ -39,6 +39,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
     Cell,
+    Collected,
     ContentFile,
     MinuteCount,
     OutcomeFilter,
@@ -336,6 +337,41 @@ class PostgresStore(Writes):
             return {r["content_sha256"] for r in rows}
 
         return await self._read(op)
+
+    async def collect_contents(self) -> Collected:
+        """Orphans found by one autocommit read; deleted after the same check under a SHARE ROW EXCLUSIVE
+        lock on `contents`. Every report that writes content holds ROW EXCLUSIVE on the table from its
+        INSERT to its commit, so the lock waits for reports in flight (their outcomes are then visible to
+        the check) and holds new ones back for the one DELETE, only when there is an orphan to delete."""
+
+        async def find(c: Conn) -> list[str]:
+            rows = await _all(
+                c,
+                "SELECT c.sha256 FROM contents c"
+                " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.content_sha256 = c.sha256)",
+            )
+            return [r["sha256"] for r in rows]
+
+        candidates = await self._read(find)
+        if not candidates:
+            return Collected(0, 0)
+
+        async def attempt() -> Collected:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SET LOCAL lock_timeout = '2s'"
+                )  # a long report: retried, then Unavailable
+                await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
+                rows = await _all(
+                    conn,
+                    "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN"
+                    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 = ANY(%(c)s))"
+                    " RETURNING octet_length(body) AS size",
+                    {"c": candidates},
+                )
+            return Collected(len(rows), sum(int(r["size"]) for r in rows))
+
+        return await self._with_retry(attempt)
 
     async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
         async def op(c: Conn) -> list[ContentFile]:

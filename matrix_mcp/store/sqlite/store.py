@@ -33,6 +33,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
     Cell,
+    Collected,
     ContentFile,
     MinuteCount,
     OutcomeFilter,
@@ -54,6 +55,13 @@ from matrix_mcp.store.sqlite.writes import Writes
 
 if TYPE_CHECKING:
     from matrix_mcp.store.sqlite.hooks import SQLiteHooks
+
+# content kept in the store that no outcome refers to (the subquery is built once, not run per row)
+_ORPHAN_CONTENTS = (
+    "SELECT sha256 FROM contents WHERE sha256 NOT IN"
+    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
+)
+_GC_CHUNK = 400  # hashes per statement (bound twice; far below SQLite's parameter limit)
 
 
 class SQLiteStore(Writes):
@@ -299,6 +307,30 @@ class SQLiteStore(Writes):
                 )
             }
         )
+
+    async def collect_contents(self) -> Collected:
+        """Orphans found on a reader; deleted after the same check in a write transaction (the one writer:
+        no report is between its content and its outcome there)."""
+        candidates: list[str] = await self._read(lambda c: [r[0] for r in c.execute(_ORPHAN_CONTENTS)])
+        if not candidates:
+            return Collected(0, 0)
+
+        def op(c: sqlite3.Connection) -> Collected:
+            removed = removed_bytes = 0
+            for i in range(0, len(candidates), _GC_CHUNK):
+                chunk = candidates[i : i + _GC_CHUNK]
+                marks = ", ".join("?" for _ in chunk)  # placeholders only; the hashes are bound
+                for (size,) in c.execute(
+                    "DELETE FROM contents WHERE sha256 IN (" + marks + ") AND sha256 NOT IN"
+                    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IN (" + marks + "))"
+                    " RETURNING length(body)",
+                    [*chunk, *chunk],
+                ).fetchall():
+                    removed += 1
+                    removed_bytes += int(size)
+            return Collected(removed, removed_bytes)
+
+        return await self._write(op)
 
     async def content_files(self, since_seq: int, limit: int) -> list[ContentFile]:
         def op(c: sqlite3.Connection) -> list[ContentFile]:
