@@ -100,33 +100,18 @@ class PostgresStore(Writes):
 
     async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage:
         after = R.decode_cursor(cursor)
+        pinned = R.outcome_filter(flt)
 
         async def op(c: Conn) -> OutcomePage:
-            where = ["o.n > %s"]
-            args: list[Any] = [after]
-            if flt.run_id is not None:
-                where.append("o.run_id = %s")
-                args.append(flt.run_id)
-            if flt.package is not None:
-                where.append("p.name = %s")
-                args.append(flt.package)
-            if flt.status is not None:
-                where.append("o.status = %s")
-                args.append(flt.status)
-            if flt.worker is not None:
-                where.append("o.worker = %s")
-                args.append(flt.worker)
             rows = await _all(
                 c,
-                _OUTCOME_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY o.n LIMIT %s",
-                [*args, limit + 1],
+                _OUTCOME_SELECT
+                + " WHERE "
+                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned)])
+                + " ORDER BY o.n LIMIT %s",
+                [after, *(value for _, value in pinned), limit + 1],
             )
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return OutcomePage(
-                outcomes=[R.outcome_from(r) for r in rows],
-                next_cursor=R.encode_cursor(int(rows[-1]["n"])) if more and rows else None,
-            )
+            return R.outcome_page(rows, limit)
 
         return await self._read(op)
 

@@ -92,32 +92,17 @@ class SQLiteStore(Writes):
 
     async def list_outcomes(self, flt: OutcomeFilter, limit: int, cursor: str | None) -> OutcomePage:
         after = R.decode_cursor(cursor)
+        pinned = R.outcome_filter(flt)
 
         def op(c: sqlite3.Connection) -> OutcomePage:
-            where = ["o.n > ?"]
-            args: list[Any] = [after]
-            if flt.run_id is not None:
-                where.append("o.run_id = ?")
-                args.append(flt.run_id)
-            if flt.package is not None:
-                where.append("p.name = ?")
-                args.append(flt.package)
-            if flt.status is not None:
-                where.append("o.status = ?")
-                args.append(flt.status)
-            if flt.worker is not None:
-                where.append("o.worker = ?")
-                args.append(flt.worker)
             rows = c.execute(
-                _OUTCOME_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY o.n LIMIT ?",
-                [*args, limit + 1],
+                _OUTCOME_SELECT
+                + " WHERE "
+                + " AND ".join(["o.n > ?", *(f"{column} = ?" for column, _ in pinned)])
+                + " ORDER BY o.n LIMIT ?",
+                [after, *(value for _, value in pinned), limit + 1],
             ).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return OutcomePage(
-                outcomes=[R.outcome_from(r) for r in rows],
-                next_cursor=R.encode_cursor(rows[-1]["n"]) if more and rows else None,
-            )
+            return R.outcome_page(rows, limit)
 
         return await self._read(op)
 
