@@ -316,6 +316,14 @@ def override_params(
     )
 
 
+HOURLY_DAYS = 7  # how far back system_metrics' hourly series goes
+
+
+def hourly_since_minute(now: float) -> int:
+    """The first minute (whole minutes since the epoch) of system_metrics' hourly series."""
+    return int(now // 60) - HOURLY_DAYS * 24 * 60
+
+
 def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLike]) -> SystemMetrics:
     """Totals (columns pending..cancelled, ds/dn duration sums, ls lines, qs/qn quality) and hourly rows."""
     counts = counts_from(t)

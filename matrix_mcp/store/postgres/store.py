@@ -172,7 +172,7 @@ class PostgresStore(Writes):
                 args,
             )
             assert t is not None
-            since_minute = int(now // 60) - 7 * 24 * 60
+            since_minute = R.hourly_since_minute(now)
             hours = await _all(
                 c,
                 "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"

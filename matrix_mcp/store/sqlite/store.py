@@ -157,7 +157,7 @@ class SQLiteStore(Writes):
                 " FROM packages " + where,
                 args,
             ).fetchone()
-            since_minute = int(now // 60) - 7 * 24 * 60
+            since_minute = R.hourly_since_minute(now)
             hours = c.execute(
                 "SELECT minute / 60 AS hour, SUM(completed) AS completed, SUM(failed) AS failed,"
                 " SUM(duration_sum) AS ds, SUM(duration_n) AS dn FROM outcome_minutes"
@@ -223,7 +223,11 @@ class SQLiteStore(Writes):
 
     async def touch_api_key(self, name: str, now: float) -> None:
         def op(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", (now, name))
+            # never backwards (as on PostgreSQL): processes stamp uses with their own clocks
+            c.execute(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+                (now, name),
+            )
 
         await self._write(op)
 
