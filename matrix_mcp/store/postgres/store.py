@@ -343,9 +343,8 @@ class PostgresStore(Writes):
 
         async def attempt() -> Collected:
             async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "SET LOCAL lock_timeout = '2s'"
-                )  # a long report: retried, then Unavailable
+                # behind a long transaction: give up soon (retried, then Unavailable) rather than hold reports back
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
                 await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
                 rows = await _all(
                     conn,

@@ -61,7 +61,7 @@ _ORPHAN_CONTENTS = (
     "SELECT sha256 FROM contents WHERE sha256 NOT IN"
     " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
 )
-_GC_CHUNK = 400  # hashes per statement (bound twice; far below SQLite's parameter limit)
+_GC_CHUNK = 5000  # hashes per statement (bound twice: below SQLite's limit of 32,766 parameters)
 
 
 class SQLiteStore(Writes):
