@@ -63,6 +63,9 @@ class GarbageReport:
     removed: int
     removed_bytes: int
     kept: int  # blobs an outcome refers to, or written too recently to judge
+    # content kept in the store (small reports, inline) that no outcome refers to any more
+    contents_removed: int = 0
+    contents_removed_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -327,6 +327,10 @@ async def _gc(settings: Settings, older_than: float, repair: bool = False) -> No
         f"removed {report.removed} unreferenced blob(s), {report.removed_bytes} bytes;"
         f" kept {report.kept} under {engine.artifacts.root}"
     )
+    print(
+        f"removed {report.contents_removed} unreferenced content row(s) kept in the store,"
+        f" {report.contents_removed_bytes} bytes"
+    )
 
 
 def server_command(settings: Settings) -> tuple[str, list[str]]:

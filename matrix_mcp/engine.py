@@ -6,6 +6,7 @@ Tools call the engine; the engine validates, decides and calls one atomic store 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -764,13 +765,20 @@ class Engine:
         )
 
     async def collect_garbage(self, *, older_than_seconds: float = 3600.0) -> GarbageReport:
-        """Delete content no outcome refers to (left by rejected reports) once unwritten for a while."""
+        """Delete content no outcome refers to: blobs (left by rejected reports) once unwritten for a while,
+        and content kept in the store that an override left behind."""
         if not older_than_seconds >= 60:
             raise InputError("at least 60: a report commits seconds after writing its content", "older_than")
         now = time.time()  # file times are wall-clock; taken before the references are read
         referenced = await self.store.content_hashes()
-        return await anyio.to_thread.run_sync(
+        files = await anyio.to_thread.run_sync(
             self.artifacts.collect_garbage, referenced, older_than_seconds, now
+        )
+        # content kept in the store (small reports) that an override left unreferenced: the store's own
+        # lock, not a time window, keeps it safe from a report committing the same bytes meanwhile
+        kept = await self.store.collect_contents()
+        return dataclasses.replace(
+            files, contents_removed=kept.removed, contents_removed_bytes=kept.removed_bytes
         )
 
     async def export_outcomes(self, run: str, *, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:

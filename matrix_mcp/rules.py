@@ -62,6 +62,14 @@ def unknown_key(name: str) -> NotFound:
     return NotFound(f"unknown key '{name}'", field="name")
 
 
+def unknown_webhook(subscription_id: str) -> NotFound:
+    return NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+
+
+def unknown_delivery(delivery_id: str) -> NotFound:
+    return NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+
+
 def complete_differs() -> Conflict:
     return Conflict(
         "the item is already complete with a different report; repeat the identical report or "

@@ -28,6 +28,8 @@ async def test_api_keys_lifecycle(engine: Engine) -> None:
     assert await store.api_key_by_hash("nope") is None
     await store.touch_api_key("ci", now=150.0)
     assert [(k.name, k.last_used_at) for k in await store.list_api_keys()] == [("admin", None), ("ci", 150.0)]
+    await store.touch_api_key("ci", now=140.0)  # a process with a clock behind: the stamp never goes back
+    assert [(k.name, k.last_used_at) for k in await store.list_api_keys()] == [("admin", None), ("ci", 150.0)]
     revoked = await store.revoke_api_key("ci", now=200.0)
     assert revoked.revoked_at == 200.0
     assert (await store.revoke_api_key("ci", now=300.0)).revoked_at == 200.0  # the first time stays

@@ -55,6 +55,14 @@ class ContentFile:
 
 
 @dataclass(frozen=True)
+class Collected:
+    """What a collection of the content kept in the store removed."""
+
+    removed: int
+    removed_bytes: int
+
+
+@dataclass(frozen=True)
 class NewItem:
     name: str
     specifications: dict[str, Any] | str | None = None
@@ -458,6 +466,15 @@ class Store(Protocol):
 
     async def content_hashes(self) -> set[str]:
         """Every content_sha256 an outcome refers to (artifact garbage collection)."""
+        ...
+
+    async def collect_contents(self) -> Collected:
+        """Delete the content kept in the store (a small report's inline content) that no outcome refers to
+        any more: an override replaced or cleared it. Orphans are found without blocking anything; they are
+        deleted only after a check under a lock that every report writing content takes (SQLite: the one
+        writer; PostgreSQL: the `contents` table lock), so content a report is committing right now (the
+        same bytes again) is never taken from under it. Rows are not timed: a report re-using an existing
+        row does not touch it, so a time window could not tell it from an old orphan."""
         ...
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from matrix_mcp import rules
 from matrix_mcp.store.base import StoreError
+from matrix_mcp.store.rows import pinned
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed")
@@ -321,6 +322,63 @@ def delivery_from(row: Any) -> DeliveryRow:
         updated_at=float(row["updated_at"]),
         delivered_at=row["delivered_at"],
     )
+
+
+def subscription_values(row: SubscriptionRow) -> tuple[Any, ...]:
+    """A new subscription's columns id, kind, target, description, events, run_name, config, credentials,
+    active (JSON dumped); its cursor and times are added by the dialect."""
+    return (
+        row.id,
+        row.kind,
+        row.target,
+        row.description,
+        json.dumps(row.events),
+        row.run,
+        json.dumps(row.config, sort_keys=True),
+        row.credentials,
+        row.active,
+    )
+
+
+def delivery_values(subscription_id: str, d: NewDelivery) -> tuple[Any, ...]:
+    """A new delivery's columns id, subscription_id, seq, event_type, run_name, body (pending, due now)."""
+    return (d.id, subscription_id, d.seq, d.event_type, d.run, d.body)
+
+
+def endpoint_values(state: EndpointState) -> tuple[Any, ...]:
+    """What `record` writes on the subscription, in this order: failures, failing_since, circuit_open_until,
+    last_success_at, then `active` (ANDed: a round never re-activates) and disabled_reason (kept when None)."""
+    return (
+        state.failures,
+        state.failing_since,
+        state.circuit_open_until,
+        state.last_success_at,
+        state.active,
+        state.disabled_reason,
+    )
+
+
+def result_values(r: AttemptResult) -> tuple[Any, ...]:
+    """An attempt's columns status, attempts, next_attempt_at, last_status_code, last_error, updated_at (and
+    delivered_at when it succeeded), keyed by delivery_id last."""
+    return (r.status, r.attempts, r.next_attempt_at, r.status_code, r.error, r.now, r.delivery_id)
+
+
+def log_values(log: CallLog) -> tuple[Any, ...]:
+    """A call's integration_logs columns: the run's name (the dialect looks up its id), integration_type,
+    action, status, details (JSON), created_at."""
+    return (log.run, log.integration_type, log.action, log.status, json.dumps(log.details), log.created_at)
+
+
+def delivery_filter(subscription_id: str | None, status: DeliveryStatus | None) -> list[tuple[str, Any]]:
+    """The columns a listing of deliveries pins, with their values (each dialect binds them)."""
+    return pinned({"subscription_id": subscription_id, "status": status})
+
+
+def delivery_page(rows: Sequence[Any], limit: int) -> DeliveryPage:
+    """A page from up to limit + 1 rows in `n` order: the extra row only says there is a next page."""
+    page = [delivery_from(r) for r in rows[:limit]]
+    return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
 
 
 def change_columns(change: SubscriptionChange) -> dict[str, Any]:

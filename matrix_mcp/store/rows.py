@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matrix_mcp.models import (
@@ -16,6 +16,7 @@ from matrix_mcp.models import (
     IntegrationEvent,
     Outcome,
     OutcomeDetail,
+    OutcomePage,
     PackageSummary,
     PlanResult,
     Run,
@@ -25,7 +26,7 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import ApiKey, Claim, StoreError
+from matrix_mcp.store.base import ApiKey, Claim, OutcomeFilter, StoreError
 
 # Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
 HIST_BASE = 1.2
@@ -120,6 +121,27 @@ def decode_cursor(cursor: str | None) -> int:
         return value
     except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError("cursor is not one this server issued", field="cursor") from exc
+
+
+def pinned(columns: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The (column, value) pairs a listing filters on: those given a value (None leaves a column free)."""
+    return [(column, value) for column, value in columns.items() if value is not None]
+
+
+def outcome_filter(flt: OutcomeFilter) -> list[tuple[str, Any]]:
+    """The columns of the outcome listing (o: outcomes, p: its package) a filter pins, with their values."""
+    return pinned(
+        {"o.run_id": flt.run_id, "p.name": flt.package, "o.status": flt.status, "o.worker": flt.worker}
+    )
+
+
+def outcome_page(rows: Sequence[RowLike], limit: int) -> OutcomePage:
+    """A page from up to limit + 1 rows in `n` order: the extra row only says there is a next page."""
+    page = rows[:limit]
+    return OutcomePage(
+        outcomes=[outcome_from(r) for r in page],
+        next_cursor=encode_cursor(int(page[-1]["n"])) if len(rows) > limit and page else None,
+    )
 
 
 def counts_from(row: RowLike) -> StatusCounts:
@@ -292,6 +314,14 @@ def override_params(
         now,
         outcome_id,
     )
+
+
+HOURLY_DAYS = 7  # how far back system_metrics' hourly series goes
+
+
+def hourly_since_minute(now: float) -> int:
+    """The first minute (whole minutes since the epoch) of system_metrics' hourly series."""
+    return int(now // 60) - HOURLY_DAYS * 24 * 60
 
 
 def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLike]) -> SystemMetrics:

@@ -17,24 +17,8 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.postgres.batch import Conn, Row, _all
 from matrix_mcp.store.postgres.sql import _COUNTER_COLUMNS, _SUMMARY_SELECT
 
-_SUMMARY_FIELDS = (
-    "id",
-    "name",
-    "description",
-    "position",
-    "run_name",
-    "total",
-    "pending",
-    "generating",
-    "complete",
-    "failed",
-    "cancelled",
-    "duration_sum",
-    "duration_n",
-    "lines_sum",
-    "quality_sum",
-    "quality_n",
-)
+# what a summary is built from (besides the histogram): its memo key
+_SUMMARY_FIELDS = ("id", "name", "description", "position", "run_name", "total", *STATUSES, *_COUNTER_COLUMNS)
 
 
 _summary_key = operator.itemgetter(*_SUMMARY_FIELDS)

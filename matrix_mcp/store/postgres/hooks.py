@@ -4,32 +4,14 @@ checks the cursor, a record the lease, inserts skip ids already present)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import sql
 
-from matrix_mcp.store.base import NotFound
-from matrix_mcp.store.hooks import (
-    AttemptResult,
-    CallLog,
-    DeliveryPage,
-    DeliveryRow,
-    DeliveryStatus,
-    EndpointState,
-    NewDelivery,
-    OutcomeFacts,
-    SubscriptionChange,
-    SubscriptionRow,
-    change_columns,
-    decode_cursor,
-    delivery_from,
-    encode_cursor,
-    facts_from,
-    log_events,
-    subscription_from,
-)
+from matrix_mcp import rules
+from matrix_mcp.store import hooks as H
+from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 from matrix_mcp.store.postgres_schema import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
@@ -39,20 +21,26 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _arrays(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of values as one list per column (the arrays an `unnest` reads)."""
+    table = list(rows)
+    return [list(column) for column in zip(*table, strict=True)] if table else []
+
+
 async def _subscription(c: Conn, subscription_id: str) -> SubscriptionRow:
     cur = await c.execute("SELECT * FROM hook_subscriptions WHERE id = %s", (subscription_id,))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
-    return subscription_from(row)
+        raise rules.unknown_webhook(subscription_id)
+    return H.subscription_from(row)
 
 
 async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
     cur = await c.execute("SELECT * FROM hook_deliveries WHERE id = %s", (delivery_id,))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
-    return delivery_from(row)
+        raise rules.unknown_delivery(delivery_id)
+    return H.delivery_from(row)
 
 
 class PostgresHooks:
@@ -75,19 +63,7 @@ class PostgresHooks:
                 "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
                 " credentials, active, cursor, created_at, updated_at)"
                 " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, COALESCE(MAX(seq), 0), %s, %s FROM events",
-                (
-                    row.id,
-                    row.kind,
-                    row.target,
-                    row.description,
-                    json.dumps(row.events),
-                    row.run,
-                    json.dumps(row.config, sort_keys=True),
-                    row.credentials,
-                    row.active,
-                    now,
-                    now,
-                ),
+                (*H.subscription_values(row), now, now),
             )
             return await _subscription(c, row.id)
 
@@ -103,7 +79,7 @@ class PostgresHooks:
                 + (" WHERE active" if active_only else "")
                 + " ORDER BY created_at, id"
             )
-            return [subscription_from(r) for r in await cur.fetchall()]
+            return [H.subscription_from(r) for r in await cur.fetchall()]
 
         return await self._rd(op)
 
@@ -115,9 +91,9 @@ class PostgresHooks:
         return await self._rd(op)
 
     async def update_subscription(
-        self, subscription_id: str, change: SubscriptionChange, now: float
+        self, subscription_id: str, change: H.SubscriptionChange, now: float
     ) -> SubscriptionRow:
-        cols = change_columns(change)
+        cols = H.change_columns(change)
 
         async def op(c: Conn) -> SubscriptionRow:
             await _subscription(c, subscription_id)
@@ -134,7 +110,7 @@ class PostgresHooks:
         async def op(c: Conn) -> None:
             cur = await c.execute("DELETE FROM hook_subscriptions WHERE id = %s", (subscription_id,))
             if cur.rowcount == 0:
-                raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+                raise rules.unknown_webhook(subscription_id)
 
         await self._tx(op)
 
@@ -146,7 +122,7 @@ class PostgresHooks:
                 (owner, now + ttl, subscription_id, owner, now),
             )
             row = await cur.fetchone()
-            return None if row is None else subscription_from(row)
+            return None if row is None else H.subscription_from(row)
 
         return await self._tx(op)
 
@@ -166,7 +142,7 @@ class PostgresHooks:
         owner: str,
         cursor_from: int,
         cursor_to: int,
-        deliveries: list[NewDelivery],
+        deliveries: list[H.NewDelivery],
         now: float,
     ) -> bool:
         async def op(c: Conn) -> bool:
@@ -180,42 +156,22 @@ class PostgresHooks:
                 await c.execute(
                     "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
                     " next_attempt_at, created_at, updated_at)"
-                    " SELECT i, %s, s, t, r, b, 'pending', %s, %s, %s"
-                    " FROM unnest(%s::text[], %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, s, t, r, b)"
+                    " SELECT i, sub, s, t, r, b, 'pending', %s, %s, %s FROM unnest(%s::text[], %s::text[],"
+                    " %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, sub, s, t, r, b)"
                     " ON CONFLICT (id) DO NOTHING",
-                    (
-                        subscription_id,
-                        now,
-                        now,
-                        now,
-                        [d.id for d in deliveries],
-                        [d.seq for d in deliveries],
-                        [d.event_type for d in deliveries],
-                        [d.run for d in deliveries],
-                        [d.body for d in deliveries],
-                    ),
+                    (now, now, now, *_arrays(H.delivery_values(subscription_id, d) for d in deliveries)),
                 )
             return True
 
         return await self._tx(op)
 
-    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+    async def add_delivery(self, subscription_id: str, delivery: H.NewDelivery, now: float) -> DeliveryRow:
         async def op(c: Conn) -> DeliveryRow:
             await _subscription(c, subscription_id)
             await c.execute(
                 "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
                 " next_attempt_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
-                (
-                    delivery.id,
-                    subscription_id,
-                    delivery.seq,
-                    delivery.event_type,
-                    delivery.run,
-                    delivery.body,
-                    now,
-                    now,
-                    now,
-                ),
+                (*H.delivery_values(subscription_id, delivery), now, now, now),
             )
             return await _delivery(c, delivery.id)
 
@@ -228,7 +184,7 @@ class PostgresHooks:
                 " AND next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s",
                 (subscription_id, now, limit),
             )
-            return [delivery_from(r) for r in await cur.fetchall()]
+            return [H.delivery_from(r) for r in await cur.fetchall()]
 
         return await self._rd(op)
 
@@ -247,27 +203,17 @@ class PostgresHooks:
         self,
         subscription_id: str,
         owner: str,
-        results: list[AttemptResult],
-        state: EndpointState,
+        results: list[H.AttemptResult],
+        state: H.EndpointState,
         now: float,
-        logs: list[CallLog] | None = None,
+        logs: list[H.CallLog] | None = None,
     ) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
                 "UPDATE hook_subscriptions SET failures = %s, failing_since = %s, circuit_open_until = %s,"
                 " last_success_at = %s, active = active AND %s, disabled_reason = COALESCE(%s, disabled_reason),"
                 " updated_at = %s WHERE id = %s AND lease_owner = %s",
-                (
-                    state.failures,
-                    state.failing_since,
-                    state.circuit_open_until,
-                    state.last_success_at,
-                    state.active,
-                    state.disabled_reason,
-                    now,
-                    subscription_id,
-                    owner,
-                ),
+                (*H.endpoint_values(state), now, subscription_id, owner),
             )
             if cur.rowcount == 0:
                 return False
@@ -276,18 +222,9 @@ class PostgresHooks:
                     "UPDATE hook_deliveries d SET status = u.st, attempts = u.a, next_attempt_at = u.na,"
                     " last_status_code = u.code, last_error = u.err, updated_at = u.t,"
                     " delivered_at = CASE WHEN u.st = 'succeeded' THEN u.t ELSE d.delivered_at END"
-                    " FROM unnest(%s::text[], %s::text[], %s::int4[], %s::float8[], %s::int4[], %s::text[],"
-                    " %s::float8[]) AS u(i, st, a, na, code, err, t) WHERE d.id = u.i AND d.subscription_id = %s",
-                    (
-                        [r.delivery_id for r in results],
-                        [r.status for r in results],
-                        [r.attempts for r in results],
-                        [r.next_attempt_at for r in results],
-                        [r.status_code for r in results],
-                        [r.error for r in results],
-                        [r.now for r in results],
-                        subscription_id,
-                    ),
+                    " FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::int4[], %s::text[], %s::float8[],"
+                    " %s::text[]) AS u(st, a, na, code, err, t, i) WHERE d.id = u.i AND d.subscription_id = %s",
+                    (*_arrays(H.result_values(r) for r in results), subscription_id),
                 )
             if logs:
                 await c.execute(
@@ -295,18 +232,11 @@ class PostgresHooks:
                     " created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c"
                     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
                     " AS u(r, t, a, s, d, c)",
-                    (
-                        [g.run for g in logs],
-                        [g.integration_type for g in logs],
-                        [g.action for g in logs],
-                        [g.status for g in logs],
-                        [json.dumps(g.details) for g in logs],
-                        [g.created_at for g in logs],
-                    ),
+                    _arrays(H.log_values(g) for g in logs),
                 )
                 # events get their sequence numbers in commit order (see store/postgres/batch.py)
                 await c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-                for ev in log_events(logs):
+                for ev in H.log_events(logs):
                     await c.execute(
                         "INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
                         " VALUES (NULL, NULL, %s, %s, %s)",
@@ -321,26 +251,19 @@ class PostgresHooks:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(
-        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
+        self, subscription_id: str | None, status: H.DeliveryStatus | None, limit: int, cursor: str | None
     ) -> DeliveryPage:
-        after = decode_cursor(cursor)
+        after = H.decode_cursor(cursor)
+        pinned = H.delivery_filter(subscription_id, status)
 
         async def op(c: Conn) -> DeliveryPage:
-            where: list[str] = ["n > %s"]
-            args: list[Any] = [after]
-            if subscription_id is not None:
-                where.append("subscription_id = %s")
-                args.append(subscription_id)
-            if status is not None:
-                where.append("status = %s")
-                args.append(status)
             cur = await c.execute(
-                "SELECT * FROM hook_deliveries WHERE " + " AND ".join(where) + " ORDER BY n LIMIT %s",
-                [*args, limit + 1],
+                "SELECT * FROM hook_deliveries WHERE "
+                + " AND ".join(["n > %s", *(f"{column} = %s" for column, _ in pinned)])
+                + " ORDER BY n LIMIT %s",
+                [after, *(value for _, value in pinned), limit + 1],
             )
-            rows = await cur.fetchall()
-            page = [delivery_from(r) for r in rows[:limit]]
-            return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
+            return H.delivery_page(await cur.fetchall(), limit)
 
         return await self._rd(op)
 
@@ -355,7 +278,7 @@ class PostgresHooks:
             if delivery_id is not None:
                 cur = await c.execute(text + "id = %s", (now, now, delivery_id))
                 if not cur.rowcount:
-                    raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+                    raise rules.unknown_delivery(delivery_id)
                 return int(cur.rowcount)
             assert subscription_id is not None
             await _subscription(c, subscription_id)
@@ -375,7 +298,7 @@ class PostgresHooks:
                 " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s)",
                 (ids,),
             )
-            return dict(facts_from(r) for r in await cur.fetchall())
+            return dict(H.facts_from(r) for r in await cur.fetchall())
 
         return {} if not ids else await self._rd(op)
 

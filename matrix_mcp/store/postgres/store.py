@@ -39,6 +39,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
     Cell,
+    Collected,
     ContentFile,
     MinuteCount,
     OutcomeFilter,
@@ -101,33 +102,18 @@ class PostgresStore(Writes):
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
+        pinned = R.outcome_filter(flt)
 
         async def op(c: Conn) -> OutcomePage:
-            where = ["o.n > %s"]
-            args: list[Any] = [after]
-            if flt.run_id is not None:
-                where.append("o.run_id = %s")
-                args.append(flt.run_id)
-            if flt.package is not None:
-                where.append("p.name = %s")
-                args.append(flt.package)
-            if flt.status is not None:
-                where.append("o.status = %s")
-                args.append(flt.status)
-            if flt.worker is not None:
-                where.append("o.worker = %s")
-                args.append(flt.worker)
             rows = await _all(
                 c,
-                _OUTCOME_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY o.n LIMIT %s",
-                [*args, limit + 1],
+                _OUTCOME_SELECT
+                + " WHERE "
+                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned)])
+                + " ORDER BY o.n LIMIT %s",
+                [after, *(value for _, value in pinned), limit + 1],
             )
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return OutcomePage(
-                outcomes=[R.outcome_from(r) for r in rows],
-                next_cursor=R.encode_cursor(int(rows[-1]["n"])) if more and rows else None,
-            )
+            return R.outcome_page(rows, limit)
 
         return await self._read(op)
 
@@ -188,7 +174,7 @@ class PostgresStore(Writes):
                 args,
             )
             assert t is not None
-            since_minute = int(now // 60) - 7 * 24 * 60
+            since_minute = R.hourly_since_minute(now)
             hours = await _all(
                 c,
                 "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"
@@ -338,6 +324,40 @@ class PostgresStore(Writes):
             return {r["content_sha256"] for r in rows}
 
         return await self._read(op)
+
+    async def collect_contents(self) -> Collected:
+        """Orphans found by one autocommit read; deleted after the same check under a SHARE ROW EXCLUSIVE
+        lock on `contents`. Every report that writes content holds ROW EXCLUSIVE on the table from its
+        INSERT to its commit, so the lock waits for reports in flight (their outcomes are then visible to
+        the check) and holds new ones back for the one DELETE, only when there is an orphan to delete."""
+
+        async def find(c: Conn) -> list[str]:
+            rows = await _all(
+                c,
+                "SELECT c.sha256 FROM contents c"
+                " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.content_sha256 = c.sha256)",
+            )
+            return [r["sha256"] for r in rows]
+
+        candidates = await self._read(find)
+        if not candidates:
+            return Collected(0, 0)
+
+        async def attempt() -> Collected:
+            async with self._pool.connection() as conn, conn.transaction():
+                # behind a long transaction: give up soon (retried, then Unavailable) rather than hold reports back
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
+                rows = await _all(
+                    conn,
+                    "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN"
+                    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 = ANY(%(c)s))"
+                    " RETURNING octet_length(body) AS size",
+                    {"c": candidates},
+                )
+            return Collected(len(rows), sum(int(r["size"]) for r in rows))
+
+        return await self._with_retry(attempt)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         async def op(c: Conn) -> list[ContentFile]:

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from matrix_mcp.store.base import NotFound
-from matrix_mcp.store.hooks import (
-    FACTS_CHUNK,
-    AttemptResult,
-    CallLog,
-    DeliveryPage,
-    DeliveryRow,
-    DeliveryStatus,
-    EndpointState,
-    NewDelivery,
-    OutcomeFacts,
-    SubscriptionChange,
-    SubscriptionRow,
-    change_columns,
-    decode_cursor,
-    delivery_from,
-    encode_cursor,
-    facts_from,
-    log_events,
-    subscription_from,
-)
+from matrix_mcp import rules
+from matrix_mcp.store import hooks as H
+from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 
 if TYPE_CHECKING:
     from matrix_mcp.store.sqlite import SQLiteStore
 
-# column names below come from this closed set only (change_columns); values are always bound
+# column names below come from this closed set only (H.change_columns); values are always bound
 _CHANGEABLE = frozenset(
     {
         "events",
@@ -53,8 +34,8 @@ _CHANGEABLE = frozenset(
 def _subscription(c: sqlite3.Connection, subscription_id: str) -> SubscriptionRow:
     row = c.execute("SELECT * FROM hook_subscriptions WHERE id = ?", (subscription_id,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
-    return subscription_from(row)
+        raise rules.unknown_webhook(subscription_id)
+    return H.subscription_from(row)
 
 
 def _holds(c: sqlite3.Connection, subscription_id: str, owner: str) -> bool:
@@ -76,20 +57,7 @@ class SQLiteHooks:
             c.execute(
                 "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
                 " credentials, active, cursor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.id,
-                    row.kind,
-                    row.target,
-                    row.description,
-                    json.dumps(row.events),
-                    row.run,
-                    json.dumps(row.config, sort_keys=True),
-                    row.credentials,
-                    row.active,
-                    cursor,
-                    now,
-                    now,
-                ),
+                (*H.subscription_values(row), cursor, now, now),
             )
             return _subscription(c, row.id)
 
@@ -104,7 +72,7 @@ class SQLiteHooks:
             + (" WHERE active" if active_only else "")
             + " ORDER BY created_at, id"
         )
-        return await self._store._read(lambda c: [subscription_from(r) for r in c.execute(sql)])
+        return await self._store._read(lambda c: [H.subscription_from(r) for r in c.execute(sql)])
 
     async def any_active(self) -> bool:
         return await self._store._read(
@@ -114,9 +82,9 @@ class SQLiteHooks:
         )
 
     async def update_subscription(
-        self, subscription_id: str, change: SubscriptionChange, now: float
+        self, subscription_id: str, change: H.SubscriptionChange, now: float
     ) -> SubscriptionRow:
-        cols = change_columns(change)
+        cols = H.change_columns(change)
         assert set(cols) <= _CHANGEABLE
 
         def op(c: sqlite3.Connection) -> SubscriptionRow:
@@ -135,7 +103,7 @@ class SQLiteHooks:
     async def remove_subscription(self, subscription_id: str) -> None:
         def op(c: sqlite3.Connection) -> None:
             if c.execute("DELETE FROM hook_subscriptions WHERE id = ?", (subscription_id,)).rowcount == 0:
-                raise NotFound(f"unknown webhook '{subscription_id}'", field="webhook")
+                raise rules.unknown_webhook(subscription_id)
 
         await self._store._write(op)
 
@@ -165,7 +133,7 @@ class SQLiteHooks:
         owner: str,
         cursor_from: int,
         cursor_to: int,
-        deliveries: list[NewDelivery],
+        deliveries: list[H.NewDelivery],
         now: float,
     ) -> bool:
         def op(c: sqlite3.Connection) -> bool:
@@ -178,32 +146,19 @@ class SQLiteHooks:
             c.executemany(
                 "INSERT OR IGNORE INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body,"
                 " status, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [
-                    (d.id, subscription_id, d.seq, d.event_type, d.run, d.body, now, now, now)
-                    for d in deliveries
-                ],
+                [(*H.delivery_values(subscription_id, d), now, now, now) for d in deliveries],
             )
             return True
 
         return await self._store._write(op)
 
-    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+    async def add_delivery(self, subscription_id: str, delivery: H.NewDelivery, now: float) -> DeliveryRow:
         def op(c: sqlite3.Connection) -> DeliveryRow:
             _subscription(c, subscription_id)
             c.execute(
                 "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
                 " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (
-                    delivery.id,
-                    subscription_id,
-                    delivery.seq,
-                    delivery.event_type,
-                    delivery.run,
-                    delivery.body,
-                    now,
-                    now,
-                    now,
-                ),
+                (*H.delivery_values(subscription_id, delivery), now, now, now),
             )
             return _delivery(c, delivery.id)
 
@@ -212,7 +167,7 @@ class SQLiteHooks:
     async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]:
         return await self._store._read(
             lambda c: [
-                delivery_from(r)
+                H.delivery_from(r)
                 for r in c.execute(
                     "SELECT * FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'"
                     " AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
@@ -235,59 +190,33 @@ class SQLiteHooks:
         self,
         subscription_id: str,
         owner: str,
-        results: list[AttemptResult],
-        state: EndpointState,
+        results: list[H.AttemptResult],
+        state: H.EndpointState,
         now: float,
-        logs: list[CallLog] | None = None,
+        logs: list[H.CallLog] | None = None,
     ) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             if not _holds(c, subscription_id, owner):
                 return False
             c.executemany(
-                "UPDATE hook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status_code = ?,"
-                " last_error = ?, updated_at = ?, delivered_at = CASE WHEN ? = 'succeeded' THEN ? ELSE delivered_at END"
-                " WHERE id = ? AND subscription_id = ?",
-                [
-                    (
-                        r.status,
-                        r.attempts,
-                        r.next_attempt_at,
-                        r.status_code,
-                        r.error,
-                        r.now,
-                        r.status,
-                        r.now,
-                        r.delivery_id,
-                        subscription_id,
-                    )
-                    for r in results
-                ],
+                "UPDATE hook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_status_code = ?4,"
+                " last_error = ?5, updated_at = ?6, delivered_at = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE"
+                " delivered_at END WHERE id = ?7 AND subscription_id = ?8",
+                [(*H.result_values(r), subscription_id) for r in results],
             )
             c.execute(
                 "UPDATE hook_subscriptions SET failures = ?, failing_since = ?, circuit_open_until = ?,"
                 " last_success_at = ?, active = active AND ?, disabled_reason = COALESCE(?, disabled_reason),"
                 " updated_at = ? WHERE id = ?",
-                (
-                    state.failures,
-                    state.failing_since,
-                    state.circuit_open_until,
-                    state.last_success_at,
-                    state.active,
-                    state.disabled_reason,
-                    now,
-                    subscription_id,
-                ),
+                (*H.endpoint_values(state), now, subscription_id),
             )
             if logs:
                 c.executemany(
                     "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
                     " created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)",
-                    [
-                        (g.run, g.integration_type, g.action, g.status, json.dumps(g.details), g.created_at)
-                        for g in logs
-                    ],
+                    [H.log_values(g) for g in logs],
                 )
-                for ev in log_events(logs):
+                for ev in H.log_events(logs):
                     c.execute(
                         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL,"
                         " ?, ?, ?)",
@@ -301,25 +230,19 @@ class SQLiteHooks:
         return await self._store._read(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(
-        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
+        self, subscription_id: str | None, status: H.DeliveryStatus | None, limit: int, cursor: str | None
     ) -> DeliveryPage:
-        after = decode_cursor(cursor)
+        after = H.decode_cursor(cursor)
+        pinned = H.delivery_filter(subscription_id, status)
 
         def op(c: sqlite3.Connection) -> DeliveryPage:
-            where: list[str] = ["n > ?"]
-            args: list[Any] = [after]
-            if subscription_id is not None:
-                where.append("subscription_id = ?")
-                args.append(subscription_id)
-            if status is not None:
-                where.append("status = ?")
-                args.append(status)
             rows = c.execute(
-                "SELECT * FROM hook_deliveries WHERE " + " AND ".join(where) + " ORDER BY n LIMIT ?",
-                [*args, limit + 1],
+                "SELECT * FROM hook_deliveries WHERE "
+                + " AND ".join(["n > ?", *(f"{column} = ?" for column, _ in pinned)])
+                + " ORDER BY n LIMIT ?",
+                [after, *(value for _, value in pinned), limit + 1],
             ).fetchall()
-            page = [delivery_from(r) for r in rows[:limit]]
-            return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
+            return H.delivery_page(rows, limit)
 
         return await self._store._read(op)
 
@@ -334,7 +257,7 @@ class SQLiteHooks:
             if delivery_id is not None:
                 n = c.execute(sql + "id = ?", (now, now, delivery_id)).rowcount
                 if not n:
-                    raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
+                    raise rules.unknown_delivery(delivery_id)
                 return int(n)
             assert subscription_id is not None
             _subscription(c, subscription_id)
@@ -351,15 +274,15 @@ class SQLiteHooks:
 
         def op(c: sqlite3.Connection) -> dict[str, OutcomeFacts]:
             found: dict[str, OutcomeFacts] = {}
-            for i in range(0, len(ids), FACTS_CHUNK):
-                chunk = ids[i : i + FACTS_CHUNK]
+            for i in range(0, len(ids), H.FACTS_CHUNK):
+                chunk = ids[i : i + H.FACTS_CHUNK]
                 marks = ", ".join("?" for _ in chunk)  # placeholders only; the ids are bound
                 rows = c.execute(
                     "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
                     " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id IN (" + marks + ")",
                     chunk,
                 ).fetchall()
-                found.update(facts_from(r) for r in rows)
+                found.update(H.facts_from(r) for r in rows)
             return found
 
         return {} if not ids else await self._store._read(op)
@@ -401,5 +324,5 @@ class SQLiteHooks:
 def _delivery(c: sqlite3.Connection, delivery_id: str) -> DeliveryRow:
     row: Any = c.execute("SELECT * FROM hook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown delivery '{delivery_id}'", field="delivery_id")
-    return delivery_from(row)
+        raise rules.unknown_delivery(delivery_id)
+    return H.delivery_from(row)

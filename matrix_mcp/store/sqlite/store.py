@@ -33,6 +33,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
     ApiKey,
     Cell,
+    Collected,
     ContentFile,
     MinuteCount,
     OutcomeFilter,
@@ -54,6 +55,13 @@ from matrix_mcp.store.sqlite.writes import Writes
 
 if TYPE_CHECKING:
     from matrix_mcp.store.sqlite.hooks import SQLiteHooks
+
+# content kept in the store that no outcome refers to (the subquery is built once, not run per row)
+_ORPHAN_CONTENTS = (
+    "SELECT sha256 FROM contents WHERE sha256 NOT IN"
+    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
+)
+_GC_CHUNK = 5000  # hashes per statement (bound twice: below SQLite's limit of 32,766 parameters)
 
 
 class SQLiteStore(Writes):
@@ -86,32 +94,17 @@ class SQLiteStore(Writes):
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
+        pinned = R.outcome_filter(flt)
 
         def op(c: sqlite3.Connection) -> OutcomePage:
-            where = ["o.n > ?"]
-            args: list[Any] = [after]
-            if flt.run_id is not None:
-                where.append("o.run_id = ?")
-                args.append(flt.run_id)
-            if flt.package is not None:
-                where.append("p.name = ?")
-                args.append(flt.package)
-            if flt.status is not None:
-                where.append("o.status = ?")
-                args.append(flt.status)
-            if flt.worker is not None:
-                where.append("o.worker = ?")
-                args.append(flt.worker)
             rows = c.execute(
-                _OUTCOME_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY o.n LIMIT ?",
-                [*args, limit + 1],
+                _OUTCOME_SELECT
+                + " WHERE "
+                + " AND ".join(["o.n > ?", *(f"{column} = ?" for column, _ in pinned)])
+                + " ORDER BY o.n LIMIT ?",
+                [after, *(value for _, value in pinned), limit + 1],
             ).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return OutcomePage(
-                outcomes=[R.outcome_from(r) for r in rows],
-                next_cursor=R.encode_cursor(rows[-1]["n"]) if more and rows else None,
-            )
+            return R.outcome_page(rows, limit)
 
         return await self._read(op)
 
@@ -166,7 +159,7 @@ class SQLiteStore(Writes):
                 " FROM packages " + where,
                 args,
             ).fetchone()
-            since_minute = int(now // 60) - 7 * 24 * 60
+            since_minute = R.hourly_since_minute(now)
             hours = c.execute(
                 "SELECT minute / 60 AS hour, SUM(completed) AS completed, SUM(failed) AS failed,"
                 " SUM(duration_sum) AS ds, SUM(duration_n) AS dn FROM outcome_minutes"
@@ -232,7 +225,11 @@ class SQLiteStore(Writes):
 
     async def touch_api_key(self, name: str, *, now: float) -> None:
         def op(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", (now, name))
+            # never backwards (as on PostgreSQL): processes stamp uses with their own clocks
+            c.execute(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+                (now, name),
+            )
 
         await self._write(op)
 
@@ -301,6 +298,30 @@ class SQLiteStore(Writes):
                 )
             }
         )
+
+    async def collect_contents(self) -> Collected:
+        """Orphans found on a reader; deleted after the same check in a write transaction (the one writer:
+        no report is between its content and its outcome there)."""
+        candidates: list[str] = await self._read(lambda c: [r[0] for r in c.execute(_ORPHAN_CONTENTS)])
+        if not candidates:
+            return Collected(0, 0)
+
+        def op(c: sqlite3.Connection) -> Collected:
+            removed = removed_bytes = 0
+            for i in range(0, len(candidates), _GC_CHUNK):
+                chunk = candidates[i : i + _GC_CHUNK]
+                marks = ", ".join("?" for _ in chunk)  # placeholders only; the hashes are bound
+                for (size,) in c.execute(
+                    "DELETE FROM contents WHERE sha256 IN (" + marks + ") AND sha256 NOT IN"
+                    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IN (" + marks + "))"
+                    " RETURNING length(body)",
+                    [*chunk, *chunk],
+                ).fetchall():
+                    removed += 1
+                    removed_bytes += int(size)
+            return Collected(removed, removed_bytes)
+
+        return await self._write(op)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         def op(c: sqlite3.Connection) -> list[ContentFile]:
