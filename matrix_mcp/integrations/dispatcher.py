@@ -42,9 +42,11 @@ from matrix_mcp.store.base import NotFound, Store
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,
+    CursorMove,
     DeliveryRow,
     EndpointState,
     NewDelivery,
+    RoundRecord,
     SubscriptionRow,
 )
 from matrix_mcp.telemetry import observe_integration_call as observe
@@ -140,7 +142,7 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 for sid in list(self._workers):
                     try:
-                        await self.hooks.release(sid, self.owner)
+                        await self.hooks.release(sid, owner=self.owner)
                     except Exception:
                         log.debug("could not release the lease of %s", sid, exc_info=True)
 
@@ -175,7 +177,7 @@ class Dispatcher:
             while not w.stop:
                 now = self.clock()
                 if now >= held_until - self.settings.lease_ttl / 2:
-                    row = await self.hooks.lease(sid, self.owner, now, self.settings.lease_ttl)
+                    row = await self.hooks.lease(sid, owner=self.owner, now=now, ttl=self.settings.lease_ttl)
                     if (
                         row is None
                     ):  # held elsewhere, or no longer active: look again later, not on every change
@@ -201,7 +203,10 @@ class Dispatcher:
                         and now - cursor_written < CURSOR_WRITE_SECONDS
                     )
                     if not lazy:
-                        if not await self.hooks.materialize(sid, self.owner, stored, last, new, now):
+                        move = CursorMove(
+                            owner=self.owner, cursor_from=stored, cursor_to=last, deliveries=new
+                        )
+                        if not await self.hooks.materialize(sid, move=move, now=now):
                             held_until = 0.0  # lost the lease (or someone moved the cursor): start over
                             continue
                         stored, cursor_written = last, now
@@ -232,7 +237,7 @@ class Dispatcher:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self.hooks.release(sid, self.owner)
+                    await self.hooks.release(sid, owner=self.owner)
                 except Exception:
                     log.debug("could not release the lease of %s", sid, exc_info=True)
 
@@ -315,7 +320,7 @@ class Dispatcher:
         now = self.clock()
         if circuit_open(state, now):
             return 0, state, True
-        due = await self.hooks.due_deliveries(sid, now, self.settings.batch)
+        due = await self.hooks.due_deliveries(sid, now=now, limit=self.settings.batch)
         if not due:
             return 0, state, True
         if state.failures >= self.settings.circuit_failures:
@@ -344,7 +349,8 @@ class Dispatcher:
             for d in due:
                 tg.start_soon(one, d)
         logs = self._call_logs(sink.service, w.row, timings)
-        kept = await self.hooks.record(sid, self.owner, results, current, self.clock(), logs)
+        done = RoundRecord(owner=self.owner, state=current, results=results, logs=logs)
+        kept = await self.hooks.record(sid, record=done, now=self.clock())
         if not current.active:
             log.warning("webhook %s disabled: %s", sid, current.disabled_reason)
             w.stop = True

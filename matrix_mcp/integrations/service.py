@@ -28,7 +28,7 @@ from matrix_mcp.integrations.models import (
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.models import ts
 from matrix_mcp.store.base import Store, StoreError
-from matrix_mcp.store.hooks import DeliveryRow, SubscriptionChange, SubscriptionRow
+from matrix_mcp.store.hooks import DeliveryQuery, DeliveryRow, Redelivery, SubscriptionChange, SubscriptionRow
 
 if TYPE_CHECKING:
     from matrix_mcp.integrations.crypto import Keyring
@@ -248,7 +248,7 @@ class Hooks:
             description=description,
             config=options,
         )
-        stored = await self.store.hooks.add_subscription(row, now)
+        stored = await self.store.hooks.add_subscription(row, now=now)
         return WebhookCreated(webhook=view(stored, now), secret=shown)
 
     async def list_all(self) -> WebhookList:
@@ -297,7 +297,7 @@ class Hooks:
             target=target,
             credentials=credentials,
         )
-        stored = await self.store.hooks.update_subscription(webhook, change, self.clock())
+        stored = await self.store.hooks.update_subscription(webhook, change=change, now=self.clock())
         return WebhookCreated(webhook=view(stored, self.clock()), secret=shown)
 
     async def remove(self, webhook: str) -> WebhookRemoved:
@@ -311,7 +311,9 @@ class Hooks:
             await self.store.hooks.get_subscription(webhook)
         if not 1 <= limit <= 1000:
             raise _fail("limit", "must be between 1 and 1000")
-        page = await self.store.hooks.list_deliveries(webhook, status, limit, cursor)
+        page = await self.store.hooks.list_deliveries(
+            DeliveryQuery(subscription_id=webhook, status=status, limit=limit, cursor=cursor)
+        )
         return DeliveryList(
             deliveries=[delivery_view(d) for d in page.deliveries], next_cursor=page.next_cursor
         )
@@ -321,7 +323,9 @@ class Hooks:
     ) -> Redelivered:
         if (delivery_id is None) == (webhook is None):
             raise _fail("delivery_id", "give a delivery_id, or a webhook (with since)")
-        n = await self.store.hooks.redeliver(webhook, delivery_id, since, self.clock())
+        n = await self.store.hooks.redeliver(
+            Redelivery(subscription_id=webhook, delivery_id=delivery_id, since=since), now=self.clock()
+        )
         return Redelivered(redelivered=n)
 
     async def test(self, webhook: str) -> PingResult:
@@ -401,7 +405,7 @@ class Hooks:
             write_key_file(path, [fresh, *read_key_file(path)])
             ring = Keyring(read_key_file(path))
         pairs = [(sid, ring.rotate(token)) for sid, token in await self.store.hooks.all_credentials()]
-        await self.store.hooks.set_credentials(pairs, self.clock())
+        await self.store.hooks.set_credentials(pairs, now=self.clock())
         if path is not None:
             write_key_file(path, [fresh])
             self._keyring = Keyring([fresh])

@@ -119,7 +119,7 @@ class CallLog:
     created_at: float
 
 
-def log_events(logs: list[CallLog]) -> list[rules.Ev]:
+def log_events(logs: Sequence[CallLog]) -> list[rules.Ev]:
     """The events of a round of calls: one per (type, action, status), with a count — built by
     matrix_mcp.rules, identical on both backends."""
     groups: dict[tuple[str, str, str], int] = {}
@@ -161,8 +161,53 @@ class DeliveryPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CursorMove:
+    """What `materialize` does for the dispatcher holding the lease: move the cursor from cursor_from to
+    cursor_to and insert the deliveries of the events in between."""
+
+    owner: str
+    cursor_from: int
+    cursor_to: int
+    deliveries: Sequence[NewDelivery] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRecord:
+    """What `record` stores after a round of attempts: their results, the endpoint's state and the calls'
+    integration_logs rows, on behalf of the lease holder `owner`."""
+
+    owner: str
+    state: EndpointState
+    results: Sequence[AttemptResult] = ()
+    logs: Sequence[CallLog] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryQuery:
+    """A page of deliveries: pinned to a subscription and/or a status when given, `limit` rows after
+    `cursor` (from the previous page's next_cursor) in creation order."""
+
+    limit: int
+    subscription_id: str | None = None
+    status: DeliveryStatus | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redelivery:
+    """Which deliveries to make due again: the one `delivery_id` names, else every delivery of
+    `subscription_id` created at or after `since` (all of them when None)."""
+
+    subscription_id: str | None = None
+    delivery_id: str | None = None
+    since: float | None = None
+
+
 class HookStore(Protocol):
-    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+    """At most one identity argument by position, the rest by keyword (tests/test_call_shapes.py)."""
+
+    async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         """Insert; the cursor starts at the latest event (no history is replayed)."""
         ...
 
@@ -170,73 +215,57 @@ class HookStore(Protocol):
         """NotFound names the field `webhook`."""
         ...
 
-    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]: ...
+    async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]: ...
 
     async def any_active(self) -> bool:
         """One indexed read: is there anything to dispatch for at all?"""
         ...
 
     async def update_subscription(
-        self, subscription_id: str, change: SubscriptionChange, now: float
+        self, subscription_id: str, *, change: SubscriptionChange, now: float
     ) -> SubscriptionRow:
         """Re-activating a subscription also resets its failure count and closes its circuit."""
         ...
 
     async def remove_subscription(self, subscription_id: str) -> None: ...
 
-    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+    async def lease(
+        self, subscription_id: str, *, owner: str, now: float, ttl: float
+    ) -> SubscriptionRow | None:
         """Take or renew the dispatch lease; the subscription (as now stored) when held, else None."""
         ...
 
-    async def release(self, subscription_id: str, owner: str) -> None: ...
+    async def release(self, subscription_id: str, *, owner: str) -> None: ...
 
-    async def materialize(
-        self,
-        subscription_id: str,
-        owner: str,
-        cursor_from: int,
-        cursor_to: int,
-        deliveries: list[NewDelivery],
-        now: float,
-    ) -> bool:
-        """Insert the deliveries (ids already present are skipped) and move the cursor from cursor_from to
-        cursor_to, in one transaction; False (nothing changed) unless `owner` holds the lease and the
-        cursor is still cursor_from."""
+    async def materialize(self, subscription_id: str, *, move: CursorMove, now: float) -> bool:
+        """Insert the deliveries (ids already present are skipped) and move the cursor from move.cursor_from
+        to move.cursor_to, in one transaction; False (nothing changed) unless move.owner holds the lease and
+        the cursor is still cursor_from."""
         ...
 
-    async def add_delivery(self, subscription_id: str, delivery: NewDelivery, now: float) -> DeliveryRow:
+    async def add_delivery(self, subscription_id: str, *, delivery: NewDelivery, now: float) -> DeliveryRow:
         """A delivery not derived from the events log (a ping), due now."""
         ...
 
-    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]: ...
+    async def due_deliveries(self, subscription_id: str, *, now: float, limit: int) -> list[DeliveryRow]: ...
 
     async def next_due(self, subscription_id: str) -> float | None: ...
 
-    async def record(
-        self,
-        subscription_id: str,
-        owner: str,
-        results: list[AttemptResult],
-        state: EndpointState,
-        now: float,
-        logs: list[CallLog] | None = None,
-    ) -> bool:
+    async def record(self, subscription_id: str, *, record: RoundRecord, now: float) -> bool:
         """Store attempt results, the endpoint state and the calls' integration_logs rows (plus one
         `integration` event per type/action/status) in one transaction; False (nothing changed) when
-        `owner` no longer holds the lease."""
+        record.owner no longer holds the lease."""
         ...
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRow: ...
 
-    async def list_deliveries(
-        self, subscription_id: str | None, status: DeliveryStatus | None, limit: int, cursor: str | None
-    ) -> DeliveryPage: ...
+    async def list_deliveries(self, query: DeliveryQuery) -> DeliveryPage:
+        """StoreError (field `cursor`) for a cursor this server did not issue."""
+        ...
 
-    async def redeliver(
-        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
-    ) -> int:
+    async def redeliver(self, target: Redelivery, *, now: float) -> int:
         """Make one delivery, or every delivery of a subscription created at or after `since`, due now
-        (attempts restart); returns how many."""
+        (attempts restart); returns how many. NotFound for an unknown delivery or subscription."""
         ...
 
     async def outcome_facts(self, outcome_ids: Sequence[str]) -> dict[str, OutcomeFacts]:
@@ -244,13 +273,13 @@ class HookStore(Protocol):
         in one read: the dispatcher's per-round lookup, never on the claim/complete path."""
         ...
 
-    async def get_link(self, subscription_id: str, ref: str) -> str | None: ...
+    async def get_link(self, subscription_id: str, *, ref: str) -> str | None: ...
 
-    async def set_link(self, subscription_id: str, ref: str, value: str) -> None: ...
+    async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None: ...
 
     async def all_credentials(self) -> list[tuple[str, str]]: ...
 
-    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+    async def set_credentials(self, pairs: Sequence[tuple[str, str]], *, now: float) -> None:
         """Replace the encrypted credentials of several subscriptions in one transaction (key rotation)."""
         ...
 

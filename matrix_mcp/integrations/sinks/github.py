@@ -177,7 +177,7 @@ class GitHubSink:
         ]
         body = "\n".join(lines)
         ref = f"pr:{run}"
-        number = await ctx.hooks.get_link(ctx.subscription.id, ref)
+        number = await ctx.hooks.get_link(ctx.subscription.id, ref=ref)
         if number is None:
             owner = repo.split("/", 1)[0]
             found = await self._call(
@@ -192,7 +192,7 @@ class GitHubSink:
                     f"/repos/{repo}/pulls",
                     {"title": f"Matrix run {run}", "head": branch, "base": base, "body": body},
                 )
-                await ctx.hooks.set_link(ctx.subscription.id, ref, str(pr["number"]))
+                await ctx.hooks.set_link(ctx.subscription.id, ref=ref, value=str(pr["number"]))
                 return
-            await ctx.hooks.set_link(ctx.subscription.id, ref, number)
+            await ctx.hooks.set_link(ctx.subscription.id, ref=ref, value=number)
         await self._call(ctx, "PATCH", f"/repos/{repo}/pulls/{number}", {"body": body})

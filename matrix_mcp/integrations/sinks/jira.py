@@ -64,7 +64,7 @@ class JiraSink:
             return answer
         outcome_id = str(data.get("outcome_id"))
         ref = f"issue:{outcome_id}"
-        key = await ctx.hooks.get_link(ctx.subscription.id, ref)
+        key = await ctx.hooks.get_link(ctx.subscription.id, ref=ref)
         if kind == "outcome.failed":
             if key:
                 return await self._comment(ctx, key, f"Failed again (attempt {data.get('attempt')}).", data)
@@ -77,7 +77,7 @@ class JiraSink:
                     return (
                         answer if not answer.ok else Answer(answer.status_code, "Jira returned no issue key")
                     )
-            await ctx.hooks.set_link(ctx.subscription.id, ref, key)
+            await ctx.hooks.set_link(ctx.subscription.id, ref=ref, value=key)
             return answer
         if key is None:  # nothing filed for this outcome: nothing to say
             return Answer(200)

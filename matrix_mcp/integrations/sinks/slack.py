@@ -91,7 +91,7 @@ class SlackSink:
         api = str(ctx.credentials.get("url") or DEFAULT_API).rstrip("/")
         ref = f"thread:{delivery.run}" if delivery.run else None
         if ref is not None:
-            thread = await ctx.hooks.get_link(ctx.subscription.id, ref)
+            thread = await ctx.hooks.get_link(ctx.subscription.id, ref=ref)
             if thread:
                 message["thread_ts"] = thread
         response = await ctx.http.request(
@@ -110,5 +110,5 @@ class SlackSink:
         if not body.get("ok"):
             return Answer(response.status_code, f"Slack error: {str(body.get('error', 'unknown'))[:200]}")
         if ref is not None and "thread_ts" not in message and body.get("ts"):
-            await ctx.hooks.set_link(ctx.subscription.id, ref, str(body["ts"]))
+            await ctx.hooks.set_link(ctx.subscription.id, ref=ref, value=str(body["ts"]))
         return answer

@@ -57,7 +57,7 @@ class PostgresHooks:
     async def _rd(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         return await self._store._read(fn)
 
-    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+    async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         async def op(c: Conn) -> SubscriptionRow:
             await c.execute(
                 "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
@@ -72,7 +72,7 @@ class PostgresHooks:
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
         return await self._rd(lambda c: _subscription(c, subscription_id))
 
-    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]:
+    async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]:
         async def op(c: Conn) -> list[SubscriptionRow]:
             cur = await c.execute(
                 "SELECT * FROM hook_subscriptions"
@@ -91,7 +91,7 @@ class PostgresHooks:
         return await self._rd(op)
 
     async def update_subscription(
-        self, subscription_id: str, change: H.SubscriptionChange, now: float
+        self, subscription_id: str, *, change: H.SubscriptionChange, now: float
     ) -> SubscriptionRow:
         cols = H.change_columns(change)
 
@@ -114,7 +114,9 @@ class PostgresHooks:
 
         await self._tx(op)
 
-    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+    async def lease(
+        self, subscription_id: str, *, owner: str, now: float, ttl: float
+    ) -> SubscriptionRow | None:
         async def op(c: Conn) -> SubscriptionRow | None:
             cur = await c.execute(
                 "UPDATE hook_subscriptions SET lease_owner = %s, lease_expires_at = %s WHERE id = %s AND active"
@@ -126,7 +128,7 @@ class PostgresHooks:
 
         return await self._tx(op)
 
-    async def release(self, subscription_id: str, owner: str) -> None:
+    async def release(self, subscription_id: str, *, owner: str) -> None:
         async def op(c: Conn) -> None:
             await c.execute(
                 "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
@@ -136,36 +138,28 @@ class PostgresHooks:
 
         await self._tx(op)
 
-    async def materialize(
-        self,
-        subscription_id: str,
-        owner: str,
-        cursor_from: int,
-        cursor_to: int,
-        deliveries: list[H.NewDelivery],
-        now: float,
-    ) -> bool:
+    async def materialize(self, subscription_id: str, *, move: H.CursorMove, now: float) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
                 "UPDATE hook_subscriptions SET cursor = %s WHERE id = %s AND lease_owner = %s AND cursor = %s",
-                (cursor_to, subscription_id, owner, cursor_from),
+                (move.cursor_to, subscription_id, move.owner, move.cursor_from),
             )
             if cur.rowcount == 0:
                 return False
-            if deliveries:
+            if move.deliveries:
                 await c.execute(
                     "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
                     " next_attempt_at, created_at, updated_at)"
                     " SELECT i, sub, s, t, r, b, 'pending', %s, %s, %s FROM unnest(%s::text[], %s::text[],"
                     " %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, sub, s, t, r, b)"
                     " ON CONFLICT (id) DO NOTHING",
-                    (now, now, now, *_arrays(H.delivery_values(subscription_id, d) for d in deliveries)),
+                    (now, now, now, *_arrays(H.delivery_values(subscription_id, d) for d in move.deliveries)),
                 )
             return True
 
         return await self._tx(op)
 
-    async def add_delivery(self, subscription_id: str, delivery: H.NewDelivery, now: float) -> DeliveryRow:
+    async def add_delivery(self, subscription_id: str, *, delivery: H.NewDelivery, now: float) -> DeliveryRow:
         async def op(c: Conn) -> DeliveryRow:
             await _subscription(c, subscription_id)
             await c.execute(
@@ -177,7 +171,7 @@ class PostgresHooks:
 
         return await self._tx(op)
 
-    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]:
+    async def due_deliveries(self, subscription_id: str, *, now: float, limit: int) -> list[DeliveryRow]:
         async def op(c: Conn) -> list[DeliveryRow]:
             cur = await c.execute(
                 "SELECT * FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'"
@@ -199,44 +193,36 @@ class PostgresHooks:
 
         return await self._rd(op)
 
-    async def record(
-        self,
-        subscription_id: str,
-        owner: str,
-        results: list[H.AttemptResult],
-        state: H.EndpointState,
-        now: float,
-        logs: list[H.CallLog] | None = None,
-    ) -> bool:
+    async def record(self, subscription_id: str, *, record: H.RoundRecord, now: float) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
                 "UPDATE hook_subscriptions SET failures = %s, failing_since = %s, circuit_open_until = %s,"
                 " last_success_at = %s, active = active AND %s, disabled_reason = COALESCE(%s, disabled_reason),"
                 " updated_at = %s WHERE id = %s AND lease_owner = %s",
-                (*H.endpoint_values(state), now, subscription_id, owner),
+                (*H.endpoint_values(record.state), now, subscription_id, record.owner),
             )
             if cur.rowcount == 0:
                 return False
-            if results:
+            if record.results:
                 await c.execute(
                     "UPDATE hook_deliveries d SET status = u.st, attempts = u.a, next_attempt_at = u.na,"
                     " last_status_code = u.code, last_error = u.err, updated_at = u.t,"
                     " delivered_at = CASE WHEN u.st = 'succeeded' THEN u.t ELSE d.delivered_at END"
                     " FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::int4[], %s::text[], %s::float8[],"
                     " %s::text[]) AS u(st, a, na, code, err, t, i) WHERE d.id = u.i AND d.subscription_id = %s",
-                    (*_arrays(H.result_values(r) for r in results), subscription_id),
+                    (*_arrays(H.result_values(r) for r in record.results), subscription_id),
                 )
-            if logs:
+            if record.logs:
                 await c.execute(
                     "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
                     " created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c"
                     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
                     " AS u(r, t, a, s, d, c)",
-                    _arrays(H.log_values(g) for g in logs),
+                    _arrays(H.log_values(g) for g in record.logs),
                 )
                 # events get their sequence numbers in commit order (see store/postgres/batch.py)
                 await c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-                for ev in H.log_events(logs):
+                for ev in H.log_events(record.logs):
                     await c.execute(
                         "INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
                         " VALUES (NULL, NULL, %s, %s, %s)",
@@ -250,11 +236,10 @@ class PostgresHooks:
     async def get_delivery(self, delivery_id: str) -> DeliveryRow:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
-    async def list_deliveries(
-        self, subscription_id: str | None, status: H.DeliveryStatus | None, limit: int, cursor: str | None
-    ) -> DeliveryPage:
-        after = H.decode_cursor(cursor)
-        pinned = H.delivery_filter(subscription_id, status)
+    async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
+        after = H.decode_cursor(query.cursor)
+        pinned = H.delivery_filter(query.subscription_id, query.status)
+        limit = query.limit
 
         async def op(c: Conn) -> DeliveryPage:
             cur = await c.execute(
@@ -267,9 +252,9 @@ class PostgresHooks:
 
         return await self._rd(op)
 
-    async def redeliver(
-        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
-    ) -> int:
+    async def redeliver(self, target: H.Redelivery, *, now: float) -> int:
+        subscription_id, delivery_id, since = target.subscription_id, target.delivery_id, target.since
+
         async def op(c: Conn) -> int:
             text = (
                 "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
@@ -302,7 +287,7 @@ class PostgresHooks:
 
         return {} if not ids else await self._rd(op)
 
-    async def get_link(self, subscription_id: str, ref: str) -> str | None:
+    async def get_link(self, subscription_id: str, *, ref: str) -> str | None:
         async def op(c: Conn) -> str | None:
             cur = await c.execute(
                 "SELECT value FROM hook_links WHERE subscription_id = %s AND ref = %s", (subscription_id, ref)
@@ -312,7 +297,7 @@ class PostgresHooks:
 
         return await self._rd(op)
 
-    async def set_link(self, subscription_id: str, ref: str, value: str) -> None:
+    async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None:
         async def op(c: Conn) -> None:
             await c.execute(
                 "INSERT INTO hook_links (subscription_id, ref, value) VALUES (%s, %s, %s)"
@@ -329,7 +314,7 @@ class PostgresHooks:
 
         return await self._rd(op)
 
-    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+    async def set_credentials(self, pairs: Sequence[tuple[str, str]], *, now: float) -> None:
         async def op(c: Conn) -> None:
             for sid, cred in pairs:
                 await c.execute(

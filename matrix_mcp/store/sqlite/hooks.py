@@ -51,7 +51,7 @@ class SQLiteHooks:
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
 
-    async def add_subscription(self, row: SubscriptionRow, now: float) -> SubscriptionRow:
+    async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         def op(c: sqlite3.Connection) -> SubscriptionRow:
             cursor = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
             c.execute(
@@ -66,7 +66,7 @@ class SQLiteHooks:
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
         return await self._store._read(lambda c: _subscription(c, subscription_id))
 
-    async def list_subscriptions(self, active_only: bool = False) -> list[SubscriptionRow]:
+    async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]:
         sql = (
             "SELECT * FROM hook_subscriptions"
             + (" WHERE active" if active_only else "")
@@ -82,7 +82,7 @@ class SQLiteHooks:
         )
 
     async def update_subscription(
-        self, subscription_id: str, change: H.SubscriptionChange, now: float
+        self, subscription_id: str, *, change: H.SubscriptionChange, now: float
     ) -> SubscriptionRow:
         cols = H.change_columns(change)
         assert set(cols) <= _CHANGEABLE
@@ -107,7 +107,9 @@ class SQLiteHooks:
 
         await self._store._write(op)
 
-    async def lease(self, subscription_id: str, owner: str, now: float, ttl: float) -> SubscriptionRow | None:
+    async def lease(
+        self, subscription_id: str, *, owner: str, now: float, ttl: float
+    ) -> SubscriptionRow | None:
         def op(c: sqlite3.Connection) -> SubscriptionRow | None:
             taken = c.execute(
                 "UPDATE hook_subscriptions SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND active"
@@ -118,7 +120,7 @@ class SQLiteHooks:
 
         return await self._store._write(op)
 
-    async def release(self, subscription_id: str, owner: str) -> None:
+    async def release(self, subscription_id: str, *, owner: str) -> None:
         await self._store._write(
             lambda c: c.execute(
                 "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
@@ -127,32 +129,24 @@ class SQLiteHooks:
             )
         )
 
-    async def materialize(
-        self,
-        subscription_id: str,
-        owner: str,
-        cursor_from: int,
-        cursor_to: int,
-        deliveries: list[H.NewDelivery],
-        now: float,
-    ) -> bool:
+    async def materialize(self, subscription_id: str, *, move: H.CursorMove, now: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             moved = c.execute(
                 "UPDATE hook_subscriptions SET cursor = ? WHERE id = ? AND lease_owner = ? AND cursor = ?",
-                (cursor_to, subscription_id, owner, cursor_from),
+                (move.cursor_to, subscription_id, move.owner, move.cursor_from),
             ).rowcount
             if not moved:
                 return False
             c.executemany(
                 "INSERT OR IGNORE INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body,"
                 " status, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [(*H.delivery_values(subscription_id, d), now, now, now) for d in deliveries],
+                [(*H.delivery_values(subscription_id, d), now, now, now) for d in move.deliveries],
             )
             return True
 
         return await self._store._write(op)
 
-    async def add_delivery(self, subscription_id: str, delivery: H.NewDelivery, now: float) -> DeliveryRow:
+    async def add_delivery(self, subscription_id: str, *, delivery: H.NewDelivery, now: float) -> DeliveryRow:
         def op(c: sqlite3.Connection) -> DeliveryRow:
             _subscription(c, subscription_id)
             c.execute(
@@ -164,7 +158,7 @@ class SQLiteHooks:
 
         return await self._store._write(op)
 
-    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[DeliveryRow]:
+    async def due_deliveries(self, subscription_id: str, *, now: float, limit: int) -> list[DeliveryRow]:
         return await self._store._read(
             lambda c: [
                 H.delivery_from(r)
@@ -186,37 +180,29 @@ class SQLiteHooks:
 
         return await self._store._read(op)
 
-    async def record(
-        self,
-        subscription_id: str,
-        owner: str,
-        results: list[H.AttemptResult],
-        state: H.EndpointState,
-        now: float,
-        logs: list[H.CallLog] | None = None,
-    ) -> bool:
+    async def record(self, subscription_id: str, *, record: H.RoundRecord, now: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
-            if not _holds(c, subscription_id, owner):
+            if not _holds(c, subscription_id, record.owner):
                 return False
             c.executemany(
                 "UPDATE hook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_status_code = ?4,"
                 " last_error = ?5, updated_at = ?6, delivered_at = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE"
                 " delivered_at END WHERE id = ?7 AND subscription_id = ?8",
-                [(*H.result_values(r), subscription_id) for r in results],
+                [(*H.result_values(r), subscription_id) for r in record.results],
             )
             c.execute(
                 "UPDATE hook_subscriptions SET failures = ?, failing_since = ?, circuit_open_until = ?,"
                 " last_success_at = ?, active = active AND ?, disabled_reason = COALESCE(?, disabled_reason),"
                 " updated_at = ? WHERE id = ?",
-                (*H.endpoint_values(state), now, subscription_id),
+                (*H.endpoint_values(record.state), now, subscription_id),
             )
-            if logs:
+            if record.logs:
                 c.executemany(
                     "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
                     " created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)",
-                    [H.log_values(g) for g in logs],
+                    [H.log_values(g) for g in record.logs],
                 )
-                for ev in H.log_events(logs):
+                for ev in H.log_events(record.logs):
                     c.execute(
                         "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL,"
                         " ?, ?, ?)",
@@ -229,11 +215,10 @@ class SQLiteHooks:
     async def get_delivery(self, delivery_id: str) -> DeliveryRow:
         return await self._store._read(lambda c: _delivery(c, delivery_id))
 
-    async def list_deliveries(
-        self, subscription_id: str | None, status: H.DeliveryStatus | None, limit: int, cursor: str | None
-    ) -> DeliveryPage:
-        after = H.decode_cursor(cursor)
-        pinned = H.delivery_filter(subscription_id, status)
+    async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
+        after = H.decode_cursor(query.cursor)
+        pinned = H.delivery_filter(query.subscription_id, query.status)
+        limit = query.limit
 
         def op(c: sqlite3.Connection) -> DeliveryPage:
             rows = c.execute(
@@ -246,9 +231,9 @@ class SQLiteHooks:
 
         return await self._store._read(op)
 
-    async def redeliver(
-        self, subscription_id: str | None, delivery_id: str | None, since: float | None, now: float
-    ) -> int:
+    async def redeliver(self, target: H.Redelivery, *, now: float) -> int:
+        subscription_id, delivery_id, since = target.subscription_id, target.delivery_id, target.since
+
         def op(c: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
@@ -287,7 +272,7 @@ class SQLiteHooks:
 
         return {} if not ids else await self._store._read(op)
 
-    async def get_link(self, subscription_id: str, ref: str) -> str | None:
+    async def get_link(self, subscription_id: str, *, ref: str) -> str | None:
         def op(c: sqlite3.Connection) -> str | None:
             row = c.execute(
                 "SELECT value FROM hook_links WHERE subscription_id = ? AND ref = ?", (subscription_id, ref)
@@ -296,7 +281,7 @@ class SQLiteHooks:
 
         return await self._store._read(op)
 
-    async def set_link(self, subscription_id: str, ref: str, value: str) -> None:
+    async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None:
         await self._store._write(
             lambda c: c.execute(
                 "INSERT INTO hook_links (subscription_id, ref, value) VALUES (?, ?, ?)"
@@ -312,7 +297,7 @@ class SQLiteHooks:
             ]
         )
 
-    async def set_credentials(self, pairs: list[tuple[str, str]], now: float) -> None:
+    async def set_credentials(self, pairs: Sequence[tuple[str, str]], *, now: float) -> None:
         await self._store._write(
             lambda c: c.executemany(
                 "UPDATE hook_subscriptions SET credentials = ?, updated_at = ? WHERE id = ?",
