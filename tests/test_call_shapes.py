@@ -13,8 +13,20 @@ import pytest
 from matrix_mcp.engine import Engine, new_token
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.store.base import ClaimRequest, Failure, NewRecord, NextClaim, Report, Store
+from matrix_mcp.store.hooks import (
+    CursorMove,
+    DeliveryQuery,
+    EndpointState,
+    HookStore,
+    NewDelivery,
+    Redelivery,
+    RoundRecord,
+    SubscriptionRow,
+)
 from matrix_mcp.store.postgres import PostgresStore
+from matrix_mcp.store.postgres.hooks import PostgresHooks
 from matrix_mcp.store.sqlite import SQLiteStore
+from matrix_mcp.store.sqlite.hooks import SQLiteHooks
 
 pytestmark = pytest.mark.anyio
 
@@ -48,18 +60,42 @@ def test_every_store_method_takes_at_most_one_argument_by_position() -> None:
     assert too_many == {}
 
 
-@pytest.mark.parametrize("dialect", [SQLiteStore, PostgresStore])
-def test_both_dialects_take_the_protocols_arguments_the_protocols_way(dialect: type) -> None:
+def test_every_hook_store_method_takes_at_most_one_argument_by_position() -> None:
+    methods = _public_methods(HookStore)  # type: ignore[type-abstract]
+    assert {"materialize", "record", "lease", "list_deliveries", "redeliver", "set_link"} <= set(methods)
+    too_many = {name: _positional(fn) for name, fn in methods.items() if len(_positional(fn)) > 1}
+    assert too_many == {}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "dialect"),
+    [(Store, SQLiteStore), (Store, PostgresStore), (HookStore, SQLiteHooks), (HookStore, PostgresHooks)],
+)
+def test_both_dialects_take_the_protocols_arguments_the_protocols_way(protocol: type, dialect: type) -> None:
     """The protocol being keyword-only is not enough: a dialect that still accepts a field by position
     satisfies it for the type checker, and a positional caller of that dialect would go unnoticed."""
-    for name, proto in _public_methods(Store).items():  # type: ignore[type-abstract]
+    methods = _public_methods(protocol)
+    for name, proto in methods.items():
         impl = getattr(dialect, name)
         want = [(p.name, p.kind) for p in inspect.signature(proto).parameters.values()]
         got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
         assert got == want, name
 
 
-@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord, Report])
+PARAMETER_OBJECTS = [
+    ClaimRequest,
+    NextClaim,
+    Failure,
+    NewRecord,
+    Report,
+    CursorMove,
+    RoundRecord,
+    DeliveryQuery,
+    Redelivery,
+]
+
+
+@pytest.mark.parametrize("cls", PARAMETER_OBJECTS)
 def test_parameter_objects_are_frozen(cls: type) -> None:
     assert dataclasses.is_dataclass(cls)
     obj = _example(cls)
@@ -68,7 +104,7 @@ def test_parameter_objects_are_frozen(cls: type) -> None:
         setattr(obj, field, None)
 
 
-@pytest.mark.parametrize("cls", [ClaimRequest, NextClaim, Failure, NewRecord, Report])
+@pytest.mark.parametrize("cls", PARAMETER_OBJECTS)
 def test_parameter_objects_are_built_by_keyword(cls: type) -> None:
     values = [getattr(_example(cls), f.name) for f in dataclasses.fields(cls)]
     with pytest.raises(TypeError):
@@ -82,6 +118,10 @@ def _example(cls: type) -> Any:
         Failure: Failure(error="boom", retryable=False, backoff=lambda n: 1.0),
         NewRecord: NewRecord(run_id="r", package="p", item="i"),
         Report: Report(outcome_path="a.txt"),
+        CursorMove: CursorMove(owner="a", cursor_from=1, cursor_to=2),
+        RoundRecord: RoundRecord(owner="a", state=EndpointState(0, None, None, None)),
+        DeliveryQuery: DeliveryQuery(limit=10, subscription_id="wh_1"),
+        Redelivery: Redelivery(subscription_id="wh_1", since=1.0),
     }
     return examples[cls]
 
@@ -132,3 +172,40 @@ async def test_a_positional_store_call_is_refused_before_anything_changes(engine
         item.outcome_id, lease_token=item.lease_token, failure=failure, now=engine.now()
     )
     assert (reported.outcome.status, reported.outcome.error_message) == ("failed", "boom")
+
+
+async def test_a_positional_hook_store_call_is_refused_before_anything_changes(engine: Engine) -> None:
+    """materialize(sid, owner, cursor_from, cursor_to, ...) and record(sid, owner, results, state, ...) by
+    position were how a swapped cursor pair or owner would have been written: now a TypeError, and the
+    cursor, the lease and the deliveries are as they were."""
+    hooks: Any = engine.store.hooks  # as an untyped caller sees it
+    row = await hooks.add_subscription(
+        SubscriptionRow(id="wh_1", kind="webhook", target="https://example.test/", credentials="enc"), now=0.0
+    )
+    c0 = row.cursor
+    with pytest.raises(TypeError):
+        await hooks.lease("wh_1", "a", 1.0, 30.0)
+    assert (await hooks.get_subscription("wh_1")).lease_owner is None
+    assert await hooks.lease("wh_1", owner="a", now=1.0, ttl=30.0) is not None
+    ping = NewDelivery(id="msg_1", seq=c0 + 1, event_type="outcome.completed", run=None, body="{}")
+    with pytest.raises(TypeError):
+        await hooks.materialize("wh_1", "a", c0, c0 + 1, [ping], 1.0)
+    with pytest.raises(TypeError):
+        await hooks.record("wh_1", "a", [], EndpointState(5, 1.0, 99.0, None), 1.0)
+    with pytest.raises(TypeError):
+        await hooks.due_deliveries("wh_1", 1.0, 10)
+    with pytest.raises(TypeError):
+        await hooks.redeliver("wh_1", None, None, 1.0)
+    with pytest.raises(TypeError):
+        await hooks.set_link("wh_1", "run:r", "1")
+    with pytest.raises(TypeError):
+        await hooks.add_delivery("wh_1", ping, 1.0)
+    after = await hooks.get_subscription("wh_1")
+    assert (after.cursor, after.failures, after.circuit_open_until) == (c0, 0, None)
+    assert (await hooks.list_deliveries(DeliveryQuery(limit=10))).deliveries == []
+    assert await hooks.get_link("wh_1", ref="run:r") is None
+
+    move = CursorMove(owner="a", cursor_from=c0, cursor_to=c0 + 1, deliveries=[ping])
+    assert await hooks.materialize("wh_1", move=move, now=1.0)
+    assert (await hooks.get_subscription("wh_1")).cursor == c0 + 1
+    assert [d.id for d in await hooks.due_deliveries("wh_1", now=1.0, limit=10)] == ["msg_1"]
