@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp import rules
 from matrix_mcp.store.base import StoreError
@@ -27,6 +27,7 @@ from matrix_mcp.store.rows import pinned
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed")
+R = TypeVar("R", "SubscriptionRow", "DeliveryRow")
 
 
 @dataclass(frozen=True)
@@ -286,71 +287,26 @@ class HookStore(Protocol):
 
 # ---- row conversion, shared by both dialects -----------------------------------------------------
 
-SUBSCRIPTION_COLUMNS = (
-    "id",
-    "kind",
-    "target",
-    "description",
-    "events",
-    "run_name",
-    "config",
-    "credentials",
-    "active",
-    "disabled_reason",
-    "cursor",
-    "lease_owner",
-    "lease_expires_at",
-    "failures",
-    "failing_since",
-    "circuit_open_until",
-    "last_success_at",
-    "created_at",
-    "updated_at",
-)
+# a row's field is the column of the same name, but for `run` (run_name); values come back typed as the
+# schema declares them on both backends, except these (JSON text, SQLite's 0/1 for a boolean)
+_COLUMN_OF = {"run": "run_name"}
+_DECODE: dict[str, Callable[[Any], Any]] = {"events": json.loads, "config": json.loads, "active": bool}
+
+
+def _from_row(cls: type[R], row: Any) -> R:
+    values = {}
+    for f in fields(cls):
+        value = row[_COLUMN_OF.get(f.name, f.name)]
+        values[f.name] = _DECODE[f.name](value) if f.name in _DECODE else value
+    return cls(**values)
 
 
 def subscription_from(row: Any) -> SubscriptionRow:
-    return SubscriptionRow(
-        id=row["id"],
-        kind=row["kind"],
-        target=row["target"],
-        credentials=row["credentials"],
-        events=json.loads(row["events"]),
-        run=row["run_name"],
-        description=row["description"],
-        config=json.loads(row["config"]),
-        active=bool(row["active"]),
-        disabled_reason=row["disabled_reason"],
-        cursor=int(row["cursor"]),
-        failures=int(row["failures"]),
-        failing_since=row["failing_since"],
-        circuit_open_until=row["circuit_open_until"],
-        last_success_at=row["last_success_at"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-    )
+    return _from_row(SubscriptionRow, row)
 
 
 def delivery_from(row: Any) -> DeliveryRow:
-    return DeliveryRow(
-        n=int(row["n"]),
-        id=row["id"],
-        subscription_id=row["subscription_id"],
-        seq=int(row["seq"]),
-        event_type=row["event_type"],
-        run=row["run_name"],
-        body=row["body"],
-        status=row["status"],
-        attempts=int(row["attempts"]),
-        next_attempt_at=float(row["next_attempt_at"]),
-        last_status_code=row["last_status_code"],
-        last_error=row["last_error"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-        delivered_at=row["delivered_at"],
-    )
+    return _from_row(DeliveryRow, row)
 
 
 def subscription_values(row: SubscriptionRow) -> tuple[Any, ...]:

@@ -5,7 +5,7 @@ checks the cursor, a record the lease, inserts skip ids already present)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 from psycopg import sql
 
@@ -27,20 +27,21 @@ def _arrays(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*table, strict=True)] if table else []
 
 
-async def _subscription(c: Conn, subscription_id: str) -> SubscriptionRow:
-    cur = await c.execute("SELECT * FROM hook_subscriptions WHERE id = %s", (subscription_id,))
-    row = await cur.fetchone()
+async def _by_id(c: Conn, query: LiteralString, key: str, missing: Callable[[str], Exception]) -> Any:
+    row = await (await c.execute(query, (key,))).fetchone()
     if row is None:
-        raise rules.unknown_webhook(subscription_id)
-    return H.subscription_from(row)
+        raise missing(key)
+    return row
+
+
+async def _subscription(c: Conn, subscription_id: str) -> SubscriptionRow:
+    query = "SELECT * FROM hook_subscriptions WHERE id = %s"
+    return H.subscription_from(await _by_id(c, query, subscription_id, rules.unknown_webhook))
 
 
 async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
-    cur = await c.execute("SELECT * FROM hook_deliveries WHERE id = %s", (delivery_id,))
-    row = await cur.fetchone()
-    if row is None:
-        raise rules.unknown_delivery(delivery_id)
-    return H.delivery_from(row)
+    query = "SELECT * FROM hook_deliveries WHERE id = %s"
+    return H.delivery_from(await _by_id(c, query, delivery_id, rules.unknown_delivery))
 
 
 class PostgresHooks:
