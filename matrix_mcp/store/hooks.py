@@ -189,10 +189,10 @@ class DeliveryQuery:
     """A page of deliveries: pinned to a subscription and/or a status when given, `limit` rows after
     `cursor` (from the previous page's next_cursor) in creation order."""
 
-    limit: int
     subscription_id: str | None = None
     status: DeliveryStatus | None = None
     cursor: str | None = None
+    limit: int
 
 
 @dataclass(frozen=True, kw_only=True)
