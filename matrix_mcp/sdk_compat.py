@@ -301,7 +301,8 @@ def _shaping_modules(fn: Callable[..., Any]) -> set[str]:
             modules.update(base.__module__ for base in node.__mro__)
             if issubclass(node, BaseModel):
                 stack.extend(f.annotation for f in node.model_fields.values())
-    return {m for m in modules if m.split(".")[0] in ("matrix_mcp", "servers")}
+    package = fn.__module__.split(".")[0]  # the tool's own package (the SDK's and pydantic's: see _digest)
+    return {m for m in modules if m.split(".")[0] == package}
 
 
 def _sdk_files() -> list[str]:
@@ -314,7 +315,11 @@ def _sdk_files() -> list[str]:
 
 
 def _digest(files: Sequence[str]) -> str | None:
-    h = hashlib.sha256()
+    """Of the files' names and contents, and of pydantic's and Python's versions."""
+    import pydantic
+    import pydantic_core
+
+    h = hashlib.sha256(f"{pydantic.VERSION}|{pydantic_core.__version__}|{sys.version}".encode())
     try:
         for name in files:
             h.update(name.encode())
