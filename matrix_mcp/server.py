@@ -34,7 +34,6 @@ from matrix_mcp import __version__
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
-from matrix_mcp.integrations.service import Hooks
 from matrix_mcp.integrations.tools import HOOK_TOOLS, hook_resources
 from matrix_mcp.models import (
     ClaimResult,
@@ -67,6 +66,8 @@ from matrix_mcp.toolsets import in_toolset
 if TYPE_CHECKING:
     from mcp.server.auth.provider import TokenVerifier
     from mcp.server.auth.settings import AuthSettings
+
+    from matrix_mcp.integrations.service import Hooks
 
 log = logging.getLogger("matrix_mcp.server")
 T = TypeVar("T")
@@ -106,6 +107,8 @@ class ServerState:
         return self.engine_
 
     def hooks(self) -> Hooks:
+        from matrix_mcp.integrations.service import Hooks  # loaded on the first webhook call
+
         store = self.engine().store
         if self.hooks_ is None or self.hooks_.store is not store:
             self.hooks_ = Hooks(store, self.settings.database_url)
@@ -208,7 +211,8 @@ class ServerState:
                 return types.Completion(values=[])
             try:
                 names = [
-                    p.package for p in await engine.store.package_summaries((await engine.run_info(run)).id)
+                    p.package
+                    for p in await engine.store.package_summaries((await engine.run_info(ref=run)).id)
                 ]
             except StoreError:
                 return types.Completion(values=[])

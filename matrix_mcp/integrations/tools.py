@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -18,11 +18,11 @@ from mcp.server.mcpserver.resources import FunctionResource
 from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
-from matrix_mcp.integrations.models import (
-    WebhookList,
-)
-from matrix_mcp.integrations.service import Hooks
 from matrix_mcp.sdk_compat import ToolSpec
+
+if TYPE_CHECKING:  # loaded on the first webhook call: start-up stays fast
+    from matrix_mcp.integrations.models import WebhookList
+    from matrix_mcp.integrations.service import Hooks
 
 TOOL_NAMES = (
     "add_webhook",
