@@ -260,24 +260,30 @@ def compact_definition(tool: Tool, null_free: bool) -> dict[str, Any]:
 
 class PageBound:
     """Marker in a parameter's `Annotated[...]`: its maximum is the server's `Limits.max_page_size`
-    (MATRIX_MAX_PAGE_SIZE), advertised in the input schema and enforced by `ToolServer.call_tool`."""
+    (MATRIX_MAX_PAGE_SIZE), enforced by `ToolServer.call_tool` and, when `advertised`, stated as the input
+    schema's `maximum`."""
+
+    def __init__(self, advertised: bool = True) -> None:
+        self.advertised = advertised
 
     def __repr__(self) -> str:
-        return "PAGE_BOUND"
+        return "PAGE_BOUND" if self.advertised else "PAGE_BOUND_UNADVERTISED"
 
 
 PAGE_BOUND = PageBound()
+# enforced alike, not stated in the schema: where the bytes of a worker's tool definitions are counted
+PAGE_BOUND_UNADVERTISED = PageBound(advertised=False)
 
 
-def _bounded_parameters(fn: Callable[..., Any]) -> list[str]:
-    hints = typing.get_type_hints(fn, include_extras=True)
-    return [
-        name
-        for name, hint in hints.items()
-        if name != "return"
-        and typing.get_origin(hint) is typing.Annotated
-        and any(isinstance(m, PageBound) for m in hint.__metadata__)
-    ]
+def _bounded_parameters(fn: Callable[..., Any]) -> dict[str, bool]:
+    """{parameter marked with a PageBound: whether its bound is advertised}."""
+    bounded: dict[str, bool] = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        if name != "return" and typing.get_origin(hint) is typing.Annotated:
+            for mark in hint.__metadata__:
+                if isinstance(mark, PageBound):
+                    bounded[name] = mark.advertised
+    return bounded
 
 
 # ---- which sources shape a definition ------------------------------------------------------------
@@ -442,7 +448,7 @@ def build_tools(
     server_name: str, specs: Sequence[ToolSpec], page_size: int, keep: Callable[[str], bool] = lambda _: True
 ) -> ToolSet:
     """The tools of `specs` that `keep` admits, in order, with `page_size` as the bound of every argument
-    marked PAGE_BOUND."""
+    marked with a PageBound."""
     path = cache_file(server_name)
     definitions = _read_cache(path, [s.name for s in specs])
     if definitions is None:
@@ -454,12 +460,14 @@ def build_tools(
             continue
         entry = definitions[spec.name]
         parameters = entry["parameters"]
-        if entry["bounded"]:
+        bounded: dict[str, bool] = entry["bounded"]
+        if bounded:
             properties = dict(parameters["properties"])
-            for name in entry["bounded"]:
-                properties[name] = {**properties[name], "maximum": page_size}
+            for name, advertised in bounded.items():
+                if advertised:
+                    properties[name] = {**properties[name], "maximum": page_size}
             parameters = {**parameters, "properties": properties}
-            out.bounds[spec.name] = dict.fromkeys(entry["bounded"], page_size)
+            out.bounds[spec.name] = dict.fromkeys(bounded, page_size)
         context_kwarg = entry["context_kwarg"]
         meta = LazyFuncMetadata(arg_model=ArgModelBase, output_schema=entry["output_schema"])
         meta._fn = spec.fn
@@ -591,7 +599,7 @@ def warm_cache() -> None:
         )
 
 
-if __name__ == "__main__":  # run the imported module's, whose PAGE_BOUND the tools' annotations hold
+if __name__ == "__main__":  # run the imported module's, whose PageBound the tools' annotations hold
     from matrix_mcp import sdk_compat
 
     sdk_compat.warm_cache()

@@ -59,7 +59,14 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.notify import CountingBus, LegacySubscriptions, Notifier
 from matrix_mcp.schema.tools import SCHEMA_TOOLS, SchemaAccess, add_schema_templates, schema_resources
-from matrix_mcp.sdk_compat import PAGE_BOUND, ModelResult, ToolServer, ToolSpec, build_tools
+from matrix_mcp.sdk_compat import (
+    PAGE_BOUND,
+    PAGE_BOUND_UNADVERTISED,
+    ModelResult,
+    ToolServer,
+    ToolSpec,
+    build_tools,
+)
 from matrix_mcp.store.base import NotFound, StoreError, Unavailable
 from matrix_mcp.toolsets import in_toolset
 
@@ -72,9 +79,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("matrix_mcp.server")
 T = TypeVar("T")
 Detail = Literal["compact", "full"]
-# page sizes: at most the server's Limits.max_page_size (MATRIX_MAX_PAGE_SIZE), advertised and enforced
+# page sizes: at most the server's Limits.max_page_size (MATRIX_MAX_PAGE_SIZE), advertised and enforced;
+# claim_next (0..max, the engine says so) only enforced: the worker toolset's definitions stay within 6 KiB
 PageSize = Annotated[int, Field(ge=1), PAGE_BOUND]
-ClaimNext = Annotated[int, Field(ge=0), PAGE_BOUND]
+ClaimNext = Annotated[int, PAGE_BOUND_UNADVERTISED]
 
 INSTRUCTIONS = """\
 Matrix: a durable work board for N packages × M items.

@@ -303,7 +303,7 @@ def test_an_unwritable_cache_only_means_building_at_every_start(
 PAGED = {
     "claim_items": "limit",
     "list_outcomes": "limit",
-    "complete_item": "claim_next",
+    "complete_item": "claim_next",  # enforced, not advertised (the worker toolset's 6 KiB)
     "fail_item": "claim_next",
     "analyze_schema": "limit",
 }
@@ -323,7 +323,8 @@ async def test_page_sizes_follow_the_configured_limit(tmp_path: Path, mode: str)
         async with Client(create_server(settings), mode=mode) as c:  # type: ignore[arg-type]
             tools = {t.name: t for t in (await c.list_tools()).tools}
             for tool, arg in PAGED.items():
-                assert tools[tool].input_schema["properties"][arg]["maximum"] == bound, (tool, arg)
+                expected = None if arg == "claim_next" else bound
+                assert tools[tool].input_schema["properties"][arg].get("maximum") == expected, (tool, arg)
             items = [f"i{n}" for n in range(1500)]
             await c.call_tool("plan_run", {"name": "r", "packages": [{"name": "p", "items": items}]})
             page = await c.call_tool("list_outcomes", {"run": "r", "limit": 1500})
