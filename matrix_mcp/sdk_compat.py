@@ -36,7 +36,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata, func_metadata
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import PrivateAttr, ValidationError
 from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("matrix_mcp.sdk_compat")
@@ -289,26 +289,17 @@ def _bounded_parameters(fn: Callable[..., Any]) -> dict[str, bool]:
 # ---- which sources shape a definition ------------------------------------------------------------
 
 
-def _shaping_modules(fn: Callable[..., Any]) -> set[str]:
-    """The modules whose text shapes `fn`'s tool definition: its own, and those defining every type its
-    parameters and result reach (pydantic models field by field, their base classes, typing arguments)."""
-    modules = {fn.__module__}
-    seen: set[int] = set()
-    stack: list[Any] = list(typing.get_type_hints(fn, include_extras=True).values())
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(typing.get_args(node))
-        if typing.get_origin(node) is typing.Annotated:
-            stack.extend(node.__metadata__)
-        if isinstance(node, type):
-            modules.update(base.__module__ for base in node.__mro__)
-            if issubclass(node, BaseModel):
-                stack.extend(f.annotation for f in node.model_fields.values())
-    package = fn.__module__.split(".")[0]  # the tool's own package (the SDK's and pydantic's: see _digest)
-    return {m for m in modules if m.split(".")[0] == package}
+def _package_files(specs: Sequence[ToolSpec]) -> list[str]:
+    """Every loaded module of the packages the tool functions belong to: whatever shapes a definition (a
+    signature, a docstring, a result model, a Literal alias, a default imported from elsewhere in the package)
+    has been imported by the time the tools are built, so this superset cannot miss one."""
+    packages = {spec.fn.__module__.split(".")[0] for spec in specs}
+    files = {
+        str(module.__file__)
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in packages and getattr(module, "__file__", None)
+    }
+    return sorted(files)
 
 
 def _sdk_files() -> list[str]:
@@ -339,9 +330,9 @@ def _digest(files: Sequence[str]) -> str | None:
 #
 # Building a tool the SDK's way (an argument model and two JSON schemas per tool) is ~65 ms of every start
 # for our 32 tools, most of the cold start we add to the SDK's own. The first start writes the final
-# definitions to a cache file; later starts use them while the digest of every file that shaped them (found
-# by walking the tools' type hints when the file was written, plus the SDK's and pydantic's schema code) is
-# unchanged. Argument models are then built on a tool's first call. Nothing is committed: an edited
+# definitions to a cache file; later starts use them while the digest of every file that could have shaped
+# them (each loaded module of the tools' package when the file was written, the SDK's and pydantic's schema
+# code, their versions) is unchanged. Argument models are then built on a tool's first call. Nothing is committed: an edited
 # docstring changes a digest and the next start rebuilds. MATRIX_CACHE_DIR sets the directory (default
 # $XDG_CACHE_HOME/matrix-mcp, else ~/.cache/matrix-mcp); MATRIX_TOOL_CACHE=0 turns the cache off. An
 # unwritable directory only means every start builds the SDK's way.
@@ -430,18 +421,13 @@ class ToolSet:
 def sdk_definitions(specs: Sequence[ToolSpec]) -> tuple[dict[str, Any], list[str]]:
     """Definitions the SDK's way (`Tool.from_function`), compacted; and the files that shaped them."""
     definitions: dict[str, Any] = {}
-    modules: set[str] = set()
     for spec in specs:
         tool = Tool.from_function(spec.fn, annotations=spec.annotations)
         definitions[spec.name] = {
             **compact_definition(tool, spec.null_free),
             "bounded": _bounded_parameters(spec.fn),
         }
-        modules |= _shaping_modules(spec.fn)
-    files = _sdk_files() + sorted(
-        str(sys.modules[m].__file__) for m in modules if getattr(sys.modules.get(m), "__file__", None)
-    )
-    return definitions, files
+    return definitions, _sdk_files() + [f for f in _package_files(specs) if f != __file__]
 
 
 def build_tools(
