@@ -11,7 +11,10 @@ from mcp.server import MCPServer
 from matrix_mcp.sdk_private import serve_legacy_subscriptions
 
 # resources/subscribe and ping are the handshake era's, deprecated by the SDK for the modern one: that is the point
-pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 
 def recording_server() -> tuple[MCPServer[Any], list[tuple[str, Any, str]]]:
