@@ -3,8 +3,8 @@
 - Modern era (2026-07-28): clients open `subscriptions/listen`; we publish `ResourceUpdated` on the
   server's subscription bus, which filters per stream.
 - Legacy era (2025-11-25 and earlier): `resources/subscribe` / `resources/unsubscribe` are not served by
-  `MCPServer`, so we register handlers on its low-level server (private API of mcp 2.3, kept in this one
-  module) and send `notifications/resources/updated` on each subscribed connection.
+  `MCPServer`, so we register handlers on its low-level server (private API of mcp 2.3, kept in
+  `sdk_private`) and send `notifications/resources/updated` on each subscribed connection.
 
 A watcher task follows the store's event log, so changes made by *other* server processes on the same
 database (the usual case: each worker agent runs its own server) are notified too.
@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import mcp_types as types
 from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 
@@ -90,20 +89,18 @@ class LegacySubscriptions:
         return sum(len(s) for s in self._by_uri.values())
 
     def install(self, server: MCPServer[Any]) -> None:
-        async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-            self._by_uri.setdefault(str(params.uri), weakref.WeakSet()).add(ctx.session._connection)
-            self.changed.set()
-            return types.EmptyResult()
+        from matrix_mcp.sdk_private import serve_legacy_subscriptions
 
-        async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-            conns = self._by_uri.get(str(params.uri))
-            if conns is not None:
-                conns.discard(ctx.session._connection)
-            return types.EmptyResult()
+        serve_legacy_subscriptions(server, self.subscribe, self.unsubscribe)
 
-        lowlevel = server._lowlevel_server
-        lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
-        lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+    async def subscribe(self, connection: Any, uri: str) -> None:
+        self._by_uri.setdefault(uri, weakref.WeakSet()).add(connection)
+        self.changed.set()
+
+    async def unsubscribe(self, connection: Any, uri: str) -> None:
+        conns = self._by_uri.get(uri)
+        if conns is not None:
+            conns.discard(connection)
 
     async def send(self, uris: Iterable[str]) -> None:
         for uri in uris:

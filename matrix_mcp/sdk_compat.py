@@ -1,32 +1,41 @@
-"""The few places we reach into mcp 2.3 internals, kept in one module with its own tests.
+"""Tool definitions for our servers, built with mcp 2.3's public API, and the checks every tool call passes.
 
-- `use_dynamic_mime`: serve a template resource with the mime type of the content it returns.
-- `compact_tool_schemas`: drop pydantic's auto-generated titles, validation-only keywords of results and
-  the `null` branch of optional inputs — tool definitions cost the client's context. Nothing emits a type
-  array (`["string", "null"]`): Gemini's function declarations (an OpenAPI 3.0 subset) reject them.
+- `compact_schema` / `inline_refs` / `lean_result_schema`: drop pydantic's auto-generated titles, validation-only
+  keywords of results and the `null` branch of optional inputs — tool definitions cost the client's context.
+  Nothing emits a type array (`["string", "null"]`): Gemini's function declarations (an OpenAPI 3.0 subset)
+  reject them.
+- `StrictFuncMetadata`: text arguments kept verbatim, unknown arguments refused.
+- `build_tools`: `Tool` objects for `MCPServer(tools=[...])`, from a definition cache keyed by what shaped
+  them (see below), else the SDK's own `Tool.from_function`; page-size bounds from `Limits`.
+- `ToolServer`: an `MCPServer` whose `call_tool` (what `tools/call` and the REST API both reach) refuses lone
+  surrogates and page sizes above the configured bound with one line naming the field.
+
+What still needs mcp internals is in `matrix_mcp.sdk_private`, and nowhere else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+import sys
+import tempfile
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver.resources.base import Resource
-from mcp.server.mcpserver.resources.templates import ResourceTemplate
-from mcp.server.mcpserver.resources.types import FunctionResource
-from mcp.server.mcpserver.tools.base import Tool
-from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
+from mcp.server.lowlevel.server import LifespanResultT
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata, func_metadata
-from mcp.shared._callable_inspection import is_async_callable
-from mcp_types import CallToolResult, Icon, ToolAnnotations
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import PrivateAttr, ValidationError
 from pydantic_core import PydanticCustomError
 
@@ -205,14 +214,6 @@ class StrictFuncMetadata(FuncMetadata):
         return parsed
 
 
-def harden_arguments(server: MCPServer[Any]) -> None:
-    """Every tool: text arguments kept verbatim, unknown arguments refused (and the input schema says so)."""
-    for tool in server._tool_manager.list_tools():
-        if type(tool.fn_metadata) is FuncMetadata:
-            tool.fn_metadata.__class__ = StrictFuncMetadata
-            tool.parameters["additionalProperties"] = False
-
-
 def lean_result_schema(schema: Any) -> Any:
     """A result schema for results dumped without their null fields (`exclude_none`): `null` leaves every
     type list (an absent field already says it), and enums go (a result's values speak for themselves:
@@ -235,95 +236,247 @@ def lean_result_schema(schema: Any) -> Any:
     return out
 
 
-def compact_tool_schemas(server: MCPServer[Any], null_free: Collection[str] = ()) -> None:
-    """Compact every tool's schemas (single-use input definitions inlined too); the output schemas of
-    tools named in `null_free` (whose results never carry a null) are made lean (`lean_result_schema`)."""
-    for tool in server._tool_manager.list_tools():
-        if isinstance(tool.fn_metadata, CachedFuncMetadata):
-            continue  # precomputed in its final form
-        if tool.description:
-            tool.description = " ".join(tool.description.split())  # docstring indentation costs context
-        tool.parameters = inline_refs(compact_schema(tool.parameters))
-        if tool.fn_metadata.output_schema is not None:
-            output = inline_refs(compact_schema(tool.fn_metadata.output_schema, output=True))
-            tool.fn_metadata.output_schema = lean_result_schema(output) if tool.name in null_free else output
+def compact_definition(tool: Tool, null_free: bool) -> dict[str, Any]:
+    """A tool's final definition: description on one line (docstring indentation costs context), schemas
+    compacted with single-use definitions inlined, unknown arguments refused; the result schema lean when
+    results carry no null."""
+    output = tool.output_schema
+    if output is not None:
+        output = inline_refs(compact_schema(output, output=True))
+        if null_free:
+            output = lean_result_schema(output)
+    parameters = inline_refs(compact_schema(tool.parameters))
+    parameters["additionalProperties"] = False  # StrictFuncMetadata refuses unknown arguments: say so
+    return {
+        "description": " ".join((tool.description or "").split()),
+        "parameters": parameters,
+        "output_schema": output,
+        "context_kwarg": tool.context_kwarg,
+    }
 
 
-class DynamicMimeTemplate(ResourceTemplate):
-    """A resource template whose function returns a `Resource`, served with that resource's mime type."""
-
-    async def create_resource(self, uri: str, params: dict[str, Any], context: Any) -> Any:
-        made = await super().create_resource(uri, params, context)
-        if isinstance(made, FunctionResource):
-            inner = made.fn()
-            if isinstance(inner, Resource):
-                return inner
-        return made
+# ---- page-size bounds ----------------------------------------------------------------------------
 
 
-def use_dynamic_mime(server: MCPServer[Any], uri_template: str) -> None:
-    templates = server._resource_manager._templates
-    templates[uri_template].__class__ = DynamicMimeTemplate
+class PageBound:
+    """Marker in a parameter's `Annotated[...]`: its maximum is the server's `Limits.max_page_size`
+    (MATRIX_MAX_PAGE_SIZE), enforced by `ToolServer.call_tool` and, when `advertised`, stated as the input
+    schema's `maximum`."""
+
+    def __init__(self, advertised: bool = True) -> None:
+        self.advertised = advertised
+
+    def __repr__(self) -> str:
+        return "PAGE_BOUND" if self.advertised else "PAGE_BOUND_UNADVERTISED"
 
 
-# ---- precomputed tool definitions ----------------------------------------------------------------
-#
-# Registering a tool makes the SDK build a pydantic argument model and generate two JSON schemas; for our
-# 21 tools that is ~65 ms of every start-up, most of the cold start we add to the SDK's own. The final
-# (compacted, hardened) definitions are generated once into tool_schemas.json (`python -m
-# matrix_mcp.sdk_compat`) and used while its fingerprints match: our sources that shape them (a test
-# fails until the file is regenerated) and the SDK's schema code with pydantic's version (another
-# release of either simply means tools register the SDK's way). Argument models are built on first call.
-
-TOOL_CACHE = Path(__file__).with_name("tool_schemas.json")
-_SHAPING_SOURCES = (
-    "server.py",
-    "models.py",
-    "sdk_compat.py",
-    "schema/tools.py",
-    "schema/model.py",
-    "integrations/tools.py",
-    "integrations/models.py",
-)
-_cache: dict[str, Any] | None = None
+PAGE_BOUND = PageBound()
+# enforced alike, not stated in the schema: where the bytes of a worker's tool definitions are counted
+PAGE_BOUND_UNADVERTISED = PageBound(advertised=False)
 
 
-def tool_fingerprint() -> dict[str, str]:
-    """{"sources": our code that shapes the definitions, "sdk": the SDK's schema code and pydantic}."""
+def _bounded_parameters(fn: Callable[..., Any]) -> dict[str, bool]:
+    """{parameter marked with a PageBound: whether its bound is advertised}."""
+    bounded: dict[str, bool] = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        if name != "return" and typing.get_origin(hint) is typing.Annotated:
+            for mark in hint.__metadata__:
+                if isinstance(mark, PageBound):
+                    bounded[name] = mark.advertised
+    return bounded
+
+
+# ---- which sources shape a definition ------------------------------------------------------------
+
+
+def _package_files(specs: Sequence[ToolSpec]) -> list[str]:
+    """Every loaded module of the packages the tool functions belong to: whatever shapes a definition (a
+    signature, a docstring, a result model, a Literal alias, a default imported from elsewhere in the package)
+    has been imported by the time the tools are built, so this superset cannot miss one."""
+    packages = {spec.fn.__module__.split(".")[0] for spec in specs}
+    files = {
+        str(module.__file__)
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in packages and getattr(module, "__file__", None)
+    }
+    return sorted(files)
+
+
+def _sdk_files() -> list[str]:
+    """Our schema shaping code, and the SDK's and pydantic's that build a definition."""
     import mcp.server.mcpserver.tools.base as tool_base
     import mcp.server.mcpserver.utilities.func_metadata as fm
+    import pydantic.json_schema as pjs
+
+    return [__file__, fm.__file__, tool_base.__file__, pjs.__file__]
+
+
+def _digest(files: Sequence[str]) -> str | None:
+    """Of the files' names and contents, and of pydantic's and Python's versions."""
     import pydantic
+    import pydantic_core
 
-    here = Path(__file__).parent
-    ours = hashlib.sha256()
-    for name in _SHAPING_SOURCES:
-        ours.update((here / name).read_bytes())
-    sdk = hashlib.sha256(pydantic.VERSION.encode())
-    for path in (Path(fm.__file__), Path(tool_base.__file__)):
-        sdk.update(path.read_bytes())
-    return {"sources": ours.hexdigest()[:20], "sdk": sdk.hexdigest()[:20]}
+    h = hashlib.sha256(f"{pydantic.VERSION}|{pydantic_core.__version__}|{sys.version}".encode())
+    try:
+        for name in files:
+            h.update(name.encode())
+            h.update(Path(name).read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()[:24]
 
 
-def _cached_definitions(server_name: str) -> dict[str, Any] | None:
-    global _cache
+# ---- the definition cache ------------------------------------------------------------------------
+#
+# Building a tool the SDK's way (an argument model and two JSON schemas per tool) is ~65 ms of every start
+# for our 32 tools, most of the cold start we add to the SDK's own. The first start writes the final
+# definitions to a cache file; later starts use them while the digest of every file that could have shaped
+# them (each loaded module of the tools' package when the file was written, the SDK's and pydantic's schema
+# code, their versions) is unchanged. Argument models are then built on a tool's first call. Nothing is committed: an edited
+# docstring changes a digest and the next start rebuilds. MATRIX_CACHE_DIR sets the directory (default
+# $XDG_CACHE_HOME/matrix-mcp, else ~/.cache/matrix-mcp); MATRIX_TOOL_CACHE=0 turns the cache off. An
+# unwritable directory only means every start builds the SDK's way.
+
+
+def cache_dir() -> Path | None:
     if os.environ.get("MATRIX_TOOL_CACHE", "1") == "0":
         return None
-    if _cache is None:
+    configured = os.environ.get("MATRIX_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "matrix-mcp"
+
+
+def cache_file(server_name: str) -> Path | None:
+    """One file per server and installation (two checkouts sharing a cache directory do not take turns)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    where = hashlib.sha256(f"{Path(__file__).resolve()}|{sys.version}".encode()).hexdigest()[:12]
+    return directory / f"tools-{server_name}-{where}.json"
+
+
+def _read_cache(path: Path | None, names: Sequence[str]) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tools: dict[str, Any] = data["tools"]
+        files: list[str] = data["files"]
+        if data["digest"] != _digest(files) or any(n not in tools for n in names):
+            log.debug("tool definition cache %s is out of date", path)
+            return None
+        return tools
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(path: Path | None, files: Sequence[str], tools: dict[str, Any]) -> None:
+    if path is None:
+        return
+    digest = _digest(files)
+    if digest is None:
+        return
+    text = json.dumps({"digest": digest, "files": list(files), "tools": tools}, ensure_ascii=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
-            data = json.loads(TOOL_CACHE.read_text(encoding="utf-8"))
-            _cache = data if data.get("fingerprint") == tool_fingerprint() else {}
-        except (OSError, ValueError):
-            _cache = {}
-        if not _cache:
-            log.debug("tool definitions not precomputed for these sources; registering the SDK's way")
-    servers = _cache.get("servers", {})
-    found: dict[str, Any] | None = servers.get(server_name)
-    return found
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.debug("tool definition cache not written (%s): building tools at every start", exc)
 
 
-class CachedFuncMetadata(StrictFuncMetadata):
-    """Metadata of a tool registered from precomputed definitions: the argument model (and the output
-    model results are checked against) are built on the tool's first call."""
+# ---- building the tools --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool function (named after it) and how it is registered. `null_free`: its results are dumped
+    without null fields, so its result schema is made lean."""
+
+    fn: Callable[..., Any]
+    annotations: ToolAnnotations | None = None
+    null_free: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+
+@dataclass
+class ToolSet:
+    """The tools to hand to `MCPServer(tools=...)`, and the page-size bound of each bounded argument."""
+
+    tools: list[Tool]
+    bounds: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def sdk_definitions(specs: Sequence[ToolSpec]) -> tuple[dict[str, Any], list[str]]:
+    """Definitions the SDK's way (`Tool.from_function`), compacted; and the files that shaped them."""
+    definitions: dict[str, Any] = {}
+    for spec in specs:
+        tool = Tool.from_function(spec.fn, annotations=spec.annotations)
+        definitions[spec.name] = {
+            **compact_definition(tool, spec.null_free),
+            "bounded": _bounded_parameters(spec.fn),
+        }
+    return definitions, _sdk_files() + [f for f in _package_files(specs) if f != __file__]
+
+
+def build_tools(
+    server_name: str, specs: Sequence[ToolSpec], page_size: int, keep: Callable[[str], bool] = lambda _: True
+) -> ToolSet:
+    """The tools of `specs` that `keep` admits, in order, with `page_size` as the bound of every argument
+    marked with a PageBound."""
+    path = cache_file(server_name)
+    definitions = _read_cache(path, [s.name for s in specs])
+    if definitions is None:
+        definitions, files = sdk_definitions(specs)
+        _write_cache(path, files, definitions)
+    out = ToolSet(tools=[])
+    for spec in specs:
+        if not keep(spec.name):
+            continue
+        entry = definitions[spec.name]
+        parameters = entry["parameters"]
+        bounded: dict[str, bool] = entry["bounded"]
+        if bounded:
+            properties = dict(parameters["properties"])
+            for name, advertised in bounded.items():
+                if advertised:
+                    properties[name] = {**properties[name], "maximum": page_size}
+            parameters = {**parameters, "properties": properties}
+            out.bounds[spec.name] = dict.fromkeys(bounded, page_size)
+        context_kwarg = entry["context_kwarg"]
+        meta = LazyFuncMetadata(arg_model=ArgModelBase, output_schema=entry["output_schema"])
+        meta._fn = spec.fn
+        meta._skip = [context_kwarg] if context_kwarg else []
+        out.tools.append(
+            Tool(
+                fn=spec.fn,
+                name=spec.name,
+                title=None,
+                description=entry["description"],
+                parameters=parameters,
+                fn_metadata=meta,
+                is_async=inspect.iscoroutinefunction(spec.fn),
+                context_kwarg=context_kwarg,
+                annotations=spec.annotations,
+            )
+        )
+    return out
+
+
+class LazyFuncMetadata(StrictFuncMetadata):
+    """Metadata of a tool built from its final definition: the argument model (and the output model results
+    are checked against) are built on the tool's first call."""
 
     _fn: Any = PrivateAttr(default=None)
     _skip: list[str] = PrivateAttr(default_factory=list)
@@ -351,77 +504,88 @@ class CachedFuncMetadata(StrictFuncMetadata):
         return super().convert_result(result)
 
 
-def use_tool_cache(server: MCPServer[Any]) -> None:
-    """Call right after creating the server: tools it then registers come from tool_schemas.json when
-    their definitions there are current."""
-    defs = _cached_definitions(server.name)
-    if not defs:
-        return
-    manager = server._tool_manager
-    register = manager.add_tool
+# ---- the checks every tool call passes -----------------------------------------------------------
 
-    def add_tool(
-        fn: Callable[..., Any],
-        name: str | None = None,
-        title: str | None = None,
-        description: str | None = None,
-        annotations: ToolAnnotations | None = None,
-        icons: list[Icon] | None = None,
-        meta: dict[str, Any] | None = None,
-        structured_output: bool | None = None,
-    ) -> Tool:
-        entry = defs.get(name or fn.__name__)
-        if entry is None or title or description or icons or meta or structured_output is not None:
-            return register(fn, name, title, description, annotations, icons, meta, structured_output)
-        # recorded with the definitions: finding it means evaluating every annotation of the function
-        context_kwarg = entry["context_kwarg"] if "context_kwarg" in entry else find_context_parameter(fn)
-        fn_meta = CachedFuncMetadata(arg_model=ArgModelBase, output_schema=entry["output_schema"])
-        fn_meta._fn = fn
-        fn_meta._skip = [context_kwarg] if context_kwarg else []
-        tool = Tool(
-            fn=fn,
-            name=name or fn.__name__,
-            title=None,
-            description=entry["description"],
-            parameters=entry["parameters"],
-            fn_metadata=fn_meta,
-            is_async=is_async_callable(fn),
-            context_kwarg=context_kwarg,
-            annotations=annotations,
+
+class ToolServer(MCPServer[LifespanResultT]):
+    """An MCPServer built from a `ToolSet`, with an explicit state object (what its lifespan yields; tools
+    reach it as `ctx.mcp_server.state`). Its `call_tool` is where both `tools/call` and the REST API arrive:
+    text that is not valid Unicode and page sizes above the bound are refused there, before any tool runs,
+    with one line naming the field."""
+
+    def __init__(self, name: str, toolset: ToolSet, state: LifespanResultT, **kwargs: Any) -> None:
+        super().__init__(name, tools=list(toolset.tools), **kwargs)
+        self.toolset = toolset
+        self.state = state
+
+    def tool_definitions(self) -> dict[str, Tool]:
+        """The tools this server was built with, by name."""
+        return {t.name: t for t in self.toolset.tools}
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[LifespanResultT, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        where = lone_surrogate(arguments)
+        if where is not None:
+            raise ToolError(
+                f"{where}: is not valid Unicode text (lone surrogate); send binary content base64-encoded"
+            )
+        for key, maximum in self.toolset.bounds.get(name, {}).items():
+            if _above(arguments.get(key), maximum):
+                raise ToolError(f"{key}: must be at most {maximum}")
+        return await super().call_tool(name, arguments, context)
+
+
+def _above(value: Any, maximum: int) -> bool:
+    """A number (or numeric text, which lax validation would accept) above `maximum`."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return False  # not a number: the argument model says so
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > maximum
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, else None. Iterative: deep JSON is fine."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "input"
+        elif isinstance(v, dict):
+            for k, child in v.items():
+                key = str(k)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "input"
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(v, list | tuple):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(v))
+    return None
+
+
+def warm_cache() -> None:
+    """Write the definition cache of both servers now (`python -m matrix_mcp.sdk_compat`)."""
+    from matrix_mcp.schema.tools import SCHEMA_TOOLS
+    from matrix_mcp.server import TOOLS
+
+    for name, specs in (("matrix", TOOLS), ("database-schema", SCHEMA_TOOLS)):
+        path = cache_file(name)
+        definitions, files = sdk_definitions(specs)
+        _write_cache(path, files, definitions)
+        written = path is not None and _read_cache(path, list(definitions)) is not None
+        print(
+            f"{name}: {len(definitions)} tools {'cached in ' + str(path) if written else 'not cached'}",
+            file=sys.stderr,
         )
-        manager._tools.setdefault(tool.name, tool)
-        return manager._tools[tool.name]
-
-    manager.add_tool = add_tool  # type: ignore[method-assign]
 
 
-def tool_definitions(server: MCPServer[Any]) -> dict[str, Any]:
-    return {
-        t.name: {
-            "description": t.description,
-            "parameters": t.parameters,
-            "output_schema": t.output_schema,
-            "context_kwarg": t.context_kwarg,
-        }
-        for t in server._tool_manager.list_tools()
-    }
+if __name__ == "__main__":  # run the imported module's, whose PageBound the tools' annotations hold
+    from matrix_mcp import sdk_compat
 
-
-def write_tool_cache() -> None:
-    """Regenerate tool_schemas.json from the code (the SDK's own registration path)."""
-    os.environ["MATRIX_TOOL_CACHE"] = "0"
-    from matrix_mcp.config import Settings
-    from matrix_mcp.server import create_server
-    from servers.database_schema import build_server
-
-    servers = {
-        "matrix": tool_definitions(create_server(Settings(database_url="sqlite:///:memory:"))),
-        "database-schema": tool_definitions(build_server("sqlite:///:memory:")),
-    }
-    data = {"fingerprint": tool_fingerprint(), "servers": servers}
-    TOOL_CACHE.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    log.warning("wrote %s (%d tools)", TOOL_CACHE, sum(len(s) for s in servers.values()))
-
-
-if __name__ == "__main__":
-    write_tool_cache()
+    sdk_compat.warm_cache()

@@ -1,16 +1,13 @@
 """Which tools a connection lists: `--toolset worker|orchestrator|all` (env MATRIX_TOOLSET).
 
 A worker agent pays for every tool definition in its context on every turn; its connection needs only the
-work loop. One mapping, applied once when the server is built (`select_tools`), so other filters (such
-as an HTTP caller's scopes) compose with it by name.
+work loop. One mapping, applied once when the server is built (`in_toolset` chooses the tools it is built
+with), so other filters (such as an HTTP caller's scopes) compose with it by name.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from mcp.server import MCPServer
+from typing import Literal
 
 Toolset = Literal["worker", "orchestrator", "all"]
 TOOLSET_NAMES: tuple[Toolset, ...] = ("worker", "orchestrator", "all")
@@ -58,10 +55,3 @@ def parse_toolset(value: str, source: str) -> Toolset:
         if value == name:
             return name
     raise ValueError(f"{source} must be one of {', '.join(TOOLSET_NAMES)}, got {value!r}")
-
-
-def select_tools(server: MCPServer[Any], toolset: Toolset) -> None:
-    """Remove from `server` every tool outside `toolset`."""
-    for name in [t.name for t in server._tool_manager.list_tools()]:
-        if not in_toolset(toolset, name):
-            server.remove_tool(name)

@@ -21,6 +21,7 @@ from mcp.server import MCPServer
 
 from matrix_mcp.config import (
     ArgumentParser,
+    Limits,
     SettingError,
     add_serve_flags,
     check_database_url,
@@ -29,8 +30,8 @@ from matrix_mcp.config import (
     setup_logging,
     url_from_parts,
 )
-from matrix_mcp.schema.tools import register_schema_tools, schema_service
-from matrix_mcp.sdk_compat import compact_tool_schemas, harden_arguments, use_tool_cache
+from matrix_mcp.schema.tools import SCHEMA_TOOLS, SchemaAccess, add_schema_templates, schema_resources
+from matrix_mcp.sdk_compat import ToolServer, build_tools
 
 if TYPE_CHECKING:
     import argparse
@@ -56,40 +57,55 @@ def resolve_url(cli_url: str | None, env: Mapping[str, str]) -> str | None:
     return cli_url or env.get("DATABASE_URL") or url_from_parts(env)
 
 
+class SchemaState:
+    """What the schema server serves with: its schema access (closed by the lifespan) and, over HTTP with
+    authentication, the Matrix store holding the API keys."""
+
+    def __init__(self, url: str, keys_store: KeysStore | None) -> None:
+        self.schema = SchemaAccess(lambda: url)
+        self.keys_store = keys_store
+
+
+@asynccontextmanager
+async def lifespan(server: MCPServer[SchemaState]) -> AsyncIterator[SchemaState]:
+    if not isinstance(server, ToolServer):
+        raise TypeError("the schema server's lifespan serves a ToolServer")
+    state: SchemaState = server.state
+    try:
+        if state.keys_store is not None:
+            await state.keys_store.open()
+        yield state
+    finally:
+        try:
+            if state.keys_store is not None:
+                await state.keys_store.close()
+        finally:
+            await state.schema.close()
+
+
 def build_server(
     url: str,
     *,
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
     keys_store: KeysStore | None = None,
-) -> MCPServer[Any]:
+    limits: Limits | None = None,
+) -> ToolServer[SchemaState]:
     """The schema server; over HTTP with authentication, `keys_store` is opened with it (API keys)."""
-
-    @asynccontextmanager
-    async def lifespan(server: MCPServer[Any]) -> AsyncIterator[None]:
-        try:
-            if keys_store is not None:
-                await keys_store.open()
-            yield None
-        finally:
-            if keys_store is not None:
-                await keys_store.close()
-            service = schema_service(server)
-            if service is not None:
-                await service.close()
-
-    mcp: MCPServer[Any] = MCPServer(
+    state = SchemaState(url, keys_store)
+    toolset = build_tools("database-schema", SCHEMA_TOOLS, (limits or Limits()).max_page_size)
+    mcp: ToolServer[SchemaState] = ToolServer(
         "database-schema",
+        toolset,
+        state,
         version="0.1.0",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
+        resources=schema_resources(state.schema),
         auth=auth,
         token_verifier=token_verifier,
     )
-    use_tool_cache(mcp)
-    register_schema_tools(mcp, lambda: url)
-    compact_tool_schemas(mcp)
-    harden_arguments(mcp)
+    add_schema_templates(mcp)
     return mcp
 
 

@@ -18,6 +18,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import max_body_bytes
 from matrix_mcp.http.rest import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import TOOL_SCOPES
+from matrix_mcp.sdk_compat import ToolServer
 from tests.conftest import assert_consistent
 from tests.http_helpers import client, create_key, serving
 
@@ -324,7 +325,8 @@ async def test_openapi_document_is_valid_and_matches_the_tools(tmp_path: Path) -
         doc = (await h.get("/openapi.json")).json()
         validate(doc)
         assert doc["openapi"] == "3.1.0"
-        tools = {t.name: t for t in service.mcp._tool_manager.list_tools()}
+        assert isinstance(service.mcp, ToolServer)
+        tools = service.mcp.tool_definitions()
         for ep in ENDPOINTS:
             operation = doc["paths"][PREFIX + ep.path][ep.method.lower()]
             assert operation["operationId"] == ep.tool

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from mcp.client import Client
+from mcp.server.mcpserver.tools import Tool
 
 from matrix_mcp import sdk_compat
 from matrix_mcp.config import Settings
@@ -165,46 +169,192 @@ async def test_unknown_arguments_are_refused_not_ignored(tmp_path: Path, mode: s
         assert tools and all(t.input_schema.get("additionalProperties") is False for t in tools)
 
 
-def test_precomputed_tool_definitions_are_current() -> None:
-    """tool_schemas.json must describe the code as it is: regenerate it after changing a tool's signature,
-    docstring or result model (the servers then register those tools the slow way until you do)."""
-    data = json.loads(sdk_compat.TOOL_CACHE.read_text(encoding="utf-8"))
-    assert data["fingerprint"]["sources"] == sdk_compat.tool_fingerprint()["sources"], (
-        "matrix_mcp/tool_schemas.json is stale: run `python -m matrix_mcp.sdk_compat`"
-    )
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tool definition cache of this test's own."""
+    monkeypatch.setenv("MATRIX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MATRIX_TOOL_CACHE", raising=False)
+    return tmp_path / "cache"
+
+
+def _no_sdk_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("built the SDK's way although the cache is current")
+
+    monkeypatch.setattr(Tool, "from_function", refuse)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_precomputed_tools_are_the_sdks_tools(
-    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+async def test_cached_tools_are_the_sdks_tools(
+    tmp_path: Path, mode: str, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both servers list exactly the same tools with the precomputed definitions as without them, and a
-    precomputed tool validates its arguments and its result as the SDK's own does. Under another release
-    of the SDK or pydantic than the file was written with, the definitions are not used at all."""
-    data = json.loads(sdk_compat.TOOL_CACHE.read_text(encoding="utf-8"))
-    usable = data["fingerprint"] == sdk_compat.tool_fingerprint()
+    """The first start writes the definitions to the cache; the next builds no tool the SDK's way and lists
+    exactly the same tools as a server built without the cache; a cached tool validates its arguments and
+    its result as the SDK's own does."""
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    schema_url = f"sqlite:///{tmp_path / 'm.db'}"
     listed: dict[str, list[dict[str, Any]]] = {}
-    contexts: dict[str, dict[str, str | None]] = {}
-    for cache in ("1", "0"):
-        monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
-        matrix, schema = create_server(settings), build_server(f"sqlite:///{tmp_path / 'm.db'}")
-        tools = [t for s in (matrix, schema) for t in s._tool_manager.list_tools()]
-        kinds = {type(t.fn_metadata).__name__ for t in tools}
-        contexts[cache] = {t.name: t.context_kwarg for t in tools}
-        assert kinds == ({"CachedFuncMetadata"} if cache == "1" and usable else {"StrictFuncMetadata"})
-        listed[cache] = []
+    for kind in ("off", "first", "cached"):
+        if kind == "off":
+            monkeypatch.setenv("MATRIX_TOOL_CACHE", "0")
+        else:
+            monkeypatch.delenv("MATRIX_TOOL_CACHE", raising=False)
+        if kind == "cached":
+            assert sorted(p.name.split("-")[1] for p in cache.iterdir()) == ["database", "matrix"]
+            _no_sdk_build(monkeypatch)
+        matrix, schema = create_server(settings), build_server(schema_url)
+        if kind == "off":
+            assert not cache.exists()
+        tools = [t for s in (matrix, schema) for t in s.tool_definitions().values()]
+        assert {type(t.fn_metadata) for t in tools} == {sdk_compat.LazyFuncMetadata}
+        assert {t.name: t.context_kwarg for t in tools} == dict.fromkeys([t.name for t in tools], "ctx")
+        listed[kind] = []
         for server in (matrix, schema):
             async with Client(server, mode=mode) as c:  # type: ignore[arg-type]
-                listed[cache] += [t.model_dump(mode="json") for t in (await c.list_tools()).tools]
+                listed[kind] += [t.model_dump(mode="json") for t in (await c.list_tools()).tools]
                 if server is matrix:
                     bad = await c.call_tool("claim_items", {"run": "r", "worker": "w", "limit": 0})
                     assert bad.is_error and "limit" in bad.content[0].text  # type: ignore[union-attr]
+                    ok = await c.call_tool("list_runs", {})
+                    assert not ok.is_error and ok.structured_content == {"runs": []}
                 else:
                     ok = await c.call_tool("find_relationships", {})
                     assert not ok.is_error and "relationships" in (ok.structured_content or {})
-    assert listed["1"] == listed["0"] and len(listed["1"]) == 32
-    assert contexts["1"] == contexts["0"] and contexts["0"]["run_status"] == "ctx"
+    assert listed["off"] == listed["first"] == listed["cached"] and len(listed["off"]) == 32
+
+
+MODELS_PY = """from pydantic import BaseModel, Field
+
+
+class Answer(BaseModel):
+    value: int = Field(description="VERSION-ONE")
+"""
+TOOLS_PY = '''from mcp.server.mcpserver import Context
+
+from stale_pkg.models import Answer
+
+
+async def answer(ctx: Context, x: int) -> Answer:
+    """DOC-ONE"""
+    return Answer(value=x)
+'''
+
+
+async def test_tool_cache_cannot_go_stale(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool whose result model lives in another module: editing that module (a field's description) or the
+    tool's docstring changes the definitions the next start serves, with nothing to regenerate."""
+    pkg = tmp_path / "stale_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(MODELS_PY)
+    (pkg / "tools.py").write_text(TOOLS_PY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def build() -> Tool:
+        for name in ("stale_pkg.tools", "stale_pkg.models"):
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        tools = importlib.import_module("stale_pkg.tools")
+        return sdk_compat.build_tools("stale", [sdk_compat.ToolSpec(tools.answer)], 10).tools[0]
+
+    first = build()
+    assert first.description == "DOC-ONE" and "VERSION-ONE" in json.dumps(first.output_schema)
+    assert len(list(cache.iterdir())) == 1
+    with monkeypatch.context() as m:  # unchanged: served from the cache
+        _no_sdk_build(m)
+        assert build().output_schema == first.output_schema
+    models = pkg / "models.py"
+    models.write_text(MODELS_PY.replace("VERSION-ONE", "VERSION-TWO"))
+    second = json.dumps(build().output_schema)
+    assert "VERSION-TWO" in second and "VERSION-ONE" not in second
+    (pkg / "tools.py").write_text(TOOLS_PY.replace("DOC-ONE", "DOC-TWO"))
+    assert build().description == "DOC-TWO"
+    for name in ("stale_pkg.tools", "stale_pkg.models", "stale_pkg"):
+        sys.modules.pop(name, None)
+
+
+def test_an_unwritable_cache_only_means_building_at_every_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("MATRIX_TOOL_CACHE", raising=False)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("MATRIX_CACHE_DIR", str(blocker / "cache"))
+    with caplog.at_level(logging.INFO):
+        server = build_server(f"sqlite:///{tmp_path / 'm.db'}")
+    assert len(server.tool_definitions()) == 4
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # silent: nothing for the operator
+    (tmp_path / "damaged").mkdir()
+    monkeypatch.setenv("MATRIX_CACHE_DIR", str(tmp_path / "damaged"))
+    path = sdk_compat.cache_file("database-schema")
+    assert path is not None
+    path.write_text("{not json")  # a damaged file is rebuilt and replaced
+    assert len(build_server(f"sqlite:///{tmp_path / 'm.db'}").tool_definitions()) == 4
+    assert set(json.loads(path.read_text())["tools"]) == {
+        "analyze_schema",
+        "generate_table_ddl",
+        "find_relationships",
+        "generate_api_schema",
+    }
+
+
+PAGED = {
+    "claim_items": "limit",
+    "list_outcomes": "limit",
+    "complete_item": "claim_next",  # enforced, not advertised (the worker toolset's 6 KiB)
+    "fail_item": "claim_next",
+    "analyze_schema": "limit",
+}
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_page_sizes_follow_the_configured_limit(tmp_path: Path, mode: str) -> None:
+    """MATRIX_MAX_PAGE_SIZE is the bound of every page-size argument: advertised as the input schema's
+    maximum (1000 by default) and enforced, a value above it refused with one line naming the field."""
+    for size in (None, 5000):
+        env = {
+            "MATRIX_DATABASE_URL": f"sqlite:///{tmp_path / f'{size}.db'}",
+            "MATRIX_ARTIFACTS_DIR": str(tmp_path),
+        }
+        settings = Settings.from_env(env if size is None else {**env, "MATRIX_MAX_PAGE_SIZE": str(size)})
+        bound = size or 1000
+        async with Client(create_server(settings), mode=mode) as c:  # type: ignore[arg-type]
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+            for tool, arg in PAGED.items():
+                expected = None if arg == "claim_next" else bound
+                assert tools[tool].input_schema["properties"][arg].get("maximum") == expected, (tool, arg)
+            items = [f"i{n}" for n in range(1500)]
+            await c.call_tool("plan_run", {"name": "r", "packages": [{"name": "p", "items": items}]})
+            page = await c.call_tool("list_outcomes", {"run": "r", "limit": 1500})
+            claim = await c.call_tool("claim_items", {"run": "r", "worker": "w", "limit": 1200})
+            if size is None:
+                for refused in (page, claim):
+                    assert refused.is_error
+                    assert refused.content[0].text == "limit: must be at most 1000"  # type: ignore[union-attr]
+            else:
+                assert len((page.structured_content or {})["outcomes"]) == 1500
+                assert len((claim.structured_content or {})["items"]) == 1200
+            for tool, args in (
+                ("claim_items", {"run": "r", "worker": "w", "limit": str(bound + 1)}),
+                ("analyze_schema", {"limit": bound + 1}),
+                ("fail_item", {"outcome_id": "x", "lease_token": "t", "error": "e", "claim_next": bound + 1}),
+            ):
+                over = await c.call_tool(tool, args)
+                field = PAGED[tool]
+                assert over.is_error and over.content[0].text == f"{field}: must be at most {bound}"  # type: ignore[union-attr]
+
+
+async def test_the_schema_service_is_closed_at_shutdown(tmp_path: Path) -> None:
+    """Each server owns its schema service: opened on the first schema call, closed when the server stops."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    for server in (create_server(settings), build_server(f"sqlite:///{tmp_path / 'm.db'}")):
+        service = server.state.schema.service
+        async with Client(server, mode="legacy") as c:
+            assert not (await c.call_tool("analyze_schema", {})).is_error
+            assert service._reader is not None  # opened
+        assert service._reader is None  # closed with the server
 
 
 def _type_arrays(node: Any, path: str = "") -> list[str]:
@@ -225,12 +375,11 @@ def _type_arrays(node: Any, path: str = "") -> list[str]:
 async def test_no_tool_schema_has_a_type_array(
     cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every tool's inputSchema and outputSchema, on both servers, with and without the precomputed
-    definitions: no `type: [..]` (Gemini function declarations reject them; the Inspector's schema lint
+    """Every tool's inputSchema and outputSchema, on both servers, with and without the definition cache: no `type: [..]` (Gemini function declarations reject them; the Inspector's schema lint
     warns), and the input schemas' top level stays a plain object (Claude Code drops a server's tools
     otherwise)."""
     monkeypatch.setenv("MATRIX_TOOL_CACHE", cache)
-    monkeypatch.setattr(sdk_compat, "_cache", None)
+    monkeypatch.setenv("MATRIX_CACHE_DIR", str(tmp_path / "cache"))
     db = tmp_path / "m.db"
     for server in (
         create_server(Settings(database_url=f"sqlite:///{db}", artifacts_dir=tmp_path / "a")),

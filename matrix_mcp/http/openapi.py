@@ -68,7 +68,11 @@ def _error_response(text: str) -> dict[str, Any]:
 
 
 def document(mcp: MCPServer[Any]) -> dict[str, Any]:
-    tools = {t.name: t for t in mcp._tool_manager.list_tools()}
+    from matrix_mcp.sdk_compat import ToolServer
+
+    if not isinstance(mcp, ToolServer):
+        raise TypeError("the REST API's document describes a server built from a ToolSet")
+    tools = mcp.tool_definitions()
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for ep in ENDPOINTS:

@@ -1,7 +1,10 @@
-"""The schema tools and resources, registered on any MCPServer (the sibling server and the main one).
+"""The schema tools and resources, served by the sibling server and the main one.
 
-One implementation: `register_schema_tools(mcp, url_provider)`. Connections open lazily and read-only;
-the DDL / OpenAPI / GraphQL generators and psycopg are imported only when used.
+One implementation: the tool functions below (`SCHEMA_TOOLS`), `schema_resources(access)` and
+`add_schema_templates(mcp)`. They reach the server's `SchemaAccess` through the context
+(`ctx.mcp_server.state.schema`); the access is created with the server and closed by its lifespan.
+Connections open lazily and read-only; the DDL / OpenAPI / GraphQL generators and psycopg are imported only
+when used.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ import base64
 import json
 import logging
 import os
-import weakref
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.server.mcpserver.resources.templates import ResourceSecurity
+from mcp.server.mcpserver.resources import FunctionResource, Resource, ResourceSecurity
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -30,6 +34,7 @@ from matrix_mcp.schema.model import (
 )
 from matrix_mcp.schema.relationships import Relationship
 from matrix_mcp.schema.service import LookupError_, SchemaService
+from matrix_mcp.sdk_compat import PAGE_BOUND, ToolSpec
 
 log = logging.getLogger("matrix_mcp.schema")
 
@@ -37,12 +42,43 @@ DEFAULT_MAX_BYTES = 60_000
 DEFAULT_LIMITS = {"names": 1000, "summary": 100, "full": 50}
 Detail = Literal["names", "summary", "full"]
 
-_SERVICES: weakref.WeakKeyDictionary[MCPServer[Any], SchemaService] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
 
 
-def schema_service(mcp: MCPServer[Any]) -> SchemaService | None:
-    """The service registered on `mcp`, so its owner can close the connection at shutdown."""
-    return _SERVICES.get(mcp)
+class SchemaAccess:
+    """The schema service of one server and how its failures read: created with the server, closed by the
+    server's lifespan (`close`)."""
+
+    def __init__(self, url_provider: Callable[[], str]) -> None:
+        self.url_provider = url_provider
+        self.service = SchemaService(url_provider)
+
+    async def close(self) -> None:
+        await self.service.close()
+
+    def fail(self, exc: BaseException) -> ToolError:
+        secret = url_password(self.url_provider()) or ""
+        text = redact_text(str(exc), secrets=(secret,))
+        if isinstance(exc, LookupError_ | ToolError):
+            return ToolError(text)
+        log.warning("schema tool failed: %s", text)
+        return ToolError(f"database: {text}")
+
+    async def guarded(self, coro: Awaitable[T]) -> T:
+        try:
+            return await coro
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise self.fail(exc) from None
+
+
+def access_of(ctx: Context) -> SchemaAccess:
+    """The schema access of the server a tool or resource runs on (its `state.schema`)."""
+    access = getattr(getattr(ctx.mcp_server, "state", None), "schema", None)
+    if not isinstance(access, SchemaAccess):
+        raise ToolError("schema analysis is not available on this server")
+    return access
 
 
 # ---- output models ---------------------------------------------------------------------------------
@@ -189,267 +225,280 @@ def _max_bytes() -> int:
 # ---- registration ----------------------------------------------------------------------------------
 
 
-def register_schema_tools(mcp: MCPServer[Any], url_provider: Callable[[], str]) -> None:
-    """Register analyze_schema, generate_table_ddl, find_relationships, generate_api_schema and schema:// resources."""
-    service = SchemaService(url_provider)
-    _SERVICES[mcp] = service
-    read_only = ToolAnnotations(
-        read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+
+
+async def _analyze(
+    service: SchemaService,
+    schema_name: str | None,
+    tables: list[str] | None,
+    detail: Detail,
+    limit: int | None,
+    cursor: str | None,
+) -> CallToolResult:
+    rels = await service.relations(schema_name)
+    keys = sorted((s, n) for s, n, _ in rels)
+    if tables:
+        wanted = [await service.resolve(name, schema_name, "tables") for name in tables]
+        keys = [k for k in keys if k in set(wanted)]
+    after: tuple[str, str] | None = None
+    if cursor:
+        data = _decode_cursor(cursor)
+        raw = data.get("after")
+        if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
+            raise ToolError("cursor: not a cursor returned by this tool")
+        after = (raw[0], raw[1])
+    page_keys = [k for k in keys if after is None or k > after]
+    cap = limit or DEFAULT_LIMITS[detail]
+    chunk = page_keys[:cap]
+    if detail == "names":
+        kinds = {(s, n): k for s, n, k in rels}
+        page: list[dict[str, Any]] = [{"schema_name": s, "name": n, "kind": kinds[(s, n)]} for s, n in chunk]
+        model = None
+    else:
+        model = (
+            await service.read(None, chunk) if chunk else SchemaModel(dialect="sqlite", schemas=[], tables=[])
+        )
+        page = [_table_dict(t, detail) for t in model.tables]
+    budget = _max_bytes()
+    used = 0
+    kept: list[dict[str, Any]] = []
+    truncated = False
+    for t in page:
+        size = len(json.dumps(t, ensure_ascii=False).encode())
+        if kept and used + size > budget:
+            truncated = True
+            break
+        kept.append(t)
+        used += size
+    last_index = len(kept)
+    more = truncated or len(page_keys) > len(chunk)
+    next_cursor = None
+    if more and kept:
+        last = kept[-1]
+        next_cursor = _encode_cursor({"after": [last["schema_name"], last["name"]]})
+    reader = await service.reader()
+    audit = await service.audit() if cursor is None else None
+    result = AnalyzeResult(
+        dialect=reader.dialect,
+        database=model.database if model else None,
+        schema=schema_name,
+        table_count=len(keys),
+        tables=kept,
+        next_cursor=next_cursor,
+        truncated_by_budget=truncated,
+        audit=audit,
+    )
+    structured = _structured(result)
+    text = (
+        f"{len(kept)} of {len(keys)} tables/views ({detail})"
+        + (f"; more with cursor={next_cursor}" if next_cursor else "")
+        + f" [{last_index} on this page]"
+    )
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"{text}\n{UNTRUSTED_NOTICE}")],
+        structured_content=structured,
     )
 
-    def fail(exc: BaseException) -> ToolError:
-        secret = url_password(url_provider()) or ""
-        text = redact_text(str(exc), secrets=(secret,))
-        if isinstance(exc, LookupError_ | ToolError):
-            return ToolError(text)
-        log.warning("schema tool failed: %s", text)
-        return ToolError(f"database: {text}")
 
-    async def guarded(coro: Any) -> Any:
-        try:
-            return await coro
-        except ToolError:
-            raise
-        except Exception as exc:
-            raise fail(exc) from None
+async def analyze_schema(
+    ctx: Context,
+    schema_name: Annotated[
+        str | None, Field(description="Only this schema (PostgreSQL); default all.")
+    ] = None,
+    tables: Annotated[list[str] | None, Field(description="Only these tables or views.")] = None,
+    detail: Annotated[Detail, Field(description="names | summary | full")] = "summary",
+    limit: Annotated[int | None, Field(ge=1, description="Tables per page."), PAGE_BOUND] = None,
+    cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
+) -> Annotated[CallToolResult, AnalyzeResult]:
+    """Describe tables and views: columns, keys, constraints, indexes. Paged by a byte budget and a cursor."""
+    access = access_of(ctx)
+    return await access.guarded(_analyze(access.service, schema_name, tables, detail, limit, cursor))
 
-    async def _analyze(
-        schema_name: str | None,
-        tables: list[str] | None,
-        detail: Detail,
-        limit: int | None,
-        cursor: str | None,
-    ) -> CallToolResult:
-        rels = await service.relations(schema_name)
-        keys = sorted((s, n) for s, n, _ in rels)
-        if tables:
-            wanted = [await service.resolve(name, schema_name, "tables") for name in tables]
-            keys = [k for k in keys if k in set(wanted)]
-        after: tuple[str, str] | None = None
-        if cursor:
-            data = _decode_cursor(cursor)
-            raw = data.get("after")
-            if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
-                raise ToolError("cursor: not a cursor returned by this tool")
-            after = (raw[0], raw[1])
-        page_keys = [k for k in keys if after is None or k > after]
-        cap = limit or DEFAULT_LIMITS[detail]
-        chunk = page_keys[:cap]
-        if detail == "names":
-            kinds = {(s, n): k for s, n, k in rels}
-            page: list[dict[str, Any]] = [
-                {"schema_name": s, "name": n, "kind": kinds[(s, n)]} for s, n in chunk
-            ]
-            model = None
-        else:
-            model = (
-                await service.read(None, chunk)
-                if chunk
-                else SchemaModel(dialect="sqlite", schemas=[], tables=[])
-            )
-            page = [_table_dict(t, detail) for t in model.tables]
-        budget = _max_bytes()
-        used = 0
-        kept: list[dict[str, Any]] = []
-        truncated = False
-        for t in page:
-            size = len(json.dumps(t, ensure_ascii=False).encode())
-            if kept and used + size > budget:
-                truncated = True
-                break
-            kept.append(t)
-            used += size
-        last_index = len(kept)
-        more = truncated or len(page_keys) > len(chunk)
-        next_cursor = None
-        if more and kept:
-            last = kept[-1]
-            next_cursor = _encode_cursor({"after": [last["schema_name"], last["name"]]})
-        reader = await service.reader()
-        audit = await service.audit() if cursor is None else None
-        result = AnalyzeResult(
-            dialect=reader.dialect,
-            database=model.database if model else None,
-            schema=schema_name,
-            table_count=len(keys),
-            tables=kept,
-            next_cursor=next_cursor,
-            truncated_by_budget=truncated,
-            audit=audit,
-        )
-        structured = _structured(result)
-        text = (
-            f"{len(kept)} of {len(keys)} tables/views ({detail})"
-            + (f"; more with cursor={next_cursor}" if next_cursor else "")
-            + f" [{last_index} on this page]"
-        )
-        return CallToolResult(
-            content=[TextContent(type="text", text=f"{text}\n{UNTRUSTED_NOTICE}")],
-            structured_content=structured,
-        )
 
-    @mcp.tool(annotations=read_only)
-    async def analyze_schema(
-        schema_name: Annotated[
-            str | None, Field(description="Only this schema (PostgreSQL); default all.")
-        ] = None,
-        tables: Annotated[list[str] | None, Field(description="Only these tables or views.")] = None,
-        detail: Annotated[Detail, Field(description="names | summary | full")] = "summary",
-        limit: Annotated[int | None, Field(ge=1, le=1000, description="Tables per page.")] = None,
-        cursor: Annotated[str | None, Field(description="next_cursor of the previous page.")] = None,
-    ) -> Annotated[CallToolResult, AnalyzeResult]:
-        """Describe tables and views: columns, keys, constraints, indexes. Paged by a byte budget and a cursor."""
-        result: CallToolResult = await guarded(_analyze(schema_name, tables, detail, limit, cursor))
-        return result
+async def _ddl(
+    service: SchemaService, table_name: str, include_indexes: bool, schema_name: str | None
+) -> DdlResult:
+    from matrix_mcp.schema.ddl import table_ddl
 
-    async def _ddl(table_name: str, include_indexes: bool, schema_name: str | None) -> DdlResult:
-        from matrix_mcp.schema.ddl import table_ddl
+    table, model = await service.table(table_name, schema_name, "table_name")
+    out = table_ddl(table, model, include_indexes)
+    return DdlResult(
+        dialect=model.dialect,
+        schema_name=table.schema_name,
+        table_name=table.name,
+        ddl=out.ddl,
+        prerequisites=out.prerequisites,
+        depends_on=out.depends_on,
+    )
 
-        table, model = await service.table(table_name, schema_name, "table_name")
-        out = table_ddl(table, model, include_indexes)
-        return DdlResult(
-            dialect=model.dialect,
-            schema_name=table.schema_name,
-            table_name=table.name,
-            ddl=out.ddl,
-            prerequisites=out.prerequisites,
-            depends_on=out.depends_on,
-        )
 
-    @mcp.tool(annotations=read_only)
-    async def generate_table_ddl(
-        table_name: Annotated[str, Field(min_length=1, description="Table or view name.")],
-        include_indexes: bool = True,
-        schema_name: Annotated[
-            str | None, Field(description="Needed when the name exists in several schemas.")
-        ] = None,
-    ) -> DdlResult:
-        """CREATE statement for one table or view (constraints, indexes, comments) that recreates it."""
-        result: DdlResult = await guarded(_ddl(table_name, include_indexes, schema_name))
-        return result
+async def generate_table_ddl(
+    ctx: Context,
+    table_name: Annotated[str, Field(min_length=1, description="Table or view name.")],
+    include_indexes: bool = True,
+    schema_name: Annotated[
+        str | None, Field(description="Needed when the name exists in several schemas.")
+    ] = None,
+) -> DdlResult:
+    """CREATE statement for one table or view (constraints, indexes, comments) that recreates it."""
+    access = access_of(ctx)
+    return await access.guarded(_ddl(access.service, table_name, include_indexes, schema_name))
 
-    async def _rels(table_name: str | None, schema_name: str | None, cursor: str | None) -> CallToolResult:
-        from matrix_mcp.schema.relationships import involving, relationships
 
-        model = await service.read()
-        rels = relationships(model)
-        if table_name:
-            key = await service.resolve(table_name, schema_name, "table_name")
-            table = next(t for t in model.tables if (t.schema_name, t.name) == key)
-            rels = involving(rels, table, model.dialect)
-        start = 0
-        if cursor:
-            raw = _decode_cursor(cursor).get("offset")
-            if not isinstance(raw, int) or raw < 0:
-                raise ToolError("cursor: not a cursor returned by this tool")
-            start = raw
-        budget = _max_bytes()
-        kept: list[Relationship] = []
-        used = 0
-        for rel in rels[start:]:
-            size = len(rel.model_dump_json().encode())
-            if kept and used + size > budget:
-                break
-            kept.append(rel)
-            used += size
-        end = start + len(kept)
-        result = RelationshipsResult(
-            relationships=kept, next_cursor=_encode_cursor({"offset": end}) if end < len(rels) else None
-        )
-        return _result(result, f"{len(kept)} of {len(rels)} relationships")
+async def _rels(
+    service: SchemaService, table_name: str | None, schema_name: str | None, cursor: str | None
+) -> CallToolResult:
+    from matrix_mcp.schema.relationships import involving, relationships
 
-    @mcp.tool(annotations=read_only)
-    async def find_relationships(
-        table_name: Annotated[
-            str | None, Field(description="Only relationships touching this table.")
-        ] = None,
-        schema_name: str | None = None,
-        cursor: str | None = None,
-    ) -> Annotated[CallToolResult, RelationshipsResult]:
-        """Foreign keys (composite columns paired by position, ON UPDATE/DELETE) and M:N junctions, with cardinality."""
-        result: CallToolResult = await guarded(_rels(table_name, schema_name, cursor))
-        return result
+    model = await service.read()
+    rels = relationships(model)
+    if table_name:
+        key = await service.resolve(table_name, schema_name, "table_name")
+        table = next(t for t in model.tables if (t.schema_name, t.name) == key)
+        rels = involving(rels, table, model.dialect)
+    start = 0
+    if cursor:
+        raw = _decode_cursor(cursor).get("offset")
+        if not isinstance(raw, int) or raw < 0:
+            raise ToolError("cursor: not a cursor returned by this tool")
+        start = raw
+    budget = _max_bytes()
+    kept: list[Relationship] = []
+    used = 0
+    for rel in rels[start:]:
+        size = len(rel.model_dump_json().encode())
+        if kept and used + size > budget:
+            break
+        kept.append(rel)
+        used += size
+    end = start + len(kept)
+    result = RelationshipsResult(
+        relationships=kept, next_cursor=_encode_cursor({"offset": end}) if end < len(rels) else None
+    )
+    return _result(result, f"{len(kept)} of {len(rels)} relationships")
 
-    async def _api(fmt: str, tables: list[str] | None, schema_name: str | None) -> CallToolResult:
-        from matrix_mcp.schema.api import graphql_sdl, openapi_document
 
-        keys = None
-        if tables:
-            keys = [await service.resolve(name, schema_name, "tables") for name in tables]
-        model = await service.read(None if keys else ([schema_name] if schema_name else None), keys)
-        document: dict[str, Any] | str
-        if fmt == "openapi":
-            document = openapi_document(model, title=f"{model.database or 'database'} API")
-        else:
-            document = graphql_sdl(model)
-        result = ApiSchemaResult(format=fmt, table_count=len(model.tables), document=document)  # type: ignore[arg-type]
-        return _result(result, f"{fmt} document for {len(model.tables)} tables/views")
+async def find_relationships(
+    ctx: Context,
+    table_name: Annotated[str | None, Field(description="Only relationships touching this table.")] = None,
+    schema_name: str | None = None,
+    cursor: str | None = None,
+) -> Annotated[CallToolResult, RelationshipsResult]:
+    """Foreign keys (composite columns paired by position, ON UPDATE/DELETE) and M:N junctions, with cardinality."""
+    access = access_of(ctx)
+    return await access.guarded(_rels(access.service, table_name, schema_name, cursor))
 
-    @mcp.tool(annotations=read_only)
-    async def generate_api_schema(
-        format: Literal["openapi", "graphql"] = "openapi",
-        tables: Annotated[list[str] | None, Field(description="Only these tables; default all.")] = None,
-        schema_name: str | None = None,
-    ) -> Annotated[CallToolResult, ApiSchemaResult]:
-        """OpenAPI 3.1 document (create/update/read schemas) or GraphQL SDL generated from the schema."""
-        result: CallToolResult = await guarded(_api(format, tables, schema_name))
-        return result
 
-    # ---- resources ----------------------------------------------------------------------------------
+async def _api(
+    service: SchemaService, fmt: str, tables: list[str] | None, schema_name: str | None
+) -> CallToolResult:
+    from matrix_mcp.schema.api import graphql_sdl, openapi_document
 
-    @mcp.resource(
+    keys = None
+    if tables:
+        keys = [await service.resolve(name, schema_name, "tables") for name in tables]
+    model = await service.read(None if keys else ([schema_name] if schema_name else None), keys)
+    document: dict[str, Any] | str
+    if fmt == "openapi":
+        document = openapi_document(model, title=f"{model.database or 'database'} API")
+    else:
+        document = graphql_sdl(model)
+    result = ApiSchemaResult(format=fmt, table_count=len(model.tables), document=document)  # type: ignore[arg-type]
+    return _result(result, f"{fmt} document for {len(model.tables)} tables/views")
+
+
+async def generate_api_schema(
+    ctx: Context,
+    format: Literal["openapi", "graphql"] = "openapi",
+    tables: Annotated[list[str] | None, Field(description="Only these tables; default all.")] = None,
+    schema_name: str | None = None,
+) -> Annotated[CallToolResult, ApiSchemaResult]:
+    """OpenAPI 3.1 document (create/update/read schemas) or GraphQL SDL generated from the schema."""
+    access = access_of(ctx)
+    return await access.guarded(_api(access.service, format, tables, schema_name))
+
+
+SCHEMA_TOOLS = (
+    ToolSpec(analyze_schema, READ_ONLY),
+    ToolSpec(generate_table_ddl, READ_ONLY),
+    ToolSpec(find_relationships, READ_ONLY),
+    ToolSpec(generate_api_schema, READ_ONLY),
+)
+
+
+# ---- resources --------------------------------------------------------------------------------------
+
+
+async def table_resource(table: str, ctx: Context) -> str:
+    access = access_of(ctx)
+    try:
+        t, _ = await access.service.table(table, None, "table")
+    except LookupError_ as exc:
+        raise ResourceNotFoundError(str(exc)) from None
+    except Exception as exc:
+        raise ResourceNotFoundError(access.fail(exc).args[0]) from None
+    return json.dumps({"notice": UNTRUSTED_NOTICE, "table": _table_dict(t, "full")}, ensure_ascii=False)
+
+
+async def tables_resource(access: SchemaAccess) -> str:
+    rels = await access.service.relations()
+    return json.dumps(
+        {"notice": UNTRUSTED_NOTICE, "tables": [{"schema": s, "name": n, "kind": k} for s, n, k in rels]},
+        ensure_ascii=False,
+    )
+
+
+async def fingerprint_resource(access: SchemaAccess) -> str:
+    model = await access.service.read()
+    out = FingerprintOut(
+        fingerprint=fingerprint(model),
+        dialect=model.dialect,
+        database=model.database,
+        table_count=len(model.tables),
+    )
+    return out.model_dump_json()
+
+
+async def audit_resource(access: SchemaAccess) -> str:
+    return (await access.service.audit()).model_dump_json()
+
+
+def schema_resources(access: SchemaAccess) -> list[Resource]:
+    """The static schema:// resources, reading through `access`."""
+    return [
+        FunctionResource(
+            uri="schema://tables",
+            name="schema-tables",
+            description="Names and kinds of every table and view.",
+            mime_type="application/json",
+            fn=partial(tables_resource, access),
+        ),
+        FunctionResource(
+            uri="schema://fingerprint",
+            name="schema-fingerprint",
+            description="Hash of the normalized schema; changes when the schema does.",
+            mime_type="application/json",
+            fn=partial(fingerprint_resource, access),
+        ),
+        FunctionResource(
+            uri="schema://audit",
+            name="schema-audit",
+            description="What rights this connection has: superuser, write ability, dangerous roles.",
+            mime_type="application/json",
+            fn=partial(audit_resource, access),
+        ),
+    ]
+
+
+def add_schema_templates(mcp: MCPServer[Any]) -> None:
+    """The schema://tables/{table} template (it finds the server's access through its context)."""
+    mcp.resource(
         "schema://tables/{table}",
         name="schema-table",
         description="Full definition of one table or view (schema.name when ambiguous). Untrusted data.",
         mime_type="application/json",
         security=ResourceSecurity(exempt_params={"table"}),
-    )
-    async def table_resource(table: str) -> str:
-        try:
-            t, _ = await service.table(table, None, "table")
-        except LookupError_ as exc:
-            raise ResourceNotFoundError(str(exc)) from None
-        except Exception as exc:
-            raise ResourceNotFoundError(fail(exc).args[0]) from None
-        return json.dumps({"notice": UNTRUSTED_NOTICE, "table": _table_dict(t, "full")}, ensure_ascii=False)
-
-    @mcp.resource(
-        "schema://tables",
-        name="schema-tables",
-        description="Names and kinds of every table and view.",
-        mime_type="application/json",
-    )
-    async def tables_resource() -> str:
-        rels = await service.relations()
-        return json.dumps(
-            {"notice": UNTRUSTED_NOTICE, "tables": [{"schema": s, "name": n, "kind": k} for s, n, k in rels]},
-            ensure_ascii=False,
-        )
-
-    @mcp.resource(
-        "schema://fingerprint",
-        name="schema-fingerprint",
-        description="Hash of the normalized schema; changes when the schema does.",
-        mime_type="application/json",
-    )
-    async def fingerprint_resource() -> str:
-        model = await service.read()
-        out = FingerprintOut(
-            fingerprint=fingerprint(model),
-            dialect=model.dialect,
-            database=model.database,
-            table_count=len(model.tables),
-        )
-        return out.model_dump_json()
-
-    @mcp.resource(
-        "schema://audit",
-        name="schema-audit",
-        description="What rights this connection has: superuser, write ability, dangerous roles.",
-        mime_type="application/json",
-    )
-    async def audit_resource() -> str:
-        return (await service.audit()).model_dump_json()
-
-    del analyze_schema, generate_table_ddl, find_relationships, generate_api_schema
-    del table_resource, tables_resource, fingerprint_resource, audit_resource
+    )(table_resource)
