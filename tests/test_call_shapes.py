@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from matrix_mcp.engine import Engine, new_token
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.store.base import ClaimRequest, Failure, NewRecord, NextClaim, Report, Store
 from matrix_mcp.store.hooks import (
+    AttemptResult,
+    CallLog,
     CursorMove,
     DeliveryQuery,
     EndpointState,
@@ -82,6 +85,8 @@ def test_both_dialects_take_the_protocols_arguments_the_protocols_way(protocol: 
         assert got == want, name
 
 
+FRESH = EndpointState(failures=0, failing_since=None, circuit_open_until=None, last_success_at=None)
+
 PARAMETER_OBJECTS = [
     ClaimRequest,
     NextClaim,
@@ -92,6 +97,10 @@ PARAMETER_OBJECTS = [
     RoundRecord,
     DeliveryQuery,
     Redelivery,
+    NewDelivery,
+    AttemptResult,
+    EndpointState,
+    CallLog,
 ]
 
 
@@ -119,9 +128,28 @@ def _example(cls: type) -> Any:
         NewRecord: NewRecord(run_id="r", package="p", item="i"),
         Report: Report(outcome_path="a.txt"),
         CursorMove: CursorMove(owner="a", cursor_from=1, cursor_to=2),
-        RoundRecord: RoundRecord(owner="a", state=EndpointState(0, None, None, None)),
+        RoundRecord: RoundRecord(owner="a", state=FRESH),
         DeliveryQuery: DeliveryQuery(limit=10, subscription_id="wh_1"),
         Redelivery: Redelivery(subscription_id="wh_1", since=1.0),
+        NewDelivery: NewDelivery(id="msg_1", seq=1, event_type="ping", run=None, body="{}"),
+        AttemptResult: AttemptResult(
+            delivery_id="msg_1",
+            status="pending",
+            attempts=1,
+            next_attempt_at=9.0,
+            status_code=500,
+            error="x",
+            now=1.0,
+        ),
+        EndpointState: FRESH,
+        CallLog: CallLog(
+            run=None,
+            integration_type="webhook",
+            action="deliver",
+            status="failure",
+            details={},
+            created_at=1.0,
+        ),
     }
     return examples[cls]
 
@@ -191,7 +219,7 @@ async def test_a_positional_hook_store_call_is_refused_before_anything_changes(e
     with pytest.raises(TypeError):
         await hooks.materialize("wh_1", "a", c0, c0 + 1, [ping], 1.0)
     with pytest.raises(TypeError):
-        await hooks.record("wh_1", "a", [], EndpointState(5, 1.0, 99.0, None), 1.0)
+        await hooks.record("wh_1", "a", [], replace(FRESH, failures=5, circuit_open_until=99.0), 1.0)
     with pytest.raises(TypeError):
         await hooks.due_deliveries("wh_1", 1.0, 10)
     with pytest.raises(TypeError):

@@ -134,14 +134,51 @@ async def test_record_results_due_and_circuit_state(engine: Engine) -> None:
     )
     due = await hooks.due_deliveries("wh_1", now=1.0, limit=2)
     assert [d.seq for d in due] == [c0 + 1, c0 + 2]
-    ok = AttemptResult(due[0].id, "succeeded", 1, 1.0, 200, None, 2.0)
-    retry = AttemptResult(due[1].id, "pending", 1, 10.0, 500, "HTTP 500", 2.0)
+    ok = AttemptResult(
+        delivery_id=due[0].id,
+        status="succeeded",
+        attempts=1,
+        next_attempt_at=1.0,
+        status_code=200,
+        error=None,
+        now=2.0,
+    )
+    retry = AttemptResult(
+        delivery_id=due[1].id,
+        status="pending",
+        attempts=1,
+        next_attempt_at=10.0,
+        status_code=500,
+        error="HTTP 500",
+        now=2.0,
+    )
     state = EndpointState(failures=1, failing_since=2.0, circuit_open_until=None, last_success_at=2.0)
     await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
     logs = [
-        CallLog("r", "webhook", "deliver", "success", {"delivery_id": due[0].id}, 2.0),
-        CallLog("r", "webhook", "deliver", "failure", {"delivery_id": due[1].id, "status_code": 500}, 2.0),
-        CallLog(None, "webhook", "deliver", "failure", {}, 2.0),
+        CallLog(
+            run="r",
+            integration_type="webhook",
+            action="deliver",
+            status="success",
+            details={"delivery_id": due[0].id},
+            created_at=2.0,
+        ),
+        CallLog(
+            run="r",
+            integration_type="webhook",
+            action="deliver",
+            status="failure",
+            details={"delivery_id": due[1].id, "status_code": 500},
+            created_at=2.0,
+        ),
+        CallLog(
+            run=None,
+            integration_type="webhook",
+            action="deliver",
+            status="failure",
+            details={},
+            created_at=2.0,
+        ),
     ]
     before = await engine.store.latest_seq()
     assert not await hooks.record(
@@ -203,9 +240,26 @@ async def test_list_redeliver_ping_links_and_credentials(engine: Engine) -> None
         "wh_1", move=move("a", c0, c0 + 3, [new("wh_1", c0 + i) for i in (1, 2, 3)]), now=5.0
     )
     ids = [d.id for d in (await hooks.list_deliveries(DeliveryQuery(limit=10))).deliveries]
-    fails = [AttemptResult(i, "failed", 8, 5.0, 500, "gave up", 6.0) for i in ids]
+    fails = [
+        AttemptResult(
+            delivery_id=i,
+            status="failed",
+            attempts=8,
+            next_attempt_at=5.0,
+            status_code=500,
+            error="gave up",
+            now=6.0,
+        )
+        for i in ids
+    ]
     await hooks.record(
-        "wh_1", record=RoundRecord(owner="a", state=EndpointState(8, 5.0, None, None), results=fails), now=6.0
+        "wh_1",
+        record=RoundRecord(
+            owner="a",
+            state=EndpointState(failures=8, failing_since=5.0, circuit_open_until=None, last_success_at=None),
+            results=fails,
+        ),
+        now=6.0,
     )
     first = await hooks.list_deliveries(DeliveryQuery(subscription_id="wh_1", status="failed", limit=2))
     assert len(first.deliveries) == 2 and first.next_cursor is not None
@@ -226,10 +280,14 @@ async def test_list_redeliver_ping_links_and_credentials(engine: Engine) -> None
     assert await hooks.redeliver(Redelivery(subscription_id="wh_1", since=6.0), now=8.0) == 0  # made at 5.0
     with pytest.raises(NotFound):
         await hooks.redeliver(Redelivery(delivery_id="nope"), now=8.0)
-    ping = await hooks.add_delivery("wh_2", delivery=NewDelivery("msg_ping", 0, "ping", None, "{}"), now=9.0)
+    ping = await hooks.add_delivery(
+        "wh_2", delivery=NewDelivery(id="msg_ping", seq=0, event_type="ping", run=None, body="{}"), now=9.0
+    )
     assert ping.status == "pending" and ping.event_type == "ping" and ping.next_attempt_at == 9.0
     with pytest.raises(NotFound):
-        await hooks.add_delivery("nope", delivery=NewDelivery("msg_x", 0, "ping", None, "{}"), now=9.0)
+        await hooks.add_delivery(
+            "nope", delivery=NewDelivery(id="msg_x", seq=0, event_type="ping", run=None, body="{}"), now=9.0
+        )
     assert await hooks.get_link("wh_1", ref="run:r") is None
     await hooks.set_link("wh_1", ref="run:r", value="1.23")
     await hooks.set_link("wh_1", ref="run:r", value="4.56")

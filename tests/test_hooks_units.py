@@ -246,7 +246,7 @@ def test_retry_schedule_jitter_retry_after_and_giving_up() -> None:
 
 def test_circuit_breaker_opens_probes_closes_and_disables() -> None:
     s = HookSettings(circuit_failures=3, circuit_recovery=10.0, disable_after=100.0)
-    st = EndpointState(0, None, None, None)
+    st = EndpointState(failures=0, failing_since=None, circuit_open_until=None, last_success_at=None)
     for t in (1.0, 2.0):
         st = after_answer(s, st, Answer(500), t)
         assert not circuit_open(st, t)
@@ -255,10 +255,15 @@ def test_circuit_breaker_opens_probes_closes_and_disables() -> None:
     st = after_answer(s, st, Answer(None, "refused"), 13.0)  # the half-open probe failed: open again
     assert circuit_open(st, 20.0) and st.active
     st = after_answer(s, st, Answer(200), 24.0)
-    assert st == EndpointState(0, None, None, 24.0)
+    assert st == EndpointState(failures=0, failing_since=None, circuit_open_until=None, last_success_at=24.0)
     gone = after_answer(s, st, Answer(410), 25.0)
     assert not gone.active and "410" in (gone.disabled_reason or "")
-    st = after_answer(s, EndpointState(1, 1.0, None, None), Answer(500), 101.0)
+    st = after_answer(
+        s,
+        EndpointState(failures=1, failing_since=1.0, circuit_open_until=None, last_success_at=None),
+        Answer(500),
+        101.0,
+    )
     assert not st.active and "failing since" in (st.disabled_reason or "")
 
 

@@ -299,7 +299,12 @@ class Dispatcher:
                 for pub in E.completions(summaries, names, last.seq, self.clock()):
                     if E.matches(row.events, row.run, pub) and sink.wants(pub.type):
                         pubs.append(pub)
-        return [NewDelivery(E.delivery_id(row.id, p.key), p.seq, p.type, p.run, E.body(p)) for p in pubs]
+        return [
+            NewDelivery(
+                id=E.delivery_id(row.id, p.key), seq=p.seq, event_type=p.type, run=p.run, body=E.body(p)
+            )
+            for p in pubs
+        ]
 
     async def _run_id(self, run: str) -> str:
         if run not in self._run_ids:
@@ -391,5 +396,14 @@ class Dispatcher:
             }
             if answer.error:
                 details["error"] = answer.error
-            logs.append(CallLog(d.run, service, "deliver", status, details, now))
+            logs.append(
+                CallLog(
+                    run=d.run,
+                    integration_type=service,
+                    action="deliver",
+                    status=status,
+                    details=details,
+                    created_at=now,
+                )
+            )
         return logs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.store.hooks import AttemptResult, EndpointState, SubscriptionRow
@@ -55,19 +56,27 @@ def attempt_result(
     rng: random.Random,
 ) -> AttemptResult:
     attempts = attempts_before + 1
+    result = partial(
+        AttemptResult, delivery_id=delivery_id, attempts=attempts, status_code=answer.status_code, now=now
+    )
     if answer.ok:
-        return AttemptResult(delivery_id, "succeeded", attempts, now, answer.status_code, None, now)
+        return result(status="succeeded", next_attempt_at=now, error=None)
     error = answer.error or f"HTTP {answer.status_code}"
     delay = next_delay(settings, attempts, rng)
     if delay is None:
-        return AttemptResult(delivery_id, "failed", attempts, now, answer.status_code, error, now)
+        return result(status="failed", next_attempt_at=now, error=error)
     if answer.status_code in (429, 503) and answer.retry_after is not None:
         delay = min(answer.retry_after, settings.retry_after_max)  # the endpoint says when
-    return AttemptResult(delivery_id, "pending", attempts, now + delay, answer.status_code, error, now)
+    return result(status="pending", next_attempt_at=now + delay, error=error)
 
 
 def endpoint_state(sub: SubscriptionRow) -> EndpointState:
-    return EndpointState(sub.failures, sub.failing_since, sub.circuit_open_until, sub.last_success_at)
+    return EndpointState(
+        failures=sub.failures,
+        failing_since=sub.failing_since,
+        circuit_open_until=sub.circuit_open_until,
+        last_success_at=sub.last_success_at,
+    )
 
 
 def after_answer(settings: HookSettings, state: EndpointState, answer: Answer, now: float) -> EndpointState:
@@ -75,13 +84,18 @@ def after_answer(settings: HookSettings, state: EndpointState, answer: Answer, n
     a half-open probe whose failure re-opens it; any success closes it. 410 Gone disables the
     subscription, and so does failing without a success for `disable_after`."""
     if answer.ok:
-        return EndpointState(0, None, None, now)
+        return EndpointState(failures=0, failing_since=None, circuit_open_until=None, last_success_at=now)
     failures = state.failures + 1
     since = state.failing_since if state.failing_since is not None else now
     open_until = state.circuit_open_until
     if failures >= settings.circuit_failures:
         open_until = now + settings.circuit_recovery
-    new = EndpointState(failures, since, open_until, state.last_success_at)
+    new = EndpointState(
+        failures=failures,
+        failing_since=since,
+        circuit_open_until=open_until,
+        last_success_at=state.last_success_at,
+    )
     if answer.status_code == 410:
         return replace(new, active=False, disabled_reason="the endpoint answered 410 Gone")
     if now - since >= settings.disable_after:

@@ -67,7 +67,7 @@ class SubscriptionChange:
     disabled_reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NewDelivery:
     id: str
     seq: int
@@ -95,7 +95,7 @@ class DeliveryRow:
     delivered_at: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttemptResult:
     """The outcome of one attempt at one delivery, decided by the dispatcher's rules."""
 
@@ -108,7 +108,7 @@ class AttemptResult:
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallLog:
     """One outbound call, for the seed's integration_logs (written with the attempt results)."""
 
@@ -144,7 +144,7 @@ class OutcomeFacts:
     error: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EndpointState:
     """A subscription's circuit breaker and health after a round of attempts."""
 
