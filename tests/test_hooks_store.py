@@ -14,6 +14,7 @@ from matrix_mcp.store.hooks import (
     CallLog,
     CursorMove,
     DeliveryQuery,
+    DeliveryStatus,
     EndpointState,
     NewDelivery,
     Redelivery,
@@ -43,6 +44,34 @@ def new(sid: str, seq: int, kind: str = "outcome.completed") -> NewDelivery:
 
 def move(owner: str, cursor_from: int, cursor_to: int, deliveries: list[NewDelivery]) -> CursorMove:
     return CursorMove(owner=owner, cursor_from=cursor_from, cursor_to=cursor_to, deliveries=deliveries)
+
+
+def result(
+    delivery_id: str,
+    status: DeliveryStatus,
+    *,
+    attempts: int,
+    due: float,
+    code: int,
+    error: str | None = None,
+    now: float,
+) -> AttemptResult:
+    return AttemptResult(
+        delivery_id=delivery_id,
+        status=status,
+        attempts=attempts,
+        next_attempt_at=due,
+        status_code=code,
+        error=error,
+        now=now,
+    )
+
+
+def delivered(run: str | None, status: str, details: dict[str, object]) -> CallLog:
+    """A webhook delivery's call log at 2.0."""
+    return CallLog(
+        run=run, integration_type="webhook", action="deliver", status=status, details=details, created_at=2.0
+    )
 
 
 async def test_subscription_lifecycle_and_cursor_starts_at_latest_event(engine: Engine) -> None:
@@ -134,51 +163,14 @@ async def test_record_results_due_and_circuit_state(engine: Engine) -> None:
     )
     due = await hooks.due_deliveries("wh_1", now=1.0, limit=2)
     assert [d.seq for d in due] == [c0 + 1, c0 + 2]
-    ok = AttemptResult(
-        delivery_id=due[0].id,
-        status="succeeded",
-        attempts=1,
-        next_attempt_at=1.0,
-        status_code=200,
-        error=None,
-        now=2.0,
-    )
-    retry = AttemptResult(
-        delivery_id=due[1].id,
-        status="pending",
-        attempts=1,
-        next_attempt_at=10.0,
-        status_code=500,
-        error="HTTP 500",
-        now=2.0,
-    )
+    ok = result(due[0].id, "succeeded", attempts=1, due=1.0, code=200, now=2.0)
+    retry = result(due[1].id, "pending", attempts=1, due=10.0, code=500, error="HTTP 500", now=2.0)
     state = EndpointState(failures=1, failing_since=2.0, circuit_open_until=None, last_success_at=2.0)
     await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a"])])
     logs = [
-        CallLog(
-            run="r",
-            integration_type="webhook",
-            action="deliver",
-            status="success",
-            details={"delivery_id": due[0].id},
-            created_at=2.0,
-        ),
-        CallLog(
-            run="r",
-            integration_type="webhook",
-            action="deliver",
-            status="failure",
-            details={"delivery_id": due[1].id, "status_code": 500},
-            created_at=2.0,
-        ),
-        CallLog(
-            run=None,
-            integration_type="webhook",
-            action="deliver",
-            status="failure",
-            details={},
-            created_at=2.0,
-        ),
+        delivered("r", "success", {"delivery_id": due[0].id}),
+        delivered("r", "failure", {"delivery_id": due[1].id, "status_code": 500}),
+        delivered(None, "failure", {}),
     ]
     before = await engine.store.latest_seq()
     assert not await hooks.record(
@@ -240,18 +232,7 @@ async def test_list_redeliver_ping_links_and_credentials(engine: Engine) -> None
         "wh_1", move=move("a", c0, c0 + 3, [new("wh_1", c0 + i) for i in (1, 2, 3)]), now=5.0
     )
     ids = [d.id for d in (await hooks.list_deliveries(DeliveryQuery(limit=10))).deliveries]
-    fails = [
-        AttemptResult(
-            delivery_id=i,
-            status="failed",
-            attempts=8,
-            next_attempt_at=5.0,
-            status_code=500,
-            error="gave up",
-            now=6.0,
-        )
-        for i in ids
-    ]
+    fails = [result(i, "failed", attempts=8, due=5.0, code=500, error="gave up", now=6.0) for i in ids]
     await hooks.record(
         "wh_1",
         record=RoundRecord(
