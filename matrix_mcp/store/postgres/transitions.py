@@ -338,7 +338,14 @@ async def _requeue(
     await tx.execute(
         "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, done = %s,"
         " available_at = CASE WHEN %s THEN %s ELSE available_at END WHERE n = %s",
-        (token, lease_expires_at, status not in ("pending", "generating"), status == "pending", available_at, n),
+        (
+            token,
+            lease_expires_at,
+            status not in ("pending", "generating"),
+            status == "pending",
+            available_at,
+            n,
+        ),
     )
 
 
@@ -385,7 +392,8 @@ async def _update_status(
 ) -> Outcome:
     # the narrow row first, as a claim locks them (a claim holding it then waits for nothing of ours)
     await tx.execute(
-        "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE", (outcome_id,)
+        "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE",
+        (outcome_id,),
     )
     row = await tx.one(
         "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
@@ -408,7 +416,9 @@ async def _update_status(
         " available_at = %s, created_by = COALESCE(created_by, %s), updated_at = %s WHERE id = %s",
         R.override_params(t, report, token, created_by, outcome_id, now),
     )
-    await _requeue(tx, int(row["n"]), status, token if status == "generating" else None, t.lease_expires_at, now)
+    await _requeue(
+        tx, int(row["n"]), status, token if status == "generating" else None, t.lease_expires_at, now
+    )
     tx.move(run_id, pid, old, status)
     if status == "complete":
         tx.contribution(run_id, pid, metrics, duration, +1)
