@@ -276,9 +276,10 @@ SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u)
 """
 
 
-# Every complete of one group-commit batch in one statement: rows whose token still holds are locked in
-# a fixed order (no deadlock between two processes), updated, their attempts closed and metrics written.
-# Requests not returned (stale token, repeat, unknown id) are answered one by one afterwards.
+# Every complete of one group-commit batch in one statement: the UPDATE itself takes each row whose token
+# still holds (its WHERE is re-checked on the row's latest version, so no separate FOR UPDATE pass and no
+# lock record), closes its queue row and attempt and writes its metrics. Requests not returned (stale
+# token, repeat, unknown id) are answered one by one afterwards.
 _COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
@@ -286,26 +287,20 @@ WITH inp AS MATERIALIZED (
                          %(mimes)b::text[], %(bodies)b::bytea[])
         WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
 ),
-cur AS MATERIALIZED (
-    SELECT o.n, o.started_at, inp.i FROM outcomes o JOIN inp ON o.id = inp.id
-    WHERE o.lease_token = inp.tok AND o.status = 'generating'
-    ORDER BY o.n
-    FOR UPDATE OF o
-),
 u AS (
     UPDATE outcomes o SET status = 'complete', completed_at = inp.now,
-        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
-                                ELSE GREATEST(0.0, inp.now - cur.started_at) END,
+        duration_seconds = CASE WHEN o.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, inp.now - o.started_at) END,
         updated_at = inp.now, lease_expires_at = NULL, error_message = NULL,
         metrics = inp.metrics, metadata = inp.metadata, outcome_path = COALESCE(inp.path, o.outcome_path),
         content_sha256 = inp.sha, content_bytes = inp.nbytes, mime_type = inp.mime
-    FROM cur JOIN inp ON inp.i = cur.i
-    WHERE o.n = cur.n
+    FROM inp
+    WHERE o.id = inp.id AND o.lease_token = inp.tok AND o.status = 'generating'
     RETURNING o.*, inp.i AS req
 ),
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, done = true
-    FROM cur WHERE q.n = cur.n
+    FROM u WHERE q.n = u.n
 ),
 a AS (
     UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
