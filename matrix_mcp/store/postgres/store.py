@@ -5,9 +5,12 @@
   request runs in its own SAVEPOINT so a bad request rolls back alone. Transient errors
   (serialization failure, deadlock, lost connection, admin shutdown, pool timeout) retry the whole
   batch with jittered backoff; past a short budget the callers get `Unavailable` (retryable).
-- Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED`;
-  fairness across packages comes from each outcome's `claim_seq` (a global sequence), so no
-  package or run row is written on the claim path.
+- Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED` on the
+  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, done),
+  which holds the only indexes the claim, the lease sweep and fairness need; the outcome row is then
+  updated HOT (no index of `outcomes` names a column a claim or report writes). Fairness across
+  packages comes from each queue row's `claim_seq` (a global sequence), so no package or run row is
+  written on the claim path.
 - Counters without a hot row: each batch appends one aggregated row per touched package (and
   bucket, and minute) to `package_deltas`; one roller at a time (advisory lock) folds them into
   `packages` (the duration histogram too, as sorted arrays on the package row). Readers add the unrolled deltas (views `package_counters`, `package_hist`, `run_minutes`).
@@ -112,6 +115,8 @@ class PostgresStore(Writes):
             if flt.status is not None:
                 where.append("o.status = %s")
                 args.append(flt.status)
+                if flt.status == "generating":  # the few leased rows, from the queue's leased index
+                    where.append("o.n IN (SELECT n FROM outcome_queue WHERE lease_token IS NOT NULL)")
             if flt.worker is not None:
                 where.append("o.worker = %s")
                 args.append(flt.worker)

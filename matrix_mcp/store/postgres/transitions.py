@@ -341,7 +341,7 @@ async def _requeue(
         (
             token,
             lease_expires_at,
-            status not in ("pending", "generating"),
+            not rules.queued(status),
             status == "pending",
             available_at,
             n,
