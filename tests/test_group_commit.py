@@ -166,14 +166,22 @@ async def test_a_writer_cancelled_while_handed_the_lead_still_leads() -> None:
     async def one() -> None:
         results.append(await gc.submit(Request()))
 
+    scopes: list[anyio.CancelScope] = []
+
+    async def doomed() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            results.append(await gc.submit(Request()))
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(one)  # leads the first batch, held at the gate
         await anyio.sleep(0.01)
-        with anyio.CancelScope() as doomed:
-            tg.start_soon(one)  # queued behind it: its caller goes away
-        doomed.cancel()
+        tg.start_soon(doomed)  # queued first behind it: the heir; its caller goes away
+        await anyio.sleep(0.01)
         for _ in range(3):
             tg.start_soon(one)
         await anyio.sleep(0.01)
         gate.set()
-    assert results.count("ok") >= 4
+        await anyio.lowlevel.checkpoint()
+        scopes[0].cancel()
+    assert results.count("ok") == 4  # the first and the three behind the cancelled heir
