@@ -7,10 +7,13 @@
     QueueManagers × batch_size 10, drain mode);
   - sqlite: litequeue (`get` + `done`) from the same number of threads, each with its own connection.
 
-    python bench/bench_store.py --backend postgres [--items 20000] [--claimers 64] [--database-url URL]
+    python bench/bench_store.py --backend postgres [--items 20000] [--claimers 64] [--database-url URL] [--cost]
     python bench/bench_store.py --backend sqlite [--items 20000] [--claimers 64]
 
 For PostgreSQL a fresh database is created on the server of --database-url and dropped afterwards.
+--cost (PostgreSQL, server on this host) also prints what the matrix drain cost per item: CPU of this
+process, CPU of the database's backends (from /proc), and the group-commit batches — steadier than items/s
+on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -55,7 +58,51 @@ async def fresh_pg_database(server_url: str) -> AsyncIterator[str]:
             )
 
 
-async def matrix_drain(store: Store, items: int, claimers: int, packages: int = 10) -> float:
+class Cost:
+    """CPU per item of the matrix drain: this process, and the bench database's server backends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sizes: list[int] = []
+
+    async def _backends(self) -> float:
+        import os
+
+        import psycopg
+
+        dbname = urlsplit(self.url).path.lstrip("/")
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
+            )
+            pids = [r[0] for r in await cur.fetchall()]
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    async def start(self, store: Any) -> None:
+        store.group_commit.observe(self.sizes.append)
+        self.server0 = await self._backends()
+        self.client0 = time.process_time()
+
+    async def stop(self, done: int) -> str:
+        client = time.process_time() - self.client0
+        server = await self._backends() - self.server0
+        batches = len(self.sizes)
+        return (
+            f"matrix cost per item: client {client / done * 1e6:.0f} us CPU, server {server / done * 1e6:.0f} us"
+            f" CPU; {batches} batches, {sum(self.sizes) / max(1, batches):.1f} requests each"
+        )
+
+
+async def matrix_drain(
+    store: Store, items: int, claimers: int, packages: int = 10, cost: Cost | None = None
+) -> float:
     per = items // packages
     plan = [NewPackage(f"p{i}", None, [NewItem(f"i{j}") for j in range(per)]) for i in range(packages)]
     result = await store.plan(name="bench", goal=None, policy=RunPolicy(), packages=plan, now=time.time())
@@ -78,9 +125,13 @@ async def matrix_drain(store: Store, items: int, claimers: int, packages: int = 
                 )
                 done += 1
 
+    if cost is not None:
+        await cost.start(store)
     t0 = time.perf_counter()
     await asyncio.gather(*(claimer(n) for n in range(claimers)))
     elapsed = time.perf_counter() - t0
+    if cost is not None:
+        print(await cost.stop(done))
     assert done == per * packages, (done, per * packages)
     report = await store.recount()
     assert report.consistent, report.mismatches
@@ -169,6 +220,7 @@ async def main() -> None:
         "--pgq-workers", type=int, default=5, help="PgQueuer QueueManagers (its published setup: 5)"
     )
     ap.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer batch_size (its default: 10)")
+    ap.add_argument("--cost", action="store_true", help="print the matrix drain's CPU per item (PostgreSQL)")
     args = ap.parse_args()
     results: dict[str, Any] = {}
     if args.backend == "postgres":
@@ -177,7 +229,8 @@ async def main() -> None:
         async with fresh_pg_database(args.database_url) as url:
             store = await PostgresStore.open(url)
             try:
-                results["matrix"] = await matrix_drain(store, args.items, args.claimers)
+                cost = Cost(url) if args.cost else None
+                results["matrix"] = await matrix_drain(store, args.items, args.claimers, cost=cost)
             finally:
                 await store.close()
             results["peer"] = await pgqueuer_drain(url, args.items, args.pgq_workers, args.pgq_batch)

@@ -207,6 +207,12 @@ def lease_expired_error(target: Status, attempts: int) -> str:
     return LEASE_EXPIRED if target == "pending" else f"lease expired after {attempts} attempts"
 
 
+def queued(status: Status) -> bool:
+    """Whether an item with this status is still in the work queue (claimable or leased); complete,
+    failed and cancelled items are done with it until a retry or an override puts them back."""
+    return status in ("pending", "generating")
+
+
 # ---- manual override (update_outcome_status) ------------------------------------------------------
 
 

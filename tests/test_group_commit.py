@@ -110,3 +110,78 @@ async def test_the_group_commit_mechanism_alone() -> None:
     await one(98)
     assert type(results[98]) is StoreError and results[98].field == "x"
     assert len(seen) == len(batches) - 2  # not observed after stop()
+
+
+@pytest.mark.parametrize("regather", [False, True])
+async def test_regather_batches_a_steady_loop_whole_and_starves_no_leader(regather: bool) -> None:
+    """Sixteen writers in a loop (each sends its next request as soon as the last is answered) against a
+    runner that yields while it works, as a database round trip does. Without `regather` the batches
+    alternate between one writer and the fifteen others; with it, the writers a batch answered join the
+    next one and the lead passes on after every batch: batches of fifteen or more, and no writer — the
+    leader included — waits more than two batches for its answer."""
+    from matrix_mcp.store.group_commit import GroupCommit, Request
+
+    sizes: list[int] = []
+
+    async def runner(batch: list[Request]) -> None:
+        sizes.append(len(batch))
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+
+    gc: GroupCommit[Request] = GroupCommit(runner, unavailable=lambda exc: f"down: {exc}", regather=regather)
+    waits: list[int] = []
+
+    async def writer() -> None:
+        for _ in range(20):
+            before = len(sizes)
+            await gc.submit(Request())
+            waits.append(len(sizes) - before)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(16):
+            tg.start_soon(writer)
+    assert sum(sizes) == 16 * 20
+    if regather:
+        assert sorted(sizes)[len(sizes) // 4] >= 15, sizes  # three batches in four carry 15 or more
+        assert max(waits) <= 2, sorted(waits)[-5:]
+    else:
+        assert sorted(sizes)[len(sizes) // 4] <= 8, sizes
+
+
+async def test_a_writer_cancelled_while_handed_the_lead_still_leads() -> None:
+    """With `regather` the lead passes to a queued writer; one whose caller is cancelled at that moment
+    still runs the batch it was handed before it goes, so the writers behind it are answered."""
+    from matrix_mcp.store.group_commit import GroupCommit, Request
+
+    gate = anyio.Event()
+
+    async def runner(batch: list[Request]) -> None:
+        await gate.wait()
+        for r in batch:
+            r.value = "ok"
+
+    gc: GroupCommit[Request] = GroupCommit(runner, unavailable=lambda exc: f"down: {exc}", regather=True)
+    results: list[Any] = []
+
+    async def one() -> None:
+        results.append(await gc.submit(Request()))
+
+    scopes: list[anyio.CancelScope] = []
+
+    async def doomed() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            results.append(await gc.submit(Request()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)  # leads the first batch, held at the gate
+        await anyio.sleep(0.01)
+        tg.start_soon(doomed)  # queued first behind it: the heir; its caller goes away
+        await anyio.sleep(0.01)
+        for _ in range(3):
+            tg.start_soon(one)
+        await anyio.sleep(0.01)
+        gate.set()
+        await anyio.lowlevel.checkpoint()
+        scopes[0].cancel()
+    assert results.count("ok") == 4  # the first and the three behind the cancelled heir

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import uuid
@@ -332,7 +333,8 @@ async def test_many_processes_starting_at_once_migrate_once(postgres_database: s
 async def test_high_churn_tables_carry_their_autovacuum_settings(
     postgres_database: str, tmp_path: Path
 ) -> None:
-    """The outcomes table is rewritten on every claim and report: it keeps free space for HOT updates and is
+    """The outcomes table and its narrow queue are rewritten on every claim and report: they keep free space
+    for HOT updates and are
     vacuumed after 2 % of its rows changed (the default 20 % lets a 1,000,000-row table bloat by 200,000 dead
     rows first); the append-and-fold delta table and the answer journal are vacuumed by row count."""
     engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
@@ -343,8 +345,57 @@ async def test_high_churn_tables_carry_their_autovacuum_settings(
         ).fetchall()
     options = {name: dict(o.split("=", 1) for o in (opts or [])) for name, opts in rows}
     assert options["outcomes"]["fillfactor"] == "80"
+    assert options["outcome_queue"]["fillfactor"] == "70"
+    assert float(options["outcome_queue"]["autovacuum_vacuum_scale_factor"]) == 0.02
     assert float(options["outcomes"]["autovacuum_vacuum_scale_factor"]) == 0.02
     assert float(options["outcome_attempts"]["autovacuum_vacuum_scale_factor"]) == 0.02
     for table in ("package_deltas", "write_answers"):
         assert float(options[table]["autovacuum_vacuum_scale_factor"]) == 0.0
         assert int(options[table]["autovacuum_vacuum_threshold"]) == 1000
+
+
+async def test_no_index_of_outcomes_names_a_column_claims_or_reports_write(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """The narrow queue's point: a claim and a report update the outcome row HOT (same page, no index entry),
+    which PostgreSQL does only when no index of the table — key or predicate — names a column they change.
+    The claim's indexes live on outcome_queue instead."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    await engine.close()
+    written = {
+        "status",
+        "attempts",
+        "worker",
+        "lease_token",
+        "lease_expires_at",
+        "started_at",
+        "updated_at",
+        "claim_seq",
+        "completed_at",
+        "duration_seconds",
+        "error_message",
+        "metrics",
+        "metadata",
+        "outcome_path",
+        "content_sha256",
+        "content_bytes",
+        "mime_type",
+        "available_at",
+    }
+    with psycopg.connect(postgres_database) as conn:
+        indexes = conn.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'outcomes'::regclass"
+        ).fetchall()
+        queue = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = 'outcome_queue'::regclass"
+            ).fetchall()
+        }
+    assert len(indexes) >= 3
+    for name, definition in indexes:
+        named = set(re.findall(r"[a-z_]+", definition.split(" USING ", 1)[1]))
+        assert not named & written, (name, definition)
+    assert {"outcome_queue_claimable", "outcome_queue_leased", "outcome_queue_last_claim"} <= queue

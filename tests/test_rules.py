@@ -206,6 +206,18 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                             oid,
                         ),
                     )
+                    # the narrow queue row the store keeps beside it (leased only while generating)
+                    leased = r["status"] == "generating"
+                    conn.execute(
+                        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, done = %s"
+                        " WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
+                        (
+                            "tok-" + oid if leased else None,
+                            r["lease_expires_at"] if leased else None,
+                            r["status"] not in ("pending", "generating"),
+                            oid,
+                        ),
+                    )
                 swept = conn.execute(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}).fetchall()
                 after = {
                     r["id"]: r

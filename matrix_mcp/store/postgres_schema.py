@@ -343,4 +343,42 @@ CREATE TABLE contents (
         # who claimed each attempt (`key:NAME` / `jwt:SUB`; NULL on an open service or stdio)
         "ALTER TABLE outcome_attempts ADD COLUMN principal text",
     ),
+    (
+        8,
+        # issue 11, the narrow queue: what claims, the lease sweep and claim fairness look up lives in a
+        # small row of its own (one per outcome, kept after the item is done so its claim_seq still orders
+        # the packages), with the only indexes the claim and the sweep need. The outcome row loses its
+        # queue indexes, so no index of `outcomes` names a column a claim or a report writes: both update
+        # it HOT (same page, no index entry) — a claim writes the narrow row and its index entries only.
+        """
+CREATE TABLE outcome_queue (
+    n bigint PRIMARY KEY REFERENCES outcomes(n) ON DELETE CASCADE,
+    run_id text NOT NULL,
+    package_id bigint NOT NULL,
+    position integer NOT NULL,
+    available_at double precision NOT NULL,
+    lease_token text,
+    lease_expires_at double precision,
+    claim_seq bigint,
+    done boolean NOT NULL DEFAULT false
+) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_vacuum_cost_limit = 2000);
+INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, lease_token, lease_expires_at,
+                           claim_seq, done)
+SELECT n, run_id, package_id, position, available_at,
+       CASE WHEN status = 'generating' THEN lease_token END,
+       CASE WHEN status = 'generating' THEN lease_expires_at END,
+       claim_seq, status NOT IN ('pending', 'generating')
+FROM outcomes ORDER BY n;
+CREATE INDEX outcome_queue_claimable ON outcome_queue (package_id, available_at, position)
+    WHERE lease_token IS NULL AND NOT done;
+CREATE INDEX outcome_queue_leased ON outcome_queue (run_id, lease_expires_at) WHERE lease_token IS NOT NULL;
+CREATE INDEX outcome_queue_last_claim ON outcome_queue (package_id, claim_seq) WHERE claim_seq IS NOT NULL;
+DROP INDEX outcomes_claimable;
+DROP INDEX outcomes_leased;
+DROP INDEX outcomes_last_claim;
+DROP INDEX outcomes_run_status;
+ANALYZE outcome_queue;
+""",
+    ),
 ]

@@ -97,7 +97,7 @@ class Connection:
         self.url_for_display = redact_url(url)
         self._pool = pool
         self.group_commit: GroupCommit[_Request] = GroupCommit(
-            self._commit, unavailable=self._unavailable_text, after=self._wake
+            self._commit, unavailable=self._unavailable_text, after=self._wake, regather=True
         )
         self._changed = anyio.Event()
         self._closed = False

@@ -165,13 +165,13 @@ pk AS MATERIALIZED (
     -- one index probe per package (a LATERAL ... LIMIT 1 is never flattened into a semi-join, which
     -- with a fresh run's stale statistics scanned every pending row of the run for every package)
     CROSS JOIN LATERAL (
-        SELECT 1 FROM outcomes o
-        WHERE o.package_id = p.id AND o.status = 'pending' AND o.available_at <= %(now)s
+        SELECT 1 FROM outcome_queue q
+        WHERE q.package_id = p.id AND q.lease_token IS NULL AND NOT q.done AND q.available_at <= %(now)s
         LIMIT 1
     ) has
     LEFT JOIN LATERAL (
-        SELECT max(o.claim_seq) AS last FROM outcomes o
-        WHERE o.package_id = p.id AND o.claim_seq IS NOT NULL
+        SELECT max(q.claim_seq) AS last FROM outcome_queue q
+        WHERE q.package_id = p.id AND q.claim_seq IS NOT NULL
     ) lc ON true
     WHERE p.run_id = %(run)s
       AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
@@ -180,9 +180,9 @@ pk AS MATERIALIZED (
 cand AS MATERIALIZED (
     SELECT c.n, c.available_at, c.position AS ipos, pk.id AS package_id, pk.ord
     FROM pk CROSS JOIN LATERAL (
-        SELECT o.n, o.available_at, o.position FROM outcomes o
-        WHERE o.package_id = pk.id AND o.status = 'pending' AND o.available_at <= %(now)s
-        ORDER BY o.available_at, o.position
+        SELECT q.n, q.available_at, q.position FROM outcome_queue q
+        WHERE q.package_id = pk.id AND q.lease_token IS NULL AND NOT q.done AND q.available_at <= %(now)s
+        ORDER BY q.available_at, q.position
         LIMIT GREATEST(0, (%(limit)s - pk.ord + pk.np - 1) / pk.np)
         FOR UPDATE SKIP LOCKED
     ) c
@@ -195,17 +195,27 @@ picked AS (
     ) x
 ),
 clk AS (SELECT nextval('claim_clock') AS v),
-upd AS (
-    UPDATE outcomes o
-    SET status = 'generating', attempts = o.attempts + 1, worker = (%(workers)b::text[])[picked.rank],
-        lease_token = (%(tokens)b::text[])[picked.rank],
+-- the narrow row first (its lock is held already), then the outcome row: a HOT update, no index names
+-- a column it changes
+uq AS (
+    UPDATE outcome_queue q
+    SET lease_token = (%(tokens)b::text[])[picked.rank],
         lease_expires_at = (%(nows)b::float8[])[picked.rank] + r.lease_seconds,
-        started_at = (%(nows)b::float8[])[picked.rank], updated_at = (%(nows)b::float8[])[picked.rank],
         claim_seq = clk.v * 4096 + picked.rank
     FROM picked, clk, r
-    WHERE o.n = picked.n
+    WHERE q.n = picked.n
+    RETURNING q.n, q.lease_token, q.lease_expires_at, q.claim_seq, picked.rank
+),
+upd AS (
+    UPDATE outcomes o
+    SET status = 'generating', attempts = o.attempts + 1, worker = (%(workers)b::text[])[uq.rank],
+        lease_token = uq.lease_token, lease_expires_at = uq.lease_expires_at,
+        started_at = (%(nows)b::float8[])[uq.rank], updated_at = (%(nows)b::float8[])[uq.rank],
+        claim_seq = uq.claim_seq
+    FROM uq
+    WHERE o.n = uq.n
     RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.worker,
-              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, picked.rank
+              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, uq.rank
 ),
 att AS (
     INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, started_at)
@@ -239,6 +249,10 @@ u AS (
     WHERE o.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
     RETURNING o.duration_seconds
 ),
+uq AS (
+    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, done = true
+    FROM cur WHERE q.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
+),
 a AS (
     UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s
     WHERE outcome_id = %(id)s AND lease_token = %(token)s AND EXISTS (SELECT 1 FROM u)
@@ -262,9 +276,10 @@ SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u)
 """
 
 
-# Every complete of one group-commit batch in one statement: rows whose token still holds are locked in
-# a fixed order (no deadlock between two processes), updated, their attempts closed and metrics written.
-# Requests not returned (stale token, repeat, unknown id) are answered one by one afterwards.
+# Every complete of one group-commit batch in one statement: the UPDATE itself takes each row whose token
+# still holds (its WHERE is re-checked on the row's latest version, so no separate FOR UPDATE pass and no
+# lock record), closes its queue row and attempt and writes its metrics. Requests not returned (stale
+# token, repeat, unknown id) are answered one by one afterwards.
 _COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
@@ -272,22 +287,20 @@ WITH inp AS MATERIALIZED (
                          %(mimes)b::text[], %(bodies)b::bytea[])
         WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
 ),
-cur AS MATERIALIZED (
-    SELECT o.n, o.started_at, inp.i FROM outcomes o JOIN inp ON o.id = inp.id
-    WHERE o.lease_token = inp.tok AND o.status = 'generating'
-    ORDER BY o.n
-    FOR UPDATE OF o
-),
 u AS (
     UPDATE outcomes o SET status = 'complete', completed_at = inp.now,
-        duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
-                                ELSE GREATEST(0.0, inp.now - cur.started_at) END,
+        duration_seconds = CASE WHEN o.started_at IS NULL THEN NULL
+                                ELSE GREATEST(0.0, inp.now - o.started_at) END,
         updated_at = inp.now, lease_expires_at = NULL, error_message = NULL,
         metrics = inp.metrics, metadata = inp.metadata, outcome_path = COALESCE(inp.path, o.outcome_path),
         content_sha256 = inp.sha, content_bytes = inp.nbytes, mime_type = inp.mime
-    FROM cur JOIN inp ON inp.i = cur.i
-    WHERE o.n = cur.n
+    FROM inp
+    WHERE o.id = inp.id AND o.lease_token = inp.tok AND o.status = 'generating'
     RETURNING o.*, inp.i AS req
+),
+uq AS (
+    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, done = true
+    FROM u WHERE q.n = u.n
 ),
 a AS (
     UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
@@ -317,11 +330,13 @@ FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
 
 _SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
-    SELECT o.n FROM outcomes o
-    WHERE o.run_id = %(run)s AND o.status = 'generating' AND o.lease_expires_at <= %(now)s
+    -- the narrow queue's leased rows (partial index outcome_queue_leased); both rows locked or skipped,
+    -- so the sweep never waits on a report that holds the outcome row
+    SELECT q.n FROM outcome_queue q JOIN outcomes o ON o.n = q.n
+    WHERE q.run_id = %(run)s AND q.lease_token IS NOT NULL AND q.lease_expires_at <= %(now)s
       AND EXISTS (SELECT 1 FROM runs WHERE id = %(run)s AND state <> 'cancelled')
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q, o SKIP LOCKED
 ),
 r AS (SELECT max_attempts FROM runs WHERE id = %(run)s),
 -- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/test_rules.py holds them together)
@@ -344,6 +359,11 @@ upd AS (
         updated_at = %(now)s
     FROM t WHERE o.n = t.n
     RETURNING o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, t.target
+),
+uq AS (
+    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, done = t.target <> 'pending',
+        available_at = CASE WHEN t.target = 'pending' THEN %(now)s ELSE q.available_at END
+    FROM t WHERE q.n = t.n
 ),
 att AS (
     UPDATE outcome_attempts a SET status = 'failed', error = 'lease expired', ended_at = %(now)s
@@ -406,19 +426,39 @@ SELECT count(*) AS n FROM d
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
 _EARLIEST = {
-    "available_at": "SELECT MIN(available_at) AS t FROM outcomes WHERE run_id = %s AND status = 'pending'",
-    "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcomes WHERE run_id = %s AND status = 'generating'",
+    "available_at": "SELECT MIN(available_at) AS t FROM outcome_queue"
+    " WHERE package_id IN (SELECT id FROM packages WHERE run_id = %s) AND lease_token IS NULL AND NOT done",
+    "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcome_queue"
+    " WHERE run_id = %s AND lease_token IS NOT NULL",
 }
 
 
 _RECOVER_CLAIMS_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
-    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
-    # the run's leased rows only (partial index outcomes_leased), not a scan of every outcome
-    " WHERE o.run_id = ANY(%s::text[]) AND o.status = 'generating' AND o.lease_token = ANY(%s::text[])"
-    " ORDER BY o.claim_seq"
+    " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
+    " JOIN runs r ON r.id = o.run_id"
+    # the run's leased rows only (partial index outcome_queue_leased), not a scan of every outcome
+    " WHERE q.run_id = ANY(%s::text[]) AND q.lease_token IS NOT NULL AND q.lease_token = ANY(%s::text[])"
+    " AND o.status = 'generating' ORDER BY q.claim_seq"
 )
+
+
+# a cancelled run's pending items (its leases are left for their workers): the narrow rows first, by the
+# claim index, then the outcome rows
+_CANCEL_PENDING_SQL = """
+WITH cq AS (
+    UPDATE outcome_queue q SET done = true
+    WHERE q.package_id IN (SELECT id FROM packages WHERE run_id = %(run)s) AND q.lease_token IS NULL AND NOT q.done
+    RETURNING q.n
+),
+u AS (
+    UPDATE outcomes o SET status = 'cancelled', updated_at = %(now)s, completed_at = %(now)s
+    FROM cq WHERE o.n = cq.n AND o.status = 'pending'
+    RETURNING o.package_id
+)
+SELECT package_id, count(*) AS n FROM u GROUP BY package_id
+"""
 
 
 _RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
@@ -427,7 +467,8 @@ _RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s
 _HELD_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
-    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
-    " WHERE o.run_id = %s AND o.status = 'generating' AND o.worker = %s AND o.started_at = %s"
-    " ORDER BY o.claim_seq LIMIT %s"
+    " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
+    " JOIN runs r ON r.id = o.run_id"
+    " WHERE q.run_id = %s AND q.lease_token IS NOT NULL AND o.status = 'generating' AND o.worker = %s"
+    " AND o.started_at = %s ORDER BY q.claim_seq LIMIT %s"
 )

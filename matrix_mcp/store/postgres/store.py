@@ -5,9 +5,12 @@
   request runs in its own SAVEPOINT so a bad request rolls back alone. Transient errors
   (serialization failure, deadlock, lost connection, admin shutdown, pool timeout) retry the whole
   batch with jittered backoff; past a short budget the callers get `Unavailable` (retryable).
-- Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED`;
-  fairness across packages comes from each outcome's `claim_seq` (a global sequence), so no
-  package or run row is written on the claim path.
+- Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED` on the
+  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, done),
+  which holds the only indexes the claim, the lease sweep and fairness need; the outcome row is then
+  updated HOT (no index of `outcomes` names a column a claim or report writes). Fairness across
+  packages comes from each queue row's `claim_seq` (a global sequence), so no package or run row is
+  written on the claim path.
 - Counters without a hot row: each batch appends one aggregated row per touched package (and
   bucket, and minute) to `package_deltas`; one roller at a time (advisory lock) folds them into
   `packages` (the duration histogram too, as sorted arrays on the package row). Readers add the unrolled deltas (views `package_counters`, `package_hist`, `run_minutes`).
@@ -103,13 +106,19 @@ class PostgresStore(Writes):
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
         pinned = R.outcome_filter(flt)
+        # generating: the few leased rows, from the queue's leased index
+        leased = (
+            ["o.n IN (SELECT n FROM outcome_queue WHERE lease_token IS NOT NULL)"]
+            if flt.status == "generating"
+            else []
+        )
 
         async def op(c: Conn) -> OutcomePage:
             rows = await _all(
                 c,
                 _OUTCOME_SELECT
                 + " WHERE "
-                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned)])
+                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned), *leased])
                 + " ORDER BY o.n LIMIT %s",
                 [after, *(value for _, value in pinned), limit + 1],
             )

@@ -37,6 +37,7 @@ from matrix_mcp.store.postgres.batch import (
     log,
 )
 from matrix_mcp.store.postgres.sql import (
+    _CANCEL_PENDING_SQL,
     _CLAIM_SQL,
     _COMPLETE_MANY_SQL,
     _EARLIEST,
@@ -322,16 +323,30 @@ def _swept(tx: _Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
 
 async def _cancel_pending(tx: _Tx, run_id: str, now: float) -> int:
     total = 0
-    for r in await tx.all(
-        "WITH u AS (UPDATE outcomes SET status = 'cancelled', updated_at = %s, completed_at = %s"
-        " WHERE run_id = %s AND status = 'pending' RETURNING package_id)"
-        " SELECT package_id, count(*) AS n FROM u GROUP BY package_id",
-        (now, now, run_id),
-    ):
+    for r in await tx.all(_CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
         n = int(r["n"])
         tx.move(run_id, int(r["package_id"]), "pending", "cancelled", n)
         total += n
     return total
+
+
+async def _requeue(
+    tx: _Tx, n: int, status: Status, token: str | None, lease_expires_at: float | None, available_at: float
+) -> None:
+    """The narrow queue row of an outcome whose status changed outside a claim: leased under `token`
+    (generating), claimable from `available_at` (pending) or done (any final status)."""
+    await tx.execute(
+        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, done = %s,"
+        " available_at = CASE WHEN %s THEN %s ELSE available_at END WHERE n = %s",
+        (
+            token,
+            lease_expires_at,
+            not rules.queued(status),
+            status == "pending",
+            available_at,
+            n,
+        ),
+    )
 
 
 async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
@@ -369,6 +384,11 @@ async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, 
 async def _update_status(tx: _Tx, outcome_id: str, change: StatusChange, *, now: float) -> Outcome:
     status, error_message = change.status, change.error_message
     report, created_by = change.report, change.created_by
+    # the narrow row first, as a claim locks them (a claim holding it then waits for nothing of ours)
+    await tx.execute(
+        "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE",
+        (outcome_id,),
+    )
     row = await tx.one(
         "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
         " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
@@ -389,6 +409,9 @@ async def _update_status(tx: _Tx, outcome_id: str, change: StatusChange, *, now:
         " started_at = %s, completed_at = %s, duration_seconds = %s, lease_token = %s, lease_expires_at = %s,"
         " available_at = %s, created_by = COALESCE(created_by, %s), updated_at = %s WHERE id = %s",
         R.override_params(t, report, token, created_by, outcome_id, now),
+    )
+    await _requeue(
+        tx, int(row["n"]), status, token if status == "generating" else None, t.lease_expires_at, now
     )
     tx.move(run_id, pid, old, status)
     if status == "complete":

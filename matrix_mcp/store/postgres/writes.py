@@ -61,6 +61,7 @@ from matrix_mcp.store.postgres.transitions import (
     _leased_row,
     _next_claims,
     _outcome,
+    _requeue,
     _run,
     _update_status,
 )
@@ -158,7 +159,9 @@ class Writes(Connection):
                     " %(now)s, %(now)s, %(now)s"
                     " FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], %(specs)b::text[])"
                     " WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i"
-                    " ON CONFLICT (package_id, item) DO NOTHING RETURNING package_id)"
+                    " ON CONFLICT (package_id, item) DO NOTHING RETURNING n, package_id, position),"
+                    " q AS (INSERT INTO outcome_queue (n, run_id, package_id, position, available_at)"
+                    " SELECT n, %(run)s, package_id, position, %(now)s FROM ins ORDER BY n)"
                     " SELECT package_id, count(*) AS n FROM ins GROUP BY package_id",
                     {
                         "run": run_id,
@@ -241,10 +244,12 @@ class Writes(Connection):
     async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
         async def op(tx: _Tx) -> HeartbeatResult:
             rows = await tx.all(
-                "UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
+                "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
                 " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
                 " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
-                " RETURNING o.id, o.lease_token, o.lease_expires_at, r.state",
+                " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
+                " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)"
+                " SELECT id, lease_token, lease_expires_at, state FROM h",
                 {
                     "now": now,
                     "ids": [lease.outcome_id for lease in leases],
@@ -382,6 +387,7 @@ class Writes(Connection):
                     " error_message = %s, updated_at = %s WHERE n = %s",
                     (now + decided.delay, error, now, row["n"]),
                 )
+                await _requeue(tx, int(row["n"]), "pending", None, None, now + decided.delay)
                 row.update(available_at=now + decided.delay)
             else:
                 duration = rules.duration(row["started_at"], now)
@@ -390,6 +396,7 @@ class Writes(Connection):
                     " lease_expires_at = NULL, error_message = %s, updated_at = %s WHERE n = %s",
                     (decided.target, now, duration, error, now, row["n"]),
                 )
+                await _requeue(tx, int(row["n"]), decided.target, None, None, now)
                 if decided.target == "failed":
                     tx.minute(run_id, now, failed=1)
                 row.update(completed_at=now, duration_seconds=duration)
@@ -435,12 +442,15 @@ class Writes(Connection):
                     raise rules.unknown_package_in_run(package)
                 pid = int(prow["id"])
             rows = await tx.all(
-                "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, completed_at = NULL,"
-                " duration_seconds = NULL, updated_at = %(now)s"
+                "WITH u AS (UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s,"
+                " completed_at = NULL, duration_seconds = NULL, updated_at = %(now)s"
                 " WHERE run_id = %(run)s AND status = 'failed'"
                 " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
                 " AND (%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[]))"
-                " RETURNING n, id, package_id",
+                " RETURNING n, id, package_id),"
+                " q AS (UPDATE outcome_queue q SET done = false, lease_token = NULL, lease_expires_at = NULL,"
+                " available_at = %(now)s FROM u WHERE q.n = u.n)"
+                " SELECT n, id, package_id FROM u",
                 {
                     "now": now,
                     "run": run_id,
@@ -491,10 +501,12 @@ class Writes(Connection):
                 return await _update_status(tx, existing["id"], record.change, now=now), False
             outcome_id = str(uuid.uuid4())
             await tx.execute(
-                "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
+                "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
                 " specifications, created_by, available_at, created_at, updated_at)"
                 " SELECT %s, %s, %s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s"
-                " FROM outcomes WHERE package_id = %s",
+                " FROM outcomes WHERE package_id = %s RETURNING n, run_id, package_id, position, available_at)"
+                " INSERT INTO outcome_queue (n, run_id, package_id, position, available_at)"
+                " SELECT n, run_id, package_id, position, available_at FROM ins",
                 (
                     outcome_id,
                     run_id,
