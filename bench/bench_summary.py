@@ -60,8 +60,8 @@ async def bulk_postgres(url: str, run_id: str, outcomes: int) -> None:
             )
         # the narrow queue's rows, as the store leaves them once each item is complete
         await c.execute(
-            "INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, claim_seq, done)"
-            " SELECT n, run_id, package_id, position, available_at, n, true FROM outcomes"
+            "INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, claim_seq, final)"
+            " SELECT n, run_id, package_id, position, available_at, n, 'complete' FROM outcomes"
             " WHERE run_id = %s ORDER BY n",
             (run_id,),
         )

@@ -13,7 +13,7 @@ import pytest
 from matrix_mcp.engine import new_token
 from matrix_mcp.models import RunPolicy
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import NewItem, NewPackage, OutcomeFilter, Report, StaleLease
+from matrix_mcp.store.base import ClaimRequest, NewItem, NewPackage, OutcomeFilter, Report, StaleLease
 from matrix_mcp.store.postgres import PostgresStore
 from matrix_mcp.store.postgres_schema import MIGRATIONS
 
@@ -213,7 +213,7 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
             queue = {
                 r[0]: r[1:]
                 for r in conn.execute(
-                    "SELECT o.item, q.lease_token, q.lease_expires_at, q.done, q.claim_seq, q.available_at"
+                    "SELECT o.item, q.lease_token, q.lease_expires_at, q.final, q.claim_seq, q.available_at"
                     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
                 )
             }
@@ -222,12 +222,13 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
                 " ('outcomes_claimable', 'outcomes_leased', 'outcomes_last_claim', 'outcomes_run_status')"
             ).fetchone()
         assert gone == (0,)
-        # every item has its queue row: leases as they were, done items done, claim order kept
+        # every item has its queue row: leases as they were, done items with their final status, claim
+        # order kept
         assert set(queue) == {item for _, item, *_ in ITEMS}
         by_item = {i[1]: i for i in ITEMS}
-        for item, (token, expires, done, seq, avail) in queue.items():
+        for item, (token, expires, final, seq, avail) in queue.items():
             _, _, status, _, old_token, old_expires, _, old_seq, old_avail, _, _ = by_item[item]
-            assert done == (status in ("complete", "failed")), item
+            assert final == (status if status in ("complete", "failed", "cancelled") else None), item
             assert token == (old_token if status == "generating" else None), item
             assert expires == (old_expires if status == "generating" else None), item
             assert (seq, avail) == (old_seq, old_avail), item
@@ -241,9 +242,9 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
             2,
             1,
         )
-        page = await store.list_outcomes(OutcomeFilter(run_id="r1"), 100, None)
+        page = await store.list_outcomes(OutcomeFilter(run_id="r1"), limit=100)
         assert {o.item: o.status for o in page.outcomes} == {i[1]: i[2] for i in ITEMS}
-        leased = await store.list_outcomes(OutcomeFilter(run_id="r1", status="generating"), 100, None)
+        leased = await store.list_outcomes(OutcomeFilter(run_id="r1", status="generating"), limit=100)
         assert sorted(o.item for o in leased.outcomes) == ["c", "h"]
         d = await store.get_outcome(ids["d"], history=True)
         assert d.metrics == {"lines_generated": 10, "quality_score": 0.5} and d.content_sha256 == SHA
@@ -256,21 +257,29 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
 
         # the live lease still completes with its token, and only with it
         with pytest.raises(StaleLease):
-            await store.complete(ids["c"], "tok-wrong", Report(), time.time())
-        done = await store.complete(ids["c"], "tok-c", Report(metrics={"lines_generated": 1}), time.time())
+            await store.complete(ids["c"], lease_token="tok-wrong", report=Report(), now=time.time())
+        done = await store.complete(
+            ids["c"], lease_token="tok-c", report=Report(metrics={"lines_generated": 1}), now=time.time()
+        )
         assert done.outcome.status == "complete" and done.outcome.attempts == 1
         # the requeued item's old token is stale, not a live lease
         with pytest.raises(StaleLease):
-            await store.complete(ids["b"], "tok-b-old", Report(), time.time())
+            await store.complete(ids["b"], lease_token="tok-b-old", report=Report(), now=time.time())
 
         # pending items are claimed, the expired lease goes back to pending and is claimed again
-        got = await store.claim("r1", "w9", 10, None, time.time(), new_token)
+        got = await store.claim(
+            ClaimRequest(run_id="r1", worker="w9", limit=10, package=None, token_factory=new_token),
+            now=time.time(),
+        )
         assert sorted(c.item for c in got.claims) == ["a", "b", "f", "h"]
         attempts = {c.item: c.attempt for c in got.claims}
         assert attempts == {"a": 1, "b": 2, "f": 1, "h": 2}
         for c in got.claims:
-            await store.complete(c.outcome_id, c.lease_token, Report(), time.time())
-        nothing = await store.claim("r1", "w9", 1, None, time.time(), new_token)
+            await store.complete(c.outcome_id, lease_token=c.lease_token, report=Report(), now=time.time())
+        nothing = await store.claim(
+            ClaimRequest(run_id="r1", worker="w9", limit=1, package=None, token_factory=new_token),
+            now=time.time(),
+        )
         assert not nothing.claims and nothing.reason == "done"
         run = await store.get_run("old")
         assert (run.counts.complete, run.counts.failed, run.counts.pending, run.counts.generating) == (
@@ -281,8 +290,11 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
         )
         assert (await store.recount()).consistent
         # requeue the failed item: back in the queue, claimable
-        assert await store.retry("r1", None, None, time.time()) == [ids["e"]]
-        again = await store.claim("r1", "w9", 5, None, time.time(), new_token)
+        assert await store.retry("r1", now=time.time()) == [ids["e"]]
+        again = await store.claim(
+            ClaimRequest(run_id="r1", worker="w9", limit=5, package=None, token_factory=new_token),
+            now=time.time(),
+        )
         assert [c.item for c in again.claims] == ["e"]
     finally:
         await store.close()
@@ -308,14 +320,23 @@ async def test_new_items_on_an_upgraded_database_are_queued(postgres_database: s
         populate(conn)
     store = await PostgresStore.open(postgres_database)
     try:
-        await store.plan("old", None, RunPolicy(), [NewPackage("p2", None, [NewItem("z")])], time.time())
+        await store.plan(
+            name="old",
+            goal=None,
+            policy=RunPolicy(),
+            packages=[NewPackage("p2", None, [NewItem("z")])],
+            now=time.time(),
+        )
         with psycopg.connect(postgres_database) as conn:
             row = conn.execute(
-                "SELECT q.position, o.position, q.done FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
+                "SELECT q.position, o.position, q.final FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
                 " WHERE o.item = 'z'"
             ).fetchone()
-        assert row is not None and row[0] == row[1] and row[2] is False
-        got = await store.claim("r1", "w", 10, "p2", time.time(), new_token)
+        assert row is not None and row[0] == row[1] and row[2] is None
+        got = await store.claim(
+            ClaimRequest(run_id="r1", worker="w", limit=10, package="p2", token_factory=new_token),
+            now=time.time(),
+        )
         assert [c.item for c in got.claims] == ["f", "z"]
         assert (await store.recount()).consistent
     finally:

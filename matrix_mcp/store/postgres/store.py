@@ -6,7 +6,8 @@
   (serialization failure, deadlock, lost connection, admin shutdown, pool timeout) retry the whole
   batch with jittered backoff; past a short budget the callers get `Unavailable` (retryable).
 - Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED` on the
-  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, done),
+  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, final
+  status once done; listings by status read it too),
   which holds the only indexes the claim, the lease sweep and fairness need; the outcome row is then
   updated HOT (no index of `outcomes` names a column a claim or report writes). Fairness across
   packages comes from each queue row's `claim_seq` (a global sequence), so no package or run row is
@@ -62,8 +63,10 @@ from matrix_mcp.store.postgres.sql import (
     _LATEST_SEQ_SQL,
     _ONE_RUN_SQL,
     _OUTCOME_SELECT,
+    _QUEUED_OUTCOME_SELECT,
     _RUN_SUMMARIES_SQL,
     _THROUGHPUT_SQL,
+    queue_status_filter,
 )
 from matrix_mcp.store.postgres.writes import Writes
 from matrix_mcp.store.postgres_schema import (
@@ -106,21 +109,25 @@ class PostgresStore(Writes):
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
         pinned = R.outcome_filter(flt)
-        # generating: the few leased rows, from the queue's leased index
-        leased = (
-            ["o.n IN (SELECT n FROM outcome_queue WHERE lease_token IS NOT NULL)"]
-            if flt.status == "generating"
-            else []
-        )
+        conditions = ["o.n > %s", *(f"{column} = %s" for column, _ in pinned)]
+        args: list[Any] = [after, *(value for _, value in pinned)]
+        select = _OUTCOME_SELECT
+        if flt.status is not None:
+            # by status: the queue's rows of that status (an index range per run), in n order
+            where, params = queue_status_filter(flt.status)
+            select = _QUEUED_OUTCOME_SELECT
+            conditions = ["q.n > %s", where, *conditions[1:]]
+            args = [after, *params, *args[1:]]
+            if flt.run_id is not None:
+                conditions.insert(1, "q.run_id = %s")
+                args.insert(1, flt.run_id)
+        order = "q.n" if flt.status is not None else "o.n"
 
         async def op(c: Conn) -> OutcomePage:
             rows = await _all(
                 c,
-                _OUTCOME_SELECT
-                + " WHERE "
-                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned), *leased])
-                + " ORDER BY o.n LIMIT %s",
-                [after, *(value for _, value in pinned), limit + 1],
+                select + " WHERE " + " AND ".join(conditions) + f" ORDER BY {order} LIMIT %s",
+                [*args, limit + 1],
             )
             return R.outcome_page(rows, limit)
 
