@@ -5,9 +5,9 @@
   The outcomes are bulk-inserted straight into the tables (generate_series on PostgreSQL, executemany
   on SQLite) as complete rows (on PostgreSQL with the done narrow-queue rows the store keeps), then
   `rebuild_counters` makes the counters consistent;
-- `list_outcomes(status=...)` p50 for complete, failed and pending on the same run, after a few items
-  were planned into it and failed through the engine (a handful of failed and pending rows among a
-  million complete ones: the listing must not walk the run).
+- `list_outcomes(status=...)` p50 for complete, failed, pending and generating on the same run, after
+  a few items were planned into it and failed or leased through the engine (a handful of failed,
+  pending and leased rows among a million complete ones: the listing must not walk the run).
 
     python bench/bench_summary.py --backend postgres [--outcomes 1000000] [--database-url URL]
     python bench/bench_summary.py --backend sqlite [--outcomes 1000000]
@@ -35,6 +35,7 @@ from matrix_mcp.models import PackageSpec
 BULK_PACKAGES = 100
 SEED_FAILED = 10
 SEED_PENDING = 10
+SEED_LEASED = 5
 LIST_LIMIT = 50
 
 
@@ -116,7 +117,7 @@ async def measure(
     print(f"bulk insert of {outcomes} outcomes + rebuild_counters: {time.perf_counter() - t0:.1f} s")
     run = await engine.get_run("big")
     assert run.counts.complete == outcomes // BULK_PACKAGES * BULK_PACKAGES, run.counts
-    await seed_failed_and_pending(engine)
+    await seed_failed_leased_and_pending(engine)
     for _ in range(20):  # warm caches and prepared statements
         await engine.package_summary("b050", run="big")
         await engine.run_status("big")
@@ -132,7 +133,12 @@ async def measure(
     assert s.completed_items == outcomes // BULK_PACKAGES
     print(f"package_summary p50 with {outcomes} outcomes: {p50_ms(summary):.2f} ms")
     print(f"run_status      p50 with {outcomes} outcomes: {p50_ms(status):.2f} ms")
-    expect = {"complete": LIST_LIMIT, "failed": SEED_FAILED, "pending": SEED_PENDING}
+    expect = {
+        "complete": LIST_LIMIT,
+        "failed": SEED_FAILED,
+        "pending": SEED_PENDING,
+        "generating": SEED_LEASED,
+    }
     for st, n in expect.items():
         page = await engine.list_outcomes(run="big", status=st, limit=LIST_LIMIT)
         assert len(page.outcomes) == n and all(o.status == st for o in page.outcomes), (st, page)
@@ -149,17 +155,17 @@ async def measure(
         )
 
 
-async def seed_failed_and_pending(engine: Engine) -> None:
+async def seed_failed_leased_and_pending(engine: Engine) -> None:
     """A few items planned into the big run after the bulk rows, claimed and failed for good through the
-    engine, and a few more left pending."""
-    names = [f"fail{i}" for i in range(SEED_FAILED)]
+    engine, a few claimed and left leased, and a few more left pending."""
+    names = [f"fail{i}" for i in range(SEED_FAILED + SEED_LEASED)]
     for i, name in enumerate(names):
         await engine.plan_run(
             "big", packages=[PackageSpec(name=f"b{i * 7 % BULK_PACKAGES:03d}", items=[name])]
         )
-    claimed = await engine.claim_items("big", worker="bench", limit=SEED_FAILED)
-    assert len(claimed.items) == SEED_FAILED, claimed
-    for claim in claimed.items:
+    claimed = await engine.claim_items("big", worker="bench", limit=SEED_FAILED + SEED_LEASED)
+    assert len(claimed.items) == SEED_FAILED + SEED_LEASED, claimed
+    for claim in claimed.items[:SEED_FAILED]:
         await engine.fail_item(claim.outcome_id, lease_token=claim.lease_token, error="boom", retryable=False)
     for i in range(SEED_PENDING):
         await engine.plan_run(

@@ -3,8 +3,6 @@ and the selects more than one module uses."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from matrix_mcp import rules
 from matrix_mcp.models import Status
 
@@ -117,15 +115,28 @@ FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN runs r ON r.id = o.run_id
 """
 
 
-def queue_status_filter(status: Status) -> tuple[str, list[Any]]:
-    """The condition on the queue row (q) of an item in `status`, with its parameters: leased
-    (generating), neither leased nor final (pending), or out of the queue with this final status."""
+def queue_status_filter(status: Status, *, one_run: bool) -> tuple[str, str]:
+    """The condition on the queue row (q) of an item in `status` — leased (generating), neither leased nor
+    final (pending), or out of the queue with this final status — and the ORDER BY that lists them in `n`
+    order. The status is a constant of the SQL text, not a parameter: a prepared statement's generic plan
+    must still see that a few failed items are few (a `final = $1` plan, costed for an average status,
+    walked the whole run). Within one run, pending and final rows are ordered by the columns of
+    outcome_queue_status: with `final` and `run_id` pinned that is `n` order, and it is the order that index
+    reads. A final status is pinned by a closed range, not `=`: an equality makes `final` a constant to the
+    planner, the ORDER BY collapses to `n` and the queue's primary key offers that order too — a plan that
+    walks it from the cursor through every other run's rows (10 ms behind one 10,000-item run, measured);
+    `final IS NULL` (pending) is no such constant either."""
     if status == "generating":
-        return "q.lease_token IS NOT NULL", []
+        return "q.lease_token IS NOT NULL", "q.n"
     final = rules.final_status(status)
-    if final is None:
-        return "q.lease_token IS NULL AND q.final IS NULL", []
-    return "q.lease_token IS NULL AND q.final = %s", [final]
+    condition = "q.lease_token IS NULL AND q.final IS NULL" if final is None else _FINAL_CONDITION[final]
+    return condition, "q.final, q.run_id, q.n" if one_run else "q.n"
+
+
+_FINAL_CONDITION: dict[Status, str] = {
+    status: f"q.lease_token IS NULL AND q.final >= '{status}' AND q.final <= '{status}'"
+    for status in ("complete", "failed", "cancelled")
+}
 
 
 _SUMMARY_SELECT = """

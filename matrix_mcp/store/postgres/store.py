@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -108,20 +109,19 @@ class PostgresStore(Writes):
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
-        pinned = R.outcome_filter(flt)
-        conditions = ["o.n > %s", *(f"{column} = %s" for column, _ in pinned)]
-        args: list[Any] = [after, *(value for _, value in pinned)]
-        select = _OUTCOME_SELECT
-        if flt.status is not None:
-            # by status: the queue's rows of that status (an index range per run), in n order
-            where, params = queue_status_filter(flt.status)
-            select = _QUEUED_OUTCOME_SELECT
-            conditions = ["q.n > %s", where, *conditions[1:]]
-            args = [after, *params, *args[1:]]
+        if flt.status is None:
+            select, order, first = _OUTCOME_SELECT, "o.n", ["o.n > %s"]
+            pinned = R.outcome_filter(flt)
+        else:
+            # by status: the queue's rows of that status, in n order (with a run, a range of
+            # outcome_queue_status or outcome_queue_leased); the queue row holds the status
+            condition, order = queue_status_filter(flt.status, one_run=flt.run_id is not None)
+            select, first = _QUEUED_OUTCOME_SELECT, ["q.n > %s", condition]
+            pinned = R.outcome_filter(replace(flt, run_id=None, status=None))
             if flt.run_id is not None:
-                conditions.insert(1, "q.run_id = %s")
-                args.insert(1, flt.run_id)
-        order = "q.n" if flt.status is not None else "o.n"
+                pinned.insert(0, ("q.run_id", flt.run_id))
+        conditions = [*first, *(f"{column} = %s" for column, _ in pinned)]
+        args = [after, *(value for _, value in pinned)]
 
         async def op(c: Conn) -> OutcomePage:
             rows = await _all(
