@@ -246,6 +246,10 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
         assert {o.item: o.status for o in page.outcomes} == {i[1]: i[2] for i in ITEMS}
         leased = await store.list_outcomes(OutcomeFilter(run_id="r1", status="generating"), limit=100)
         assert sorted(o.item for o in leased.outcomes) == ["c", "h"]
+        # listings by status read the backfilled queue: each status lists exactly its items
+        for status in ("pending", "complete", "failed", "cancelled"):
+            listed = await store.list_outcomes(OutcomeFilter(run_id="r1", status=status), limit=100)
+            assert sorted(o.item for o in listed.outcomes) == sorted(i[1] for i in ITEMS if i[2] == status)
         d = await store.get_outcome(ids["d"], history=True)
         assert d.metrics == {"lines_generated": 10, "quality_score": 0.5} and d.content_sha256 == SHA
         assert await store.inline_content(SHA) == BODY
