@@ -3,7 +3,11 @@
 - `plan_run` of 100 packages × 100 items through the engine (goal ≤ 1 s);
 - `package_summary` and `run_status` p50 with 1,000,000 outcomes in the database (goal ≤ 3 ms).
   The outcomes are bulk-inserted straight into the tables (generate_series on PostgreSQL, executemany
-  on SQLite) as complete rows, then `rebuild_counters` makes the counters consistent.
+  on SQLite) as complete rows (on PostgreSQL with the done narrow-queue rows the store keeps), then
+  `rebuild_counters` makes the counters consistent;
+- `list_outcomes(status=...)` p50 for complete, failed, pending and generating on the same run, after
+  a few items were planned into it and failed or leased through the engine (a handful of failed,
+  pending and leased rows among a million complete ones: the listing must not walk the run).
 
     python bench/bench_summary.py --backend postgres [--outcomes 1000000] [--database-url URL]
     python bench/bench_summary.py --backend sqlite [--outcomes 1000000]
@@ -29,6 +33,10 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
 
 BULK_PACKAGES = 100
+SEED_FAILED = 10
+SEED_PENDING = 10
+SEED_LEASED = 5
+LIST_LIMIT = 50
 
 
 async def bulk_postgres(url: str, run_id: str, outcomes: int) -> None:
@@ -51,7 +59,16 @@ async def bulk_postgres(url: str, run_id: str, outcomes: int) -> None:
                 " FROM generate_series(1, %s) g",
                 (run_id, pid, per),
             )
+        # the narrow queue's rows, as the store leaves them once each item is complete
+        await c.execute(
+            "INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, claim_seq, final)"
+            " SELECT n, run_id, package_id, position, available_at, n, 'complete' FROM outcomes"
+            " WHERE run_id = %s ORDER BY n",
+            (run_id,),
+        )
+        await c.execute("UPDATE outcomes o SET claim_seq = n WHERE run_id = %s", (run_id,))
         await c.execute("VACUUM ANALYZE outcomes")
+        await c.execute("VACUUM ANALYZE outcome_queue")
 
 
 def bulk_sqlite(path: Path, run_id: str, outcomes: int) -> None:
@@ -100,6 +117,7 @@ async def measure(
     print(f"bulk insert of {outcomes} outcomes + rebuild_counters: {time.perf_counter() - t0:.1f} s")
     run = await engine.get_run("big")
     assert run.counts.complete == outcomes // BULK_PACKAGES * BULK_PACKAGES, run.counts
+    await seed_failed_leased_and_pending(engine)
     for _ in range(20):  # warm caches and prepared statements
         await engine.package_summary("b050", run="big")
         await engine.run_status("big")
@@ -115,6 +133,44 @@ async def measure(
     assert s.completed_items == outcomes // BULK_PACKAGES
     print(f"package_summary p50 with {outcomes} outcomes: {p50_ms(summary):.2f} ms")
     print(f"run_status      p50 with {outcomes} outcomes: {p50_ms(status):.2f} ms")
+    expect = {
+        "complete": LIST_LIMIT,
+        "failed": SEED_FAILED,
+        "pending": SEED_PENDING,
+        "generating": SEED_LEASED,
+    }
+    for st, n in expect.items():
+        page = await engine.list_outcomes(run="big", status=st, limit=LIST_LIMIT)
+        assert len(page.outcomes) == n and all(o.status == st for o in page.outcomes), (st, page)
+    list_reps = max(5, reps // 10)  # a walk of the whole run takes long: fewer samples
+    for st in expect:
+        samples: list[float] = []
+        for _ in range(list_reps):
+            t0 = time.perf_counter()
+            await engine.list_outcomes(run="big", status=st, limit=LIST_LIMIT)
+            samples.append(time.perf_counter() - t0)
+        print(
+            f"list_outcomes status={st:<8} limit={LIST_LIMIT} p50 with {outcomes} outcomes:"
+            f" {p50_ms(samples):.2f} ms"
+        )
+
+
+async def seed_failed_leased_and_pending(engine: Engine) -> None:
+    """A few items planned into the big run after the bulk rows, claimed and failed for good through the
+    engine, a few claimed and left leased, and a few more left pending."""
+    names = [f"fail{i}" for i in range(SEED_FAILED + SEED_LEASED)]
+    for i, name in enumerate(names):
+        await engine.plan_run(
+            "big", packages=[PackageSpec(name=f"b{i * 7 % BULK_PACKAGES:03d}", items=[name])]
+        )
+    claimed = await engine.claim_items("big", worker="bench", limit=SEED_FAILED + SEED_LEASED)
+    assert len(claimed.items) == SEED_FAILED + SEED_LEASED, claimed
+    for claim in claimed.items[:SEED_FAILED]:
+        await engine.fail_item(claim.outcome_id, lease_token=claim.lease_token, error="boom", retryable=False)
+    for i in range(SEED_PENDING):
+        await engine.plan_run(
+            "big", packages=[PackageSpec(name=f"b{i * 11 % BULK_PACKAGES:03d}", items=[f"wait{i}"])]
+        )
 
 
 async def main() -> None:

@@ -213,6 +213,12 @@ def queued(status: Status) -> bool:
     return status in ("pending", "generating")
 
 
+def final_status(status: Status) -> Status | None:
+    """What an item's queue record keeps of its status: the final one once it is out of the queue
+    (complete, failed, cancelled), None while it is queued (pending or leased)."""
+    return None if queued(status) else status
+
+
 # ---- manual override (update_outcome_status) ------------------------------------------------------
 
 

@@ -326,6 +326,58 @@ async def test_pagination_covers_everything_once(engine: Engine) -> None:
     assert err.value.field == "cursor"
 
 
+async def test_listing_by_status_returns_exactly_that_status_paged(engine: Engine) -> None:
+    """Every status filter, with and without a run (and with a package), returns exactly the items in that
+    status — after claims, reports, a lease expiry, overrides, a retry and a cancelled run moved them — in
+    listing order, each once across pages of 2."""
+    clock = Clock(engine)
+    policy = RunPolicy(lease_seconds=10, max_attempts=3, backoff_seconds=0, backoff_cap_seconds=0)
+    await engine.plan_run("r", packages=grid(3, 8), policy=policy)
+    first = (await engine.claim_items("r", worker="w", limit=10)).items
+    for item in first[:4]:
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token, content="ok")
+    for item in first[4:7]:
+        await engine.fail_item(item.outcome_id, lease_token=item.lease_token, error="bad", retryable=False)
+    await engine.fail_item(first[7].outcome_id, lease_token=first[7].lease_token, error="again")  # pending
+    clock.advance(11)  # first[8:] expire; the next claim sweeps them back to pending and leases 4 more
+    assert len((await engine.claim_items("r", worker="w", limit=4)).items) == 4
+    await engine.update_outcome_status(first[0].outcome_id, status="cancelled")
+    await engine.update_outcome_status(first[4].outcome_id, status="complete")
+    await engine.update_outcome_status(first[1].outcome_id, status="generating")
+    assert (await engine.retry_items("r", outcome_ids=[first[5].outcome_id])).requeued == 1
+    await engine.plan_run("c", packages=grid(2, 3))
+    done = (await engine.claim_items("c", worker="w")).items[0]
+    await engine.complete_item(done.outcome_id, lease_token=done.lease_token, content="ok")
+    await engine.control_run("c", action="cancel")  # its 5 pending items cancelled
+
+    everything = (await engine.list_outcomes(limit=1000)).outcomes
+    assert len(everything) == 30
+    statuses = {o.status for o in everything}
+    assert statuses == {"pending", "generating", "complete", "failed", "cancelled"}
+    for run in ("r", "c", None):
+        for status in ("pending", "generating", "complete", "failed", "cancelled"):
+            for package in (None, "p1"):
+                expected = [
+                    o.id
+                    for o in everything
+                    if o.status == status and run in (None, o.run) and package in (None, o.package)
+                ]
+                seen: list[str] = []
+                cursor = None
+                while True:
+                    page = await engine.list_outcomes(
+                        run=run, package=package, status=status, limit=2, cursor=cursor
+                    )
+                    assert len(page.outcomes) <= 2
+                    assert all(o.status == status for o in page.outcomes)
+                    seen += [o.id for o in page.outcomes]
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+                assert seen == expected, (run, status, package)
+    await assert_consistent(engine)
+
+
 async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
     await engine.plan_run("r", packages=grid(1, 1))
     item = (await engine.claim_items("r", worker="w")).items[0]

@@ -213,7 +213,7 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
             queue = {
                 r[0]: r[1:]
                 for r in conn.execute(
-                    "SELECT o.item, q.lease_token, q.lease_expires_at, q.done, q.claim_seq, q.available_at"
+                    "SELECT o.item, q.lease_token, q.lease_expires_at, q.final, q.claim_seq, q.available_at"
                     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
                 )
             }
@@ -222,12 +222,13 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
                 " ('outcomes_claimable', 'outcomes_leased', 'outcomes_last_claim', 'outcomes_run_status')"
             ).fetchone()
         assert gone == (0,)
-        # every item has its queue row: leases as they were, done items done, claim order kept
+        # every item has its queue row: leases as they were, done items with their final status, claim
+        # order kept
         assert set(queue) == {item for _, item, *_ in ITEMS}
         by_item = {i[1]: i for i in ITEMS}
-        for item, (token, expires, done, seq, avail) in queue.items():
+        for item, (token, expires, final, seq, avail) in queue.items():
             _, _, status, _, old_token, old_expires, _, old_seq, old_avail, _, _ = by_item[item]
-            assert done == (status in ("complete", "failed")), item
+            assert final == (status if status in ("complete", "failed", "cancelled") else None), item
             assert token == (old_token if status == "generating" else None), item
             assert expires == (old_expires if status == "generating" else None), item
             assert (seq, avail) == (old_seq, old_avail), item
@@ -245,6 +246,10 @@ async def test_database_before_the_queue_upgrades_in_place(postgres_database: st
         assert {o.item: o.status for o in page.outcomes} == {i[1]: i[2] for i in ITEMS}
         leased = await store.list_outcomes(OutcomeFilter(run_id="r1", status="generating"), limit=100)
         assert sorted(o.item for o in leased.outcomes) == ["c", "h"]
+        # listings by status read the backfilled queue: each status lists exactly its items
+        for status in ("pending", "complete", "failed", "cancelled"):
+            listed = await store.list_outcomes(OutcomeFilter(run_id="r1", status=status), limit=100)
+            assert sorted(o.item for o in listed.outcomes) == sorted(i[1] for i in ITEMS if i[2] == status)
         d = await store.get_outcome(ids["d"], history=True)
         assert d.metrics == {"lines_generated": 10, "quality_score": 0.5} and d.content_sha256 == SHA
         assert await store.inline_content(SHA) == BODY
@@ -328,10 +333,10 @@ async def test_new_items_on_an_upgraded_database_are_queued(postgres_database: s
         )
         with psycopg.connect(postgres_database) as conn:
             row = conn.execute(
-                "SELECT q.position, o.position, q.done FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
+                "SELECT q.position, o.position, q.final FROM outcome_queue q JOIN outcomes o ON o.n = q.n"
                 " WHERE o.item = 'z'"
             ).fetchone()
-        assert row is not None and row[0] == row[1] and row[2] is False
+        assert row is not None and row[0] == row[1] and row[2] is None
         got = await store.claim(
             ClaimRequest(run_id="r1", worker="w", limit=10, package="p2", token_factory=new_token),
             now=time.time(),

@@ -209,12 +209,12 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                     # the narrow queue row the store keeps beside it (leased only while generating)
                     leased = r["status"] == "generating"
                     conn.execute(
-                        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, done = %s"
+                        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s"
                         " WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
                         (
                             "tok-" + oid if leased else None,
                             r["lease_expires_at"] if leased else None,
-                            r["status"] not in ("pending", "generating"),
+                            rules.final_status(r["status"]),
                             oid,
                         ),
                     )
@@ -222,8 +222,9 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                 after = {
                     r["id"]: r
                     for r in conn.execute(
-                        "SELECT id, status, error_message, completed_at, duration_seconds, lease_expires_at"
-                        " FROM outcomes"
+                        "SELECT o.id, o.status, o.error_message, o.completed_at, o.duration_seconds,"
+                        " o.lease_expires_at, q.lease_token AS q_token, q.final AS q_final"
+                        " FROM outcomes o JOIN outcome_queue q ON q.n = o.n"
                     ).fetchall()
                 }
                 expected_swept = set()
@@ -236,6 +237,9 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                         else None
                     )
                     got = after[oid]
+                    # the queue row says the status the outcome row has, swept or not
+                    assert got["q_final"] == rules.final_status(got["status"]), (r, got)
+                    assert (got["q_token"] is not None) == (got["status"] == "generating"), (r, got)
                     if target is None:
                         assert got["status"] == r["status"], (oid, r, got)
                         assert got["error_message"] is None

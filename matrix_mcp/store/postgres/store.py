@@ -6,7 +6,8 @@
   (serialization failure, deadlock, lost connection, admin shutdown, pool timeout) retry the whole
   batch with jittered backoff; past a short budget the callers get `Unavailable` (retryable).
 - Claims are one `UPDATE … RETURNING` over a MATERIALIZED CTE with `FOR UPDATE SKIP LOCKED` on the
-  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, done),
+  narrow queue (`outcome_queue`, migration 8: lease token and expiry, available_at, claim order, final
+  status once done; listings by status read it too),
   which holds the only indexes the claim, the lease sweep and fairness need; the outcome row is then
   updated HOT (no index of `outcomes` names a column a claim or report writes). Fairness across
   packages comes from each queue row's `claim_seq` (a global sequence), so no package or run row is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -62,8 +64,10 @@ from matrix_mcp.store.postgres.sql import (
     _LATEST_SEQ_SQL,
     _ONE_RUN_SQL,
     _OUTCOME_SELECT,
+    _QUEUED_OUTCOME_SELECT,
     _RUN_SUMMARIES_SQL,
     _THROUGHPUT_SQL,
+    queue_status_filter,
 )
 from matrix_mcp.store.postgres.writes import Writes
 from matrix_mcp.store.postgres_schema import (
@@ -105,22 +109,25 @@ class PostgresStore(Writes):
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage:
         after = R.decode_cursor(cursor)
-        pinned = R.outcome_filter(flt)
-        # generating: the few leased rows, from the queue's leased index
-        leased = (
-            ["o.n IN (SELECT n FROM outcome_queue WHERE lease_token IS NOT NULL)"]
-            if flt.status == "generating"
-            else []
-        )
+        if flt.status is None:
+            select, order, first = _OUTCOME_SELECT, "o.n", ["o.n > %s"]
+            pinned = R.outcome_filter(flt)
+        else:
+            # by status: the queue's rows of that status, in n order (with a run, a range of
+            # outcome_queue_status or outcome_queue_leased); the queue row holds the status
+            condition, order = queue_status_filter(flt.status, one_run=flt.run_id is not None)
+            select, first = _QUEUED_OUTCOME_SELECT, ["q.n > %s", condition]
+            pinned = R.outcome_filter(replace(flt, run_id=None, status=None))
+            if flt.run_id is not None:
+                pinned.insert(0, ("q.run_id", flt.run_id))
+        conditions = [*first, *(f"{column} = %s" for column, _ in pinned)]
+        args = [after, *(value for _, value in pinned)]
 
         async def op(c: Conn) -> OutcomePage:
             rows = await _all(
                 c,
-                _OUTCOME_SELECT
-                + " WHERE "
-                + " AND ".join(["o.n > %s", *(f"{column} = %s" for column, _ in pinned), *leased])
-                + " ORDER BY o.n LIMIT %s",
-                [after, *(value for _, value in pinned), limit + 1],
+                select + " WHERE " + " AND ".join(conditions) + f" ORDER BY {order} LIMIT %s",
+                [*args, limit + 1],
             )
             return R.outcome_page(rows, limit)
 

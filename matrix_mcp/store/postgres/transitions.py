@@ -334,14 +334,14 @@ async def _requeue(
     tx: _Tx, n: int, status: Status, token: str | None, lease_expires_at: float | None, available_at: float
 ) -> None:
     """The narrow queue row of an outcome whose status changed outside a claim: leased under `token`
-    (generating), claimable from `available_at` (pending) or done (any final status)."""
+    (generating), claimable from `available_at` (pending) or out of the queue with its final status."""
     await tx.execute(
-        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, done = %s,"
+        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s,"
         " available_at = CASE WHEN %s THEN %s ELSE available_at END WHERE n = %s",
         (
             token,
             lease_expires_at,
-            not rules.queued(status),
+            rules.final_status(status),
             status == "pending",
             available_at,
             n,

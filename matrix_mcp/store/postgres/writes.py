@@ -448,7 +448,7 @@ class Writes(Connection):
                 " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
                 " AND (%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[]))"
                 " RETURNING n, id, package_id),"
-                " q AS (UPDATE outcome_queue q SET done = false, lease_token = NULL, lease_expires_at = NULL,"
+                " q AS (UPDATE outcome_queue q SET final = NULL, lease_token = NULL, lease_expires_at = NULL,"
                 " available_at = %(now)s FROM u WHERE q.n = u.n)"
                 " SELECT n, id, package_id FROM u",
                 {
