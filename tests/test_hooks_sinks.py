@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import threading
 from typing import Any
 
@@ -283,6 +284,26 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
             "package.completed",
             "run.completed",
         ]
+
+
+async def test_github_commits_content_kept_in_the_store_when_its_blob_is_gone(engine: Engine) -> None:
+    """Small content lives in the store; the blob beside it is an unsynced copy a crash can lose."""
+    settings = fast(github_min_interval=0.0)
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    with FakeGitHub() as gh:
+        await hooks.add(
+            gh.url, ["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
+        )
+        await engine.plan_run("r1", packages=[PackageSpec(name="api", items=["a"])])
+        c = (await engine.claim_items("r1", worker="w")).items[0]
+        await engine.complete_item(
+            c.outcome_id, lease_token=c.lease_token, content="kept in the store", outcome_path="src/a.py"
+        )
+        shutil.rmtree(engine.settings.artifacts_dir / ".blobs")
+        async with dispatching(engine, settings):
+            await until(lambda: "matrix/r1" in gh.refs and len(gh.pulls) == 1)
+        head_tree = gh.trees[gh.commits[gh.refs["matrix/r1"]]["tree"]]
+        assert gh.blobs.get(head_tree["src/a.py"]) == b"kept in the store"
 
 
 def _delivered(gh: FakeGitHub) -> list[str]:

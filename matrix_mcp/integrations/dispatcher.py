@@ -104,8 +104,16 @@ class Dispatcher:
             self.hooks,
             self.clock,
             self.store,
-            self._artifacts.read_blob if self._artifacts is not None else None,
+            self._read_content if self._artifacts is not None else None,
         )
+
+    async def _read_content(self, sha256: str) -> bytes:
+        """An outcome's content: kept in the store (small reports) or in the blob store."""
+        body = await self.store.inline_content(sha256)
+        if body is not None:
+            return body
+        assert self._artifacts is not None
+        return await anyio.to_thread.run_sync(self._artifacts.read_blob, sha256)
 
     async def aclose(self) -> None:
         await self.http.aclose()

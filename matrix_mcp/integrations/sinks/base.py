@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ class SinkContext:
     hooks: HookStore
     now: Callable[[], float]
     store: Store | None = None  # for sinks that read outcomes (github)
-    read_blob: Callable[[str], bytes] | None = None  # artifact content by sha256 (github)
+    read_content: Callable[[str], Awaitable[bytes]] | None = None  # an outcome's content by sha256 (github)
 
 
 class Sink(Protocol):

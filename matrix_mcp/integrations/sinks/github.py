@@ -88,7 +88,7 @@ class GitHubSink:
             return stop.answer
 
     async def _files(self, ctx: SinkContext, run: str, package: str | None) -> dict[str, bytes]:
-        assert ctx.store is not None and ctx.read_blob is not None
+        assert ctx.store is not None and ctx.read_content is not None
         run_id = (await ctx.store.get_run(run)).id
         files: dict[str, bytes] = {}
         cursor = None
@@ -99,7 +99,7 @@ class GitHubSink:
             for o in page.outcomes:
                 if o.content_sha256 and len(files) < MAX_FILES:
                     path = o.outcome_path or f"{o.package}/{o.item}"
-                    files[path.lstrip("/")] = await anyio.to_thread.run_sync(ctx.read_blob, o.content_sha256)
+                    files[path.lstrip("/")] = await ctx.read_content(o.content_sha256)
             cursor = page.next_cursor
             if cursor is None:
                 break
