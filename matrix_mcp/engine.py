@@ -81,6 +81,9 @@ log = logging.getLogger("matrix_mcp.engine")
 # A server repairs, as it starts, the files of completions among this many latest events (a process killed
 # between commit and link leaves its file missing; `matrix-mcp gc --repair` checks every completion).
 REPAIR_RECENT_EVENTS = 20_000
+# The readable copy of inline content up to this size is written on the event loop (page cache, no fsync:
+# tens of microseconds, where a worker-thread hop costs more than the write), larger on a worker thread.
+COPY_ON_LOOP_BYTES = 64 * 1024
 # Test hook: SIGKILL this process between the store's commit and the link, as a kill at any moment can.
 _KILL_AFTER_COMMIT = os.environ.get("MATRIX_TEST_KILL_AFTER_COMMIT") == "1"
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -462,7 +465,9 @@ class Engine:
             observe_generation(outcome.package, outcome.outcome_type, outcome.duration_seconds)
         if data is not None and outcome.outcome_path and outcome.content_sha256:
             try:
-                if inline:
+                if inline and len(data) <= COPY_ON_LOOP_BYTES:  # a few system calls: no thread hop
+                    self.artifacts.write_copy(outcome.outcome_path, data)
+                elif inline:
                     await anyio.to_thread.run_sync(self.artifacts.write_copy, outcome.outcome_path, data)
                 else:
                     await anyio.to_thread.run_sync(
