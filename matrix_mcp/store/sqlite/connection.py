@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,50 @@ BUSY_TIMEOUT_MS = 60_000
 
 
 READERS = 2
+
+# Checkpoints (copying the WAL back into the database file, with two fsyncs) run on a thread of their own
+# every CHECKPOINT_EVERY write batches, not inside a report's COMMIT; a writer checkpoints itself only past
+# WAL_BACKSTOP_PAGES (the background thread fell behind), where SQLite's default is every 1,000 pages.
+CHECKPOINT_EVERY = 32
+WAL_BACKSTOP_PAGES = 10_000
+
+
+class _Checkpointer:
+    """PASSIVE checkpoints on a connection and thread of their own: they never wait for or block a writer or
+    a reader, and a commit on the event loop never pays for one."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wanted = threading.Event()
+        self._stopping = False
+        self.done = 0  # checkpoints run (tests read it)
+        self._thread = threading.Thread(target=self._run, name="matrix-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 1000")
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.done += 1
+                except sqlite3.Error as exc:  # the next request tries again; the writers' backstop holds
+                    log.debug("background checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=10)
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -78,6 +123,8 @@ class Connection:
         )
         self._changed = anyio.Event()
         self._closed = False
+        self._checkpointer: _Checkpointer | None = None
+        self._batches = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -92,6 +139,8 @@ class Connection:
         store._inline = await cls._connect(path, busy_ms=0)
         store._readers = [await cls._connect(path, reader=True) for _ in range(READERS)]
         store._reader_locks = [anyio.Lock() for _ in store._readers]
+        if str(path) != ":memory:":
+            store._checkpointer = _Checkpointer(path)
         return store
 
     @staticmethod
@@ -117,6 +166,7 @@ class Connection:
                     time.sleep(0.05)
             c.execute("PRAGMA synchronous = NORMAL")
             c.execute("PRAGMA foreign_keys = ON")
+            c.execute("PRAGMA wal_autocheckpoint = " + str(WAL_BACKSTOP_PAGES))
             if reader:
                 c.execute("PRAGMA query_only = ON")
 
@@ -127,6 +177,8 @@ class Connection:
         if self._closed:
             return
         self._closed = True
+        if self._checkpointer is not None:
+            await anyio.to_thread.run_sync(self._checkpointer.close)
         for conn in [self._writer, *([self._inline] if self._inline else []), *self._readers]:
             await conn.close()
 
@@ -176,6 +228,9 @@ class Connection:
     def _wake(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+        self._batches += 1
+        if self._checkpointer is not None and self._batches % CHECKPOINT_EVERY == 0:
+            self._checkpointer.request()
 
     @staticmethod
     def _run_batch(c: sqlite3.Connection, batch: list[_Request], wait: bool = True) -> bool:
