@@ -26,7 +26,7 @@ class Request:
 
     def __init__(self) -> None:
         self.principal = current_principal.get()
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None  # made when it waits: a leader answers its own request
         self.value: Any = None
         self.error: BaseException | None = None
         self.lead = False  # woken (done set) to lead the next batch, not answered yet
@@ -76,8 +76,9 @@ class GroupCommit(Generic[Req]):
             self._leading = True
             await self._lead()
         else:
+            request.done = done = anyio.Event()
             try:
-                await request.done.wait()
+                await done.wait()
             except BaseException:
                 if not request.lead:
                     request.abandoned = True
@@ -115,7 +116,8 @@ class GroupCommit(Generic[Req]):
                         for req in batch:
                             req.error = Unavailable(self._unavailable(exc))
                     for req in batch:
-                        req.done.set()
+                        if req.done is not None:
+                            req.done.set()
                     if self._after is not None:
                         self._after()
                     if self._regather:
@@ -123,6 +125,7 @@ class GroupCommit(Generic[Req]):
                         heir = next((r for r in self._queue if not r.abandoned), None)
                         if heir is not None:
                             heir.lead = True
+                            assert heir.done is not None  # queued behind a leader: it waits
                             heir.done.set()
                             handed = True
                             return
