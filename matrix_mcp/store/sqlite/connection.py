@@ -52,7 +52,6 @@ class _Checkpointer:
         self._path = path
         self._wanted = threading.Event()
         self._stopping = False
-        self.done = 0  # checkpoints run (tests read it)
         self._thread = threading.Thread(target=self._run, name="matrix-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
@@ -70,7 +69,6 @@ class _Checkpointer:
                     return
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.done += 1
                 except sqlite3.Error as exc:  # the next request tries again; the writers' backstop holds
                     log.debug("background checkpoint failed: %s", exc)
         finally:

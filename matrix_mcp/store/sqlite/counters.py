@@ -13,7 +13,7 @@ from matrix_mcp.models import (
     Status,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.sqlite.sql import _COUNTER_COLUMNS, _MOVE_CONTRIB_SQL, _MOVE_SQL
+from matrix_mcp.store.sqlite.sql import _COMPLETE_SQL, _COUNTER_COLUMNS, _MOVE_CONTRIB_SQL, _MOVE_SQL
 
 
 def _move(
@@ -32,14 +32,33 @@ def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign
     """The duration histogram lives on the package row as JSON [[bucket, count], …]: a summary reads one row
     per package instead of one per bucket (read-modify-write is safe under the single writer)."""
     row = c.execute("SELECT duration_hist FROM packages WHERE id = ?", (package_id,)).fetchone()
-    hist = _hist_loads(row[0])
+    c.execute(
+        "UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_add(row[0], duration, sign), package_id)
+    )
+
+
+def _hist_add(text: str | None, duration: float, sign: int) -> str:
+    """The histogram column with one duration added (sign +1) or taken away (-1)."""
+    hist = _hist_loads(text)
     bucket = R.duration_bucket(duration)
     n = hist.get(bucket, 0) + sign
     if n:
         hist[bucket] = n
     else:
         hist.pop(bucket, None)
-    c.execute("UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_dumps(hist), package_id))
+    return _hist_dumps(hist)
+
+
+def _complete_counters(
+    c: sqlite3.Connection, row: sqlite3.Row, contrib: dict[str, float], duration: float | None
+) -> None:
+    """A fresh completion of a leased row (read in this transaction with its package's histogram): the
+    status move, the summary sums and the duration histogram in one statement."""
+    if duration is None:
+        _move(c, row["package_id"], "generating", "complete", contrib)
+        return
+    hist = _hist_add(row["package_duration_hist"], duration, +1)
+    c.execute(_COMPLETE_SQL, (*(contrib[k] for k in _COUNTER_COLUMNS), hist, row["package_id"]))
 
 
 def _hist_loads(text: str | None) -> dict[int, int]:

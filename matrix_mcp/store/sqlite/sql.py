@@ -16,7 +16,8 @@ FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 
 
 _OUTCOME_SELECT = """
-SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
+p.duration_hist AS package_duration_hist
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
 
@@ -49,6 +50,12 @@ _MOVE_CONTRIB_SQL = {
     for b in STATUSES
     if a != b
 }
+
+
+# a completion with a duration: status move, summary sums and the duration histogram in one statement
+_COMPLETE_SQL = _MOVE_CONTRIB_SQL["generating", "complete"].replace(
+    " WHERE id = ?", ", duration_hist = ? WHERE id = ?"
+)
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names

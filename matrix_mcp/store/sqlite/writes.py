@@ -35,7 +35,7 @@ from matrix_mcp.store.base import (
 )
 from matrix_mcp.store.sqlite.connection import Connection
 from matrix_mcp.store.sqlite.counters import (
-    _add_histogram,
+    _complete_counters,
     _minute,
     _move,
     _set_metrics,
@@ -254,9 +254,7 @@ class Writes(Connection):
                     "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     (report.content_sha256, report.inline),
                 )
-            _move(c, row["package_id"], "generating", "complete", R.contribution(report.metrics, duration))
-            if duration is not None:
-                _add_histogram(c, row["package_id"], duration, +1)
+            _complete_counters(c, row, R.contribution(report.metrics, duration), duration)
             _set_metrics(c, outcome_id, report.metrics, replace=False)
             _minute(c, row["run_id"], now, completed=1, duration=duration)
             _event(
