@@ -119,7 +119,7 @@ class Connection:
             after=self._wake,
             gather=True,
         )
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made when someone waits for a change
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
         self._batches = 0
@@ -224,11 +224,18 @@ class Connection:
             await _in_thread(self._writer, self._run_batch, batch, True)
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
         self._batches += 1
         if self._checkpointer is not None and self._batches % CHECKPOINT_EVERY == 0:
             self._checkpointer.request()
+
+    def _next_change(self) -> anyio.Event:
+        """Set when the next write batch of this process commits."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
 
     @staticmethod
     def _run_batch(c: sqlite3.Connection, batch: list[_Request], wait: bool = True) -> bool:

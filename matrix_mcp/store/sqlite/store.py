@@ -272,7 +272,7 @@ class SQLiteStore(Writes):
             remaining = deadline - anyio.current_time()
             if latest > since or remaining <= 0:
                 return latest
-            changed = self._changed
+            changed = self._next_change()
             with anyio.move_on_after(min(poll, remaining)):
                 await changed.wait()
             poll = min(poll * 1.5, 0.2)
