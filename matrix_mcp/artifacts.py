@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import mimetypes
 import os
 import re
 import shutil
 import stat
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -36,6 +37,7 @@ _RESERVED = {
     *(f"com{i}" for i in range(1, 10)),
     *(f"lpt{i}" for i in range(1, 10)),
 }
+_TMP_SEQ = itertools.count()  # names of temporary files: unique within the process (with pid and thread)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 1024
@@ -184,8 +186,9 @@ class Artifacts:
         """The readable file of content the store keeps (inline), after its commit: its blob written without
         fsync (the store holds the durable copy and rebuilds this one when it is lost), linked at rel."""
         sha = hashlib.sha256(data).hexdigest()
-        if not self.blob_path(sha).exists():
-            self._atomic_write(self.blob_path(sha), data, sync=False)
+        blob = self.blob_path(sha)
+        if not os.path.exists(blob):
+            self._atomic_write(blob, data, sync=False)
         return self.materialize(rel, sha)
 
     def collect_garbage(self, referenced: set[str], older_than: float, now: float) -> GarbageReport:
@@ -256,18 +259,32 @@ class Artifacts:
         """Place the blob at its human path (after the store committed the report)."""
         target = self._resolve_inside(rel, "outcome_path")
         source = self.blob_path(sha)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.{sha[:8]}.tmp"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._resolve_inside(rel, "outcome_path")  # re-check after creating parents
-            tmp = target.parent / f".{target.name}.{os.getpid()}.{sha[:8]}.tmp"
             try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
+                self._link_or_copy(source, tmp)
+            except FileNotFoundError:
+                if not source.exists():
+                    raise
+                target.parent.mkdir(parents=True, exist_ok=True)  # its folder is new
+                self._resolve_inside(rel, "outcome_path")  # re-check after creating parents
+                self._link_or_copy(source, tmp)
             os.replace(tmp, target)
         except OSError as exc:
             raise ArtifactError(f"could not write the artifact: {exc.strerror or exc}", "content") from exc
         return target
+
+    @staticmethod
+    def _link_or_copy(source: Path, tmp: Path) -> None:
+        try:
+            os.link(source, tmp)
+        except FileExistsError:  # left by a write killed midway: replaced
+            os.unlink(tmp)
+            os.link(source, tmp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # no hard links here (another file system, a Windows share)
+            shutil.copyfile(source, tmp)
 
     def ensure_linked(self, rel: str, sha: str) -> bool:
         """Link the blob at outcome_path when nothing is there (a process killed between the store's commit
@@ -288,15 +305,22 @@ class Artifacts:
         return path
 
     def _atomic_write(self, path: Path, data: bytes, sync: bool = True) -> None:
+        tmp = f"{path.parent}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_SEQ)}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:  # its folder is new
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                     if sync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
