@@ -386,6 +386,8 @@ DROP INDEX outcomes_claimable;
 DROP INDEX outcomes_leased;
 DROP INDEX outcomes_last_claim;
 DROP INDEX outcomes_run_status;
+ALTER TABLE outcome_attempts SET (fillfactor = 50);
+ALTER TABLE outcomes SET (fillfactor = 55);
 ANALYZE outcome_queue;
 """,
     ),
