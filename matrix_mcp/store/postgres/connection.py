@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -48,12 +47,7 @@ from matrix_mcp.store.postgres.batch import (
     _write_deltas,
     log,
 )
-from matrix_mcp.store.postgres.sql import (
-    _EVENTS_INSERT_ARRAYS,
-    _EVENTS_INSERT_JSON,
-    _LATEST_SEQ_SQL,
-    _ROLLUP_SQL,
-)
+from matrix_mcp.store.postgres.sql import _LATEST_SEQ_SQL, _ROLLUP_SQL
 from matrix_mcp.store.postgres.transitions import _merged, _recover_claims
 from matrix_mcp.store.postgres_schema import (
     EVENTS_LOCK,
@@ -321,18 +315,19 @@ class Connection:
                 await _journal_answers(conn, batch)
                 await _write_deltas(conn, state.deltas)
             return None
+        cols = list(zip(*state.events, strict=True))
         notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
-        try:
-            # one JSON text encoded in C instead of five arrays dumped element by element
-            query, params = _EVENTS_INSERT_JSON, [json.dumps(state.events, allow_nan=False), notify]
-        except ValueError:  # a time JSON cannot carry: float8 arrays can
-            query = _EVENTS_INSERT_ARRAYS
-            params = [*(list(c) for c in zip(*state.events, strict=True)), notify]
         async with contextlib.nullcontext() if pipelined else conn.pipeline():
             await _journal_answers(conn, batch)
             await _write_deltas(conn, state.deltas)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-            await conn.execute(query, [*params, NOTIFY_CHANNEL])
+            await conn.execute(
+                "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
+                " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
+                " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
+                [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
+            )
         return notify
 
     def _after_commit(self, notify: bool | None) -> None:

@@ -68,25 +68,6 @@ _DELTA_INSERT_ARRAYS = (
 _DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
 
 
-# A batch's events in commit order, seq from the identity; the NOTIFY (when not debounced) names the last.
-# The events come as one JSON array of [run_id, outcome_id, kind, data, created_at] (encoded in C, one
-# text value), or as five arrays when a time is not finite.
-_EVENTS_INSERT_JSON = (
-    "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-    " SELECT e->>0, e->>1, e->>2, e->>3, (e->>4)::float8 FROM jsonb_array_elements(%s::jsonb)"
-    " WITH ORDINALITY AS u(e, i) ORDER BY i RETURNING seq)"
-    " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins"
-)
-
-
-_EVENTS_INSERT_ARRAYS = (
-    "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-    " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
-    " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins"
-)
-
-
 _RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
@@ -338,12 +319,10 @@ SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u)
 # token, repeat, unknown id) are answered one by one afterwards.
 _COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
-    -- one JSON array of [id, token, now, metrics, metadata, path, sha, bytes, mime] per report (one
-    -- text value encoded in C); the inline bodies as a bytea array, NULL when no report has one
-    SELECT e->>0 AS id, e->>1 AS tok, (e->>2)::float8 AS now, e->>3 AS metrics, e->>4 AS metadata,
-           e->>5 AS path, e->>6 AS sha, (e->>7)::int8 AS nbytes, e->>8 AS mime,
-           (%(bodies)b::bytea[])[u.i::int4] AS body, u.i
-    FROM jsonb_array_elements(%(reports)s::jsonb) WITH ORDINALITY AS u(e, i)
+    SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
+                         %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
+                         %(mimes)b::text[], %(bodies)b::bytea[])
+        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
 ),
 u AS (
     UPDATE outcomes o SET status = 'complete', completed_at = inp.now,

@@ -3,7 +3,6 @@ completes, the lease sweep, manual overrides. The decisions are matrix_mcp.rules
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -236,28 +235,20 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
             mreq.append(i)
             mnames.append(k)
             mvalues.append(v)
-    reports = [
-        [
-            a.outcome_id,
-            a.lease_token,
-            float(a.now),
-            a.metrics,
-            a.metadata,
-            a.report.outcome_path,
-            a.report.content_sha256,
-            a.report.content_bytes,
-            a.report.mime_type,
-        ]
-        for _, a in todo
-    ]
-    bodies = [a.report.inline for _, a in todo]
     rows = await _all(
         conn,
         _COMPLETE_MANY_SQL,
         {
-            # a time JSON cannot carry raises here: the batch then runs one by one (_NeedSafe)
-            "reports": json.dumps(reports, allow_nan=False),
-            "bodies": bodies if any(b is not None for b in bodies) else None,
+            "ids": [a.outcome_id for _, a in todo],
+            "tokens": [a.lease_token for _, a in todo],
+            "nows": [float(a.now) for _, a in todo],
+            "metrics": [a.metrics for _, a in todo],
+            "metadata": [a.metadata for _, a in todo],
+            "paths": [a.report.outcome_path for _, a in todo],
+            "shas": [a.report.content_sha256 for _, a in todo],
+            "bytes": [a.report.content_bytes for _, a in todo],
+            "mimes": [a.report.mime_type for _, a in todo],
+            "bodies": [a.report.inline for _, a in todo],
             "mreq": mreq,
             "mnames": mnames,
             "mvalues": mvalues,
