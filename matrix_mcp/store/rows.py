@@ -92,6 +92,8 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
 
 
 def dumps(value: Any) -> str:
+    if type(value) is dict and not value:  # the usual metrics / metadata of a report: skip the encoder
+        return "{}"
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 

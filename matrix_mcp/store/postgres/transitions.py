@@ -188,19 +188,34 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
                 sweep.succeeded()
             rows = await claimed.fetchall()
             got = [o for o in rows if o["id"] is not None]  # ranks 1..len(got), in rank order
+            # the whole chunk's events and counter moves go straight to the batch: the merged
+            # statement succeeded or the batch re-runs one by one (_NeedSafe), so nothing of one
+            # request has to be kept apart to be rolled back alone
+            whole = _Tx(conn, state)
+            events = state.events
             pos = 0
             for req, a in chunk:
                 mine = got[pos : pos + a.limit]
                 pos += len(mine)
-                tx = _Tx(conn, state)
+                claims = []
                 with acting_as(req.principal):
-                    claims = _claims_from(tx, run_id, a.worker, mine, a.now)
-                tx.succeeded()
+                    for o in mine:
+                        ev = rules.claimed(
+                            package=o["package_name"], item=o["item"], worker=a.worker, attempt=o["attempts"]
+                        )
+                        events.append((run_id, o["id"], ev.kind, ev.payload(), float(a.now)))
+                        claims.append(R.claim_from(o))
                 if len(claims) == a.limit:
                     req.value = ClaimBatch(claims)
                     req.handled = True
                 else:
                     req.rest = _claim_op(a, claims)
+            per_package: dict[int, int] = defaultdict(int)
+            for o in got:
+                per_package[int(o["pk_id"])] += 1
+            for pid, n in per_package.items():
+                whole.move(run_id, pid, "pending", "generating", n)
+            whole.succeeded()
     if completes:
         await _complete_many(conn, state, completes)
 
@@ -239,24 +254,22 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
             "mvalues": mvalues,
         },
     )
+    # as for merged claims: the statement's effects go straight to the batch (all or _NeedSafe)
+    whole = _Tx(conn, state)
+    events = state.events
     for row in sorted(rows, key=lambda r: int(r["req"])):
         req, a = todo[int(row["req"]) - 1]
-        tx = _Tx(conn, state)
         duration = row["duration_seconds"]
         run_id, pid = row["run_id"], int(row["package_id"])
-        tx.move(run_id, pid, "generating", "complete")
-        tx.contribution(run_id, pid, a.report.metrics, duration, +1)
-        tx.minute(run_id, a.now, completed=1, duration=duration)
+        whole.move(run_id, pid, "generating", "complete")
+        whole.contribution(run_id, pid, a.report.metrics, duration, +1)
+        whole.minute(run_id, a.now, completed=1, duration=duration)
         with acting_as(req.principal):
-            tx.event(
-                run_id,
-                a.outcome_id,
-                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
-                a.now,
-            )
-        tx.succeeded()
+            ev = rules.completed(package=row["package_name"], item=row["item"], duration=duration)
+            events.append((run_id, a.outcome_id, ev.kind, ev.payload(), float(a.now)))
         req.value = R.outcome_from(row)
         req.handled = True
+    whole.succeeded()
 
 
 async def _run(c: Conn, run_id: str) -> Run:
