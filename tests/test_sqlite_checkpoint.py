@@ -54,3 +54,24 @@ async def test_the_wal_is_checkpointed_in_the_background_and_the_thread_stops(tm
     finally:
         await engine.close()
     assert len(_checkpoint_threads()) == before
+
+
+async def test_a_quiet_store_checkpoints_what_fewer_batches_wrote(tmp_path: Path) -> None:
+    """Writes that stop short of CHECKPOINT_EVERY batches still reach the database file once writes pause:
+    readers of a fully checkpointed WAL read the file alone."""
+    db = tmp_path / "m.db"
+    engine = await Engine.open(Settings(database_url=f"sqlite:///{db}", artifacts_dir=tmp_path / "a"))
+    try:
+        await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b", "c"])])
+        main_before = db.stat().st_size
+        for _ in range(3):  # six write batches, far fewer than CHECKPOINT_EVERY
+            c = (await engine.claim_items("r", worker="w")).items[0]
+            await engine.complete_item(c.outcome_id, lease_token=c.lease_token)
+        assert sqlite_connection.CHECKPOINT_EVERY > 6
+        for _ in range(100):
+            if db.stat().st_size > main_before:
+                break
+            await anyio.sleep(0.05)
+        assert db.stat().st_size > main_before
+    finally:
+        await engine.close()

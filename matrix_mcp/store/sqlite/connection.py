@@ -41,6 +41,7 @@ READERS = 2
 # every CHECKPOINT_EVERY write batches, not inside a report's COMMIT; a writer checkpoints itself only past
 # WAL_BACKSTOP_PAGES (the background thread fell behind), where SQLite's default is every 1,000 pages.
 CHECKPOINT_EVERY = 32
+IDLE_CHECKPOINT_SECONDS = 0.5  # and once writes pause this long
 WAL_BACKSTOP_PAGES = 10_000
 
 
@@ -52,6 +53,7 @@ class _Checkpointer:
         self._path = path
         self._wanted = threading.Event()
         self._stopping = False
+        self.dirty = False  # a batch committed since the last checkpoint (set by the writer's loop)
         self._thread = threading.Thread(target=self._run, name="matrix-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
@@ -63,10 +65,15 @@ class _Checkpointer:
         try:
             conn.execute("PRAGMA busy_timeout = 1000")
             while True:
-                self._wanted.wait()
+                # also once writes stop: a WAL fully copied back lets readers skip it (SQLite reads such a
+                # database from its file alone), so a quiet store answers reads as fast as a checkpointed one
+                asked = self._wanted.wait(timeout=IDLE_CHECKPOINT_SECONDS)
                 self._wanted.clear()
                 if self._stopping:
                     return
+                if not (asked or self.dirty):
+                    continue
+                self.dirty = False
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # the next request tries again; the writers' backstop holds
@@ -228,8 +235,10 @@ class Connection:
         if changed is not None:
             changed.set()
         self._batches += 1
-        if self._checkpointer is not None and self._batches % CHECKPOINT_EVERY == 0:
-            self._checkpointer.request()
+        if self._checkpointer is not None:
+            self._checkpointer.dirty = True
+            if self._batches % CHECKPOINT_EVERY == 0:
+                self._checkpointer.request()
 
     def _next_change(self) -> anyio.Event:
         """Set when the next write batch of this process commits."""
