@@ -93,7 +93,7 @@ class GroupCommit(Generic[Req]):
 
     async def _take_lead(self, request: Req) -> None:
         request.lead = False
-        request.done = anyio.Event()  # set again when its own batch answers it
+        request.done = None  # it leads now: its own batch answers it, nobody waits for the event
         await self._lead()
 
     async def _lead(self) -> None:
