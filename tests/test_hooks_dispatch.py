@@ -284,6 +284,8 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(engine: Engine) -> N
             started = time.time()
             await work(engine, "r1", [f"i{i}" for i in range(5)])
             await until(lambda: len(healthy.requests) == 5, timeout=2.5)  # well inside the dead one's timeout
+            # the dead endpoint is in play (its first request may reach it just after the healthy fifth)
+            await until(lambda: len(hanging.requests) >= 1, timeout=2.5)
             assert len(hanging.requests) >= 1
             assert max(t for *_, t in healthy.requests) - started < 2.5
 
