@@ -127,11 +127,11 @@ class Board:
         actions = ""
         if PLAN in caller.scopes:
             actions = """<section id="actions" class="actions" aria-label="actions">
-<button type="button" data-action="retry-all">Retry all failed</button>
-<label>Package <select id="retry-package"></select></label><button type="button" data-action="retry-package">Retry package</button>
-<button type="button" data-action="retry-selected" disabled>Retry selected (<span id="selected-count">0</span>)</button>
-<button type="button" data-action="pause">Pause</button><button type="button" data-action="resume">Resume</button>
-<button type="button" data-action="cancel" class="danger">Cancel run</button>
+<button type="button" data-action="retry-all" hidden>Retry all failed</button>
+<label id="retry-package-label" hidden>Package <select id="retry-package"></select></label><button type="button" data-action="retry-package" hidden>Retry package</button>
+<button type="button" data-action="retry-selected" disabled hidden>Retry selected (<span id="selected-count">0</span>)</button>
+<button type="button" data-action="pause" hidden>Pause</button><button type="button" data-action="resume" hidden>Resume</button>
+<button type="button" data-action="cancel" class="danger" hidden>Cancel run</button>
 <span id="action-result" role="status"></span></section>"""
         legend = "".join(
             f'<li><span class="swatch s-{s}" aria-hidden="true"></span>{s} <span class="sym">{sym}</span></li>'
@@ -140,7 +140,7 @@ class Board:
             )
         )
         main = f"""<h1><a href="/ui/">Runs</a> / <span id="run-name">{escape(run)}</span> <span id="run-state" class="state"></span></h1>
-<section class="overview"><div class="progress"><div id="progress-bar" class="bar"></div></div>
+<section class="overview"><div id="progress" class="progress" role="img" aria-label="progress"><div class="bar complete"></div><div class="bar failed"></div><div class="bar cancelled"></div></div>
 <p id="counts" class="counts"></p></section>
 {actions}
 <section class="grid-wrap"><h2>Packages × items</h2><ul class="legend">{legend}</ul>

@@ -224,6 +224,16 @@ class MinuteCount:
 
 
 @dataclass(frozen=True)
+class FinishedSpan:
+    """A run's finished items (complete or failed), the earliest start among them and the latest finish:
+    a finished run's actual rate, which no later clock reading changes."""
+
+    finished: int
+    first_started_at: float | None
+    last_finished_at: float | None
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """An API key as stored: never the key itself (only its hash, which stays in the store)."""
 
@@ -406,6 +416,11 @@ class Store(Protocol):
     async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
         """The per-minute finished counts the throughput window sums, from `since_minute` on, in order
         (minutes with nothing finished are absent)."""
+        ...
+
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        """The run's complete and failed items: how many, the earliest `started_at` and the latest
+        `completed_at` among them (one aggregate read; run_status asks it for finished runs only)."""
         ...
 
     async def record_integration(

@@ -46,6 +46,7 @@ from matrix_mcp.store.base import (
     Cell,
     Collected,
     ContentFile,
+    FinishedSpan,
     MinuteCount,
     OutcomeFilter,
     RunOverview,
@@ -145,6 +146,19 @@ class PostgresStore(Writes):
                 (run_id, since_minute),
             )
             return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
+
+        return await self._read(op)
+
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        async def op(c: Conn) -> FinishedSpan:
+            rows = await _all(
+                c,
+                "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last"
+                " FROM outcomes WHERE run_id = %s AND status IN ('complete', 'failed')",
+                (run_id,),
+            )
+            row = rows[0]
+            return FinishedSpan(int(row["n"]), row["first"], row["last"])
 
         return await self._read(op)
 

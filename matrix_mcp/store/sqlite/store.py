@@ -35,6 +35,7 @@ from matrix_mcp.store.base import (
     Cell,
     Collected,
     ContentFile,
+    FinishedSpan,
     MinuteCount,
     OutcomeFilter,
     RunOverview,
@@ -119,6 +120,17 @@ class SQLiteStore(Writes):
                 (run_id, since_minute),
             ).fetchall()
             return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+        return await self._read(op)
+
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        def op(c: sqlite3.Connection) -> FinishedSpan:
+            row = c.execute(
+                "SELECT COUNT(*), MIN(started_at), MAX(completed_at) FROM outcomes"
+                " WHERE run_id = ? AND status IN ('complete', 'failed')",
+                (run_id,),
+            ).fetchone()
+            return FinishedSpan(int(row[0]), row[1], row[2])
 
         return await self._read(op)
 
