@@ -33,6 +33,8 @@ COOKIE = "matrix_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SIGNIN_PATH = "/ui/signin"
+SIGNIN_MAX_BYTES = 8192  # the sign-in form's body: one API key or JWT, form-encoded
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Sessions:
             parts.append("Secure")
         return "; ".join(parts)
 
-    def token_of(self, scope: Scope) -> str | None:
+    async def token_of(self, scope: Scope) -> str | None:
         """The credential of a request beside /mcp: its bearer token, else its session's token."""
         bearer = bearer_token(scope)
         if bearer is not None:

@@ -21,7 +21,7 @@ from mcp.server import MCPServer
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from matrix_mcp.http.access import Caller, Identify, Sessions
+from matrix_mcp.http.access import SIGNIN_MAX_BYTES, Caller, Identify, Sessions
 from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
@@ -263,7 +263,7 @@ class Board:
         if self.limits is not None and not (await self.limits.auth_blocked(address)).allowed:
             return self._signin_form("Too many failed sign-ins; wait a minute.", 429)
         try:
-            body = (await read_body(request, 65536)).decode("utf-8", "replace")
+            body = (await read_body(request, SIGNIN_MAX_BYTES)).decode("utf-8", "replace")
         except ApiError:
             return self._signin_form("That is too long for an API key or JWT.", 413)
         token = (parse_qs(body).get("token") or [""])[0].strip()
