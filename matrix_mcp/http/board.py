@@ -286,6 +286,11 @@ class Board:
         cookie = caller.cookie if caller else None
         if not hmac.compare_digest(given.encode(), self.sessions.csrf(cookie).encode()):
             return Response("CSRF token missing or wrong", status_code=403, headers=SECURITY_HEADERS)
+        if cookie is not None:
+            try:
+                await self.sessions.end(cookie)  # every replica on this store refuses it from now on
+            except StoreError as exc:
+                return classify(exc).response()
         response = RedirectResponse("/ui/signin", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("Set-Cookie", self.sessions.cookie_header("", max_age=0))
         return response

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 def mount(parts: Parts) -> Callable[[Scope], Awaitable[str | None]]:
     """Register the routes; returns how the guard finds a request's credential (bearer or session)."""
-    sessions = Sessions(session_secret(), secure=parts.options.base_url.startswith("https://"))
+    sessions = Sessions(
+        session_secret(), secure=parts.options.base_url.startswith("https://"), store=parts.store
+    )
     identify = Identify(parts.verifier, sessions, parts.security)
     rest = Rest(parts.mcp, identify, parts.store, parts.max_body_bytes)
     mount_rest(parts.mcp, rest)
