@@ -203,7 +203,30 @@ def test_trusted_proxies_and_header_timeout_are_read_and_checked() -> None:
     assert options.header_timeout == 2.5
     assert ServiceOptions.from_env({}).trusted_proxies == ()
     assert ServiceOptions.from_env({}, trusted_proxies=("127.0.0.1",)).trusted_proxies == ("127.0.0.1",)
-    with pytest.raises(ValueError, match=r"MATRIX_TRUSTED_PROXIES: 'proxy\.internal' is not an IP address"):
+    with pytest.raises(
+        ValueError,
+        match=r"MATRIX_TRUSTED_PROXIES / --trusted-proxies: 'proxy\.internal' is not an IP address",
+    ):
         ServiceOptions.from_env({"MATRIX_TRUSTED_PROXIES": "proxy.internal"})
     with pytest.raises(ValueError, match="MATRIX_HTTP_HEADER_TIMEOUT must be positive"):
         ServiceOptions.from_env({"MATRIX_HTTP_HEADER_TIMEOUT": "0"})
+
+
+async def test_requests_in_progress_are_bounded_but_health_checks_still_answer(
+    sqlite_settings: Settings,
+) -> None:
+    from tests.http_helpers import serving
+
+    key = await create_key(sqlite_settings, "reader", "read")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        serving(sqlite_settings, auth=True, max_connections=2) as (base, _),
+        httpx2.AsyncClient(timeout=10) as http,
+        http.stream("GET", f"{base}/api/v1/events", headers=auth) as one,
+        http.stream("GET", f"{base}/api/v1/events", headers=auth) as two,
+    ):
+        assert one.status_code == two.status_code == 200  # two event streams: the limit is reached
+        busy = await http.get(f"{base}/api/v1/runs", headers=auth)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert (await http.get(f"{base}/healthz")).status_code == 200
+        assert (await http.get(f"{base}/readyz")).status_code == 200

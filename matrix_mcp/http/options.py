@@ -133,7 +133,7 @@ def _proxy(raw: str) -> str:
         return str(ipaddress.ip_network(raw, strict=False)) if "/" in raw else str(ipaddress.ip_address(raw))
     except ValueError:
         raise ValueError(
-            f"MATRIX_TRUSTED_PROXIES: {raw!r} is not an IP address or network such as 10.0.0.0/8"
+            f"MATRIX_TRUSTED_PROXIES / --trusted-proxies: {raw!r} is not an IP address or network such as 10.0.0.0/8"
         ) from None
 
 
