@@ -21,7 +21,7 @@ from mcp.server import MCPServer
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from matrix_mcp.http.access import Caller, Identify, Sessions
+from matrix_mcp.http.access import SIGNIN_MAX_BYTES, Caller, Identify, Sessions
 from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
@@ -263,7 +263,7 @@ class Board:
         if self.limits is not None and not (await self.limits.auth_blocked(address)).allowed:
             return self._signin_form("Too many failed sign-ins; wait a minute.", 429)
         try:
-            body = (await read_body(request, 65536)).decode("utf-8", "replace")
+            body = (await read_body(request, SIGNIN_MAX_BYTES)).decode("utf-8", "replace")
         except ApiError:
             return self._signin_form("That is too long for an API key or JWT.", 413)
         token = (parse_qs(body).get("token") or [""])[0].strip()
@@ -286,6 +286,11 @@ class Board:
         cookie = caller.cookie if caller else None
         if not hmac.compare_digest(given.encode(), self.sessions.csrf(cookie).encode()):
             return Response("CSRF token missing or wrong", status_code=403, headers=SECURITY_HEADERS)
+        if cookie is not None:
+            try:
+                await self.sessions.end(cookie)  # every replica on this store refuses it from now on
+            except StoreError as exc:
+                return classify(exc).response()
         response = RedirectResponse("/ui/signin", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("Set-Cookie", self.sessions.cookie_header("", max_age=0))
         return response

@@ -464,6 +464,13 @@ class Store(Protocol):
         """Record a use (callers throttle this; it is not written per request)."""
         ...
 
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        """End a board session (sign-out) for every replica until `expires_at`; forgets sessions whose
+        time is past `now`."""
+        ...
+
+    async def session_revoked(self, session_id: str) -> bool: ...
+
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         """Outcomes by package name and status over all runs, from the counters (no scan)."""
         ...

@@ -308,6 +308,27 @@ class PostgresStore(Writes):
         # autocommit, outside the group commit: a use stamp must not wait behind (or slow) the work loop
         await self._read(op)
 
+    # ---- board sessions ended by sign-out -------------------------------------------------------
+
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute("DELETE FROM revoked_sessions WHERE expires_at < %s", (now,))
+            await c.execute(
+                "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s)"
+                " ON CONFLICT (session_id) DO NOTHING",
+                (session_id, expires_at),
+            )
+
+        # autocommit, outside the group commit (as a key's use stamp): each statement stands alone
+        await self._read(op)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        async def op(c: Conn) -> bool:
+            row = await _one(c, "SELECT 1 FROM revoked_sessions WHERE session_id = %s", (session_id,))
+            return row is not None
+
+        return await self._read(op)
+
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         async def op(c: Conn) -> dict[str, dict[Status, int]]:
             rows = await _all(

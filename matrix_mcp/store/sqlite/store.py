@@ -245,6 +245,26 @@ class SQLiteStore(Writes):
 
         await self._write(op)
 
+    # ---- board sessions ended by sign-out -------------------------------------------------------
+
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM revoked_sessions WHERE expires_at < ?", (now,))
+            c.execute(
+                "INSERT OR IGNORE INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)",
+                (session_id, expires_at),
+            )
+
+        await self._write(op)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        return await self._read(
+            lambda c: (
+                c.execute("SELECT 1 FROM revoked_sessions WHERE session_id = ?", (session_id,)).fetchone()
+                is not None
+            )
+        )
+
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         return await self._read(
             lambda c: R.status_counts_from(
