@@ -13,15 +13,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx2
 import psycopg
 import pytest
 
 from matrix_mcp.config import SettingError, Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Unavailable
+from matrix_mcp.http.rest import PREFIX
 from matrix_mcp.models import PackageSpec, RunPolicy
 from matrix_mcp.store.postgres import PostgresStore, connection
 from tests.conftest import assert_consistent
+from tests.http_helpers import serving
 from tests.reliability_helpers import (
     BlackHoleProxy,
     WorkerProcess,
@@ -135,6 +138,48 @@ async def test_calls_on_a_black_holed_link_answer_unavailable_within_the_deadlin
             await engine.close()
 
 
+async def test_rest_answers_503_within_the_deadline_on_a_black_holed_link(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """The REST face of the same promise: a report on a held link answers 503 `unavailable` with
+    Retry-After, in one line saying to retry, within the deadline + 2 s; the same report after the heal
+    answers 200, done once."""
+    deadline = 2.0
+    async with BlackHoleProxy(target(postgres_database)).serving() as proxy:
+        settings = Settings(
+            database_url=proxy.url(postgres_database),
+            artifacts_dir=tmp_path / "a",
+            db_deadline_seconds=deadline,
+        )
+        async with (
+            serving(settings, auth=False) as (base, _),
+            httpx2.AsyncClient(base_url=base + PREFIX, timeout=60) as http,
+        ):
+            planned = await http.post(
+                "/runs", json={"name": "r", "packages": [{"name": "p", "items": ["a"]}]}
+            )
+            assert planned.status_code == 200, planned.text
+            claimed = await http.post("/runs/r/claim", json={"worker": "w", "limit": 1})
+            item = claimed.json()["items"][0]
+            report = {"lease_token": item["lease_token"], "metrics": {"lines_generated": 1}}
+            proxy.hold()
+            try:
+                started = time.monotonic()
+                with anyio.move_on_after(deadline + SLACK + 10):  # before the fix: held for the outage
+                    held = await http.post(f"/outcomes/{item['outcome_id']}/complete", json=report)
+                took = time.monotonic() - started
+            finally:
+                proxy.release()
+            assert took <= deadline + SLACK, took
+            assert held.status_code == 503 and held.headers["retry-after"] == "1", held.text
+            body = held.json()
+            assert body["error"] == "unavailable" and "retry the call" in body["error_description"]
+            assert "\n" not in body["error_description"]
+            done = await http.post(f"/outcomes/{item['outcome_id']}/complete", json=report)
+            assert done.status_code == 200 and done.json()["status"] == "complete", done.text
+    assert completions_per_outcome(postgres_database) == {item["outcome_id"]: 1}
+
+
 async def test_every_connection_keeps_alive_and_times_out(postgres_database: str, tmp_path: Path) -> None:
     """Pooled and LISTEN connections carry TCP keepalives, `tcp_user_timeout` and `connect_timeout` from
     the deadline, and the server ends a pooled session left idle in a transaction after the deadline."""
@@ -194,19 +239,20 @@ async def test_a_minute_long_partition_under_load_loses_nothing(
             for w in workers:
                 if w.alive():
                     w.kill()
-    events = [e for w in workers for e in w.events()]
-    errors = [e for e in events if e["ev"] == "error"]
-    assert errors, "the outage was not felt"
-    unclear = [e for e in errors if "retryable" not in e["text"]]
-    assert unclear == [], unclear[:5]
     slowest = {
-        (w.name, tool): s
+        (w.name, tool): took
         for w in workers
         for e in w.events()
         if e["ev"] == "finished"
-        for tool, s in e["slowest"].items()
+        for tool, took in e["slowest"].items()
     }
-    assert slowest and max(slowest.values()) <= deadline + SLACK, slowest
+    assert slowest and max(slowest.values()) <= deadline + SLACK, slowest  # before the fix: 60 s
+    errors = [e for w in workers for e in w.events() if e["ev"] == "error"]
+    assert any("retryable" in e["text"] for e in errors), "the outage was not felt"
+    # besides "retry the call", a report whose lease expired during the outage and was re-claimed is
+    # refused (its item is done by the worker that re-claimed it)
+    unclear = [e for e in errors if "retryable" not in e["text"] and "lease_token" not in e["text"]]
+    assert unclear == [], unclear[:5]
     assert run_counts(postgres_database, "r") == {"complete": total}
     assert set(completions_per_outcome(postgres_database).values()) == {1}
     assert await check_store(postgres_database, artifacts) == []
