@@ -103,7 +103,7 @@ async def open_store(settings: Settings) -> Store:
     if is_postgres_url(url):
         from matrix_mcp.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, deadline=settings.db_deadline_seconds)
     path = sqlite_path(url)
     if path is None:
         raise ValueError(
