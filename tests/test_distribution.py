@@ -223,15 +223,18 @@ async def test_wheel_installs_into_a_fresh_venv_and_both_servers_answer(
 
 
 @pytest.fixture(scope="module")
-def mcpb(request: pytest.FixtureRequest) -> Path:
-    """The official mcpb CLI, installed once into pytest's cache folder; skipped (failed in CI) without npm."""
+def mcpb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The official mcpb CLI, installed once into pytest's cache folder (a temporary one when the cache is
+    off); skipped without npm, failed instead with MATRIX_REQUIRE_NPM=1 (CI)."""
 
     def unavailable(reason: str) -> None:
         if REQUIRE_NPM:
             pytest.fail(f"{reason} (MATRIX_REQUIRE_NPM=1)")
         pytest.skip(reason)
 
-    folder = request.config.cache.mkdir("mcpb-cli-" + MCPB_CLI.rsplit("@", 1)[1])
+    name = "mcpb-cli-" + MCPB_CLI.rsplit("@", 1)[1]
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
     cli = folder / "node_modules" / ".bin" / "mcpb"
     if not cli.exists():
         npm = shutil.which("npm")
