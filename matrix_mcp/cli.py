@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first restore the missing file of every complete outcome (left by a process killed mid-report)",
     )
+    sub.add_parser(
+        "schema",
+        add_help=False,
+        usage="matrix-mcp schema [matrix-schema-mcp's options]",
+        help="serve the database-schema server: the same as matrix-schema-mcp, with the same options",
+    )
     from matrix_mcp.integrations.cli import add_parsers
 
     add_parsers(sub)
@@ -109,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    # The package's second server, for hosts that run only a package's first script (the registry entry).
+    if argv[:1] == ["schema"]:
+        from servers.database_schema import main as schema_main
+
+        schema_main(argv[1:])
+        return
     trailing: list[str] = []  # after `--`: the command `work` runs, passed on untouched
     if "--" in argv:
         argv, trailing = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
