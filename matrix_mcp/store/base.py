@@ -477,6 +477,10 @@ class Store(Protocol):
         row does not touch it, so a time window could not tell it from an old orphan."""
         ...
 
+    async def path_holder(self, path: str) -> str | None:
+        """The id of the outcome whose outcome_path is `path` (one per path, kept by a unique key), or None."""
+        ...
+
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         """Complete outcomes with stored content and a path, in the order of their `completed` events after
         `since_seq` (the event log's index finds recent completions without scanning the outcomes)."""

@@ -375,6 +375,13 @@ class PostgresStore(Writes):
 
         return await self._with_retry(attempt)
 
+    async def path_holder(self, path: str) -> str | None:
+        async def op(c: Conn) -> str | None:
+            rows = await _all(c, "SELECT outcome_id FROM outcome_paths WHERE path = %s", (path,))
+            return str(rows[0]["outcome_id"]) if rows else None
+
+        return await self._read(op)
+
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         async def op(c: Conn) -> list[ContentFile]:
             rows = await _all(

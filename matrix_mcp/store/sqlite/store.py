@@ -323,6 +323,13 @@ class SQLiteStore(Writes):
 
         return await self._write(op)
 
+    async def path_holder(self, path: str) -> str | None:
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT outcome_id FROM outcome_paths WHERE path = ?", (path,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(op)
+
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         def op(c: sqlite3.Connection) -> list[ContentFile]:
             rows = c.execute(
