@@ -435,6 +435,9 @@ class Engine:
         info = await self.run_info(run_id)
         if outcome_path is not None:  # relative to the run's own folder: it cannot name another run's file
             outcome_path = self.artifacts.check_path(in_run_folder(info.name, outcome_path))
+            # a path already held is refused here, before a blob is written and without failing the write
+            # batch it would share; the store's unique key decides a race between two new reports
+            await self._refuse_held(outcome_path, run_id=run_id, package=package_name, item=item)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
         inline = data is not None and len(data) <= self.limits.inline_content_bytes
@@ -547,18 +550,19 @@ class Engine:
         purpose (a stale lease, a conflicting repeat...) keep their own message."""
         if path is None or (isinstance(exc, StoreError) and type(exc) is not StoreError):
             return
-        holder_id = await self.store.path_holder(path)
-        if holder_id is None:
-            return
-        holder = await self.store.get_outcome(holder_id)
-        if (holder.run_id, holder.package, holder.item) == (run_id, package, item):
+        await self._refuse_held(path, run_id=run_id, package=package, item=item)
+
+    async def _refuse_held(self, path: str, *, run_id: str, package: str, item: str) -> None:
+        """Raise the one-line Conflict naming the item that holds `path`, unless it is this item or nobody."""
+        holder = await self.store.path_holder(path)
+        if holder is None or (holder.run_id, holder.package, holder.item) == (run_id, package, item):
             return
         where = f"{holder.package}/{holder.item}"
         if holder.run_id != run_id:  # only paths reported before they were relative to the run's folder
             where = f"{(await self.run_info(holder.run_id)).name}/{where}"
         raise Conflict(
             f"{path!r} is already the file of item {where}; choose another outcome_path", "outcome_path"
-        ) from None
+        )
 
     async def _blocked(self, path: str, blocker: str) -> None:
         """Refuse a path the files already there leave no room for (checked before the commit; two reports
@@ -567,11 +571,8 @@ class Engine:
             raise Conflict(
                 f"{path!r} is a folder of other files; choose another outcome_path", "outcome_path"
             )
-        holder_id = await self.store.path_holder(blocker)
-        what = "a file"
-        if holder_id is not None:
-            holder = await self.store.get_outcome(holder_id)
-            what = f"the file of item {holder.package}/{holder.item}"
+        holder = await self.store.path_holder(blocker)
+        what = "a file" if holder is None else f"the file of item {holder.package}/{holder.item}"
         raise Conflict(
             f"{path!r} needs {blocker!r} as a folder, but it is {what}; choose another outcome_path",
             "outcome_path",
@@ -757,7 +758,7 @@ class Engine:
 
     async def _held_by_another(self, outcome_id: str, path: str) -> bool:
         holder = await self.store.path_holder(path)
-        return holder is not None and holder != outcome_id
+        return holder is not None and holder.outcome_id != outcome_id
 
     async def repair_files(
         self, *, since_seq: int = 0, page: int = 1000, verify: bool = False

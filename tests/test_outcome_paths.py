@@ -233,7 +233,8 @@ async def test_paths_two_items_shared_before_the_key_upgrade_to_the_first_comple
     c.close()
     engine = await Engine.open(Settings(database_url=f"sqlite:///{db}", artifacts_dir=tmp_path / "artifacts"))
     try:
-        assert await engine.store.path_holder("shared/x") == "early"
+        holder = await engine.store.path_holder("shared/x")
+        assert holder is not None and holder.outcome_id == "early"
         assert (await engine.get_outcome("late")).outcome_path == "shared/x"  # kept, and still reads
         moved = await engine.update_outcome_status("late", status="complete", metrics={"kept": 1})
         assert moved.outcome_path == "shared/x"  # the item that shares it still updates

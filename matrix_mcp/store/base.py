@@ -44,6 +44,16 @@ if TYPE_CHECKING:
     from matrix_mcp.store.hooks import HookStore
 
 
+@dataclass(frozen=True, kw_only=True)
+class PathHolder:
+    """The outcome whose readable file a path is."""
+
+    outcome_id: str
+    run_id: str
+    package: str
+    item: str
+
+
 @dataclass(frozen=True)
 class ContentFile:
     """Where a complete outcome's content should be readable: outcome_path, linked from its blob."""
@@ -477,8 +487,8 @@ class Store(Protocol):
         row does not touch it, so a time window could not tell it from an old orphan."""
         ...
 
-    async def path_holder(self, path: str) -> str | None:
-        """The id of the outcome whose outcome_path is `path` (one per path, kept by a unique key), or None."""
+    async def path_holder(self, path: str) -> PathHolder | None:
+        """The outcome whose outcome_path is `path` (one per path, kept by a unique key), or None."""
         ...
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:

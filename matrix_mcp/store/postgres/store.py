@@ -48,6 +48,7 @@ from matrix_mcp.store.base import (
     ContentFile,
     MinuteCount,
     OutcomeFilter,
+    PathHolder,
     RunOverview,
     paged_outcomes,
 )
@@ -375,10 +376,18 @@ class PostgresStore(Writes):
 
         return await self._with_retry(attempt)
 
-    async def path_holder(self, path: str) -> str | None:
-        async def op(c: Conn) -> str | None:
-            rows = await _all(c, "SELECT outcome_id FROM outcome_paths WHERE path = %s", (path,))
-            return str(rows[0]["outcome_id"]) if rows else None
+    async def path_holder(self, path: str) -> PathHolder | None:
+        async def op(c: Conn) -> PathHolder | None:
+            rows = await _all(
+                c,
+                "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+                " JOIN packages p ON p.id = o.package_id WHERE h.path = %s",
+                (path,),
+            )
+            if not rows:
+                return None
+            r = rows[0]
+            return PathHolder(outcome_id=r["id"], run_id=r["run_id"], package=r["name"], item=r["item"])
 
         return await self._read(op)
 
