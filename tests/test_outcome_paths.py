@@ -248,3 +248,54 @@ async def test_paths_two_items_shared_before_the_key_upgrade_to_the_first_comple
             " 'shared/x', 0, 0, 0)"
         )
     c.close()
+
+
+@pytest.mark.postgres
+async def test_paths_two_items_shared_before_the_key_upgrade_on_postgresql(postgres_database: str) -> None:
+    """The same upgrade on PostgreSQL (migration 9): the first completed holds the shared path."""
+    import psycopg
+
+    from matrix_mcp.store.postgres import PostgresStore
+    from matrix_mcp.store.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+        )
+        for version, script in PG_MIGRATIONS:
+            if version >= 9:
+                break
+            for statement in (s.strip() for s in script.split(";\n")):
+                if statement:
+                    conn.execute(statement.encode())
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (version,))
+        conn.execute(
+            "INSERT INTO runs (id, name, outcome_type, lease_seconds, max_attempts, backoff_seconds,"
+            " backoff_cap_seconds, created_at, updated_at) VALUES ('r1', 'old', 'code', 300, 3, 5, 300, 0, 0)"
+        )
+        row = conn.execute(
+            "INSERT INTO packages (run_id, name, position) VALUES ('r1', 'p', 0) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        for pos, (item, completed) in enumerate((("late", 20.0), ("early", 10.0), ("never", None))):
+            conn.execute(
+                "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
+                " outcome_path, available_at, created_at, updated_at, completed_at)"
+                " VALUES (%s, 'r1', %s, %s, %s, 'complete', 'code', 'shared/x', 0, 0, 0, %s)",
+                (item, row[0], item, pos, completed),
+            )
+    store = await PostgresStore.open(postgres_database)
+    try:
+        holder = await store.path_holder("shared/x")
+        assert holder is not None and (holder.outcome_id, holder.package, holder.item) == (
+            "early",
+            "p",
+            "early",
+        )
+    finally:
+        await store.close()
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute("UPDATE outcomes SET metrics = '{\"kept\": 1}' WHERE id = 'late'")  # still updates
+        conn.execute("UPDATE outcomes SET outcome_path = 'elsewhere' WHERE id = 'never'")  # a path of its own
+        with pytest.raises(psycopg.errors.UniqueViolation):  # and, once it left, cannot take the path again
+            conn.execute("UPDATE outcomes SET outcome_path = 'shared/x' WHERE id = 'never'")
