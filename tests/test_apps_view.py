@@ -109,3 +109,21 @@ async def test_over_http_a_read_only_key_gets_a_view_without_retry(tmp_path: Pat
         async with http_client(base, planner, mode) as c:
             html = getattr((await c.read_resource(GRID_URI)).contents[0], "text", "")
             assert tools_named(html) == list(VIEW_TOOLS)
+
+
+def test_the_view_ships_as_package_data() -> None:
+    """setuptools puts only .py files and package-data matches in the wheel: the document must match one."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["matrix_mcp"]
+    shipped = [
+        p.relative_to(root / "matrix_mcp").as_posix()
+        for p in (root / "matrix_mcp" / "apps").iterdir()
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    ]
+    assert "grid.html" in {Path(s).name for s in shipped}
+    for name in shipped:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
