@@ -51,7 +51,8 @@ def grid_html(listed: Iterable[str]) -> str:
     lists (`listed`) and the caller may call. JSON inside a script element: `<` is escaped so no name can
     close the element."""
     may_call = current_tool_access.get()
-    names = [n for n in VIEW_TOOLS if n in set(listed) and (may_call is None or may_call(n))]
+    available = set(listed)
+    names = [n for n in VIEW_TOOLS if n in available and (may_call is None or may_call(n))]
     island = json.dumps(names).replace("<", "\\u003c")
     return grid_template().replace(_TOOLS_SLOT, _TOOLS_SLOT.replace("[]", island))
 
