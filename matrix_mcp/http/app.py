@@ -116,6 +116,7 @@ def build_service(
                 secret=options.jwt_secret,
                 jwks_url=options.jwt_jwks_url,
                 issuer=options.jwt_issuer,
+                leeway=options.jwt_leeway,
             )
             if options.jwt_configured
             else None

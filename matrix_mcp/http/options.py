@@ -13,6 +13,7 @@ DEFAULT_AUTH_FAILURE_LIMIT = "30/minute"
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_JWT_LEEWAY_SECONDS = 30  # as jwt_auth.LEEWAY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ServiceOptions:
     jwt_jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_leeway: int = DEFAULT_JWT_LEEWAY_SECONDS  # seconds past exp (and before nbf), the same on every route
     metrics_token: str | None = None
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
@@ -65,6 +67,7 @@ class ServiceOptions:
             jwt_jwks_url=env.get("MATRIX_JWT_JWKS_URL") or None,
             jwt_issuer=env.get("MATRIX_JWT_ISSUER") or None,
             jwt_audience=env.get("MATRIX_JWT_AUDIENCE") or None,
+            jwt_leeway=_seconds(env, "MATRIX_JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_SECONDS),
             metrics_token=env.get("MATRIX_METRICS_TOKEN") or None,
             key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
             body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
@@ -85,6 +88,10 @@ class ServiceOptions:
             raise ValueError("MATRIX_JWT_SECRET and MATRIX_JWT_JWKS_URL: set one, not both")
         if options.jwt_secret is not None and len(options.jwt_secret) < 32:
             raise ValueError("MATRIX_JWT_SECRET: use at least 32 characters")
+        if options.jwt_jwks_url is not None:
+            from matrix_mcp.http.jwt_auth import check_jwks_url
+
+            check_jwks_url(options.jwt_jwks_url)
         return options
 
     @property
@@ -125,6 +132,15 @@ def _rate(env: Mapping[str, str], name: str, default: str) -> str | None:
     if raw.lower() in ("off", "none", "0"):
         return None
     return raw or default
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 3600:
+        raise ValueError(f"{name} must be a whole number of seconds from 0 to 3600, got {raw!r}")
+    return int(raw)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from matrix_mcp.audit import current_principal
+from matrix_mcp.config import Limits
+from matrix_mcp.engine import MAX_SEQ, json_depth
 from matrix_mcp.http.access import Caller, Identify
 from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
@@ -35,6 +37,7 @@ PREFIX = "/api/v1"
 SSE_BATCH = 500
 SSE_KEEPALIVE_SECONDS = 10.0
 RECHECK_SECONDS = 5.0
+BODY_DEPTH_SLACK = 8
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
 
@@ -229,19 +232,39 @@ class Rest:
         if endpoint.body:
             raw = await read_body(request, self.max_body_bytes)
             if raw.strip():
+                depth = self._max_depth()
                 try:
                     body = json.loads(raw)
+                except RecursionError as exc:  # the parser's own bound (about 1,000 levels)
+                    raise ApiError(
+                        400, "invalid_argument", f"body: nested deeper than {depth} levels", "body"
+                    ) from exc
                 except ValueError as exc:
                     raise ApiError(400, "invalid_argument", f"body: not valid JSON ({exc})", "body") from exc
                 if not isinstance(body, dict):
                     raise ApiError(400, "invalid_argument", "body: must be a JSON object", "body")
                 for name, value in body.items():
+                    if json_depth(value, depth) > depth:  # before validation walks it recursively
+                        raise ApiError(
+                            400, "invalid_argument", f"{name}: nested deeper than {depth} levels", name
+                        )
                     if name in arguments:
                         raise ApiError(
                             400, "invalid_argument", f"{name}: given in the path or query; omit it", name
                         )
                     arguments[name] = value
         return arguments
+
+    def _max_depth(self) -> int:
+        """How deep an argument of a JSON body may nest: the engine's JSON depth cap (MATRIX_MAX_JSON_DEPTH,
+        which it checks per field) plus room for the structure around such a field (a plan's
+        packages[].items[].specifications)."""
+        from matrix_mcp.server import engine_of
+
+        engine = engine_of(self.mcp)
+        return (
+            engine.limits.max_json_depth if engine is not None else Limits.max_json_depth
+        ) + BODY_DEPTH_SLACK
 
     # ---- not tools: an outcome's content, and the event stream -----------------------------------
 
@@ -339,8 +362,10 @@ def _since(request: Request) -> int | None:
             value = int(raw)
         except ValueError:
             value = -1
-        if value < 0:
-            raise ApiError(400, "invalid_argument", f"{name}: must be an event sequence number ≥ 0", name)
+        if not 0 <= value <= MAX_SEQ:
+            raise ApiError(
+                400, "invalid_argument", f"{name}: must be an event sequence number from 0 to {MAX_SEQ}", name
+            )
         return value
     extra = [k for k in request.query_params if k != "since"]
     if extra:
