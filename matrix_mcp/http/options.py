@@ -13,6 +13,7 @@ DEFAULT_AUTH_FAILURE_LIMIT = "30/minute"
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_METRICS_MAX_PACKAGES = 100  # as metrics.DEFAULT_MAX_PACKAGES
 DEFAULT_JWT_LEEWAY_SECONDS = 30  # as jwt_auth.LEEWAY_SECONDS
 
 
@@ -33,6 +34,7 @@ class ServiceOptions:
     jwt_audience: str | None = None
     jwt_leeway: int = DEFAULT_JWT_LEEWAY_SECONDS  # seconds past exp (and before nbf), the same on every route
     metrics_token: str | None = None
+    metrics_max_packages: int = DEFAULT_METRICS_MAX_PACKAGES  # packages /metrics labels by name
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -69,6 +71,9 @@ class ServiceOptions:
             jwt_audience=env.get("MATRIX_JWT_AUDIENCE") or None,
             jwt_leeway=_seconds(env, "MATRIX_JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_SECONDS),
             metrics_token=env.get("MATRIX_METRICS_TOKEN") or None,
+            metrics_max_packages=int(
+                _float(env, "MATRIX_METRICS_MAX_PACKAGES", DEFAULT_METRICS_MAX_PACKAGES)
+            ),
             key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
             body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
             max_connections=int(_float(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
