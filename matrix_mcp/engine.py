@@ -94,10 +94,15 @@ MAX_SEQ = 2**63 - 1
 # A media type (RFC 9110 §8.3.1): type "/" subtype *( OWS ";" OWS name "=" ( token / quoted-string ) ),
 # ASCII only: no CR, LF or other control character can reach a Content-Type header.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_MEDIA_TYPE = re.compile(
+MEDIA_TYPE_PATTERN = (  # also what the REST API's OpenAPI document states
     rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"(?:[\t !#-\[\]-~]|\\[\t -~])*"))*'
 )
+_MEDIA_TYPE = re.compile(MEDIA_TYPE_PATTERN)
 MAX_MEDIA_TYPE_LENGTH = 255
+MEDIA_TYPE_ERROR = (
+    "must be a media type such as 'text/markdown; charset=utf-8' "
+    f"(type/subtype and parameters, printable ASCII, at most {MAX_MEDIA_TYPE_LENGTH} characters)"
+)
 
 
 def is_media_type(value: str) -> bool:
@@ -236,11 +241,7 @@ class Engine:
         if value is None:
             return None
         if not isinstance(value, str) or not is_media_type(value):
-            raise InputError(
-                "must be a media type such as 'text/markdown; charset=utf-8' "
-                f"(type/subtype and parameters, printable ASCII, at most {MAX_MEDIA_TYPE_LENGTH} characters)",
-                field,
-            )
+            raise InputError(MEDIA_TYPE_ERROR, field)
         return value
 
     def _seq(self, value: int | None, field: str) -> int | None:

@@ -393,8 +393,15 @@ async def run_status(
     async def progress(done: float, total: float | None, message: str | None) -> None:
         await ctx.report_progress(done, total, message)
 
+    try:
+        ctx.request_context  # noqa: B018  # raises outside an MCP request
+        in_request = True
+    except ValueError:  # called by the REST API: no session to send progress to
+        in_request = False
     return await s.call(
-        s.engine().run_status(run=run, since=since, wait_seconds=wait_seconds, progress=progress)
+        s.engine().run_status(
+            run=run, since=since, wait_seconds=wait_seconds, progress=progress if in_request else None
+        )
     )
 
 

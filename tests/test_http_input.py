@@ -106,3 +106,14 @@ async def test_a_mime_type_that_is_no_media_type_is_refused_at_report_time(
         content = await h.get(f"/outcomes/{items[0]['outcome_id']}/content")
         assert content.status_code == 200 and content.content == b"# hi"
         assert content.headers["content-type"] == 'text/markdown; charset="utf-8"'
+
+
+async def test_a_rest_long_poll_past_the_latest_event_waits_and_answers(settings: Settings) -> None:
+    """run_status over REST with `since` past the latest event long-polls like the tool (it was a 500: the
+    wait sent progress notifications to an MCP session a REST call does not have)."""
+    key = await create_key(settings, "all", "matrix:plan", "matrix:read")
+    async with serving(settings, auth=True) as (base, _), api(base, key) as h:
+        await h.post("/runs", json={"name": "r", "packages": [{"name": "p", "items": ["a"]}]})
+        status = await h.get("/runs/r", params={"since": "717", "wait_seconds": "0.5"})
+        assert status.status_code == 200, status.text
+        assert status.json()["events"] == []
