@@ -477,3 +477,15 @@ def api_key_from(row: RowLike) -> ApiKey:
 
 def status_counts_from(rows: Iterable[RowLike]) -> dict[str, dict[Status, int]]:
     return {r["name"]: {s: int(r[s] or 0) for s in STATUSES} for r in rows}
+
+
+def totals_from(row: RowLike | None) -> dict[Status, int]:
+    return {s: int((row[s] if row is not None else 0) or 0) for s in STATUSES}
+
+
+# /metrics: totals over every package row, and the first `limit` names with unfinished work (the column
+# list is shared by both dialects; each adds its own table and placeholder)
+STATUS_SUMS = (
+    "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+)

@@ -277,6 +277,36 @@ class SQLiteStore(Writes):
             )
         )
 
+    async def active_status_counts(
+        self, limit: int
+    ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        def op(c: sqlite3.Connection) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+            totals = R.totals_from(c.execute(f"SELECT {R.STATUS_SUMS} FROM packages").fetchone())
+            # the first `limit` busy packages (the scan stops there), then their names' counts over all runs
+            names = sorted(
+                {
+                    row[0]
+                    for row in c.execute(
+                        "SELECT p.name FROM packages p JOIN runs r ON r.id = p.run_id"
+                        " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT ?",
+                        (limit,),
+                    )
+                }
+            )
+            if not names:
+                return totals, {}
+            marks = ", ".join("?" * len(names))
+            active = R.status_counts_from(
+                c.execute(
+                    f"SELECT name, {R.STATUS_SUMS} FROM packages WHERE name IN ({marks})"
+                    " GROUP BY name ORDER BY name",
+                    names,
+                )
+            )
+            return totals, active
+
+        return await self._read(op)
+
     # ---- change feed ----------------------------------------------------------------------------
 
     async def latest_seq(self) -> int:
