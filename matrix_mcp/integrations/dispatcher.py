@@ -27,7 +27,7 @@ import httpx2
 from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.integrations import events as E
 from matrix_mcp.integrations.crypto import Keyring
-from matrix_mcp.integrations.http import Http, Refused
+from matrix_mcp.integrations.http import AnswerTooLong, Http, Refused
 from matrix_mcp.integrations.policy import (
     Answer,
     after_answer,
@@ -372,11 +372,14 @@ class Dispatcher:
     async def attempt(self, sink: Sink, ctx: SinkContext, d: DeliveryRow) -> Answer:
         """One call; every failure becomes an Answer whose error is safe to store (no URL, no secret)."""
         try:
-            return await sink.deliver(ctx, d)
+            with ctx.http.deadline(self.settings.timeout):
+                return await sink.deliver(ctx, d)
         except Refused as exc:
             return Answer(None, f"refused: {exc}")
-        except httpx2.TimeoutException:
-            return Answer(None, f"timed out after {self.settings.timeout:g} s")
+        except AnswerTooLong as exc:
+            return Answer(None, f"{exc} (the rest was not read, the connection closed)")
+        except (TimeoutError, httpx2.TimeoutException):
+            return Answer(None, f"no complete answer within {self.settings.timeout:g} s")
         except httpx2.TransportError as exc:
             return Answer(None, f"connection failed ({type(exc).__name__})")
         except Exception as exc:
