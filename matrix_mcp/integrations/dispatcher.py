@@ -35,6 +35,7 @@ from matrix_mcp.integrations.policy import (
     circuit_open,
     endpoint_state,
 )
+from matrix_mcp.integrations.redact import display_target
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.integrations.sinks import sink_for
 from matrix_mcp.integrations.sinks.base import Sink, SinkContext
@@ -398,7 +399,7 @@ class Dispatcher:
             observe(service, status, took)
             details: dict[str, Any] = {
                 "webhook": row.id,
-                "target": row.target,
+                "target": display_target(row.target),
                 "delivery_id": d.id,
                 "event_type": d.event_type,
                 "attempt": d.attempts + 1,
