@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -330,3 +333,93 @@ async def test_no_secret_reaches_any_log_at_debug(engine: Engine, debug_logs: li
     assert "HTTP Request" in text or "send_request" in text or len(debug_logs) > 10  # the run did log
     for secret in ("sLaCkPaThSeCrEt42", QUERY_SECRET, WHSEC, WHSEC.removeprefix("whsec_"), BOT_TOKEN):
         assert secret not in text, [line[:300] for line in debug_logs if secret in line][:5]
+
+
+# ---- refusals are said and shown ---------------------------------------------------------------------
+
+
+async def test_a_refused_delivery_is_logged_once_and_shown(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    permissive = fast()
+    strict = fast(allowed_networks=(), retry_schedule=(0.05, 0.05, 0.05, 0.05))
+    hooks = Hooks(engine.store, engine.settings.database_url, permissive)
+    with Receiver() as rx:
+        hid = (await hooks.add(rx.url, ["outcome.started", "outcome.completed"])).webhook.id
+        caplog.set_level(logging.WARNING, logger="matrix_mcp.integrations")
+        async with dispatching(engine, strict):  # this process does not allow 127.0.0.0/8
+            await work(engine, "r1", ["a", "b"])
+
+            async def refused_five_times() -> bool:
+                page = await hooks.deliveries(hid, None, None)
+                return sum(d.attempts for d in page.deliveries) >= 5  # the circuit opens at 5
+
+            limit = time.monotonic() + 20
+            while not await refused_five_times():
+                assert time.monotonic() < limit
+                await anyio.sleep(0.05)
+        assert rx.requests == []
+        warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert (
+            hid in warnings[0]
+            and "loopback" in warnings[0]
+            and "MATRIX_WEBHOOK_ALLOWED_NETWORKS" in warnings[0]
+        )
+        assert "every process that dispatches" in warnings[0]
+        # shown where hooks deliveries and list_deliveries look (both read Hooks.deliveries), naming the process
+        page = await hooks.deliveries(hid, None, None)
+        shown = [d.last_error or "" for d in page.deliveries if d.attempts]
+        assert shown and all(e.startswith("refused by d0: ") and "loopback" in e for e in shown), shown
+
+
+# ---- `hooks test` exits non-zero when the ping fails --------------------------------------------
+
+
+def test_cli_hooks_test_fails_when_the_ping_fails(tmp_path: Path) -> None:
+    from matrix_mcp.integrations.crypto import new_key
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MATRIX_")}
+    env.update(
+        MATRIX_DATABASE_URL=f"sqlite:///{tmp_path / 'm.db'}",
+        MATRIX_ARTIFACTS_DIR=str(tmp_path / "a"),
+        MATRIX_ENCRYPTION_KEY=new_key(),
+        MATRIX_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
+        MATRIX_WEBHOOK_TIMEOUT="3",
+    )
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "matrix_mcp", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    added = cli("hooks", "add", f"http://127.0.0.1:{dead}/hook?token={QUERY_SECRET}")
+    assert added.returncode == 0, added.stderr
+    hid = json.loads(added.stdout)["webhook"]["id"]
+    refused = cli("hooks", "test", hid)
+    assert refused.returncode != 0
+    lines = refused.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith(f"matrix-mcp: hooks test: {hid}: ")
+        and "Connection refused" in lines[0]
+    )
+    assert QUERY_SECRET not in refused.stderr + refused.stdout
+    blocked = cli("hooks", "test", hid, MATRIX_WEBHOOK_ALLOWED_NETWORKS="")
+    assert (
+        blocked.returncode != 0
+        and "loopback" in blocked.stderr
+        and len(blocked.stderr.strip().splitlines()) == 1
+    )
+    with Receiver() as rx:
+        fine = cli("hooks", "update", hid, "--url", rx.url)
+        assert fine.returncode == 0, fine.stderr
+        ok = cli("hooks", "test", hid)
+        assert ok.returncode == 0 and json.loads(ok.stdout)["ok"], ok.stderr

@@ -344,7 +344,9 @@ class Hooks:
             now,
             None,
         )
-        dispatcher = Dispatcher(self.store, self.settings, self.keyring(), clock=self.clock)
+        dispatcher = Dispatcher(
+            self.store, self.settings, self.keyring(), clock=self.clock, owner="this process (a test ping)"
+        )
         try:
             sink = sink_for(row.kind)
             ctx = dispatcher.context(row)
