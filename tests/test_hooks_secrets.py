@@ -16,6 +16,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psycopg
@@ -139,7 +140,13 @@ async def test_a_huge_or_trickling_answer_is_cut_at_its_bound_and_deadline(engin
         assert by_hook[big].status == "pending" and by_hook[slow].status == "pending"
         assert "longer than 64 KiB" in (by_hook[big].last_error or ""), by_hook[big]
         assert "no complete answer within 2 s" in (by_hook[slow].last_error or ""), by_hook[slow]
-        # each attempt ended within the deadline + 1 s (the integration_logs rows carry their durations)
+        # each attempt ended within the deadline + 1 s: the dispatcher's (integration_logs rows carry their
+        # durations) and a test ping's
+        calls = [d for d in logged(engine.settings.database_url) if d.get("webhook") in (big, slow)]
+        assert {d["webhook"] for d in calls} == {big, slow}
+        assert all(d["status_code"] is None and d["duration_ms"] <= (deadline + 1) * 1000 for d in calls), (
+            calls
+        )
         for hid in (big, slow):
             ping = await hooks.test(hid)
             assert not ping.ok and ping.error, ping
@@ -151,6 +158,16 @@ async def test_a_huge_or_trickling_answer_is_cut_at_its_bound_and_deadline(engin
 
 DISCORD_SECRET = "dIsCoRdTokenXyZ0123456789"
 QUERY_SECRET = "qUeRyToKeN9876543210"
+
+
+def logged(database_url: str) -> list[dict[str, Any]]:
+    """The details of every integration_logs row."""
+    query = "SELECT details FROM integration_logs ORDER BY id"
+    if database_url.startswith("sqlite"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as c:
+            return [json.loads(r[0]) for r in c.execute(query).fetchall()]
+    with psycopg.connect(database_url) as pc:
+        return [json.loads(r[0]) for r in pc.execute(query).fetchall()]
 
 
 def stored_text(database_url: str) -> str:
