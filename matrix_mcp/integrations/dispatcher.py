@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -375,8 +376,9 @@ class Dispatcher:
 
     async def attempt(self, sink: Sink, ctx: SinkContext, d: DeliveryRow) -> Answer:
         """One call; every failure becomes an Answer whose error is safe to store (no URL, no secret)."""
+        deadline = ctx.http.deadline(self.settings.timeout) if sink.attempt_deadline else nullcontext()
         try:
-            with ctx.http.deadline(self.settings.timeout):
+            with deadline:
                 return await sink.deliver(ctx, d)
         except Refused as exc:  # by this process's policy: another process may allow it (say which)
             return Answer(None, f"refused by {self.owner}: {exc}", refused=True)
