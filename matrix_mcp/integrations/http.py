@@ -30,7 +30,7 @@ from matrix_mcp.integrations.ssrf import Network, Refused, Resolver, check, syst
 
 __all__ = ["MAX_ANSWER", "AnswerTooLong", "Http", "Refused", "Response"]
 Response = httpx2.Response
-MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer kept (Slack, Jira and GitHub answers fit)
+MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer kept (what the sinks parse is far smaller)
 _HOP_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("matrix_http_deadline", default=None)
 
