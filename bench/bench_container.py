@@ -2,7 +2,8 @@
 
 Cold start: from `podman run -d` of the default command (the team service, with an API key in its volume so it
 starts authenticated) until `GET /healthz` answers 200 on the published port, polled every 10 ms; a new
-container each run, medians over the runs. Size: what `podman image inspect` reports, and the layer this
+container each run, medians over the runs. Beside it, to show where the time goes: `podman run --rm IMAGE true`
+(the runtime's own cost), the same importing the serve path, and that import on the host (Python's share). Size: what `podman image inspect` reports, and the layer this
 project adds (the virtualenv) apart from the base.
 
     python bench/bench_container.py [--image localhost/matrix-mcp:test] [--runs 7]
@@ -14,13 +15,16 @@ mmdebstrap, cached under /var/cache/matrix-mcp-test/; no image registry is neede
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -62,6 +66,15 @@ def cold_start(image: str, volume: str) -> float:
         ch.podman("rm", "--force", name, check=False)
 
 
+SERVE_IMPORTS = "import matrix_mcp.http.app, uvicorn"
+
+
+def _timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,9 +87,13 @@ def main() -> None:
         raise SystemExit(f"bench_container: {reason}")
     image = args.image or ch.build_project_image()
     size = int(ch.podman("image", "inspect", image, "--format", "{{.Size}}").stdout)
-    layers = ch.podman("history", image, "--format", "{{.Size}}\t{{.CreatedBy}}", "--human=false").stdout
-    venv = max(int(line.split("\t")[0]) for line in layers.splitlines() if "COPY" in line)
-    print(f"image {image}: {size / 1e6:.1f} MB, of which the virtualenv layer {venv / 1e6:.1f} MB")
+    history = json.loads(ch.podman("history", "--format", "json", image).stdout)
+    venv = sum(int(e["size"]) for e in history if "/opt/matrix-mcp" in str(e.get("CreatedBy", "")))
+    base = int(history[-1]["size"])
+    print(
+        f"image {image}: {size / 1e6:.1f} MB: base layer {base / 1e6:.1f} MB, "
+        f"the virtualenv (/opt/matrix-mcp) {venv / 1e6:.1f} MB"
+    )
     volume = f"matrix-bench-{uuid.uuid4().hex[:8]}"
     ch.podman("volume", "create", volume)
     try:
@@ -102,12 +119,35 @@ def main() -> None:
                 "/run/secrets/api_key",
             )
         times = [cold_start(image, volume) for _ in range(args.runs)]
+        runtime = [
+            _timed(lambda: ch.podman("run", "--rm", "--network", "none", image, "true"))
+            for _ in range(args.runs)
+        ]
+        host = [
+            _timed(lambda: subprocess.run([sys.executable, "-c", SERVE_IMPORTS], check=True))
+            for _ in range(args.runs)
+        ]
+        imports = [
+            _timed(
+                lambda: ch.podman("run", "--rm", "--network", "none", image, "python3", "-c", SERVE_IMPORTS)
+            )
+            for _ in range(args.runs)
+        ]
+        host = [
+            _timed(lambda: subprocess.run([sys.executable, "-c", SERVE_IMPORTS], check=True))
+            for _ in range(args.runs)
+        ]
     finally:
         ch.podman("volume", "rm", "--force", volume, check=False)
     load = os.getloadavg()[0]
     print(
         f"cold start to /healthz over {args.runs} runs: median {statistics.median(times):.2f} s, "
         f"min {min(times):.2f} s, max {max(times):.2f} s (load average {load:.1f})"
+    )
+    print(
+        f"  of which: `podman run --rm IMAGE true` median {statistics.median(runtime):.2f} s; the same plus "
+        f"importing the serve path ({SERVE_IMPORTS!r}) median {statistics.median(imports):.2f} s; "
+        f"that import on this host, outside a container, median {statistics.median(host):.2f} s"
     )
 
 

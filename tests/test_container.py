@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def background() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def postgres_image(background: ThreadPoolExecutor) -> Future[str]:
+    """Made beside the project's image (on a cold cache both start with an mmdebstrap, mostly downloads)."""
+    return background.submit(ch.build_postgres_image)
+
+
+@pytest.fixture(scope="module")
+def image(request: pytest.FixtureRequest) -> str:
     reason = ch.podman_unavailable()
     if reason is not None:
         if ch.IN_CI:
             pytest.fail(f"CI=true but podman cannot run here: {reason}")
         pytest.skip(reason)
+    if shutil.which("podman-compose") and any("compose" in item.name for item in request.session.items):
+        request.getfixturevalue("postgres_image")
     return ch.build_project_image()
 
 
@@ -210,7 +225,7 @@ COMPOSE = ch.REPO / "compose.yaml"
 
 
 @pytest.fixture
-def compose_stack(image: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def compose_stack(image: str, postgres_image: Future[str], tmp_path: Path) -> Iterator[dict[str, Any]]:
     if shutil.which("podman-compose") is None:
         if ch.IN_CI:
             pytest.fail("CI=true but podman-compose is not installed (.ci/run installs it)")
@@ -227,7 +242,7 @@ def compose_stack(image: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     env = {
         **os.environ,
         "MATRIX_IMAGE": image,
-        "MATRIX_POSTGRES_IMAGE": ch.build_postgres_image(),
+        "MATRIX_POSTGRES_IMAGE": postgres_image.result(timeout=1800),
         "MATRIX_SECRETS_DIR": str(secrets_dir),
         "MATRIX_PORT_1": str(ports[0]),
         "MATRIX_PORT_2": str(ports[1]),
