@@ -44,6 +44,16 @@ if TYPE_CHECKING:
     from matrix_mcp.store.hooks import HookStore
 
 
+@dataclass(frozen=True, kw_only=True)
+class PathHolder:
+    """The outcome whose readable file a path is."""
+
+    outcome_id: str
+    run_id: str
+    package: str
+    item: str
+
+
 @dataclass(frozen=True)
 class ContentFile:
     """Where a complete outcome's content should be readable: outcome_path, linked from its blob."""
@@ -497,6 +507,10 @@ class Store(Protocol):
         writer; PostgreSQL: the `contents` table lock), so content a report is committing right now (the
         same bytes again) is never taken from under it. Rows are not timed: a report re-using an existing
         row does not touch it, so a time window could not tell it from an old orphan."""
+        ...
+
+    async def path_holder(self, path: str) -> PathHolder | None:
+        """The outcome whose outcome_path is `path` (one per path, kept by a unique key), or None."""
         ...
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:

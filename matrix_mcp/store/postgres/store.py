@@ -49,6 +49,7 @@ from matrix_mcp.store.base import (
     FinishedSpan,
     MinuteCount,
     OutcomeFilter,
+    PathHolder,
     RunOverview,
     paged_outcomes,
 )
@@ -409,6 +410,21 @@ class PostgresStore(Writes):
             return Collected(len(rows), sum(int(r["size"]) for r in rows))
 
         return await self._with_retry(attempt)
+
+    async def path_holder(self, path: str) -> PathHolder | None:
+        async def op(c: Conn) -> PathHolder | None:
+            rows = await _all(
+                c,
+                "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+                " JOIN packages p ON p.id = o.package_id WHERE h.path = %s",
+                (path,),
+            )
+            if not rows:
+                return None
+            r = rows[0]
+            return PathHolder(outcome_id=r["id"], run_id=r["run_id"], package=r["name"], item=r["item"])
+
+        return await self._read(op)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         async def op(c: Conn) -> list[ContentFile]:

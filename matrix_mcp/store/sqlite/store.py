@@ -38,6 +38,7 @@ from matrix_mcp.store.base import (
     FinishedSpan,
     MinuteCount,
     OutcomeFilter,
+    PathHolder,
     RunOverview,
     StoreError,
     paged_outcomes,
@@ -354,6 +355,21 @@ class SQLiteStore(Writes):
             return Collected(removed, removed_bytes)
 
         return await self._write(op)
+
+    async def path_holder(self, path: str) -> PathHolder | None:
+        def op(c: sqlite3.Connection) -> PathHolder | None:
+            row = c.execute(
+                "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+                " JOIN packages p ON p.id = o.package_id WHERE h.path = ?",
+                (path,),
+            ).fetchone()
+            return (
+                None
+                if row is None
+                else PathHolder(outcome_id=row[0], run_id=row[1], package=row[2], item=row[3])
+            )
+
+        return await self._read(op)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         def op(c: sqlite3.Connection) -> list[ContentFile]:
