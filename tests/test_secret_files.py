@@ -79,7 +79,7 @@ def test_the_cli_reads_secret_files_before_anything_starts(tmp_path: Path) -> No
         env={**os.environ, **env},
     )
     assert made.returncode == 0, made.stderr
-    assert (tmp_path / "from-file.db").exists() and not (tmp_path / ".matrix").exists()
+    assert (tmp_path / "from-file.db").exists() and not (tmp_path / ".matrix" / "matrix.db").exists()
     missing = _cli(tmp_path, "status", env={"MATRIX_JWT_SECRET_FILE": str(tmp_path / "nope")})
     assert missing.returncode == 1
     assert (
