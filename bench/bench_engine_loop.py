@@ -44,8 +44,10 @@ DEFAULT_PG = os.environ.get("MATRIX_TEST_POSTGRES_URL", "postgresql://postgres@1
 WARM_UP = 50
 
 
-async def loop(database_url: str, artifacts: Path, items: int, rounds: int) -> dict[str, list[float]]:
-    """ms per item of each kind, per round."""
+async def loop(
+    database_url: str, artifacts: Path, items: int, rounds: int, cpu: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """ms per item of each kind, per round (and into `cpu`: the process's CPU ms per item, every thread)."""
     settings = Settings(database_url=database_url, artifacts_dir=artifacts)
     engine = await Engine.open(settings)
     try:
@@ -67,10 +69,12 @@ async def loop(database_url: str, artifacts: Path, items: int, rounds: int) -> d
         per: dict[str, list[float]] = {kind: [] for kind in KINDS}
         for _ in range(rounds):
             for kind, content in zip(KINDS, (CONTENT_4K, None), strict=True):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(items):
                     await one(content)
                 per[kind].append((time.perf_counter() - t0) / items * 1000)
+                if cpu is not None:
+                    cpu.setdefault(kind, []).append((time.process_time() - c0) / items * 1000)
         return per
     finally:
         await engine.close()
@@ -100,16 +104,20 @@ async def child(args: argparse.Namespace) -> None:
     from matrix_mcp import tracing
 
     exporting = tracing.start()
-    per = await loop(args.database_url, Path(args.artifacts), args.items, args.rounds)
+    cpu: dict[str, list[float]] = {}
+    per = await loop(args.database_url, Path(args.artifacts), args.items, args.rounds, cpu)
     if exporting is not None:
         exporting.shutdown()  # outside the timed loop: sends what is still queued
-    print(json.dumps({kind: statistics.median(values) for kind, values in per.items()}))
+    found = {kind: statistics.median(values) for kind, values in per.items()}
+    found.update({f"cpu {kind}": statistics.median(values) for kind, values in cpu.items()})
+    print(json.dumps(found))
 
 
 def run_side(args: argparse.Namespace, tmp: str, endpoint: str | None) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     if endpoint is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        env.update(dict(v.split("=", 1) for v in args.on_env))
     with database(args.backend, tmp, args.database_url) as url:
         argv = [sys.executable, __file__, "--child", "--database-url", url]
         argv += ["--artifacts", str(Path(tmp) / uuid.uuid4().hex[:8]), "--items", str(args.items)]
@@ -125,10 +133,12 @@ def pairs(args: argparse.Namespace) -> None:
     from tests.otlp_receiver import OTLPReceiver
 
     ratios: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    cpu_ratios: dict[str, list[float]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp, OTLPReceiver(decode_now=False) as receiver:
+        extra = f" ({' '.join(args.on_env)})" if args.on_env else ""
         print(
             f"{args.backend}: claim+complete in process, {args.items} items x {args.rounds} rounds per kind,"
-            f" median ms/item per side; tracing on = OTLP/HTTP to a receiver on 127.0.0.1"
+            f" median ms/item per side; tracing on = OTLP/HTTP to a receiver on 127.0.0.1{extra}"
         )
         for n in range(args.pairs):
             order = ("off", "on") if n % 2 == 0 else ("on", "off")
@@ -137,13 +147,20 @@ def pairs(args: argparse.Namespace) -> None:
             for kind in KINDS:
                 ratio = got["on"][kind] / got["off"][kind]
                 ratios[kind].append(ratio)
-                cells.append(f"{kind}: off {got['off'][kind]:.3f} on {got['on'][kind]:.3f} ({ratio:.3f}x)")
+                cpu_ratio = got["on"][f"cpu {kind}"] / got["off"][f"cpu {kind}"]
+                cpu_ratios[kind].append(cpu_ratio)
+                cells.append(
+                    f"{kind}: off {got['off'][kind]:.3f} on {got['on'][kind]:.3f} ({ratio:.3f}x;"
+                    f" CPU {got['off'][f'cpu {kind}']:.3f} vs {got['on'][f'cpu {kind}']:.3f}, {cpu_ratio:.3f}x)"
+                )
             print(f"pair {n + 1} ({' then '.join(order)}): " + "; ".join(cells), flush=True)
         spans = len(receiver.spans())
     expected = args.pairs * (2 * (2 * args.rounds * args.items + WARM_UP) + 1)  # claims, completes, the plan
     for kind in KINDS:
         values = ", ".join(f"{r:.3f}" for r in ratios[kind])
         print(f"{kind}: on/off median {statistics.median(ratios[kind]):.3f}x (pairs: {values})")
+        cpu_values = ", ".join(f"{r:.3f}" for r in cpu_ratios[kind])
+        print(f"{kind}: CPU on/off median {statistics.median(cpu_ratios[kind]):.3f}x (pairs: {cpu_values})")
     print(f"spans received: {spans} of {expected}")
 
 
@@ -157,6 +174,9 @@ async def main() -> None:
     )
     ap.add_argument("--tracing", action="store_true", help="tracing on vs off, in pairs of processes")
     ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument(
+        "--on-env", action="append", default=[], metavar="VAR=VALUE", help="more OTEL_* for the tracing side"
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--artifacts", help=argparse.SUPPRESS)
     args = ap.parse_args()
