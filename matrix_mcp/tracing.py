@@ -18,7 +18,7 @@ import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from matrix_mcp.models import ClaimedItem, ClaimResult, PlanResult, ReportResult
 
 P = ParamSpec("P")
-R = TypeVar("R")
 
 SERVICE_NAME = "matrix-mcp"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
