@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
+    from matrix_mcp import tracing
+
+    try:  # OTEL_EXPORTER_OTLP_ENDPOINT: export traces; unset, nothing of the OpenTelemetry SDK is loaded
+        exporting = tracing.start()
+    except ValueError as exc:
+        sys.exit(f"matrix-mcp: {exc}")
     try:
         _dispatch(args, settings, trailing)
     except Exception as exc:  # every error a person can act on is one line on stderr, never a traceback
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         if problem is None:
             raise
         sys.exit(f"matrix-mcp: {problem}")
+    finally:
+        if exporting is not None:
+            exporting.shutdown()  # sends the spans still queued
 
 
 def user_error(exc: BaseException) -> str | None:

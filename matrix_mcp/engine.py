@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import anyio
 
+from matrix_mcp import tracing
 from matrix_mcp.artifacts import (
     ArtifactError,
     Artifacts,
@@ -280,6 +281,7 @@ class Engine:
 
     # ---- planning and control -------------------------------------------------------------------
 
+    @tracing.plan_span
     async def plan_run(
         self,
         name: str,
@@ -337,6 +339,7 @@ class Engine:
 
     # ---- the work loop --------------------------------------------------------------------------
 
+    @tracing.claim_span
     async def claim_items(
         self, run: str, *, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
     ) -> ClaimResult:
@@ -449,6 +452,7 @@ class Engine:
                 raise InputError("is not valid base64", "content") from exc
         return content.encode("utf-8", errors="surrogatepass")
 
+    @tracing.report_span("matrix.complete")
     async def complete_item(
         self,
         outcome_id: str,
@@ -545,6 +549,7 @@ class Engine:
                 )
         return self._reported(info, reported, now)
 
+    @tracing.report_span("matrix.fail")
     async def fail_item(
         self,
         outcome_id: str,

@@ -29,6 +29,7 @@ from typing import IO, Any, TextIO, TypeVar
 
 import anyio
 
+from matrix_mcp import tracing
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError, RunInfo
 from matrix_mcp.models import ClaimedItem, LeaseRef, ReportResult
@@ -137,6 +138,7 @@ class Worker:
         self.tally = Tally()
         self.live = LiveLine(out)
         self._tmp = Path(tempfile.mkdtemp(prefix="matrix-work-"))
+        self._trace_parent = tracing.parent_from_env(os.environ)  # `work` run inside a trace
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -165,8 +167,12 @@ class Worker:
                 item = await self._claim()
                 if item is None:
                     return
-            outcome = await self._execute(item)
-            item = await self._report(item, outcome)
+            with tracing.work_item_span(
+                run=self.info.name, item=item, worker=self.name, parent=self._trace_parent
+            ) as span:  # the command's TRACEPARENT names this span; the report's span is its child
+                outcome = await self._execute(item)
+                tracing.command_exited(span, outcome.returncode, outcome.stopped)
+                item = await self._report(item, outcome)
 
     async def _claim(self) -> ClaimedItem | None:
         while not self.stopping:
@@ -225,6 +231,7 @@ class Worker:
             MATRIX_BRIEFING=item.briefing or "",
             MATRIX_METRICS_FILE=str(metrics_path),
         )
+        env.update(tracing.traceparent_env())  # the item's span (W3C), when tracing
         running = Running(item)
         self.running[item.outcome_id] = running
         stdout = bytearray()

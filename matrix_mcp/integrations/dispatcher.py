@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import httpx2
 
+from matrix_mcp import tracing
 from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.integrations import events as E
 from matrix_mcp.integrations.crypto import Keyring
@@ -354,11 +355,22 @@ class Dispatcher:
             async with limiter:
                 if circuit_open(current, self.clock()) or not current.active:
                     return  # opened (or disabled) while this batch was in flight: leave it due
-                started = time.monotonic()
-                answer = await self.attempt(sink, ctx, d)
-                took = time.monotonic() - started
-                at = self.clock()
-                results.append(attempt_result(self.settings, d.id, d.attempts, answer, at, self.rng))
+                with tracing.delivery_span(
+                    sink=sink.service,
+                    target=w.row.target,
+                    subscription=sid,
+                    delivery=d.id,
+                    event_type=d.event_type,
+                    attempt=d.attempts + 1,
+                    run=d.run,
+                ) as traced:
+                    started = time.monotonic()
+                    answer = await self.attempt(sink, ctx, d)
+                    took = time.monotonic() - started
+                    at = self.clock()
+                    result = attempt_result(self.settings, d.id, d.attempts, answer, at, self.rng)
+                    traced.answered(answer.status_code, result.status, answer.ok)
+                results.append(result)
                 current = after_answer(self.settings, current, answer, at)
                 timings.append((d, answer, took))
 
