@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
+from matrix_mcp import rules
 from matrix_mcp.artifacts import (
     ArtifactError,
     Artifacts,
@@ -108,19 +107,6 @@ async def open_store(settings: Settings) -> Store:
     from matrix_mcp.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(path)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with equal jitter: half the capped delay fixed, half random."""
-    if base <= 0:
-        return 0.0
-    capped = min(cap, base * 2 ** max(0, attempt - 1))
-    r = (rng or random).random()
-    return float(capped / 2 + r * capped / 2)
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(18)
 
 
 def json_depth(value: Any, limit: int) -> int:
@@ -299,7 +285,7 @@ class Engine:
             self._name(package, "package")
         deadline = anyio.current_time() + self._wait(wait_seconds, "wait_seconds")
         request = ClaimRequest(
-            run_id=info.id, worker=worker, limit=limit, package=package, token_factory=new_token
+            run_id=info.id, worker=worker, limit=limit, package=package, token_factory=rules.new_token
         )
         while True:
             seq = await self.store.latest_seq() if wait_seconds else 0
@@ -362,7 +348,7 @@ class Engine:
             raise InputError(f"must be between 0 and {self.limits.max_page_size}", "claim_next")
         if package is not None:
             self._name(package, "package")
-        return NextClaim(limit=claim_next, package=package, token_factory=new_token)
+        return NextClaim(limit=claim_next, package=package, token_factory=rules.new_token)
 
     async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
         if not leases:
@@ -506,7 +492,7 @@ class Engine:
         self._leased.pop(outcome_id, None)
 
         def backoff(attempt: int) -> float:
-            return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
+            return rules.backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
 
         now = self.now()
         reported = await self.store.fail(

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from matrix_mcp.engine import Engine, new_token
+from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
+from matrix_mcp.rules import new_token
 from matrix_mcp.store.base import ClaimRequest, Failure, NewRecord, NextClaim, Report, Store
 from matrix_mcp.store.hooks import (
     AttemptResult,

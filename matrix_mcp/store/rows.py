@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from matrix_mcp import rules
 from matrix_mcp.models import (
     STATUSES,
     Attempt,
@@ -91,10 +92,7 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def dumps(value: Any) -> str:
-    if type(value) is dict and not value:  # the usual metrics / metadata of a report: skip the encoder
-        return "{}"
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+dumps = rules.json_text
 
 
 def loads(text: str | None, default: Any = None) -> Any:
@@ -290,34 +288,6 @@ def integration_from(row: RowLike) -> IntegrationEvent:
     )
 
 
-def override_params(
-    t: Any, report: Any, token: str, created_by: str | None, outcome_id: str, now: float
-) -> tuple[Any, ...]:
-    """The parameters of both stores' override UPDATE (a rules.Override), in the column order of its SQL:
-    status, error_message, metrics, metadata, outcome_path, content_sha256, content_bytes, mime_type,
-    started_at, completed_at, duration_seconds, lease_token, lease_expires_at, available_at, created_by,
-    updated_at; then the outcome id."""
-    return (
-        t.new,
-        t.error_message,
-        dumps(t.metrics),
-        dumps(t.metadata),
-        report.outcome_path if report else None,
-        report.content_sha256 if report else None,
-        report.content_bytes if report else None,
-        report.mime_type if report else None,
-        t.started_at,
-        t.completed_at,
-        t.duration_seconds,
-        token,
-        t.lease_expires_at,
-        now,
-        created_by,
-        now,
-        outcome_id,
-    )
-
-
 HOURLY_DAYS = 7  # how far back system_metrics' hourly series goes
 
 
@@ -379,8 +349,6 @@ def policy_values(policy: RunPolicy) -> tuple[Any, ...]:
 
 def the_one_summary(found: list[PackageSummary], package: str) -> PackageSummary:
     """package_summary without a run: the package must exist in exactly one run."""
-    from matrix_mcp import rules
-
     if not found:
         raise rules.unknown_package(package)
     if len(found) > 1:
@@ -443,26 +411,6 @@ def claim_from(o: RowLike) -> Claim:
         specifications=loads(o["specifications"]),
         outcome_path=o["outcome_path"],
     )
-
-
-def completed_row(row: RowLike, report: Any, duration: float | None, now: float) -> dict[str, Any]:
-    """The row of an item `complete` just completed with `report`, as its UPDATE left it (no re-read)."""
-    done = dict(row)
-    done.update(
-        status="complete",
-        completed_at=now,
-        duration_seconds=duration,
-        updated_at=now,
-        lease_expires_at=None,
-        error_message=None,
-        metrics=dumps(report.metrics),
-        metadata=dumps(report.metadata),
-        outcome_path=report.outcome_path if report.outcome_path is not None else row["outcome_path"],
-        content_sha256=report.content_sha256,
-        content_bytes=report.content_bytes,
-        mime_type=report.mime_type,
-    )
-    return done
 
 
 def api_key_from(row: RowLike) -> ApiKey:

@@ -10,7 +10,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from matrix_mcp.store.base import (
     Reported,
 )
 from matrix_mcp.store.group_commit import Request
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.sql import (
     _COL,
     _COUNTER_COLUMNS,
@@ -181,12 +182,42 @@ class _Tx:
         self.add((run_id, package_id, None, None), **{old: -n, new: n})
 
     def contribution(
-        self, run_id: str, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+        self, run_id: str, package_id: int, metrics: Mapping[str, Any], duration: float | None, sign: int
     ) -> None:
         contrib = R.contribution(metrics, duration)
         self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in _COUNTER_COLUMNS})
         if duration is not None:
             self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
+
+    async def apply(self, row: Row, t: rules.Transition, now: float) -> None:
+        """Write what a rules.Transition decided for the item `row` (locked in this transaction): its
+        attempt's end, its row and queue record, its metric rows, then the counter moves and the event."""
+        if t.attempt is not None:
+            end = t.attempt
+            await self.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+        await self.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
+        queue = (t.queue_token, t.values.get("lease_expires_at"), rules.final_status(t.new), t.claimable_from)
+        await self.execute(sql.REQUEUE, (*queue, row["n"]))
+        if t.clear_metric_rows:
+            await self.execute(sql.CLEAR_METRICS, (t.outcome_id,))
+        if t.metric_rows is not None:
+            values = R.numeric_metrics(t.metric_rows)
+            if values:
+                await self.execute(
+                    sql.INSERT_METRICS, (t.outcome_id, [k for k, _ in values], [v for _, v in values])
+                )
+        self.effects(t, now)
+
+    def effects(self, t: rules.Transition, now: float) -> None:
+        """A transition's counter moves, minute and event (kept until the batch commits); on their own where
+        a statement decided and wrote the row itself (the completes, the sweep)."""
+        self.move(t.run_id, t.package_id, t.old, t.new)
+        for x in t.contributions:
+            self.contribution(t.run_id, t.package_id, x.metrics, x.duration, x.sign)
+        if t.minute is not None:
+            m = t.minute
+            self.minute(t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
+        self.event(t.run_id, t.outcome_id, t.event, now)
 
     def minute(
         self, run_id: str, now: float, completed: int = 0, failed: int = 0, duration: float | None = None
@@ -300,7 +331,7 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
         )
         claims.append(R.claim_from(o))
     for pid, n in per_package.items():
-        tx.move(run_id, pid, "pending", "generating", n)
+        tx.move(run_id, pid, *rules.CLAIMED_MOVE, n)
     if rows:
         tx.wrote = True
     return claims

@@ -3,6 +3,8 @@ and the selects more than one module uses."""
 
 from __future__ import annotations
 
+from functools import cache
+
 from matrix_mcp import rules
 from matrix_mcp.models import Status
 
@@ -268,6 +270,16 @@ ORDER BY upd.rank NULLS LAST
 """
 
 
+_HEARTBEAT_SQL = (
+    "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
+    " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
+    " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
+    " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
+    " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)"
+    " SELECT id, lease_token, lease_expires_at, state FROM h"
+)
+
+
 _COMPLETE_SQL = """
 WITH cur AS MATERIALIZED (
     SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
@@ -395,7 +407,7 @@ upd AS (
             ELSE 'lease expired after ' || o.attempts || ' attempts' END,
         updated_at = %(now)s
     FROM t WHERE o.n = t.n
-    RETURNING o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, t.target
+    RETURNING o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, t.target
 ),
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL,
@@ -510,4 +522,31 @@ _HELD_SQL = (
     " JOIN runs r ON r.id = o.run_id"
     " WHERE q.run_id = %s AND q.lease_token IS NOT NULL AND o.status = 'generating' AND o.worker = %s"
     " AND o.started_at = %s ORDER BY q.claim_seq LIMIT %s"
+)
+
+
+@cache
+def update_outcome(columns: tuple[str, ...]) -> str:
+    """The UPDATE of one outcome row (by `n`) that a rules.Transition's values make: one text per transition
+    shape, so each stays a prepared statement. Column names come from rules, never from input."""
+    return "UPDATE outcomes SET " + ", ".join(c + " = %s" for c in columns) + " WHERE n = %s"
+
+
+END_ATTEMPT = "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %s WHERE outcome_id = %s AND lease_token = %s"
+
+
+# the narrow queue row of an outcome whose status changed outside a claim: leased under a token
+# (generating), claimable from available_at (pending) or out of the queue with its final status
+REQUEUE = (
+    "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s,"
+    " available_at = COALESCE(%s, available_at) WHERE n = %s"
+)
+
+
+CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = %s"
+
+
+INSERT_METRICS = (
+    "INSERT INTO outcome_metrics (outcome_id, name, value)"
+    " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)"
 )

@@ -3,7 +3,6 @@ completes, the lease sweep, manual overrides. The decisions are matrix_mcp.rules
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -13,7 +12,6 @@ from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import (
     Outcome,
     Run,
-    Status,
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.base import (
@@ -121,8 +119,9 @@ def _claim_op(args: _ClaimArgs, already: list[Claim]) -> Callable[[_Tx], Awaitab
         run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
         if run is None:
             raise rules.unknown_run(run_id)
-        if run["state"] in ("cancelled", "paused"):
-            return ClaimBatch(claims, run["state"])
+        blocked = rules.claim_blocked(run["state"])
+        if blocked is not None:
+            return ClaimBatch(claims, blocked)
         await tx.flush()
         return ClaimBatch(claims, *await _why_nothing(tx, run_id, package))
 
@@ -214,7 +213,7 @@ async def _merged(conn: Conn, state: _Batch, batch: list[_Request]) -> None:
             for o in got:
                 per_package[int(o["pk_id"])] += 1
             for pid, n in per_package.items():
-                whole.move(run_id, pid, "pending", "generating", n)
+                whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
             whole.succeeded()
     if completes:
         await _complete_many(conn, state, completes)
@@ -255,18 +254,16 @@ async def _complete_many(conn: Conn, state: _Batch, completes: list[tuple[_Reque
         },
     )
     # as for merged claims: the statement's effects go straight to the batch (all or _NeedSafe)
+    # (the statement took the rows whose lease holds and wrote rules.duration: tests/test_rules.py holds
+    # it to the rules; `row` is the item as the statement left it)
     whole = _Tx(conn, state)
-    events = state.events
     for row in sorted(rows, key=lambda r: int(r["req"])):
         req, a = todo[int(row["req"]) - 1]
-        duration = row["duration_seconds"]
-        run_id, pid = row["run_id"], int(row["package_id"])
-        whole.move(run_id, pid, "generating", "complete")
-        whole.contribution(run_id, pid, a.report.metrics, duration, +1)
-        whole.minute(run_id, a.now, completed=1, duration=duration)
+        t = rules.complete(
+            row, lease_token=a.lease_token, report=a.report, now=a.now, encoded=(a.metrics, a.metadata)
+        )
         with acting_as(req.principal):
-            ev = rules.completed(package=row["package_name"], item=row["item"], duration=duration)
-            events.append((run_id, a.outcome_id, ev.kind, ev.payload(), float(a.now)))
+            whole.effects(t, a.now)
         req.value = R.outcome_from(row)
         req.handled = True
     whole.succeeded()
@@ -296,15 +293,6 @@ async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
     return rules.check_lease(row, outcome_id, token)  # type: ignore[no-any-return]
 
 
-async def _end_attempt(
-    tx: _Tx, outcome_id: str, token: str, status: str, error: str | None, now: float
-) -> None:
-    await tx.execute(
-        "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %s WHERE outcome_id = %s AND lease_token = %s",
-        (status, error, now, outcome_id, token),
-    )
-
-
 async def _sweep(tx: _Tx, run_id: str, now: float) -> int:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
     Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
@@ -320,46 +308,16 @@ def _sweep_params(run_id: str, now: float) -> dict[str, Any]:
 def _swept(tx: _Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
     """The counter moves and events of the leases a sweep statement returned."""
     for r in rows:
-        target: Status = r["target"]
-        if target == "failed":
-            tx.minute(run_id, now, failed=1)
-        tx.move(run_id, int(r["package_id"]), "generating", target)
-        tx.event(
-            run_id,
-            r["id"],
-            rules.lease_expired_event(
-                package=r["package_name"], item=r["item"], attempt=r["attempts"], target=target
-            ),
-            now,
-        )
+        tx.effects(rules.expire_to(r, r["target"], now), now)
 
 
 async def _cancel_pending(tx: _Tx, run_id: str, now: float) -> int:
     total = 0
     for r in await tx.all(_CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
         n = int(r["n"])
-        tx.move(run_id, int(r["package_id"]), "pending", "cancelled", n)
+        tx.move(run_id, int(r["package_id"]), *rules.CANCEL_MOVE, n)
         total += n
     return total
-
-
-async def _requeue(
-    tx: _Tx, n: int, status: Status, token: str | None, lease_expires_at: float | None, available_at: float
-) -> None:
-    """The narrow queue row of an outcome whose status changed outside a claim: leased under `token`
-    (generating), claimable from `available_at` (pending) or out of the queue with its final status."""
-    await tx.execute(
-        "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s,"
-        " available_at = CASE WHEN %s THEN %s ELSE available_at END WHERE n = %s",
-        (
-            token,
-            lease_expires_at,
-            rules.final_status(status),
-            status == "pending",
-            available_at,
-            n,
-        ),
-    )
 
 
 async def _why_nothing(tx: _Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
@@ -409,42 +367,8 @@ async def _update_status(tx: _Tx, outcome_id: str, change: StatusChange, *, now:
     )
     if row is None:
         raise rules.unknown_outcome(outcome_id)
-    run_id, pid = row["run_id"], int(row["package_id"])
-    t = rules.override(row, new=status, error_message=error_message, report=report, now=now)
-    old, metrics, duration, old_metrics = t.old, t.metrics, t.duration_seconds, t.old_metrics
-    token = str(uuid.uuid4())  # any override fences off whoever held the lease
-    if old == "complete":
-        tx.contribution(run_id, pid, old_metrics, row["duration_seconds"], -1)
-    await tx.execute(
-        "UPDATE outcomes SET status = %s, error_message = %s, metrics = %s, metadata = %s,"
-        " outcome_path = COALESCE(%s, outcome_path), content_sha256 = COALESCE(%s, content_sha256),"
-        " content_bytes = COALESCE(%s, content_bytes), mime_type = COALESCE(%s, mime_type),"
-        " started_at = %s, completed_at = %s, duration_seconds = %s, lease_token = %s, lease_expires_at = %s,"
-        " available_at = %s, created_by = COALESCE(created_by, %s), updated_at = %s WHERE id = %s",
-        R.override_params(t, report, token, created_by, outcome_id, now),
+    t = rules.override(
+        row, new=status, error_message=error_message, report=report, now=now, created_by=created_by
     )
-    await _requeue(
-        tx, int(row["n"]), status, token if status == "generating" else None, t.lease_expires_at, now
-    )
-    tx.move(run_id, pid, old, status)
-    if status == "complete":
-        tx.contribution(run_id, pid, metrics, duration, +1)
-        values = R.numeric_metrics(metrics)
-        await tx.execute("DELETE FROM outcome_metrics WHERE outcome_id = %s", (outcome_id,))
-        if values:
-            await tx.execute(
-                "INSERT INTO outcome_metrics (outcome_id, name, value)"
-                " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)",
-                (outcome_id, [k for k, _ in values], [v for _, v in values]),
-            )
-        if old != "complete":
-            tx.minute(run_id, now, completed=1, duration=duration)
-    elif status == "failed" and old != "failed":
-        tx.minute(run_id, now, failed=1)
-    tx.event(
-        run_id,
-        outcome_id,
-        rules.status_updated(package=row["package_name"], item=row["item"], old=old, new=status),
-        now,
-    )
+    await tx.apply(row, t, now)
     return await _outcome(tx.conn, outcome_id)

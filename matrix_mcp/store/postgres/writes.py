@@ -51,17 +51,16 @@ from matrix_mcp.store.postgres.batch import (
 from matrix_mcp.store.postgres.connection import Connection
 from matrix_mcp.store.postgres.sql import (
     _COMPLETE_SQL,
+    _HEARTBEAT_SQL,
     _ONE_RUN_SQL,
     _RUN_SELECT,
 )
 from matrix_mcp.store.postgres.transitions import (
     _cancel_pending,
     _claim_op,
-    _end_attempt,
     _leased_row,
     _next_claims,
     _outcome,
-    _requeue,
     _run,
     _update_status,
 )
@@ -105,8 +104,7 @@ class Writes(Connection):
             if row is not None:
                 run_id = row["id"]
                 outcome_type = row["outcome_type"]
-                if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise rules.run_cancelled_for_plan(name)
+                rules.check_plan(row["state"], any(p.items for p in packages), name)
             names = [p.name for p in packages]
             existing = {
                 r["name"]: int(r["id"])
@@ -221,7 +219,7 @@ class Writes(Connection):
                 await tx.execute(
                     "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s", (target, now, run_id)
                 )
-                cancelled = await _cancel_pending(tx, run_id, now) if target == "cancelled" else None
+                cancelled = await _cancel_pending(tx, run_id, now) if rules.cancels_pending(target) else None
                 tx.event(run_id, None, rules.run_controlled(action, cancelled), now)
             await tx.flush()
             return await _run(tx.conn, run_id)
@@ -243,13 +241,10 @@ class Writes(Connection):
 
     async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
         async def op(tx: _Tx) -> HeartbeatResult:
+            # the leases that hold (rules.lease_holds) run until rules.lease_expires: tests/test_rules.py
+            # holds the statement to them
             rows = await tx.all(
-                "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
-                " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
-                " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
-                " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
-                " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)"
-                " SELECT id, lease_token, lease_expires_at, state FROM h",
+                _HEARTBEAT_SQL,
                 {
                     "now": now,
                     "ids": [lease.outcome_id for lease in leases],
@@ -266,7 +261,7 @@ class Writes(Connection):
                 if r is None:
                     lost.append(lease.outcome_id)
                     continue
-                if r["state"] == "cancelled":
+                if rules.stops_work(r["state"]):
                     cancelled.append(lease.outcome_id)
                 extended.append(
                     LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(r["lease_expires_at"]))  # type: ignore[arg-type]
@@ -302,30 +297,18 @@ class Writes(Connection):
         }
 
         async def op(tx: _Tx) -> Outcome:
+            # the statement completes the item when its lease holds (rules.lease_holds, with
+            # rules.duration: tests/test_rules.py holds the SQL to them); `row` is the item before it
             row = await tx.one(_COMPLETE_SQL, params)
-            if row is None:
-                raise rules.unknown_outcome(outcome_id)
-            if not row["done"]:
-                if row["lease_token"] != lease_token:
-                    raise rules.stale_token(row)
-                if row["status"] == "complete":
-                    if rules.same_report(row, report):
-                        return R.outcome_from(row)
-                    raise rules.complete_differs()
-                raise rules.lost_lease(row)
+            if not rules.check_complete(row, outcome_id, lease_token, report):
+                return R.outcome_from(row)  # the identical report, repeated
+            assert row is not None
             tx.wrote = True
-            duration = row["new_duration"]
-            run_id, pid = row["run_id"], int(row["package_id"])
-            tx.move(run_id, pid, "generating", "complete")
-            tx.contribution(run_id, pid, report.metrics, duration, +1)
-            tx.minute(run_id, now, completed=1, duration=duration)
-            tx.event(
-                run_id,
-                outcome_id,
-                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
-                now,
+            t = rules.complete(
+                row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata)
             )
-            return R.outcome_from(R.completed_row(row, report, duration, now))
+            tx.effects(t, now)
+            return R.outcome_from(t.row(row))
 
         if next_claim is None:
             merge = _CompleteArgs(
@@ -360,61 +343,29 @@ class Writes(Connection):
 
         async def op(tx: _Tx) -> Reported:
             row = await _leased_row(tx, outcome_id, lease_token)
-            if row["status"] != "generating":
+            if not rules.lease_holds(row["status"], row["lease_token"], lease_token):
                 attempt = await tx.one(
                     "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
                     (outcome_id, lease_token),
                 )
-                if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    repeated = R.outcome_from(row)  # the identical report, repeated
-                    return Reported(
-                        repeated, await _next_claims(tx, repeated, lease_token, next_claim, now, False)
-                    )
-                raise rules.lost_lease(row)
-            run_id, pid = row["run_id"], int(row["package_id"])
-            attempts = int(row["attempts"])
-            await _end_attempt(tx, outcome_id, lease_token, "failed", error, now)
-            decided = rules.failure_outcome(
+                if not rules.is_repeat_failure(attempt, error):
+                    raise rules.lost_lease(row)
+                repeated = R.outcome_from(row)  # the identical report, repeated
+                return Reported(
+                    repeated, await _next_claims(tx, repeated, lease_token, next_claim, now, False)
+                )
+            t = rules.fail(
+                row,
+                lease_token=lease_token,
+                error=error,
                 retryable=retryable,
-                attempts=attempts,
-                max_attempts=int(row["max_attempts"]),
-                run_state=row["run_state"],
                 backoff=backoff,
+                run_state=row["run_state"],
+                max_attempts=int(row["max_attempts"]),
+                now=now,
             )
-            if decided.retries:
-                await tx.execute(
-                    "UPDATE outcomes SET status = 'pending', available_at = %s, lease_expires_at = NULL,"
-                    " error_message = %s, updated_at = %s WHERE n = %s",
-                    (now + decided.delay, error, now, row["n"]),
-                )
-                await _requeue(tx, int(row["n"]), "pending", None, None, now + decided.delay)
-                row.update(available_at=now + decided.delay)
-            else:
-                duration = rules.duration(row["started_at"], now)
-                await tx.execute(
-                    "UPDATE outcomes SET status = %s, completed_at = %s, duration_seconds = %s,"
-                    " lease_expires_at = NULL, error_message = %s, updated_at = %s WHERE n = %s",
-                    (decided.target, now, duration, error, now, row["n"]),
-                )
-                await _requeue(tx, int(row["n"]), decided.target, None, None, now)
-                if decided.target == "failed":
-                    tx.minute(run_id, now, failed=1)
-                row.update(completed_at=now, duration_seconds=duration)
-            tx.move(run_id, pid, "generating", decided.target)
-            tx.event(
-                run_id,
-                outcome_id,
-                rules.failure_reported(
-                    package=row["package_name"],
-                    item=row["item"],
-                    attempt=attempts,
-                    error=error,
-                    outcome=decided,
-                ),
-                now,
-            )
-            row.update(status=decided.target, lease_expires_at=None, error_message=error, updated_at=now)
-            outcome = R.outcome_from(row)
+            await tx.apply(row, t, now)
+            outcome = R.outcome_from(t.row(row))
             return Reported(outcome, await _next_claims(tx, outcome, lease_token, next_claim, now, True))
 
         return await self._write(op, journal=_REPORTED_ANSWER)
@@ -429,10 +380,7 @@ class Writes(Connection):
     ) -> list[str]:
         async def op(tx: _Tx) -> list[str]:
             state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
-            if state is None:
-                raise rules.unknown_run(run_id)
-            if state["state"] == "cancelled":
-                raise rules.run_cancelled_for_retry()
+            rules.check_retry(None if state is None else state["state"], run_id)
             pid: int | None = None
             if package is not None:
                 prow = await tx.one(
@@ -463,7 +411,7 @@ class Writes(Connection):
             for r in rows:
                 per_package[int(r["package_id"])] += 1
             for p, n in per_package.items():
-                tx.move(run_id, p, "failed", "pending", n)
+                tx.move(run_id, p, *rules.RETRY_MOVE, n)
             ids = [r["id"] for r in rows]
             if ids:
                 tx.event(run_id, None, rules.requeued(ids), now)
@@ -523,7 +471,7 @@ class Writes(Connection):
             )
             tx.add((run_id, package_id, None, None), total=1, pending=1)
             tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
-            if status == "pending" and report == Report() and error_message is None:
+            if rules.record_is_plain(status, report_given=report != Report(), error_message=error_message):
                 return await _outcome(tx.conn, outcome_id), True
             return await _update_status(tx, outcome_id, record.change, now=now), True
 

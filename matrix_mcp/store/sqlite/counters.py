@@ -5,15 +5,57 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
+from matrix_mcp import rules
 from matrix_mcp.models import (
     PackageSummary,
     RecountReport,
     Status,
 )
 from matrix_mcp.store import rows as R
+from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.sql import _COMPLETE_SQL, _COUNTER_COLUMNS, _MOVE_CONTRIB_SQL, _MOVE_SQL
+
+
+def apply(
+    c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float, *, hist_read: bool = False
+) -> None:
+    """Write what a rules.Transition decided for the item `row` (locked under the single writer): its row,
+    its attempt's end, the package counters, its metric rows, the run's minute and the event. `hist_read`:
+    the row carries its package's histogram (`package_duration_hist`), so a completion's status move, sums
+    and histogram go in one statement."""
+    c.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
+    if t.attempt is not None:
+        end = t.attempt
+        c.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+    added = [x for x in t.contributions if x.sign > 0]
+    for x in t.contributions:
+        if x.sign < 0:
+            _add_contribution(c, t.package_id, x.metrics, x.duration, -1)
+    if hist_read and len(added) == 1 and t.old != t.new:
+        _complete_counters(c, row, t.old, t.new, added[0])
+    else:
+        _move(c, t.package_id, t.old, t.new)
+        for x in added:
+            _add_contribution(c, t.package_id, x.metrics, x.duration, +1)
+    if t.clear_metric_rows:
+        c.execute(sql.CLEAR_METRICS, (t.outcome_id,))
+    if t.metric_rows is not None:
+        _insert_metrics(c, t.outcome_id, t.metric_rows)
+    if t.minute is not None:
+        m = t.minute
+        _minute(c, t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
+    add_event(c, t.run_id, t.outcome_id, t.event, now)
+
+
+def add_event(
+    c: sqlite3.Connection, run_id: str | None, outcome_id: str | None, ev: rules.Ev, now: float
+) -> int:
+    """Append to the change feed; returns the event's sequence number."""
+    cur = c.execute(sql.INSERT_EVENT, (run_id, outcome_id, ev.kind, ev.payload(), now))
+    return int(cur.lastrowid or 0)
 
 
 def _move(
@@ -50,15 +92,16 @@ def _hist_add(text: str | None, duration: float, sign: int) -> str:
 
 
 def _complete_counters(
-    c: sqlite3.Connection, row: sqlite3.Row, contrib: dict[str, float], duration: float | None
+    c: sqlite3.Connection, row: sqlite3.Row, old: Status, new: Status, added: rules.Contribution
 ) -> None:
-    """A fresh completion of a leased row (read in this transaction with its package's histogram): the
-    status move, the summary sums and the duration histogram in one statement."""
-    if duration is None:
-        _move(c, row["package_id"], "generating", "complete", contrib)
+    """A move that adds a contribution, on a row read in this transaction with its package's histogram
+    (a fresh completion): the status move, the summary sums and the duration histogram in one statement."""
+    contrib = R.contribution(added.metrics, added.duration)
+    if added.duration is None:
+        _move(c, row["package_id"], old, new, contrib)
         return
-    hist = _hist_add(row["package_duration_hist"], duration, +1)
-    c.execute(_COMPLETE_SQL, (*(contrib[k] for k in _COUNTER_COLUMNS), hist, row["package_id"]))
+    hist = _hist_add(row["package_duration_hist"], added.duration, +1)
+    c.execute(_COMPLETE_SQL[old, new], (*(contrib[k] for k in _COUNTER_COLUMNS), hist, row["package_id"]))
 
 
 def _hist_loads(text: str | None) -> dict[int, int]:
@@ -71,7 +114,7 @@ def _hist_dumps(hist: dict[int, int]) -> str:
 
 
 def _add_contribution(
-    c: sqlite3.Connection, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+    c: sqlite3.Connection, package_id: int, metrics: Mapping[str, Any], duration: float | None, sign: int
 ) -> None:
     contrib = R.contribution(metrics, duration)
     c.execute(
@@ -83,19 +126,11 @@ def _add_contribution(
         _add_histogram(c, package_id, duration, sign)
 
 
-def _set_metrics(
-    c: sqlite3.Connection, outcome_id: str, metrics: dict[str, Any], replace: bool = True
-) -> None:
-    """Numeric metrics as rows; `replace=False` when the outcome is completing for the first time since
-    its last claim (rows of an earlier completion are removed when it leaves `complete`)."""
-    if replace:
-        c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
+def _insert_metrics(c: sqlite3.Connection, outcome_id: str, metrics: Mapping[str, Any]) -> None:
+    """Numeric metrics as rows (an item has none while it is not complete: they go when it leaves)."""
     values = R.numeric_metrics(metrics)
     if values:
-        c.executemany(
-            "INSERT INTO outcome_metrics (outcome_id, name, value) VALUES (?, ?, ?)",
-            [(outcome_id, k, v) for k, v in values],
-        )
+        c.executemany(sql.INSERT_METRIC, [(outcome_id, k, v) for k, v in values])
 
 
 def _minute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from matrix_mcp.models import (
     STATUSES,
 )
@@ -53,8 +55,15 @@ _MOVE_CONTRIB_SQL = {
 
 
 # a completion with a duration: status move, summary sums and the duration histogram in one statement
-_COMPLETE_SQL = _MOVE_CONTRIB_SQL["generating", "complete"].replace(
-    " WHERE id = ?", ", duration_hist = ? WHERE id = ?"
+_COMPLETE_SQL = {
+    move: text.replace(" WHERE id = ?", ", duration_hist = ? WHERE id = ?")
+    for move, text in _MOVE_CONTRIB_SQL.items()
+}
+
+
+# a claim's counter move (rules.CLAIMED_MOVE) with the package's fairness clock
+_CLAIM_MOVE_SQL = (
+    "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ? WHERE id = ?"
 )
 
 
@@ -63,3 +72,24 @@ _EARLIEST = {
     "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
     "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
 }
+
+
+@cache
+def update_outcome(columns: tuple[str, ...]) -> str:
+    """The UPDATE of one outcome row (by `n`) that a rules.Transition's values make: one text per transition
+    shape, so each stays a cached prepared statement. Column names come from rules, never from input."""
+    return "UPDATE outcomes SET " + ", ".join(c + " = ?" for c in columns) + " WHERE n = ?"
+
+
+END_ATTEMPT = (
+    "UPDATE outcome_attempts SET status = ?, error = ?, ended_at = ? WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = ?"
+
+
+INSERT_METRIC = "INSERT INTO outcome_metrics (outcome_id, name, value) VALUES (?, ?, ?)"
+
+
+INSERT_EVENT = "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)"

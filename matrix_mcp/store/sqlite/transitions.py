@@ -4,7 +4,6 @@ sweep, manual overrides. The decisions are matrix_mcp.rules'; this module holds 
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from typing import Any
 
 from matrix_mcp import rules
@@ -21,8 +20,8 @@ from matrix_mcp.store.base import (
     NextClaim,
     StatusChange,
 )
-from matrix_mcp.store.sqlite.counters import _add_contribution, _minute, _move, _set_metrics
-from matrix_mcp.store.sqlite.sql import _EARLIEST, _OUTCOME_SELECT, _RUN_SELECT
+from matrix_mcp.store.sqlite.counters import add_event, apply
+from matrix_mcp.store.sqlite.sql import _CLAIM_MOVE_SQL, _EARLIEST, _OUTCOME_SELECT, _RUN_SELECT
 
 SWEEP_LIMIT = 500
 
@@ -58,20 +57,7 @@ def _event(
     now: float,
 ) -> int:
     """Append to the change feed; returns the event's sequence number."""
-    cur = c.execute(
-        "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        (run_id, outcome_id, ev.kind, ev.payload(), now),
-    )
-    return int(cur.lastrowid or 0)
-
-
-def _end_attempt(
-    c: sqlite3.Connection, outcome_id: str, token: str, status: str, error: str | None, now: float
-) -> None:
-    c.execute(
-        "UPDATE outcome_attempts SET status = ?, error = ?, ended_at = ? WHERE outcome_id = ? AND lease_token = ?",
-        (status, error, now, outcome_id, token),
-    )
+    return add_event(c, run_id, outcome_id, ev, now)
 
 
 def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
@@ -82,42 +68,16 @@ def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.R
 def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is)."""
     rows = c.execute(
-        "SELECT o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, r.max_attempts, r.state,"
-        " p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id"
+        "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, r.max_attempts,"
+        " r.state, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+        " JOIN packages p ON p.id = o.package_id"
         " WHERE o.run_id = ? AND o.status = 'generating' AND o.lease_expires_at <= ? LIMIT ?",
         (run_id, now, SWEEP_LIMIT),
     ).fetchall()
     for r in rows:
-        target = rules.lease_expiry(
-            run_state=r["state"], attempts=int(r["attempts"]), max_attempts=int(r["max_attempts"])
-        )
-        if target is None:
-            continue
-        _end_attempt(c, r["id"], r["lease_token"], "failed", rules.LEASE_EXPIRED, now)
-        error = rules.lease_expired_error(target, int(r["attempts"]))
-        if target == "pending":
-            c.execute(
-                "UPDATE outcomes SET status = 'pending', available_at = ?, lease_expires_at = NULL,"
-                " error_message = ?, updated_at = ? WHERE n = ?",
-                (now, error, now, r["n"]),
-            )
-        else:
-            c.execute(
-                "UPDATE outcomes SET status = ?, lease_expires_at = NULL, completed_at = ?, duration_seconds = ?,"
-                " error_message = ?, updated_at = ? WHERE n = ?",
-                (target, now, rules.duration(r["started_at"], now), error, now, r["n"]),
-            )
-            _minute(c, run_id, now, failed=1)
-        _move(c, r["package_id"], "generating", target)
-        _event(
-            c,
-            run_id,
-            r["id"],
-            rules.lease_expired_event(
-                package=r["package_name"], item=r["item"], attempt=r["attempts"], target=target
-            ),
-            now,
-        )
+        t = rules.expire(r, run_state=r["state"], max_attempts=int(r["max_attempts"]), now=now)
+        if t is not None:
+            apply(c, r, t, now)
 
 
 def _cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
@@ -146,11 +106,10 @@ def _claim(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Claim
     run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
         raise rules.unknown_run(run_id)
-    if run["state"] == "cancelled":
-        return ClaimBatch([], "cancelled")
-    _sweep(c, run_id, now)
-    if run["state"] == "paused":
-        return ClaimBatch([], "paused")
+    blocked = rules.claim_blocked(run["state"])
+    _sweep(c, run_id, now)  # a cancelled run's leases stay (rules.lease_expiry): nothing to sweep there
+    if blocked is not None:
+        return ClaimBatch([], blocked)
     sql = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0"
     args: list[Any] = [run_id]
     if package is not None:
@@ -158,7 +117,7 @@ def _claim(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Claim
         args.append(package)
     active = c.execute(sql + " ORDER BY last_claim, position", args).fetchall()
     claims: list[Claim] = []
-    expires = now + float(run["lease_seconds"])
+    expires = rules.lease_expires(now, run["lease_seconds"])
     while active and len(claims) < limit:
         still = []
         for p in active:
@@ -193,8 +152,7 @@ def _claim(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Claim
             )
             # fairness clock: the claim's own event sequence (monotonic across processes)
             c.execute(
-                "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ?"
-                " WHERE id = ?",
+                _CLAIM_MOVE_SQL,
                 (seq, p["id"]),
             )
             claims.append(
@@ -283,33 +241,8 @@ def _update_status(c: sqlite3.Connection, outcome_id: str, change: StatusChange,
     ).fetchone()
     if row is None:
         raise rules.unknown_outcome(outcome_id)
-    t = rules.override(row, new=status, error_message=error_message, report=report, now=now)
-    old, metrics, duration, old_metrics = t.old, t.metrics, t.duration_seconds, t.old_metrics
-    token = str(uuid.uuid4())  # any override fences off whoever held the lease
-    if old == "complete":
-        _add_contribution(c, row["package_id"], old_metrics, row["duration_seconds"], -1)
-        c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
-    c.execute(
-        "UPDATE outcomes SET status = ?, error_message = ?, metrics = ?, metadata = ?,"
-        " outcome_path = COALESCE(?, outcome_path), content_sha256 = COALESCE(?, content_sha256),"
-        " content_bytes = COALESCE(?, content_bytes), mime_type = COALESCE(?, mime_type),"
-        " started_at = ?, completed_at = ?, duration_seconds = ?, lease_token = ?, lease_expires_at = ?,"
-        " available_at = ?, created_by = COALESCE(created_by, ?), updated_at = ? WHERE id = ?",
-        R.override_params(t, report, token, created_by, outcome_id, now),
+    t = rules.override(
+        row, new=status, error_message=error_message, report=report, now=now, created_by=created_by
     )
-    _move(c, row["package_id"], old, status)
-    if status == "complete":
-        _add_contribution(c, row["package_id"], metrics, duration, +1)
-        _set_metrics(c, outcome_id, metrics)
-        if old != "complete":
-            _minute(c, row["run_id"], now, completed=1, duration=duration)
-    elif status == "failed" and old != "failed":
-        _minute(c, row["run_id"], now, failed=1)
-    _event(
-        c,
-        row["run_id"],
-        outcome_id,
-        rules.status_updated(package=row["package_name"], item=row["item"], old=old, new=status),
-        now,
-    )
+    apply(c, row, t, now)
     return _outcome(c, outcome_id)

@@ -34,18 +34,12 @@ from matrix_mcp.store.base import (
     StatusChange,
 )
 from matrix_mcp.store.sqlite.connection import Connection
-from matrix_mcp.store.sqlite.counters import (
-    _complete_counters,
-    _minute,
-    _move,
-    _set_metrics,
-)
-from matrix_mcp.store.sqlite.sql import _RUN_SELECT
+from matrix_mcp.store.sqlite.counters import _move, apply
+from matrix_mcp.store.sqlite.sql import _OUTCOME_SELECT, _RUN_SELECT
 from matrix_mcp.store.sqlite.transitions import (
     _cancel_pending,
     _claim,
     _claim_next,
-    _end_attempt,
     _event,
     _leased_row,
     _outcome,
@@ -83,8 +77,7 @@ class Writes(Connection):
                 )
             else:
                 run_id = row["id"]
-                if row["state"] == "cancelled" and any(p.items for p in packages):
-                    raise rules.run_cancelled_for_plan(name)
+                rules.check_plan(row["state"], any(p.items for p in packages), name)
             outcome_type = c.execute("SELECT outcome_type FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             added_packages: list[str] = []
             added_items = 0
@@ -170,7 +163,7 @@ class Writes(Connection):
             target = rules.control_target(state[0], action)
             if target != state[0]:
                 c.execute("UPDATE runs SET state = ?, updated_at = ? WHERE id = ?", (target, now, run_id))
-                cancelled = _cancel_pending(c, run_id, now) if target == "cancelled" else None
+                cancelled = _cancel_pending(c, run_id, now) if rules.cancels_pending(target) else None
                 _event(c, run_id, None, rules.run_controlled(action, cancelled), now)
             return _run(c, run_id)
 
@@ -195,15 +188,15 @@ class Writes(Connection):
                     " JOIN runs r ON r.id = o.run_id WHERE o.id = ?",
                     (lease.outcome_id,),
                 ).fetchone()
-                if row is None or row["status"] != "generating" or row["lease_token"] != lease.lease_token:
+                if row is None or not rules.lease_holds(row["status"], row["lease_token"], lease.lease_token):
                     lost.append(lease.outcome_id)
                     continue
-                expires = now + float(row["lease_seconds"])
+                expires = rules.lease_expires(now, row["lease_seconds"])
                 c.execute(
                     "UPDATE outcomes SET lease_expires_at = ?, updated_at = ? WHERE n = ?",
                     (expires, now, row["n"]),
                 )
-                if row["state"] == "cancelled":
+                if rules.stops_work(row["state"]):
                     cancelled.append(lease.outcome_id)
                 extended.append(LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(expires)))
             return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
@@ -220,52 +213,23 @@ class Writes(Connection):
         next_claim: NextClaim | None = None,
     ) -> Reported:
         def op(c: sqlite3.Connection) -> Reported:
-            row = _leased_row(c, outcome_id, lease_token)
-            if row["status"] == "complete":
-                if rules.same_report(row, report):
-                    return Reported(
-                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
-                    )
-                raise rules.complete_differs()
-            if row["status"] != "generating":
-                raise rules.lost_lease(row)
-            duration = rules.duration(row["started_at"], now)
-            c.execute(
-                "UPDATE outcomes SET status = 'complete', completed_at = ?, duration_seconds = ?, updated_at = ?,"
-                " lease_expires_at = NULL, error_message = NULL, metrics = ?, metadata = ?,"
-                " outcome_path = COALESCE(?, outcome_path), content_sha256 = ?, content_bytes = ?, mime_type = ?"
-                " WHERE n = ?",
-                (
-                    now,
-                    duration,
-                    now,
-                    R.dumps(report.metrics),
-                    R.dumps(report.metadata),
-                    report.outcome_path,
-                    report.content_sha256,
-                    report.content_bytes,
-                    report.mime_type,
-                    row["n"],
-                ),
-            )
-            _end_attempt(c, outcome_id, lease_token, "complete", None, now)
+            row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+            if not rules.check_complete(
+                row, outcome_id, lease_token, report
+            ):  # the identical report, repeated
+                return Reported(
+                    _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
+                )
+            t = rules.complete(row, lease_token=lease_token, report=report, now=now)
+            apply(c, row, t, now, hist_read=True)
             if report.inline is not None:
                 c.execute(
                     "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     (report.content_sha256, report.inline),
                 )
-            _complete_counters(c, row, R.contribution(report.metrics, duration), duration)
-            _set_metrics(c, outcome_id, report.metrics, replace=False)
-            _minute(c, row["run_id"], now, completed=1, duration=duration)
-            _event(
-                c,
-                row["run_id"],
-                outcome_id,
-                rules.completed(package=row["package_name"], item=row["item"], duration=duration),
-                now,
+            return Reported(
+                R.outcome_from(t.row(row)), _claim_next(c, row, lease_token, next_claim, now, True)
             )
-            done = R.completed_row(row, report, duration, now)
-            return Reported(R.outcome_from(done), _claim_next(c, row, lease_token, next_claim, now, True))
 
         return await self._write(op)
 
@@ -282,55 +246,28 @@ class Writes(Connection):
 
         def op(c: sqlite3.Connection) -> Reported:
             row = _leased_row(c, outcome_id, lease_token)
-            if row["status"] != "generating":
+            if not rules.lease_holds(row["status"], row["lease_token"], lease_token):
                 attempt = c.execute(
                     "SELECT status, error FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
                     (outcome_id, lease_token),
                 ).fetchone()
-                if attempt is not None and attempt["status"] == "failed" and attempt["error"] == error:
-                    # the identical report, repeated
-                    return Reported(
-                        _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
-                    )
-                raise rules.lost_lease(row)
+                if not rules.is_repeat_failure(attempt, error):
+                    raise rules.lost_lease(row)
+                return Reported(
+                    _outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, False)
+                )
             run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-            attempts = int(row["attempts"])
-            _end_attempt(c, outcome_id, lease_token, "failed", error, now)
-            decided = rules.failure_outcome(
+            t = rules.fail(
+                row,
+                lease_token=lease_token,
+                error=error,
                 retryable=retryable,
-                attempts=attempts,
-                max_attempts=int(run["max_attempts"]),
-                run_state=run["state"],
                 backoff=backoff,
+                run_state=run["state"],
+                max_attempts=int(run["max_attempts"]),
+                now=now,
             )
-            if decided.retries:
-                c.execute(
-                    "UPDATE outcomes SET status = 'pending', available_at = ?, lease_expires_at = NULL,"
-                    " error_message = ?, updated_at = ? WHERE n = ?",
-                    (now + decided.delay, error, now, row["n"]),
-                )
-            else:
-                c.execute(
-                    "UPDATE outcomes SET status = ?, completed_at = ?, duration_seconds = ?,"
-                    " lease_expires_at = NULL, error_message = ?, updated_at = ? WHERE n = ?",
-                    (decided.target, now, rules.duration(row["started_at"], now), error, now, row["n"]),
-                )
-                if decided.target == "failed":
-                    _minute(c, row["run_id"], now, failed=1)
-            _move(c, row["package_id"], "generating", decided.target)
-            _event(
-                c,
-                row["run_id"],
-                outcome_id,
-                rules.failure_reported(
-                    package=row["package_name"],
-                    item=row["item"],
-                    attempt=attempts,
-                    error=error,
-                    outcome=decided,
-                ),
-                now,
-            )
+            apply(c, row, t, now)
             return Reported(_outcome(c, outcome_id), _claim_next(c, row, lease_token, next_claim, now, True))
 
         return await self._write(op)
@@ -345,10 +282,7 @@ class Writes(Connection):
     ) -> list[str]:
         def op(c: sqlite3.Connection) -> list[str]:
             state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if state is None:
-                raise rules.unknown_run(run_id)
-            if state[0] == "cancelled":
-                raise rules.run_cancelled_for_retry()
+            rules.check_retry(None if state is None else state[0], run_id)
             sql = "SELECT o.n, o.id, o.package_id FROM outcomes o"
             args: list[Any] = []
             where = ["o.run_id = ?", "o.status = 'failed'"]
@@ -371,7 +305,7 @@ class Writes(Connection):
                     " duration_seconds = NULL, updated_at = ? WHERE n = ?",
                     (now, now, r["n"]),
                 )
-                _move(c, r["package_id"], "failed", "pending")
+                _move(c, r["package_id"], *rules.RETRY_MOVE)
             ids = [r["id"] for r in rows]
             if ids:
                 _event(c, run_id, None, rules.requeued(ids), now)
@@ -432,7 +366,7 @@ class Writes(Connection):
                 "UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?", (package_id,)
             )
             _event(c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
-            if status == "pending" and report == Report() and error_message is None:
+            if rules.record_is_plain(status, report_given=report != Report(), error_message=error_message):
                 return _outcome(c, outcome_id), True
             return _update_status(c, outcome_id, record.change, now=now), True
 
