@@ -32,7 +32,8 @@ from matrix_mcp.artifacts import (
     default_path,
     safe_component,
 )
-from matrix_mcp.config import Settings, is_postgres_url, redact_url, sqlite_path
+from matrix_mcp.config import Settings
+from matrix_mcp.errors import StoreError
 from matrix_mcp.models import (
     ClaimedItem,
     ClaimResult,
@@ -59,7 +60,8 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import (
+from matrix_mcp.store import open_store
+from matrix_mcp.store.params import (
     ClaimBatch,
     ClaimRequest,
     Failure,
@@ -71,9 +73,8 @@ from matrix_mcp.store.base import (
     Report,
     Reported,
     StatusChange,
-    Store,
-    StoreError,
 )
+from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import observe_generation
 
 log = logging.getLogger("matrix_mcp.engine")
@@ -90,23 +91,6 @@ ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 class InputError(StoreError):
     """A bad argument: the message names the field."""
-
-
-async def open_store(settings: Settings) -> Store:
-    """The store for the configured URL; psycopg is imported only for a PostgreSQL URL."""
-    url = settings.database_url
-    if is_postgres_url(url):
-        from matrix_mcp.store.postgres import PostgresStore
-
-        return await PostgresStore.open(url)
-    path = sqlite_path(url)
-    if path is None:
-        raise ValueError(
-            f"unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
-        )
-    from matrix_mcp.store.sqlite import SQLiteStore
-
-    return await SQLiteStore.open(path)
 
 
 def json_depth(value: Any, limit: int) -> int:
@@ -158,7 +142,7 @@ class Engine:
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
-        store = await open_store(settings)
+        store = await open_store(settings.database_url)
         try:
             return cls(store, settings)
         except BaseException:

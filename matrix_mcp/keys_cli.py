@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import StoreError
 from matrix_mcp.http.keys import hash_key, new_key
 from matrix_mcp.http.scopes import parse_scopes
-from matrix_mcp.store.base import StoreError
 
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

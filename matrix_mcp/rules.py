@@ -11,16 +11,23 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp.audit import stamped
 from matrix_mcp.errors import Conflict, NotFound, StaleLease
 from matrix_mcp.models import ClaimReason, RunAction, Status
 
-# A database row read by column name: sqlite3.Row or a psycopg dict row.
-RowLike = Any
+
+class RowLike(Protocol):
+    """A database row read by column name: a sqlite3.Row or a psycopg dict row (or a dict in tests)."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 ERROR_IN_EVENT = 500  # characters of a worker's error an event carries
 REQUEUED_IDS_IN_EVENT = 100
 LEASE_EXPIRED = "lease expired"
@@ -111,7 +118,10 @@ def stale_token(row: RowLike) -> StaleLease:
     return StaleLease(stale_token_message(row), field="lease_token")
 
 
-def check_lease(row: RowLike | None, outcome_id: str, token: str) -> RowLike:
+RowT = TypeVar("RowT", bound=RowLike)
+
+
+def check_lease(row: RowT | None, outcome_id: str, token: str) -> RowT:
     """The locked row of a report: it must exist and carry this lease token."""
     if row is None:
         raise unknown_outcome(outcome_id)

@@ -33,6 +33,7 @@ from pydantic import AnyUrl, BaseModel, Field, ValidationError
 from matrix_mcp import __version__
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
 from matrix_mcp.integrations.tools import HOOK_TOOLS, hook_resources
 from matrix_mcp.models import (
@@ -67,7 +68,6 @@ from matrix_mcp.sdk_compat import (
     ToolSpec,
     build_tools,
 )
-from matrix_mcp.store.base import NotFound, StoreError, Unavailable
 from matrix_mcp.toolsets import in_toolset
 
 if TYPE_CHECKING:

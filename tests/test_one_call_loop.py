@@ -15,8 +15,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.errors import StaleLease
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import StaleLease
 from matrix_mcp.toolsets import ORCHESTRATOR_TOOLS, WORKER_TOOLS
 from tests.conftest import assert_consistent
 from tests.test_contract import Clock, grid

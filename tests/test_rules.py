@@ -14,7 +14,7 @@ from matrix_mcp import rules
 from matrix_mcp.audit import acting_as
 from matrix_mcp.errors import Conflict, NotFound, StaleLease
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import Report
+from matrix_mcp.store.params import Report
 
 # ---- pure rules -----------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
     import psycopg
     from psycopg.rows import dict_row
 
-    from matrix_mcp.store.base import NewItem, NewPackage
+    from matrix_mcp.store.params import NewItem, NewPackage
     from matrix_mcp.store.postgres import PostgresStore
     from matrix_mcp.store.postgres.sql import _SWEEP_SQL
     from matrix_mcp.store.postgres.transitions import SWEEP_LIMIT
@@ -322,7 +322,7 @@ PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[Healt
 
 def _leased_items(postgres_database: str, n: int) -> tuple[str, list[str]]:
     """A run of `n` items on a fresh database: its id and the items' ids in order."""
-    from matrix_mcp.store.base import NewItem, NewPackage
+    from matrix_mcp.store.params import NewItem, NewPackage
     from matrix_mcp.store.postgres import PostgresStore
 
     async def populate() -> str:

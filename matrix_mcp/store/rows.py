@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matrix_mcp import rules
+from matrix_mcp.errors import StoreError
 from matrix_mcp.models import (
     STATUSES,
     Attempt,
@@ -27,13 +28,12 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import ApiKey, Claim, OutcomeFilter, StoreError
+from matrix_mcp.rules import RowLike
+from matrix_mcp.store.params import ApiKey, Claim, OutcomeFilter
 
 # Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
 HIST_BASE = 1.2
 HIST_MIN = 0.001
-# A database row read by column name: sqlite3.Row or a psycopg dict row.
-RowLike = Any
 LINES_METRIC = "lines_generated"
 QUALITY_METRIC = "quality_score"
 
@@ -105,22 +105,44 @@ def spec_dumps(spec: Any) -> str | None:
     return None if spec is None else dumps(spec)
 
 
-def encode_cursor(n: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{n}".encode()).decode().rstrip("=")
+# ---- the one cursor codec: an opaque page cursor is its payload text, base64url without padding -----
+
+DELIVERY_CURSOR = ""  # delivery pages: the sequence number alone
+OUTCOME_CURSOR = "o:"  # outcome pages
 
 
-def decode_cursor(cursor: str | None) -> int:
+def cursor_text(payload: str) -> str:
+    """The cursor carrying `payload`."""
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def cursor_payload(cursor: str) -> str | None:
+    """The payload of a cursor `cursor_text` made; None for anything else."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def encode_cursor(n: int, *, kind: str = OUTCOME_CURSOR) -> str:
+    """A page cursor after sequence number `n` (an outcome's or a delivery's `n`)."""
+    return cursor_text(kind + str(n))
+
+
+def decode_cursor(cursor: str | None, *, kind: str = OUTCOME_CURSOR) -> int:
+    """The sequence number an `encode_cursor` cursor of this kind carries (0: no cursor, the first page);
+    anything else is refused, as is a number neither store can bind (64-bit)."""
     if not cursor:
         return 0
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        value = int(number)
-        if prefix != "o" or not 0 <= value < 2**63:  # a sequence both stores can bind (64-bit integer)
-            raise ValueError
-        return value
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError("cursor is not one this server issued", field="cursor") from exc
+    payload = cursor_payload(cursor)
+    if payload is not None and payload.startswith(kind):
+        try:
+            value = int(payload[len(kind) :])
+        except ValueError:
+            value = -1
+        if 0 <= value < 2**63:
+            return value
+    raise StoreError("cursor is not one this server issued", field="cursor")
 
 
 def pinned(columns: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -245,7 +267,7 @@ def outcome_from(row: RowLike) -> Outcome:
     )
 
 
-def detail_from(row: RowLike, history: list[RowLike]) -> OutcomeDetail:
+def detail_from(row: RowLike, history: Sequence[RowLike]) -> OutcomeDetail:
     base = outcome_from(row).model_dump()
     return OutcomeDetail(
         **base,

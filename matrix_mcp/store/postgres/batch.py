@@ -28,12 +28,8 @@ from matrix_mcp.models import (
     Status,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
-    Claim,
-    Report,
-    Reported,
-)
 from matrix_mcp.store.group_commit import Request
+from matrix_mcp.store.params import Claim, Report, Reported
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.sql import (
     _COL,

@@ -21,10 +21,7 @@ from pydantic import TypeAdapter
 
 from matrix_mcp.audit import acting_as
 from matrix_mcp.config import redact_text, redact_url, url_password
-from matrix_mcp.store.base import (
-    StoreError,
-    Unavailable,
-)
+from matrix_mcp.errors import StoreError, Unavailable
 from matrix_mcp.store.group_commit import GroupCommit
 from matrix_mcp.store.postgres.batch import (
     _IN_TRANSACTION,
@@ -47,15 +44,15 @@ from matrix_mcp.store.postgres.batch import (
     _write_deltas,
     log,
 )
-from matrix_mcp.store.postgres.sql import _LATEST_SEQ_SQL, _ROLLUP_SQL
-from matrix_mcp.store.postgres.transitions import _merged, _recover_claims
-from matrix_mcp.store.postgres_schema import (
+from matrix_mcp.store.postgres.migrations import (
     EVENTS_LOCK,
     MIGRATION_LOCK,
     MIGRATIONS,
     NOTIFY_CHANNEL,
     ROLLUP_LOCK,
 )
+from matrix_mcp.store.postgres.sql import _LATEST_SEQ_SQL, _ROLLUP_SQL
+from matrix_mcp.store.postgres.transitions import _merged, _recover_claims
 
 POOL_MIN = 2
 
@@ -112,7 +109,7 @@ class Connection:
     async def open(cls, url: str) -> Self:
         if url.startswith("postgresql+psycopg://"):
             url = "postgresql://" + url[len("postgresql+psycopg://") :]
-        from matrix_mcp.store.postgres_connect import check_connect
+        from matrix_mcp.store.postgres.connect import check_connect
 
         await check_connect(url, url_password(url) or "")  # a refusal at once, an unreachable server briefly
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(

@@ -11,8 +11,9 @@ from psycopg import sql
 
 from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
-from matrix_mcp.store.postgres_schema import EVENTS_LOCK, NOTIFY_CHANNEL
+from matrix_mcp.store.postgres.migrations import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.batch import Conn
@@ -238,7 +239,7 @@ class PostgresHooks:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = H.decode_cursor(query.cursor)
+        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 

@@ -41,7 +41,7 @@ from matrix_mcp.models import (
     SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
+from matrix_mcp.store.params import (
     ApiKey,
     Cell,
     Collected,
@@ -49,7 +49,6 @@ from matrix_mcp.store.base import (
     MinuteCount,
     OutcomeFilter,
     RunOverview,
-    paged_outcomes,
 )
 from matrix_mcp.store.postgres.batch import (
     _IN_TRANSACTION,
@@ -60,6 +59,9 @@ from matrix_mcp.store.postgres.batch import (
     _Tx,
 )
 from matrix_mcp.store.postgres.counters import _rebuild, _recount, _summaries, _summary
+from matrix_mcp.store.postgres.migrations import (
+    ROLLUP_LOCK,
+)
 from matrix_mcp.store.postgres.sql import (
     _LATEST_SEQ_SQL,
     _ONE_RUN_SQL,
@@ -70,9 +72,7 @@ from matrix_mcp.store.postgres.sql import (
     queue_status_filter,
 )
 from matrix_mcp.store.postgres.writes import Writes
-from matrix_mcp.store.postgres_schema import (
-    ROLLUP_LOCK,
-)
+from matrix_mcp.store.protocol import paged_outcomes
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.hooks import PostgresHooks

@@ -14,12 +14,7 @@ from matrix_mcp.models import (
     Run,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
-    Claim,
-    ClaimBatch,
-    NextClaim,
-    StatusChange,
-)
+from matrix_mcp.store.params import Claim, ClaimBatch, NextClaim, StatusChange
 from matrix_mcp.store.postgres.batch import (
     Conn,
     Row,
@@ -290,7 +285,7 @@ async def _leased_row(tx: _Tx, outcome_id: str, token: str) -> Row:
         " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
         (outcome_id,),
     )
-    return rules.check_lease(row, outcome_id, token)  # type: ignore[no-any-return]
+    return rules.check_lease(row, outcome_id, token)
 
 
 async def _sweep(tx: _Tx, run_id: str, now: float) -> int:

@@ -22,7 +22,7 @@ from matrix_mcp.models import (
     ts,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
+from matrix_mcp.store.params import (
     ClaimBatch,
     ClaimRequest,
     Failure,
@@ -300,9 +300,10 @@ class Writes(Connection):
             # the statement completes the item when its lease holds (rules.lease_holds, with
             # rules.duration: tests/test_rules.py holds the SQL to them); `row` is the item before it
             row = await tx.one(_COMPLETE_SQL, params)
-            if not rules.check_complete(row, outcome_id, lease_token, report):
+            fresh = rules.check_complete(row, outcome_id, lease_token, report)
+            assert row is not None  # (check_complete raised otherwise)
+            if not fresh:
                 return R.outcome_from(row)  # the identical report, repeated
-            assert row is not None
             tx.wrote = True
             t = rules.complete(
                 row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata)
@@ -512,6 +513,7 @@ class Writes(Connection):
                 rules.integration(integration_type=integration_type, action=action, status=status),
                 now,
             )
+            assert row is not None  # (an INSERT … RETURNING answers its row)
             return R.integration_from(row)
 
         return await self._write(op, journal=_INTEGRATION_ANSWER)

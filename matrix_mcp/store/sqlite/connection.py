@@ -17,11 +17,10 @@ import anyio
 import anyio.lowlevel
 
 from matrix_mcp.audit import acting_as
-from matrix_mcp.store.base import (
-    Unavailable,
-)
+from matrix_mcp.errors import Unavailable
 from matrix_mcp.store.group_commit import GroupCommit, Request
-from matrix_mcp.store.sqlite_schema import MIGRATIONS
+from matrix_mcp.store.sqlite.aiosqlite_private import in_thread, raw_connection
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS
 
 log = logging.getLogger("matrix_mcp.store.sqlite")
 
@@ -90,15 +89,6 @@ class _Checkpointer:
 def _is_busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
-
-
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run fn(sqlite3_connection, *args) on the aiosqlite connection's own thread, in one hop.
-
-    aiosqlite's public methods cost one thread hop per statement; a group-commit batch or a
-    multi-statement snapshot read runs as one function instead.
-    """
-    return await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call,no-any-return]
 
 
 class _Request(Request):
@@ -175,7 +165,7 @@ class Connection:
             if reader:
                 c.execute("PRAGMA query_only = ON")
 
-        await _in_thread(conn, setup)
+        await in_thread(conn, setup)
         return conn
 
     async def close(self) -> None:
@@ -212,7 +202,7 @@ class Connection:
                     c.execute("ROLLBACK")
                     raise
 
-        await _in_thread(self._writer, migrate)
+        await in_thread(self._writer, migrate)
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -227,8 +217,8 @@ class Connection:
         hundred microseconds of work); when another process holds the lock, wait for it on the writer's
         thread instead."""
         assert self._inline is not None
-        if not self._run_batch(self._inline._conn, batch, wait=False):
-            await _in_thread(self._writer, self._run_batch, batch, True)
+        if not self._run_batch(raw_connection(self._inline), batch, wait=False):
+            await in_thread(self._writer, self._run_batch, batch, True)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -325,4 +315,4 @@ class Connection:
             raise AssertionError("unreachable")
 
         async with self._reader_locks[index]:
-            return await _in_thread(conn, in_snapshot)
+            return await in_thread(conn, in_snapshot)

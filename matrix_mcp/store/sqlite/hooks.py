@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class SQLiteHooks:
         return await self._store._read(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = H.decode_cursor(query.cursor)
+        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 

@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from matrix_mcp import rules
+from matrix_mcp.errors import StoreError
 from matrix_mcp.models import (
     STATUSES,
     Event,
@@ -30,7 +31,7 @@ from matrix_mcp.models import (
     SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
+from matrix_mcp.store.params import (
     ApiKey,
     Cell,
     Collected,
@@ -38,9 +39,8 @@ from matrix_mcp.store.base import (
     MinuteCount,
     OutcomeFilter,
     RunOverview,
-    StoreError,
-    paged_outcomes,
 )
+from matrix_mcp.store.protocol import paged_outcomes
 from matrix_mcp.store.sqlite.counters import (
     _hist_dumps,
     _recount,

@@ -13,13 +13,7 @@ from matrix_mcp.models import (
     Run,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
-    Claim,
-    ClaimBatch,
-    ClaimRequest,
-    NextClaim,
-    StatusChange,
-)
+from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, NextClaim, StatusChange
 from matrix_mcp.store.sqlite.counters import add_event, apply
 from matrix_mcp.store.sqlite.sql import _CLAIM_MOVE_SQL, _EARLIEST, _OUTCOME_SELECT, _RUN_SELECT
 
@@ -61,8 +55,8 @@ def _event(
 
 
 def _leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
-    row = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
-    return rules.check_lease(row, outcome_id, token)  # type: ignore[no-any-return]
+    row: sqlite3.Row | None = c.execute(_OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+    return rules.check_lease(row, outcome_id, token)
 
 
 def _sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:

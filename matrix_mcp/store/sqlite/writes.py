@@ -22,7 +22,7 @@ from matrix_mcp.models import (
     ts,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
+from matrix_mcp.store.params import (
     ClaimBatch,
     ClaimRequest,
     Failure,

@@ -1,0 +1,29 @@
+"""The outcome store: the Store protocol (`protocol`), its parameter objects (`params`), what both dialects
+share (`rows`, `group_commit`, `hooks`), and one package per dialect (`sqlite`, `postgres`).
+
+`open_store(url)` is the one way in: it imports a dialect only when its URL is asked for (psycopg only for
+PostgreSQL)."""
+
+from __future__ import annotations
+
+from matrix_mcp.config import is_postgres_url, redact_url, sqlite_path
+from matrix_mcp.store.protocol import Store
+
+
+async def open_store(url: str) -> Store:
+    """The store at `url` (sqlite:///path or postgresql://…), opened and migrated."""
+    if is_postgres_url(url):
+        from matrix_mcp.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    path = sqlite_path(url)
+    if path is None:
+        raise ValueError(
+            f"unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
+        )
+    from matrix_mcp.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(path)
+
+
+__all__ = ["Store", "open_store"]
