@@ -99,8 +99,9 @@ class _Request(Request):
         self.fn = fn
 
 
-class Connection:
-    """The SQLite store's plumbing: its connections, migrations, group-commit writes and snapshot reads."""
+class Database:
+    """The SQLite store's plumbing: its connections, migrations, group-commit writes (`write`) and snapshot
+    reads (`read`). The store's modules take it and hand it their functions of a sqlite3 connection."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
         self.path = path
@@ -130,7 +131,7 @@ class Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
         writer = await cls._connect(path)
         store = cls(path, writer, [])
-        await store._migrate()
+        await store.migrate()
         store._inline = await cls._connect(path, busy_ms=0)
         store._readers = [await cls._connect(path, reader=True) for _ in range(READERS)]
         store._reader_locks = [anyio.Lock() for _ in store._readers]
@@ -177,7 +178,7 @@ class Connection:
         for conn in [self._writer, *([self._inline] if self._inline else []), *self._readers]:
             await conn.close()
 
-    async def _migrate(self) -> None:
+    async def migrate(self) -> None:
         def migrate(c: sqlite3.Connection) -> None:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
@@ -206,7 +207,7 @@ class Connection:
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    async def _write(self, fn: Op[T]) -> T:
+    async def write(self, fn: Op[T]) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all."""
         if self._closed:
             raise Unavailable("the store is closed")
@@ -230,7 +231,7 @@ class Connection:
             if self._batches % CHECKPOINT_EVERY == 0:
                 self._checkpointer.request()
 
-    def _next_change(self) -> anyio.Event:
+    def next_change(self) -> anyio.Event:
         """Set when the next write batch of this process commits."""
         if self._changed is None:
             self._changed = anyio.Event()
@@ -294,7 +295,7 @@ class Connection:
                 time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
         return True  # pragma: no cover - the loop always returns
 
-    async def _read(self, fn: Op[T]) -> T:
+    async def read(self, fn: Op[T]) -> T:
         if self._closed:
             raise Unavailable("the store is closed")
         index = self._next_reader = (self._next_reader + 1) % len(self._readers)
@@ -316,3 +317,6 @@ class Connection:
 
         async with self._reader_locks[index]:
             return await in_thread(conn, in_snapshot)
+
+    async def integrity_check(self) -> str:
+        return await self.read(lambda c: str(c.execute("PRAGMA integrity_check").fetchone()[0]))

@@ -10,13 +10,16 @@ from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.models import (
+    STATUSES,
     PackageSummary,
     RecountReport,
     Status,
+    SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.sqlite import sql
-from matrix_mcp.store.sqlite.sql import _COMPLETE_SQL, _COUNTER_COLUMNS, _MOVE_CONTRIB_SQL, _MOVE_SQL
+from matrix_mcp.store.params import MinuteCount
+from matrix_mcp.store.sqlite import events, sql
+from matrix_mcp.store.sqlite.connection import Database
 
 
 def apply(
@@ -37,7 +40,7 @@ def apply(
     if hist_read and len(added) == 1 and t.old != t.new:
         _complete_counters(c, row, t.old, t.new, added[0])
     else:
-        _move(c, t.package_id, t.old, t.new)
+        move(c, t.package_id, t.old, t.new)
         for x in added:
             _add_contribution(c, t.package_id, x.metrics, x.duration, +1)
     if t.clear_metric_rows:
@@ -46,28 +49,20 @@ def apply(
         _insert_metrics(c, t.outcome_id, t.metric_rows)
     if t.minute is not None:
         m = t.minute
-        _minute(c, t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
-    add_event(c, t.run_id, t.outcome_id, t.event, now)
+        add_minute(c, t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
+    events.add_event(c, t.run_id, t.outcome_id, t.event, now)
 
 
-def add_event(
-    c: sqlite3.Connection, run_id: str | None, outcome_id: str | None, ev: rules.Ev, now: float
-) -> int:
-    """Append to the change feed; returns the event's sequence number."""
-    cur = c.execute(sql.INSERT_EVENT, (run_id, outcome_id, ev.kind, ev.payload(), now))
-    return int(cur.lastrowid or 0)
-
-
-def _move(
+def move(
     c: sqlite3.Connection, package_id: int, old: Status, new: Status, contrib: dict[str, float] | None = None
 ) -> None:
     """Move one item between status counters; `contrib` adds a completion's sums in the same statement."""
     if old == new and contrib is None:
         return
     if contrib is None:
-        c.execute(_MOVE_SQL[old, new], (package_id,))
+        c.execute(sql.MOVE_SQL[old, new], (package_id,))
     else:
-        c.execute(_MOVE_CONTRIB_SQL[old, new], (*(contrib[k] for k in _COUNTER_COLUMNS), package_id))
+        c.execute(sql.MOVE_CONTRIB_SQL[old, new], (*(contrib[k] for k in sql.COUNTER_COLUMNS), package_id))
 
 
 def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign: int) -> None:
@@ -88,7 +83,7 @@ def _hist_add(text: str | None, duration: float, sign: int) -> str:
         hist[bucket] = n
     else:
         hist.pop(bucket, None)
-    return _hist_dumps(hist)
+    return hist_dumps(hist)
 
 
 def _complete_counters(
@@ -98,10 +93,12 @@ def _complete_counters(
     (a fresh completion): the status move, the summary sums and the duration histogram in one statement."""
     contrib = R.contribution(added.metrics, added.duration)
     if added.duration is None:
-        _move(c, row["package_id"], old, new, contrib)
+        move(c, row["package_id"], old, new, contrib)
         return
     hist = _hist_add(row["package_duration_hist"], added.duration, +1)
-    c.execute(_COMPLETE_SQL[old, new], (*(contrib[k] for k in _COUNTER_COLUMNS), hist, row["package_id"]))
+    c.execute(
+        sql.COMPLETE_SQL[old, new], (*(contrib[k] for k in sql.COUNTER_COLUMNS), hist, row["package_id"])
+    )
 
 
 def _hist_loads(text: str | None) -> dict[int, int]:
@@ -109,7 +106,7 @@ def _hist_loads(text: str | None) -> dict[int, int]:
     return dict(json.loads(text or "[]"))
 
 
-def _hist_dumps(hist: dict[int, int]) -> str:
+def hist_dumps(hist: dict[int, int]) -> str:
     return json.dumps(sorted(hist.items()), separators=(",", ":"))
 
 
@@ -120,7 +117,7 @@ def _add_contribution(
     c.execute(
         "UPDATE packages SET duration_sum = duration_sum + ?, duration_n = duration_n + ?, lines_sum = lines_sum + ?,"
         " quality_sum = quality_sum + ?, quality_n = quality_n + ? WHERE id = ?",
-        (*(sign * contrib[k] for k in _COUNTER_COLUMNS), package_id),
+        (*(sign * contrib[k] for k in sql.COUNTER_COLUMNS), package_id),
     )
     if duration is not None:
         _add_histogram(c, package_id, duration, sign)
@@ -133,7 +130,7 @@ def _insert_metrics(c: sqlite3.Connection, outcome_id: str, metrics: Mapping[str
         c.executemany(sql.INSERT_METRIC, [(outcome_id, k, v) for k, v in values])
 
 
-def _minute(
+def add_minute(
     c: sqlite3.Connection,
     run_id: str,
     now: float,
@@ -150,7 +147,7 @@ def _minute(
     )
 
 
-def _summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[PackageSummary]:
+def summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[PackageSummary]:
     rows = c.execute(
         "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id"
         " WHERE " + where + " ORDER BY r.created_at, p.position",
@@ -176,8 +173,8 @@ def _summary(row: sqlite3.Row) -> PackageSummary:
     return hit.model_copy()
 
 
-def _truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
-    truth = R.Truth(_COUNTER_COLUMNS)
+def package_truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
+    truth = R.Truth(sql.COUNTER_COLUMNS)
     for status, n in c.execute(
         "SELECT status, COUNT(*) FROM outcomes WHERE package_id = ? GROUP BY status", (package_id,)
     ):
@@ -190,12 +187,105 @@ def _truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
     return truth.result()
 
 
-def _recount(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
+def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     where, args = ("WHERE p.run_id = ?", [run_id]) if run_id else ("", [])
     mismatches: list[str] = []
     for p in c.execute(
         "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id " + where, args
     ):
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
-        mismatches += R.counter_mismatches(p, _truth(c, p["id"]), hist, _COUNTER_COLUMNS)
+        mismatches += R.counter_mismatches(p, package_truth(c, p["id"]), hist, sql.COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
+
+
+async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:
+    def op(c: sqlite3.Connection) -> list[MinuteCount]:
+        rows = c.execute(
+            "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
+            " ORDER BY minute",
+            (run_id, since_minute),
+        ).fetchall()
+        return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    return await db.read(op)
+
+
+async def package_summaries(db: Database, run_id: str) -> list[PackageSummary]:
+    return await db.read(lambda c: summaries(c, "p.run_id = ?", [run_id]))
+
+
+async def package_summary(db: Database, package: str, *, run_id: str | None) -> PackageSummary:
+    def op(c: sqlite3.Connection) -> PackageSummary:
+        if run_id is not None:
+            found = summaries(c, "p.run_id = ? AND p.name = ?", [run_id, package])
+        else:
+            found = summaries(c, "p.name = ?", [package])
+        return R.the_one_summary(found, package)
+
+    return await db.read(op)
+
+
+async def system_metrics(db: Database, run_id: str | None, *, now: float) -> SystemMetrics:
+    def op(c: sqlite3.Connection) -> SystemMetrics:
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        t = c.execute(
+            "SELECT COALESCE(SUM(pending),0) AS pending, COALESCE(SUM(generating),0) AS generating,"
+            " COALESCE(SUM(complete),0) AS complete, COALESCE(SUM(failed),0) AS failed,"
+            " COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(duration_sum),0) AS ds,"
+            " COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls,"
+            " COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn"
+            " FROM packages " + where,
+            args,
+        ).fetchone()
+        since_minute = R.hourly_since_minute(now)
+        hours = c.execute(
+            "SELECT minute / 60 AS hour, SUM(completed) AS completed, SUM(failed) AS failed,"
+            " SUM(duration_sum) AS ds, SUM(duration_n) AS dn FROM outcome_minutes"
+            " WHERE minute >= ?"
+            + (" AND run_id = ?" if run_id else "")
+            + " GROUP BY minute / 60 ORDER BY hour",
+            [since_minute, *args],
+        ).fetchall()
+        run_name = None
+        if run_id:
+            run_name = c.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+        return R.system_metrics_from(run_name, t, hours)
+
+    return await db.read(op)
+
+
+async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
+    return await db.read(
+        lambda c: R.status_counts_from(
+            c.execute(
+                "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
+                " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+                " FROM packages GROUP BY name ORDER BY name"
+            )
+        )
+    )
+
+
+async def recount(db: Database, run_id: str | None = None) -> RecountReport:
+    return await db.read(lambda c: recount_rows(c, run_id))
+
+
+async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
+    def op(c: sqlite3.Connection) -> None:
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        for p in c.execute("SELECT id FROM packages " + where, args).fetchall():
+            truth = package_truth(c, p[0])
+            c.execute(
+                "UPDATE packages SET total = ?, pending = ?, generating = ?, complete = ?, failed = ?,"
+                " cancelled = ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?,"
+                " quality_n = ? WHERE id = ?",
+                (
+                    truth["total"],
+                    *(truth[s] for s in STATUSES),
+                    *(truth[k] for k in sql.COUNTER_COLUMNS),
+                    p[0],
+                ),
+            )
+            c.execute("UPDATE packages SET duration_hist = ? WHERE id = ?", (hist_dumps(truth["hist"]), p[0]))
+
+    await db.write(op)

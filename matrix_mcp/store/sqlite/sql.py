@@ -8,7 +8,7 @@ from matrix_mcp.models import (
     STATUSES,
 )
 
-_RUN_SELECT = """
+RUN_SELECT = """
 SELECT r.*, COUNT(p.id) AS packages,
        COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
        COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
@@ -17,18 +17,18 @@ FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 """
 
 
-_OUTCOME_SELECT = """
+OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
 p.duration_hist AS package_duration_hist
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
 
 
-_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.
-_MOVE_SQL = {
+MOVE_SQL = {
     (a, b): "UPDATE packages SET " + a + " = " + a + " - 1, " + b + " = " + b + " + 1 WHERE id = ?"
     for a in STATUSES
     for b in STATUSES
@@ -36,7 +36,7 @@ _MOVE_SQL = {
 }
 
 
-_MOVE_CONTRIB_SQL = {
+MOVE_CONTRIB_SQL = {
     (a, b): "UPDATE packages SET "
     + a
     + " = "
@@ -55,20 +55,20 @@ _MOVE_CONTRIB_SQL = {
 
 
 # a completion with a duration: status move, summary sums and the duration histogram in one statement
-_COMPLETE_SQL = {
+COMPLETE_SQL = {
     move: text.replace(" WHERE id = ?", ", duration_hist = ? WHERE id = ?")
-    for move, text in _MOVE_CONTRIB_SQL.items()
+    for move, text in MOVE_CONTRIB_SQL.items()
 }
 
 
 # a claim's counter move (rules.CLAIMED_MOVE) with the package's fairness clock
-_CLAIM_MOVE_SQL = (
+CLAIM_MOVE_SQL = (
     "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ? WHERE id = ?"
 )
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
-_EARLIEST = {
+EARLIEST = {
     "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
     "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
 }

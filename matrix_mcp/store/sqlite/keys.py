@@ -1,0 +1,64 @@
+"""The SQLite store's API keys: only their hashes are stored."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from matrix_mcp import rules
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.params import (
+    ApiKey,
+)
+from matrix_mcp.store.sqlite.connection import Database
+
+
+async def create_api_key(
+    db: Database, name: str, *, key_hash: str, scopes: Sequence[str], now: float
+) -> ApiKey:
+    def op(c: sqlite3.Connection) -> ApiKey:
+        if c.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone() is not None:
+            raise rules.key_exists(name)
+        c.execute(
+            "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
+            (name, key_hash, R.dumps(list(scopes)), now),
+        )
+        return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
+
+    return await db.write(op)
+
+
+async def list_api_keys(db: Database) -> list[ApiKey]:
+    return await db.read(
+        lambda c: [R.api_key_from(r) for r in c.execute("SELECT * FROM api_keys ORDER BY name")]
+    )
+
+
+async def revoke_api_key(db: Database, name: str, *, now: float) -> ApiKey:
+    def op(c: sqlite3.Connection) -> ApiKey:
+        c.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+        row = c.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise rules.unknown_key(name)
+        return R.api_key_from(row)
+
+    return await db.write(op)
+
+
+async def api_key_by_hash(db: Database, key_hash: str) -> ApiKey | None:
+    def op(c: sqlite3.Connection) -> ApiKey | None:
+        row = c.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return None if row is None else R.api_key_from(row)
+
+    return await db.read(op)
+
+
+async def touch_api_key(db: Database, name: str, *, now: float) -> None:
+    def op(c: sqlite3.Connection) -> None:
+        # never backwards (as on PostgreSQL): processes stamp uses with their own clocks
+        c.execute(
+            "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+            (now, name),
+        )
+
+    await db.write(op)
