@@ -273,9 +273,8 @@ def format_status(status: Any) -> str:
         f"{c.generating} generating, {c.pending} pending, {c.cancelled} cancelled"
     ]
     if status.throughput_per_minute:
-        lines.append(
-            f"throughput {status.throughput_per_minute:.1f} items/min, ETA {status.eta_seconds or 0:.0f} s"
-        )
+        eta = "–" if status.eta_seconds is None else f"{status.eta_seconds:.0f} s"
+        lines.append(f"throughput {status.throughput_per_minute:.1f} items/min, ETA {eta}")
     lines.append(
         f"{'package':<24} {'done':>9} {'failed':>6} {'success':>8} {'avg s':>7} {'p90 s':>7} {'lines':>7} {'quality':>7}"
     )

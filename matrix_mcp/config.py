@@ -52,6 +52,16 @@ def add_serve_flags(parser: argparse.ArgumentParser, port: int) -> None:
         "--allowed-origins", action="append", help="HTTP: browser origins (env MATRIX_ALLOWED_ORIGINS)"
     )
     parser.add_argument("--public-url", help="HTTP: the URL clients reach, e.g. https://matrix.example.com")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        help="HTTP: seconds a connection has to send a request's headers (env MATRIX_HTTP_HEADER_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        action="append",
+        help="HTTP: proxies whose X-Forwarded-For is believed, addresses or CIDRs (env MATRIX_TRUSTED_PROXIES)",
+    )
 
 
 def setup_logging(level: str, prog: str) -> None:

@@ -65,6 +65,7 @@ from matrix_mcp.store.params import (
     ClaimBatch,
     ClaimRequest,
     Failure,
+    FinishedSpan,
     NewItem,
     NewPackage,
     NewRecord,
@@ -86,6 +87,9 @@ REPAIR_RECENT_EVENTS = 20_000
 COPY_ON_LOOP_BYTES = 64 * 1024
 # Test hook: SIGKILL this process between the store's commit and the link, as a kill at any moment can.
 _KILL_AFTER_COMMIT = os.environ.get("MATRIX_TEST_KILL_AFTER_COMMIT") == "1"
+# A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
+FINISHED_RUN_STATES = ("done", "cancelled")
+SPAN_CACHE_RUNS = 1024  # finished runs whose span this process keeps (a bound, not a tuning knob)
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
@@ -139,6 +143,8 @@ class Engine:
         # outcome id -> (run id, package, item, outcome_type, outcome_path) for items this process leased:
         # a worker reports through the server it claimed through, so complete/fail need no extra read.
         self._leased: dict[str, tuple[str, str, str, str, str | None]] = {}
+        # run id -> (the event sequence it was read at, its finished span): see _finished_rate
+        self._spans: dict[str, tuple[int, FinishedSpan]] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
@@ -539,8 +545,12 @@ class Engine:
         overview = await self.store.run_overview(info.id, since=now - window)
         snapshot, summaries, finished_recent = overview.run, overview.packages, overview.finished_since
         latest = overview.latest_seq  # read after any wait, so it covers the events returned
-        span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
-        per_minute = round(finished_recent / span * 60, 3) if finished_recent else None
+        if snapshot.state in FINISHED_RUN_STATES:
+            # nothing is left to do: the run's actual rate, the same however late it is asked
+            per_minute = await self._finished_rate(info.id, overview.latest_seq)
+        else:
+            span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
+            per_minute = round(finished_recent / span * 60, 3) if finished_recent else None
         remaining_items = snapshot.counts.pending + snapshot.counts.generating
         eta = round(remaining_items / (per_minute / 60), 1) if per_minute and remaining_items else None
         more = len(events) > event_limit
@@ -558,6 +568,24 @@ class Engine:
             events=events[:event_limit],
             more_events=more,
         )
+
+    async def _finished_rate(self, run_id: str, latest_seq: int) -> float | None:
+        """Items finished per minute over the span from the first start to the last finish. Every change
+        to a run's items is an event, so a span read at event sequence `latest_seq` (or later) stays true
+        until the sequence moves on: a watched finished run is read once, not on every poll."""
+        cached = self._spans.get(run_id)
+        if cached is not None and cached[0] == latest_seq:
+            span = cached[1]
+        else:
+            span = await self.store.finished_span(run_id)
+            self._spans.pop(run_id, None)
+            if len(self._spans) >= SPAN_CACHE_RUNS:
+                self._spans.pop(next(iter(self._spans)))
+            self._spans[run_id] = (latest_seq, span)
+        if not span.finished or span.first_started_at is None or span.last_finished_at is None:
+            return None
+        seconds = max(1.0, span.last_finished_at - span.first_started_at)
+        return round(span.finished / seconds * 60, 3)
 
     # ---- the seed's tracking API ----------------------------------------------------------------
 

@@ -240,7 +240,10 @@ class RunStatus(_Model):
     counts: StatusCounts
     packages: list[PackageSummary]
     progress: float
-    throughput_per_minute: float | None = Field(default=None, description="Finished per minute, last 5 min.")
+    throughput_per_minute: float | None = Field(
+        default=None,
+        description="Finished per minute: over the last 5 min; for a done or cancelled run, first start to last finish.",
+    )
     eta_seconds: float | None = None
     latest_seq: int
     events: list[Event]

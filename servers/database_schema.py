@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "DB_HOST/DB_NAME"
         )
         check_database_url(url, source)
+        anyio.run(check_database, url)
     except SettingError as exc:
         sys.exit(f"matrix-schema-mcp: {exc}")
     log.info("analysing %s over %s", redact_url(url), args.transport)
@@ -154,6 +155,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"matrix-schema-mcp: {exc}")
     except KeyboardInterrupt:
         pass
+
+
+async def check_database(url: str) -> None:
+    """Open the database read-only once before serving (as matrix-mcp opens its store), so a wrong path,
+    host or password is one line at start-up, not an error at the client's first call."""
+    from matrix_mcp.config import redact_text
+    from matrix_mcp.schema.service import open_reader
+
+    try:
+        reader = open_reader(url)
+        try:
+            with anyio.fail_after(CHECK_SECONDS):
+                await reader.list_relations()
+        finally:
+            await reader.close()
+    except TimeoutError:
+        raise SettingError(
+            f"database {redact_url(url)!r} did not answer within {CHECK_SECONDS:g} s"
+        ) from None
+    except Exception as exc:  # any driver's refusal: one line naming the database, never a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingError(f"cannot read database {redact_url(url)!r}: {redact_text(first)}") from None
+
+
+CHECK_SECONDS = 15.0
 
 
 class KeysStore:

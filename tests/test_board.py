@@ -259,3 +259,45 @@ async def test_dns_rebinding_protection_covers_the_board_and_the_api(sqlite_sett
         )
         assert post.status_code == 421
         assert (await h.get("/ui/", headers={"Origin": base})).status_code == 200
+
+
+async def test_a_finished_runs_rate_is_the_same_over_mcp_rest_and_the_cli(sqlite_settings: Settings) -> None:
+    """A run that finished an hour ago: 4 items started together and finished 30 s later are 8 per
+    minute on every surface, not a figure that depends on when it is asked (nor none, once the
+    five-minute window has passed them)."""
+    import sys
+
+    from matrix_mcp.models import PackageSpec
+    from tests.http_helpers import client
+
+    t = time.time() - 3600
+    engine = await Engine.open(sqlite_settings)
+    try:
+        engine.now = lambda: t  # type: ignore[method-assign]
+        await engine.plan_run("r", packages=[PackageSpec(name="p", items=["a", "b", "c", "d"])])
+        claimed = (await engine.claim_items("r", worker="w", limit=4)).items
+        t += 30
+        for item in claimed:
+            await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    finally:
+        await engine.close()
+    async with serving(sqlite_settings, auth=False) as (base, _), httpx2.AsyncClient(base_url=base) as h:
+        rest = (await h.get("/api/v1/runs/r")).json()
+        async with client(base, None) as mcp:
+            tool = (await mcp.call_tool("run_status", {"run": "r"})).structured_content or {}
+    for got in (rest, tool):
+        assert (got["state"], got["throughput_per_minute"], got.get("eta_seconds")) == ("done", 8.0, None)
+    cli = await anyio.run_process(
+        [
+            str(Path(sys.executable).parent / "matrix-mcp"),
+            "status",
+            "r",
+            "--database-url",
+            sqlite_settings.database_url,
+        ],
+        cwd=Path(sqlite_settings.artifacts_dir).parent,
+        check=False,
+    )
+    out = cli.stdout.decode()
+    assert cli.returncode == 0, cli.stderr.decode()
+    assert "throughput 8.0 items/min, ETA –" in out, out

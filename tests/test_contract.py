@@ -823,6 +823,46 @@ async def test_run_status_throughput_covers_the_last_five_minutes(engine: Engine
     await assert_consistent(engine)
 
 
+async def test_a_finished_runs_throughput_is_its_actual_rate_however_late_it_is_asked(
+    engine: Engine,
+) -> None:
+    """A done run reports items finished over the span from its first start to its last finish: the
+    figure does not decay as the clock moves on (the five-minute window is for runs still going)."""
+    clock = Clock(engine)
+    t0 = clock.t
+    await engine.plan_run("r", packages=grid(2, 3))
+    clock.advance(60)
+    first = (await engine.claim_items("r", worker="w", limit=3)).items  # the first start: t0 + 60
+    clock.advance(20)
+    for item in first[:2]:
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    await engine.fail_item(first[2].outcome_id, lease_token=first[2].lease_token, error="x", retryable=False)
+    clock.advance(10)
+    rest = (await engine.claim_items("r", worker="w", limit=3)).items
+    clock.advance(30)  # the last finish: t0 + 120
+    for item in rest:
+        await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    # 6 finished (5 complete, 1 failed) over 60 s
+    for at in (t0 + 120, t0 + 121, t0 + 500, t0 + 86_400):
+        clock.t = at
+        status = await engine.run_status("r")
+        assert status.state == "done"
+        assert (status.throughput_per_minute, status.eta_seconds) == (6.0, None), at
+    # a second process (nothing remembered) reads the same figure
+    other = Engine(engine.store, engine.settings)
+    other.now = lambda: t0 + 10_000  # type: ignore[method-assign]
+    assert (await other.run_status("r")).throughput_per_minute == 6.0
+    # a retry re-opens the run (the recent window again); failing again moves the last finish
+    await engine.retry_items("r", outcome_ids=[first[2].outcome_id])
+    assert (await engine.run_status("r")).state == "active"
+    clock.advance(60)
+    again = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.fail_item(again.outcome_id, lease_token=again.lease_token, error="x", retryable=False)
+    status = await engine.run_status("r")
+    assert status.throughput_per_minute == round(6 / (clock.t - (t0 + 60)) * 60, 3)
+    await assert_consistent(engine)
+
+
 async def _scripted_event_payloads(engine: Engine) -> list[tuple[str, str, dict[str, object]]]:
     """One scenario touching every outcome event kind; its events as (kind, item, data) without ids or times.
     The clock is fake and backoff is 0, so every payload is deterministic."""

@@ -186,6 +186,38 @@ def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
     assert "no database" in one_error_line(schema)
 
 
+def test_schema_server_checks_its_database_at_start(tmp_path: Path) -> None:
+    """Like matrix-mcp, the schema server opens its database before serving: a missing file or an
+    unreachable server is one line at start-up (password redacted), not an error at the first tool call."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MATRIX_", "DB_")) and k != "DATABASE_URL"
+    }
+    missing = tmp_path / "nope" / "missing.db"
+    proc = subprocess.run(
+        [str(BIN / "matrix-schema-mcp"), "--database-url", f"sqlite:///{missing}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    line = one_error_line(proc)
+    assert line.startswith("matrix-schema-mcp: cannot read database") and "missing.db" in line
+    closed = "postgresql://who:hunter2@127.0.0.1:9/db?connect_timeout=2"  # port 9: nothing listens
+    proc = subprocess.run(
+        [str(BIN / "matrix-schema-mcp"), "--database-url", closed],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    line = one_error_line(proc)
+    assert line.startswith("matrix-schema-mcp: cannot read database") and "hunter2" not in proc.stderr
+
+
 def test_global_flags_are_accepted_after_the_command(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     before = cli("--database-url", db, "status", "r", cwd=tmp_path)

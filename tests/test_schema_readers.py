@@ -245,6 +245,8 @@ async def test_graphql_sdl_builds(corpus_model: SchemaModel) -> None:
     assert str(fields["id"].type) in ("BigInt!",)
     assert "tagsViaCustomerTags" in fields
     assert "customersViaCustomerTags" in schema.type_map["Tags"].fields  # type: ignore[attr-defined]
+    column = fields["id"].ast_node.directives[0]
+    assert column.name.value == "column" and column.arguments[0].value.value == "id"  # the column's own name
 
 
 async def test_relationships(corpus_model: SchemaModel) -> None:

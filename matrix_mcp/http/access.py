@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -27,12 +28,15 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from matrix_mcp.http.scopes import ALL_SCOPES
+from matrix_mcp.store.protocol import Store
 
 ACCESS_KEY = "matrix.access"  # the ASGI scope key holding the AccessToken the guard verified
 COOKIE = "matrix_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SIGNIN_PATH = "/ui/signin"
+SIGNIN_MAX_BYTES = 8192  # the sign-in form's body: one API key or JWT, form-encoded
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,17 @@ class Caller:
 class Sessions:
     """Seals tokens into session cookies and derives CSRF tokens. The key comes from
     MATRIX_SESSION_SECRET (every replica that shares it accepts the others' cookies) or is drawn at
-    start-up (sessions then end with the process)."""
+    start-up (sessions then end with the process). Sign-out ends a session in the store, so every
+    replica on it refuses the cookie from then on."""
 
-    def __init__(self, secret: str | None, *, secure: bool) -> None:
+    def __init__(
+        self, secret: str | None, *, secure: bool, store: Callable[[], Store | None] | None = None
+    ) -> None:
         raw = hashlib.sha256((secret or secrets.token_hex(32)).encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(raw))
         self._mac_key = hashlib.sha256(b"csrf:" + raw).digest()
         self.secure = secure
+        self._store = store or (lambda: None)
 
     def seal(self, token: str) -> str:
         return self._fernet.encrypt(token.encode()).decode()
@@ -61,6 +69,32 @@ class Sessions:
             return self._fernet.decrypt(cookie.encode(), ttl=SESSION_SECONDS).decode()
         except (InvalidToken, ValueError):
             return None
+
+    @staticmethod
+    def session_id(cookie: str) -> str:
+        """What the store keeps of a signed-out session: a SHA-256 of the cookie's decoded bytes (the
+        bytes Fernet authenticates, so re-encoding the cookie text does not make another session)."""
+        return hashlib.sha256(base64.urlsafe_b64decode(cookie.encode())).hexdigest()
+
+    async def open_session(self, cookie: str) -> str | None:
+        """The token sealed in a live session cookie; None when forged, expired or signed out."""
+        token = self.unseal(cookie)
+        if token is None:
+            return None
+        store = self._store()
+        if store is not None and await store.session_revoked(self.session_id(cookie)):
+            return None
+        return token
+
+    async def end(self, cookie: str) -> bool:
+        """Sign-out: the session is refused from now on (kept in the store until it would have expired
+        anyway). False when there is no store to keep it in (the cookie is only cleared then)."""
+        store = self._store()
+        if store is None or self.unseal(cookie) is None:
+            return False
+        expires_at = self._fernet.extract_timestamp(cookie.encode()) + SESSION_SECONDS
+        await store.revoke_session(self.session_id(cookie), expires_at=expires_at, now=time.time())
+        return True
 
     def csrf(self, cookie: str | None) -> str:
         """The CSRF token of a session (or of the open server, when there is no session)."""
@@ -76,13 +110,13 @@ class Sessions:
             parts.append("Secure")
         return "; ".join(parts)
 
-    def token_of(self, scope: Scope) -> str | None:
+    async def token_of(self, scope: Scope) -> str | None:
         """The credential of a request beside /mcp: its bearer token, else its session's token."""
         bearer = bearer_token(scope)
         if bearer is not None:
             return bearer
         cookie = session_cookie(scope)
-        return None if cookie is None else self.unseal(cookie)
+        return None if cookie is None else await self.open_session(cookie)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -155,7 +189,11 @@ class Identify:
         bearer = bearer_token(request.scope)
         cookie = None if bearer is not None else session_cookie(request.scope)
         if access is None:  # not verified by the guard (it verifies whenever it can): do it here
-            token = bearer if bearer is not None else (self.sessions.unseal(cookie) if cookie else None)
+            token = (
+                bearer
+                if bearer is not None
+                else (await self.sessions.open_session(cookie) if cookie else None)
+            )
             access = await self.verifier.verify_token(token) if token else None
         if access is None:
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from matrix_mcp.config import Settings
-from matrix_mcp.http.access import ACCESS_KEY
+from matrix_mcp.http.access import ACCESS_KEY, SIGNIN_MAX_BYTES, SIGNIN_PATH
 from matrix_mcp.http.health import healthz, readyz_endpoint
 from matrix_mcp.http.keys import ApiKeyVerifier, looks_like_key
 from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
@@ -100,7 +100,7 @@ def build_service(
     max_body_bytes: int,
     gauges: bool = True,
     resource_name: str = "Matrix MCP",
-    mount: Callable[[Parts], Callable[[Scope], str | None]] | None = None,
+    mount: Callable[[Parts], Callable[[Scope], Awaitable[str | None]]] | None = None,
 ) -> Service:
     """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
     `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
@@ -184,6 +184,7 @@ def build_service(
         body_timeout=options.body_timeout,
         max_body_bytes=max_body_bytes,
         routes_token=routes_token,
+        max_requests=options.max_connections,
     )
     return Service(app=guard, mcp=mcp, metrics=metrics, auth=auth)
 
@@ -195,8 +196,15 @@ def max_body_bytes(settings: Settings) -> int:
 
 
 class Guard:
-    """Outermost ASGI layer: rate limits (per principal, or per address when open / unauthenticated),
-    failed-authentication limit per address, body size and deadline, response counts by code."""
+    """Outermost ASGI layer: requests in progress (all but the health checks) up to `max_requests`,
+    rate limits (per principal, or per address when open / unauthenticated), failed-authentication limit
+    per address, body size and deadline, response counts by code.
+
+    A body is read only once the request may have it: with a verified credential (or on an open
+    service), to /mcp or the routes beside it. A request beside /mcp that brings no credential is
+    answered 401 before its body is read, except the sign-in form, whose body is capped at
+    `SIGNIN_MAX_BYTES`; /mcp without a valid token is the SDK's 401, its body unread; other paths are
+    not read at all (they are 404, 405 or the metadata's GET)."""
 
     def __init__(
         self,
@@ -207,7 +215,8 @@ class Guard:
         metrics: Metrics,
         body_timeout: float,
         max_body_bytes: int,
-        routes_token: Callable[[Scope], str | None] | None = None,
+        routes_token: Callable[[Scope], Awaitable[str | None]] | None = None,
+        max_requests: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -216,6 +225,8 @@ class Guard:
         self.limits = limits
         self.metrics = metrics
         self.body_timeout = body_timeout
+        self.max_requests = max_requests
+        self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -234,23 +245,37 @@ class Guard:
 
             keep_escaped(scope)  # a name holding `/` stays one path parameter
             path = scope["path"]
-        if path in UNGUARDED:
+        if path in UNGUARDED:  # answered however busy the service is
             await self.app(scope, receive, counted)
             return
+        if self.max_requests is not None and self.in_progress >= self.max_requests:
+            await _answer(
+                counted, 503, "unavailable", "too many requests in progress", retry_after=1, close=True
+            )
+            return
+        self.in_progress += 1
+        try:
+            await self._guarded(scope, receive, counted, path)
+        finally:
+            self.in_progress -= 1
+
+    async def _guarded(self, scope: Scope, receive: Receive, counted: Send, path: str) -> None:
         client = scope.get("client")
         address = str(client[0]) if client else "unknown"
         key = f"address:{address}"
         beside = self.routes_token is not None and path.startswith(ROUTES_BESIDE)
+        body_limit = self.max_body_bytes
         if self.verifier is not None and (path == MCP_PATH or beside):
             if self.limits is not None:
                 blocked = await self.limits.auth_blocked(address)
                 if not blocked.allowed:
                     await self._too_many(counted, blocked.retry_after, "too many failed authentications")
                     return
-            token = self.routes_token(scope) if beside and self.routes_token else _bearer(scope)
+            token = await self.routes_token(scope) if beside and self.routes_token else _bearer(scope)
             access = await self.verifier.verify_token(token) if token else None
             if access is None and (token or not beside):
-                # /mcp: the SDK answers 401 with WWW-Authenticate; beside it, the route answers
+                # /mcp: the SDK answers 401 with WWW-Authenticate; beside it, the route answers; neither
+                # reads the body
                 self.metrics.auth_failures.inc()
                 if self.limits is not None:
                     await self.limits.auth_failed(address)
@@ -259,16 +284,31 @@ class Guard:
             if access is not None:
                 scope[ACCESS_KEY] = access  # verified once: the routes beside /mcp read it here
                 key = f"principal:{access.client_id}"
+            elif path == SIGNIN_PATH:
+                body_limit = SIGNIN_MAX_BYTES  # a key or a JWT, form-encoded
+            elif _has_body(scope):
+                await _answer(
+                    counted,
+                    401,
+                    "invalid_token",
+                    "a valid API key or JWT is required (Authorization: Bearer …)",
+                    close=True,
+                    extra=[(b"www-authenticate", b'Bearer realm="matrix", error="invalid_token"')],
+                )
+                return
         if self.limits is not None:
             verdict = await self.limits.hit(key)
             if not verdict.allowed:
                 await self._too_many(counted, verdict.retry_after, "rate limit exceeded")
                 return
-        if _declared_length(scope) > self.max_body_bytes:
+        if path != MCP_PATH and not beside:
+            await self.app(scope, receive, counted)  # no route here reads a body: leave it unread
+            return
+        if _declared_length(scope) > body_limit:
             await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
             return
         try:
-            body = await read_body(receive, self.body_timeout, self.max_body_bytes)
+            body = await read_body(receive, self.body_timeout, body_limit)
         except BodyTooLarge:
             await _answer(counted, 413, "request_too_large", "the request body is too large", close=True)
             return
@@ -285,10 +325,18 @@ class Guard:
 
 
 async def _answer(
-    send: Send, status: int, error: str, why: str, *, retry_after: int | None = None, close: bool = False
+    send: Send,
+    status: int,
+    error: str,
+    why: str,
+    *,
+    retry_after: int | None = None,
+    close: bool = False,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     body = json.dumps({"error": error, "error_description": why}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += extra or []
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     if close:
@@ -305,6 +353,10 @@ def _declared_length(scope: Scope) -> int:
             except ValueError:
                 return 0
     return 0
+
+
+def _has_body(scope: Scope) -> bool:
+    return _declared_length(scope) > 0 or any(name == b"transfer-encoding" for name, _ in scope["headers"])
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -392,21 +444,11 @@ async def serve(settings: Settings, options: ServiceOptions) -> None:
 async def run_uvicorn(app: ASGIApp, options: ServiceOptions) -> None:
     import uvicorn
 
+    from matrix_mcp.http.connections import uvicorn_config
+
     if not is_loopback(options.host) and not options.allowed_hosts:
         notice(
             "DNS-rebinding protection admits only loopback names and the bind address as Host; "
             "pass --allowed-hosts (MATRIX_ALLOWED_HOSTS) with the name clients use"
         )
-    config = uvicorn.Config(
-        app,
-        host=options.host,
-        port=options.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=5,
-        limit_concurrency=options.max_connections,
-        lifespan="on",
-    )
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(uvicorn_config(app, options)).serve()

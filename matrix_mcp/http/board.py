@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from matrix_mcp.errors import StoreError
-from matrix_mcp.http.access import Caller, Identify, Sessions
+from matrix_mcp.http.access import SIGNIN_MAX_BYTES, Caller, Identify, Sessions
 from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
@@ -128,11 +128,11 @@ class Board:
         actions = ""
         if PLAN in caller.scopes:
             actions = """<section id="actions" class="actions" aria-label="actions">
-<button type="button" data-action="retry-all">Retry all failed</button>
-<label>Package <select id="retry-package"></select></label><button type="button" data-action="retry-package">Retry package</button>
-<button type="button" data-action="retry-selected" disabled>Retry selected (<span id="selected-count">0</span>)</button>
-<button type="button" data-action="pause">Pause</button><button type="button" data-action="resume">Resume</button>
-<button type="button" data-action="cancel" class="danger">Cancel run</button>
+<button type="button" data-action="retry-all" hidden>Retry all failed</button>
+<label id="retry-package-label" hidden>Package <select id="retry-package"></select></label><button type="button" data-action="retry-package" hidden>Retry package</button>
+<button type="button" data-action="retry-selected" disabled hidden>Retry selected (<span id="selected-count">0</span>)</button>
+<button type="button" data-action="pause" hidden>Pause</button><button type="button" data-action="resume" hidden>Resume</button>
+<button type="button" data-action="cancel" class="danger" hidden>Cancel run</button>
 <span id="action-result" role="status"></span></section>"""
         legend = "".join(
             f'<li><span class="swatch s-{s}" aria-hidden="true"></span>{s} <span class="sym">{sym}</span></li>'
@@ -141,7 +141,7 @@ class Board:
             )
         )
         main = f"""<h1><a href="/ui/">Runs</a> / <span id="run-name">{escape(run)}</span> <span id="run-state" class="state"></span></h1>
-<section class="overview"><div class="progress"><div id="progress-bar" class="bar"></div></div>
+<section class="overview"><div id="progress" class="progress" role="img" aria-label="progress"><div class="bar complete"></div><div class="bar failed"></div><div class="bar cancelled"></div></div>
 <p id="counts" class="counts"></p></section>
 {actions}
 <section class="grid-wrap"><h2>Packages × items</h2><ul class="legend">{legend}</ul>
@@ -264,7 +264,7 @@ class Board:
         if self.limits is not None and not (await self.limits.auth_blocked(address)).allowed:
             return self._signin_form("Too many failed sign-ins; wait a minute.", 429)
         try:
-            body = (await read_body(request, 65536)).decode("utf-8", "replace")
+            body = (await read_body(request, SIGNIN_MAX_BYTES)).decode("utf-8", "replace")
         except ApiError:
             return self._signin_form("That is too long for an API key or JWT.", 413)
         token = (parse_qs(body).get("token") or [""])[0].strip()
@@ -287,6 +287,11 @@ class Board:
         cookie = caller.cookie if caller else None
         if not hmac.compare_digest(given.encode(), self.sessions.csrf(cookie).encode()):
             return Response("CSRF token missing or wrong", status_code=403, headers=SECURITY_HEADERS)
+        if cookie is not None:
+            try:
+                await self.sessions.end(cookie)  # every replica on this store refuses it from now on
+            except StoreError as exc:
+                return classify(exc).response()
         response = RedirectResponse("/ui/signin", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("Set-Cookie", self.sessions.cookie_header("", max_age=0))
         return response

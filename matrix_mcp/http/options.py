@@ -13,6 +13,8 @@ DEFAULT_AUTH_FAILURE_LIMIT = "30/minute"
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds a connection has to send a request's head
+IDLE_TIMEOUT = 5  # seconds a kept-alive connection may sit idle between requests
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ServiceOptions:
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServiceOptions:
@@ -50,6 +54,8 @@ class ServiceOptions:
             allowed_hosts=split(args.allowed_hosts),
             allowed_origins=split(args.allowed_origins),
             public_url=args.public_url.rstrip("/") if args.public_url else None,
+            header_timeout=args.header_timeout,
+            trusted_proxies=split(args.trusted_proxies),
         )
 
     @classmethod
@@ -69,9 +75,11 @@ class ServiceOptions:
             key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
             body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
             max_connections=int(_float(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
+            header_timeout=_float(env, "MATRIX_HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            trusted_proxies=_list(env.get("MATRIX_TRUSTED_PROXIES")),
         )
         clean: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
-        for name in ("allowed_hosts", "allowed_origins"):
+        for name in ("allowed_hosts", "allowed_origins", "trusted_proxies"):
             if name in clean:
                 clean[name] = getattr(options, name) + tuple(clean[name])  # type: ignore[arg-type]
         options = replace(options, **clean)  # type: ignore[arg-type]
@@ -81,6 +89,9 @@ class ServiceOptions:
             parse_rate(options.rate_limit, "MATRIX_RATE_LIMIT")
         if options.auth_failure_limit:
             parse_rate(options.auth_failure_limit, "MATRIX_AUTH_FAILURE_LIMIT")
+        if not options.header_timeout > 0:
+            raise ValueError(f"--header-timeout must be positive, got {options.header_timeout:g}")
+        options = replace(options, trusted_proxies=tuple(_proxy(p) for p in options.trusted_proxies))
         if options.jwt_secret and options.jwt_jwks_url:
             raise ValueError("MATRIX_JWT_SECRET and MATRIX_JWT_JWKS_URL: set one, not both")
         if options.jwt_secret is not None and len(options.jwt_secret) < 32:
@@ -114,6 +125,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _proxy(raw: str) -> str:
+    """An address as given, or a network (`10.0.0.0/8`; host bits are dropped)."""
+    try:
+        return str(ipaddress.ip_network(raw, strict=False)) if "/" in raw else str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError(
+            f"MATRIX_TRUSTED_PROXIES / --trusted-proxies: {raw!r} is not an IP address or network such as 10.0.0.0/8"
+        ) from None
 
 
 def _list(raw: str | None) -> tuple[str, ...]:

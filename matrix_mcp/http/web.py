@@ -3,7 +3,7 @@ verifier, rate limiter, scope map and store."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import Scope
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from matrix_mcp.http.app import Parts
 
 
-def mount(parts: Parts) -> Callable[[Scope], str | None]:
+def mount(parts: Parts) -> Callable[[Scope], Awaitable[str | None]]:
     """Register the routes; returns how the guard finds a request's credential (bearer or session)."""
-    sessions = Sessions(session_secret(), secure=parts.options.base_url.startswith("https://"))
+    sessions = Sessions(
+        session_secret(), secure=parts.options.base_url.startswith("https://"), store=parts.store
+    )
     identify = Identify(parts.verifier, sessions, parts.security)
     rest = Rest(parts.mcp, identify, parts.store, parts.max_body_bytes)
     mount_rest(parts.mcp, rest)

@@ -352,8 +352,8 @@ def graphql_sdl(model: SchemaModel) -> str:
                 used_scalars.add(base)
             fname = _unique(camel(col.name), used)
             doc = f"  {_gql_string(col.comment)}\n" if col.comment else ""
-            note = _gql_string(f"column {col.name}")
-            lines.append(f"{doc}  {fname}: {gtype}{'' if col.nullable else '!'} @column(name: {note})")
+            column = _gql_string(col.name)  # the database's own column name, for the resolver to query
+            lines.append(f"{doc}  {fname}: {gtype}{'' if col.nullable else '!'} @column(name: {column})")
     for rel in relationships(model):
         src, dst = (rel.from_schema, rel.from_table), (rel.to_schema, rel.to_table)
         if src not in by_key or dst not in by_key:

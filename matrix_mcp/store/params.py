@@ -200,6 +200,16 @@ class MinuteCount:
 
 
 @dataclass(frozen=True)
+class FinishedSpan:
+    """A run's finished items (complete or failed), the earliest start among them and the latest finish:
+    a finished run's actual rate, which no later clock reading changes."""
+
+    finished: int
+    first_started_at: float | None
+    last_finished_at: float | None
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """An API key as stored: never the key itself (only its hash, which stays in the store)."""
 

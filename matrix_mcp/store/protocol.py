@@ -41,6 +41,7 @@ from matrix_mcp.store.params import (
     Collected,
     ContentFile,
     Failure,
+    FinishedSpan,
     MinuteCount,
     NewPackage,
     NewRecord,
@@ -213,6 +214,11 @@ class Store(Protocol):
         (minutes with nothing finished are absent)."""
         ...
 
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        """The run's complete and failed items: how many, the earliest `started_at` and the latest
+        `completed_at` among them (one aggregate read; run_status asks it for finished runs only)."""
+        ...
+
     async def record_integration(
         self,
         *,
@@ -253,6 +259,13 @@ class Store(Protocol):
     async def touch_api_key(self, name: str, *, now: float) -> None:
         """Record a use (callers throttle this; it is not written per request)."""
         ...
+
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        """End a board session (sign-out) for every replica until `expires_at`; forgets sessions whose
+        time is past `now`."""
+        ...
+
+    async def session_revoked(self, session_id: str) -> bool: ...
 
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         """Outcomes by package name and status over all runs, from the counters (no scan)."""

@@ -56,6 +56,35 @@
     if (seconds < 5400) return Math.round(seconds / 60) + " min";
     return (seconds / 3600).toFixed(1) + " h";
   }
+  // An ETA only while something is generating: with nothing leased (paused, backing off, no worker
+  // about) the rate of the last minutes says nothing about when the rest will finish.
+  function etaOf(s) {
+    return s && s.counts && s.counts.generating > 0 ? eta(s.eta_seconds) : "–";
+  }
+
+  // The progress bar: the complete, failed and cancelled shares side by side (green, red, grey), with
+  // the numbers in its title and accessible name.
+  function progressBar(bar) {
+    const b = bar || el("div", null, "progress");
+    if (!b.querySelector(".bar")) {
+      b.replaceChildren(el("div", null, "bar complete"), el("div", null, "bar failed"), el("div", null, "bar cancelled"));
+      b.setAttribute("role", "img");
+    }
+    return b;
+  }
+  function setProgress(bar, c) {
+    const share = (n) => (c.total ? (n / c.total) * 100 : 0);
+    for (const part of ["complete", "failed", "cancelled"]) {
+      bar.querySelector(".bar." + part).style.width = share(c[part]).toFixed(2) + "%";
+    }
+    const finished = c.complete + c.failed + c.cancelled;
+    const text =
+      share(finished).toFixed(1) + "% finished: " + c.complete + " complete, " + c.failed + " failed, " +
+      c.cancelled + " cancelled of " + c.total + " items";
+    bar.title = text;
+    bar.setAttribute("aria-label", text);
+  }
+
   function setLive(on, text) {
     const live = $("live");
     if (!live) return;
@@ -172,12 +201,9 @@
         const s = statuses[i];
         const link = el("a", r.name);
         link.href = "/ui/runs/" + enc(r.name);
-        const bar = el("div", null, "progress");
-        const fill = el("div", null, "bar");
-        fill.style.width = (r.progress * 100).toFixed(1) + "%";
-        bar.appendChild(fill);
-        bar.title = (r.progress * 100).toFixed(1) + "% finished";
         const c = r.counts;
+        const bar = progressBar();
+        setProgress(bar, c);
         return row([
           link,
           r.state,
@@ -188,7 +214,7 @@
           c.failed,
           c.cancelled,
           s ? fmt(s.throughput_per_minute, 1) : "–",
-          s ? eta(s.eta_seconds) : "–",
+          etaOf(s),
         ]);
       });
       body.replaceChildren(...rows);
@@ -203,7 +229,8 @@
 
   const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280"];
   const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff"];
-  const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, dirty: [], frame: 0 };
+  const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, header: 0, labels: [], dirty: [], frame: 0 };
+  const HEADER_MAX = 120; // the tallest column-header band, in CSS pixels
   const selected = new Set();
   // finished items per minute, from the store's per-minute counts; keyed by minute since the epoch
   const chart = { minutes: new Map(), now: null, first: null };
@@ -212,7 +239,7 @@
     const S = grid.size;
     const code = grid.rows[r].status[c];
     const x = grid.gutter + c * S;
-    const y = r * S;
+    const y = grid.header + r * S;
     const s = S > 5 ? S - 1 : S; // a 1-pixel gap between cells when there is room
     ctx.clearRect(x, y, S, S);
     ctx.fillStyle = COLORS[code];
@@ -255,6 +282,33 @@
     }
   }
 
+  // The item name a column's header shows: the one every package has in that column ("" when packages
+  // name it differently: the tooltip still names each cell).
+  function columnNames() {
+    const names = [];
+    for (let c = 0; c < grid.cols; c++) {
+      let name = null;
+      for (const p of grid.rows) {
+        if (c >= p.items.length) continue;
+        if (name === null) name = p.items[c];
+        else if (p.items[c] !== name) {
+          name = "";
+          break;
+        }
+      }
+      names.push(name || "");
+    }
+    return names;
+  }
+
+  // The text cut (with "…") to fit `width` pixels; a long name is cut to 200 characters first, so a
+  // hostile one costs no more measuring than a short one.
+  function fitText(ctx, text, width) {
+    let name = text.length > 200 ? text.slice(0, 200) + "…" : text;
+    while (name.length > 1 && ctx.measureText(name).width > width) name = name.slice(0, -2) + "…";
+    return name;
+  }
+
   function paintAll() {
     const canvas = $("grid");
     const box = $("grid-box");
@@ -263,23 +317,44 @@
     grid.gutter = Math.floor((box.clientWidth - 4) / cols) >= 14 ? 160 : 0;
     grid.size = Math.max(4, Math.min(28, Math.floor((box.clientWidth - 4 - grid.gutter) / cols)));
     if (grid.size < 12) grid.gutter = 0;
+    const ctx = canvas.getContext("2d");
+    const font = Math.min(13, grid.size - 3) + "px system-ui, sans-serif";
+    // item names as column headers (drawn upwards) when columns are as wide as a labelled row is tall
+    grid.labels = [];
+    grid.header = 0;
+    if (grid.size >= 12) {
+      ctx.font = font;
+      const names = columnNames();
+      let widest = 0;
+      for (const n of names) if (n) widest = Math.max(widest, ctx.measureText(n).width);
+      if (widest > 0) {
+        grid.header = Math.min(HEADER_MAX, Math.ceil(widest) + 8);
+        grid.labels = names.map((n) => (n ? fitText(ctx, n, grid.header - 8) : ""));
+      }
+    }
     const ratio = window.devicePixelRatio || 1;
     const w = grid.gutter + cols * grid.size;
-    const h = Math.max(1, grid.rows.length) * grid.size;
+    const h = grid.header + Math.max(1, grid.rows.length) * grid.size;
     canvas.width = Math.round(w * ratio);
     canvas.height = Math.round(h * ratio);
     canvas.style.width = w + "px";
     canvas.style.height = h + "px";
-    const ctx = canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    if (grid.gutter) {
-      ctx.font = Math.min(13, grid.size - 3) + "px system-ui, sans-serif";
+    if (grid.gutter || grid.header) {
+      // names are drawn as pixels: never markup
+      ctx.font = font;
       ctx.textBaseline = "middle";
       ctx.fillStyle = "#111827";
-      for (let r = 0; r < grid.rows.length; r++) {
-        let name = grid.rows[r].name; // drawn as pixels: never markup
-        while (name.length > 1 && ctx.measureText(name).width > grid.gutter - 8) name = name.slice(0, -2) + "…";
-        ctx.fillText(name, 2, r * grid.size + grid.size / 2);
+      for (let r = 0; grid.gutter && r < grid.rows.length; r++) {
+        ctx.fillText(fitText(ctx, grid.rows[r].name, grid.gutter - 8), 2, grid.header + r * grid.size + grid.size / 2);
+      }
+      for (let c = 0; c < grid.labels.length; c++) {
+        if (!grid.labels[c]) continue;
+        ctx.save();
+        ctx.translate(grid.gutter + c * grid.size + grid.size / 2, grid.header - 4);
+        ctx.rotate(-Math.PI / 2);
+        ctx.fillText(grid.labels[c], 0, 0);
+        ctx.restore();
       }
     }
     grid.dirty = [];
@@ -369,9 +444,21 @@
   function cellAt(ev) {
     const rect = $("grid").getBoundingClientRect();
     const c = Math.floor((ev.clientX - rect.left - grid.gutter) / grid.size);
-    const r = Math.floor((ev.clientY - rect.top) / grid.size);
+    const r = Math.floor((ev.clientY - rect.top - grid.header) / grid.size);
     if (r < 0 || r >= grid.rows.length || c < 0 || c >= grid.rows[r].ids.length) return null;
     return [r, c];
+  }
+
+  // What the end time marks: the item's own ending, not always a completion.
+  const ENDED = { complete: "completed", failed: "failed", cancelled: "cancelled" };
+  // "2 of 3", or, for an item that failed for good with attempts left, that it was not retried: a
+  // failure reported as not retryable (or an override) ends an item at once. The record does not keep
+  // which of the two it was, so the text says only what it knows.
+  function attemptsText(o) {
+    if (o.status === "failed" && o.attempts < o.max_attempts) {
+      return "failed for good after " + o.attempts + " of up to " + o.max_attempts + " attempts";
+    }
+    return o.attempts + " of " + o.max_attempts;
   }
 
   async function showDetail(id) {
@@ -380,11 +467,11 @@
     $("d-title").textContent = o.package + " / " + o.item;
     const fields = [
       ["status", o.status],
-      ["attempts", o.attempts + " of " + o.max_attempts],
+      ["attempts", attemptsText(o)],
       ["worker", o.worker],
       ["created", o.created_at],
       ["started", o.started_at],
-      ["completed", o.completed_at],
+      [ENDED[o.status] || "ended", o.completed_at],
       ["duration", o.duration_seconds === undefined ? null : fmt(o.duration_seconds, 2) + " s"],
       ["error", o.error_message],
       ["path", o.outcome_path],
@@ -507,11 +594,12 @@
     const s = await api("/runs/" + enc(RUN));
     const c = s.counts;
     $("run-state").textContent = s.state;
-    $("progress-bar").style.width = (s.progress * 100).toFixed(1) + "%";
+    setProgress(progressBar($("progress")), c);
+    showActions(s.state, c);
     $("counts").textContent =
       c.total + " items · " + c.pending + " pending · " + c.generating + " generating · " + c.complete +
       " complete · " + c.failed + " failed · " + c.cancelled + " cancelled · " +
-      fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + eta(s.eta_seconds);
+      fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + etaOf(s);
     fillTable(
       $("packages"),
       s.packages.map((p) => [
@@ -581,6 +669,34 @@
     if (button) button.disabled = selected.size === 0;
   }
 
+  // Only the actions that apply to the run as it is: pause an active run, resume a paused one, cancel
+  // either (a done or cancelled run has nothing left to stop), retry while there are failed items and
+  // the run is not cancelled (cancellation is final).
+  function applicableActions(state, c) {
+    const open = state === "active" || state === "paused";
+    const retry = c.failed > 0 && state !== "cancelled";
+    return {
+      pause: state === "active",
+      resume: state === "paused",
+      cancel: open,
+      "retry-all": retry,
+      "retry-package": retry,
+      "retry-selected": retry,
+    };
+  }
+  function showActions(state, c) {
+    const box = $("actions");
+    if (!box) return;
+    const offer = applicableActions(state, c);
+    for (const b of box.querySelectorAll("[data-action]")) {
+      const on = !!offer[b.getAttribute("data-action")];
+      b.hidden = !on;
+    }
+    const pick = $("retry-package-label");
+    if (pick) pick.hidden = !offer["retry-package"];
+    box.dataset.ready = "1";
+  }
+
   async function act(action) {
     const run = "/runs/" + enc(RUN);
     let path = run + "/retry";
@@ -607,6 +723,32 @@
     } catch (e) {
       out.textContent = e.message;
     }
+  }
+
+  // The tooltip beside the cursor, kept inside the part of the grid box that is visible (the box scrolls,
+  // and clips what lies past its edges; the viewport may cut the box too): flipped above or to the left
+  // of the cursor where there is no room below or to the right, then clamped.
+  function placeTip(tip, ev) {
+    const box = $("grid-box");
+    const b = box.getBoundingClientRect();
+    const originX = b.left + box.clientLeft;
+    const originY = b.top + box.clientTop;
+    const left = Math.max(originX, 0);
+    const top = Math.max(originY, 0);
+    const right = Math.min(originX + box.clientWidth, document.documentElement.clientWidth);
+    const bottom = Math.min(originY + box.clientHeight, document.documentElement.clientHeight);
+    tip.style.maxWidth = Math.max(0, Math.min(640, right - left)) + "px";
+    const w = tip.offsetWidth;
+    const h = tip.offsetHeight;
+    let x = ev.clientX + 12;
+    let y = ev.clientY + 12;
+    if (x + w > right) x = ev.clientX - 12 - w;
+    if (y + h > bottom) y = ev.clientY - 12 - h;
+    x = Math.max(left, Math.min(x, right - w));
+    y = Math.max(top, Math.min(y, bottom - h));
+    // the tip is positioned in the box's scrolled content
+    tip.style.left = x - originX + box.scrollLeft + "px";
+    tip.style.top = y - originY + box.scrollTop + "px";
   }
 
   async function runPage() {
@@ -654,9 +796,8 @@
         }
         const p = grid.rows[at[0]];
         tip.textContent = p.name + " / " + p.items[at[1]] + " — " + grid.statuses[p.status[at[1]]];
-        tip.style.left = hover.offsetX + 12 + "px";
-        tip.style.top = hover.offsetY + 12 + "px";
         tip.hidden = false;
+        placeTip(tip, hover);
       });
     });
     canvas.addEventListener("mouseleave", () => {
@@ -688,8 +829,12 @@
       },
       cell: (id) => {
         const at = grid.index.get(id);
-        return at ? { row: at[0], col: at[1], size: grid.size, x: grid.gutter + at[1] * grid.size, y: at[0] * grid.size } : null;
+        return at
+          ? { row: at[0], col: at[1], size: grid.size, x: grid.gutter + at[1] * grid.size, y: grid.header + at[0] * grid.size }
+          : null;
       },
+      // the column headers as drawn (names as fitted; "" for an unlabelled column) and the band's height
+      columns: () => ({ header: grid.header, labels: grid.labels.slice() }),
     };
   }
 

@@ -394,4 +394,15 @@ ALTER TABLE outcomes SET (fillfactor = 55);
 ANALYZE outcome_queue;
 """,
     ),
+    (
+        9,
+        # board sessions ended by sign-out, refused by every replica until the cookie would have expired
+        # anyway (`expires_at`); the id is a SHA-256 of the sealed cookie, never the cookie
+        """
+CREATE TABLE revoked_sessions (
+    session_id text PRIMARY KEY,
+    expires_at double precision NOT NULL
+);
+""",
+    ),
 ]

@@ -46,6 +46,7 @@ from matrix_mcp.store.params import (
     Cell,
     Collected,
     ContentFile,
+    FinishedSpan,
     MinuteCount,
     OutcomeFilter,
     RunOverview,
@@ -145,6 +146,19 @@ class PostgresStore(Writes):
                 (run_id, since_minute),
             )
             return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
+
+        return await self._read(op)
+
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        async def op(c: Conn) -> FinishedSpan:
+            rows = await _all(
+                c,
+                "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last"
+                " FROM outcomes WHERE run_id = %s AND status IN ('complete', 'failed')",
+                (run_id,),
+            )
+            row = rows[0]
+            return FinishedSpan(int(row["n"]), row["first"], row["last"])
 
         return await self._read(op)
 
@@ -293,6 +307,27 @@ class PostgresStore(Writes):
 
         # autocommit, outside the group commit: a use stamp must not wait behind (or slow) the work loop
         await self._read(op)
+
+    # ---- board sessions ended by sign-out -------------------------------------------------------
+
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        async def op(c: Conn) -> None:
+            await c.execute("DELETE FROM revoked_sessions WHERE expires_at < %s", (now,))
+            await c.execute(
+                "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s)"
+                " ON CONFLICT (session_id) DO NOTHING",
+                (session_id, expires_at),
+            )
+
+        # autocommit, outside the group commit (as a key's use stamp): each statement stands alone
+        await self._read(op)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        async def op(c: Conn) -> bool:
+            row = await _one(c, "SELECT 1 FROM revoked_sessions WHERE session_id = %s", (session_id,))
+            return row is not None
+
+        return await self._read(op)
 
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         async def op(c: Conn) -> dict[str, dict[Status, int]]:

@@ -17,7 +17,7 @@ from matrix_mcp.models import (
     SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import MinuteCount
+from matrix_mcp.store.params import FinishedSpan, MinuteCount
 from matrix_mcp.store.sqlite import events, sql
 from matrix_mcp.store.sqlite.connection import Database
 
@@ -289,3 +289,11 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
             c.execute("UPDATE packages SET duration_hist = ? WHERE id = ?", (hist_dumps(truth["hist"]), p[0]))
 
     await db.write(op)
+
+
+async def finished_span(db: Database, run_id: str) -> FinishedSpan:
+    def op(c: sqlite3.Connection) -> FinishedSpan:
+        row = c.execute(sql.FINISHED_SPAN, (run_id,)).fetchone()
+        return FinishedSpan(int(row[0]), row[1], row[2])
+
+    return await db.read(op)

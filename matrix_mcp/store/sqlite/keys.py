@@ -10,6 +10,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import (
     ApiKey,
 )
+from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
 
 
@@ -62,3 +63,18 @@ async def touch_api_key(db: Database, name: str, *, now: float) -> None:
         )
 
     await db.write(op)
+
+
+# ---- board sessions ended by sign-out -------------------------------------------------------------
+
+
+async def revoke_session(db: Database, session_id: str, *, expires_at: float, now: float) -> None:
+    def op(c: sqlite3.Connection) -> None:
+        c.execute(sql.FORGET_REVOKED_SESSIONS, (now,))
+        c.execute(sql.REVOKE_SESSION, (session_id, expires_at))
+
+    await db.write(op)
+
+
+async def session_revoked(db: Database, session_id: str) -> bool:
+    return await db.read(lambda c: c.execute(sql.SESSION_REVOKED, (session_id,)).fetchone() is not None)

@@ -234,4 +234,15 @@ CREATE TABLE contents (
         # who claimed each attempt (`key:NAME` / `jwt:SUB`; NULL on an open service or stdio)
         "ALTER TABLE outcome_attempts ADD COLUMN principal TEXT",
     ),
+    (
+        7,
+        # board sessions ended by sign-out, refused by every replica until the cookie would have expired
+        # anyway (`expires_at`); the id is a SHA-256 of the sealed cookie, never the cookie
+        """
+CREATE TABLE revoked_sessions (
+    session_id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID
+""",
+    ),
 ]

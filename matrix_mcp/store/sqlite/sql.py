@@ -93,3 +93,19 @@ INSERT_METRIC = "INSERT INTO outcome_metrics (outcome_id, name, value) VALUES (?
 
 
 INSERT_EVENT = "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)"
+
+
+# a run's finished items, their earliest start and latest finish (run_status of a finished run)
+FINISHED_SPAN = (
+    "SELECT COUNT(*), MIN(started_at), MAX(completed_at) FROM outcomes"
+    " WHERE run_id = ? AND status IN ('complete', 'failed')"
+)
+
+
+FORGET_REVOKED_SESSIONS = "DELETE FROM revoked_sessions WHERE expires_at < ?"
+
+
+REVOKE_SESSION = "INSERT OR IGNORE INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)"
+
+
+SESSION_REVOKED = "SELECT 1 FROM revoked_sessions WHERE session_id = ?"

@@ -41,6 +41,7 @@ from matrix_mcp.store.params import (
     Collected,
     ContentFile,
     Failure,
+    FinishedSpan,
     MinuteCount,
     NewPackage,
     NewRecord,
@@ -184,6 +185,9 @@ class SQLiteStore:
     async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
         return await counters.run_minutes(self.db, run_id, since_minute=since_minute)
 
+    async def finished_span(self, run_id: str) -> FinishedSpan:
+        return await counters.finished_span(self.db, run_id)
+
     async def cells(self, run_id: str) -> list[Cell]:
         return await tracking.cells(self.db, run_id)
 
@@ -213,6 +217,12 @@ class SQLiteStore:
 
     async def touch_api_key(self, name: str, *, now: float) -> None:
         return await keys.touch_api_key(self.db, name, now=now)
+
+    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
+        return await keys.revoke_session(self.db, session_id, expires_at=expires_at, now=now)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        return await keys.session_revoked(self.db, session_id)
 
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         return await counters.status_counts(self.db)
