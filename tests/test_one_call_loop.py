@@ -173,7 +173,7 @@ async def test_postgres_report_with_claim_next_answer_lost_after_commit(
         store = engine.store
         assert isinstance(store, PostgresStore)
         a, b = (await engine.claim_items("r", worker="w", limit=2)).items
-        loss = AnswerLoss(monkeypatch, store, "_run_batch")  # pipelined (complete) and one by one (fail)
+        loss = AnswerLoss(monkeypatch, store.db, "_run_batch")  # pipelined (complete) and one by one (fail)
         loss.arm()
         ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x", claim_next=2)
         assert ack.status == "complete" and loss.lost == [1] and ack.next is not None and len(ack.next) == 2

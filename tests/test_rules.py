@@ -199,8 +199,8 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
 
     from matrix_mcp.store.params import NewItem, NewPackage
     from matrix_mcp.store.postgres import PostgresStore
-    from matrix_mcp.store.postgres.sql import _SWEEP_SQL
-    from matrix_mcp.store.postgres.transitions import SWEEP_LIMIT
+    from matrix_mcp.store.postgres.sql import SWEEP_SQL
+    from matrix_mcp.store.postgres.work import SWEEP_LIMIT
 
     async def populate() -> str:
         store = await PostgresStore.open(postgres_database)
@@ -260,7 +260,7 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                             oid,
                         ),
                     )
-                swept = conn.execute(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}).fetchall()
+                swept = conn.execute(SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}).fetchall()
                 after = {
                     r["id"]: r
                     for r in conn.execute(
@@ -305,7 +305,7 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
 
 
 # ---- the PostgreSQL statements that restate the lease and duration rules --------------------------
-# _COMPLETE_SQL, _COMPLETE_MANY_SQL and the heartbeat decide in SQL (one statement on the hot path) whether
+# COMPLETE_SQL, COMPLETE_MANY_SQL and the heartbeat decide in SQL (one statement on the hot path) whether
 # a lease holds and how long an attempt ran; these hold them to rules.lease_holds, rules.duration and
 # rules.lease_expires over generated rows, as the sweep test above does for rules.lease_expiry.
 
@@ -367,7 +367,7 @@ def test_postgres_complete_sql_is_the_python_rule(postgres_database: str) -> Non
     import psycopg
     from psycopg.rows import dict_row
 
-    from matrix_mcp.store.postgres.sql import _COMPLETE_SQL
+    from matrix_mcp.store.postgres.sql import COMPLETE_SQL
 
     _, ids = _leased_items(postgres_database, 1)
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
@@ -379,7 +379,7 @@ def test_postgres_complete_sql_is_the_python_rule(postgres_database: str) -> Non
             try:
                 _set_rows(conn, ids, [row])
                 got = conn.execute(
-                    _COMPLETE_SQL,
+                    COMPLETE_SQL,
                     {
                         "now": now,
                         "metrics": rules.json_text(report.metrics),
@@ -421,7 +421,7 @@ def test_postgres_complete_many_sql_is_the_python_rule(postgres_database: str) -
     import psycopg
     from psycopg.rows import dict_row
 
-    from matrix_mcp.store.postgres.sql import _COMPLETE_MANY_SQL
+    from matrix_mcp.store.postgres.sql import COMPLETE_MANY_SQL
 
     _, ids = _leased_items(postgres_database, 5)
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
@@ -437,7 +437,7 @@ def test_postgres_complete_many_sql_is_the_python_rule(postgres_database: str) -
             try:
                 _set_rows(conn, ids, rows)
                 got = conn.execute(
-                    _COMPLETE_MANY_SQL,
+                    COMPLETE_MANY_SQL,
                     {
                         "ids": ids,
                         "tokens": tokens,
@@ -472,7 +472,7 @@ def test_postgres_heartbeat_sql_is_the_python_rule(postgres_database: str) -> No
     import psycopg
     from psycopg.rows import dict_row
 
-    from matrix_mcp.store.postgres.sql import _HEARTBEAT_SQL
+    from matrix_mcp.store.postgres.sql import HEARTBEAT_SQL
 
     run_id, ids = _leased_items(postgres_database, 4)
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
@@ -488,7 +488,7 @@ def test_postgres_heartbeat_sql_is_the_python_rule(postgres_database: str) -> No
             try:
                 conn.execute("UPDATE runs SET state = %s WHERE id = %s", (run_state, run_id))
                 _set_rows(conn, ids, rows)
-                got = conn.execute(_HEARTBEAT_SQL, {"now": now, "ids": ids, "tokens": tokens}).fetchall()
+                got = conn.execute(HEARTBEAT_SQL, {"now": now, "ids": ids, "tokens": tokens}).fetchall()
                 held = {r["id"]: r for r in got}
                 for oid, r, token in zip(ids, rows, tokens, strict=True):
                     assert (oid in held) == rules.lease_holds(r["status"], r["token"], token), (r, token)

@@ -1,5 +1,5 @@
 """One group-commit batch of the PostgreSQL store: the requests, their savepoint-scoped transaction view
-(`_Tx`: counter deltas and events kept until the batch commits), and the journal of answers that
+(`Tx`: counter deltas and events kept until the batch commits), and the journal of answers that
 lets a batch re-run after a lost answer without doing a write twice."""
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from matrix_mcp.store.group_commit import Request
 from matrix_mcp.store.params import Claim, Report, Reported
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.sql import (
-    _COL,
-    _COUNTER_COLUMNS,
-    _DELTA_INSERT,
-    _DELTA_INSERT_ARRAYS,
-    _DELTA_INT,
-    _RECOVER_ANSWERS_SQL,
+    COL,
+    COUNTER_COLUMNS,
     DELTA_COLUMNS,
+    DELTA_INSERT,
+    DELTA_INSERT_ARRAYS,
+    DELTA_INT,
+    RECOVER_ANSWERS_SQL,
     DeltaKey,
 )
 
@@ -48,26 +48,26 @@ log = logging.getLogger("matrix_mcp.store.postgres")
 T = TypeVar("T")
 
 
-# answers of the writes that journal them (see _recover_answers)
-_PLAN_ANSWER = TypeAdapter(PlanResult)
+# answers of the writes that journal them (see recover_answers)
+PLAN_ANSWER = TypeAdapter(PlanResult)
 
 
-_RUN_ANSWER = TypeAdapter(Run)
+RUN_ANSWER = TypeAdapter(Run)
 
 
-_OUTCOME_ANSWER = TypeAdapter(Outcome)
+OUTCOME_ANSWER = TypeAdapter(Outcome)
 
 
-_REPORTED_ANSWER = TypeAdapter(Reported)
+REPORTED_ANSWER = TypeAdapter(Reported)
 
 
-_IDS_ANSWER = TypeAdapter(list[str])
+IDS_ANSWER = TypeAdapter(list[str])
 
 
-_RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
+RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
 
 
-_INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
+INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
 
 
 Row = dict[str, Any]
@@ -76,18 +76,18 @@ Row = dict[str, Any]
 Conn = AsyncConnection[Row]
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     """Errors worth retrying the whole transaction for: the database, not the request, is at fault."""
     return isinstance(exc, psycopg.OperationalError)
 
 
-async def _configure(conn: Conn) -> None:
+async def configure(conn: Conn) -> None:
     # the hot statements are prepared (psycopg prepares after 5 uses); their plans do not depend on
     # parameter values, so skip re-planning every execution
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
-_IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
@@ -96,32 +96,32 @@ _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is pinged before use
 
 
-async def _note_return(conn: Conn) -> None:
+async def note_return(conn: Conn) -> None:
     _RETURNED[conn] = time.monotonic()
 
 
-async def _check(conn: Conn) -> None:
+async def check_idle(conn: Conn) -> None:
     """Ping a connection that sat idle (the server may have gone away); a connection returned moments
     ago is used as is — if it broke since, the call's transient-error retry takes another one."""
     if time.monotonic() - _RETURNED.get(conn, 0.0) > CHECK_IDLE:
         await AsyncConnectionPool.check_connection(conn)
 
 
-async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
+async def fetch_one(c: Conn, query: Any, params: Any = None) -> Row | None:
     cur = await c.execute(query, params)
     return await cur.fetchone()
 
 
-async def _all(c: Conn, query: Any, params: Any = None) -> list[Row]:
+async def fetch_all(c: Conn, query: Any, params: Any = None) -> list[Row]:
     cur = await c.execute(query, params)
     return await cur.fetchall()
 
 
-class _NeedSafe(Exception):
+class NeedSafe(Exception):
     """An atomic request failed after writing: re-run the batch with a savepoint per request."""
 
 
-class _Batch:
+class Batch:
     """What a group-commit batch has accumulated from the requests that succeeded so far."""
 
     __slots__ = ("deltas", "events", "swept")
@@ -142,10 +142,10 @@ def _merge(into: dict[DeltaKey, list[float]], other: dict[DeltaKey, list[float]]
                 row[i] += v
 
 
-class _Tx:
+class Tx:
     """One request inside a batch: its connection (inside a savepoint), its counter deltas and events."""
 
-    def __init__(self, conn: Conn, batch: _Batch) -> None:
+    def __init__(self, conn: Conn, batch: Batch) -> None:
         self.conn = conn
         self.batch = batch
         self.deltas: dict[DeltaKey, list[float]] = {}
@@ -154,10 +154,10 @@ class _Tx:
         self.wrote = False  # set by atomic requests once they changed a row
 
     async def one(self, query: Any, params: Any = None) -> Row | None:
-        return await _one(self.conn, query, params)
+        return await fetch_one(self.conn, query, params)
 
     async def all(self, query: Any, params: Any = None) -> list[Row]:
-        return await _all(self.conn, query, params)
+        return await fetch_all(self.conn, query, params)
 
     async def execute(self, query: Any, params: Any = None) -> None:
         await self.conn.execute(query, params)
@@ -170,7 +170,7 @@ class _Tx:
         if row is None:
             row = self.deltas[key] = [0.0] * len(DELTA_COLUMNS)
         for name, v in values.items():
-            row[_COL[name]] += v
+            row[COL[name]] += v
 
     def move(self, run_id: str, package_id: int, old: Status, new: Status, n: int = 1) -> None:
         if old == new or n == 0:
@@ -181,7 +181,7 @@ class _Tx:
         self, run_id: str, package_id: int, metrics: Mapping[str, Any], duration: float | None, sign: int
     ) -> None:
         contrib = R.contribution(metrics, duration)
-        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in _COUNTER_COLUMNS})
+        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in COUNTER_COLUMNS})
         if duration is not None:
             self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
 
@@ -235,7 +235,7 @@ class _Tx:
         _merge(pending, self.deltas)
         self.batch.deltas = {}
         self.deltas = {}
-        await _write_deltas(self.conn, pending)
+        await write_deltas(self.conn, pending)
 
     def succeeded(self) -> None:
         _merge(self.batch.deltas, self.deltas)
@@ -245,9 +245,9 @@ class _Tx:
         _merge(self.batch.deltas, self.taken)
 
 
-async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
+async def write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
     rows = [
-        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, _DELTA_INT, strict=True))]
+        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, DELTA_INT, strict=True))]
         for k, v in deltas.items()
         if any(v)
     ]
@@ -256,13 +256,13 @@ async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
     try:
         payload = json.dumps(rows, allow_nan=False)
     except ValueError:  # a sum overflowed to infinity: JSON cannot carry it, float8 arrays can
-        await c.execute(_DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
+        await c.execute(DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
         return
-    await c.execute(_DELTA_INSERT, (payload,))
+    await c.execute(DELTA_INSERT, (payload,))
 
 
 @dataclass(frozen=True, slots=True)
-class _ClaimArgs:
+class ClaimArgs:
     run_id: str
     worker: str
     limit: int
@@ -281,7 +281,7 @@ class _ClaimArgs:
 
 
 @dataclass(frozen=True, slots=True)
-class _CompleteArgs:
+class CompleteArgs:
     outcome_id: str
     lease_token: str
     report: Report
@@ -291,29 +291,29 @@ class _CompleteArgs:
     values: list[tuple[str, float]]
 
 
-class _Request(Request):
+class BatchRequest(Request):
     __slots__ = ("atomic", "fn", "handled", "journal", "key", "merge", "rest", "tried")
 
     def __init__(
         self,
-        fn: Callable[[_Tx], Awaitable[Any]],
+        fn: Callable[[Tx], Awaitable[Any]],
         atomic: bool,
-        merge: _ClaimArgs | _CompleteArgs | None = None,
+        merge: ClaimArgs | CompleteArgs | None = None,
         journal: TypeAdapter[Any] | None = None,
     ) -> None:
         super().__init__()
         self.fn = fn
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
-        # writes that must not run twice (see _recover_answers) journal their answer under `key`
+        # writes that must not run twice (see recover_answers) journal their answer under `key`
         self.journal = journal
         self.key = uuid.uuid4().hex if journal is not None else ""
         self.tried = False
         self.handled = False  # answered by the merged statement
-        self.rest: Callable[[_Tx], Awaitable[Any]] | None = None  # what is left to do one by one
+        self.rest: Callable[[Tx], Awaitable[Any]] | None = None  # what is left to do one by one
 
 
-def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
+def claims_from(tx: Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
     """Claims (with their events and counter moves) from claim-statement rows of one request."""
     claims: list[Claim] = []
     per_package: dict[int, int] = defaultdict(int)
@@ -333,7 +333,7 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
     return claims
 
 
-async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
+async def recover_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     """Before a batch is re-run after a transient error: a journaled write whose earlier attempt
     committed (the connection died before its answer came back) gets the answer that attempt
     journaled with it, instead of running again — which would log a second integration event,
@@ -341,7 +341,7 @@ async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
     keys = [req.key for req in batch if req.journal is not None and req.tried]
     if not keys:
         return
-    found = {r["key"]: r["answer"] for r in await _all(conn, _RECOVER_ANSWERS_SQL, (keys,))}
+    found = {r["key"]: r["answer"] for r in await fetch_all(conn, RECOVER_ANSWERS_SQL, (keys,))}
     for req in batch:
         answer = found.get(req.key) if req.journal is not None else None
         if answer is not None:
@@ -351,7 +351,7 @@ async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
             req.handled = True
 
 
-async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
+async def journal_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     rows = [
         (req.key, req.journal.dump_json(req.value).decode())
         for req in batch
@@ -365,14 +365,14 @@ async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
         )
 
 
-def _claim_params(
+def claim_params(
     run_id: str,
     package: str | None,
     exhausted: list[int],
     cutoff: float,
     slots: list[tuple[str, float, str, str | None]],
 ) -> dict[str, Any]:
-    """Parameters of _CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
+    """Parameters of CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
     return {
         "run": run_id,
         "package": package,

@@ -17,7 +17,7 @@ from matrix_mcp.store.postgres.migrations import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.batch import Conn
-    from matrix_mcp.store.postgres.store import PostgresStore
+    from matrix_mcp.store.postgres.connection import Database
 
 T = TypeVar("T")
 
@@ -46,18 +46,18 @@ async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
 
 
 class PostgresHooks:
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         async def attempt() -> T:
-            async with self._store._pool.connection() as conn, conn.transaction():
+            async with self._db.pool.connection() as conn, conn.transaction():
                 return await fn(conn)
 
-        return await self._store._with_retry(attempt)
+        return await self._db.with_retry(attempt)
 
     async def _rd(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        return await self._store._read(fn)
+        return await self._db.read(fn)
 
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         async def op(c: Conn) -> SubscriptionRow:

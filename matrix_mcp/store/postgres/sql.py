@@ -31,10 +31,10 @@ DELTA_COLUMNS = (
 _FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum"}
 
 
-_COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
+COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
 
 
-_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
@@ -51,10 +51,10 @@ def _build_delta_insert() -> str:
     return f"INSERT INTO package_deltas ({cols}) SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS d(e)"
 
 
-_DELTA_INSERT = _build_delta_insert()
+DELTA_INSERT = _build_delta_insert()
 
 
-_DELTA_INSERT_ARRAYS = (
+DELTA_INSERT_ARRAYS = (
     "INSERT INTO package_deltas ("
     + ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
     + ") SELECT * FROM unnest("
@@ -67,10 +67,10 @@ _DELTA_INSERT_ARRAYS = (
 )
 
 
-_DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
+DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
 
 
-_RUN_SELECT = """
+RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
        COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
@@ -81,7 +81,7 @@ FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 
 # One run with its summed counters, set-based: the rolled package rows plus the run's unrolled deltas
 # (two aggregates over index ranges instead of one per package). %(where)s picks the run.
-_ONE_RUN_SQL = """
+ONE_RUN_SQL = """
 SELECT r.*, p.packages,
        p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
        p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
@@ -101,7 +101,7 @@ CROSS JOIN LATERAL (
 """
 
 
-_OUTCOME_SELECT = """
+OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
@@ -111,7 +111,7 @@ FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.packa
 # pending and final rows of a run are a range of outcome_queue_status, the leased ones come from
 # outcome_queue_leased; each is then joined to its outcome row, so a listing of a few failed items among a
 # million complete ones reads those few, not the run.
-_QUEUED_OUTCOME_SELECT = """
+QUEUED_OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
@@ -141,7 +141,7 @@ _FINAL_CONDITION: dict[Status, str] = {
 }
 
 
-_SUMMARY_SELECT = """
+SUMMARY_SELECT = """
 SELECT p.*, r.name AS run_name,
        ARRAY(SELECT h.bucket FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hb,
        ARRAY(SELECT h.n FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hn
@@ -152,7 +152,7 @@ FROM package_counters p JOIN runs r ON r.id = p.run_id
 # All summaries of one run in one pass: rolled counters + this run's unrolled deltas. Histograms: the
 # rolled buckets as arrays per package (read in key order, no aggregation over numeric sums), plus the few unrolled delta
 # buckets, added up in Python.
-_RUN_SUMMARIES_SQL = """
+RUN_SUMMARIES_SQL = """
 WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
 d AS (
     SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
@@ -185,13 +185,13 @@ ORDER BY pk.position
 """
 
 
-_THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
+THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
 
 
-_LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
+LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
 
 
-_CLAIM_SQL = """
+CLAIM_SQL = """
 WITH r AS MATERIALIZED (
     SELECT name, lease_seconds FROM runs WHERE id = %(run)s AND state = 'active'
 ),
@@ -270,7 +270,7 @@ ORDER BY upd.rank NULLS LAST
 """
 
 
-_HEARTBEAT_SQL = (
+HEARTBEAT_SQL = (
     "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
     " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
     " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
@@ -280,7 +280,7 @@ _HEARTBEAT_SQL = (
 )
 
 
-_COMPLETE_SQL = """
+COMPLETE_SQL = """
 WITH cur AS MATERIALIZED (
     SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
     FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
@@ -329,7 +329,7 @@ SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u)
 # still holds (its WHERE is re-checked on the row's latest version, so no separate FOR UPDATE pass and no
 # lock record), closes its queue row and attempt and writes its metrics. Requests not returned (stale
 # token, repeat, unknown id) are answered one by one afterwards.
-_COMPLETE_MANY_SQL = """
+COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
                          %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
@@ -377,7 +377,7 @@ FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
 """
 
 
-_SWEEP_SQL = """
+SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
     -- the narrow queue's leased rows (partial index outcome_queue_leased); both rows locked or skipped,
     -- so the sweep never waits on a report that holds the outcome row
@@ -423,7 +423,7 @@ SELECT upd.*, p.name AS package_name FROM upd JOIN packages p ON p.id = upd.pack
 """
 
 
-_ROLLUP_SQL = """
+ROLLUP_SQL = """
 WITH d AS (
     DELETE FROM package_deltas
     WHERE id IN (SELECT id FROM package_deltas ORDER BY id LIMIT %(chunk)s)
@@ -475,7 +475,7 @@ SELECT count(*) AS n FROM d
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
-_EARLIEST = {
+EARLIEST = {
     "available_at": "SELECT MIN(available_at) AS t FROM outcome_queue"
     " WHERE package_id IN (SELECT id FROM packages WHERE run_id = %s) AND lease_token IS NULL AND final IS NULL",
     "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcome_queue"
@@ -483,7 +483,7 @@ _EARLIEST = {
 }
 
 
-_RECOVER_CLAIMS_SQL = (
+RECOVER_CLAIMS_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
@@ -496,7 +496,7 @@ _RECOVER_CLAIMS_SQL = (
 
 # a cancelled run's pending items (its leases are left for their workers): the narrow rows first, by the
 # claim index, then the outcome rows
-_CANCEL_PENDING_SQL = """
+CANCEL_PENDING_SQL = """
 WITH cq AS (
     UPDATE outcome_queue q SET final = 'cancelled'
     WHERE q.package_id IN (SELECT id FROM packages WHERE run_id = %(run)s) AND q.lease_token IS NULL
@@ -512,10 +512,10 @@ SELECT package_id, count(*) AS n FROM u GROUP BY package_id
 """
 
 
-_RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
+RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
 
 
-_HELD_SQL = (
+HELD_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
