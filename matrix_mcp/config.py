@@ -128,6 +128,8 @@ class Settings:
     schema_database_url: str | None = None
     limits: Limits = field(default_factory=Limits)
     toolset: Toolset = "all"
+    # PostgreSQL: every database call answers within this many seconds, even over a silent link
+    db_deadline_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -148,6 +150,7 @@ class Settings:
             artifacts_dir=Path(env.get("MATRIX_ARTIFACTS_DIR") or DEFAULT_ARTIFACTS_DIR),
             schema_database_url=env.get("MATRIX_SCHEMA_DATABASE_URL") or None,
             limits=limits,
+            db_deadline_seconds=_seconds(env, "MATRIX_DB_DEADLINE_SECONDS", cls.db_deadline_seconds),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "database_url" in clean:
@@ -179,6 +182,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not 0 < value < float("inf"):
+        raise SettingError(f"{name} must be a positive number of seconds, got {raw!r}")
     return value
 
 

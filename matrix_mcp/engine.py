@@ -148,7 +148,7 @@ class Engine:
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
-        store = await open_store(settings.database_url)
+        store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
         try:
             return cls(store, settings)
         except BaseException:

@@ -1,7 +1,8 @@
 """Shared by the reliability suite (tests/test_reliability_*.py) and the soak mode (bench/soak.py).
 
 `WorkerProcess` starts tests/reliability_worker.py as its own process (an MCP server plus a worker loop)
-and reads its JSON lines; `check_store` states what "nothing lost" means and returns every violation.
+and reads its JSON lines; `check_store` states what "nothing lost" means and returns every violation;
+`BlackHoleProxy` stands between server processes and PostgreSQL and can go silent (a network partition).
 
 What "events without gaps in committed data" means here:
 - both backends: every committed claim has its `claimed` event (one per outcome_attempts row), every
@@ -25,10 +26,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.abc
 
 from matrix_mcp.config import Settings, is_postgres_url, sqlite_path
 from matrix_mcp.engine import Engine
@@ -240,3 +244,74 @@ def percentile(values: list[float], q: float) -> float:
 
 def now() -> float:
     return time.monotonic()
+
+
+class BlackHoleProxy:
+    """A TCP proxy on 127.0.0.1 in front of `target` (host, port). `hold()` black-holes the link: nothing is
+    forwarded in either direction and no socket is closed (no RST, no FIN: a partition, a failover that left
+    the old address silent); new connections are accepted but not connected through. `release()` heals it:
+    what was held is delivered, as TCP would retransmit it, and a side closed meanwhile is closed through.
+
+    Serve it with `async with proxy.serving():`; `url(database_url)` is that URL with the proxy's port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.connections = 0
+        self._flowing = anyio.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        if self._flowing.is_set():
+            self._flowing = anyio.Event()
+
+    def release(self) -> None:
+        self._flowing.set()
+
+    async def _pass(self) -> None:
+        while not self._flowing.is_set():
+            await self._flowing.wait()
+
+    def url(self, database_url: str) -> str:
+        parts = urlsplit(database_url)
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.port}"
+        return urlunsplit(
+            (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, parts.query, "")
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[BlackHoleProxy]:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, self._handle)
+            try:
+                yield self
+            finally:
+                self.release()
+                tg.cancel_scope.cancel()
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        async with client:
+            await self._pass()  # a connection made during an outage gets no answer until it heals
+            try:
+                upstream = await anyio.connect_tcp(*self.target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+                tg.start_soon(self._pipe, client, upstream, tg.cancel_scope)
+                tg.start_soon(self._pipe, upstream, client, tg.cancel_scope)
+
+    async def _pipe(
+        self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, scope: anyio.CancelScope
+    ) -> None:
+        try:
+            while True:
+                data = await source.receive()
+                await self._pass()
+                await sink.send(data)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await self._pass()  # the FIN is held like any other packet
+            scope.cancel()  # one side is gone: close both

@@ -42,6 +42,7 @@ class Caller:
         self.client = client
         self.worker = worker
         self.latency: dict[str, list[float]] = {}
+        self.slowest: dict[str, float] = {}  # per tool, seconds: the longest any one call took to answer
         self.errors: list[str] = []
 
     async def call(self, tool: str, args: dict[str, Any], retry: bool = True) -> dict[str, Any] | None:
@@ -49,11 +50,13 @@ class Caller:
         for _ in range(200):
             t0 = time.perf_counter()
             result = await self.client.call_tool(tool, args)
-            self.latency.setdefault(tool, []).append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self.latency.setdefault(tool, []).append(took)
+            self.slowest[tool] = max(self.slowest.get(tool, 0.0), took)
             if not result.is_error:
                 return dict(result.structured_content or {})
             text = " ".join(getattr(c, "text", "") for c in result.content)
-            emit(ev="error", tool=tool, text=text, worker=self.worker)
+            emit(ev="error", tool=tool, text=text, worker=self.worker, seconds=round(took, 3))
             self.errors.append(f"{tool}: {text}")
             if retry and RETRYABLE in text:
                 await anyio.sleep(0.2)
@@ -71,7 +74,7 @@ async def work(c: Caller, run: str, hold: float, hold_first: float) -> None:
             continue
         if not got["items"]:
             if got["reason"] in ("done", "cancelled"):
-                emit(ev="finished", reason=got["reason"])
+                emit(ev="finished", reason=got["reason"], slowest=c.slowest)
                 return
             await anyio.sleep(min(0.2, got.get("retry_after_seconds") or 0.05))
             continue

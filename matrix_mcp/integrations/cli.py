@@ -71,7 +71,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
     from matrix_mcp.integrations.service import Hooks
     from matrix_mcp.store import open_store
 
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
     try:
         if args.command == "dispatch":
             from matrix_mcp.integrations.runner import dispatch

@@ -10,12 +10,15 @@ from matrix_mcp.config import is_postgres_url, redact_url, sqlite_path
 from matrix_mcp.store.protocol import Store
 
 
-async def open_store(url: str) -> Store:
-    """The store at `url` (sqlite:///path or postgresql://…), opened and migrated."""
+async def open_store(url: str, *, deadline: float | None = None) -> Store:
+    """The store at `url` (sqlite:///path or postgresql://…), opened and migrated. `deadline`: PostgreSQL
+    only, seconds within which every database call answers (MATRIX_DB_DEADLINE_SECONDS; default 10)."""
     if is_postgres_url(url):
         from matrix_mcp.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        if deadline is None:
+            return await PostgresStore.open(url)
+        return await PostgresStore.open(url, deadline=deadline)
     path = sqlite_path(url)
     if path is None:
         raise ValueError(

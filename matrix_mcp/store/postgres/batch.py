@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 import weakref
@@ -102,7 +103,8 @@ async def note_return(conn: Conn) -> None:
 
 async def check_idle(conn: Conn) -> None:
     """Ping a connection that sat idle (the server may have gone away); a connection returned moments
-    ago is used as is — if it broke since, the call's transient-error retry takes another one."""
+    ago is used as is — if it broke since, the call's transient-error retry takes another one, and if its
+    link went silent, the call's deadline cuts it off (store/postgres/deadline.py)."""
     if time.monotonic() - _RETURNED.get(conn, 0.0) > CHECK_IDLE:
         await AsyncConnectionPool.check_connection(conn)
 
@@ -292,7 +294,7 @@ class CompleteArgs:
 
 
 class BatchRequest(Request):
-    __slots__ = ("atomic", "fn", "handled", "journal", "key", "merge", "rest", "tried")
+    __slots__ = ("atomic", "deadline", "fn", "handled", "journal", "key", "merge", "rest", "tried")
 
     def __init__(
         self,
@@ -300,8 +302,13 @@ class BatchRequest(Request):
         atomic: bool,
         merge: ClaimArgs | CompleteArgs | None = None,
         journal: TypeAdapter[Any] | None = None,
+        *,
+        deadline: float = math.inf,
     ) -> None:
         super().__init__()
+        self.deadline = (
+            deadline  # monotonic time by which its writer is answered (store/postgres/deadline.py)
+        )
         self.fn = fn
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from matrix_mcp.config import redact_text
 from matrix_mcp.errors import StoreError, Unavailable
@@ -55,16 +56,20 @@ def refused(exc: BaseException) -> bool:
     return "FATAL:" in text and not any(t in text for t in _TRANSIENT_FATAL)
 
 
-async def check_connect(url: str, secret: str, wait: float = CONNECT_WAIT) -> None:
+async def check_connect(
+    url: str, secret: str, wait: float = CONNECT_WAIT, params: Mapping[str, str] | None = None
+) -> None:
     """Connect once (retrying an unreachable server for up to `wait` seconds) and close; raise ConnectRefused
-    or Unavailable with one line naming host and port."""
+    or Unavailable with one line naming host and port. `params`: extra libpq parameters (keepalives...)."""
     where = target(url)
     started = time.monotonic()
     deadline = started + wait
     delay = 0.1
     while True:
         try:
-            conn = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT)
+            conn = await psycopg.AsyncConnection.connect(
+                make_conninfo(url, **(params or {})), connect_timeout=CONNECT_TIMEOUT
+            )
         except psycopg.Error as exc:
             if refused(exc):
                 raise ConnectRefused(

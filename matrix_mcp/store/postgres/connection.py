@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
 from matrix_mcp.audit import acting_as
@@ -44,6 +45,14 @@ from matrix_mcp.store.postgres.batch import (
     recover_answers,
     transient,
     write_deltas,
+)
+from matrix_mcp.store.postgres.deadline import (
+    DEFAULT_DEADLINE,
+    BoundedPool,
+    call_deadline,
+    connect_params,
+    cut,
+    session_settings,
 )
 from matrix_mcp.store.postgres.migrations import (
     EVENTS_LOCK,
@@ -79,6 +88,9 @@ NOTIFY_DEBOUNCE = 0.01
 POLL_FALLBACK = 0.5
 
 
+LISTEN_PING = 10.0  # seconds without a notification after which the LISTEN connection is checked (bounded)
+
+
 # a journaled answer is needed only while its write is being retried (RETRY_BUDGET); kept far longer
 ANSWERS_KEEP = 600.0
 
@@ -89,8 +101,9 @@ ANSWERS_PRUNE_INTERVAL = 60.0
 class Database:
     """The PostgreSQL store's plumbing: pool, migrations, group commit with retries, roll-up, LISTEN/NOTIFY."""
 
-    def __init__(self, url: str, pool: AsyncConnectionPool[Conn]) -> None:
+    def __init__(self, url: str, pool: BoundedPool) -> None:
         self._url = url
+        self._deadline = pool.deadline
         self._secret = url_password(url) or ""
         self.url_for_display = redact_url(url)
         self._pool = pool
@@ -101,33 +114,46 @@ class Database:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
+        self.listening: AsyncConnection[Any] | None = None  # the LISTEN connection, once made
         self._last_notify = 0.0
         self._notify_owed = False
 
     @property
-    def pool(self) -> AsyncConnectionPool[Conn]:
+    def pool(self) -> BoundedPool:
         """The connection pool (reads outside the group commit take their connection from it)."""
         return self._pool
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str) -> Self:
+    async def open(cls, url: str, *, deadline: float = DEFAULT_DEADLINE) -> Self:
+        """Connect, migrate and start the roller. `deadline`: seconds within which every database call
+        answers, even over a black-holed link (MATRIX_DB_DEADLINE_SECONDS; see store/postgres/deadline.py)."""
         if url.startswith("postgresql+psycopg://"):
             url = "postgresql://" + url[len("postgresql+psycopg://") :]
         from matrix_mcp.store.postgres.connect import check_connect
 
-        await check_connect(url, url_password(url) or "")  # a refusal at once, an unreachable server briefly
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        params = connect_params(url, deadline)
+        # a refusal at once, an unreachable server briefly
+        await check_connect(url, url_password(url) or "", params=params)
+        settings = session_settings(deadline)
+
+        async def configure_session(conn: Conn) -> None:
+            await configure(conn)
+            for name, value in settings.items():
+                await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+        pool = BoundedPool(
             url,
+            deadline=deadline,
             min_size=POOL_MIN,
             max_size=POOL_MAX,
             open=False,
             timeout=POOL_WAIT,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **params},
             check=check_idle,
             reset=note_return,
-            configure=configure,
+            configure=configure_session,
             reconnect_timeout=30.0,
             name="matrix",
         )
@@ -156,6 +182,11 @@ class Database:
         await self._pool.close()
 
     async def _migrate(self) -> None:
+        # a migration may run long: no call deadline (keepalives and tcp_user_timeout still apply)
+        with call_deadline(math.inf):
+            await self._migrate_now()
+
+    async def _migrate_now(self) -> None:
         async with self._pool.connection() as c, c.transaction():
             await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             await c.execute(
@@ -183,23 +214,37 @@ class Database:
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    async def with_retry(self, attempt_fn: Callable[[], Awaitable[T]]) -> T:
-        """Run attempt_fn, retrying transient database errors with jittered backoff for a short budget."""
-        deadline = time.monotonic() + RETRY_BUDGET
+    async def with_retry(self, attempt_fn: Callable[[], Awaitable[T]], deadline: float = math.inf) -> T:
+        """Run attempt_fn, retrying transient database errors with jittered backoff for a short budget,
+        and answer Unavailable by the call's deadline (the store's, or the monotonic `deadline` if earlier):
+        a connection still in use then is cut off (store/postgres/deadline.py)."""
+        at = min(time.monotonic() + self._deadline, deadline)
+        budget = min(time.monotonic() + RETRY_BUDGET, at)
         delay = 0.02
-        while True:
-            if self._closed:
-                raise Unavailable("the store is closed")
-            try:
-                return await attempt_fn()
-            except psycopg.Error as exc:
-                if not transient(exc):
-                    raise StoreError(f"database error: {redact_text(str(exc), (self._secret,))}") from None
-                if time.monotonic() + delay > deadline:
-                    raise Unavailable(self._unavailable_text(exc)) from None
-                log.info("transient database error, retrying: %s", redact_text(str(exc), (self._secret,)))
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.5)
+        with call_deadline(at):
+            while True:
+                if self._closed:
+                    raise Unavailable("the store is closed")
+                try:
+                    return await attempt_fn()
+                except psycopg.Error as exc:
+                    if not transient(exc):
+                        raise StoreError(
+                            f"database error: {redact_text(str(exc), (self._secret,))}"
+                        ) from None
+                    if time.monotonic() >= at:
+                        raise Unavailable(self._late_text()) from None
+                    if time.monotonic() + delay > budget:
+                        raise Unavailable(self._unavailable_text(exc)) from None
+                    log.info("transient database error, retrying: %s", redact_text(str(exc), (self._secret,)))
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.5)
+
+    def _late_text(self) -> str:
+        return (
+            f"the PostgreSQL database did not answer within {self._deadline:g} s"
+            " (MATRIX_DB_DEADLINE_SECONDS); retry the call"
+        )
 
     async def write(
         self,
@@ -218,10 +263,14 @@ class Database:
         retry after a lost answer returns it instead of running `fn` again."""
         if self._closed:
             raise Unavailable("the store is closed")
-        return await self.group_commit.submit(BatchRequest(fn, atomic, merge, journal))  # type: ignore[no-any-return]
+        request = BatchRequest(fn, atomic, merge, journal, deadline=time.monotonic() + self._deadline)
+        return await self.group_commit.submit(request)  # type: ignore[no-any-return]
 
     async def _commit(self, batch: list[BatchRequest]) -> None:
-        await self.with_retry(functools.partial(self._run_batch, batch))
+        # the batch answers by its earliest request's deadline: a writer queued behind a stuck batch
+        # waits at most its own deadline in all
+        deadline = min(req.deadline for req in batch)
+        await self.with_retry(functools.partial(self._run_batch, batch), deadline)
 
     async def _run_batch(self, batch: list[BatchRequest]) -> None:
         try:
@@ -419,21 +468,34 @@ class Database:
 
     async def _listen(self) -> None:
         delay = 0.2
+        conninfo = make_conninfo(self._url, **connect_params(self._url, self._deadline))
         while not self._closed:
             try:
-                conn = await AsyncConnection.connect(self._url, autocommit=True, connect_timeout=3)
+                conn = await AsyncConnection.connect(conninfo, autocommit=True, connect_timeout=3)
+                self.listening = conn
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     delay = 0.2
                     self.wake()  # anything missed while not listening is picked up by the poll
-                    async for _ in conn.notifies():
-                        self.wake()
+                    while True:
+                        async for _ in conn.notifies(timeout=LISTEN_PING):
+                            self.wake()
+                        await self._ping(conn)  # quiet: make sure the link is still there
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("LISTEN connection lost: %s", redact_text(str(exc), (self._secret,)))
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
+
+    async def _ping(self, conn: AsyncConnection[Any]) -> None:
+        """One round trip, cut off at the deadline: a silent (black-holed) connection fails with
+        OperationalError instead of being listened on forever."""
+        handle = asyncio.get_running_loop().call_later(self._deadline, cut, conn)
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            handle.cancel()
 
     async def wait_for_change(self, since: int, *, timeout: float) -> int:
         """Wakes on this process's commits at once, on other processes' through LISTEN/NOTIFY, and

@@ -67,6 +67,7 @@ from matrix_mcp.store.params import (
 )
 from matrix_mcp.store.postgres import content, counters, events, keys, runs, tracking, work
 from matrix_mcp.store.postgres.connection import Database
+from matrix_mcp.store.postgres.deadline import DEFAULT_DEADLINE
 from matrix_mcp.store.postgres.hooks import PostgresHooks
 
 
@@ -78,8 +79,10 @@ class PostgresStore:
         self.url_for_display = db.url_for_display
 
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
-        return cls(await Database.open(url))
+    async def open(cls, url: str, *, deadline: float = DEFAULT_DEADLINE) -> PostgresStore:
+        """Connect, migrate and start the roller; every database call answers within `deadline` seconds
+        (store/postgres/deadline.py)."""
+        return cls(await Database.open(url, deadline=deadline))
 
     async def close(self) -> None:
         await self.db.close()
