@@ -9,6 +9,7 @@ from matrix_mcp.store.params import (
     Collected,
     ContentFile,
 )
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     Conn,
     fetch_all,
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 async def inline_content(db: Database, sha256: str) -> bytes | None:
     async def op(c: Conn) -> bytes | None:
-        row = await fetch_one(c, "SELECT body FROM contents WHERE sha256 = %s", (sha256,))
+        row = await fetch_one(c, sql.INLINE_CONTENT_SELECT_CONTENTS, (sha256,))
         return None if row is None else bytes(row["body"])
 
     return await db.read(op)
@@ -29,9 +30,7 @@ async def inline_content(db: Database, sha256: str) -> bytes | None:
 
 async def content_hashes(db: Database) -> set[str]:
     async def op(c: Conn) -> set[str]:
-        rows = await fetch_all(
-            c, "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
-        )
+        rows = await fetch_all(c, sql.CONTENT_HASHES_SELECT_OUTCOMES)
         return {r["content_sha256"] for r in rows}
 
     return await db.read(op)
@@ -46,8 +45,7 @@ async def collect_contents(db: Database) -> Collected:
     async def find(c: Conn) -> list[str]:
         rows = await fetch_all(
             c,
-            "SELECT c.sha256 FROM contents c"
-            " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.content_sha256 = c.sha256)",
+            sql.COLLECT_CONTENTS_SELECT_CONTENTS,
         )
         return [r["sha256"] for r in rows]
 
@@ -62,9 +60,7 @@ async def collect_contents(db: Database) -> Collected:
             await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
             rows = await fetch_all(
                 conn,
-                "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN"
-                " (SELECT content_sha256 FROM outcomes WHERE content_sha256 = ANY(%(c)s))"
-                " RETURNING octet_length(body) AS size",
+                sql.COLLECT_CONTENTS_DELETE_CONTENTS,
                 {"c": candidates},
             )
         return Collected(len(rows), sum(int(r["size"]) for r in rows))
@@ -76,9 +72,7 @@ async def content_files(db: Database, *, since_seq: int, limit: int) -> list[Con
     async def op(c: Conn) -> list[ContentFile]:
         rows = await fetch_all(
             c,
-            "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"
-            " WHERE e.seq > %s AND e.kind = 'completed' AND o.status = 'complete'"
-            " AND o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT %s",
+            sql.CONTENT_FILES_SELECT_EVENTS,
             (since_seq, limit),
         )
         return [ContentFile(int(r["seq"]), r["id"], r["outcome_path"], r["content_sha256"]) for r in rows]

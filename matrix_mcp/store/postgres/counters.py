@@ -17,6 +17,7 @@ from matrix_mcp.models import (
 )
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import Conn, Row, fetch_all, fetch_one
 from matrix_mcp.store.postgres.migrations import ROLLUP_LOCK
 from matrix_mcp.store.postgres.sql import COUNTER_COLUMNS, RUN_SUMMARIES_SQL, SUMMARY_SELECT
@@ -74,13 +75,11 @@ async def summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary
 
 async def package_truth(c: Conn, package_id: int) -> dict[str, Any]:
     truth = R.Truth(COUNTER_COLUMNS)
-    for r in await fetch_all(
-        c, "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status", (package_id,)
-    ):
+    for r in await fetch_all(c, sql.PACKAGE_TRUTH_SELECT_OUTCOMES, (package_id,)):
         truth.count(r["status"], r["n"])
     async with c.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         await cur.execute(
-            "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'",
+            sql.PACKAGE_TRUTH_SELECT_OUTCOMES_2,
             (package_id,),
         )
         async for metrics, duration in cur:
@@ -93,16 +92,14 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
     mismatches: list[str] = []
     packages = await fetch_all(
         c,
-        "SELECT p.*, r.name AS run_name FROM package_counters p JOIN runs r ON r.id = p.run_id " + where,
+        sql.RECOUNT_ROWS_SELECT_PACKAGE_COUNTERS + where,
         args,
     )
     for p in packages:
         truth = await package_truth(c, int(p["id"]))
         hist = {
             int(h["bucket"]): int(h["n"])
-            for h in await fetch_all(
-                c, "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0", (p["id"],)
-            )
+            for h in await fetch_all(c, sql.RECOUNT_ROWS_SELECT_PACKAGE_HIST, (p["id"],))
         }
         mismatches += R.counter_mismatches(p, truth, hist, COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
@@ -110,15 +107,13 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
 
 async def rebuild_rows(c: Conn, run_id: str | None) -> None:
     where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
-    ids = [int(r["id"]) for r in await fetch_all(c, "SELECT id FROM packages " + where, args)]
-    await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])", (ids,))
+    ids = [int(r["id"]) for r in await fetch_all(c, sql.REBUILD_ROWS_SELECT_PACKAGES + where, args)]
+    await c.execute(sql.REBUILD_ROWS_DELETE_PACKAGE_DELTAS, (ids,))
     for pid in ids:
         truth = await package_truth(c, pid)
         buckets = sorted(b for b, n in truth["hist"].items() if n)
         await c.execute(
-            "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s,"
-            " cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s,"
-            " quality_n = %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s",
+            sql.REBUILD_ROWS_UPDATE_PACKAGES,
             (
                 truth["total"],
                 *(truth[s] for s in STATUSES),
@@ -138,8 +133,7 @@ async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[M
     async def op(c: Conn) -> list[MinuteCount]:
         rows = await fetch_all(
             c,
-            "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes"
-            " WHERE run_id = %s AND minute >= %s ORDER BY minute",
+            sql.RUN_MINUTES_SELECT_RUN_MINUTES,
             (run_id, since_minute),
         )
         return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
@@ -151,8 +145,7 @@ async def finished_span(db: Database, run_id: str) -> FinishedSpan:
     async def op(c: Conn) -> FinishedSpan:
         rows = await fetch_all(
             c,
-            "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last"
-            " FROM outcomes WHERE run_id = %s AND status IN ('complete', 'failed')",
+            sql.FINISHED_SPAN_SELECT_OUTCOMES,
             (run_id,),
         )
         row = rows[0]
@@ -184,28 +177,21 @@ async def system_metrics(db: Database, run_id: str | None, *, now: float) -> Sys
         where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
         t = await fetch_one(
             c,
-            "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS generating,"
-            " COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS failed,"
-            " COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 AS ds,"
-            " COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls,"
-            " COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn"
-            " FROM package_counters " + where,
+            sql.SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS + where,
             args,
         )
         assert t is not None
         since_minute = R.hourly_since_minute(now)
         hours = await fetch_all(
             c,
-            "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"
-            " SUM(duration_sum)::float8 AS ds, SUM(duration_n)::bigint AS dn FROM run_minutes"
-            " WHERE minute >= %s"
+            sql.SYSTEM_METRICS_SELECT_RUN_MINUTES
             + (" AND run_id = %s" if run_id else "")
             + " GROUP BY minute / 60 ORDER BY hour",
             [since_minute, *args],
         )
         run_name = None
         if run_id:
-            r = await fetch_one(c, "SELECT name FROM runs WHERE id = %s", (run_id,))
+            r = await fetch_one(c, sql.SYSTEM_METRICS_SELECT_RUNS, (run_id,))
             run_name = r["name"] if r else None
         return R.system_metrics_from(run_name, t, hours)
 
@@ -216,9 +202,7 @@ async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
     async def op(c: Conn) -> dict[str, dict[Status, int]]:
         rows = await fetch_all(
             c,
-            "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
-            " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
-            " FROM package_counters GROUP BY name ORDER BY name",
+            sql.STATUS_COUNTS_SELECT_PACKAGE_COUNTERS,
         )
         return R.status_counts_from(rows)
 
@@ -232,13 +216,13 @@ async def recount(db: Database, run_id: str | None = None) -> RecountReport:
 async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
     async def attempt() -> None:
         async with db.pool.connection() as c:
-            await c.execute("SELECT pg_advisory_lock(%s)", (ROLLUP_LOCK,))
+            await c.execute(sql.ROLLUP_LOCK_TAKE, (ROLLUP_LOCK,))
             try:
                 async with c.transaction():
                     await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     await rebuild_rows(c, run_id)
             finally:
-                await c.execute("SELECT pg_advisory_unlock(%s)", (ROLLUP_LOCK,))
+                await c.execute(sql.ROLLUP_LOCK_RELEASE, (ROLLUP_LOCK,))
 
     await db.with_retry(attempt)
     db.wake()

@@ -10,6 +10,7 @@ from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import (
     ApiKey,
 )
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     Conn,
     Tx,
@@ -26,8 +27,7 @@ async def create_api_key(
 ) -> ApiKey:
     async def op(tx: Tx) -> ApiKey:
         row = await tx.one(
-            "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (name) DO NOTHING RETURNING name",
+            sql.CREATE_API_KEY_INSERT_API_KEYS,
             (name, key_hash, R.dumps(list(scopes)), now),
         )
         if row is None:
@@ -40,7 +40,7 @@ async def create_api_key(
 
 async def list_api_keys(db: Database) -> list[ApiKey]:
     async def op(c: Conn) -> list[ApiKey]:
-        return [R.api_key_from(r) for r in await fetch_all(c, "SELECT * FROM api_keys ORDER BY name")]
+        return [R.api_key_from(r) for r in await fetch_all(c, sql.LIST_API_KEYS_SELECT_API_KEYS)]
 
     return await db.read(op)
 
@@ -48,7 +48,7 @@ async def list_api_keys(db: Database) -> list[ApiKey]:
 async def revoke_api_key(db: Database, name: str, *, now: float) -> ApiKey:
     async def op(tx: Tx) -> ApiKey:
         row = await tx.one(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *",
+            sql.REVOKE_API_KEY_UPDATE_API_KEYS,
             (now, name),
         )
         if row is None:
@@ -61,7 +61,7 @@ async def revoke_api_key(db: Database, name: str, *, now: float) -> ApiKey:
 
 async def api_key_by_hash(db: Database, key_hash: str) -> ApiKey | None:
     async def op(c: Conn) -> ApiKey | None:
-        row = await fetch_one(c, "SELECT * FROM api_keys WHERE key_hash = %s", (key_hash,))
+        row = await fetch_one(c, sql.API_KEY_BY_HASH_SELECT_API_KEYS, (key_hash,))
         return None if row is None else R.api_key_from(row)
 
     return await db.read(op)
@@ -70,7 +70,7 @@ async def api_key_by_hash(db: Database, key_hash: str) -> ApiKey | None:
 async def touch_api_key(db: Database, name: str, *, now: float) -> None:
     async def op(c: Conn) -> None:
         await c.execute(
-            "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s",
+            sql.TOUCH_API_KEY_UPDATE_API_KEYS,
             (now, name),
         )
 
@@ -80,10 +80,9 @@ async def touch_api_key(db: Database, name: str, *, now: float) -> None:
 
 async def revoke_session(db: Database, session_id: str, *, expires_at: float, now: float) -> None:
     async def op(c: Conn) -> None:
-        await c.execute("DELETE FROM revoked_sessions WHERE expires_at < %s", (now,))
+        await c.execute(sql.REVOKE_SESSION_DELETE_REVOKED_SESSIONS, (now,))
         await c.execute(
-            "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s)"
-            " ON CONFLICT (session_id) DO NOTHING",
+            sql.REVOKE_SESSION_INSERT_REVOKED_SESSIONS,
             (session_id, expires_at),
         )
 
@@ -93,7 +92,7 @@ async def revoke_session(db: Database, session_id: str, *, expires_at: float, no
 
 async def session_revoked(db: Database, session_id: str) -> bool:
     async def op(c: Conn) -> bool:
-        row = await fetch_one(c, "SELECT 1 FROM revoked_sessions WHERE session_id = %s", (session_id,))
+        row = await fetch_one(c, sql.SESSION_REVOKED_SELECT_REVOKED_SESSIONS, (session_id,))
         return row is not None
 
     return await db.read(op)

@@ -21,7 +21,7 @@ from matrix_mcp.store.params import (
     NewPackage,
     RunOverview,
 )
-from matrix_mcp.store.postgres import counters, work
+from matrix_mcp.store.postgres import counters, sql, work
 from matrix_mcp.store.postgres.batch import (
     IN_TRANSACTION,
     PLAN_ANSWER,
@@ -33,6 +33,7 @@ from matrix_mcp.store.postgres.batch import (
 )
 from matrix_mcp.store.postgres.sql import (
     LATEST_SEQ_SQL,
+    ONE_RUN_BY_ID,
     ONE_RUN_SQL,
     RUN_SELECT,
     RUN_SUMMARIES_SQL,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 
 async def read_run(c: Conn, run_id: str) -> Run:
-    row = await fetch_one(c, ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
+    row = await fetch_one(c, ONE_RUN_BY_ID, (run_id,))
     if row is None:
         raise rules.unknown_run(run_id)
     return R.run_from(row)
@@ -60,17 +61,12 @@ async def plan(
     now: float,
 ) -> PlanResult:
     async def op(tx: Tx) -> PlanResult:
-        row = await tx.one(
-            "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
-        )
+        row = await tx.one(sql.PLAN_SELECT_RUNS, (name,))
         created = row is None
         if row is None:
             run_id = str(uuid.uuid4())
             inserted = await tx.one(
-                "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts,"
-                " backoff_seconds, backoff_cap_seconds, outcome_schema, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING"
-                " RETURNING id",
+                sql.PLAN_INSERT_RUNS,
                 (
                     run_id,
                     name,
@@ -81,9 +77,7 @@ async def plan(
                 ),
             )
             if inserted is None:  # another process created it just now
-                row = await tx.one(
-                    "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE", (name,)
-                )
+                row = await tx.one(sql.PLAN_SELECT_RUNS, (name,))
                 created = False
             outcome_type = policy.outcome_type
         if row is not None:
@@ -94,30 +88,25 @@ async def plan(
         existing = {
             r["name"]: int(r["id"])
             for r in await tx.all(
-                "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])",
+                sql.PLAN_SELECT_PACKAGES,
                 (run_id, names),
             )
         }
         added_packages = [p.name for p in packages if p.name not in existing]
         ids = dict(existing)
         if added_packages:
-            top = await tx.one(
-                "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s", (run_id,)
-            )
+            top = await tx.one(sql.PLAN_SELECT_PACKAGES_2, (run_id,))
             first = int(top["pos"]) if top else 0
             descriptions = {p.name: p.description for p in packages}
             for r in await tx.all(
-                "INSERT INTO packages (run_id, name, description, position)"
-                " SELECT %s, n, d, %s + i - 1 FROM unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i)"
-                " RETURNING id, name",
+                sql.PLAN_INSERT_PACKAGES,
                 (run_id, first, added_packages, [descriptions[n] for n in added_packages]),
             ):
                 ids[r["name"]] = int(r["id"])
         starts: dict[int, int] = {}
         if existing:
             for r in await tx.all(
-                "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes"
-                " WHERE package_id = ANY(%b::bigint[]) GROUP BY package_id",
+                sql.PLAN_SELECT_OUTCOMES,
                 (list(existing.values()),),
             ):
                 starts[int(r["package_id"])] = int(r["pos"])
@@ -136,16 +125,7 @@ async def plan(
         added_items = 0
         if items:
             for r in await tx.all(
-                "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status,"
-                " outcome_type, specifications, available_at, created_at, updated_at)"
-                " SELECT gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec,"
-                " %(now)s, %(now)s, %(now)s"
-                " FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], %(specs)b::text[])"
-                " WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i"
-                " ON CONFLICT (package_id, item) DO NOTHING RETURNING n, package_id, position),"
-                " q AS (INSERT INTO outcome_queue (n, run_id, package_id, position, available_at)"
-                " SELECT n, %(run)s, package_id, position, %(now)s FROM ins ORDER BY n)"
-                " SELECT package_id, count(*) AS n FROM ins GROUP BY package_id",
+                sql.PLAN_INSERT_OUTCOMES,
                 {
                     "run": run_id,
                     "ot": outcome_type,
@@ -160,7 +140,7 @@ async def plan(
                 tx.add((run_id, int(r["package_id"]), None, None), total=n, pending=n)
                 added_items += n
         if created or added_items or added_packages:
-            await tx.execute("UPDATE runs SET updated_at = %s WHERE id = %s", (now, run_id))
+            await tx.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
             tx.event(
                 run_id,
                 None,
@@ -199,14 +179,12 @@ async def list_runs(db: Database) -> list[Run]:
 
 async def control_run(db: Database, run_id: str, *, action: RunAction, now: float) -> Run:
     async def op(tx: Tx) -> Run:
-        state = await tx.one("SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
+        state = await tx.one(sql.CONTROL_RUN_SELECT_RUNS, (run_id,))
         if state is None:
             raise rules.unknown_run(run_id)
         target = rules.control_target(state["state"], action)
         if target != state["state"]:
-            await tx.execute(
-                "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s", (target, now, run_id)
-            )
+            await tx.execute(sql.CONTROL_RUN_UPDATE_RUNS, (target, now, run_id))
             cancelled = await work.cancel_pending(tx, run_id, now) if rules.cancels_pending(target) else None
             tx.event(run_id, None, rules.run_controlled(action, cancelled), now)
         await tx.flush()
@@ -224,7 +202,7 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
             try:
                 async with conn.pipeline():
                     await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    run_cur = await conn.execute(ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
+                    run_cur = await conn.execute(ONE_RUN_BY_ID, (run_id,))
                     summaries_cur = await conn.execute(RUN_SUMMARIES_SQL, {"run": run_id})
                     finished_cur = await conn.execute(THROUGHPUT_SQL, (run_id, int(since // 60)))
                     seq_cur = await conn.execute(LATEST_SEQ_SQL)

@@ -550,3 +550,314 @@ INSERT_METRICS = (
     "INSERT INTO outcome_metrics (outcome_id, name, value)"
     " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)"
 )
+
+
+# ---- runs.py ----------------------------------------------------------------------------------------
+
+
+PLAN_SELECT_RUNS = "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE"
+
+
+PLAN_INSERT_RUNS = (
+    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
+    "backoff_cap_seconds, outcome_schema, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
+    "%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
+)
+
+
+PLAN_SELECT_PACKAGES = "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])"
+
+
+PLAN_SELECT_PACKAGES_2 = "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s"
+
+
+PLAN_INSERT_PACKAGES = (
+    "INSERT INTO packages (run_id, name, description, position) SELECT %s, n, d, %s + i - 1 FROM "
+    "unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i) RETURNING id, name"
+)
+
+
+PLAN_SELECT_OUTCOMES = (
+    "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes WHERE package_id = ANY(%b::bigint[]) "
+    "GROUP BY package_id"
+)
+
+
+PLAN_INSERT_OUTCOMES = (
+    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
+    "outcome_type, specifications, available_at, created_at, updated_at) SELECT "
+    "gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec, %(now)s, "
+    "%(now)s, %(now)s FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], "
+    "%(specs)b::text[]) WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i ON CONFLICT "
+    "(package_id, item) DO NOTHING RETURNING n, package_id, position), q AS (INSERT INTO "
+    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, %(run)s, package_id, "
+    "position, %(now)s FROM ins ORDER BY n) SELECT package_id, count(*) AS n FROM ins GROUP BY "
+    "package_id"
+)
+
+
+PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = %s WHERE id = %s"
+
+
+CONTROL_RUN_SELECT_RUNS = "SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE"
+
+
+CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s"
+
+
+# ---- work.py ----------------------------------------------------------------------------------------
+
+
+RUN_STATE = "SELECT state FROM runs WHERE id = %s"
+
+
+NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+LEASED_ROW_SELECT_OUTCOMES = (
+    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state, p.name AS "
+    "package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = "
+    "o.package_id WHERE o.id = %s FOR UPDATE OF o"
+)
+
+
+WHY_NOTHING_SELECT_PACKAGE_COUNTERS = (
+    "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
+    "generating, COUNT(*) AS n, COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE "
+    "run_id = %s AND (%s::text IS NULL OR name = %s::text)"
+)
+
+
+WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2 = (
+    "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s"
+)
+
+
+FAIL_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+PACKAGE_ID = "SELECT id FROM packages WHERE run_id = %s AND name = %s"
+
+
+RETRY_REQUEUE_FAILED = (
+    "WITH u AS (UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, "
+    "completed_at = NULL, duration_seconds = NULL, updated_at = %(now)s WHERE run_id = %(run)s AND "
+    "status = 'failed' AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint) AND "
+    "(%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[])) RETURNING n, id, package_id), q AS "
+    "(UPDATE outcome_queue q SET final = NULL, lease_token = NULL, lease_expires_at = NULL, "
+    "available_at = %(now)s FROM u WHERE q.n = u.n) SELECT n, id, package_id FROM u"
+)
+
+
+# ---- tracking.py ------------------------------------------------------------------------------------
+
+
+SET_STATUS_SELECT_OUTCOME_QUEUE = (
+    "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE"
+)
+
+
+SET_STATUS_SELECT_OUTCOMES = (
+    "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = "
+    "o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o"
+)
+
+
+RECORD_OUTCOME_SELECT_RUNS = "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE"
+
+
+RECORD_OUTCOME_INSERT_PACKAGES = (
+    "INSERT INTO packages (run_id, name, position) SELECT %s, %s, COALESCE(MAX(position) + 1, 0) "
+    "FROM packages WHERE run_id = %s RETURNING id"
+)
+
+
+RECORD_OUTCOME_SELECT_OUTCOMES = "SELECT id FROM outcomes WHERE package_id = %s AND item = %s"
+
+
+RECORD_OUTCOME_INSERT_OUTCOMES = (
+    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
+    "outcome_type, specifications, created_by, available_at, created_at, updated_at) SELECT %s, %s, "
+    "%s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s FROM outcomes WHERE "
+    "package_id = %s RETURNING n, run_id, package_id, position, available_at) INSERT INTO "
+    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, run_id, package_id, "
+    "position, available_at FROM ins"
+)
+
+
+RECORD_INTEGRATION_SELECT_OUTCOMES = "SELECT 1 FROM outcomes WHERE id = %s"
+
+
+RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS = (
+    "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, "
+    "details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *) SELECT l.*, r.name AS "
+    "run_name FROM l LEFT JOIN runs r ON r.id = l.run_id"
+)
+
+
+GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts "
+    "WHERE outcome_id = %s ORDER BY started_at, attempt"
+)
+
+
+CELLS_SELECT_OUTCOMES = (
+    "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o JOIN packages p ON p.id = "
+    "o.package_id WHERE o.run_id = %s ORDER BY o.n"
+)
+
+
+# ---- keys.py ----------------------------------------------------------------------------------------
+
+
+CREATE_API_KEY_INSERT_API_KEYS = (
+    "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s) ON CONFLICT "
+    "(name) DO NOTHING RETURNING name"
+)
+
+
+LIST_API_KEYS_SELECT_API_KEYS = "SELECT * FROM api_keys ORDER BY name"
+
+
+REVOKE_API_KEY_UPDATE_API_KEYS = (
+    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *"
+)
+
+
+API_KEY_BY_HASH_SELECT_API_KEYS = "SELECT * FROM api_keys WHERE key_hash = %s"
+
+
+TOUCH_API_KEY_UPDATE_API_KEYS = (
+    "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s"
+)
+
+
+REVOKE_SESSION_DELETE_REVOKED_SESSIONS = "DELETE FROM revoked_sessions WHERE expires_at < %s"
+
+
+REVOKE_SESSION_INSERT_REVOKED_SESSIONS = (
+    "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s) ON CONFLICT (session_id) "
+    "DO NOTHING"
+)
+
+
+SESSION_REVOKED_SELECT_REVOKED_SESSIONS = "SELECT 1 FROM revoked_sessions WHERE session_id = %s"
+
+
+# ---- content.py -------------------------------------------------------------------------------------
+
+
+INLINE_CONTENT_SELECT_CONTENTS = "SELECT body FROM contents WHERE sha256 = %s"
+
+
+CONTENT_HASHES_SELECT_OUTCOMES = (
+    "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
+)
+
+
+COLLECT_CONTENTS_SELECT_CONTENTS = (
+    "SELECT c.sha256 FROM contents c WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE "
+    "o.content_sha256 = c.sha256)"
+)
+
+
+COLLECT_CONTENTS_DELETE_CONTENTS = (
+    "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN (SELECT content_sha256 FROM "
+    "outcomes WHERE content_sha256 = ANY(%(c)s)) RETURNING octet_length(body) AS size"
+)
+
+
+CONTENT_FILES_SELECT_EVENTS = (
+    "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = "
+    "e.outcome_id WHERE e.seq > %s AND e.kind = 'completed' AND o.status = 'complete' AND "
+    "o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT %s"
+)
+
+
+# ---- counters.py ------------------------------------------------------------------------------------
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES = (
+    "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status"
+)
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES_2 = (
+    "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'"
+)
+
+
+RECOUNT_ROWS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT p.*, r.name AS run_name FROM package_counters p JOIN runs r ON r.id = p.run_id "
+)
+
+
+RECOUNT_ROWS_SELECT_PACKAGE_HIST = "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0"
+
+
+REBUILD_ROWS_SELECT_PACKAGES = "SELECT id FROM packages "
+
+
+REBUILD_ROWS_DELETE_PACKAGE_DELTAS = "DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])"
+
+
+REBUILD_ROWS_UPDATE_PACKAGES = (
+    "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s, "
+    "cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s, quality_n "
+    "= %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s"
+)
+
+
+RUN_MINUTES_SELECT_RUN_MINUTES = (
+    "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes WHERE "
+    "run_id = %s AND minute >= %s ORDER BY minute"
+)
+
+
+FINISHED_SPAN_SELECT_OUTCOMES = (
+    "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last FROM outcomes "
+    "WHERE run_id = %s AND status IN ('complete', 'failed')"
+)
+
+
+SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
+    "generating, COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS "
+    "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 "
+    "AS ds, COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls, "
+    "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn FROM "
+    "package_counters "
+)
+
+
+SYSTEM_METRICS_SELECT_RUN_MINUTES = (
+    "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed, "
+    "SUM(duration_sum)::float8 AS ds, SUM(duration_n)::bigint AS dn FROM run_minutes WHERE minute >= "
+    "%s"
+)
+
+
+SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = %s"
+
+
+STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled FROM package_counters GROUP BY name ORDER BY "
+    "name"
+)
+
+
+ROLLUP_LOCK_TAKE = "SELECT pg_advisory_lock(%s)"
+
+
+ROLLUP_LOCK_RELEASE = "SELECT pg_advisory_unlock(%s)"
+
+
+OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = %s"
+
+
+ONE_RUN_BY_ID = ONE_RUN_SQL + " WHERE r.id = %s"

@@ -23,6 +23,7 @@ from matrix_mcp.store.params import (
     Report,
     StatusChange,
 )
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     INTEGRATION_ANSWER,
     OUTCOME_ANSWER,
@@ -34,6 +35,7 @@ from matrix_mcp.store.postgres.batch import (
     fetch_one,
 )
 from matrix_mcp.store.postgres.sql import (
+    OUTCOME_BY_ID,
     OUTCOME_SELECT,
     QUEUED_OUTCOME_SELECT,
     queue_status_filter,
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 
 async def read_outcome(c: Conn, outcome_id: str) -> Outcome:
-    row = await fetch_one(c, OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
+    row = await fetch_one(c, OUTCOME_BY_ID, (outcome_id,))
     if row is None:
         raise rules.unknown_outcome(outcome_id)
     return R.outcome_from(row)
@@ -56,12 +58,11 @@ async def set_status(tx: Tx, outcome_id: str, change: StatusChange, *, now: floa
     report, created_by = change.report, change.created_by
     # the narrow row first, as a claim locks them (a claim holding it then waits for nothing of ours)
     await tx.execute(
-        "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE",
+        sql.SET_STATUS_SELECT_OUTCOME_QUEUE,
         (outcome_id,),
     )
     row = await tx.one(
-        "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
-        " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
+        sql.SET_STATUS_SELECT_OUTCOMES,
         (outcome_id,),
     )
     if row is None:
@@ -78,33 +79,25 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
     report, error_message, created_by = record.report, record.error_message, record.created_by
 
     async def op(tx: Tx) -> tuple[Outcome, bool]:
-        run = await tx.one("SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE", (run_id,))
+        run = await tx.one(sql.RECORD_OUTCOME_SELECT_RUNS, (run_id,))
         if run is None:
             raise rules.unknown_run(run_id)
-        prow = await tx.one("SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package))
+        prow = await tx.one(sql.PACKAGE_ID, (run_id, package))
         if prow is None:
             created_pkg = await tx.one(
-                "INSERT INTO packages (run_id, name, position) SELECT %s, %s,"
-                " COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = %s RETURNING id",
+                sql.RECORD_OUTCOME_INSERT_PACKAGES,
                 (run_id, package, run_id),
             )
             assert created_pkg is not None
             package_id = int(created_pkg["id"])
         else:
             package_id = int(prow["id"])
-        existing = await tx.one(
-            "SELECT id FROM outcomes WHERE package_id = %s AND item = %s", (package_id, item)
-        )
+        existing = await tx.one(sql.RECORD_OUTCOME_SELECT_OUTCOMES, (package_id, item))
         if existing is not None:
             return await set_status(tx, existing["id"], record.change, now=now), False
         outcome_id = str(uuid.uuid4())
         await tx.execute(
-            "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
-            " specifications, created_by, available_at, created_at, updated_at)"
-            " SELECT %s, %s, %s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s"
-            " FROM outcomes WHERE package_id = %s RETURNING n, run_id, package_id, position, available_at)"
-            " INSERT INTO outcome_queue (n, run_id, package_id, position, available_at)"
-            " SELECT n, run_id, package_id, position, available_at FROM ins",
+            sql.RECORD_OUTCOME_INSERT_OUTCOMES,
             (
                 outcome_id,
                 run_id,
@@ -149,13 +142,11 @@ async def record_integration(
     async def op(tx: Tx) -> IntegrationEvent:
         if (
             outcome_id is not None
-            and await tx.one("SELECT 1 FROM outcomes WHERE id = %s", (outcome_id,)) is None
+            and await tx.one(sql.RECORD_INTEGRATION_SELECT_OUTCOMES, (outcome_id,)) is None
         ):
             raise rules.unknown_outcome(outcome_id)
         row = await tx.one(
-            "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status,"
-            " details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *)"
-            " SELECT l.*, r.name AS run_name FROM l LEFT JOIN runs r ON r.id = l.run_id",
+            sql.RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS,
             (run_id, outcome_id, integration_type, action, status, R.dumps(details), now),
         )
         tx.event(
@@ -172,15 +163,14 @@ async def record_integration(
 
 async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
     async def op(c: Conn) -> OutcomeDetail:
-        row = await fetch_one(c, OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
+        row = await fetch_one(c, OUTCOME_BY_ID, (outcome_id,))
         if row is None:
             raise rules.unknown_outcome(outcome_id)
         hist: list[Row] = []
         if history:
             hist = await fetch_all(
                 c,
-                "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts"
-                " WHERE outcome_id = %s ORDER BY started_at, attempt",
+                sql.GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id,),
             )
         return R.detail_from(row, hist)
@@ -228,8 +218,7 @@ async def cells(db: Database, run_id: str) -> list[Cell]:
     async def op(c: Conn) -> list[Cell]:
         rows = await fetch_all(
             c,
-            "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o"
-            " JOIN packages p ON p.id = o.package_id WHERE o.run_id = %s ORDER BY o.n",
+            sql.CELLS_SELECT_OUTCOMES,
             [run_id],
         )
         return [Cell(str(r["id"]), r["package"], r["item"], r["status"]) for r in rows]

@@ -27,6 +27,7 @@ from matrix_mcp.store.params import (
     Report,
     Reported,
 )
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     IDS_ANSWER,
     REPORTED_ANSWER,
@@ -128,7 +129,7 @@ def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[
             exhausted += short
         if len(claims) >= args.limit:
             return ClaimBatch(claims)
-        run = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
+        run = await tx.one(sql.RUN_STATE, (run_id,))
         if run is None:
             raise rules.unknown_run(run_id)
         blocked = rules.claim_blocked(run["state"])
@@ -158,7 +159,7 @@ async def next_claims(
         )
         return await claim_op(args, [])(tx)
     first = await tx.one(
-        "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
+        sql.NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS,
         (outcome.id, token),
     )
     if first is None or first["ended_at"] is None:
@@ -283,9 +284,7 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
 
 async def leased_row(tx: Tx, outcome_id: str, token: str) -> Row:
     row = await tx.one(
-        "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
-        " p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
-        " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o",
+        sql.LEASED_ROW_SELECT_OUTCOMES,
         (outcome_id,),
     )
     return rules.check_lease(row, outcome_id, token)
@@ -320,9 +319,7 @@ async def cancel_pending(tx: Tx, run_id: str, now: float) -> int:
 
 async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
     row = await tx.one(
-        "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS generating,"
-        " COUNT(*) AS n, COALESCE(SUM(total),0)::bigint AS total FROM package_counters"
-        " WHERE run_id = %s AND (%s::text IS NULL OR name = %s::text)",
+        sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS,
         (run_id, package, package),
     )
     assert row is not None
@@ -331,7 +328,7 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, fl
     total = 0
     if not row["pending"] and not row["generating"]:  # done or empty: said of the whole run
         t = await tx.one(
-            "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s",
+            sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2,
             (run_id,),
         )
         total = int(t["total"]) if t else 0
@@ -469,7 +466,7 @@ async def fail(
         row = await leased_row(tx, outcome_id, lease_token)
         if not rules.lease_holds(row["status"], row["lease_token"], lease_token):
             attempt = await tx.one(
-                "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s",
+                sql.FAIL_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id, lease_token),
             )
             if not rules.is_repeat_failure(attempt, error):
@@ -502,24 +499,16 @@ async def retry(
     now: float,
 ) -> list[str]:
     async def op(tx: Tx) -> list[str]:
-        state = await tx.one("SELECT state FROM runs WHERE id = %s", (run_id,))
+        state = await tx.one(sql.RUN_STATE, (run_id,))
         rules.check_retry(None if state is None else state["state"], run_id)
         pid: int | None = None
         if package is not None:
-            prow = await tx.one("SELECT id FROM packages WHERE run_id = %s AND name = %s", (run_id, package))
+            prow = await tx.one(sql.PACKAGE_ID, (run_id, package))
             if prow is None:
                 raise rules.unknown_package_in_run(package)
             pid = int(prow["id"])
         rows = await tx.all(
-            "WITH u AS (UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s,"
-            " completed_at = NULL, duration_seconds = NULL, updated_at = %(now)s"
-            " WHERE run_id = %(run)s AND status = 'failed'"
-            " AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint)"
-            " AND (%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[]))"
-            " RETURNING n, id, package_id),"
-            " q AS (UPDATE outcome_queue q SET final = NULL, lease_token = NULL, lease_expires_at = NULL,"
-            " available_at = %(now)s FROM u WHERE q.n = u.n)"
-            " SELECT n, id, package_id FROM u",
+            sql.RETRY_REQUEUE_FAILED,
             {
                 "now": now,
                 "run": run_id,

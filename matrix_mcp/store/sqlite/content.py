@@ -9,39 +9,28 @@ from matrix_mcp.store.params import (
     Collected,
     ContentFile,
 )
+from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
 
-# content kept in the store that no outcome refers to (the subquery is built once, not run per row)
-_ORPHAN_CONTENTS = (
-    "SELECT sha256 FROM contents WHERE sha256 NOT IN"
-    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
-)
 _GC_CHUNK = 5000  # hashes per statement (bound twice: below SQLite's limit of 32,766 parameters)
 
 
 async def inline_content(db: Database, sha256: str) -> bytes | None:
     def op(c: sqlite3.Connection) -> bytes | None:
-        row = c.execute("SELECT body FROM contents WHERE sha256 = ?", (sha256,)).fetchone()
+        row = c.execute(sql.INLINE_CONTENT_SELECT_CONTENTS, (sha256,)).fetchone()
         return None if row is None else bytes(row[0])
 
     return await db.read(op)
 
 
 async def content_hashes(db: Database) -> set[str]:
-    return await db.read(
-        lambda c: {
-            r[0]
-            for r in c.execute(
-                "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
-            )
-        }
-    )
+    return await db.read(lambda c: {r[0] for r in c.execute(sql.CONTENT_HASHES_SELECT_OUTCOMES)})
 
 
 async def collect_contents(db: Database) -> Collected:
     """Orphans found on a reader; deleted after the same check in a write transaction (the one writer:
     no report is between its content and its outcome there)."""
-    candidates: list[str] = await db.read(lambda c: [r[0] for r in c.execute(_ORPHAN_CONTENTS)])
+    candidates: list[str] = await db.read(lambda c: [r[0] for r in c.execute(sql.ORPHAN_CONTENTS)])
     if not candidates:
         return Collected(0, 0)
 
@@ -51,7 +40,7 @@ async def collect_contents(db: Database) -> Collected:
             chunk = candidates[i : i + _GC_CHUNK]
             marks = ", ".join("?" for _ in chunk)  # placeholders only; the hashes are bound
             for (size,) in c.execute(
-                "DELETE FROM contents WHERE sha256 IN (" + marks + ") AND sha256 NOT IN"
+                sql.COLLECT_CONTENTS_DELETE_CONTENTS + marks + ") AND sha256 NOT IN"
                 " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IN (" + marks + "))"
                 " RETURNING length(body)",
                 [*chunk, *chunk],
@@ -66,9 +55,7 @@ async def collect_contents(db: Database) -> Collected:
 async def content_files(db: Database, *, since_seq: int, limit: int) -> list[ContentFile]:
     def op(c: sqlite3.Connection) -> list[ContentFile]:
         rows = c.execute(
-            "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"
-            " WHERE e.seq > ? AND e.kind = 'completed' AND o.status = 'complete'"
-            " AND o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT ?",
+            sql.CONTENT_FILES_SELECT_EVENTS,
             (since_seq, limit),
         ).fetchall()
         return [ContentFile(int(r[0]), r[1], r[2], r[3]) for r in rows]

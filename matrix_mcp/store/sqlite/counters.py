@@ -68,10 +68,8 @@ def move(
 def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign: int) -> None:
     """The duration histogram lives on the package row as JSON [[bucket, count], …]: a summary reads one row
     per package instead of one per bucket (read-modify-write is safe under the single writer)."""
-    row = c.execute("SELECT duration_hist FROM packages WHERE id = ?", (package_id,)).fetchone()
-    c.execute(
-        "UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_add(row[0], duration, sign), package_id)
-    )
+    row = c.execute(sql.ADD_HISTOGRAM_SELECT_PACKAGES, (package_id,)).fetchone()
+    c.execute(sql.SET_HISTOGRAM, (_hist_add(row[0], duration, sign), package_id))
 
 
 def _hist_add(text: str | None, duration: float, sign: int) -> str:
@@ -115,8 +113,7 @@ def _add_contribution(
 ) -> None:
     contrib = R.contribution(metrics, duration)
     c.execute(
-        "UPDATE packages SET duration_sum = duration_sum + ?, duration_n = duration_n + ?, lines_sum = lines_sum + ?,"
-        " quality_sum = quality_sum + ?, quality_n = quality_n + ? WHERE id = ?",
+        sql.ADD_CONTRIBUTION_UPDATE_PACKAGES,
         (*(sign * contrib[k] for k in sql.COUNTER_COLUMNS), package_id),
     )
     if duration is not None:
@@ -139,18 +136,14 @@ def add_minute(
     duration: float | None = None,
 ) -> None:
     c.execute(
-        "INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, minute) DO UPDATE SET"
-        " completed = completed + excluded.completed, failed = failed + excluded.failed,"
-        " duration_sum = duration_sum + excluded.duration_sum, duration_n = duration_n + excluded.duration_n",
+        sql.ADD_MINUTE_INSERT_OUTCOME_MINUTES,
         (run_id, int(now // 60), completed, failed, duration or 0.0, 1 if duration is not None else 0),
     )
 
 
 def summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[PackageSummary]:
     rows = c.execute(
-        "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id"
-        " WHERE " + where + " ORDER BY r.created_at, p.position",
+        sql.SUMMARIES_SELECT_PACKAGES + where + " ORDER BY r.created_at, p.position",
         args,
     ).fetchall()
     if not rows:
@@ -175,12 +168,10 @@ def _summary(row: sqlite3.Row) -> PackageSummary:
 
 def package_truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
     truth = R.Truth(sql.COUNTER_COLUMNS)
-    for status, n in c.execute(
-        "SELECT status, COUNT(*) FROM outcomes WHERE package_id = ? GROUP BY status", (package_id,)
-    ):
+    for status, n in c.execute(sql.PACKAGE_TRUTH_SELECT_OUTCOMES, (package_id,)):
         truth.count(status, n)
     for metrics, duration in c.execute(
-        "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = ? AND status = 'complete'",
+        sql.PACKAGE_TRUTH_SELECT_OUTCOMES_2,
         (package_id,),
     ):
         truth.complete(metrics, duration)
@@ -190,9 +181,7 @@ def package_truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
 def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     where, args = ("WHERE p.run_id = ?", [run_id]) if run_id else ("", [])
     mismatches: list[str] = []
-    for p in c.execute(
-        "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id " + where, args
-    ):
+    for p in c.execute(sql.RECOUNT_ROWS_SELECT_PACKAGES + where, args):
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
         mismatches += R.counter_mismatches(p, package_truth(c, p["id"]), hist, sql.COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
@@ -201,8 +190,7 @@ def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
 async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:
     def op(c: sqlite3.Connection) -> list[MinuteCount]:
         rows = c.execute(
-            "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
-            " ORDER BY minute",
+            sql.RUN_MINUTES_SELECT_OUTCOME_MINUTES,
             (run_id, since_minute),
         ).fetchall()
         return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
@@ -229,41 +217,26 @@ async def system_metrics(db: Database, run_id: str | None, *, now: float) -> Sys
     def op(c: sqlite3.Connection) -> SystemMetrics:
         where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
         t = c.execute(
-            "SELECT COALESCE(SUM(pending),0) AS pending, COALESCE(SUM(generating),0) AS generating,"
-            " COALESCE(SUM(complete),0) AS complete, COALESCE(SUM(failed),0) AS failed,"
-            " COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(duration_sum),0) AS ds,"
-            " COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls,"
-            " COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn"
-            " FROM packages " + where,
+            sql.SYSTEM_METRICS_SELECT_PACKAGES + where,
             args,
         ).fetchone()
         since_minute = R.hourly_since_minute(now)
         hours = c.execute(
-            "SELECT minute / 60 AS hour, SUM(completed) AS completed, SUM(failed) AS failed,"
-            " SUM(duration_sum) AS ds, SUM(duration_n) AS dn FROM outcome_minutes"
-            " WHERE minute >= ?"
+            sql.SYSTEM_METRICS_SELECT_OUTCOME_MINUTES
             + (" AND run_id = ?" if run_id else "")
             + " GROUP BY minute / 60 ORDER BY hour",
             [since_minute, *args],
         ).fetchall()
         run_name = None
         if run_id:
-            run_name = c.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            run_name = c.execute(sql.SYSTEM_METRICS_SELECT_RUNS, (run_id,)).fetchone()[0]
         return R.system_metrics_from(run_name, t, hours)
 
     return await db.read(op)
 
 
 async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
-    return await db.read(
-        lambda c: R.status_counts_from(
-            c.execute(
-                "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
-                " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
-                " FROM packages GROUP BY name ORDER BY name"
-            )
-        )
-    )
+    return await db.read(lambda c: R.status_counts_from(c.execute(sql.STATUS_COUNTS_SELECT_PACKAGES)))
 
 
 async def recount(db: Database, run_id: str | None = None) -> RecountReport:
@@ -273,12 +246,10 @@ async def recount(db: Database, run_id: str | None = None) -> RecountReport:
 async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
     def op(c: sqlite3.Connection) -> None:
         where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-        for p in c.execute("SELECT id FROM packages " + where, args).fetchall():
+        for p in c.execute(sql.REBUILD_COUNTERS_SELECT_PACKAGES + where, args).fetchall():
             truth = package_truth(c, p[0])
             c.execute(
-                "UPDATE packages SET total = ?, pending = ?, generating = ?, complete = ?, failed = ?,"
-                " cancelled = ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?,"
-                " quality_n = ? WHERE id = ?",
+                sql.REBUILD_COUNTERS_UPDATE_PACKAGES,
                 (
                     truth["total"],
                     *(truth[s] for s in STATUSES),
@@ -286,7 +257,7 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
                     p[0],
                 ),
             )
-            c.execute("UPDATE packages SET duration_hist = ? WHERE id = ?", (hist_dumps(truth["hist"]), p[0]))
+            c.execute(sql.SET_HISTOGRAM, (hist_dumps(truth["hist"]), p[0]))
 
     await db.write(op)
 

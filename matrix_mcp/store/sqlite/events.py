@@ -26,7 +26,7 @@ def add_event(
 
 
 async def latest_seq(db: Database) -> int:
-    return await db.read(lambda c: int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]))
+    return await db.read(lambda c: int(c.execute(sql.LATEST_SEQ).fetchone()[0]))
 
 
 async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:

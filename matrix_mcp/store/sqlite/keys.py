@@ -18,10 +18,10 @@ async def create_api_key(
     db: Database, name: str, *, key_hash: str, scopes: Sequence[str], now: float
 ) -> ApiKey:
     def op(c: sqlite3.Connection) -> ApiKey:
-        if c.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone() is not None:
+        if c.execute(sql.CREATE_API_KEY_SELECT_API_KEYS, (name,)).fetchone() is not None:
             raise rules.key_exists(name)
         c.execute(
-            "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)",
+            sql.CREATE_API_KEY_INSERT_API_KEYS,
             (name, key_hash, R.dumps(list(scopes)), now),
         )
         return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
@@ -30,15 +30,13 @@ async def create_api_key(
 
 
 async def list_api_keys(db: Database) -> list[ApiKey]:
-    return await db.read(
-        lambda c: [R.api_key_from(r) for r in c.execute("SELECT * FROM api_keys ORDER BY name")]
-    )
+    return await db.read(lambda c: [R.api_key_from(r) for r in c.execute(sql.LIST_API_KEYS_SELECT_API_KEYS)])
 
 
 async def revoke_api_key(db: Database, name: str, *, now: float) -> ApiKey:
     def op(c: sqlite3.Connection) -> ApiKey:
-        c.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
-        row = c.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
+        c.execute(sql.REVOKE_API_KEY_UPDATE_API_KEYS, (now, name))
+        row = c.execute(sql.REVOKE_API_KEY_SELECT_API_KEYS, (name,)).fetchone()
         if row is None:
             raise rules.unknown_key(name)
         return R.api_key_from(row)
@@ -48,7 +46,7 @@ async def revoke_api_key(db: Database, name: str, *, now: float) -> ApiKey:
 
 async def api_key_by_hash(db: Database, key_hash: str) -> ApiKey | None:
     def op(c: sqlite3.Connection) -> ApiKey | None:
-        row = c.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        row = c.execute(sql.API_KEY_BY_HASH_SELECT_API_KEYS, (key_hash,)).fetchone()
         return None if row is None else R.api_key_from(row)
 
     return await db.read(op)
@@ -58,7 +56,7 @@ async def touch_api_key(db: Database, name: str, *, now: float) -> None:
     def op(c: sqlite3.Connection) -> None:
         # never backwards (as on PostgreSQL): processes stamp uses with their own clocks
         c.execute(
-            "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?",
+            sql.TOUCH_API_KEY_UPDATE_API_KEYS,
             (now, name),
         )
 

@@ -23,16 +23,14 @@ from matrix_mcp.store.sqlite.connection import Database
 
 
 def resolve_run_id(c: sqlite3.Connection, ref: str) -> str:
-    row = c.execute(
-        "SELECT id FROM runs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1", (ref, ref, ref)
-    ).fetchone()
+    row = c.execute(sql.RESOLVE_RUN_ID, (ref, ref, ref)).fetchone()
     if row is None:
         raise rules.unknown_run(ref)
     return str(row[0])
 
 
 def read_run(c: sqlite3.Connection, run_id: str) -> Run:
-    row = c.execute(sql.RUN_SELECT + " WHERE r.id = ? GROUP BY r.id", (run_id,)).fetchone()
+    row = c.execute(sql.RUN_BY_ID, (run_id,)).fetchone()
     if row is None:
         raise rules.unknown_run(run_id)
     return R.run_from(row)
@@ -48,14 +46,12 @@ async def plan(
     now: float,
 ) -> PlanResult:
     def op(c: sqlite3.Connection) -> PlanResult:
-        row = c.execute("SELECT id, state FROM runs WHERE name = ?", (name,)).fetchone()
+        row = c.execute(sql.PLAN_SELECT_RUNS, (name,)).fetchone()
         created = row is None
         if created:
             run_id = str(uuid.uuid4())
             c.execute(
-                "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts,"
-                " backoff_seconds, backoff_cap_seconds, outcome_schema, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                sql.PLAN_INSERT_RUNS,
                 (
                     run_id,
                     name,
@@ -68,19 +64,15 @@ async def plan(
         else:
             run_id = row["id"]
             rules.check_plan(row["state"], any(p.items for p in packages), name)
-        outcome_type = c.execute("SELECT outcome_type FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+        outcome_type = c.execute(sql.RUN_OUTCOME_TYPE, (run_id,)).fetchone()[0]
         added_packages: list[str] = []
         added_items = 0
-        next_pos = c.execute(
-            "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = ?", (run_id,)
-        ).fetchone()[0]
+        next_pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
         for pkg in packages:
-            prow = c.execute(
-                "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, pkg.name)
-            ).fetchone()
+            prow = c.execute(sql.PACKAGE_ID, (run_id, pkg.name)).fetchone()
             if prow is None:
                 cur = c.execute(
-                    "INSERT INTO packages (run_id, name, description, position) VALUES (?, ?, ?, ?)",
+                    sql.PLAN_INSERT_PACKAGES,
                     (run_id, pkg.name, pkg.description, next_pos),
                 )
                 package_id = cur.lastrowid
@@ -90,14 +82,12 @@ async def plan(
             else:
                 package_id = prow["id"]
                 item_pos = c.execute(
-                    "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?",
+                    sql.NEXT_ITEM_POSITION,
                     (package_id,),
                 ).fetchone()[0]
             before = c.total_changes
             c.executemany(
-                "INSERT OR IGNORE INTO outcomes (id, run_id, package_id, item, position, status,"
-                " outcome_type, specifications, available_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                sql.PLAN_INSERT_OUTCOMES,
                 [
                     (
                         str(uuid.uuid4()),
@@ -117,12 +107,12 @@ async def plan(
             added = c.total_changes - before
             if added:
                 c.execute(
-                    "UPDATE packages SET total = total + ?, pending = pending + ? WHERE id = ?",
+                    sql.PLAN_UPDATE_PACKAGES,
                     (added, added, package_id),
                 )
                 added_items += added
         if created or added_items or added_packages:
-            c.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id))
+            c.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
             events.add_event(
                 c,
                 run_id,
@@ -150,12 +140,12 @@ async def list_runs(db: Database) -> list[Run]:
 
 async def control_run(db: Database, run_id: str, *, action: RunAction, now: float) -> Run:
     def op(c: sqlite3.Connection) -> Run:
-        state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        state = c.execute(sql.RUN_STATE, (run_id,)).fetchone()
         if state is None:
             raise rules.unknown_run(run_id)
         target = rules.control_target(state[0], action)
         if target != state[0]:
-            c.execute("UPDATE runs SET state = ?, updated_at = ? WHERE id = ?", (target, now, run_id))
+            c.execute(sql.CONTROL_RUN_UPDATE_RUNS, (target, now, run_id))
             cancelled = work.cancel_pending(c, run_id, now) if rules.cancels_pending(target) else None
             events.add_event(c, run_id, None, rules.run_controlled(action, cancelled), now)
         return read_run(c, run_id)
@@ -167,10 +157,10 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
     def op(c: sqlite3.Connection) -> RunOverview:
         summaries = counters.summaries(c, "p.run_id = ?", [run_id])
         finished = c.execute(
-            "SELECT COALESCE(SUM(completed + failed), 0) FROM outcome_minutes WHERE run_id = ? AND minute >= ?",
+            sql.RUN_OVERVIEW_SELECT_OUTCOME_MINUTES,
             (run_id, int(since // 60)),
         ).fetchone()[0]
-        latest = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        latest = c.execute(sql.LATEST_SEQ).fetchone()[0]
         return RunOverview(read_run(c, run_id), summaries, int(finished), int(latest))
 
     return await db.read(op)

@@ -29,7 +29,7 @@ from matrix_mcp.store.sqlite.connection import Database
 
 
 def read_outcome(c: sqlite3.Connection, outcome_id: str) -> Outcome:
-    row = c.execute(sql.OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+    row = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
     if row is None:
         raise rules.unknown_outcome(outcome_id)
     return R.outcome_from(row)
@@ -39,8 +39,7 @@ def set_status(c: sqlite3.Connection, outcome_id: str, change: StatusChange, *, 
     status, error_message = change.status, change.error_message
     report, created_by = change.report, change.created_by
     row = c.execute(
-        "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
-        " JOIN packages p ON p.id = o.package_id WHERE o.id = ?",
+        sql.SET_STATUS_SELECT_OUTCOMES,
         (outcome_id,),
     ).fetchone()
     if row is None:
@@ -57,34 +56,22 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
     report, error_message, created_by = record.report, record.error_message, record.created_by
 
     def op(c: sqlite3.Connection) -> tuple[Outcome, bool]:
-        run = c.execute("SELECT outcome_type, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = c.execute(sql.RECORD_OUTCOME_SELECT_RUNS, (run_id,)).fetchone()
         if run is None:
             raise rules.unknown_run(run_id)
-        prow = c.execute(
-            "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
-        ).fetchone()
+        prow = c.execute(sql.PACKAGE_ID, (run_id, package)).fetchone()
         if prow is None:
-            pos = c.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
-            package_id = c.execute(
-                "INSERT INTO packages (run_id, name, position) VALUES (?, ?, ?)", (run_id, package, pos)
-            ).lastrowid
+            pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
+            package_id = c.execute(sql.RECORD_OUTCOME_INSERT_PACKAGES, (run_id, package, pos)).lastrowid
         else:
             package_id = prow[0]
-        existing = c.execute(
-            "SELECT id FROM outcomes WHERE package_id = ? AND item = ?", (package_id, item)
-        ).fetchone()
+        existing = c.execute(sql.RECORD_OUTCOME_SELECT_OUTCOMES, (package_id, item)).fetchone()
         if existing is not None:
             return set_status(c, existing[0], record.change, now=now), False
         outcome_id = str(uuid.uuid4())
-        pos = c.execute(
-            "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?", (package_id,)
-        ).fetchone()[0]
+        pos = c.execute(sql.NEXT_ITEM_POSITION, (package_id,)).fetchone()[0]
         c.execute(
-            "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type,"
-            " specifications, created_by, available_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            sql.RECORD_OUTCOME_INSERT_OUTCOMES,
             (
                 outcome_id,
                 run_id,
@@ -99,7 +86,7 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
                 now,
             ),
         )
-        c.execute("UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?", (package_id,))
+        c.execute(sql.RECORD_OUTCOME_UPDATE_PACKAGES, (package_id,))
         events.add_event(
             c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now
         )
@@ -128,12 +115,11 @@ async def record_integration(
     def op(c: sqlite3.Connection) -> IntegrationEvent:
         if (
             outcome_id is not None
-            and c.execute("SELECT 1 FROM outcomes WHERE id = ?", (outcome_id,)).fetchone() is None
+            and c.execute(sql.RECORD_INTEGRATION_SELECT_OUTCOMES, (outcome_id,)).fetchone() is None
         ):
             raise rules.unknown_outcome(outcome_id)
         cur = c.execute(
-            "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            sql.RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS,
             (run_id, outcome_id, integration_type, action, status, R.dumps(details), now),
         )
         events.add_event(
@@ -144,8 +130,7 @@ async def record_integration(
             now,
         )
         row = c.execute(
-            "SELECT l.*, r.name AS run_name FROM integration_logs l LEFT JOIN runs r ON r.id = l.run_id"
-            " WHERE l.id = ?",
+            sql.RECORD_INTEGRATION_SELECT_INTEGRATION_LOGS,
             (cur.lastrowid,),
         ).fetchone()
         return R.integration_from(row)
@@ -155,14 +140,13 @@ async def record_integration(
 
 async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
     def op(c: sqlite3.Connection) -> OutcomeDetail:
-        row = c.execute(sql.OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+        row = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
         if row is None:
             raise rules.unknown_outcome(outcome_id)
         hist = []
         if history:
             hist = c.execute(
-                "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts"
-                " WHERE outcome_id = ? ORDER BY started_at, attempt",
+                sql.GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id,),
             ).fetchall()
         return R.detail_from(row, hist)
@@ -201,8 +185,7 @@ async def cells(db: Database, run_id: str) -> list[Cell]:
         lambda c: [
             Cell(r[0], r[1], r[2], r[3])
             for r in c.execute(
-                "SELECT o.id, p.name, o.item, o.status FROM outcomes o"
-                " JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? ORDER BY o.n",
+                sql.CELLS_SELECT_OUTCOMES,
                 (run_id,),
             )
         ]

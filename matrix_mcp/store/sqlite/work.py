@@ -32,17 +32,14 @@ SWEEP_LIMIT = 500
 
 
 def leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
-    row: sqlite3.Row | None = c.execute(sql.OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+    row: sqlite3.Row | None = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
     return rules.check_lease(row, outcome_id, token)
 
 
 def sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is)."""
     rows = c.execute(
-        "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, r.max_attempts,"
-        " r.state, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
-        " JOIN packages p ON p.id = o.package_id"
-        " WHERE o.run_id = ? AND o.status = 'generating' AND o.lease_expires_at <= ? LIMIT ?",
+        sql.SWEEP_SELECT_OUTCOMES,
         (run_id, now, SWEEP_LIMIT),
     ).fetchall()
     for r in rows:
@@ -53,17 +50,17 @@ def sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
 
 def cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
     per_package = c.execute(
-        "SELECT package_id, COUNT(*) FROM outcomes WHERE run_id = ? AND status = 'pending' GROUP BY package_id",
+        sql.CANCEL_PENDING_SELECT_OUTCOMES,
         (run_id,),
     ).fetchall()
     c.execute(
-        "UPDATE outcomes SET status = 'cancelled', updated_at = ?, completed_at = ? WHERE run_id = ? AND status = 'pending'",
+        sql.CANCEL_PENDING_UPDATE_OUTCOMES,
         (now, now, run_id),
     )
     total = 0
     for package_id, n in per_package:
         c.execute(
-            "UPDATE packages SET pending = pending - ?, cancelled = cancelled + ? WHERE id = ?",
+            sql.CANCEL_PENDING_UPDATE_PACKAGES,
             (n, n, package_id),
         )
         total += n
@@ -74,7 +71,7 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
     """Lease up to `limit` pending items round-robin across packages (least recently served first)."""
     run_id, worker, limit, package = request.run_id, request.worker, request.limit, request.package
     token_factory = request.token_factory
-    run = c.execute("SELECT name, state, lease_seconds FROM runs WHERE id = ?", (run_id,)).fetchone()
+    run = c.execute(sql.CLAIM_NOW_SELECT_RUNS, (run_id,)).fetchone()
     if run is None:
         raise rules.unknown_run(run_id)
     blocked = rules.claim_blocked(run["state"])
@@ -95,9 +92,7 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
             if len(claims) >= limit:
                 break
             o = c.execute(
-                "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes"
-                " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
-                " ORDER BY available_at, position LIMIT 1",
+                sql.CLAIM_NOW_SELECT_OUTCOMES,
                 (p["id"], now),
             ).fetchone()
             if o is None:
@@ -105,13 +100,11 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
             token = token_factory()
             attempt = int(o["attempts"]) + 1
             c.execute(
-                "UPDATE outcomes SET status = 'generating', attempts = ?, worker = ?, lease_token = ?,"
-                " lease_expires_at = ?, started_at = ?, updated_at = ? WHERE n = ?",
+                sql.CLAIM_NOW_UPDATE_OUTCOMES,
                 (attempt, worker, token, expires, now, now, o["n"]),
             )
             c.execute(
-                "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status,"
-                " started_at) VALUES (?, ?, ?, ?, ?, 'generating', ?)",
+                sql.CLAIM_NOW_INSERT_OUTCOME_ATTEMPTS,
                 (o["id"], attempt, token, worker, current_principal.get(), now),
             )
             seq = events.add_event(
@@ -159,17 +152,13 @@ def claim_next(
     if fresh:
         return claim_now(c, next_claim.request(row["run_id"], worker), now=now)
     first = c.execute(
-        "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
+        sql.CLAIM_NEXT_SELECT_OUTCOME_ATTEMPTS,
         (row["id"], token),
     ).fetchone()
     if first is None or first["ended_at"] is None:
         return ClaimBatch([])
     held = c.execute(
-        "SELECT o.id, o.item, o.attempts, o.lease_token, o.lease_expires_at, o.outcome_type, o.specifications,"
-        " o.outcome_path, p.name AS package_name, p.description AS package_description, r.name AS run_name FROM outcomes o"
-        " JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
-        " WHERE o.run_id = ? AND o.status = 'generating' AND o.worker = ? AND o.started_at = ?"
-        " ORDER BY o.n LIMIT ?",
+        sql.CLAIM_NEXT_SELECT_OUTCOMES,
         (row["run_id"], first["worker"], first["ended_at"], next_claim.limit),
     ).fetchall()
     return ClaimBatch([R.claim_from(o) for o in held])
@@ -186,9 +175,7 @@ def why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tupl
         raise rules.unknown_package_in_run(package)
     total = 0
     if not pending and not generating:  # done or empty: said of the whole run
-        total = c.execute(
-            "SELECT COALESCE(SUM(total),0) FROM packages WHERE run_id = ?", (run_id,)
-        ).fetchone()[0]
+        total = c.execute(sql.WHY_NOTHING_SELECT_PACKAGES, (run_id,)).fetchone()[0]
     reason, column = rules.why_nothing(pending=int(pending), generating=int(generating), total=int(total))
     if column is None:
         return reason, None
@@ -216,8 +203,7 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
         cancelled: list[str] = []
         for lease in leases:
             row = c.execute(
-                "SELECT o.n, o.status, o.lease_token, r.state, r.lease_seconds FROM outcomes o"
-                " JOIN runs r ON r.id = o.run_id WHERE o.id = ?",
+                sql.HEARTBEAT_SELECT_OUTCOMES,
                 (lease.outcome_id,),
             ).fetchone()
             if row is None or not rules.lease_holds(row["status"], row["lease_token"], lease.lease_token):
@@ -225,7 +211,7 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
                 continue
             expires = rules.lease_expires(now, row["lease_seconds"])
             c.execute(
-                "UPDATE outcomes SET lease_expires_at = ?, updated_at = ? WHERE n = ?",
+                sql.HEARTBEAT_UPDATE_OUTCOMES,
                 (expires, now, row["n"]),
             )
             if rules.stops_work(row["state"]):
@@ -246,7 +232,7 @@ async def complete(
     next_claim: NextClaim | None = None,
 ) -> Reported:
     def op(c: sqlite3.Connection) -> Reported:
-        row = c.execute(sql.OUTCOME_SELECT + " WHERE o.id = ?", (outcome_id,)).fetchone()
+        row = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
         if not rules.check_complete(row, outcome_id, lease_token, report):  # the identical report, repeated
             return Reported(
                 tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, False)
@@ -255,7 +241,7 @@ async def complete(
         counters.apply(c, row, t, now, hist_read=True)
         if report.inline is not None:
             c.execute(
-                "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                sql.COMPLETE_INSERT_CONTENTS,
                 (report.content_sha256, report.inline),
             )
         return Reported(R.outcome_from(t.row(row)), claim_next(c, row, lease_token, next_claim, now, True))
@@ -278,7 +264,7 @@ async def fail(
         row = leased_row(c, outcome_id, lease_token)
         if not rules.lease_holds(row["status"], row["lease_token"], lease_token):
             attempt = c.execute(
-                "SELECT status, error FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?",
+                sql.FAIL_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id, lease_token),
             ).fetchone()
             if not rules.is_repeat_failure(attempt, error):
@@ -286,7 +272,7 @@ async def fail(
             return Reported(
                 tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, False)
             )
-        run = c.execute("SELECT state, max_attempts FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
+        run = c.execute(sql.FAIL_SELECT_RUNS, (row["run_id"],)).fetchone()
         t = rules.fail(
             row,
             lease_token=lease_token,
@@ -314,16 +300,14 @@ async def retry(
     now: float,
 ) -> list[str]:
     def op(c: sqlite3.Connection) -> list[str]:
-        state = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        state = c.execute(sql.RUN_STATE, (run_id,)).fetchone()
         rules.check_retry(None if state is None else state[0], run_id)
         query = "SELECT o.n, o.id, o.package_id FROM outcomes o"
         args: list[Any] = []
         where = ["o.run_id = ?", "o.status = 'failed'"]
         args.append(run_id)
         if package is not None:
-            pid = c.execute(
-                "SELECT id FROM packages WHERE run_id = ? AND name = ?", (run_id, package)
-            ).fetchone()
+            pid = c.execute(sql.PACKAGE_ID, (run_id, package)).fetchone()
             if pid is None:
                 raise rules.unknown_package_in_run(package)
             where.append("o.package_id = ?")
@@ -334,8 +318,7 @@ async def retry(
             rows = [r for r in rows if r["id"] in wanted]
         for r in rows:
             c.execute(
-                "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = ?, completed_at = NULL,"
-                " duration_seconds = NULL, updated_at = ? WHERE n = ?",
+                sql.RETRY_UPDATE_OUTCOMES,
                 (now, now, r["n"]),
             )
             counters.move(c, r["package_id"], *rules.RETRY_MOVE)
