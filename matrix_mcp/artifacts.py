@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import logging
 import mimetypes
 import os
 import re
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from matrix_mcp.errors import StoreError
+
+log = logging.getLogger("matrix_mcp.artifacts")
 
 BLOBS = ".blobs"
 EXPORTS = "exports"
@@ -73,8 +76,9 @@ class GarbageReport:
 @dataclass(frozen=True)
 class RepairReport:
     checked: int  # complete outcomes with content and a path
-    repaired: int  # of those, files linked again at their outcome_path
+    repaired: int  # of those, files linked again at their outcome_path (missing, or with other bytes)
     unrepairable: int  # their content is gone from the blob store too
+    skipped: int = 0  # their path is held by another outcome (reported before paths were unique): left alone
 
 
 def safe_component(name: str) -> str:
@@ -89,11 +93,63 @@ def default_path(run: str, package: str, item: str, outcome_type: str) -> str:
     return "/".join(safe_component(p) for p in (run, package, item))
 
 
+def in_run_folder(run: str, rel: str) -> str:
+    """A client's outcome_path, relative to its run's folder, as the path relative to the artifacts root the
+    store records (the run's folder is the first component of its default paths too)."""
+    return f"{safe_component(run)}/{rel}"
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and any missing parent, each mode 0700 (umask can only take bits away): what a run
+    writes is readable by the service's user alone. Existing folders are left as they are."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent writer made it first
+            folder.mkdir(mode=0o700)
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The sha256 of a regular file's bytes (None when there is none at `path`), read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == getattr(os, "ELOOP", -1):  # a symlink planted at the path: not the content
+            return ""
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return ""
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class Artifacts:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root.absolute()
         self.max_bytes = max_bytes
         self._real_root: Path | None = None  # the root with its symlinks resolved, once it exists
+
+    def secure_root(self) -> None:
+        """At start: create the root mode 0700, or take group and other rights off an existing root this
+        user owns (made before folders were 0700), so nothing under it is reachable by another local user
+        whatever the mode of the folders and files below. A root owned by another user is left alone."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            make_dirs(self.root)
+            return
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(self.root, stat.S_IMODE(st.st_mode) & 0o700)
+            log.info("artifacts root %s: group and other rights removed (now 0700)", self.root)
 
     # ---- paths ----------------------------------------------------------------------------------
 
@@ -137,6 +193,28 @@ class Artifacts:
         if resolved != root and root not in resolved.parents:
             raise ArtifactError("resolves outside the artifacts root (symlink?)", field)
         return target
+
+    def blocking_path(self, rel: str) -> str | None:
+        """What keeps a file from being written at `rel` (a checked path): a leading part of it that is a
+        file where a folder is needed, or `rel` itself when it is a folder; None when nothing is in the way."""
+        parts = rel.split("/")
+        current = str(self.root)
+        for n, part in enumerate(parts, 1):
+            current = current + "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                return None
+            if stat.S_ISLNK(mode):  # inside the root (checked): judged by what it points at
+                try:
+                    mode = os.stat(current).st_mode
+                except OSError:
+                    return None
+            if n < len(parts) and not stat.S_ISDIR(mode):
+                return "/".join(parts[:n])
+            if n == len(parts) and stat.S_ISDIR(mode):
+                return rel
+        return None
 
     def mime_for(self, rel: str | None, given: str | None) -> str:
         if given:
@@ -266,7 +344,7 @@ class Artifacts:
             except FileNotFoundError:
                 if not source.exists():
                     raise
-                target.parent.mkdir(parents=True, exist_ok=True)  # its folder is new
+                make_dirs(target.parent)  # its folder is new
                 self._resolve_inside(rel, "outcome_path")  # re-check after creating parents
                 self._link_or_copy(source, tmp)
             os.replace(tmp, target)
@@ -285,6 +363,7 @@ class Artifacts:
             raise
         except OSError:  # no hard links here (another file system, a Windows share)
             shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o600)
 
     def ensure_linked(self, rel: str, sha: str) -> bool:
         """Link the blob at outcome_path when nothing is there (a process killed between the store's commit
@@ -295,6 +374,26 @@ class Artifacts:
             raise ArtifactError(f"its content {sha[:12]}… is not in the blob store", "outcome_path")
         self.materialize(rel, sha)
         return True
+
+    def file_differs(self, rel: str, sha: str) -> bool:
+        """True when the file at outcome_path holds bytes other than the content `sha` (a file another report
+        or a person wrote there, a symlink or a folder); False when it matches or is missing."""
+        found = _sha256_of(self._resolve_inside(rel, "outcome_path"))
+        return found is not None and found != sha
+
+    def blob_intact(self, sha: str) -> bool:
+        """The blob of `sha` exists and still holds those bytes (a readable file is a hard link to it: an
+        edit made in place through the link changes the blob too)."""
+        return _sha256_of(self.blob_path(sha)) == sha
+
+    def restore(self, rel: str, sha: str, body: bytes | None) -> None:
+        """Put the content `sha` back at outcome_path, replacing whatever is there: from its blob when that is
+        intact, else from `body` (content the store keeps), whose blob is written anew."""
+        if not self.blob_intact(sha):
+            if body is None or hashlib.sha256(body).hexdigest() != sha:
+                raise ArtifactError(f"its content {sha[:12]}… is not in the blob store", "outcome_path")
+            self._atomic_write(self.blob_path(sha), body)
+        self.materialize(rel, sha)
 
     def read_blob(self, sha: str) -> bytes:
         return self.blob_path(sha).read_bytes()
@@ -310,7 +409,7 @@ class Artifacts:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:  # its folder is new
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(path.parent)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 try:

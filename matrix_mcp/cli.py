@@ -97,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--repair",
         action="store_true",
-        help="first restore the missing file of every complete outcome (left by a process killed mid-report)",
+        help="first restore the file of every complete outcome that is missing (a process killed mid-report)"
+        " or holds other bytes than its stored content (every file is read)",
+    )
+    sub.add_parser(
+        "schema",
+        add_help=False,
+        usage="matrix-mcp schema [matrix-schema-mcp's options]",
+        help="serve the database-schema server: the same as matrix-schema-mcp, with the same options",
     )
     from matrix_mcp.integrations.cli import add_parsers
 
@@ -109,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    # The package's second server, for hosts that run only a package's first script (the registry entry).
+    if argv[:1] == ["schema"]:
+        from servers.database_schema import main as schema_main
+
+        schema_main(argv[1:])
+        return
     trailing: list[str] = []  # after `--`: the command `work` runs, passed on untouched
     if "--" in argv:
         argv, trailing = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
@@ -312,10 +325,15 @@ async def _gc(settings: Settings, older_than: float, repair: bool = False) -> No
     engine = await Engine.open(settings)
     try:
         if repair:
-            fixed = await engine.repair_files()
+            fixed = await engine.repair_files(verify=True)
+            shared = (
+                f"; {fixed.skipped} share their path with an earlier item and were left to it"
+                if fixed.skipped
+                else ""
+            )
             print(
-                f"repaired {fixed.repaired} missing outcome file(s) of {fixed.checked} complete outcome(s)"
-                f" with content; {fixed.unrepairable} cannot be restored (content gone)"
+                f"repaired {fixed.repaired} missing or altered outcome file(s) of {fixed.checked} complete"
+                f" outcome(s) with content; {fixed.unrepairable} cannot be restored (content gone){shared}"
             )
         report = await engine.collect_garbage(older_than_seconds=older_than)
     except StoreError as exc:

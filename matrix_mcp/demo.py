@@ -85,7 +85,7 @@ async def _worker(settings: Settings, run: str, name: str, injected: set[str], l
                             "outcome_id": item["outcome_id"],
                             "lease_token": item["lease_token"],
                             "content": content,
-                            "outcome_path": f"{run}/{item['package']}/{item['item']}.py",
+                            "outcome_path": f"{item['package']}/{item['item']}.py",  # inside the run's folder
                             "metrics": {
                                 "lines_generated": content.count("\n"),
                                 "quality_score": round(random.uniform(0.8, 1.0), 2),

@@ -30,10 +30,11 @@ from matrix_mcp.artifacts import (
     GarbageReport,
     RepairReport,
     default_path,
+    in_run_folder,
     safe_component,
 )
 from matrix_mcp.config import Settings
-from matrix_mcp.errors import StoreError
+from matrix_mcp.errors import Conflict, StoreError
 from matrix_mcp.models import (
     ClaimedItem,
     ClaimResult,
@@ -150,7 +151,9 @@ class Engine:
     async def open(cls, settings: Settings) -> Engine:
         store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
         try:
-            return cls(store, settings)
+            engine = cls(store, settings)
+            await anyio.to_thread.run_sync(engine.artifacts.secure_root)
+            return engine
         except BaseException:
             await store.close()  # an open store left behind keeps its connection threads alive
             raise
@@ -398,13 +401,18 @@ class Engine:
         metrics = self._json(metrics, "metrics") or {}
         metadata = self._json(metadata, "metadata") or {}
         if outcome_path is not None:
-            outcome_path = self.artifacts.check_path(outcome_path)
+            self.artifacts.check_path(outcome_path)  # its own faults first, named as the client wrote it
         data = self._content_bytes(content, content_encoding)
         if data is not None and len(data) > self.limits.max_content_bytes:
             raise InputError(f"is {len(data)} bytes; the limit is {self.limits.max_content_bytes}", "content")
         next_claim = self._next_claim(claim_next, package)
         run_id, package_name, item, outcome_type, planned_path = await self._outcome_key(outcome_id)
         info = await self.run_info(run_id)
+        if outcome_path is not None:  # relative to the run's own folder: it cannot name another run's file
+            outcome_path = self.artifacts.check_path(in_run_folder(info.name, outcome_path))
+            # a path already held is refused here, before a blob is written and without failing the write
+            # batch it would share; the store's unique key decides a race between two new reports
+            await self._refuse_held(outcome_path, run_id=run_id, package=package_name, item=item)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
         inline = data is not None and len(data) <= self.limits.inline_content_bytes
@@ -416,6 +424,9 @@ class Engine:
             path = outcome_path or planned_path or default_path(info.name, package_name, item, outcome_type)
             # a default or planned path is checked like a client's: a symlink planted there fails before commit
             path = self.artifacts.check_path(path)
+            blocker = self.artifacts.blocking_path(path)
+            if blocker is not None:  # another item's file where a folder is needed, or a folder of files
+                await self._blocked(path, blocker)
             report = Report(
                 outcome_path=path,
                 content_sha256=blob.sha256,
@@ -426,9 +437,13 @@ class Engine:
                 inline=data if inline else None,
             )
         now = self.now()
-        reported = await self.store.complete(
-            outcome_id, lease_token=lease_token, report=report, now=now, next_claim=next_claim
-        )
+        try:
+            reported = await self.store.complete(
+                outcome_id, lease_token=lease_token, report=report, now=now, next_claim=next_claim
+            )
+        except Exception as exc:
+            await self._path_taken(exc, report.outcome_path, run_id=run_id, package=package_name, item=item)
+            raise
         outcome = reported.outcome
         self._leased.pop(outcome_id, None)
         if _KILL_AFTER_COMMIT:
@@ -500,6 +515,43 @@ class Engine:
         info = await self.run_info(run)
         ids = await self.store.retry(info.id, package=package, outcome_ids=outcome_ids, now=self.now())
         return RetryResult(run=info.name, requeued=len(ids), outcome_ids=ids[:1000])
+
+    async def _path_taken(
+        self, exc: Exception, path: str | None, *, run_id: str, package: str, item: str
+    ) -> None:
+        """After a write of `path` failed: when another item holds that path, raise the one-line error naming
+        it. The store keeps one holder per path (a unique key: of two reports racing for one path exactly
+        one commits); the loser's database error says which key, this says who holds it. Errors raised on
+        purpose (a stale lease, a conflicting repeat...) keep their own message."""
+        if path is None or (isinstance(exc, StoreError) and type(exc) is not StoreError):
+            return
+        await self._refuse_held(path, run_id=run_id, package=package, item=item)
+
+    async def _refuse_held(self, path: str, *, run_id: str, package: str, item: str) -> None:
+        """Raise the one-line Conflict naming the item that holds `path`, unless it is this item or nobody."""
+        holder = await self.store.path_holder(path)
+        if holder is None or (holder.run_id, holder.package, holder.item) == (run_id, package, item):
+            return
+        where = f"{holder.package}/{holder.item}"
+        if holder.run_id != run_id:  # only paths reported before they were relative to the run's folder
+            where = f"{(await self.run_info(holder.run_id)).name}/{where}"
+        raise Conflict(
+            f"{path!r} is already the file of item {where}; choose another outcome_path", "outcome_path"
+        )
+
+    async def _blocked(self, path: str, blocker: str) -> None:
+        """Refuse a path the files already there leave no room for (checked before the commit; two reports
+        racing to make one name a file and a folder leave the later file unwritten, logged)."""
+        if blocker == path:
+            raise Conflict(
+                f"{path!r} is a folder of other files; choose another outcome_path", "outcome_path"
+            )
+        holder = await self.store.path_holder(blocker)
+        what = "a file" if holder is None else f"the file of item {holder.package}/{holder.item}"
+        raise Conflict(
+            f"{path!r} needs {blocker!r} as a folder, but it is {what}; choose another outcome_path",
+            "outcome_path",
+        )
 
     async def _outcome_key(self, outcome_id: str) -> tuple[str, str, str, str, str | None]:
         key = self._leased.get(outcome_id)
@@ -610,7 +662,8 @@ class Engine:
         if outcome_type is not None:
             self._name(outcome_type, "outcome_type")
         if outcome_path is not None:
-            outcome_path = self.artifacts.check_path(outcome_path)
+            self.artifacts.check_path(outcome_path)
+            outcome_path = self.artifacts.check_path(in_run_folder(info.name, outcome_path))
         metrics = self._json(metrics, "metrics") or {}
         metadata = self._json(metadata, "metadata") or {}
         self._json(specifications, "specifications")
@@ -628,7 +681,11 @@ class Engine:
             error_message=error_message,
             created_by=created_by,
         )
-        outcome, created = await self.store.record_outcome(record, now=self.now())
+        try:
+            outcome, created = await self.store.record_outcome(record, now=self.now())
+        except Exception as exc:
+            await self._path_taken(exc, outcome_path, run_id=info.id, package=package, item=item)
+            raise
         return RecordResult(outcome=outcome, created=created)
 
     async def update_outcome_status(
@@ -646,7 +703,9 @@ class Engine:
         metrics = self._json(metrics, "metrics") or {}
         metadata = self._json(metadata, "metadata") or {}
         if outcome_path is not None:
-            outcome_path = self.artifacts.check_path(outcome_path)
+            self.artifacts.check_path(outcome_path)
+            run_name = (await self.run_info(current.run_id)).name
+            outcome_path = self.artifacts.check_path(in_run_folder(run_name, outcome_path))
         if status == "complete":
             info = await self.run_info(current.run_id)
             self._check_report(
@@ -654,7 +713,13 @@ class Engine:
             )
         report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
         change = StatusChange(status=status, error_message=error_message, report=report)
-        return await self.store.update_status(outcome_id, change=change, now=self.now())
+        try:
+            return await self.store.update_status(outcome_id, change=change, now=self.now())
+        except Exception as exc:
+            await self._path_taken(
+                exc, outcome_path, run_id=current.run_id, package=current.package, item=current.item
+            )
+            raise
 
     async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
         detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
@@ -662,10 +727,16 @@ class Engine:
             await self._ensure_file(detail.id, detail.outcome_path, detail.content_sha256)
         return detail
 
-    async def _ensure_file(self, outcome_id: str, path: str, sha: str) -> bool | None:
-        """Link a complete outcome's content at its outcome_path if the file is missing: True if it was
-        restored, False if it was there, None if it cannot be (its blob is gone too; logged)."""
+    async def _ensure_file(self, outcome_id: str, path: str, sha: str, verify: bool = False) -> bool | None:
+        """Link a complete outcome's content at its outcome_path if the file is missing (with verify, also if
+        it holds other bytes): True if it was restored, False if it was there, None if it cannot be (its
+        content is gone; logged)."""
         try:
+            if verify and await anyio.to_thread.run_sync(self.artifacts.file_differs, path, sha):
+                body = await self.store.inline_content(sha)
+                await anyio.to_thread.run_sync(self.artifacts.restore, path, sha, body)
+                log.warning("outcome %s: restored its file at %s (it held other bytes)", outcome_id, path)
+                return True
             linked = await anyio.to_thread.run_sync(self.artifacts.ensure_linked, path, sha)
         except ArtifactError as exc:
             body = await self.store.inline_content(sha)  # content kept in the store: the file is its copy
@@ -682,20 +753,33 @@ class Engine:
             log.warning("outcome %s: restored its missing file at %s", outcome_id, path)
         return linked
 
-    async def repair_files(self, *, since_seq: int = 0, page: int = 1000) -> RepairReport:
+    async def _held_by_another(self, outcome_id: str, path: str) -> bool:
+        holder = await self.store.path_holder(path)
+        return holder is not None and holder.outcome_id != outcome_id
+
+    async def repair_files(
+        self, *, since_seq: int = 0, page: int = 1000, verify: bool = False
+    ) -> RepairReport:
         """Restore the readable file of every complete outcome completed after event `since_seq` whose file
-        is missing (blob → commit → link: a kill after the commit leaves only the link undone)."""
-        checked = repaired = unrepairable = 0
+        is missing (blob → commit → link: a kill after the commit leaves only the link undone). With verify
+        (`matrix-mcp gc --repair`), also a file whose bytes differ from the stored content: every file is
+        read and hashed."""
+        checked = repaired = unrepairable = skipped = 0
         cursor = since_seq
         while True:
             files = await self.store.content_files(since_seq=cursor, limit=page)
             for f in files:
                 checked += 1
-                outcome = await self._ensure_file(f.outcome_id, f.outcome_path, f.content_sha256)
+                if verify and await self._held_by_another(f.outcome_id, f.outcome_path):
+                    skipped += 1  # two items reported one path before paths were unique: its holder's file
+                    continue
+                outcome = await self._ensure_file(f.outcome_id, f.outcome_path, f.content_sha256, verify)
                 repaired += outcome is True
                 unrepairable += outcome is None
             if len(files) < page:
-                return RepairReport(checked=checked, repaired=repaired, unrepairable=unrepairable)
+                return RepairReport(
+                    checked=checked, repaired=repaired, unrepairable=unrepairable, skipped=skipped
+                )
             cursor = files[-1].seq
 
     async def repair_recent_files(self) -> RepairReport:

@@ -312,7 +312,7 @@ async def complete_item(
     claim_next: ClaimNext = 0,
     detail: Detail = "compact",
 ) -> Annotated[CallToolResult, ReportResult]:
-    """Report a claimed item done; content is stored at outcome_path (relative). Metrics
+    """Report a claimed item done; content is stored at outcome_path (run-relative). Metrics
     lines_generated, quality_score feed summaries. Idempotent. claim_next=N: your next N items
     come in `next`."""
     s = state_of(ctx)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from mcp.server import MCPServer
 
+from matrix_mcp import __version__
 from matrix_mcp.config import (
     ArgumentParser,
     Limits,
@@ -98,7 +99,7 @@ def build_server(
         "database-schema",
         toolset,
         state,
-        version="0.1.0",
+        version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         resources=schema_resources(state.schema),

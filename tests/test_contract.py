@@ -385,8 +385,8 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
     root = engine.artifacts.root
     outside = root.parent / "escape"
     outside.mkdir()
-    (root / "link").parent.mkdir(parents=True, exist_ok=True)
-    (root / "link").symlink_to(outside)
+    (root / "r").mkdir(parents=True, exist_ok=True)  # the run's folder: a client's path is relative to it
+    (root / "r" / "link").symlink_to(outside)
     for bad in [
         "../x",
         "/etc/passwd",
@@ -409,7 +409,10 @@ async def test_artifacts_stay_inside_the_root(engine: Engine) -> None:
         item.outcome_id, lease_token=item.lease_token, content="ok", outcome_path="a/b.txt"
     )
     assert (
-        (root / "a" / "b.txt").read_text() == "ok" and out.outcome and out.outcome.mime_type == "text/plain"
+        (root / "r" / "a" / "b.txt").read_text() == "ok"
+        and out.outcome
+        and out.outcome.mime_type == "text/plain"
+        and out.outcome.outcome_path == "r/a/b.txt"
     )
     data, mime = await engine.outcome_content(out.outcome_id)
     assert data == b"ok" and mime == "text/plain"

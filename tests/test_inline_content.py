@@ -160,7 +160,7 @@ async def test_gc_removes_content_no_outcome_refers_to_and_keeps_the_rest(
     capsys.readouterr()
     await _gc(settings, HOUR, repair=True)
     out = capsys.readouterr().out
-    assert "repaired 1 missing outcome file(s)" in out and "0 cannot be restored" in out
+    assert "repaired 1 missing or altered outcome file(s)" in out and "0 cannot be restored" in out
     assert "removed 0 unreferenced content row(s) kept in the store, 0 bytes" in out
     assert file.read_text() == "kept text"
 

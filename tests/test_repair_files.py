@@ -116,7 +116,7 @@ async def test_a_kill_between_commit_and_link_is_repaired_on_read_at_start_up_an
         )
     )
     assert gc.returncode == 0, gc.stderr
-    assert "repaired 1 missing outcome file(s) of 3" in gc.stdout
+    assert "repaired 1 missing or altered outcome file(s) of 3" in gc.stdout
     assert c_path.read_text() == "content of c"
     await assert_consistent(engine)
 

@@ -1,14 +1,18 @@
 """Integration secrets at rest: Fernet, several keys for rotation (MultiFernet; the first encrypts).
 
 Keys come from MATRIX_ENCRYPTION_KEY (comma-separated); without it, a SQLite store gets a key file
-created once, mode 0600, beside the database (`<db>.key`). A PostgreSQL store needs the variable: its
+created once, mode 0600, beside the database (`<db>.key`); one owned by another user, or open to other
+users, is refused. A PostgreSQL store needs the variable: its
 processes may run on several hosts, and a key file on one of them would strand the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +70,44 @@ def key_file(database_url: str) -> Path | None:
 
 
 def read_key_file(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """The keys in `path`, one a line. Refused (one line naming the file and the fix) unless it is a plain
+    file owned by this service's user that no other user may read or write: a key file another local user
+    planted beforehand (or can read) would encrypt the credentials with a key they know. The checks look at
+    the opened file itself (fstat), so the file read is the file checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyError_(
+                f"MATRIX_ENCRYPTION_KEY: key file {path} is a symlink; put the key file itself there"
+            ) from None
+        raise KeyError_(f"MATRIX_ENCRYPTION_KEY: key file {path} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        owner = os.geteuid()
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyError_(f"MATRIX_ENCRYPTION_KEY: key file {path} is not a regular file")
+        if st.st_uid != owner:
+            raise KeyError_(
+                f"MATRIX_ENCRYPTION_KEY: key file {path} is owned by uid {st.st_uid}, not this service's user"
+                f" (uid {owner}); if you did not put it there, delete it, else `chown {owner} {path}`"
+            )
+        if st.st_mode & 0o077:
+            raise KeyError_(
+                f"MATRIX_ENCRYPTION_KEY: key file {path} is open to other users"
+                f" (mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        text = f.read()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def write_key_file(path: Path, keys: list[str]) -> None:
-    """Atomically, mode 0600 from the start (never readable by others, even briefly)."""
+    """Atomically, mode 0600 from the start (never readable by others, even briefly). A temporary file
+    already there (left by a crash, or planted) is removed, never written through."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(keys) + "\n")
         f.flush()

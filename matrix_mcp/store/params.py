@@ -20,6 +20,16 @@ from matrix_mcp.models import (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class PathHolder:
+    """The outcome whose readable file a path is."""
+
+    outcome_id: str
+    run_id: str
+    package: str
+    item: str
+
+
 @dataclass(frozen=True)
 class ContentFile:
     """Where a complete outcome's content should be readable: outcome_path, linked from its blob."""

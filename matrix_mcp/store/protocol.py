@@ -47,6 +47,7 @@ from matrix_mcp.store.params import (
     NewRecord,
     NextClaim,
     OutcomeFilter,
+    PathHolder,
     Report,
     Reported,
     RunOverview,
@@ -293,6 +294,10 @@ class Store(Protocol):
         writer; PostgreSQL: the `contents` table lock), so content a report is committing right now (the
         same bytes again) is never taken from under it. Rows are not timed: a report re-using an existing
         row does not touch it, so a time window could not tell it from an old orphan."""
+        ...
+
+    async def path_holder(self, path: str) -> PathHolder | None:
+        """The outcome whose outcome_path is `path` (one per path, kept by a unique key), or None."""
         ...
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import anyio
 
+from matrix_mcp.artifacts import default_path, safe_component
 from matrix_mcp.integrations.policy import Answer, retry_after_seconds
 from matrix_mcp.integrations.sinks.base import SinkContext, answer_from
 from matrix_mcp.store.hooks import DeliveryRow
@@ -91,6 +92,7 @@ class GitHubSink:
         assert ctx.store is not None and ctx.read_content is not None
         run_id = (await ctx.store.get_run(run)).id
         files: dict[str, bytes] = {}
+        folder = safe_component(run) + "/"
         cursor = None
         while len(files) < MAX_FILES:
             page = await ctx.store.list_outcomes(
@@ -99,6 +101,10 @@ class GitHubSink:
             for o in page.outcomes:
                 if o.content_sha256 and len(files) < MAX_FILES:
                     path = o.outcome_path or f"{o.package}/{o.item}"
+                    if path.startswith(folder) and path != default_path(
+                        run, o.package, o.item, o.outcome_type
+                    ):
+                        path = path[len(folder) :]  # a client's path: as it wrote it, relative to the run
                     files[path.lstrip("/")] = await ctx.read_content(o.content_sha256)
             cursor = page.next_cursor
             if cursor is None:

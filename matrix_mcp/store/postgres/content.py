@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from matrix_mcp.store.params import (
     Collected,
     ContentFile,
+    PathHolder,
 )
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
@@ -76,5 +77,15 @@ async def content_files(db: Database, *, since_seq: int, limit: int) -> list[Con
             (since_seq, limit),
         )
         return [ContentFile(int(r["seq"]), r["id"], r["outcome_path"], r["content_sha256"]) for r in rows]
+
+    return await db.read(op)
+
+
+async def path_holder(db: Database, path: str) -> PathHolder | None:
+    async def op(c: Conn) -> PathHolder | None:
+        row = await fetch_one(c, sql.PATH_HOLDER, (path,))
+        if row is None:
+            return None
+        return PathHolder(outcome_id=row["id"], run_id=row["run_id"], package=row["name"], item=row["item"])
 
     return await db.read(op)

@@ -405,4 +405,28 @@ CREATE TABLE revoked_sessions (
 );
 """,
     ),
+    (
+        10,
+        # one outcome per readable file: the key on `path` refuses a second outcome's path in the writing
+        # statement itself (a concurrent insert of the same path waits for the first to commit, then
+        # fails), so of two reports racing for one path exactly one commits. Kept by a trigger, so every
+        # statement that sets outcome_path obeys it. Paths two outcomes shared before this version are held
+        # by the first completed (the file a person saw first); the others keep theirs.
+        # (The function body stays on one line: migrations are split at ';' + newline.)
+        """
+CREATE TABLE outcome_paths (
+    path text PRIMARY KEY,
+    outcome_id text NOT NULL REFERENCES outcomes(id) ON DELETE CASCADE
+);
+CREATE INDEX outcome_paths_by_outcome ON outcome_paths (outcome_id);
+INSERT INTO outcome_paths (path, outcome_id)
+    SELECT DISTINCT ON (outcome_path) outcome_path, id FROM outcomes WHERE outcome_path IS NOT NULL
+    ORDER BY outcome_path, completed_at NULLS LAST, n;
+CREATE FUNCTION matrix_hold_outcome_path() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF TG_OP = 'UPDATE' AND OLD.outcome_path IS NOT NULL THEN DELETE FROM outcome_paths WHERE path = OLD.outcome_path AND outcome_id = OLD.id; END IF; IF NEW.outcome_path IS NOT NULL THEN INSERT INTO outcome_paths (path, outcome_id) VALUES (NEW.outcome_path, NEW.id); END IF; RETURN NULL; END $$;
+CREATE TRIGGER outcome_path_added AFTER INSERT ON outcomes FOR EACH ROW WHEN (NEW.outcome_path IS NOT NULL)
+    EXECUTE FUNCTION matrix_hold_outcome_path();
+CREATE TRIGGER outcome_path_moved AFTER UPDATE OF outcome_path ON outcomes FOR EACH ROW
+    WHEN (OLD.outcome_path IS DISTINCT FROM NEW.outcome_path) EXECUTE FUNCTION matrix_hold_outcome_path();
+""",
+    ),
 ]

@@ -861,3 +861,10 @@ OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = %s"
 
 
 ONE_RUN_BY_ID = ONE_RUN_SQL + " WHERE r.id = %s"
+
+
+# the outcome whose readable file a path is (outcome_paths: one outcome per path)
+PATH_HOLDER = (
+    "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+    " JOIN packages p ON p.id = o.package_id WHERE h.path = %s"
+)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +88,27 @@ class _Checkpointer:
         self._thread.join(timeout=10)
 
 
+def _private_files(path: Path) -> None:
+    """The database readable by the service's user alone: a new one is created mode 0600 before SQLite
+    opens it (SQLite creates the WAL and shared-memory files with the database file's mode), in a folder
+    created 0700; an existing database, WAL or SHM file this user owns loses its group and other rights."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(name, stat.S_IMODE(st.st_mode) & 0o600)
+            log.info("%s: group and other rights removed (now 0600)", name)
+
+
 def _is_busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
@@ -128,7 +151,7 @@ class Database:
     async def open(cls, path: str | Path) -> Self:
         path = Path(path)
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_files(path)
         writer = await cls._connect(path)
         store = cls(path, writer, [])
         await store.migrate()

@@ -8,6 +8,7 @@ import sqlite3
 from matrix_mcp.store.params import (
     Collected,
     ContentFile,
+    PathHolder,
 )
 from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
@@ -59,5 +60,15 @@ async def content_files(db: Database, *, since_seq: int, limit: int) -> list[Con
             (since_seq, limit),
         ).fetchall()
         return [ContentFile(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    return await db.read(op)
+
+
+async def path_holder(db: Database, path: str) -> PathHolder | None:
+    def op(c: sqlite3.Connection) -> PathHolder | None:
+        row = c.execute(sql.PATH_HOLDER, (path,)).fetchone()
+        return (
+            None if row is None else PathHolder(outcome_id=row[0], run_id=row[1], package=row[2], item=row[3])
+        )
 
     return await db.read(op)

@@ -245,4 +245,24 @@ CREATE TABLE revoked_sessions (
 ) WITHOUT ROWID
 """,
     ),
+    (
+        8,
+        # one outcome per readable file: the key on `path` refuses a second outcome's path in the writing
+        # statement itself, so of two reports racing for one path exactly one commits. Kept by triggers,
+        # so every statement that sets outcome_path obeys it. Paths two outcomes shared before this
+        # version are held by the first completed (the file a person saw first); the others keep theirs.
+        # (Trigger bodies stay on one line: migrations are split at ';' + newline.)
+        """
+CREATE TABLE outcome_paths (
+    path TEXT PRIMARY KEY,
+    outcome_id TEXT NOT NULL REFERENCES outcomes(id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX outcome_paths_by_outcome ON outcome_paths (outcome_id);
+INSERT OR IGNORE INTO outcome_paths (path, outcome_id)
+    SELECT outcome_path, id FROM outcomes WHERE outcome_path IS NOT NULL
+    ORDER BY completed_at IS NULL, completed_at, n;
+CREATE TRIGGER outcome_path_added AFTER INSERT ON outcomes WHEN NEW.outcome_path IS NOT NULL BEGIN INSERT INTO outcome_paths (path, outcome_id) VALUES (NEW.outcome_path, NEW.id); END;
+CREATE TRIGGER outcome_path_moved AFTER UPDATE OF outcome_path ON outcomes WHEN NEW.outcome_path IS NOT OLD.outcome_path BEGIN DELETE FROM outcome_paths WHERE path = OLD.outcome_path AND outcome_id = OLD.id; INSERT INTO outcome_paths (path, outcome_id) SELECT NEW.outcome_path, NEW.id WHERE NEW.outcome_path IS NOT NULL; END
+""",
+    ),
 ]

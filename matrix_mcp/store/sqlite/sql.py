@@ -456,3 +456,10 @@ ORPHAN_CONTENTS = (
     "SELECT sha256 FROM contents WHERE sha256 NOT IN"
     " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
 )
+
+
+# the outcome whose readable file a path is (outcome_paths: one outcome per path)
+PATH_HOLDER = (
+    "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+    " JOIN packages p ON p.id = o.package_id WHERE h.path = ?"
+)

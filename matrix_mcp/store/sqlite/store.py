@@ -47,6 +47,7 @@ from matrix_mcp.store.params import (
     NewRecord,
     NextClaim,
     OutcomeFilter,
+    PathHolder,
     Report,
     Reported,
     RunOverview,
@@ -247,6 +248,9 @@ class SQLiteStore:
 
     async def collect_contents(self) -> Collected:
         return await content.collect_contents(self.db)
+
+    async def path_holder(self, path: str) -> PathHolder | None:
+        return await content.path_holder(self.db, path)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
         return await content.content_files(self.db, since_seq=since_seq, limit=limit)
