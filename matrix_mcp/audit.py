@@ -5,12 +5,17 @@ and on an open service, where events carry no principal."""
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 current_principal: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "matrix_principal", default=None
+)
+# whether the caller of the request being served may call a tool (by name), set beside the principal by the
+# HTTP scope gate; None: no scopes apply (stdio, an open service)
+current_tool_access: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
+    "matrix_tool_access", default=None
 )
 
 

@@ -399,11 +399,13 @@ def _write_cache(path: Path | None, files: Sequence[str], tools: dict[str, Any])
 @dataclass(frozen=True)
 class ToolSpec:
     """A tool function (named after it) and how it is registered. `null_free`: its results are dumped
-    without null fields, so its result schema is made lean."""
+    without null fields, so its result schema is made lean. `meta`: the definition's `_meta` (such as the
+    MCP Apps view its results are shown in), added at every build, never cached."""
 
     fn: Callable[..., Any]
     annotations: ToolAnnotations | None = None
     null_free: bool = False
+    meta: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -469,6 +471,7 @@ def build_tools(
                 is_async=inspect.iscoroutinefunction(spec.fn),
                 context_kwarg=context_kwarg,
                 annotations=spec.annotations,
+                meta=spec.meta,
             )
         )
     return out

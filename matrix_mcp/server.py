@@ -31,6 +31,7 @@ from mcp_types import CallToolResult, GetPromptResult, InputRequiredResult, Text
 from pydantic import AnyUrl, BaseModel, Field, ValidationError
 
 from matrix_mcp import __version__
+from matrix_mcp.apps import grid_app, grid_tool_meta
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.errors import NotFound, StoreError, Unavailable
@@ -524,9 +525,10 @@ async def export_outcomes(
     return await s.call(s.engine().export_outcomes(run=run, format=format))
 
 
-# results of these tools are dumped without null fields (see `ServerState.call`): lean result schemas
+# results of these tools are dumped without null fields (see `ServerState.call`): lean result schemas;
+# run_status results are shown in the grid view by hosts that render MCP Apps (matrix_mcp/apps)
 CORE_TOOLS = tuple(
-    ToolSpec(fn, null_free=True)
+    ToolSpec(fn, null_free=True, meta=grid_tool_meta() if fn is run_status else None)
     for fn in (
         plan_run,
         claim_items,
@@ -757,6 +759,7 @@ def create_server(
         lifespan=lifespan,
         subscriptions=state.bus,
         resources=static_resources(state),
+        extensions=[grid_app(t.name for t in toolset.tools)],
         auth=auth,
         token_verifier=token_verifier,
     )

@@ -14,7 +14,7 @@ import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
-from matrix_mcp.audit import current_principal
+from matrix_mcp.audit import current_principal, current_tool_access
 
 READ = "matrix:read"
 WORK = "matrix:work"
@@ -113,7 +113,8 @@ def caller(ctx: ServerRequestContext[Any, Any]) -> tuple[str, frozenset[str]] | 
 
 class ScopeGate:
     """Server middleware: refuses requests outside the caller's scopes, filters `tools/list`, and makes
-    the principal known to the code below (`current_principal`) while the request runs."""
+    the principal and the tools it may call known to the code below (`current_principal`,
+    `current_tool_access`) while the request runs."""
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         who = caller(ctx)
@@ -129,9 +130,11 @@ class ScopeGate:
                 )
             raise MCPError(code=types.INVALID_REQUEST, message=text)
         token = current_principal.set(principal)
+        access = current_tool_access.set(lambda tool: tool_scope(tool) in scopes)
         try:
             result = await call_next(ctx)
         finally:
+            current_tool_access.reset(access)
             current_principal.reset(token)
         if ctx.method == "tools/list":
             return _filter_tools(result, scopes)
