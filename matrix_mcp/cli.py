@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix_mcp import __version__
-from matrix_mcp.config import ArgumentParser, Settings, add_serve_flags, setup_logging
+from matrix_mcp.config import ArgumentParser, Settings, add_serve_flags, load_secret_files, setup_logging
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     keys_create.add_argument("name")
     keys_create.add_argument(
         "--scope", action="append", required=True, help="read, work, plan or admin (repeat for several)"
+    )
+    keys_create.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="store this key (mtx_ + at least 32 characters, e.g. a container secret) instead of a new one; "
+        "a key of that name and value already there is left as it is",
     )
     keys_sub.add_parser("list", help="names, scopes, created, last used (never the keys)")
     keys_revoke = keys_sub.add_parser("revoke", help="revoke a key on every replica (within seconds)")
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, "matrix-mcp")
     try:
+        load_secret_files(os.environ)
         settings = Settings.from_env(
             database_url=args.database_url, artifacts_dir=args.artifacts_dir, toolset=args.toolset
         )

@@ -64,6 +64,44 @@ def add_serve_flags(parser: argparse.ArgumentParser, port: int) -> None:
     )
 
 
+# Settings that hold secrets may come from a file instead: NAME_FILE=/run/secrets/x sets NAME to the file's
+# text (one trailing newline dropped), the convention of container secrets and systemd credentials.
+SECRET_FILE_SETTINGS = (
+    "MATRIX_DATABASE_URL",
+    "MATRIX_SESSION_SECRET",
+    "MATRIX_ENCRYPTION_KEY",
+    "MATRIX_JWT_SECRET",
+    "MATRIX_METRICS_TOKEN",
+    "DB_PASSWORD",
+)
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def load_secret_files(env: typing.MutableMapping[str, str]) -> None:
+    """Fill each SECRET_FILE_SETTINGS name from the file its NAME_FILE variable names. Raises SettingError
+    naming the variable when both are set, or the file cannot be read, is empty or is too large."""
+    for name in SECRET_FILE_SETTINGS:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        if env.get(name):
+            raise SettingError(f"{name} and {name}_FILE are both set: set one")
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise SettingError(f"{name}_FILE: cannot read {path!r} ({exc.strerror or exc})") from None
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise SettingError(f"{name}_FILE: {path!r} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            value = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise SettingError(f"{name}_FILE: {path!r} is not UTF-8 text") from None
+        if not value.strip():
+            raise SettingError(f"{name}_FILE: {path!r} is empty")
+        env[name] = value
+
+
 def setup_logging(level: str, prog: str) -> None:
     """Log to stderr only (stdout is the stdio transport); a bad level is one line and exit 1."""
     import logging

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,26 @@ _KILL_AFTER_COMMIT = os.environ.get("MATRIX_TEST_KILL_AFTER_COMMIT") == "1"
 FINISHED_RUN_STATES = ("done", "cancelled")
 SPAN_CACHE_RUNS = 1024  # finished runs whose span this process keeps (a bound, not a tuning knob)
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+# Event sequence numbers are 64-bit signed integers in both stores: a cursor past the largest is refused
+# here, the same on both (SQLite could not even bind it).
+MAX_SEQ = 2**63 - 1
+# A media type (RFC 9110 §8.3.1): type "/" subtype *( OWS ";" OWS name "=" ( token / quoted-string ) ),
+# ASCII only: no CR, LF or other control character can reach a Content-Type header.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+MEDIA_TYPE_PATTERN = (  # also what the REST API's OpenAPI document states
+    rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"(?:[\t !#-\[\]-~]|\\[\t -~])*"))*'
+)
+_MEDIA_TYPE = re.compile(MEDIA_TYPE_PATTERN)
+MAX_MEDIA_TYPE_LENGTH = 255
+MEDIA_TYPE_ERROR = (
+    "must be a media type such as 'text/markdown; charset=utf-8' "
+    f"(type/subtype and parameters, printable ASCII, at most {MAX_MEDIA_TYPE_LENGTH} characters)"
+)
+
+
+def is_media_type(value: str) -> bool:
+    """Whether `value` is a media type as a Content-Type header may carry it."""
+    return len(value) <= MAX_MEDIA_TYPE_LENGTH and _MEDIA_TYPE.fullmatch(value) is not None
 
 
 class InputError(StoreError):
@@ -118,6 +139,11 @@ def _validator(schema_json: str) -> Any:
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(json.loads(schema_json))
+
+
+def _served_type(mime_type: str | None) -> str:
+    """The stored media type, unless it is none or not one (a row written before reports were checked)."""
+    return mime_type if mime_type and is_media_type(mime_type) else "application/octet-stream"
 
 
 def _retry_after(batch: ClaimBatch, now: float) -> float | None:
@@ -190,13 +216,25 @@ class Engine:
             raise InputError("may not contain NUL characters", field)
         return value
 
+    def _media_type(self, value: str | None, field: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not is_media_type(value):
+            raise InputError(MEDIA_TYPE_ERROR, field)
+        return value
+
+    def _seq(self, value: int | None, field: str) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEQ:
+            raise InputError(f"must be an event sequence number from 0 to {MAX_SEQ}", field)
+        return value
+
     def _limit(self, value: int, field: str, maximum: int) -> int:
         if value < 1 or value > maximum:
             raise InputError(f"must be between 1 and {maximum}", field)
         return value
 
     def _wait(self, value: float, field: str) -> float:
-        if value < 0 or value > self.limits.max_wait_seconds:
+        if not 0 <= value <= self.limits.max_wait_seconds:  # NaN too
             raise InputError(f"must be between 0 and {self.limits.max_wait_seconds:g}", field)
         return value
 
@@ -400,6 +438,7 @@ class Engine:
         self._name(lease_token, "lease_token")
         metrics = self._json(metrics, "metrics") or {}
         metadata = self._json(metadata, "metadata") or {}
+        mime_type = self._media_type(mime_type, "mime_type")
         if outcome_path is not None:
             self.artifacts.check_path(outcome_path)  # its own faults first, named as the client wrote it
         data = self._content_bytes(content, content_encoding)
@@ -573,8 +612,7 @@ class Engine:
     ) -> RunStatus:
         info = await self.run_info(run)
         self._wait(wait_seconds, "wait_seconds")
-        if since is not None and since < 0:
-            raise InputError("must be ≥ 0", "since")
+        self._seq(since, "since")
         events = []
         if since is not None:
             deadline = anyio.current_time() + wait_seconds
@@ -796,11 +834,11 @@ class Engine:
         except OSError as exc:
             body = await self.store.inline_content(outcome.content_sha256)
             if body is not None:
-                return body, outcome.mime_type or "application/octet-stream"
+                return body, _served_type(outcome.mime_type)
             raise ArtifactError(
                 f"the artifact could not be read: {exc.strerror or exc}", "outcome_id"
             ) from exc
-        return data, outcome.mime_type or "application/octet-stream"
+        return data, _served_type(outcome.mime_type)
 
     async def list_outcomes(
         self,

@@ -10,11 +10,15 @@ from datetime import UTC, datetime
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
-from matrix_mcp.errors import StoreError
-from matrix_mcp.http.keys import hash_key, new_key
+from matrix_mcp.errors import Conflict, StoreError
+from matrix_mcp.http.keys import KEY_PREFIX, hash_key, new_key
 from matrix_mcp.http.scopes import parse_scopes
+from matrix_mcp.store.params import ApiKey
+from matrix_mcp.store.protocol import Store
 
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+GIVEN_KEY = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{32,200}")
+MAX_KEY_FILE_BYTES = 4096
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -22,13 +26,20 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
         scopes = parse_scopes(args.scope) if args.keys_command == "create" else ()
         if args.keys_command == "create" and not KEY_NAME.fullmatch(args.name):
             raise ValueError(f"name: {args.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        given = read_key_file(args.key_file) if getattr(args, "key_file", None) else None
     except ValueError as exc:
         print(f"matrix-mcp: {exc}", file=sys.stderr)
         return 2
     engine = await Engine.open(settings)
     try:
         store = engine.store
-        if args.keys_command == "create":
+        if args.keys_command == "create" and given is not None:
+            record = await _store_given_key(store, args.name, given, scopes)
+            if record is None:
+                print(f"key '{args.name}' is already stored with this value: unchanged", file=sys.stderr)
+            else:
+                print(f"key '{record.name}' stored with {' '.join(record.scopes)}", file=sys.stderr)
+        elif args.keys_command == "create":
             key = new_key()
             record = await store.create_api_key(
                 args.name, key_hash=hash_key(key), scopes=scopes, now=time.time()
@@ -59,6 +70,37 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await engine.close()
     return 0
+
+
+def read_key_file(path: str) -> str:
+    """The key in the file at `path` (surrounding white space dropped). Raises ValueError naming --key-file
+    when it cannot be read or is not a key this service accepts (never echoing the file's content)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"--key-file: cannot read {path!r} ({exc.strerror or exc})") from None
+    key = raw.decode("utf-8", "replace").strip()
+    if len(raw) > MAX_KEY_FILE_BYTES or not GIVEN_KEY.fullmatch(key):
+        raise ValueError(
+            f"--key-file: {path!r} does not hold a key: {KEY_PREFIX} followed by 32-200 letters, digits, "
+            "'-' or '_' (e.g. python3 -c 'import secrets; print(\"mtx_\" + secrets.token_urlsafe(32))')"
+        )
+    return key
+
+
+async def _store_given_key(store: Store, name: str, key: str, scopes: tuple[str, ...]) -> ApiKey | None:
+    """Store `key` under `name`; None when exactly that key is already stored under that name (a container's
+    set-up step runs at every start). A different key of that name, or that key under another name, is a
+    Conflict naming the field."""
+    existing = await store.api_key_by_hash(hash_key(key))
+    if existing is not None:
+        if existing.name != name:
+            raise Conflict(f"this key is already stored as '{existing.name}'", field="--key-file")
+        if existing.revoked_at is not None:
+            raise Conflict(f"key '{name}' was revoked: store a new key under a new name", field="name")
+        return None
+    return await store.create_api_key(name, key_hash=hash_key(key), scopes=scopes, now=time.time())
 
 
 def _when(t: float | None) -> str:

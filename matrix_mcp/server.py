@@ -33,7 +33,7 @@ from pydantic import AnyUrl, BaseModel, Field, ValidationError
 from matrix_mcp import __version__
 from matrix_mcp.apps import grid_app, grid_tool_meta
 from matrix_mcp.config import Settings, redact_text, url_password
-from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.engine import MAX_SEQ, Engine, InputError
 from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
 from matrix_mcp.integrations.tools import HOOK_TOOLS, hook_resources
@@ -384,7 +384,7 @@ async def list_runs(ctx: Context) -> Annotated[CallToolResult, RunList]:
 async def run_status(
     ctx: Context,
     run: str,
-    since: Annotated[int | None, Field(ge=0)] = None,
+    since: Annotated[int | None, Field(ge=0, le=MAX_SEQ)] = None,
     wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
 ) -> Annotated[CallToolResult, RunStatus]:
     """Counts, per-package summaries, throughput, ETA, latest_seq. With since=S: the events after S,
@@ -394,8 +394,15 @@ async def run_status(
     async def progress(done: float, total: float | None, message: str | None) -> None:
         await ctx.report_progress(done, total, message)
 
+    try:
+        ctx.request_context  # noqa: B018  # raises outside an MCP request
+        in_request = True
+    except ValueError:  # called by the REST API: no session to send progress to
+        in_request = False
     return await s.call(
-        s.engine().run_status(run=run, since=since, wait_seconds=wait_seconds, progress=progress)
+        s.engine().run_status(
+            run=run, since=since, wait_seconds=wait_seconds, progress=progress if in_request else None
+        )
     )
 
 

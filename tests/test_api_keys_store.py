@@ -82,3 +82,23 @@ async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
     known = await verifier.verify_token("mtx_known")
     assert known is not None and known.client_id == "key:k"
     assert await verifier.verify_token("mtx_other") is None
+
+
+async def test_active_status_counts_are_bounded_and_skip_finished_work(engine: Engine) -> None:
+    """What /metrics labels: totals over all runs, and at most `limit` names with unfinished work in runs
+    that are not cancelled, with their counts summed over runs."""
+    assert await engine.store.active_status_counts(3) == (
+        {"pending": 0, "generating": 0, "complete": 0, "failed": 0, "cancelled": 0},
+        {},
+    )
+    await engine.plan_run("a", packages=[PackageSpec(name=f"a{i}", items=["x", "y"]) for i in range(5)])
+    await engine.plan_run("b", packages=[PackageSpec(name="a0", items=["x"])])
+    await engine.plan_run("c", packages=[PackageSpec(name=f"c{i}", items=["x"]) for i in range(2)])
+    await engine.control_run("c", action="cancel")
+    totals, active = await engine.store.active_status_counts(3)
+    assert totals == {"pending": 11, "generating": 0, "complete": 0, "failed": 0, "cancelled": 2}
+    assert 1 <= len(active) <= 3 and all(name.startswith("a") for name in active), active
+    for name, counts in active.items():
+        assert counts["pending"] == (3 if name == "a0" else 2), (name, counts)
+    _, everything = await engine.store.active_status_counts(100)
+    assert set(everything) == {f"a{i}" for i in range(5)}

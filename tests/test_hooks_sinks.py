@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -262,7 +263,11 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
             )
             await until(lambda: "src/web/b.py" in gh.trees[gh.commits[gh.refs["matrix/r1"]]["tree"]])
             await until(lambda: "| web | 1/1 | 0 |" in gh.pulls[1].get("body", ""))
-            await anyio.sleep(0.5)
+            # a sync refused by the rate limit is retried after the run's sync may have done its work
+            limit = time.monotonic() + 15
+            while len((await hooks.deliveries(created.webhook.id, "succeeded", None)).deliveries) < 3:
+                assert time.monotonic() < limit, "the syncs were not all recorded"
+                await anyio.sleep(0.05)
         head_tree = gh.trees[gh.commits[gh.refs["matrix/r1"]]["tree"]]
         assert {p: gh.blobs.get(s) for p, s in head_tree.items() if p != "README.md"} == {
             "src/api/a.py": b"code of a",
@@ -308,3 +313,29 @@ async def test_github_commits_content_kept_in_the_store_when_its_blob_is_gone(en
 
 def _delivered(gh: FakeGitHub) -> list[str]:
     return [p for m, p, _, _ in gh.calls if m == "POST" and p.endswith("/pulls")]
+
+
+async def test_a_paced_github_sync_may_outlast_the_attempt_deadline(engine: Engine) -> None:
+    """A sync makes one paced request per file: the attempt deadline (MATRIX_WEBHOOK_TIMEOUT) bounds each
+    of its requests, not the whole sync, or a package of more than a few files would never commit."""
+    settings = fast(github_min_interval=0.2, timeout=1.0)
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    with FakeGitHub() as gh:
+        gh.limited = 0
+        created = await hooks.add(
+            gh.url, ["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
+        )
+        items = [f"i{n}" for n in range(8)]  # 8 blobs + tree + commit + ref + pull: ≥ 2.2 s of pacing
+        await engine.plan_run("r1", packages=[PackageSpec(name="api", items=items)])
+        async with dispatching(engine, settings):
+            for c in (await engine.claim_items("r1", worker="w", limit=8)).items:
+                await engine.complete_item(
+                    c.outcome_id, lease_token=c.lease_token, content=c.item, outcome_path=f"src/{c.item}.py"
+                )
+            await until(lambda: len(gh.pulls) == 1, timeout=20)
+            limit = time.monotonic() + 10  # recorded just after the sync
+            while (await hooks.deliveries(created.webhook.id, "succeeded", None)).deliveries == []:
+                assert time.monotonic() < limit, "the sync was not recorded"
+                await anyio.sleep(0.05)
+        page = await hooks.deliveries(created.webhook.id, None, None)
+        assert [(d.status, d.attempts) for d in page.deliveries] == [("succeeded", 1)], page

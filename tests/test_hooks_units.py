@@ -360,9 +360,7 @@ async def test_ssrf_checks_at_every_attempt_and_connects_to_the_checked_address(
         seen.append(request)
         return httpx2.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
 
-    http = Http(
-        (), 5.0, rebinding, httpx2.AsyncClient(transport=httpx2.MockTransport(record), follow_redirects=False)
-    )
+    http = Http((), 5.0, rebinding, httpx2.MockTransport(record))
     first = await http.request("POST", "https://hooks.example.com/in", {"x-a": "1"}, content=b"{}")
     assert first.status_code == 302 and len(seen) == 1  # the redirect is not followed
     sent = seen[0]

@@ -141,3 +141,55 @@ async def test_jwt_over_http_in_both_eras(tmp_path: Path, mode: str) -> None:
             default_aud = jwt.encode(claims(), SECRET)  # audience http://matrix.test/mcp, not this server
             assert (await post_init(http, base, Authorization=f"Bearer {default_aud}")).status_code == 401
             assert (await post_init(http, base, Authorization=f"Bearer {token}")).status_code == 200
+
+
+async def test_one_leeway_on_mcp_rest_and_the_board(tmp_path: Path) -> None:
+    """A token past `exp` but within the leeway is accepted by /mcp, the REST API and the board alike;
+    one past the leeway is refused by all three (REST and the board used to allow 30 s /mcp refused)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with serving(settings, auth=True, jwt_secret=SECRET, jwt_leeway=60) as (base, _):
+        now = int(time.time())
+        within = jwt.encode(claims(aud=f"{base}/mcp", exp=now - 20), SECRET)
+        past = jwt.encode(claims(aud=f"{base}/mcp", exp=now - 90), SECRET)
+        async with httpx2.AsyncClient() as http:
+            for token, expected in ((within, True), (past, False)):
+                bearer = {"Authorization": f"Bearer {token}"}
+                mcp = await post_init(http, base, **bearer)
+                rest = await http.get(f"{base}/api/v1/runs", headers=bearer)
+                board = await http.get(f"{base}/ui/", headers=bearer)
+                got = (mcp.status_code == 200, rest.status_code == 200, board.status_code == 200)
+                assert got == (expected, expected, expected), (expected, got)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://idp.test/jwks.json", True),
+        ("http://127.0.0.1:9/jwks.json", True),
+        ("http://[::1]:9/jwks.json", True),
+        ("http://localhost:9/jwks.json", True),
+        ("http://idp.test/jwks.json", False),
+        ("http://10.0.0.5/jwks.json", False),
+        ("ftp://idp.test/jwks.json", False),
+        ("idp.test/jwks.json", False),
+    ],
+)
+def test_a_plain_http_jwks_url_is_refused_at_start_up(url: str, ok: bool) -> None:
+    from matrix_mcp.http.options import ServiceOptions
+
+    if ok:
+        assert ServiceOptions.from_env({"MATRIX_JWT_JWKS_URL": url}).jwt_jwks_url == url
+        return
+    with pytest.raises(ValueError, match=r"^MATRIX_JWT_JWKS_URL: ") as err:
+        ServiceOptions.from_env({"MATRIX_JWT_JWKS_URL": url})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^MATRIX_JWT_JWKS_URL: "):
+        JwtVerifier(audience=AUD, jwks_url=url)
+
+
+def test_the_leeway_setting_is_one_line_when_wrong() -> None:
+    from matrix_mcp.http.options import ServiceOptions
+
+    assert ServiceOptions.from_env({"MATRIX_JWT_LEEWAY_SECONDS": "0"}).jwt_leeway == 0
+    with pytest.raises(ValueError, match=r"^MATRIX_JWT_LEEWAY_SECONDS must be"):
+        ServiceOptions.from_env({"MATRIX_JWT_LEEWAY_SECONDS": "-5"})

@@ -106,3 +106,48 @@ async def test_readyz_reports_an_unreachable_database(postgres_database: str, tm
         assert time.monotonic() - start < 10
         assert (await http.get(f"{base}/healthz")).status_code == 200
         await anyio.lowlevel.checkpoint()
+
+
+async def test_metrics_labels_stay_bounded_and_the_host_is_checked(tmp_path: Path) -> None:
+    """Packages are labelled only while they have unfinished work, at most MATRIX_METRICS_MAX_PACKAGES of
+    them; the rest is `other`, so sums still equal the totals. /metrics answers only to allowed Host names."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with serving(settings, auth=False, metrics_max_packages=5) as (base, _):
+        async with client(base, None) as c:
+            big = [{"name": f"big-{i:02d}", "items": ["a"]} for i in range(40)]
+            await c.call_tool("plan_run", {"name": "big", "packages": big})
+            small = [{"name": f"done-{i}", "items": ["a"]} for i in range(3)]
+            await c.call_tool("plan_run", {"name": "small", "packages": small})
+            got = await c.call_tool("claim_items", {"run": "small", "worker": "w", "limit": 3})
+            for item in (got.structured_content or {})["items"]:
+                done = await c.call_tool(
+                    "complete_item", {"outcome_id": item["outcome_id"], "lease_token": item["lease_token"]}
+                )
+                assert not done.is_error
+        async with httpx2.AsyncClient() as http:
+            first = samples((await http.get(f"{base}/metrics")).text)
+            second = samples((await http.get(f"{base}/metrics")).text)
+            rebound = await http.get(f"{base}/metrics", headers={"Host": "attacker.test"})
+            assert rebound.status_code in (403, 421), rebound.status_code
+            assert "matrix_" not in rebound.text
+
+    def packages(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric: str) -> set[str]:
+        return {dict(labels)["package"] for (name, labels) in m if name == metric}
+
+    for m in (first, second):
+        active = packages(m, "matrix_active_outcomes")
+        assert len(active - {"other"}) <= 5 and "other" in active, active
+        assert not any(p.startswith("done-") for p in active)  # finished: not labelled
+        for status, total in (("pending", 40), ("complete", 3)):
+            assert (
+                sum(
+                    v
+                    for (n, ls), v in m.items()
+                    if n == "matrix_active_outcomes" and ("status", status) in ls
+                )
+                == total
+            )
+    # the generation histogram: each finished package shown by one scrape, then no longer a series
+    generated = "matrix_outcome_generation_seconds_count"
+    assert packages(first, generated) == {"done-0", "done-1", "done-2"}
+    assert packages(second, generated) == set()

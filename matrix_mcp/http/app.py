@@ -116,6 +116,7 @@ def build_service(
                 secret=options.jwt_secret,
                 jwks_url=options.jwt_jwks_url,
                 issuer=options.jwt_issuer,
+                leeway=options.jwt_leeway,
             )
             if options.jwt_configured
             else None
@@ -129,15 +130,17 @@ def build_service(
             validate_token_resource=False,  # the JWT verifier checks `aud` itself; API keys have none
         )
     mcp = make_server(auth_settings, verifier)
-    metrics = Metrics(lambda: TOOL_SCOPES)  # the tools the scope map knows: a bounded label set
+    # the tools the scope map knows, and packages with unfinished work up to the cap: bounded label sets
+    metrics = Metrics(lambda: TOOL_SCOPES, options.metrics_max_packages)
     mcp.middleware.append(ToolMetrics(metrics))  # outside the gate: refused calls count as errors
     if auth:
         mcp.middleware.append(ScopeGate())
     mcp.custom_route("/healthz", methods=["GET"])(healthz)
     mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
     gauge_store = store if gauges and store is not None else (lambda: None)
+    security = transport_security(options)
     mcp.custom_route("/metrics", methods=["GET"])(
-        metrics_endpoint(metrics, gauge_store, options.metrics_token)
+        metrics_endpoint(metrics, gauge_store, options.metrics_token, security)
     )
     limits = None
     if options.rate_limit or options.auth_failure_limit:
@@ -148,7 +151,6 @@ def build_service(
             else [],
         )
     # routes beside /mcp (REST, dashboard): their credential may also come from a session cookie
-    security = transport_security(options)
     routes_token = None
     if mount is not None:
         parts = Parts(

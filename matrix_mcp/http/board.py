@@ -220,7 +220,7 @@ class Board:
         since = request.query_params.get("since", "")
         if since:
             try:
-                first = max(first, int(since))
+                first = max(first, min(int(since), now_minute + 1))  # later: nothing yet (and no overflow)
             except ValueError:
                 return ApiError(400, "invalid_argument", "since: must be a whole minute", "since").response()
         try:

@@ -2,16 +2,20 @@
 JWKS URL (cached; fetched again, at most every few seconds, when a token names an unknown `kid`).
 
 `iss` (when configured), `aud` (default: this server's resource URL, as the MCP authorization spec
-requires), `exp` and `nbf` are checked; `alg: none` and algorithms other than the configured family
+requires), `exp` and `nbf` are checked with one leeway (`MATRIX_JWT_LEEWAY_SECONDS`), which the token's
+`expires_at` carries: the SDK's own expiry check on /mcp, the REST API and the board refuse a token at the
+same instant. The JWKS URL must be `https` unless its host is loopback. `alg: none` and algorithms other than the configured family
 are refused. Scopes come from `scope` (space-separated) or `scp` (list or string); the principal is
 `jwt:SUB`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -22,10 +26,33 @@ log = logging.getLogger("matrix_mcp.http.jwt")
 
 HMAC_ALGORITHMS = ["HS256"]
 KEY_ALGORITHMS = ["RS256", "ES256"]
-LEEWAY_SECONDS = 30.0
+LEEWAY_SECONDS = 30  # the default of MATRIX_JWT_LEEWAY_SECONDS: clock skew between the provider and us
 JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 5.0
 VERIFIED_CACHE_MAX = 10_000  # an unknown kid refetches at most this often (no fetch storm on bad tokens)
+
+
+def check_jwks_url(url: str) -> str:
+    """The JWKS URL, or ValueError naming the setting: signing keys fetched over plain HTTP could be swapped
+    by anyone on the path, so `http` is only for a provider on this machine (a loopback address or
+    `localhost`; nothing is resolved)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and host:
+        loopback = host == "localhost"
+        if not loopback:
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+        if loopback:
+            return url
+        raise ValueError(
+            f"MATRIX_JWT_JWKS_URL: must be https (plain http only for a loopback host), got {url!r}"
+        )
+    raise ValueError(f"MATRIX_JWT_JWKS_URL: must be an https:// URL, got {url!r}")
 
 
 class JwksCache:
@@ -84,10 +111,12 @@ class JwtVerifier:
         secret: str | None = None,
         jwks_url: str | None = None,
         issuer: str | None = None,
-        leeway: float = LEEWAY_SECONDS,
+        leeway: int = LEEWAY_SECONDS,
     ) -> None:
         if (secret is None) == (jwks_url is None):
             raise ValueError("MATRIX_JWT_SECRET or MATRIX_JWT_JWKS_URL: set exactly one")
+        if jwks_url is not None:
+            check_jwks_url(jwks_url)
         self.audience = audience
         self.issuer = issuer
         self._secret = secret
@@ -145,7 +174,8 @@ class JwtVerifier:
             token=token,
             client_id=f"jwt:{sub}",
             scopes=token_scopes(claims),
-            expires_at=int(claims["exp"]),
+            # the leeway is part of the expiry every layer checks (the SDK compares expires_at with now)
+            expires_at=int(claims["exp"]) + self._leeway,
             subject=sub,
             claims={"iss": claims["iss"]} if "iss" in claims else None,
         )

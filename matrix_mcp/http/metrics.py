@@ -1,9 +1,12 @@
 """Prometheus metrics for one service process, and the /metrics endpoint.
 
 No unbounded labels: tools are the registered ones (anything else counts as `other`), HTTP codes,
-integration services and statuses are small vocabularies; `package` is the package names the runs
-plan (no run names, outcome ids or workers). `matrix_active_outcomes` is read from the store's
-counters at scrape time, so every replica on one database reports the same numbers.
+integration services and statuses are small vocabularies; `package` names only packages with work
+pending or generating, at most `MATRIX_METRICS_MAX_PACKAGES` of them, and everything else is summed
+under `package="other"` (no run names, outcome ids or workers). A plan of 20,000 packages therefore
+costs a scrape the same as one of 20. `matrix_active_outcomes` is read from the store's counters at
+scrape time, so every replica on one database reports the same numbers. /metrics answers only to the
+Host names /mcp does (DNS-rebinding protection).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import prometheus_client
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,17 +33,25 @@ from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import add_generation_sink, add_integration_sink
 
 GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+DEFAULT_MAX_PACKAGES = 100  # MATRIX_METRICS_MAX_PACKAGES
+OTHER = "other"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
     """The metric families of one app (its own registry, so several apps can live in one process)."""
 
-    def __init__(self, known_tools: Callable[[], Container[str]]) -> None:
+    def __init__(
+        self, known_tools: Callable[[], Container[str]], max_packages: int = DEFAULT_MAX_PACKAGES
+    ) -> None:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # fewer lines to scrape
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._known_tools = known_tools
+        self.max_packages = max_packages
+        # (package, outcome_type) label pairs of the generation histogram -> shown by a scrape since their
+        # last observation (then, once the package has no unfinished work, the pair is dropped)
+        self._generation_labels: dict[tuple[str, str], bool] = {}
         self.generation = Histogram(
             "matrix_outcome_generation_seconds",
             "Time from claim to completion of each outcome completed through this process.",
@@ -76,7 +88,11 @@ class Metrics:
         add_generation_sink(self.observe_generation)
 
     def observe_generation(self, package: str, outcome_type: str, seconds: float) -> None:
-        self.generation.labels(package, outcome_type).observe(seconds)
+        key = (package, outcome_type)
+        if key not in self._generation_labels and len(self._generation_labels) >= self.max_packages:
+            key = (OTHER, OTHER)  # over the cap: counted, not labelled
+        self._generation_labels[key] = False
+        self.generation.labels(*key).observe(seconds)
 
     def observe_integration_call(self, service: str, status: str, seconds: float) -> None:
         self.integration_calls.labels(service, status).inc()
@@ -86,27 +102,48 @@ class Metrics:
         return name if isinstance(name, str) and name in self._known_tools() else "other"
 
     async def refresh_active(self, store: Store) -> None:
-        self.active.counts = await store.status_counts()
+        self.active.totals, self.active.counts = await store.active_status_counts(self.max_packages)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        # a histogram pair already scraped, not observed since, whose package has no unfinished work left
+        # (or that a store never vouched for) stops being a series; the others are marked as scraped
+        active = self.active.counts
+        for key, scraped in list(self._generation_labels.items()):
+            if scraped and key[0] not in active and key != (OTHER, OTHER):
+                del self._generation_labels[key]
+                self.generation.remove(*key)
+        text = generate_latest(self.registry)
+        for key in self._generation_labels:
+            self._generation_labels[key] = True
+        return text
 
 
 class ActiveOutcomes(Collector):
-    """`matrix_active_outcomes{package,status}` from the counts the last scrape read from the store."""
+    """`matrix_active_outcomes{package,status}` from the counts the last scrape read from the store: the
+    packages with unfinished work by name (at most the cap), everything else as `other`, so that the sum
+    over packages is the total over all runs."""
 
     def __init__(self) -> None:
+        self.totals: dict[Status, int] = {}
         self.counts: dict[str, dict[Status, int]] = {}
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "matrix_active_outcomes",
-            "Outcomes by package and status over all runs, from the store's counters.",
+            "Outcomes by status over all runs, from the store's counters; by package for packages with "
+            "work pending or generating (at most MATRIX_METRICS_MAX_PACKAGES), the rest as package=other.",
             labels=["package", "status"],
         )
+        rest = dict(self.totals)
         for package, by_status in self.counts.items():
+            if package == OTHER:
+                continue  # a package called "other" stays in the rest
             for status in STATUSES:
                 family.add_metric([package, status], by_status.get(status, 0))
+                rest[status] = rest.get(status, 0) - by_status.get(status, 0)
+        if self.totals:
+            for status in STATUSES:
+                family.add_metric([OTHER, status], max(0, rest.get(status, 0)))
         yield family
 
 
@@ -141,9 +178,18 @@ def _is_error(result: HandlerResult) -> bool:
 
 
 def metrics_endpoint(
-    metrics: Metrics, store: Callable[[], Store | None], token: str | None
+    metrics: Metrics,
+    store: Callable[[], Store | None],
+    token: str | None,
+    security: TransportSecuritySettings | None = None,
 ) -> Callable[[Request], Any]:
+    hosts = None if security is None else TransportSecurityMiddleware(security)
+
     async def endpoint(request: Request) -> Response:
+        if hosts is not None:  # the Host / Origin checks of /mcp: a rebound DNS name cannot read it
+            refusal = await hosts.validate_request(request, is_post=False)
+            if refusal is not None:
+                return refusal
         if token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):

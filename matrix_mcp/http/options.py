@@ -15,6 +15,8 @@ DEFAULT_KEY_CACHE_SECONDS = 5.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds a connection has to send a request's head
 IDLE_TIMEOUT = 5  # seconds a kept-alive connection may sit idle between requests
+DEFAULT_METRICS_MAX_PACKAGES = 100  # as metrics.DEFAULT_MAX_PACKAGES
+DEFAULT_JWT_LEEWAY_SECONDS = 30  # as jwt_auth.LEEWAY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class ServiceOptions:
     jwt_jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_leeway: int = DEFAULT_JWT_LEEWAY_SECONDS  # seconds past exp (and before nbf), the same on every route
     metrics_token: str | None = None
+    metrics_max_packages: int = DEFAULT_METRICS_MAX_PACKAGES  # packages /metrics labels by name
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -71,7 +75,11 @@ class ServiceOptions:
             jwt_jwks_url=env.get("MATRIX_JWT_JWKS_URL") or None,
             jwt_issuer=env.get("MATRIX_JWT_ISSUER") or None,
             jwt_audience=env.get("MATRIX_JWT_AUDIENCE") or None,
+            jwt_leeway=_seconds(env, "MATRIX_JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_SECONDS),
             metrics_token=env.get("MATRIX_METRICS_TOKEN") or None,
+            metrics_max_packages=int(
+                _float(env, "MATRIX_METRICS_MAX_PACKAGES", DEFAULT_METRICS_MAX_PACKAGES)
+            ),
             key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
             body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
             max_connections=int(_float(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
@@ -96,6 +104,10 @@ class ServiceOptions:
             raise ValueError("MATRIX_JWT_SECRET and MATRIX_JWT_JWKS_URL: set one, not both")
         if options.jwt_secret is not None and len(options.jwt_secret) < 32:
             raise ValueError("MATRIX_JWT_SECRET: use at least 32 characters")
+        if options.jwt_jwks_url is not None:
+            from matrix_mcp.http.jwt_auth import check_jwks_url
+
+            check_jwks_url(options.jwt_jwks_url)
         return options
 
     @property
@@ -146,6 +158,15 @@ def _rate(env: Mapping[str, str], name: str, default: str) -> str | None:
     if raw.lower() in ("off", "none", "0"):
         return None
     return raw or default
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 3600:
+        raise ValueError(f"{name} must be a whole number of seconds from 0 to 3600, got {raw!r}")
+    return int(raw)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from matrix_mcp.audit import current_principal
+from matrix_mcp.config import Limits
+from matrix_mcp.engine import MAX_SEQ, MEDIA_TYPE_ERROR, MEDIA_TYPE_PATTERN, json_depth
 from matrix_mcp.errors import Conflict, NotFound, StaleLease, StoreError, Unavailable
 from matrix_mcp.http.access import Caller, Identify
 from matrix_mcp.http.paths import param, params
@@ -36,6 +38,7 @@ PREFIX = "/api/v1"
 SSE_BATCH = 500
 SSE_KEEPALIVE_SECONDS = 10.0
 RECHECK_SECONDS = 5.0
+BODY_DEPTH_SLACK = 8
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
 
@@ -169,6 +172,7 @@ class Rest:
         self.identify = identify
         self.store = store
         self.max_body_bytes = max_body_bytes
+        self._contracts: dict[tuple[str, str], Contract] | None = None
 
     async def authorize(self, request: Request, scope: str, what: str) -> Caller:
         caller = await self.identify(request)
@@ -218,31 +222,66 @@ class Rest:
             raise ApiError(500, "internal_error", "the tool returned no result")
         return json_response(structured)
 
+    def _contract(self, endpoint: Endpoint) -> Contract:
+        """The endpoint's parameters and body as the OpenAPI document states them (built once)."""
+        if self._contracts is None:
+            from matrix_mcp.http.openapi import document
+
+            self._contracts = contracts(document(self.mcp))
+        return self._contracts[endpoint.method, PREFIX + endpoint.path]
+
     async def _arguments(self, request: Request, endpoint: Endpoint) -> dict[str, Any]:
+        contract = self._contract(endpoint)
         arguments: dict[str, Any] = params(request)
+        for name, value in arguments.items():
+            contract.check_parameter(name, value)
         for name, value in request.query_params.multi_items():
             if name not in endpoint.query:
                 allowed = ", ".join(endpoint.query) or "none"
                 raise ApiError(
                     400, "invalid_argument", f"{name}: unknown query parameter; takes {allowed}", name
                 )
-            arguments[name] = value
+            if name in arguments:
+                raise ApiError(400, "invalid_argument", f"{name}: given more than once", name)
+            arguments[name] = contract.check_parameter(name, value)
         if endpoint.body:
             raw = await read_body(request, self.max_body_bytes)
             if raw.strip():
+                depth = self._max_depth()
                 try:
                     body = json.loads(raw)
+                except RecursionError as exc:  # the parser's own bound (about 1,000 levels)
+                    raise ApiError(
+                        400, "invalid_argument", f"body: nested deeper than {depth} levels", "body"
+                    ) from exc
                 except ValueError as exc:
                     raise ApiError(400, "invalid_argument", f"body: not valid JSON ({exc})", "body") from exc
                 if not isinstance(body, dict):
                     raise ApiError(400, "invalid_argument", "body: must be a JSON object", "body")
                 for name, value in body.items():
+                    if json_depth(value, depth) > depth:  # before validation walks it recursively
+                        raise ApiError(
+                            400, "invalid_argument", f"{name}: nested deeper than {depth} levels", name
+                        )
+                for name in body:
                     if name in arguments:
                         raise ApiError(
                             400, "invalid_argument", f"{name}: given in the path or query; omit it", name
                         )
-                    arguments[name] = value
+                contract.check_body(body)
+                arguments.update(body)
         return arguments
+
+    def _max_depth(self) -> int:
+        """How deep an argument of a JSON body may nest: the engine's JSON depth cap (MATRIX_MAX_JSON_DEPTH,
+        which it checks per field) plus room for the structure around such a field (a plan's
+        packages[].items[].specifications)."""
+        from matrix_mcp.server import engine_of
+
+        engine = engine_of(self.mcp)
+        return (
+            engine.limits.max_json_depth if engine is not None else Limits.max_json_depth
+        ) + BODY_DEPTH_SLACK
 
     # ---- not tools: an outcome's content, and the event stream -----------------------------------
 
@@ -314,6 +353,165 @@ class Rest:
         )
 
 
+def _by_method(
+    handlers: dict[str, Callable[[Request], Awaitable[Response]]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def dispatch(request: Request) -> Response:
+        # the router admitted only these methods (and HEAD for GET, answered like GET without a body)
+        return await handlers.get(request.method, handlers.get("GET", _no_method))(request)
+
+    return dispatch
+
+
+async def _no_method(request: Request) -> Response:
+    return Response(status_code=405)
+
+
+class Contract:
+    """One operation of the OpenAPI document, enforced: what the document refuses is a 400 naming the field
+    (never echoing the value: it may be a lease token), so the document and the server cannot disagree."""
+
+    def __init__(self, parameters: dict[str, Any], body: Any) -> None:
+        self.parameters = parameters  # name -> validator of its (coerced) value
+        self.body = body  # validator of the JSON body, or None
+
+    def check_parameter(self, name: str, raw: str) -> Any:
+        validator = self.parameters.get(name)
+        if validator is None:
+            return raw
+        value = _coerce(raw, validator.schema)
+        if value is _INVALID:
+            raise ApiError(400, "invalid_argument", f"{name}: {_expected(validator.schema)}", name)
+        for error in validator.iter_errors(value):
+            raise ApiError(400, "invalid_argument", f"{name}: {_explain(error)}", name)
+        return value
+
+    def check_body(self, body: dict[str, Any]) -> None:
+        if self.body is None:
+            return
+        error = min(self.body.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)), default=None)
+        if error is None:
+            return
+        field = _field(error)
+        raise ApiError(
+            400, "invalid_argument", f"{field}: {_explain(error)}", field.split(".")[0].split("[")[0]
+        )
+
+
+_INVALID = object()
+
+
+def contracts(doc: dict[str, Any]) -> dict[tuple[str, str], Contract]:
+    from jsonschema import Draft202012Validator
+
+    components = doc.get("components", {})
+    out: dict[tuple[str, str], Contract] = {}
+
+    def validator(schema: dict[str, Any]) -> Any:
+        return Draft202012Validator({**schema, "components": components})
+
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            parameters = {
+                p["name"]: validator(p["schema"]) for p in op.get("parameters", ()) if "schema" in p
+            }
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            out[method.upper(), path] = Contract(parameters, None if body is None else validator(body))
+    return out
+
+
+def _coerce(raw: str, schema: dict[str, Any]) -> Any:
+    """A query or path value as the JSON its schema describes (integer, number, boolean or string)."""
+    kinds = [schema.get("type")] + [a.get("type") for a in schema.get("anyOf", ())]
+    if "integer" in kinds:
+        return int(raw) if re.fullmatch(r"-?[0-9]+", raw) else _INVALID
+    if "number" in kinds:
+        if not re.fullmatch(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?", raw):
+            return _INVALID
+        return float(raw)
+    if "boolean" in kinds:
+        return {"true": True, "false": False}.get(raw, _INVALID)
+    return raw
+
+
+def _expected(schema: dict[str, Any]) -> str:
+    kinds = [schema.get("type")] + [a.get("type") for a in schema.get("anyOf", ())]
+    for kind, text in (("integer", "a whole number"), ("number", "a number"), ("boolean", "true or false")):
+        if kind in kinds:
+            return f"must be {text}"
+    return "is not valid here"
+
+
+def _field(error: Any) -> str:
+    """The field at fault as the engine names fields: `packages[0].items[1]`, the argument for a missing or
+    unknown one."""
+    text = ""
+    for part in error.absolute_path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    if error.validator == "required" and error.validator_value:
+        missing = [
+            n for n in error.validator_value if isinstance(error.instance, dict) and n not in error.instance
+        ]
+        if missing:
+            return f"{text}.{missing[0]}" if text else missing[0]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra:
+            return f"{text}.{extra[0]}" if text else extra[0]
+    return text or "body"
+
+
+_TYPES = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _explain(error: Any) -> str:
+    """What the document requires, in words, without the value given."""
+    kind, value = error.validator, error.validator_value
+    if kind in ("pattern", "maxLength") and str(error.schema.get("pattern", "")) == f"^{MEDIA_TYPE_PATTERN}$":
+        return MEDIA_TYPE_ERROR  # the engine's words: MCP and REST refuse a mime_type alike
+    if kind == "type":
+        names = [str(k) for k in (value if isinstance(value, list) else [value])]
+        return "must be " + " or ".join(_TYPES.get(k, k) for k in names)
+    if kind in ("anyOf", "oneOf"):
+        kinds = [str(s.get("type")) for s in value if isinstance(s, dict) and "type" in s]
+        return (
+            "must be " + " or ".join(_TYPES.get(k, str(k)) for k in kinds) if kinds else "is not valid here"
+        )
+    if kind == "minLength":
+        return "must not be empty" if value == 1 else f"must be at least {value} characters"
+    if kind == "maxLength":
+        return f"longer than {value} characters"
+    if kind == "pattern":
+        return (
+            "must hold something besides white space, and no NUL characters"
+            if value.startswith("^[^")
+            else "has a form that is not allowed"
+        )
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusiveMaximum": "<"}[kind]
+        return f"must be {sign} {value}"
+    if kind in ("minItems", "maxItems"):
+        return f"needs at least {value} entries" if kind == "minItems" else f"at most {value} entries"
+    if kind == "enum":
+        return "must be one of " + ", ".join(map(str, value))
+    if kind == "const":
+        return f"must be {value}"
+    if kind == "required":
+        return "is required"
+    if kind == "additionalProperties":
+        return "unknown argument"
+    return f"is not valid here ({kind})"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes (before reading it all)."""
     declared = request.headers.get("content-length", "")
@@ -340,8 +538,10 @@ def _since(request: Request) -> int | None:
             value = int(raw)
         except ValueError:
             value = -1
-        if value < 0:
-            raise ApiError(400, "invalid_argument", f"{name}: must be an event sequence number ≥ 0", name)
+        if not 0 <= value <= MAX_SEQ:
+            raise ApiError(
+                400, "invalid_argument", f"{name}: must be an event sequence number from 0 to {MAX_SEQ}", name
+            )
         return value
     extra = [k for k in request.query_params if k != "since"]
     if extra:
@@ -383,8 +583,12 @@ def mount_rest(mcp: MCPServer[Any], rest: Rest) -> None:
     def route(path: str, method: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
         mcp.custom_route(PREFIX + path, methods=[method])(rest.identify.hosted(handler))
 
+    # one route per path holding all its methods: another method is a 405 whose Allow lists them all
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
     for endpoint in ENDPOINTS:
-        route(endpoint.path, endpoint.method, rest.handler(endpoint))
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = rest.handler(endpoint)
+    for path, handlers in by_path.items():
+        mcp.custom_route(PREFIX + path, methods=list(handlers))(rest.identify.hosted(_by_method(handlers)))
     route("/outcomes/{outcome_id}/content", "GET", rest.content)
     route("/runs/{run}/events", "GET", rest.events)
     route("/events", "GET", rest.events)

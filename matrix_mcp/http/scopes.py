@@ -58,6 +58,12 @@ TOOL_SCOPES: dict[str, str] = {
 }
 UNMAPPED_TOOL_SCOPE = ADMIN
 
+# resources that need more than READ (to read, subscribe to, or see in resources/list)
+RESOURCE_SCOPES: dict[str, str] = {
+    "matrix://webhooks": ADMIN,  # subscriptions, as list_webhooks shows them
+}
+_RESOURCE_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+
 # every other request method needs READ, except these, which any authenticated caller may send
 _UNSCOPED_METHODS = frozenset(
     {"initialize", "ping", "server/discover", "tools/list", "logging/setLevel", "notifications/initialized"}
@@ -80,6 +86,9 @@ def required_scope(method: str, params: Any) -> str | None:
     if method == "tools/call":
         name = params.get("name") if isinstance(params, dict) else None
         return tool_scope(name if isinstance(name, str) else "")
+    if method in _RESOURCE_METHODS:
+        uri = params.get("uri") if isinstance(params, dict) else None
+        return RESOURCE_SCOPES.get(str(uri), READ)
     if method in _UNSCOPED_METHODS or method.startswith("notifications/"):
         return None
     return READ
@@ -138,6 +147,8 @@ class ScopeGate:
             current_principal.reset(token)
         if ctx.method == "tools/list":
             return _filter_tools(result, scopes)
+        if ctx.method == "resources/list":
+            return _filter_resources(result, scopes)
         return result
 
 
@@ -149,9 +160,22 @@ def _filter_tools(result: HandlerResult, scopes: frozenset[str]) -> HandlerResul
     return result
 
 
+def _filter_resources(result: HandlerResult, scopes: frozenset[str]) -> HandlerResult:
+    def allowed(uri: object) -> bool:
+        return RESOURCE_SCOPES.get(str(uri), READ) in scopes
+
+    if isinstance(result, types.ListResourcesResult):
+        return result.model_copy(update={"resources": [r for r in result.resources if allowed(r.uri)]})
+    if isinstance(result, dict) and isinstance(result.get("resources"), list):
+        return {**result, "resources": [r for r in result["resources"] if allowed(r.get("uri"))]}
+    return result
+
+
 def _what(ctx: ServerRequestContext[Any, Any]) -> str:
     if ctx.method == "tools/call" and isinstance(ctx.params, dict):
         return f"tool {ctx.params.get('name')!r}"
+    if ctx.method in _RESOURCE_METHODS and isinstance(ctx.params, dict):
+        return f"{ctx.method} of {str(ctx.params.get('uri'))[:200]!r}"
     return ctx.method
 
 

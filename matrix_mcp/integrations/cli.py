@@ -125,7 +125,10 @@ async def _hooks(hooks: Any, args: argparse.Namespace) -> None:
     elif cmd == "rm":
         _print(await hooks.remove(args.id))
     elif cmd == "test":
-        _print(await hooks.test(args.id))
+        ping = await hooks.test(args.id)
+        _print(ping)
+        if not ping.ok:
+            sys.exit(f"matrix-mcp: hooks test: {args.id}: {ping.error or f'HTTP {ping.status_code}'}")
     elif cmd == "deliveries":
         _print(await hooks.deliveries(args.webhook, args.status, args.cursor, args.limit))
     elif cmd == "redeliver":

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.errors import NotFound
 from matrix_mcp.integrations import events as E
 from matrix_mcp.integrations.crypto import Keyring
-from matrix_mcp.integrations.http import Http, Refused
+from matrix_mcp.integrations.http import AnswerTooLong, Http, Refused
 from matrix_mcp.integrations.policy import (
     Answer,
     after_answer,
@@ -36,6 +38,7 @@ from matrix_mcp.integrations.policy import (
     circuit_open,
     endpoint_state,
 )
+from matrix_mcp.integrations.redact import display_target
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.integrations.sinks import sink_for
 from matrix_mcp.integrations.sinks.base import Sink, SinkContext
@@ -95,6 +98,7 @@ class Dispatcher:
         self._workers: dict[str, _Worker] = {}
         self._run_ids: dict[str, str] = {}
         self._secrets: dict[str, dict[str, Any]] = {}
+        self._refusals: dict[str, str | None] = {}  # subscription -> the refusal last said
         self._artifacts = Artifacts(artifacts_dir, 0) if artifacts_dir is not None else None
 
     def context(self, row: SubscriptionRow) -> SinkContext:
@@ -362,6 +366,7 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             for d in due:
                 tg.start_soon(one, d)
+        self._say_refusals(sid, timings)
         logs = self._call_logs(sink.service, w.row, timings)
         done = RoundRecord(owner=self.owner, state=current, results=results, logs=logs)
         kept = await self.hooks.record(sid, record=done, now=self.clock())
@@ -372,17 +377,36 @@ class Dispatcher:
 
     async def attempt(self, sink: Sink, ctx: SinkContext, d: DeliveryRow) -> Answer:
         """One call; every failure becomes an Answer whose error is safe to store (no URL, no secret)."""
+        deadline = ctx.http.deadline(self.settings.timeout) if sink.attempt_deadline else nullcontext()
         try:
-            return await sink.deliver(ctx, d)
-        except Refused as exc:
-            return Answer(None, f"refused: {exc}")
-        except httpx2.TimeoutException:
-            return Answer(None, f"timed out after {self.settings.timeout:g} s")
+            with deadline:
+                return await sink.deliver(ctx, d)
+        except Refused as exc:  # by this process's policy: another process may allow it (say which)
+            return Answer(None, f"refused by {self.owner}: {exc}", refused=True)
+        except AnswerTooLong as exc:
+            return Answer(None, f"{exc} (the rest was not read, the connection closed)")
+        except (TimeoutError, httpx2.TimeoutException):
+            return Answer(None, f"no complete answer within {self.settings.timeout:g} s")
         except httpx2.TransportError as exc:
-            return Answer(None, f"connection failed ({type(exc).__name__})")
+            return Answer(None, f"connection failed ({_why(exc)})")
         except Exception as exc:
             log.warning("webhook sink %s failed on %s: %s", sink.service, d.id, type(exc).__name__)
             return Answer(None, f"sink error ({type(exc).__name__})")
+
+    def _say_refusals(self, sid: str, timings: list[tuple[DeliveryRow, Answer, float]]) -> None:
+        """A refusal is this process's doing (its MATRIX_WEBHOOK_ALLOWED_NETWORKS): say it at WARNING, once
+        per subscription and reason, so a process missing the setting is found; a success forgets it."""
+        for _, answer, _ in timings:
+            if answer.ok:
+                self._refusals.pop(sid, None)
+            elif answer.refused and self._refusals.get(sid) != answer.error:
+                self._refusals[sid] = answer.error
+                log.warning(
+                    "webhook %s: %s; deliveries wait and retry (MATRIX_WEBHOOK_ALLOWED_NETWORKS must be set"
+                    " alike in every process that dispatches)",
+                    sid,
+                    answer.error,
+                )
 
     def _call_logs(
         self, service: str, row: SubscriptionRow, timings: list[tuple[DeliveryRow, Answer, float]]
@@ -396,7 +420,7 @@ class Dispatcher:
             observe(service, status, took)
             details: dict[str, Any] = {
                 "webhook": row.id,
-                "target": row.target,
+                "target": display_target(row.target),
                 "delivery_id": d.id,
                 "event_type": d.event_type,
                 "attempt": d.attempts + 1,
@@ -416,3 +440,14 @@ class Dispatcher:
                 )
             )
         return logs
+
+
+def _why(exc: BaseException) -> str:
+    """A transport error's kind and, when the system said one, its reason ("Connection refused"): never
+    the URL (the error texts of the HTTP stack may carry it)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            return f"{type(exc).__name__}: {os.strerror(cause.errno) if cause.errno else cause.strerror}"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__

@@ -19,7 +19,9 @@ class _Model(BaseModel):
 class Webhook(_Model):
     id: str
     kind: Kind
-    target: str = Field(description="Where it delivers, without credentials.")
+    target: str = Field(
+        description="Where it delivers: scheme and host only (a path or query may be a secret)."
+    )
     events: list[str]
     run: str | None = None
     description: str | None = None

@@ -18,6 +18,7 @@ class Answer:
     status_code: int | None
     error: str | None = None
     retry_after: float | None = None  # seconds, parsed from the response when present
+    refused: bool = False  # this process's SSRF policy refused the destination: nothing was sent
 
     @property
     def ok(self) -> bool:

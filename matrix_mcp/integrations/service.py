@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from matrix_mcp.errors import StoreError
 from matrix_mcp.integrations.events import EVENT_TYPES
@@ -26,6 +26,7 @@ from matrix_mcp.integrations.models import (
     WebhookList,
     WebhookRemoved,
 )
+from matrix_mcp.integrations.redact import display_target
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.models import ts
 from matrix_mcp.store.hooks import DeliveryQuery, DeliveryRow, Redelivery, SubscriptionChange, SubscriptionRow
@@ -51,18 +52,6 @@ def _fail(field: str, message: str) -> StoreError:
     return StoreError(message, field=field)
 
 
-def display_target(kind: str, url: str) -> str:
-    """The URL as it may be shown: no credentials, no query; for Slack incoming webhooks (whose path is
-    the secret) only the host."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    if kind == "slack":
-        return urlunsplit((parts.scheme, host, "/…" if parts.path not in ("", "/") else "", "", ""))
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def view(row: SubscriptionRow, now: float) -> Webhook:
     if row.circuit_open_until is not None and row.circuit_open_until > now:
         circuit = "open"
@@ -73,7 +62,7 @@ def view(row: SubscriptionRow, now: float) -> Webhook:
     return Webhook(
         id=row.id,
         kind=row.kind,  # type: ignore[arg-type]
-        target=row.target,
+        target=display_target(row.target),
         events=row.events,
         run=row.run,
         description=row.description,
@@ -242,7 +231,7 @@ class Hooks:
         row = SubscriptionRow(
             id="wh_" + uuid.uuid4().hex[:20],
             kind=kind,
-            target=display_target(kind, url),
+            target=display_target(url),
             credentials=self.keyring().encrypt(creds),
             events=events,
             run=run,
@@ -276,7 +265,7 @@ class Hooks:
             if url is not None:
                 creds["url"] = self._url(url)
                 await self._check_reachable(url)
-                target = display_target(row.kind, url)
+                target = display_target(url)
             if rotate_secret:
                 if row.kind != "webhook":
                     raise _fail("rotate_secret", "only a webhook has a signing secret")
@@ -356,7 +345,9 @@ class Hooks:
             now,
             None,
         )
-        dispatcher = Dispatcher(self.store, self.settings, self.keyring(), clock=self.clock)
+        dispatcher = Dispatcher(
+            self.store, self.settings, self.keyring(), clock=self.clock, owner="this process (a test ping)"
+        )
         try:
             sink = sink_for(row.kind)
             ctx = dispatcher.context(row)
@@ -377,7 +368,7 @@ class Hooks:
             status=status,
             details={
                 "webhook": webhook,
-                "target": row.target,
+                "target": display_target(row.target),
                 "status_code": answer.status_code,
                 "error": answer.error,
             },

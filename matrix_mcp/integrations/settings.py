@@ -15,7 +15,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class HookSettings:
     retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE  # delays after attempts 1, 2, …; then it fails
     jitter: float = 0.2  # ± fraction of each delay
-    timeout: float = 15.0  # seconds per attempt
+    timeout: float = 15.0  # seconds per attempt, wall clock, however many requests it makes
     retry_after_max: float = 3600.0  # a Retry-After beyond this is clamped
     circuit_failures: int = 5  # consecutive failures that open an endpoint's circuit
     circuit_recovery: float = 60.0  # seconds before a half-open probe

@@ -32,7 +32,7 @@ R = TypeVar("R", "SubscriptionRow", "DeliveryRow")
 class SubscriptionRow:
     id: str
     kind: str
-    target: str  # what may be shown: the URL without credentials, query or (for Slack) path
+    target: str  # what may be shown: the URL's scheme and host only (`https://host/…`)
     credentials: str  # encrypted (Fernet token): URL, signing secrets, headers, tokens
     events: list[str] = field(default_factory=lambda: ["*"])
     run: str | None = None

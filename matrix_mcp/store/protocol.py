@@ -272,6 +272,14 @@ class Store(Protocol):
         """Outcomes by package name and status over all runs, from the counters (no scan)."""
         ...
 
+    async def active_status_counts(
+        self, limit: int
+    ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        """Outcomes by status over all runs, and by status for at most `limit` package names with items
+        pending or generating in a run that is not cancelled (in name order), from the counters: what
+        /metrics labels, bounded however many packages were ever planned."""
+        ...
+
     # maintenance
     async def recount(self, run_id: str | None = None) -> RecountReport:
         """Compare every counter with a recount of the rows (tests, `status --check`)."""

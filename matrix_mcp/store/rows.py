@@ -447,3 +447,7 @@ def api_key_from(row: RowLike) -> ApiKey:
 
 def status_counts_from(rows: Iterable[RowLike]) -> dict[str, dict[Status, int]]:
     return {r["name"]: {s: int(r[s] or 0) for s in STATUSES} for r in rows}
+
+
+def totals_from(row: RowLike | None) -> dict[Status, int]:
+    return {s: int((row[s] if row is not None else 0) or 0) for s in STATUSES}

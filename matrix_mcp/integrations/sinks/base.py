@@ -25,6 +25,9 @@ class SinkContext:
 
 class Sink(Protocol):
     service: str  # names the integration in records and metrics
+    # True: one deadline (MATRIX_WEBHOOK_TIMEOUT) covers the whole attempt, however many requests it makes;
+    # False: each request gets its own (a GitHub sync makes one paced request per file)
+    attempt_deadline: bool
 
     def wants(self, event_type: str) -> bool:
         """False: the delivery succeeds without a call (the sink has nothing to say about it)."""

@@ -37,6 +37,7 @@ class _Stop(Exception):
 
 class GitHubSink:
     service = "github"
+    attempt_deadline = False  # paced, up to MAX_FILES requests: each request has its own deadline
 
     def __init__(self, min_interval: float = 0.75) -> None:
         self.min_interval = min_interval  # between content-creating requests

@@ -34,6 +34,7 @@ def label(outcome_id: str) -> str:
 
 class JiraSink:
     service = "jira"
+    attempt_deadline = True
 
     def wants(self, event_type: str) -> bool:
         return event_type in WANTED

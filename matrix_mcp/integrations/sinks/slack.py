@@ -66,6 +66,7 @@ def blocks(event_type: str, data: dict[str, Any]) -> tuple[str, list[dict[str, A
 
 class SlackSink:
     service = "slack"
+    attempt_deadline = True
 
     def __init__(self) -> None:
         self._thread_lock = anyio.Lock()  # a run's first message opens its thread: post it before the rest

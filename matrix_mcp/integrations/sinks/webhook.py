@@ -21,6 +21,7 @@ def live_secrets(credentials: dict[str, object], now: float) -> list[str]:
 
 class WebhookSink:
     service = "webhook"
+    attempt_deadline = True
 
     def wants(self, event_type: str) -> bool:
         return True

@@ -209,6 +209,20 @@ async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
     return await db.read(op)
 
 
+async def active_status_counts(
+    db: Database, limit: int
+) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+    async def op(c: Conn) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        await c.execute(sql.JIT_OFF)
+        totals = R.totals_from(await fetch_one(c, sql.ACTIVE_TOTALS))
+        names = sorted({row["name"] for row in await fetch_all(c, sql.ACTIVE_NAMES, (limit,))})
+        if not names:
+            return totals, {}
+        return totals, R.status_counts_from(await fetch_all(c, sql.ACTIVE_COUNTS, (names,)))
+
+    return await db.read(op, snapshot=True)  # one snapshot: totals and packages agree
+
+
 async def recount(db: Database, run_id: str | None = None) -> RecountReport:
     return await db.read(lambda c: recount_rows(c, run_id), snapshot=True)
 

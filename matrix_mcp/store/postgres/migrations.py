@@ -429,4 +429,18 @@ CREATE TRIGGER outcome_path_moved AFTER UPDATE OF outcome_path ON outcomes FOR E
     WHEN (OLD.outcome_path IS DISTINCT FROM NEW.outcome_path) EXECUTE FUNCTION matrix_hold_outcome_path();
 """,
     ),
+    (
+        11,
+        # a webhook URL's path may be its secret (Discord, Teams, Slack): the shown target keeps the scheme and
+        # host only (`https://host/…`), here and in the integration_logs rows that copied it
+        r"""
+UPDATE hook_subscriptions SET target = regexp_replace(target, '^([a-z][a-z0-9+.-]*://[^/]*/).+$', '\1…')
+WHERE target ~ '^[a-z][a-z0-9+.-]*://[^/]*/.' AND target NOT LIKE '%/…';
+UPDATE integration_logs SET details = jsonb_set(details::jsonb, '{target}', to_jsonb(
+    regexp_replace(details::jsonb ->> 'target', '^([a-z][a-z0-9+.-]*://[^/]*/).+$', '\1…')))::text
+WHERE details LIKE '%"target"%' AND jsonb_typeof(details::jsonb -> 'target') = 'string'
+    AND (details::jsonb ->> 'target') ~ '^[a-z][a-z0-9+.-]*://[^/]*/.'
+    AND (details::jsonb ->> 'target') NOT LIKE '%/…'
+""",
+    ),
 ]

@@ -251,6 +251,11 @@ class PostgresStore:
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         return await counters.status_counts(self.db)
 
+    async def active_status_counts(
+        self, limit: int
+    ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        return await counters.active_status_counts(self.db, limit)
+
     async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
         return await events.events_after(self.db, since=since, run_id=run_id, limit=limit)
 

@@ -239,6 +239,20 @@ async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
     return await db.read(lambda c: R.status_counts_from(c.execute(sql.STATUS_COUNTS_SELECT_PACKAGES)))
 
 
+async def active_status_counts(
+    db: Database, limit: int
+) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+    def op(c: sqlite3.Connection) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        totals = R.totals_from(c.execute(sql.ACTIVE_TOTALS).fetchone())
+        # the first `limit` busy packages, then their names' counts over all runs
+        names = sorted({row[0] for row in c.execute(sql.ACTIVE_NAMES, (limit,))})
+        if not names:
+            return totals, {}
+        return totals, R.status_counts_from(c.execute(sql.active_counts(len(names)), names))
+
+    return await db.read(op)
+
+
 async def recount(db: Database, run_id: str | None = None) -> RecountReport:
     return await db.read(lambda c: recount_rows(c, run_id))
 

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+
+def _after_host(col: str) -> str:
+    """SQL: the part of the URL `col` after `scheme://`."""
+    return f"substr({col}, instr({col}, '://') + 3)"
+
+
+def _has_path(col: str) -> str:
+    """SQL: `col` is a URL with something after the slash that ends its host, not already redacted."""
+    slash = f"instr({_after_host(col)}, '/')"
+    return (
+        f"(instr({col}, '://') > 0 AND {slash} > 0"
+        f" AND substr({_after_host(col)}, {slash} + 1) NOT IN ('', '\u2026'))"
+    )
+
+
+def _redacted(col: str) -> str:
+    """SQL: `scheme://host/…` of the URL `col` (when _has_path)."""
+    return f"substr({col}, 1, instr({col}, '://') + 2 + instr({_after_host(col)}, '/')) || '\u2026'"
+
+
+_LOGGED = "json_extract(details, '$.target')"
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -263,6 +285,16 @@ INSERT OR IGNORE INTO outcome_paths (path, outcome_id)
     ORDER BY completed_at IS NULL, completed_at, n;
 CREATE TRIGGER outcome_path_added AFTER INSERT ON outcomes WHEN NEW.outcome_path IS NOT NULL BEGIN INSERT INTO outcome_paths (path, outcome_id) VALUES (NEW.outcome_path, NEW.id); END;
 CREATE TRIGGER outcome_path_moved AFTER UPDATE OF outcome_path ON outcomes WHEN NEW.outcome_path IS NOT OLD.outcome_path BEGIN DELETE FROM outcome_paths WHERE path = OLD.outcome_path AND outcome_id = OLD.id; INSERT INTO outcome_paths (path, outcome_id) SELECT NEW.outcome_path, NEW.id WHERE NEW.outcome_path IS NOT NULL; END
+""",
+    ),
+    (
+        9,
+        # a webhook URL's path may be its secret (Discord, Teams, Slack): the shown target keeps the scheme and
+        # host only (`https://host/…`), here and in the integration_logs rows that copied it
+        f"""
+UPDATE hook_subscriptions SET target = {_redacted("target")} WHERE {_has_path("target")};
+UPDATE integration_logs SET details = json_set(details, '$.target', {_redacted(_LOGGED)})
+WHERE json_valid(details) AND json_type(details, '$.target') = 'text' AND {_has_path(_LOGGED)}
 """,
     ),
 ]

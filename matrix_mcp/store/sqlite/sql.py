@@ -435,6 +435,29 @@ STATUS_COUNTS_SELECT_PACKAGES = (
 )
 
 
+# /metrics: totals over every package row, and the first `limit` names with unfinished work
+STATUS_SUMS = (
+    "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+)
+
+
+ACTIVE_TOTALS = f"SELECT {STATUS_SUMS} FROM packages"
+
+
+# the first `limit` busy packages (the scan stops there)
+ACTIVE_NAMES = (
+    "SELECT p.name FROM packages p JOIN runs r ON r.id = p.run_id"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT ?"
+)
+
+
+def active_counts(n: int) -> str:
+    """The counts over all runs of `n` bound package names."""
+    marks = ", ".join("?" * n)  # placeholders only; the names are bound
+    return f"SELECT name, {STATUS_SUMS} FROM packages WHERE name IN ({marks}) GROUP BY name ORDER BY name"
+
+
 REBUILD_COUNTERS_SELECT_PACKAGES = "SELECT id FROM packages "
 
 

@@ -228,6 +228,11 @@ class SQLiteStore:
     async def status_counts(self) -> dict[str, dict[Status, int]]:
         return await counters.status_counts(self.db)
 
+    async def active_status_counts(
+        self, limit: int
+    ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        return await counters.active_status_counts(self.db, limit)
+
     async def latest_seq(self) -> int:
         return await events.latest_seq(self.db)
 
