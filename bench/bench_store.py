@@ -33,9 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from matrix_mcp.engine import new_token
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import ClaimRequest, NewItem, NewPackage, Report, Store
+from matrix_mcp.rules import new_token
+from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, Report
+from matrix_mcp.store.protocol import Store
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -165,7 +165,7 @@ def user_error(exc: BaseException) -> str | None:
     import sqlite3
 
     from matrix_mcp.config import redact_text
-    from matrix_mcp.store.base import StoreError
+    from matrix_mcp.errors import StoreError
 
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -250,7 +250,7 @@ async def _check_store(settings: Settings) -> None:
 async def _status(settings: Settings, run: str | None, check: bool) -> None:
     from matrix_mcp.config import sqlite_path
     from matrix_mcp.engine import Engine
-    from matrix_mcp.store.base import StoreError
+    from matrix_mcp.errors import StoreError
 
     path = sqlite_path(settings.database_url)
     if path is not None and str(path) != ":memory:" and not path.exists():
@@ -336,7 +336,7 @@ async def _export(settings: Settings, run: str, fmt: str) -> None:
 
 async def _gc(settings: Settings, older_than: float, repair: bool = False) -> None:
     from matrix_mcp.engine import Engine
-    from matrix_mcp.store.base import StoreError
+    from matrix_mcp.errors import StoreError
 
     engine = await Engine.open(settings)
     try:

@@ -13,9 +13,7 @@ import json
 import logging
 import math
 import os
-import random
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Any, Literal
 
 import anyio
 
-from matrix_mcp import tracing
+from matrix_mcp import rules, tracing
 from matrix_mcp.artifacts import (
     ArtifactError,
     Artifacts,
@@ -36,8 +34,8 @@ from matrix_mcp.artifacts import (
     in_run_folder,
     safe_component,
 )
-from matrix_mcp.config import Settings, is_postgres_url, redact_url, sqlite_path
-from matrix_mcp.errors import Conflict
+from matrix_mcp.config import Settings
+from matrix_mcp.errors import Conflict, StoreError
 from matrix_mcp.models import (
     ClaimedItem,
     ClaimResult,
@@ -64,7 +62,8 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import (
+from matrix_mcp.store import open_store
+from matrix_mcp.store.params import (
     ClaimBatch,
     ClaimRequest,
     Failure,
@@ -77,9 +76,8 @@ from matrix_mcp.store.base import (
     Report,
     Reported,
     StatusChange,
-    Store,
-    StoreError,
 )
+from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import observe_generation
 
 log = logging.getLogger("matrix_mcp.engine")
@@ -119,36 +117,6 @@ def is_media_type(value: str) -> bool:
 
 class InputError(StoreError):
     """A bad argument: the message names the field."""
-
-
-async def open_store(settings: Settings) -> Store:
-    """The store for the configured URL; psycopg is imported only for a PostgreSQL URL."""
-    url = settings.database_url
-    if is_postgres_url(url):
-        from matrix_mcp.store.postgres import PostgresStore
-
-        return await PostgresStore.open(url, deadline=settings.db_deadline_seconds)
-    path = sqlite_path(url)
-    if path is None:
-        raise ValueError(
-            f"unsupported database URL {redact_url(url)!r}: use sqlite:///path or postgresql://…"
-        )
-    from matrix_mcp.store.sqlite import SQLiteStore
-
-    return await SQLiteStore.open(path)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with equal jitter: half the capped delay fixed, half random."""
-    if base <= 0:
-        return 0.0
-    capped = min(cap, base * 2 ** max(0, attempt - 1))
-    r = (rng or random).random()
-    return float(capped / 2 + r * capped / 2)
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(18)
 
 
 def json_depth(value: Any, limit: int) -> int:
@@ -207,7 +175,7 @@ class Engine:
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
-        store = await open_store(settings)
+        store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
         try:
             engine = cls(store, settings)
             await anyio.to_thread.run_sync(engine.artifacts.secure_root)
@@ -350,7 +318,7 @@ class Engine:
             self._name(package, "package")
         deadline = anyio.current_time() + self._wait(wait_seconds, "wait_seconds")
         request = ClaimRequest(
-            run_id=info.id, worker=worker, limit=limit, package=package, token_factory=new_token
+            run_id=info.id, worker=worker, limit=limit, package=package, token_factory=rules.new_token
         )
         while True:
             seq = await self.store.latest_seq() if wait_seconds else 0
@@ -413,7 +381,7 @@ class Engine:
             raise InputError(f"must be between 0 and {self.limits.max_page_size}", "claim_next")
         if package is not None:
             self._name(package, "package")
-        return NextClaim(limit=claim_next, package=package, token_factory=new_token)
+        return NextClaim(limit=claim_next, package=package, token_factory=rules.new_token)
 
     async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
         if not leases:
@@ -572,7 +540,7 @@ class Engine:
         self._leased.pop(outcome_id, None)
 
         def backoff(attempt: int) -> float:
-            return backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
+            return rules.backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
 
         now = self.now()
         reported = await self.store.fail(

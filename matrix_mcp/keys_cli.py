@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import Conflict, StoreError
 from matrix_mcp.http.keys import KEY_PREFIX, hash_key, new_key
 from matrix_mcp.http.scopes import parse_scopes
-from matrix_mcp.store.base import ApiKey, Conflict, Store, StoreError
+from matrix_mcp.store.params import ApiKey
+from matrix_mcp.store.protocol import Store
 
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 GIVEN_KEY = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{32,200}")

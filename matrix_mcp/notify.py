@@ -23,7 +23,7 @@ from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 
 from matrix_mcp.models import Event
-from matrix_mcp.store.base import Store
+from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.notify")
 

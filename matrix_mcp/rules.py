@@ -9,16 +9,25 @@ holds it against `lease_expiry`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+import random
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp.audit import stamped
 from matrix_mcp.errors import Conflict, NotFound, StaleLease
 from matrix_mcp.models import ClaimReason, RunAction, Status
 
-# A database row read by column name: sqlite3.Row or a psycopg dict row.
-RowLike = Any
+
+class RowLike(Protocol):
+    """A database row read by column name: a sqlite3.Row or a psycopg dict row (or a dict in tests)."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 ERROR_IN_EVENT = 500  # characters of a worker's error an event carries
 REQUEUED_IDS_IN_EVENT = 100
 LEASE_EXPIRED = "lease expired"
@@ -109,13 +118,43 @@ def stale_token(row: RowLike) -> StaleLease:
     return StaleLease(stale_token_message(row), field="lease_token")
 
 
-def check_lease(row: RowLike | None, outcome_id: str, token: str) -> RowLike:
+RowT = TypeVar("RowT", bound=RowLike)
+
+
+def check_lease(row: RowT | None, outcome_id: str, token: str) -> RowT:
     """The locked row of a report: it must exist and carry this lease token."""
     if row is None:
         raise unknown_outcome(outcome_id)
     if row["lease_token"] != token:
         raise stale_token(row)
     return row
+
+
+def lease_holds(status: str, current_token: str | None, token: str) -> bool:
+    """A lease still holds its item: the item is generating under this very token. Every write that acts
+    for a lease holder (heartbeat, complete, fail) asks this (PostgreSQL's SQL texts restate it; a property
+    test in tests/test_rules.py holds them together)."""
+    return status == "generating" and current_token == token
+
+
+def check_complete(row: RowLike | None, outcome_id: str, token: str, report: Any) -> bool:
+    """The order of a completion's checks, on the item's locked row: unknown item, stale token, then an item
+    already complete (the identical report repeated is answered again, False; a different one is refused),
+    then a lease that no longer holds. True: the report completes the item now."""
+    row = check_lease(row, outcome_id, token)
+    if row["status"] == "complete":
+        if same_report(row, report):
+            return False
+        raise complete_differs()
+    if not lease_holds(row["status"], row["lease_token"], token):
+        raise lost_lease(row)
+    return True
+
+
+def is_repeat_failure(attempt: RowLike | None, error: str) -> bool:
+    """A failure report whose lease no longer holds repeats the one that ended it: the attempt under this
+    lease failed with the same error (it is answered again; anything else is a lost lease)."""
+    return attempt is not None and attempt["status"] == "failed" and attempt["error"] == error
 
 
 def same_report(row: RowLike, report: Any) -> bool:
@@ -148,7 +187,68 @@ def control_target(current: str, action: RunAction) -> str:
     return "cancelled"
 
 
-# ---- time -----------------------------------------------------------------------------------------
+def plan_allowed(state: str, adds_items: bool) -> bool:
+    """A cancelled run takes no new items (a plan that only names existing packages is still answered)."""
+    return not (state == "cancelled" and adds_items)
+
+
+def check_plan(state: str, adds_items: bool, name: str) -> None:
+    if not plan_allowed(state, adds_items):
+        raise run_cancelled_for_plan(name)
+
+
+def retry_allowed(state: str) -> bool:
+    """Failed items of a cancelled run stay failed: redoing them means planning a new run."""
+    return state != "cancelled"
+
+
+def check_retry(state: str | None, run_id: str) -> None:
+    """The guards of retry on its run's state (None: no such run)."""
+    if state is None:
+        raise unknown_run(run_id)
+    if not retry_allowed(state):
+        raise run_cancelled_for_retry()
+
+
+def claim_blocked(state: str) -> ClaimReason | None:
+    """Why a run hands out no leases at all (its state, paused or cancelled), or None when it is active."""
+    if state == "cancelled":
+        return "cancelled"
+    if state == "paused":
+        return "paused"
+    return None
+
+
+def cancels_pending(target: str) -> bool:
+    """A run entering `target` cancels its pending items (its leases stay with their workers)."""
+    return target == "cancelled"
+
+
+def stops_work(run_state: str) -> bool:
+    """A heartbeat lists a lease as cancelled when its run is: the worker should stop and report."""
+    return run_state == "cancelled"
+
+
+# ---- time and tokens ------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    """A fresh lease token: every claim's, and the one an override fences the old lease off with."""
+    return secrets.token_urlsafe(18)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with equal jitter: half the capped delay fixed, half random."""
+    if base <= 0:
+        return 0.0
+    capped = min(cap, base * 2 ** max(0, attempt - 1))
+    r = (rng or random).random()
+    return float(capped / 2 + r * capped / 2)
+
+
+def lease_expires(now: float, lease_seconds: float) -> float:
+    """When a lease taken or extended now runs out."""
+    return now + float(lease_seconds)
 
 
 def duration(started_at: float | None, now: float) -> float | None:
@@ -219,55 +319,309 @@ def final_status(status: Status) -> Status | None:
     return None if queued(status) else status
 
 
-# ---- manual override (update_outcome_status) ------------------------------------------------------
+# ---- transitions of one item: what changes, in one value ------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Override:
-    """An item set to a status by hand: the values its row takes (the report's fields, where given, are
-    written over the row's with COALESCE by the store)."""
+class Contribution:
+    """A complete item's share of its package's summary sums and duration histogram: added (sign +1) when it
+    becomes complete, taken away (-1) when it leaves complete."""
 
+    metrics: Mapping[str, Any]
+    duration: float | None
+    sign: int
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteDelta:
+    """What a transition adds to its run's per-minute throughput."""
+
+    completed: int = 0
+    failed: int = 0
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """The attempt (the lease under `lease_token`) a transition ends, with its final status and error."""
+
+    lease_token: str
+    status: Status
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Everything one transition of one item does, decided here; a store applies it in its own dialect
+    (SQLite: `counters.apply`, PostgreSQL: `_Tx.apply`) without deciding anything.
+
+    `values` are the outcome row's new column values (JSON columns as text); the package counters move one
+    item from `old` to `new`; `contributions` add or take away summary sums; `metric_rows`, when set, are
+    the metrics whose numeric values become the item's metric rows (after the old ones are removed when
+    `clear_metric_rows`)."""
+
+    outcome_id: str
+    run_id: str
+    package_id: int
     old: Status
     new: Status
-    old_metrics: dict[str, Any]
-    metrics: dict[str, Any]
-    metadata: dict[str, Any]
-    error_message: str | None
-    started_at: float | None
-    completed_at: float | None
-    duration_seconds: float | None
-    lease_expires_at: float | None
+    values: Mapping[str, Any]
+    event: Ev
+    contributions: tuple[Contribution, ...] = ()
+    minute: MinuteDelta | None = None
+    attempt: AttemptEnd | None = None
+    metric_rows: Mapping[str, Any] | None = None
+    clear_metric_rows: bool = False
+
+    @property
+    def queue_token(self) -> str | None:
+        """The lease token the item's queue record keeps: its lease's while generating, else none."""
+        return self.values.get("lease_token") if self.new == "generating" else None
+
+    @property
+    def claimable_from(self) -> float | None:
+        """When the item can be claimed again: pending items from their `available_at`, others never."""
+        return self.values["available_at"] if self.new == "pending" else None
+
+    def row(self, row: RowLike) -> dict[str, Any]:
+        """The item's row as this transition leaves it (no re-read)."""
+        done = dict(row)
+        done.update(self.values)
+        return done
 
 
-def override(row: RowLike, *, new: Status, error_message: str | None, report: Any, now: float) -> Override:
-    """update_outcome_status on the item's locked row (with its run's lease_seconds). The report's non-empty metrics/metadata replace the
-    row's; generating starts a fresh lease now; a final status entered now ends the attempt now (re-setting
-    the same final status keeps its times); pending clears the end. A complete item carries no error."""
+def json_text(value: Any) -> str:
+    """A JSON column's text (metrics, metadata, details): compact, keys sorted."""
+    if type(value) is dict and not value:  # the usual metrics / metadata of a report: skip the encoder
+        return "{}"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _where(row: RowLike) -> tuple[str, str, int]:
+    return row["id"], row["run_id"], int(row["package_id"])
+
+
+def complete(
+    row: RowLike,
+    *,
+    lease_token: str,
+    report: Any,
+    now: float,
+    encoded: tuple[str, str] | None = None,
+) -> Transition:
+    """A report completes the leased item (after `check_complete` said so): the report's fields replace the
+    row's (its outcome_path only when given), the attempt ends complete, the completion counts. `encoded`:
+    the report's metrics and metadata as JSON text, when the caller has them already."""
+    outcome_id, run_id, package_id = _where(row)
+    took = duration(row["started_at"], now)
+    values = {
+        "status": "complete",
+        "completed_at": now,
+        "duration_seconds": took,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "error_message": None,
+        "metrics": encoded[0] if encoded is not None else json_text(report.metrics),
+        "metadata": encoded[1] if encoded is not None else json_text(report.metadata),
+        "outcome_path": report.outcome_path if report.outcome_path is not None else row["outcome_path"],
+        "content_sha256": report.content_sha256,
+        "content_bytes": report.content_bytes,
+        "mime_type": report.mime_type,
+    }
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="generating",
+        new="complete",
+        values=values,
+        event=completed(package=row["package_name"], item=row["item"], duration=took),
+        contributions=(Contribution(report.metrics, took, +1),),
+        minute=MinuteDelta(completed=1, duration=took),
+        attempt=AttemptEnd(lease_token, "complete", None),
+        metric_rows=report.metrics,
+    )
+
+
+def _failure(
+    row: RowLike,
+    *,
+    target: Status,
+    available_at: float,
+    error: str,
+    attempt: AttemptEnd,
+    event: Ev,
+    now: float,
+) -> Transition:
+    """A leased item leaving its lease by failing (a report or an expiry): back to pending from
+    `available_at`, or final (its attempt's end and duration recorded; a failure counts per minute)."""
+    outcome_id, run_id, package_id = _where(row)
+    values: dict[str, Any]
+    if target == "pending":
+        values = {"status": target, "available_at": available_at}
+    else:
+        values = {"status": target, "completed_at": now, "duration_seconds": duration(row["started_at"], now)}
+    values.update(lease_expires_at=None, error_message=error, updated_at=now)
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="generating",
+        new=target,
+        values=values,
+        event=event,
+        minute=MinuteDelta(failed=1) if target == "failed" else None,
+        attempt=attempt,
+    )
+
+
+def fail(
+    row: RowLike,
+    *,
+    lease_token: str,
+    error: str,
+    retryable: bool,
+    backoff: Callable[[int], float],
+    run_state: str,
+    max_attempts: int,
+    now: float,
+) -> Transition:
+    """A failure report on the leased item (its lease holds): where `failure_outcome` sends it."""
+    attempts = int(row["attempts"])
+    decided = failure_outcome(
+        retryable=retryable,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        run_state=run_state,
+        backoff=backoff,
+    )
+    return _failure(
+        row,
+        target=decided.target,
+        available_at=now + decided.delay,
+        error=error,
+        attempt=AttemptEnd(lease_token, "failed", error),
+        event=failure_reported(
+            package=row["package_name"], item=row["item"], attempt=attempts, error=error, outcome=decided
+        ),
+        now=now,
+    )
+
+
+def expire(row: RowLike, *, run_state: str, max_attempts: int, now: float) -> Transition | None:
+    """An expired lease (`lease_expired` said so) on its item: where `lease_expiry` sends it, or None (a
+    cancelled run's leases stay)."""
+    target = lease_expiry(run_state=run_state, attempts=int(row["attempts"]), max_attempts=max_attempts)
+    return None if target is None else expire_to(row, target, now)
+
+
+def expire_to(row: RowLike, target: Status, now: float) -> Transition:
+    """The expiry of the lease on `row` once its target is known (PostgreSQL's sweep decides it in SQL)."""
+    attempts = int(row["attempts"])
+    return _failure(
+        row,
+        target=target,
+        available_at=now,
+        error=lease_expired_error(target, attempts),
+        attempt=AttemptEnd(row["lease_token"], "failed", LEASE_EXPIRED),
+        event=lease_expired_event(
+            package=row["package_name"], item=row["item"], attempt=attempts, target=target
+        ),
+        now=now,
+    )
+
+
+def override(
+    row: RowLike,
+    *,
+    new: Status,
+    error_message: str | None,
+    report: Any,
+    now: float,
+    created_by: str | None = None,
+    token: str | None = None,
+) -> Transition:
+    """update_outcome_status on the item's locked row (with its run's lease_seconds). The report's non-empty
+    metrics/metadata replace the row's, its content fields where given; generating starts a fresh lease now;
+    a final status entered now ends the attempt now (re-setting the same final status keeps its times);
+    pending clears the end. A complete item carries no error. Any override fences off whoever held the lease
+    with a fresh token. Counters: the old contribution goes when the item was complete, the new one comes
+    when it is; a minute counts only a status entered now."""
+    outcome_id, run_id, package_id = _where(row)
     old: Status = row["status"]
     old_metrics = _loads(row["metrics"])
     metrics = report.metrics if report is not None and report.metrics else old_metrics
     metadata = report.metadata if report is not None and report.metadata else _loads(row["metadata"])
-    started, completed, took = row["started_at"], row["completed_at"], row["duration_seconds"]
+    started, completed_at, took = row["started_at"], row["completed_at"], row["duration_seconds"]
     expires = None
     if new == "generating":
-        started, completed, took, expires = now, None, None, now + float(row["lease_seconds"])
+        started, completed_at, took, expires = now, None, None, lease_expires(now, row["lease_seconds"])
     elif new in ("complete", "failed", "cancelled"):
         if old != new:
-            completed, took = now, duration(started, now)
+            completed_at, took = now, duration(started, now)
     else:
-        completed = took = None
-    return Override(
+        completed_at = took = None
+
+    def given(name: str) -> Any:
+        value = getattr(report, name) if report is not None else None
+        return row[name] if value is None else value
+
+    values = {
+        "status": new,
+        "error_message": error_message if new != "complete" else None,
+        "metrics": json_text(metrics),
+        "metadata": json_text(metadata),
+        "outcome_path": given("outcome_path"),
+        "content_sha256": given("content_sha256"),
+        "content_bytes": given("content_bytes"),
+        "mime_type": given("mime_type"),
+        "started_at": started,
+        "completed_at": completed_at,
+        "duration_seconds": took,
+        "lease_token": token if token is not None else new_token(),
+        "lease_expires_at": expires,
+        "available_at": now,
+        "created_by": row["created_by"] if row["created_by"] is not None else created_by,
+        "updated_at": now,
+    }
+    contributions = []
+    if old == "complete":
+        contributions.append(Contribution(old_metrics, row["duration_seconds"], -1))
+    minute = None
+    if new == "complete":
+        contributions.append(Contribution(metrics, took, +1))
+        if old != "complete":
+            minute = MinuteDelta(completed=1, duration=took)
+    elif new == "failed" and old != "failed":
+        minute = MinuteDelta(failed=1)
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
         old=old,
         new=new,
-        old_metrics=old_metrics,
-        metrics=metrics,
-        metadata=metadata,
-        error_message=error_message if new != "complete" else None,
-        started_at=started,
-        completed_at=completed,
-        duration_seconds=took,
-        lease_expires_at=expires,
+        values=values,
+        event=status_updated(package=row["package_name"], item=row["item"], old=old, new=new),
+        contributions=tuple(contributions),
+        minute=minute,
+        metric_rows=metrics if new == "complete" else None,
+        clear_metric_rows=old == "complete" or new == "complete",
     )
+
+
+def record_is_plain(status: Status, *, report_given: bool, error_message: str | None) -> bool:
+    """record_outcome of a new item: pending with no report and no error is the row as inserted; anything
+    else is then set by an override (`override`)."""
+    return status == "pending" and not report_given and error_message is None
+
+
+# ---- moves of many items at once ------------------------------------------------------------------
+
+# (from, to) of the set-based transitions: a claim leases pending items, a cancel ends the pending ones,
+# a retry puts failed ones back
+CLAIMED_MOVE: tuple[Status, Status] = ("pending", "generating")
+CANCEL_MOVE: tuple[Status, Status] = ("pending", "cancelled")
+RETRY_MOVE: tuple[Status, Status] = ("failed", "pending")
 
 
 # ---- why a claim came back short ------------------------------------------------------------------

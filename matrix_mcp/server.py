@@ -34,6 +34,7 @@ from matrix_mcp import __version__
 from matrix_mcp.apps import grid_app, grid_tool_meta
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import MAX_SEQ, Engine, InputError
+from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
 from matrix_mcp.integrations.tools import HOOK_TOOLS, hook_resources
 from matrix_mcp.models import (
@@ -68,7 +69,6 @@ from matrix_mcp.sdk_compat import (
     ToolSpec,
     build_tools,
 )
-from matrix_mcp.store.base import NotFound, StoreError, Unavailable
 from matrix_mcp.toolsets import in_toolset
 
 if TYPE_CHECKING:

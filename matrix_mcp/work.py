@@ -32,9 +32,9 @@ import anyio
 from matrix_mcp import tracing
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError, RunInfo
+from matrix_mcp.errors import StaleLease, StoreError, Unavailable
 from matrix_mcp.models import ClaimedItem, LeaseRef, ReportResult
 from matrix_mcp.progress import LiveLine, progress_line
-from matrix_mcp.store.base import StaleLease, StoreError, Unavailable
 
 log = logging.getLogger("matrix_mcp.work")
 T = TypeVar("T")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from matrix_mcp.http.app import Service
     from matrix_mcp.http.options import ServiceOptions
-    from matrix_mcp.store.base import Store
+    from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -191,10 +191,9 @@ class KeysStore:
         self.store: Store | None = None
 
     async def open(self) -> None:
-        from matrix_mcp.config import Settings
-        from matrix_mcp.engine import open_store
+        from matrix_mcp.store import open_store
 
-        self.store = await open_store(Settings(database_url=self.url))
+        self.store = await open_store(self.url)
 
     async def close(self) -> None:
         store, self.store = self.store, None

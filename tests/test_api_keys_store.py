@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import Conflict, NotFound
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.store.base import Conflict, NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -57,8 +57,9 @@ async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
 
 
 async def test_a_known_key_survives_a_store_outage(engine: Engine) -> None:
+    from matrix_mcp.errors import Unavailable
     from matrix_mcp.http.keys import ApiKeyVerifier, hash_key
-    from matrix_mcp.store.base import Store, Unavailable
+    from matrix_mcp.store.protocol import Store
 
     await engine.store.create_api_key("k", key_hash=hash_key("mtx_known"), scopes=("matrix:read",), now=1.0)
     down = False

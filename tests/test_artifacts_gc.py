@@ -17,8 +17,8 @@ import pytest
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.errors import StaleLease
 from matrix_mcp.models import PackageSpec, RunPolicy
-from matrix_mcp.store.base import StaleLease
 from tests.conftest import assert_consistent
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from matrix_mcp.engine import Engine, new_token
+from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.store.base import ClaimRequest, Failure, NewRecord, NextClaim, Report, Store
+from matrix_mcp.rules import new_token
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,
@@ -26,8 +26,10 @@ from matrix_mcp.store.hooks import (
     RoundRecord,
     SubscriptionRow,
 )
+from matrix_mcp.store.params import ClaimRequest, Failure, NewRecord, NextClaim, Report
 from matrix_mcp.store.postgres import PostgresStore
 from matrix_mcp.store.postgres.hooks import PostgresHooks
+from matrix_mcp.store.protocol import Store
 from matrix_mcp.store.sqlite import SQLiteStore
 from matrix_mcp.store.sqlite.hooks import SQLiteHooks
 

@@ -10,9 +10,10 @@ import anyio
 import pytest
 
 from matrix_mcp.config import Settings, is_postgres_url, sqlite_path
-from matrix_mcp.engine import Engine, InputError, backoff_delay
+from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.errors import Conflict, NotFound, StaleLease, StoreError
 from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, PackageSummary, RunPolicy
-from matrix_mcp.store.base import Conflict, NotFound, StaleLease, StoreError
+from matrix_mcp.rules import backoff_delay
 from tests.conftest import assert_consistent
 
 pytestmark = pytest.mark.anyio

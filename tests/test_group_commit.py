@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import StaleLease
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.store.base import StaleLease
 from tests.conftest import assert_consistent
 
 pytestmark = pytest.mark.anyio

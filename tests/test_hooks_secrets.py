@@ -210,8 +210,8 @@ async def test_stored_webhooks_with_a_clear_path_are_redacted_and_keep_working(
 ) -> None:
     """A store written before targets were redacted: the migration redacts them (and the logs' copies);
     the subscriptions keep delivering, their URL is in the encrypted credentials."""
-    from matrix_mcp.store.postgres_schema import MIGRATIONS as PG
-    from matrix_mcp.store.sqlite_schema import MIGRATIONS as SQ
+    from matrix_mcp.store.postgres.migrations import MIGRATIONS as PG
+    from matrix_mcp.store.sqlite.migrations import MIGRATIONS as SQ
 
     settings = Settings(database_url=database_url, artifacts_dir=tmp_path / "a")
     hook_settings = fast()

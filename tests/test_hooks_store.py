@@ -7,8 +7,8 @@ import json
 import pytest
 
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import NotFound, StoreError
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.store.base import NotFound, StoreError
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,

@@ -17,7 +17,7 @@ from matrix_mcp.cli import _gc
 from matrix_mcp.config import Settings, sqlite_path
 from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.store.base import Collected
+from matrix_mcp.store.params import Collected
 from tests.conftest import assert_consistent
 
 pytestmark = pytest.mark.anyio

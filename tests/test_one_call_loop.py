@@ -15,8 +15,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.errors import StaleLease
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import StaleLease
 from matrix_mcp.toolsets import ORCHESTRATOR_TOOLS, WORKER_TOOLS
 from tests.conftest import assert_consistent
 from tests.test_contract import Clock, grid
@@ -173,7 +173,7 @@ async def test_postgres_report_with_claim_next_answer_lost_after_commit(
         store = engine.store
         assert isinstance(store, PostgresStore)
         a, b = (await engine.claim_items("r", worker="w", limit=2)).items
-        loss = AnswerLoss(monkeypatch, store, "_run_batch")  # pipelined (complete) and one by one (fail)
+        loss = AnswerLoss(monkeypatch, store.db, "_run_batch")  # pipelined (complete) and one by one (fail)
         loss.arm()
         ack = await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x", claim_next=2)
         assert ack.status == "complete" and loss.lost == [1] and ack.next is not None and len(ack.next) == 2

@@ -19,9 +19,9 @@ import pytest
 from matrix_mcp.cli import _gc
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.errors import Conflict, StoreError
 from matrix_mcp.models import ClaimedItem, PackageSpec
-from matrix_mcp.store.base import Conflict, StoreError
-from matrix_mcp.store.sqlite_schema import MIGRATIONS
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS
 from tests.conftest import assert_consistent
 from tests.test_contract import _sql
 
@@ -256,7 +256,7 @@ async def test_paths_two_items_shared_before_the_key_upgrade_on_postgresql(postg
     import psycopg
 
     from matrix_mcp.store.postgres import PostgresStore
-    from matrix_mcp.store.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+    from matrix_mcp.store.postgres.migrations import MIGRATIONS as PG_MIGRATIONS
 
     with psycopg.connect(postgres_database, autocommit=True) as conn:
         conn.execute(

@@ -304,7 +304,7 @@ async def test_another_process_write_wakes_a_long_poll_through_listen_notify(
 async def test_many_processes_starting_at_once_migrate_once(postgres_database: str, tmp_path: Path) -> None:
     """Eight stores (eight pools, as eight server processes) opening one empty database at the same moment:
     the advisory lock makes one apply the migrations and the rest find them applied; all of them work."""
-    from matrix_mcp.store.postgres_schema import MIGRATIONS
+    from matrix_mcp.store.postgres.migrations import MIGRATIONS
 
     engines: list[Engine] = []
 

@@ -10,12 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from matrix_mcp.engine import new_token
+from matrix_mcp.errors import StaleLease
 from matrix_mcp.models import RunPolicy
+from matrix_mcp.rules import new_token
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import ClaimRequest, NewItem, NewPackage, OutcomeFilter, Report, StaleLease
+from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, OutcomeFilter, Report
 from matrix_mcp.store.postgres import PostgresStore
-from matrix_mcp.store.postgres_schema import MIGRATIONS
+from matrix_mcp.store.postgres.migrations import MIGRATIONS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

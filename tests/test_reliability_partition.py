@@ -79,8 +79,8 @@ async def test_calls_on_a_black_holed_link_answer_unavailable_within_the_deadlin
             )
             claimed = (await engine.claim_items("r", worker="w", limit=8)).items
             await store.wait_for_change(0, timeout=0.01)  # starts the LISTEN connection
-            assert await eventually(lambda: store.listening is not None, within=10)
-            listening = store.listening
+            assert await eventually(lambda: store.db.listening is not None, within=10)
+            listening = store.db.listening
 
             answers: dict[str, tuple[str, float]] = {}
 
@@ -115,7 +115,7 @@ async def test_calls_on_a_black_holed_link_answer_unavailable_within_the_deadlin
             for name, (text, took) in answers.items():
                 assert took <= deadline + SLACK, (name, took)
                 assert "retry the call" in text and "\n" not in text, (name, text)
-            replaced = await eventually(lambda: store.listening is not listening, within=15)
+            replaced = await eventually(lambda: store.db.listening is not listening, within=15)
             assert replaced, "the silent LISTEN connection was kept"
 
             # healed: no restart needed; each report answers as done, whether or not its cut-off COMMIT
@@ -193,11 +193,11 @@ async def test_every_connection_keeps_alive_and_times_out(postgres_database: str
             row = await (await c.execute("SHOW idle_in_transaction_session_timeout")).fetchone()
             return c.info.get_parameters(), row["idle_in_transaction_session_timeout"]
 
-        params, idle = await store._read(pooled)
+        params, idle = await store.db.read(pooled)
         await store.wait_for_change(0, timeout=0.01)
-        assert await eventually(lambda: store.listening is not None, within=10)
-        assert store.listening is not None
-        for got in (params, store.listening.info.get_parameters()):
+        assert await eventually(lambda: store.db.listening is not None, within=10)
+        assert store.db.listening is not None
+        for got in (params, store.db.listening.info.get_parameters()):
             assert got["keepalives"] == "1" and got["keepalives_idle"] == "5", got
             assert got["tcp_user_timeout"] == "3000", got
         assert params["connect_timeout"] == "3"

@@ -27,6 +27,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec, RunPolicy
 from matrix_mcp.server import create_server
 from matrix_mcp.store.postgres import PostgresStore
+from matrix_mcp.store.postgres.connection import Database
 from tests.conftest import PG_URL, assert_consistent
 from tests.reliability_helpers import ROOT, WorkerProcess, check_store, completions_per_outcome, run_counts
 from tests.test_reliability_faults import plan
@@ -126,11 +127,11 @@ class AnswerLoss:
     """Wraps one of the store's batch methods: once armed, the next batch commits and then its answer is
     lost as if the backend died right after COMMIT. `lost` lists the sizes of the batches it hit."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: PostgresStore, method: str) -> None:
-        self.real = getattr(store, method)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, db: Database, method: str) -> None:
+        self.real = getattr(db, method)
         self.armed = False
         self.lost: list[int] = []
-        monkeypatch.setattr(store, method, self._run)
+        monkeypatch.setattr(db, method, self._run)
 
     def arm(self) -> None:
         self.armed = True
@@ -158,7 +159,7 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
         )
         store = engine.store
         assert isinstance(store, PostgresStore)
-        loss = AnswerLoss(monkeypatch, store, "_run_batch_pipelined")
+        loss = AnswerLoss(monkeypatch, store.db, "_run_batch_pipelined")
         loss.arm()
         got = await engine.claim_items("r", worker="w1", limit=2)
         assert loss.lost == [1]
@@ -195,7 +196,7 @@ async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_tim
     try:
         store = engine.store
         assert isinstance(store, PostgresStore)
-        loss = AnswerLoss(monkeypatch, store, "_run_batch")
+        loss = AnswerLoss(monkeypatch, store.db, "_run_batch")
         lose_next_answer = loss.arm
 
         def count(query: str, *args: object) -> int:

@@ -370,8 +370,8 @@ def test_classify_maps_what_the_server_cannot_answer_now_and_hides_crashes() -> 
     """503 for a store that is down (through the tool's own wrapping), 500 without detail for a crash."""
     from mcp.server.mcpserver.exceptions import ToolError
 
+    from matrix_mcp.errors import Unavailable
     from matrix_mcp.http.rest import classify
-    from matrix_mcp.store.base import Unavailable
 
     def wrapped(inner: BaseException) -> BaseException:
         ours = ToolError(f"retryable: {inner}")

@@ -14,7 +14,7 @@ from matrix_mcp import rules
 from matrix_mcp.audit import acting_as
 from matrix_mcp.errors import Conflict, NotFound, StaleLease
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.store.base import Report
+from matrix_mcp.store.params import Report
 
 # ---- pure rules -----------------------------------------------------------------------------------
 
@@ -69,28 +69,70 @@ def test_override(
     old: str, new: Any, started: float | None, now: float, report_metrics: dict[str, Any]
 ) -> None:
     row = {
+        "id": "o",
+        "run_id": "r",
+        "package_id": 7,
+        "package_name": "p",
+        "item": "i",
         "status": old,
         "metrics": '{"quality_score":1}',
         "metadata": None,
+        "outcome_path": "a.md",
+        "content_sha256": None,
+        "content_bytes": None,
+        "mime_type": None,
+        "created_by": None,
         "started_at": started,
         "completed_at": 1.0,
         "duration_seconds": 2.0,
         "lease_seconds": 30,
     }
     report = Report(metrics=report_metrics)
-    t = rules.override(row, new=new, error_message="e", report=report, now=now)
-    assert t.old == old and t.old_metrics == {"quality_score": 1}
-    assert t.metrics == (report_metrics or {"quality_score": 1}) and t.metadata == {}
-    assert t.error_message == (None if new == "complete" else "e")
+    t = rules.override(row, new=new, error_message="e", report=report, now=now, created_by="me", token="t9")
+    v = t.values
+    metrics = report_metrics or {"quality_score": 1}
+    assert t.old == old and t.new == new and v["status"] == new
+    assert v["metrics"] == rules.json_text(metrics) and v["metadata"] == "{}"
+    assert v["outcome_path"] == "a.md" and v["created_by"] == "me" and v["lease_token"] == "t9"
+    assert v["error_message"] == (None if new == "complete" else "e")
+    assert t.queue_token == ("t9" if new == "generating" else None)
     if new == "generating":
-        assert (t.started_at, t.completed_at, t.lease_expires_at) == (now, None, now + 30)
+        assert (v["started_at"], v["completed_at"], v["lease_expires_at"]) == (now, None, now + 30)
     elif new == "pending":
-        assert t.completed_at is None and t.duration_seconds is None and t.lease_expires_at is None
+        assert v["completed_at"] is None and v["duration_seconds"] is None and v["lease_expires_at"] is None
     elif new == old:
-        assert (t.completed_at, t.duration_seconds) == (1.0, 2.0)
+        assert (v["completed_at"], v["duration_seconds"]) == (1.0, 2.0)
     else:
-        assert t.completed_at == now and t.duration_seconds == rules.duration(started, now)
-        assert t.duration_seconds is None or t.duration_seconds >= 0
+        assert v["completed_at"] == now and v["duration_seconds"] == rules.duration(started, now)
+        assert v["duration_seconds"] is None or v["duration_seconds"] >= 0
+    # the counters: the old contribution leaves with `complete`, the new one comes with it; a minute counts
+    # only a status entered now
+    signs = [c.sign for c in t.contributions]
+    assert signs == ([-1] if old == "complete" else []) + ([+1] if new == "complete" else [])
+    assert t.clear_metric_rows == (old == "complete" or new == "complete")
+    assert (t.metric_rows is not None) == (new == "complete")
+    entered = new != old
+    assert t.minute == (
+        rules.MinuteDelta(completed=1, duration=v["duration_seconds"])
+        if new == "complete" and entered
+        else rules.MinuteDelta(failed=1)
+        if new == "failed" and entered
+        else None
+    )
+    assert t.event.kind == "status_updated" and t.attempt is None
+
+
+def test_override_fences_with_a_fresh_token() -> None:
+    row = {
+        "id": "o", "run_id": "r", "package_id": 1, "package_name": "p", "item": "i", "status": "generating",
+        "metrics": None, "metadata": None, "outcome_path": None, "content_sha256": None, "content_bytes": None,
+        "mime_type": None, "created_by": None, "started_at": 1.0, "completed_at": None, "duration_seconds": None,
+        "lease_seconds": 30, "lease_token": "old",
+    }  # fmt: skip
+    tokens = {rules.override(row, new="pending", error_message=None, report=None, now=2.0).values["lease_token"]
+              for _ in range(3)}  # fmt: skip
+    assert len(tokens) == 3 and "old" not in tokens
+    assert all(len(t) == len(rules.new_token()) for t in tokens)
 
 
 def test_why_nothing() -> None:
@@ -155,10 +197,10 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
     import psycopg
     from psycopg.rows import dict_row
 
-    from matrix_mcp.store.base import NewItem, NewPackage
+    from matrix_mcp.store.params import NewItem, NewPackage
     from matrix_mcp.store.postgres import PostgresStore
-    from matrix_mcp.store.postgres.sql import _SWEEP_SQL
-    from matrix_mcp.store.postgres.transitions import SWEEP_LIMIT
+    from matrix_mcp.store.postgres.sql import SWEEP_SQL
+    from matrix_mcp.store.postgres.work import SWEEP_LIMIT
 
     async def populate() -> str:
         store = await PostgresStore.open(postgres_database)
@@ -218,7 +260,7 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                             oid,
                         ),
                     )
-                swept = conn.execute(_SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}).fetchall()
+                swept = conn.execute(SWEEP_SQL, {"run": run_id, "now": now, "limit": SWEEP_LIMIT}).fetchall()
                 after = {
                     r["id"]: r
                     for r in conn.execute(
@@ -256,6 +298,209 @@ def test_postgres_sweep_sql_is_the_python_rule(postgres_database: str) -> None:
                 assert {r["id"] for r in swept} == expected_swept
                 for r in swept:
                     assert r["target"] == after[r["id"]]["status"]
+            finally:
+                conn.rollback()
+
+        check()
+
+
+# ---- the PostgreSQL statements that restate the lease and duration rules --------------------------
+# COMPLETE_SQL, COMPLETE_MANY_SQL and the heartbeat decide in SQL (one statement on the hot path) whether
+# a lease holds and how long an attempt ran; these hold them to rules.lease_holds, rules.duration and
+# rules.lease_expires over generated rows, as the sweep test above does for rules.lease_expiry.
+
+LEASED = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["pending", "generating", "complete", "failed", "cancelled"]),
+        "token": st.sampled_from(["a", "b", None]),
+        "started_at": st.none() | st.sampled_from([10.0, 99.75, 100.0, 150.0]),
+    }
+)
+ASKED = st.sampled_from(["a", "b"])
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _leased_items(postgres_database: str, n: int) -> tuple[str, list[str]]:
+    """A run of `n` items on a fresh database: its id and the items' ids in order."""
+    from matrix_mcp.store.params import NewItem, NewPackage
+    from matrix_mcp.store.postgres import PostgresStore
+
+    async def populate() -> str:
+        store = await PostgresStore.open(postgres_database)
+        try:
+            plan = await store.plan(
+                name="leases",
+                goal=None,
+                policy=RunPolicy(lease_seconds=45),
+                packages=[NewPackage("p", None, [NewItem(f"i{k}") for k in range(n)])],
+                now=1.0,
+            )
+            return plan.run.id
+        finally:
+            await store.close()
+
+    run_id = anyio.run(populate)
+    import psycopg
+
+    with psycopg.connect(postgres_database) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM outcomes ORDER BY n").fetchall()]
+    return run_id, ids
+
+
+def _set_rows(conn: Any, ids: list[str], rows: list[dict[str, Any]]) -> None:
+    for oid, r in zip(ids, rows, strict=True):
+        conn.execute(
+            "UPDATE outcomes SET status = %s, lease_token = %s, started_at = %s, lease_expires_at = %s,"
+            " completed_at = NULL, duration_seconds = NULL WHERE id = %s",
+            (r["status"], r["token"], r["started_at"], 500.0 if r["status"] == "generating" else None, oid),
+        )
+        leased = r["status"] == "generating"
+        conn.execute(
+            "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s"
+            " WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
+            (r["token"] if leased else None, 500.0 if leased else None, rules.final_status(r["status"]), oid),
+        )
+
+
+@pytest.mark.postgres
+def test_postgres_complete_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import COMPLETE_SQL
+
+    _, ids = _leased_items(postgres_database, 1)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(row=LEASED, token=ASKED, now=st.sampled_from([99.5, 100.0, 100.25]))
+        def check(row: dict[str, Any], token: str, now: float) -> None:
+            report = Report(metrics={"lines_generated": 2})
+            try:
+                _set_rows(conn, ids, [row])
+                got = conn.execute(
+                    COMPLETE_SQL,
+                    {
+                        "now": now,
+                        "metrics": rules.json_text(report.metrics),
+                        "metadata": "{}",
+                        "path": None,
+                        "sha": None,
+                        "bytes": None,
+                        "mime": None,
+                        "id": ids[0],
+                        "token": token,
+                        "names": ["lines_generated"],
+                        "values": [2.0],
+                        "body": None,
+                    },
+                ).fetchone()
+                assert got is not None
+                holds = rules.lease_holds(row["status"], row["token"], token)
+                assert got["done"] == holds, (row, token)
+                after = conn.execute(
+                    "SELECT status, duration_seconds FROM outcomes WHERE id = %s", (ids[0],)
+                ).fetchone()
+                assert after is not None
+                if holds:
+                    # the Python rule on the row as it was decides the same, and says how long it ran
+                    assert rules.check_complete(got, ids[0], token, report) is True
+                    assert got["new_duration"] == rules.duration(row["started_at"], now)
+                    assert after["status"] == "complete"
+                    assert after["duration_seconds"] == rules.duration(row["started_at"], now)
+                else:
+                    assert after["status"] == row["status"] and got["new_duration"] is None
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_complete_many_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import COMPLETE_MANY_SQL
+
+    _, ids = _leased_items(postgres_database, 5)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            rows=st.lists(LEASED, min_size=5, max_size=5),
+            tokens=st.lists(ASKED, min_size=5, max_size=5),
+            now=st.sampled_from([99.5, 100.0, 100.25]),
+        )
+        def check(rows: list[dict[str, Any]], tokens: list[str], now: float) -> None:
+            k = len(ids)
+            try:
+                _set_rows(conn, ids, rows)
+                got = conn.execute(
+                    COMPLETE_MANY_SQL,
+                    {
+                        "ids": ids,
+                        "tokens": tokens,
+                        "nows": [now] * k,
+                        "metrics": ["{}"] * k,
+                        "metadata": ["{}"] * k,
+                        "paths": [None] * k,
+                        "shas": [None] * k,
+                        "bytes": [None] * k,
+                        "mimes": [None] * k,
+                        "bodies": [None] * k,
+                        "mreq": [],
+                        "mnames": [],
+                        "mvalues": [],
+                    },
+                ).fetchall()
+                done = {r["id"]: r for r in got}
+                for oid, r, token in zip(ids, rows, tokens, strict=True):
+                    assert (oid in done) == rules.lease_holds(r["status"], r["token"], token), (r, token)
+                    if oid in done:
+                        assert done[oid]["duration_seconds"] == rules.duration(r["started_at"], now)
+                        t = rules.complete(done[oid], lease_token=token, report=Report(), now=now)
+                        assert t.values["duration_seconds"] == done[oid]["duration_seconds"]
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_heartbeat_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import HEARTBEAT_SQL
+
+    run_id, ids = _leased_items(postgres_database, 4)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            rows=st.lists(LEASED, min_size=4, max_size=4),
+            tokens=st.lists(ASKED, min_size=4, max_size=4),
+            run_state=st.sampled_from(["active", "paused", "cancelled"]),
+            now=st.sampled_from([99.5, 100.0]),
+        )
+        def check(rows: list[dict[str, Any]], tokens: list[str], run_state: str, now: float) -> None:
+            try:
+                conn.execute("UPDATE runs SET state = %s WHERE id = %s", (run_state, run_id))
+                _set_rows(conn, ids, rows)
+                got = conn.execute(HEARTBEAT_SQL, {"now": now, "ids": ids, "tokens": tokens}).fetchall()
+                held = {r["id"]: r for r in got}
+                for oid, r, token in zip(ids, rows, tokens, strict=True):
+                    assert (oid in held) == rules.lease_holds(r["status"], r["token"], token), (r, token)
+                    if oid in held:
+                        assert held[oid]["lease_expires_at"] == rules.lease_expires(now, 45)
+                        assert rules.stops_work(held[oid]["state"]) == (run_state == "cancelled")
+                        queue = conn.execute(
+                            "SELECT lease_expires_at FROM outcome_queue"
+                            " WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
+                            (oid,),
+                        ).fetchone()
+                        assert queue is not None and queue["lease_expires_at"] == rules.lease_expires(now, 45)
             finally:
                 conn.rollback()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from matrix_mcp.config import Settings
-from matrix_mcp.engine import Engine, new_token
-from matrix_mcp.store.base import ClaimRequest, Report
+from matrix_mcp.engine import Engine
+from matrix_mcp.rules import new_token
+from matrix_mcp.store.params import ClaimRequest, Report
 from matrix_mcp.store.sqlite import SQLiteStore
-from matrix_mcp.store.sqlite_schema import MIGRATIONS
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 

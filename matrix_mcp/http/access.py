@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from matrix_mcp.http.scopes import ALL_SCOPES
-from matrix_mcp.store.base import Store
+from matrix_mcp.store.protocol import Store
 
 ACCESS_KEY = "matrix.access"  # the ASGI scope key holding the AccessToken the guard verified
 COOKIE = "matrix_session"

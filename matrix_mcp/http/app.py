@@ -30,7 +30,7 @@ from matrix_mcp.http.metrics import Metrics, ToolMetrics, metrics_endpoint
 from matrix_mcp.http.options import ServiceOptions, is_loopback
 from matrix_mcp.http.ratelimit import BodyTooLarge, RateLimits, parse_rate, read_body, replay
 from matrix_mcp.http.scopes import ALL_SCOPES, TOOL_SCOPES, ScopeGate
-from matrix_mcp.store.base import Store
+from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.http")
 
@@ -404,9 +404,9 @@ async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
     if options.jwt_configured:
         return True
     if keys_url is not None:
-        from matrix_mcp.engine import open_store
+        from matrix_mcp.store import open_store
 
-        store = await open_store(Settings(database_url=keys_url))
+        store = await open_store(keys_url)
         try:
             keys = await store.list_api_keys()
         finally:

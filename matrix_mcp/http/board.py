@@ -21,13 +21,14 @@ from mcp.server import MCPServer
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from matrix_mcp.errors import StoreError
 from matrix_mcp.http.access import SIGNIN_MAX_BYTES, Caller, Identify, Sessions
 from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
 from matrix_mcp.http.scopes import PLAN, READ
 from matrix_mcp.models import STATUSES
-from matrix_mcp.store.base import Store, StoreError
+from matrix_mcp.store.protocol import Store
 
 STATIC = {"board.js": "text/javascript; charset=utf-8", "board.css": "text/css; charset=utf-8"}
 CSP = (

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from matrix_mcp.config import redact_text
-from matrix_mcp.store.base import Store, StoreError
+from matrix_mcp.errors import StoreError
+from matrix_mcp.store.protocol import Store
 
 READY_TIMEOUT = 2.0
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from mcp.server.auth.provider import AccessToken
 
-from matrix_mcp.store.base import ApiKey, Store, StoreError
+from matrix_mcp.errors import StoreError
+from matrix_mcp.store.params import ApiKey
+from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.http.keys")
 

@@ -27,8 +27,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from matrix_mcp.errors import StoreError
 from matrix_mcp.models import STATUSES, Status
-from matrix_mcp.store.base import Store, StoreError
+from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import add_generation_sink, add_integration_sink
 
 GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)

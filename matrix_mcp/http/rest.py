@@ -26,10 +26,11 @@ from starlette.responses import Response, StreamingResponse
 from matrix_mcp.audit import current_principal
 from matrix_mcp.config import Limits
 from matrix_mcp.engine import MAX_SEQ, MEDIA_TYPE_ERROR, MEDIA_TYPE_PATTERN, json_depth
+from matrix_mcp.errors import Conflict, NotFound, StaleLease, StoreError, Unavailable
 from matrix_mcp.http.access import Caller, Identify
 from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
-from matrix_mcp.store.base import Conflict, NotFound, StaleLease, Store, StoreError, Unavailable
+from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.http.rest")
 

@@ -67,11 +67,11 @@ def _print(model: Any) -> None:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
-    from matrix_mcp.engine import open_store
+    from matrix_mcp.errors import StoreError
     from matrix_mcp.integrations.service import Hooks
-    from matrix_mcp.store.base import StoreError
+    from matrix_mcp.store import open_store
 
-    store = await open_store(settings)
+    store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
     try:
         if args.command == "dispatch":
             from matrix_mcp.integrations.runner import dispatch

@@ -28,6 +28,7 @@ import httpx2
 
 from matrix_mcp import tracing
 from matrix_mcp.artifacts import Artifacts
+from matrix_mcp.errors import NotFound
 from matrix_mcp.integrations import events as E
 from matrix_mcp.integrations.crypto import Keyring
 from matrix_mcp.integrations.http import AnswerTooLong, Http, Refused
@@ -42,7 +43,6 @@ from matrix_mcp.integrations.redact import display_target
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.integrations.sinks import sink_for
 from matrix_mcp.integrations.sinks.base import Sink, SinkContext
-from matrix_mcp.store.base import NotFound, Store
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,
@@ -53,6 +53,7 @@ from matrix_mcp.store.hooks import (
     RoundRecord,
     SubscriptionRow,
 )
+from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import observe_integration_call as observe
 
 log = logging.getLogger("matrix_mcp.integrations")

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 
 from matrix_mcp.integrations.settings import HookSettings
-from matrix_mcp.store.base import Store
+from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.integrations")
 CHECK_EVERY = 10.0

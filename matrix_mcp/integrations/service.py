@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from matrix_mcp.errors import StoreError
 from matrix_mcp.integrations.events import EVENT_TYPES
 from matrix_mcp.integrations.models import (
     Delivery,
@@ -28,8 +29,8 @@ from matrix_mcp.integrations.models import (
 from matrix_mcp.integrations.redact import display_target
 from matrix_mcp.integrations.settings import HookSettings
 from matrix_mcp.models import ts
-from matrix_mcp.store.base import Store, StoreError
 from matrix_mcp.store.hooks import DeliveryQuery, DeliveryRow, Redelivery, SubscriptionChange, SubscriptionRow
+from matrix_mcp.store.protocol import Store
 
 if TYPE_CHECKING:
     from matrix_mcp.integrations.crypto import Keyring

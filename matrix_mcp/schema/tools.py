@@ -9,7 +9,6 @@ when used.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from matrix_mcp.schema.model import (
 from matrix_mcp.schema.relationships import Relationship
 from matrix_mcp.schema.service import LookupError_, SchemaService
 from matrix_mcp.sdk_compat import PAGE_BOUND, ToolSpec
+from matrix_mcp.store.rows import cursor_payload, cursor_text
 
 log = logging.getLogger("matrix_mcp.schema")
 
@@ -154,14 +154,15 @@ class FingerprintOut(BaseModel):
 
 
 def _encode_cursor(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data, ensure_ascii=False).encode()).decode().rstrip("=")
+    return cursor_text(json.dumps(data, ensure_ascii=False))
 
 
 def _decode_cursor(cursor: str) -> dict[str, Any]:
+    payload = cursor_payload(cursor)
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise ToolError("cursor: not a cursor returned by this tool") from None
+        data = None if payload is None else json.loads(payload)
+    except ValueError:
+        data = None
     if not isinstance(data, dict):
         raise ToolError("cursor: not a cursor returned by this tool")
     return data

@@ -15,15 +15,13 @@ one contract suite (tests/test_hooks_store.py). Each store exposes it as `store.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp import rules
-from matrix_mcp.store.base import StoreError
-from matrix_mcp.store.rows import pinned
+from matrix_mcp.store.rows import DELIVERY_CURSOR, encode_cursor, pinned
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed")
@@ -363,7 +361,9 @@ def delivery_filter(subscription_id: str | None, status: DeliveryStatus | None) 
 def delivery_page(rows: Sequence[Any], limit: int) -> DeliveryPage:
     """A page from up to limit + 1 rows in `n` order: the extra row only says there is a next page."""
     page = [delivery_from(r) for r in rows[:limit]]
-    return DeliveryPage(page, encode_cursor(page[-1].n) if len(rows) > limit and page else None)
+    return DeliveryPage(
+        page, encode_cursor(page[-1].n, kind=DELIVERY_CURSOR) if len(rows) > limit and page else None
+    )
 
 
 def change_columns(change: SubscriptionChange) -> dict[str, Any]:
@@ -405,19 +405,3 @@ def facts_from(row: Any) -> tuple[str, OutcomeFacts]:
 
 
 FACTS_CHUNK = 500  # ids per statement (SQLite's bound-parameter limit is far above)
-
-
-def encode_cursor(n: int) -> str:
-    return base64.urlsafe_b64encode(str(n).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    try:
-        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (ValueError, UnicodeDecodeError):
-        raise StoreError("not a cursor this server issued", field="cursor") from None
-    if not 0 <= value < 2**63:
-        raise StoreError("not a cursor this server issued", field="cursor")
-    return value

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from matrix_mcp import rules
+from matrix_mcp.errors import StoreError
 from matrix_mcp.models import (
     STATUSES,
     Attempt,
@@ -26,13 +28,12 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.store.base import ApiKey, Claim, OutcomeFilter, StoreError
+from matrix_mcp.rules import RowLike
+from matrix_mcp.store.params import ApiKey, Claim, OutcomeFilter
 
 # Duration histogram: bucket b holds durations in [BASE**b, BASE**(b+1)); the midpoint is within ±10%.
 HIST_BASE = 1.2
 HIST_MIN = 0.001
-# A database row read by column name: sqlite3.Row or a psycopg dict row.
-RowLike = Any
 LINES_METRIC = "lines_generated"
 QUALITY_METRIC = "quality_score"
 
@@ -91,10 +92,7 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def dumps(value: Any) -> str:
-    if type(value) is dict and not value:  # the usual metrics / metadata of a report: skip the encoder
-        return "{}"
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+dumps = rules.json_text
 
 
 def loads(text: str | None, default: Any = None) -> Any:
@@ -107,22 +105,44 @@ def spec_dumps(spec: Any) -> str | None:
     return None if spec is None else dumps(spec)
 
 
-def encode_cursor(n: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{n}".encode()).decode().rstrip("=")
+# ---- the one cursor codec: an opaque page cursor is its payload text, base64url without padding -----
+
+DELIVERY_CURSOR = ""  # delivery pages: the sequence number alone
+OUTCOME_CURSOR = "o:"  # outcome pages
 
 
-def decode_cursor(cursor: str | None) -> int:
+def cursor_text(payload: str) -> str:
+    """The cursor carrying `payload`."""
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def cursor_payload(cursor: str) -> str | None:
+    """The payload of a cursor `cursor_text` made; None for anything else."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def encode_cursor(n: int, *, kind: str = OUTCOME_CURSOR) -> str:
+    """A page cursor after sequence number `n` (an outcome's or a delivery's `n`)."""
+    return cursor_text(kind + str(n))
+
+
+def decode_cursor(cursor: str | None, *, kind: str = OUTCOME_CURSOR) -> int:
+    """The sequence number an `encode_cursor` cursor of this kind carries (0: no cursor, the first page);
+    anything else is refused, as is a number neither store can bind (64-bit)."""
     if not cursor:
         return 0
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        value = int(number)
-        if prefix != "o" or not 0 <= value < 2**63:  # a sequence both stores can bind (64-bit integer)
-            raise ValueError
-        return value
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError("cursor is not one this server issued", field="cursor") from exc
+    payload = cursor_payload(cursor)
+    if payload is not None and payload.startswith(kind):
+        try:
+            value = int(payload[len(kind) :])
+        except ValueError:
+            value = -1
+        if 0 <= value < 2**63:
+            return value
+    raise StoreError("cursor is not one this server issued", field="cursor")
 
 
 def pinned(columns: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -247,7 +267,7 @@ def outcome_from(row: RowLike) -> Outcome:
     )
 
 
-def detail_from(row: RowLike, history: list[RowLike]) -> OutcomeDetail:
+def detail_from(row: RowLike, history: Sequence[RowLike]) -> OutcomeDetail:
     base = outcome_from(row).model_dump()
     return OutcomeDetail(
         **base,
@@ -287,34 +307,6 @@ def integration_from(row: RowLike) -> IntegrationEvent:
         status=row["status"],
         details=loads(row["details"], {}),
         created_at=ts(row["created_at"]),  # type: ignore[arg-type]
-    )
-
-
-def override_params(
-    t: Any, report: Any, token: str, created_by: str | None, outcome_id: str, now: float
-) -> tuple[Any, ...]:
-    """The parameters of both stores' override UPDATE (a rules.Override), in the column order of its SQL:
-    status, error_message, metrics, metadata, outcome_path, content_sha256, content_bytes, mime_type,
-    started_at, completed_at, duration_seconds, lease_token, lease_expires_at, available_at, created_by,
-    updated_at; then the outcome id."""
-    return (
-        t.new,
-        t.error_message,
-        dumps(t.metrics),
-        dumps(t.metadata),
-        report.outcome_path if report else None,
-        report.content_sha256 if report else None,
-        report.content_bytes if report else None,
-        report.mime_type if report else None,
-        t.started_at,
-        t.completed_at,
-        t.duration_seconds,
-        token,
-        t.lease_expires_at,
-        now,
-        created_by,
-        now,
-        outcome_id,
     )
 
 
@@ -379,8 +371,6 @@ def policy_values(policy: RunPolicy) -> tuple[Any, ...]:
 
 def the_one_summary(found: list[PackageSummary], package: str) -> PackageSummary:
     """package_summary without a run: the package must exist in exactly one run."""
-    from matrix_mcp import rules
-
     if not found:
         raise rules.unknown_package(package)
     if len(found) > 1:
@@ -445,26 +435,6 @@ def claim_from(o: RowLike) -> Claim:
     )
 
 
-def completed_row(row: RowLike, report: Any, duration: float | None, now: float) -> dict[str, Any]:
-    """The row of an item `complete` just completed with `report`, as its UPDATE left it (no re-read)."""
-    done = dict(row)
-    done.update(
-        status="complete",
-        completed_at=now,
-        duration_seconds=duration,
-        updated_at=now,
-        lease_expires_at=None,
-        error_message=None,
-        metrics=dumps(report.metrics),
-        metadata=dumps(report.metadata),
-        outcome_path=report.outcome_path if report.outcome_path is not None else row["outcome_path"],
-        content_sha256=report.content_sha256,
-        content_bytes=report.content_bytes,
-        mime_type=report.mime_type,
-    )
-    return done
-
-
 def api_key_from(row: RowLike) -> ApiKey:
     return ApiKey(
         name=row["name"],
@@ -481,11 +451,3 @@ def status_counts_from(rows: Iterable[RowLike]) -> dict[str, dict[Status, int]]:
 
 def totals_from(row: RowLike | None) -> dict[Status, int]:
     return {s: int((row[s] if row is not None else 0) or 0) for s in STATUSES}
-
-
-# /metrics: totals over every package row, and the first `limit` names with unfinished work (the column
-# list is shared by both dialects; each adds its own table and placeholder)
-STATUS_SUMS = (
-    "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
-    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
-)

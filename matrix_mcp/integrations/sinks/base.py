@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 from matrix_mcp.integrations.http import Http, Response
 from matrix_mcp.integrations.policy import Answer, retry_after_seconds
-from matrix_mcp.store.base import Store
 from matrix_mcp.store.hooks import DeliveryRow, HookStore, SubscriptionRow
+from matrix_mcp.store.protocol import Store
 
 
 @dataclass

@@ -22,8 +22,8 @@ import anyio
 from matrix_mcp.artifacts import default_path, safe_component
 from matrix_mcp.integrations.policy import Answer, retry_after_seconds
 from matrix_mcp.integrations.sinks.base import SinkContext, answer_from
-from matrix_mcp.store.base import OutcomeFilter
 from matrix_mcp.store.hooks import DeliveryRow
+from matrix_mcp.store.params import OutcomeFilter
 
 DEFAULT_API = "https://api.github.com"
 WANTED = frozenset({"package.completed", "run.completed", "ping"})

@@ -1,5 +1,5 @@
 """One group-commit batch of the PostgreSQL store: the requests, their savepoint-scoped transaction view
-(`_Tx`: counter deltas and events kept until the batch commits), and the journal of answers that
+(`Tx`: counter deltas and events kept until the batch commits), and the journal of answers that
 lets a batch re-run after a lost answer without doing a write twice."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,20 +29,17 @@ from matrix_mcp.models import (
     Status,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
-    Claim,
-    Report,
-    Reported,
-)
 from matrix_mcp.store.group_commit import Request
+from matrix_mcp.store.params import Claim, Report, Reported
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.sql import (
-    _COL,
-    _COUNTER_COLUMNS,
-    _DELTA_INSERT,
-    _DELTA_INSERT_ARRAYS,
-    _DELTA_INT,
-    _RECOVER_ANSWERS_SQL,
+    COL,
+    COUNTER_COLUMNS,
     DELTA_COLUMNS,
+    DELTA_INSERT,
+    DELTA_INSERT_ARRAYS,
+    DELTA_INT,
+    RECOVER_ANSWERS_SQL,
     DeltaKey,
 )
 
@@ -52,26 +49,26 @@ log = logging.getLogger("matrix_mcp.store.postgres")
 T = TypeVar("T")
 
 
-# answers of the writes that journal them (see _recover_answers)
-_PLAN_ANSWER = TypeAdapter(PlanResult)
+# answers of the writes that journal them (see recover_answers)
+PLAN_ANSWER = TypeAdapter(PlanResult)
 
 
-_RUN_ANSWER = TypeAdapter(Run)
+RUN_ANSWER = TypeAdapter(Run)
 
 
-_OUTCOME_ANSWER = TypeAdapter(Outcome)
+OUTCOME_ANSWER = TypeAdapter(Outcome)
 
 
-_REPORTED_ANSWER = TypeAdapter(Reported)
+REPORTED_ANSWER = TypeAdapter(Reported)
 
 
-_IDS_ANSWER = TypeAdapter(list[str])
+IDS_ANSWER = TypeAdapter(list[str])
 
 
-_RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
+RECORD_ANSWER = TypeAdapter(tuple[Outcome, bool])
 
 
-_INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
+INTEGRATION_ANSWER = TypeAdapter(IntegrationEvent)
 
 
 Row = dict[str, Any]
@@ -80,18 +77,18 @@ Row = dict[str, Any]
 Conn = AsyncConnection[Row]
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     """Errors worth retrying the whole transaction for: the database, not the request, is at fault."""
     return isinstance(exc, psycopg.OperationalError)
 
 
-async def _configure(conn: Conn) -> None:
+async def configure(conn: Conn) -> None:
     # the hot statements are prepared (psycopg prepares after 5 uses); their plans do not depend on
     # parameter values, so skip re-planning every execution
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
-_IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
@@ -100,11 +97,11 @@ _RETURNED: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is pinged before use
 
 
-async def _note_return(conn: Conn) -> None:
+async def note_return(conn: Conn) -> None:
     _RETURNED[conn] = time.monotonic()
 
 
-async def _check(conn: Conn) -> None:
+async def check_idle(conn: Conn) -> None:
     """Ping a connection that sat idle (the server may have gone away); a connection returned moments
     ago is used as is — if it broke since, the call's transient-error retry takes another one, and if its
     link went silent, the call's deadline cuts it off (store/postgres/deadline.py)."""
@@ -112,21 +109,21 @@ async def _check(conn: Conn) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-async def _one(c: Conn, query: Any, params: Any = None) -> Row | None:
+async def fetch_one(c: Conn, query: Any, params: Any = None) -> Row | None:
     cur = await c.execute(query, params)
     return await cur.fetchone()
 
 
-async def _all(c: Conn, query: Any, params: Any = None) -> list[Row]:
+async def fetch_all(c: Conn, query: Any, params: Any = None) -> list[Row]:
     cur = await c.execute(query, params)
     return await cur.fetchall()
 
 
-class _NeedSafe(Exception):
+class NeedSafe(Exception):
     """An atomic request failed after writing: re-run the batch with a savepoint per request."""
 
 
-class _Batch:
+class Batch:
     """What a group-commit batch has accumulated from the requests that succeeded so far."""
 
     __slots__ = ("deltas", "events", "swept")
@@ -147,10 +144,10 @@ def _merge(into: dict[DeltaKey, list[float]], other: dict[DeltaKey, list[float]]
                 row[i] += v
 
 
-class _Tx:
+class Tx:
     """One request inside a batch: its connection (inside a savepoint), its counter deltas and events."""
 
-    def __init__(self, conn: Conn, batch: _Batch) -> None:
+    def __init__(self, conn: Conn, batch: Batch) -> None:
         self.conn = conn
         self.batch = batch
         self.deltas: dict[DeltaKey, list[float]] = {}
@@ -159,10 +156,10 @@ class _Tx:
         self.wrote = False  # set by atomic requests once they changed a row
 
     async def one(self, query: Any, params: Any = None) -> Row | None:
-        return await _one(self.conn, query, params)
+        return await fetch_one(self.conn, query, params)
 
     async def all(self, query: Any, params: Any = None) -> list[Row]:
-        return await _all(self.conn, query, params)
+        return await fetch_all(self.conn, query, params)
 
     async def execute(self, query: Any, params: Any = None) -> None:
         await self.conn.execute(query, params)
@@ -175,7 +172,7 @@ class _Tx:
         if row is None:
             row = self.deltas[key] = [0.0] * len(DELTA_COLUMNS)
         for name, v in values.items():
-            row[_COL[name]] += v
+            row[COL[name]] += v
 
     def move(self, run_id: str, package_id: int, old: Status, new: Status, n: int = 1) -> None:
         if old == new or n == 0:
@@ -183,12 +180,42 @@ class _Tx:
         self.add((run_id, package_id, None, None), **{old: -n, new: n})
 
     def contribution(
-        self, run_id: str, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+        self, run_id: str, package_id: int, metrics: Mapping[str, Any], duration: float | None, sign: int
     ) -> None:
         contrib = R.contribution(metrics, duration)
-        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in _COUNTER_COLUMNS})
+        self.add((run_id, package_id, None, None), **{k: sign * contrib[k] for k in COUNTER_COLUMNS})
         if duration is not None:
             self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
+
+    async def apply(self, row: Row, t: rules.Transition, now: float) -> None:
+        """Write what a rules.Transition decided for the item `row` (locked in this transaction): its
+        attempt's end, its row and queue record, its metric rows, then the counter moves and the event."""
+        if t.attempt is not None:
+            end = t.attempt
+            await self.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+        await self.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
+        queue = (t.queue_token, t.values.get("lease_expires_at"), rules.final_status(t.new), t.claimable_from)
+        await self.execute(sql.REQUEUE, (*queue, row["n"]))
+        if t.clear_metric_rows:
+            await self.execute(sql.CLEAR_METRICS, (t.outcome_id,))
+        if t.metric_rows is not None:
+            values = R.numeric_metrics(t.metric_rows)
+            if values:
+                await self.execute(
+                    sql.INSERT_METRICS, (t.outcome_id, [k for k, _ in values], [v for _, v in values])
+                )
+        self.effects(t, now)
+
+    def effects(self, t: rules.Transition, now: float) -> None:
+        """A transition's counter moves, minute and event (kept until the batch commits); on their own where
+        a statement decided and wrote the row itself (the completes, the sweep)."""
+        self.move(t.run_id, t.package_id, t.old, t.new)
+        for x in t.contributions:
+            self.contribution(t.run_id, t.package_id, x.metrics, x.duration, x.sign)
+        if t.minute is not None:
+            m = t.minute
+            self.minute(t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
+        self.event(t.run_id, t.outcome_id, t.event, now)
 
     def minute(
         self, run_id: str, now: float, completed: int = 0, failed: int = 0, duration: float | None = None
@@ -210,7 +237,7 @@ class _Tx:
         _merge(pending, self.deltas)
         self.batch.deltas = {}
         self.deltas = {}
-        await _write_deltas(self.conn, pending)
+        await write_deltas(self.conn, pending)
 
     def succeeded(self) -> None:
         _merge(self.batch.deltas, self.deltas)
@@ -220,9 +247,9 @@ class _Tx:
         _merge(self.batch.deltas, self.taken)
 
 
-async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
+async def write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
     rows = [
-        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, _DELTA_INT, strict=True))]
+        [*k, *(round(x) if integral else float(x) for x, integral in zip(v, DELTA_INT, strict=True))]
         for k, v in deltas.items()
         if any(v)
     ]
@@ -231,13 +258,13 @@ async def _write_deltas(c: Conn, deltas: dict[DeltaKey, list[float]]) -> None:
     try:
         payload = json.dumps(rows, allow_nan=False)
     except ValueError:  # a sum overflowed to infinity: JSON cannot carry it, float8 arrays can
-        await c.execute(_DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
+        await c.execute(DELTA_INSERT_ARRAYS, [list(col) for col in zip(*rows, strict=True)])
         return
-    await c.execute(_DELTA_INSERT, (payload,))
+    await c.execute(DELTA_INSERT, (payload,))
 
 
 @dataclass(frozen=True, slots=True)
-class _ClaimArgs:
+class ClaimArgs:
     run_id: str
     worker: str
     limit: int
@@ -256,7 +283,7 @@ class _ClaimArgs:
 
 
 @dataclass(frozen=True, slots=True)
-class _CompleteArgs:
+class CompleteArgs:
     outcome_id: str
     lease_token: str
     report: Report
@@ -266,14 +293,14 @@ class _CompleteArgs:
     values: list[tuple[str, float]]
 
 
-class _Request(Request):
+class BatchRequest(Request):
     __slots__ = ("atomic", "deadline", "fn", "handled", "journal", "key", "merge", "rest", "tried")
 
     def __init__(
         self,
-        fn: Callable[[_Tx], Awaitable[Any]],
+        fn: Callable[[Tx], Awaitable[Any]],
         atomic: bool,
-        merge: _ClaimArgs | _CompleteArgs | None = None,
+        merge: ClaimArgs | CompleteArgs | None = None,
         journal: TypeAdapter[Any] | None = None,
         *,
         deadline: float = math.inf,
@@ -285,15 +312,15 @@ class _Request(Request):
         self.fn = fn
         self.atomic = atomic
         self.merge = merge  # set-based fast path: the batch merges these into one statement per kind
-        # writes that must not run twice (see _recover_answers) journal their answer under `key`
+        # writes that must not run twice (see recover_answers) journal their answer under `key`
         self.journal = journal
         self.key = uuid.uuid4().hex if journal is not None else ""
         self.tried = False
         self.handled = False  # answered by the merged statement
-        self.rest: Callable[[_Tx], Awaitable[Any]] | None = None  # what is left to do one by one
+        self.rest: Callable[[Tx], Awaitable[Any]] | None = None  # what is left to do one by one
 
 
-def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
+def claims_from(tx: Tx, run_id: str, worker: str, rows: Sequence[Row], now: float) -> list[Claim]:
     """Claims (with their events and counter moves) from claim-statement rows of one request."""
     claims: list[Claim] = []
     per_package: dict[int, int] = defaultdict(int)
@@ -307,13 +334,13 @@ def _claims_from(tx: _Tx, run_id: str, worker: str, rows: Sequence[Row], now: fl
         )
         claims.append(R.claim_from(o))
     for pid, n in per_package.items():
-        tx.move(run_id, pid, "pending", "generating", n)
+        tx.move(run_id, pid, *rules.CLAIMED_MOVE, n)
     if rows:
         tx.wrote = True
     return claims
 
 
-async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
+async def recover_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     """Before a batch is re-run after a transient error: a journaled write whose earlier attempt
     committed (the connection died before its answer came back) gets the answer that attempt
     journaled with it, instead of running again — which would log a second integration event,
@@ -321,7 +348,7 @@ async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
     keys = [req.key for req in batch if req.journal is not None and req.tried]
     if not keys:
         return
-    found = {r["key"]: r["answer"] for r in await _all(conn, _RECOVER_ANSWERS_SQL, (keys,))}
+    found = {r["key"]: r["answer"] for r in await fetch_all(conn, RECOVER_ANSWERS_SQL, (keys,))}
     for req in batch:
         answer = found.get(req.key) if req.journal is not None else None
         if answer is not None:
@@ -331,7 +358,7 @@ async def _recover_answers(conn: Conn, batch: list[_Request]) -> None:
             req.handled = True
 
 
-async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
+async def journal_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     rows = [
         (req.key, req.journal.dump_json(req.value).decode())
         for req in batch
@@ -345,14 +372,14 @@ async def _journal_answers(conn: Conn, batch: list[_Request]) -> None:
         )
 
 
-def _claim_params(
+def claim_params(
     run_id: str,
     package: str | None,
     exhausted: list[int],
     cutoff: float,
     slots: list[tuple[str, float, str, str | None]],
 ) -> dict[str, Any]:
-    """Parameters of _CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
+    """Parameters of CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
     return {
         "run": run_id,
         "package": package,

@@ -22,31 +22,29 @@ from pydantic import TypeAdapter
 
 from matrix_mcp.audit import acting_as
 from matrix_mcp.config import redact_text, redact_url, url_password
-from matrix_mcp.store.base import (
-    StoreError,
-    Unavailable,
-)
+from matrix_mcp.errors import StoreError, Unavailable
 from matrix_mcp.store.group_commit import GroupCommit
+from matrix_mcp.store.postgres import events
 from matrix_mcp.store.postgres.batch import (
-    _IN_TRANSACTION,
+    IN_TRANSACTION,
+    Batch,
+    BatchRequest,
+    ClaimArgs,
+    CompleteArgs,
     Conn,
+    NeedSafe,
     T,
-    _all,
-    _Batch,
-    _check,
-    _ClaimArgs,
-    _CompleteArgs,
-    _configure,
-    _journal_answers,
-    _NeedSafe,
-    _note_return,
-    _one,
-    _recover_answers,
-    _Request,
-    _transient,
-    _Tx,
-    _write_deltas,
+    Tx,
+    check_idle,
+    configure,
+    fetch_all,
+    fetch_one,
+    journal_answers,
     log,
+    note_return,
+    recover_answers,
+    transient,
+    write_deltas,
 )
 from matrix_mcp.store.postgres.deadline import (
     DEFAULT_DEADLINE,
@@ -56,15 +54,15 @@ from matrix_mcp.store.postgres.deadline import (
     cut,
     session_settings,
 )
-from matrix_mcp.store.postgres.sql import _LATEST_SEQ_SQL, _ROLLUP_SQL
-from matrix_mcp.store.postgres.transitions import _merged, _recover_claims
-from matrix_mcp.store.postgres_schema import (
+from matrix_mcp.store.postgres.migrations import (
     EVENTS_LOCK,
     MIGRATION_LOCK,
     MIGRATIONS,
     NOTIFY_CHANNEL,
     ROLLUP_LOCK,
 )
+from matrix_mcp.store.postgres.sql import ROLLUP_SQL
+from matrix_mcp.store.postgres.work import merged, recover_claims
 
 POOL_MIN = 2
 
@@ -100,7 +98,7 @@ ANSWERS_KEEP = 600.0
 ANSWERS_PRUNE_INTERVAL = 60.0
 
 
-class Connection:
+class Database:
     """The PostgreSQL store's plumbing: pool, migrations, group commit with retries, roll-up, LISTEN/NOTIFY."""
 
     def __init__(self, url: str, pool: BoundedPool) -> None:
@@ -109,8 +107,8 @@ class Connection:
         self._secret = url_password(url) or ""
         self.url_for_display = redact_url(url)
         self._pool = pool
-        self.group_commit: GroupCommit[_Request] = GroupCommit(
-            self._commit, unavailable=self._unavailable_text, after=self._wake, regather=True
+        self.group_commit: GroupCommit[BatchRequest] = GroupCommit(
+            self._commit, unavailable=self._unavailable_text, after=self.wake, regather=True
         )
         self._changed = anyio.Event()
         self._closed = False
@@ -120,6 +118,11 @@ class Connection:
         self._last_notify = 0.0
         self._notify_owed = False
 
+    @property
+    def pool(self) -> BoundedPool:
+        """The connection pool (reads outside the group commit take their connection from it)."""
+        return self._pool
+
     # ---- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
@@ -128,15 +131,15 @@ class Connection:
         answers, even over a black-holed link (MATRIX_DB_DEADLINE_SECONDS; see store/postgres/deadline.py)."""
         if url.startswith("postgresql+psycopg://"):
             url = "postgresql://" + url[len("postgresql+psycopg://") :]
-        from matrix_mcp.store.postgres_connect import check_connect
+        from matrix_mcp.store.postgres.connect import check_connect
 
         params = connect_params(url, deadline)
         # a refusal at once, an unreachable server briefly
         await check_connect(url, url_password(url) or "", params=params)
         settings = session_settings(deadline)
 
-        async def configure(conn: Conn) -> None:
-            await _configure(conn)
+        async def configure_session(conn: Conn) -> None:
+            await configure(conn)
             for name, value in settings.items():
                 await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
@@ -148,9 +151,9 @@ class Connection:
             open=False,
             timeout=POOL_WAIT,
             kwargs={"autocommit": True, "row_factory": dict_row, **params},
-            check=_check,
-            reset=_note_return,
-            configure=configure,
+            check=check_idle,
+            reset=note_return,
+            configure=configure_session,
             reconnect_timeout=30.0,
             name="matrix",
         )
@@ -190,7 +193,7 @@ class Connection:
                 "CREATE TABLE IF NOT EXISTS schema_migrations"
                 " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
             )
-            done = {r["version"] for r in await _all(c, "SELECT version FROM schema_migrations")}
+            done = {r["version"] for r in await fetch_all(c, "SELECT version FROM schema_migrations")}
             for version, script in MIGRATIONS:
                 if version in done:
                     continue
@@ -211,7 +214,7 @@ class Connection:
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    async def _with_retry(self, attempt_fn: Callable[[], Awaitable[T]], deadline: float = math.inf) -> T:
+    async def with_retry(self, attempt_fn: Callable[[], Awaitable[T]], deadline: float = math.inf) -> T:
         """Run attempt_fn, retrying transient database errors with jittered backoff for a short budget,
         and answer Unavailable by the call's deadline (the store's, or the monotonic `deadline` if earlier):
         a connection still in use then is cut off (store/postgres/deadline.py)."""
@@ -225,7 +228,7 @@ class Connection:
                 try:
                     return await attempt_fn()
                 except psycopg.Error as exc:
-                    if not _transient(exc):
+                    if not transient(exc):
                         raise StoreError(
                             f"database error: {redact_text(str(exc), (self._secret,))}"
                         ) from None
@@ -243,11 +246,11 @@ class Connection:
             " (MATRIX_DB_DEADLINE_SECONDS); retry the call"
         )
 
-    async def _write(
+    async def write(
         self,
-        fn: Callable[[_Tx], Awaitable[T]],
+        fn: Callable[[Tx], Awaitable[T]],
         atomic: bool = False,
-        merge: _ClaimArgs | _CompleteArgs | None = None,
+        merge: ClaimArgs | CompleteArgs | None = None,
         journal: TypeAdapter[T] | None = None,
     ) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
@@ -260,25 +263,25 @@ class Connection:
         retry after a lost answer returns it instead of running `fn` again."""
         if self._closed:
             raise Unavailable("the store is closed")
-        request = _Request(fn, atomic, merge, journal, deadline=time.monotonic() + self._deadline)
+        request = BatchRequest(fn, atomic, merge, journal, deadline=time.monotonic() + self._deadline)
         return await self.group_commit.submit(request)  # type: ignore[no-any-return]
 
-    async def _commit(self, batch: list[_Request]) -> None:
+    async def _commit(self, batch: list[BatchRequest]) -> None:
         # the batch answers by its earliest request's deadline: a writer queued behind a stuck batch
         # waits at most its own deadline in all
         deadline = min(req.deadline for req in batch)
-        await self._with_retry(functools.partial(self._run_batch, batch), deadline)
+        await self.with_retry(functools.partial(self._run_batch, batch), deadline)
 
-    async def _run_batch(self, batch: list[_Request]) -> None:
+    async def _run_batch(self, batch: list[BatchRequest]) -> None:
         try:
             if all(req.atomic for req in batch):
                 await self._run_batch_pipelined(batch)
             else:
                 await self._run_batch_once(batch, safe=False)
-        except _NeedSafe:
+        except NeedSafe:
             await self._run_batch_once(batch, safe=True)
 
-    async def _run_batch_pipelined(self, batch: list[_Request]) -> None:
+    async def _run_batch_pipelined(self, batch: list[BatchRequest]) -> None:
         """A batch of atomic requests (claims, completes, heartbeats) in pipeline mode: BEGIN goes out
         with the first statement, the deltas, the events and COMMIT with one Sync, so a lone claim or
         complete costs two round trips. A database error rolls the whole batch back (non-transient
@@ -290,56 +293,56 @@ class Connection:
                     notify = await self._batch_body(conn, batch, safe=False, pipelined=True)
                     await conn.execute("COMMIT")
             except BaseException:
-                if conn.info.transaction_status in _IN_TRANSACTION:
+                if conn.info.transaction_status in IN_TRANSACTION:
                     with contextlib.suppress(psycopg.Error):
                         await conn.execute("ROLLBACK")
                 raise
         self._after_commit(notify)
 
-    async def _run_batch_once(self, batch: list[_Request], safe: bool) -> None:
+    async def _run_batch_once(self, batch: list[BatchRequest], safe: bool) -> None:
         async with self._pool.connection() as conn, conn.transaction():
             notify = await self._batch_body(conn, batch, safe, pipelined=False)
         self._after_commit(notify)
 
     async def _batch_body(
-        self, conn: Conn, batch: list[_Request], safe: bool, pipelined: bool
+        self, conn: Conn, batch: list[BatchRequest], safe: bool, pipelined: bool
     ) -> bool | None:
         """Run the batch's requests and write its deltas and events; returns None when it wrote no
         event, else whether its events statement sent the NOTIFY."""
-        state = _Batch()
+        state = Batch()
         for req in batch:
             req.error = None
             req.value = None
             req.handled = False
             req.rest = None
-        await _recover_claims(conn, batch)
-        await _recover_answers(conn, batch)
+        await recover_claims(conn, batch)
+        await recover_answers(conn, batch)
         for req in batch:
             req.tried = True
         if not safe and any(req.merge is not None for req in batch):
             try:
-                await _merged(conn, state, batch)
+                await merged(conn, state, batch)
             except psycopg.Error as exc:
-                if _transient(exc):
+                if transient(exc):
                     raise
-                raise _NeedSafe from exc
+                raise NeedSafe from exc
             except Exception as exc:
-                raise _NeedSafe from exc
+                raise NeedSafe from exc
         for req in batch:
             if req.handled:
                 continue
-            tx = _Tx(conn, state)
+            tx = Tx(conn, state)
             if req.atomic and not safe:
                 try:
                     with acting_as(req.principal):
                         req.value = await (req.rest or req.fn)(tx)
                 except psycopg.Error as exc:
-                    if _transient(exc):
+                    if transient(exc):
                         raise
-                    raise _NeedSafe from exc  # the transaction is aborted: redo with savepoints
+                    raise NeedSafe from exc  # the transaction is aborted: redo with savepoints
                 except Exception as exc:
                     if tx.wrote:
-                        raise _NeedSafe from exc
+                        raise NeedSafe from exc
                     tx.failed()
                     req.error = exc
                 else:
@@ -350,7 +353,7 @@ class Connection:
                     with acting_as(req.principal):
                         req.value = await (req.rest or req.fn)(tx)
             except psycopg.Error as exc:
-                if _transient(exc):
+                if transient(exc):
                     raise
                 tx.failed()
                 req.error = StoreError(f"database error: {redact_text(str(exc), (self._secret,))}")
@@ -361,14 +364,14 @@ class Connection:
                 tx.succeeded()
         if not state.events:
             async with contextlib.nullcontext() if pipelined else conn.pipeline():
-                await _journal_answers(conn, batch)
-                await _write_deltas(conn, state.deltas)
+                await journal_answers(conn, batch)
+                await write_deltas(conn, state.deltas)
             return None
         cols = list(zip(*state.events, strict=True))
         notify = time.monotonic() - self._last_notify >= NOTIFY_DEBOUNCE
         async with contextlib.nullcontext() if pipelined else conn.pipeline():
-            await _journal_answers(conn, batch)
-            await _write_deltas(conn, state.deltas)
+            await journal_answers(conn, batch)
+            await write_deltas(conn, state.deltas)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
             await conn.execute(
                 "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
@@ -403,7 +406,7 @@ class Connection:
             if task in self._tasks:
                 self._tasks.remove(task)  # type: ignore[arg-type]
 
-    async def _read(self, fn: Callable[[Conn], Awaitable[T]], snapshot: bool = False) -> T:
+    async def read(self, fn: Callable[[Conn], Awaitable[T]], snapshot: bool = False) -> T:
         """Run fn on a pooled connection: autocommit (one statement = one snapshot) or, with
         snapshot=True, inside a REPEATABLE READ READ ONLY transaction."""
 
@@ -421,9 +424,9 @@ class Connection:
                 await conn.execute("COMMIT")
                 return value
 
-        return await self._with_retry(attempt)
+        return await self.with_retry(attempt)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
 
@@ -442,7 +445,7 @@ class Connection:
                 log.debug("counter roll-up skipped: %s", redact_text(str(exc), (self._secret,)))
 
     async def prune_answers(self, before: float) -> int:
-        """Drop journaled write answers (see _recover_answers) written before `before`; returns how many."""
+        """Drop journaled write answers (see recover_answers) written before `before`; returns how many."""
         async with self._pool.connection(timeout=POOL_WAIT) as c:
             cur = await c.execute("DELETE FROM write_answers WHERE created_at < %s", (before,))
             return cur.rowcount
@@ -454,10 +457,10 @@ class Connection:
         async with self._pool.connection(timeout=POOL_WAIT) as c:
             while True:
                 async with c.transaction():
-                    got = await _one(c, "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ROLLUP_LOCK,))
+                    got = await fetch_one(c, "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ROLLUP_LOCK,))
                     if not got or not got["ok"]:
                         return folded
-                    row = await _one(c, _ROLLUP_SQL, {"chunk": ROLL_CHUNK})
+                    row = await fetch_one(c, ROLLUP_SQL, {"chunk": ROLL_CHUNK})
                     n = int(row["n"]) if row else 0
                 folded += n
                 if n < ROLL_CHUNK:
@@ -473,10 +476,10 @@ class Connection:
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     delay = 0.2
-                    self._wake()  # anything missed while not listening is picked up by the poll
+                    self.wake()  # anything missed while not listening is picked up by the poll
                     while True:
                         async for _ in conn.notifies(timeout=LISTEN_PING):
-                            self._wake()
+                            self.wake()
                         await self._ping(conn)  # quiet: make sure the link is still there
             except asyncio.CancelledError:
                 raise
@@ -502,16 +505,9 @@ class Connection:
         deadline = anyio.current_time() + timeout
         while True:
             changed = self._changed
-            latest = await self.latest_seq()
+            latest = await events.latest_seq(self)
             remaining = deadline - anyio.current_time()
             if latest > since or remaining <= 0:
                 return latest
             with anyio.move_on_after(min(POLL_FALLBACK, remaining)):
                 await changed.wait()
-
-    async def latest_seq(self) -> int:
-        async def op(c: Conn) -> int:
-            row = await _one(c, _LATEST_SEQ_SQL)
-            return int(row["s"]) if row else 0
-
-        return await self._read(op)

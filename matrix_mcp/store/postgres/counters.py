@@ -4,7 +4,7 @@ the recount that checks them against the rows, and the rebuild."""
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -12,13 +12,21 @@ from matrix_mcp.models import (
     STATUSES,
     PackageSummary,
     RecountReport,
+    Status,
+    SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.postgres.batch import Conn, Row, _all
-from matrix_mcp.store.postgres.sql import _COUNTER_COLUMNS, _SUMMARY_SELECT
+from matrix_mcp.store.params import FinishedSpan, MinuteCount
+from matrix_mcp.store.postgres import sql
+from matrix_mcp.store.postgres.batch import Conn, Row, fetch_all, fetch_one
+from matrix_mcp.store.postgres.migrations import ROLLUP_LOCK
+from matrix_mcp.store.postgres.sql import COUNTER_COLUMNS, RUN_SUMMARIES_SQL, SUMMARY_SELECT
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres.connection import Database
 
 # what a summary is built from (besides the histogram): its memo key
-_SUMMARY_FIELDS = ("id", "name", "description", "position", "run_name", "total", *STATUSES, *_COUNTER_COLUMNS)
+_SUMMARY_FIELDS = ("id", "name", "description", "position", "run_name", "total", *STATUSES, *COUNTER_COLUMNS)
 
 
 _summary_key = operator.itemgetter(*_SUMMARY_FIELDS)
@@ -30,8 +38,8 @@ _SUMMARY_MEMO: dict[tuple[Any, ...], PackageSummary] = {}
 SUMMARY_MEMO_SIZE = 4096
 
 
-def _summary(row: Row) -> PackageSummary:
-    """R.summary_from for a _RUN_SUMMARIES_SQL row. A package whose counters and histogram are unchanged
+def summary_of(row: Row) -> PackageSummary:
+    """R.summary_from for a RUN_SUMMARIES_SQL row. A package whose counters and histogram are unchanged
     since the last call gets a copy of the summary built then (status polls see mostly unchanged rows)."""
     hb, hn, db, dn = row["hb"] or (), row["hn"] or (), row["db"] or (), row["dn"] or ()
     key = (*_summary_key(row), tuple(hb), tuple(hn), tuple(db), tuple(dn))
@@ -60,20 +68,18 @@ def _shallow_copy(m: PackageSummary) -> PackageSummary:
     return new
 
 
-async def _summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary]:
-    rows = await _all(c, _SUMMARY_SELECT + " WHERE " + where + " ORDER BY r.created_at, p.position", args)
+async def summaries(c: Conn, where: str, args: list[Any]) -> list[PackageSummary]:
+    rows = await fetch_all(c, SUMMARY_SELECT + " WHERE " + where + " ORDER BY r.created_at, p.position", args)
     return [R.summary_from(r, {int(b): int(n) for b, n in zip(r["hb"], r["hn"], strict=True)}) for r in rows]
 
 
-async def _truth(c: Conn, package_id: int) -> dict[str, Any]:
-    truth = R.Truth(_COUNTER_COLUMNS)
-    for r in await _all(
-        c, "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status", (package_id,)
-    ):
+async def package_truth(c: Conn, package_id: int) -> dict[str, Any]:
+    truth = R.Truth(COUNTER_COLUMNS)
+    for r in await fetch_all(c, sql.PACKAGE_TRUTH_SELECT_OUTCOMES, (package_id,)):
         truth.count(r["status"], r["n"])
     async with c.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         await cur.execute(
-            "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'",
+            sql.PACKAGE_TRUTH_SELECT_OUTCOMES_2,
             (package_id,),
         )
         async for metrics, duration in cur:
@@ -81,37 +87,33 @@ async def _truth(c: Conn, package_id: int) -> dict[str, Any]:
     return truth.result()
 
 
-async def _recount(c: Conn, run_id: str | None) -> RecountReport:
+async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
     where, args = ("WHERE p.run_id = %s", [run_id]) if run_id else ("", [])
     mismatches: list[str] = []
-    packages = await _all(
+    packages = await fetch_all(
         c,
-        "SELECT p.*, r.name AS run_name FROM package_counters p JOIN runs r ON r.id = p.run_id " + where,
+        sql.RECOUNT_ROWS_SELECT_PACKAGE_COUNTERS + where,
         args,
     )
     for p in packages:
-        truth = await _truth(c, int(p["id"]))
+        truth = await package_truth(c, int(p["id"]))
         hist = {
             int(h["bucket"]): int(h["n"])
-            for h in await _all(
-                c, "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0", (p["id"],)
-            )
+            for h in await fetch_all(c, sql.RECOUNT_ROWS_SELECT_PACKAGE_HIST, (p["id"],))
         }
-        mismatches += R.counter_mismatches(p, truth, hist, _COUNTER_COLUMNS)
+        mismatches += R.counter_mismatches(p, truth, hist, COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 
-async def _rebuild(c: Conn, run_id: str | None) -> None:
+async def rebuild_rows(c: Conn, run_id: str | None) -> None:
     where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
-    ids = [int(r["id"]) for r in await _all(c, "SELECT id FROM packages " + where, args)]
-    await c.execute("DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])", (ids,))
+    ids = [int(r["id"]) for r in await fetch_all(c, sql.REBUILD_ROWS_SELECT_PACKAGES + where, args)]
+    await c.execute(sql.REBUILD_ROWS_DELETE_PACKAGE_DELTAS, (ids,))
     for pid in ids:
-        truth = await _truth(c, pid)
+        truth = await package_truth(c, pid)
         buckets = sorted(b for b, n in truth["hist"].items() if n)
         await c.execute(
-            "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s,"
-            " cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s,"
-            " quality_n = %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s",
+            sql.REBUILD_ROWS_UPDATE_PACKAGES,
             (
                 truth["total"],
                 *(truth[s] for s in STATUSES),
@@ -125,3 +127,116 @@ async def _rebuild(c: Conn, run_id: str | None) -> None:
                 pid,
             ),
         )
+
+
+async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:
+    async def op(c: Conn) -> list[MinuteCount]:
+        rows = await fetch_all(
+            c,
+            sql.RUN_MINUTES_SELECT_RUN_MINUTES,
+            (run_id, since_minute),
+        )
+        return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
+
+    return await db.read(op)
+
+
+async def finished_span(db: Database, run_id: str) -> FinishedSpan:
+    async def op(c: Conn) -> FinishedSpan:
+        rows = await fetch_all(
+            c,
+            sql.FINISHED_SPAN_SELECT_OUTCOMES,
+            (run_id,),
+        )
+        row = rows[0]
+        return FinishedSpan(int(row["n"]), row["first"], row["last"])
+
+    return await db.read(op)
+
+
+async def package_summaries(db: Database, run_id: str) -> list[PackageSummary]:
+    async def op(c: Conn) -> list[PackageSummary]:
+        return [summary_of(r) for r in await fetch_all(c, RUN_SUMMARIES_SQL, {"run": run_id})]
+
+    return await db.read(op)
+
+
+async def package_summary(db: Database, package: str, *, run_id: str | None) -> PackageSummary:
+    async def op(c: Conn) -> PackageSummary:
+        if run_id is not None:
+            found = await summaries(c, "p.run_id = %s AND p.name = %s", [run_id, package])
+        else:
+            found = await summaries(c, "p.name = %s", [package])
+        return R.the_one_summary(found, package)
+
+    return await db.read(op)
+
+
+async def system_metrics(db: Database, run_id: str | None, *, now: float) -> SystemMetrics:
+    async def op(c: Conn) -> SystemMetrics:
+        where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
+        t = await fetch_one(
+            c,
+            sql.SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS + where,
+            args,
+        )
+        assert t is not None
+        since_minute = R.hourly_since_minute(now)
+        hours = await fetch_all(
+            c,
+            sql.SYSTEM_METRICS_SELECT_RUN_MINUTES
+            + (" AND run_id = %s" if run_id else "")
+            + " GROUP BY minute / 60 ORDER BY hour",
+            [since_minute, *args],
+        )
+        run_name = None
+        if run_id:
+            r = await fetch_one(c, sql.SYSTEM_METRICS_SELECT_RUNS, (run_id,))
+            run_name = r["name"] if r else None
+        return R.system_metrics_from(run_name, t, hours)
+
+    return await db.read(op, snapshot=True)
+
+
+async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
+    async def op(c: Conn) -> dict[str, dict[Status, int]]:
+        rows = await fetch_all(
+            c,
+            sql.STATUS_COUNTS_SELECT_PACKAGE_COUNTERS,
+        )
+        return R.status_counts_from(rows)
+
+    return await db.read(op)
+
+
+async def active_status_counts(
+    db: Database, limit: int
+) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+    async def op(c: Conn) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        await c.execute(sql.JIT_OFF)
+        totals = R.totals_from(await fetch_one(c, sql.ACTIVE_TOTALS))
+        names = sorted({row["name"] for row in await fetch_all(c, sql.ACTIVE_NAMES, (limit,))})
+        if not names:
+            return totals, {}
+        return totals, R.status_counts_from(await fetch_all(c, sql.ACTIVE_COUNTS, (names,)))
+
+    return await db.read(op, snapshot=True)  # one snapshot: totals and packages agree
+
+
+async def recount(db: Database, run_id: str | None = None) -> RecountReport:
+    return await db.read(lambda c: recount_rows(c, run_id), snapshot=True)
+
+
+async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
+    async def attempt() -> None:
+        async with db.pool.connection() as c:
+            await c.execute(sql.ROLLUP_LOCK_TAKE, (ROLLUP_LOCK,))
+            try:
+                async with c.transaction():
+                    await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    await rebuild_rows(c, run_id)
+            finally:
+                await c.execute(sql.ROLLUP_LOCK_RELEASE, (ROLLUP_LOCK,))
+
+    await db.with_retry(attempt)
+    db.wake()

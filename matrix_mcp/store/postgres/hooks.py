@@ -11,12 +11,13 @@ from psycopg import sql
 
 from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
-from matrix_mcp.store.postgres_schema import EVENTS_LOCK, NOTIFY_CHANNEL
+from matrix_mcp.store.postgres.migrations import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.batch import Conn
-    from matrix_mcp.store.postgres.store import PostgresStore
+    from matrix_mcp.store.postgres.connection import Database
 
 T = TypeVar("T")
 
@@ -45,18 +46,18 @@ async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
 
 
 class PostgresHooks:
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         async def attempt() -> T:
-            async with self._store._pool.connection() as conn, conn.transaction():
+            async with self._db.pool.connection() as conn, conn.transaction():
                 return await fn(conn)
 
-        return await self._store._with_retry(attempt)
+        return await self._db.with_retry(attempt)
 
     async def _rd(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        return await self._store._read(fn)
+        return await self._db.read(fn)
 
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         async def op(c: Conn) -> SubscriptionRow:
@@ -238,7 +239,7 @@ class PostgresHooks:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = H.decode_cursor(query.cursor)
+        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 

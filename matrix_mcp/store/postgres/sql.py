@@ -3,6 +3,8 @@ and the selects more than one module uses."""
 
 from __future__ import annotations
 
+from functools import cache
+
 from matrix_mcp import rules
 from matrix_mcp.models import Status
 
@@ -29,10 +31,10 @@ DELTA_COLUMNS = (
 _FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum"}
 
 
-_COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
+COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
 
 
-_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
@@ -49,10 +51,10 @@ def _build_delta_insert() -> str:
     return f"INSERT INTO package_deltas ({cols}) SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS d(e)"
 
 
-_DELTA_INSERT = _build_delta_insert()
+DELTA_INSERT = _build_delta_insert()
 
 
-_DELTA_INSERT_ARRAYS = (
+DELTA_INSERT_ARRAYS = (
     "INSERT INTO package_deltas ("
     + ", ".join(("run_id", "package_id", "bucket", "minute", *DELTA_COLUMNS))
     + ") SELECT * FROM unnest("
@@ -65,10 +67,10 @@ _DELTA_INSERT_ARRAYS = (
 )
 
 
-_DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
+DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
 
 
-_RUN_SELECT = """
+RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
        COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
@@ -79,7 +81,7 @@ FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 
 # One run with its summed counters, set-based: the rolled package rows plus the run's unrolled deltas
 # (two aggregates over index ranges instead of one per package). %(where)s picks the run.
-_ONE_RUN_SQL = """
+ONE_RUN_SQL = """
 SELECT r.*, p.packages,
        p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
        p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
@@ -99,7 +101,7 @@ CROSS JOIN LATERAL (
 """
 
 
-_OUTCOME_SELECT = """
+OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
@@ -109,7 +111,7 @@ FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.packa
 # pending and final rows of a run are a range of outcome_queue_status, the leased ones come from
 # outcome_queue_leased; each is then joined to its outcome row, so a listing of a few failed items among a
 # million complete ones reads those few, not the run.
-_QUEUED_OUTCOME_SELECT = """
+QUEUED_OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
 FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
@@ -139,7 +141,7 @@ _FINAL_CONDITION: dict[Status, str] = {
 }
 
 
-_SUMMARY_SELECT = """
+SUMMARY_SELECT = """
 SELECT p.*, r.name AS run_name,
        ARRAY(SELECT h.bucket FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hb,
        ARRAY(SELECT h.n FROM package_hist h WHERE h.package_id = p.id AND h.n > 0 ORDER BY h.bucket) AS hn
@@ -150,7 +152,7 @@ FROM package_counters p JOIN runs r ON r.id = p.run_id
 # All summaries of one run in one pass: rolled counters + this run's unrolled deltas. Histograms: the
 # rolled buckets as arrays per package (read in key order, no aggregation over numeric sums), plus the few unrolled delta
 # buckets, added up in Python.
-_RUN_SUMMARIES_SQL = """
+RUN_SUMMARIES_SQL = """
 WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
 d AS (
     SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
@@ -183,13 +185,13 @@ ORDER BY pk.position
 """
 
 
-_THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
+THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM run_minutes WHERE run_id = %s AND minute >= %s"
 
 
-_LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
+LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
 
 
-_CLAIM_SQL = """
+CLAIM_SQL = """
 WITH r AS MATERIALIZED (
     SELECT name, lease_seconds FROM runs WHERE id = %(run)s AND state = 'active'
 ),
@@ -268,7 +270,17 @@ ORDER BY upd.rank NULLS LAST
 """
 
 
-_COMPLETE_SQL = """
+HEARTBEAT_SQL = (
+    "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
+    " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
+    " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
+    " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
+    " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)"
+    " SELECT id, lease_token, lease_expires_at, state FROM h"
+)
+
+
+COMPLETE_SQL = """
 WITH cur AS MATERIALIZED (
     SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
     FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
@@ -317,7 +329,7 @@ SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u)
 # still holds (its WHERE is re-checked on the row's latest version, so no separate FOR UPDATE pass and no
 # lock record), closes its queue row and attempt and writes its metrics. Requests not returned (stale
 # token, repeat, unknown id) are answered one by one afterwards.
-_COMPLETE_MANY_SQL = """
+COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
                          %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
@@ -365,7 +377,7 @@ FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
 """
 
 
-_SWEEP_SQL = """
+SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
     -- the narrow queue's leased rows (partial index outcome_queue_leased); both rows locked or skipped,
     -- so the sweep never waits on a report that holds the outcome row
@@ -395,7 +407,7 @@ upd AS (
             ELSE 'lease expired after ' || o.attempts || ' attempts' END,
         updated_at = %(now)s
     FROM t WHERE o.n = t.n
-    RETURNING o.n, o.id, o.item, o.package_id, o.attempts, o.lease_token, t.target
+    RETURNING o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, t.target
 ),
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL,
@@ -411,7 +423,7 @@ SELECT upd.*, p.name AS package_name FROM upd JOIN packages p ON p.id = upd.pack
 """
 
 
-_ROLLUP_SQL = """
+ROLLUP_SQL = """
 WITH d AS (
     DELETE FROM package_deltas
     WHERE id IN (SELECT id FROM package_deltas ORDER BY id LIMIT %(chunk)s)
@@ -463,7 +475,7 @@ SELECT count(*) AS n FROM d
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
-_EARLIEST = {
+EARLIEST = {
     "available_at": "SELECT MIN(available_at) AS t FROM outcome_queue"
     " WHERE package_id IN (SELECT id FROM packages WHERE run_id = %s) AND lease_token IS NULL AND final IS NULL",
     "lease_expires_at": "SELECT MIN(lease_expires_at) AS t FROM outcome_queue"
@@ -471,7 +483,7 @@ _EARLIEST = {
 }
 
 
-_RECOVER_CLAIMS_SQL = (
+RECOVER_CLAIMS_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
@@ -484,7 +496,7 @@ _RECOVER_CLAIMS_SQL = (
 
 # a cancelled run's pending items (its leases are left for their workers): the narrow rows first, by the
 # claim index, then the outcome rows
-_CANCEL_PENDING_SQL = """
+CANCEL_PENDING_SQL = """
 WITH cq AS (
     UPDATE outcome_queue q SET final = 'cancelled'
     WHERE q.package_id IN (SELECT id FROM packages WHERE run_id = %(run)s) AND q.lease_token IS NULL
@@ -500,14 +512,402 @@ SELECT package_id, count(*) AS n FROM u GROUP BY package_id
 """
 
 
-_RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
+RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s::text[])"
 
 
-_HELD_SQL = (
+HELD_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
     " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
     " JOIN runs r ON r.id = o.run_id"
     " WHERE q.run_id = %s AND q.lease_token IS NOT NULL AND o.status = 'generating' AND o.worker = %s"
     " AND o.started_at = %s ORDER BY q.claim_seq LIMIT %s"
+)
+
+
+@cache
+def update_outcome(columns: tuple[str, ...]) -> str:
+    """The UPDATE of one outcome row (by `n`) that a rules.Transition's values make: one text per transition
+    shape, so each stays a prepared statement. Column names come from rules, never from input."""
+    return "UPDATE outcomes SET " + ", ".join(c + " = %s" for c in columns) + " WHERE n = %s"
+
+
+END_ATTEMPT = "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %s WHERE outcome_id = %s AND lease_token = %s"
+
+
+# the narrow queue row of an outcome whose status changed outside a claim: leased under a token
+# (generating), claimable from available_at (pending) or out of the queue with its final status
+REQUEUE = (
+    "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s,"
+    " available_at = COALESCE(%s, available_at) WHERE n = %s"
+)
+
+
+CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = %s"
+
+
+INSERT_METRICS = (
+    "INSERT INTO outcome_metrics (outcome_id, name, value)"
+    " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)"
+)
+
+
+# ---- runs.py ----------------------------------------------------------------------------------------
+
+
+PLAN_SELECT_RUNS = "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR NO KEY UPDATE"
+
+
+PLAN_INSERT_RUNS = (
+    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
+    "backoff_cap_seconds, outcome_schema, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
+    "%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
+)
+
+
+PLAN_SELECT_PACKAGES = "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])"
+
+
+PLAN_SELECT_PACKAGES_2 = "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s"
+
+
+PLAN_INSERT_PACKAGES = (
+    "INSERT INTO packages (run_id, name, description, position) SELECT %s, n, d, %s + i - 1 FROM "
+    "unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i) RETURNING id, name"
+)
+
+
+PLAN_SELECT_OUTCOMES = (
+    "SELECT package_id, MAX(position) + 1 AS pos FROM outcomes WHERE package_id = ANY(%b::bigint[]) "
+    "GROUP BY package_id"
+)
+
+
+PLAN_INSERT_OUTCOMES = (
+    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
+    "outcome_type, specifications, available_at, created_at, updated_at) SELECT "
+    "gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec, %(now)s, "
+    "%(now)s, %(now)s FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], "
+    "%(specs)b::text[]) WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i ON CONFLICT "
+    "(package_id, item) DO NOTHING RETURNING n, package_id, position), q AS (INSERT INTO "
+    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, %(run)s, package_id, "
+    "position, %(now)s FROM ins ORDER BY n) SELECT package_id, count(*) AS n FROM ins GROUP BY "
+    "package_id"
+)
+
+
+PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = %s WHERE id = %s"
+
+
+CONTROL_RUN_SELECT_RUNS = "SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE"
+
+
+CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s"
+
+
+# ---- work.py ----------------------------------------------------------------------------------------
+
+
+RUN_STATE = "SELECT state FROM runs WHERE id = %s"
+
+
+NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+LEASED_ROW_SELECT_OUTCOMES = (
+    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state, p.name AS "
+    "package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = "
+    "o.package_id WHERE o.id = %s FOR UPDATE OF o"
+)
+
+
+WHY_NOTHING_SELECT_PACKAGE_COUNTERS = (
+    "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
+    "generating, COUNT(*) AS n, COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE "
+    "run_id = %s AND (%s::text IS NULL OR name = %s::text)"
+)
+
+
+WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2 = (
+    "SELECT COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE run_id = %s"
+)
+
+
+FAIL_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT status, error FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+PACKAGE_ID = "SELECT id FROM packages WHERE run_id = %s AND name = %s"
+
+
+RETRY_REQUEUE_FAILED = (
+    "WITH u AS (UPDATE outcomes SET status = 'pending', attempts = 0, available_at = %(now)s, "
+    "completed_at = NULL, duration_seconds = NULL, updated_at = %(now)s WHERE run_id = %(run)s AND "
+    "status = 'failed' AND (%(pid)s::bigint IS NULL OR package_id = %(pid)s::bigint) AND "
+    "(%(ids)b::text[] IS NULL OR id = ANY(%(ids)b::text[])) RETURNING n, id, package_id), q AS "
+    "(UPDATE outcome_queue q SET final = NULL, lease_token = NULL, lease_expires_at = NULL, "
+    "available_at = %(now)s FROM u WHERE q.n = u.n) SELECT n, id, package_id FROM u"
+)
+
+
+# ---- tracking.py ------------------------------------------------------------------------------------
+
+
+SET_STATUS_SELECT_OUTCOME_QUEUE = (
+    "SELECT 1 FROM outcome_queue WHERE n = (SELECT n FROM outcomes WHERE id = %s) FOR UPDATE"
+)
+
+
+SET_STATUS_SELECT_OUTCOMES = (
+    "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = "
+    "o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o"
+)
+
+
+RECORD_OUTCOME_SELECT_RUNS = "SELECT outcome_type, state FROM runs WHERE id = %s FOR NO KEY UPDATE"
+
+
+RECORD_OUTCOME_INSERT_PACKAGES = (
+    "INSERT INTO packages (run_id, name, position) SELECT %s, %s, COALESCE(MAX(position) + 1, 0) "
+    "FROM packages WHERE run_id = %s RETURNING id"
+)
+
+
+RECORD_OUTCOME_SELECT_OUTCOMES = "SELECT id FROM outcomes WHERE package_id = %s AND item = %s"
+
+
+RECORD_OUTCOME_INSERT_OUTCOMES = (
+    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
+    "outcome_type, specifications, created_by, available_at, created_at, updated_at) SELECT %s, %s, "
+    "%s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s FROM outcomes WHERE "
+    "package_id = %s RETURNING n, run_id, package_id, position, available_at) INSERT INTO "
+    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, run_id, package_id, "
+    "position, available_at FROM ins"
+)
+
+
+RECORD_INTEGRATION_SELECT_OUTCOMES = "SELECT 1 FROM outcomes WHERE id = %s"
+
+
+RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS = (
+    "WITH l AS (INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, "
+    "details, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *) SELECT l.*, r.name AS "
+    "run_name FROM l LEFT JOIN runs r ON r.id = l.run_id"
+)
+
+
+GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts "
+    "WHERE outcome_id = %s ORDER BY started_at, attempt"
+)
+
+
+CELLS_SELECT_OUTCOMES = (
+    "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o JOIN packages p ON p.id = "
+    "o.package_id WHERE o.run_id = %s ORDER BY o.n"
+)
+
+
+# ---- keys.py ----------------------------------------------------------------------------------------
+
+
+CREATE_API_KEY_INSERT_API_KEYS = (
+    "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s) ON CONFLICT "
+    "(name) DO NOTHING RETURNING name"
+)
+
+
+LIST_API_KEYS_SELECT_API_KEYS = "SELECT * FROM api_keys ORDER BY name"
+
+
+REVOKE_API_KEY_UPDATE_API_KEYS = (
+    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *"
+)
+
+
+API_KEY_BY_HASH_SELECT_API_KEYS = "SELECT * FROM api_keys WHERE key_hash = %s"
+
+
+TOUCH_API_KEY_UPDATE_API_KEYS = (
+    "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s"
+)
+
+
+REVOKE_SESSION_DELETE_REVOKED_SESSIONS = "DELETE FROM revoked_sessions WHERE expires_at < %s"
+
+
+REVOKE_SESSION_INSERT_REVOKED_SESSIONS = (
+    "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s) ON CONFLICT (session_id) "
+    "DO NOTHING"
+)
+
+
+SESSION_REVOKED_SELECT_REVOKED_SESSIONS = "SELECT 1 FROM revoked_sessions WHERE session_id = %s"
+
+
+# ---- content.py -------------------------------------------------------------------------------------
+
+
+INLINE_CONTENT_SELECT_CONTENTS = "SELECT body FROM contents WHERE sha256 = %s"
+
+
+CONTENT_HASHES_SELECT_OUTCOMES = (
+    "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
+)
+
+
+COLLECT_CONTENTS_SELECT_CONTENTS = (
+    "SELECT c.sha256 FROM contents c WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE "
+    "o.content_sha256 = c.sha256)"
+)
+
+
+COLLECT_CONTENTS_DELETE_CONTENTS = (
+    "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN (SELECT content_sha256 FROM "
+    "outcomes WHERE content_sha256 = ANY(%(c)s)) RETURNING octet_length(body) AS size"
+)
+
+
+CONTENT_FILES_SELECT_EVENTS = (
+    "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = "
+    "e.outcome_id WHERE e.seq > %s AND e.kind = 'completed' AND o.status = 'complete' AND "
+    "o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT %s"
+)
+
+
+# ---- counters.py ------------------------------------------------------------------------------------
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES = (
+    "SELECT status, COUNT(*) AS n FROM outcomes WHERE package_id = %s GROUP BY status"
+)
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES_2 = (
+    "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = %s AND status = 'complete'"
+)
+
+
+RECOUNT_ROWS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT p.*, r.name AS run_name FROM package_counters p JOIN runs r ON r.id = p.run_id "
+)
+
+
+RECOUNT_ROWS_SELECT_PACKAGE_HIST = "SELECT bucket, n FROM package_hist WHERE package_id = %s AND n <> 0"
+
+
+REBUILD_ROWS_SELECT_PACKAGES = "SELECT id FROM packages "
+
+
+REBUILD_ROWS_DELETE_PACKAGE_DELTAS = "DELETE FROM package_deltas WHERE package_id = ANY(%b::bigint[])"
+
+
+REBUILD_ROWS_UPDATE_PACKAGES = (
+    "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s, "
+    "cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s, quality_n "
+    "= %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s"
+)
+
+
+RUN_MINUTES_SELECT_RUN_MINUTES = (
+    "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes WHERE "
+    "run_id = %s AND minute >= %s ORDER BY minute"
+)
+
+
+FINISHED_SPAN_SELECT_OUTCOMES = (
+    "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last FROM outcomes "
+    "WHERE run_id = %s AND status IN ('complete', 'failed')"
+)
+
+
+SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
+    "generating, COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS "
+    "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 "
+    "AS ds, COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls, "
+    "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn FROM "
+    "package_counters "
+)
+
+
+SYSTEM_METRICS_SELECT_RUN_MINUTES = (
+    "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed, "
+    "SUM(duration_sum)::float8 AS ds, SUM(duration_n)::bigint AS dn FROM run_minutes WHERE minute >= "
+    "%s"
+)
+
+
+SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = %s"
+
+
+STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
+    "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled FROM package_counters GROUP BY name ORDER BY "
+    "name"
+)
+
+
+# /metrics: totals over every package row, and the first `limit` names with unfinished work
+STATUS_SUMS = (
+    "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+)
+
+
+# planned on estimates that count every package, these cheap statements cross the JIT threshold:
+# compiling took 0.6-1.6 s here for 10 ms of work
+JIT_OFF = "SET LOCAL jit = off"
+
+
+# totals: the base counters plus every package delta, two plain scans (the view's per-package lateral sum
+# would cost one index probe per package ever planned)
+ACTIVE_TOTALS = (
+    f"SELECT {STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled"
+    " FROM packages UNION ALL SELECT pending, generating, complete, failed, cancelled"
+    " FROM package_deltas WHERE bucket IS NULL AND package_id IS NOT NULL) t"
+)
+
+
+ACTIVE_NAMES = (
+    "SELECT p.name FROM package_counters p JOIN runs r ON r.id = p.run_id"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT %s"
+)
+
+
+# the chosen names' rows first (a hash lookup per package), then their deltas by index
+ACTIVE_COUNTS = (
+    "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled"
+    " FROM packages WHERE name IN (SELECT unnest(%s::text[])))"
+    " SELECT c.name, SUM(c.pending + COALESCE(d.pending, 0)) AS pending,"
+    " SUM(c.generating + COALESCE(d.generating, 0)) AS generating,"
+    " SUM(c.complete + COALESCE(d.complete, 0)) AS complete,"
+    " SUM(c.failed + COALESCE(d.failed, 0)) AS failed,"
+    " SUM(c.cancelled + COALESCE(d.cancelled, 0)) AS cancelled"
+    " FROM chosen c LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending,"
+    " SUM(x.generating) AS generating, SUM(x.complete) AS complete, SUM(x.failed) AS failed,"
+    " SUM(x.cancelled) AS cancelled FROM package_deltas x"
+    " WHERE x.package_id = c.id AND x.bucket IS NULL) d ON true GROUP BY c.name ORDER BY c.name"
+)
+
+
+ROLLUP_LOCK_TAKE = "SELECT pg_advisory_lock(%s)"
+
+
+ROLLUP_LOCK_RELEASE = "SELECT pg_advisory_unlock(%s)"
+
+
+OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = %s"
+
+
+ONE_RUN_BY_ID = ONE_RUN_SQL + " WHERE r.id = %s"
+
+
+# the outcome whose readable file a path is (outcome_paths: one outcome per path)
+PATH_HOLDER = (
+    "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+    " JOIN packages p ON p.id = o.package_id WHERE h.path = %s"
 )

@@ -1,4 +1,7 @@
-"""The PostgreSQL outcome store on psycopg 3 (async) and psycopg_pool: many processes, one board.
+"""The PostgreSQL outcome store on psycopg 3 (async) and psycopg_pool: many processes, one board. The Store
+protocol, each method delegated to the module of its noun (runs, work, tracking, events, keys, content,
+counters) with the store's Database (connection.py: pool, group commit, roll-up, LISTEN/NOTIFY).
+
 
 - Semantics are those of the SQLite store, transition for transition (same errors, events, reasons).
 - Group commit: one writer per process merges concurrent requests into one transaction; each
@@ -22,482 +25,260 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psycopg
-
-from matrix_mcp import rules
 from matrix_mcp.models import (
     Event,
+    HeartbeatResult,
+    IntegrationEvent,
+    LeaseRef,
     Outcome,
     OutcomeDetail,
     OutcomePage,
     PackageSummary,
+    PlanResult,
     RecountReport,
+    Run,
+    RunAction,
+    RunPolicy,
     Status,
     SystemMetrics,
 )
-from matrix_mcp.store import rows as R
-from matrix_mcp.store.base import (
+from matrix_mcp.store.group_commit import GroupCommit
+from matrix_mcp.store.params import (
     ApiKey,
     Cell,
+    ClaimBatch,
+    ClaimRequest,
     Collected,
     ContentFile,
+    Failure,
     FinishedSpan,
     MinuteCount,
+    NewPackage,
+    NewRecord,
+    NextClaim,
     OutcomeFilter,
     PathHolder,
+    Report,
+    Reported,
     RunOverview,
-    paged_outcomes,
+    StatusChange,
 )
-from matrix_mcp.store.postgres.batch import (
-    _IN_TRANSACTION,
-    Conn,
-    Row,
-    _all,
-    _one,
-    _Tx,
-)
-from matrix_mcp.store.postgres.counters import _rebuild, _recount, _summaries, _summary
-from matrix_mcp.store.postgres.sql import (
-    _LATEST_SEQ_SQL,
-    _ONE_RUN_SQL,
-    _OUTCOME_SELECT,
-    _QUEUED_OUTCOME_SELECT,
-    _RUN_SUMMARIES_SQL,
-    _THROUGHPUT_SQL,
-    queue_status_filter,
-)
-from matrix_mcp.store.postgres.writes import Writes
-from matrix_mcp.store.postgres_schema import (
-    ROLLUP_LOCK,
-)
-
-if TYPE_CHECKING:
-    from matrix_mcp.store.postgres.hooks import PostgresHooks
+from matrix_mcp.store.postgres import content, counters, events, keys, runs, tracking, work
+from matrix_mcp.store.postgres.connection import Database
+from matrix_mcp.store.postgres.deadline import DEFAULT_DEADLINE
+from matrix_mcp.store.postgres.hooks import PostgresHooks
 
 
-class PostgresStore(Writes):
+class PostgresStore:
     """See the module docstring. Open with `await PostgresStore.open(url)`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.url_for_display = db.url_for_display
+
+    @classmethod
+    async def open(cls, url: str, *, deadline: float = DEFAULT_DEADLINE) -> PostgresStore:
+        """Connect, migrate and start the roller; every database call answers within `deadline` seconds
+        (store/postgres/deadline.py)."""
+        return cls(await Database.open(url, deadline=deadline))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    @property
+    def group_commit(self) -> GroupCommit[Any]:
+        return self.db.group_commit
 
     @property
     def hooks(self) -> PostgresHooks:
         """Subscriptions and deliveries for events out (store/hooks.py)."""
-        from matrix_mcp.store.postgres.hooks import PostgresHooks
+        return PostgresHooks(self.db)
 
-        return PostgresHooks(self)
+    async def latest_seq(self) -> int:
+        return await events.latest_seq(self.db)
+
+    async def wait_for_change(self, since: int, *, timeout: float) -> int:
+        return await events.wait_for_change(self.db, since, timeout=timeout)
+
+    async def roll_up(self) -> int:
+        """Fold the appended counter deltas into the package rows (see Database.roll_up)."""
+        return await self.db.roll_up()
+
+    async def prune_answers(self, before: float) -> int:
+        """Drop journaled write answers written before `before` (see Database.prune_answers)."""
+        return await self.db.prune_answers(before)
+
+    async def plan(
+        self, *, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
+    ) -> PlanResult:
+        return await runs.plan(self.db, name=name, goal=goal, policy=policy, packages=packages, now=now)
+
+    async def get_run(self, ref: str) -> Run:
+        return await runs.get_run(self.db, ref)
+
+    async def list_runs(self) -> list[Run]:
+        return await runs.list_runs(self.db)
+
+    async def control_run(self, run_id: str, *, action: RunAction, now: float) -> Run:
+        return await runs.control_run(self.db, run_id, action=action, now=now)
+
+    async def claim(self, request: ClaimRequest, *, now: float) -> ClaimBatch:
+        return await work.claim(self.db, request, now=now)
+
+    async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
+        return await work.heartbeat(self.db, leases, now=now)
+
+    async def complete(
+        self,
+        outcome_id: str,
+        *,
+        lease_token: str,
+        report: Report,
+        now: float,
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
+        return await work.complete(
+            self.db, outcome_id, lease_token=lease_token, report=report, now=now, next_claim=next_claim
+        )
+
+    async def fail(
+        self,
+        outcome_id: str,
+        *,
+        lease_token: str,
+        failure: Failure,
+        now: float,
+        next_claim: NextClaim | None = None,
+    ) -> Reported:
+        return await work.fail(
+            self.db, outcome_id, lease_token=lease_token, failure=failure, now=now, next_claim=next_claim
+        )
+
+    async def retry(
+        self,
+        run_id: str,
+        *,
+        package: str | None = None,
+        outcome_ids: Sequence[str] | None = None,
+        now: float,
+    ) -> list[str]:
+        return await work.retry(self.db, run_id, package=package, outcome_ids=outcome_ids, now=now)
+
+    async def record_outcome(self, record: NewRecord, *, now: float) -> tuple[Outcome, bool]:
+        return await tracking.record_outcome(self.db, record, now=now)
+
+    async def update_status(self, outcome_id: str, *, change: StatusChange, now: float) -> Outcome:
+        return await tracking.update_status(self.db, outcome_id, change=change, now=now)
+
+    async def record_integration(
+        self,
+        *,
+        run_id: str | None,
+        outcome_id: str | None,
+        integration_type: str,
+        action: str,
+        status: str,
+        details: dict[str, Any],
+        now: float,
+    ) -> IntegrationEvent:
+        return await tracking.record_integration(
+            self.db,
+            run_id=run_id,
+            outcome_id=outcome_id,
+            integration_type=integration_type,
+            action=action,
+            status=status,
+            details=details,
+            now=now,
+        )
 
     async def get_outcome(self, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
-        async def op(c: Conn) -> OutcomeDetail:
-            row = await _one(c, _OUTCOME_SELECT + " WHERE o.id = %s", (outcome_id,))
-            if row is None:
-                raise rules.unknown_outcome(outcome_id)
-            hist: list[Row] = []
-            if history:
-                hist = await _all(
-                    c,
-                    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts"
-                    " WHERE outcome_id = %s ORDER BY started_at, attempt",
-                    (outcome_id,),
-                )
-            return R.detail_from(row, hist)
-
-        return await self._read(op, snapshot=history)
+        return await tracking.get_outcome(self.db, outcome_id, history=history)
 
     async def list_outcomes(
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage:
-        after = R.decode_cursor(cursor)
-        if flt.status is None:
-            select, order, first = _OUTCOME_SELECT, "o.n", ["o.n > %s"]
-            pinned = R.outcome_filter(flt)
-        else:
-            # by status: the queue's rows of that status, in n order (with a run, a range of
-            # outcome_queue_status or outcome_queue_leased); the queue row holds the status
-            condition, order = queue_status_filter(flt.status, one_run=flt.run_id is not None)
-            select, first = _QUEUED_OUTCOME_SELECT, ["q.n > %s", condition]
-            pinned = R.outcome_filter(replace(flt, run_id=None, status=None))
-            if flt.run_id is not None:
-                pinned.insert(0, ("q.run_id", flt.run_id))
-        conditions = [*first, *(f"{column} = %s" for column, _ in pinned)]
-        args = [after, *(value for _, value in pinned)]
-
-        async def op(c: Conn) -> OutcomePage:
-            rows = await _all(
-                c,
-                select + " WHERE " + " AND ".join(conditions) + f" ORDER BY {order} LIMIT %s",
-                [*args, limit + 1],
-            )
-            return R.outcome_page(rows, limit)
-
-        return await self._read(op)
+        return await tracking.list_outcomes(self.db, flt, limit=limit, cursor=cursor)
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
-        return paged_outcomes(self.list_outcomes, run_id)
+        return tracking.iter_outcomes(self.db, run_id)
 
     async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
-        async def op(c: Conn) -> list[MinuteCount]:
-            rows = await _all(
-                c,
-                "SELECT minute, completed::bigint AS completed, failed::bigint AS failed FROM run_minutes"
-                " WHERE run_id = %s AND minute >= %s ORDER BY minute",
-                (run_id, since_minute),
-            )
-            return [MinuteCount(int(r["minute"]), int(r["completed"]), int(r["failed"])) for r in rows]
-
-        return await self._read(op)
+        return await counters.run_minutes(self.db, run_id, since_minute=since_minute)
 
     async def finished_span(self, run_id: str) -> FinishedSpan:
-        async def op(c: Conn) -> FinishedSpan:
-            rows = await _all(
-                c,
-                "SELECT COUNT(*)::bigint AS n, MIN(started_at) AS first, MAX(completed_at) AS last"
-                " FROM outcomes WHERE run_id = %s AND status IN ('complete', 'failed')",
-                (run_id,),
-            )
-            row = rows[0]
-            return FinishedSpan(int(row["n"]), row["first"], row["last"])
-
-        return await self._read(op)
+        return await counters.finished_span(self.db, run_id)
 
     async def cells(self, run_id: str) -> list[Cell]:
-        async def op(c: Conn) -> list[Cell]:
-            rows = await _all(
-                c,
-                "SELECT o.id, p.name AS package, o.item, o.status FROM outcomes o"
-                " JOIN packages p ON p.id = o.package_id WHERE o.run_id = %s ORDER BY o.n",
-                [run_id],
-            )
-            return [Cell(str(r["id"]), r["package"], r["item"], r["status"]) for r in rows]
-
-        return await self._read(op)
+        return await tracking.cells(self.db, run_id)
 
     async def package_summaries(self, run_id: str) -> list[PackageSummary]:
-        async def op(c: Conn) -> list[PackageSummary]:
-            return [_summary(r) for r in await _all(c, _RUN_SUMMARIES_SQL, {"run": run_id})]
-
-        return await self._read(op)
+        return await counters.package_summaries(self.db, run_id)
 
     async def package_summary(self, package: str, *, run_id: str | None) -> PackageSummary:
-        async def op(c: Conn) -> PackageSummary:
-            if run_id is not None:
-                found = await _summaries(c, "p.run_id = %s AND p.name = %s", [run_id, package])
-            else:
-                found = await _summaries(c, "p.name = %s", [package])
-            return R.the_one_summary(found, package)
-
-        return await self._read(op)
+        return await counters.package_summary(self.db, package, run_id=run_id)
 
     async def system_metrics(self, run_id: str | None, *, now: float) -> SystemMetrics:
-        async def op(c: Conn) -> SystemMetrics:
-            where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
-            t = await _one(
-                c,
-                "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS generating,"
-                " COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS failed,"
-                " COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 AS ds,"
-                " COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls,"
-                " COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn"
-                " FROM package_counters " + where,
-                args,
-            )
-            assert t is not None
-            since_minute = R.hourly_since_minute(now)
-            hours = await _all(
-                c,
-                "SELECT minute / 60 AS hour, SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"
-                " SUM(duration_sum)::float8 AS ds, SUM(duration_n)::bigint AS dn FROM run_minutes"
-                " WHERE minute >= %s"
-                + (" AND run_id = %s" if run_id else "")
-                + " GROUP BY minute / 60 ORDER BY hour",
-                [since_minute, *args],
-            )
-            run_name = None
-            if run_id:
-                r = await _one(c, "SELECT name FROM runs WHERE id = %s", (run_id,))
-                run_name = r["name"] if r else None
-            return R.system_metrics_from(run_name, t, hours)
-
-        return await self._read(op, snapshot=True)
+        return await counters.system_metrics(self.db, run_id, now=now)
 
     async def run_overview(self, run_id: str, *, since: float) -> RunOverview:
-        """The run, its package summaries, its recent throughput and the latest event, in one snapshot
-        and one round trip (pipeline mode: BEGIN, the four reads and COMMIT go out together)."""
-
-        async def attempt() -> RunOverview:
-            async with self._pool.connection() as conn:
-                try:
-                    async with conn.pipeline():
-                        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                        run_cur = await conn.execute(_ONE_RUN_SQL + " WHERE r.id = %s", (run_id,))
-                        summaries_cur = await conn.execute(_RUN_SUMMARIES_SQL, {"run": run_id})
-                        finished_cur = await conn.execute(_THROUGHPUT_SQL, (run_id, int(since // 60)))
-                        seq_cur = await conn.execute(_LATEST_SEQ_SQL)
-                        await conn.execute("COMMIT")
-                        run_row = await run_cur.fetchone()
-                        summary_rows = await summaries_cur.fetchall()
-                        finished = await finished_cur.fetchone()
-                        seq = await seq_cur.fetchone()
-                except BaseException:
-                    if conn.info.transaction_status in _IN_TRANSACTION:
-                        with contextlib.suppress(psycopg.Error):
-                            await conn.execute("ROLLBACK")
-                    raise
-            if run_row is None:
-                raise rules.unknown_run(run_id)
-            return RunOverview(
-                R.run_from(run_row),
-                [_summary(r) for r in summary_rows],
-                int(finished["n"]) if finished else 0,
-                int(seq["s"]) if seq else 0,
-            )
-
-        return await self._with_retry(attempt)
-
-    # ---- API keys -------------------------------------------------------------------------------
+        return await runs.run_overview(self.db, run_id, since=since)
 
     async def create_api_key(self, name: str, *, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
-        async def op(tx: _Tx) -> ApiKey:
-            row = await tx.one(
-                "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING RETURNING name",
-                (name, key_hash, R.dumps(list(scopes)), now),
-            )
-            if row is None:
-                raise rules.key_exists(name)
-            tx.wrote = True
-            return ApiKey(name=name, scopes=tuple(scopes), created_at=now)
-
-        return await self._write(op, atomic=True)
+        return await keys.create_api_key(self.db, name, key_hash=key_hash, scopes=scopes, now=now)
 
     async def list_api_keys(self) -> list[ApiKey]:
-        async def op(c: Conn) -> list[ApiKey]:
-            return [R.api_key_from(r) for r in await _all(c, "SELECT * FROM api_keys ORDER BY name")]
-
-        return await self._read(op)
+        return await keys.list_api_keys(self.db)
 
     async def revoke_api_key(self, name: str, *, now: float) -> ApiKey:
-        async def op(tx: _Tx) -> ApiKey:
-            row = await tx.one(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE name = %s RETURNING *",
-                (now, name),
-            )
-            if row is None:
-                raise rules.unknown_key(name)
-            tx.wrote = True
-            return R.api_key_from(row)
-
-        return await self._write(op, atomic=True)
+        return await keys.revoke_api_key(self.db, name, now=now)
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        async def op(c: Conn) -> ApiKey | None:
-            row = await _one(c, "SELECT * FROM api_keys WHERE key_hash = %s", (key_hash,))
-            return None if row is None else R.api_key_from(row)
-
-        return await self._read(op)
+        return await keys.api_key_by_hash(self.db, key_hash)
 
     async def touch_api_key(self, name: str, *, now: float) -> None:
-        async def op(c: Conn) -> None:
-            await c.execute(
-                "UPDATE api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE name = %s",
-                (now, name),
-            )
-
-        # autocommit, outside the group commit: a use stamp must not wait behind (or slow) the work loop
-        await self._read(op)
-
-    # ---- board sessions ended by sign-out -------------------------------------------------------
+        return await keys.touch_api_key(self.db, name, now=now)
 
     async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
-        async def op(c: Conn) -> None:
-            await c.execute("DELETE FROM revoked_sessions WHERE expires_at < %s", (now,))
-            await c.execute(
-                "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (%s, %s)"
-                " ON CONFLICT (session_id) DO NOTHING",
-                (session_id, expires_at),
-            )
-
-        # autocommit, outside the group commit (as a key's use stamp): each statement stands alone
-        await self._read(op)
+        return await keys.revoke_session(self.db, session_id, expires_at=expires_at, now=now)
 
     async def session_revoked(self, session_id: str) -> bool:
-        async def op(c: Conn) -> bool:
-            row = await _one(c, "SELECT 1 FROM revoked_sessions WHERE session_id = %s", (session_id,))
-            return row is not None
-
-        return await self._read(op)
+        return await keys.session_revoked(self.db, session_id)
 
     async def status_counts(self) -> dict[str, dict[Status, int]]:
-        async def op(c: Conn) -> dict[str, dict[Status, int]]:
-            rows = await _all(
-                c,
-                "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating,"
-                " SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled"
-                " FROM package_counters GROUP BY name ORDER BY name",
-            )
-            return R.status_counts_from(rows)
-
-        return await self._read(op)
+        return await counters.status_counts(self.db)
 
     async def active_status_counts(
         self, limit: int
     ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
-        async def op(c: Conn) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
-            # planned on estimates that count every package, these cheap statements cross the JIT threshold:
-            # compiling took 0.6-1.6 s here for 10 ms of work
-            await c.execute("SET LOCAL jit = off")
-            # totals: the base counters plus every package delta, two plain scans (the view's per-package
-            # lateral sum would cost one index probe per package ever planned)
-            totals = R.totals_from(
-                await _one(
-                    c,
-                    f"SELECT {R.STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled"
-                    " FROM packages UNION ALL SELECT pending, generating, complete, failed, cancelled"
-                    " FROM package_deltas WHERE bucket IS NULL AND package_id IS NOT NULL) t",
-                )
-            )
-            busy = await _all(
-                c,
-                "SELECT p.name FROM package_counters p JOIN runs r ON r.id = p.run_id"
-                " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT %s",
-                (limit,),
-            )
-            names = sorted({row["name"] for row in busy})
-            if not names:
-                return totals, {}
-            # the chosen names' rows first (a hash lookup per package), then their deltas by index
-            rows = await _all(
-                c,
-                "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled"
-                " FROM packages WHERE name IN (SELECT unnest(%s::text[])))"
-                " SELECT c.name, SUM(c.pending + COALESCE(d.pending, 0)) AS pending,"
-                " SUM(c.generating + COALESCE(d.generating, 0)) AS generating,"
-                " SUM(c.complete + COALESCE(d.complete, 0)) AS complete,"
-                " SUM(c.failed + COALESCE(d.failed, 0)) AS failed,"
-                " SUM(c.cancelled + COALESCE(d.cancelled, 0)) AS cancelled"
-                " FROM chosen c LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending,"
-                " SUM(x.generating) AS generating, SUM(x.complete) AS complete, SUM(x.failed) AS failed,"
-                " SUM(x.cancelled) AS cancelled FROM package_deltas x"
-                " WHERE x.package_id = c.id AND x.bucket IS NULL) d ON true GROUP BY c.name ORDER BY c.name",
-                (names,),
-            )
-            return totals, R.status_counts_from(rows)
-
-        return await self._read(op, snapshot=True)  # one snapshot: totals and packages agree
-
-    # ---- change feed ----------------------------------------------------------------------------
+        return await counters.active_status_counts(self.db, limit)
 
     async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
-        async def op(c: Conn) -> list[Event]:
-            q = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
-            args: list[Any] = [since]
-            if run_id is not None:
-                q += " AND e.run_id = %s"
-                args.append(run_id)
-            rows = await _all(c, q + " ORDER BY e.seq LIMIT %s", [*args, limit])
-            return [R.event_from(r) for r in rows]
-
-        return await self._read(op)
-
-    # ---- maintenance ----------------------------------------------------------------------------
+        return await events.events_after(self.db, since=since, run_id=run_id, limit=limit)
 
     async def recount(self, run_id: str | None = None) -> RecountReport:
-        return await self._read(lambda c: _recount(c, run_id), snapshot=True)
+        return await counters.recount(self.db, run_id)
 
     async def inline_content(self, sha256: str) -> bytes | None:
-        async def op(c: Conn) -> bytes | None:
-            row = await _one(c, "SELECT body FROM contents WHERE sha256 = %s", (sha256,))
-            return None if row is None else bytes(row["body"])
-
-        return await self._read(op)
+        return await content.inline_content(self.db, sha256)
 
     async def content_hashes(self) -> set[str]:
-        async def op(c: Conn) -> set[str]:
-            rows = await _all(
-                c, "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
-            )
-            return {r["content_sha256"] for r in rows}
-
-        return await self._read(op)
+        return await content.content_hashes(self.db)
 
     async def collect_contents(self) -> Collected:
-        """Orphans found by one autocommit read; deleted after the same check under a SHARE ROW EXCLUSIVE
-        lock on `contents`. Every report that writes content holds ROW EXCLUSIVE on the table from its
-        INSERT to its commit, so the lock waits for reports in flight (their outcomes are then visible to
-        the check) and holds new ones back for the one DELETE, only when there is an orphan to delete."""
-
-        async def find(c: Conn) -> list[str]:
-            rows = await _all(
-                c,
-                "SELECT c.sha256 FROM contents c"
-                " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.content_sha256 = c.sha256)",
-            )
-            return [r["sha256"] for r in rows]
-
-        candidates = await self._read(find)
-        if not candidates:
-            return Collected(0, 0)
-
-        async def attempt() -> Collected:
-            async with self._pool.connection() as conn, conn.transaction():
-                # behind a long transaction: give up soon (retried, then Unavailable) rather than hold reports back
-                await conn.execute("SET LOCAL lock_timeout = '2s'")
-                await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
-                rows = await _all(
-                    conn,
-                    "DELETE FROM contents WHERE sha256 = ANY(%(c)s) AND sha256 NOT IN"
-                    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 = ANY(%(c)s))"
-                    " RETURNING octet_length(body) AS size",
-                    {"c": candidates},
-                )
-            return Collected(len(rows), sum(int(r["size"]) for r in rows))
-
-        return await self._with_retry(attempt)
+        return await content.collect_contents(self.db)
 
     async def path_holder(self, path: str) -> PathHolder | None:
-        async def op(c: Conn) -> PathHolder | None:
-            rows = await _all(
-                c,
-                "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
-                " JOIN packages p ON p.id = o.package_id WHERE h.path = %s",
-                (path,),
-            )
-            if not rows:
-                return None
-            r = rows[0]
-            return PathHolder(outcome_id=r["id"], run_id=r["run_id"], package=r["name"], item=r["item"])
-
-        return await self._read(op)
+        return await content.path_holder(self.db, path)
 
     async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
-        async def op(c: Conn) -> list[ContentFile]:
-            rows = await _all(
-                c,
-                "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = e.outcome_id"
-                " WHERE e.seq > %s AND e.kind = 'completed' AND o.status = 'complete'"
-                " AND o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT %s",
-                (since_seq, limit),
-            )
-            return [ContentFile(int(r["seq"]), r["id"], r["outcome_path"], r["content_sha256"]) for r in rows]
-
-        return await self._read(op)
+        return await content.content_files(self.db, since_seq=since_seq, limit=limit)
 
     async def rebuild_counters(self, run_id: str | None = None) -> None:
-        async def attempt() -> None:
-            async with self._pool.connection() as c:
-                await c.execute("SELECT pg_advisory_lock(%s)", (ROLLUP_LOCK,))
-                try:
-                    async with c.transaction():
-                        await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                        await _rebuild(c, run_id)
-                finally:
-                    await c.execute("SELECT pg_advisory_unlock(%s)", (ROLLUP_LOCK,))
-
-        await self._with_retry(attempt)
-        self._wake()
+        return await counters.rebuild_counters(self.db, run_id)
 
 
 __all__ = ["PostgresStore"]

@@ -19,11 +19,10 @@ import anyio
 import anyio.lowlevel
 
 from matrix_mcp.audit import acting_as
-from matrix_mcp.store.base import (
-    Unavailable,
-)
+from matrix_mcp.errors import Unavailable
 from matrix_mcp.store.group_commit import GroupCommit, Request
-from matrix_mcp.store.sqlite_schema import MIGRATIONS
+from matrix_mcp.store.sqlite.aiosqlite_private import in_thread, raw_connection
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS
 
 log = logging.getLogger("matrix_mcp.store.sqlite")
 
@@ -115,15 +114,6 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run fn(sqlite3_connection, *args) on the aiosqlite connection's own thread, in one hop.
-
-    aiosqlite's public methods cost one thread hop per statement; a group-commit batch or a
-    multi-statement snapshot read runs as one function instead.
-    """
-    return await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call,no-any-return]
-
-
 class _Request(Request):
     __slots__ = ("fn",)
 
@@ -132,8 +122,9 @@ class _Request(Request):
         self.fn = fn
 
 
-class Connection:
-    """The SQLite store's plumbing: its connections, migrations, group-commit writes and snapshot reads."""
+class Database:
+    """The SQLite store's plumbing: its connections, migrations, group-commit writes (`write`) and snapshot
+    reads (`read`). The store's modules take it and hand it their functions of a sqlite3 connection."""
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
         self.path = path
@@ -163,7 +154,7 @@ class Connection:
             _private_files(path)
         writer = await cls._connect(path)
         store = cls(path, writer, [])
-        await store._migrate()
+        await store.migrate()
         store._inline = await cls._connect(path, busy_ms=0)
         store._readers = [await cls._connect(path, reader=True) for _ in range(READERS)]
         store._reader_locks = [anyio.Lock() for _ in store._readers]
@@ -198,7 +189,7 @@ class Connection:
             if reader:
                 c.execute("PRAGMA query_only = ON")
 
-        await _in_thread(conn, setup)
+        await in_thread(conn, setup)
         return conn
 
     async def close(self) -> None:
@@ -210,7 +201,7 @@ class Connection:
         for conn in [self._writer, *([self._inline] if self._inline else []), *self._readers]:
             await conn.close()
 
-    async def _migrate(self) -> None:
+    async def migrate(self) -> None:
         def migrate(c: sqlite3.Connection) -> None:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
@@ -235,11 +226,11 @@ class Connection:
                     c.execute("ROLLBACK")
                     raise
 
-        await _in_thread(self._writer, migrate)
+        await in_thread(self._writer, migrate)
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    async def _write(self, fn: Op[T]) -> T:
+    async def write(self, fn: Op[T]) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all."""
         if self._closed:
             raise Unavailable("the store is closed")
@@ -250,8 +241,8 @@ class Connection:
         hundred microseconds of work); when another process holds the lock, wait for it on the writer's
         thread instead."""
         assert self._inline is not None
-        if not self._run_batch(self._inline._conn, batch, wait=False):
-            await _in_thread(self._writer, self._run_batch, batch, True)
+        if not self._run_batch(raw_connection(self._inline), batch, wait=False):
+            await in_thread(self._writer, self._run_batch, batch, True)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -263,7 +254,7 @@ class Connection:
             if self._batches % CHECKPOINT_EVERY == 0:
                 self._checkpointer.request()
 
-    def _next_change(self) -> anyio.Event:
+    def next_change(self) -> anyio.Event:
         """Set when the next write batch of this process commits."""
         if self._changed is None:
             self._changed = anyio.Event()
@@ -327,7 +318,7 @@ class Connection:
                 time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
         return True  # pragma: no cover - the loop always returns
 
-    async def _read(self, fn: Op[T]) -> T:
+    async def read(self, fn: Op[T]) -> T:
         if self._closed:
             raise Unavailable("the store is closed")
         index = self._next_reader = (self._next_reader + 1) % len(self._readers)
@@ -348,4 +339,7 @@ class Connection:
             raise AssertionError("unreachable")
 
         async with self._reader_locks[index]:
-            return await _in_thread(conn, in_snapshot)
+            return await in_thread(conn, in_snapshot)
+
+    async def integrity_check(self) -> str:
+        return await self.read(lambda c: str(c.execute("PRAGMA integrity_check").fetchone()[0]))

@@ -5,36 +5,71 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
+from matrix_mcp import rules
 from matrix_mcp.models import (
+    STATUSES,
     PackageSummary,
     RecountReport,
     Status,
+    SystemMetrics,
 )
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.sqlite.sql import _COMPLETE_SQL, _COUNTER_COLUMNS, _MOVE_CONTRIB_SQL, _MOVE_SQL
+from matrix_mcp.store.params import FinishedSpan, MinuteCount
+from matrix_mcp.store.sqlite import events, sql
+from matrix_mcp.store.sqlite.connection import Database
 
 
-def _move(
+def apply(
+    c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float, *, hist_read: bool = False
+) -> None:
+    """Write what a rules.Transition decided for the item `row` (locked under the single writer): its row,
+    its attempt's end, the package counters, its metric rows, the run's minute and the event. `hist_read`:
+    the row carries its package's histogram (`package_duration_hist`), so a completion's status move, sums
+    and histogram go in one statement."""
+    c.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
+    if t.attempt is not None:
+        end = t.attempt
+        c.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+    added = [x for x in t.contributions if x.sign > 0]
+    for x in t.contributions:
+        if x.sign < 0:
+            _add_contribution(c, t.package_id, x.metrics, x.duration, -1)
+    if hist_read and len(added) == 1 and t.old != t.new:
+        _complete_counters(c, row, t.old, t.new, added[0])
+    else:
+        move(c, t.package_id, t.old, t.new)
+        for x in added:
+            _add_contribution(c, t.package_id, x.metrics, x.duration, +1)
+    if t.clear_metric_rows:
+        c.execute(sql.CLEAR_METRICS, (t.outcome_id,))
+    if t.metric_rows is not None:
+        _insert_metrics(c, t.outcome_id, t.metric_rows)
+    if t.minute is not None:
+        m = t.minute
+        add_minute(c, t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
+    events.add_event(c, t.run_id, t.outcome_id, t.event, now)
+
+
+def move(
     c: sqlite3.Connection, package_id: int, old: Status, new: Status, contrib: dict[str, float] | None = None
 ) -> None:
     """Move one item between status counters; `contrib` adds a completion's sums in the same statement."""
     if old == new and contrib is None:
         return
     if contrib is None:
-        c.execute(_MOVE_SQL[old, new], (package_id,))
+        c.execute(sql.MOVE_SQL[old, new], (package_id,))
     else:
-        c.execute(_MOVE_CONTRIB_SQL[old, new], (*(contrib[k] for k in _COUNTER_COLUMNS), package_id))
+        c.execute(sql.MOVE_CONTRIB_SQL[old, new], (*(contrib[k] for k in sql.COUNTER_COLUMNS), package_id))
 
 
 def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign: int) -> None:
     """The duration histogram lives on the package row as JSON [[bucket, count], …]: a summary reads one row
     per package instead of one per bucket (read-modify-write is safe under the single writer)."""
-    row = c.execute("SELECT duration_hist FROM packages WHERE id = ?", (package_id,)).fetchone()
-    c.execute(
-        "UPDATE packages SET duration_hist = ? WHERE id = ?", (_hist_add(row[0], duration, sign), package_id)
-    )
+    row = c.execute(sql.ADD_HISTOGRAM_SELECT_PACKAGES, (package_id,)).fetchone()
+    c.execute(sql.SET_HISTOGRAM, (_hist_add(row[0], duration, sign), package_id))
 
 
 def _hist_add(text: str | None, duration: float, sign: int) -> str:
@@ -46,19 +81,22 @@ def _hist_add(text: str | None, duration: float, sign: int) -> str:
         hist[bucket] = n
     else:
         hist.pop(bucket, None)
-    return _hist_dumps(hist)
+    return hist_dumps(hist)
 
 
 def _complete_counters(
-    c: sqlite3.Connection, row: sqlite3.Row, contrib: dict[str, float], duration: float | None
+    c: sqlite3.Connection, row: sqlite3.Row, old: Status, new: Status, added: rules.Contribution
 ) -> None:
-    """A fresh completion of a leased row (read in this transaction with its package's histogram): the
-    status move, the summary sums and the duration histogram in one statement."""
-    if duration is None:
-        _move(c, row["package_id"], "generating", "complete", contrib)
+    """A move that adds a contribution, on a row read in this transaction with its package's histogram
+    (a fresh completion): the status move, the summary sums and the duration histogram in one statement."""
+    contrib = R.contribution(added.metrics, added.duration)
+    if added.duration is None:
+        move(c, row["package_id"], old, new, contrib)
         return
-    hist = _hist_add(row["package_duration_hist"], duration, +1)
-    c.execute(_COMPLETE_SQL, (*(contrib[k] for k in _COUNTER_COLUMNS), hist, row["package_id"]))
+    hist = _hist_add(row["package_duration_hist"], added.duration, +1)
+    c.execute(
+        sql.COMPLETE_SQL[old, new], (*(contrib[k] for k in sql.COUNTER_COLUMNS), hist, row["package_id"])
+    )
 
 
 def _hist_loads(text: str | None) -> dict[int, int]:
@@ -66,39 +104,30 @@ def _hist_loads(text: str | None) -> dict[int, int]:
     return dict(json.loads(text or "[]"))
 
 
-def _hist_dumps(hist: dict[int, int]) -> str:
+def hist_dumps(hist: dict[int, int]) -> str:
     return json.dumps(sorted(hist.items()), separators=(",", ":"))
 
 
 def _add_contribution(
-    c: sqlite3.Connection, package_id: int, metrics: dict[str, Any], duration: float | None, sign: int
+    c: sqlite3.Connection, package_id: int, metrics: Mapping[str, Any], duration: float | None, sign: int
 ) -> None:
     contrib = R.contribution(metrics, duration)
     c.execute(
-        "UPDATE packages SET duration_sum = duration_sum + ?, duration_n = duration_n + ?, lines_sum = lines_sum + ?,"
-        " quality_sum = quality_sum + ?, quality_n = quality_n + ? WHERE id = ?",
-        (*(sign * contrib[k] for k in _COUNTER_COLUMNS), package_id),
+        sql.ADD_CONTRIBUTION_UPDATE_PACKAGES,
+        (*(sign * contrib[k] for k in sql.COUNTER_COLUMNS), package_id),
     )
     if duration is not None:
         _add_histogram(c, package_id, duration, sign)
 
 
-def _set_metrics(
-    c: sqlite3.Connection, outcome_id: str, metrics: dict[str, Any], replace: bool = True
-) -> None:
-    """Numeric metrics as rows; `replace=False` when the outcome is completing for the first time since
-    its last claim (rows of an earlier completion are removed when it leaves `complete`)."""
-    if replace:
-        c.execute("DELETE FROM outcome_metrics WHERE outcome_id = ?", (outcome_id,))
+def _insert_metrics(c: sqlite3.Connection, outcome_id: str, metrics: Mapping[str, Any]) -> None:
+    """Numeric metrics as rows (an item has none while it is not complete: they go when it leaves)."""
     values = R.numeric_metrics(metrics)
     if values:
-        c.executemany(
-            "INSERT INTO outcome_metrics (outcome_id, name, value) VALUES (?, ?, ?)",
-            [(outcome_id, k, v) for k, v in values],
-        )
+        c.executemany(sql.INSERT_METRIC, [(outcome_id, k, v) for k, v in values])
 
 
-def _minute(
+def add_minute(
     c: sqlite3.Connection,
     run_id: str,
     now: float,
@@ -107,18 +136,14 @@ def _minute(
     duration: float | None = None,
 ) -> None:
     c.execute(
-        "INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, minute) DO UPDATE SET"
-        " completed = completed + excluded.completed, failed = failed + excluded.failed,"
-        " duration_sum = duration_sum + excluded.duration_sum, duration_n = duration_n + excluded.duration_n",
+        sql.ADD_MINUTE_INSERT_OUTCOME_MINUTES,
         (run_id, int(now // 60), completed, failed, duration or 0.0, 1 if duration is not None else 0),
     )
 
 
-def _summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[PackageSummary]:
+def summaries(c: sqlite3.Connection, where: str, args: list[Any]) -> list[PackageSummary]:
     rows = c.execute(
-        "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id"
-        " WHERE " + where + " ORDER BY r.created_at, p.position",
+        sql.SUMMARIES_SELECT_PACKAGES + where + " ORDER BY r.created_at, p.position",
         args,
     ).fetchall()
     if not rows:
@@ -141,26 +166,119 @@ def _summary(row: sqlite3.Row) -> PackageSummary:
     return hit.model_copy()
 
 
-def _truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
-    truth = R.Truth(_COUNTER_COLUMNS)
-    for status, n in c.execute(
-        "SELECT status, COUNT(*) FROM outcomes WHERE package_id = ? GROUP BY status", (package_id,)
-    ):
+def package_truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
+    truth = R.Truth(sql.COUNTER_COLUMNS)
+    for status, n in c.execute(sql.PACKAGE_TRUTH_SELECT_OUTCOMES, (package_id,)):
         truth.count(status, n)
     for metrics, duration in c.execute(
-        "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = ? AND status = 'complete'",
+        sql.PACKAGE_TRUTH_SELECT_OUTCOMES_2,
         (package_id,),
     ):
         truth.complete(metrics, duration)
     return truth.result()
 
 
-def _recount(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
+def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     where, args = ("WHERE p.run_id = ?", [run_id]) if run_id else ("", [])
     mismatches: list[str] = []
-    for p in c.execute(
-        "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id " + where, args
-    ):
+    for p in c.execute(sql.RECOUNT_ROWS_SELECT_PACKAGES + where, args):
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
-        mismatches += R.counter_mismatches(p, _truth(c, p["id"]), hist, _COUNTER_COLUMNS)
+        mismatches += R.counter_mismatches(p, package_truth(c, p["id"]), hist, sql.COUNTER_COLUMNS)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
+
+
+async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:
+    def op(c: sqlite3.Connection) -> list[MinuteCount]:
+        rows = c.execute(
+            sql.RUN_MINUTES_SELECT_OUTCOME_MINUTES,
+            (run_id, since_minute),
+        ).fetchall()
+        return [MinuteCount(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    return await db.read(op)
+
+
+async def package_summaries(db: Database, run_id: str) -> list[PackageSummary]:
+    return await db.read(lambda c: summaries(c, "p.run_id = ?", [run_id]))
+
+
+async def package_summary(db: Database, package: str, *, run_id: str | None) -> PackageSummary:
+    def op(c: sqlite3.Connection) -> PackageSummary:
+        if run_id is not None:
+            found = summaries(c, "p.run_id = ? AND p.name = ?", [run_id, package])
+        else:
+            found = summaries(c, "p.name = ?", [package])
+        return R.the_one_summary(found, package)
+
+    return await db.read(op)
+
+
+async def system_metrics(db: Database, run_id: str | None, *, now: float) -> SystemMetrics:
+    def op(c: sqlite3.Connection) -> SystemMetrics:
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        t = c.execute(
+            sql.SYSTEM_METRICS_SELECT_PACKAGES + where,
+            args,
+        ).fetchone()
+        since_minute = R.hourly_since_minute(now)
+        hours = c.execute(
+            sql.SYSTEM_METRICS_SELECT_OUTCOME_MINUTES
+            + (" AND run_id = ?" if run_id else "")
+            + " GROUP BY minute / 60 ORDER BY hour",
+            [since_minute, *args],
+        ).fetchall()
+        run_name = None
+        if run_id:
+            run_name = c.execute(sql.SYSTEM_METRICS_SELECT_RUNS, (run_id,)).fetchone()[0]
+        return R.system_metrics_from(run_name, t, hours)
+
+    return await db.read(op)
+
+
+async def status_counts(db: Database) -> dict[str, dict[Status, int]]:
+    return await db.read(lambda c: R.status_counts_from(c.execute(sql.STATUS_COUNTS_SELECT_PACKAGES)))
+
+
+async def active_status_counts(
+    db: Database, limit: int
+) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+    def op(c: sqlite3.Connection) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
+        totals = R.totals_from(c.execute(sql.ACTIVE_TOTALS).fetchone())
+        # the first `limit` busy packages, then their names' counts over all runs
+        names = sorted({row[0] for row in c.execute(sql.ACTIVE_NAMES, (limit,))})
+        if not names:
+            return totals, {}
+        return totals, R.status_counts_from(c.execute(sql.active_counts(len(names)), names))
+
+    return await db.read(op)
+
+
+async def recount(db: Database, run_id: str | None = None) -> RecountReport:
+    return await db.read(lambda c: recount_rows(c, run_id))
+
+
+async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
+    def op(c: sqlite3.Connection) -> None:
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        for p in c.execute(sql.REBUILD_COUNTERS_SELECT_PACKAGES + where, args).fetchall():
+            truth = package_truth(c, p[0])
+            c.execute(
+                sql.REBUILD_COUNTERS_UPDATE_PACKAGES,
+                (
+                    truth["total"],
+                    *(truth[s] for s in STATUSES),
+                    *(truth[k] for k in sql.COUNTER_COLUMNS),
+                    p[0],
+                ),
+            )
+            c.execute(sql.SET_HISTOGRAM, (hist_dumps(truth["hist"]), p[0]))
+
+    await db.write(op)
+
+
+async def finished_span(db: Database, run_id: str) -> FinishedSpan:
+    def op(c: sqlite3.Connection) -> FinishedSpan:
+        row = c.execute(sql.FINISHED_SPAN, (run_id,)).fetchone()
+        return FinishedSpan(int(row[0]), row[1], row[2])
+
+    return await db.read(op)

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 
 if TYPE_CHECKING:
-    from matrix_mcp.store.sqlite import SQLiteStore
+    from matrix_mcp.store.sqlite.connection import Database
 
 # column names below come from this closed set only (H.change_columns); values are always bound
 _CHANGEABLE = frozenset(
@@ -48,8 +49,8 @@ def _holds(c: sqlite3.Connection, subscription_id: str, owner: str) -> bool:
 
 
 class SQLiteHooks:
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         def op(c: sqlite3.Connection) -> SubscriptionRow:
@@ -61,21 +62,21 @@ class SQLiteHooks:
             )
             return _subscription(c, row.id)
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionRow:
-        return await self._store._read(lambda c: _subscription(c, subscription_id))
+        return await self._db.read(lambda c: _subscription(c, subscription_id))
 
     async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]:
-        sql = (
+        query = (
             "SELECT * FROM hook_subscriptions"
             + (" WHERE active" if active_only else "")
             + " ORDER BY created_at, id"
         )
-        return await self._store._read(lambda c: [H.subscription_from(r) for r in c.execute(sql)])
+        return await self._db.read(lambda c: [H.subscription_from(r) for r in c.execute(query)])
 
     async def any_active(self) -> bool:
-        return await self._store._read(
+        return await self._db.read(
             lambda c: (
                 c.execute("SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1").fetchone() is not None
             )
@@ -98,14 +99,14 @@ class SQLiteHooks:
                 )
             return _subscription(c, subscription_id)
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def remove_subscription(self, subscription_id: str) -> None:
         def op(c: sqlite3.Connection) -> None:
             if c.execute("DELETE FROM hook_subscriptions WHERE id = ?", (subscription_id,)).rowcount == 0:
                 raise rules.unknown_webhook(subscription_id)
 
-        await self._store._write(op)
+        await self._db.write(op)
 
     async def lease(
         self, subscription_id: str, *, owner: str, now: float, ttl: float
@@ -118,10 +119,10 @@ class SQLiteHooks:
             ).rowcount
             return _subscription(c, subscription_id) if taken else None
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def release(self, subscription_id: str, *, owner: str) -> None:
-        await self._store._write(
+        await self._db.write(
             lambda c: c.execute(
                 "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND lease_owner = ?",
@@ -144,7 +145,7 @@ class SQLiteHooks:
             )
             return True
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def add_delivery(self, subscription_id: str, *, delivery: H.NewDelivery, now: float) -> DeliveryRow:
         def op(c: sqlite3.Connection) -> DeliveryRow:
@@ -156,10 +157,10 @@ class SQLiteHooks:
             )
             return _delivery(c, delivery.id)
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def due_deliveries(self, subscription_id: str, *, now: float, limit: int) -> list[DeliveryRow]:
-        return await self._store._read(
+        return await self._db.read(
             lambda c: [
                 H.delivery_from(r)
                 for r in c.execute(
@@ -178,7 +179,7 @@ class SQLiteHooks:
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
-        return await self._store._read(op)
+        return await self._db.read(op)
 
     async def record(self, subscription_id: str, *, record: H.RoundRecord, now: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
@@ -210,13 +211,13 @@ class SQLiteHooks:
                     )
             return True
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRow:
-        return await self._store._read(lambda c: _delivery(c, delivery_id))
+        return await self._db.read(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = H.decode_cursor(query.cursor)
+        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 
@@ -229,18 +230,18 @@ class SQLiteHooks:
             ).fetchall()
             return H.delivery_page(rows, limit)
 
-        return await self._store._read(op)
+        return await self._db.read(op)
 
     async def redeliver(self, target: H.Redelivery, *, now: float) -> int:
         subscription_id, delivery_id, since = target.subscription_id, target.delivery_id, target.since
 
         def op(c: sqlite3.Connection) -> int:
-            sql = (
+            query = (
                 "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
                 " WHERE "
             )
             if delivery_id is not None:
-                n = c.execute(sql + "id = ?", (now, now, delivery_id)).rowcount
+                n = c.execute(query + "id = ?", (now, now, delivery_id)).rowcount
                 if not n:
                     raise rules.unknown_delivery(delivery_id)
                 return int(n)
@@ -248,11 +249,12 @@ class SQLiteHooks:
             _subscription(c, subscription_id)
             return int(
                 c.execute(
-                    sql + "subscription_id = ? AND created_at >= ?", (now, now, subscription_id, since or 0.0)
+                    query + "subscription_id = ? AND created_at >= ?",
+                    (now, now, subscription_id, since or 0.0),
                 ).rowcount
             )
 
-        return await self._store._write(op)
+        return await self._db.write(op)
 
     async def outcome_facts(self, outcome_ids: Sequence[str]) -> dict[str, OutcomeFacts]:
         ids = list(dict.fromkeys(outcome_ids))
@@ -270,7 +272,7 @@ class SQLiteHooks:
                 found.update(H.facts_from(r) for r in rows)
             return found
 
-        return {} if not ids else await self._store._read(op)
+        return {} if not ids else await self._db.read(op)
 
     async def get_link(self, subscription_id: str, *, ref: str) -> str | None:
         def op(c: sqlite3.Connection) -> str | None:
@@ -279,10 +281,10 @@ class SQLiteHooks:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._store._read(op)
+        return await self._db.read(op)
 
     async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None:
-        await self._store._write(
+        await self._db.write(
             lambda c: c.execute(
                 "INSERT INTO hook_links (subscription_id, ref, value) VALUES (?, ?, ?)"
                 " ON CONFLICT (subscription_id, ref) DO UPDATE SET value = excluded.value",
@@ -291,14 +293,14 @@ class SQLiteHooks:
         )
 
     async def all_credentials(self) -> list[tuple[str, str]]:
-        return await self._store._read(
+        return await self._db.read(
             lambda c: [
                 (r[0], r[1]) for r in c.execute("SELECT id, credentials FROM hook_subscriptions ORDER BY id")
             ]
         )
 
     async def set_credentials(self, pairs: Sequence[tuple[str, str]], *, now: float) -> None:
-        await self._store._write(
+        await self._db.write(
             lambda c: c.executemany(
                 "UPDATE hook_subscriptions SET credentials = ?, updated_at = ? WHERE id = ?",
                 [(cred, now, sid) for sid, cred in pairs],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from matrix_mcp.models import (
     STATUSES,
 )
 
-_RUN_SELECT = """
+RUN_SELECT = """
 SELECT r.*, COUNT(p.id) AS packages,
        COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
        COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
@@ -15,18 +17,18 @@ FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 """
 
 
-_OUTCOME_SELECT = """
+OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
 p.duration_hist AS package_duration_hist
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
 
 
-_COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
+COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.
-_MOVE_SQL = {
+MOVE_SQL = {
     (a, b): "UPDATE packages SET " + a + " = " + a + " - 1, " + b + " = " + b + " + 1 WHERE id = ?"
     for a in STATUSES
     for b in STATUSES
@@ -34,7 +36,7 @@ _MOVE_SQL = {
 }
 
 
-_MOVE_CONTRIB_SQL = {
+MOVE_CONTRIB_SQL = {
     (a, b): "UPDATE packages SET "
     + a
     + " = "
@@ -53,13 +55,434 @@ _MOVE_CONTRIB_SQL = {
 
 
 # a completion with a duration: status move, summary sums and the duration histogram in one statement
-_COMPLETE_SQL = _MOVE_CONTRIB_SQL["generating", "complete"].replace(
-    " WHERE id = ?", ", duration_hist = ? WHERE id = ?"
+COMPLETE_SQL = {
+    move: text.replace(" WHERE id = ?", ", duration_hist = ? WHERE id = ?")
+    for move, text in MOVE_CONTRIB_SQL.items()
+}
+
+
+# a claim's counter move (rules.CLAIMED_MOVE) with the package's fairness clock
+CLAIM_MOVE_SQL = (
+    "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ? WHERE id = ?"
 )
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
-_EARLIEST = {
+EARLIEST = {
     "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
     "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
 }
+
+
+@cache
+def update_outcome(columns: tuple[str, ...]) -> str:
+    """The UPDATE of one outcome row (by `n`) that a rules.Transition's values make: one text per transition
+    shape, so each stays a cached prepared statement. Column names come from rules, never from input."""
+    return "UPDATE outcomes SET " + ", ".join(c + " = ?" for c in columns) + " WHERE n = ?"
+
+
+END_ATTEMPT = (
+    "UPDATE outcome_attempts SET status = ?, error = ?, ended_at = ? WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = ?"
+
+
+INSERT_METRIC = "INSERT INTO outcome_metrics (outcome_id, name, value) VALUES (?, ?, ?)"
+
+
+INSERT_EVENT = "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)"
+
+
+# a run's finished items, their earliest start and latest finish (run_status of a finished run)
+FINISHED_SPAN = (
+    "SELECT COUNT(*), MIN(started_at), MAX(completed_at) FROM outcomes"
+    " WHERE run_id = ? AND status IN ('complete', 'failed')"
+)
+
+
+FORGET_REVOKED_SESSIONS = "DELETE FROM revoked_sessions WHERE expires_at < ?"
+
+
+REVOKE_SESSION = "INSERT OR IGNORE INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)"
+
+
+SESSION_REVOKED = "SELECT 1 FROM revoked_sessions WHERE session_id = ?"
+
+
+# ---- runs.py ----------------------------------------------------------------------------------------
+
+
+RESOLVE_RUN_ID = "SELECT id FROM runs WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1"
+
+
+PLAN_SELECT_RUNS = "SELECT id, state FROM runs WHERE name = ?"
+
+
+PLAN_INSERT_RUNS = (
+    "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
+    "backoff_cap_seconds, outcome_schema, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?)"
+)
+
+
+RUN_OUTCOME_TYPE = "SELECT outcome_type FROM runs WHERE id = ?"
+
+
+NEXT_PACKAGE_POSITION = "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHERE run_id = ?"
+
+
+PACKAGE_ID = "SELECT id FROM packages WHERE run_id = ? AND name = ?"
+
+
+PLAN_INSERT_PACKAGES = "INSERT INTO packages (run_id, name, description, position) VALUES (?, ?, ?, ?)"
+
+
+NEXT_ITEM_POSITION = "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?"
+
+
+PLAN_INSERT_OUTCOMES = (
+    "INSERT OR IGNORE INTO outcomes (id, run_id, package_id, item, position, status, outcome_type, "
+    "specifications, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, "
+    "?, ?, ?)"
+)
+
+
+PLAN_UPDATE_PACKAGES = "UPDATE packages SET total = total + ?, pending = pending + ? WHERE id = ?"
+
+
+PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = ? WHERE id = ?"
+
+
+RUN_STATE = "SELECT state FROM runs WHERE id = ?"
+
+
+CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = ?, updated_at = ? WHERE id = ?"
+
+
+RUN_OVERVIEW_SELECT_OUTCOME_MINUTES = (
+    "SELECT COALESCE(SUM(completed + failed), 0) FROM outcome_minutes WHERE run_id = ? AND minute >= ?"
+)
+
+
+LATEST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events"
+
+
+# ---- work.py ----------------------------------------------------------------------------------------
+
+
+SWEEP_SELECT_OUTCOMES = (
+    "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, "
+    "r.max_attempts, r.state, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id "
+    "JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? AND o.status = 'generating' AND "
+    "o.lease_expires_at <= ? LIMIT ?"
+)
+
+
+CANCEL_PENDING_SELECT_OUTCOMES = (
+    "SELECT package_id, COUNT(*) FROM outcomes WHERE run_id = ? AND status = 'pending' GROUP BY package_id"
+)
+
+
+CANCEL_PENDING_UPDATE_OUTCOMES = (
+    "UPDATE outcomes SET status = 'cancelled', updated_at = ?, completed_at = ? WHERE run_id = ? AND "
+    "status = 'pending'"
+)
+
+
+CANCEL_PENDING_UPDATE_PACKAGES = (
+    "UPDATE packages SET pending = pending - ?, cancelled = cancelled + ? WHERE id = ?"
+)
+
+
+CLAIM_NOW_SELECT_RUNS = "SELECT name, state, lease_seconds FROM runs WHERE id = ?"
+
+
+CLAIM_NOW_SELECT_OUTCOMES = (
+    "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes WHERE "
+    "package_id = ? AND status = 'pending' AND available_at <= ? ORDER BY available_at, position "
+    "LIMIT 1"
+)
+
+
+CLAIM_NOW_UPDATE_OUTCOMES = (
+    "UPDATE outcomes SET status = 'generating', attempts = ?, worker = ?, lease_token = ?, "
+    "lease_expires_at = ?, started_at = ?, updated_at = ? WHERE n = ?"
+)
+
+
+CLAIM_NOW_INSERT_OUTCOME_ATTEMPTS = (
+    "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, "
+    "started_at) VALUES (?, ?, ?, ?, ?, 'generating', ?)"
+)
+
+
+CLAIM_NEXT_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+CLAIM_NEXT_SELECT_OUTCOMES = (
+    "SELECT o.id, o.item, o.attempts, o.lease_token, o.lease_expires_at, o.outcome_type, "
+    "o.specifications, o.outcome_path, p.name AS package_name, p.description AS package_description, "
+    "r.name AS run_name FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = "
+    "o.run_id WHERE o.run_id = ? AND o.status = 'generating' AND o.worker = ? AND o.started_at = ? "
+    "ORDER BY o.n LIMIT ?"
+)
+
+
+WHY_NOTHING_SELECT_PACKAGES = "SELECT COALESCE(SUM(total),0) FROM packages WHERE run_id = ?"
+
+
+HEARTBEAT_SELECT_OUTCOMES = (
+    "SELECT o.n, o.status, o.lease_token, r.state, r.lease_seconds FROM outcomes o JOIN runs r ON "
+    "r.id = o.run_id WHERE o.id = ?"
+)
+
+
+HEARTBEAT_UPDATE_OUTCOMES = "UPDATE outcomes SET lease_expires_at = ?, updated_at = ? WHERE n = ?"
+
+
+COMPLETE_INSERT_CONTENTS = "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+
+FAIL_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT status, error FROM outcome_attempts WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+FAIL_SELECT_RUNS = "SELECT state, max_attempts FROM runs WHERE id = ?"
+
+
+RETRY_UPDATE_OUTCOMES = (
+    "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = ?, completed_at = NULL, "
+    "duration_seconds = NULL, updated_at = ? WHERE n = ?"
+)
+
+
+# ---- tracking.py ------------------------------------------------------------------------------------
+
+
+SET_STATUS_SELECT_OUTCOMES = (
+    "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = "
+    "o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = ?"
+)
+
+
+RECORD_OUTCOME_SELECT_RUNS = "SELECT outcome_type, state FROM runs WHERE id = ?"
+
+
+RECORD_OUTCOME_INSERT_PACKAGES = "INSERT INTO packages (run_id, name, position) VALUES (?, ?, ?)"
+
+
+RECORD_OUTCOME_SELECT_OUTCOMES = "SELECT id FROM outcomes WHERE package_id = ? AND item = ?"
+
+
+RECORD_OUTCOME_INSERT_OUTCOMES = (
+    "INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type, "
+    "specifications, created_by, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, "
+    "'pending', ?, ?, ?, ?, ?, ?)"
+)
+
+
+RECORD_OUTCOME_UPDATE_PACKAGES = "UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?"
+
+
+RECORD_INTEGRATION_SELECT_OUTCOMES = "SELECT 1 FROM outcomes WHERE id = ?"
+
+
+RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS = (
+    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+RECORD_INTEGRATION_SELECT_INTEGRATION_LOGS = (
+    "SELECT l.*, r.name AS run_name FROM integration_logs l LEFT JOIN runs r ON r.id = l.run_id "
+    "WHERE l.id = ?"
+)
+
+
+GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
+    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts "
+    "WHERE outcome_id = ? ORDER BY started_at, attempt"
+)
+
+
+CELLS_SELECT_OUTCOMES = (
+    "SELECT o.id, p.name, o.item, o.status FROM outcomes o JOIN packages p ON p.id = o.package_id "
+    "WHERE o.run_id = ? ORDER BY o.n"
+)
+
+
+# ---- keys.py ----------------------------------------------------------------------------------------
+
+
+CREATE_API_KEY_SELECT_API_KEYS = "SELECT 1 FROM api_keys WHERE name = ?"
+
+
+CREATE_API_KEY_INSERT_API_KEYS = (
+    "INSERT INTO api_keys (name, key_hash, scopes, created_at) VALUES (?, ?, ?, ?)"
+)
+
+
+LIST_API_KEYS_SELECT_API_KEYS = "SELECT * FROM api_keys ORDER BY name"
+
+
+REVOKE_API_KEY_UPDATE_API_KEYS = "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"
+
+
+REVOKE_API_KEY_SELECT_API_KEYS = "SELECT * FROM api_keys WHERE name = ?"
+
+
+API_KEY_BY_HASH_SELECT_API_KEYS = "SELECT * FROM api_keys WHERE key_hash = ?"
+
+
+TOUCH_API_KEY_UPDATE_API_KEYS = (
+    "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?"
+)
+
+
+# ---- content.py -------------------------------------------------------------------------------------
+
+
+INLINE_CONTENT_SELECT_CONTENTS = "SELECT body FROM contents WHERE sha256 = ?"
+
+
+CONTENT_HASHES_SELECT_OUTCOMES = (
+    "SELECT DISTINCT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL"
+)
+
+
+COLLECT_CONTENTS_DELETE_CONTENTS = "DELETE FROM contents WHERE sha256 IN ("
+
+
+CONTENT_FILES_SELECT_EVENTS = (
+    "SELECT e.seq, o.id, o.outcome_path, o.content_sha256 FROM events e JOIN outcomes o ON o.id = "
+    "e.outcome_id WHERE e.seq > ? AND e.kind = 'completed' AND o.status = 'complete' AND "
+    "o.content_sha256 IS NOT NULL AND o.outcome_path IS NOT NULL ORDER BY e.seq LIMIT ?"
+)
+
+
+# ---- counters.py ------------------------------------------------------------------------------------
+
+
+ADD_HISTOGRAM_SELECT_PACKAGES = "SELECT duration_hist FROM packages WHERE id = ?"
+
+
+SET_HISTOGRAM = "UPDATE packages SET duration_hist = ? WHERE id = ?"
+
+
+ADD_CONTRIBUTION_UPDATE_PACKAGES = (
+    "UPDATE packages SET duration_sum = duration_sum + ?, duration_n = duration_n + ?, lines_sum = "
+    "lines_sum + ?, quality_sum = quality_sum + ?, quality_n = quality_n + ? WHERE id = ?"
+)
+
+
+ADD_MINUTE_INSERT_OUTCOME_MINUTES = (
+    "INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, minute) DO UPDATE SET completed = completed + "
+    "excluded.completed, failed = failed + excluded.failed, duration_sum = duration_sum + "
+    "excluded.duration_sum, duration_n = duration_n + excluded.duration_n"
+)
+
+
+SUMMARIES_SELECT_PACKAGES = (
+    "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id WHERE "
+)
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES = "SELECT status, COUNT(*) FROM outcomes WHERE package_id = ? GROUP BY status"
+
+
+PACKAGE_TRUTH_SELECT_OUTCOMES_2 = (
+    "SELECT metrics, duration_seconds FROM outcomes WHERE package_id = ? AND status = 'complete'"
+)
+
+
+RECOUNT_ROWS_SELECT_PACKAGES = (
+    "SELECT p.*, r.name AS run_name FROM packages p JOIN runs r ON r.id = p.run_id "
+)
+
+
+RUN_MINUTES_SELECT_OUTCOME_MINUTES = (
+    "SELECT minute, completed, failed FROM outcome_minutes WHERE run_id = ? AND minute >= ? ORDER BY minute"
+)
+
+
+SYSTEM_METRICS_SELECT_PACKAGES = (
+    "SELECT COALESCE(SUM(pending),0) AS pending, COALESCE(SUM(generating),0) AS generating, "
+    "COALESCE(SUM(complete),0) AS complete, COALESCE(SUM(failed),0) AS failed, "
+    "COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(duration_sum),0) AS ds, "
+    "COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls, "
+    "COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn FROM packages "
+)
+
+
+SYSTEM_METRICS_SELECT_OUTCOME_MINUTES = (
+    "SELECT minute / 60 AS hour, SUM(completed) AS completed, SUM(failed) AS failed, "
+    "SUM(duration_sum) AS ds, SUM(duration_n) AS dn FROM outcome_minutes WHERE minute >= ?"
+)
+
+
+SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = ?"
+
+
+STATUS_COUNTS_SELECT_PACKAGES = (
+    "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled FROM packages GROUP BY name ORDER BY name"
+)
+
+
+# /metrics: totals over every package row, and the first `limit` names with unfinished work
+STATUS_SUMS = (
+    "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+)
+
+
+ACTIVE_TOTALS = f"SELECT {STATUS_SUMS} FROM packages"
+
+
+# the first `limit` busy packages (the scan stops there)
+ACTIVE_NAMES = (
+    "SELECT p.name FROM packages p JOIN runs r ON r.id = p.run_id"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT ?"
+)
+
+
+def active_counts(n: int) -> str:
+    """The counts over all runs of `n` bound package names."""
+    marks = ", ".join("?" * n)  # placeholders only; the names are bound
+    return f"SELECT name, {STATUS_SUMS} FROM packages WHERE name IN ({marks}) GROUP BY name ORDER BY name"
+
+
+REBUILD_COUNTERS_SELECT_PACKAGES = "SELECT id FROM packages "
+
+
+REBUILD_COUNTERS_UPDATE_PACKAGES = (
+    "UPDATE packages SET total = ?, pending = ?, generating = ?, complete = ?, failed = ?, cancelled "
+    "= ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?, quality_n = ? WHERE id = "
+    "?"
+)
+
+
+OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = ?"
+
+
+RUN_BY_ID = RUN_SELECT + " WHERE r.id = ? GROUP BY r.id"
+
+
+# content kept in the store that no outcome refers to (the subquery is built once, not run per row)
+ORPHAN_CONTENTS = (
+    "SELECT sha256 FROM contents WHERE sha256 NOT IN"
+    " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IS NOT NULL)"
+)
+
+
+# the outcome whose readable file a path is (outcome_paths: one outcome per path)
+PATH_HOLDER = (
+    "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
+    " JOIN packages p ON p.id = o.package_id WHERE h.path = ?"
+)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from matrix_mcp.config import redact_text
-from matrix_mcp.store.base import StoreError, Unavailable
+from matrix_mcp.errors import StoreError, Unavailable
 
 CONNECT_WAIT = 3.0  # seconds an unreachable server is tried again before start-up gives up
 CONNECT_TIMEOUT = 2  # libpq connect_timeout per attempt (seconds, integer)

@@ -1,0 +1,49 @@
+"""The PostgreSQL store's change feed: events read after a sequence number, the latest one, and waiting
+for the next (the Database wakes on this process's commits and on other processes' NOTIFY)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from matrix_mcp.models import (
+    Event,
+)
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.postgres.batch import (
+    Conn,
+    fetch_all,
+    fetch_one,
+)
+from matrix_mcp.store.postgres.sql import (
+    LATEST_SEQ_SQL,
+)
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres.connection import Database
+
+
+async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
+    async def op(c: Conn) -> list[Event]:
+        q = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
+        args: list[Any] = [since]
+        if run_id is not None:
+            q += " AND e.run_id = %s"
+            args.append(run_id)
+        rows = await fetch_all(c, q + " ORDER BY e.seq LIMIT %s", [*args, limit])
+        return [R.event_from(r) for r in rows]
+
+    return await db.read(op)
+
+
+async def latest_seq(db: Database) -> int:
+    async def op(c: Conn) -> int:
+        row = await fetch_one(c, LATEST_SEQ_SQL)
+        return int(row["s"]) if row else 0
+
+    return await db.read(op)
+
+
+async def wait_for_change(db: Database, since: int, *, timeout: float) -> int:
+    """Wakes on this process's commits at once, on other processes' through LISTEN/NOTIFY (the Database's
+    listener), and polls in case a notification is lost."""
+    return await db.wait_for_change(since, timeout=timeout)

@@ -1,0 +1,530 @@
+"""The PostgreSQL store's work loop: claims and completes merged set-based per batch (and one by one),
+the lease sweep, heartbeats, failures and retries. Each decision is matrix_mcp.rules'; each write a
+rules.Transition applied by Tx.apply (or, where one statement decided and wrote, its effects by Tx.effects)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from matrix_mcp import rules
+from matrix_mcp.audit import acting_as, current_principal
+from matrix_mcp.models import (
+    HeartbeatResult,
+    LeaseRef,
+    LeaseState,
+    Outcome,
+    ts,
+)
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.params import (
+    Claim,
+    ClaimBatch,
+    ClaimRequest,
+    Failure,
+    NextClaim,
+    Report,
+    Reported,
+)
+from matrix_mcp.store.postgres import sql
+from matrix_mcp.store.postgres.batch import (
+    IDS_ANSWER,
+    REPORTED_ANSWER,
+    Batch,
+    BatchRequest,
+    ClaimArgs,
+    CompleteArgs,
+    Conn,
+    Row,
+    Tx,
+    claim_params,
+    claims_from,
+    fetch_all,
+    log,
+)
+from matrix_mcp.store.postgres.sql import (
+    CANCEL_PENDING_SQL,
+    CLAIM_SQL,
+    COMPLETE_MANY_SQL,
+    COMPLETE_SQL,
+    EARLIEST,
+    HEARTBEAT_SQL,
+    HELD_SQL,
+    RECOVER_CLAIMS_SQL,
+    SWEEP_SQL,
+)
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.postgres.connection import Database
+
+
+SWEEP_LIMIT = 500
+
+
+async def recover_claims(conn: Conn, batch: list[BatchRequest]) -> None:
+    """Before a batch is re-run after a transient error: claims an earlier attempt committed although
+    its answer was lost (the connection died after COMMIT) are still leased under the tokens that
+    attempt handed out. Those leases go to their request now — their events and counters were
+    committed with them — instead of staying orphaned until they expire."""
+    retried = [(req, req.merge) for req in batch if isinstance(req.merge, ClaimArgs) and req.merge.issued]
+    if not retried:
+        return
+    runs = sorted({a.run_id for _, a in retried})
+    tokens = [t for _, a in retried for t in a.issued]
+    by_token = {r["lease_token"]: r for r in await fetch_all(conn, RECOVER_CLAIMS_SQL, (runs, tokens))}
+    for req, a in retried:
+        got = [R.claim_from(by_token[t]) for t in a.issued if t in by_token]
+        if not got:
+            continue
+        log.info("recovered %d claim(s) committed by an attempt whose answer was lost", len(got))
+        if len(got) >= a.limit:
+            req.value = ClaimBatch(got)
+            req.handled = True
+        else:
+            req.rest = claim_op(a, got)
+
+
+MERGE_SLOTS = 4000  # items one merged claim statement may hand out (claim_seq leaves 4096 per statement)
+
+
+def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[ClaimBatch]]:
+    """One claim request on its own: `already` holds what the batch's merged statement gave it."""
+    run_id, package, now = args.run_id, args.package, args.now
+
+    async def op(tx: Tx) -> ClaimBatch:
+        claims = list(already)
+        if claims:
+            tx.wrote = True
+        if run_id not in tx.batch.swept:  # once per batch and run: expired leases go back first
+            tx.batch.swept[run_id] = now
+            if await sweep(tx, run_id, now):
+                tx.wrote = True
+        exhausted: list[int] = []
+        while len(claims) < args.limit:
+            want = args.limit - len(claims)
+            rows = await tx.all(
+                CLAIM_SQL,
+                claim_params(
+                    run_id,
+                    package,
+                    exhausted,
+                    now,
+                    [(args.worker, now, args.token(), current_principal.get()) for _ in range(want)],
+                ),
+            )
+            quota: dict[int, int] = {}
+            got: dict[int, int] = defaultdict(int)
+            for o in rows:
+                np_, ord_ = int(o["np"]), int(o["ord"])
+                quota[int(o["pk_id"])] = max(0, (want - ord_ + np_ - 1) // np_)
+                if o["id"] is not None:
+                    got[int(o["pk_id"])] += 1
+            claims += claims_from(tx, run_id, args.worker, [o for o in rows if o["id"] is not None], now)
+            # a package that gave less than its share has nothing more for this call (or the rest
+            # is locked by other claimers); the next round shares what is left among the others
+            short = [pid for pid, q in quota.items() if got.get(pid, 0) < q]
+            if not short or len(short) == len(quota):
+                break
+            exhausted += short
+        if len(claims) >= args.limit:
+            return ClaimBatch(claims)
+        run = await tx.one(sql.RUN_STATE, (run_id,))
+        if run is None:
+            raise rules.unknown_run(run_id)
+        blocked = rules.claim_blocked(run["state"])
+        if blocked is not None:
+            return ClaimBatch(claims, blocked)
+        await tx.flush()
+        return ClaimBatch(claims, *await why_nothing(tx, run_id, package))
+
+    return op
+
+
+async def next_claims(
+    tx: Tx, outcome: Outcome, token: str, next_claim: NextClaim | None, now: float, fresh: bool
+) -> ClaimBatch | None:
+    """The next leases of a report: claimed now when the report is fresh; for a repeat of the identical
+    report, the leases the first one took that its worker still holds (claimed at that report's time)."""
+    if next_claim is None:
+        return None
+    if fresh:
+        args = ClaimArgs(
+            outcome.run_id,
+            outcome.worker or "",
+            next_claim.limit,
+            next_claim.package,
+            now,
+            next_claim.token_factory,
+        )
+        return await claim_op(args, [])(tx)
+    first = await tx.one(
+        sql.NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS,
+        (outcome.id, token),
+    )
+    if first is None or first["ended_at"] is None:
+        return ClaimBatch([])
+    rows = await tx.all(HELD_SQL, (outcome.run_id, first["worker"], first["ended_at"], next_claim.limit))
+    return ClaimBatch([R.claim_from(r) for r in rows])
+
+
+async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
+    """The set-based fast path of a batch: all claims of one run (and package filter) in one statement,
+    handed out in request order; all completes in one statement. A request the merged statement cannot
+    answer whole (short claim, stale or repeated report) is finished one by one afterwards."""
+    groups: dict[tuple[str, str | None], list[list[tuple[BatchRequest, ClaimArgs]]]] = {}
+    completes: list[tuple[BatchRequest, CompleteArgs]] = []
+    for req in batch:
+        a = req.merge
+        if req.handled or req.rest is not None:  # recovered from a lost answer
+            continue
+        if isinstance(a, ClaimArgs):
+            chunks = groups.setdefault((a.run_id, a.package), [[]])
+            if chunks[-1] and sum(x.limit for _, x in chunks[-1]) + a.limit > MERGE_SLOTS:
+                chunks.append([])
+            chunks[-1].append((req, a))
+        elif isinstance(a, CompleteArgs):
+            completes.append((req, a))
+    for (run_id, package), chunks in groups.items():
+        for chunk in chunks:
+            cutoff = min(a.now for _, a in chunk)
+            swept = None
+            if run_id not in state.swept:  # sent with the claim, without waiting for its answer
+                state.swept[run_id] = cutoff
+                swept = await conn.execute(SWEEP_SQL, sweep_params(run_id, cutoff))
+            slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
+            claimed = await conn.execute(CLAIM_SQL, claim_params(run_id, package, [], cutoff, slots))
+            if swept is not None:
+                sweep = Tx(conn, state)
+                sweep_effects(sweep, run_id, cutoff, await swept.fetchall())
+                sweep.succeeded()
+            rows = await claimed.fetchall()
+            got = [o for o in rows if o["id"] is not None]  # ranks 1..len(got), in rank order
+            # the whole chunk's events and counter moves go straight to the batch: the merged
+            # statement succeeded or the batch re-runs one by one (NeedSafe), so nothing of one
+            # request has to be kept apart to be rolled back alone
+            whole = Tx(conn, state)
+            events = state.events
+            pos = 0
+            for req, a in chunk:
+                mine = got[pos : pos + a.limit]
+                pos += len(mine)
+                claims = []
+                with acting_as(req.principal):
+                    for o in mine:
+                        ev = rules.claimed(
+                            package=o["package_name"], item=o["item"], worker=a.worker, attempt=o["attempts"]
+                        )
+                        events.append((run_id, o["id"], ev.kind, ev.payload(), float(a.now)))
+                        claims.append(R.claim_from(o))
+                if len(claims) == a.limit:
+                    req.value = ClaimBatch(claims)
+                    req.handled = True
+                else:
+                    req.rest = claim_op(a, claims)
+            per_package: dict[int, int] = defaultdict(int)
+            for o in got:
+                per_package[int(o["pk_id"])] += 1
+            for pid, n in per_package.items():
+                whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
+            whole.succeeded()
+    if completes:
+        await complete_many(conn, state, completes)
+
+
+async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchRequest, CompleteArgs]]) -> None:
+    seen: set[str] = set()
+    todo: list[tuple[BatchRequest, CompleteArgs]] = []
+    for req, a in completes:
+        if a.outcome_id not in seen:  # a repeat of the same report in this batch goes one by one
+            seen.add(a.outcome_id)
+            todo.append((req, a))
+    mreq: list[int] = []
+    mnames: list[str] = []
+    mvalues: list[float] = []
+    for i, (_, a) in enumerate(todo, start=1):
+        for k, v in a.values:
+            mreq.append(i)
+            mnames.append(k)
+            mvalues.append(v)
+    rows = await fetch_all(
+        conn,
+        COMPLETE_MANY_SQL,
+        {
+            "ids": [a.outcome_id for _, a in todo],
+            "tokens": [a.lease_token for _, a in todo],
+            "nows": [float(a.now) for _, a in todo],
+            "metrics": [a.metrics for _, a in todo],
+            "metadata": [a.metadata for _, a in todo],
+            "paths": [a.report.outcome_path for _, a in todo],
+            "shas": [a.report.content_sha256 for _, a in todo],
+            "bytes": [a.report.content_bytes for _, a in todo],
+            "mimes": [a.report.mime_type for _, a in todo],
+            "bodies": [a.report.inline for _, a in todo],
+            "mreq": mreq,
+            "mnames": mnames,
+            "mvalues": mvalues,
+        },
+    )
+    # as for merged claims: the statement's effects go straight to the batch (all or NeedSafe)
+    # (the statement took the rows whose lease holds and wrote rules.duration: tests/test_rules.py holds
+    # it to the rules; `row` is the item as the statement left it)
+    whole = Tx(conn, state)
+    for row in sorted(rows, key=lambda r: int(r["req"])):
+        req, a = todo[int(row["req"]) - 1]
+        t = rules.complete(
+            row, lease_token=a.lease_token, report=a.report, now=a.now, encoded=(a.metrics, a.metadata)
+        )
+        with acting_as(req.principal):
+            whole.effects(t, a.now)
+        req.value = R.outcome_from(row)
+        req.handled = True
+    whole.succeeded()
+
+
+async def leased_row(tx: Tx, outcome_id: str, token: str) -> Row:
+    row = await tx.one(
+        sql.LEASED_ROW_SELECT_OUTCOMES,
+        (outcome_id,),
+    )
+    return rules.check_lease(row, outcome_id, token)
+
+
+async def sweep(tx: Tx, run_id: str, now: float) -> int:
+    """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
+    Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
+    rows = await tx.all(SWEEP_SQL, sweep_params(run_id, now))
+    sweep_effects(tx, run_id, now, rows)
+    return len(rows)
+
+
+def sweep_params(run_id: str, now: float) -> dict[str, Any]:
+    return {"run": run_id, "now": now, "limit": SWEEP_LIMIT}
+
+
+def sweep_effects(tx: Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
+    """The counter moves and events of the leases a sweep statement returned."""
+    for r in rows:
+        tx.effects(rules.expire_to(r, r["target"], now), now)
+
+
+async def cancel_pending(tx: Tx, run_id: str, now: float) -> int:
+    total = 0
+    for r in await tx.all(CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
+        n = int(r["n"])
+        tx.move(run_id, int(r["package_id"]), *rules.CANCEL_MOVE, n)
+        total += n
+    return total
+
+
+async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
+    row = await tx.one(
+        sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS,
+        (run_id, package, package),
+    )
+    assert row is not None
+    if package is not None and row["n"] == 0:
+        raise rules.unknown_package_in_run(package)
+    total = 0
+    if not row["pending"] and not row["generating"]:  # done or empty: said of the whole run
+        t = await tx.one(
+            sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2,
+            (run_id,),
+        )
+        total = int(t["total"]) if t else 0
+    reason, column = rules.why_nothing(
+        pending=int(row["pending"]), generating=int(row["generating"]), total=total
+    )
+    if column is None:
+        return reason, None
+    pkg_filter = (
+        ""
+        if package is None
+        else " AND package_id IN (SELECT id FROM packages WHERE run_id = %s AND name = %s)"
+    )
+    pkg_args = [] if package is None else [run_id, package]
+    m = await tx.one(EARLIEST[column] + pkg_filter, [run_id, *pkg_args])
+    return reason, m["t"] if m else None
+
+
+async def claim(db: Database, request: ClaimRequest, *, now: float) -> ClaimBatch:
+    args = ClaimArgs(
+        run_id=request.run_id,
+        worker=request.worker,
+        limit=request.limit,
+        package=request.package,
+        now=now,
+        token_factory=request.token_factory,
+    )
+    return await db.write(claim_op(args, []), atomic=True, merge=args)
+
+
+async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
+    async def op(tx: Tx) -> HeartbeatResult:
+        # the leases that hold (rules.lease_holds) run until rules.lease_expires: tests/test_rules.py
+        # holds the statement to them
+        rows = await tx.all(
+            HEARTBEAT_SQL,
+            {
+                "now": now,
+                "ids": [lease.outcome_id for lease in leases],
+                "tokens": [lease.lease_token for lease in leases],
+            },
+        )
+        tx.wrote = bool(rows)
+        held = {(r["id"], r["lease_token"]): r for r in rows}
+        extended: list[LeaseState] = []
+        lost: list[str] = []
+        cancelled: list[str] = []
+        for lease in leases:
+            r = held.get((lease.outcome_id, lease.lease_token))
+            if r is None:
+                lost.append(lease.outcome_id)
+                continue
+            if rules.stops_work(r["state"]):
+                cancelled.append(lease.outcome_id)
+            extended.append(
+                LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(r["lease_expires_at"]))  # type: ignore[arg-type]
+            )
+        return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
+
+    return await db.write(op, atomic=True)
+
+
+async def complete(
+    db: Database,
+    outcome_id: str,
+    *,
+    lease_token: str,
+    report: Report,
+    now: float,
+    next_claim: NextClaim | None = None,
+) -> Reported:
+    metrics, metadata = R.dumps(report.metrics), R.dumps(report.metadata)
+    values = R.numeric_metrics(report.metrics)
+    params = {
+        "now": now,
+        "metrics": metrics,
+        "metadata": metadata,
+        "path": report.outcome_path,
+        "sha": report.content_sha256,
+        "bytes": report.content_bytes,
+        "mime": report.mime_type,
+        "id": outcome_id,
+        "token": lease_token,
+        "names": [k for k, _ in values],
+        "values": [v for _, v in values],
+        "body": report.inline,
+    }
+
+    async def op(tx: Tx) -> Outcome:
+        # the statement completes the item when its lease holds (rules.lease_holds, with
+        # rules.duration: tests/test_rules.py holds the SQL to them); `row` is the item before it
+        row = await tx.one(COMPLETE_SQL, params)
+        fresh = rules.check_complete(row, outcome_id, lease_token, report)
+        assert row is not None  # (check_complete raised otherwise)
+        if not fresh:
+            return R.outcome_from(row)  # the identical report, repeated
+        tx.wrote = True
+        t = rules.complete(row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata))
+        tx.effects(t, now)
+        return R.outcome_from(t.row(row))
+
+    if next_claim is None:
+        merge = CompleteArgs(
+            outcome_id=outcome_id,
+            lease_token=lease_token,
+            report=report,
+            now=now,
+            metrics=metrics,
+            metadata=metadata,
+            values=values,
+        )
+        return Reported(await db.write(op, atomic=True, merge=merge))
+    claim = next_claim
+
+    async def then(tx: Tx) -> Reported:
+        outcome = await op(tx)  # sets tx.wrote only when this report completed the item
+        return Reported(outcome, await next_claims(tx, outcome, lease_token, claim, now, tx.wrote))
+
+    # journaled: a retry after a lost answer returns these leases instead of taking more
+    return await db.write(then, atomic=True, journal=REPORTED_ANSWER)
+
+
+async def fail(
+    db: Database,
+    outcome_id: str,
+    *,
+    lease_token: str,
+    failure: Failure,
+    now: float,
+    next_claim: NextClaim | None = None,
+) -> Reported:
+    error, retryable, backoff = failure.error, failure.retryable, failure.backoff
+
+    async def op(tx: Tx) -> Reported:
+        row = await leased_row(tx, outcome_id, lease_token)
+        if not rules.lease_holds(row["status"], row["lease_token"], lease_token):
+            attempt = await tx.one(
+                sql.FAIL_SELECT_OUTCOME_ATTEMPTS,
+                (outcome_id, lease_token),
+            )
+            if not rules.is_repeat_failure(attempt, error):
+                raise rules.lost_lease(row)
+            repeated = R.outcome_from(row)  # the identical report, repeated
+            return Reported(repeated, await next_claims(tx, repeated, lease_token, next_claim, now, False))
+        t = rules.fail(
+            row,
+            lease_token=lease_token,
+            error=error,
+            retryable=retryable,
+            backoff=backoff,
+            run_state=row["run_state"],
+            max_attempts=int(row["max_attempts"]),
+            now=now,
+        )
+        await tx.apply(row, t, now)
+        outcome = R.outcome_from(t.row(row))
+        return Reported(outcome, await next_claims(tx, outcome, lease_token, next_claim, now, True))
+
+    return await db.write(op, journal=REPORTED_ANSWER)
+
+
+async def retry(
+    db: Database,
+    run_id: str,
+    *,
+    package: str | None = None,
+    outcome_ids: Sequence[str] | None = None,
+    now: float,
+) -> list[str]:
+    async def op(tx: Tx) -> list[str]:
+        state = await tx.one(sql.RUN_STATE, (run_id,))
+        rules.check_retry(None if state is None else state["state"], run_id)
+        pid: int | None = None
+        if package is not None:
+            prow = await tx.one(sql.PACKAGE_ID, (run_id, package))
+            if prow is None:
+                raise rules.unknown_package_in_run(package)
+            pid = int(prow["id"])
+        rows = await tx.all(
+            sql.RETRY_REQUEUE_FAILED,
+            {
+                "now": now,
+                "run": run_id,
+                "pid": pid,
+                "ids": list(outcome_ids) if outcome_ids is not None else None,
+            },
+        )
+        rows.sort(key=lambda r: int(r["n"]))
+        per_package: dict[int, int] = defaultdict(int)
+        for r in rows:
+            per_package[int(r["package_id"])] += 1
+        for p, n in per_package.items():
+            tx.move(run_id, p, *rules.RETRY_MOVE, n)
+        ids = [r["id"] for r in rows]
+        if ids:
+            tx.event(run_id, None, rules.requeued(ids), now)
+        return ids
+
+    return await db.write(op, journal=IDS_ANSWER)

@@ -1,0 +1,166 @@
+"""The SQLite store's runs: planning, reading, run control and the run overview."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+
+from matrix_mcp import rules
+from matrix_mcp.models import (
+    PlanResult,
+    Run,
+    RunAction,
+    RunPolicy,
+)
+from matrix_mcp.store import rows as R
+from matrix_mcp.store.params import (
+    NewPackage,
+    RunOverview,
+)
+from matrix_mcp.store.sqlite import counters, events, sql, work
+from matrix_mcp.store.sqlite.connection import Database
+
+
+def resolve_run_id(c: sqlite3.Connection, ref: str) -> str:
+    row = c.execute(sql.RESOLVE_RUN_ID, (ref, ref, ref)).fetchone()
+    if row is None:
+        raise rules.unknown_run(ref)
+    return str(row[0])
+
+
+def read_run(c: sqlite3.Connection, run_id: str) -> Run:
+    row = c.execute(sql.RUN_BY_ID, (run_id,)).fetchone()
+    if row is None:
+        raise rules.unknown_run(run_id)
+    return R.run_from(row)
+
+
+async def plan(
+    db: Database,
+    *,
+    name: str,
+    goal: str | None,
+    policy: RunPolicy,
+    packages: Sequence[NewPackage],
+    now: float,
+) -> PlanResult:
+    def op(c: sqlite3.Connection) -> PlanResult:
+        row = c.execute(sql.PLAN_SELECT_RUNS, (name,)).fetchone()
+        created = row is None
+        if created:
+            run_id = str(uuid.uuid4())
+            c.execute(
+                sql.PLAN_INSERT_RUNS,
+                (
+                    run_id,
+                    name,
+                    goal,
+                    *R.policy_values(policy),
+                    now,
+                    now,
+                ),
+            )
+        else:
+            run_id = row["id"]
+            rules.check_plan(row["state"], any(p.items for p in packages), name)
+        outcome_type = c.execute(sql.RUN_OUTCOME_TYPE, (run_id,)).fetchone()[0]
+        added_packages: list[str] = []
+        added_items = 0
+        next_pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
+        for pkg in packages:
+            prow = c.execute(sql.PACKAGE_ID, (run_id, pkg.name)).fetchone()
+            if prow is None:
+                cur = c.execute(
+                    sql.PLAN_INSERT_PACKAGES,
+                    (run_id, pkg.name, pkg.description, next_pos),
+                )
+                package_id = cur.lastrowid
+                next_pos += 1
+                added_packages.append(pkg.name)
+                item_pos = 0
+            else:
+                package_id = prow["id"]
+                item_pos = c.execute(
+                    sql.NEXT_ITEM_POSITION,
+                    (package_id,),
+                ).fetchone()[0]
+            before = c.total_changes
+            c.executemany(
+                sql.PLAN_INSERT_OUTCOMES,
+                [
+                    (
+                        str(uuid.uuid4()),
+                        run_id,
+                        package_id,
+                        item.name,
+                        item_pos + i,
+                        outcome_type,
+                        R.spec_dumps(item.specifications),
+                        now,
+                        now,
+                        now,
+                    )
+                    for i, item in enumerate(pkg.items)
+                ],
+            )
+            added = c.total_changes - before
+            if added:
+                c.execute(
+                    sql.PLAN_UPDATE_PACKAGES,
+                    (added, added, package_id),
+                )
+                added_items += added
+        if created or added_items or added_packages:
+            c.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
+            events.add_event(
+                c,
+                run_id,
+                None,
+                rules.planned(created=created, packages=added_packages, items=added_items),
+                now,
+            )
+        run = read_run(c, run_id)
+        return R.plan_result(run, created, added_packages, added_items)
+
+    return await db.write(op)
+
+
+async def get_run(db: Database, ref: str) -> Run:
+    return await db.read(lambda c: read_run(c, resolve_run_id(c, ref)))
+
+
+async def list_runs(db: Database) -> list[Run]:
+    def op(c: sqlite3.Connection) -> list[Run]:
+        rows = c.execute(sql.RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name").fetchall()
+        return [R.run_from(r) for r in rows]
+
+    return await db.read(op)
+
+
+async def control_run(db: Database, run_id: str, *, action: RunAction, now: float) -> Run:
+    def op(c: sqlite3.Connection) -> Run:
+        state = c.execute(sql.RUN_STATE, (run_id,)).fetchone()
+        if state is None:
+            raise rules.unknown_run(run_id)
+        target = rules.control_target(state[0], action)
+        if target != state[0]:
+            c.execute(sql.CONTROL_RUN_UPDATE_RUNS, (target, now, run_id))
+            cancelled = work.cancel_pending(c, run_id, now) if rules.cancels_pending(target) else None
+            events.add_event(c, run_id, None, rules.run_controlled(action, cancelled), now)
+        return read_run(c, run_id)
+
+    return await db.write(op)
+
+
+async def run_overview(db: Database, run_id: str, *, since: float) -> RunOverview:
+    def op(c: sqlite3.Connection) -> RunOverview:
+        summaries = counters.summaries(c, "p.run_id = ?", [run_id])
+        finished = c.execute(
+            sql.RUN_OVERVIEW_SELECT_OUTCOME_MINUTES,
+            (run_id, int(since // 60)),
+        ).fetchone()[0]
+        latest = c.execute(sql.LATEST_SEQ).fetchone()[0]
+        return RunOverview(read_run(c, run_id), summaries, int(finished), int(latest))
+
+    return await db.read(op)
