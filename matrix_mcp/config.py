@@ -223,17 +223,23 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def positive_number(env: Mapping[str, str], name: str, default: float, *, unit: str = "") -> float:
+    """A positive, finite number from the environment (`unit`, e.g. " of seconds", words the error);
+    unset or empty gives `default`. A bad value is one line naming the setting."""
     raw = env.get(name)
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError as exc:
-        raise SettingError(f"{name} must be a number of seconds, got {raw!r}") from exc
+        raise SettingError(f"{name} must be a number{unit}, got {raw!r}") from exc
     if not 0 < value < float("inf"):
-        raise SettingError(f"{name} must be a positive number of seconds, got {raw!r}")
+        raise SettingError(f"{name} must be positive and finite, got {raw!r}")
     return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    return positive_number(env, name, default, unit=" of seconds")
 
 
 # libpq's own variables that name a database to connect to; the rest (PGUSER, PGPASSWORD, PGPORT,

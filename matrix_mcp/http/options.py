@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from matrix_mcp.config import positive_number
+
 DEFAULT_RATE_LIMIT = "3000/minute"
 DEFAULT_AUTH_FAILURE_LIMIT = "30/minute"
 DEFAULT_BODY_TIMEOUT = 30.0
@@ -78,12 +80,12 @@ class ServiceOptions:
             jwt_leeway=_seconds(env, "MATRIX_JWT_LEEWAY_SECONDS", DEFAULT_JWT_LEEWAY_SECONDS),
             metrics_token=env.get("MATRIX_METRICS_TOKEN") or None,
             metrics_max_packages=int(
-                _float(env, "MATRIX_METRICS_MAX_PACKAGES", DEFAULT_METRICS_MAX_PACKAGES)
+                positive_number(env, "MATRIX_METRICS_MAX_PACKAGES", DEFAULT_METRICS_MAX_PACKAGES)
             ),
-            key_cache_seconds=_float(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
-            body_timeout=_float(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
-            max_connections=int(_float(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
-            header_timeout=_float(env, "MATRIX_HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            key_cache_seconds=positive_number(env, "MATRIX_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS),
+            body_timeout=positive_number(env, "MATRIX_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            max_connections=int(positive_number(env, "MATRIX_HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)),
+            header_timeout=positive_number(env, "MATRIX_HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
             trusted_proxies=_list(env.get("MATRIX_TRUSTED_PROXIES")),
         )
         clean: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
@@ -167,16 +169,3 @@ def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) > 3600:
         raise ValueError(f"{name} must be a whole number of seconds from 0 to 3600, got {raw!r}")
     return int(raw)
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {raw}")
-    return value
