@@ -151,3 +151,27 @@ async def test_metrics_labels_stay_bounded_and_the_host_is_checked(tmp_path: Pat
     generated = "matrix_outcome_generation_seconds_count"
     assert packages(first, generated) == {"done-0", "done-1", "done-2"}
     assert packages(second, generated) == set()
+
+
+def test_active_outcomes_lines_are_the_ones_prometheus_client_writes() -> None:
+    """The scrape formats `matrix_active_outcomes` itself (15 µs a line through generate_latest): byte for
+    byte what prometheus_client writes, for names that need escaping, big counts and the `other` rest."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from matrix_mcp.http.metrics import ActiveOutcomes
+
+    active = ActiveOutcomes()
+    active.totals = {"pending": 10**12, "generating": 3, "complete": 7, "failed": 1, "cancelled": 0}
+    active.counts = {
+        'quo"te\\back\nline': {"pending": 2, "complete": 7},
+        "ünï / code": {"generating": 3},
+        "other": {"pending": 1},
+    }
+    registry = CollectorRegistry()
+    registry.register(active)
+    assert active.exposition() == generate_latest(registry)
+    m = samples(active.exposition().decode())
+    assert m["matrix_active_outcomes", (("package", 'quo"te\\back\nline'), ("status", "pending"))] == 2
+    assert m["matrix_active_outcomes", (("package", "other"), ("status", "pending"))] == 10**12 - 2
+    active.totals, active.counts = {}, {}
+    assert active.exposition() == generate_latest(registry)

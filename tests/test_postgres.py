@@ -402,3 +402,71 @@ async def test_no_index_of_outcomes_names_a_column_claims_or_reports_write(
         named = set(re.findall(r"[a-z_]+", definition.split(" USING ", 1)[1]))
         assert not named & written, (name, definition)
     assert {"outcome_queue_claimable", "outcome_queue_leased", "outcome_queue_last_claim"} <= queue
+
+
+async def test_run_totals_follow_the_roller_and_a_rebuild_realigns_them(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """/metrics' store-wide totals come from one row per run, moved by the roller beside its packages: they
+    equal the packages' sums after plans, claims, reports and a cancel; a drifted row is a recount
+    mismatch naming the run, and a rebuild sets it from the packages again."""
+    from matrix_mcp.store.postgres.migrations import MIGRATIONS, ROLLUP_LOCK
+
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        store = engine.store
+        for run in ("one", "two", "gone"):
+            await engine.plan_run(run, packages=[PackageSpec(name="p", items=["a", "b", "c"])])
+        got = await engine.claim_items(run="one", worker="w", limit=2)
+        await engine.complete_item(outcome_id=got.items[0].outcome_id, lease_token=got.items[0].lease_token)
+        await engine.fail_item(
+            outcome_id=got.items[1].outcome_id,
+            lease_token=got.items[1].lease_token,
+            error="no",
+            retryable=False,
+        )
+        await engine.control_run("gone", action="cancel")
+        totals, by_name = await store.active_status_counts(10)  # before the roll: rows plus deltas
+        assert (totals["pending"], totals["complete"], totals["failed"], totals["cancelled"]) == (4, 1, 1, 3)
+        while await store.roll_up():
+            pass
+        assert (await store.active_status_counts(10)) == (totals, by_name)
+        await assert_consistent(engine)
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            rows = dict(
+                conn.execute("SELECT r.name, t.pending FROM run_counters t JOIN runs r ON r.id = t.run_id")
+            )
+            assert rows == {"one": 1, "two": 3, "gone": 0}
+            conn.execute("UPDATE run_counters SET complete = complete + 5")
+        report = await store.recount()
+        assert not report.consistent
+        assert any(m.startswith("one: run complete counter 6 != packages 1") for m in report.mismatches)
+        await store.rebuild_counters()
+        await assert_consistent(engine)
+        assert (await store.active_status_counts(10))[0] == totals
+    finally:
+        await engine.close()
+    # the migration's backfill holds the roller's lock, named there by its number
+    assert f"pg_advisory_xact_lock({ROLLUP_LOCK})" in dict(MIGRATIONS)[12]
+
+
+async def test_a_plan_of_20000_packages_rolls_up_within_the_deadline(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """The roller folds a chunk in one statement cut off at the deadline: a plan of 20,000 packages (one
+    delta each) is folded, not retried forever (each package's histogram lookup once scanned the whole
+    chunk — minutes for this plan)."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        specs = [PackageSpec(name=f"p{i:05d}", items=["a"]) for i in range(20_000)]
+        await engine.plan_run("big", packages=specs)
+        folded = 0
+        while n := await engine.store.roll_up():
+            folded += n
+        assert folded >= 20_000
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM package_deltas").fetchone() == (0,)
+            assert conn.execute("SELECT SUM(pending)::int FROM packages").fetchone() == (20_000,)
+            assert conn.execute("SELECT pending FROM run_counters").fetchone() == (20_000,)
+    finally:
+        await engine.close()

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, gen
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -59,8 +60,7 @@ class Metrics:
             buckets=GENERATION_BUCKETS,
             registry=r,
         )
-        self.active = ActiveOutcomes()
-        r.register(self.active)
+        self.active = ActiveOutcomes()  # formatted by exposition(), not through the registry (below)
         self.integration_calls = Counter(
             "matrix_integration_calls", "Outbound integration calls.", ["service", "status"], registry=r
         )
@@ -112,39 +112,68 @@ class Metrics:
             if scraped and key[0] not in active and key != (OTHER, OTHER):
                 del self._generation_labels[key]
                 self.generation.remove(*key)
-        text = generate_latest(self.registry)
+        text = generate_latest(self.registry) + self.active.exposition()
         for key in self._generation_labels:
             self._generation_labels[key] = True
         return text
 
 
+ACTIVE_NAME = "matrix_active_outcomes"
+ACTIVE_HELP = (
+    "Outcomes by status over all runs, from the store's counters; by package for packages with "
+    "work pending or generating (at most MATRIX_METRICS_MAX_PACKAGES), the rest as package=other."
+)
+
+
 class ActiveOutcomes(Collector):
     """`matrix_active_outcomes{package,status}` from the counts the last scrape read from the store: the
     packages with unfinished work by name (at most the cap), everything else as `other`, so that the sum
-    over packages is the total over all runs."""
+    over packages is the total over all runs.
+
+    Its up to 5 × (cap + 1) lines are formatted here (`exposition`), in the text format prometheus_client
+    writes: through `generate_latest` they cost 15 µs a line, 7.8 ms of a 20 ms scrape at the default cap."""
 
     def __init__(self) -> None:
         self.totals: dict[Status, int] = {}
         self.counts: dict[str, dict[Status, int]] = {}
 
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "matrix_active_outcomes",
-            "Outcomes by status over all runs, from the store's counters; by package for packages with "
-            "work pending or generating (at most MATRIX_METRICS_MAX_PACKAGES), the rest as package=other.",
-            labels=["package", "status"],
-        )
+    def samples(self) -> Iterable[tuple[str, Status, int]]:
+        """(package, status, count) of every series, the `other` rest last."""
         rest = dict(self.totals)
         for package, by_status in self.counts.items():
             if package == OTHER:
                 continue  # a package called "other" stays in the rest
             for status in STATUSES:
-                family.add_metric([package, status], by_status.get(status, 0))
+                yield package, status, by_status.get(status, 0)
                 rest[status] = rest.get(status, 0) - by_status.get(status, 0)
         if self.totals:
             for status in STATUSES:
-                family.add_metric([OTHER, status], max(0, rest.get(status, 0)))
+                yield OTHER, status, max(0, rest.get(status, 0))
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(ACTIVE_NAME, ACTIVE_HELP, labels=["package", "status"])
+        for package, status, n in self.samples():
+            family.add_metric([package, status], n)
         yield family
+
+    def exposition(self) -> bytes:
+        """The family in the Prometheus text format (version 0.0.4), as `generate_latest` writes it."""
+        lines = [f"# HELP {ACTIVE_NAME} {_escape_help(ACTIVE_HELP)}", f"# TYPE {ACTIVE_NAME} gauge"]
+        labels: dict[str, str] = {}
+        for package, status, n in self.samples():
+            prefix = labels.get(package)
+            if prefix is None:
+                prefix = labels[package] = f'{ACTIVE_NAME}{{package="{_escape_label(package)}",status="'
+            lines.append(f'{prefix}{status}"}} {floatToGoString(n)}')  # type: ignore[no-untyped-call]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 class ToolMetrics:

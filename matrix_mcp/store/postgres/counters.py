@@ -102,12 +102,19 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
             for h in await fetch_all(c, sql.RECOUNT_ROWS_SELECT_PACKAGE_HIST, (p["id"],))
         }
         mismatches += R.counter_mismatches(p, truth, hist, COUNTER_COLUMNS)
+    for t in await fetch_all(c, sql.RECOUNT_RUN_COUNTERS, ([run_id] if run_id else None,) * 2):
+        mismatches += [
+            f"{t['name']}: run {s} counter {t[s]} != packages {t['p_' + s]}"
+            for s in STATUSES
+            if int(t[s]) != int(t["p_" + s])
+        ]
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 
 async def rebuild_rows(c: Conn, run_id: str | None) -> None:
     where, args = ("WHERE run_id = %s", [run_id]) if run_id else ("", [])
-    ids = [int(r["id"]) for r in await fetch_all(c, sql.REBUILD_ROWS_SELECT_PACKAGES + where, args)]
+    rows = await fetch_all(c, sql.REBUILD_ROWS_SELECT_PACKAGES + where, args)
+    ids = [int(r["id"]) for r in rows]
     await c.execute(sql.REBUILD_ROWS_DELETE_PACKAGE_DELTAS, (ids,))
     for pid in ids:
         truth = await package_truth(c, pid)
@@ -127,6 +134,8 @@ async def rebuild_rows(c: Conn, run_id: str | None) -> None:
                 pid,
             ),
         )
+    runs = [run_id] if run_id else [r["id"] for r in await fetch_all(c, sql.REBUILD_ROWS_SELECT_RUNS)]
+    await c.execute(sql.REBUILD_RUN_COUNTERS, (runs,))
 
 
 async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:
