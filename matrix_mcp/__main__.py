@@ -1,4 +1,4 @@
-from matrix_mcp.cli import main
+from matrix_mcp.cli.main import main
 
 if __name__ == "__main__":
     main()

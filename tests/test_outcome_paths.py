@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from matrix_mcp.cli import _gc
+from matrix_mcp.cli.main import _gc
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Conflict, StoreError

@@ -146,7 +146,7 @@ from matrix_mcp.server import create_server
 
 LAZY = ("psycopg", "psycopg_pool", "matrix_mcp.store.postgres", "matrix_mcp.schema.api", "matrix_mcp.schema.ddl",
         "matrix_mcp.schema.sqlite_reader", "matrix_mcp.schema.postgres_reader",
-        "matrix_mcp.http", "prometheus_client", "limits", "jwt", "matrix_mcp.keys_cli")
+        "matrix_mcp.http", "prometheus_client", "limits", "jwt", "matrix_mcp.cli.keys")
 
 def loaded():
     return sorted(m for m in LAZY if m in sys.modules)

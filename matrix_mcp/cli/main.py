@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from matrix_mcp import __version__
+from matrix_mcp.cli.format import RUNS_ROW, format_status
 from matrix_mcp.config import ArgumentParser, Settings, add_serve_flags, load_secret_files, setup_logging
 
 
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         usage="matrix-mcp schema [matrix-schema-mcp's options]",
         help="serve the database-schema server: the same as matrix-schema-mcp, with the same options",
     )
-    from matrix_mcp.integrations.cli import add_parsers
+    from matrix_mcp.cli.hooks import add_parsers
 
     add_parsers(sub)
     for command in sub.choices.values():  # global flags are accepted after the command's name too
@@ -195,11 +195,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
     import anyio
 
     if command == "demo":
-        from matrix_mcp.demo import run_demo
+        from matrix_mcp.cli.demo import run_demo
 
         sys.exit(anyio.run(run_demo, settings, args.workers, args.run))
     if command == "work":
-        from matrix_mcp.work import run_work, work_options
+        from matrix_mcp.cli.work import run_work, work_options
 
         try:
             options = work_options(args, trailing)
@@ -213,11 +213,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
     elif command == "gc":
         anyio.run(_gc, settings, args.older_than, args.repair)
     elif command == "keys":
-        from matrix_mcp.keys_cli import run_keys
+        from matrix_mcp.cli.keys import run_keys
 
         sys.exit(anyio.run(run_keys, settings, args))
     elif command in ("hooks", "dispatch"):
-        from matrix_mcp.integrations import cli as hooks_cli
+        from matrix_mcp.cli import hooks as hooks_cli
 
         anyio.run(hooks_cli.run, settings, args)
 
@@ -292,35 +292,6 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
         await engine.close()
 
 
-RUNS_ROW = "{:<30} {:<9} {:>13} {:>10} {:>8} {:>7} {:>9}"  # `status` with no run: one row per run
-
-
-def format_status(status: Any) -> str:
-    c = status.counts
-    lines = [
-        f"run {status.run} ({status.state}) — {c.complete}/{c.total} complete, {c.failed} failed, "
-        f"{c.generating} generating, {c.pending} pending, {c.cancelled} cancelled"
-    ]
-    if status.throughput_per_minute:
-        eta = "–" if status.eta_seconds is None else f"{status.eta_seconds:.0f} s"
-        lines.append(f"throughput {status.throughput_per_minute:.1f} items/min, ETA {eta}")
-    lines.append(
-        f"{'package':<24} {'done':>9} {'failed':>6} {'success':>8} {'avg s':>7} {'p90 s':>7} {'lines':>7} {'quality':>7}"
-    )
-    for p in status.packages:
-        lines.append(
-            f"{p.package[:24]:<24} {p.completed_items:>4}/{p.total_items:<4} {p.failed_items:>6} "
-            f"{_fmt(p.success_rate, '{:.0%}'):>8} {_fmt(p.avg_duration_seconds, '{:.2f}'):>7} "
-            f"{_fmt(p.p90_duration_seconds, '{:.2f}'):>7} {p.total_lines_generated:>7.0f} "
-            f"{_fmt(p.average_quality_score, '{:.2f}'):>7}"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
-
-
 async def _export(settings: Settings, run: str, fmt: str) -> None:
     from matrix_mcp.engine import Engine
 
@@ -364,15 +335,3 @@ async def _gc(settings: Settings, older_than: float, repair: bool = False) -> No
         f"removed {report.contents_removed} unreferenced content row(s) kept in the store,"
         f" {report.contents_removed_bytes} bytes"
     )
-
-
-def server_command(settings: Settings) -> tuple[str, list[str]]:
-    """How to start this server as a subprocess with the same store (used by the demo and tests)."""
-    return sys.executable, [
-        "-m",
-        "matrix_mcp",
-        "--database-url",
-        settings.database_url,
-        "--artifacts-dir",
-        str(Path(settings.artifacts_dir).absolute()),
-    ]

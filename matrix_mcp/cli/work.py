@@ -30,11 +30,12 @@ from typing import IO, Any, TextIO, TypeVar
 import anyio
 
 from matrix_mcp import tracing
+from matrix_mcp.cli.format import format_status
+from matrix_mcp.cli.progress import LiveLine, progress_line
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError, RunInfo
 from matrix_mcp.errors import StaleLease, StoreError, Unavailable
 from matrix_mcp.models import ClaimedItem, LeaseRef, ReportResult
-from matrix_mcp.progress import LiveLine, progress_line
 
 log = logging.getLogger("matrix_mcp.work")
 T = TypeVar("T")
@@ -544,8 +545,6 @@ async def run_work(settings: Settings, options: WorkOptions, out: TextIO | None 
 
 
 async def _summary(engine: Engine, worker: Worker) -> int:
-    from matrix_mcp.cli import format_status
-
     status = await engine.run_status(worker.info.id)
     t = worker.tally
     elapsed = time.monotonic() - t.started

@@ -18,9 +18,9 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from matrix_mcp.cli import format_status, server_command
+from matrix_mcp.cli.format import format_status, server_command
+from matrix_mcp.cli.progress import LiveLine, progress_line
 from matrix_mcp.config import DEFAULT_DATABASE_URL, Settings, redact_url
-from matrix_mcp.progress import LiveLine, progress_line
 
 PACKAGES = ["auth-service", "billing-service", "catalog-service", "orders-service", "search-service"]
 ITEMS = ["models", "api", "tests"]
