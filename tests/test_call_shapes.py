@@ -44,10 +44,13 @@ def _positional(fn: Any) -> list[str]:
 
 
 def _public_methods(cls: type) -> dict[str, Any]:
+    """Public methods `cls` defines or gains from the project's classes it is built of (the Engine facade
+    from its use cases), not those of `Protocol` or `object`."""
+    own = {c.__qualname__ for c in cls.__mro__ if c.__module__.startswith("matrix_mcp.")}
     return {
         name: fn
         for name, fn in inspect.getmembers(cls, inspect.isfunction)
-        if not name.startswith("_") and fn.__qualname__.split(".")[0] == cls.__name__
+        if not name.startswith("_") and fn.__qualname__.split(".")[0] in own
     }
 
 

@@ -1,0 +1,123 @@
+"""Stored content: read an outcome and its content, repair missing files, collect unreferenced content."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import anyio
+
+from matrix_mcp.artifacts import ArtifactError, GarbageReport, RepairReport
+from matrix_mcp.engine.core import EngineCore, log
+from matrix_mcp.engine.validate import InputError, is_media_type
+from matrix_mcp.errors import StoreError
+from matrix_mcp.models import OutcomeDetail
+
+# A server repairs, as it starts, the files of completions among this many latest events (a process killed
+# between commit and link leaves its file missing; `matrix-mcp gc --repair` checks every completion).
+REPAIR_RECENT_EVENTS = 20_000
+
+
+def _served_type(mime_type: str | None) -> str:
+    """The stored media type, unless it is none or not one (a row written before reports were checked)."""
+    return mime_type if mime_type and is_media_type(mime_type) else "application/octet-stream"
+
+
+class Content(EngineCore):
+    async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
+        detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
+        if detail.status == "complete" and detail.outcome_path and detail.content_sha256:
+            await self._ensure_file(detail.id, detail.outcome_path, detail.content_sha256)
+        return detail
+
+    async def _ensure_file(self, outcome_id: str, path: str, sha: str, verify: bool = False) -> bool | None:
+        """Link a complete outcome's content at its outcome_path if the file is missing (with verify, also if
+        it holds other bytes): True if it was restored, False if it was there, None if it cannot be (its
+        content is gone; logged)."""
+        try:
+            if verify and await anyio.to_thread.run_sync(self.artifacts.file_differs, path, sha):
+                body = await self.store.inline_content(sha)
+                await anyio.to_thread.run_sync(self.artifacts.restore, path, sha, body)
+                log.warning("outcome %s: restored its file at %s (it held other bytes)", outcome_id, path)
+                return True
+            linked = await anyio.to_thread.run_sync(self.artifacts.ensure_linked, path, sha)
+        except ArtifactError as exc:
+            body = await self.store.inline_content(sha)  # content kept in the store: the file is its copy
+            if body is None:
+                log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, exc)
+                return None
+            try:
+                await anyio.to_thread.run_sync(self.artifacts.write_copy, path, body)
+            except ArtifactError as again:
+                log.warning("outcome %s: its file at %s cannot be restored: %s", outcome_id, path, again)
+                return None
+            linked = True
+        if linked:
+            log.warning("outcome %s: restored its missing file at %s", outcome_id, path)
+        return linked
+
+    async def _held_by_another(self, outcome_id: str, path: str) -> bool:
+        holder = await self.store.path_holder(path)
+        return holder is not None and holder.outcome_id != outcome_id
+
+    async def repair_files(
+        self, *, since_seq: int = 0, page: int = 1000, verify: bool = False
+    ) -> RepairReport:
+        """Restore the readable file of every complete outcome completed after event `since_seq` whose file
+        is missing (blob → commit → link: a kill after the commit leaves only the link undone). With verify
+        (`matrix-mcp gc --repair`), also a file whose bytes differ from the stored content: every file is
+        read and hashed."""
+        checked = repaired = unrepairable = skipped = 0
+        cursor = since_seq
+        while True:
+            files = await self.store.content_files(since_seq=cursor, limit=page)
+            for f in files:
+                checked += 1
+                if verify and await self._held_by_another(f.outcome_id, f.outcome_path):
+                    skipped += 1  # two items reported one path before paths were unique: its holder's file
+                    continue
+                outcome = await self._ensure_file(f.outcome_id, f.outcome_path, f.content_sha256, verify)
+                repaired += outcome is True
+                unrepairable += outcome is None
+            if len(files) < page:
+                return RepairReport(
+                    checked=checked, repaired=repaired, unrepairable=unrepairable, skipped=skipped
+                )
+            cursor = files[-1].seq
+
+    async def repair_recent_files(self) -> RepairReport:
+        """At start-up: the completions among the latest REPAIR_RECENT_EVENTS events."""
+        latest = await self.store.latest_seq()
+        return await self.repair_files(since_seq=max(0, latest - REPAIR_RECENT_EVENTS))
+
+    async def outcome_content(self, outcome_id: str) -> tuple[bytes, str]:
+        outcome = await self.store.get_outcome(outcome_id)
+        if outcome.content_sha256 is None:
+            raise StoreError(f"outcome '{outcome_id}' has no stored content", "outcome_id")
+        try:
+            data = await anyio.to_thread.run_sync(self.artifacts.read_blob, outcome.content_sha256)
+        except OSError as exc:
+            body = await self.store.inline_content(outcome.content_sha256)
+            if body is not None:
+                return body, _served_type(outcome.mime_type)
+            raise ArtifactError(
+                f"the artifact could not be read: {exc.strerror or exc}", "outcome_id"
+            ) from exc
+        return data, _served_type(outcome.mime_type)
+
+    async def collect_garbage(self, *, older_than_seconds: float = 3600.0) -> GarbageReport:
+        """Delete content no outcome refers to: blobs (left by rejected reports) once unwritten for a while,
+        and content kept in the store that an override left behind."""
+        if not older_than_seconds >= 60:
+            raise InputError("at least 60: a report commits seconds after writing its content", "older_than")
+        now = time.time()  # file times are wall-clock; taken before the references are read
+        referenced = await self.store.content_hashes()
+        files = await anyio.to_thread.run_sync(
+            self.artifacts.collect_garbage, referenced, older_than_seconds, now
+        )
+        # content kept in the store (small reports) that an override left unreferenced: the store's own
+        # lock, not a time window, keeps it safe from a report committing the same bytes meanwhile
+        kept = await self.store.collect_contents()
+        return dataclasses.replace(
+            files, contents_removed=kept.removed, contents_removed_bytes=kept.removed_bytes
+        )

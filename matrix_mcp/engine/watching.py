@@ -1,0 +1,93 @@
+"""Watching a run: its counts, progress, throughput, ETA and events, optionally waiting for change."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from matrix_mcp.engine.core import EngineCore
+from matrix_mcp.models import RunStatus
+
+# A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
+FINISHED_RUN_STATES = ("done", "cancelled")
+SPAN_CACHE_RUNS = 1024  # finished runs whose span this process keeps (a bound, not a tuning knob)
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class Watching(EngineCore):
+    async def run_status(
+        self,
+        run: str,
+        *,
+        since: int | None = None,
+        wait_seconds: float = 0,
+        progress: ProgressFn | None = None,
+        event_limit: int = 200,
+    ) -> RunStatus:
+        info = await self.run_info(run)
+        self._wait(wait_seconds, "wait_seconds")
+        self._seq(since, "since")
+        events = []
+        if since is not None:
+            deadline = anyio.current_time() + wait_seconds
+            cursor = since
+            while True:
+                events = await self.store.events_after(since=since, run_id=info.id, limit=event_limit + 1)
+                remaining = deadline - anyio.current_time()
+                if events or remaining <= 0:
+                    break
+                if progress is not None:
+                    snapshot = await self.store.get_run(info.id)
+                    await progress(
+                        snapshot.counts.total - snapshot.counts.pending - snapshot.counts.generating,
+                        float(snapshot.counts.total),
+                        f"waiting for changes after #{since}",
+                    )
+                cursor = max(cursor, await self.store.wait_for_change(cursor, timeout=min(remaining, 5.0)))
+        now = self.now()
+        window = 300.0
+        overview = await self.store.run_overview(info.id, since=now - window)
+        snapshot, summaries, finished_recent = overview.run, overview.packages, overview.finished_since
+        latest = overview.latest_seq  # read after any wait, so it covers the events returned
+        if snapshot.state in FINISHED_RUN_STATES:
+            # nothing is left to do: the run's actual rate, the same however late it is asked
+            per_minute = await self._finished_rate(info.id, overview.latest_seq)
+        else:
+            span = min(window, max(1.0, now - snapshot.created_at.timestamp()))
+            per_minute = round(finished_recent / span * 60, 3) if finished_recent else None
+        remaining_items = snapshot.counts.pending + snapshot.counts.generating
+        eta = round(remaining_items / (per_minute / 60), 1) if per_minute and remaining_items else None
+        more = len(events) > event_limit
+        return RunStatus(
+            run=snapshot.name,
+            run_id=snapshot.id,
+            state=snapshot.state,
+            goal=snapshot.goal,
+            counts=snapshot.counts,
+            packages=summaries,
+            progress=snapshot.progress,
+            throughput_per_minute=per_minute,
+            eta_seconds=eta,
+            latest_seq=max([latest, *(e.seq for e in events)]),
+            events=events[:event_limit],
+            more_events=more,
+        )
+
+    async def _finished_rate(self, run_id: str, latest_seq: int) -> float | None:
+        """Items finished per minute over the span from the first start to the last finish. Every change
+        to a run's items is an event, so a span read at event sequence `latest_seq` (or later) stays true
+        until the sequence moves on: a watched finished run is read once, not on every poll."""
+        cached = self._spans.get(run_id)
+        if cached is not None and cached[0] == latest_seq:
+            span = cached[1]
+        else:
+            span = await self.store.finished_span(run_id)
+            self._spans.pop(run_id, None)
+            if len(self._spans) >= SPAN_CACHE_RUNS:
+                self._spans.pop(next(iter(self._spans)))
+            self._spans[run_id] = (latest_seq, span)
+        if not span.finished or span.first_started_at is None or span.last_finished_at is None:
+            return None
+        seconds = max(1.0, span.last_finished_at - span.first_started_at)
+        return round(span.finished / seconds * 60, 3)
