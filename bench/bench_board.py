@@ -107,7 +107,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> None:
         await context_page.close()
 
         # 1. 100 × 100: request → grid painted
-        assert (await api.post("/runs", json=plan("grid100", 100, 100))).status_code == 200
+        assert (await api.post("/runs", json=plan("grid100", 100, 100))).status_code == 201
         paints = []
         for _ in range(5):
             page, painted = await open_page(context, base + "/ui/runs/grid100")
@@ -153,7 +153,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> None:
         )
 
         # 3. 40,000 cells: paint, memory, long tasks during a burst of 1,000 claims + 1,000 completions
-        assert (await api.post("/runs", json=plan("grid200", 200, 200))).status_code == 200
+        assert (await api.post("/runs", json=plan("grid200", 200, 200))).status_code == 201
         page, painted = await open_page(context, base + "/ui/runs/grid200")
         await anyio.sleep(1.0)
         heap_before = await heap_mb(page)

@@ -230,7 +230,7 @@ async def test_the_grid_view_in_an_ext_apps_host(browser: Any, host_bridge_js: b
         packages = [{"name": f"pkg{i}", "items": [f"item{j}" for j in range(4)]} for i in range(3)]
         packages.append({"name": EVIL_PACKAGE, "items": [EVIL_ITEM]})
         plan = await api.post("/runs", json={"name": "grid", "packages": packages, "max_attempts": 1})
-        assert plan.status_code == 200, plan.text
+        assert plan.status_code == 201, plan.text
         async with (
             client(base, worker) as work,
             client(base, planner, mode="legacy") as as_planner,

@@ -92,7 +92,7 @@ async def test_sign_in_watch_a_cell_retry_from_the_ui_and_untrusted_text(
         packages = [{"name": f"pkg{i}", "items": [f"item{j}" for j in range(4)]} for i in range(3)]
         packages.append({"name": EVIL_NAME, "items": [EVIL_ITEM]})
         plan = await api.post("/runs", json={"name": "board", "packages": packages, "max_attempts": 1})
-        assert plan.status_code == 200, plan.text
+        assert plan.status_code == 201, plan.text
         async with client(base, worker) as mcp:
             claimed = await mcp.call_tool("claim_items", {"run": "board", "worker": "w1", "limit": 3})
             items = (claimed.structured_content or {})["items"]

@@ -158,7 +158,7 @@ async def test_rest_answers_503_within_the_deadline_on_a_black_holed_link(
             planned = await http.post(
                 "/runs", json={"name": "r", "packages": [{"name": "p", "items": ["a"]}]}
             )
-            assert planned.status_code == 200, planned.text
+            assert planned.status_code == 201, planned.text
             claimed = await http.post("/runs/r/claim", json={"worker": "w", "limit": 1})
             item = claimed.json()["items"][0]
             report = {"lease_token": item["lease_token"], "metrics": {"lines_generated": 1}}

@@ -43,7 +43,7 @@ async def test_every_endpoint_end_to_end(settings: Settings) -> None:
                 "max_attempts": 1,
             },
         )
-        assert plan.status_code == 200, plan.text
+        assert plan.status_code == 201, plan.text
         assert plan.json()["items"] == 3 and plan.json()["created"] is True
         runs = await p.get("/runs")
         assert [r["name"] for r in runs.json()["runs"]] == ["r"]
@@ -403,9 +403,9 @@ async def test_names_with_slashes_and_escapes_are_one_path_parameter(tmp_path: P
     r, p = quote(run, safe=""), quote(package, safe="")
     async with serving(settings, auth=False) as (base, _), api(base) as h:
         plain = await h.post("/runs", json={"name": "team", "packages": [{"name": "x", "items": ["i"]}]})
-        assert plain.status_code == 200
+        assert plain.status_code == 201
         plan = await h.post("/runs", json={"name": run, "packages": [{"name": package, "items": ["a", "b"]}]})
-        assert plan.status_code == 200, plan.text
+        assert plan.status_code == 201, plan.text
         status = await h.get(f"/runs/{r}")
         assert status.status_code == 200, status.text
         assert status.json()["run"] == run and status.json()["counts"]["total"] == 2

@@ -45,7 +45,7 @@ async def test_schemathesis_finds_no_failure(settings: Settings, tmp_path: Path)
     async with serving(settings, auth=True, rate_limit=None) as (base, _):
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as h:
             plan = {"name": "r", "packages": [{"name": "p", "items": ["a", "b"]}]}
-            assert (await h.post(f"{base}{PREFIX}/runs", json=plan)).status_code == 200
+            assert (await h.post(f"{base}{PREFIX}/runs", json=plan)).status_code == 201
         assert base.startswith("http://127.0.0.1:")
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"

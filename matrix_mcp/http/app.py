@@ -164,7 +164,13 @@ def build_service(
         max_request_body_size=max_body_bytes,
         host=options.host,
     )
+    rejected = None
     if auth_settings is not None:
+        from mcp.server.auth.routes import build_resource_metadata_url
+
+        resource_url = auth_settings.resource_server_url
+        assert resource_url is not None  # set just above, from the options
+        rejected = rejected_challenge(build_resource_metadata_url(resource_url))
         # the SDK's RFC 9728 metadata, with the scopes this service understands (it would list none):
         # ahead of the SDK's own route for the same path
         from mcp.server.auth.routes import create_protected_resource_routes
@@ -180,6 +186,7 @@ def build_service(
             inner.routes.insert(0, route)
     guard = Guard(
         inner,
+        rejected=rejected,
         verifier=verifier,
         limits=limits,
         metrics=metrics,
@@ -189,6 +196,19 @@ def build_service(
         max_requests=options.max_connections,
     )
     return Service(app=guard, mcp=mcp, metrics=metrics, auth=auth)
+
+
+REJECTED_TOKEN = "the bearer token was not accepted (unknown, revoked or expired)"
+
+
+def rejected_challenge(resource_metadata: object) -> bytes:
+    """The WWW-Authenticate value for /mcp when a bearer token was given but not accepted: the SDK's shape
+    for a missing one (error, error_description, resource_metadata), with its own description — which
+    says nothing of which keys exist."""
+    return (
+        f'Bearer error="invalid_token", error_description="{REJECTED_TOKEN}", '
+        f'resource_metadata="{resource_metadata}"'
+    ).encode()
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -205,7 +225,8 @@ class Guard:
     A body is read only once the request may have it: with a verified credential (or on an open
     service), to /mcp or the routes beside it. A request beside /mcp that brings no credential is
     answered 401 before its body is read, except the sign-in form, whose body is capped at
-    `SIGNIN_MAX_BYTES`; /mcp without a valid token is the SDK's 401, its body unread; other paths are
+    `SIGNIN_MAX_BYTES`; /mcp without a token is the SDK's 401 and with a token not accepted this guard's
+    (a distinct description), its body unread either way; other paths are
     not read at all (they are 404, 405 or the metadata's GET)."""
 
     def __init__(
@@ -219,8 +240,10 @@ class Guard:
         max_body_bytes: int,
         routes_token: Callable[[Scope], Awaitable[str | None]] | None = None,
         max_requests: int | None = None,
+        rejected: bytes | None = None,
     ) -> None:
         self.app = app
+        self.rejected = rejected  # /mcp's challenge for a token given but not accepted
         self.max_body_bytes = max_body_bytes
         self.routes_token = routes_token
         self.verifier = verifier
@@ -276,11 +299,22 @@ class Guard:
             token = await self.routes_token(scope) if beside and self.routes_token else _bearer(scope)
             access = await self.verifier.verify_token(token) if token else None
             if access is None and (token or not beside):
-                # /mcp: the SDK answers 401 with WWW-Authenticate; beside it, the route answers; neither
-                # reads the body
+                # /mcp: the SDK answers a missing token 401 with WWW-Authenticate, and this guard a token
+                # not accepted (in the same shape, told apart); beside it, the route answers; none reads
+                # the body
                 self.metrics.auth_failures.inc()
                 if self.limits is not None:
                     await self.limits.auth_failed(address)
+                if token and not beside and self.rejected is not None:
+                    await _answer(
+                        counted,
+                        401,
+                        "invalid_token",
+                        REJECTED_TOKEN,
+                        close=_has_body(scope),
+                        extra=[(b"www-authenticate", self.rejected)],
+                    )
+                    return
                 await self.app(scope, receive, counted)
                 return
             if access is not None:

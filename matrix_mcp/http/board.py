@@ -333,3 +333,4 @@ def mount_board(mcp: MCPServer[Any], board: Board) -> None:
         return RedirectResponse("/ui/", status_code=307)
 
     route("/ui", "GET", to_board)
+    route("/", "GET", to_board)  # the service's root: a person who opens the bare address meets the board

@@ -239,6 +239,7 @@ def document(mcp: MCPServer[Any]) -> dict[str, Any]:
             for name in ep.query
             if name in props
         ]
+        result = {"application/json": {"schema": components.hoist(tool.output_schema or {})}}
         operation: dict[str, Any] = {
             "operationId": ep.tool,
             "summary": ep.summary,
@@ -246,13 +247,16 @@ def document(mcp: MCPServer[Any]) -> dict[str, Any]:
             "tags": [ep.path.split("/")[1]],
             "security": [{"bearer": []}, {"session": []}],
             "responses": {
-                "200": {
-                    "description": "The tool's result.",
-                    "content": {"application/json": {"schema": components.hoist(tool.output_schema or {})}},
-                },
+                "200": {"description": "The tool's result.", "content": result},
                 **{code: _error_response(text) for code, text in ERROR_CODES.items()},
             },
         }
+        if ep.created:
+            operation["responses"]["201"] = {
+                "description": f"The tool's result, with `{ep.created}` true: a new resource.",
+                "content": result,
+            }
+            operation["responses"]["200"]["description"] = f"The tool's result, with `{ep.created}` false."
         if parameters:
             operation["parameters"] = parameters
         if ep.body:

@@ -50,6 +50,7 @@ class Endpoint:
     summary: str
     query: tuple[str, ...] = ()  # tool arguments taken from the query string
     body: bool = False  # the remaining arguments come as a JSON object
+    created: str | None = None  # the result's flag that says it made a new resource: 201, not 200
 
     @property
     def path_params(self) -> list[str]:
@@ -57,7 +58,14 @@ class Endpoint:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/runs", "plan_run", "Plan a run of packages × items (idempotent by name).", body=True),
+    Endpoint(
+        "POST",
+        "/runs",
+        "plan_run",
+        "Plan a run of packages × items (idempotent by name): 201 when it created the run, else 200.",
+        body=True,
+        created="created",
+    ),
     Endpoint("GET", "/runs", "list_runs", "All runs with state, policy and counts."),
     Endpoint(
         "GET",
@@ -203,13 +211,17 @@ class Rest:
             try:
                 caller = await self.authorize(request, tool_scope(endpoint.tool), what)
                 arguments = await self._arguments(request, endpoint)
-                return await self.call(endpoint.tool, arguments, caller)
+                return await self.call(endpoint.tool, arguments, caller, endpoint.created)
             except ApiError as err:
                 return err.response()
 
         return handle
 
-    async def call(self, tool: str, arguments: dict[str, Any], caller: Caller) -> Response:
+    async def call(
+        self, tool: str, arguments: dict[str, Any], caller: Caller, created: str | None = None
+    ) -> Response:
+        """Call `tool` as `caller`; the answer is its structured result, 201 when the result's `created`
+        flag is true."""
         token = current_principal.set(caller.principal)
         try:
             result = await self.mcp.call_tool(tool, arguments)
@@ -220,7 +232,7 @@ class Rest:
         structured = getattr(result, "structured_content", None)
         if getattr(result, "is_error", False) or structured is None:
             raise ApiError(500, "internal_error", "the tool returned no result")
-        return json_response(structured)
+        return json_response(structured, 201 if created and structured.get(created) is True else 200)
 
     def _contract(self, endpoint: Endpoint) -> Contract:
         """The endpoint's parameters and body as the OpenAPI document states them (built once)."""

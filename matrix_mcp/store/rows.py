@@ -183,11 +183,17 @@ def progress_of(c: StatusCounts) -> float:
 
 
 def run_from(row: RowLike) -> Run:
-    """A run row joined with its summed package counters (columns pending..cancelled, packages)."""
+    """A run row joined with its summed package counters (columns pending..cancelled, packages) and the
+    time of its last event (last_event_at). A run with no work left was last updated when its last item
+    finished — the event that ended it — or when the row itself changed, whichever is later."""
     counts = counts_from(row)
     state = row["state"]
-    if state == "active" and counts.total > 0 and counts.pending + counts.generating == 0:
+    finished = counts.total > 0 and counts.pending + counts.generating == 0
+    if state == "active" and finished:
         state = "done"
+    updated_at = row["updated_at"]
+    if finished and row["last_event_at"] is not None:
+        updated_at = max(updated_at, row["last_event_at"])
     return Run(
         id=row["id"],
         name=row["name"],
@@ -205,7 +211,7 @@ def run_from(row: RowLike) -> Run:
         counts=counts,
         progress=progress_of(counts),
         created_at=ts(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=ts(row["updated_at"]),  # type: ignore[arg-type]
+        updated_at=ts(updated_at),  # type: ignore[arg-type]
     )
 
 

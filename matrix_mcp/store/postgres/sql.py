@@ -70,11 +70,14 @@ DELTA_INSERT_ARRAYS = (
 DELTA_INT = tuple(c not in _FLOAT_COLUMNS for c in DELTA_COLUMNS)
 
 
+# a run with its summed package counters, and when its last event was written (a finished run's
+# updated_at: see rows.run_from)
 RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
        COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
-       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled
+       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled,
+       (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 """
 
@@ -85,7 +88,8 @@ ONE_RUN_SQL = """
 SELECT r.*, p.packages,
        p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
        p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
-       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r
 CROSS JOIN LATERAL (
     SELECT COUNT(*)::int8 AS packages, COALESCE(SUM(pending), 0)::int8 AS pending,

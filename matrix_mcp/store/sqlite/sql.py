@@ -8,11 +8,14 @@ from matrix_mcp.models import (
     STATUSES,
 )
 
+# a run with its summed package counters, and when its last event was written (a finished run's
+# updated_at: see rows.run_from)
 RUN_SELECT = """
 SELECT r.*, COUNT(p.id) AS packages,
        COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
        COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
-       COALESCE(SUM(p.cancelled), 0) AS cancelled
+       COALESCE(SUM(p.cancelled), 0) AS cancelled,
+       (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 """
 
