@@ -365,11 +365,11 @@ def test_packaging_pins_the_sdk_minor_and_uses_an_spdx_license() -> None:
     assert Version(importlib.metadata.version("mcp")) in mcp.specifier
 
 
-def test_readme_gives_complete_claude_desktop_entries_for_both_servers() -> None:
+def test_claude_desktop_snippet_gives_complete_entries_for_both_servers() -> None:
     """Claude Desktop starts servers outside the project: each entry needs an absolute command and its own
-    --database-url (the README once showed arguments for `matrix` only)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("**Claude Desktop**", 1)[1]
+    --database-url (the docs once showed arguments for `matrix` only)."""
+    page = (ROOT / "docs" / "getting-started" / "clients.md").read_text()
+    section = page.split("## Claude Desktop", 1)[1]
     block = section.split("```json", 1)[1].split("```", 1)[0]
     servers = json.loads(block)["mcpServers"]
     assert set(servers) == {"matrix", "database-schema"}
