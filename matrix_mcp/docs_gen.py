@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -68,9 +69,13 @@ async def listings(workdir: Path) -> dict[str, Any]:
         env=env,
         cwd=str(workdir),
     )
+    schema_db = workdir / "schema.db"  # its own database, so both servers start at once
+    with sqlite3.connect(schema_db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS example (id INTEGER PRIMARY KEY)")
+    conn.close()
     schema = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "matrix_mcp", "schema", "--database-url", db],
+        args=["-m", "matrix_mcp", "schema", "--database-url", f"sqlite:///{schema_db}"],
         env=env,
         cwd=str(workdir),
     )
@@ -89,8 +94,9 @@ async def listings(workdir: Path) -> dict[str, Any]:
             out["schema_resources"] = dump((await client.list_resources()).resources)
             out["schema_templates"] = dump((await client.list_resource_templates()).resource_templates)
 
-    await list_matrix()  # first: it creates the database the schema server reads
-    await list_schema()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(list_matrix)
+        tg.start_soon(list_schema)
     return out
 
 
