@@ -2,8 +2,10 @@
 
 Pure: no I/O, no SQL, no clock. Both stores lock the rows inside their transaction, ask these functions
 what happens next, and write the answer in their own dialect. What a function decides is what both
-backends do, so the two cannot drift (the PostgreSQL lease sweep is one SQL statement; a property test
-holds it against `lease_expiry`).
+backends do, so the two cannot drift. Every transition of an item is one value decided here: a claim,
+complete, fail, expiry or override is a `Transition`, a heartbeat an `Extension`, a retry or cancel a
+`Move`. Where PostgreSQL writes one in a set-based statement for speed (claim, complete, heartbeat, sweep,
+retry, cancel), a property test in tests/test_rules.py holds the statement to the function here.
 """
 
 from __future__ import annotations
@@ -319,6 +321,46 @@ def final_status(status: Status) -> Status | None:
     return None if queued(status) else status
 
 
+# ---- moves of many items at once ------------------------------------------------------------------
+
+# (from, to) of the set-based transitions: a claim leases pending items, a cancel ends the pending ones,
+# a retry puts failed ones back
+CLAIMED_MOVE: tuple[Status, Status] = ("pending", "generating")
+CANCEL_MOVE: tuple[Status, Status] = ("pending", "cancelled")
+RETRY_MOVE: tuple[Status, Status] = ("failed", "pending")
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A set-based transition: the items of a run in status `old` (all of them, or those chosen) go to
+    `new` with these column values, and each package's counters move by the number of its items."""
+
+    old: Status
+    new: Status
+    values: Mapping[str, Any]
+
+
+def cancel(now: float) -> Move:
+    """A run entering cancelled (`cancels_pending`) ends its pending items now; its leases stay with their
+    workers (they see `cancelled` on their next heartbeat)."""
+    return Move(*CANCEL_MOVE, {"status": CANCEL_MOVE[1], "updated_at": now, "completed_at": now})
+
+
+def retry(now: float) -> Move:
+    """A retry (`check_retry` allowed it) puts failed items back: pending from now with their attempts
+    spent reset and their end cleared; the error message stays until the next attempt ends. The event is
+    `requeued` with the ids moved."""
+    values = {
+        "status": RETRY_MOVE[1],
+        "attempts": 0,
+        "available_at": now,
+        "completed_at": None,
+        "duration_seconds": None,
+        "updated_at": now,
+    }
+    return Move(*RETRY_MOVE, values)
+
+
 # ---- transitions of one item: what changes, in one value ------------------------------------------
 
 
@@ -351,6 +393,15 @@ class AttemptEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """The attempt a claim starts: its number, under the new lease token, by the worker."""
+
+    attempt: int
+    lease_token: str
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """Everything one transition of one item does, decided here; a store applies it in its own dialect
     (SQLite: `counters.apply`, PostgreSQL: `_Tx.apply`) without deciding anything.
@@ -358,7 +409,7 @@ class Transition:
     `values` are the outcome row's new column values (JSON columns as text); the package counters move one
     item from `old` to `new`; `contributions` add or take away summary sums; `metric_rows`, when set, are
     the metrics whose numeric values become the item's metric rows (after the old ones are removed when
-    `clear_metric_rows`)."""
+    `clear_metric_rows`); `start`, the attempt a claim begins."""
 
     outcome_id: str
     run_id: str
@@ -372,6 +423,7 @@ class Transition:
     attempt: AttemptEnd | None = None
     metric_rows: Mapping[str, Any] | None = None
     clear_metric_rows: bool = False
+    start: AttemptStart | None = None
 
     @property
     def queue_token(self) -> str | None:
@@ -399,6 +451,68 @@ def json_text(value: Any) -> str:
 
 def _where(row: RowLike) -> tuple[str, str, int]:
     return row["id"], row["run_id"], int(row["package_id"])
+
+
+def claim(
+    row: RowLike,
+    *,
+    run_id: str,
+    package_id: int,
+    package: str,
+    worker: str,
+    token: str,
+    lease_seconds: float,
+    now: float,
+) -> Transition:
+    """A claim leases the pending item `row` (its id, item and attempts) to `worker`: generating under
+    `token` until the run's lease runs out, one attempt more, started now; the item moves from pending to
+    generating (rules.CLAIMED_MOVE) and the event says who took it. PostgreSQL's claim statement writes the
+    same values set-based (a property test in tests/test_rules.py holds it to this)."""
+    attempt = int(row["attempts"]) + 1
+    values = {
+        "status": CLAIMED_MOVE[1],
+        "attempts": attempt,
+        "worker": worker,
+        "lease_token": token,
+        "lease_expires_at": lease_expires(now, lease_seconds),
+        "started_at": now,
+        "updated_at": now,
+    }
+    return Transition(
+        outcome_id=row["id"],
+        run_id=run_id,
+        package_id=package_id,
+        old=CLAIMED_MOVE[0],
+        new=CLAIMED_MOVE[1],
+        values=values,
+        event=claimed(package=package, item=row["item"], worker=worker, attempt=attempt),
+        start=AttemptStart(attempt, token, worker),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """A heartbeat on a lease that holds: the item's new column values (its lease runs on from now), and
+    whether the worker is to stop (its run is cancelled: the lease is also listed `cancelled`)."""
+
+    values: Mapping[str, Any]
+    stops: bool
+
+    @property
+    def lease_expires_at(self) -> float:
+        return float(self.values["lease_expires_at"])
+
+
+def heartbeat(
+    row: RowLike, *, token: str, run_state: str, lease_seconds: float, now: float
+) -> Extension | None:
+    """A heartbeat for the lease `token` on the item `row` (status, lease_token): extended by the run's
+    lease_seconds when the lease holds, else None (the lease is lost). No event, no counter moves."""
+    if not lease_holds(row["status"], row["lease_token"], token):
+        return None
+    return Extension(
+        {"lease_expires_at": lease_expires(now, lease_seconds), "updated_at": now}, stops_work(run_state)
+    )
 
 
 def complete(
@@ -613,15 +727,6 @@ def record_is_plain(status: Status, *, report_given: bool, error_message: str | 
     """record_outcome of a new item: pending with no report and no error is the row as inserted; anything
     else is then set by an override (`override`)."""
     return status == "pending" and not report_given and error_message is None
-
-
-# ---- moves of many items at once ------------------------------------------------------------------
-
-# (from, to) of the set-based transitions: a claim leases pending items, a cancel ends the pending ones,
-# a retry puts failed ones back
-CLAIMED_MOVE: tuple[Status, Status] = ("pending", "generating")
-CANCEL_MOVE: tuple[Status, Status] = ("pending", "cancelled")
-RETRY_MOVE: tuple[Status, Status] = ("failed", "pending")
 
 
 # ---- why a claim came back short ------------------------------------------------------------------

@@ -170,6 +170,73 @@ def test_events_carry_the_package_and_the_principal() -> None:
     assert rules.requeued([str(i) for i in range(150)]).data["count"] == 150
 
 
+def test_claim_leases_the_item_for_the_runs_lease() -> None:
+    row = {"id": "o", "item": "i", "attempts": 2}
+    t = rules.claim(
+        row, run_id="r", package_id=7, package="p", worker="w", token="t", lease_seconds=30, now=100.0
+    )
+    assert (t.old, t.new) == rules.CLAIMED_MOVE and t.queue_token == "t"
+    assert t.values == {
+        "status": "generating",
+        "attempts": 3,
+        "worker": "w",
+        "lease_token": "t",
+        "lease_expires_at": 130.0,
+        "started_at": 100.0,
+        "updated_at": 100.0,
+    }
+    assert t.start == rules.AttemptStart(3, "t", "w") and t.attempt is None
+    assert t.event == rules.claimed(package="p", item="i", worker="w", attempt=3)
+    assert t.contributions == () and t.minute is None and t.metric_rows is None
+
+
+@given(
+    status=st.sampled_from(["pending", "generating", "complete", "failed", "cancelled"]),
+    current=st.sampled_from(["a", "b", None]),
+    token=st.sampled_from(["a", "b"]),
+    run_state=st.sampled_from(["active", "paused", "cancelled"]),
+)
+def test_heartbeat_extends_a_lease_that_holds(
+    status: str, current: str | None, token: str, run_state: str
+) -> None:
+    row = {"status": status, "lease_token": current}
+    held = rules.heartbeat(row, token=token, run_state=run_state, lease_seconds=45, now=10.0)
+    if not rules.lease_holds(status, current, token):
+        assert held is None
+        return
+    assert held is not None and held.values == {"lease_expires_at": 55.0, "updated_at": 10.0}
+    assert held.lease_expires_at == 55.0 and held.stops == (run_state == "cancelled")
+
+
+def test_set_based_moves() -> None:
+    cancel = rules.cancel(5.0)
+    assert (cancel.old, cancel.new) == rules.CANCEL_MOVE
+    assert cancel.values == {"status": "cancelled", "updated_at": 5.0, "completed_at": 5.0}
+    retry = rules.retry(5.0)
+    assert (retry.old, retry.new) == rules.RETRY_MOVE
+    assert retry.values == {
+        "status": "pending",
+        "attempts": 0,
+        "available_at": 5.0,
+        "completed_at": None,
+        "duration_seconds": None,
+        "updated_at": 5.0,
+    }
+    assert rules.plan_allowed("cancelled", False) and not rules.plan_allowed("cancelled", True)
+    assert rules.retry_allowed("paused") and not rules.retry_allowed("cancelled")
+    assert [rules.claim_blocked(s) for s in ("active", "paused", "cancelled")] == [
+        None,
+        "paused",
+        "cancelled",
+    ]
+    with pytest.raises(NotFound):
+        rules.check_retry(None, "r")
+    with pytest.raises(Conflict):
+        rules.check_retry("cancelled", "r")
+    with pytest.raises(Conflict):
+        rules.check_plan("cancelled", True, "r")
+
+
 def test_lease_checks() -> None:
     row = {"status": "complete", "worker": "w", "attempts": 2, "lease_token": "t1"}
     assert rules.check_lease(row, "o", "t1") is row
@@ -501,6 +568,190 @@ def test_postgres_heartbeat_sql_is_the_python_rule(postgres_database: str) -> No
                             (oid,),
                         ).fetchone()
                         assert queue is not None and queue["lease_expires_at"] == rules.lease_expires(now, 45)
+            finally:
+                conn.rollback()
+
+        check()
+
+
+# ---- the set-based PostgreSQL statements: claim, retry, cancel ------------------------------------
+# CLAIM_SQL leases many items in one statement, RETRY_REQUEUE_FAILED and CANCEL_PENDING_SQL move many; each
+# writes the column values rules.claim, rules.retry and rules.cancel decide for one item.
+
+QUEUED = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["pending", "generating", "complete", "failed", "cancelled"]),
+        "attempts": st.integers(0, 3),
+        "available_at": st.sampled_from([50.0, 100.0, 150.0]),
+    }
+)
+OUTCOME_COLUMNS = (
+    "status, attempts, worker, lease_token, lease_expires_at, started_at, completed_at, duration_seconds,"
+    " available_at, updated_at"
+)
+
+
+def _set_queued(conn: Any, ids: list[str], rows: list[dict[str, Any]]) -> None:
+    for oid, r in zip(ids, rows, strict=True):
+        leased = r["status"] == "generating"
+        conn.execute(
+            "UPDATE outcomes SET status = %s, attempts = %s, available_at = %s, worker = NULL,"
+            " lease_token = %s, lease_expires_at = %s, started_at = 1.0, completed_at = %s,"
+            " duration_seconds = %s, updated_at = 1.0 WHERE id = %s",
+            (
+                r["status"],
+                r["attempts"],
+                r["available_at"],
+                "old-" + oid if leased else None,
+                500.0 if leased else None,
+                None if rules.queued(r["status"]) else 2.0,
+                None if rules.queued(r["status"]) else 1.0,
+                oid,
+            ),
+        )
+        conn.execute(
+            "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s, available_at = %s"
+            " WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
+            (
+                "old-" + oid if leased else None,
+                500.0 if leased else None,
+                rules.final_status(r["status"]),
+                r["available_at"],
+                oid,
+            ),
+        )
+
+
+def _outcomes(conn: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT o.id, o.item, {OUTCOME_COLUMNS.replace(', ', ', o.')}, o.n, q.lease_token AS q_token,"
+        " q.lease_expires_at AS q_expires, q.final AS q_final, q.available_at AS q_available"
+        " FROM outcomes o JOIN outcome_queue q ON q.n = o.n WHERE o.id = ANY(%s)",
+        (ids,),
+    ).fetchall()
+    return {r["id"]: r for r in rows}
+
+
+def _queue_agrees(row: dict[str, Any]) -> None:
+    """The narrow queue row says what the outcome row says."""
+    assert row["q_final"] == rules.final_status(row["status"]), row
+    assert row["q_token"] == (row["lease_token"] if row["status"] == "generating" else None), row
+    if row["status"] == "generating":
+        assert row["q_expires"] == row["lease_expires_at"], row
+    if row["status"] == "pending":
+        assert row["q_available"] == row["available_at"], row
+
+
+@pytest.mark.postgres
+def test_postgres_claim_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.batch import claim_params
+    from matrix_mcp.store.postgres.sql import CLAIM_SQL
+
+    run_id, ids = _leased_items(postgres_database, 5)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            rows=st.lists(QUEUED, min_size=5, max_size=5),
+            run_state=st.sampled_from(["active", "paused", "cancelled"]),
+            now=st.sampled_from([99.5, 100.0, 120.0]),
+        )
+        def check(rows: list[dict[str, Any]], run_state: str, now: float) -> None:
+            try:
+                conn.execute("UPDATE runs SET state = %s WHERE id = %s", (run_state, run_id))
+                _set_queued(conn, ids, rows)
+                before = _outcomes(conn, ids)
+                slots = [(f"w{k}", now, f"tok{k}", None) for k in range(len(ids))]
+                got = [
+                    r
+                    for r in conn.execute(CLAIM_SQL, claim_params(run_id, None, [], now, slots)).fetchall()
+                    if r["id"] is not None
+                ]
+                after = _outcomes(conn, ids)
+                claimable = {
+                    oid
+                    for oid, r in zip(ids, rows, strict=True)
+                    if r["status"] == rules.CLAIMED_MOVE[0] and r["available_at"] <= now
+                }
+                want = claimable if rules.claim_blocked(run_state) is None else set()
+                assert {r["id"] for r in got} == want, (rows, run_state, now)
+                for r in got:
+                    k = int(r["rank"]) - 1
+                    t = rules.claim(
+                        before[r["id"]],
+                        run_id=run_id,
+                        package_id=int(r["pk_id"]),
+                        package="p",
+                        worker=f"w{k}",
+                        token=f"tok{k}",
+                        lease_seconds=45,
+                        now=now,
+                    )
+                    assert {c: after[r["id"]][c] for c in t.values} == dict(t.values)
+                    assert r["attempts"] == t.values["attempts"] and r["lease_token"] == t.queue_token
+                for oid in ids:
+                    _queue_agrees(after[oid])
+                    if oid not in want:
+                        assert after[oid] == before[oid]
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_retry_and_cancel_sql_are_the_python_rules(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import CANCEL_PENDING_SQL, RETRY_REQUEUE_FAILED
+
+    run_id, ids = _leased_items(postgres_database, 5)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            rows=st.lists(QUEUED, min_size=5, max_size=5),
+            which=st.sampled_from(["retry", "cancel"]),
+            chosen=st.none() | st.sets(st.integers(0, 4)),
+            now=st.sampled_from([99.5, 100.0]),
+        )
+        def check(rows: list[dict[str, Any]], which: str, chosen: set[int] | None, now: float) -> None:
+            try:
+                _set_queued(conn, ids, rows)
+                before = _outcomes(conn, ids)
+                picked = None if chosen is None else [ids[k] for k in sorted(chosen)]
+                if which == "retry":
+                    move = rules.retry(now)
+                    params = {"now": now, "run": run_id, "pid": None, "ids": picked}
+                    moved = {r["id"] for r in conn.execute(RETRY_REQUEUE_FAILED, params).fetchall()}
+                else:
+                    move, picked = rules.cancel(now), None
+                    counts = conn.execute(CANCEL_PENDING_SQL, {"now": now, "run": run_id}).fetchall()
+                    moved = {
+                        oid for oid in ids if _outcomes(conn, [oid])[oid]["status"] != before[oid]["status"]
+                    }
+                    assert sum(int(c["n"]) for c in counts) == len(moved)
+                after = _outcomes(conn, ids)
+                want = {
+                    oid
+                    for oid in ids
+                    if before[oid]["status"] == move.old and (picked is None or oid in picked)
+                }
+                assert moved == want, (which, rows, chosen)
+                for oid in ids:
+                    _queue_agrees(after[oid])
+                    if oid in want:
+                        assert {c: after[oid][c] for c in move.values} == dict(move.values)
+                        unchanged = [
+                            c for c in before[oid] if c not in move.values and not c.startswith("q_")
+                        ]
+                        assert {c: after[oid][c] for c in unchanged} == {c: before[oid][c] for c in unchanged}
+                    else:
+                        assert after[oid] == before[oid]
             finally:
                 conn.rollback()
 

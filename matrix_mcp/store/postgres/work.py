@@ -309,10 +309,13 @@ def sweep_effects(tx: Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
 
 
 async def cancel_pending(tx: Tx, run_id: str, now: float) -> int:
+    """The run's pending items end cancelled: the statement writes rules.cancel's values (a property
+    test in tests/test_rules.py holds it to them); how many did."""
+    move = rules.cancel(now)
     total = 0
     for r in await tx.all(CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
         n = int(r["n"])
-        tx.move(run_id, int(r["package_id"]), *rules.CANCEL_MOVE, n)
+        tx.move(run_id, int(r["package_id"]), move.old, move.new, n)
         total += n
     return total
 
@@ -507,6 +510,8 @@ async def retry(
             if prow is None:
                 raise rules.unknown_package_in_run(package)
             pid = int(prow["id"])
+        # the statement writes rules.retry's values (tests/test_rules.py holds it to them)
+        move = rules.retry(now)
         rows = await tx.all(
             sql.RETRY_REQUEUE_FAILED,
             {
@@ -521,7 +526,7 @@ async def retry(
         for r in rows:
             per_package[int(r["package_id"])] += 1
         for p, n in per_package.items():
-            tx.move(run_id, p, *rules.RETRY_MOVE, n)
+            tx.move(run_id, p, move.old, move.new, n)
         ids = [r["id"] for r in rows]
         if ids:
             tx.event(run_id, None, rules.requeued(ids), now)

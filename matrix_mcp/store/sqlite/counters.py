@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from matrix_mcp import rules
+from matrix_mcp.audit import current_principal
 from matrix_mcp.models import (
     STATUSES,
     PackageSummary,
@@ -51,6 +52,41 @@ def apply(
         m = t.minute
         add_minute(c, t.run_id, now, completed=m.completed, failed=m.failed, duration=m.duration)
     events.add_event(c, t.run_id, t.outcome_id, t.event, now)
+
+
+def start(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> None:
+    """Write what a claim's rules.Transition decided for the pending item `row` (locked under the single
+    writer): its row, the attempt it starts and its event, then the package's counter move with the
+    package's fairness clock set to that event's sequence (monotonic across processes)."""
+    assert t.start is not None
+    s = t.start
+    c.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
+    c.execute(
+        sql.START_ATTEMPT,
+        (t.outcome_id, s.attempt, s.lease_token, s.worker, current_principal.get(), t.new, now),
+    )
+    seq = events.add_event(c, t.run_id, t.outcome_id, t.event, now)
+    c.execute(sql.MOVE_CLOCK_SQL[t.old, t.new], (seq, t.package_id))
+
+
+def extend(c: sqlite3.Connection, row: sqlite3.Row, held: rules.Extension) -> None:
+    """Write a heartbeat's rules.Extension on the item `row` (its `n`)."""
+    c.execute(sql.update_outcome(tuple(held.values)), (*held.values.values(), row["n"]))
+
+
+def apply_move(c: sqlite3.Connection, row: sqlite3.Row, m: rules.Move) -> None:
+    """Move one chosen item (`row`: its `n` and package_id) as the rules.Move says."""
+    c.execute(sql.update_outcome(tuple(m.values)), (*m.values.values(), row["n"]))
+    move(c, row["package_id"], m.old, m.new)
+
+
+def move_run(c: sqlite3.Connection, run_id: str, m: rules.Move) -> int:
+    """Move every item of the run in status m.old as the rules.Move says; how many moved."""
+    per_package = c.execute(sql.COUNT_IN_STATUS, (run_id, m.old)).fetchall()
+    c.execute(sql.update_run_outcomes(tuple(m.values)), (*m.values.values(), run_id, m.old))
+    for package_id, n in per_package:
+        c.execute(sql.MOVE_N_SQL[m.old, m.new], (n, n, package_id))
+    return sum(n for _, n in per_package)
 
 
 def move(

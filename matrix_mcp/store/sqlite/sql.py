@@ -65,9 +65,18 @@ COMPLETE_SQL = {
 
 
 # a claim's counter move (rules.CLAIMED_MOVE) with the package's fairness clock
-CLAIM_MOVE_SQL = (
-    "UPDATE packages SET pending = pending - 1, generating = generating + 1, last_claim = ? WHERE id = ?"
-)
+MOVE_CLOCK_SQL = {
+    move: text.replace(" WHERE id = ?", ", last_claim = ? WHERE id = ?") for move, text in MOVE_SQL.items()
+}
+
+
+# a set-based move (rules.Move) of n items of one package
+MOVE_N_SQL = {
+    (a, b): "UPDATE packages SET " + a + " = " + a + " - ?, " + b + " = " + b + " + ? WHERE id = ?"
+    for a in STATUSES
+    for b in STATUSES
+    if a != b
+}
 
 
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
@@ -82,6 +91,26 @@ def update_outcome(columns: tuple[str, ...]) -> str:
     """The UPDATE of one outcome row (by `n`) that a rules.Transition's values make: one text per transition
     shape, so each stays a cached prepared statement. Column names come from rules, never from input."""
     return "UPDATE outcomes SET " + ", ".join(c + " = ?" for c in columns) + " WHERE n = ?"
+
+
+@cache
+def update_run_outcomes(columns: tuple[str, ...]) -> str:
+    """The UPDATE of a run's outcomes in one status (run_id, status bound last) that a rules.Move's values
+    make."""
+    return (
+        "UPDATE outcomes SET " + ", ".join(c + " = ?" for c in columns) + " WHERE run_id = ? AND status = ?"
+    )
+
+
+COUNT_IN_STATUS = (
+    "SELECT package_id, COUNT(*) FROM outcomes WHERE run_id = ? AND status = ? GROUP BY package_id"
+)
+
+
+START_ATTEMPT = (
+    "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, started_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 END_ATTEMPT = (
@@ -183,22 +212,6 @@ SWEEP_SELECT_OUTCOMES = (
 )
 
 
-CANCEL_PENDING_SELECT_OUTCOMES = (
-    "SELECT package_id, COUNT(*) FROM outcomes WHERE run_id = ? AND status = 'pending' GROUP BY package_id"
-)
-
-
-CANCEL_PENDING_UPDATE_OUTCOMES = (
-    "UPDATE outcomes SET status = 'cancelled', updated_at = ?, completed_at = ? WHERE run_id = ? AND "
-    "status = 'pending'"
-)
-
-
-CANCEL_PENDING_UPDATE_PACKAGES = (
-    "UPDATE packages SET pending = pending - ?, cancelled = cancelled + ? WHERE id = ?"
-)
-
-
 CLAIM_NOW_SELECT_RUNS = "SELECT name, state, lease_seconds FROM runs WHERE id = ?"
 
 
@@ -206,18 +219,6 @@ CLAIM_NOW_SELECT_OUTCOMES = (
     "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes WHERE "
     "package_id = ? AND status = 'pending' AND available_at <= ? ORDER BY available_at, position "
     "LIMIT 1"
-)
-
-
-CLAIM_NOW_UPDATE_OUTCOMES = (
-    "UPDATE outcomes SET status = 'generating', attempts = ?, worker = ?, lease_token = ?, "
-    "lease_expires_at = ?, started_at = ?, updated_at = ? WHERE n = ?"
-)
-
-
-CLAIM_NOW_INSERT_OUTCOME_ATTEMPTS = (
-    "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, "
-    "started_at) VALUES (?, ?, ?, ?, ?, 'generating', ?)"
 )
 
 
@@ -244,9 +245,6 @@ HEARTBEAT_SELECT_OUTCOMES = (
 )
 
 
-HEARTBEAT_UPDATE_OUTCOMES = "UPDATE outcomes SET lease_expires_at = ?, updated_at = ? WHERE n = ?"
-
-
 COMPLETE_INSERT_CONTENTS = "INSERT INTO contents (sha256, body) VALUES (?, ?) ON CONFLICT DO NOTHING"
 
 
@@ -258,10 +256,8 @@ FAIL_SELECT_OUTCOME_ATTEMPTS = (
 FAIL_SELECT_RUNS = "SELECT state, max_attempts FROM runs WHERE id = ?"
 
 
-RETRY_UPDATE_OUTCOMES = (
-    "UPDATE outcomes SET status = 'pending', attempts = 0, available_at = ?, completed_at = NULL, "
-    "duration_seconds = NULL, updated_at = ? WHERE n = ?"
-)
+# a retry's candidates: the run's items in the status rules.retry moves (a package filter may follow)
+RETRY_SELECT_OUTCOMES = "SELECT o.n, o.id, o.package_id FROM outcomes o WHERE o.run_id = ? AND o.status = ?"
 
 
 # ---- tracking.py ------------------------------------------------------------------------------------

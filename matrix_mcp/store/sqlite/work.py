@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.audit import current_principal
 from matrix_mcp.models import (
     HeartbeatResult,
     LeaseRef,
@@ -49,22 +48,8 @@ def sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
 
 
 def cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
-    per_package = c.execute(
-        sql.CANCEL_PENDING_SELECT_OUTCOMES,
-        (run_id,),
-    ).fetchall()
-    c.execute(
-        sql.CANCEL_PENDING_UPDATE_OUTCOMES,
-        (now, now, run_id),
-    )
-    total = 0
-    for package_id, n in per_package:
-        c.execute(
-            sql.CANCEL_PENDING_UPDATE_PACKAGES,
-            (n, n, package_id),
-        )
-        total += n
-    return total
+    """The run's pending items end cancelled (rules.cancel); how many did."""
+    return counters.move_run(c, run_id, rules.cancel(now))
 
 
 def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> ClaimBatch:
@@ -85,7 +70,6 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
         args.append(package)
     active = c.execute(query + " ORDER BY last_claim, position", args).fetchall()
     claims: list[Claim] = []
-    expires = rules.lease_expires(now, run["lease_seconds"])
     while active and len(claims) < limit:
         still = []
         for p in active:
@@ -97,28 +81,17 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
             ).fetchone()
             if o is None:
                 continue
-            token = token_factory()
-            attempt = int(o["attempts"]) + 1
-            c.execute(
-                sql.CLAIM_NOW_UPDATE_OUTCOMES,
-                (attempt, worker, token, expires, now, now, o["n"]),
+            t = rules.claim(
+                o,
+                run_id=run_id,
+                package_id=p["id"],
+                package=p["name"],
+                worker=worker,
+                token=token_factory(),
+                lease_seconds=run["lease_seconds"],
+                now=now,
             )
-            c.execute(
-                sql.CLAIM_NOW_INSERT_OUTCOME_ATTEMPTS,
-                (o["id"], attempt, token, worker, current_principal.get(), now),
-            )
-            seq = events.add_event(
-                c,
-                run_id,
-                o["id"],
-                rules.claimed(package=p["name"], item=o["item"], worker=worker, attempt=attempt),
-                now,
-            )
-            # fairness clock: the claim's own event sequence (monotonic across processes)
-            c.execute(
-                sql.CLAIM_MOVE_SQL,
-                (seq, p["id"]),
-            )
+            counters.start(c, o, t, now)
             claims.append(
                 Claim(
                     outcome_id=o["id"],
@@ -126,9 +99,9 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
                     package=p["name"],
                     package_description=p["description"],
                     item=o["item"],
-                    attempt=attempt,
-                    lease_token=token,
-                    lease_expires_at=expires,
+                    attempt=t.values["attempts"],
+                    lease_token=t.values["lease_token"],
+                    lease_expires_at=t.values["lease_expires_at"],
                     outcome_type=o["outcome_type"],
                     specifications=R.loads(o["specifications"]),
                     outcome_path=o["outcome_path"],
@@ -206,17 +179,24 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
                 sql.HEARTBEAT_SELECT_OUTCOMES,
                 (lease.outcome_id,),
             ).fetchone()
-            if row is None or not rules.lease_holds(row["status"], row["lease_token"], lease.lease_token):
+            held = None
+            if row is not None:
+                held = rules.heartbeat(
+                    row,
+                    token=lease.lease_token,
+                    run_state=row["state"],
+                    lease_seconds=row["lease_seconds"],
+                    now=now,
+                )
+            if held is None:
                 lost.append(lease.outcome_id)
                 continue
-            expires = rules.lease_expires(now, row["lease_seconds"])
-            c.execute(
-                sql.HEARTBEAT_UPDATE_OUTCOMES,
-                (expires, now, row["n"]),
-            )
-            if rules.stops_work(row["state"]):
+            counters.extend(c, row, held)
+            if held.stops:
                 cancelled.append(lease.outcome_id)
-            extended.append(LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(expires)))
+            extended.append(
+                LeaseState(outcome_id=lease.outcome_id, lease_expires_at=ts(held.lease_expires_at))
+            )
         return HeartbeatResult(extended=extended, lost=lost, cancelled=cancelled)
 
     return await db.write(op)
@@ -302,26 +282,21 @@ async def retry(
     def op(c: sqlite3.Connection) -> list[str]:
         state = c.execute(sql.RUN_STATE, (run_id,)).fetchone()
         rules.check_retry(None if state is None else state[0], run_id)
-        query = "SELECT o.n, o.id, o.package_id FROM outcomes o"
-        args: list[Any] = []
-        where = ["o.run_id = ?", "o.status = 'failed'"]
-        args.append(run_id)
+        move = rules.retry(now)
+        query = sql.RETRY_SELECT_OUTCOMES
+        args: list[Any] = [run_id, move.old]
         if package is not None:
             pid = c.execute(sql.PACKAGE_ID, (run_id, package)).fetchone()
             if pid is None:
                 raise rules.unknown_package_in_run(package)
-            where.append("o.package_id = ?")
+            query += " AND o.package_id = ?"
             args.append(pid[0])
-        rows = c.execute(query + " WHERE " + " AND ".join(where) + " ORDER BY o.n", args).fetchall()
+        rows = c.execute(query + " ORDER BY o.n", args).fetchall()
         if outcome_ids is not None:
             wanted = set(outcome_ids)
             rows = [r for r in rows if r["id"] in wanted]
         for r in rows:
-            c.execute(
-                sql.RETRY_UPDATE_OUTCOMES,
-                (now, now, r["n"]),
-            )
-            counters.move(c, r["package_id"], *rules.RETRY_MOVE)
+            counters.apply_move(c, r, move)
         ids = [r["id"] for r in rows]
         if ids:
             events.add_event(c, run_id, None, rules.requeued(ids), now)
