@@ -14,6 +14,7 @@ import pytest
 from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.rules import new_token
+from matrix_mcp.store.delegate import on_db
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,
@@ -88,6 +89,21 @@ def test_both_dialects_take_the_protocols_arguments_the_protocols_way(protocol: 
         want = [(p.name, p.kind) for p in inspect.signature(proto).parameters.values()]
         got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
         assert got == want, name
+
+
+def test_each_store_method_sits_in_the_same_named_module_in_both_dialects() -> None:
+    """A Store method is the function of the same name in the module of its noun (store/delegate.py's
+    on_db), and that module has the same name in both dialects: a reader finds `fail` in work.py twice."""
+    home: dict[str, set[str]] = {}
+    for dialect in (SQLiteStore, PostgresStore):
+        for name in _public_methods(Store):  # type: ignore[type-abstract]
+            impl = inspect.getattr_static(dialect, name)
+            if name in ("close", "hooks"):
+                continue
+            assert isinstance(impl, on_db), (dialect.__name__, name)
+            assert impl.fn.__name__ == name
+            home.setdefault(name, set()).add(impl.fn.__module__.rsplit(".", 1)[1])
+    assert {name: modules for name, modules in home.items() if len(modules) != 1} == {}
 
 
 FRESH = EndpointState(failures=0, failing_since=None, circuit_open_until=None, last_success_at=None)

@@ -1,5 +1,6 @@
 """The embedded SQLite outcome store on aiosqlite: the Store protocol, each method delegated to the module of
-its noun (runs, work, tracking, events, keys, content, counters) with the store's Database.
+its noun (runs, work, tracking, events, keys, content, counters) with the store's Database
+(store/delegate.py: `on_db`).
 
 - WAL, busy_timeout, foreign keys on; several server processes may share one file.
 - One writer connection per process. Concurrent write requests are merged into one
@@ -11,48 +12,11 @@ its noun (runs, work, tracking, events, keys, content, counters) with the store'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from matrix_mcp.models import (
-    Event,
-    HeartbeatResult,
-    IntegrationEvent,
-    LeaseRef,
-    Outcome,
-    OutcomeDetail,
-    OutcomePage,
-    PackageSummary,
-    PlanResult,
-    RecountReport,
-    Run,
-    RunAction,
-    RunPolicy,
-    Status,
-    SystemMetrics,
-)
+from matrix_mcp.store.delegate import on_db
 from matrix_mcp.store.group_commit import GroupCommit
-from matrix_mcp.store.params import (
-    ApiKey,
-    Cell,
-    ClaimBatch,
-    ClaimRequest,
-    Collected,
-    ContentFile,
-    Failure,
-    FinishedSpan,
-    MinuteCount,
-    NewPackage,
-    NewRecord,
-    NextClaim,
-    OutcomeFilter,
-    PathHolder,
-    Report,
-    Reported,
-    RunOverview,
-    StatusChange,
-)
 from matrix_mcp.store.sqlite import content, counters, events, keys, runs, tracking, work
 from matrix_mcp.store.sqlite.connection import Database
 from matrix_mcp.store.sqlite.hooks import SQLiteHooks
@@ -88,177 +52,45 @@ class SQLiteStore:
     async def integrity_check(self) -> str:
         return await self.db.integrity_check()
 
-    async def plan(
-        self, *, name: str, goal: str | None, policy: RunPolicy, packages: Sequence[NewPackage], now: float
-    ) -> PlanResult:
-        return await runs.plan(self.db, name=name, goal=goal, policy=policy, packages=packages, now=now)
-
-    async def get_run(self, ref: str) -> Run:
-        return await runs.get_run(self.db, ref)
-
-    async def list_runs(self) -> list[Run]:
-        return await runs.list_runs(self.db)
-
-    async def control_run(self, run_id: str, *, action: RunAction, now: float) -> Run:
-        return await runs.control_run(self.db, run_id, action=action, now=now)
-
-    async def claim(self, request: ClaimRequest, *, now: float) -> ClaimBatch:
-        return await work.claim(self.db, request, now=now)
-
-    async def heartbeat(self, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
-        return await work.heartbeat(self.db, leases, now=now)
-
-    async def complete(
-        self,
-        outcome_id: str,
-        *,
-        lease_token: str,
-        report: Report,
-        now: float,
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        return await work.complete(
-            self.db, outcome_id, lease_token=lease_token, report=report, now=now, next_claim=next_claim
-        )
-
-    async def fail(
-        self,
-        outcome_id: str,
-        *,
-        lease_token: str,
-        failure: Failure,
-        now: float,
-        next_claim: NextClaim | None = None,
-    ) -> Reported:
-        return await work.fail(
-            self.db, outcome_id, lease_token=lease_token, failure=failure, now=now, next_claim=next_claim
-        )
-
-    async def retry(
-        self,
-        run_id: str,
-        *,
-        package: str | None = None,
-        outcome_ids: Sequence[str] | None = None,
-        now: float,
-    ) -> list[str]:
-        return await work.retry(self.db, run_id, package=package, outcome_ids=outcome_ids, now=now)
-
-    async def record_outcome(self, record: NewRecord, *, now: float) -> tuple[Outcome, bool]:
-        return await tracking.record_outcome(self.db, record, now=now)
-
-    async def update_status(self, outcome_id: str, *, change: StatusChange, now: float) -> Outcome:
-        return await tracking.update_status(self.db, outcome_id, change=change, now=now)
-
-    async def record_integration(
-        self,
-        *,
-        run_id: str | None,
-        outcome_id: str | None,
-        integration_type: str,
-        action: str,
-        status: str,
-        details: dict[str, Any],
-        now: float,
-    ) -> IntegrationEvent:
-        return await tracking.record_integration(
-            self.db,
-            run_id=run_id,
-            outcome_id=outcome_id,
-            integration_type=integration_type,
-            action=action,
-            status=status,
-            details=details,
-            now=now,
-        )
-
-    async def get_outcome(self, outcome_id: str, *, history: bool = False) -> OutcomeDetail:
-        return await tracking.get_outcome(self.db, outcome_id, history=history)
-
-    async def list_outcomes(
-        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
-    ) -> OutcomePage:
-        return await tracking.list_outcomes(self.db, flt, limit=limit, cursor=cursor)
-
-    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
-        return tracking.iter_outcomes(self.db, run_id)
-
-    async def run_minutes(self, run_id: str, *, since_minute: int) -> list[MinuteCount]:
-        return await counters.run_minutes(self.db, run_id, since_minute=since_minute)
-
-    async def finished_span(self, run_id: str) -> FinishedSpan:
-        return await counters.finished_span(self.db, run_id)
-
-    async def cells(self, run_id: str) -> list[Cell]:
-        return await tracking.cells(self.db, run_id)
-
-    async def package_summaries(self, run_id: str) -> list[PackageSummary]:
-        return await counters.package_summaries(self.db, run_id)
-
-    async def package_summary(self, package: str, *, run_id: str | None) -> PackageSummary:
-        return await counters.package_summary(self.db, package, run_id=run_id)
-
-    async def system_metrics(self, run_id: str | None, *, now: float) -> SystemMetrics:
-        return await counters.system_metrics(self.db, run_id, now=now)
-
-    async def run_overview(self, run_id: str, *, since: float) -> RunOverview:
-        return await runs.run_overview(self.db, run_id, since=since)
-
-    async def create_api_key(self, name: str, *, key_hash: str, scopes: Sequence[str], now: float) -> ApiKey:
-        return await keys.create_api_key(self.db, name, key_hash=key_hash, scopes=scopes, now=now)
-
-    async def list_api_keys(self) -> list[ApiKey]:
-        return await keys.list_api_keys(self.db)
-
-    async def revoke_api_key(self, name: str, *, now: float) -> ApiKey:
-        return await keys.revoke_api_key(self.db, name, now=now)
-
-    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        return await keys.api_key_by_hash(self.db, key_hash)
-
-    async def touch_api_key(self, name: str, *, now: float) -> None:
-        return await keys.touch_api_key(self.db, name, now=now)
-
-    async def revoke_session(self, session_id: str, *, expires_at: float, now: float) -> None:
-        return await keys.revoke_session(self.db, session_id, expires_at=expires_at, now=now)
-
-    async def session_revoked(self, session_id: str) -> bool:
-        return await keys.session_revoked(self.db, session_id)
-
-    async def status_counts(self) -> dict[str, dict[Status, int]]:
-        return await counters.status_counts(self.db)
-
-    async def active_status_counts(
-        self, limit: int
-    ) -> tuple[dict[Status, int], dict[str, dict[Status, int]]]:
-        return await counters.active_status_counts(self.db, limit)
-
-    async def latest_seq(self) -> int:
-        return await events.latest_seq(self.db)
-
-    async def events_after(self, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
-        return await events.events_after(self.db, since=since, run_id=run_id, limit=limit)
-
-    async def wait_for_change(self, since: int, *, timeout: float) -> int:
-        return await events.wait_for_change(self.db, since, timeout=timeout)
-
-    async def recount(self, run_id: str | None = None) -> RecountReport:
-        return await counters.recount(self.db, run_id)
-
-    async def inline_content(self, sha256: str) -> bytes | None:
-        return await content.inline_content(self.db, sha256)
-
-    async def content_hashes(self) -> set[str]:
-        return await content.content_hashes(self.db)
-
-    async def collect_contents(self) -> Collected:
-        return await content.collect_contents(self.db)
-
-    async def path_holder(self, path: str) -> PathHolder | None:
-        return await content.path_holder(self.db, path)
-
-    async def content_files(self, *, since_seq: int, limit: int) -> list[ContentFile]:
-        return await content.content_files(self.db, since_seq=since_seq, limit=limit)
-
-    async def rebuild_counters(self, run_id: str | None = None) -> None:
-        return await counters.rebuild_counters(self.db, run_id)
+    # the Store protocol, method by method: the function of the same name in the module of its noun
+    plan = on_db(runs.plan)
+    get_run = on_db(runs.get_run)
+    list_runs = on_db(runs.list_runs)
+    control_run = on_db(runs.control_run)
+    run_overview = on_db(runs.run_overview)
+    claim = on_db(work.claim)
+    heartbeat = on_db(work.heartbeat)
+    complete = on_db(work.complete)
+    fail = on_db(work.fail)
+    retry = on_db(work.retry)
+    record_outcome = on_db(tracking.record_outcome)
+    update_status = on_db(tracking.update_status)
+    record_integration = on_db(tracking.record_integration)
+    get_outcome = on_db(tracking.get_outcome)
+    list_outcomes = on_db(tracking.list_outcomes)
+    iter_outcomes = on_db(tracking.iter_outcomes)
+    cells = on_db(tracking.cells)
+    latest_seq = on_db(events.latest_seq)
+    events_after = on_db(events.events_after)
+    wait_for_change = on_db(events.wait_for_change)
+    create_api_key = on_db(keys.create_api_key)
+    list_api_keys = on_db(keys.list_api_keys)
+    revoke_api_key = on_db(keys.revoke_api_key)
+    api_key_by_hash = on_db(keys.api_key_by_hash)
+    touch_api_key = on_db(keys.touch_api_key)
+    revoke_session = on_db(keys.revoke_session)
+    session_revoked = on_db(keys.session_revoked)
+    inline_content = on_db(content.inline_content)
+    content_hashes = on_db(content.content_hashes)
+    collect_contents = on_db(content.collect_contents)
+    path_holder = on_db(content.path_holder)
+    content_files = on_db(content.content_files)
+    run_minutes = on_db(counters.run_minutes)
+    finished_span = on_db(counters.finished_span)
+    package_summaries = on_db(counters.package_summaries)
+    package_summary = on_db(counters.package_summary)
+    system_metrics = on_db(counters.system_metrics)
+    status_counts = on_db(counters.status_counts)
+    active_status_counts = on_db(counters.active_status_counts)
+    recount = on_db(counters.recount)
+    rebuild_counters = on_db(counters.rebuild_counters)
