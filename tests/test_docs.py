@@ -199,6 +199,32 @@ def test_the_command_checker_refuses_what_does_not_exist() -> None:
     ]
 
 
+def test_every_bench_and_module_command_names_what_exists() -> None:
+    """`python bench/x.py --flag` in any page (tables included): the script exists and defines the flag;
+    `python -m matrix_mcp.x`: the module exists."""
+    import importlib.util
+
+    seen, wrong = 0, []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for match in re.finditer(r"python3? (bench/[\w/]+\.py)((?:[ \t]+[^`|\n)]*)?)", text):
+            seen += 1
+            script = ROOT / match.group(1)
+            if not script.is_file():
+                wrong.append(f"{rel(doc)}: {match.group(0)} (no such script)")
+                continue
+            source = script.read_text(encoding="utf-8")
+            for flag in re.findall(r"(?<![\w-])(--[\w-]+)", match.group(2)):
+                if f'"{flag}"' not in source:
+                    wrong.append(f"{rel(doc)}: {match.group(0)} ({match.group(1)} has no {flag})")
+        for module in re.findall(r"python3? -m (matrix_mcp[\w.]*)", text):
+            seen += 1
+            if importlib.util.find_spec(module) is None:
+                wrong.append(f"{rel(doc)}: python -m {module} (no such module)")
+    assert seen >= 40, seen
+    assert not wrong, "\n".join(wrong)
+
+
 # ---- the quick start, as written ---------------------------------------------------------------------
 
 
