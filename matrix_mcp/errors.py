@@ -1,13 +1,24 @@
-"""The error vocabulary: what the store, the artifacts and the engine raise on purpose.
+"""The error vocabulary: what the store, the artifacts, the engine and the services raise on purpose.
 
 Every message is one line and safe to show a client; `field` names the argument or setting at fault.
-This module imports nothing of the project, so any layer can raise these without importing a store.
+Each face maps these by type, never by message text: REST to a status code (`http/rest.py` `classify`),
+MCP to a tool error or a resource error code (`server.py`). This module imports nothing of the project,
+so any layer can raise these without importing a store.
+
+| type          | meaning                                        | REST                    | MCP resource |
+|---------------|------------------------------------------------|-------------------------|--------------|
+| `InputError`  | a bad argument                                 | 400 invalid_argument    | -32602       |
+| `NotFound`    | no such run, package, outcome (or its content) | 404 not_found           | -32602       |
+| `Conflict`    | contradicts the current state                  | 409 conflict            | -32603       |
+| `StaleLease`  | the lease token is not the current one         | 409 stale_lease         | -32603       |
+| `Unavailable` | starting, stopping, or the database is away    | 503 unavailable         | -32603       |
+| `MatrixError` | any other refusal (an unwritable artifact...)  | 400 invalid_argument    | -32603       |
 """
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
+class MatrixError(Exception):
     """Base of every error raised on purpose. The message is safe to show a client."""
 
     field: str | None = None
@@ -17,11 +28,19 @@ class StoreError(Exception):
         self.field = field
 
 
-class NotFound(StoreError):
-    """A run, package or outcome that does not exist."""
+StoreError = MatrixError
+"""The base's former name, kept so code written against it keeps working."""
 
 
-class Conflict(StoreError):
+class InputError(MatrixError):
+    """A bad argument: the message names the field."""
+
+
+class NotFound(MatrixError):
+    """A run, package or outcome that does not exist, or content an outcome does not have."""
+
+
+class Conflict(MatrixError):
     """The request contradicts the current state (a different report for a finished item...)."""
 
 
@@ -29,7 +48,17 @@ class StaleLease(Conflict):
     """The lease token is not the item's current one: it expired and was re-claimed, or never was."""
 
 
-class Unavailable(StoreError):
-    """The database cannot be reached right now; the call may be retried."""
+class Unavailable(MatrixError):
+    """The server is starting or stopping, or the database cannot be reached right now; the call may be
+    retried."""
 
     retryable = True
+
+
+STARTING = "the server is starting or stopping; retry"
+"""What a call is told while the server has no engine (before start-up completes, or after shut-down)."""
+
+
+def starting() -> Unavailable:
+    """The error of a call made while the server is starting or stopping."""
+    return Unavailable(STARTING)

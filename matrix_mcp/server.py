@@ -34,7 +34,7 @@ from matrix_mcp import __version__
 from matrix_mcp.apps import grid_app, grid_tool_meta
 from matrix_mcp.config import Settings, redact_text, url_password
 from matrix_mcp.engine import MAX_SEQ, Engine, InputError
-from matrix_mcp.errors import NotFound, StoreError, Unavailable
+from matrix_mcp.errors import STARTING, NotFound, StoreError, Unavailable, starting
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
 from matrix_mcp.integrations.tools import HOOK_TOOLS, hook_resources
 from matrix_mcp.models import (
@@ -111,8 +111,8 @@ class ServerState:
         return tuple(p for p in (url_password(self.settings.database_url),) if p)
 
     def engine(self) -> Engine:
-        if self.engine_ is None:
-            raise ToolError("the server is starting or stopping; retry")
+        if self.engine_ is None:  # the same text as a tool error; REST answers 503 by its cause's type
+            raise ToolError(STARTING) from starting()
         return self.engine_
 
     def hooks(self) -> Hooks:

@@ -370,7 +370,7 @@ def test_classify_maps_what_the_server_cannot_answer_now_and_hides_crashes() -> 
     """503 for a store that is down (through the tool's own wrapping), 500 without detail for a crash."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from matrix_mcp.errors import Unavailable
+    from matrix_mcp.errors import STARTING, Unavailable
     from matrix_mcp.http.rest import classify
 
     def wrapped(inner: BaseException) -> BaseException:
@@ -383,8 +383,9 @@ def test_classify_maps_what_the_server_cannot_answer_now_and_hides_crashes() -> 
     down = classify(wrapped(Unavailable("the database did not answer")))
     assert (down.status, down.code, down.headers) == (503, "unavailable", {"Retry-After": "1"})
     assert down.message == "retryable: the database did not answer"
-    starting = classify(ToolError("the server is starting or stopping; retry"))
-    assert starting.status == 503
+    starting = ToolError(STARTING)  # what a tool raises while the server has no engine: by its cause's type
+    starting.__cause__ = Unavailable(STARTING)
+    assert (classify(starting).status, classify(starting).message) == (503, STARTING)
     crash = RuntimeError("secret internals")
     outer = ToolError("Error executing tool x")
     outer.__cause__ = crash

@@ -4,7 +4,7 @@ Tools (MCP, REST, CLI) call the `Engine`; the engine validates, decides and call
 `Engine` is a thin facade: each use case lives in its own module, as a class over `EngineCore` (the store,
 the settings, the artifact store and the caches every use case shares):
 
-- `validate`: argument checks and their bounds (`InputError` names the field)
+- `validate`: argument checks and their bounds (each raises `InputError` naming the field)
 - `core`: `EngineCore`, `RunInfo`, run lookup and the outcome-path checks reports share
 - `planning`: plan, control, list and read runs
 - `work`: claim, heartbeat, complete, fail, retry
@@ -32,12 +32,12 @@ from matrix_mcp.engine.validate import (
     MAX_SEQ,
     MEDIA_TYPE_ERROR,
     MEDIA_TYPE_PATTERN,
-    InputError,
     is_media_type,
     json_depth,
 )
 from matrix_mcp.engine.watching import Watching
 from matrix_mcp.engine.work import Work
+from matrix_mcp.errors import InputError
 from matrix_mcp.store import open_store
 
 __all__ = [
@@ -55,10 +55,24 @@ __all__ = [
 
 
 class Engine(Planning, Work, Watching, Tracking, Content, Export):
-    """Every use case over one store: what MCP tools, REST endpoints and the CLI call."""
+    """Every use case over one store: what MCP tools, REST endpoints and the CLI call.
+
+    Each method raises the errors of `matrix_mcp.errors` on purpose, listed in its docstring; besides
+    those, any method that reads or writes the store may raise `Unavailable` while the database cannot
+    be reached (retryable).
+    """
 
     @classmethod
     async def open(cls, settings: Settings) -> Engine:
+        """Open the store at settings.database_url (migrating it) and secure the artifacts root.
+
+        Args:
+            settings: the database, the artifacts root and the limits.
+
+        Raises:
+            ValueError: a database URL that is neither sqlite:///… nor postgresql://….
+            Unavailable: PostgreSQL cannot be reached (one line naming host and port).
+        """
         store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
         try:
             engine = cls(store, settings)
@@ -69,4 +83,5 @@ class Engine(Planning, Work, Watching, Tracking, Content, Export):
             raise
 
     async def close(self) -> None:
+        """Close the store and its connections."""
         await self.store.close()

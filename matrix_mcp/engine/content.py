@@ -9,8 +9,8 @@ import anyio
 
 from matrix_mcp.artifacts import ArtifactError, GarbageReport, RepairReport
 from matrix_mcp.engine.core import EngineCore, log
-from matrix_mcp.engine.validate import InputError, is_media_type
-from matrix_mcp.errors import StoreError
+from matrix_mcp.engine.validate import is_media_type
+from matrix_mcp.errors import InputError, NotFound
 from matrix_mcp.models import OutcomeDetail
 
 # A server repairs, as it starts, the files of completions among this many latest events (a process killed
@@ -25,6 +25,15 @@ def _served_type(mime_type: str | None) -> str:
 
 class Content(EngineCore):
     async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
+        """One outcome with its attempts; a complete outcome whose file is missing has it restored first.
+
+        Args:
+            outcome_id: the outcome.
+
+        Raises:
+            InputError: a bad outcome_id.
+            NotFound: no such outcome.
+        """
         detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
         if detail.status == "complete" and detail.outcome_path and detail.content_sha256:
             await self._ensure_file(detail.id, detail.outcome_path, detail.content_sha256)
@@ -66,7 +75,16 @@ class Content(EngineCore):
         """Restore the readable file of every complete outcome completed after event `since_seq` whose file
         is missing (blob → commit → link: a kill after the commit leaves only the link undone). With verify
         (`matrix-mcp gc --repair`), also a file whose bytes differ from the stored content: every file is
-        read and hashed."""
+        read and hashed.
+
+        Args:
+            since_seq: only completions after this event sequence number.
+            page: how many completions to read at a time.
+            verify: also hash every file and restore those that differ.
+
+        Returns:
+            How many files were checked, repaired, could not be (their content is gone), or skipped.
+        """
         checked = repaired = unrepairable = skipped = 0
         cursor = since_seq
         while True:
@@ -86,14 +104,24 @@ class Content(EngineCore):
             cursor = files[-1].seq
 
     async def repair_recent_files(self) -> RepairReport:
-        """At start-up: the completions among the latest REPAIR_RECENT_EVENTS events."""
+        """At start-up: `repair_files` for the completions among the latest REPAIR_RECENT_EVENTS events."""
         latest = await self.store.latest_seq()
         return await self.repair_files(since_seq=max(0, latest - REPAIR_RECENT_EVENTS))
 
     async def outcome_content(self, outcome_id: str) -> tuple[bytes, str]:
+        """An outcome's stored content and its media type (application/octet-stream when it has none that is
+        valid).
+
+        Args:
+            outcome_id: the outcome.
+
+        Raises:
+            NotFound: no such outcome, or the outcome has no stored content.
+            ArtifactError: the content is neither readable in the blob store nor kept in the store.
+        """
         outcome = await self.store.get_outcome(outcome_id)
         if outcome.content_sha256 is None:
-            raise StoreError(f"outcome '{outcome_id}' has no stored content", "outcome_id")
+            raise NotFound(f"outcome '{outcome_id}' has no stored content", "outcome_id")
         try:
             data = await anyio.to_thread.run_sync(self.artifacts.read_blob, outcome.content_sha256)
         except OSError as exc:
@@ -107,7 +135,14 @@ class Content(EngineCore):
 
     async def collect_garbage(self, *, older_than_seconds: float = 3600.0) -> GarbageReport:
         """Delete content no outcome refers to: blobs (left by rejected reports) once unwritten for a while,
-        and content kept in the store that an override left behind."""
+        and content kept in the store that an override left behind.
+
+        Args:
+            older_than_seconds: only blobs unwritten for at least this long (60 or more).
+
+        Raises:
+            InputError: older_than_seconds under 60.
+        """
         if not older_than_seconds >= 60:
             raise InputError("at least 60: a report commits seconds after writing its content", "older_than")
         now = time.time()  # file times are wall-clock; taken before the references are read

@@ -10,7 +10,7 @@ from pathlib import Path
 from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.config import Settings
 from matrix_mcp.engine.validate import Checks
-from matrix_mcp.errors import Conflict, StoreError
+from matrix_mcp.errors import Conflict, MatrixError
 from matrix_mcp.models import RunPolicy
 from matrix_mcp.store.params import FinishedSpan
 from matrix_mcp.store.protocol import Store
@@ -42,10 +42,19 @@ class EngineCore(Checks):
         self._spans: dict[str, tuple[int, FinishedSpan]] = {}
 
     def now(self) -> float:
+        """The current time, in seconds since the epoch: every use case's clock."""
         return time.time()
 
     async def run_info(self, ref: str) -> RunInfo:
-        """Resolve a run by name or id. Runs are never deleted and their policy never changes: cached."""
+        """Resolve a run by name or id. Runs are never deleted and their policy never changes: cached.
+
+        Args:
+            ref: the run's name or id.
+
+        Raises:
+            InputError: not a valid name.
+            NotFound: no such run.
+        """
         info = self._runs.get(ref)
         if info is None:
             run = await self.store.get_run(self._name(ref, "run"))
@@ -60,7 +69,7 @@ class EngineCore(Checks):
         it. The store keeps one holder per path (a unique key: of two reports racing for one path exactly
         one commits); the loser's database error says which key, this says who holds it. Errors raised on
         purpose (a stale lease, a conflicting repeat...) keep their own message."""
-        if path is None or (isinstance(exc, StoreError) and type(exc) is not StoreError):
+        if path is None or (isinstance(exc, MatrixError) and type(exc) is not MatrixError):
             return
         await self._refuse_held(path, run_id=run_id, package=package, item=item)
 

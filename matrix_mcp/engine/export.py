@@ -17,6 +17,19 @@ from matrix_mcp.models import ExportResult
 
 class Export(EngineCore):
     async def export_outcomes(self, run: str, *, format: Literal["jsonl", "csv"] = "jsonl") -> ExportResult:
+        """Write a run's outcomes to a file under the artifacts root, as JSON Lines or CSV.
+
+        Args:
+            run: the run's name or id.
+            format: "jsonl" or "csv".
+
+        Returns:
+            The file's path and URI, how many outcomes and bytes it holds.
+
+        Raises:
+            NotFound: no such run.
+            ArtifactError: the file cannot be written.
+        """
         info = await self.run_info(run)
         data, count = await self.export_bytes(info.id, format=format)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -27,6 +40,12 @@ class Export(EngineCore):
         )
 
     async def export_bytes(self, run_id: str, *, format: Literal["jsonl", "csv"]) -> tuple[bytes, int]:
+        """A run's outcomes as JSON Lines or CSV bytes (nested JSON in CSV cells), and how many.
+
+        Args:
+            run_id: the run's id.
+            format: "jsonl" or "csv".
+        """
         buf = io.StringIO()
         count = 0
         writer: Any = None

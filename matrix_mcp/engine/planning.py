@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from matrix_mcp import tracing
 from matrix_mcp.engine.core import EngineCore
-from matrix_mcp.engine.validate import InputError
+from matrix_mcp.errors import InputError
 from matrix_mcp.models import ItemSpec, PackageSpec, PlanResult, Run, RunAction, RunList, RunPolicy
 from matrix_mcp.store.params import NewItem, NewPackage
 
@@ -21,6 +21,20 @@ class Planning(EngineCore):
         goal: str | None = None,
         policy: RunPolicy | None = None,
     ) -> PlanResult:
+        """Create the run `name` with its packages and pending items, or extend the run of that name (items
+        already there are kept; the run's goal and policy are those of its first plan).
+
+        Args:
+            name: the run's name, unique.
+            packages: the packages, each with its items (names, or specs with specifications).
+            goal: what the run is for; the briefing every claimed item carries begins with it.
+            policy: outcome type, lease, attempts, backoff and the outcome_schema reports must meet.
+
+        Raises:
+            InputError: a name, an outcome_schema or specifications that are not valid, duplicates, or
+                more items than MATRIX_MAX_ITEMS_PER_PLAN in one plan; the field is named.
+            Conflict: the run is cancelled and the plan would add items.
+        """
         self._name(name, "name")
         policy = policy or RunPolicy()
         self._name(policy.outcome_type, "outcome_type")
@@ -59,11 +73,30 @@ class Planning(EngineCore):
         return await self.store.plan(name=name, goal=goal, policy=policy, packages=new, now=self.now())
 
     async def control_run(self, run: str, *, action: RunAction) -> Run:
+        """Pause, resume or cancel a run (cancel also cancels its pending items; it is final).
+
+        Args:
+            run: the run's name or id.
+            action: "pause", "resume" or "cancel".
+
+        Raises:
+            NotFound: no such run.
+            Conflict: pause or resume of a cancelled run.
+        """
         info = await self.run_info(run)
         return await self.store.control_run(info.id, action=action, now=self.now())
 
     async def list_runs(self) -> RunList:
+        """Every run with its state and counts, oldest first."""
         return RunList(runs=await self.store.list_runs())
 
     async def get_run(self, run: str) -> Run:
+        """One run with its state, policy and counts.
+
+        Args:
+            run: the run's name or id.
+
+        Raises:
+            NotFound: no such run.
+        """
         return await self.store.get_run((await self.run_info(run)).id)

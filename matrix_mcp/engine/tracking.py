@@ -34,6 +34,31 @@ class Tracking(EngineCore):
         error_message: str | None = None,
         created_by: str | None = None,
     ) -> RecordResult:
+        """The seed's tracking call: create the item (and its package) when new, then set its status and report
+        as `update_outcome_status` does.
+
+        Args:
+            run: the run's name or id.
+            package: the item's package.
+            item: the item's name.
+            status: the status to record.
+            outcome_type: the outcome's type (default: the run's).
+            outcome_path: its file, relative to the run's folder.
+            specifications: what the item is to produce.
+            metrics: numbers about the result.
+            metadata: anything else; with metrics, checked against the outcome_schema when complete.
+            error_message: why it failed.
+            created_by: who recorded it.
+
+        Returns:
+            The outcome, and whether it was created.
+
+        Raises:
+            InputError: a bad name or JSON, or a complete report that violates the outcome_schema.
+            ArtifactError: an outcome_path that is not a safe relative path.
+            NotFound: no such run.
+            Conflict: an outcome_path another item's file holds.
+        """
         info = await self.run_info(run)
         self._name(package, "package")
         self._name(item, "item")
@@ -76,6 +101,23 @@ class Tracking(EngineCore):
         metadata: dict[str, Any] | None = None,
         outcome_path: str | None = None,
     ) -> Outcome:
+        """Override an item's status (any status from any status): counters move, and a fresh lease token
+        fences off whoever held it.
+
+        Args:
+            outcome_id: the item.
+            status: its new status.
+            error_message: why it failed.
+            metrics: numbers about the result (kept when not given).
+            metadata: anything else (kept when not given).
+            outcome_path: its file, relative to the run's folder.
+
+        Raises:
+            InputError: bad JSON, or a complete report that violates the outcome_schema.
+            ArtifactError: an outcome_path that is not a safe relative path.
+            NotFound: no such outcome.
+            Conflict: an outcome_path another item's file holds.
+        """
         self._name(outcome_id, "outcome_id")
         current = await self.store.get_outcome(outcome_id)
         metrics = self._json(metrics, "metrics") or {}
@@ -109,6 +151,21 @@ class Tracking(EngineCore):
         limit: int = 100,
         cursor: str | None = None,
     ) -> OutcomePage:
+        """A page of outcomes, filtered, in a stable order; `next_cursor` fetches the next page.
+
+        Args:
+            run: only this run's (name or id).
+            package: only this package's.
+            status: only those with this status.
+            worker: only those this worker claimed.
+            limit: at most this many (1 to the page size).
+            cursor: the `next_cursor` of the previous page.
+
+        Raises:
+            InputError: a bad limit.
+            MatrixError: a cursor this server did not issue.
+            NotFound: no such run.
+        """
         run_id = (await self.run_info(run)).id if run is not None else None
         self._limit(limit, "limit", self.limits.max_page_size)
         return await self.store.list_outcomes(
@@ -116,10 +173,28 @@ class Tracking(EngineCore):
         )
 
     async def package_summary(self, package: str, *, run: str | None = None) -> PackageSummary:
+        """A package's counts, averages and duration percentiles.
+
+        Args:
+            package: the package's name.
+            run: the run it is in (name or id); needed when several runs have a package of that name.
+
+        Raises:
+            NotFound: no such run or package.
+            Conflict: the package is in several runs and no run was given.
+        """
         run_id = (await self.run_info(run)).id if run is not None else None
         return await self.store.package_summary(self._name(package, "package"), run_id=run_id)
 
     async def system_metrics(self, run: str | None = None) -> SystemMetrics:
+        """Counts and generation times across every run, or one.
+
+        Args:
+            run: only this run (name or id).
+
+        Raises:
+            NotFound: no such run.
+        """
         run_id = (await self.run_info(run)).id if run is not None else None
         return await self.store.system_metrics(run_id, now=self.now())
 
@@ -133,6 +208,20 @@ class Tracking(EngineCore):
         outcome_id: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> IntegrationEvent:
+        """Record that an integration (a CI job, a tracker...) acted on a run or an outcome.
+
+        Args:
+            integration_type: what kind of integration.
+            action: what it did.
+            status: how it went.
+            run: the run it concerns (name or id).
+            outcome_id: the outcome it concerns.
+            details: anything else, as JSON.
+
+        Raises:
+            InputError: a bad name or JSON.
+            NotFound: no such run.
+        """
         run_id = (await self.run_info(run)).id if run is not None else None
         self._name(integration_type, "integration_type")
         self._name(action, "action")

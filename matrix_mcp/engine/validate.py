@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from matrix_mcp.config import Limits
-from matrix_mcp.errors import StoreError
+from matrix_mcp.errors import InputError
 
 # Event sequence numbers are 64-bit signed integers in both stores: a cursor past the largest is refused
 # here, the same on both (SQLite could not even bind it).
@@ -34,10 +34,6 @@ MEDIA_TYPE_ERROR = (
 def is_media_type(value: str) -> bool:
     """Whether `value` is a media type as a Content-Type header may carry it."""
     return len(value) <= MAX_MEDIA_TYPE_LENGTH and _MEDIA_TYPE.fullmatch(value) is not None
-
-
-class InputError(StoreError):
-    """A bad argument: the message names the field."""
 
 
 def json_depth(value: Any, limit: int) -> int:

@@ -25,6 +25,20 @@ class Watching(EngineCore):
         progress: ProgressFn | None = None,
         event_limit: int = 200,
     ) -> RunStatus:
+        """The run's counts, per-package summaries, progress, throughput and ETA, with the events after
+        `since`; with `wait_seconds`, wait up to that long for the first such event (long poll).
+
+        Args:
+            run: the run's name or id.
+            since: return the events after this sequence number (`latest_seq` of an earlier answer).
+            wait_seconds: with `since`, wait up to this long for an event.
+            progress: called while waiting (done, total, message), for MCP progress notifications.
+            event_limit: at most this many events; `more_events` says when more are waiting.
+
+        Raises:
+            InputError: since or wait_seconds out of range.
+            NotFound: no such run.
+        """
         info = await self.run_info(run)
         self._wait(wait_seconds, "wait_seconds")
         self._seq(since, "since")

@@ -13,8 +13,7 @@ import anyio
 from matrix_mcp import rules, tracing
 from matrix_mcp.artifacts import ArtifactError, Blob, default_path, in_run_folder
 from matrix_mcp.engine.core import EngineCore, RunInfo, log
-from matrix_mcp.engine.validate import InputError
-from matrix_mcp.errors import Conflict
+from matrix_mcp.errors import Conflict, InputError
 from matrix_mcp.models import (
     ClaimedItem,
     ClaimResult,
@@ -45,6 +44,23 @@ class Work(EngineCore):
     async def claim_items(
         self, run: str, *, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
     ) -> ClaimResult:
+        """Lease up to `limit` items that are due, round-robin across packages; each comes with a lease token
+        and a briefing (the run's goal and the package's description). Expired leases are swept first.
+
+        Args:
+            run: the run's name or id.
+            worker: who claims (recorded on each attempt).
+            limit: at most this many items (1 to the page size).
+            package: claim from this package only.
+            wait_seconds: when none is due but some are leased or backing off, wait up to this long for one.
+
+        Returns:
+            The items; when fewer than `limit` came, `reason` says why and `retry_after_seconds` when to ask.
+
+        Raises:
+            InputError: a bad name, limit or wait_seconds.
+            NotFound: no such run or package.
+        """
         info = await self.run_info(run)
         self._name(worker, "worker")
         self._limit(limit, "limit", self.limits.max_page_size)
@@ -118,6 +134,15 @@ class Work(EngineCore):
         return NextClaim(limit=claim_next, package=package, token_factory=rules.new_token)
 
     async def heartbeat(self, leases: Sequence[LeaseRef]) -> HeartbeatResult:
+        """Extend the leases still held by the run's lease time; lists those lost (expired, taken over,
+        finished) and those of a cancelled run, which their workers should stop.
+
+        Args:
+            leases: the outcome ids with their lease tokens (one to the page size).
+
+        Raises:
+            InputError: no lease, or more than the page size.
+        """
         if not leases:
             raise InputError("give at least one lease", "leases")
         if len(leases) > self.limits.max_page_size:
@@ -143,7 +168,33 @@ class Work(EngineCore):
         package: str | None = None,
     ) -> ReportResult:
         """Store the content, complete the item and, with claim_next, lease the next items in the same
-        transaction (`package` limits those to one package)."""
+        transaction (`package` limits those to one package). The same report repeated answers the same.
+
+        The content is written before the commit that refers to it and linked at its outcome_path after it; a
+        process killed in between leaves a file that start-up, `get_outcome` or `matrix-mcp gc --repair` restores.
+
+        Args:
+            outcome_id: the claimed item.
+            lease_token: the token its claim returned.
+            content: the result, text or base64 (`content_encoding`); kept in the store when small.
+            outcome_path: where its file goes, relative to the run's folder (default: the planned or the
+                run/package/item path).
+            metrics: numbers about the result (lines_generated, quality_score feed the summaries).
+            metadata: anything else; with metrics, checked against the run's outcome_schema.
+            content_encoding: "utf-8" or "base64".
+            mime_type: the content's media type (default: from the path's extension).
+            claim_next: lease this many next items in the same transaction (0 to the page size).
+            package: the package those next items come from.
+
+        Raises:
+            InputError: a bad argument, content over MATRIX_MAX_CONTENT_BYTES, or metrics and metadata that
+                violate the outcome_schema (the field is named).
+            ArtifactError: an outcome_path that is not a safe relative path, or content that cannot be written.
+            NotFound: no such outcome.
+            StaleLease: the token is not the item's current one, or its lease no longer holds.
+            Conflict: a different report for an item already complete, or an outcome_path another item's file
+                holds (or needs as a folder).
+        """
         self._name(outcome_id, "outcome_id")
         self._name(lease_token, "lease_token")
         metrics = self._json(metrics, "metrics") or {}
@@ -235,6 +286,24 @@ class Work(EngineCore):
         claim_next: int = 0,
         package: str | None = None,
     ) -> ReportResult:
+        """Report a claimed item failed: it goes back to pending after a backoff while attempts remain and
+        `retryable` is true, else it is failed for good. With claim_next, the next items are leased in the same
+        transaction. The same failure repeated answers the same.
+
+        Args:
+            outcome_id: the claimed item.
+            lease_token: the token its claim returned.
+            error: what went wrong (kept up to 20,000 characters).
+            retryable: false fails the item for good at once.
+            claim_next: lease this many next items in the same transaction (0 to the page size).
+            package: the package those next items come from.
+
+        Raises:
+            InputError: an empty error or a bad argument.
+            NotFound: no such outcome.
+            StaleLease: the token is not the item's current one, or its lease no longer holds.
+            Conflict: a different report for an item already finished.
+        """
         self._name(outcome_id, "outcome_id")
         self._name(lease_token, "lease_token")
         if not error or not error.strip():
@@ -262,6 +331,21 @@ class Work(EngineCore):
     async def retry_items(
         self, run: str, *, package: str | None = None, outcome_ids: Sequence[str] | None = None
     ) -> RetryResult:
+        """Put failed items back to pending with their attempts reset: all of a run's, one package's, or
+        those named.
+
+        Args:
+            run: the run's name or id.
+            package: only this package's failed items.
+            outcome_ids: only these items.
+
+        Returns:
+            How many were requeued, and their ids (the first 1,000).
+
+        Raises:
+            NotFound: no such run or package.
+            Conflict: the run is cancelled.
+        """
         info = await self.run_info(run)
         ids = await self.store.retry(info.id, package=package, outcome_ids=outcome_ids, now=self.now())
         return RetryResult(run=info.name, requeued=len(ids), outcome_ids=ids[:1000])

@@ -26,7 +26,16 @@ from starlette.responses import Response, StreamingResponse
 from matrix_mcp.audit import current_principal
 from matrix_mcp.config import Limits
 from matrix_mcp.engine import MAX_SEQ, MEDIA_TYPE_ERROR, MEDIA_TYPE_PATTERN, json_depth
-from matrix_mcp.errors import Conflict, NotFound, StaleLease, StoreError, Unavailable
+from matrix_mcp.errors import (
+    STARTING,
+    Conflict,
+    InputError,
+    MatrixError,
+    NotFound,
+    StaleLease,
+    Unavailable,
+    starting,
+)
 from matrix_mcp.http.access import Caller, Identify
 from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
@@ -130,6 +139,25 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+# Each error type's status and code, the most specific first (a StaleLease is also a Conflict). An error
+# is answered by its type, never by its message text: a message may say anything.
+ERROR_ANSWERS: tuple[tuple[type[MatrixError], int, str], ...] = (
+    (Unavailable, 503, "unavailable"),
+    (StaleLease, 409, "stale_lease"),
+    (Conflict, 409, "conflict"),
+    (NotFound, 404, "not_found"),
+    (InputError, 400, "invalid_argument"),
+    (MatrixError, 400, "invalid_argument"),  # any other refusal: an artifact that cannot be written...
+)
+
+
+def answer(error: MatrixError, message: str) -> ApiError:
+    """The HTTP answer for `error` (by its type), saying `message`."""
+    status, code = next((s, c) for kind, s, c in ERROR_ANSWERS if isinstance(error, kind))
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return ApiError(status, code, message, error.field, headers)
+
+
 def classify(exc: BaseException) -> ApiError:
     """The HTTP answer for what a tool call raised (walking the chain the SDK and our tools build)."""
     chain: list[BaseException] = []
@@ -142,24 +170,13 @@ def classify(exc: BaseException) -> ApiError:
             first = e.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "body"
             return ApiError(400, "invalid_argument", f"{field}: {first['msg']}", field)
-        if isinstance(e, StoreError):
+        if isinstance(e, MatrixError):
             # the tool's own ToolError (just above it) carries the redacted, field-named text
             above = chain[i - 1] if i > 0 and isinstance(chain[i - 1], ToolError) else None
-            message = str(above) if above is not None else (f"{e.field}: {e}" if e.field else str(e))
-            if isinstance(e, Unavailable):
-                return ApiError(503, "unavailable", message, e.field, {"Retry-After": "1"})
-            if isinstance(e, StaleLease):
-                return ApiError(409, "stale_lease", message, e.field)
-            if isinstance(e, Conflict):
-                return ApiError(409, "conflict", message, e.field)
-            if isinstance(e, NotFound):
-                return ApiError(404, "not_found", message, e.field)
-            return ApiError(400, "invalid_argument", message, e.field)
+            return answer(e, str(above) if above is not None else (f"{e.field}: {e}" if e.field else str(e)))
     last = chain[-1]
-    if isinstance(last, ToolError):
+    if isinstance(last, ToolError):  # the SDK's own (an unknown tool, arguments its schema refuses)
         text = str(last)
-        if "starting or stopping" in text:
-            return ApiError(503, "unavailable", text, None, {"Retry-After": "1"})
         head = text.split(":", 1)[0]
         return ApiError(400, "invalid_argument", text, head if ":" in text and " " not in head else None)
     log.error("REST call failed", exc_info=exc)
@@ -304,15 +321,12 @@ class Rest:
             await self.authorize(request, READ, "GET /api/v1/outcomes/{outcome_id}/content")
             engine = engine_of(self.mcp)
             if engine is None:
-                raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+                raise answer(starting(), STARTING)
             outcome_id = param(request, "outcome_id")
             try:
                 data, mime = await engine.outcome_content(outcome_id)
-            except StoreError as exc:
-                err = classify(exc)
-                if err.status == 400 and "no stored content" in err.message:
-                    err = ApiError(404, "not_found", err.message, "outcome_id")
-                raise err from exc
+            except MatrixError as exc:  # NotFound when the outcome has no stored content
+                raise classify(exc) from exc
         except ApiError as err:
             return err.response()
         # untrusted bytes: never rendered by a browser as a page of this origin
@@ -336,17 +350,17 @@ class Rest:
             await self.authorize(request, READ, "GET /api/v1/runs/{run}/events")
             store = self.store()
             if store is None:
-                raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+                raise answer(starting(), STARTING)
             run_id = None
             if "run" in request.path_params:
                 from matrix_mcp.server import engine_of
 
                 engine = engine_of(self.mcp)
                 if engine is None:
-                    raise ApiError(503, "unavailable", "the server is starting or stopping; retry")
+                    raise answer(starting(), STARTING)
                 try:
                     run_id = (await engine.run_info(param(request, "run"))).id
-                except StoreError as exc:
+                except MatrixError as exc:
                     raise classify(exc) from exc
             since = _since(request)
             if since is None:

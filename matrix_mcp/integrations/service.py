@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from matrix_mcp.errors import StoreError
+from matrix_mcp.errors import InputError, MatrixError
 from matrix_mcp.integrations.events import EVENT_TYPES
 from matrix_mcp.integrations.models import (
     Delivery,
@@ -48,8 +48,8 @@ _OPTION_KEYS = {
 _REQUIRED_OPTIONS = {"jira": ("project",), "github": ("repository",)}
 
 
-def _fail(field: str, message: str) -> StoreError:
-    return StoreError(message, field=field)
+def _fail(field: str, message: str) -> InputError:
+    return InputError(message, field=field)
 
 
 def view(row: SubscriptionRow, now: float) -> Webhook:
@@ -115,7 +115,7 @@ class Hooks:
             try:
                 self._keyring = load_keyring(self.database_url, self.settings.encryption_keys)
             except KeyError_ as exc:
-                raise StoreError(str(exc), field="MATRIX_ENCRYPTION_KEY") from None
+                raise MatrixError(str(exc), field="MATRIX_ENCRYPTION_KEY") from None
         return self._keyring
 
     # ---- validation -------------------------------------------------------------------------------
