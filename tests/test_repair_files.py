@@ -2,7 +2,7 @@
 
 complete_item writes the blob, commits the report, then links the blob at outcome_path. A process killed
 between the commit and the link leaves a complete outcome whose file is missing. Here a real worker process
-is SIGKILLed in exactly that window (MATRIX_TEST_KILL_AFTER_COMMIT=1), on both backends, and each repair path
+is SIGKILLed in exactly that window (the engine's `after_commit` seam), on both backends, and each repair path
 is shown to restore the file: on read (get_outcome), at a server's start-up, and `matrix-mcp gc --repair`.
 """
 
@@ -30,6 +30,8 @@ from tests.conftest import assert_consistent
 pytestmark = pytest.mark.anyio
 
 KILLED_WORKER = """
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from matrix_mcp.engine import Engine
 
 async def main() -> None:
     engine = await Engine.open(Settings(database_url=sys.argv[1], artifacts_dir=Path(sys.argv[2])))
+    engine.after_commit = lambda outcome_id: os.kill(os.getpid(), signal.SIGKILL)
     await engine.complete_item(sys.argv[3], lease_token=sys.argv[4], content=sys.argv[5])
     print("not killed")
 
@@ -61,9 +64,8 @@ async def killed_after_commit(settings: Settings, item: ClaimedItem, content: st
         item.lease_token,
         content,
     ]
-    env = {**os.environ, "MATRIX_TEST_KILL_AFTER_COMMIT": "1"}
     proc = await anyio.to_thread.run_sync(
-        lambda: subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        lambda: subprocess.run(command, capture_output=True, text=True, timeout=120)
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
 

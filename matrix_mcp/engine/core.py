@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class EngineCore(Checks):
         self._leased: dict[str, tuple[str, str, str, str, str | None]] = {}
         # run id -> (the event sequence it was read at, its finished span): see _finished_rate
         self._spans: dict[str, tuple[int, FinishedSpan]] = {}
+        # A seam for fault injection: called with the outcome id right after a completion commits and before
+        # its file is linked (a test SIGKILLs the process here, as a kill at any moment can). None in service.
+        self.after_commit: Callable[[str], None] | None = None
 
     def now(self) -> float:
         """The current time, in seconds since the epoch: every use case's clock."""

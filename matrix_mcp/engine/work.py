@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -29,8 +28,6 @@ from matrix_mcp.telemetry import observe_generation
 # The readable copy of inline content up to this size is written on the event loop (page cache, no fsync:
 # tens of microseconds, where a worker-thread hop costs more than the write), larger on a worker thread.
 COPY_ON_LOOP_BYTES = 64 * 1024
-# Test hook: SIGKILL this process between the store's commit and the link, as a kill at any moment can.
-_KILL_AFTER_COMMIT = os.environ.get("MATRIX_TEST_KILL_AFTER_COMMIT") == "1"
 
 
 def _retry_after(batch: ClaimBatch, now: float) -> float | None:
@@ -246,10 +243,8 @@ class Work(EngineCore):
             raise
         outcome = reported.outcome
         self._leased.pop(outcome_id, None)
-        if _KILL_AFTER_COMMIT:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.after_commit is not None:
+            self.after_commit(outcome_id)
         # A process killed here leaves a complete outcome without its file: any later process repairs it
         # (repair_files at start-up, get_outcome on read, `matrix-mcp gc --repair`).
         if outcome.duration_seconds is not None:
