@@ -50,6 +50,26 @@ class RunPolicy(_Model):
     backoff_cap_seconds: float = Field(default=300, ge=0, le=86_400)
     outcome_schema: Json | None = None
 
+    @classmethod
+    def planned(
+        cls,
+        outcome_type: str = "code",
+        lease_seconds: float = 300,
+        max_attempts: int = 3,
+        backoff_seconds: float = 5,
+        outcome_schema: Json | None = None,
+    ) -> RunPolicy:
+        """The policy a plan asks for (plan_run's arguments, a plan file): the backoff doubles from
+        `backoff_seconds` up to 300 s, or up to `backoff_seconds` when that is longer."""
+        return cls(
+            outcome_type=outcome_type,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            backoff_seconds=backoff_seconds,
+            backoff_cap_seconds=max(backoff_seconds, 300),
+            outcome_schema=outcome_schema,
+        )
+
 
 # ---- records --------------------------------------------------------------------------------------
 

@@ -52,6 +52,11 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
             )
         elif args.keys_command == "list":
             keys = await store.list_api_keys()
+            if getattr(args, "json", False):
+                from matrix_mcp.cli.steer import print_json
+
+                print_json({"keys": [_key_json(k) for k in keys]})
+                return 0
             if not keys:
                 print(f"no API keys in {store.url_for_display}")
             for k in keys:
@@ -101,6 +106,22 @@ async def _store_given_key(store: Store, name: str, key: str, scopes: tuple[str,
             raise Conflict(f"key '{name}' was revoked: store a new key under a new name", field="name")
         return None
     return await store.create_api_key(name, key_hash=hash_key(key), scopes=scopes, now=time.time())
+
+
+def _key_json(k: ApiKey) -> dict[str, object]:
+    """A key's record as `keys list --json` prints it: never the key (nor its hash)."""
+    return {
+        "name": k.name,
+        "scopes": list(k.scopes),
+        "created_at": _iso(k.created_at),
+        "last_used_at": _iso(k.last_used_at),
+        "revoked_at": _iso(k.revoked_at),
+        "active": k.revoked_at is None,
+    }
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def _when(t: float | None) -> str:

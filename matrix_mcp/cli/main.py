@@ -15,6 +15,12 @@ from matrix_mcp import __version__
 from matrix_mcp.cli.format import RUNS_ROW, format_status
 from matrix_mcp.config import ArgumentParser, Settings, add_serve_flags, load_secret_files, setup_logging
 
+TERMINAL_HINT = (
+    "matrix-mcp: an MCP server on stdio, waiting for a client's JSON-RPC on stdin (Ctrl-D ends it); "
+    "for a first look run `matrix-mcp demo`, and `matrix-mcp --help` lists the commands"
+)
+STEERING = ("plan", "pause", "resume", "cancel", "retry")  # matrix_mcp.cli.steer
+
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:
     """The flags every command takes, before or after its name. On a subcommand their default is SUPPRESS, so
@@ -56,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys for the HTTP service: create, list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_create = keys_sub.add_parser("create", help="create a key and print it (once)")
-    keys_create.add_argument("name")
+    keys_create.add_argument("name", help="the key's name (shown in logs and `keys list`; never the key)")
     keys_create.add_argument(
         "--scope", action="append", required=True, help="read, work, plan or admin (repeat for several)"
     )
@@ -66,24 +72,28 @@ def _parser() -> argparse.ArgumentParser:
         help="store this key (mtx_ + at least 32 characters, e.g. a container secret) instead of a new one; "
         "a key of that name and value already there is left as it is",
     )
-    keys_sub.add_parser("list", help="names, scopes, created, last used (never the keys)")
+    keys_list = keys_sub.add_parser("list", help="names, scopes, created, last used (never the keys)")
+    keys_list.add_argument("--json", action="store_true", help="print the keys as JSON (never the keys)")
     keys_revoke = keys_sub.add_parser("revoke", help="revoke a key on every replica (within seconds)")
-    keys_revoke.add_argument("name")
+    keys_revoke.add_argument("name", help="the name of the key to revoke")
     demo = sub.add_parser("demo", help="run a 5×3 job end to end with concurrent worker processes")
     demo.add_argument("--workers", type=int, default=3)
     demo.add_argument("--run", default=None, help="run name (default: demo-<time>)")
     status = sub.add_parser("status", help="print runs, or one run's per-package progress")
-    status.add_argument("run", nargs="?")
+    status.add_argument("run", nargs="?", help="the run to show (default: every run, one line each)")
     status.add_argument("--check", action="store_true", help="also verify the counters against a recount")
+    status.add_argument(
+        "--json", action="store_true", help="print JSON: list_runs' result, or run_status' for RUN"
+    )
     export = sub.add_parser("export", help="write a run's outcomes to stdout")
-    export.add_argument("run")
+    export.add_argument("run", help="the run whose outcomes are written")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     work = sub.add_parser(
         "work",
         usage="matrix-mcp work RUN [options] -- COMMAND [ARGS…]",
         help="run COMMAND once per item of RUN, N at a time (the item as env and JSON on stdin; stdout = content)",
     )
-    work.add_argument("run")
+    work.add_argument("run", help="the run whose items are worked")
     work.add_argument("--package", help="only this package's items")
     work.add_argument("-j", "--jobs", type=int, default=1, help="commands at a time (default 1)")
     work.add_argument("--timeout", type=float, metavar="SECONDS", help="kill a command after this long")
@@ -113,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the database-schema server: the same as matrix-schema-mcp, with the same options",
     )
     from matrix_mcp.cli.hooks import add_parsers
+    from matrix_mcp.cli.steer import add_parsers as add_steering
 
+    add_steering(sub)
     add_parsers(sub)
     for command in sub.choices.values():  # global flags are accepted after the command's name too
         _global_flags(command, suppress=True)
@@ -180,6 +192,9 @@ def user_error(exc: BaseException) -> str | None:
 
 def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str]) -> None:
     command = args.command or "serve"
+    if args.command is None and sys.stdin.isatty():
+        # a person typed the bare name: say what this is, then serve as asked
+        print(TERMINAL_HINT, file=sys.stderr, flush=True)
     if trailing and command != "work":
         sys.exit("matrix-mcp: arguments after -- are only taken by `matrix-mcp work`")
     if command == "serve":
@@ -206,8 +221,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
         except ValueError as exc:
             sys.exit(f"matrix-mcp work: {exc}")
         sys.exit(anyio.run(run_work, settings, options))
-    if command == "status":
-        anyio.run(_status, settings, args.run, args.check)
+    if command in STEERING:
+        from matrix_mcp.cli.steer import run_command
+
+        anyio.run(run_command, settings, args)
+    elif command == "status":
+        anyio.run(_status, settings, args.run, args.check, args.json)
     elif command == "export":
         anyio.run(_export, settings, args.run, args.format)
     elif command == "gc":
@@ -247,22 +266,31 @@ async def _check_store(settings: Settings) -> None:
     await engine.close()
 
 
-async def _status(settings: Settings, run: str | None, check: bool) -> None:
-    from matrix_mcp.config import sqlite_path
+async def _status(settings: Settings, run: str | None, check: bool, as_json: bool = False) -> None:
+    """Every run, one line each, or one run's per-package progress; with `as_json`, the result of the MCP
+    tool list_runs or run_status (with --check, plus `counters`: consistent, mismatches)."""
+    from matrix_mcp.cli.steer import missing_store, print_json
     from matrix_mcp.engine import Engine
     from matrix_mcp.errors import StoreError
 
-    path = sqlite_path(settings.database_url)
-    if path is not None and str(path) != ":memory:" and not path.exists():
+    path = missing_store(settings)
+    if path is not None:
         # reading must not create a store (and a .matrix/ folder) where nothing has run
         if run is None:
-            print(f"no runs: there is no store at {path} (nothing has run here yet)")
+            if as_json:
+                print_json({"runs": []})
+            else:
+                print(f"no runs: there is no store at {path} (nothing has run here yet)")
             return
         sys.exit(f"matrix-mcp: unknown run '{run}': there is no store at {path}")
     engine = await Engine.open(settings)
     try:
         if run is None:
-            runs = (await engine.list_runs()).runs
+            listed = await engine.list_runs()
+            if as_json:
+                print_json(listed)
+                return
+            runs = listed.runs
             if not runs:
                 print(f"no runs in {engine.store.url_for_display}")
             else:
@@ -280,9 +308,15 @@ async def _status(settings: Settings, run: str | None, check: bool) -> None:
             status = await engine.run_status(run)
         except StoreError as exc:
             sys.exit(f"matrix-mcp: {exc}")
+        report = await engine.store.recount(status.run_id) if check else None
+        if as_json:
+            data = status.model_dump(mode="json", exclude_none=True)
+            if report is not None:
+                data["counters"] = {"consistent": report.consistent, "mismatches": list(report.mismatches)}
+            print_json(data)
+            return
         print(format_status(status))
-        if check:
-            report = await engine.store.recount(status.run_id)
+        if report is not None:
             print(
                 "counters: consistent"
                 if report.consistent
