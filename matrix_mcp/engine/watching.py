@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from matrix_mcp.engine.core import EngineCore
-from matrix_mcp.models import RunStatus
+from matrix_mcp.models import Event, RunStatus
+from matrix_mcp.store.params import Cell, MinuteCount
 
 # A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
 FINISHED_RUN_STATES = ("done", "cancelled")
@@ -105,3 +106,59 @@ class Watching(EngineCore):
             return None
         seconds = max(1.0, span.last_finished_at - span.first_started_at)
         return round(span.finished / seconds * 60, 3)
+
+    async def latest_seq(self) -> int:
+        """The sequence number of the latest event (0 before the first): where a follower starts to see
+        only what happens from now on."""
+        return await self.store.latest_seq()
+
+    async def events(self, *, since: int, run: str | None = None, limit: int) -> list[Event]:
+        """The events after `since`, oldest first: every run's, or one run's.
+
+        Args:
+            since: the sequence number to read after.
+            run: only this run's events (its name or id).
+            limit: at most this many.
+
+        Raises:
+            InputError: since out of range, or a bad run name.
+            NotFound: no such run.
+        """
+        self._seq(since, "since")
+        run_id = None if run is None else (await self.run_info(run)).id
+        return await self.store.events_after(since=since, run_id=run_id, limit=limit)
+
+    async def wait_for_change(self, since: int, *, timeout: float) -> int:
+        """Wait until an event after `since` is committed (by this process or another on the same store),
+        or `timeout` seconds pass; answers the latest sequence number.
+
+        Args:
+            since: the sequence number already seen.
+            timeout: the longest wait, in seconds.
+        """
+        return await self.store.wait_for_change(since, timeout=timeout)
+
+    async def cells(self, run: str) -> list[Cell]:
+        """Every item of a run in creation order, reduced to what a grid draws (package, item, status,
+        outcome id): one read, even for a run of tens of thousands of items.
+
+        Args:
+            run: the run's name or id.
+
+        Raises:
+            NotFound: no such run.
+        """
+        return await self.store.cells((await self.run_info(run)).id)
+
+    async def throughput(self, run: str, *, since_minute: int) -> list[MinuteCount]:
+        """How many items finished (complete, failed) in each minute from `since_minute` on, in order; a
+        minute with none is absent. The counts the run's throughput window sums.
+
+        Args:
+            run: the run's name or id.
+            since_minute: the first minute (seconds since the epoch // 60).
+
+        Raises:
+            NotFound: no such run.
+        """
+        return await self.store.run_minutes((await self.run_info(run)).id, since_minute=since_minute)
