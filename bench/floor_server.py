@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import ClaimResult, Outcome, PackageSpec
 from matrix_mcp.rules import new_token
-from matrix_mcp.server import create_server
 from matrix_mcp.store.rows import dumps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

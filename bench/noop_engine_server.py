@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import ClaimResult, PackageSpec, ReportResult
-from matrix_mcp.server import create_server
 
 
 async def capture(settings: Settings) -> tuple[ClaimResult, ReportResult]:

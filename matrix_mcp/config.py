@@ -12,12 +12,23 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
-
-from matrix_mcp.toolsets import Toolset, parse_toolset
 
 DEFAULT_DATABASE_URL = "sqlite:///.matrix/matrix.db"
 DEFAULT_ARTIFACTS_DIR = ".matrix/artifacts"
+
+# Which tools a connection lists (`--toolset`, env MATRIX_TOOLSET); the tools of each: `mcp/toolsets.py`
+Toolset = Literal["worker", "orchestrator", "all"]
+TOOLSET_NAMES: tuple[Toolset, ...] = ("worker", "orchestrator", "all")
+
+
+def parse_toolset(value: str, source: str) -> Toolset:
+    """`value` as a toolset; the ValueError names `source` (the flag or variable it came from)."""
+    for name in TOOLSET_NAMES:
+        if value == name:
+            return name
+    raise ValueError(f"{source} must be one of {', '.join(TOOLSET_NAMES)}, got {value!r}")
 
 
 class SettingError(ValueError):

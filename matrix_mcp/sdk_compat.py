@@ -432,6 +432,15 @@ def sdk_definitions(specs: Sequence[ToolSpec]) -> tuple[dict[str, Any], list[str
     return definitions, _sdk_files() + [f for f in _package_files(specs) if f != __file__]
 
 
+def write_cache(server_name: str, specs: Sequence[ToolSpec]) -> Path | None:
+    """Write the definition cache of one server now (ahead of its first start, e.g. in a container image);
+    the file written, or None when the cache is off or cannot be written."""
+    path = cache_file(server_name)
+    definitions, files = sdk_definitions(specs)
+    _write_cache(path, files, definitions)
+    return path if path is not None and _read_cache(path, list(definitions)) is not None else None
+
+
 def build_tools(
     server_name: str, specs: Sequence[ToolSpec], page_size: int, keep: Callable[[str], bool] = lambda _: True
 ) -> ToolSet:
@@ -570,25 +579,3 @@ def lone_surrogate(value: Any) -> str | None:
         elif isinstance(v, list | tuple):
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(v))
     return None
-
-
-def warm_cache() -> None:
-    """Write the definition cache of both servers now (`python -m matrix_mcp.sdk_compat`)."""
-    from matrix_mcp.schema.tools import SCHEMA_TOOLS
-    from matrix_mcp.server import TOOLS
-
-    for name, specs in (("matrix", TOOLS), ("database-schema", SCHEMA_TOOLS)):
-        path = cache_file(name)
-        definitions, files = sdk_definitions(specs)
-        _write_cache(path, files, definitions)
-        written = path is not None and _read_cache(path, list(definitions)) is not None
-        print(
-            f"{name}: {len(definitions)} tools {'cached in ' + str(path) if written else 'not cached'}",
-            file=sys.stderr,
-        )
-
-
-if __name__ == "__main__":  # run the imported module's, whose PageBound the tools' annotations hold
-    from matrix_mcp import sdk_compat
-
-    sdk_compat.warm_cache()

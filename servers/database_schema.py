@@ -31,7 +31,7 @@ from matrix_mcp.config import (
     setup_logging,
     url_from_parts,
 )
-from matrix_mcp.schema.tools import SCHEMA_TOOLS, SchemaAccess, add_schema_templates, schema_resources
+from matrix_mcp.mcp.tools.schema import SPECS, SchemaAccess, add_schema_templates, schema_resources
 from matrix_mcp.sdk_compat import ToolServer, build_tools
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def build_server(
 ) -> ToolServer[SchemaState]:
     """The schema server; over HTTP with authentication, `keys_store` is opened with it (API keys)."""
     state = SchemaState(url, keys_store)
-    toolset = build_tools("database-schema", SCHEMA_TOOLS, (limits or Limits()).max_page_size)
+    toolset = build_tools("database-schema", SPECS, (limits or Limits()).max_page_size)
     mcp: ToolServer[SchemaState] = ToolServer(
         "database-schema",
         toolset,

@@ -27,7 +27,7 @@ import anyio
 from mcp.client import Client
 
 from matrix_mcp.config import Settings
-from matrix_mcp.server import create_server
+from matrix_mcp.mcp.server import create_server
 
 RETRYABLE = "retryable"
 

@@ -16,9 +16,8 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
 from matrix_mcp.apps import GRID_URI, VIEW_TOOLS, grid_html, grid_template
 from matrix_mcp.audit import current_tool_access
-from matrix_mcp.config import Settings
-from matrix_mcp.server import create_server
-from matrix_mcp.toolsets import Toolset
+from matrix_mcp.config import Settings, Toolset
+from matrix_mcp.mcp.server import create_server
 from tests.http_helpers import client as http_client
 from tests.http_helpers import create_key, serving
 

@@ -18,7 +18,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from matrix_mcp.config import Settings
-from matrix_mcp.server import create_server
+from matrix_mcp.mcp.server import create_server
 from tests.conftest import PG_URL, require_postgres
 
 pytestmark = pytest.mark.anyio

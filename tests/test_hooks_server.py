@@ -20,8 +20,8 @@ from standardwebhooks.webhooks import Webhook
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.integrations.crypto import new_key
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.server import create_server
 from tests.hooks_helpers import Receiver
 from tests.test_hooks_dispatch import until
 

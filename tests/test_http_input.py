@@ -7,7 +7,7 @@ import httpx2
 import pytest
 
 from matrix_mcp.config import Settings
-from matrix_mcp.http.rest import PREFIX
+from matrix_mcp.http.endpoints import PREFIX
 from tests.http_helpers import client, create_key, serving
 
 pytestmark = pytest.mark.anyio

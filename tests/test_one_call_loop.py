@@ -16,8 +16,8 @@ from mcp.client.stdio import StdioServerParameters
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.errors import StaleLease
+from matrix_mcp.mcp.toolsets import ORCHESTRATOR_TOOLS, WORKER_TOOLS
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.toolsets import ORCHESTRATOR_TOOLS, WORKER_TOOLS
 from tests.conftest import assert_consistent
 from tests.test_contract import Clock, grid
 
@@ -265,7 +265,7 @@ async def test_toolset_setting_is_validated(tmp_path: Path) -> None:
 
 
 async def test_prompt_teaches_the_one_call_loop(tmp_path: Path) -> None:
-    from matrix_mcp.server import create_server
+    from matrix_mcp.mcp.server import create_server
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
     async with Client(create_server(settings), mode="legacy") as c:

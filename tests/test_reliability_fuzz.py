@@ -23,7 +23,7 @@ from mcp.client import Client
 from mcp_types import CallToolResult, Tool
 
 from matrix_mcp.config import Settings
-from matrix_mcp.server import create_server
+from matrix_mcp.mcp.server import create_server
 from tests.reliability_helpers import check_store
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ import pytest
 from mcp.client import Client
 
 from matrix_mcp.config import Limits, Settings
-from matrix_mcp.server import create_server
+from matrix_mcp.mcp.server import create_server
 from tests.reliability_helpers import check_store
 
 pytestmark = pytest.mark.anyio

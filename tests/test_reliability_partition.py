@@ -20,7 +20,7 @@ import pytest
 from matrix_mcp.config import SettingError, Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Unavailable
-from matrix_mcp.http.rest import PREFIX
+from matrix_mcp.http.endpoints import PREFIX
 from matrix_mcp.models import PackageSpec, RunPolicy
 from matrix_mcp.store.postgres import PostgresStore, connection
 from tests.conftest import assert_consistent

@@ -24,8 +24,8 @@ from psycopg import sql
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import PackageSpec, RunPolicy
-from matrix_mcp.server import create_server
 from matrix_mcp.store.postgres import PostgresStore
 from matrix_mcp.store.postgres.connection import Database
 from tests.conftest import PG_URL, assert_consistent

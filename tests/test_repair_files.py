@@ -23,8 +23,8 @@ from mcp.client import Client
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import ClaimedItem, PackageSpec
-from matrix_mcp.server import create_server
 from tests.conftest import assert_consistent
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import max_body_bytes
-from matrix_mcp.http.rest import ENDPOINTS, PREFIX
+from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import TOOL_SCOPES
 from matrix_mcp.sdk_compat import ToolServer
 from tests.conftest import assert_consistent

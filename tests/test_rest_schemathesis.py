@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 
 from matrix_mcp.config import Limits, Settings
-from matrix_mcp.http.rest import PREFIX
+from matrix_mcp.http.endpoints import PREFIX
 from tests.http_helpers import create_key, serving
 from tests.test_rest import Sse
 

@@ -142,7 +142,7 @@ import sys
 import anyio
 from mcp.client import Client
 from matrix_mcp.config import Settings
-from matrix_mcp.server import create_server
+from matrix_mcp.mcp.server import create_server
 
 LAZY = ("psycopg", "psycopg_pool", "matrix_mcp.store.postgres", "matrix_mcp.schema.api", "matrix_mcp.schema.ddl",
         "matrix_mcp.schema.sqlite_reader", "matrix_mcp.schema.postgres_reader",

@@ -27,8 +27,8 @@ from matrix_mcp import tracing
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.integrations.service import Hooks
+from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import PackageSpec
-from matrix_mcp.server import create_server
 from tests.hooks_helpers import Receiver
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.test_hooks_dispatch import dispatching, fast
@@ -410,7 +410,7 @@ def test_switched_off_nothing_of_the_sdk_or_exporter_is_loaded(tmp_path: Path) -
         import sys
         from matrix_mcp.cli import main
         from matrix_mcp.config import Settings
-        from matrix_mcp.server import create_server
+        from matrix_mcp.mcp.server import create_server
         create_server(Settings(database_url="sqlite:///m.db", artifacts_dir="a"))
         try:
             main(["--database-url", "sqlite:///m.db", "gc"])

@@ -202,7 +202,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, trailing: list[str])
         if transport != "stdio":
             _serve_http(settings, args)
             return
-        from matrix_mcp.server import create_server
+        from matrix_mcp.mcp.server import create_server
 
         server = create_server(settings)
         server.run()  # a start-up failure surfaces here, in exception groups: user_error unwraps it

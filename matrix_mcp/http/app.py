@@ -411,7 +411,8 @@ def notice(text: str) -> None:
 
 def matrix_service(settings: Settings, options: ServiceOptions, *, auth: bool) -> Service:
     """The Matrix server as a team service."""
-    from matrix_mcp.server import create_server, engine_of
+    from matrix_mcp.mcp.server import create_server
+    from matrix_mcp.mcp.state import engine_of
 
     holder: dict[str, MCPServer[Any]] = {}
 

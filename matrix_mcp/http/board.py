@@ -162,7 +162,7 @@ class Board:
         """Every cell of a run, compact: per package its outcome ids, item names and a status-code string
         (the index into `statuses`). `latest_seq` is read first, so following the event stream from it
         misses nothing that happened while the grid was read."""
-        from matrix_mcp.server import engine_of
+        from matrix_mcp.mcp.state import engine_of
 
         caller = await self.identify(request)
         if caller is None:
@@ -203,7 +203,7 @@ class Board:
     async def throughput(self, request: Request) -> Response:
         """Items finished per minute, from the store's per-minute counts (those the run's throughput
         window sums): the last `CHART_MINUTES` minutes, or from `since` (a minute) on to extend the chart."""
-        from matrix_mcp.server import engine_of
+        from matrix_mcp.mcp.state import engine_of
 
         caller = await self.identify(request)
         if caller is None:

@@ -12,7 +12,7 @@ from mcp.server import MCPServer
 from matrix_mcp import __version__
 from matrix_mcp.config import Limits
 from matrix_mcp.engine import MAX_SEQ
-from matrix_mcp.http.rest import ENDPOINTS, PREFIX
+from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import READ, tool_scope
 from matrix_mcp.models import Event
 
@@ -208,7 +208,7 @@ def document(mcp: MCPServer[Any]) -> dict[str, Any]:
 
     if not isinstance(mcp, ToolServer):
         raise TypeError("the REST API's document describes a server built from a ToolSet")
-    from matrix_mcp.server import engine_of
+    from matrix_mcp.mcp.state import engine_of
 
     tools = mcp.tool_definitions()
     engine = engine_of(mcp)

@@ -37,86 +37,17 @@ from matrix_mcp.errors import (
     starting,
 )
 from matrix_mcp.http.access import Caller, Identify
+from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX, Endpoint
 from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
 from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.http.rest")
 
-PREFIX = "/api/v1"
 SSE_BATCH = 500
 SSE_KEEPALIVE_SECONDS = 10.0
 RECHECK_SECONDS = 5.0
 BODY_DEPTH_SLACK = 8
-_PATH_PARAM = re.compile(r"{(\w+)}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str  # under PREFIX; {names} are tool arguments
-    tool: str
-    summary: str
-    query: tuple[str, ...] = ()  # tool arguments taken from the query string
-    body: bool = False  # the remaining arguments come as a JSON object
-    created: str | None = None  # the result's flag that says it made a new resource: 201, not 200
-
-    @property
-    def path_params(self) -> list[str]:
-        return _PATH_PARAM.findall(self.path)
-
-
-ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        "POST",
-        "/runs",
-        "plan_run",
-        "Plan a run of packages × items (idempotent by name): 201 when it created the run, else 200.",
-        body=True,
-        created="created",
-    ),
-    Endpoint("GET", "/runs", "list_runs", "All runs with state, policy and counts."),
-    Endpoint(
-        "GET",
-        "/runs/{run}",
-        "run_status",
-        "Counts, package summaries, throughput, ETA; events after `since` (long-poll with wait_seconds).",
-        query=("since", "wait_seconds"),
-    ),
-    Endpoint("POST", "/runs/{run}/control", "control_run", "Pause, resume or cancel a run.", body=True),
-    Endpoint("POST", "/runs/{run}/retry", "retry_items", "Re-queue failed items.", body=True),
-    Endpoint("GET", "/runs/{run}/packages/{package}", "package_summary", "One package's summary."),
-    Endpoint("POST", "/runs/{run}/claim", "claim_items", "Lease items (fair across packages).", body=True),
-    Endpoint(
-        "GET",
-        "/outcomes",
-        "list_outcomes",
-        "Outcomes in creation order, filtered; pass next_cursor back as cursor.",
-        query=("run", "package", "status", "worker", "limit", "cursor"),
-    ),
-    Endpoint(
-        "POST", "/outcomes", "record_outcome", "Create or update an outcome record directly.", body=True
-    ),
-    Endpoint("GET", "/outcomes/{outcome_id}", "get_outcome", "One outcome with its attempt history."),
-    Endpoint(
-        "PATCH", "/outcomes/{outcome_id}", "update_outcome_status", "Set an outcome's status.", body=True
-    ),
-    Endpoint(
-        "POST", "/outcomes/{outcome_id}/complete", "complete_item", "Report a claimed item done.", body=True
-    ),
-    Endpoint("POST", "/outcomes/{outcome_id}/fail", "fail_item", "Report a claimed item failed.", body=True),
-    Endpoint("POST", "/leases/heartbeat", "heartbeat", "Extend leases.", body=True),
-    Endpoint(
-        "GET", "/metrics/system", "system_metrics", "Totals, averages, outcomes by hour.", query=("run",)
-    ),
-    Endpoint(
-        "POST",
-        "/integration-events",
-        "record_integration_event",
-        "Log an action taken in another system.",
-        body=True,
-    ),
-)
 
 
 @dataclass
@@ -305,7 +236,7 @@ class Rest:
         """How deep an argument of a JSON body may nest: the engine's JSON depth cap (MATRIX_MAX_JSON_DEPTH,
         which it checks per field) plus room for the structure around such a field (a plan's
         packages[].items[].specifications)."""
-        from matrix_mcp.server import engine_of
+        from matrix_mcp.mcp.state import engine_of
 
         engine = engine_of(self.mcp)
         return (
@@ -315,7 +246,7 @@ class Rest:
     # ---- not tools: an outcome's content, and the event stream -----------------------------------
 
     async def content(self, request: Request) -> Response:
-        from matrix_mcp.server import engine_of
+        from matrix_mcp.mcp.state import engine_of
 
         try:
             await self.authorize(request, READ, "GET /api/v1/outcomes/{outcome_id}/content")
@@ -353,7 +284,7 @@ class Rest:
                 raise answer(starting(), STARTING)
             run_id = None
             if "run" in request.path_params:
-                from matrix_mcp.server import engine_of
+                from matrix_mcp.mcp.state import engine_of
 
                 engine = engine_of(self.mcp)
                 if engine is None:

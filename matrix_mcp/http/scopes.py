@@ -1,13 +1,15 @@
 """Scopes and the one map from MCP requests to the scope each needs.
 
 A caller sees in `tools/list` only the tools its scopes allow, and a call outside them is refused with
-a tool error (or, for resources/prompts/completions, a JSON-RPC error) naming the missing scope. Tools
-not in the map need `matrix:admin`: a new tool is closed until someone decides who may call it.
+a tool error (or, for resources/prompts/completions, a JSON-RPC error) naming the missing scope. Each tool's
+scope is written in its `ToolSpec` (`mcp/registry.py`), which cannot leave it out; a name no tool has (a call
+to an unknown tool) needs `matrix:admin`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import mcp_types as types
@@ -15,47 +17,17 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from matrix_mcp.audit import current_principal, current_tool_access
+from matrix_mcp.mcp import registry
 
-READ = "matrix:read"
-WORK = "matrix:work"
-PLAN = "matrix:plan"
-ADMIN = "matrix:admin"
-ALL_SCOPES: tuple[str, ...] = (READ, WORK, PLAN, ADMIN)
+# the scopes, re-exported: the HTTP side names them from here
+from matrix_mcp.mcp.spec import ADMIN as ADMIN
+from matrix_mcp.mcp.spec import ALL_SCOPES as ALL_SCOPES
+from matrix_mcp.mcp.spec import PLAN as PLAN
+from matrix_mcp.mcp.spec import READ as READ
+from matrix_mcp.mcp.spec import WORK as WORK
 
-TOOL_SCOPES: dict[str, str] = {
-    # reading status, lists, records, summaries and the schema analyser
-    "list_runs": READ,
-    "run_status": READ,
-    "get_outcome": READ,
-    "list_outcomes": READ,
-    "package_summary": READ,
-    "system_metrics": READ,
-    "analyze_schema": READ,
-    "generate_table_ddl": READ,
-    "find_relationships": READ,
-    "generate_api_schema": READ,
-    # the worker loop
-    "claim_items": WORK,
-    "heartbeat": WORK,
-    "complete_item": WORK,
-    "fail_item": WORK,
-    # planning and steering
-    "plan_run": PLAN,
-    "control_run": PLAN,
-    "retry_items": PLAN,
-    "record_outcome": PLAN,
-    "update_outcome_status": PLAN,
-    "export_outcomes": PLAN,
-    "record_integration_event": PLAN,
-    # events out: webhook subscriptions hold secrets and send data off the machine
-    "add_webhook": ADMIN,
-    "list_webhooks": ADMIN,
-    "update_webhook": ADMIN,
-    "remove_webhook": ADMIN,
-    "test_webhook": ADMIN,
-    "list_deliveries": ADMIN,
-    "redeliver": ADMIN,
-}
+# each tool's scope, from the tool registry (a tool cannot be registered without one)
+TOOL_SCOPES: Mapping[str, str] = MappingProxyType(registry.scopes())
 UNMAPPED_TOOL_SCOPE = ADMIN
 
 # resources that need more than READ (to read, subscribe to, or see in resources/list)
@@ -68,13 +40,6 @@ _RESOURCE_METHODS = frozenset({"resources/read", "resources/subscribe", "resourc
 _UNSCOPED_METHODS = frozenset(
     {"initialize", "ping", "server/discover", "tools/list", "logging/setLevel", "notifications/initialized"}
 )
-
-
-def register_tool_scope(tool: str, scope: str) -> None:
-    """Map a new tool (e.g. webhook management: ADMIN) to the scope it needs."""
-    if scope not in ALL_SCOPES:
-        raise ValueError(f"scope: unknown scope {scope!r}; known: {', '.join(ALL_SCOPES)}")
-    TOOL_SCOPES[tool] = scope
 
 
 def tool_scope(tool: str) -> str:

@@ -1,6 +1,7 @@
 """The webhook tools and the subscription-state resource, served by the main server. Thin: parse, call the
-Hooks service, return its model. Over HTTP these need scope matrix:admin (TOOL_NAMES). They reach the server's
-state (`HookHost`) through their context (`ctx.mcp_server.state`).
+Hooks service, return its model. Over HTTP these need scope matrix:admin (their specs say so); no narrower
+toolset lists them and they have no REST endpoint. They reach the server's state (`HookHost`) through their
+context (`ctx.mcp_server.state`).
 
 They declare no output schema (the models in integrations/models.py are the shapes): every tool
 definition is read into each client's context, and admin tools are rarely called."""
@@ -18,21 +19,12 @@ from mcp.server.mcpserver.resources import FunctionResource
 from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
-from matrix_mcp.sdk_compat import ToolSpec
+from matrix_mcp.mcp.spec import ADMIN, ToolSpec
 
 if TYPE_CHECKING:  # loaded on the first webhook call: start-up stays fast
     from matrix_mcp.integrations.models import WebhookList
     from matrix_mcp.integrations.service import Hooks
 
-TOOL_NAMES = (
-    "add_webhook",
-    "list_webhooks",
-    "update_webhook",
-    "remove_webhook",
-    "test_webhook",
-    "list_deliveries",
-    "redeliver",
-)
 WEBHOOKS_URI = "matrix://webhooks"
 
 
@@ -151,8 +143,9 @@ async def redeliver(
     )
 
 
-HOOK_TOOLS = tuple(
-    ToolSpec(fn)
+# webhook subscriptions hold secrets and send data off the machine: admin only
+SPECS = tuple(
+    ToolSpec(fn, scope=ADMIN)
     for fn in (
         add_webhook,
         list_webhooks,
@@ -163,7 +156,6 @@ HOOK_TOOLS = tuple(
         redeliver,
     )
 )
-assert tuple(s.name for s in HOOK_TOOLS) == TOOL_NAMES
 
 
 async def webhooks_resource(host: HookHost) -> WebhookList:

@@ -1,6 +1,6 @@
 """The schema tools and resources, served by the sibling server and the main one.
 
-One implementation: the tool functions below (`SCHEMA_TOOLS`), `schema_resources(access)` and
+One implementation: the tool functions below (`SPECS`), `schema_resources(access)` and
 `add_schema_templates(mcp)`. They reach the server's `SchemaAccess` through the context
 (`ctx.mcp_server.state.schema`); the access is created with the server and closed by its lifespan.
 Connections open lazily and read-only; the DDL / OpenAPI / GraphQL generators and psycopg are imported only
@@ -24,6 +24,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from matrix_mcp.config import redact_text, url_password
+from matrix_mcp.mcp.spec import ORCHESTRATOR, READ, ToolSpec
 from matrix_mcp.schema.model import (
     UNTRUSTED_NOTICE,
     ConnectionAudit,
@@ -33,7 +34,7 @@ from matrix_mcp.schema.model import (
 )
 from matrix_mcp.schema.relationships import Relationship
 from matrix_mcp.schema.service import LookupError_, SchemaService
-from matrix_mcp.sdk_compat import PAGE_BOUND, ToolSpec
+from matrix_mcp.sdk_compat import PAGE_BOUND
 from matrix_mcp.store.rows import cursor_payload, cursor_text
 
 log = logging.getLogger("matrix_mcp.schema")
@@ -422,11 +423,9 @@ async def generate_api_schema(
     return await access.guarded(_api(access.service, format, tables, schema_name))
 
 
-SCHEMA_TOOLS = (
-    ToolSpec(analyze_schema, READ_ONLY),
-    ToolSpec(generate_table_ddl, READ_ONLY),
-    ToolSpec(find_relationships, READ_ONLY),
-    ToolSpec(generate_api_schema, READ_ONLY),
+SPECS = tuple(
+    ToolSpec(fn, READ_ONLY, scope=READ, toolsets=ORCHESTRATOR)
+    for fn in (analyze_schema, generate_table_ddl, find_relationships, generate_api_schema)
 )
 
 

@@ -1,0 +1,1 @@
+"""The tools of the Matrix server, one module per noun; each module ends with its `SPECS`."""

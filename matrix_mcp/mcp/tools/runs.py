@@ -1,0 +1,156 @@
+"""The run tools: plan a run, steer it (retry, pause, resume, cancel), list runs and watch one.
+
+Each tool is thin: parse, call the engine through the server's state, return its model. Results are dumped
+without null fields (`null_free`, see `ServerState.call`): lean result schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult
+from pydantic import Field
+
+from matrix_mcp.apps import grid_tool_meta
+from matrix_mcp.engine import MAX_SEQ
+from matrix_mcp.mcp.spec import (
+    ORCHESTRATOR,
+    PLAN,
+    READ,
+    Endpoint,
+    ToolSpec,
+)
+from matrix_mcp.mcp.state import state_of
+from matrix_mcp.models import (
+    PackageSpec,
+    PlanResult,
+    RetryResult,
+    Run,
+    RunList,
+    RunPolicy,
+    RunStatus,
+)
+
+
+async def plan_run(
+    ctx: Context,
+    name: str,
+    packages: list[PackageSpec],
+    goal: str | None = None,
+    outcome_type: str = "code",
+    lease_seconds: Annotated[float, Field(gt=0, le=86400)] = 300,
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3,
+    backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 5,
+    outcome_schema: dict[str, Any] | None = None,
+) -> Annotated[CallToolResult, PlanResult]:
+    """Create a run of packages × items (idempotent by name; new packages/items are added). items: names
+    or {name, specifications}. outcome_schema: JSON Schema for {"metrics", "metadata"} of reports."""
+    s = state_of(ctx)
+    policy = RunPolicy(
+        outcome_type=outcome_type,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        backoff_seconds=backoff_seconds,
+        backoff_cap_seconds=max(backoff_seconds, 300),
+        outcome_schema=outcome_schema,
+    )
+    return await s.call(s.engine().plan_run(name=name, packages=packages, goal=goal, policy=policy))
+
+
+async def retry_items(
+    ctx: Context, run: str, package: str | None = None, outcome_ids: list[str] | None = None
+) -> Annotated[CallToolResult, RetryResult]:
+    """Re-queue failed items (all of the run's, one package's, or the given ids) with fresh attempts."""
+    s = state_of(ctx)
+    return await s.call(s.engine().retry_items(run=run, package=package, outcome_ids=outcome_ids))
+
+
+async def control_run(
+    ctx: Context, run: str, action: Literal["pause", "resume", "cancel"]
+) -> Annotated[CallToolResult, Run]:
+    """Pause, resume or cancel a run. Cancel is final: pending items are cancelled; heartbeats tell workers."""
+    s = state_of(ctx)
+    return await s.call(s.engine().control_run(run=run, action=action))
+
+
+async def list_runs(ctx: Context) -> Annotated[CallToolResult, RunList]:
+    """All runs with their state, policy and counts by status."""
+    s = state_of(ctx)
+    return await s.call(s.engine().list_runs())
+
+
+async def run_status(
+    ctx: Context,
+    run: str,
+    since: Annotated[int | None, Field(ge=0, le=MAX_SEQ)] = None,
+    wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
+) -> Annotated[CallToolResult, RunStatus]:
+    """Counts, per-package summaries, throughput, ETA, latest_seq. With since=S: the events after S,
+    long-polling up to wait_seconds (with progress notifications)."""
+    s = state_of(ctx)
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        await ctx.report_progress(done, total, message)
+
+    try:
+        ctx.request_context  # noqa: B018  # raises outside an MCP request
+        in_request = True
+    except ValueError:  # called by the REST API: no session to send progress to
+        in_request = False
+    return await s.call(
+        s.engine().run_status(
+            run=run, since=since, wait_seconds=wait_seconds, progress=progress if in_request else None
+        )
+    )
+
+
+# run_status results are shown in the grid view by hosts that render MCP Apps (matrix_mcp/apps)
+SPECS = (
+    ToolSpec(
+        plan_run,
+        null_free=True,
+        scope=PLAN,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint(
+            "POST",
+            "/runs",
+            "Plan a run of packages × items (idempotent by name): 201 when it created the run, else 200.",
+            body=True,
+            created="created",
+        ),
+    ),
+    ToolSpec(
+        retry_items,
+        null_free=True,
+        scope=PLAN,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint("POST", "/runs/{run}/retry", "Re-queue failed items.", body=True),
+    ),
+    ToolSpec(
+        control_run,
+        null_free=True,
+        scope=PLAN,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint("POST", "/runs/{run}/control", "Pause, resume or cancel a run.", body=True),
+    ),
+    ToolSpec(
+        list_runs,
+        null_free=True,
+        scope=READ,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint("GET", "/runs", "All runs with state, policy and counts."),
+    ),
+    ToolSpec(
+        run_status,
+        null_free=True,
+        meta=grid_tool_meta(),
+        scope=READ,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint(
+            "GET",
+            "/runs/{run}",
+            "Counts, package summaries, throughput, ETA; events after `since` (long-poll with wait_seconds).",
+            query=("since", "wait_seconds"),
+        ),
+    ),
+)

@@ -1,0 +1,145 @@
+"""The worker loop's tools: claim items, heartbeat leases, report an item done or failed (and take the next
+in the same call). The worker toolset is these and `get_outcome`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult
+from pydantic import Field
+
+from matrix_mcp.mcp.spec import (
+    WORK,
+    WORKER,
+    ClaimNext,
+    Detail,
+    Endpoint,
+    PageSize,
+    ToolSpec,
+)
+from matrix_mcp.mcp.state import state_of
+from matrix_mcp.models import (
+    ClaimResult,
+    HeartbeatResult,
+    LeaseRef,
+    ReportResult,
+)
+
+
+async def claim_items(
+    ctx: Context,
+    run: str,
+    worker: str,
+    limit: PageSize = 1,
+    package: str | None = None,
+    wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
+) -> Annotated[CallToolResult, ClaimResult]:
+    """Lease up to `limit` items, fair across packages (briefing: run goal + package description).
+    wait_seconds long-polls; `reason` says why none came."""
+    s = state_of(ctx)
+    return await s.call(
+        s.engine().claim_items(
+            run=run, worker=worker, limit=limit, package=package, wait_seconds=wait_seconds
+        )
+    )
+
+
+async def heartbeat(
+    ctx: Context, leases: list[LeaseRef], detail: Detail = "compact"
+) -> Annotated[CallToolResult, HeartbeatResult]:
+    """Extend leases; lists those lost (expired, taken over, finished) and those of a cancelled
+    run (stop them)."""
+    s = state_of(ctx)
+    return await s.call(s.engine().heartbeat(leases=leases), full=detail == "full", full_only="extended")
+
+
+async def complete_item(
+    ctx: Context,
+    outcome_id: str,
+    lease_token: str,
+    content: str | None = None,
+    outcome_path: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    content_encoding: Literal["utf-8", "base64"] = "utf-8",
+    mime_type: str | None = None,
+    claim_next: ClaimNext = 0,
+    detail: Detail = "compact",
+) -> Annotated[CallToolResult, ReportResult]:
+    """Report a claimed item done; content is stored at outcome_path (run-relative). Metrics
+    lines_generated, quality_score feed summaries. Idempotent. claim_next=N: your next N items
+    come in `next`."""
+    s = state_of(ctx)
+    return await s.call(
+        s.engine().complete_item(
+            outcome_id=outcome_id,
+            lease_token=lease_token,
+            content=content,
+            outcome_path=outcome_path,
+            metrics=metrics,
+            metadata=metadata,
+            content_encoding=content_encoding,
+            mime_type=mime_type,
+            claim_next=claim_next,
+        ),
+        full=detail == "full",
+        full_only="outcome",
+    )
+
+
+async def fail_item(
+    ctx: Context,
+    outcome_id: str,
+    lease_token: str,
+    error: str,
+    retryable: bool = True,
+    claim_next: ClaimNext = 0,
+    detail: Detail = "compact",
+) -> Annotated[CallToolResult, ReportResult]:
+    """Report a claimed item failed: retried after backoff while attempts remain, else failed.
+    claim_next=N: your next N items come in `next`."""
+    s = state_of(ctx)
+    return await s.call(
+        s.engine().fail_item(
+            outcome_id=outcome_id,
+            lease_token=lease_token,
+            error=error,
+            retryable=retryable,
+            claim_next=claim_next,
+        ),
+        full=detail == "full",
+        full_only="outcome",
+    )
+
+
+SPECS = (
+    ToolSpec(
+        claim_items,
+        null_free=True,
+        scope=WORK,
+        toolsets=WORKER,
+        rest=Endpoint("POST", "/runs/{run}/claim", "Lease items (fair across packages).", body=True),
+    ),
+    ToolSpec(
+        heartbeat,
+        null_free=True,
+        scope=WORK,
+        toolsets=WORKER,
+        rest=Endpoint("POST", "/leases/heartbeat", "Extend leases.", body=True),
+    ),
+    ToolSpec(
+        complete_item,
+        null_free=True,
+        scope=WORK,
+        toolsets=WORKER,
+        rest=Endpoint("POST", "/outcomes/{outcome_id}/complete", "Report a claimed item done.", body=True),
+    ),
+    ToolSpec(
+        fail_item,
+        null_free=True,
+        scope=WORK,
+        toolsets=WORKER,
+        rest=Endpoint("POST", "/outcomes/{outcome_id}/fail", "Report a claimed item failed.", body=True),
+    ),
+)
