@@ -11,7 +11,7 @@ import pytest
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import REJECTED_TOKEN
-from matrix_mcp.http.rest import PREFIX
+from matrix_mcp.http.endpoints import PREFIX
 from matrix_mcp.models import ItemSpec, PackageSpec, RunPolicy
 from tests.http_helpers import create_key, post_init, serving
 
