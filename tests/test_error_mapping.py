@@ -28,7 +28,8 @@ from matrix_mcp.errors import (
     Unavailable,
 )
 from matrix_mcp.http.rest import classify
-from matrix_mcp.server import ServerState, create_server
+from matrix_mcp.mcp.server import create_server
+from matrix_mcp.mcp.state import ServerState
 
 pytestmark = pytest.mark.anyio
 
