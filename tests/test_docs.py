@@ -112,6 +112,47 @@ def test_the_link_checker_catches_a_broken_link_and_anchor(tmp_path: Path) -> No
     assert LINK.findall(prose("see [a](x.md#y) and `[b](not.md)` and ![c](img.png)")) == ["x.md#y", "img.png"]
 
 
+PACKAGES = ("store", "http", "mcp", "engine", "cli", "schema", "integrations", "apps")
+CODE_PATH = re.compile(
+    r"`((?:matrix_mcp|tests|bench|docs|deploy|packaging|servers|"
+    + "|".join(PACKAGES)
+    + r")/[^`\s:]*)(?:::(\w+))?[^`]*`"
+)
+
+
+def test_every_code_path_named_in_the_docs_exists() -> None:
+    """`matrix_mcp/…`, `tests/…::test_name`, `store/sqlite/work.py` (inside the package) in any page but the
+    changelog (which tells history): the file exists, and so does the test or function named after `::`."""
+    import ast
+
+    seen, wrong = 0, []
+    for doc in DOCS:
+        if doc.name == "CHANGELOG.md":
+            continue
+        for path, name in CODE_PATH.findall(doc.read_text(encoding="utf-8")):
+            if any(ch in path for ch in "*{<…"):
+                continue  # a pattern, not a path
+            if path.split("/", 1)[0] in PACKAGES and not (
+                path.endswith("/") or "." in path.rsplit("/", 1)[-1]
+            ):
+                continue  # `http/protobuf` is a protocol; a package path names a file or a folder/
+            seen += 1
+            target = ROOT / path.rstrip("/")
+            if path.split("/", 1)[0] in PACKAGES:
+                target = ROOT / "matrix_mcp" / path.rstrip("/")
+            if not target.exists():
+                wrong.append(f"{rel(doc)}: {path} (no such file)")
+            elif name and target.suffix == ".py":
+                tree = ast.parse(target.read_text(encoding="utf-8"))
+                defined = {
+                    n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                }
+                if name not in defined:
+                    wrong.append(f"{rel(doc)}: {path}::{name} (not defined)")
+    assert seen >= 60, seen
+    assert not wrong, "\n".join(wrong)
+
+
 # ---- commands ----------------------------------------------------------------------------------------
 
 
