@@ -11,13 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from matrix_mcp.models import (
-    ClaimReason,
-    Outcome,
-    PackageSummary,
-    Run,
-    Status,
-)
+from matrix_mcp.models import ClaimReason, Outcome, PackageSummary, Run, Status
 
 
 @dataclass(frozen=True, kw_only=True)

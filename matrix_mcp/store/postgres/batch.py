@@ -21,13 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    IntegrationEvent,
-    Outcome,
-    PlanResult,
-    Run,
-    Status,
-)
+from matrix_mcp.models import IntegrationEvent, Outcome, PlanResult, Run, Status
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.group_commit import Request
 from matrix_mcp.store.params import Claim, Report, Reported
@@ -85,7 +79,7 @@ def transient(exc: BaseException) -> bool:
 async def configure(conn: Conn) -> None:
     # the hot statements are prepared (psycopg prepares after 5 uses); their plans do not depend on
     # parameter values, so skip re-planning every execution
-    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(sql.GENERIC_PLANS)
 
 
 IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
@@ -366,8 +360,7 @@ async def journal_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     ]
     if rows:
         await conn.execute(
-            "INSERT INTO write_answers (key, answer, created_at)"
-            " SELECT k, a, %s FROM unnest(%s::text[], %s::text[]) AS u(k, a)",
+            sql.JOURNAL_ANSWERS,
             (time.time(), [k for k, _ in rows], [a for _, a in rows]),
         )
 

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import anyio
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from pydantic import TypeAdapter
@@ -24,7 +24,7 @@ from matrix_mcp.audit import acting_as
 from matrix_mcp.config import redact_text, redact_url, url_password
 from matrix_mcp.errors import StoreError, Unavailable
 from matrix_mcp.store.group_commit import GroupCommit
-from matrix_mcp.store.postgres import events
+from matrix_mcp.store.postgres import events, sql
 from matrix_mcp.store.postgres.batch import (
     IN_TRANSACTION,
     Batch,
@@ -141,7 +141,7 @@ class Database:
         async def configure_session(conn: Conn) -> None:
             await configure(conn)
             for name, value in settings.items():
-                await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+                await conn.execute(sql.SET_SESSION_SETTING, (name, value))
 
         pool = BoundedPool(
             url,
@@ -188,12 +188,9 @@ class Database:
 
     async def _migrate_now(self) -> None:
         async with self._pool.connection() as c, c.transaction():
-            await c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
-            )
-            done = {r["version"] for r in await fetch_all(c, "SELECT version FROM schema_migrations")}
+            await c.execute(sql.XACT_LOCK, (MIGRATION_LOCK,))
+            await c.execute(sql.CREATE_SCHEMA_MIGRATIONS)
+            done = {r["version"] for r in await fetch_all(c, sql.APPLIED_MIGRATIONS)}
             for version, script in MIGRATIONS:
                 if version in done:
                     continue
@@ -201,7 +198,7 @@ class Database:
                     if statement:
                         await c.execute(statement.encode())
                 await c.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    sql.RECORD_MIGRATION,
                     (version, time.time()),
                 )
                 log.info("applied migration %s", version)
@@ -289,13 +286,13 @@ class Database:
         async with self._pool.connection() as conn:
             try:
                 async with conn.pipeline():
-                    await conn.execute("BEGIN")
+                    await conn.execute(sql.BEGIN)
                     notify = await self._batch_body(conn, batch, safe=False, pipelined=True)
-                    await conn.execute("COMMIT")
+                    await conn.execute(sql.COMMIT)
             except BaseException:
                 if conn.info.transaction_status in IN_TRANSACTION:
                     with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
+                        await conn.execute(sql.ROLLBACK)
                 raise
         self._after_commit(notify)
 
@@ -372,12 +369,9 @@ class Database:
         async with contextlib.nullcontext() if pipelined else conn.pipeline():
             await journal_answers(conn, batch)
             await write_deltas(conn, state.deltas)
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            await conn.execute(sql.XACT_LOCK, (EVENTS_LOCK,))
             await conn.execute(
-                "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-                " SELECT r, o, k, d, t FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-                " %b::float8[]) WITH ORDINALITY AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq)"
-                " SELECT CASE WHEN %s THEN pg_notify(%s, max(seq)::text) END FROM ins",
+                sql.INSERT_EVENTS,
                 [*(list(c) for c in cols), notify, NOTIFY_CHANNEL],
             )
         return notify
@@ -398,7 +392,7 @@ class Database:
             self._notify_owed = False
             self._last_notify = time.monotonic()
             async with self._pool.connection(timeout=POOL_WAIT) as c:
-                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+                await c.execute(sql.NOTIFY, (NOTIFY_CHANNEL,))
         except Exception:  # the poll fallback covers a lost notification
             self._notify_owed = False
         finally:
@@ -414,14 +408,14 @@ class Database:
             async with self._pool.connection() as conn:
                 if not snapshot:
                     return await fn(conn)
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await conn.execute(sql.BEGIN_SNAPSHOT)
                 try:
                     value = await fn(conn)
                 except BaseException:
                     with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
+                        await conn.execute(sql.ROLLBACK)
                     raise
-                await conn.execute("COMMIT")
+                await conn.execute(sql.COMMIT)
                 return value
 
         return await self.with_retry(attempt)
@@ -447,7 +441,7 @@ class Database:
     async def prune_answers(self, before: float) -> int:
         """Drop journaled write answers (see recover_answers) written before `before`; returns how many."""
         async with self._pool.connection(timeout=POOL_WAIT) as c:
-            cur = await c.execute("DELETE FROM write_answers WHERE created_at < %s", (before,))
+            cur = await c.execute(sql.PRUNE_ANSWERS, (before,))
             return cur.rowcount
 
     async def roll_up(self) -> int:
@@ -457,7 +451,7 @@ class Database:
         async with self._pool.connection(timeout=POOL_WAIT) as c:
             while True:
                 async with c.transaction():
-                    got = await fetch_one(c, "SELECT pg_try_advisory_xact_lock(%s) AS ok", (ROLLUP_LOCK,))
+                    got = await fetch_one(c, sql.TRY_XACT_LOCK, (ROLLUP_LOCK,))
                     if not got or not got["ok"]:
                         return folded
                     row = await fetch_one(c, ROLLUP_SQL, {"chunk": ROLL_CHUNK})
@@ -474,7 +468,7 @@ class Database:
                 conn = await AsyncConnection.connect(conninfo, autocommit=True, connect_timeout=3)
                 self.listening = conn
                 async with conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    await conn.execute(sql.LISTEN)
                     delay = 0.2
                     self.wake()  # anything missed while not listening is picked up by the poll
                     while True:
@@ -493,7 +487,7 @@ class Database:
         OperationalError instead of being listened on forever."""
         handle = asyncio.get_running_loop().call_later(self._deadline, cut, conn)
         try:
-            await conn.execute("SELECT 1")
+            await conn.execute(sql.PING)
         finally:
             handle.cancel()
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from matrix_mcp.store.params import (
-    Collected,
-    ContentFile,
-    PathHolder,
-)
+from matrix_mcp.store.params import Collected, ContentFile, PathHolder
 from matrix_mcp.store.postgres import sql
-from matrix_mcp.store.postgres.batch import (
-    Conn,
-    fetch_all,
-    fetch_one,
-)
+from matrix_mcp.store.postgres.batch import Conn, fetch_all, fetch_one
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database
@@ -57,8 +49,8 @@ async def collect_contents(db: Database) -> Collected:
     async def attempt() -> Collected:
         async with db.pool.connection() as conn, conn.transaction():
             # behind a long transaction: give up soon (retried, then Unavailable) rather than hold reports back
-            await conn.execute("SET LOCAL lock_timeout = '2s'")
-            await conn.execute("LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE")
+            await conn.execute(sql.LOCK_TIMEOUT_2S)
+            await conn.execute(sql.LOCK_CONTENTS)
             rows = await fetch_all(
                 conn,
                 sql.COLLECT_CONTENTS_DELETE_CONTENTS,

@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from matrix_mcp.models import (
-    STATUSES,
-    PackageSummary,
-    RecountReport,
-    Status,
-    SystemMetrics,
-)
+from matrix_mcp.models import STATUSES, PackageSummary, RecountReport, Status, SystemMetrics
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
 from matrix_mcp.store.postgres import sql
@@ -242,7 +236,7 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
             await c.execute(sql.ROLLUP_LOCK_TAKE, (ROLLUP_LOCK,))
             try:
                 async with c.transaction():
-                    await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    await c.execute(sql.SET_REPEATABLE_READ)
                     await rebuild_rows(c, run_id)
             finally:
                 await c.execute(sql.ROLLUP_LOCK_RELEASE, (ROLLUP_LOCK,))

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from matrix_mcp.models import (
-    Event,
-)
+from matrix_mcp.models import Event
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.postgres.batch import (
-    Conn,
-    fetch_all,
-    fetch_one,
-)
-from matrix_mcp.store.postgres.sql import (
-    LATEST_SEQ_SQL,
-)
+from matrix_mcp.store.postgres import sql
+from matrix_mcp.store.postgres.batch import Conn, fetch_all, fetch_one
+from matrix_mcp.store.postgres.sql import LATEST_SEQ_SQL
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database
@@ -24,7 +17,7 @@ if TYPE_CHECKING:
 
 async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
     async def op(c: Conn) -> list[Event]:
-        q = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
+        q = sql.EVENTS_AFTER
         args: list[Any] = [since]
         if run_id is not None:
             q += " AND e.run_id = %s"

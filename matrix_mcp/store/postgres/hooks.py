@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
-from psycopg import sql
-
 from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
+from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.migrations import EVENTS_LOCK, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
@@ -36,12 +35,12 @@ async def _by_id(c: Conn, query: LiteralString, key: str, missing: Callable[[str
 
 
 async def _subscription(c: Conn, subscription_id: str) -> SubscriptionRow:
-    query = "SELECT * FROM hook_subscriptions WHERE id = %s"
+    query = sql.HOOKS_SUBSCRIPTION_BY_ID
     return H.subscription_from(await _by_id(c, query, subscription_id, rules.unknown_webhook))
 
 
 async def _delivery(c: Conn, delivery_id: str) -> DeliveryRow:
-    query = "SELECT * FROM hook_deliveries WHERE id = %s"
+    query = sql.HOOKS_DELIVERY_BY_ID
     return H.delivery_from(await _by_id(c, query, delivery_id, rules.unknown_delivery))
 
 
@@ -62,9 +61,7 @@ class PostgresHooks:
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         async def op(c: Conn) -> SubscriptionRow:
             await c.execute(
-                "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
-                " credentials, active, cursor, created_at, updated_at)"
-                " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, COALESCE(MAX(seq), 0), %s, %s FROM events",
+                sql.HOOKS_INSERT_SUBSCRIPTION,
                 (*H.subscription_values(row), now, now),
             )
             return await _subscription(c, row.id)
@@ -76,18 +73,14 @@ class PostgresHooks:
 
     async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]:
         async def op(c: Conn) -> list[SubscriptionRow]:
-            cur = await c.execute(
-                "SELECT * FROM hook_subscriptions"
-                + (" WHERE active" if active_only else "")
-                + " ORDER BY created_at, id"
-            )
+            cur = await c.execute(sql.HOOKS_ACTIVE_SUBSCRIPTIONS if active_only else sql.HOOKS_SUBSCRIPTIONS)
             return [H.subscription_from(r) for r in await cur.fetchall()]
 
         return await self._rd(op)
 
     async def any_active(self) -> bool:
         async def op(c: Conn) -> bool:
-            cur = await c.execute("SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1")
+            cur = await c.execute(sql.HOOKS_ANY_ACTIVE)
             return await cur.fetchone() is not None
 
         return await self._rd(op)
@@ -100,17 +93,16 @@ class PostgresHooks:
         async def op(c: Conn) -> SubscriptionRow:
             await _subscription(c, subscription_id)
             if cols:
-                query = sql.SQL("UPDATE hook_subscriptions SET {}, updated_at = %s WHERE id = %s").format(
-                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(name)) for name in cols)
+                await c.execute(
+                    sql.hooks_update_subscription(tuple(cols)), [*cols.values(), now, subscription_id]
                 )
-                await c.execute(query, [*cols.values(), now, subscription_id])
             return await _subscription(c, subscription_id)
 
         return await self._tx(op)
 
     async def remove_subscription(self, subscription_id: str) -> None:
         async def op(c: Conn) -> None:
-            cur = await c.execute("DELETE FROM hook_subscriptions WHERE id = %s", (subscription_id,))
+            cur = await c.execute(sql.HOOKS_REMOVE_SUBSCRIPTION, (subscription_id,))
             if cur.rowcount == 0:
                 raise rules.unknown_webhook(subscription_id)
 
@@ -121,8 +113,7 @@ class PostgresHooks:
     ) -> SubscriptionRow | None:
         async def op(c: Conn) -> SubscriptionRow | None:
             cur = await c.execute(
-                "UPDATE hook_subscriptions SET lease_owner = %s, lease_expires_at = %s WHERE id = %s AND active"
-                " AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at <= %s) RETURNING *",
+                sql.HOOKS_LEASE,
                 (owner, now + ttl, subscription_id, owner, now),
             )
             row = await cur.fetchone()
@@ -133,8 +124,7 @@ class PostgresHooks:
     async def release(self, subscription_id: str, *, owner: str) -> None:
         async def op(c: Conn) -> None:
             await c.execute(
-                "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = %s AND lease_owner = %s",
+                sql.HOOKS_RELEASE,
                 (subscription_id, owner),
             )
 
@@ -143,18 +133,14 @@ class PostgresHooks:
     async def materialize(self, subscription_id: str, *, move: H.CursorMove, now: float) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
-                "UPDATE hook_subscriptions SET cursor = %s WHERE id = %s AND lease_owner = %s AND cursor = %s",
+                sql.HOOKS_MOVE_CURSOR,
                 (move.cursor_to, subscription_id, move.owner, move.cursor_from),
             )
             if cur.rowcount == 0:
                 return False
             if move.deliveries:
                 await c.execute(
-                    "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
-                    " next_attempt_at, created_at, updated_at)"
-                    " SELECT i, sub, s, t, r, b, 'pending', %s, %s, %s FROM unnest(%s::text[], %s::text[],"
-                    " %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, sub, s, t, r, b)"
-                    " ON CONFLICT (id) DO NOTHING",
+                    sql.HOOKS_INSERT_DELIVERIES,
                     (now, now, now, *_arrays(H.delivery_values(subscription_id, d) for d in move.deliveries)),
                 )
             return True
@@ -165,8 +151,7 @@ class PostgresHooks:
         async def op(c: Conn) -> DeliveryRow:
             await _subscription(c, subscription_id)
             await c.execute(
-                "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
-                " next_attempt_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
+                sql.HOOKS_INSERT_DELIVERY,
                 (*H.delivery_values(subscription_id, delivery), now, now, now),
             )
             return await _delivery(c, delivery.id)
@@ -176,8 +161,7 @@ class PostgresHooks:
     async def due_deliveries(self, subscription_id: str, *, now: float, limit: int) -> list[DeliveryRow]:
         async def op(c: Conn) -> list[DeliveryRow]:
             cur = await c.execute(
-                "SELECT * FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'"
-                " AND next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s",
+                sql.HOOKS_DUE_DELIVERIES,
                 (subscription_id, now, limit),
             )
             return [H.delivery_from(r) for r in await cur.fetchall()]
@@ -187,7 +171,7 @@ class PostgresHooks:
     async def next_due(self, subscription_id: str) -> float | None:
         async def op(c: Conn) -> float | None:
             cur = await c.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'",
+                sql.HOOKS_NEXT_DUE,
                 (subscription_id,),
             )
             row = await cur.fetchone()
@@ -198,39 +182,29 @@ class PostgresHooks:
     async def record(self, subscription_id: str, *, record: H.RoundRecord, now: float) -> bool:
         async def op(c: Conn) -> bool:
             cur = await c.execute(
-                "UPDATE hook_subscriptions SET failures = %s, failing_since = %s, circuit_open_until = %s,"
-                " last_success_at = %s, active = active AND %s, disabled_reason = COALESCE(%s, disabled_reason),"
-                " updated_at = %s WHERE id = %s AND lease_owner = %s",
+                sql.HOOKS_RECORD_ENDPOINT,
                 (*H.endpoint_values(record.state), now, subscription_id, record.owner),
             )
             if cur.rowcount == 0:
                 return False
             if record.results:
                 await c.execute(
-                    "UPDATE hook_deliveries d SET status = u.st, attempts = u.a, next_attempt_at = u.na,"
-                    " last_status_code = u.code, last_error = u.err, updated_at = u.t,"
-                    " delivered_at = CASE WHEN u.st = 'succeeded' THEN u.t ELSE d.delivered_at END"
-                    " FROM unnest(%s::text[], %s::int4[], %s::float8[], %s::int4[], %s::text[], %s::float8[],"
-                    " %s::text[]) AS u(st, a, na, code, err, t, i) WHERE d.id = u.i AND d.subscription_id = %s",
+                    sql.HOOKS_RECORD_RESULTS,
                     (*_arrays(H.result_values(r) for r in record.results), subscription_id),
                 )
             if record.logs:
                 await c.execute(
-                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
-                    " created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c"
-                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
-                    " AS u(r, t, a, s, d, c)",
+                    sql.HOOKS_INSERT_CALL_LOGS,
                     _arrays(H.log_values(g) for g in record.logs),
                 )
                 # events get their sequence numbers in commit order (see store/postgres/batch.py)
-                await c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                await c.execute(sql.XACT_LOCK, (EVENTS_LOCK,))
                 for ev in H.log_events(record.logs):
                     await c.execute(
-                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at)"
-                        " VALUES (NULL, NULL, %s, %s, %s)",
+                        sql.HOOKS_INSERT_SYSTEM_EVENT,
                         (ev.kind, ev.payload(), now),
                     )
-                await c.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+                await c.execute(sql.NOTIFY, (NOTIFY_CHANNEL,))
             return True
 
         return await self._tx(op)
@@ -245,9 +219,7 @@ class PostgresHooks:
 
         async def op(c: Conn) -> DeliveryPage:
             cur = await c.execute(
-                "SELECT * FROM hook_deliveries WHERE "
-                + " AND ".join(["n > %s", *(f"{column} = %s" for column, _ in pinned)])
-                + " ORDER BY n LIMIT %s",
+                sql.hooks_deliveries_page(tuple(column for column, _ in pinned)),
                 [after, *(value for _, value in pinned), limit + 1],
             )
             return H.delivery_page(await cur.fetchall(), limit)
@@ -258,20 +230,14 @@ class PostgresHooks:
         subscription_id, delivery_id, since = target.subscription_id, target.delivery_id, target.since
 
         async def op(c: Conn) -> int:
-            text = (
-                "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
-                " updated_at = %s WHERE "
-            )
             if delivery_id is not None:
-                cur = await c.execute(text + "id = %s", (now, now, delivery_id))
+                cur = await c.execute(sql.HOOKS_REDELIVER_ONE, (now, now, delivery_id))
                 if not cur.rowcount:
                     raise rules.unknown_delivery(delivery_id)
                 return int(cur.rowcount)
             assert subscription_id is not None
             await _subscription(c, subscription_id)
-            cur = await c.execute(
-                text + "subscription_id = %s AND created_at >= %s", (now, now, subscription_id, since or 0.0)
-            )
+            cur = await c.execute(sql.HOOKS_REDELIVER_SINCE, (now, now, subscription_id, since or 0.0))
             return int(cur.rowcount)
 
         return await self._tx(op)
@@ -281,8 +247,7 @@ class PostgresHooks:
 
         async def op(c: Conn) -> dict[str, OutcomeFacts]:
             cur = await c.execute(
-                "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
-                " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s)",
+                sql.HOOKS_OUTCOME_FACTS,
                 (ids,),
             )
             return dict(H.facts_from(r) for r in await cur.fetchall())
@@ -291,9 +256,7 @@ class PostgresHooks:
 
     async def get_link(self, subscription_id: str, *, ref: str) -> str | None:
         async def op(c: Conn) -> str | None:
-            cur = await c.execute(
-                "SELECT value FROM hook_links WHERE subscription_id = %s AND ref = %s", (subscription_id, ref)
-            )
+            cur = await c.execute(sql.HOOKS_GET_LINK, (subscription_id, ref))
             row: Any = await cur.fetchone()
             return None if row is None else str(row["value"])
 
@@ -302,8 +265,7 @@ class PostgresHooks:
     async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None:
         async def op(c: Conn) -> None:
             await c.execute(
-                "INSERT INTO hook_links (subscription_id, ref, value) VALUES (%s, %s, %s)"
-                " ON CONFLICT (subscription_id, ref) DO UPDATE SET value = EXCLUDED.value",
+                sql.HOOKS_SET_LINK,
                 (subscription_id, ref, value),
             )
 
@@ -311,7 +273,7 @@ class PostgresHooks:
 
     async def all_credentials(self) -> list[tuple[str, str]]:
         async def op(c: Conn) -> list[tuple[str, str]]:
-            cur = await c.execute("SELECT id, credentials FROM hook_subscriptions ORDER BY id")
+            cur = await c.execute(sql.HOOKS_ALL_CREDENTIALS)
             return [(r["id"], r["credentials"]) for r in await cur.fetchall()]
 
         return await self._rd(op)
@@ -320,7 +282,7 @@ class PostgresHooks:
         async def op(c: Conn) -> None:
             for sid, cred in pairs:
                 await c.execute(
-                    "UPDATE hook_subscriptions SET credentials = %s, updated_at = %s WHERE id = %s",
+                    sql.HOOKS_SET_CREDENTIALS,
                     (cred, now, sid),
                 )
 

@@ -7,16 +7,9 @@ from typing import TYPE_CHECKING
 
 from matrix_mcp import rules
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    ApiKey,
-)
+from matrix_mcp.store.params import ApiKey
 from matrix_mcp.store.postgres import sql
-from matrix_mcp.store.postgres.batch import (
-    Conn,
-    Tx,
-    fetch_all,
-    fetch_one,
-)
+from matrix_mcp.store.postgres.batch import Conn, Tx, fetch_all, fetch_one
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database

@@ -10,17 +10,9 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    PlanResult,
-    Run,
-    RunAction,
-    RunPolicy,
-)
+from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    NewPackage,
-    RunOverview,
-)
+from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.postgres import counters, sql, work
 from matrix_mcp.store.postgres.batch import (
     IN_TRANSACTION,
@@ -201,12 +193,12 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
         async with db.pool.connection() as conn:
             try:
                 async with conn.pipeline():
-                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    await conn.execute(sql.BEGIN_SNAPSHOT)
                     run_cur = await conn.execute(ONE_RUN_BY_ID, (run_id,))
                     summaries_cur = await conn.execute(RUN_SUMMARIES_SQL, {"run": run_id})
                     finished_cur = await conn.execute(THROUGHPUT_SQL, (run_id, int(since // 60)))
                     seq_cur = await conn.execute(LATEST_SEQ_SQL)
-                    await conn.execute("COMMIT")
+                    await conn.execute(sql.COMMIT)
                     run_row = await run_cur.fetchone()
                     summary_rows = await summaries_cur.fetchall()
                     finished = await finished_cur.fetchone()
@@ -214,7 +206,7 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
             except BaseException:
                 if conn.info.transaction_status in IN_TRANSACTION:
                     with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
+                        await conn.execute(sql.ROLLBACK)
                 raise
         if run_row is None:
             raise rules.unknown_run(run_id)

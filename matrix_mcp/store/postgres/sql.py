@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from functools import cache
 
+from psycopg import sql as pgsql
+
 from matrix_mcp import rules
 from matrix_mcp.models import Status
+from matrix_mcp.store.postgres.migrations import NOTIFY_CHANNEL
 
 DELTA_COLUMNS = (
     "total",
@@ -625,6 +628,10 @@ CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = %s, updated_at = %s WHERE id 
 RUN_STATE = "SELECT state FROM runs WHERE id = %s"
 
 
+# EARLIEST narrowed to one package of the run (run_id, name)
+IN_PACKAGE = " AND package_id IN (SELECT id FROM packages WHERE run_id = %s AND name = %s)"
+
+
 NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS = (
     "SELECT ended_at, worker FROM outcome_attempts WHERE outcome_id = %s AND lease_token = %s"
 )
@@ -957,4 +964,233 @@ ONE_RUN_BY_ID = ONE_RUN_SQL + " WHERE r.id = %s"
 PATH_HOLDER = (
     "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
     " JOIN packages p ON p.id = o.package_id WHERE h.path = %s"
+)
+
+
+# ---- hooks.py ---------------------------------------------------------------------------------------
+
+
+HOOKS_SUBSCRIPTION_BY_ID = "SELECT * FROM hook_subscriptions WHERE id = %s"
+
+
+HOOKS_DELIVERY_BY_ID = "SELECT * FROM hook_deliveries WHERE id = %s"
+
+
+HOOKS_INSERT_SUBSCRIPTION = (
+    "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config, "
+    "credentials, active, cursor, created_at, updated_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s, COALESCE(MAX(seq), 0), %s, %s FROM events"
+)
+
+
+HOOKS_SUBSCRIPTIONS = "SELECT * FROM hook_subscriptions ORDER BY created_at, id"
+
+
+HOOKS_ACTIVE_SUBSCRIPTIONS = "SELECT * FROM hook_subscriptions WHERE active ORDER BY created_at, id"
+
+
+@cache
+def hooks_update_subscription(columns: tuple[str, ...]) -> pgsql.Composed:
+    """The UPDATE of a subscription's changed columns (names from H.change_columns, quoted as identifiers)."""
+    return pgsql.SQL("UPDATE hook_subscriptions SET {}, updated_at = %s WHERE id = %s").format(
+        pgsql.SQL(", ").join(pgsql.SQL("{} = %s").format(pgsql.Identifier(name)) for name in columns)
+    )
+
+
+@cache
+def hooks_deliveries_page(pinned: tuple[str, ...]) -> str:
+    """A page of deliveries after a cursor (`n > %s`), with the columns H.delivery_filter pins bound."""
+    where = " AND ".join(["n > %s", *(f"{column} = %s" for column in pinned)])
+    return "SELECT * FROM hook_deliveries WHERE " + where + " ORDER BY n LIMIT %s"
+
+
+_REDELIVER = (
+    "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s, updated_at = %s"
+)
+
+
+HOOKS_REDELIVER_ONE = _REDELIVER + " WHERE id = %s"
+
+
+HOOKS_REDELIVER_SINCE = _REDELIVER + " WHERE subscription_id = %s AND created_at >= %s"
+
+
+HOOKS_ANY_ACTIVE = "SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1"
+
+
+HOOKS_REMOVE_SUBSCRIPTION = "DELETE FROM hook_subscriptions WHERE id = %s"
+
+
+HOOKS_LEASE = (
+    "UPDATE hook_subscriptions SET lease_owner = %s, lease_expires_at = %s WHERE id = %s AND active "
+    "AND (lease_owner IS NULL OR lease_owner = %s OR lease_expires_at <= %s) RETURNING *"
+)
+
+
+HOOKS_RELEASE = (
+    "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND "
+    "lease_owner = %s"
+)
+
+
+HOOKS_MOVE_CURSOR = (
+    "UPDATE hook_subscriptions SET cursor = %s WHERE id = %s AND lease_owner = %s AND cursor = %s"
+)
+
+
+HOOKS_INSERT_DELIVERIES = (
+    "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status, "
+    "next_attempt_at, created_at, updated_at) SELECT i, sub, s, t, r, b, 'pending', %s, %s, %s FROM "
+    "unnest(%s::text[], %s::text[], %s::int8[], %s::text[], %s::text[], %s::text[]) AS u(i, sub, s, "
+    "t, r, b) ON CONFLICT (id) DO NOTHING"
+)
+
+
+HOOKS_INSERT_DELIVERY = (
+    "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status, "
+    "next_attempt_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)"
+)
+
+
+HOOKS_DUE_DELIVERIES = (
+    "SELECT * FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending' AND "
+    "next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s"
+)
+
+
+HOOKS_NEXT_DUE = (
+    "SELECT MIN(next_attempt_at) AS t FROM hook_deliveries WHERE subscription_id = %s AND status = 'pending'"
+)
+
+
+HOOKS_RECORD_ENDPOINT = (
+    "UPDATE hook_subscriptions SET failures = %s, failing_since = %s, circuit_open_until = %s, "
+    "last_success_at = %s, active = active AND %s, disabled_reason = COALESCE(%s, disabled_reason), "
+    "updated_at = %s WHERE id = %s AND lease_owner = %s"
+)
+
+
+HOOKS_RECORD_RESULTS = (
+    "UPDATE hook_deliveries d SET status = u.st, attempts = u.a, next_attempt_at = u.na, "
+    "last_status_code = u.code, last_error = u.err, updated_at = u.t, delivered_at = CASE WHEN u.st "
+    "= 'succeeded' THEN u.t ELSE d.delivered_at END FROM unnest(%s::text[], %s::int4[], "
+    "%s::float8[], %s::int4[], %s::text[], %s::float8[], %s::text[]) AS u(st, a, na, code, err, t, "
+    "i) WHERE d.id = u.i AND d.subscription_id = %s"
+)
+
+
+HOOKS_INSERT_CALL_LOGS = (
+    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details, "
+    "created_at) SELECT (SELECT id FROM runs WHERE name = u.r), NULL, u.t, u.a, u.s, u.d, u.c FROM "
+    "unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) AS u(r, t, a, "
+    "s, d, c)"
+)
+
+
+XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+
+
+HOOKS_INSERT_SYSTEM_EVENT = (
+    "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL, %s, %s, %s)"
+)
+
+
+NOTIFY = "SELECT pg_notify(%s, '')"
+
+
+HOOKS_OUTCOME_FACTS = (
+    "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name FROM "
+    "outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s)"
+)
+
+
+HOOKS_GET_LINK = "SELECT value FROM hook_links WHERE subscription_id = %s AND ref = %s"
+
+
+HOOKS_SET_LINK = (
+    "INSERT INTO hook_links (subscription_id, ref, value) VALUES (%s, %s, %s) ON CONFLICT "
+    "(subscription_id, ref) DO UPDATE SET value = EXCLUDED.value"
+)
+
+
+HOOKS_ALL_CREDENTIALS = "SELECT id, credentials FROM hook_subscriptions ORDER BY id"
+
+
+HOOKS_SET_CREDENTIALS = "UPDATE hook_subscriptions SET credentials = %s, updated_at = %s WHERE id = %s"
+
+
+# ---- connection.py, batch.py and the other transactions ------------------------------------------
+
+
+# the session settings of every pooled connection (name, value) and the hot statements' plans
+SET_SESSION_SETTING = "SELECT set_config(%s, %s, false)"
+
+
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
+
+
+CREATE_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at double precision"
+    " NOT NULL)"
+)
+
+
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+
+
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)"
+
+
+BEGIN = "BEGIN"
+
+
+COMMIT = "COMMIT"
+
+
+ROLLBACK = "ROLLBACK"
+
+
+# reads that must agree with each other (one snapshot)
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+SET_REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+
+
+# a batch's events, numbered in commit order (the events lock is held), and one NOTIFY with the last seq
+INSERT_EVENTS = (
+    "WITH ins AS (INSERT INTO events (run_id, outcome_id, kind, data, created_at) SELECT r, o, k, d, t"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[]) WITH ORDINALITY"
+    " AS u(r, o, k, d, t, i) ORDER BY i RETURNING seq) SELECT CASE WHEN %s THEN pg_notify(%s,"
+    " max(seq)::text) END FROM ins"
+)
+
+
+JOURNAL_ANSWERS = (
+    "INSERT INTO write_answers (key, answer, created_at)"
+    " SELECT k, a, %s FROM unnest(%s::text[], %s::text[]) AS u(k, a)"
+)
+
+
+PRUNE_ANSWERS = "DELETE FROM write_answers WHERE created_at < %s"
+
+
+TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock(%s) AS ok"
+
+
+PING = "SELECT 1"
+
+
+LISTEN = pgsql.SQL("LISTEN {}").format(pgsql.Identifier(NOTIFY_CHANNEL))
+
+
+# a garbage collection of contents waits at most 2 s for writers, then holds them off
+LOCK_TIMEOUT_2S = "SET LOCAL lock_timeout = '2s'"
+
+
+LOCK_CONTENTS = "LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE"
+
+
+EVENTS_AFTER = (
+    "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
 )

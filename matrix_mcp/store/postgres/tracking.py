@@ -9,20 +9,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    IntegrationEvent,
-    Outcome,
-    OutcomeDetail,
-    OutcomePage,
-)
+from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    Cell,
-    NewRecord,
-    OutcomeFilter,
-    Report,
-    StatusChange,
-)
+from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     INTEGRATION_ANSWER,

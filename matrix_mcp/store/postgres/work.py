@@ -10,23 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
 from matrix_mcp.audit import acting_as, current_principal
-from matrix_mcp.models import (
-    HeartbeatResult,
-    LeaseRef,
-    LeaseState,
-    Outcome,
-    ts,
-)
+from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, Outcome, ts
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    Claim,
-    ClaimBatch,
-    ClaimRequest,
-    Failure,
-    NextClaim,
-    Report,
-    Reported,
-)
+from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import (
     IDS_ANSWER,
@@ -340,13 +326,10 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, fl
     )
     if column is None:
         return reason, None
-    pkg_filter = (
-        ""
-        if package is None
-        else " AND package_id IN (SELECT id FROM packages WHERE run_id = %s AND name = %s)"
-    )
-    pkg_args = [] if package is None else [run_id, package]
-    m = await tx.one(EARLIEST[column] + pkg_filter, [run_id, *pkg_args])
+    if package is None:
+        m = await tx.one(EARLIEST[column], (run_id,))
+    else:
+        m = await tx.one(EARLIEST[column] + sql.IN_PACKAGE, (run_id, run_id, package))
     return reason, m["t"] if m else None
 
 

@@ -21,6 +21,7 @@ import anyio.lowlevel
 from matrix_mcp.audit import acting_as
 from matrix_mcp.errors import Unavailable
 from matrix_mcp.store.group_commit import GroupCommit, Request
+from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.aiosqlite_private import in_thread, raw_connection
 from matrix_mcp.store.sqlite.migrations import MIGRATIONS
 
@@ -64,7 +65,7 @@ class _Checkpointer:
     def _run(self) -> None:
         conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA busy_timeout = 1000")
+            conn.execute(sql.CHECKPOINTER_BUSY_TIMEOUT)
             while True:
                 # also once writes stop: a WAL fully copied back lets readers skip it (SQLite reads such a
                 # database from its file alone), so a quiet store answers reads as fast as a checkpointed one
@@ -76,7 +77,7 @@ class _Checkpointer:
                     continue
                 self.dirty = False
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute(sql.CHECKPOINT_PASSIVE).fetchall()
                 except sqlite3.Error as exc:  # the next request tries again; the writers' backstop holds
                     log.debug("background checkpoint failed: %s", exc)
         finally:
@@ -174,20 +175,20 @@ class Database:
         conn.row_factory = sqlite3.Row
 
         def setup(c: sqlite3.Connection) -> None:
-            c.execute("PRAGMA busy_timeout = " + str(busy_ms))
+            c.execute(sql.busy_timeout(busy_ms))
             for _ in range(100):
                 try:
-                    c.execute("PRAGMA journal_mode = WAL")
+                    c.execute(sql.JOURNAL_WAL)
                     break
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
                     time.sleep(0.05)
-            c.execute("PRAGMA synchronous = NORMAL")
-            c.execute("PRAGMA foreign_keys = ON")
-            c.execute("PRAGMA wal_autocheckpoint = " + str(WAL_BACKSTOP_PAGES))
+            c.execute(sql.SYNCHRONOUS_NORMAL)
+            c.execute(sql.FOREIGN_KEYS_ON)
+            c.execute(sql.wal_autocheckpoint(WAL_BACKSTOP_PAGES))
             if reader:
-                c.execute("PRAGMA query_only = ON")
+                c.execute(sql.QUERY_ONLY)
 
         await in_thread(conn, setup)
         return conn
@@ -203,27 +204,25 @@ class Database:
 
     async def migrate(self) -> None:
         def migrate(c: sqlite3.Connection) -> None:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
-            )
-            done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
+            c.execute(sql.CREATE_SCHEMA_MIGRATIONS)
+            done = {r[0] for r in c.execute(sql.APPLIED_MIGRATIONS)}
             for version, script in MIGRATIONS:
                 if version in done:
                     continue
                 # executescript commits first; statements then run inside our own transaction
                 statements = [s.strip() for s in script.split(";\n") if s.strip()]
-                c.execute("BEGIN IMMEDIATE")
+                c.execute(sql.BEGIN_IMMEDIATE)
                 try:
-                    if c.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
-                        c.execute("ROLLBACK")
+                    if c.execute(sql.MIGRATION_APPLIED, (version,)).fetchone():
+                        c.execute(sql.ROLLBACK)
                         continue
                     for statement in statements:
                         c.execute(statement)
-                    c.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-                    c.execute("COMMIT")
+                    c.execute(sql.RECORD_MIGRATION, (version, time.time()))
+                    c.execute(sql.COMMIT)
                     log.info("applied migration %s", version)
                 except BaseException:
-                    c.execute("ROLLBACK")
+                    c.execute(sql.ROLLBACK)
                     raise
 
         await in_thread(self._writer, migrate)
@@ -269,10 +268,10 @@ class Database:
         for attempt in range(50):
             try:
                 if wait:
-                    c.execute("BEGIN IMMEDIATE")
+                    c.execute(sql.BEGIN_IMMEDIATE)
                 else:  # on the inline connection (busy_timeout 0): busy means "not now", at once
                     try:
-                        c.execute("BEGIN IMMEDIATE")
+                        c.execute(sql.BEGIN_IMMEDIATE)
                     except sqlite3.OperationalError as exc:
                         if _is_busy(exc):
                             return False
@@ -286,29 +285,29 @@ class Database:
                     except Exception as exc:
                         if _is_busy(exc):
                             raise
-                        c.execute("ROLLBACK")
+                        c.execute(sql.ROLLBACK)
                         req.error = exc
                         return True
-                    c.execute("COMMIT")
+                    c.execute(sql.COMMIT)
                     return True
                 for req in batch:
                     req.error = None
-                    c.execute("SAVEPOINT op")
+                    c.execute(sql.SAVEPOINT)
                     try:
                         with acting_as(req.principal):
                             req.value = req.fn(c)
-                        c.execute("RELEASE op")
+                        c.execute(sql.RELEASE)
                     except Exception as exc:
                         if _is_busy(exc):
                             raise
-                        c.execute("ROLLBACK TO op")
-                        c.execute("RELEASE op")
+                        c.execute(sql.ROLLBACK_TO)
+                        c.execute(sql.RELEASE)
                         req.error = exc
-                c.execute("COMMIT")
+                c.execute(sql.COMMIT)
                 return True
             except sqlite3.OperationalError as exc:
                 if c.in_transaction:
-                    c.execute("ROLLBACK")
+                    c.execute(sql.ROLLBACK)
                 if inline and _is_busy(exc):
                     return False
                 if not _is_busy(exc) or attempt == 49:
@@ -327,11 +326,11 @@ class Database:
         def in_snapshot(c: sqlite3.Connection) -> T:
             for attempt in range(50):
                 try:
-                    c.execute("BEGIN")
+                    c.execute(sql.BEGIN)
                     try:
                         return fn(c)
                     finally:
-                        c.execute("COMMIT")
+                        c.execute(sql.COMMIT)
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc) or attempt == 49:
                         raise
@@ -342,4 +341,4 @@ class Database:
             return await in_thread(conn, in_snapshot)
 
     async def integrity_check(self) -> str:
-        return await self.read(lambda c: str(c.execute("PRAGMA integrity_check").fetchone()[0]))
+        return await self.read(lambda c: str(c.execute(sql.INTEGRITY_CHECK).fetchone()[0]))

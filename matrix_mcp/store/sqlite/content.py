@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from matrix_mcp.store.params import (
-    Collected,
-    ContentFile,
-    PathHolder,
-)
+from matrix_mcp.store.params import Collected, ContentFile, PathHolder
 from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
 

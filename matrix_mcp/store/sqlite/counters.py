@@ -10,13 +10,7 @@ from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.audit import current_principal
-from matrix_mcp.models import (
-    STATUSES,
-    PackageSummary,
-    RecountReport,
-    Status,
-    SystemMetrics,
-)
+from matrix_mcp.models import STATUSES, PackageSummary, RecountReport, Status, SystemMetrics
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
 from matrix_mcp.store.sqlite import events, sql

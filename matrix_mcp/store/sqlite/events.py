@@ -9,9 +9,7 @@ from typing import Any
 import anyio
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    Event,
-)
+from matrix_mcp.models import Event
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
@@ -31,9 +29,7 @@ async def latest_seq(db: Database) -> int:
 
 async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
     def op(c: sqlite3.Connection) -> list[Event]:
-        query = (
-            "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > ?"
-        )
+        query = sql.EVENTS_AFTER
         args: list[Any] = [since]
         if run_id is not None:
             query += " AND e.run_id = ?"

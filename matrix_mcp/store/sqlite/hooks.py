@@ -10,6 +10,7 @@ from matrix_mcp import rules
 from matrix_mcp.store import hooks as H
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
+from matrix_mcp.store.sqlite import sql
 
 if TYPE_CHECKING:
     from matrix_mcp.store.sqlite.connection import Database
@@ -33,19 +34,14 @@ _CHANGEABLE = frozenset(
 
 
 def _subscription(c: sqlite3.Connection, subscription_id: str) -> SubscriptionRow:
-    row = c.execute("SELECT * FROM hook_subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+    row = c.execute(sql.HOOKS_SUBSCRIPTION_BY_ID, (subscription_id,)).fetchone()
     if row is None:
         raise rules.unknown_webhook(subscription_id)
     return H.subscription_from(row)
 
 
 def _holds(c: sqlite3.Connection, subscription_id: str, owner: str) -> bool:
-    return (
-        c.execute(
-            "SELECT 1 FROM hook_subscriptions WHERE id = ? AND lease_owner = ?", (subscription_id, owner)
-        ).fetchone()
-        is not None
-    )
+    return c.execute(sql.HOOKS_HOLDS, (subscription_id, owner)).fetchone() is not None
 
 
 class SQLiteHooks:
@@ -54,10 +50,9 @@ class SQLiteHooks:
 
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         def op(c: sqlite3.Connection) -> SubscriptionRow:
-            cursor = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            cursor = int(c.execute(sql.HOOKS_LATEST_SEQ).fetchone()[0])
             c.execute(
-                "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config,"
-                " credentials, active, cursor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                sql.HOOKS_INSERT_SUBSCRIPTION,
                 (*H.subscription_values(row), cursor, now, now),
             )
             return _subscription(c, row.id)
@@ -68,19 +63,11 @@ class SQLiteHooks:
         return await self._db.read(lambda c: _subscription(c, subscription_id))
 
     async def list_subscriptions(self, *, active_only: bool = False) -> list[SubscriptionRow]:
-        query = (
-            "SELECT * FROM hook_subscriptions"
-            + (" WHERE active" if active_only else "")
-            + " ORDER BY created_at, id"
-        )
+        query = sql.HOOKS_ACTIVE_SUBSCRIPTIONS if active_only else sql.HOOKS_SUBSCRIPTIONS
         return await self._db.read(lambda c: [H.subscription_from(r) for r in c.execute(query)])
 
     async def any_active(self) -> bool:
-        return await self._db.read(
-            lambda c: (
-                c.execute("SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1").fetchone() is not None
-            )
-        )
+        return await self._db.read(lambda c: c.execute(sql.HOOKS_ANY_ACTIVE).fetchone() is not None)
 
     async def update_subscription(
         self, subscription_id: str, *, change: H.SubscriptionChange, now: float
@@ -91,19 +78,14 @@ class SQLiteHooks:
         def op(c: sqlite3.Connection) -> SubscriptionRow:
             _subscription(c, subscription_id)
             if cols:
-                c.execute(
-                    "UPDATE hook_subscriptions SET "
-                    + ", ".join(f"{name} = ?" for name in cols)
-                    + ", updated_at = ? WHERE id = ?",
-                    [*cols.values(), now, subscription_id],
-                )
+                c.execute(sql.hooks_update_subscription(tuple(cols)), [*cols.values(), now, subscription_id])
             return _subscription(c, subscription_id)
 
         return await self._db.write(op)
 
     async def remove_subscription(self, subscription_id: str) -> None:
         def op(c: sqlite3.Connection) -> None:
-            if c.execute("DELETE FROM hook_subscriptions WHERE id = ?", (subscription_id,)).rowcount == 0:
+            if c.execute(sql.HOOKS_REMOVE_SUBSCRIPTION, (subscription_id,)).rowcount == 0:
                 raise rules.unknown_webhook(subscription_id)
 
         await self._db.write(op)
@@ -113,8 +95,7 @@ class SQLiteHooks:
     ) -> SubscriptionRow | None:
         def op(c: sqlite3.Connection) -> SubscriptionRow | None:
             taken = c.execute(
-                "UPDATE hook_subscriptions SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND active"
-                " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at <= ?)",
+                sql.HOOKS_LEASE,
                 (owner, now + ttl, subscription_id, owner, now),
             ).rowcount
             return _subscription(c, subscription_id) if taken else None
@@ -124,8 +105,7 @@ class SQLiteHooks:
     async def release(self, subscription_id: str, *, owner: str) -> None:
         await self._db.write(
             lambda c: c.execute(
-                "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND lease_owner = ?",
+                sql.HOOKS_RELEASE,
                 (subscription_id, owner),
             )
         )
@@ -133,14 +113,13 @@ class SQLiteHooks:
     async def materialize(self, subscription_id: str, *, move: H.CursorMove, now: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             moved = c.execute(
-                "UPDATE hook_subscriptions SET cursor = ? WHERE id = ? AND lease_owner = ? AND cursor = ?",
+                sql.HOOKS_MOVE_CURSOR,
                 (move.cursor_to, subscription_id, move.owner, move.cursor_from),
             ).rowcount
             if not moved:
                 return False
             c.executemany(
-                "INSERT OR IGNORE INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body,"
-                " status, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                sql.HOOKS_INSERT_DELIVERIES,
                 [(*H.delivery_values(subscription_id, d), now, now, now) for d in move.deliveries],
             )
             return True
@@ -151,8 +130,7 @@ class SQLiteHooks:
         def op(c: sqlite3.Connection) -> DeliveryRow:
             _subscription(c, subscription_id)
             c.execute(
-                "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status,"
-                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                sql.HOOKS_INSERT_DELIVERY,
                 (*H.delivery_values(subscription_id, delivery), now, now, now),
             )
             return _delivery(c, delivery.id)
@@ -164,8 +142,7 @@ class SQLiteHooks:
             lambda c: [
                 H.delivery_from(r)
                 for r in c.execute(
-                    "SELECT * FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'"
-                    " AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
+                    sql.HOOKS_DUE_DELIVERIES,
                     (subscription_id, now, limit),
                 )
             ]
@@ -174,7 +151,7 @@ class SQLiteHooks:
     async def next_due(self, subscription_id: str) -> float | None:
         def op(c: sqlite3.Connection) -> float | None:
             row = c.execute(
-                "SELECT MIN(next_attempt_at) FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'",
+                sql.HOOKS_NEXT_DUE,
                 (subscription_id,),
             ).fetchone()
             return None if row[0] is None else float(row[0])
@@ -186,27 +163,21 @@ class SQLiteHooks:
             if not _holds(c, subscription_id, record.owner):
                 return False
             c.executemany(
-                "UPDATE hook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_status_code = ?4,"
-                " last_error = ?5, updated_at = ?6, delivered_at = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE"
-                " delivered_at END WHERE id = ?7 AND subscription_id = ?8",
+                sql.HOOKS_RECORD_RESULT,
                 [(*H.result_values(r), subscription_id) for r in record.results],
             )
             c.execute(
-                "UPDATE hook_subscriptions SET failures = ?, failing_since = ?, circuit_open_until = ?,"
-                " last_success_at = ?, active = active AND ?, disabled_reason = COALESCE(?, disabled_reason),"
-                " updated_at = ? WHERE id = ?",
+                sql.HOOKS_RECORD_ENDPOINT,
                 (*H.endpoint_values(record.state), now, subscription_id),
             )
             if record.logs:
                 c.executemany(
-                    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details,"
-                    " created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)",
+                    sql.HOOKS_INSERT_CALL_LOG,
                     [H.log_values(g) for g in record.logs],
                 )
                 for ev in H.log_events(record.logs):
                     c.execute(
-                        "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL,"
-                        " ?, ?, ?)",
+                        sql.HOOKS_INSERT_SYSTEM_EVENT,
                         (ev.kind, ev.payload(), now),
                     )
             return True
@@ -223,9 +194,7 @@ class SQLiteHooks:
 
         def op(c: sqlite3.Connection) -> DeliveryPage:
             rows = c.execute(
-                "SELECT * FROM hook_deliveries WHERE "
-                + " AND ".join(["n > ?", *(f"{column} = ?" for column, _ in pinned)])
-                + " ORDER BY n LIMIT ?",
+                sql.hooks_deliveries_page(tuple(column for column, _ in pinned)),
                 [after, *(value for _, value in pinned), limit + 1],
             ).fetchall()
             return H.delivery_page(rows, limit)
@@ -236,22 +205,15 @@ class SQLiteHooks:
         subscription_id, delivery_id, since = target.subscription_id, target.delivery_id, target.since
 
         def op(c: sqlite3.Connection) -> int:
-            query = (
-                "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
-                " WHERE "
-            )
             if delivery_id is not None:
-                n = c.execute(query + "id = ?", (now, now, delivery_id)).rowcount
+                n = c.execute(sql.HOOKS_REDELIVER_ONE, (now, now, delivery_id)).rowcount
                 if not n:
                     raise rules.unknown_delivery(delivery_id)
                 return int(n)
             assert subscription_id is not None
             _subscription(c, subscription_id)
             return int(
-                c.execute(
-                    query + "subscription_id = ? AND created_at >= ?",
-                    (now, now, subscription_id, since or 0.0),
-                ).rowcount
+                c.execute(sql.HOOKS_REDELIVER_SINCE, (now, now, subscription_id, since or 0.0)).rowcount
             )
 
         return await self._db.write(op)
@@ -263,12 +225,7 @@ class SQLiteHooks:
             found: dict[str, OutcomeFacts] = {}
             for i in range(0, len(ids), H.FACTS_CHUNK):
                 chunk = ids[i : i + H.FACTS_CHUNK]
-                marks = ", ".join("?" for _ in chunk)  # placeholders only; the ids are bound
-                rows = c.execute(
-                    "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
-                    " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id IN (" + marks + ")",
-                    chunk,
-                ).fetchall()
+                rows = c.execute(sql.hooks_outcome_facts(len(chunk)), chunk).fetchall()
                 found.update(H.facts_from(r) for r in rows)
             return found
 
@@ -276,9 +233,7 @@ class SQLiteHooks:
 
     async def get_link(self, subscription_id: str, *, ref: str) -> str | None:
         def op(c: sqlite3.Connection) -> str | None:
-            row = c.execute(
-                "SELECT value FROM hook_links WHERE subscription_id = ? AND ref = ?", (subscription_id, ref)
-            ).fetchone()
+            row = c.execute(sql.HOOKS_GET_LINK, (subscription_id, ref)).fetchone()
             return None if row is None else str(row[0])
 
         return await self._db.read(op)
@@ -286,30 +241,25 @@ class SQLiteHooks:
     async def set_link(self, subscription_id: str, *, ref: str, value: str) -> None:
         await self._db.write(
             lambda c: c.execute(
-                "INSERT INTO hook_links (subscription_id, ref, value) VALUES (?, ?, ?)"
-                " ON CONFLICT (subscription_id, ref) DO UPDATE SET value = excluded.value",
+                sql.HOOKS_SET_LINK,
                 (subscription_id, ref, value),
             )
         )
 
     async def all_credentials(self) -> list[tuple[str, str]]:
-        return await self._db.read(
-            lambda c: [
-                (r[0], r[1]) for r in c.execute("SELECT id, credentials FROM hook_subscriptions ORDER BY id")
-            ]
-        )
+        return await self._db.read(lambda c: [(r[0], r[1]) for r in c.execute(sql.HOOKS_ALL_CREDENTIALS)])
 
     async def set_credentials(self, pairs: Sequence[tuple[str, str]], *, now: float) -> None:
         await self._db.write(
             lambda c: c.executemany(
-                "UPDATE hook_subscriptions SET credentials = ?, updated_at = ? WHERE id = ?",
+                sql.HOOKS_SET_CREDENTIALS,
                 [(cred, now, sid) for sid, cred in pairs],
             )
         )
 
 
 def _delivery(c: sqlite3.Connection, delivery_id: str) -> DeliveryRow:
-    row: Any = c.execute("SELECT * FROM hook_deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    row: Any = c.execute(sql.HOOKS_DELIVERY_BY_ID, (delivery_id,)).fetchone()
     if row is None:
         raise rules.unknown_delivery(delivery_id)
     return H.delivery_from(row)

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 
 from matrix_mcp import rules
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    ApiKey,
-)
+from matrix_mcp.store.params import ApiKey
 from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.connection import Database
 

@@ -7,17 +7,9 @@ import uuid
 from collections.abc import Sequence
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    PlanResult,
-    Run,
-    RunAction,
-    RunPolicy,
-)
+from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    NewPackage,
-    RunOverview,
-)
+from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.sqlite import counters, events, sql, work
 from matrix_mcp.store.sqlite.connection import Database
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from matrix_mcp.models import (
-    STATUSES,
-)
+from matrix_mcp.models import STATUSES
 
 # a run with its summed package counters, and when its last event was written (a finished run's
 # updated_at: see rows.run_from)
@@ -79,11 +77,34 @@ MOVE_N_SQL = {
 }
 
 
+# the packages a claim serves, least recently served first (all of the run's, or the one named)
+CLAIMABLE_PACKAGES = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0 ORDER BY last_claim, position"
+
+
+CLAIMABLE_PACKAGE = (
+    "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0 AND name = ?"
+    " ORDER BY last_claim, position"
+)
+
+
+# what is left in a run's queue (or one package's) when a claim came back short: pending, leased, packages
+QUEUE_COUNTS = (
+    "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*) FROM packages WHERE run_id = ?"
+)
+
+
+QUEUE_COUNTS_OF_PACKAGE = QUEUE_COUNTS + " AND name = ?"
+
+
 # when a short claim may ask again: the earliest time of the column rules.why_nothing names
 EARLIEST = {
     "available_at": "SELECT MIN(available_at) FROM outcomes WHERE run_id = ? AND status = 'pending'",
     "lease_expires_at": "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating'",
 }
+
+
+# EARLIEST narrowed to one package of the run (run_id, name)
+IN_PACKAGE = " AND package_id IN (SELECT id FROM packages WHERE run_id = ? AND name = ?)"
 
 
 @cache
@@ -484,4 +505,230 @@ ORPHAN_CONTENTS = (
 PATH_HOLDER = (
     "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
     " JOIN packages p ON p.id = o.package_id WHERE h.path = ?"
+)
+
+
+# ---- hooks.py ---------------------------------------------------------------------------------------
+
+
+HOOKS_SUBSCRIPTION_BY_ID = "SELECT * FROM hook_subscriptions WHERE id = ?"
+
+
+HOOKS_HOLDS = "SELECT 1 FROM hook_subscriptions WHERE id = ? AND lease_owner = ?"
+
+
+HOOKS_LATEST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events"
+
+
+HOOKS_INSERT_SUBSCRIPTION = (
+    "INSERT INTO hook_subscriptions (id, kind, target, description, events, run_name, config, "
+    "credentials, active, cursor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?)"
+)
+
+
+HOOKS_ANY_ACTIVE = "SELECT 1 FROM hook_subscriptions WHERE active LIMIT 1"
+
+
+HOOKS_REMOVE_SUBSCRIPTION = "DELETE FROM hook_subscriptions WHERE id = ?"
+
+
+HOOKS_LEASE = (
+    "UPDATE hook_subscriptions SET lease_owner = ?, lease_expires_at = ? WHERE id = ? AND active "
+    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at <= ?)"
+)
+
+
+HOOKS_RELEASE = (
+    "UPDATE hook_subscriptions SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND "
+    "lease_owner = ?"
+)
+
+
+HOOKS_MOVE_CURSOR = "UPDATE hook_subscriptions SET cursor = ? WHERE id = ? AND lease_owner = ? AND cursor = ?"
+
+
+HOOKS_INSERT_DELIVERIES = (
+    "INSERT OR IGNORE INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, "
+    "status, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+)
+
+
+HOOKS_INSERT_DELIVERY = (
+    "INSERT INTO hook_deliveries (id, subscription_id, seq, event_type, run_name, body, status, "
+    "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+)
+
+
+HOOKS_DUE_DELIVERIES = (
+    "SELECT * FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending' AND "
+    "next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?"
+)
+
+
+HOOKS_NEXT_DUE = (
+    "SELECT MIN(next_attempt_at) FROM hook_deliveries WHERE subscription_id = ? AND status = 'pending'"
+)
+
+
+HOOKS_RECORD_RESULT = (
+    "UPDATE hook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_status_code "
+    "= ?4, last_error = ?5, updated_at = ?6, delivered_at = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE "
+    "delivered_at END WHERE id = ?7 AND subscription_id = ?8"
+)
+
+
+HOOKS_RECORD_ENDPOINT = (
+    "UPDATE hook_subscriptions SET failures = ?, failing_since = ?, circuit_open_until = ?, "
+    "last_success_at = ?, active = active AND ?, disabled_reason = COALESCE(?, disabled_reason), "
+    "updated_at = ? WHERE id = ?"
+)
+
+
+HOOKS_INSERT_CALL_LOG = (
+    "INSERT INTO integration_logs (run_id, outcome_id, integration_type, action, status, details, "
+    "created_at) VALUES ((SELECT id FROM runs WHERE name = ?), NULL, ?, ?, ?, ?, ?)"
+)
+
+
+HOOKS_INSERT_SYSTEM_EVENT = (
+    "INSERT INTO events (run_id, outcome_id, kind, data, created_at) VALUES (NULL, NULL, ?, ?, ?)"
+)
+
+
+_REDELIVER = (
+    "UPDATE hook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
+)
+
+
+HOOKS_REDELIVER_ONE = _REDELIVER + " WHERE id = ?"
+
+
+HOOKS_REDELIVER_SINCE = _REDELIVER + " WHERE subscription_id = ? AND created_at >= ?"
+
+
+HOOKS_SUBSCRIPTIONS = "SELECT * FROM hook_subscriptions ORDER BY created_at, id"
+
+
+HOOKS_ACTIVE_SUBSCRIPTIONS = "SELECT * FROM hook_subscriptions WHERE active ORDER BY created_at, id"
+
+
+@cache
+def hooks_update_subscription(columns: tuple[str, ...]) -> str:
+    """The UPDATE of a subscription's changed columns (names from H.change_columns' closed set only)."""
+    return (
+        "UPDATE hook_subscriptions SET "
+        + ", ".join(f"{name} = ?" for name in columns)
+        + ", updated_at = ? WHERE id = ?"
+    )
+
+
+@cache
+def hooks_deliveries_page(pinned: tuple[str, ...]) -> str:
+    """A page of deliveries after a cursor (`n > ?`), with the columns H.delivery_filter pins bound."""
+    where = " AND ".join(["n > ?", *(f"{column} = ?" for column in pinned)])
+    return "SELECT * FROM hook_deliveries WHERE " + where + " ORDER BY n LIMIT ?"
+
+
+def hooks_outcome_facts(n: int) -> str:
+    """What an event's outcome says to a sink, for `n` bound outcome ids."""
+    marks = ", ".join("?" * n)  # placeholders only; the ids are bound
+    return (
+        "SELECT o.id, o.item, o.attempts, o.metrics, o.error_message, p.name AS package_name"
+        " FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.id IN (" + marks + ")"
+    )
+
+
+HOOKS_GET_LINK = "SELECT value FROM hook_links WHERE subscription_id = ? AND ref = ?"
+
+
+HOOKS_SET_LINK = (
+    "INSERT INTO hook_links (subscription_id, ref, value) VALUES (?, ?, ?) ON CONFLICT "
+    "(subscription_id, ref) DO UPDATE SET value = excluded.value"
+)
+
+
+HOOKS_ALL_CREDENTIALS = "SELECT id, credentials FROM hook_subscriptions ORDER BY id"
+
+
+HOOKS_SET_CREDENTIALS = "UPDATE hook_subscriptions SET credentials = ?, updated_at = ? WHERE id = ?"
+
+
+HOOKS_DELIVERY_BY_ID = "SELECT * FROM hook_deliveries WHERE id = ?"
+
+
+# ---- connection.py: pragmas, migrations, transactions -----------------------------------------------
+
+
+# every connection's settings (busy_timeout and wal_autocheckpoint take a number: busy_timeout(ms))
+JOURNAL_WAL = "PRAGMA journal_mode = WAL"
+
+
+SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"
+
+
+FOREIGN_KEYS_ON = "PRAGMA foreign_keys = ON"
+
+
+QUERY_ONLY = "PRAGMA query_only = ON"
+
+
+CHECKPOINTER_BUSY_TIMEOUT = "PRAGMA busy_timeout = 1000"
+
+
+CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+
+
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+
+
+def busy_timeout(ms: int) -> str:
+    return "PRAGMA busy_timeout = " + str(int(ms))
+
+
+def wal_autocheckpoint(pages: int) -> str:
+    return "PRAGMA wal_autocheckpoint = " + str(int(pages))
+
+
+CREATE_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
+)
+
+
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+
+
+MIGRATION_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = ?"
+
+
+RECORD_MIGRATION = "INSERT INTO schema_migrations VALUES (?, ?)"
+
+
+BEGIN = "BEGIN"
+
+
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+
+
+COMMIT = "COMMIT"
+
+
+ROLLBACK = "ROLLBACK"
+
+
+# each request of a group-commit batch runs inside its own savepoint
+SAVEPOINT = "SAVEPOINT op"
+
+
+RELEASE = "RELEASE op"
+
+
+ROLLBACK_TO = "ROLLBACK TO op"
+
+
+# ---- events.py --------------------------------------------------------------------------------------
+
+
+EVENTS_AFTER = (
+    "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > ?"
 )

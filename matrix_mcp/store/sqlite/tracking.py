@@ -9,20 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    IntegrationEvent,
-    Outcome,
-    OutcomeDetail,
-    OutcomePage,
-)
+from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    Cell,
-    NewRecord,
-    OutcomeFilter,
-    Report,
-    StatusChange,
-)
+from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
 from matrix_mcp.store.protocol import paged_outcomes
 from matrix_mcp.store.sqlite import counters, events, sql
 from matrix_mcp.store.sqlite.connection import Database

@@ -8,22 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.models import (
-    HeartbeatResult,
-    LeaseRef,
-    LeaseState,
-    ts,
-)
+from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, ts
 from matrix_mcp.store import rows as R
-from matrix_mcp.store.params import (
-    Claim,
-    ClaimBatch,
-    ClaimRequest,
-    Failure,
-    NextClaim,
-    Report,
-    Reported,
-)
+from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
 from matrix_mcp.store.sqlite import counters, events, sql, tracking
 from matrix_mcp.store.sqlite.connection import Database
 
@@ -63,12 +50,10 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
     sweep(c, run_id, now)  # a cancelled run's leases stay (rules.lease_expiry): nothing to sweep there
     if blocked is not None:
         return ClaimBatch([], blocked)
-    query = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0"
-    args: list[Any] = [run_id]
-    if package is not None:
-        query += " AND name = ?"
-        args.append(package)
-    active = c.execute(query + " ORDER BY last_claim, position", args).fetchall()
+    if package is None:
+        active = c.execute(sql.CLAIMABLE_PACKAGES, (run_id,)).fetchall()
+    else:
+        active = c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package)).fetchall()
     claims: list[Claim] = []
     while active and len(claims) < limit:
         still = []
@@ -138,12 +123,10 @@ def claim_next(
 
 
 def why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tuple[Any, float | None]:
-    query = "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*) FROM packages WHERE run_id = ?"
-    args: list[Any] = [run_id]
-    if package is not None:
-        query += " AND name = ?"
-        args.append(package)
-    pending, generating, n = c.execute(query, args).fetchone()
+    if package is None:
+        pending, generating, n = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
+    else:
+        pending, generating, n = c.execute(sql.QUEUE_COUNTS_OF_PACKAGE, (run_id, package)).fetchone()
     if package is not None and n == 0:
         raise rules.unknown_package_in_run(package)
     total = 0
@@ -152,13 +135,10 @@ def why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tupl
     reason, column = rules.why_nothing(pending=int(pending), generating=int(generating), total=int(total))
     if column is None:
         return reason, None
-    pkg_filter = (
-        ""
-        if package is None
-        else " AND package_id IN (SELECT id FROM packages WHERE run_id = ? AND name = ?)"
-    )
-    pkg_args = [] if package is None else [run_id, package]
-    row = c.execute(sql.EARLIEST[column] + pkg_filter, [run_id, *pkg_args]).fetchone()
+    if package is None:
+        row = c.execute(sql.EARLIEST[column], (run_id,)).fetchone()
+    else:
+        row = c.execute(sql.EARLIEST[column] + sql.IN_PACKAGE, (run_id, run_id, package)).fetchone()
     return reason, row[0]
 
 
