@@ -223,7 +223,8 @@ async def test_stored_webhooks_with_a_clear_path_are_redacted_and_keep_working(
             hid = (await hooks.add(rx.url, ["*"])).webhook.id
         finally:
             await engine.close()
-        last = (SQ if database_url.startswith("sqlite") else PG)[-1][0]
+        migrations = SQ if database_url.startswith("sqlite") else PG
+        last = next(v for v, script in migrations if "UPDATE hook_subscriptions SET target" in script)
         old_log = json.dumps({"webhook": hid, "target": clear, "status_code": 200})
         if database_url.startswith("sqlite"):
             with sqlite3.connect(database_url.removeprefix("sqlite:///")) as c:
