@@ -193,7 +193,12 @@ async def throughput(url: str, tmp: Path, rx: Receiver, n: int) -> dict[str, flo
         bodies = []
         for i in range(n):
             pub = E.PublicEvent(
-                "outcome.completed", i, "r", f"seq:{i}", time.time(), {"seq": i, "outcome_id": f"o{i}"}
+                type="outcome.completed",
+                seq=i,
+                run="r",
+                key=f"seq:{i}",
+                created_at=time.time(),
+                data={"seq": i, "outcome_id": f"o{i}"},
             )
             bodies.append((E.delivery_id("wh", pub.key), E.body(pub)))
         rx.reset()

@@ -1,16 +1,20 @@
 """Calls that cannot be swapped silently: engine and store methods take at most one identity argument
-positionally, the rest by keyword, and the parameter objects that carry fields through the layers are
-frozen and built by keyword."""
+positionally, the rest by keyword, the parameter objects that carry fields through the layers are
+frozen and built by keyword, and so is every record of six fields or more in integrations/ and http/."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
+import pkgutil
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+import matrix_mcp.http
+import matrix_mcp.integrations
 from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.rules import new_token
@@ -20,6 +24,7 @@ from matrix_mcp.store.hooks import (
     CallLog,
     CursorMove,
     DeliveryQuery,
+    DeliveryRow,
     EndpointState,
     HookStore,
     NewDelivery,
@@ -122,6 +127,8 @@ PARAMETER_OBJECTS = [
     AttemptResult,
     EndpointState,
     CallLog,
+    SubscriptionRow,
+    DeliveryRow,
 ]
 
 
@@ -163,6 +170,26 @@ def _example(cls: type) -> Any:
             now=1.0,
         ),
         EndpointState: FRESH,
+        SubscriptionRow: SubscriptionRow(
+            id="wh_1", kind="webhook", target="https://example.test/", credentials="x"
+        ),
+        DeliveryRow: DeliveryRow(
+            n=1,
+            id="msg_1",
+            subscription_id="wh_1",
+            seq=1,
+            event_type="ping",
+            run=None,
+            body="{}",
+            status="pending",
+            attempts=0,
+            next_attempt_at=1.0,
+            last_status_code=None,
+            last_error=None,
+            created_at=1.0,
+            updated_at=1.0,
+            delivered_at=None,
+        ),
         CallLog: CallLog(
             run=None,
             integration_type="webhook",
@@ -173,6 +200,34 @@ def _example(cls: type) -> Any:
         ),
     }
     return examples[cls]
+
+
+def _records(*packages: Any, min_fields: int) -> list[type]:
+    """The dataclasses defined in the modules of `packages` with at least `min_fields` fields to give."""
+    found: list[type] = []
+    for package in packages:
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                own = cls.__module__ == module.__name__ and dataclasses.is_dataclass(cls)
+                if own and len([f for f in dataclasses.fields(cls) if f.init]) >= min_fields:
+                    found.append(cls)
+    return found
+
+
+RECORDS = _records(matrix_mcp.integrations, matrix_mcp.http, min_fields=6)
+
+
+def test_the_records_of_integrations_and_http_are_found() -> None:
+    names = {cls.__name__ for cls in RECORDS}
+    assert {"Parts", "ServiceOptions", "HookSettings", "SinkContext", "PublicEvent"} <= names
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
+def test_records_of_integrations_and_http_are_built_by_keyword(cls: type) -> None:
+    """Six fields or more, several of one type (URLs, names, times): a positional call could swap two."""
+    by_position = [f.name for f in dataclasses.fields(cls) if f.init and not f.kw_only]
+    assert by_position == []
 
 
 def test_next_claim_asks_for_the_same_limit_package_and_tokens() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
-from matrix_mcp.http.app import REJECTED_TOKEN
 from matrix_mcp.http.endpoints import PREFIX
+from matrix_mcp.http.guard import REJECTED_TOKEN
 from matrix_mcp.models import ItemSpec, PackageSpec, RunPolicy
 from tests.http_helpers import create_key, post_init, serving
 

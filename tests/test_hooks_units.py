@@ -157,10 +157,12 @@ def test_completions_are_derived_from_counters_and_keyed_by_them() -> None:
 
 
 def test_matches_events_and_run_filter() -> None:
-    pub = E.PublicEvent("outcome.failed", 1, "r", "seq:1", 0.0)
+    pub = E.PublicEvent(type="outcome.failed", seq=1, run="r", key="seq:1", created_at=0.0)
     assert E.matches(["*"], None, pub) and E.matches(["outcome.failed"], "r", pub)
     assert not E.matches(["outcome.completed"], None, pub) and not E.matches(["*"], "other", pub)
-    assert E.matches(["outcome.completed"], "other", E.PublicEvent("ping", 0, None, "p", 0.0))
+    assert E.matches(
+        ["outcome.completed"], "other", E.PublicEvent(type="ping", seq=0, run=None, key="p", created_at=0.0)
+    )
 
 
 # ---- signing: the reference library verifies what we send ------------------------------------------

@@ -21,7 +21,7 @@ DEFAULT_METRICS_MAX_PACKAGES = 100  # as metrics.DEFAULT_MAX_PACKAGES
 DEFAULT_JWT_LEEWAY_SECONDS = 30  # as jwt_auth.LEEWAY_SECONDS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServiceOptions:
     host: str = "127.0.0.1"
     port: int = 8000

@@ -4,15 +4,12 @@ verifier, rate limiter, scope map and store."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from starlette.types import Scope
 
 from matrix_mcp.http.access import Identify, Sessions, session_secret
+from matrix_mcp.http.parts import Parts
 from matrix_mcp.http.rest import Rest, mount_rest
-
-if TYPE_CHECKING:
-    from matrix_mcp.http.app import Parts
 
 
 def mount(parts: Parts) -> Callable[[Scope], Awaitable[str | None]]:

@@ -104,13 +104,13 @@ class Dispatcher:
 
     def context(self, row: SubscriptionRow) -> SinkContext:
         return SinkContext(
-            row,
-            self.credentials(row),
-            self.http,
-            self.hooks,
-            self.clock,
-            self.store,
-            self._read_content if self._artifacts is not None else None,
+            subscription=row,
+            credentials=self.credentials(row),
+            http=self.http,
+            hooks=self.hooks,
+            now=self.clock,
+            store=self.store,
+            read_content=self._read_content if self._artifacts is not None else None,
         )
 
     async def _read_content(self, sha256: str) -> bytes:
@@ -296,7 +296,8 @@ class Dispatcher:
                     else:
                         touched[pub.run] = None  # package unknown: check every package of the run
         derived_wanted = any(
-            E.matches(row.events, row.run, E.PublicEvent(t, 0, row.run, "", 0.0)) and sink.wants(t)
+            E.matches(row.events, row.run, E.PublicEvent(type=t, seq=0, run=row.run, key="", created_at=0.0))
+            and sink.wants(t)
             for t in ("package.completed", "run.completed")
         )
         if derived_wanted and touched:

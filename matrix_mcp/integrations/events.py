@@ -48,7 +48,7 @@ _STATUS_FOR = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PublicEvent:
     type: str
     seq: int
@@ -101,7 +101,14 @@ def public_event(event: Event) -> PublicEvent | None:
         data["cancelled_items"] = d["cancelled_items"]
     if target == "run.planned":
         data.update(packages=d.get("packages", 0), items=d.get("items", 0), extended=kind == "run_extended")
-    return PublicEvent(target, event.seq, event.run, f"seq:{event.seq}", event.created_at.timestamp(), data)
+    return PublicEvent(
+        type=target,
+        seq=event.seq,
+        run=event.run,
+        key=f"seq:{event.seq}",
+        created_at=event.created_at.timestamp(),
+        data=data,
+    )
 
 
 def enrich(pub: PublicEvent, facts: OutcomeFacts) -> None:
@@ -146,12 +153,12 @@ def completions(
             key = f"package:{p.run}:{p.package}:{c['complete']}:{c['failed']}:{c['cancelled']}"
             out.append(
                 PublicEvent(
-                    "package.completed",
-                    seq,
-                    p.run,
-                    key,
-                    now,
-                    {"seq": seq, "run": p.run, "package": p.package, **c},
+                    type="package.completed",
+                    seq=seq,
+                    run=p.run,
+                    key=key,
+                    created_at=now,
+                    data={"seq": seq, "run": p.run, "package": p.package, **c},
                 )
             )
     if summaries and touched and all(done(p) for p in summaries):
@@ -161,7 +168,12 @@ def completions(
         key = f"run:{run}:{totals['complete']}:{totals['failed']}:{totals['cancelled']}"
         out.append(
             PublicEvent(
-                "run.completed", seq, run, key, now, {"seq": seq, "run": run, **totals, "packages": packages}
+                type="run.completed",
+                seq=seq,
+                run=run,
+                key=key,
+                created_at=now,
+                data={"seq": seq, "run": run, **totals, "packages": packages},
             )
         )
     return out

@@ -327,23 +327,30 @@ class Hooks:
 
         row = await self.store.hooks.get_subscription(webhook)
         now = self.clock()
-        pub = E.PublicEvent("ping", 0, None, f"ping:{uuid.uuid4().hex}", now, {"webhook": webhook})
+        pub = E.PublicEvent(
+            type="ping",
+            seq=0,
+            run=None,
+            key=f"ping:{uuid.uuid4().hex}",
+            created_at=now,
+            data={"webhook": webhook},
+        )
         d = DeliveryRow(
-            0,
-            E.delivery_id(webhook, pub.key),
-            webhook,
-            0,
-            "ping",
-            None,
-            E.body(pub),
-            "pending",
-            0,
-            now,
-            None,
-            None,
-            now,
-            now,
-            None,
+            n=0,
+            id=E.delivery_id(webhook, pub.key),
+            subscription_id=webhook,
+            seq=0,
+            event_type="ping",
+            run=None,
+            body=E.body(pub),
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            last_status_code=None,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
+            delivered_at=None,
         )
         dispatcher = Dispatcher(
             self.store, self.settings, self.keyring(), clock=self.clock, owner="this process (a test ping)"

@@ -11,7 +11,7 @@ DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HookSettings:
     retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE  # delays after attempts 1, 2, …; then it fails
     jitter: float = 0.2  # ± fraction of each delay

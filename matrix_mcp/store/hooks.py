@@ -28,7 +28,7 @@ DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed
 R = TypeVar("R", "SubscriptionRow", "DeliveryRow")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SubscriptionRow:
     id: str
     kind: str
@@ -74,7 +74,7 @@ class NewDelivery:
     body: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeliveryRow:
     n: int
     id: str

@@ -12,7 +12,7 @@ from matrix_mcp.store.hooks import DeliveryRow, HookStore, SubscriptionRow
 from matrix_mcp.store.protocol import Store
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SinkContext:
     subscription: SubscriptionRow
     credentials: dict[str, Any]  # decrypted; never logged, never returned
