@@ -16,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from starlette.types import ASGIApp
 
+from matrix_mcp.app import App
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import Service, matrix_service
@@ -60,7 +61,7 @@ async def running(app: ASGIApp, port: int, graceful: float | None = None) -> Asy
 async def serving(settings: Settings, *, auth: bool, **options: Any) -> AsyncIterator[tuple[str, Service]]:
     port = free_port()
     opts = ServiceOptions(host="127.0.0.1", port=port, **options)
-    service = matrix_service(settings, opts, auth=auth)
+    service = matrix_service(App(settings), opts, auth=auth)
     async with running(service.app, port) as base:
         yield base, service
 

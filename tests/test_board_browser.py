@@ -242,6 +242,7 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
 ) -> None:
     """The server goes away under an open page; meanwhile an item completes; a new server process comes
     up on the same port: the page reconnects by itself and shows the change it missed."""
+    from matrix_mcp.app import App
     from matrix_mcp.engine import Engine
     from matrix_mcp.http.app import matrix_service
     from matrix_mcp.http.options import ServiceOptions
@@ -257,7 +258,9 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
     port = free_port()
     options = ServiceOptions(host="127.0.0.1", port=port)
     page, seen = await new_page(browser)
-    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1) as base:
+    async with running(
+        matrix_service(App(sqlite_settings), options, auth=False).app, port, graceful=1
+    ) as base:
         await page.goto(base + "/ui/runs/r")
         await page.wait_for_function("document.getElementById('live').classList.contains('on')")
         assert await page.evaluate("(id) => window.matrixBoard.status(id)", item.outcome_id) == "generating"
@@ -267,7 +270,7 @@ async def test_the_board_reconnects_and_catches_up_after_a_restart(
         await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
     finally:
         await engine.close()
-    async with running(matrix_service(sqlite_settings, options, auth=False).app, port, graceful=1):
+    async with running(matrix_service(App(sqlite_settings), options, auth=False).app, port, graceful=1):
         await page.wait_for_function(
             "(id) => window.matrixBoard.status(id) === 'complete'", arg=item.outcome_id, timeout=15_000
         )

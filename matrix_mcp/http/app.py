@@ -21,6 +21,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Scope
 
+from matrix_mcp.app import App
 from matrix_mcp.config import Settings
 from matrix_mcp.http.guard import MCP_PATH, Guard, rejected_challenge
 from matrix_mcp.http.health import healthz, readyz_endpoint
@@ -197,26 +198,22 @@ def notice(text: str) -> None:
     print(f"matrix-mcp: {text}", file=sys.stderr, flush=True)
 
 
-def matrix_service(settings: Settings, options: ServiceOptions, *, auth: bool) -> Service:
-    """The Matrix server as a team service."""
+def matrix_service(app: App, options: ServiceOptions, *, auth: bool) -> Service:
+    """The Matrix server over `app` (the composition root) as a team service: the MCP server, the REST API
+    and the board all receive the one App; its lifespan (the MCP server's) runs it."""
+    from matrix_mcp.http.web import mount
     from matrix_mcp.mcp.server import create_server
-    from matrix_mcp.mcp.state import engine_of
-
-    holder: dict[str, MCPServer[Any]] = {}
-
-    def store() -> Store | None:
-        engine = engine_of(holder["mcp"]) if "mcp" in holder else None
-        return None if engine is None else engine.store
 
     def make(auth_settings: AuthSettings | None, verifier: TokenVerifier | None) -> MCPServer[Any]:
-        mcp = create_server(settings, auth=auth_settings, token_verifier=verifier)
-        holder["mcp"] = mcp
-        return mcp
-
-    from matrix_mcp.http.web import mount
+        return create_server(app=app, auth=auth_settings, token_verifier=verifier)
 
     return build_service(
-        make, store, options, auth=auth, max_body_bytes=max_body_bytes(settings), mount=mount
+        make,
+        app.store,
+        options,
+        auth=auth,
+        max_body_bytes=max_body_bytes(app.settings),
+        mount=lambda parts: mount(parts, app),
     )
 
 
@@ -263,7 +260,7 @@ async def serve(settings: Settings, options: ServiceOptions) -> None:
         notice(f"serving {options.resource_url} with authentication ({' and '.join(how)})")
     base = options.base_url
     notice(f"board: {base}/ui/ · REST API: {base}/api/v1/ (OpenAPI: {base}/api/v1/openapi.json)")
-    await run_uvicorn(matrix_service(settings, options, auth=auth).app, options)
+    await run_uvicorn(matrix_service(App(settings), options, auth=auth).app, options)
 
 
 async def run_uvicorn(app: ASGIApp, options: ServiceOptions) -> None:

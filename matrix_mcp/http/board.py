@@ -21,14 +21,14 @@ from mcp.server import MCPServer
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from matrix_mcp.errors import StoreError
+from matrix_mcp.app import App
+from matrix_mcp.errors import MatrixError
 from matrix_mcp.http.access import SIGNIN_MAX_BYTES, Caller, Identify, Sessions
 from matrix_mcp.http.paths import param
 from matrix_mcp.http.ratelimit import RateLimits
 from matrix_mcp.http.rest import ApiError, classify, json_response, read_body
 from matrix_mcp.http.scopes import PLAN, READ
 from matrix_mcp.models import STATUSES
-from matrix_mcp.store.protocol import Store
 
 STATIC = {"board.js": "text/javascript; charset=utf-8", "board.css": "text/css; charset=utf-8"}
 CSP = (
@@ -56,13 +56,13 @@ class Board:
         mcp: MCPServer[Any],
         identify: Identify,
         sessions: Sessions,
-        store: Callable[[], Store | None],
+        app: App,
         limits: RateLimits | None,
     ) -> None:
         self.mcp = mcp
         self.identify = identify
         self.sessions = sessions
-        self.store = store
+        self.app = app
         self.limits = limits
         self._files = {name: _static(name) for name in STATIC}
 
@@ -162,8 +162,6 @@ class Board:
         """Every cell of a run, compact: per package its outcome ids, item names and a status-code string
         (the index into `statuses`). `latest_seq` is read first, so following the event stream from it
         misses nothing that happened while the grid was read."""
-        from matrix_mcp.mcp.state import engine_of
-
         caller = await self.identify(request)
         if caller is None:
             return ApiError(401, "invalid_token", "sign in again").response()
@@ -171,15 +169,13 @@ class Board:
             return ApiError(
                 403, "insufficient_scope", f"insufficient_scope: the grid needs {READ}"
             ).response()
-        engine = engine_of(self.mcp)
-        if engine is None:
-            return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
         try:
+            engine = self.app.engine
             info = await engine.run_info(param(request, "run"))
-            latest = await engine.store.latest_seq()
+            latest = await engine.latest_seq()
             packages: dict[str, dict[str, Any]] = {}
             codes: dict[str, list[str]] = {}
-            for cell in await engine.store.cells(info.id):
+            for cell in await engine.cells(info.id):
                 p = packages.get(cell.package)
                 if p is None:
                     p = packages[cell.package] = {"name": cell.package, "ids": [], "items": []}
@@ -187,7 +183,7 @@ class Board:
                 p["ids"].append(cell.outcome_id)
                 p["items"].append(cell.item)
                 codes[cell.package].append(str(STATUS_CODE[cell.status]))
-        except StoreError as exc:
+        except MatrixError as exc:
             return classify(exc).response()
         for name, p in packages.items():
             p["status"] = "".join(codes[name])
@@ -203,8 +199,6 @@ class Board:
     async def throughput(self, request: Request) -> Response:
         """Items finished per minute, from the store's per-minute counts (those the run's throughput
         window sums): the last `CHART_MINUTES` minutes, or from `since` (a minute) on to extend the chart."""
-        from matrix_mcp.mcp.state import engine_of
-
         caller = await self.identify(request)
         if caller is None:
             return ApiError(401, "invalid_token", "sign in again").response()
@@ -212,9 +206,10 @@ class Board:
             return ApiError(
                 403, "insufficient_scope", f"insufficient_scope: the chart needs {READ}"
             ).response()
-        engine = engine_of(self.mcp)
-        if engine is None:
-            return ApiError(503, "unavailable", "the server is starting or stopping; retry").response()
+        try:
+            engine = self.app.engine
+        except MatrixError as exc:  # Unavailable while starting or stopping
+            return classify(exc).response()
         now_minute = int(engine.now() // 60)
         first = now_minute - CHART_MINUTES + 1
         since = request.query_params.get("since", "")
@@ -225,8 +220,8 @@ class Board:
                 return ApiError(400, "invalid_argument", "since: must be a whole minute", "since").response()
         try:
             info = await engine.run_info(param(request, "run"))
-            minutes = await engine.store.run_minutes(info.id, since_minute=first)
-        except StoreError as exc:
+            minutes = await engine.throughput(info.id, since_minute=first)
+        except MatrixError as exc:
             return classify(exc).response()
         return json_response(
             {
@@ -290,7 +285,7 @@ class Board:
         if cookie is not None:
             try:
                 await self.sessions.end(cookie)  # every replica on this store refuses it from now on
-            except StoreError as exc:
+            except MatrixError as exc:
                 return classify(exc).response()
         response = RedirectResponse("/ui/signin", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("Set-Cookie", self.sessions.cookie_header("", max_age=0))

@@ -203,16 +203,15 @@ def _error_response(text: str) -> dict[str, Any]:
     }
 
 
-def document(mcp: MCPServer[Any]) -> dict[str, Any]:
+def document(mcp: MCPServer[Any], limits: Limits | None = None) -> dict[str, Any]:
+    """The REST API's OpenAPI document: the endpoints of `mcp`'s tools, with the bounds of `limits` (the
+    server's settings; the defaults when not given)."""
     from matrix_mcp.sdk_compat import ToolServer
 
     if not isinstance(mcp, ToolServer):
         raise TypeError("the REST API's document describes a server built from a ToolSet")
-    from matrix_mcp.mcp.state import engine_of
-
     tools = mcp.tool_definitions()
-    engine = engine_of(mcp)
-    limits = engine.limits if engine is not None else Limits()
+    limits = limits or Limits()
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for ep in ENDPOINTS:

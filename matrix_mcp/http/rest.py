@@ -23,24 +23,21 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from matrix_mcp.app import App
 from matrix_mcp.audit import current_principal
-from matrix_mcp.config import Limits
-from matrix_mcp.engine import MAX_SEQ, MEDIA_TYPE_ERROR, MEDIA_TYPE_PATTERN, json_depth
+from matrix_mcp.engine import MAX_SEQ, MEDIA_TYPE_ERROR, MEDIA_TYPE_PATTERN, Engine, json_depth
 from matrix_mcp.errors import (
-    STARTING,
     Conflict,
     InputError,
     MatrixError,
     NotFound,
     StaleLease,
     Unavailable,
-    starting,
 )
 from matrix_mcp.http.access import Caller, Identify
 from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX, Endpoint
 from matrix_mcp.http.paths import param, params
 from matrix_mcp.http.scopes import READ, tool_scope
-from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.http.rest")
 
@@ -115,18 +112,19 @@ def classify(exc: BaseException) -> ApiError:
 
 
 class Rest:
-    """The REST handlers over one MCP server."""
+    """The REST handlers over one MCP server and its App: each endpoint calls the server's tool; what is not
+    a tool (an outcome's content, the event stream) calls the App's engine."""
 
     def __init__(
         self,
         mcp: MCPServer[Any],
         identify: Identify,
-        store: Callable[[], Store | None],
+        app: App,
         max_body_bytes: int,
     ) -> None:
         self.mcp = mcp
         self.identify = identify
-        self.store = store
+        self.app = app
         self.max_body_bytes = max_body_bytes
         self._contracts: dict[tuple[str, str], Contract] | None = None
 
@@ -187,7 +185,7 @@ class Rest:
         if self._contracts is None:
             from matrix_mcp.http.openapi import document
 
-            self._contracts = contracts(document(self.mcp))
+            self._contracts = contracts(document(self.mcp, self.app.settings.limits))
         return self._contracts[endpoint.method, PREFIX + endpoint.path]
 
     async def _arguments(self, request: Request, endpoint: Endpoint) -> dict[str, Any]:
@@ -236,27 +234,17 @@ class Rest:
         """How deep an argument of a JSON body may nest: the engine's JSON depth cap (MATRIX_MAX_JSON_DEPTH,
         which it checks per field) plus room for the structure around such a field (a plan's
         packages[].items[].specifications)."""
-        from matrix_mcp.mcp.state import engine_of
-
-        engine = engine_of(self.mcp)
-        return (
-            engine.limits.max_json_depth if engine is not None else Limits.max_json_depth
-        ) + BODY_DEPTH_SLACK
+        return self.app.settings.limits.max_json_depth + BODY_DEPTH_SLACK
 
     # ---- not tools: an outcome's content, and the event stream -----------------------------------
 
     async def content(self, request: Request) -> Response:
-        from matrix_mcp.mcp.state import engine_of
-
         try:
             await self.authorize(request, READ, "GET /api/v1/outcomes/{outcome_id}/content")
-            engine = engine_of(self.mcp)
-            if engine is None:
-                raise answer(starting(), STARTING)
-            outcome_id = param(request, "outcome_id")
             try:
-                data, mime = await engine.outcome_content(outcome_id)
-            except MatrixError as exc:  # NotFound when the outcome has no stored content
+                engine = self.app.engine
+                data, mime = await engine.outcome_content(param(request, "outcome_id"))
+            except MatrixError as exc:  # Unavailable while starting; NotFound without stored content
                 raise classify(exc) from exc
         except ApiError as err:
             return err.response()
@@ -279,23 +267,16 @@ class Rest:
         either the stream starts at the present."""
         try:
             await self.authorize(request, READ, "GET /api/v1/runs/{run}/events")
-            store = self.store()
-            if store is None:
-                raise answer(starting(), STARTING)
-            run_id = None
-            if "run" in request.path_params:
-                from matrix_mcp.mcp.state import engine_of
-
-                engine = engine_of(self.mcp)
-                if engine is None:
-                    raise answer(starting(), STARTING)
-                try:
+            try:
+                engine = self.app.engine
+                run_id = None
+                if "run" in request.path_params:
                     run_id = (await engine.run_info(param(request, "run"))).id
-                except MatrixError as exc:
-                    raise classify(exc) from exc
-            since = _since(request)
-            if since is None:
-                since = await store.latest_seq()
+                since = _since(request)
+                if since is None:
+                    since = await engine.latest_seq()
+            except MatrixError as exc:  # Unavailable while starting; NotFound for a run
+                raise classify(exc) from exc
         except ApiError as err:
             return err.response()
 
@@ -304,7 +285,7 @@ class Rest:
             return caller is not None and READ in caller.scopes
 
         return StreamingResponse(
-            event_stream(store, run_id, since, allowed),
+            event_stream(engine, run_id, since, allowed),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -507,7 +488,7 @@ def _since(request: Request) -> int | None:
 
 
 async def event_stream(
-    store: Store, run_id: str | None, since: int, allowed: Callable[[], Awaitable[bool]] | None = None
+    engine: Engine, run_id: str | None, since: int, allowed: Callable[[], Awaitable[bool]] | None = None
 ) -> AsyncIterator[bytes]:
     """Events after `since`, then each new one as it is committed. `allowed` is asked again every
     RECHECK_SECONDS: a revoked key or an expired token ends the stream."""
@@ -519,8 +500,8 @@ async def event_stream(
             if not await allowed():
                 return
             checked = time.monotonic()
-        head = await store.latest_seq()
-        events = await store.events_after(since=last, run_id=run_id, limit=SSE_BATCH)
+        head = await engine.latest_seq()
+        events = await engine.events(since=last, run=run_id, limit=SSE_BATCH)
         if events:
             chunk = []
             for event in events:
@@ -531,7 +512,7 @@ async def event_stream(
             yield "".join(chunk).encode()
             if len(events) == SSE_BATCH:
                 continue
-        latest = await store.wait_for_change(max(head, last), timeout=SSE_KEEPALIVE_SECONDS)
+        latest = await engine.wait_for_change(max(head, last), timeout=SSE_KEEPALIVE_SECONDS)
         if latest <= max(head, last):
             yield b": keep-alive\n\n"
 
@@ -553,6 +534,6 @@ def mount_rest(mcp: MCPServer[Any], rest: Rest) -> None:
     async def openapi(request: Request) -> Response:
         from matrix_mcp.http.openapi import document
 
-        return json_response(document(mcp))
+        return json_response(document(mcp, rest.app.settings.limits))
 
     route("/openapi.json", "GET", openapi)

@@ -22,6 +22,7 @@ from mcp_types import GetPromptResult, InputRequiredResult
 from pydantic import AnyUrl
 
 from matrix_mcp import __version__
+from matrix_mcp.app import App
 from matrix_mcp.apps import grid_app
 from matrix_mcp.config import Settings
 from matrix_mcp.mcp.prompts import PROMPTS
@@ -87,15 +88,22 @@ async def lifespan(server: MCPServer[ServerState]) -> AsyncIterator[ServerState]
 def create_server(
     settings: Settings | None = None,
     *,
+    app: App | None = None,
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
 ) -> MatrixServer:
-    """The Matrix server; its `state` is the explicit state object its tools, resources and the HTTP service
-    reach. `auth` and `token_verifier` (HTTP only) are handed to the SDK, which then requires a bearer token on
-    /mcp and serves the protected-resource metadata."""
-    settings = settings or Settings.from_env()
+    """The Matrix server over `app` (the composition root; a new App of `settings` when not given, the
+    environment's when neither is); its `state` is the explicit state object its tools and resources
+    reach, and its lifespan runs the App. `auth` and `token_verifier` (HTTP only) are handed to the SDK,
+    which then requires a bearer token on /mcp and serves the protected-resource metadata."""
+    if app is None:
+        app = App(settings or Settings.from_env())
+    elif settings is not None and settings is not app.settings:
+        raise ValueError("give settings or an app, not both")
+    settings = app.settings
     state = ServerState(
-        settings=settings, schema=SchemaAccess(lambda: settings.schema_database_url or settings.database_url)
+        app=app,
+        schema=SchemaAccess(lambda: settings.schema_database_url or settings.database_url, app.schema),
     )
     toolset = build_tools(
         "matrix", TOOLS, settings.limits.max_page_size, keep=lambda name: in_toolset(settings.toolset, name)

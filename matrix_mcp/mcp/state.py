@@ -1,8 +1,8 @@
 """The state a Matrix server serves with, and how its tools and resources reach it.
 
-A tool reaches the server's `ServerState` (the engine, the notifier, the webhook service, the schema service)
-through its context: `ctx.mcp_server` is the server `create_server` built, and `state` is its explicit state
-object, opened and closed by the server's lifespan (`running`). The same works for a call through the REST
+A tool reaches the server's `ServerState` (over the `App`: the engine, the webhook service, the schema
+service; plus the notifier) through its context: `ctx.mcp_server` is the server `create_server` built, and
+`state` is its explicit state object, opened and closed by the server's lifespan (`running`). The same works for a call through the REST
 API, which has no MCP request behind it. `call` and `read` turn engine results and errors into tool results,
 tool errors and protocol errors.
 """
@@ -14,23 +14,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import anyio
 import mcp_types as types
-from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, ValidationError
 
-from matrix_mcp import __version__
-from matrix_mcp.config import Settings, redact_text, url_password
+from matrix_mcp.app import App
+from matrix_mcp.config import Settings, redact_text
 from matrix_mcp.engine import Engine, InputError
-from matrix_mcp.errors import STARTING, NotFound, StoreError, Unavailable, starting
-from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
+from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.mcp.notify import CountingBus, LegacySubscriptions, Notifier
 from matrix_mcp.mcp.tools.schema import SchemaAccess
 from matrix_mcp.sdk_compat import ModelResult
@@ -44,73 +40,50 @@ T = TypeVar("T")
 
 @dataclass
 class ServerState:
-    """Everything a Matrix server serves with, created by `create_server`; the engine (and what depends on it)
-    exists while the server's lifespan runs (`running`), which also closes the schema service."""
+    """The MCP face's state over one `App` (the composition root, `matrix_mcp/app.py`): the App owns the
+    engine, the webhook service, the schema service and the background tasks; this adds what only MCP
+    has (resource subscriptions and their notifier, the schema tools' error mapping) and turns the App's
+    errors into tool errors. `running` is the App's, with the notifier among its background tasks."""
 
-    settings: Settings
+    app: App
     schema: SchemaAccess
     bus: CountingBus = field(default_factory=CountingBus)
     legacy: LegacySubscriptions = field(default_factory=LegacySubscriptions)
-    waker: Waker = field(default_factory=Waker)
-    engine_: Engine | None = None
-    notifier: Notifier | None = None
-    hooks_: Hooks | None = None
+    notifier: Notifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notifier = Notifier(self.bus, self.legacy)
+        self.app.watch(self.notifier.watch)
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(p for p in (url_password(self.settings.database_url),) if p)
+        return self.app.secrets
 
     def engine(self) -> Engine:
-        if self.engine_ is None:  # the same text as a tool error; REST answers 503 by its cause's type
-            raise ToolError(STARTING) from starting()
-        return self.engine_
+        """The App's engine; while the server starts or stops, a tool error saying so (the same text; REST
+        answers 503 by its cause's type, `Unavailable`)."""
+        try:
+            return self.app.engine
+        except Unavailable as exc:
+            raise ToolError(str(exc)) from exc
 
     def hooks(self) -> Hooks:
-        from matrix_mcp.integrations.service import Hooks  # loaded on the first webhook call
-
-        store = self.engine().store
-        if self.hooks_ is None or self.hooks_.store is not store:
-            self.hooks_ = Hooks(store, self.settings.database_url)
-        return self.hooks_
+        self.engine()  # the tool error while starting or stopping
+        return self.app.hooks()
 
     def wake_dispatcher(self) -> None:
-        self.waker.wake()
+        self.app.wake_dispatcher()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ServerState]:
-        """Open the engine, watch for changes to notify, repair recent files and dispatch events while the
-        server runs; close the engine and the schema service after."""
-        try:
-            engine = await Engine.open(self.settings)
-        except BaseException:
-            await self.schema.close()
-            raise
-        self.engine_ = engine
-        self.notifier = Notifier(self.bus, self.legacy)
-        log.info("matrix-mcp %s serving %s", __version__, engine.store.url_for_display)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.notifier.watch, engine.store)
-                tg.start_soon(repair_recent_files, engine)  # in the background: start-up stays fast
-                # events out: a cheap check now and then; the dispatcher loads only once a webhook exists
-                tg.start_soon(
-                    dispatch_when_needed,
-                    engine.store,
-                    self.settings.database_url,
-                    self.waker,
-                    Path(self.settings.artifacts_dir),
-                )
-                try:
-                    yield self
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            self.engine_ = None
-            self.hooks_ = None
-            try:
-                await engine.close()
-            finally:
-                await self.schema.close()
+        """The App running: the engine open, the notifier and the App's other background tasks started;
+        all closed after."""
+        async with self.app.running():
+            yield self
 
     async def call(
         self, awaitable: Awaitable[BaseModel], full: bool = True, full_only: str = ""
@@ -158,9 +131,9 @@ class ServerState:
         context: types.CompletionContext | None,
     ) -> types.Completion | None:
         """Run and package names for prompt and resource-template arguments."""
-        engine = self.engine_
-        if engine is None:
+        if not self.app.started:
             return None
+        engine = self.app.engine
         prefix = argument.value or ""
         if argument.name == "run":
             names = [r.name for r in (await engine.list_runs()).runs]
@@ -187,23 +160,3 @@ def state_of(ctx: Context) -> ServerState:
     if not isinstance(state, ServerState):
         raise ToolError("not a Matrix server")
     return state
-
-
-def engine_of(mcp: MCPServer[Any]) -> Engine | None:
-    """The engine a server built by `create_server` is serving with; None before start-up / after close
-    (the HTTP service's health, metrics and key checks use it)."""
-    state = getattr(mcp, "state", None)
-    return state.engine_ if isinstance(state, ServerState) else None
-
-
-async def repair_recent_files(engine: Engine) -> None:
-    """Restore files that a process killed between commit and link left missing (recent completions)."""
-    try:
-        report = await engine.repair_recent_files()
-    except StoreError as exc:
-        log.warning("could not check recent outcome files: %s", exc)
-        return
-    if report.repaired or report.unrepairable:
-        log.warning(
-            "restored %d missing outcome file(s); %d cannot be restored", report.repaired, report.unrepairable
-        )

@@ -48,11 +48,12 @@ T = TypeVar("T")
 
 class SchemaAccess:
     """The schema service of one server and how its failures read: created with the server, closed by the
-    server's lifespan (`close`)."""
+    server's lifespan (`close`). `service`: one the server's owner already made and closes (the Matrix
+    server's App); else its own."""
 
-    def __init__(self, url_provider: Callable[[], str]) -> None:
+    def __init__(self, url_provider: Callable[[], str], service: SchemaService | None = None) -> None:
         self.url_provider = url_provider
-        self.service = SchemaService(url_provider)
+        self.service = service or SchemaService(url_provider)
 
     async def close(self) -> None:
         await self.service.close()
