@@ -186,6 +186,17 @@ class Tracking(EngineCore):
         run_id = (await self.run_info(run)).id if run is not None else None
         return await self.store.package_summary(self._name(package, "package"), run_id=run_id)
 
+    async def package_summaries(self, run: str) -> list[PackageSummary]:
+        """Every package of a run with its counts, averages and duration percentiles, in plan order.
+
+        Args:
+            run: the run's name or id.
+
+        Raises:
+            NotFound: no such run.
+        """
+        return await self.store.package_summaries((await self.run_info(run)).id)
+
     async def system_metrics(self, run: str | None = None) -> SystemMetrics:
         """Counts and generation times across every run, or one.
 

@@ -142,10 +142,7 @@ class ServerState:
             if not run:
                 return types.Completion(values=[])
             try:
-                names = [
-                    p.package
-                    for p in await engine.store.package_summaries((await engine.run_info(ref=run)).id)
-                ]
+                names = [p.package for p in await engine.package_summaries(run)]
             except StoreError:
                 return types.Completion(values=[])
         else:
