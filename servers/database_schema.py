@@ -32,7 +32,7 @@ from matrix_mcp.config import (
     url_from_parts,
 )
 from matrix_mcp.mcp.tools.schema import SPECS, SchemaAccess, add_schema_templates, schema_resources
-from matrix_mcp.sdk_compat import ToolServer, build_tools
+from matrix_mcp.sdk.compat import ToolServer, build_tools
 
 if TYPE_CHECKING:
     import argparse

@@ -349,7 +349,7 @@ async def test_bad_resource_uris_answer_protocol_codes_naming_the_problem(
 
 
 def test_packaging_pins_the_sdk_minor_and_uses_an_spdx_license() -> None:
-    """sdk_private reaches into mcp 2.3 internals: the dependency stays on the tested minor. The license is
+    """sdk/private.py reaches into mcp 2.3 internals: the dependency stays on the tested minor. The license is
     the SPDX string (the TOML-table form is deprecated; setuptools ≥ 77 reads the string)."""
     import importlib.metadata
     import tomllib

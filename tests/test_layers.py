@@ -17,7 +17,7 @@ and any layer below it:
 6. store/, schema/
 7. rules.py, artifacts.py, config.py
 8. errors.py, models.py, audit.py, telemetry.py, tracing.py (spans, below everything that makes one),
-   sdk_compat.py and sdk_private.py (the SDK adapter), __init__ (the version)
+   sdk/ (the SDK adapter), __init__ (the version)
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("matrix_mcp.audit", 8),
     ("matrix_mcp.telemetry", 8),
     ("matrix_mcp.tracing", 8),
-    ("matrix_mcp.sdk_compat", 8),
-    ("matrix_mcp.sdk_private", 8),
     ("matrix_mcp.sdk", 8),
     ("matrix_mcp", 8),  # the package's own __init__: its version
 )

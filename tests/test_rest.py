@@ -18,7 +18,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.http.app import max_body_bytes
 from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import TOOL_SCOPES
-from matrix_mcp.sdk_compat import ToolServer
+from matrix_mcp.sdk.compat import ToolServer
 from tests.conftest import assert_consistent
 from tests.http_helpers import client, create_key, serving
 

@@ -14,11 +14,11 @@ import pytest
 from mcp.client import Client
 from mcp.server.mcpserver.tools import Tool
 
-from matrix_mcp import sdk_compat
 from matrix_mcp.config import Settings
 from matrix_mcp.mcp.server import create_server
 from matrix_mcp.models import Outcome, RunStatus
-from matrix_mcp.sdk_compat import compact_schema, inline_refs
+from matrix_mcp.sdk import compat as sdk_compat
+from matrix_mcp.sdk.compat import compact_schema, inline_refs
 from servers.database_schema import build_server
 
 pytestmark = pytest.mark.anyio

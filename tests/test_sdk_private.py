@@ -1,4 +1,4 @@
-"""One test per use of mcp internals (matrix_mcp.sdk_private): each fails when the SDK changes what we rely on."""
+"""One test per use of mcp internals (matrix_mcp.sdk.private): each fails when the SDK changes what we rely on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from mcp.client import Client
 from mcp.server import MCPServer
 
-from matrix_mcp.sdk_private import serve_legacy_subscriptions
+from matrix_mcp.sdk.private import serve_legacy_subscriptions
 
 # resources/subscribe and ping are the handshake era's, deprecated by the SDK for the modern one: that is the point
 pytestmark = [

@@ -206,7 +206,7 @@ def _error_response(text: str) -> dict[str, Any]:
 def document(mcp: MCPServer[Any], limits: Limits | None = None) -> dict[str, Any]:
     """The REST API's OpenAPI document: the endpoints of `mcp`'s tools, with the bounds of `limits` (the
     server's settings; the defaults when not given)."""
-    from matrix_mcp.sdk_compat import ToolServer
+    from matrix_mcp.sdk.compat import ToolServer
 
     if not isinstance(mcp, ToolServer):
         raise TypeError("the REST API's document describes a server built from a ToolSet")

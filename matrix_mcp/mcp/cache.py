@@ -1,5 +1,5 @@
 """`python -m matrix_mcp.mcp.cache`: write the tool definition cache of both servers ahead of time (in a
-container image, say), so that their first start builds no tool the SDK's way (`sdk_compat.build_tools`)."""
+container image, say), so that their first start builds no tool the SDK's way (`sdk.compat.build_tools`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from matrix_mcp.mcp import registry
 from matrix_mcp.mcp.tools import schema
-from matrix_mcp.sdk_compat import write_cache
+from matrix_mcp.sdk.compat import write_cache
 
 
 def warm_cache() -> None:

@@ -4,7 +4,7 @@
   server's subscription bus, which filters per stream.
 - Legacy era (2025-11-25 and earlier): `resources/subscribe` / `resources/unsubscribe` are not served by
   `MCPServer`, so we register handlers on its low-level server (private API of mcp 2.3, kept in
-  `sdk_private`) and send `notifications/resources/updated` on each subscribed connection.
+  `sdk.private`) and send `notifications/resources/updated` on each subscribed connection.
 
 A watcher task follows the store's event log, so changes made by *other* server processes on the same
 database (the usual case: each worker agent runs its own server) are notified too.
@@ -89,7 +89,7 @@ class LegacySubscriptions:
         return sum(len(s) for s in self._by_uri.values())
 
     def install(self, server: MCPServer[Any]) -> None:
-        from matrix_mcp.sdk_private import serve_legacy_subscriptions
+        from matrix_mcp.sdk.private import serve_legacy_subscriptions
 
         serve_legacy_subscriptions(server, self.subscribe, self.unsubscribe)
 

@@ -31,7 +31,7 @@ from matrix_mcp.mcp.resources import CONTENT_TEMPLATE, add_templates, outcome_co
 from matrix_mcp.mcp.state import ServerState
 from matrix_mcp.mcp.tools.schema import SchemaAccess
 from matrix_mcp.mcp.toolsets import in_toolset
-from matrix_mcp.sdk_compat import ToolServer, build_tools
+from matrix_mcp.sdk.compat import ToolServer, build_tools
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import TokenVerifier

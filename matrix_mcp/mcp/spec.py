@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from matrix_mcp.config import Toolset
-from matrix_mcp.sdk_compat import PAGE_BOUND, PAGE_BOUND_UNADVERTISED
-from matrix_mcp.sdk_compat import ToolSpec as SdkToolSpec
+from matrix_mcp.sdk.compat import PAGE_BOUND, PAGE_BOUND_UNADVERTISED
+from matrix_mcp.sdk.compat import ToolSpec as SdkToolSpec
 
 Scope = Literal["matrix:read", "matrix:work", "matrix:plan", "matrix:admin"]
 READ: Scope = "matrix:read"
@@ -62,7 +62,7 @@ class Endpoint:
 class ToolSpec(SdkToolSpec):
     """A tool function and all its facts. `scope`: what an HTTP caller needs to see and call it. `toolsets`:
     the narrower `--toolset`s listing it (every tool is in `all`). `rest`: its REST endpoint, if any. The SDK
-    side (`annotations`, `null_free`, `meta`) is `sdk_compat.ToolSpec`'s."""
+    side (`annotations`, `null_free`, `meta`) is `sdk.compat.ToolSpec`'s."""
 
     scope: Scope
     toolsets: frozenset[Toolset] = frozenset()

@@ -29,7 +29,7 @@ from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.mcp.notify import CountingBus, LegacySubscriptions, Notifier
 from matrix_mcp.mcp.tools.schema import SchemaAccess
-from matrix_mcp.sdk_compat import ModelResult
+from matrix_mcp.sdk.compat import ModelResult
 
 if TYPE_CHECKING:
     from matrix_mcp.integrations.service import Hooks

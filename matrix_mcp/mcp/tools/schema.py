@@ -34,7 +34,7 @@ from matrix_mcp.schema.model import (
 )
 from matrix_mcp.schema.relationships import Relationship
 from matrix_mcp.schema.service import LookupError_, SchemaService
-from matrix_mcp.sdk_compat import PAGE_BOUND
+from matrix_mcp.sdk.compat import PAGE_BOUND
 from matrix_mcp.store.rows import cursor_payload, cursor_text
 
 log = logging.getLogger("matrix_mcp.schema")

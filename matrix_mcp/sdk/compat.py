@@ -10,7 +10,7 @@
 - `ToolServer`: an `MCPServer` whose `call_tool` (what `tools/call` and the REST API both reach) refuses lone
   surrogates and page sizes above the configured bound with one line naming the field.
 
-What still needs mcp internals is in `matrix_mcp.sdk_private`, and nowhere else.
+What still needs mcp internals is in `matrix_mcp.sdk.private`, and nowhere else.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ that fails when the SDK changes it.
    a subscription belongs to (and what `send_resource_updated` is sent on for as long as it is open).
 
 Everything else (tools, argument checks, resources with their own mime type, prompt errors) goes through public
-API: see `sdk_compat` and `server`.
+API: see `sdk.compat` and `mcp.server`.
 """
 
 from __future__ import annotations

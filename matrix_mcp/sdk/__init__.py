@@ -1,0 +1,6 @@
+"""The adapter to the MCP SDK, below everything else of the project.
+
+- `compat`: tool definitions built with the SDK's public API, their cache, and the checks every tool call
+  passes (`ToolServer`).
+- `private`: every use of the SDK's internals, each pinned by a test (tests/test_sdk_private.py).
+"""
