@@ -5,14 +5,19 @@ rounds; prints the median ms per item of each. Run it from two checkouts back to
 
     python bench/bench_engine_loop.py [--items 2000] [--rounds 4] [--backend sqlite|postgres]
 
-`--tracing [--pairs 4]`: tracing on against off, side by side. Each pair runs the loop twice, each in a
-fresh process (a process has one tracer provider), back to back, alternating which goes first: once with
-no OTEL_* variable (the spans are the OpenTelemetry API's no-ops) and once with
-OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local OTLP/HTTP receiver (tests/otlp_receiver.py, in this
-process), i.e. the real BatchSpanProcessor + OTLP/HTTP protobuf exporter. Prints every pair, the on/off
-ratio per pair and the median ratio, and checks the receiver got every span.
+`--tracing [--pairs 4] [--variant …]`: tracing off against one or more ways of having it on, in rounds. Each
+round runs the loop once per side, each in a fresh process (a process has one tracer provider), back to
+back, the order rotating from round to round so that the machine's load falls on every side alike. Off:
+no OTEL_* variable (the spans are the OpenTelemetry API's no-ops). On: OTEL_EXPORTER_OTLP_ENDPOINT
+pointing at a local OTLP/HTTP receiver (tests/otlp_receiver.py, in this process), i.e. the real
+BatchSpanProcessor + OTLP/HTTP protobuf exporter, plus the variant's own variables. A variant is
+`NAME[@TREE][:VAR=VALUE,…]`: TREE is another checkout (e.g. main's) whose code that side runs. Without
+--variant: `default` (the shipped default sampler) and `always-on` (OTEL_TRACES_SAMPLER=parentbased_always_on,
+every span kept). Prints every round, the on/off ratio of each variant per round and the median, the CPU
+ratio, the load average, and the spans the receiver got per variant.
 
     python bench/bench_engine_loop.py --tracing --backend sqlite --items 500 --rounds 3 --pairs 4
+    python bench/bench_engine_loop.py --tracing --variant main@/work/main --variant default
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ CONTENT_4K = ("x" * 63 + "\n") * 64
 KINDS = ("4 KiB content", "no content")
 DEFAULT_PG = os.environ.get("MATRIX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 WARM_UP = 50
+DEFAULT_VARIANTS = ["default", "always-on:OTEL_TRACES_SAMPLER=parentbased_always_on"]
 
 
 async def loop(
@@ -113,55 +119,103 @@ async def child(args: argparse.Namespace) -> None:
     print(json.dumps(found))
 
 
-def run_side(args: argparse.Namespace, tmp: str, endpoint: str | None) -> dict[str, float]:
+class Side:
+    """One side of a round: tracing off, or on with `env` added, running `tree`'s code."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.env: dict[str, str] = {}
+        self.tree = Path(__file__).resolve().parent.parent
+        if spec is None:
+            self.name, self.on = "off", False
+            return
+        self.on = True
+        head, _, variables = spec.partition(":")
+        self.name, _, tree = head.partition("@")
+        if tree:
+            self.tree = Path(tree).resolve()
+        for pair in filter(None, variables.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                sys.exit(f"--variant {spec}: {pair!r} is not VAR=VALUE")
+            self.env[key] = value
+        self.env["OTEL_SERVICE_NAME"] = f"bench-{self.name}"
+
+
+def run_side(args: argparse.Namespace, tmp: str, side: Side, endpoint: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    if endpoint is not None:
+    if side.on:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-        env.update(dict(v.split("=", 1) for v in args.on_env))
+        env.update(side.env)
+    env["PYTHONPATH"] = str(side.tree)
     with database(args.backend, tmp, args.database_url) as url:
-        argv = [sys.executable, __file__, "--child", "--database-url", url]
-        argv += ["--artifacts", str(Path(tmp) / uuid.uuid4().hex[:8]), "--items", str(args.items)]
-        argv += ["--rounds", str(args.rounds)]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        argv = [sys.executable, str(side.tree / "bench" / "bench_engine_loop.py"), "--child"]
+        argv += ["--database-url", url, "--artifacts", str(Path(tmp) / uuid.uuid4().hex[:8])]
+        argv += ["--items", str(args.items), "--rounds", str(args.rounds)]
+        done = subprocess.run(argv, env=env, cwd=side.tree, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        sys.exit(f"bench child failed:\n{done.stderr}")
+        sys.exit(f"bench child ({side.name}) failed:\n{done.stderr}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def pairs(args: argparse.Namespace) -> None:
     from tests.otlp_receiver import OTLPReceiver
 
-    ratios: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    cpu_ratios: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    variants = [Side(v) for v in args.variant or DEFAULT_VARIANTS]
+    sides = [Side(None), *variants]
+    ratios: dict[tuple[str, str], list[float]] = {(v.name, kind): [] for v in variants for kind in KINDS}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {(v.name, kind): [] for v in variants for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp, OTLPReceiver(decode_now=False) as receiver:
-        extra = f" ({' '.join(args.on_env)})" if args.on_env else ""
         print(
             f"{args.backend}: claim+complete in process, {args.items} items x {args.rounds} rounds per kind,"
-            f" median ms/item per side; tracing on = OTLP/HTTP to a receiver on 127.0.0.1{extra}"
+            f" median ms/item per side; tracing on = OTLP/HTTP to a receiver on 127.0.0.1; variants: "
+            + "; ".join(
+                f"{v.name} ({v.tree}{' ' if v.env else ''}{' '.join(f'{k}={x}' for k, x in v.env.items() if k != 'OTEL_SERVICE_NAME')})"
+                for v in variants
+            )
+            + f"; load average {load()}",
+            flush=True,
         )
         for n in range(args.pairs):
-            order = ("off", "on") if n % 2 == 0 else ("on", "off")
-            got = {side: run_side(args, tmp, receiver.endpoint if side == "on" else None) for side in order}
+            shift = n % len(sides)
+            order = sides[shift:] + sides[:shift]
+            got = {side.name: run_side(args, tmp, side, receiver.endpoint) for side in order}
+            off = got["off"]
             cells = []
             for kind in KINDS:
-                ratio = got["on"][kind] / got["off"][kind]
-                ratios[kind].append(ratio)
-                cpu_ratio = got["on"][f"cpu {kind}"] / got["off"][f"cpu {kind}"]
-                cpu_ratios[kind].append(cpu_ratio)
-                cells.append(
-                    f"{kind}: off {got['off'][kind]:.3f} on {got['on'][kind]:.3f} ({ratio:.3f}x;"
-                    f" CPU {got['off'][f'cpu {kind}']:.3f} vs {got['on'][f'cpu {kind}']:.3f}, {cpu_ratio:.3f}x)"
-                )
-            print(f"pair {n + 1} ({' then '.join(order)}): " + "; ".join(cells), flush=True)
-        spans = len(receiver.spans())
-    expected = args.pairs * (2 * (2 * args.rounds * args.items + WARM_UP) + 1)  # claims, completes, the plan
-    for kind in KINDS:
-        values = ", ".join(f"{r:.3f}" for r in ratios[kind])
-        print(f"{kind}: on/off median {statistics.median(ratios[kind]):.3f}x (pairs: {values})")
-        cpu_values = ", ".join(f"{r:.3f}" for r in cpu_ratios[kind])
-        print(f"{kind}: CPU on/off median {statistics.median(cpu_ratios[kind]):.3f}x (pairs: {cpu_values})")
-    print(f"spans received: {spans} of {expected}")
+                line = [f"{kind}: off {off[kind]:.3f} (CPU {off[f'cpu {kind}']:.3f})"]
+                for v in variants:
+                    on = got[v.name]
+                    ratio, cpu_ratio = on[kind] / off[kind], on[f"cpu {kind}"] / off[f"cpu {kind}"]
+                    ratios[(v.name, kind)].append(ratio)
+                    cpu_ratios[(v.name, kind)].append(cpu_ratio)
+                    line.append(
+                        f"{v.name} {on[kind]:.3f} ({ratio:.3f}x; CPU {on[f'cpu {kind}']:.3f}, {cpu_ratio:.3f}x)"
+                    )
+                cells.append(", ".join(line))
+            print(
+                f"round {n + 1} ({' then '.join(s.name for s in order)}; load {load()}): " + "; ".join(cells),
+                flush=True,
+            )
+        received = receiver.spans()
+    per_loop = 2 * (2 * args.rounds * args.items + WARM_UP) + 1  # claims, completes, the plan
+    for v in variants:
+        for kind in KINDS:
+            values = ", ".join(f"{r:.3f}" for r in ratios[(v.name, kind)])
+            cpu_values = ", ".join(f"{r:.3f}" for r in cpu_ratios[(v.name, kind)])
+            print(
+                f"{v.name}, {kind}: on/off median {statistics.median(ratios[(v.name, kind)]):.3f}x ({values});"
+                f" CPU median {statistics.median(cpu_ratios[(v.name, kind)]):.3f}x ({cpu_values})"
+            )
+        kept = sum(1 for s in received if s.service == f"bench-{v.name}")
+        print(
+            f"{v.name}: spans received {kept} of {args.pairs * per_loop} made ({kept / (args.pairs * per_loop):.1%})"
+        )
+    print(f"load average at the end {load()}")
 
 
 async def main() -> None:
@@ -172,10 +226,13 @@ async def main() -> None:
     ap.add_argument(
         "--database-url", default=DEFAULT_PG, help="PostgreSQL: where to create the bench database"
     )
-    ap.add_argument("--tracing", action="store_true", help="tracing on vs off, in pairs of processes")
-    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--tracing", action="store_true", help="tracing off vs on, in rounds of processes")
+    ap.add_argument("--pairs", type=int, default=4, help="rounds (each runs every side once)")
     ap.add_argument(
-        "--on-env", action="append", default=[], metavar="VAR=VALUE", help="more OTEL_* for the tracing side"
+        "--variant",
+        action="append",
+        metavar="NAME[@TREE][:VAR=VALUE,...]",
+        help="a tracing-on side (repeatable); default: `default` and `always-on`",
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--artifacts", help=argparse.SUPPRESS)

@@ -59,6 +59,7 @@ def exporting(receiver: OTLPReceiver) -> Iterator[tracing.Tracing]:
         mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         mp.setenv("OTEL_SERVICE_NAME", "matrix-mcp-tests")
         mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+        mp.setenv("OTEL_TRACES_SAMPLER_ARG", "1")  # the default sampler, keeping every trace begun here
         started = tracing.start()
     assert started is not None
     yield started
@@ -447,3 +448,64 @@ def test_configured_honours_the_standard_off_switches() -> None:
         tracing.endpoint_host("https://user:pw@hooks.example.test:8443/T0/B1/secret?token=x")
         == "hooks.example.test"
     )
+
+
+def test_the_default_sampler_follows_the_caller_and_keeps_a_share_of_request_roots() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    assert tracing.default_sampler({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}) == (None, None)
+    assert tracing.default_sampler({})[1] == tracing.DEFAULT_RATIO == 0.1
+    with pytest.raises(ValueError, match=r"^OTEL_TRACES_SAMPLER_ARG=ten: must be a sampling ratio"):
+        tracing.default_sampler({"OTEL_TRACES_SAMPLER_ARG": "ten"})
+    with pytest.raises(ValueError, match=r"^OTEL_TRACES_SAMPLER_ARG=1.5: "):
+        tracing.default_sampler({"OTEL_TRACES_SAMPLER_ARG": "1.5"})
+    sampler, ratio = tracing.default_sampler({"OTEL_TRACES_SAMPLER_ARG": "0"})
+    assert sampler is not None and ratio == 0.0
+    trace_id = int(secrets.token_hex(16), 16)
+
+    def kept(name: str, parent_flags: int | None = None) -> bool:
+        context = None
+        if parent_flags is not None:
+            parent = trace.SpanContext(
+                trace_id, 7, is_remote=True, trace_flags=trace.TraceFlags(parent_flags)
+            )
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        return sampler.should_sample(context, trace_id, name).decision == Decision.RECORD_AND_SAMPLE
+
+    assert not kept("tools/call claim_items")  # a request begun here: at the ratio (0 here)
+    assert all(kept(name) for name in ("matrix.plan", "matrix.deliver", "matrix.work.item"))
+    assert kept("tools/call claim_items", parent_flags=1)  # the caller's decision, both ways
+    assert not kept("matrix.work.item", parent_flags=0)
+
+
+async def test_the_engine_spans_follow_their_parent_and_the_ratio_without_one(
+    engine: Engine, exporting: tracing.Tracing, receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracing, "_hot_ratio", 0.0)  # the default sampler at ratio 0: roots dropped
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(int(secrets.token_hex(16), 16), 7, is_remote=True, trace_flags=trace.TraceFlags(0))
+    )
+    tracer = trace.get_tracer("tests")
+    runs = {"no-parent": None, "unsampled-parent": unsampled, "sampled-parent": "root"}
+    for run, parent in runs.items():
+        await engine.plan_run(run, packages=[PackageSpec(name="p", items=["a"])])
+        context = (
+            trace.use_span(unsampled)
+            if parent is unsampled
+            else tracer.start_as_current_span("orchestrator")
+            if parent
+            else contextlib.nullcontext()
+        )
+        with context:
+            item = (await engine.claim_items(run, worker="w")).items[0]
+            await engine.complete_item(item.outcome_id, lease_token=item.lease_token)
+    exporting.flush()
+    spans = receiver.wait_for(
+        lambda s: sum(x.attributes.get("matrix.run") == "sampled-parent" for x in s) >= 3
+    )
+    engine_spans = {
+        (x.attributes["matrix.run"], x.name)
+        for x in spans
+        if x.name in ("matrix.claim", "matrix.complete") and x.attributes.get("matrix.run") in runs
+    }
+    assert engine_spans == {("sampled-parent", "matrix.claim"), ("sampled-parent", "matrix.complete")}
