@@ -5,19 +5,21 @@ rounds; prints the median ms per item of each. Run it from two checkouts back to
 
     python bench/bench_engine_loop.py [--items 2000] [--rounds 4] [--backend sqlite|postgres]
 
-`--tracing [--pairs 4] [--variant …]`: tracing off against one or more ways of having it on, in rounds. Each
-round runs the loop once per side, each in a fresh process (a process has one tracer provider), back to
-back, the order rotating from round to round so that the machine's load falls on every side alike. Off:
-no OTEL_* variable (the spans are the OpenTelemetry API's no-ops). On: OTEL_EXPORTER_OTLP_ENDPOINT
-pointing at a local OTLP/HTTP receiver (tests/otlp_receiver.py, in this process), i.e. the real
-BatchSpanProcessor + OTLP/HTTP protobuf exporter, plus the variant's own variables. A variant is
-`NAME[@TREE][:VAR=VALUE,…]`: TREE is another checkout (e.g. main's) whose code that side runs. Without
---variant: `default` (the shipped default sampler) and `always-on` (OTEL_TRACES_SAMPLER=parentbased_always_on,
-every span kept). Prints every round, the on/off ratio of each variant per round and the median, the CPU
-ratio, the load average, and the spans the receiver got per variant.
+`--tracing [--rounds 10] [--variant …]`: tracing off against one or more ways of having it on, in lock
+step. Every side is its own process (a process has one tracer provider), started once: it opens a store,
+plans the run and warms up, then waits. The bench then hands out chunks of `--items` claim+completes, one
+side at a time, each kind in turn, the order of the sides rotating from chunk to chunk: the machine's load
+falls on every side alike, and a ratio is taken between chunks run seconds apart. Off: no OTEL_* variable
+(the spans are the OpenTelemetry API's no-ops). On: OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local
+OTLP/HTTP receiver (tests/otlp_receiver.py, in this process), i.e. the real BatchSpanProcessor + OTLP/HTTP
+protobuf exporter, plus the variant's own variables. A variant is `NAME[@TREE][:VAR=VALUE,…]`: TREE is
+another checkout (e.g. main's) whose `matrix_mcp` that side imports. Without --variant: `default` (the
+shipped default sampler) and `always-on` (OTEL_TRACES_SAMPLER=parentbased_always_on, every span kept).
+Prints every round (wall and CPU ms per item, every thread of the side's process), the on/off ratio of
+each variant per round and the medians, the load average, and the spans the receiver got per variant.
 
-    python bench/bench_engine_loop.py --tracing --backend sqlite --items 500 --rounds 3 --pairs 4
-    python bench/bench_engine_loop.py --tracing --variant main@/work/main --variant default
+    python bench/bench_engine_loop.py --tracing --backend sqlite --items 200 --rounds 10
+    python bench/bench_engine_loop.py --tracing --backend postgres --variant main@/path/to/main --variant default
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import anyio
 
+# a --tracing side may run another checkout's code (MATRIX_BENCH_TREE); the bench's own helpers come from here
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if os.environ.get("MATRIX_BENCH_TREE"):
+    sys.path.insert(0, os.environ["MATRIX_BENCH_TREE"])
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
@@ -106,25 +111,47 @@ def database(backend: str, tmp: str, base_url: str) -> Iterator[str]:
 
 
 async def child(args: argparse.Namespace) -> None:
-    """One side of a pair, in its own process: tracing as the environment says, like `matrix-mcp`."""
+    """One side, in its own process, tracing as the environment says (like `matrix-mcp`): plans and warms
+    up, prints `ready`, then runs a chunk of `--items` of the kind each line of stdin names (its index in
+    KINDS) and prints the chunk's wall and CPU ms per item, as JSON, until stdin closes."""
     from matrix_mcp import tracing
 
     exporting = tracing.start()
-    cpu: dict[str, list[float]] = {}
-    per = await loop(args.database_url, Path(args.artifacts), args.items, args.rounds, cpu)
-    if exporting is not None:
-        exporting.shutdown()  # outside the timed loop: sends what is still queued
-    found = {kind: statistics.median(values) for kind, values in per.items()}
-    found.update({f"cpu {kind}": statistics.median(values) for kind, values in cpu.items()})
-    print(json.dumps(found))
+    settings = Settings(database_url=args.database_url, artifacts_dir=Path(args.artifacts))
+    engine = await Engine.open(settings)
+    try:
+        names = [f"i{k}" for k in range(args.chunks * args.items + WARM_UP)]
+        await engine.plan_run("bench", packages=[PackageSpec(name="p", items=names)])
+
+        async def one(content: str | None) -> None:
+            item = (await engine.claim_items("bench", worker="w")).items[0]
+            await engine.complete_item(
+                item.outcome_id, lease_token=item.lease_token, metrics={"lines_generated": 1}, content=content
+            )
+
+        for _ in range(WARM_UP):
+            await one(CONTENT_4K)
+        print(f"ready {Path(tracing.__file__).parent.parent}", flush=True)  # the tree it runs
+        while line := await anyio.to_thread.run_sync(sys.stdin.readline):
+            content = (CONTENT_4K, None)[int(line)]
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.items):
+                await one(content)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(json.dumps({"ms": wall / args.items * 1000, "cpu": cpu / args.items * 1000}), flush=True)
+    finally:
+        await engine.close()
+        if exporting is not None:
+            exporting.shutdown()  # outside the timed chunks: sends what is still queued
 
 
 class Side:
-    """One side of a round: tracing off, or on with `env` added, running `tree`'s code."""
+    """A tracing-off side, or a tracing-on variant with `env` added, running `tree`'s code."""
 
     def __init__(self, spec: str | None) -> None:
         self.env: dict[str, str] = {}
         self.tree = Path(__file__).resolve().parent.parent
+        self.process: subprocess.Popen[str] | None = None
         if spec is None:
             self.name, self.on = "off", False
             return
@@ -140,69 +167,95 @@ class Side:
             self.env[key] = value
         self.env["OTEL_SERVICE_NAME"] = f"bench-{self.name}"
 
+    def describe(self) -> str:
+        shown = " ".join(f"{k}={v}" for k, v in self.env.items() if k != "OTEL_SERVICE_NAME")
+        return f"{self.name} ({self.tree}{' ' + shown if shown else ''})"
 
-def run_side(args: argparse.Namespace, tmp: str, side: Side, endpoint: str) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    if side.on:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-        env.update(side.env)
-    env["PYTHONPATH"] = str(side.tree)
-    with database(args.backend, tmp, args.database_url) as url:
-        argv = [sys.executable, str(side.tree / "bench" / "bench_engine_loop.py"), "--child"]
-        argv += ["--database-url", url, "--artifacts", str(Path(tmp) / uuid.uuid4().hex[:8])]
-        argv += ["--items", str(args.items), "--rounds", str(args.rounds)]
-        done = subprocess.run(argv, env=env, cwd=side.tree, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"bench child ({side.name}) failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    def start(self, args: argparse.Namespace, url: str, artifacts: Path, endpoint: str, chunks: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        if self.on:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+            env.update(self.env)
+        env["MATRIX_BENCH_TREE"] = str(self.tree)
+        argv = [sys.executable, __file__, "--child", "--database-url", url, "--artifacts", str(artifacts)]
+        argv += ["--items", str(args.items), "--chunks", str(chunks)]
+        self.process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._read()
+
+    def _read(self) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"bench side {self.name} exited {self.process.wait()} (its stderr is above)")
+        return line
+
+    def chunk(self, kind: int) -> dict[str, float]:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(f"{kind}\n")
+        self.process.stdin.flush()
+        result: dict[str, float] = json.loads(self._read())
+        return result
+
+    def stop(self) -> None:
+        if self.process is not None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=120)
 
 
 def load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def pairs(args: argparse.Namespace) -> None:
+def lock_step(args: argparse.Namespace) -> None:
     from tests.otlp_receiver import OTLPReceiver
 
     variants = [Side(v) for v in args.variant or DEFAULT_VARIANTS]
     sides = [Side(None), *variants]
-    ratios: dict[tuple[str, str], list[float]] = {(v.name, kind): [] for v in variants for kind in KINDS}
-    cpu_ratios: dict[tuple[str, str], list[float]] = {(v.name, kind): [] for v in variants for kind in KINDS}
-    with tempfile.TemporaryDirectory() as tmp, OTLPReceiver(decode_now=False) as receiver:
+    per_kind = len(sides)
+    ratios: dict[tuple[str, str], list[float]] = {(v.name, k): [] for v in variants for k in KINDS}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {(v.name, k): [] for v in variants for k in KINDS}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        OTLPReceiver(decode_now=False) as receiver,
+        ExitStack() as stack,
+    ):
         print(
-            f"{args.backend}: claim+complete in process, {args.items} items x {args.rounds} rounds per kind,"
-            f" median ms/item per side; tracing on = OTLP/HTTP to a receiver on 127.0.0.1; variants: "
-            + "; ".join(
-                f"{v.name} ({v.tree}{' ' if v.env else ''}{' '.join(f'{k}={x}' for k, x in v.env.items() if k != 'OTEL_SERVICE_NAME')})"
-                for v in variants
-            )
-            + f"; load average {load()}",
+            f"{args.backend}: claim+complete in process, chunks of {args.items} items, {args.rounds} rounds"
+            f" x {len(KINDS)} kinds x {per_kind} sides in lock step; tracing on = OTLP/HTTP to a receiver on"
+            f" 127.0.0.1; variants: {'; '.join(v.describe() for v in variants)}; load average {load()}",
             flush=True,
         )
-        for n in range(args.pairs):
-            shift = n % len(sides)
-            order = sides[shift:] + sides[:shift]
-            got = {side.name: run_side(args, tmp, side, receiver.endpoint) for side in order}
-            off = got["off"]
-            cells = []
-            for kind in KINDS:
-                line = [f"{kind}: off {off[kind]:.3f} (CPU {off[f'cpu {kind}']:.3f})"]
-                for v in variants:
-                    on = got[v.name]
-                    ratio, cpu_ratio = on[kind] / off[kind], on[f"cpu {kind}"] / off[f"cpu {kind}"]
-                    ratios[(v.name, kind)].append(ratio)
-                    cpu_ratios[(v.name, kind)].append(cpu_ratio)
-                    line.append(
-                        f"{v.name} {on[kind]:.3f} ({ratio:.3f}x; CPU {on[f'cpu {kind}']:.3f}, {cpu_ratio:.3f}x)"
-                    )
-                cells.append(", ".join(line))
-            print(
-                f"round {n + 1} ({' then '.join(s.name for s in order)}; load {load()}): " + "; ".join(cells),
-                flush=True,
-            )
+        try:
+            for side in sides:
+                url = stack.enter_context(database(args.backend, tmp, args.database_url))
+                side.start(args, url, Path(tmp) / uuid.uuid4().hex[:8], receiver.endpoint, args.rounds * 2)
+            turn = 0
+            for n in range(args.rounds):
+                cells = []
+                for k, kind in enumerate(KINDS):
+                    order = sides[turn % per_kind :] + sides[: turn % per_kind]
+                    turn += 1
+                    got = {side.name: side.chunk(k) for side in order}
+                    off = got["off"]
+                    line = [f"{kind}: off {off['ms']:.3f} (CPU {off['cpu']:.3f})"]
+                    for v in variants:
+                        on = got[v.name]
+                        ratio, cpu_ratio = on["ms"] / off["ms"], on["cpu"] / off["cpu"]
+                        ratios[(v.name, kind)].append(ratio)
+                        cpu_ratios[(v.name, kind)].append(cpu_ratio)
+                        line.append(
+                            f"{v.name} {on['ms']:.3f} ({ratio:.3f}x; CPU {on['cpu']:.3f}, {cpu_ratio:.3f}x)"
+                        )
+                    cells.append(", ".join(line))
+                print(f"round {n + 1} (load {load()}): " + "; ".join(cells), flush=True)
+        finally:
+            for side in sides:
+                side.stop()
         received = receiver.spans()
-    per_loop = 2 * (2 * args.rounds * args.items + WARM_UP) + 1  # claims, completes, the plan
+    made = 2 * (args.rounds * 2 * args.items + WARM_UP) + 1  # claims, completes, the plan
     for v in variants:
         for kind in KINDS:
             values = ", ".join(f"{r:.3f}" for r in ratios[(v.name, kind)])
@@ -212,9 +265,7 @@ def pairs(args: argparse.Namespace) -> None:
                 f" CPU median {statistics.median(cpu_ratios[(v.name, kind)]):.3f}x ({cpu_values})"
             )
         kept = sum(1 for s in received if s.service == f"bench-{v.name}")
-        print(
-            f"{v.name}: spans received {kept} of {args.pairs * per_loop} made ({kept / (args.pairs * per_loop):.1%})"
-        )
+        print(f"{v.name}: spans received {kept} of {made} made ({kept / made:.1%})")
     print(f"load average at the end {load()}")
 
 
@@ -226,8 +277,7 @@ async def main() -> None:
     ap.add_argument(
         "--database-url", default=DEFAULT_PG, help="PostgreSQL: where to create the bench database"
     )
-    ap.add_argument("--tracing", action="store_true", help="tracing off vs on, in rounds of processes")
-    ap.add_argument("--pairs", type=int, default=4, help="rounds (each runs every side once)")
+    ap.add_argument("--tracing", action="store_true", help="tracing off vs on, in lock step (see above)")
     ap.add_argument(
         "--variant",
         action="append",
@@ -235,13 +285,14 @@ async def main() -> None:
         help="a tracing-on side (repeatable); default: `default` and `always-on`",
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--chunks", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--artifacts", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         await child(args)
         return
     if args.tracing:
-        pairs(args)
+        lock_step(args)
         return
     with tempfile.TemporaryDirectory() as tmp, database(args.backend, tmp, args.database_url) as url:
         per = await loop(url, Path(tmp) / "artifacts", args.items, args.rounds)
