@@ -1,15 +1,23 @@
-"""The container image's figures: its size, and cold start to /healthz.
+"""The container image's figures: its size, and cold start to /healthz; and the same start on the host.
 
 Cold start: from `podman run -d` of the default command (the team service, with an API key in its volume so it
 starts authenticated) until `GET /healthz` answers 200 on the published port, polled every 10 ms; a new
-container each run, medians over the runs. Beside it, to show where the time goes: `podman run --rm IMAGE true`
-(the runtime's own cost), the same importing the serve path, and that import on the host (Python's share). Size: what `podman image inspect` reports, and the layer this
-project adds (the virtualenv) apart from the base.
+container each run, medians over the runs. The split printed beside it: when `podman run -d` returned (the
+container created and its process started), `podman run --rm IMAGE true` (the runtime's own cost), the same
+importing the serve path, that import on the host, and the host's own start to /healthz (below). Size: what
+`podman image inspect` reports, and the layer this project adds (the virtualenv) apart from the base.
 
     python bench/bench_container.py [--image localhost/matrix-mcp:test] [--runs 7]
 
 Without --image it builds the image the way tests/test_container.py does (a local Debian base from
 mmdebstrap, cached under /var/cache/matrix-mcp-test/; no image registry is needed).
+
+`--host`: no podman. `matrix-mcp serve --transport streamable-http` on 127.0.0.1, authenticated by an API
+key in a fresh store, from process start to the first 200 from /healthz, for each --tree (a checkout; the
+default is this one), the trees interleaved run by run so that load falls on each alike; with the split:
+the interpreter alone (`python -c pass`), importing the serve path, and the service's own start (the rest).
+
+    python bench/bench_container.py --host --runs 10 --tree /path/to/main --tree .
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from tests import container_helpers as ch
 from tests.http_helpers import free_port
 
 
-def cold_start(image: str, volume: str) -> float:
+def cold_start(image: str, volume: str, returned: list[float]) -> float:
+    """Seconds from `podman run -d` to the first 200 from /healthz (and into `returned`: when run returned)."""
     port = free_port()
     name = f"matrix-bench-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
@@ -50,6 +59,7 @@ def cold_start(image: str, volume: str) -> float:
         f"{volume}:/var/lib/matrix-mcp",
         image,
     )
+    returned.append(time.perf_counter() - started)
     try:
         while True:
             try:
@@ -67,6 +77,99 @@ def cold_start(image: str, volume: str) -> float:
 
 
 SERVE_IMPORTS = "import matrix_mcp.http.app, uvicorn"
+HERE = Path(__file__).resolve().parent.parent
+
+
+def healthy_after(argv: list[str], port: int, env: dict[str, str], cwd: Path) -> float:
+    """Seconds from starting `argv` to the first 200 from its /healthz on 127.0.0.1:`port`; then stops it."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx2.HTTPError:
+                pass
+            if process.poll() is not None:
+                raise SystemExit(f"the service exited {process.returncode}: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+            if time.perf_counter() - started > 120:
+                raise SystemExit("/healthz did not answer within 120 s")
+            time.sleep(0.01)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+class HostTree:
+    """A checkout whose `matrix-mcp` serves on this host, with a store of its own holding an API key."""
+
+    def __init__(self, tree: str, scratch: Path) -> None:
+        self.tree = Path(tree).resolve()
+        self.env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        self.env = {k: v for k, v in self.env.items() if not k.startswith(("OTEL_", "MATRIX_"))}
+        home = scratch / uuid.uuid4().hex[:8]
+        self.store = [
+            "--database-url",
+            f"sqlite:///{home}/matrix.db",
+            "--artifacts-dir",
+            str(home / "artifacts"),
+        ]
+        home.mkdir()
+        key = home / "api_key"
+        key.write_text("mtx_" + secrets.token_urlsafe(32) + "\n")
+        cli = [sys.executable, "-m", "matrix_mcp", *self.store]
+        subprocess.run(
+            [*cli, "keys", "create", "bench", "--scope", "read", "--key-file", str(key)],
+            env=self.env,
+            cwd=self.tree,
+            check=True,
+            capture_output=True,
+        )
+        self.start: list[float] = []
+        self.imports: list[float] = []
+        self.interpreter: list[float] = []
+
+    def run(self) -> None:
+        port = free_port()
+        argv = [sys.executable, "-m", "matrix_mcp", *self.store, "serve", "--transport", "streamable-http"]
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+        self.start.append(healthy_after(argv, port, self.env, self.tree))
+        py = [sys.executable]
+        self.imports.append(
+            _timed(
+                lambda: subprocess.run([*py, "-c", SERVE_IMPORTS], env=self.env, cwd=self.tree, check=True)
+            )
+        )
+        self.interpreter.append(
+            _timed(lambda: subprocess.run([*py, "-c", "pass"], env=self.env, cwd=self.tree, check=True))
+        )
+
+
+def host_start(trees: list[str], runs: int) -> None:
+    """The serve path's start on this host, each tree in turn, run by run."""
+    with tempfile.TemporaryDirectory() as scratch:
+        sides = [HostTree(t, Path(scratch)) for t in trees]
+        before = _load()
+        for _ in range(runs):
+            for side in sides:
+                side.run()
+    print(
+        f"matrix-mcp serve (streamable-http, API key, SQLite) on this host, process start to the first 200 from"
+        f" /healthz, {runs} runs per tree, interleaved; load average {before} at the start, {_load()} at the end"
+    )
+    for side in sides:
+        med = statistics.median
+        print(
+            f"  {side.tree}: median {med(side.start):.2f} s (min {min(side.start):.2f}, max {max(side.start):.2f});"
+            f" of which the interpreter alone {med(side.interpreter):.2f} s, importing the serve path"
+            f" ({SERVE_IMPORTS!r}, with the interpreter) {med(side.imports):.2f} s, the service's own start"
+            f" (the rest) {med(side.start) - med(side.imports):.2f} s"
+        )
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def _timed(action: Callable[[], object]) -> float:
@@ -81,7 +184,12 @@ def main() -> None:
     )
     parser.add_argument("--image", help="an image built from the Containerfile (default: build it)")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--host", action="store_true", help="the serve path's start on this host, no podman")
+    parser.add_argument("--tree", action="append", help="with --host: a checkout to start (repeatable)")
     args = parser.parse_args()
+    if args.host:
+        host_start(args.tree or [str(HERE)], args.runs)
+        return
     reason = ch.podman_unavailable()
     if reason:
         raise SystemExit(f"bench_container: {reason}")
@@ -118,13 +226,10 @@ def main() -> None:
                 "--key-file",
                 "/run/secrets/api_key",
             )
-        times = [cold_start(image, volume) for _ in range(args.runs)]
+        returned: list[float] = []
+        times = [cold_start(image, volume, returned) for _ in range(args.runs)]
         runtime = [
             _timed(lambda: ch.podman("run", "--rm", "--network", "none", image, "true"))
-            for _ in range(args.runs)
-        ]
-        host = [
-            _timed(lambda: subprocess.run([sys.executable, "-c", SERVE_IMPORTS], check=True))
             for _ in range(args.runs)
         ]
         imports = [
@@ -137,6 +242,10 @@ def main() -> None:
             _timed(lambda: subprocess.run([sys.executable, "-c", SERVE_IMPORTS], check=True))
             for _ in range(args.runs)
         ]
+        with tempfile.TemporaryDirectory() as scratch:
+            here = HostTree(str(HERE), Path(scratch))
+            for _ in range(args.runs):
+                here.run()
     finally:
         ch.podman("volume", "rm", "--force", volume, check=False)
     load = os.getloadavg()[0]
@@ -148,6 +257,11 @@ def main() -> None:
         f"  of which: `podman run --rm IMAGE true` median {statistics.median(runtime):.2f} s; the same plus "
         f"importing the serve path ({SERVE_IMPORTS!r}) median {statistics.median(imports):.2f} s; "
         f"that import on this host, outside a container, median {statistics.median(host):.2f} s"
+    )
+    print(
+        f"  `podman run -d` returned after {statistics.median(returned):.2f} s (median): the rest is the service"
+        f" starting in the container; on this host, outside a container, `matrix-mcp serve` reached /healthz"
+        f" in {statistics.median(here.start):.2f} s (median; its imports {statistics.median(here.imports):.2f} s)"
     )
 
 

@@ -249,21 +249,12 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> None:
     from matrix_mcp.http.options import ServiceOptions
 
     try:
-        # uvicorn would log a failed start-up as a traceback: open the store once before serving
-        anyio.run(_check_store, settings)
         options = ServiceOptions.from_args(args)
         anyio.run(serve, settings, options)
     except ValueError as exc:
         sys.exit(f"matrix-mcp: {exc}")
     except KeyboardInterrupt:
         pass
-
-
-async def _check_store(settings: Settings) -> None:
-    from matrix_mcp.engine import Engine
-
-    engine = await Engine.open(settings)
-    await engine.close()
 
 
 async def _status(settings: Settings, run: str | None, check: bool, as_json: bool = False) -> None:

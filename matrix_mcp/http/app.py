@@ -91,19 +91,17 @@ def build_service(
     verifier: Verifiers | None = None
     auth_settings: AuthSettings | None = None
     if auth:
-        from matrix_mcp.http.jwt_auth import JwtVerifier
+        jwt = None
+        if options.jwt_configured:  # PyJWT and its algorithms load only then (start-up time)
+            from matrix_mcp.http.jwt_auth import JwtVerifier
 
-        jwt = (
-            JwtVerifier(
+            jwt = JwtVerifier(
                 audience=options.jwt_audience or options.resource_url,
                 secret=options.jwt_secret,
                 jwks_url=options.jwt_jwks_url,
                 issuer=options.jwt_issuer,
                 leeway=options.jwt_leeway,
             )
-            if options.jwt_configured
-            else None
-        )
         keys = ApiKeyVerifier(store, options.key_cache_seconds) if store is not None else None
         verifier = Verifiers(keys, jwt)
         auth_settings = AuthSettings(
@@ -217,22 +215,22 @@ def matrix_service(app: App, options: ServiceOptions, *, auth: bool) -> Service:
     )
 
 
-async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
-    """Authentication is on when the store at `keys_url` holds an API key that is not revoked or a JWT
-    verifier is configured. Without either: open on a loopback address (said on stderr); refused elsewhere
-    unless --insecure-no-auth. Raises ValueError with the one-line reason."""
+async def decide_auth(keys: str | Store | None, options: ServiceOptions) -> bool:
+    """Authentication is on when the store `keys` (open, or its URL) holds an API key that is not revoked
+    or a JWT verifier is configured. Without either: open on a loopback address (said on stderr); refused
+    elsewhere unless --insecure-no-auth. Raises ValueError with the one-line reason."""
     if options.jwt_configured:
         return True
-    if keys_url is not None:
+    if isinstance(keys, str):
         from matrix_mcp.store import open_store
 
-        store = await open_store(keys_url)
+        store = await open_store(keys)
         try:
-            keys = await store.list_api_keys()
+            return await decide_auth(store, options)
         finally:
             await store.close()
-        if any(k.revoked_at is None for k in keys):
-            return True
+    if keys is not None and any(k.revoked_at is None for k in await keys.list_api_keys()):
+        return True
     if is_loopback(options.host):
         notice(
             f"serving OPEN (no authentication) on {options.host}:{options.port}: no API key or JWT is "
@@ -253,8 +251,15 @@ async def decide_auth(keys_url: str | None, options: ServiceOptions) -> bool:
 
 
 async def serve(settings: Settings, options: ServiceOptions) -> None:
+    from matrix_mcp.engine import Engine
 
-    auth = await decide_auth(settings.database_url, options)
+    # opened once before serving, to decide authentication, and so that a store or artifacts folder that
+    # cannot be opened is a one-line error here rather than uvicorn's traceback from the lifespan
+    engine = await Engine.open(settings)
+    try:
+        auth = await decide_auth(engine.store, options)
+    finally:
+        await engine.close()
     if auth:
         how = ["API keys"] + (["JWT"] if options.jwt_configured else [])
         notice(f"serving {options.resource_url} with authentication ({' and '.join(how)})")
