@@ -16,8 +16,11 @@ CACHE_DIR = Path(os.environ.get("MATRIX_CONTAINER_CACHE", "/var/cache/matrix-mcp
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# minbase + what a base needs; documentation, manuals and translations are left out of the file system
+# minbase + what a base needs; documentation, manuals and translations are left out of the file system, and
+# /usr is merged by mmdebstrap's hook rather than by the usrmerge package, which would bring perl with it
+# (about 50 MB of the image: perl, its modules and libraries; perl-base, which dpkg needs, stays)
 _TRIM = [
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
     "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/info/*",
     "--dpkgopt=path-exclude=/usr/share/doc/*",
