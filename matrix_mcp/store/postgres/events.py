@@ -3,7 +3,7 @@ for the next (the Database wakes on this process's commits and on other processe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from matrix_mcp.models import Event
 from matrix_mcp.store import rows as R
@@ -17,12 +17,10 @@ if TYPE_CHECKING:
 
 async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
     async def op(c: Conn) -> list[Event]:
-        q = sql.EVENTS_AFTER
-        args: list[Any] = [since]
-        if run_id is not None:
-            q += " AND e.run_id = %s"
-            args.append(run_id)
-        rows = await fetch_all(c, q + " ORDER BY e.seq LIMIT %s", [*args, limit])
+        if run_id is None:
+            rows = await fetch_all(c, sql.EVENTS_AFTER, (since, limit))
+        else:
+            rows = await fetch_all(c, sql.EVENTS_AFTER_IN_RUN, (since, run_id, limit))
         return [R.event_from(r) for r in rows]
 
     return await db.read(op)

@@ -26,8 +26,6 @@ from matrix_mcp.store.postgres.batch import (
 from matrix_mcp.store.postgres.sql import (
     LATEST_SEQ_SQL,
     ONE_RUN_BY_ID,
-    ONE_RUN_SQL,
-    RUN_SELECT,
     RUN_SUMMARIES_SQL,
     THROUGHPUT_SQL,
 )
@@ -150,8 +148,7 @@ async def get_run(db: Database, ref: str) -> Run:
     async def op(c: Conn) -> Run:
         row = await fetch_one(
             c,
-            ONE_RUN_SQL
-            + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)",
+            sql.ONE_RUN_BY_REF,
             (ref, ref, ref),
         )
         if row is None:
@@ -163,7 +160,7 @@ async def get_run(db: Database, ref: str) -> Run:
 
 async def list_runs(db: Database) -> list[Run]:
     async def op(c: Conn) -> list[Run]:
-        rows = await fetch_all(c, RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name")
+        rows = await fetch_all(c, sql.RUN_LIST)
         return [R.run_from(r) for r in rows]
 
     return await db.read(op)

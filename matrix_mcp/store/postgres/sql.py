@@ -960,6 +960,16 @@ OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = %s"
 ONE_RUN_BY_ID = ONE_RUN_SQL + " WHERE r.id = %s"
 
 
+# a run by id or name (the id wins when a name equals another run's id)
+ONE_RUN_BY_REF = (
+    ONE_RUN_SQL
+    + " WHERE r.id = (SELECT id FROM runs WHERE id = %s OR name = %s ORDER BY (id = %s) DESC LIMIT 1)"
+)
+
+
+RUN_LIST = RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name"
+
+
 # the outcome whose readable file a path is (outcome_paths: one outcome per path)
 PATH_HOLDER = (
     "SELECT o.id, o.run_id, p.name, o.item FROM outcome_paths h JOIN outcomes o ON o.id = h.outcome_id"
@@ -1191,6 +1201,10 @@ LOCK_TIMEOUT_2S = "SET LOCAL lock_timeout = '2s'"
 LOCK_CONTENTS = "LOCK TABLE contents IN SHARE ROW EXCLUSIVE MODE"
 
 
-EVENTS_AFTER = (
-    "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
-)
+_EVENTS = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > %s"
+
+
+EVENTS_AFTER = _EVENTS + " ORDER BY e.seq LIMIT %s"
+
+
+EVENTS_AFTER_IN_RUN = _EVENTS + " AND e.run_id = %s ORDER BY e.seq LIMIT %s"

@@ -35,13 +35,7 @@ async def collect_contents(db: Database) -> Collected:
         removed = removed_bytes = 0
         for i in range(0, len(candidates), _GC_CHUNK):
             chunk = candidates[i : i + _GC_CHUNK]
-            marks = ", ".join("?" for _ in chunk)  # placeholders only; the hashes are bound
-            for (size,) in c.execute(
-                sql.COLLECT_CONTENTS_DELETE_CONTENTS + marks + ") AND sha256 NOT IN"
-                " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IN (" + marks + "))"
-                " RETURNING length(body)",
-                [*chunk, *chunk],
-            ).fetchall():
+            for (size,) in c.execute(sql.delete_orphan_contents(len(chunk)), [*chunk, *chunk]).fetchall():
                 removed += 1
                 removed_bytes += int(size)
         return Collected(removed, removed_bytes)

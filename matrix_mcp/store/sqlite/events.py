@@ -4,7 +4,6 @@ for the next one (this process's commits wake a waiter at once, other processes'
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 import anyio
 
@@ -29,12 +28,10 @@ async def latest_seq(db: Database) -> int:
 
 async def events_after(db: Database, *, since: int, run_id: str | None = None, limit: int) -> list[Event]:
     def op(c: sqlite3.Connection) -> list[Event]:
-        query = sql.EVENTS_AFTER
-        args: list[Any] = [since]
-        if run_id is not None:
-            query += " AND e.run_id = ?"
-            args.append(run_id)
-        rows = c.execute(query + " ORDER BY e.seq LIMIT ?", [*args, limit]).fetchall()
+        if run_id is None:
+            rows = c.execute(sql.EVENTS_AFTER, (since, limit)).fetchall()
+        else:
+            rows = c.execute(sql.EVENTS_AFTER_IN_RUN, (since, run_id, limit)).fetchall()
         return [R.event_from(r) for r in rows]
 
     return await db.read(op)

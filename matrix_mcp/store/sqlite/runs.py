@@ -124,7 +124,7 @@ async def get_run(db: Database, ref: str) -> Run:
 
 async def list_runs(db: Database) -> list[Run]:
     def op(c: sqlite3.Connection) -> list[Run]:
-        rows = c.execute(sql.RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name").fetchall()
+        rows = c.execute(sql.RUN_LIST).fetchall()
         return [R.run_from(r) for r in rows]
 
     return await db.read(op)

@@ -277,8 +277,14 @@ FAIL_SELECT_OUTCOME_ATTEMPTS = (
 FAIL_SELECT_RUNS = "SELECT state, max_attempts FROM runs WHERE id = ?"
 
 
-# a retry's candidates: the run's items in the status rules.retry moves (a package filter may follow)
-RETRY_SELECT_OUTCOMES = "SELECT o.n, o.id, o.package_id FROM outcomes o WHERE o.run_id = ? AND o.status = ?"
+# a retry's candidates: the run's items in the status rules.retry moves (or one package's)
+_RETRY_SELECT = "SELECT o.n, o.id, o.package_id FROM outcomes o WHERE o.run_id = ? AND o.status = ?"
+
+
+RETRY_SELECT_OUTCOMES = _RETRY_SELECT + " ORDER BY o.n"
+
+
+RETRY_SELECT_PACKAGE_OUTCOMES = _RETRY_SELECT + " AND o.package_id = ? ORDER BY o.n"
 
 
 # ---- tracking.py ------------------------------------------------------------------------------------
@@ -375,7 +381,15 @@ CONTENT_HASHES_SELECT_OUTCOMES = (
 )
 
 
-COLLECT_CONTENTS_DELETE_CONTENTS = "DELETE FROM contents WHERE sha256 IN ("
+def delete_orphan_contents(n: int) -> str:
+    """Delete `n` bound contents (the hashes bound twice) that no outcome refers to, returning their sizes."""
+    marks = ", ".join("?" * n)  # placeholders only; the hashes are bound
+    return (
+        "DELETE FROM contents WHERE sha256 IN (" + marks + ") AND sha256 NOT IN"
+        " (SELECT content_sha256 FROM outcomes WHERE content_sha256 IN ("
+        + marks
+        + ")) RETURNING length(body)"
+    )
 
 
 CONTENT_FILES_SELECT_EVENTS = (
@@ -491,7 +505,17 @@ REBUILD_COUNTERS_UPDATE_PACKAGES = (
 OUTCOME_BY_ID = OUTCOME_SELECT + " WHERE o.id = ?"
 
 
+@cache
+def outcomes_page(pinned: tuple[str, ...]) -> str:
+    """A page of outcomes after a cursor (`o.n > ?`), with the columns rows.outcome_filter pins bound."""
+    where = " AND ".join(["o.n > ?", *(f"{column} = ?" for column in pinned)])
+    return OUTCOME_SELECT + " WHERE " + where + " ORDER BY o.n LIMIT ?"
+
+
 RUN_BY_ID = RUN_SELECT + " WHERE r.id = ? GROUP BY r.id"
+
+
+RUN_LIST = RUN_SELECT + " GROUP BY r.id ORDER BY r.created_at, r.name"
 
 
 # content kept in the store that no outcome refers to (the subquery is built once, not run per row)
@@ -729,6 +753,10 @@ ROLLBACK_TO = "ROLLBACK TO op"
 # ---- events.py --------------------------------------------------------------------------------------
 
 
-EVENTS_AFTER = (
-    "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > ?"
-)
+_EVENTS = "SELECT e.*, r.name AS run_name FROM events e LEFT JOIN runs r ON r.id = e.run_id WHERE e.seq > ?"
+
+
+EVENTS_AFTER = _EVENTS + " ORDER BY e.seq LIMIT ?"
+
+
+EVENTS_AFTER_IN_RUN = _EVENTS + " AND e.run_id = ? ORDER BY e.seq LIMIT ?"

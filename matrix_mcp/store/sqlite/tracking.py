@@ -151,10 +151,7 @@ async def list_outcomes(
 
     def op(c: sqlite3.Connection) -> OutcomePage:
         rows = c.execute(
-            sql.OUTCOME_SELECT
-            + " WHERE "
-            + " AND ".join(["o.n > ?", *(f"{column} = ?" for column, _ in pinned)])
-            + " ORDER BY o.n LIMIT ?",
+            sql.outcomes_page(tuple(column for column, _ in pinned)),
             [after, *(value for _, value in pinned), limit + 1],
         ).fetchall()
         return R.outcome_page(rows, limit)

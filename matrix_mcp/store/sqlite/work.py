@@ -263,15 +263,13 @@ async def retry(
         state = c.execute(sql.RUN_STATE, (run_id,)).fetchone()
         rules.check_retry(None if state is None else state[0], run_id)
         move = rules.retry(now)
-        query = sql.RETRY_SELECT_OUTCOMES
-        args: list[Any] = [run_id, move.old]
-        if package is not None:
+        if package is None:
+            rows = c.execute(sql.RETRY_SELECT_OUTCOMES, (run_id, move.old)).fetchall()
+        else:
             pid = c.execute(sql.PACKAGE_ID, (run_id, package)).fetchone()
             if pid is None:
                 raise rules.unknown_package_in_run(package)
-            query += " AND o.package_id = ?"
-            args.append(pid[0])
-        rows = c.execute(query + " ORDER BY o.n", args).fetchall()
+            rows = c.execute(sql.RETRY_SELECT_PACKAGE_OUTCOMES, (run_id, move.old, pid[0])).fetchall()
         if outcome_ids is not None:
             wanted = set(outcome_ids)
             rows = [r for r in rows if r["id"] in wanted]
