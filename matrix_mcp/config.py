@@ -154,6 +154,11 @@ def check_database_url(url: str, name: str) -> str:
     )
 
 
+# The longest a long-poll (wait_seconds) may wait, in the tool schemas and the engine alike: under the
+# 60 s request timeout many MCP hosts keep (the TypeScript SDK's default), with room for the answer.
+MAX_WAIT_SECONDS = 50
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps enforced on every input; each violation is a clear tool error naming the field."""
@@ -167,7 +172,7 @@ class Limits:
     max_json_depth: int = 32
     max_json_bytes: int = 1024 * 1024
     max_name_length: int = 512
-    max_wait_seconds: float = 60.0
+    max_wait_seconds: float = MAX_WAIT_SECONDS
 
 
 @dataclass(frozen=True)

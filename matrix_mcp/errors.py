@@ -55,6 +55,23 @@ class Unavailable(MatrixError):
     retryable = True
 
 
+# Each type's kind, the most specific first (a StaleLease is also a Conflict): the `kind` of a failed tool
+# call's structured content (matrix_mcp.sdk.errors), the same word as the REST answer's `error` code.
+KINDS: tuple[tuple[type[MatrixError], str], ...] = (
+    (Unavailable, "unavailable"),
+    (StaleLease, "stale_lease"),
+    (Conflict, "conflict"),
+    (NotFound, "not_found"),
+    (InputError, "invalid_argument"),
+    (MatrixError, "invalid_argument"),
+)
+
+
+def kind_of(error: MatrixError) -> str:
+    """The kind of `error`, by its type (never by its message)."""
+    return next(kind for cls, kind in KINDS if isinstance(error, cls))
+
+
 STARTING = "the server is starting or stopping; retry"
 """What a call is told while the server has no engine (before start-up completes, or after shut-down)."""
 

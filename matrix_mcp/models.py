@@ -158,8 +158,22 @@ class Attempt(_Model):
     ended_at: datetime | None = None
 
 
+class InlineContent(_Model):
+    # get_outcome(include_content=true): the content in the result, for hosts that cannot read resources
+    # (encoding base64 when it is not UTF-8 text or holds NUL; truncated when cut at max_bytes). Field
+    # descriptions are left to the tool's: the worker toolset's definitions are counted.
+    encoding: Literal["utf-8", "base64"]
+    data: str
+    mime_type: str
+    included_bytes: int
+    total_bytes: int
+    truncated: bool
+
+
 class OutcomeDetail(Outcome):
     history: list[Attempt] = Field(default_factory=list)
+    # advertised as a plain object: its fields are in the tool's description (the worker toolset's budget)
+    content: Annotated[InlineContent | None, WithJsonSchema({"type": "object"})] = None
 
 
 class Event(_Model):

@@ -46,7 +46,7 @@ async def test_keys_and_scopes_decide_what_a_caller_sees_and_may_call(
             assert not plan.is_error, plan.content
             refused = await c.call_tool("claim_items", {"run": "r", "worker": "w"})
             assert refused.is_error
-            text = refused.content[0].text  # type: ignore[union-attr]
+            text = (refused.structured_content or {})["error"]
             assert "insufficient_scope" in text and "matrix:work" in text and "claim_items" in text
             runs = await c.read_resource("matrix://runs")
             assert '"r"' in runs.contents[0].text  # type: ignore[union-attr]
@@ -60,7 +60,7 @@ async def test_keys_and_scopes_decide_what_a_caller_sees_and_may_call(
                 )
                 assert not done.is_error
             status = await c.call_tool("run_status", {"run": "r"})
-            assert status.is_error and "matrix:read" in status.content[0].text  # type: ignore[union-attr]
+            assert status.is_error and "matrix:read" in (status.structured_content or {})["error"]
             with pytest.raises(Exception, match=r"insufficient_scope.*matrix:read"):
                 await c.read_resource("matrix://runs")
             with pytest.raises(Exception, match="insufficient_scope"):
@@ -394,7 +394,7 @@ async def test_webhook_tools_need_the_admin_scope(sqlite_settings: Settings, mod
             assert not webhook_tools & {t.name for t in (await c.list_tools()).tools}
             refused = await c.call_tool("add_webhook", {"url": "http://127.0.0.1:9/x", "events": ["*"]})
             assert refused.is_error
-            text = refused.content[0].text  # type: ignore[union-attr]
+            text = (refused.structured_content or {})["error"]
             assert "insufficient_scope" in text and "matrix:admin" in text
         async with client(base, admin, mode) as c:
             assert webhook_tools <= {t.name for t in (await c.list_tools()).tools}

@@ -66,7 +66,7 @@ async def test_event_cursors_past_2_63_are_400_on_both_backends(settings: Settin
         assert chart.status_code == 200 and chart.json()["minutes"] == [], chart.text
         async with client(base, key) as c:
             mcp = await c.call_tool("run_status", {"run": "r", "since": 2**63})
-            assert mcp.is_error and "since" in mcp.content[0].text  # type: ignore[union-attr]
+            assert mcp.is_error and "since" in (mcp.structured_content or {})["error"]
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ async def test_a_mime_type_that_is_no_media_type_is_refused_at_report_time(
             }
             mcp = await c.call_tool("complete_item", arguments)
             assert mcp.is_error
-            assert mcp.content[0].text.endswith(": " + rest.json()["error_description"])  # type: ignore[union-attr]
+            assert (mcp.structured_content or {})["error"].endswith(": " + rest.json()["error_description"])
         # nothing was stored: the item is still leased, and a good media type is served as given
         good = {**report, "mime_type": 'text/markdown; charset="utf-8"'}
         assert (await h.post(f"/outcomes/{items[0]['outcome_id']}/complete", json=good)).status_code == 200

@@ -32,7 +32,7 @@ async def test_schema_server_requires_a_key_with_read(tmp_path: Path, mode: str)
         async with client(base, worker, mode) as c:
             assert (await c.list_tools()).tools == []
             refused = await c.call_tool("analyze_schema", {})
-            assert refused.is_error and "matrix:read" in refused.content[0].text  # type: ignore[union-attr]
+            assert refused.is_error and "matrix:read" in (refused.structured_content or {})["error"]
         async with httpx2.AsyncClient() as http:
             r = await post_init(http, base)
             assert r.status_code == 401 and "resource_metadata=" in r.headers["www-authenticate"]

@@ -125,7 +125,8 @@ async def call(live: Live, tool: str, args: dict[str, Any], label: str) -> CallT
     texts = [getattr(c, "text", "") for c in result.content]
     if result.is_error:
         live.tally.tool_errors += 1
-        if not texts or generic(texts[0], tool):
+        error = (result.structured_content or {}).get("error")
+        if not isinstance(error, str) or generic(error, tool):
             live.tally.problems.append(f"{tool} [{label}]: unexplained error {texts!r:.300}")
     else:
         live.tally.ok += 1

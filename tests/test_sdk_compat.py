@@ -159,7 +159,7 @@ async def test_unknown_arguments_are_refused_not_ignored(tmp_path: Path, mode: s
         packages = [{"name": "p", "items": ["a"]}]
         bad = await c.call_tool("plan_run", {"name": "r", "packages": packages, "lease_second": 5})
         assert bad.is_error
-        text = bad.content[0].text  # type: ignore[union-attr]
+        text = (bad.structured_content or {})["error"]
         assert "lease_second" in text and "unknown argument" in text and "lease_seconds" in text
         runs = await c.call_tool("list_runs", {})
         assert runs.structured_content == {"runs": []}
@@ -214,7 +214,7 @@ async def test_cached_tools_are_the_sdks_tools(
                 listed[kind] += [t.model_dump(mode="json") for t in (await c.list_tools()).tools]
                 if server is matrix:
                     bad = await c.call_tool("claim_items", {"run": "r", "worker": "w", "limit": 0})
-                    assert bad.is_error and "limit" in bad.content[0].text  # type: ignore[union-attr]
+                    assert bad.is_error and "limit" in (bad.structured_content or {})["error"]
                     ok = await c.call_tool("list_runs", {})
                     assert not ok.is_error and ok.structured_content == {"runs": []}
                 else:
@@ -332,7 +332,7 @@ async def test_page_sizes_follow_the_configured_limit(tmp_path: Path, mode: str)
             if size is None:
                 for refused in (page, claim):
                     assert refused.is_error
-                    assert refused.content[0].text == "limit: must be at most 1000"  # type: ignore[union-attr]
+                    assert (refused.structured_content or {})["error"] == "limit: must be at most 1000"
             else:
                 assert len((page.structured_content or {})["outcomes"]) == 1500
                 assert len((claim.structured_content or {})["items"]) == 1200
@@ -343,7 +343,10 @@ async def test_page_sizes_follow_the_configured_limit(tmp_path: Path, mode: str)
             ):
                 over = await c.call_tool(tool, args)
                 field = PAGED[tool]
-                assert over.is_error and over.content[0].text == f"{field}: must be at most {bound}"  # type: ignore[union-attr]
+                assert (
+                    over.is_error
+                    and (over.structured_content or {})["error"] == f"{field}: must be at most {bound}"
+                )
 
 
 async def test_the_schema_service_is_closed_at_shutdown(tmp_path: Path) -> None:

@@ -62,8 +62,9 @@ async def call(client: Client, tool: str, args: dict[str, Any] | None = None) ->
 
 async def call_error(client: Client, tool: str, args: dict[str, Any]) -> str:
     result = await client.call_tool(tool, args)
-    assert result.is_error
-    return " ".join(getattr(c, "text", "") for c in result.content)
+    assert result.is_error and result.structured_content is not None, result.content
+    assert json.loads(getattr(result.content[0], "text", "")) == result.structured_content
+    return str(result.structured_content["error"])
 
 
 PLAN = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 
@@ -11,7 +12,12 @@ from matrix_mcp.artifacts import ArtifactError, GarbageReport, RepairReport
 from matrix_mcp.engine.core import EngineCore, log
 from matrix_mcp.engine.validate import is_media_type
 from matrix_mcp.errors import InputError, NotFound
-from matrix_mcp.models import OutcomeDetail
+from matrix_mcp.models import InlineContent, OutcomeDetail
+
+# get_outcome(include_content=true): how much content a result carries unless max_bytes says otherwise, and
+# at most (base64 makes binary a third larger)
+INLINE_DEFAULT_BYTES = 64 * 1024
+INLINE_MAX_BYTES = 1024 * 1024
 
 # A server repairs, as it starts, the files of completions among this many latest events (a process killed
 # between commit and link leaves its file missing; `matrix-mcp gc --repair` checks every completion).
@@ -23,20 +29,69 @@ def _served_type(mime_type: str | None) -> str:
     return mime_type if mime_type and is_media_type(mime_type) else "application/octet-stream"
 
 
+def inline_content(data: bytes, mime_type: str, max_bytes: int) -> InlineContent:
+    """The first `max_bytes` of `data` for a tool result: as text when the content is UTF-8 without NUL
+    (a character cut by the bound is left out whole), else base64-encoded."""
+    head = data[:max_bytes]
+    truncated = len(data) > max_bytes
+    text = _utf8(head, truncated)
+    if text is not None and "\x00" not in text:
+        included = len(text.encode())
+        return InlineContent(
+            encoding="utf-8",
+            data=text,
+            mime_type=mime_type,
+            included_bytes=included,
+            total_bytes=len(data),
+            truncated=included < len(data),
+        )
+    return InlineContent(
+        encoding="base64",
+        data=base64.b64encode(head).decode("ascii"),
+        mime_type=mime_type,
+        included_bytes=len(head),
+        total_bytes=len(data),
+        truncated=truncated,
+    )
+
+
+def _utf8(head: bytes, cut: bool) -> str | None:
+    """`head` as text, or None if it is not UTF-8; when `cut`, up to 3 trailing bytes of a character split
+    by the cut are dropped."""
+    for drop in range(4 if cut else 1):
+        try:
+            return head[: len(head) - drop].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if not cut or exc.start < len(head) - 3:
+                return None
+    return None
+
+
 class Content(EngineCore):
-    async def get_outcome(self, outcome_id: str) -> OutcomeDetail:
+    async def get_outcome(
+        self, outcome_id: str, *, include_content: bool = False, max_bytes: int = INLINE_DEFAULT_BYTES
+    ) -> OutcomeDetail:
         """One outcome with its attempts; a complete outcome whose file is missing has it restored first.
 
         Args:
             outcome_id: the outcome.
+            include_content: also return its stored content (absent when it has none), for hosts that
+                cannot read resources: see `inline_content`.
+            max_bytes: with include_content, at most this many bytes of the content (1 to INLINE_MAX_BYTES).
 
         Raises:
-            InputError: a bad outcome_id.
+            InputError: a bad outcome_id or max_bytes.
             NotFound: no such outcome.
         """
-        detail = await self.store.get_outcome(self._name(outcome_id, "outcome_id"), history=True)
+        self._name(outcome_id, "outcome_id")
+        if include_content:
+            self._limit(max_bytes, "max_bytes", INLINE_MAX_BYTES)
+        detail = await self.store.get_outcome(outcome_id, history=True)
         if detail.status == "complete" and detail.outcome_path and detail.content_sha256:
             await self._ensure_file(detail.id, detail.outcome_path, detail.content_sha256)
+        if include_content and detail.content_sha256 is not None:
+            data, mime = await self.outcome_content(detail.id)
+            detail.content = inline_content(data, mime, max_bytes)
         return detail
 
     async def _ensure_file(self, outcome_id: str, path: str, sha: str, verify: bool = False) -> bool | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
 
 from matrix_mcp.artifacts import Artifacts
 from matrix_mcp.config import Settings
@@ -17,6 +19,38 @@ from matrix_mcp.store.params import FinishedSpan
 from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_mcp.engine")
+
+# A long-poll that waits tells its caller how long it has waited at least this often (MCP progress
+# notifications: hosts that reset their request timeout on progress keep the call alive).
+PROGRESS_EVERY_SECONDS = 5.0
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class Waiting:
+    """One long-poll's clock: its deadline, and its progress reports — seconds waited out of the seconds
+    asked for, strictly increasing as the protocol requires, at most `PROGRESS_EVERY_SECONDS` apart."""
+
+    def __init__(self, wait_seconds: float, progress: ProgressFn | None) -> None:
+        self.wait_seconds = wait_seconds
+        self.progress = progress
+        self.started = anyio.current_time()
+        self.deadline = self.started + wait_seconds
+        self._reported = -1.0
+
+    def remaining(self) -> float:
+        return self.deadline - anyio.current_time()
+
+    def pause(self, seconds: float) -> float:
+        """How long to sleep before looking again: `seconds`, cut so that the next report is on time."""
+        return min(seconds, PROGRESS_EVERY_SECONDS) if self.progress is not None else seconds
+
+    async def report(self, message: str) -> None:
+        if self.progress is None:
+            return
+        waited = round(min(anyio.current_time() - self.started, self.wait_seconds), 1)
+        if waited > self._reported:
+            self._reported = waited
+            await self.progress(waited, self.wait_seconds, message)
 
 
 @dataclass(frozen=True)

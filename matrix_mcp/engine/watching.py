@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-import anyio
-
-from matrix_mcp.engine.core import EngineCore
+from matrix_mcp.engine.core import EngineCore, ProgressFn, Waiting
 from matrix_mcp.models import Event, RunStatus
 from matrix_mcp.store.params import Cell, MinuteCount
 
 # A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
 FINISHED_RUN_STATES = ("done", "cancelled")
 SPAN_CACHE_RUNS = 1024  # finished runs whose span this process keeps (a bound, not a tuning knob)
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+__all__ = ["FINISHED_RUN_STATES", "ProgressFn", "Watching"]
 
 
 class Watching(EngineCore):
@@ -45,21 +41,21 @@ class Watching(EngineCore):
         self._seq(since, "since")
         events = []
         if since is not None:
-            deadline = anyio.current_time() + wait_seconds
+            waiting = Waiting(wait_seconds, progress)
             cursor = since
             while True:
                 events = await self.store.events_after(since=since, run_id=info.id, limit=event_limit + 1)
-                remaining = deadline - anyio.current_time()
+                remaining = waiting.remaining()
                 if events or remaining <= 0:
                     break
                 if progress is not None:
-                    snapshot = await self.store.get_run(info.id)
-                    await progress(
-                        snapshot.counts.total - snapshot.counts.pending - snapshot.counts.generating,
-                        float(snapshot.counts.total),
-                        f"waiting for changes after #{since}",
+                    counts = (await self.store.get_run(info.id)).counts
+                    finished = counts.total - counts.pending - counts.generating
+                    await waiting.report(
+                        f"waiting for changes after #{since}: {finished} of {counts.total} items finished"
                     )
-                cursor = max(cursor, await self.store.wait_for_change(cursor, timeout=min(remaining, 5.0)))
+                timeout = waiting.pause(remaining)
+                cursor = max(cursor, await self.store.wait_for_change(cursor, timeout=timeout))
         now = self.now()
         window = 300.0
         overview = await self.store.run_overview(info.id, since=now - window)

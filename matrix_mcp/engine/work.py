@@ -11,7 +11,7 @@ import anyio
 
 from matrix_mcp import rules, tracing
 from matrix_mcp.artifacts import ArtifactError, Blob, default_path, in_run_folder
-from matrix_mcp.engine.core import EngineCore, RunInfo, log
+from matrix_mcp.engine.core import EngineCore, ProgressFn, RunInfo, Waiting, log
 from matrix_mcp.errors import Conflict, InputError
 from matrix_mcp.models import (
     ClaimedItem,
@@ -39,7 +39,14 @@ def _retry_after(batch: ClaimBatch, now: float) -> float | None:
 class Work(EngineCore):
     @tracing.claim_span
     async def claim_items(
-        self, run: str, *, worker: str, limit: int = 1, package: str | None = None, wait_seconds: float = 0
+        self,
+        run: str,
+        *,
+        worker: str,
+        limit: int = 1,
+        package: str | None = None,
+        wait_seconds: float = 0,
+        progress: ProgressFn | None = None,
     ) -> ClaimResult:
         """Lease up to `limit` items that are due, round-robin across packages; each comes with a lease token
         and a briefing (the run's goal and the package's description). Expired leases are swept first.
@@ -50,6 +57,7 @@ class Work(EngineCore):
             limit: at most this many items (1 to the page size).
             package: claim from this package only.
             wait_seconds: when none is due but some are leased or backing off, wait up to this long for one.
+            progress: told the seconds waited (of wait_seconds) at least every PROGRESS_EVERY_SECONDS.
 
         Returns:
             The items; when fewer than `limit` came, `reason` says why and `retry_after_seconds` when to ask.
@@ -63,7 +71,7 @@ class Work(EngineCore):
         self._limit(limit, "limit", self.limits.max_page_size)
         if package is not None:
             self._name(package, "package")
-        deadline = anyio.current_time() + self._wait(wait_seconds, "wait_seconds")
+        waiting = Waiting(self._wait(wait_seconds, "wait_seconds"), progress)
         request = ClaimRequest(
             run_id=info.id, worker=worker, limit=limit, package=package, token_factory=rules.new_token
         )
@@ -72,12 +80,13 @@ class Work(EngineCore):
             now = self.now()
             batch = await self.store.claim(request, now=now)
             retry_after = _retry_after(batch, now)
-            remaining = deadline - anyio.current_time()
+            remaining = waiting.remaining()
             waitable = batch.reason in ("all_leased", "backing_off")
             if batch.claims or not waitable or remaining <= 0:
                 return self._claimed(info, batch, now)
+            await waiting.report(f"waiting for an item of {info.name} ({batch.reason})")
             pause = remaining if retry_after is None else min(remaining, max(retry_after, 0.01))
-            await self.store.wait_for_change(seq, timeout=pause)
+            await self.store.wait_for_change(seq, timeout=waiting.pause(pause))
 
     def _claimed(self, info: RunInfo, batch: ClaimBatch, now: float) -> ClaimResult:
         """Claims as a worker sees them (claim_items, and the `next` of a report)."""

@@ -10,8 +10,9 @@ from typing import Any
 from mcp.server import MCPServer
 
 from matrix_mcp import __version__
-from matrix_mcp.config import Limits
+from matrix_mcp.config import MAX_WAIT_SECONDS, Limits
 from matrix_mcp.engine import MAX_SEQ
+from matrix_mcp.engine.content import INLINE_MAX_BYTES
 from matrix_mcp.http.endpoints import ENDPOINTS, PREFIX
 from matrix_mcp.http.scopes import READ, tool_scope
 from matrix_mcp.models import Event
@@ -81,7 +82,7 @@ BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)
 def _names(
     node: Any,
     max_length: int,
-    max_wait: float = 60.0,
+    max_wait: float = MAX_WAIT_SECONDS,
     bounds: dict[str, int] | None = None,
     max_page: int = 1000,
 ) -> Any:
@@ -102,6 +103,8 @@ def _names(
             elif bounds and key in bounds and sub.get("type") == "integer":
                 limit = min(sub.get("maximum", bounds[key]), bounds[key])
                 props[key] = {**sub, "minimum": sub.get("minimum", 0), "maximum": limit}
+            elif key == "max_bytes" and sub.get("type") == "integer":  # get_outcome's: the engine's bounds
+                props[key] = {**sub, "minimum": 1, "maximum": INLINE_MAX_BYTES}
             elif key == "mime_type":
                 props[key] = _media_schema(sub)
             elif key == "outcome_path":

@@ -25,6 +25,7 @@ from matrix_mcp.mcp.spec import ALL_SCOPES as ALL_SCOPES
 from matrix_mcp.mcp.spec import PLAN as PLAN
 from matrix_mcp.mcp.spec import READ as READ
 from matrix_mcp.mcp.spec import WORK as WORK
+from matrix_mcp.sdk.errors import error_result
 
 # each tool's scope, from the tool registry (a tool cannot be registered without one)
 TOOL_SCOPES: Mapping[str, str] = MappingProxyType(registry.scopes())
@@ -99,9 +100,7 @@ class ScopeGate:
         if needed is not None and needed not in scopes:
             text = f"insufficient_scope: {_what(ctx)} needs {needed}; this credential has {_list(scopes)}"
             if ctx.method == "tools/call":
-                return types.CallToolResult(
-                    content=[types.TextContent(type="text", text=text)], is_error=True
-                )
+                return error_result(text, "insufficient_scope")
             raise MCPError(code=types.INVALID_REQUEST, message=text)
         token = current_principal.set(principal)
         access = current_tool_access.set(lambda tool: tool_scope(tool) in scopes)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from matrix_mcp.config import Toolset
+from matrix_mcp.config import MAX_WAIT_SECONDS, Toolset
 from matrix_mcp.sdk.compat import PAGE_BOUND, PAGE_BOUND_UNADVERTISED
 from matrix_mcp.sdk.compat import ToolSpec as SdkToolSpec
 
@@ -33,9 +33,11 @@ BOTH: frozenset[Toolset] = WORKER | ORCHESTRATOR
 # argument types several tools share
 Detail = Literal["compact", "full"]
 # page sizes: at most the server's Limits.max_page_size (MATRIX_MAX_PAGE_SIZE), advertised and enforced;
-# claim_next (0..max, the engine says so) only enforced: the worker toolset's definitions stay within 6 KiB
+# claim_next (0..max, the engine says so) only enforced: the worker toolset's definitions stay within their budget (6.5 KiB)
 PageSize = Annotated[int, Field(ge=1), PAGE_BOUND]
 ClaimNext = Annotated[int, PAGE_BOUND_UNADVERTISED]
+# a long-poll: at most 50 s, under the 60 s request timeout many hosts keep; more is refused naming the field
+WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)]
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 

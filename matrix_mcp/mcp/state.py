@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from matrix_mcp.app import App
 from matrix_mcp.config import Settings, redact_text
 from matrix_mcp.engine import Engine, InputError
+from matrix_mcp.engine.core import ProgressFn
 from matrix_mcp.errors import NotFound, StoreError, Unavailable
 from matrix_mcp.mcp.notify import CountingBus, LegacySubscriptions, Notifier
 from matrix_mcp.mcp.tools.schema import SchemaAccess
@@ -149,6 +150,21 @@ class ServerState:
             return None
         matches = [n for n in names if n.startswith(prefix)]
         return types.Completion(values=matches[:100], total=len(matches), has_more=len(matches) > 100)
+
+
+def progress_of(ctx: Context) -> ProgressFn | None:
+    """Where a long-poll reports how long it has waited: MCP progress notifications to the requester (the
+    SDK sends them only when the request carried a progressToken); None when the call did not come over
+    MCP (the REST API), with no session to send them on."""
+    try:
+        ctx.request_context  # noqa: B018  # raises outside an MCP request
+    except ValueError:
+        return None
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return progress
 
 
 def state_of(ctx: Context) -> ServerState:

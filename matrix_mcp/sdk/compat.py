@@ -39,6 +39,8 @@ from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import PrivateAttr, ValidationError
 from pydantic_core import PydanticCustomError
 
+from matrix_mcp.sdk.errors import StructuredErrors, record
+
 log = logging.getLogger("matrix_mcp.sdk_compat")
 
 # validation-only keywords that say nothing a reader of a result needs
@@ -523,9 +525,12 @@ class ToolServer(MCPServer[LifespanResultT]):
     """An MCPServer built from a `ToolSet`, with an explicit state object (what its lifespan yields; tools
     reach it as `ctx.mcp_server.state`). Its `call_tool` is where both `tools/call` and the REST API arrive:
     text that is not valid Unicode and page sizes above the bound are refused there, before any tool runs,
-    with one line naming the field."""
+    with one line naming the field. A failed tools/call's result carries the error as structured content
+    (`matrix_mcp.sdk.errors`); the REST API, which calls `call_tool` directly, sees the exception."""
 
     def __init__(self, name: str, toolset: ToolSet, state: LifespanResultT, **kwargs: Any) -> None:
+        # outermost of the server's own middleware: every failed tools/call leaves with structured content
+        kwargs["middleware"] = [StructuredErrors(), *(kwargs.get("middleware") or ())]
         super().__init__(name, tools=list(toolset.tools), **kwargs)
         self.toolset = toolset
         self.state = state
@@ -537,15 +542,19 @@ class ToolServer(MCPServer[LifespanResultT]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[LifespanResultT, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        where = lone_surrogate(arguments)
-        if where is not None:
-            raise ToolError(
-                f"{where}: is not valid Unicode text (lone surrogate); send binary content base64-encoded"
-            )
-        for key, maximum in self.toolset.bounds.get(name, {}).items():
-            if _above(arguments.get(key), maximum):
-                raise ToolError(f"{key}: must be at most {maximum}")
-        return await super().call_tool(name, arguments, context)
+        try:
+            where = lone_surrogate(arguments)
+            if where is not None:
+                raise ToolError(
+                    f"{where}: is not valid Unicode text (lone surrogate); send binary content base64-encoded"
+                )
+            for key, maximum in self.toolset.bounds.get(name, {}).items():
+                if _above(arguments.get(key), maximum):
+                    raise ToolError(f"{key}: must be at most {maximum}")
+            return await super().call_tool(name, arguments, context)
+        except Exception as exc:  # what it was, for the error's structured content (sdk.errors)
+            record(exc)
+            raise
 
 
 def _above(value: Any, maximum: int) -> bool:

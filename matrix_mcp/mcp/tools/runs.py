@@ -19,8 +19,9 @@ from matrix_mcp.mcp.spec import (
     READ,
     Endpoint,
     ToolSpec,
+    WaitSeconds,
 )
-from matrix_mcp.mcp.state import state_of
+from matrix_mcp.mcp.state import progress_of, state_of
 from matrix_mcp.models import (
     PackageSpec,
     PlanResult,
@@ -46,12 +47,11 @@ async def plan_run(
     """Create a run of packages × items (idempotent by name; new packages/items are added). items: names
     or {name, specifications}. outcome_schema: JSON Schema for {"metrics", "metadata"} of reports."""
     s = state_of(ctx)
-    policy = RunPolicy(
+    policy = RunPolicy.planned(
         outcome_type=outcome_type,
         lease_seconds=lease_seconds,
         max_attempts=max_attempts,
         backoff_seconds=backoff_seconds,
-        backoff_cap_seconds=max(backoff_seconds, 300),
         outcome_schema=outcome_schema,
     )
     return await s.call(s.engine().plan_run(name=name, packages=packages, goal=goal, policy=policy))
@@ -83,24 +83,13 @@ async def run_status(
     ctx: Context,
     run: str,
     since: Annotated[int | None, Field(ge=0, le=MAX_SEQ)] = None,
-    wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
+    wait_seconds: WaitSeconds = 0,
 ) -> Annotated[CallToolResult, RunStatus]:
     """Counts, per-package summaries, throughput, ETA, latest_seq. With since=S: the events after S,
-    long-polling up to wait_seconds (with progress notifications)."""
+    long-polling up to wait_seconds (at most 50, with progress notifications)."""
     s = state_of(ctx)
-
-    async def progress(done: float, total: float | None, message: str | None) -> None:
-        await ctx.report_progress(done, total, message)
-
-    try:
-        ctx.request_context  # noqa: B018  # raises outside an MCP request
-        in_request = True
-    except ValueError:  # called by the REST API: no session to send progress to
-        in_request = False
     return await s.call(
-        s.engine().run_status(
-            run=run, since=since, wait_seconds=wait_seconds, progress=progress if in_request else None
-        )
+        s.engine().run_status(run=run, since=since, wait_seconds=wait_seconds, progress=progress_of(ctx))
     )
 
 

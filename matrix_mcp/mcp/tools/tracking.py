@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult
 
+from matrix_mcp.engine.content import INLINE_DEFAULT_BYTES
 from matrix_mcp.mcp.spec import (
     BOTH,
     ORCHESTRATOR,
@@ -85,10 +86,16 @@ async def update_outcome_status(
     )
 
 
-async def get_outcome(ctx: Context, outcome_id: str) -> Annotated[CallToolResult, OutcomeDetail]:
-    """One outcome with its attempt history."""
+async def get_outcome(
+    ctx: Context, outcome_id: str, include_content: bool = False, max_bytes: int = INLINE_DEFAULT_BYTES
+) -> Annotated[CallToolResult, OutcomeDetail]:
+    """One outcome with its attempt history; include_content=true adds `content` (first max_bytes:
+    data, encoding utf-8|base64, truncated)."""
     s = state_of(ctx)
-    return await s.call(s.engine().get_outcome(outcome_id=outcome_id))
+    # max_bytes (1 to 1 MiB) is checked by the engine, not stated in the schema: the worker toolset's budget
+    return await s.call(
+        s.engine().get_outcome(outcome_id=outcome_id, include_content=include_content, max_bytes=max_bytes)
+    )
 
 
 async def list_outcomes(
@@ -174,7 +181,12 @@ SPECS = (
         null_free=True,
         scope=READ,
         toolsets=BOTH,
-        rest=Endpoint("GET", "/outcomes/{outcome_id}", "One outcome with its attempt history."),
+        rest=Endpoint(
+            "GET",
+            "/outcomes/{outcome_id}",
+            "One outcome with its attempt history; its content inline with include_content=true.",
+            query=("include_content", "max_bytes"),
+        ),
     ),
     ToolSpec(
         list_outcomes,

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult
-from pydantic import Field
 
 from matrix_mcp.mcp.spec import (
     WORK,
@@ -17,8 +16,9 @@ from matrix_mcp.mcp.spec import (
     Endpoint,
     PageSize,
     ToolSpec,
+    WaitSeconds,
 )
-from matrix_mcp.mcp.state import state_of
+from matrix_mcp.mcp.state import progress_of, state_of
 from matrix_mcp.models import (
     ClaimResult,
     HeartbeatResult,
@@ -33,14 +33,19 @@ async def claim_items(
     worker: str,
     limit: PageSize = 1,
     package: str | None = None,
-    wait_seconds: Annotated[float, Field(ge=0, le=60)] = 0,
+    wait_seconds: WaitSeconds = 0,
 ) -> Annotated[CallToolResult, ClaimResult]:
     """Lease up to `limit` items, fair across packages (briefing: run goal + package description).
     wait_seconds long-polls; `reason` says why none came."""
     s = state_of(ctx)
     return await s.call(
         s.engine().claim_items(
-            run=run, worker=worker, limit=limit, package=package, wait_seconds=wait_seconds
+            run=run,
+            worker=worker,
+            limit=limit,
+            package=package,
+            wait_seconds=wait_seconds,
+            progress=progress_of(ctx),
         )
     )
 
