@@ -131,7 +131,7 @@ def default_sampler(environ: Mapping[str, str]) -> tuple[Sampler | None, float |
     that ratio before the SDK sees them.
 
     Why not the SDK's default (keep everything): each kept span costs the SDK's work on the calling thread
-    and its encoding on the exporter's, 100-150 µs of CPU, which is 15-35 % of an in-process claim +
+    and its encoding on the exporter's, 100-150 µs of CPU, which is 10-50 % of an in-process claim +
     complete (docs/benchmarks.md); a dropped one costs under 10 µs.
 
     Raises:
