@@ -33,9 +33,9 @@ def _params(settings: Settings) -> StdioServerParameters:
 
 
 def _data(result: Any) -> dict[str, Any]:
-    if result.is_error:
-        text = " ".join(getattr(c, "text", "") for c in result.content)
-        raise RuntimeError(text)
+    if result.is_error:  # the error's one line is in its structured content (the text is that, as JSON)
+        error = (result.structured_content or {}).get("error")
+        raise RuntimeError(error or " ".join(getattr(c, "text", "") for c in result.content))
     return dict(result.structured_content or {})
 
 
