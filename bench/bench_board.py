@@ -26,7 +26,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.config import Settings
-from tests.http_helpers import client, create_key, serving
+from tests.support.http_helpers import client, create_key, serving
 
 LONGTASKS = """
 window.__longtasks = [];

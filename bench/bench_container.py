@@ -9,7 +9,7 @@ importing the serve path, that import on the host, and the host's own start to /
 
     python bench/bench_container.py [--image localhost/matrix-mcp:test] [--runs 7]
 
-Without --image it builds the image the way tests/test_container.py does (a local Debian base from
+Without --image it builds the image the way tests/distribution/test_container.py does (a local Debian base from
 mmdebstrap, cached under /var/cache/matrix-mcp-test/; no image registry is needed).
 
 `--host`: no podman. `matrix-mcp serve --transport streamable-http` on 127.0.0.1, authenticated by an API
@@ -40,8 +40,8 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import container_helpers as ch
-from tests.http_helpers import free_port
+from tests.support import container_helpers as ch
+from tests.support.http_helpers import free_port
 
 
 def cold_start(image: str, volume: str, returned: list[float]) -> float:

@@ -11,7 +11,7 @@ plans the run and warms up, then waits. The bench then hands out chunks of `--it
 side at a time, each kind in turn, the order of the sides rotating from chunk to chunk: the machine's load
 falls on every side alike, and a ratio is taken between chunks run seconds apart. Off: no OTEL_* variable
 (the spans are the OpenTelemetry API's no-ops). On: OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local
-OTLP/HTTP receiver (tests/otlp_receiver.py, in this process), i.e. the real BatchSpanProcessor + OTLP/HTTP
+OTLP/HTTP receiver (tests/support/otlp_receiver.py, in this process), i.e. the real BatchSpanProcessor + OTLP/HTTP
 protobuf exporter, plus the variant's own variables. A variant is `NAME[@TREE][:VAR=VALUE,…]`: TREE is
 another checkout (e.g. main's) whose `matrix_mcp` that side imports. Without --variant: `default` (the
 shipped default sampler) and `always-on` (OTEL_TRACES_SAMPLER=parentbased_always_on, every span kept).
@@ -210,7 +210,7 @@ def load() -> str:
 
 
 def lock_step(args: argparse.Namespace) -> None:
-    from tests.otlp_receiver import OTLPReceiver
+    from tests.support.otlp_receiver import OTLPReceiver
 
     variants = [Side(v) for v in args.variant or DEFAULT_VARIANTS]
     sides = [Side(None), *variants]

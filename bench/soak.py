@@ -1,4 +1,4 @@
-"""Soak mode of the reliability suite: the same scenarios and checks as tests/test_reliability_*.py, longer.
+"""Soak mode of the reliability suite: the same scenarios and checks as tests/reliability/test_reliability_*.py, longer.
 
     python bench/soak.py --rounds 5 [--backends sqlite,postgres] [--pg-restart]
 
@@ -24,10 +24,10 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import PG_URL, _with_dbname
-from tests.reliability_helpers import check_store, completions_per_outcome
-from tests.test_reliability_contention import contend
-from tests.test_reliability_faults import kill_workers_until_done, kill_writers, plan
-from tests.test_reliability_postgres import run_through_outages
+from tests.reliability.test_reliability_contention import contend
+from tests.reliability.test_reliability_faults import kill_workers_until_done, kill_writers, plan
+from tests.reliability.test_reliability_postgres import run_through_outages
+from tests.support.reliability_helpers import check_store, completions_per_outcome
 
 
 def new_database(backend: str, tmp: Path) -> str:

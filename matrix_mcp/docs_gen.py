@@ -4,7 +4,7 @@ Each page is written from what the running program publishes, never from interna
 resources and prompts from a `matrix-mcp` server's own `tools/list`, `resources/list`,
 `resources/templates/list` and `prompts/list` over stdio, and the CLI page from `matrix-mcp --help` and
 every subcommand's `--help`. So the pages survive modules moving, and a test
-(`tests/test_docs.py`) regenerates them and fails when a committed page differs.
+(`tests/docs/test_docs.py`) regenerates them and fails when a committed page differs.
 
     python -m matrix_mcp.docs_gen            # rewrite docs/reference/{tools,resources,prompts,cli}.md
     python -m matrix_mcp.docs_gen --check    # exit 1 naming each stale page

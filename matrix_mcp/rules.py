@@ -5,7 +5,7 @@ what happens next, and write the answer in their own dialect. What a function de
 backends do, so the two cannot drift. Every transition of an item is one value decided here: a claim,
 complete, fail, expiry or override is a `Transition`, a heartbeat an `Extension`, a retry or cancel a
 `Move`. Where PostgreSQL writes one in a set-based statement for speed (claim, complete, heartbeat, sweep,
-retry, cancel), a property test in tests/test_rules.py holds the statement to the function here.
+retry, cancel), a property test in tests/rules/test_rules.py holds the statement to the function here.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def check_lease(row: RowT | None, outcome_id: str, token: str) -> RowT:
 def lease_holds(status: str, current_token: str | None, token: str) -> bool:
     """A lease still holds its item: the item is generating under this very token. Every write that acts
     for a lease holder (heartbeat, complete, fail) asks this (PostgreSQL's SQL texts restate it; a property
-    test in tests/test_rules.py holds them together)."""
+    test in tests/rules/test_rules.py holds them together)."""
     return status == "generating" and current_token == token
 
 
@@ -467,7 +467,7 @@ def claim(
     """A claim leases the pending item `row` (its id, item and attempts) to `worker`: generating under
     `token` until the run's lease runs out, one attempt more, started now; the item moves from pending to
     generating (rules.CLAIMED_MOVE) and the event says who took it. PostgreSQL's claim statement writes the
-    same values set-based (a property test in tests/test_rules.py holds it to this)."""
+    same values set-based (a property test in tests/rules/test_rules.py holds it to this)."""
     attempt = int(row["attempts"]) + 1
     values = {
         "status": CLAIMED_MOVE[1],

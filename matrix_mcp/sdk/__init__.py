@@ -3,5 +3,5 @@
 - `compat`: tool definitions built with the SDK's public API, their cache, and the checks every tool call
   passes (`ToolServer`).
 - `errors`: a failed tool call's result with its error as structured content (kind by the error's type).
-- `private`: every use of the SDK's internals, each pinned by a test (tests/test_sdk_private.py).
+- `private`: every use of the SDK's internals, each pinned by a test (tests/sdk/test_sdk_private.py).
 """

@@ -1,4 +1,4 @@
-"""Every use of mcp 2.3 internals, and nothing else; each one is pinned by a test in tests/test_sdk_private.py
+"""Every use of mcp 2.3 internals, and nothing else; each one is pinned by a test in tests/sdk/test_sdk_private.py
 that fails when the SDK changes it.
 
 1. `MCPServer._lowlevel_server`: handshake-era `resources/subscribe` / `resources/unsubscribe` are not served by

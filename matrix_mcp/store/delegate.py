@@ -3,7 +3,7 @@ module of its noun, called with the store's Database first (`plan = on_db(runs.p
 
 The function's own signature is the method's: the type checker holds it to the protocol (a dialect whose
 `runs.plan` drifts from `Store.plan` no longer satisfies `Store`), and `inspect.signature` shows the
-method as the protocol does (tests/test_call_shapes.py compares them). Nothing is restated in the store
+method as the protocol does (tests/architecture/test_call_shapes.py compares them). Nothing is restated in the store
 class, so a method's signature is written twice only where it must be: the protocol and its functions.
 """
 

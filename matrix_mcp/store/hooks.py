@@ -1,7 +1,7 @@
 """What events out (webhooks, Slack, Jira, GitHub) needs from the outcome store: the HookStore protocol.
 
 Both dialects (`sqlite/hooks.py`, `postgres/hooks.py`) implement it with identical semantics and pass
-one contract suite (tests/test_hooks_store.py). Each store exposes it as `store.hooks`.
+one contract suite (tests/store/test_hooks_store.py). Each store exposes it as `store.hooks`.
 
 - A subscription keeps a `cursor` into the events log. The dispatcher holding the subscription's lease
   reads the events after the cursor, turns them into deliveries and advances the cursor in one
@@ -204,7 +204,7 @@ class Redelivery:
 
 
 class HookStore(Protocol):
-    """At most one identity argument by position, the rest by keyword (tests/test_call_shapes.py)."""
+    """At most one identity argument by position, the rest by keyword (tests/architecture/test_call_shapes.py)."""
 
     async def add_subscription(self, row: SubscriptionRow, *, now: float) -> SubscriptionRow:
         """Insert; the cursor starts at the latest event (no history is replayed)."""

@@ -2,7 +2,7 @@
 
 Fields that travel together through the layers come as one frozen object built by keyword (ClaimRequest,
 NextClaim, Failure, NewRecord, StatusChange, Report): calls cannot swap two of them silently
-(tests/test_call_shapes.py holds every one to that).
+(tests/architecture/test_call_shapes.py holds every one to that).
 """
 
 from __future__ import annotations

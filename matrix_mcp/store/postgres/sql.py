@@ -395,7 +395,7 @@ WITH exp AS MATERIALIZED (
     FOR UPDATE OF q, o SKIP LOCKED
 ),
 r AS (SELECT max_attempts FROM runs WHERE id = %(run)s),
--- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/test_rules.py holds them together)
+-- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/rules/test_rules.py holds them together)
 t AS (
     SELECT o.n, CASE WHEN o.attempts >= r.max_attempts THEN 'failed' ELSE 'pending' END AS target
     FROM outcomes o JOIN exp ON exp.n = o.n CROSS JOIN r

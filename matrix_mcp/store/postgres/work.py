@@ -253,7 +253,7 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
         },
     )
     # as for merged claims: the statement's effects go straight to the batch (all or NeedSafe)
-    # (the statement took the rows whose lease holds and wrote rules.duration: tests/test_rules.py holds
+    # (the statement took the rows whose lease holds and wrote rules.duration: tests/rules/test_rules.py holds
     # it to the rules; `row` is the item as the statement left it)
     whole = Tx(conn, state)
     for row in sorted(rows, key=lambda r: int(r["req"])):
@@ -296,7 +296,7 @@ def sweep_effects(tx: Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
 
 async def cancel_pending(tx: Tx, run_id: str, now: float) -> int:
     """The run's pending items end cancelled: the statement writes rules.cancel's values (a property
-    test in tests/test_rules.py holds it to them); how many did."""
+    test in tests/rules/test_rules.py holds it to them); how many did."""
     move = rules.cancel(now)
     total = 0
     for r in await tx.all(CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
@@ -347,7 +347,7 @@ async def claim(db: Database, request: ClaimRequest, *, now: float) -> ClaimBatc
 
 async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> HeartbeatResult:
     async def op(tx: Tx) -> HeartbeatResult:
-        # the leases that hold (rules.lease_holds) run until rules.lease_expires: tests/test_rules.py
+        # the leases that hold (rules.lease_holds) run until rules.lease_expires: tests/rules/test_rules.py
         # holds the statement to them
         rows = await tx.all(
             HEARTBEAT_SQL,
@@ -405,7 +405,7 @@ async def complete(
 
     async def op(tx: Tx) -> Outcome:
         # the statement completes the item when its lease holds (rules.lease_holds, with
-        # rules.duration: tests/test_rules.py holds the SQL to them); `row` is the item before it
+        # rules.duration: tests/rules/test_rules.py holds the SQL to them); `row` is the item before it
         row = await tx.one(COMPLETE_SQL, params)
         fresh = rules.check_complete(row, outcome_id, lease_token, report)
         assert row is not None  # (check_complete raised otherwise)
@@ -493,7 +493,7 @@ async def retry(
             if prow is None:
                 raise rules.unknown_package_in_run(package)
             pid = int(prow["id"])
-        # the statement writes rules.retry's values (tests/test_rules.py holds it to them)
+        # the statement writes rules.retry's values (tests/rules/test_rules.py holds it to them)
         move = rules.retry(now)
         rows = await tx.all(
             sql.RETRY_REQUEUE_FAILED,

@@ -1,5 +1,5 @@
 """Every use of aiosqlite 0.22 internals, and nothing else; each one is pinned by a test in
-tests/test_aiosqlite_private.py that fails when aiosqlite changes it (the version is pinned to the tested
+tests/store/test_aiosqlite_private.py that fails when aiosqlite changes it (the version is pinned to the tested
 minor in pyproject.toml).
 
 1. `Connection._execute(fn, *args)`: runs `fn(*args)` on the connection's own thread and awaits it. The public
