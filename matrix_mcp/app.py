@@ -30,6 +30,7 @@ from matrix_mcp.schema.service import SchemaService
 from matrix_mcp.store.protocol import Store
 
 if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
     from matrix_mcp.integrations.service import Hooks
 
 log = logging.getLogger("matrix_mcp.app")
@@ -71,9 +72,10 @@ class App:
         """Whether the engine is open (between start-up and shut-down)."""
         return self._engine is not None
 
-    def store(self) -> Store | None:
-        """The open store (API keys, sessions, readiness, gauges), or None before start-up / after close."""
-        return None if self._engine is None else self._engine.store
+    def access(self) -> Access | None:
+        """The engine's access use cases (API keys, sessions, readiness, gauges), or None before start-up /
+        after close."""
+        return self._engine
 
     def hooks(self) -> Hooks:
         """The webhook service over the open store (loaded on first use).

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from mcp.server.auth.provider import TokenVerifier
     from mcp.server.auth.settings import AuthSettings
 
+    from matrix_mcp.engine.access import StoreAccess
     from matrix_mcp.http.app import Service
     from matrix_mcp.http.options import ServiceOptions
-    from matrix_mcp.store.protocol import Store
 
 log = logging.getLogger("matrix_schema_mcp")
 
@@ -188,17 +188,17 @@ class KeysStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.store: Store | None = None
+        self.access: StoreAccess | None = None
 
     async def open(self) -> None:
-        from matrix_mcp.store import open_store
+        from matrix_mcp.engine.access import StoreAccess
 
-        self.store = await open_store(self.url)
+        self.access = await StoreAccess.open(self.url)
 
     async def close(self) -> None:
-        store, self.store = self.store, None
-        if store is not None:
-            await store.close()
+        access, self.access = self.access, None
+        if access is not None:
+            await access.close()
 
 
 def http_service(url: str, keys_url: str | None, options: ServiceOptions, *, auth: bool) -> Service:
@@ -214,7 +214,7 @@ def http_service(url: str, keys_url: str | None, options: ServiceOptions, *, aut
 
     return build_service(
         make,
-        (lambda: keys.store) if keys is not None else None,
+        (lambda: keys.access) if keys is not None else None,
         options,
         auth=auth,
         max_body_bytes=Limits().max_json_bytes + 64 * 1024,

@@ -68,23 +68,23 @@ def _print(model: Any) -> None:
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     from matrix_mcp.errors import StoreError
-    from matrix_mcp.integrations.service import Hooks
-    from matrix_mcp.store import open_store
 
-    store = await open_store(settings.database_url, deadline=settings.db_deadline_seconds)
-    try:
-        if args.command == "dispatch":
-            from matrix_mcp.integrations.runner import dispatch
+    if args.command == "dispatch":
+        from matrix_mcp.integrations.runner import dispatch_standalone
 
-            await dispatch(store, settings.database_url, artifacts_dir=Path(settings.artifacts_dir))
-            return
-        hooks = Hooks(store, settings.database_url)
+        await dispatch_standalone(
+            settings.database_url,
+            deadline=settings.db_deadline_seconds,
+            artifacts_dir=Path(settings.artifacts_dir),
+        )
+        return
+    from matrix_mcp.integrations.service import open_hooks
+
+    async with open_hooks(settings.database_url, deadline=settings.db_deadline_seconds) as hooks:
         try:
             await _hooks(hooks, args)
         except StoreError as exc:
             sys.exit(f"matrix-mcp: {exc.field + ': ' if exc.field else ''}{exc}")
-    finally:
-        await store.close()
 
 
 async def _hooks(hooks: Any, args: argparse.Namespace) -> None:

@@ -1,20 +1,22 @@
-"""`matrix-mcp keys create|list|revoke`: API keys for the HTTP service, kept (hashed) in the store."""
+"""`matrix-mcp keys create|list|revoke`: API keys for the HTTP service, kept (hashed) in the store
+(through the engine's access use cases)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
-from matrix_mcp.errors import Conflict, StoreError
+from matrix_mcp.errors import StoreError
 from matrix_mcp.http.keys import KEY_PREFIX, hash_key, new_key
 from matrix_mcp.http.scopes import parse_scopes
-from matrix_mcp.store.params import ApiKey
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.store.params import ApiKey
 
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 GIVEN_KEY = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{32,200}")
@@ -32,18 +34,15 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     engine = await Engine.open(settings)
     try:
-        store = engine.store
         if args.keys_command == "create" and given is not None:
-            record = await _store_given_key(store, args.name, given, scopes)
+            record = await engine.add_given_api_key(args.name, key_hash=hash_key(given), scopes=scopes)
             if record is None:
                 print(f"key '{args.name}' is already stored with this value: unchanged", file=sys.stderr)
             else:
                 print(f"key '{record.name}' stored with {' '.join(record.scopes)}", file=sys.stderr)
         elif args.keys_command == "create":
             key = new_key()
-            record = await store.create_api_key(
-                args.name, key_hash=hash_key(key), scopes=scopes, now=time.time()
-            )
+            record = await engine.create_api_key(args.name, key_hash=hash_key(key), scopes=scopes)
             print(key)
             print(
                 f"key '{record.name}' created with {' '.join(record.scopes)}; this is the only time it is "
@@ -51,14 +50,14 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         elif args.keys_command == "list":
-            keys = await store.list_api_keys()
+            keys = await engine.list_api_keys()
             if getattr(args, "json", False):
                 from matrix_mcp.cli.steer import print_json
 
                 print_json({"keys": [_key_json(k) for k in keys]})
                 return 0
             if not keys:
-                print(f"no API keys in {store.url_for_display}")
+                print(f"no API keys in {engine.url_for_display}")
             for k in keys:
                 state = f"revoked {_when(k.revoked_at)}" if k.revoked_at is not None else "active"
                 print(
@@ -66,7 +65,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                     f"last used {_when(k.last_used_at)}  {state}"
                 )
         else:
-            record = await store.revoke_api_key(args.name, now=time.time())
+            record = await engine.revoke_api_key(args.name)
             print(f"key '{record.name}' revoked (every replica refuses it within seconds)")
     except StoreError as exc:
         where = f"{exc.field}: " if exc.field else ""
@@ -92,20 +91,6 @@ def read_key_file(path: str) -> str:
             "'-' or '_' (e.g. python3 -c 'import secrets; print(\"mtx_\" + secrets.token_urlsafe(32))')"
         )
     return key
-
-
-async def _store_given_key(store: Store, name: str, key: str, scopes: tuple[str, ...]) -> ApiKey | None:
-    """Store `key` under `name`; None when exactly that key is already stored under that name (a container's
-    set-up step runs at every start). A different key of that name, or that key under another name, is a
-    Conflict naming the field."""
-    existing = await store.api_key_by_hash(hash_key(key))
-    if existing is not None:
-        if existing.name != name:
-            raise Conflict(f"this key is already stored as '{existing.name}'", field="--key-file")
-        if existing.revoked_at is not None:
-            raise Conflict(f"key '{name}' was revoked: store a new key under a new name", field="name")
-        return None
-    return await store.create_api_key(name, key_hash=hash_key(key), scopes=scopes, now=time.time())
 
 
 def _key_json(k: ApiKey) -> dict[str, object]:

@@ -283,7 +283,7 @@ async def _status(settings: Settings, run: str | None, check: bool, as_json: boo
                 return
             runs = listed.runs
             if not runs:
-                print(f"no runs in {engine.store.url_for_display}")
+                print(f"no runs in {engine.url_for_display}")
             else:
                 print(
                     RUNS_ROW.format(
@@ -299,7 +299,7 @@ async def _status(settings: Settings, run: str | None, check: bool, as_json: boo
             status = await engine.run_status(run)
         except StoreError as exc:
             sys.exit(f"matrix-mcp: {exc}")
-        report = await engine.store.recount(status.run_id) if check else None
+        report = await engine.recount(status.run_id) if check else None
         if as_json:
             data = status.model_dump(mode="json", exclude_none=True)
             if report is not None:

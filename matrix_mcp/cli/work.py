@@ -435,7 +435,7 @@ class Worker:
         first: int | None = None
         while True:
             try:
-                run = await self.engine.store.get_run(self.info.id)
+                run = await self.engine.get_run(self.info.id)
             except StoreError:
                 await anyio.sleep(1)
                 continue

@@ -4,6 +4,8 @@ Tools (MCP, REST, CLI) call the `Engine`; the engine validates, decides and call
 `Engine` is a thin facade: each use case lives in its own module, as a class over `EngineCore` (the store,
 the settings, the artifact store and the caches every use case shares):
 
+- `access`: API keys, board sessions, readiness and the gauges of /metrics (`Access`; `open_access` for
+  a server without an engine)
 - `validate`: argument checks and their bounds (each raises `InputError` naming the field)
 - `core`: `EngineCore`, `RunInfo`, run lookup and the outcome-path checks reports share
 - `planning`: plan, control, list and read runs
@@ -22,6 +24,7 @@ from __future__ import annotations
 import anyio
 
 from matrix_mcp.config import Settings
+from matrix_mcp.engine.access import Access
 from matrix_mcp.engine.content import Content
 from matrix_mcp.engine.core import EngineCore, RunInfo
 from matrix_mcp.engine.export import Export
@@ -45,6 +48,7 @@ __all__ = [
     "MAX_SEQ",
     "MEDIA_TYPE_ERROR",
     "MEDIA_TYPE_PATTERN",
+    "Access",
     "Engine",
     "EngineCore",
     "InputError",
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 
-class Engine(Planning, Work, Watching, Tracking, Content, Export):
+class Engine(Planning, Work, Watching, Tracking, Content, Export, Access):
     """Every use case over one store: what MCP tools, REST endpoints and the CLI call.
 
     Each method raises the errors of `matrix_mcp.errors` on purpose, listed in its docstring; besides

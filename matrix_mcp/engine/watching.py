@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from matrix_mcp.engine.core import EngineCore, ProgressFn, Waiting
-from matrix_mcp.models import Event, RunStatus
+from matrix_mcp.models import Event, RecountReport, RunStatus
 from matrix_mcp.store.params import Cell, MinuteCount
 
 # A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
@@ -103,10 +103,17 @@ class Watching(EngineCore):
         seconds = max(1.0, span.last_finished_at - span.first_started_at)
         return round(span.finished / seconds * 60, 3)
 
-    async def latest_seq(self) -> int:
-        """The sequence number of the latest event (0 before the first): where a follower starts to see
-        only what happens from now on."""
-        return await self.store.latest_seq()
+    async def recount(self, run: str | None = None) -> RecountReport:
+        """Compare the status counters of one run (or of every run) with a recount of its items
+        (`status --check`).
+
+        Args:
+            run: the run's name or id; None for every run.
+
+        Raises:
+            NotFound: no such run.
+        """
+        return await self.store.recount(None if run is None else (await self.run_info(run)).id)
 
     async def events(self, *, since: int, run: str | None = None, limit: int) -> list[Event]:
         """The events after `since`, oldest first: every run's, or one run's.

@@ -15,10 +15,10 @@ import hashlib
 import hmac
 import os
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -28,7 +28,9 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from matrix_mcp.http.scopes import ALL_SCOPES
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
 
 ACCESS_KEY = "matrix.access"  # the ASGI scope key holding the AccessToken the guard verified
 COOKIE = "matrix_session"
@@ -53,13 +55,13 @@ class Sessions:
     replica on it refuses the cookie from then on."""
 
     def __init__(
-        self, secret: str | None, *, secure: bool, store: Callable[[], Store | None] | None = None
+        self, secret: str | None, *, secure: bool, access: Callable[[], Access | None] | None = None
     ) -> None:
         raw = hashlib.sha256((secret or secrets.token_hex(32)).encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(raw))
         self._mac_key = hashlib.sha256(b"csrf:" + raw).digest()
         self.secure = secure
-        self._store = store or (lambda: None)
+        self._access = access or (lambda: None)
 
     def seal(self, token: str) -> str:
         return self._fernet.encrypt(token.encode()).decode()
@@ -81,19 +83,19 @@ class Sessions:
         token = self.unseal(cookie)
         if token is None:
             return None
-        store = self._store()
-        if store is not None and await store.session_revoked(self.session_id(cookie)):
+        access = self._access()
+        if access is not None and await access.session_revoked(self.session_id(cookie)):
             return None
         return token
 
     async def end(self, cookie: str) -> bool:
         """Sign-out: the session is refused from now on (kept in the store until it would have expired
         anyway). False when there is no store to keep it in (the cookie is only cleared then)."""
-        store = self._store()
-        if store is None or self.unseal(cookie) is None:
+        access = self._access()
+        if access is None or self.unseal(cookie) is None:
             return False
         expires_at = self._fernet.extract_timestamp(cookie.encode()) + SESSION_SECONDS
-        await store.revoke_session(self.session_id(cookie), expires_at=expires_at, now=time.time())
+        await access.revoke_session(self.session_id(cookie), expires_at=expires_at)
         return True
 
     def csrf(self, cookie: str | None) -> str:

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server import MCPServer
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -31,7 +31,9 @@ from matrix_mcp.http.options import ServiceOptions, is_loopback
 from matrix_mcp.http.parts import Parts
 from matrix_mcp.http.ratelimit import RateLimits, parse_rate
 from matrix_mcp.http.scopes import ALL_SCOPES, TOOL_SCOPES, ScopeGate
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
 
 log = logging.getLogger("matrix_mcp.http")
 
@@ -76,7 +78,7 @@ def transport_security(options: ServiceOptions) -> TransportSecuritySettings:
 
 def build_service(
     make_server: Callable[[AuthSettings | None, TokenVerifier | None], MCPServer[Any]],
-    store: Callable[[], Store | None] | None,
+    access: Callable[[], Access | None] | None,
     options: ServiceOptions,
     *,
     auth: bool,
@@ -86,8 +88,8 @@ def build_service(
     mount: Callable[[Parts], Callable[[Scope], Awaitable[str | None]]] | None = None,
 ) -> Service:
     """Assemble the ASGI app around the server `make_server` builds (given the SDK's auth settings).
-    `store` gives the open store (API keys, readiness, gauges) once the server's lifespan has opened it;
-    None for a server without one (JWT only; /readyz is then /healthz)."""
+    `access` gives the engine's access use cases (API keys, sessions, readiness, gauges) once the server's
+    lifespan has opened its store; None for a server without one (JWT only; /readyz is then /healthz)."""
     verifier: Verifiers | None = None
     auth_settings: AuthSettings | None = None
     if auth:
@@ -102,7 +104,7 @@ def build_service(
                 issuer=options.jwt_issuer,
                 leeway=options.jwt_leeway,
             )
-        keys = ApiKeyVerifier(store, options.key_cache_seconds) if store is not None else None
+        keys = ApiKeyVerifier(access, options.key_cache_seconds) if access is not None else None
         verifier = Verifiers(keys, jwt)
         auth_settings = AuthSettings(
             # with API keys alone there is no separate authorization server: the service names itself
@@ -117,11 +119,11 @@ def build_service(
     if auth:
         mcp.middleware.append(ScopeGate())
     mcp.custom_route("/healthz", methods=["GET"])(healthz)
-    mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(store) if store is not None else healthz)
-    gauge_store = store if gauges and store is not None else (lambda: None)
+    mcp.custom_route("/readyz", methods=["GET"])(readyz_endpoint(access) if access is not None else healthz)
+    gauge_access = access if gauges and access is not None else (lambda: None)
     security = transport_security(options)
     mcp.custom_route("/metrics", methods=["GET"])(
-        metrics_endpoint(metrics, gauge_store, options.metrics_token, security)
+        metrics_endpoint(metrics, gauge_access, options.metrics_token, security)
     )
     limits = None
     if options.rate_limit or options.auth_failure_limit:
@@ -140,7 +142,7 @@ def build_service(
             limits=limits,
             metrics=metrics,
             options=options,
-            store=store or (lambda: None),
+            access=access or (lambda: None),
             security=security,
             max_body_bytes=max_body_bytes,
         )
@@ -207,7 +209,7 @@ def matrix_service(app: App, options: ServiceOptions, *, auth: bool) -> Service:
 
     return build_service(
         make,
-        app.store,
+        app.access,
         options,
         auth=auth,
         max_body_bytes=max_body_bytes(app.settings),
@@ -215,21 +217,19 @@ def matrix_service(app: App, options: ServiceOptions, *, auth: bool) -> Service:
     )
 
 
-async def decide_auth(keys: str | Store | None, options: ServiceOptions) -> bool:
-    """Authentication is on when the store `keys` (open, or its URL) holds an API key that is not revoked
+async def decide_auth(keys: str | Access | None, options: ServiceOptions) -> bool:
+    """Authentication is on when `keys` (the engine or other access to a store, or the store's URL) holds
+    an API key that is not revoked
     or a JWT verifier is configured. Without either: open on a loopback address (said on stderr); refused
     elsewhere unless --insecure-no-auth. Raises ValueError with the one-line reason."""
     if options.jwt_configured:
         return True
     if isinstance(keys, str):
-        from matrix_mcp.store import open_store
+        from matrix_mcp.engine.access import open_access
 
-        store = await open_store(keys)
-        try:
-            return await decide_auth(store, options)
-        finally:
-            await store.close()
-    if keys is not None and any(k.revoked_at is None for k in await keys.list_api_keys()):
+        async with open_access(keys) as access:
+            return await decide_auth(access, options)
+    if keys is not None and await keys.has_live_api_keys():
         return True
     if is_loopback(options.host):
         notice(
@@ -257,7 +257,7 @@ async def serve(settings: Settings, options: ServiceOptions) -> None:
     # cannot be opened is a one-line error here rather than uvicorn's traceback from the lifespan
     engine = await Engine.open(settings)
     try:
-        auth = await decide_auth(engine.store, options)
+        auth = await decide_auth(engine, options)
     finally:
         await engine.close()
     if auth:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request
@@ -11,7 +11,9 @@ from starlette.responses import JSONResponse, Response
 
 from matrix_mcp.config import redact_text
 from matrix_mcp.errors import StoreError
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
 
 READY_TIMEOUT = 2.0
 
@@ -21,10 +23,10 @@ async def healthz(request: Request) -> Response:
 
 
 def readyz_endpoint(
-    store: Callable[[], Store | None], timeout: float = READY_TIMEOUT
+    access: Callable[[], Access | None], timeout: float = READY_TIMEOUT
 ) -> Callable[[Request], Any]:
     async def readyz(request: Request) -> Response:
-        current = store()
+        current = access()
         if current is None:
             return JSONResponse({"status": "unavailable", "reason": "the store is not open"}, status_code=503)
         try:

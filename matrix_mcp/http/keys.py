@@ -14,12 +14,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mcp.server.auth.provider import AccessToken
 
 from matrix_mcp.errors import StoreError
-from matrix_mcp.store.params import ApiKey
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
+    from matrix_mcp.store.params import ApiKey
 
 log = logging.getLogger("matrix_mcp.http.keys")
 
@@ -50,8 +53,8 @@ class _Cached:
 class ApiKeyVerifier:
     """TokenVerifier for API keys; the principal is `key:NAME`."""
 
-    def __init__(self, store: Callable[[], Store | None], cache_seconds: float = CACHE_SECONDS) -> None:
-        self._store = store
+    def __init__(self, access: Callable[[], Access | None], cache_seconds: float = CACHE_SECONDS) -> None:
+        self._access = access
         self._cache_seconds = cache_seconds
         self._cache: dict[str, _Cached] = {}
         self._touched: dict[str, float] = {}
@@ -63,11 +66,11 @@ class ApiKeyVerifier:
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is None or hit.until <= now:
-            store = self._store()
-            if store is None:
+            access = self._access()
+            if access is None:
                 return None
             try:
-                key = await store.api_key_by_hash(digest)
+                key = await access.api_key_by_hash(digest)
             except StoreError as exc:
                 # the store is unreachable: a key known a moment ago stays good until it answers again
                 # (nobody can revoke it meanwhile); an unknown one is refused
@@ -79,18 +82,18 @@ class ApiKeyVerifier:
                 self._cache.clear()
             hit = self._cache[digest] = _Cached(key, now + self._cache_seconds)
             if key is not None and key.revoked_at is None:
-                await self._touch(store, key.name)
+                await self._touch(access, key.name)
         key = hit.key
         if key is None or key.revoked_at is not None:
             return None
         return AccessToken(token=token, client_id=f"key:{key.name}", scopes=list(key.scopes))
 
-    async def _touch(self, store: Store, name: str) -> None:
+    async def _touch(self, access: Access, name: str) -> None:
         now = time.time()
         if now - self._touched.get(name, 0.0) < TOUCH_EVERY:
             return
         self._touched[name] = now
         try:
-            await store.touch_api_key(name, now=now)
+            await access.touch_api_key(name, now=now)
         except StoreError as exc:  # a missed use stamp must not refuse the call
             log.warning("recording the use of key %r failed: %s", name, exc)

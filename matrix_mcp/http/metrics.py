@@ -15,7 +15,7 @@ import contextlib
 import hmac
 import time
 from collections.abc import Callable, Container, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -29,8 +29,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from matrix_mcp.errors import StoreError
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine.access import Access
 from matrix_mcp.models import STATUSES, Status
-from matrix_mcp.store.protocol import Store
 from matrix_mcp.telemetry import add_generation_sink, add_integration_sink
 
 GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -101,8 +103,8 @@ class Metrics:
     def tool_label(self, name: object) -> str:
         return name if isinstance(name, str) and name in self._known_tools() else "other"
 
-    async def refresh_active(self, store: Store) -> None:
-        self.active.totals, self.active.counts = await store.active_status_counts(self.max_packages)
+    async def refresh_active(self, access: Access) -> None:
+        self.active.totals, self.active.counts = await access.active_status_counts(self.max_packages)
 
     def exposition(self) -> bytes:
         # a histogram pair already scraped, not observed since, whose package has no unfinished work left
@@ -208,7 +210,7 @@ def _is_error(result: HandlerResult) -> bool:
 
 def metrics_endpoint(
     metrics: Metrics,
-    store: Callable[[], Store | None],
+    access: Callable[[], Access | None],
     token: str | None,
     security: TransportSecuritySettings | None = None,
 ) -> Callable[[Request], Any]:
@@ -227,7 +229,7 @@ def metrics_endpoint(
                     status_code=401,
                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
                 )
-        current = store()
+        current = access()
         if current is not None:
             with contextlib.suppress(StoreError):  # gauges keep their last values; /readyz tells
                 await metrics.refresh_active(current)

@@ -1,5 +1,5 @@
 """The routes beside /mcp for the Matrix server: the REST API and the dashboard, sharing the service's
-verifier, rate limiter, scope map and store."""
+verifier, rate limiter, scope map and access (API keys, sessions)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def mount(parts: Parts, app: App) -> Callable[[Scope], Awaitable[str | None]]:
     """Register the routes over `app` (the composition root the MCP server also receives); returns how
     the guard finds a request's credential (bearer or session)."""
     sessions = Sessions(
-        session_secret(), secure=parts.options.base_url.startswith("https://"), store=parts.store
+        session_secret(), secure=parts.options.base_url.startswith("https://"), access=parts.access
     )
     identify = Identify(parts.verifier, sessions, parts.security)
     rest = Rest(parts.mcp, identify, app, parts.max_body_bytes)

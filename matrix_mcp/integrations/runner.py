@@ -68,3 +68,14 @@ async def dispatch(
     finally:
         with anyio.CancelScope(shield=True):
             await dispatcher.aclose()
+
+
+async def dispatch_standalone(database_url: str, *, deadline: float, artifacts_dir: Path) -> None:
+    """`matrix-mcp dispatch`: open the store at `database_url` and run the dispatcher until cancelled."""
+    from matrix_mcp.store import open_store
+
+    store = await open_store(database_url, deadline=deadline)
+    try:
+        await dispatch(store, database_url, artifacts_dir=artifacts_dir)
+    finally:
+        await store.close()

@@ -9,7 +9,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -414,3 +415,16 @@ class Hooks:
 
 def dumps(model: Any) -> str:
     return json.dumps(model.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
+
+
+@asynccontextmanager
+async def open_hooks(database_url: str, *, deadline: float) -> AsyncIterator[Hooks]:
+    """The webhook service over the store at `database_url`, open while the block runs (the CLI's
+    `hooks` commands; a server uses its App's)."""
+    from matrix_mcp.store import open_store
+
+    store = await open_store(database_url, deadline=deadline)
+    try:
+        yield Hooks(store, database_url)
+    finally:
+        await store.close()

@@ -43,11 +43,11 @@ async def test_the_app_has_an_engine_only_while_it_runs(sqlite_settings: Setting
     for _ in range(2):  # it can start again after it stopped
         with pytest.raises(Unavailable, match=STARTING):
             app.engine  # noqa: B018
-        assert app.store() is None and not app.started
+        assert app.access() is None and not app.started
         async with app.running() as running:
             assert running is app and app.started
             await watching.wait()
-            assert seen[-1] is app.store() is app.engine.store
+            assert seen[-1] is app.engine.store and app.access() is app.engine
             assert (await app.engine.list_runs()).runs == []
             assert app.hooks() is app.hooks()  # one webhook service per open store
             watching = anyio.Event()

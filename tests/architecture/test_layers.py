@@ -196,3 +196,65 @@ def test_no_import_cycle() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+FACES = ("matrix_mcp.http", "matrix_mcp.cli")
+
+
+def store_reaches(source: str) -> list[str]:
+    """Where `source` reaches the store itself: an attribute `.store`, or an import of matrix_mcp.store
+    (under TYPE_CHECKING, for annotations, is allowed)."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Attribute) and node.attr == "store":
+            found.append(f"line {node.lineno}: .store")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.module == "matrix_mcp":
+                names = [f"matrix_mcp.{a.name}" for a in node.names]
+            found.extend(
+                f"line {node.lineno}: import {n}"
+                for n in names
+                if n == "matrix_mcp.store" or n.startswith("matrix_mcp.store.")
+            )
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def test_the_faces_reach_the_store_only_through_the_engine() -> None:
+    """http/ and cli/ call the engine's (and the App's) use cases; the store is theirs to name in types only."""
+    faces = {name: path for name, path in modules().items() if name.startswith(FACES)}
+    assert len(faces) > 20
+    reaches = {
+        name: hits
+        for name, path in faces.items()
+        if (hits := store_reaches(path.read_text(encoding="utf-8")))
+    }
+    assert reaches == {}
+
+
+def test_the_store_check_finds_what_it_must() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from matrix_mcp.store.protocol import Store\n"
+        "from matrix_mcp.store import open_store\n"
+        "import matrix_mcp.store.params\n"
+        "from matrix_mcp import store\n"
+        "async def f(engine):\n"
+        "    return await engine.store.recount()\n"
+    )
+    assert store_reaches(source) == [
+        "line 4: import matrix_mcp.store",
+        "line 5: import matrix_mcp.store.params",
+        "line 6: import matrix_mcp.store",
+        "line 8: .store",
+    ]
