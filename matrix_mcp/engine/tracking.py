@@ -163,7 +163,7 @@ class Tracking(EngineCore):
 
         Raises:
             InputError: a bad limit.
-            MatrixError: a cursor this server did not issue.
+            InputError: a cursor this server did not issue.
             NotFound: no such run.
         """
         run_id = (await self.run_info(run)).id if run is not None else None

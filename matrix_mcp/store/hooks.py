@@ -259,7 +259,7 @@ class HookStore(Protocol):
     async def get_delivery(self, delivery_id: str) -> DeliveryRow: ...
 
     async def list_deliveries(self, query: DeliveryQuery) -> DeliveryPage:
-        """StoreError (field `cursor`) for a cursor this server did not issue."""
+        """InputError (field `cursor`) for a cursor this server did not issue."""
         ...
 
     async def redeliver(self, target: Redelivery, *, now: float) -> int:

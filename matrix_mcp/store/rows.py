@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.errors import StoreError
+from matrix_mcp.errors import InputError
 from matrix_mcp.models import (
     STATUSES,
     Attempt,
@@ -142,7 +142,7 @@ def decode_cursor(cursor: str | None, *, kind: str = OUTCOME_CURSOR) -> int:
             value = -1
         if 0 <= value < 2**63:
             return value
-    raise StoreError("cursor is not one this server issued", field="cursor")
+    raise InputError("cursor is not one this server issued", field="cursor")
 
 
 def pinned(columns: Mapping[str, Any]) -> list[tuple[str, Any]]:

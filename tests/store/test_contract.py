@@ -322,7 +322,7 @@ async def test_pagination_covers_everything_once(engine: Engine) -> None:
     assert len(seen) == 21 and len(set(seen)) == 21 and pages == 6
     only = await engine.list_outcomes(run="r", package="p1", status="pending", limit=100)
     assert len(only.outcomes) == 7 and {o.package for o in only.outcomes} == {"p1"}
-    with pytest.raises(StoreError) as err:
+    with pytest.raises(InputError) as err:
         await engine.list_outcomes(cursor="garbage!")
     assert err.value.field == "cursor"
 
