@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -98,3 +99,21 @@ async def engine(settings: Settings) -> AsyncIterator[Engine]:
 async def assert_consistent(engine: Engine) -> None:
     report = await engine.store.recount()
     assert report.consistent, report.mismatches
+
+
+CHROMIUM = os.environ.get("MATRIX_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium (Debian's package, driven by Playwright; nothing downloaded), for the board's and
+    the MCP Apps view's page tests."""
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            await b.close()

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from tests.support.http_helpers import client, create_key, free_port, running, s
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = os.environ.get("MATRIX_CHROMIUM", "/usr/bin/chromium")
 EXT_APPS = "@modelcontextprotocol/ext-apps@2.0.4"
 ESBUILD = "esbuild@0.28.2"
 EVIL_PACKAGE = "<script>window.__pwned=1</script>"
@@ -140,19 +138,6 @@ def host_bridge_js() -> bytes:
         assert build.returncode == 0, f"esbuild failed: {build.stderr[-2000:]}"
         os.replace(f"{bundle}.tmp", bundle)
     return bundle.read_bytes()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 def host_app(bridge_js: bytes, clients: dict[str, Client]) -> Starlette:

@@ -3,9 +3,6 @@ on 127.0.0.1. Skipped when Chromium or Playwright is missing here; CI installs b
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +14,12 @@ from tests.support.http_helpers import client, create_key, serving
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = os.environ.get("MATRIX_CHROMIUM", "/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
 EVIL_NAME = "<script>window.__pwned=1</script>"
 EVIL_ITEM = '<img src=x onerror="window.__pwned=2">'
 EVIL_CONTENT = '<script>window.__pwned=3</script><img src=x onerror="window.__pwned=4"> & plain text'
 GREEN = (22, 163, 74)  # complete
 GREY = (229, 231, 235)  # pending
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.async_api")
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 @pytest.fixture
