@@ -1,9 +1,12 @@
 """How a dialect's store class answers the Store protocol: each method is the same-named function of the
-module of its noun, called with the store's Database first (`plan = on_db(runs.plan)`).
+module of its noun, called with the store's Database first (`plan` is `on_db(runs.plan)`).
 
-The function's own signature is the method's: the type checker holds it to the protocol (a dialect whose
-`runs.plan` drifts from `Store.plan` no longer satisfies `Store`), and `inspect.signature` shows the
-method as the protocol does (tests/architecture/test_call_shapes.py compares them). Nothing is restated in the store
+What both dialects' store classes share is here too: `DialectStore` holds the Database and its lifecycle.
+The list of methods is the protocol's, stated once: `@delegated(runs, work, ...)` binds every Store method
+the class does not define to the one function of that name defined in those modules, and fails at
+import when a method has no function or two. The function's own signature is the method's:
+`inspect.signature` shows the method as the protocol does, and tests/architecture/test_call_shapes.py
+holds names, kinds, defaults and annotations equal to the protocol's. Nothing is restated in the store
 class, so a method's signature is written twice only where it must be: the protocol and its functions.
 """
 
@@ -12,12 +15,47 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+from types import ModuleType
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+
+from matrix_mcp.store.group_commit import GroupCommit
+from matrix_mcp.store.protocol import Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
 DB = TypeVar("DB")
 DB_co = TypeVar("DB_co", covariant=True)
+C = TypeVar("C", bound=type)
+
+
+class Database(Protocol):
+    """What a dialect's Database offers its store class besides the noun modules' needs."""
+
+    @property
+    def url_for_display(self) -> str: ...
+
+    @property
+    def group_commit(self) -> GroupCommit[Any]: ...
+
+    async def close(self) -> None: ...
+
+
+D = TypeVar("D", bound=Database)
+
+
+class DialectStore(Store, Generic[D]):
+    """A dialect's store class: its Database and its lifecycle; `@delegated` adds the Store methods."""
+
+    def __init__(self, db: D) -> None:
+        self.db = db
+        self.url_for_display = db.url_for_display
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    @property
+    def group_commit(self) -> GroupCommit[Any]:
+        return self.db.group_commit
 
 
 class HasDb(Protocol[DB_co]):
@@ -60,3 +98,36 @@ class on_db(Generic[DB, P, R]):
     def __call__(self, store: HasDb[DB], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Called through the class (`SQLiteStore.plan(store, ...)`), as a method would be."""
         return self.fn(store.db, *args, **kwargs)
+
+
+def protocol_methods(protocol: type) -> list[str]:
+    """The public methods `protocol` declares in its own body (properties excluded), in its order."""
+    return [name for name, value in vars(protocol).items() if inspect.isfunction(value) and name[0] != "_"]
+
+
+def delegated(*modules: ModuleType) -> Callable[[C], C]:
+    """Class decorator for a dialect's store (a DialectStore, so a Store subclass): each protocol
+    method the class (or a base that is no protocol) does not define becomes `on_db` of the one function of that name defined in
+    `modules` (the dialect's noun modules)."""
+
+    def bind(cls: C) -> C:
+        protocols = [base for base in cls.__mro__ if getattr(base, "_is_protocol", False)]
+        concrete = [base for base in cls.__mro__ if base not in protocols and base is not object]
+        for name in [name for protocol in protocols for name in protocol_methods(protocol)]:
+            if any(name in vars(base) for base in concrete):
+                continue
+            homes: list[Any] = [
+                fn
+                for module in modules
+                if (fn := vars(module).get(name)) is not None
+                and getattr(fn, "__module__", None) == module.__name__
+            ]
+            if len(homes) != 1:
+                where = ", ".join(module.__name__ for module in modules)
+                raise TypeError(f"{cls.__name__}.{name}: {len(homes)} functions of that name in {where}")
+            method: on_db[Any, Any, Any] = on_db(homes[0])
+            method.__set_name__(cls, name)
+            setattr(cls, name, method)
+        return cls
+
+    return bind

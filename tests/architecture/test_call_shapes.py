@@ -9,7 +9,7 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -87,13 +87,50 @@ def test_every_hook_store_method_takes_at_most_one_argument_by_position() -> Non
 )
 def test_both_dialects_take_the_protocols_arguments_the_protocols_way(protocol: type, dialect: type) -> None:
     """The protocol being keyword-only is not enough: a dialect that still accepts a field by position
-    satisfies it for the type checker, and a positional caller of that dialect would go unnoticed."""
+    satisfies it for the type checker, and a positional caller of that dialect would go unnoticed. A store
+    method bound by store/delegate.py is checked here rather than by mypy (the store class subclasses the
+    protocol), so its defaults and annotations must read as the protocol's too."""
     methods = _public_methods(protocol)
     for name, proto in methods.items():
         impl = getattr(dialect, name)
         want = [(p.name, p.kind) for p in inspect.signature(proto).parameters.values()]
         got = [(p.name, p.kind) for p in inspect.signature(impl).parameters.values()]
         assert got == want, name
+        if isinstance(inspect.getattr_static(dialect, name), on_db):
+            assert _typed(impl) == _typed(proto), name
+
+
+def _typed(fn: Any) -> tuple[list[tuple[str, Any, Any]], Any]:
+    """A signature's defaults and annotations (as written: the modules use postponed annotations)."""
+    sig = inspect.signature(fn)
+    params = [(p.name, p.default, p.annotation) for p in sig.parameters.values()][1:]
+    return params, sig.return_annotation
+
+
+def test_a_store_method_with_no_function_or_two_fails_at_import() -> None:
+    """store/delegate.py binds each protocol method to exactly one function of the noun modules."""
+    import types
+
+    from matrix_mcp.store.delegate import delegated
+
+    class Tiny(Protocol):
+        async def plan(self) -> None: ...
+
+    one, two = types.ModuleType("one"), types.ModuleType("two")
+
+    async def plan(db: object) -> None: ...
+
+    plan.__module__ = "one"
+    one.plan = plan  # type: ignore[attr-defined]
+    bound = delegated(one)(type("Bound", (Tiny,), {}))
+    assert isinstance(inspect.getattr_static(bound, "plan"), on_db)
+    with pytest.raises(TypeError, match=r"Missing\.plan: 0 functions"):
+        delegated(two)(type("Missing", (Tiny,), {}))
+    twin = types.FunctionType(plan.__code__, {}, "plan")
+    twin.__module__ = "two"
+    two.plan = twin  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match=r"Twice\.plan: 2 functions"):
+        delegated(one, two)(type("Twice", (Tiny,), {}))
 
 
 def test_each_store_method_sits_in_the_same_named_module_in_both_dialects() -> None:
