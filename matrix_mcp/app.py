@@ -27,7 +27,6 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.errors import MatrixError, starting
 from matrix_mcp.integrations.runner import Waker, dispatch_when_needed
 from matrix_mcp.schema.service import SchemaService
-from matrix_mcp.store.protocol import Store
 
 if TYPE_CHECKING:
     from matrix_mcp.engine.access import Access
@@ -35,8 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("matrix_mcp.app")
 
-Watcher = Callable[[Store], Coroutine[Any, Any, None]]
-"""A background task run with the open store while the App runs (cancelled when it stops)."""
+Watcher = Callable[[Engine], Coroutine[Any, Any, None]]
+"""A background task run with the open engine while the App runs (cancelled when it stops)."""
 
 
 class App:
@@ -95,7 +94,7 @@ class App:
         self.waker.wake()
 
     def watch(self, watcher: Watcher) -> None:
-        """Run `watcher(store)` in the background whenever the App runs (from its next start-up)."""
+        """Run `watcher(engine)` in the background whenever the App runs (from its next start-up)."""
         self._watchers.append(watcher)
 
     @asynccontextmanager
@@ -112,7 +111,7 @@ class App:
         try:
             async with anyio.create_task_group() as tg:
                 for watcher in self._watchers:
-                    tg.start_soon(watcher, engine.store)
+                    tg.start_soon(watcher, engine)
                 tg.start_soon(repair_recent_files, engine)  # in the background: start-up stays fast
                 # events out: a cheap check now and then; the dispatcher loads only once a webhook exists
                 tg.start_soon(

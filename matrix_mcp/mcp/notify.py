@@ -1,4 +1,4 @@
-"""Resource-updated notifications in both protocol eras, driven by the store's change feed.
+"""Resource-updated notifications in both protocol eras, driven by the change feed (the engine's events).
 
 - Modern era (2026-07-28): clients open `subscriptions/listen`; we publish `ResourceUpdated` on the
   server's subscription bus, which filters per stream.
@@ -6,7 +6,7 @@
   `MCPServer`, so we register handlers on its low-level server (private API of mcp 2.3, kept in
   `sdk.private`) and send `notifications/resources/updated` on each subscribed connection.
 
-A watcher task follows the store's event log, so changes made by *other* server processes on the same
+A watcher task follows the event log through the engine, so changes made by *other* server processes on the same
 database (the usual case: each worker agent runs its own server) are notified too.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -23,7 +23,9 @@ from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 
 from matrix_mcp.models import Event
-from matrix_mcp.store.protocol import Store
+
+if TYPE_CHECKING:
+    from matrix_mcp.engine import Engine
 
 log = logging.getLogger("matrix_mcp.notify")
 
@@ -127,9 +129,10 @@ class Notifier:
                 await self.bus.publish(ResourceUpdated(uri=uri))
         await self.legacy.send(uris)
 
-    async def watch(self, store: Store, poll_timeout: float = 5.0) -> None:
-        """Follow the event log for as long as the server runs; idle while nobody subscribes."""
-        seq = await store.latest_seq()
+    async def watch(self, engine: Engine, poll_timeout: float = 5.0) -> None:
+        """Follow the event log (through the engine) for as long as the server runs; idle while nobody
+        subscribes."""
+        seq = await engine.latest_seq()
         while True:
             if not self.active():
                 self.bus.changed = anyio.Event()
@@ -144,15 +147,15 @@ class Notifier:
                     tg.start_soon(wake, self.legacy.changed)
                 # Keep `seq` from before the idle spell: a change committed between the subscription and
                 # this wake-up must still be notified. Skip ahead only after a long idle spell.
-                latest = await store.latest_seq()
+                latest = await engine.latest_seq()
                 if latest - seq > 10_000:
                     seq = latest - 100
                 continue
             try:
-                latest = await store.wait_for_change(seq, timeout=poll_timeout)
+                latest = await engine.wait_for_change(seq, timeout=poll_timeout)
                 if latest <= seq:
                     continue
-                events = await store.events_after(since=seq, run_id=None, limit=2000)
+                events = await engine.events(since=seq, limit=2000)
                 seq = events[-1].seq if events else latest
                 uris: set[str] = set()
                 for event in events:

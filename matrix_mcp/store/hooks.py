@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp import rules
-from matrix_mcp.store.rows import DELIVERY_CURSOR, encode_cursor, pinned
+from matrix_mcp.pagination import DELIVERY_CURSOR, encode_cursor
+from matrix_mcp.store.rows import pinned
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed")

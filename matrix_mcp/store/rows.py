@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.errors import InputError
 from matrix_mcp.models import (
     STATUSES,
     Attempt,
@@ -28,6 +26,7 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
+from matrix_mcp.pagination import encode_cursor
 from matrix_mcp.rules import RowLike
 from matrix_mcp.store.params import ApiKey, Claim, OutcomeFilter
 
@@ -103,46 +102,6 @@ def loads(text: str | None, default: Any = None) -> Any:
 
 def spec_dumps(spec: Any) -> str | None:
     return None if spec is None else dumps(spec)
-
-
-# ---- the one cursor codec: an opaque page cursor is its payload text, base64url without padding -----
-
-DELIVERY_CURSOR = ""  # delivery pages: the sequence number alone
-OUTCOME_CURSOR = "o:"  # outcome pages
-
-
-def cursor_text(payload: str) -> str:
-    """The cursor carrying `payload`."""
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-
-def cursor_payload(cursor: str) -> str | None:
-    """The payload of a cursor `cursor_text` made; None for anything else."""
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def encode_cursor(n: int, *, kind: str = OUTCOME_CURSOR) -> str:
-    """A page cursor after sequence number `n` (an outcome's or a delivery's `n`)."""
-    return cursor_text(kind + str(n))
-
-
-def decode_cursor(cursor: str | None, *, kind: str = OUTCOME_CURSOR) -> int:
-    """The sequence number an `encode_cursor` cursor of this kind carries (0: no cursor, the first page);
-    anything else is refused, as is a number neither store can bind (64-bit)."""
-    if not cursor:
-        return 0
-    payload = cursor_payload(cursor)
-    if payload is not None and payload.startswith(kind):
-        try:
-            value = int(payload[len(kind) :])
-        except ValueError:
-            value = -1
-        if 0 <= value < 2**63:
-            return value
-    raise InputError("cursor is not one this server issued", field="cursor")
 
 
 def pinned(columns: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -15,11 +15,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from matrix_mcp.app import App
 from matrix_mcp.config import Settings
+from matrix_mcp.engine import Engine
 from matrix_mcp.errors import STARTING, Unavailable
 from matrix_mcp.http.app import matrix_service
 from matrix_mcp.http.options import ServiceOptions
 from matrix_mcp.mcp.server import create_server
-from matrix_mcp.store.protocol import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -31,11 +31,11 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 
 async def test_the_app_has_an_engine_only_while_it_runs(sqlite_settings: Settings) -> None:
     app = App(sqlite_settings)
-    seen: list[Store] = []
+    seen: list[Engine] = []
     watching = anyio.Event()
 
-    async def watcher(store: Store) -> None:
-        seen.append(store)
+    async def watcher(engine: Engine) -> None:
+        seen.append(engine)
         watching.set()
         await anyio.sleep_forever()  # cancelled when the App stops
 
@@ -47,7 +47,7 @@ async def test_the_app_has_an_engine_only_while_it_runs(sqlite_settings: Setting
         async with app.running() as running:
             assert running is app and app.started
             await watching.wait()
-            assert seen[-1] is app.engine.store and app.access() is app.engine
+            assert seen[-1] is app.engine and app.access() is app.engine
             assert (await app.engine.list_runs()).runs == []
             assert app.hooks() is app.hooks()  # one webhook service per open store
             watching = anyio.Event()

@@ -16,7 +16,8 @@ and any layer below it:
 5. engine/, integrations/
 6. store/, schema/
 7. rules.py, artifacts.py, config.py
-8. errors.py, models.py, audit.py, telemetry.py, tracing.py (spans, below everything that makes one),
+8. errors.py, models.py, pagination.py (the page-cursor codec), audit.py, telemetry.py, tracing.py (spans,
+   below everything that makes one),
    sdk/ (the SDK adapter), __init__ (the version)
 """
 
@@ -47,6 +48,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("matrix_mcp.config", 7),
     ("matrix_mcp.errors", 8),
     ("matrix_mcp.models", 8),
+    ("matrix_mcp.pagination", 8),
     ("matrix_mcp.audit", 8),
     ("matrix_mcp.telemetry", 8),
     ("matrix_mcp.tracing", 8),
@@ -201,13 +203,13 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 FACES = ("matrix_mcp.http", "matrix_mcp.cli")
 
 
-def store_reaches(source: str) -> list[str]:
+def store_reaches(source: str, *, for_types: bool = True) -> list[str]:
     """Where `source` reaches the store itself: an attribute `.store`, or an import of matrix_mcp.store
-    (under TYPE_CHECKING, for annotations, is allowed)."""
+    (one under TYPE_CHECKING, for annotations, is allowed unless `for_types` is False)."""
     found: list[str] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if for_types and isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
                 visit(child)
             return
@@ -241,6 +243,19 @@ def test_the_faces_reach_the_store_only_through_the_engine() -> None:
     assert reaches == {}
 
 
+def test_mcp_imports_nothing_from_the_store() -> None:
+    """The MCP face calls the App and the engine; not even its annotations name the store (the notifier
+    follows the engine's events, the schema tools' cursors are pagination.py's)."""
+    faces = {name: path for name, path in modules().items() if name.startswith("matrix_mcp.mcp")}
+    assert len(faces) > 10
+    reaches = {
+        name: hits
+        for name, path in faces.items()
+        if (hits := store_reaches(path.read_text(encoding="utf-8"), for_types=False))
+    }
+    assert reaches == {}
+
+
 def test_the_store_check_finds_what_it_must() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
@@ -258,3 +273,4 @@ def test_the_store_check_finds_what_it_must() -> None:
         "line 6: import matrix_mcp.store",
         "line 8: .store",
     ]
+    assert store_reaches(source, for_types=False)[0] == "line 3: import matrix_mcp.store.protocol"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from matrix_mcp.config import redact_text, url_password
 from matrix_mcp.mcp.spec import ORCHESTRATOR, READ, ToolSpec
+from matrix_mcp.pagination import cursor_payload, cursor_text
 from matrix_mcp.schema.model import (
     UNTRUSTED_NOTICE,
     ConnectionAudit,
@@ -35,7 +36,6 @@ from matrix_mcp.schema.model import (
 from matrix_mcp.schema.relationships import Relationship
 from matrix_mcp.schema.service import LookupError_, SchemaService
 from matrix_mcp.sdk.compat import PAGE_BOUND
-from matrix_mcp.store.rows import cursor_payload, cursor_text
 
 log = logging.getLogger("matrix_mcp.schema")
 

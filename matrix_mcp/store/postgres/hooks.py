@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 from matrix_mcp import rules
+from matrix_mcp.pagination import DELIVERY_CURSOR, decode_cursor
 from matrix_mcp.store import hooks as H
-from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.migrations import EVENTS_LOCK, NOTIFY_CHANNEL
@@ -213,7 +213,7 @@ class PostgresHooks:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
+        after = decode_cursor(query.cursor, kind=DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 

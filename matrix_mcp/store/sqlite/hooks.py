@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
+from matrix_mcp.pagination import DELIVERY_CURSOR, decode_cursor
 from matrix_mcp.store import hooks as H
-from matrix_mcp.store import rows as R
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 from matrix_mcp.store.sqlite import sql
 
@@ -188,7 +188,7 @@ class SQLiteHooks:
         return await self._db.read(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = R.decode_cursor(query.cursor, kind=R.DELIVERY_CURSOR)
+        after = decode_cursor(query.cursor, kind=DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
         limit = query.limit
 

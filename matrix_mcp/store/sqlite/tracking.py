@@ -10,6 +10,7 @@ from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
+from matrix_mcp.pagination import decode_cursor
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
 from matrix_mcp.store.protocol import paged_outcomes
@@ -146,7 +147,7 @@ async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -
 async def list_outcomes(
     db: Database, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
 ) -> OutcomePage:
-    after = R.decode_cursor(cursor)
+    after = decode_cursor(cursor)
     pinned = R.outcome_filter(flt)
 
     def op(c: sqlite3.Connection) -> OutcomePage:
