@@ -168,6 +168,9 @@ class Limits:
     # content goes to the content-addressed blob store (fsync) before the report
     inline_content_bytes: int = 256 * 1024
     max_items_per_plan: int = 200_000
+    # dependency rows one plan may store: an item's "package/item" refs, plus one per item for each
+    # package it waits for ("package/*", a package's `after`)
+    max_edges_per_plan: int = 1_000_000
     max_page_size: int = 1000
     max_json_depth: int = 32
     max_json_bytes: int = 1024 * 1024
@@ -195,6 +198,7 @@ class Settings:
             max_content_bytes=_int(env, "MATRIX_MAX_CONTENT_BYTES", Limits.max_content_bytes),
             inline_content_bytes=_int(env, "MATRIX_INLINE_CONTENT_BYTES", Limits.inline_content_bytes),
             max_items_per_plan=_int(env, "MATRIX_MAX_ITEMS_PER_PLAN", Limits.max_items_per_plan),
+            max_edges_per_plan=_int(env, "MATRIX_MAX_EDGES_PER_PLAN", Limits.max_edges_per_plan),
             max_page_size=_int(env, "MATRIX_MAX_PAGE_SIZE", Limits.max_page_size),
             max_json_depth=_int(env, "MATRIX_MAX_JSON_DEPTH", Limits.max_json_depth),
             max_json_bytes=_int(env, "MATRIX_MAX_JSON_BYTES", Limits.max_json_bytes),

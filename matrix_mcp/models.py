@@ -7,10 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-Status = Literal["pending", "generating", "complete", "failed", "cancelled"]
-STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled")
+# "blocked" (waiting for dependencies) comes last: the board's status codes and earlier outputs keep their indexes
+Status = Literal["pending", "generating", "complete", "failed", "cancelled", "blocked"]
+STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
 RunState = Literal["active", "paused", "cancelled", "done"]
 RunAction = Literal["pause", "resume", "cancel"]
+DependencyFailure = Literal["cancel", "block"]
 Json = dict[str, Any]
 
 
@@ -25,16 +27,37 @@ class _Model(BaseModel):
 
 # ---- inputs ---------------------------------------------------------------------------------------
 
+# priorities and caps are stored as 32-bit integers on both backends
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+MAX_CAP = 2**31 - 1
+
 
 class ItemSpec(_Model):
     name: str = Field(min_length=1)
     specifications: Json | str | None = None
+    after: list[str] = Field(
+        default_factory=list,
+        description='Items of the run this one waits for: "package/item", a bare "item" of the same package, '
+        'or "package/*" for every item of a package.',
+    )
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher is claimed first.")
+    locks: list[str] = Field(
+        default_factory=list,
+        description='Resource keys (e.g. "file:src/db.py") no two live leases hold at once, store-wide.',
+    )
 
 
 class PackageSpec(_Model):
     name: str = Field(min_length=1)
     description: str | None = None
     items: list[str | ItemSpec] = Field(default_factory=list)
+    after: list[str] = Field(
+        default_factory=list, description="Packages every item of this one waits for (all of their items)."
+    )
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher is claimed first.")
+    max_concurrent: int | None = Field(
+        default=None, ge=1, le=MAX_CAP, description="At most this many of its items generating at once."
+    )
 
 
 class LeaseRef(_Model):
@@ -49,6 +72,8 @@ class RunPolicy(_Model):
     backoff_seconds: float = Field(default=5, ge=0, le=86_400)
     backoff_cap_seconds: float = Field(default=300, ge=0, le=86_400)
     outcome_schema: Json | None = None
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CAP)  # run-wide items generating at once
+    on_dependency_failure: DependencyFailure = "cancel"  # what an item failed for good does to its dependents
 
     @classmethod
     def planned(
@@ -58,6 +83,8 @@ class RunPolicy(_Model):
         max_attempts: int = 3,
         backoff_seconds: float = 5,
         outcome_schema: Json | None = None,
+        max_concurrent: int | None = None,
+        on_dependency_failure: DependencyFailure = "cancel",
     ) -> RunPolicy:
         """The policy a plan asks for (plan_run's arguments, a plan file): the backoff doubles from
         `backoff_seconds` up to 300 s, or up to `backoff_seconds` when that is longer."""
@@ -68,6 +95,8 @@ class RunPolicy(_Model):
             backoff_seconds=backoff_seconds,
             backoff_cap_seconds=max(backoff_seconds, 300),
             outcome_schema=outcome_schema,
+            max_concurrent=max_concurrent,
+            on_dependency_failure=on_dependency_failure,
         )
 
 
@@ -80,6 +109,7 @@ class StatusCounts(_Model):
     complete: int = 0
     failed: int = 0
     cancelled: int = 0
+    blocked: int = 0
     total: int = 0
 
 
@@ -107,6 +137,10 @@ class PackageSummary(_Model):
     completed_items: int
     failed_items: int
     cancelled_items: int
+    blocked_items: int = 0
+    priority: int = 0
+    max_concurrent: int | None = None
+    after: list[str] = Field(default_factory=list, description="Packages its items wait for.")
     success_rate: float | None = Field(
         default=None, description="complete / (complete + failed); null before any finished."
     )
@@ -146,6 +180,8 @@ class Outcome(_Model):
     duration_seconds: float | None = None
     lease_expires_at: datetime | None = None
     available_at: datetime | None = None
+    priority: int = 0
+    locks: list[str] = Field(default_factory=list)
 
 
 class Attempt(_Model):
@@ -172,6 +208,11 @@ class InlineContent(_Model):
 
 class OutcomeDetail(Outcome):
     history: list[Attempt] = Field(default_factory=list)
+    # unmet prerequisites ("package/item", "package/*"; at most 100,
+    # rules.WAITS_FOR_SHOWN) and the lock keys it holds
+    # under a live lease
+    waits_for: list[str] = Field(default_factory=list)
+    locks_held: list[str] = Field(default_factory=list)
     # advertised as a plain object: its fields are in the tool's description (the worker toolset's budget)
     content: Annotated[InlineContent | None, WithJsonSchema({"type": "object"})] = None
 
@@ -221,7 +262,11 @@ class ClaimedItem(_Model):
     briefing: str | None = None  # the run's goal and the package's description
 
 
-ClaimReason = Literal["done", "paused", "cancelled", "all_leased", "backing_off", "empty"]
+# blocked: nothing ready, the rest waits on dependencies; locked: ready items wait for lock keys another
+# live lease holds; capped: a max_concurrent cap is reached
+ClaimReason = Literal[
+    "done", "paused", "cancelled", "all_leased", "backing_off", "empty", "blocked", "locked", "capped"
+]
 
 
 class ClaimResult(_Model):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp.audit import stamped
-from matrix_mcp.errors import Conflict, NotFound, StaleLease
+from matrix_mcp.errors import Conflict, InputError, NotFound, StaleLease
 from matrix_mcp.models import ClaimReason, RunAction, Status
 
 
@@ -729,16 +729,296 @@ def record_is_plain(status: Status, *, report_given: bool, error_message: str | 
     return status == "pending" and not report_given and error_message is None
 
 
+# ---- claim policy: dependencies, priorities, lock keys, caps ---------------------------------------
+
+MAX_LOCKS_PER_ITEM = 32
+MAX_LOCK_KEY_LENGTH = 200
+WAITS_FOR_SHOWN = 100  # unmet prerequisites get_outcome lists
+CANCELLED_IDS_IN_EVENT = 100
+
+# a prerequisite as resolved: (package, item), item None for every item of the package ("package/*")
+Ref = tuple[str, str | None]
+
+
+def ref_text(ref: Ref) -> str:
+    """A resolved prerequisite as shown: "package/item" or "package/*"."""
+    package, item = ref
+    return f"{package}/{'*' if item is None else item}"
+
+
+def ref_candidates(ref: Any, package: str, field: str) -> tuple[Ref, ...]:
+    """What the `after` reference `ref` of an item of `package` may name, in the order it resolves:
+    "p/*" is every item of package p; otherwise each split at a "/" (left to right) as package/item, then
+    the whole text as an item of the same package. Names may hold "/" themselves: the first candidate the
+    plan (then the run) has is the one meant. A reference that can name nothing is an InputError on `field`."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise InputError("must be a non-empty reference: 'package/item', 'item' or 'package/*'", field)
+    if "\x00" in ref:
+        raise InputError("may not contain NUL characters", field)
+    if ref.endswith("/*"):
+        if len(ref) == 2:
+            raise InputError("'/*' names no package: write 'package/*'", field)
+        return ((ref[:-2], None),)
+    if ref == "*":
+        raise InputError("'*' names no package: write 'package/*'", field)
+    out: list[Ref] = []
+    at = ref.find("/")
+    while at != -1:
+        if 0 < at < len(ref) - 1:
+            out.append((ref[:at], ref[at + 1 :]))
+        at = ref.find("/", at + 1)
+    out.append((package, ref))
+    return tuple(out)
+
+
+def package_candidates(ref: Any, field: str) -> tuple[Ref, ...]:
+    """A package's `after` entry: a package name (every item of that package)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise InputError("must be a non-empty package name", field)
+    if "\x00" in ref:
+        raise InputError("may not contain NUL characters", field)
+    return ((ref, None),)
+
+
+def self_reference(field: str, ref: Ref) -> InputError:
+    what = "a package cannot wait for itself" if ref[1] is None else "an item cannot wait for itself"
+    return InputError(f"{what} ({ref_text(ref)!r})", field)
+
+
+def unknown_reference(ref: str, field: str) -> InputError:
+    """A prerequisite neither the plan nor the run has (one line, naming the field)."""
+    return InputError(f"unknown reference {ref!r}: no such item or package in this plan or run", field)
+
+
+def too_many_edges(limit: int) -> InputError:
+    return InputError(
+        f"more than {limit} dependency edges in one plan (MATRIX_MAX_EDGES_PER_PLAN)", "packages"
+    )
+
+
+def check_locks(keys: Sequence[Any], field: str) -> tuple[str, ...]:
+    """An item's lock keys: 1..MAX_LOCK_KEY_LENGTH printable characters each, at most MAX_LOCKS_PER_ITEM
+    (a key given twice counts once)."""
+    out: dict[str, None] = {}
+    for k, key in enumerate(keys):
+        if not isinstance(key, str) or not key:
+            raise InputError("must be a non-empty resource key such as 'file:src/db.py'", f"{field}[{k}]")
+        if len(key) > MAX_LOCK_KEY_LENGTH:
+            raise InputError(f"longer than {MAX_LOCK_KEY_LENGTH} characters", f"{field}[{k}]")
+        if not key.isprintable():
+            raise InputError("may hold printable characters only", f"{field}[{k}]")
+        out[key] = None
+    if len(out) > MAX_LOCKS_PER_ITEM:
+        raise InputError(f"more than {MAX_LOCKS_PER_ITEM} lock keys on one item", field)
+    return tuple(out)
+
+
+Node = tuple[str, str | None]  # an item (package, item) or a package's hub (package, None)
+
+
+def find_cycle(nodes: Iterable[Node], waits_for: Callable[[Node], Iterable[Node]]) -> list[Node] | None:
+    """A cycle of the graph (`waits_for(node)`: what it waits for), as the path from a node back to itself,
+    or None. A package's hub (package, None) waits for each of the package's items: "a/x" waiting for
+    "b/*" is the edge a/x → b/*, and b/* → b/y for each item b/y. Iterative: deep chains are fine."""
+    state: dict[Node, int] = {}  # 1 on the current path, 2 finished
+    for root in nodes:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        stack = [iter(waits_for(root))]
+        while stack:
+            for nxt in stack[-1]:
+                seen = state.get(nxt)
+                if seen is None:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(waits_for(nxt)))
+                    break
+                if seen == 1:
+                    return [*path[path.index(nxt) :], nxt]
+            else:
+                stack.pop()
+                state[path.pop()] = 2
+    return None
+
+
+def dependency_cycle(cycle: Sequence[Node]) -> InputError:
+    """The one-line error naming a cycle: "dependency cycle: a/x → b/* → b/y → a/x"."""
+    return InputError("dependency cycle: " + " → ".join(ref_text(n) for n in cycle), "packages")
+
+
+def check_settable(status: str) -> None:
+    """An override or a record sets any status but blocked: only unmet dependencies block an item (one set
+    by hand would wait for nothing)."""
+    if status == "blocked":
+        raise InputError("an item is blocked only by its dependencies; it cannot be set by hand", "status")
+
+
+def initial_status(waiting: int) -> Status:
+    """A new item with `waiting` unmet prerequisites is blocked until they are met, else pending."""
+    return "blocked" if waiting > 0 else "pending"
+
+
+def lock_held(
+    *, status: str, lease_token: str | None, lock_token: str, lease_expires_at: float | None, now: float
+) -> bool:
+    """A lock key's holder row still holds it: its outcome is generating under the lease the lock was taken
+    with, and that lease has not run out. Anything else is a dead holder a claim may replace."""
+    return (
+        status == "generating"
+        and lease_token == lock_token
+        and lease_expires_at is not None
+        and lease_expires_at > now
+    )
+
+
+def under_cap(generating: int, cap: int | None) -> bool:
+    """One more item may start under a max_concurrent cap (None: no cap)."""
+    return cap is None or generating < cap
+
+
+def claim_eligible(
+    *,
+    status: str,
+    available_at: float,
+    now: float,
+    locks_free: bool,
+    package_generating: int,
+    package_cap: int | None,
+    run_generating: int,
+    run_cap: int | None,
+) -> bool:
+    """An item a claim may lease now: pending (not blocked: its dependencies are complete), available, none
+    of its lock keys held by a live lease anywhere in the store, and under its package's and its run's
+    max_concurrent."""
+    return (
+        status == "pending"
+        and available_at <= now
+        and locks_free
+        and under_cap(package_generating, package_cap)
+        and under_cap(run_generating, run_cap)
+    )
+
+
+def claim_order(
+    *, package_priority: int, item_priority: int, last_claim: int, available_at: float, position: int
+) -> tuple[int, int, int, float, int]:
+    """The sort key of eligible items (smallest first): package priority, then item priority, highest
+    first; then the packages in turn (least recently served first), then available_at, then plan order."""
+    return (-package_priority, -item_priority, last_claim, available_at, position)
+
+
+def enters_complete(old: str, new: str) -> bool:
+    """A transition that readies dependents: the item enters complete (a report, an override)."""
+    return new == "complete" and old != "complete"
+
+
+def leaves_complete(old: str, new: str) -> bool:
+    """An override taking an item out of complete: its dependents were readied and stay so (a readied item
+    is not re-blocked; its prerequisite was met when it was made ready)."""
+    return old == "complete" and new != "complete"
+
+
+def package_done(complete: int, total: int) -> bool:
+    """Every item of a package is complete: its "package/*" dependents' prerequisite is met."""
+    return complete >= total
+
+
+def readied(status: str, waiting: int) -> bool:
+    """A dependent whose last prerequisite was just met moves from blocked to pending (event `ready`)."""
+    return status == "blocked" and waiting <= 0
+
+
+READY_MOVE: tuple[Status, Status] = ("blocked", "pending")
+CASCADE_MOVE: tuple[Status, Status] = ("blocked", "cancelled")
+REBLOCK_MOVE: tuple[Status, Status] = ("cancelled", "blocked")
+
+
+def ready(now: float) -> Move:
+    """Dependents whose prerequisites are all met: pending, claimable from now."""
+    return Move(*READY_MOVE, {"status": READY_MOVE[1], "available_at": now, "updated_at": now})
+
+
+def enters_failed(old: str, new: str) -> bool:
+    """A transition that ends an item for good as failed (a report or an expiry with attempts spent, an
+    override): its dependents can never be readied by it."""
+    return new == "failed" and old != "failed"
+
+
+def cascades(on_dependency_failure: str) -> bool:
+    """Whether an item failed for good cancels its blocked transitive dependents ('cancel'), or leaves them
+    blocked until it is retried ('block')."""
+    return on_dependency_failure == "cancel"
+
+
+def dependency_failed(failed: Ref) -> str:
+    """The error_message of an item cancelled because a prerequisite failed for good."""
+    return f"dependency {ref_text(failed)!r} failed"
+
+
+def cascade(*, failed: Ref, failed_n: int, now: float) -> Move:
+    """The failure cascade: blocked transitive dependents of the failed item `failed` (its row number
+    `failed_n`) are cancelled now, with the reason and `cancelled_by` (a retry of it re-blocks them)."""
+    values = {
+        "status": CASCADE_MOVE[1],
+        "error_message": dependency_failed(failed),
+        "cancelled_by": failed_n,
+        "completed_at": now,
+        "updated_at": now,
+    }
+    return Move(*CASCADE_MOVE, values)
+
+
+def reblock(now: float) -> Move:
+    """A retry of a failed item: the dependents its failure cancelled (cancelled_by its n) wait again,
+    blocked, with their prerequisites' count as it was (still above zero)."""
+    values = {
+        "status": REBLOCK_MOVE[1],
+        "error_message": None,
+        "cancelled_by": None,
+        "completed_at": None,
+        "updated_at": now,
+    }
+    return Move(*REBLOCK_MOVE, values)
+
+
+def cancel_blocked(now: float) -> Move:
+    """A run entering cancelled ends its blocked items too (they could never start)."""
+    return Move("blocked", "cancelled", {"status": "cancelled", "updated_at": now, "completed_at": now})
+
+
 # ---- why a claim came back short ------------------------------------------------------------------
 
-Waiting = Literal["available_at", "lease_expires_at"] | None
+# which time tells a short claim when to ask again: the earliest `available_at` of a pending item, the
+# earliest `lease_expires_at` of the run's leased items, of the live leases holding the lock keys its ready
+# items need (`lock_holders`), or of the leased items of the capped package or run (`cap_holders`)
+Waiting = Literal["available_at", "lease_expires_at", "lock_holders", "cap_holders"] | None
 
 
-def why_nothing(*, pending: int, generating: int, total: int) -> tuple[ClaimReason, Waiting]:
-    """The reason a claim found fewer items than asked, and which time tells when to ask again (the
-    earliest `available_at` of a pending item, or `lease_expires_at` of a leased one)."""
+def why_nothing(
+    *,
+    pending: int,
+    generating: int,
+    total: int,
+    blocked: int = 0,
+    capped: bool = False,
+    locked: bool = False,
+) -> tuple[ClaimReason, Waiting]:
+    """The reason a claim found fewer items than asked, and which time tells when to ask again.
+
+    `capped`: items ready now were held back by a max_concurrent cap (run or package); `locked`: items ready
+    now were held back by lock keys another live lease holds; `blocked`: items waiting for dependencies.
+    A cap speaks first (nothing ready can start until a lease ends), then locks, then backoff; with nothing
+    pending, blocked items say `blocked` (ask again when a lease ends, or never when none is running)."""
+    if capped:
+        return "capped", "cap_holders"
+    if locked:
+        return "locked", "lock_holders"
     if pending:
         return "backing_off", "available_at"
+    if blocked:
+        return "blocked", ("lease_expires_at" if generating else None)
     if generating:
         return "all_leased", "lease_expires_at"
     return ("done" if total else "empty"), None
@@ -794,6 +1074,23 @@ def lease_expired_event(*, package: str, item: str, attempt: int, target: Status
 def requeued(outcome_ids: Sequence[str]) -> Ev:
     return Ev(
         "requeued", {"count": len(outcome_ids), "outcome_ids": list(outcome_ids[:REQUEUED_IDS_IN_EVENT])}
+    )
+
+
+def ready_event(*, package: str, item: str) -> Ev:
+    """A blocked item became pending: its last prerequisite completed (webhooks: `outcome.ready`)."""
+    return Ev("ready", {"package": package, "item": item})
+
+
+def dependents_cancelled(*, failed: Ref, outcome_ids: Sequence[str]) -> Ev:
+    """One failure cascade: how many dependents of `failed` were cancelled, and the first ids."""
+    return Ev(
+        "dependents_cancelled",
+        {
+            "failed": ref_text(failed),
+            "count": len(outcome_ids),
+            "outcome_ids": list(outcome_ids[:CANCELLED_IDS_IN_EVENT]),
+        },
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from matrix_mcp import tracing
+from matrix_mcp import rules, tracing
 from matrix_mcp.engine.core import EngineCore
+from matrix_mcp.engine.dependencies import check_dependencies
 from matrix_mcp.errors import InputError
 from matrix_mcp.models import ItemSpec, PackageSpec, PlanResult, Run, RunAction, RunList, RunPolicy
 from matrix_mcp.store.params import NewItem, NewPackage
@@ -26,13 +27,17 @@ class Planning(EngineCore):
 
         Args:
             name: the run's name, unique.
-            packages: the packages, each with its items (names, or specs with specifications).
+            packages: the packages, each with its items (names, or specs with specifications, `after`,
+                priority and lock keys), their `after`, priority and max_concurrent.
             goal: what the run is for; the briefing every claimed item carries begins with it.
-            policy: outcome type, lease, attempts, backoff and the outcome_schema reports must meet.
+            policy: outcome type, lease, attempts, backoff, the outcome_schema reports must meet, the
+                run-wide max_concurrent and what a failed dependency does to its dependents.
 
         Raises:
-            InputError: a name, an outcome_schema or specifications that are not valid, duplicates, or
-                more items than MATRIX_MAX_ITEMS_PER_PLAN in one plan; the field is named.
+            InputError: a name, an outcome_schema, specifications or lock keys that are not valid,
+                duplicates, more items than MATRIX_MAX_ITEMS_PER_PLAN in one plan, an `after` reference
+                that is malformed, unknown or to itself, a dependency cycle (named), or more dependency rows
+                than MATRIX_MAX_EDGES_PER_PLAN; the field is named.
             Conflict: the run is cancelled and the plan would add items.
         """
         self._name(name, "name")
@@ -47,6 +52,7 @@ class Planning(EngineCore):
                 Draft202012Validator.check_schema(policy.outcome_schema)
             except SchemaError as exc:
                 raise InputError(f"is not a valid JSON Schema: {exc.message}", "outcome_schema") from exc
+        graph = check_dependencies(packages, self.limits.max_edges_per_plan)
         new: list[NewPackage] = []
         seen_packages: set[str] = set()
         total = 0
@@ -65,11 +71,28 @@ class Planning(EngineCore):
                     raise InputError(f"duplicate item name {spec.name!r}", f"{field}.items[{j}]")
                 seen_items.add(spec.name)
                 self._json(spec.specifications, f"{field}.items[{j}].specifications")
-                items.append(NewItem(spec.name, spec.specifications))
+                items.append(
+                    NewItem(
+                        spec.name,
+                        spec.specifications,
+                        after=graph.item_after.get((pkg.name, spec.name), ()),
+                        priority=spec.priority,
+                        locks=rules.check_locks(spec.locks, f"{field}.items[{j}].locks"),
+                    )
+                )
             total += len(items)
             if total > self.limits.max_items_per_plan:
                 raise InputError(f"more than {self.limits.max_items_per_plan} items in one plan", "packages")
-            new.append(NewPackage(pkg.name, pkg.description, items))
+            new.append(
+                NewPackage(
+                    pkg.name,
+                    pkg.description,
+                    items,
+                    after=graph.package_after.get(pkg.name, ()),
+                    priority=pkg.priority,
+                    max_concurrent=pkg.max_concurrent,
+                )
+            )
         return await self.store.plan(name=name, goal=goal, policy=policy, packages=new, now=self.now())
 
     async def control_run(self, run: str, *, action: RunAction) -> Run:

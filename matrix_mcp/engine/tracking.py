@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from matrix_mcp import rules
 from matrix_mcp.artifacts import in_run_folder
 from matrix_mcp.engine.core import EngineCore
 from matrix_mcp.models import (
@@ -54,11 +55,13 @@ class Tracking(EngineCore):
             The outcome, and whether it was created.
 
         Raises:
-            InputError: a bad name or JSON, or a complete report that violates the outcome_schema.
+            InputError: a bad name or JSON, status blocked (only dependencies block an item), or a complete
+                report that violates the outcome_schema.
             ArtifactError: an outcome_path that is not a safe relative path.
             NotFound: no such run.
             Conflict: an outcome_path another item's file holds.
         """
+        rules.check_settable(status)
         info = await self.run_info(run)
         self._name(package, "package")
         self._name(item, "item")
@@ -113,12 +116,14 @@ class Tracking(EngineCore):
             outcome_path: its file, relative to the run's folder.
 
         Raises:
-            InputError: bad JSON, or a complete report that violates the outcome_schema.
+            InputError: bad JSON, status blocked (only dependencies block an item), or a complete report
+                that violates the outcome_schema.
             ArtifactError: an outcome_path that is not a safe relative path.
             NotFound: no such outcome.
             Conflict: an outcome_path another item's file holds.
         """
         self._name(outcome_id, "outcome_id")
+        rules.check_settable(status)
         current = await self.store.get_outcome(outcome_id)
         metrics = self._json(metrics, "metrics") or {}
         metadata = self._json(metadata, "metadata") or {}

@@ -137,7 +137,7 @@ class Board:
         legend = "".join(
             f'<li><span class="swatch s-{s}" aria-hidden="true"></span>{s} <span class="sym">{sym}</span></li>'
             for s, sym in zip(
-                STATUSES, ("outline", "half filled", "solid", "cross ×", "slash /"), strict=True
+                STATUSES, ("outline", "half filled", "solid", "cross ×", "slash /", "dotted"), strict=True
             )
         )
         main = f"""<h1><a href="/ui/">Runs</a> / <span id="run-name">{escape(run)}</span> <span id="run-state" class="state"></span></h1>

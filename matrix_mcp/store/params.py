@@ -42,10 +42,23 @@ class Collected:
     removed_bytes: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class Prerequisite:
+    """One reference of a plan's `after` lists: what it may name, in order (package, item; item None: every
+    item of the package; rules.ref_candidates), and the input field it came from (named by the error when
+    none of them exists in the plan or the run)."""
+
+    candidates: tuple[tuple[str, str | None], ...]
+    field: str
+
+
 @dataclass(frozen=True)
 class NewItem:
     name: str
     specifications: dict[str, Any] | str | None = None
+    after: Sequence[Prerequisite] = ()
+    priority: int = 0
+    locks: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,9 @@ class NewPackage:
     name: str
     description: str | None
     items: Sequence[NewItem]
+    after: Sequence[Prerequisite] = ()  # packages (candidates with item None) every item waits for
+    priority: int = 0
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)

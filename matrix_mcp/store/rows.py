@@ -125,6 +125,15 @@ def outcome_page(rows: Sequence[RowLike], limit: int) -> OutcomePage:
     )
 
 
+def counter(row: RowLike, status: str) -> int:
+    """A status counter of a row; 0 where the row has no such column (`blocked`, in a store whose
+    claim-policy migration has not landed yet: no item of it can be blocked)."""
+    try:
+        return int(row[status] or 0)
+    except (IndexError, KeyError):
+        return 0
+
+
 def counts_from(row: RowLike) -> StatusCounts:
     c = StatusCounts(
         pending=int(row["pending"] or 0),
@@ -132,8 +141,9 @@ def counts_from(row: RowLike) -> StatusCounts:
         complete=int(row["complete"] or 0),
         failed=int(row["failed"] or 0),
         cancelled=int(row["cancelled"] or 0),
+        blocked=counter(row, "blocked"),
     )
-    c.total = c.pending + c.generating + c.complete + c.failed + c.cancelled
+    c.total = c.pending + c.generating + c.complete + c.failed + c.cancelled + c.blocked
     return c
 
 
@@ -190,6 +200,7 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
         completed_items=complete,
         failed_items=failed,
         cancelled_items=int(row["cancelled"]),
+        blocked_items=counter(row, "blocked"),
         success_rate=round(complete / finished, 6) if finished else None,
         avg_duration_seconds=round(float(row["duration_sum"]) / dn, 6) if dn else None,
         p50_duration_seconds=p50,
@@ -350,7 +361,7 @@ def counter_mismatches(
     label = f"{p['run_name']}/{p['name']}"
     out: list[str] = []
     for key in ("total", *STATUSES):
-        if int(p[key]) != truth[key]:
+        if counter(p, key) != truth[key]:
             out.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
     for key in counter_columns:
         if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
@@ -411,8 +422,8 @@ def api_key_from(row: RowLike) -> ApiKey:
 
 
 def status_counts_from(rows: Iterable[RowLike]) -> dict[str, dict[Status, int]]:
-    return {r["name"]: {s: int(r[s] or 0) for s in STATUSES} for r in rows}
+    return {r["name"]: {s: counter(r, s) for s in STATUSES} for r in rows}
 
 
 def totals_from(row: RowLike | None) -> dict[Status, int]:
-    return {s: int((row[s] if row is not None else 0) or 0) for s in STATUSES}
+    return {s: (counter(row, s) if row is not None else 0) for s in STATUSES}

@@ -617,6 +617,7 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
         "complete": 4,
         "failed": 1,
         "cancelled": 0,
+        "blocked": 0,
         "total": 9,
     }
     assert metrics.avg_generation_time == 4.5 and metrics.total_lines_generated == 35

@@ -8,19 +8,28 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from matrix_mcp.models import STATUSES, PackageSummary, RecountReport, Status, SystemMetrics
+from matrix_mcp.models import PackageSummary, RecountReport, Status, SystemMetrics
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.batch import Conn, Row, fetch_all, fetch_one
 from matrix_mcp.store.postgres.migrations import ROLLUP_LOCK
-from matrix_mcp.store.postgres.sql import COUNTER_COLUMNS, RUN_SUMMARIES_SQL, SUMMARY_SELECT
+from matrix_mcp.store.postgres.sql import COUNTED_STATUSES, COUNTER_COLUMNS, RUN_SUMMARIES_SQL, SUMMARY_SELECT
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database
 
 # what a summary is built from (besides the histogram): its memo key
-_SUMMARY_FIELDS = ("id", "name", "description", "position", "run_name", "total", *STATUSES, *COUNTER_COLUMNS)
+_SUMMARY_FIELDS = (
+    "id",
+    "name",
+    "description",
+    "position",
+    "run_name",
+    "total",
+    *COUNTED_STATUSES,
+    *COUNTER_COLUMNS,
+)
 
 
 _summary_key = operator.itemgetter(*_SUMMARY_FIELDS)
@@ -99,7 +108,7 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
     for t in await fetch_all(c, sql.RECOUNT_RUN_COUNTERS, ([run_id] if run_id else None,) * 2):
         mismatches += [
             f"{t['name']}: run {s} counter {t[s]} != packages {t['p_' + s]}"
-            for s in STATUSES
+            for s in COUNTED_STATUSES
             if int(t[s]) != int(t["p_" + s])
         ]
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
@@ -117,7 +126,7 @@ async def rebuild_rows(c: Conn, run_id: str | None) -> None:
             sql.REBUILD_ROWS_UPDATE_PACKAGES,
             (
                 truth["total"],
-                *(truth[s] for s in STATUSES),
+                *(truth[s] for s in COUNTED_STATUSES),
                 truth["duration_sum"],
                 round(truth["duration_n"]),
                 truth["lines_sum"],

@@ -40,6 +40,10 @@ COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
 COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
+# the statuses the counter tables keep a column for (in their column order)
+COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled")
+
+
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.audit import current_principal
-from matrix_mcp.models import STATUSES, PackageSummary, RecountReport, Status, SystemMetrics
+from matrix_mcp.models import PackageSummary, RecountReport, Status, SystemMetrics
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
 from matrix_mcp.store.sqlite import events, sql
@@ -296,7 +296,7 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
                 sql.REBUILD_COUNTERS_UPDATE_PACKAGES,
                 (
                     truth["total"],
-                    *(truth[s] for s in STATUSES),
+                    *(truth[s] for s in sql.COUNTED_STATUSES),
                     *(truth[k] for k in sql.COUNTER_COLUMNS),
                     p[0],
                 ),

@@ -28,6 +28,10 @@ FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.packa
 COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
+# the statuses the packages table keeps a counter column for (REBUILD_COUNTERS_UPDATE_PACKAGES's order)
+COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled")
+
+
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.
 MOVE_SQL = {
     (a, b): "UPDATE packages SET " + a + " = " + a + " - 1, " + b + " = " + b + " + 1 WHERE id = ?"
