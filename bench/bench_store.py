@@ -14,19 +14,40 @@ For PostgreSQL a fresh database is created on the server of --database-url and d
 --cost (PostgreSQL, server on this host) also prints what the matrix drain cost per item: CPU of this
 process, CPU of the database's backends (from /proc), and the group-commit batches — steadier than items/s
 on a machine shared with other work.
+
+--policy (either backend): the claim policy's cost. The same drain (same items, claimers, packages) is run
+with the policy active and without it, alternating in --rounds pairs (plain, policy, then policy, plain, …)
+so the machine's load falls on both alike; each drain in a fresh database. With policy: a 3-stage DAG over
+the packages (the second third of the packages `after` every first-stage package, each third-stage item
+`after` two random second-stage items by "package/item" ref), item priority 1 on 10 % of the items, one lock
+key on --locked (10 %) of the items drawn from a pool of a quarter as many keys (so some collide), and
+every package capped at --cap generating items. Prints each drain, the ratio policy ÷ plain per pair and
+its median (goal ≥ 0.8), how often a claim came back empty for each reason (blocked / locked / capped show
+where the policy held claimers back), and the peer, drained once per pair, beside both. An in-process
+sanity check counts claims that broke an ordering, a lock or a cap as the bench saw them (must be 0).
+
+    python bench/bench_store.py --backend sqlite --policy [--items 20000] [--rounds 2] [--cap 32]
+    python bench/bench_store.py --backend postgres --policy [--database-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,8 +55,8 @@ from urllib.parse import urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from matrix_mcp.models import RunPolicy
-from matrix_mcp.rules import new_token
-from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, Report
+from matrix_mcp.rules import new_token, package_candidates, ref_candidates
+from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, Prerequisite, Report
 from matrix_mcp.store.protocol import Store
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -101,14 +122,190 @@ class Cost:
         )
 
 
+def machine_line(script: str) -> str:
+    """What a figure needs beside it: when, which commit, how busy the machine was."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += " (+ local changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{script}  {when}  commit {commit}  cpus {os.cpu_count()}  {load_line()}"
+
+
+def load_line() -> str:
+    return "load average " + "/".join(f"{v:.1f}" for v in os.getloadavg()) + " (1/5/15 min)"
+
+
+def new_item(
+    package: str, name: str, *, after: Sequence[str] = (), priority: int = 0, locks: Sequence[str] = ()
+) -> NewItem:
+    """An item as the store takes it, its `after` references ("package/item", "item", "package/*")
+    resolved as the engine's plan_run resolves references the plan itself has: to the first candidate (the
+    benches plan at the store, untimed, and name no package or item with a "/" in it)."""
+    if not after and not priority and not locks:
+        return NewItem(name)
+    field = f"{package}/{name}.after"
+    prereqs = tuple(
+        Prerequisite(candidates=ref_candidates(ref, package, field)[:1], field=field) for ref in after
+    )
+    return NewItem(name, after=prereqs, priority=priority, locks=tuple(locks))
+
+
+def new_package(
+    name: str, items: Sequence[NewItem], *, after: Sequence[str] = (), max_concurrent: int | None = None
+) -> NewPackage:
+    """A package as the store takes it (see new_item)."""
+    field = f"{name}.after"
+    prereqs = tuple(Prerequisite(candidates=package_candidates(ref, field), field=field) for ref in after)
+    return NewPackage(name, None, items, after=prereqs, max_concurrent=max_concurrent)
+
+
+@dataclass
+class Shape:
+    """One drain's plan, and what the in-process sanity check needs to know of it."""
+
+    packages: list[NewPackage]
+    policy: RunPolicy
+    item_after: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    package_after: dict[str, list[str]] = field(default_factory=dict)
+    locks: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    cap: int | None = None
+    description: str = "no policy"
+
+
+def plain_shape(items: int, packages: int) -> Shape:
+    per = items // packages
+    plan = [NewPackage(f"p{i}", None, [NewItem(f"i{j}") for j in range(per)]) for i in range(packages)]
+    return Shape(plan, RunPolicy())
+
+
+def policy_shape(items: int, packages: int, locked: float, cap: int | None, seed: int = 7) -> Shape:
+    """The same packages and items as plain_shape, with the claim policy active (see the module doc)."""
+    if packages < 3:
+        raise SystemExit("--policy needs --packages >= 3 (a 3-stage DAG)")
+    rnd = random.Random(seed)
+    per = items // packages
+    third = packages // 3
+    stage1 = [f"p{i}" for i in range(third)]
+    stage2 = [f"p{i}" for i in range(third, 2 * third)]
+    stage3 = [f"p{i}" for i in range(2 * third, packages)]
+    keys = [(f"p{i}", f"i{j}") for i in range(packages) for j in range(per)]
+    n_locked = round(len(keys) * locked)
+    pool = [f"file:src/mod{k}.py" for k in range(max(1, n_locked // 4))]
+    locks = {key: [rnd.choice(pool)] for key in rnd.sample(keys, n_locked)}
+    prioritized = set(rnd.sample(keys, round(len(keys) * 0.1)))
+    item_after: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for pkg in stage3:
+        for j in range(per):
+            refs: set[tuple[str, str]] = set()
+            while len(refs) < min(2, len(stage2) * per):
+                refs.add((rnd.choice(stage2), f"i{rnd.randrange(per)}"))
+            item_after[(pkg, f"i{j}")] = sorted(refs)
+    package_after = {pkg: list(stage1) for pkg in stage2}
+    plan = [
+        new_package(
+            name,
+            [
+                new_item(
+                    name,
+                    f"i{j}",
+                    after=[f"{a}/{b}" for a, b in item_after.get((name, f"i{j}"), ())],
+                    priority=1 if (name, f"i{j}") in prioritized else 0,
+                    locks=locks.get((name, f"i{j}"), []),
+                )
+                for j in range(per)
+            ],
+            after=package_after.get(name, []),
+            max_concurrent=cap,
+        )
+        for name in stage1 + stage2 + stage3
+    ]
+    edges = sum(len(v) for v in item_after.values()) + len(stage2) * per * len(stage1)
+    description = (
+        f"3 stages of {len(stage1)}/{len(stage2)}/{len(stage3)} packages ({per} items each); stage 2 `after`"
+        f" every stage-1 package, each stage-3 item `after` 2 stage-2 items ({edges} stored edges);"
+        f" priority 1 on {len(prioritized)} items; 1 lock on {n_locked} items from {len(pool)} keys;"
+        f" max_concurrent {cap} per package"
+    )
+    return Shape(plan, RunPolicy(), item_after, package_after, locks, cap, description)
+
+
+@dataclass
+class Sanity:
+    """What the bench itself saw: a claim of an item whose prerequisites it had not seen completed, of a
+    key another claim it had not yet seen completed holds, or beyond a package's cap. Completion is noted
+    just before the complete call, so a store that ignored the policy is caught; the exact contract is the
+    model test's (tests/store/test_policy_model.py)."""
+
+    shape: Shape
+    done: set[tuple[str, str]] = field(default_factory=set)
+    done_in: Counter[str] = field(default_factory=Counter)
+    size: dict[str, int] = field(default_factory=dict)
+    holders: dict[str, tuple[str, str]] = field(default_factory=dict)
+    generating: Counter[str] = field(default_factory=Counter)
+    broken: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.size = {p.name: len(p.items) for p in self.shape.packages}
+
+    def claimed(self, package: str, item: str) -> None:
+        key = (package, item)
+        if any(p not in self.done for p in self.shape.item_after.get(key, ())) or any(
+            self.done_in[p] < self.size[p] for p in self.shape.package_after.get(package, ())
+        ):
+            self.broken["order"] += 1
+        for k in self.shape.locks.get(key, ()):
+            if k in self.holders:
+                self.broken["lock"] += 1
+            self.holders[k] = key
+        self.generating[package] += 1
+        if self.shape.cap is not None and self.generating[package] > self.shape.cap:
+            self.broken["cap"] += 1
+
+    def completing(self, package: str, item: str) -> None:
+        key = (package, item)
+        self.done.add(key)
+        self.done_in[package] += 1
+        for k in self.shape.locks.get(key, ()):
+            if self.holders.get(k) == key:
+                del self.holders[k]
+        self.generating[package] -= 1
+
+
+@dataclass
+class Drain:
+    items_per_s: float
+    empty: Counter[str]
+    broken: Counter[str]
+
+
 async def matrix_drain(
     store: Store, items: int, claimers: int, packages: int = 10, cost: Cost | None = None
 ) -> float:
-    per = items // packages
-    plan = [NewPackage(f"p{i}", None, [NewItem(f"i{j}") for j in range(per)]) for i in range(packages)]
-    result = await store.plan(name="bench", goal=None, policy=RunPolicy(), packages=plan, now=time.time())
+    return (await shaped_drain(store, plain_shape(items, packages), claimers, cost)).items_per_s
+
+
+async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | None = None) -> Drain:
+    """N claimers loop claim(limit=1) + complete with no work until the run is done."""
+    plan = shape.packages
+    result = await store.plan(name="bench", goal=None, policy=shape.policy, packages=plan, now=time.time())
     run_id = result.run.id
     done = 0
+    empty: Counter[str] = Counter()
+    sanity = Sanity(shape)
 
     async def claimer(n: int) -> None:
         nonlocal done
@@ -118,9 +315,13 @@ async def matrix_drain(
             if not batch.claims:
                 if batch.reason in ("done", "empty"):
                     return
+                empty[str(batch.reason)] += 1
                 await asyncio.sleep(0.001)
                 continue
             for c in batch.claims:
+                sanity.claimed(c.package, c.item)
+            for c in batch.claims:
+                sanity.completing(c.package, c.item)
                 await store.complete(
                     c.outcome_id, lease_token=c.lease_token, report=Report(), now=time.time()
                 )
@@ -133,10 +334,11 @@ async def matrix_drain(
     elapsed = time.perf_counter() - t0
     if cost is not None:
         print(await cost.stop(done))
-    assert done == per * packages, (done, per * packages)
+    total = sum(len(p.items) for p in plan)
+    assert done == total, (done, total)
     report = await store.recount()
     assert report.consistent, report.mismatches
-    return done / elapsed
+    return Drain(done / elapsed, empty, sanity.broken)
 
 
 async def pgqueuer_drain(url: str, items: int, workers: int, batch_size: int) -> float:
@@ -214,6 +416,7 @@ async def main() -> None:
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="postgres")
     ap.add_argument("--items", type=int, default=20000)
     ap.add_argument("--claimers", type=int, default=64)
+    ap.add_argument("--packages", type=int, default=10, help="packages the items are spread over")
     ap.add_argument(
         "--database-url", default=DEFAULT_PG, help="PostgreSQL server (a fresh database is created)"
     )
@@ -222,7 +425,16 @@ async def main() -> None:
     )
     ap.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer batch_size (its default: 10)")
     ap.add_argument("--cost", action="store_true", help="print the matrix drain's CPU per item (PostgreSQL)")
+    ap.add_argument("--policy", action="store_true", help="the drain with the claim policy beside without")
+    ap.add_argument("--rounds", type=int, default=2, help="--policy: pairs of drains (order alternates)")
+    ap.add_argument("--locked", type=float, default=0.1, help="--policy: share of items with a lock key")
+    ap.add_argument(
+        "--cap", type=int, default=None, help="--policy: max_concurrent per package (default: claimers / 2)"
+    )
     args = ap.parse_args()
+    if args.policy:
+        await policy_main(args)
+        return
     results: dict[str, Any] = {}
     if args.backend == "postgres":
         from matrix_mcp.store.postgres import PostgresStore
@@ -231,7 +443,9 @@ async def main() -> None:
             store = await PostgresStore.open(url)
             try:
                 cost = Cost(url) if args.cost else None
-                results["matrix"] = await matrix_drain(store, args.items, args.claimers, cost=cost)
+                results["matrix"] = await matrix_drain(
+                    store, args.items, args.claimers, args.packages, cost=cost
+                )
             finally:
                 await store.close()
             results["peer"] = await pgqueuer_drain(url, args.items, args.pgq_workers, args.pgq_batch)
@@ -242,7 +456,7 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             sstore = await SQLiteStore.open(Path(tmp) / "matrix.db")
             try:
-                results["matrix"] = await matrix_drain(sstore, args.items, args.claimers)
+                results["matrix"] = await matrix_drain(sstore, args.items, args.claimers, args.packages)
             finally:
                 await sstore.close()
             results["peer"] = await asyncio.to_thread(
@@ -254,6 +468,97 @@ async def main() -> None:
     print(f"matrix  claim+complete: {results['matrix']:10.0f} items/s")
     print(f"{peer}: {results['peer']:10.0f} items/s")
     print(f"ratio matrix/peer: {ratio:.2f}x")
+
+
+async def drain_fresh(args: argparse.Namespace, shape: Shape) -> Drain:
+    """One drain of `shape` in a fresh database."""
+    if args.backend == "postgres":
+        from matrix_mcp.store.postgres import PostgresStore
+
+        async with fresh_pg_database(args.database_url) as url:
+            store = await PostgresStore.open(url)
+            try:
+                return await shaped_drain(store, shape, args.claimers)
+            finally:
+                await store.close()
+    from matrix_mcp.store.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sstore = await SQLiteStore.open(Path(tmp) / "matrix.db")
+        try:
+            return await shaped_drain(sstore, shape, args.claimers)
+        finally:
+            await sstore.close()
+
+
+async def peer_fresh(args: argparse.Namespace, items: int) -> float:
+    if args.backend == "postgres":
+        async with fresh_pg_database(args.database_url) as url:
+            return await pgqueuer_drain(url, items, args.pgq_workers, args.pgq_batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        return await asyncio.to_thread(litequeue_drain, Path(tmp) / "litequeue.db", items, args.claimers)
+
+
+def reasons(c: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
+
+
+async def policy_main(args: argparse.Namespace) -> None:
+    cap = args.cap if args.cap is not None else max(1, args.claimers // 2)
+    plain = plain_shape(args.items, args.packages)
+    policy = policy_shape(args.items, args.packages, args.locked, cap)
+    items = sum(len(p.items) for p in plain.packages)
+    if args.backend == "postgres":
+        peer_name, goal_peer = f"PgQueuer ({args.pgq_workers} workers x batch {args.pgq_batch})", 1.5
+    else:
+        peer_name, goal_peer = f"litequeue ({args.claimers} threads, pop+done)", 5.0
+    print(machine_line("bench_store.py --policy"))
+    print(
+        f"backend={args.backend} items={items} claimers={args.claimers} packages={args.packages}"
+        f" rounds={args.rounds}; each drain in a fresh database"
+    )
+    print(f"policy drain: {policy.description}")
+    print("plain drain: the same packages and items, no after/priority/locks/max_concurrent")
+    plain_r: list[float] = []
+    policy_r: list[float] = []
+    peer_r: list[float] = []
+    broken: Counter[str] = Counter()
+    for r in range(args.rounds):
+        order = ["plain", "policy"] if r % 2 == 0 else ["policy", "plain"]
+        got: dict[str, Drain] = {}
+        for kind in order:
+            got[kind] = await drain_fresh(args, plain if kind == "plain" else policy)
+            broken += got[kind].broken
+        peer = await peer_fresh(args, items)
+        plain_r.append(got["plain"].items_per_s)
+        policy_r.append(got["policy"].items_per_s)
+        peer_r.append(peer)
+        print(
+            f"round {r + 1} ({' then '.join(order)}): plain {got['plain'].items_per_s:8.0f} items/s"
+            f" | policy {got['policy'].items_per_s:8.0f} items/s"
+            f" (empty claims: {reasons(got['policy'].empty)}; plain: {reasons(got['plain'].empty)})"
+            f" | {peer_name} {peer:8.0f} items/s | policy/plain {policy_r[-1] / plain_r[-1]:.2f}x  {load_line()}"
+        )
+    ratios = [b / a for a, b in zip(plain_r, policy_r, strict=True)]
+    print(
+        f"median items/s: plain {statistics.median(plain_r):.0f}, policy {statistics.median(policy_r):.0f},"
+        f" {peer_name} {statistics.median(peer_r):.0f}"
+    )
+    print(
+        f"ratio policy/plain: {' '.join(f'{x:.2f}' for x in ratios)} -> median {statistics.median(ratios):.2f}x"
+        " (goal >= 0.8)"
+    )
+    for kind, res in (("plain", plain_r), ("policy", policy_r)):
+        pr = [a / b for a, b in zip(res, peer_r, strict=True)]
+        print(
+            f"ratio {kind}/peer: {' '.join(f'{x:.2f}' for x in pr)} -> median {statistics.median(pr):.2f}x"
+            f" (goal >= {goal_peer}x against {peer_name})"
+        )
+    print(
+        f"sanity (as the bench saw it): {broken['order']} claims before their prerequisites completed,"
+        f" {broken['lock']} of a held lock, {broken['cap']} beyond a cap"
+    )
+    print(load_line() + " at the end")
 
 
 if __name__ == "__main__":
