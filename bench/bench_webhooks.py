@@ -142,7 +142,7 @@ async def latency(url: str, tmp: Path, rx: Receiver, n: int) -> dict[str, tuple[
         engine = await Engine.open(settings)
         hs = HookSettings.from_env({**os.environ, **ENV})
         hooks = Hooks(engine.store, db, hs)
-        created = await hooks.add(rx.url + "/lat", ["outcome.completed"])
+        created = await hooks.add(rx.url + "/lat", events=["outcome.completed"])
         rx.reset()
         proc = None
         try:
@@ -176,7 +176,7 @@ async def throughput(url: str, tmp: Path, rx: Receiver, n: int) -> dict[str, flo
     engine = await Engine.open(Settings(database_url=db, artifacts_dir=tmp / "a"))
     hs = HookSettings.from_env({**os.environ, **ENV})
     hooks = Hooks(engine.store, db, hs)
-    created = await hooks.add(rx.url + "/tp", ["outcome.completed"])
+    created = await hooks.add(rx.url + "/tp", events=["outcome.completed"])
     secret = created.secret or ""
     try:
         await produce(engine, f"tp-{time.time_ns()}", n)
@@ -275,7 +275,7 @@ async def hot_path(
     engine = await Engine.open(Settings(database_url=url_subs, artifacts_dir=tmp / "a"))
     hooks = Hooks(engine.store, url_subs, HookSettings.from_env({**os.environ, **ENV}))
     for i, rx in enumerate(receivers):
-        await hooks.add(rx.url + f"/hot{i}", ["*"])
+        await hooks.add(rx.url + f"/hot{i}", events=["*"])
     await engine.close()
     for rx in receivers:
         rx.reset()
@@ -321,7 +321,7 @@ async def faults(url: str, tmp: Path, rx: Receiver, n: int) -> dict[str, int]:
     db = url if not url.startswith("sqlite") else fresh_sqlite(tmp, "faults")
     engine = await Engine.open(Settings(database_url=db, artifacts_dir=tmp / "a"))
     hooks = Hooks(engine.store, db, HookSettings.from_env({**os.environ, **ENV}))
-    created = await hooks.add(rx.url + "/faults", ["outcome.completed"])
+    created = await hooks.add(rx.url + "/faults", events=["outcome.completed"])
     rx.reset(fail=0.3)
     env = env_for(db, str(tmp / "a"))
     procs = [spawn_dispatcher(env)]

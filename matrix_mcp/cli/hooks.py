@@ -106,14 +106,14 @@ async def _hooks(hooks: Any, args: argparse.Namespace) -> None:
         _print(
             await hooks.add(
                 args.url,
-                events,
-                args.run,
-                args.kind,
-                args.secret,
-                headers or None,
-                args.description,
-                args.token,
-                options,
+                events=events,
+                run=args.run,
+                kind=args.kind,
+                secret=args.secret,
+                headers=headers or None,
+                description=args.description,
+                token=args.token,
+                options=options,
             )
         )
     elif cmd == "list":
@@ -121,7 +121,11 @@ async def _hooks(hooks: Any, args: argparse.Namespace) -> None:
     elif cmd == "update":
         active = None if args.active is None else args.active == "true"
         changed = [e.strip() for e in args.events.split(",")] if args.events else None
-        _print(await hooks.update(args.id, active, changed, args.url, args.rotate_secret))
+        _print(
+            await hooks.update(
+                args.id, active=active, events=changed, url=args.url, rotate_secret=args.rotate_secret
+            )
+        )
     elif cmd == "rm":
         _print(await hooks.remove(args.id))
     elif cmd == "test":
@@ -130,10 +134,14 @@ async def _hooks(hooks: Any, args: argparse.Namespace) -> None:
         if not ping.ok:
             sys.exit(f"matrix-mcp: hooks test: {args.id}: {ping.error or f'HTTP {ping.status_code}'}")
     elif cmd == "deliveries":
-        _print(await hooks.deliveries(args.webhook, args.status, args.cursor, args.limit))
+        _print(
+            await hooks.deliveries(
+                webhook=args.webhook, status=args.status, cursor=args.cursor, limit=args.limit
+            )
+        )
     elif cmd == "redeliver":
         since = datetime.fromisoformat(args.since).timestamp() if args.since else None
-        _print(await hooks.redeliver(args.delivery, args.webhook, since))
+        _print(await hooks.redeliver(delivery_id=args.delivery, webhook=args.webhook, since=since))
     elif cmd == "rotate-key":
         n, where = await hooks.rotate_key()
         print(f"re-encrypted the credentials of {n} subscription(s) with {where}")

@@ -177,6 +177,7 @@ class Hooks:
     async def add(
         self,
         url: str,
+        *,
         events: list[str],
         run: str | None = None,
         kind: str = "webhook",
@@ -252,6 +253,7 @@ class Hooks:
     async def update(
         self,
         webhook: str,
+        *,
         active: bool | None = None,
         events: list[str] | None = None,
         url: str | None = None,
@@ -296,7 +298,12 @@ class Hooks:
         return WebhookRemoved(webhook=webhook, removed=True)
 
     async def deliveries(
-        self, webhook: str | None, status: DeliveryStatus | None, cursor: str | None, limit: int = 100
+        self,
+        *,
+        webhook: str | None = None,
+        status: DeliveryStatus | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
     ) -> DeliveryList:
         if webhook is not None:
             await self.store.hooks.get_subscription(webhook)
@@ -310,7 +317,7 @@ class Hooks:
         )
 
     async def redeliver(
-        self, delivery_id: str | None = None, webhook: str | None = None, since: float | None = None
+        self, *, delivery_id: str | None = None, webhook: str | None = None, since: float | None = None
     ) -> Redelivered:
         if (delivery_id is None) == (webhook is None):
             raise _fail("delivery_id", "give a delivery_id, or a webhook (with since)")

@@ -16,6 +16,7 @@ import pytest
 import matrix_mcp.http
 import matrix_mcp.integrations
 from matrix_mcp.engine import Engine
+from matrix_mcp.integrations.service import Hooks
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.rules import new_token
 from matrix_mcp.store.delegate import on_db
@@ -77,6 +78,15 @@ def test_every_store_method_takes_at_most_one_argument_by_position() -> None:
 def test_every_hook_store_method_takes_at_most_one_argument_by_position() -> None:
     methods = _public_methods(HookStore)  # type: ignore[type-abstract]
     assert {"materialize", "record", "lease", "list_deliveries", "redeliver", "set_link"} <= set(methods)
+    too_many = {name: _positional(fn) for name, fn in methods.items() if len(_positional(fn)) > 1}
+    assert too_many == {}
+
+
+def test_every_webhook_service_method_takes_at_most_one_argument_by_position() -> None:
+    """The Hooks service (integrations/service.py) the webhook tools and `matrix-mcp hooks` call: a
+    subscription's url or id by position, every option by keyword."""
+    methods = _public_methods(Hooks)
+    assert {"add", "update", "deliveries", "redeliver", "remove"} <= set(methods)
     too_many = {name: _positional(fn) for name, fn in methods.items() if len(_positional(fn)) > 1}
     assert too_many == {}
 

@@ -87,7 +87,7 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver() as rx:
-        created = await hooks.add(rx.url, ["*"], description="all")
+        created = await hooks.add(rx.url, events=["*"], description="all")
         secret = created.secret
         assert secret is not None and secret.startswith("whsec_")
         assert (
@@ -137,7 +137,7 @@ async def test_events_are_delivered_signed_and_recorded(engine: Engine) -> None:
         )
         run_done = next(b for b in rx.bodies() if b["type"] == "run.completed")["data"]
         assert (run_done["total"], run_done["complete"], run_done["failed"]) == (2, 1, 1)
-        page = await hooks.deliveries(created.webhook.id, None, None)
+        page = await hooks.deliveries(webhook=created.webhook.id)
         assert len(page.deliveries) == 7 and {d.status for d in page.deliveries} == {"succeeded"}
         assert {d.id for d in page.deliveries} == {h["webhook-id"] for h, _, _, _ in rx.requests}
         records = [
@@ -158,7 +158,7 @@ async def test_filters_by_event_type_and_run(engine: Engine) -> None:
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     await engine.plan_run("r2", packages=[PackageSpec(name="p", items=["x"])])
     with Receiver() as rx:
-        await hooks.add(rx.url, ["outcome.completed"], run="r2")
+        await hooks.add(rx.url, events=["outcome.completed"], run="r2")
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a"])
             c = (await engine.claim_items("r2", worker="w")).items[0]
@@ -173,8 +173,8 @@ async def test_a_big_plan_is_one_run_planned_not_an_outcome_created_per_item(eng
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     packages = [PackageSpec(name=f"p{i}", items=[f"i{j}" for j in range(200)]) for i in range(200)]
     with Receiver() as every, Receiver() as created:
-        await hooks.add(every.url, ["*"])
-        await hooks.add(created.url, ["outcome.created"])
+        await hooks.add(every.url, events=["*"])
+        await hooks.add(created.url, events=["outcome.created"])
         async with dispatching(engine, settings):
             await engine.plan_run("big", packages=packages)
             await engine.plan_run("big", packages=[PackageSpec(name="p0", items=["extra"])])
@@ -205,7 +205,7 @@ async def test_metrics_come_from_one_read_per_round(engine: Engine, monkeypatch:
     monkeypatch.setattr(cls, "outcome_facts", counted)
     items = [f"i{j}" for j in range(50)]
     with Receiver() as rx:
-        await hooks.add(rx.url, ["outcome.completed"])
+        await hooks.add(rx.url, events=["outcome.completed"])
         await engine.plan_run("r1", packages=[PackageSpec(name="p", items=items)])
         for c in (await engine.claim_items("r1", worker="w", limit=50)).items:
             await engine.complete_item(
@@ -226,17 +226,17 @@ async def test_retries_keep_the_webhook_id_and_stop_after_the_schedule(engine: E
         Receiver(status=lambda n, body: 500 if n <= 2 else 200) as flaky,
         Receiver(status=lambda n, b: 500) as dead,
     ):
-        ok = await hooks.add(flaky.url, ["outcome.completed"])
-        bad = await hooks.add(dead.url, ["outcome.completed"])
+        ok = await hooks.add(flaky.url, events=["outcome.completed"])
+        bad = await hooks.add(dead.url, events=["outcome.completed"])
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a"])
             await until(lambda: len(flaky.requests) == 3 and len(dead.requests) == 4)
             await anyio.sleep(0.4)
         assert len({h["webhook-id"] for h, _, _, _ in flaky.requests}) == 1
         assert len(dead.requests) == 4  # one attempt + three retries, then it stops
-        (good,) = (await hooks.deliveries(ok.webhook.id, None, None)).deliveries
+        (good,) = (await hooks.deliveries(webhook=ok.webhook.id)).deliveries
         assert (good.status, good.attempts, good.last_status_code) == ("succeeded", 3, 200)
-        (lost,) = (await hooks.deliveries(bad.webhook.id, None, None)).deliveries
+        (lost,) = (await hooks.deliveries(webhook=bad.webhook.id)).deliveries
         assert (lost.status, lost.attempts, lost.last_error) == ("failed", 4, "HTTP 500")
         # redeliver brings it back
         assert (await hooks.redeliver(delivery_id=lost.id)).redelivered == 1
@@ -248,8 +248,8 @@ async def test_gone_disables_and_the_circuit_opens(engine: Engine) -> None:
     settings = fast(circuit_failures=2, retry_schedule=(0.01,) * 10, concurrency=1)
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver(status=lambda n, b: 410) as gone, Receiver(status=lambda n, b: 503) as down:
-        g = await hooks.add(gone.url, ["*"])
-        d = await hooks.add(down.url, ["outcome.completed"])
+        g = await hooks.add(gone.url, events=["*"])
+        d = await hooks.add(down.url, events=["outcome.completed"])
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a", "b", "c"])
             await until(lambda: len(gone.requests) >= 1 and len(down.requests) >= 2)
@@ -260,7 +260,7 @@ async def test_gone_disables_and_the_circuit_opens(engine: Engine) -> None:
         assert len(down.requests) == 2  # two failures opened the circuit: no more calls until recovery
         state = await hooks.get(d.webhook.id)
         assert state.circuit == "open" and state.consecutive_failures == 2 and state.active
-        pending = (await hooks.deliveries(d.webhook.id, "pending", None)).deliveries
+        pending = (await hooks.deliveries(webhook=d.webhook.id, status="pending")).deliveries
         assert len(pending) == 3
 
 
@@ -268,7 +268,7 @@ async def test_two_dispatchers_send_each_event_once(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver() as rx:
-        await hooks.add(rx.url, ["outcome.completed"])
+        await hooks.add(rx.url, events=["outcome.completed"])
         async with dispatching(engine, settings, n=3):
             await work(engine, "r1", [f"i{i}" for i in range(60)])
             await until(lambda: len(rx.requests) >= 60)
@@ -281,8 +281,8 @@ async def test_a_dead_endpoint_does_not_delay_a_healthy_one(engine: Engine) -> N
     settings = fast(timeout=3.0)
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver(delay=5.0) as hanging, Receiver() as healthy:
-        await hooks.add(hanging.url, ["outcome.completed"])
-        await hooks.add(healthy.url, ["outcome.completed"])
+        await hooks.add(hanging.url, events=["outcome.completed"])
+        await hooks.add(healthy.url, events=["outcome.completed"])
         async with dispatching(engine, settings):
             started = time.time()
             await work(engine, "r1", [f"i{i}" for i in range(5)])
@@ -297,7 +297,7 @@ async def test_ping_update_rotate_and_remove(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver() as rx:
-        created = await hooks.add(rx.url, ["*"], headers={"X-Team": "blue"})
+        created = await hooks.add(rx.url, events=["*"], headers={"X-Team": "blue"})
         ping = await hooks.test(created.webhook.id)
         assert ping.ok and ping.status_code == 200
         headers, raw, body, _ = rx.requests[0]
@@ -324,7 +324,7 @@ async def test_slack_incoming_webhook_block_kit(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver() as rx:
-        created = await hooks.add(rx.url, ["*"], kind="slack")
+        created = await hooks.add(rx.url, events=["*"], kind="slack")
         assert created.secret is None and created.webhook.target.endswith("/…")  # the path is the secret
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a", "b"], fail={"b"})
@@ -356,7 +356,9 @@ async def test_slack_bot_token_threads_per_run_and_honours_429(engine: Engine) -
     statuses = {1: (429, {"Retry-After": "0"})}
     with Receiver(status=lambda n, b: statuses.get(n, 200)) as rx:
         api = rx.server.url_for("/api")
-        await hooks.add(api, ["outcome.failed"], kind="slack", token="xoxb-test", options={"channel": "C123"})
+        await hooks.add(
+            api, events=["outcome.failed"], kind="slack", token="xoxb-test", options={"channel": "C123"}
+        )
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a", "b", "c"], fail={"a", "b", "c"})
             await until(lambda: len(rx.requests) >= 4, timeout=4)

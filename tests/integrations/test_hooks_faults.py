@@ -73,7 +73,7 @@ async def test_sigkill_with_deliveries_in_flight_loses_nothing(database_url: str
     rng = random.Random(14)
     with Receiver(status=lambda n, b: 500 if rng.random() < 0.3 else 200, delay=0.05) as rx:
         hooks = Hooks(engine.store, database_url, HookSettings.from_env(env))
-        await hooks.add(rx.url, ["outcome.completed"])
+        await hooks.add(rx.url, events=["outcome.completed"])
         procs = [start(env)]
         try:
             async with anyio.create_task_group() as tg:
@@ -91,7 +91,7 @@ async def test_sigkill_with_deliveries_in_flight_loses_nothing(database_url: str
                 await until(lambda: expected <= delivered(rx), timeout=30)
             except AssertionError:
                 missing = expected - delivered(rx)
-                page = await hooks.deliveries(None, None, None, 1000)
+                page = await hooks.deliveries(limit=1000)
                 st = Counter(d.status for d in page.deliveries)
                 subs = (await hooks.list_all()).webhooks
                 raise AssertionError(
@@ -120,7 +120,7 @@ async def test_two_processes_one_subscription_no_duplicates(database_url: str, t
     engine = await Engine.open(settings)
     with Receiver() as rx:
         hooks = Hooks(engine.store, database_url, HookSettings.from_env(env))
-        await hooks.add(rx.url, ["outcome.completed"])
+        await hooks.add(rx.url, events=["outcome.completed"])
         procs = [start(env), start(env)]
         try:
             expected = set(await produce(engine, "r", 200))

@@ -115,8 +115,8 @@ async def test_a_huge_or_trickling_answer_is_cut_at_its_bound_and_deadline(engin
     settings = fast(timeout=deadline, retry_schedule=(600.0,))
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with RawReceiver("huge") as huge, RawReceiver("trickle") as trickle:
-        big = (await hooks.add(huge.url, ["run.planned"])).webhook.id
-        slow = (await hooks.add(trickle.url, ["run.planned"])).webhook.id
+        big = (await hooks.add(huge.url, events=["run.planned"])).webhook.id
+        slow = (await hooks.add(trickle.url, events=["run.planned"])).webhook.id
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]
@@ -124,7 +124,7 @@ async def test_a_huge_or_trickling_answer_is_cut_at_its_bound_and_deadline(engin
                 await work(engine, "r1", ["a"])
 
                 async def attempted() -> bool:
-                    page = await hooks.deliveries(None, None, None)
+                    page = await hooks.deliveries()
                     return len(page.deliveries) == 2 and all(d.attempts == 1 for d in page.deliveries)
 
                 limit = time.monotonic() + 30
@@ -135,7 +135,7 @@ async def test_a_huge_or_trickling_answer_is_cut_at_its_bound_and_deadline(engin
         finally:
             tracemalloc.stop()
         assert peak - base <= 50 * 2**20, f"peak growth {(peak - base) / 2**20:.0f} MB"
-        page = await hooks.deliveries(None, None, None)
+        page = await hooks.deliveries()
         by_hook = {d.webhook: d for d in page.deliveries}
         assert by_hook[big].status == "pending" and by_hook[slow].status == "pending"
         assert "longer than 64 KiB" in (by_hook[big].last_error or ""), by_hook[big]
@@ -188,8 +188,8 @@ async def test_a_secret_in_a_url_path_or_query_is_never_shown_or_stored_in_clear
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver(path=f"/api/webhooks/123/{DISCORD_SECRET}") as discord, Receiver() as teams:
         port = teams.server.port
-        a = await hooks.add(discord.url, ["*"])
-        b = await hooks.add(f"{teams.url}?token={QUERY_SECRET}", ["*"])
+        a = await hooks.add(discord.url, events=["*"])
+        b = await hooks.add(f"{teams.url}?token={QUERY_SECRET}", events=["*"])
         assert a.webhook.target == f"http://127.0.0.1:{discord.server.port}/…"
         assert b.webhook.target == f"http://127.0.0.1:{port}/…"
         async with dispatching(engine, settings):
@@ -198,7 +198,7 @@ async def test_a_secret_in_a_url_path_or_query_is_never_shown_or_stored_in_clear
         assert (await hooks.test(a.webhook.id)).ok and (await hooks.test(b.webhook.id)).ok
         await hooks.update(b.webhook.id, url=f"{teams.url}?token={QUERY_SECRET}&v=2")
     shown = (await hooks.list_all()).model_dump_json() + (await hooks.get(b.webhook.id)).model_dump_json()
-    shown += (await hooks.deliveries(None, None, None)).model_dump_json()
+    shown += (await hooks.deliveries()).model_dump_json()
     at_rest = stored_text(engine.settings.database_url)
     assert "integration" not in at_rest or "deliver" in at_rest
     for secret in (DISCORD_SECRET, QUERY_SECRET):
@@ -220,7 +220,7 @@ async def test_stored_webhooks_with_a_clear_path_are_redacted_and_keep_working(
         engine = await Engine.open(settings)
         try:
             hooks = Hooks(engine.store, database_url, hook_settings)
-            hid = (await hooks.add(rx.url, ["*"])).webhook.id
+            hid = (await hooks.add(rx.url, events=["*"])).webhook.id
         finally:
             await engine.close()
         migrations = SQ if database_url.startswith("sqlite") else PG
@@ -329,12 +329,12 @@ async def test_no_secret_reaches_any_log_at_debug(engine: Engine, debug_logs: li
     settings = fast(retry_schedule=(0.05,))
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with Receiver(path=SLACK_PATH) as slack, Receiver() as hook, Receiver(path="/gone") as bot:
-        await hooks.add(slack.url, ["*"], kind="slack")
+        await hooks.add(slack.url, events=["*"], kind="slack")
         await hooks.add(
-            f"{hook.url}?token={QUERY_SECRET}", ["*"], secret=WHSEC, headers={"X-Auth": QUERY_SECRET}
+            f"{hook.url}?token={QUERY_SECRET}", events=["*"], secret=WHSEC, headers={"X-Auth": QUERY_SECRET}
         )
         api = f"http://127.0.0.1:{bot.server.port}/api"
-        await hooks.add(api, ["*"], kind="slack", token=BOT_TOKEN, options={"channel": "C1"})
+        await hooks.add(api, events=["*"], kind="slack", token=BOT_TOKEN, options={"channel": "C1"})
         async with dispatching(engine, settings):
             await work(engine, "r1", ["a"], fail={"a"})
             await until(
@@ -363,13 +363,13 @@ async def test_a_refused_delivery_is_logged_once_and_shown(
     strict = fast(allowed_networks=(), retry_schedule=(0.05, 0.05, 0.05, 0.05))
     hooks = Hooks(engine.store, engine.settings.database_url, permissive)
     with Receiver() as rx:
-        hid = (await hooks.add(rx.url, ["outcome.started", "outcome.completed"])).webhook.id
+        hid = (await hooks.add(rx.url, events=["outcome.started", "outcome.completed"])).webhook.id
         caplog.set_level(logging.WARNING, logger="matrix_mcp.integrations")
         async with dispatching(engine, strict):  # this process does not allow 127.0.0.0/8
             await work(engine, "r1", ["a", "b"])
 
             async def refused_five_times() -> bool:
-                page = await hooks.deliveries(hid, None, None)
+                page = await hooks.deliveries(webhook=hid)
                 return sum(d.attempts for d in page.deliveries) >= 5  # the circuit opens at 5
 
             limit = time.monotonic() + 20
@@ -386,7 +386,7 @@ async def test_a_refused_delivery_is_logged_once_and_shown(
         )
         assert "every process that dispatches" in warnings[0]
         # shown where hooks deliveries and list_deliveries look (both read Hooks.deliveries), naming the process
-        page = await hooks.deliveries(hid, None, None)
+        page = await hooks.deliveries(webhook=hid)
         shown = [d.last_error or "" for d in page.deliveries if d.attempts]
         assert shown and all(e.startswith("refused by d0: ") and "loopback" in e for e in shown), shown
 

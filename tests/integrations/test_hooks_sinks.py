@@ -93,7 +93,11 @@ async def test_jira_files_once_comments_on_retry_and_transitions_on_completion(e
     policy = RunPolicy(max_attempts=3, backoff_seconds=0)
     with FakeJira() as jira:
         created = await hooks.add(
-            jira.url, ["*"], kind="jira", token="tok", options={"project": "MX", "email": "bot@example.com"}
+            jira.url,
+            events=["*"],
+            kind="jira",
+            token="tok",
+            options={"project": "MX", "email": "bot@example.com"},
         )
         assert created.webhook.options == {"email": "bot@example.com", "project": "MX"}
         assert (await hooks.test(created.webhook.id)).ok
@@ -148,7 +152,9 @@ async def test_jira_finds_an_issue_whose_key_was_lost(engine: Engine) -> None:
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with FakeJira() as jira:
-        await hooks.add(jira.url, ["outcome.failed"], kind="jira", token="tok", options={"project": "MX"})
+        await hooks.add(
+            jira.url, events=["outcome.failed"], kind="jira", token="tok", options={"project": "MX"}
+        )
         await engine.plan_run("r1", packages=[PackageSpec(name="p", items=["a"])])
         c = (await engine.claim_items("r1", worker="w")).items[0]
         # filed earlier by a process that died before it could remember the key
@@ -239,7 +245,7 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
     with FakeGitHub() as gh:
         created = await hooks.add(
             gh.url,
-            ["package.completed", "run.completed"],
+            events=["package.completed", "run.completed"],
             kind="github",
             token="ghp_x",
             options={"repository": "o/r"},
@@ -265,7 +271,9 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
             await until(lambda: "| web | 1/1 | 0 |" in gh.pulls[1].get("body", ""))
             # a sync refused by the rate limit is retried after the run's sync may have done its work
             limit = time.monotonic() + 15
-            while len((await hooks.deliveries(created.webhook.id, "succeeded", None)).deliveries) < 3:
+            while (
+                len((await hooks.deliveries(webhook=created.webhook.id, status="succeeded")).deliveries) < 3
+            ):
                 assert time.monotonic() < limit, "the syncs were not all recorded"
                 await anyio.sleep(0.05)
         head_tree = gh.trees[gh.commits[gh.refs["matrix/r1"]]["tree"]]
@@ -283,7 +291,7 @@ async def test_github_commits_artifacts_and_opens_one_pull_request(engine: Engin
         messages = [c.get("message", "") for c in gh.commits.values()]
         assert sum("of run r1" in m for m in messages) <= 2
         assert all(h["authorization"] == "Bearer ghp_x" for _, _, _, h in gh.calls)
-        page = await hooks.deliveries(created.webhook.id, "succeeded", None)
+        page = await hooks.deliveries(webhook=created.webhook.id, status="succeeded")
         assert sorted(d.type for d in page.deliveries) == [
             "package.completed",
             "package.completed",
@@ -297,7 +305,7 @@ async def test_github_commits_content_kept_in_the_store_when_its_blob_is_gone(en
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     with FakeGitHub() as gh:
         await hooks.add(
-            gh.url, ["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
+            gh.url, events=["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
         )
         await engine.plan_run("r1", packages=[PackageSpec(name="api", items=["a"])])
         c = (await engine.claim_items("r1", worker="w")).items[0]
@@ -323,7 +331,7 @@ async def test_a_paced_github_sync_may_outlast_the_attempt_deadline(engine: Engi
     with FakeGitHub() as gh:
         gh.limited = 0
         created = await hooks.add(
-            gh.url, ["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
+            gh.url, events=["package.completed"], kind="github", token="ghp_x", options={"repository": "o/r"}
         )
         items = [f"i{n}" for n in range(8)]  # 8 blobs + tree + commit + ref + pull: ≥ 2.2 s of pacing
         await engine.plan_run("r1", packages=[PackageSpec(name="api", items=items)])
@@ -334,8 +342,8 @@ async def test_a_paced_github_sync_may_outlast_the_attempt_deadline(engine: Engi
                 )
             await until(lambda: len(gh.pulls) == 1, timeout=20)
             limit = time.monotonic() + 10  # recorded just after the sync
-            while (await hooks.deliveries(created.webhook.id, "succeeded", None)).deliveries == []:
+            while (await hooks.deliveries(webhook=created.webhook.id, status="succeeded")).deliveries == []:
                 assert time.monotonic() < limit, "the sync was not recorded"
                 await anyio.sleep(0.05)
-        page = await hooks.deliveries(created.webhook.id, None, None)
+        page = await hooks.deliveries(webhook=created.webhook.id)
         assert [(d.status, d.attempts) for d in page.deliveries] == [("succeeded", 1)], page

@@ -203,11 +203,11 @@ async def test_each_delivery_attempt_is_a_span_with_the_host_only(
     answers = {1: 500}  # the first attempt fails and is retried
 
     with Receiver(status=lambda n, body: answers.get(n, 200), path="/hooks/SECRET-PATH") as rx:
-        created = await hooks.add(rx.url + "?token=SECRET-QUERY", ["run.planned"])
+        created = await hooks.add(rx.url + "?token=SECRET-QUERY", events=["run.planned"])
         async with dispatching(engine, settings):
             await engine.plan_run("delivered", packages=[PackageSpec(name="p", items=["a"])])
             for _ in range(500):  # until the second attempt's result is recorded (not only sent)
-                page = await hooks.deliveries(created.webhook.id, None, None)
+                page = await hooks.deliveries(webhook=created.webhook.id)
                 if page.deliveries and page.deliveries[0].status == "succeeded":
                     break
                 await anyio.sleep(0.02)
