@@ -9,20 +9,24 @@ from typing import Any
 
 from matrix_mcp.config import Settings
 
-RUNS_ROW = "{:<30} {:<9} {:>13} {:>10} {:>8} {:>7} {:>9}"  # `status` with no run: one row per run
+RUNS_ROW = "{:<30} {:<9} {:>13} {:>10} {:>8} {:>8} {:>7} {:>9}"  # `status` with no run: one row per run
 
 
 def format_status(status: Any) -> str:
     c = status.counts
+    blocked = f", {c.blocked} blocked" if c.blocked else ""  # waiting for dependencies
     lines = [
         f"run {status.run} ({status.state}) — {c.complete}/{c.total} complete, {c.failed} failed, "
-        f"{c.generating} generating, {c.pending} pending, {c.cancelled} cancelled"
+        f"{c.generating} generating, {c.pending} pending{blocked}, {c.cancelled} cancelled"
     ]
     if status.throughput_per_minute:
         eta = "–" if status.eta_seconds is None else f"{status.eta_seconds:.0f} s"
         lines.append(f"throughput {status.throughput_per_minute:.1f} items/min, ETA {eta}")
+    # a run with dependencies also shows each package's blocked items and what it waits for
+    staged = any(p.blocked_items or p.after for p in status.packages)
     lines.append(
         f"{'package':<24} {'done':>9} {'failed':>6} {'success':>8} {'avg s':>7} {'p90 s':>7} {'lines':>7} {'quality':>7}"
+        + (f" {'blocked':>7}  after" if staged else "")
     )
     for p in status.packages:
         lines.append(
@@ -30,6 +34,7 @@ def format_status(status: Any) -> str:
             f"{_fmt(p.success_rate, '{:.0%}'):>8} {_fmt(p.avg_duration_seconds, '{:.2f}'):>7} "
             f"{_fmt(p.p90_duration_seconds, '{:.2f}'):>7} {p.total_lines_generated:>7.0f} "
             f"{_fmt(p.average_quality_score, '{:.2f}'):>7}"
+            + (f" {p.blocked_items:>7}  {', '.join(p.after) or '-'}" if staged else "")
         )
     return "\n".join(lines)
 

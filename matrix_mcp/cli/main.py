@@ -287,13 +287,17 @@ async def _status(settings: Settings, run: str | None, check: bool, as_json: boo
             else:
                 print(
                     RUNS_ROW.format(
-                        "run", "state", "complete", "generating", "pending", "failed", "cancelled"
+                        "run", "state", "complete", "generating", "pending", "blocked", "failed", "cancelled"
                     )
                 )
             for r in runs:
                 c = r.counts
                 done = f"{c.complete}/{c.total}"
-                print(RUNS_ROW.format(r.name, r.state, done, c.generating, c.pending, c.failed, c.cancelled))
+                print(
+                    RUNS_ROW.format(
+                        r.name, r.state, done, c.generating, c.pending, c.blocked, c.failed, c.cancelled
+                    )
+                )
             return
         try:
             status = await engine.run_status(run)

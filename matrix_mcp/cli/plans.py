@@ -1,5 +1,6 @@
 """`matrix-mcp plan RUN`: a plan read from a file (JSON or YAML in the `plan_run` shape, CSV `package,item`
-rows, or text lines `package/item`) or given as `--package NAME --items a,b,c`.
+rows — with a header, also `after`, `priority`, `locks` columns —, or text lines `package/item`) or given as
+`--package NAME --items a,b,c`.
 
 Every problem is one line naming the file, the line (where the format has lines) and the field.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from matrix_mcp.models import PackageSpec, RunPolicy
+from matrix_mcp.models import ItemSpec, PackageSpec, RunPolicy
 
 # the plan_run tool's arguments, as a plan file may give them (`name` is RUN's; repeated, it must agree)
 PLAN_FIELDS = (
@@ -27,9 +28,23 @@ PLAN_FIELDS = (
     "max_attempts",
     "backoff_seconds",
     "outcome_schema",
+    "max_concurrent",
+    "on_dependency_failure",
 )
 UNION_TAGS = ("str", "ItemSpec")  # pydantic names the member of `str | ItemSpec` in an error's location
-POLICY_FIELDS = ("outcome_type", "lease_seconds", "max_attempts", "backoff_seconds", "outcome_schema")
+POLICY_FIELDS = (
+    "outcome_type",
+    "lease_seconds",
+    "max_attempts",
+    "backoff_seconds",
+    "outcome_schema",
+    "max_concurrent",
+    "on_dependency_failure",
+)
+
+
+# CSV columns a header row may name (package and item first or anywhere; lists separated by `;`)
+CSV_COLUMNS = ("package", "item", "after", "priority", "locks")
 
 
 class PlanFileError(ValueError):
@@ -59,7 +74,7 @@ def read_plan(run: str, path: str) -> Plan:
     if suffix in (".yaml", ".yml"):
         return plan_from_mapping(run, _yaml(path, text), path)
     if suffix == ".csv":
-        return plan_from_pairs(run, _csv_pairs(path, text), path)
+        return plan_from_rows(run, _csv_rows(path, text), path)
     return plan_from_pairs(run, _text_pairs(path, text), path)
 
 
@@ -72,9 +87,10 @@ def plan_from_items(run: str, package: str, items: str) -> Plan:
 
 
 def plan_from_mapping(run: str, data: Any, source: str) -> Plan:
-    """A plan in the `plan_run` shape: `packages` (each {name, description?, items}) and optional `goal`,
-    `outcome_type`, `lease_seconds`, `max_attempts`, `backoff_seconds`, `outcome_schema`; `name`, if given,
-    must be RUN."""
+    """A plan in the `plan_run` shape: `packages` (each {name, description?, after?, priority?,
+    max_concurrent?, items}, an item a name or {name, specifications?, after?, priority?, locks?}) and
+    optional `goal`, `outcome_type`, `lease_seconds`, `max_attempts`, `backoff_seconds`, `outcome_schema`,
+    `max_concurrent`, `on_dependency_failure`; `name`, if given, must be RUN."""
     if not isinstance(data, dict):
         raise PlanFileError(f"{source}: must be an object with `packages` (the plan_run shape)")
     for key in data:
@@ -106,19 +122,32 @@ def plan_from_mapping(run: str, data: Any, source: str) -> Plan:
 def plan_from_pairs(run: str, pairs: list[tuple[int, str, str]], source: str) -> Plan:
     """Packages in the order they first appear, each with its items in order; a pair given twice is one
     item (so a file may be appended to and planned again)."""
-    packages: dict[str, list[str]] = {}
-    for line, package, item in pairs:
+    return plan_from_rows(run, [(line, package, item, {}) for line, package, item in pairs], source)
+
+
+def plan_from_rows(run: str, rows: list[tuple[int, str, str, dict[str, Any]]], source: str) -> Plan:
+    """As `plan_from_pairs`, each row with its item's policy fields (`after`, `priority`, `locks`), if any:
+    the first row of an item gives them."""
+    packages: dict[str, dict[str, str | ItemSpec]] = {}
+    for line, package, item, extra in rows:
         where = f"{source} line {line}" if line else source
         if not package:
             raise PlanFileError(f"{where}: package: empty")
         if not item:
             raise PlanFileError(f"{where}: item: empty")
-        items = packages.setdefault(package, [])
-        if item not in items:
-            items.append(item)
+        items = packages.setdefault(package, {})
+        if item in items:
+            continue
+        if not extra:
+            items[item] = item
+            continue
+        try:
+            items[item] = ItemSpec.model_validate({"name": item, **extra})
+        except ValidationError as exc:
+            raise PlanFileError(f"{where}: {_where(exc, '')}") from None
     if not packages:
         raise PlanFileError(f"{source}: no items")
-    specs = [PackageSpec(name=name, items=list(items)) for name, items in packages.items()]
+    specs = [PackageSpec(name=name, items=list(items.values())) for name, items in packages.items()]
     return Plan(run, specs, None, RunPolicy.planned())
 
 
@@ -147,9 +176,12 @@ def _yaml(path: str, text: str) -> Any:
         raise PlanFileError(f"{path}{line}: not valid YAML ({problem})") from None
 
 
-def _csv_pairs(path: str, text: str) -> list[tuple[int, str, str]]:
-    """Rows `package,item`; a first row `package,item` is a header; blank lines are skipped."""
-    pairs: list[tuple[int, str, str]] = []
+def _csv_rows(path: str, text: str) -> list[tuple[int, str, str, dict[str, Any]]]:
+    """Rows `package,item`, blank lines skipped. A first row naming columns (`package`, `item` and any of
+    `after`, `priority`, `locks`) is a header; `after` and `locks` cells are lists separated by `;`, and an
+    empty cell gives nothing."""
+    rows: list[tuple[int, str, str, dict[str, Any]]] = []
+    columns = ["package", "item"]
     reader = csv.reader(io.StringIO(text))
     try:
         for row in reader:
@@ -157,16 +189,36 @@ def _csv_pairs(path: str, text: str) -> list[tuple[int, str, str]]:
             if not row or all(not cell.strip() for cell in row):
                 continue
             cells = [cell.strip() for cell in row]
-            if not pairs and line == _first_row(text) and [c.lower() for c in cells] == ["package", "item"]:
+            if not rows and line == _first_row(text) and {"package", "item"} <= {c.lower() for c in cells}:
+                columns = _header(path, line, cells)
                 continue
-            if len(cells) != 2:
+            if len(cells) != len(columns):
                 raise PlanFileError(
-                    f"{path} line {line}: expected 2 columns, package,item; found {len(cells)}"
+                    f"{path} line {line}: expected {len(columns)} columns, {','.join(columns)}; found {len(cells)}"
                 )
-            pairs.append((line, cells[0], cells[1]))
+            values = dict(zip(columns, cells, strict=True))
+            extra: dict[str, Any] = {}
+            for name in ("after", "locks"):
+                if values.get(name):
+                    extra[name] = [part.strip() for part in values[name].split(";") if part.strip()]
+            if values.get("priority"):
+                extra["priority"] = values["priority"]
+            rows.append((line, values["package"], values["item"], extra))
     except csv.Error as exc:
         raise PlanFileError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
-    return pairs
+    return rows
+
+
+def _header(path: str, line: int, cells: list[str]) -> list[str]:
+    names = [c.lower() for c in cells]
+    for name in names:
+        if name not in CSV_COLUMNS:
+            raise PlanFileError(
+                f"{path} line {line}: {name}: unknown column; a CSV plan takes {', '.join(CSV_COLUMNS)}"
+            )
+    if len(set(names)) != len(names):
+        raise PlanFileError(f"{path} line {line}: a column is named twice")
+    return names
 
 
 def _first_row(text: str) -> int:

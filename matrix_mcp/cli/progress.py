@@ -23,6 +23,8 @@ def progress_line(
         f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {counts['complete']}/{counts['total']} complete · "
         f"{counts['generating']} generating · {counts['pending']} pending · {counts['failed']} failed"
     )
+    if counts.get("blocked"):
+        line += f" · {counts['blocked']} blocked"
     if per_second is not None:
         line += f" · {per_second:.1f} items/s"
     if eta_seconds is not None:

@@ -37,7 +37,9 @@ def add_parsers(sub: Any) -> None:
         dest="from_file",
         metavar="FILE",
         help="a plan: .json or .yaml/.yml in the plan_run shape ({packages: [{name, items}], goal, "
-        "max_attempts, …}), .csv rows package,item, or any other file with lines package/item",
+        "max_attempts, …; items and packages may carry after, priority, locks, max_concurrent), .csv rows "
+        "package,item (a header row may add after, priority, locks columns), or any other file with lines "
+        "package/item",
     )
     source.add_argument("--package", metavar="NAME", help="one package, with --items")
     plan.add_argument("--items", metavar="A,B,C", help="the package's items, separated by commas")
@@ -110,7 +112,11 @@ async def _steer(engine: Engine, args: argparse.Namespace, plan: Plan | None) ->
         if args.json:
             print_json(result)
         elif result.created:
-            print(f"planned run '{result.run.name}': {result.packages} package(s), {result.items} item(s)")
+            blocked = result.run.counts.blocked
+            waiting = f", {blocked} blocked (waiting for dependencies)" if blocked else ""
+            print(
+                f"planned run '{result.run.name}': {result.packages} package(s), {result.items} item(s){waiting}"
+            )
         elif result.added_items or result.added_packages:
             print(
                 f"run '{result.run.name}': added {result.added_items} item(s)"

@@ -42,6 +42,15 @@ T = TypeVar("T")
 
 STDERR_TAIL = 2048  # bytes of a failed command's stderr kept as its error
 FINISHED = ("done", "cancelled", "empty")
+# what `work` prints when a claim comes back empty and it waits on (once per change of reason)
+WAITING = {
+    "paused": "the run is paused",
+    "all_leased": "every item left is leased",
+    "backing_off": "the items left are backing off after failures",
+    "blocked": "the items left wait for their dependencies",
+    "locked": "the ready items need lock keys another lease holds",
+    "capped": "a max_concurrent cap is reached",
+}
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,7 @@ class Worker:
         self.live = LiveLine(out)
         self._tmp = Path(tempfile.mkdtemp(prefix="matrix-work-"))
         self._trace_parent = tracing.parent_from_env(os.environ)  # `work` run inside a trace
+        self._reason: str | None = None  # why the last claim came back empty (printed once)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -185,12 +195,32 @@ class Worker:
             if got is None:
                 return None
             if got.items:
+                self._waiting(None)
                 return got.items[0]
             if got.reason in FINISHED:
                 return None
+            if got.reason == "blocked" and got.retry_after_seconds is None and self.options.package is None:
+                # nothing is generating in the run: only a retry or an override can free the rest
+                if self._reason != "stuck":
+                    self._reason = "stuck"
+                    self.live.note(
+                        "claim: blocked — the items left wait for dependencies that failed (or cannot "
+                        "complete) and nothing is in progress; stopping (retry the failed items to go on)"
+                    )
+                return None
+            self._waiting(got.reason, got.retry_after_seconds)
             if got.reason == "paused":
                 await anyio.sleep(1)
         return None
+
+    def _waiting(self, reason: str | None, retry_after: float | None = None) -> None:
+        """Print why the claims come back empty, once each time the reason changes."""
+        if reason == self._reason:
+            return
+        self._reason = reason
+        if reason is not None:
+            due = f" (due in {retry_after:.0f} s)" if retry_after is not None else ""
+            self.live.note(f"claim: {reason} — {WAITING.get(reason, 'nothing to claim')}; waiting{due}")
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run a store call, riding out a database that is briefly unavailable (about a minute)."""
@@ -445,7 +475,7 @@ class Worker:
                 first = finished
             elapsed = time.monotonic() - self.tally.started
             rate = (finished - first) / elapsed if elapsed > 0 else None
-            remaining = c.pending + c.generating
+            remaining = c.pending + c.generating + c.blocked
             eta = remaining / rate if rate and remaining else None
             self.live.show(progress_line(c.model_dump(), rate, eta) + f" · {len(self.running)} running here")
             await anyio.sleep(0.5)
@@ -557,6 +587,6 @@ async def _summary(engine: Engine, worker: Worker) -> int:
         return 128 + worker.signal
     if worker.options.package is not None:
         pkg = next((p for p in status.packages if p.package == worker.options.package), None)
-        settled = pkg is not None and pkg.pending_items + pkg.generating_items == 0
+        settled = pkg is not None and pkg.pending_items + pkg.generating_items + pkg.blocked_items == 0
         return 0 if settled and pkg is not None and pkg.failed_items == 0 else 1
     return 0 if status.state == "done" and status.counts.failed == 0 else 1

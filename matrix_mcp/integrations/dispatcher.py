@@ -288,7 +288,8 @@ class Dispatcher:
         touched: dict[str, set[str] | None] = {}
         for pub in published:
             if pub.type in E.TERMINAL_TYPES and pub.run is not None:
-                package = pub.data.get("package")
+                # the items a failure cancelled may be in any package: check them all
+                package = pub.data.get("package") if pub.type != "outcome.dependents_cancelled" else None
                 seen = touched.setdefault(pub.run, set())
                 if seen is not None:
                     if isinstance(package, str):

@@ -2,7 +2,9 @@
 
 Public types (the issue's vocabulary): outcome.created, outcome.started, outcome.completed,
 outcome.retry_scheduled, outcome.failed (final), package.completed, run.completed, run.cancelled, ping,
-and run.planned.
+and run.planned; with dependencies, outcome.ready (a blocked item's last dependency completed: it is
+pending now) and outcome.dependents_cancelled (one per failure that cancelled the items waiting on it:
+the failed item, how many, and the first 100 of their ids).
 
 Planned items are announced by ONE `run.planned` per plan call (run, packages and items added, and
 whether it extended an existing run), never by one `outcome.created` per item: a 200 x 200 plan is one
@@ -35,12 +37,15 @@ EVENT_TYPES = (
     "run.completed",
     "run.cancelled",
     "run.planned",
+    "outcome.ready",
+    "outcome.dependents_cancelled",
     "ping",
 )
 # internal kinds after which a package may have finished
-TERMINAL_TYPES = frozenset({"outcome.completed", "outcome.failed"})
+TERMINAL_TYPES = frozenset({"outcome.completed", "outcome.failed", "outcome.dependents_cancelled"})
 _STATUS_FOR = {
     "outcome.created": "pending",
+    "outcome.ready": "pending",
     "outcome.started": "generating",
     "outcome.completed": "complete",
     "outcome.retry_scheduled": "pending",
@@ -72,6 +77,8 @@ def public_event(event: Event) -> PublicEvent | None:
         "run_cancelled": "run.cancelled",
         "run_planned": "run.planned",
         "run_extended": "run.planned",
+        "ready": "outcome.ready",
+        "dependents_cancelled": "outcome.dependents_cancelled",
     }
     if kind == "lease_expired":
         target = {"pending": "outcome.retry_scheduled", "failed": "outcome.failed"}.get(str(d.get("now")))
@@ -99,6 +106,8 @@ def public_event(event: Event) -> PublicEvent | None:
         data["error"] = d["error"]
     if kind == "run_cancelled" and d.get("cancelled_items") is not None:
         data["cancelled_items"] = d["cancelled_items"]
+    if target == "outcome.dependents_cancelled":
+        data.update(failed=d.get("failed"), count=d.get("count", 0), outcome_ids=d.get("outcome_ids", []))
     if target == "run.planned":
         data.update(packages=d.get("packages", 0), items=d.get("items", 0), extended=kind == "run_extended")
     return PublicEvent(
@@ -121,7 +130,7 @@ def enrich(pub: PublicEvent, facts: OutcomeFacts) -> None:
         data.update(package=facts.package, item=facts.item)
     if pub.type.startswith("outcome.") and pub.type != "outcome.created" and "attempt" not in data:
         data["attempt"] = facts.attempts
-    if pub.type in TERMINAL_TYPES:
+    if pub.type in ("outcome.completed", "outcome.failed"):
         data["metrics"] = facts.metrics
     if pub.type == "outcome.failed" and "error" not in data and facts.error is not None:
         data["error"] = facts.error[:500]
@@ -136,7 +145,7 @@ def completions(
     touched = set(touched)
 
     def done(p: PackageSummary) -> bool:
-        return p.total_items > 0 and p.pending_items == 0 and p.generating_items == 0
+        return p.total_items > 0 and p.pending_items == 0 and p.generating_items == 0 and p.blocked_items == 0
 
     def counts(p: PackageSummary) -> dict[str, Any]:
         return {

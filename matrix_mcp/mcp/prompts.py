@@ -8,7 +8,11 @@ def plan_matrix(goal: str, packages: str, items_per_package: str) -> str:
     return (
         f"Goal: {goal}\n\nDesign a work matrix of {packages} packages with {items_per_package} items each. "
         "Give each package a short unique name and a one-line description, and each item a unique name and "
-        "a specifications object precise enough for a worker that sees only that item. Then call plan_run "
+        "a specifications object precise enough for a worker that sees only that item. If the work is staged, "
+        'say what waits for what: `after` on a package (package names) or an item ("package/item", "item" in '
+        'its own package, "package/*"); give `priority` to what should go first, `locks` (e.g. '
+        '"file:src/db.py") to items that must not run at the same time as others holding the same key, and '
+        "`max_concurrent` to a package (or the run) that must not run more items at once. Then call plan_run "
         "once with all packages (choose outcome_type, lease_seconds for the slowest item, max_attempts, and an "
         "outcome_schema if results must carry metrics). Report the run name and counts."
     )
@@ -26,7 +30,10 @@ def outcome_generator(run: str, worker: str) -> str:
         "done, fail_item(outcome_id, lease_token, error=…, retryable=true|false, claim_next=1).\n"
         "4. The answer's `next` holds your next item: go to 2. If `next` is empty: stop when `reason` is "
         "done or cancelled; otherwise call claim_items again with wait_seconds=30 (retry_after_seconds "
-        "says when work is due).\n"
+        "says when work is due). Items come highest priority first. `reason` blocked: the rest waits for "
+        "its dependencies to complete (without retry_after_seconds nothing is in progress to free them: "
+        "stop); locked: ready items need a lock key (a file, an API) another worker's lease holds; capped: "
+        "a max_concurrent limit is reached. Locked and capped clear as leases end: claim again.\n"
         "5. Only for work longer than half the lease: heartbeat; drop items it reports lost or cancelled."
     )
 

@@ -126,3 +126,15 @@ def test_the_view_ships_as_package_data() -> None:
     assert "grid.html" in {Path(s).name for s in shipped}
     for name in shipped:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_the_view_draws_every_status() -> None:
+    """The view's status list is the models' (blocked included), and each status but pending (the cells'
+    default) has its own style."""
+    from matrix_mcp.models import STATUSES
+
+    html = grid_html(VIEW_TOOLS)
+    found = re.search(r"const STATUSES = (\[[^\]]*\]);", html)
+    assert found and json.loads(found.group(1)) == list(STATUSES)
+    for status in STATUSES[1:]:
+        assert f'.cell[data-status="{status}"]' in html, status

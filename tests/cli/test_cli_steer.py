@@ -125,7 +125,7 @@ def test_bad_plan_files_name_the_line_and_the_field(cli: Cli) -> None:
     unknown = cli.file("unknown.json", json.dumps({"packages": [], "retries": 3}))
     assert cli.fails("plan", "r", "--from", unknown) == (
         f"matrix-mcp: {unknown}: retries: unknown field; a plan takes name, goal, packages, outcome_type, "
-        "lease_seconds, max_attempts, backoff_seconds, outcome_schema"
+        "lease_seconds, max_attempts, backoff_seconds, outcome_schema, max_concurrent, on_dependency_failure"
     )
     attempts = cli.file("attempts.json", json.dumps({"packages": [], "max_attempts": 0}))
     assert cli.fails("plan", "r", "--from", attempts).startswith(f"matrix-mcp: {attempts}: max_attempts: ")
@@ -151,6 +151,56 @@ def test_bad_plan_files_name_the_line_and_the_field(cli: Cli) -> None:
         == "matrix-mcp: --items: required with --package (e.g. --items a,b,c)"
     )
     assert "--items: an empty item name" in cli.fails("plan", "r", "--package", "p", "--items", "a,,b")
+    assert not cli.db.exists() or cli.json("status")["runs"] == []  # nothing was planned
+
+
+def test_plan_files_read_the_policy_fields(cli: Cli) -> None:
+    """JSON (and YAML) plan files take the run's and the packages' and items' policy fields; a CSV header
+    may add the item columns after, priority and locks (lists separated by `;`)."""
+    from matrix_mcp.cli.plans import read_plan
+    from matrix_mcp.models import ItemSpec
+
+    staged = {
+        "max_concurrent": 3,
+        "on_dependency_failure": "block",
+        "packages": [
+            {"name": "a", "priority": 2, "max_concurrent": 1, "items": ["x"]},
+            {
+                "name": "b",
+                "after": ["a"],
+                "items": [{"name": "y", "after": ["a/x"], "priority": -1, "locks": ["k"]}],
+            },
+        ],
+    }
+    plan = read_plan("r", cli.file("staged.json", json.dumps(staged)))
+    assert (plan.policy.max_concurrent, plan.policy.on_dependency_failure) == (3, "block")
+    a, b = plan.packages
+    assert (a.priority, a.max_concurrent, b.after) == (2, 1, ["a"])
+    assert b.items == [ItemSpec(name="y", after=["a/x"], priority=-1, locks=["k"])]
+    csv_text = "package,item,after,priority,locks\na,x,,,\nb,y,a/x; a/* ,3,file:a.py;api:github\nb,y,,,\n"
+    a, b = read_plan("r", cli.file("staged.csv", csv_text)).packages
+    assert a.items == ["x"]  # no policy cells: a plain name
+    assert b.items == [
+        ItemSpec(name="y", after=["a/x", "a/*"], priority=3, locks=["file:a.py", "api:github"])
+    ]
+    reordered = read_plan("r", cli.file("reordered.csv", "item,package\nx,a\n")).packages
+    assert [(p.name, p.items) for p in reordered] == [("a", ["x"])]
+
+
+def test_bad_policy_in_plan_files_is_one_line_naming_the_field(cli: Cli) -> None:
+    cap = cli.file("cap.json", json.dumps({"packages": [{"name": "p", "max_concurrent": 0, "items": ["a"]}]}))
+    assert cli.fails("plan", "r", "--from", cap).startswith(
+        f"matrix-mcp: {cap}: packages[0].max_concurrent: "
+    )
+    mode = cli.file("mode.json", json.dumps({"packages": [], "on_dependency_failure": "ignore"}))
+    assert cli.fails("plan", "r", "--from", mode).startswith(f"matrix-mcp: {mode}: on_dependency_failure: ")
+    column = cli.file("column.csv", "package,item,depends\np,a,\n")
+    assert cli.fails("plan", "r", "--from", column) == (
+        f"matrix-mcp: {column} line 1: depends: unknown column; a CSV plan takes package, item, after, "
+        "priority, locks"
+    )
+    priority = cli.file("priority.csv", "item,package,priority\na,p,high\n")
+    assert cli.fails("plan", "r", "--from", priority).startswith(f"matrix-mcp: {priority} line 2: priority: ")
     assert not cli.db.exists() or cli.json("status")["runs"] == []  # nothing was planned
 
 

@@ -301,3 +301,20 @@ async def test_a_finished_runs_rate_is_the_same_over_mcp_rest_and_the_cli(sqlite
     out = cli.stdout.decode()
     assert cli.returncode == 0, cli.stderr.decode()
     assert "throughput 8.0 items/min, ETA –" in out, out
+
+
+def test_every_status_has_a_colour_a_shape_and_a_legend_entry() -> None:
+    """The board's script colours status codes by index into STATUSES (blocked appended last), the legend
+    names a shape for each, and the stylesheet has each one's swatch."""
+    from matrix_mcp.http.board import SHAPES
+    from matrix_mcp.models import STATUSES
+
+    static = Path(__file__).resolve().parents[2] / "matrix_mcp" / "http" / "board_static"
+    script = (static / "board.js").read_text(encoding="utf-8")
+    for table in ("COLORS", "INK"):
+        found = re.search(rf"const {table} = \[([^\]]*)\];", script)
+        assert found and len(found.group(1).split(",")) == len(STATUSES), table
+    assert "code === 5" in script and STATUSES.index("blocked") == 5  # the blocked shape's branch
+    assert list(SHAPES) == list(STATUSES)
+    css = (static / "board.css").read_text(encoding="utf-8")
+    assert all(f".s-{status} " in css for status in STATUSES)

@@ -483,7 +483,9 @@ async def test_actions_follow_the_run_state_and_an_eta_needs_something_generatin
         page, seen = await new_page(browser)
         await page.goto(base + "/ui/")
         await page.wait_for_selector("#runs tbody tr")
-        assert (await page.locator("#runs tbody tr td").nth(9).text_content()) == "–"
+        assert (
+            await page.locator("#runs tbody tr td").nth(10).text_content()
+        ) == "–"  # ETA, after the blocked column
         await page.goto(base + "/ui/runs/live")
         await page.wait_for_function("document.getElementById('actions').dataset.ready === '1'")
         await page.wait_for_function("document.getElementById('live').classList.contains('on')")

@@ -69,6 +69,11 @@ def ev(kind: str, seq: int = 7, **data: object) -> Event:
         (ev("run_extended", packages=[], items=3), "run.planned"),
         (ev("integration", integration_type="webhook"), None),  # never publish our own records: a loop
         (ev("requeued", count=1), None),
+        (ev("ready", package="p", item="i"), "outcome.ready"),
+        (
+            ev("dependents_cancelled", failed="p/i", count=1, outcome_ids=["o2"]),
+            "outcome.dependents_cancelled",
+        ),
     ],
 )
 def test_public_event_mapping(event: Event, expected: str | None) -> None:
@@ -131,11 +136,46 @@ def test_public_event_payload_fields() -> None:
     assert body.startswith('{"type":"outcome.failed","timestamp":"2026-01-01T00:00:00Z","data":{')
 
 
-def summary(package: str, total: int, done: int, failed: int = 0, pending: int = 0) -> PackageSummary:
+def test_ready_and_dependents_cancelled_payloads() -> None:
+    """outcome.ready says the item is pending now; outcome.dependents_cancelled names the failure, how many it
+    cancelled and their ids, and counts as terminal (the cancelled items' packages may have finished)."""
+    ready = E.public_event(ev("ready", package="p", item="i"))
+    assert ready is not None and ready.data == {
+        "seq": 7, "run": "r", "outcome_id": "o1", "status": "pending", "package": "p", "item": "i",
+    }  # fmt: skip
+    cascade = E.public_event(ev("dependents_cancelled", failed="p/i", count=120, outcome_ids=["a", "b"]))
+    assert cascade is not None
+    assert (cascade.data["failed"], cascade.data["count"], cascade.data["outcome_ids"]) == (
+        "p/i",
+        120,
+        ["a", "b"],
+    )
+    assert cascade.type in E.TERMINAL_TYPES and {"outcome.ready", "outcome.dependents_cancelled"} <= set(
+        E.EVENT_TYPES
+    )
+    from matrix_mcp.store.hooks import OutcomeFacts
+
+    E.enrich(cascade, OutcomeFacts("p", "i", 3, {"lines": 1}, "boom"))
+    assert "metrics" not in cascade.data and "error" not in cascade.data  # the failure's own event has those
+
+
+def summary(
+    package: str, total: int, done: int, failed: int = 0, pending: int = 0, blocked: int = 0
+) -> PackageSummary:
     return PackageSummary(
         run="r", package=package, position=0, total_items=total, pending_items=pending, generating_items=0,
-        completed_items=done, failed_items=failed, cancelled_items=0, success_rate=None, total_lines_generated=0,
+        completed_items=done, failed_items=failed, cancelled_items=0, blocked_items=blocked, success_rate=None,
+        total_lines_generated=0,
     )  # fmt: skip
+
+
+def test_a_package_with_blocked_items_has_not_completed() -> None:
+    waiting = summary("a", 3, 1, failed=1, blocked=1)  # on_dependency_failure="block": it waits for a retry
+    assert E.completions([waiting], ["a"], 9, 100.0) == []
+    assert [p.type for p in E.completions([summary("a", 3, 2, failed=1)], ["a"], 9, 100.0)] == [
+        "package.completed",
+        "run.completed",
+    ]
 
 
 def test_completions_are_derived_from_counters_and_keyed_by_them() -> None:

@@ -50,6 +50,11 @@
     if (n === null || n === undefined) return "–";
     return typeof n === "number" ? n.toFixed(digits === undefined ? 0 : digits) : String(n);
   }
+  // A list of names as one line ("–", or `none`, when there are none).
+  function listText(names, none) {
+    if (!names || !names.length) return none === undefined ? "–" : none;
+    return names.join(", ");
+  }
   function eta(seconds) {
     if (seconds === null || seconds === undefined) return "–";
     if (seconds < 90) return Math.round(seconds) + " s";
@@ -209,6 +214,7 @@
           r.state,
           bar,
           c.pending,
+          c.blocked || 0,
           c.generating,
           c.complete,
           c.failed,
@@ -227,8 +233,10 @@
 
   // ---- a run --------------------------------------------------------------------------------------
 
-  const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280"];
-  const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff"];
+  // by status code (the index into the grid's `statuses`): pending, generating, complete, failed,
+  // cancelled, blocked
+  const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280", "#ddd6fe"];
+  const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff", "#5b21b6"];
   const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, header: 0, labels: [], dirty: [], frame: 0 };
   const HEADER_MAX = 120; // the tallest column-header band, in CSS pixels
   const selected = new Set();
@@ -263,6 +271,13 @@
     } else if (code === 2) {
       // complete: solid
       ctx.fillRect(x, y, s, s);
+    } else if (code === 5) {
+      // blocked (waiting for dependencies): an outline with a bar across the middle
+      ctx.fillRect(x, y, s, s);
+      ctx.strokeRect(x + 0.5, y + 0.5, s - 1, s - 1);
+      const bar = Math.max(1, Math.round(s / 5));
+      ctx.fillStyle = INK[5];
+      ctx.fillRect(x + 1, y + Math.floor((s - bar) / 2), Math.max(1, s - 2), bar);
     } else {
       // failed: a cross; cancelled: one slash
       ctx.fillRect(x, y, s, s);
@@ -428,6 +443,7 @@
       case "completed":
         return "complete";
       case "retry_scheduled":
+      case "ready": // its last dependency completed
         return "pending";
       case "failed":
       case "cancelled":
@@ -440,6 +456,12 @@
         return null;
     }
   }
+
+  // the run's package summaries by name, as the last status read gave them (for the item detail)
+  let packageInfo = new Map();
+
+  // The events that move many cells at once, and where they move them to.
+  const BULK = { requeued: "pending", dependents_cancelled: "cancelled" };
 
   function cellAt(ev) {
     const rect = $("grid").getBoundingClientRect();
@@ -467,6 +489,11 @@
     $("d-title").textContent = o.package + " / " + o.item;
     const fields = [
       ["status", o.status],
+      ["waits for", listText(o.waits_for, null)],
+      ["package after", listText((packageInfo.get(o.package) || {}).after, null)],
+      ["priority", o.priority === undefined ? null : o.priority],
+      ["locks", listText(o.locks, null)],
+      ["locks held", listText(o.locks_held, null)],
       ["attempts", attemptsText(o)],
       ["worker", o.worker],
       ["created", o.created_at],
@@ -592,12 +619,14 @@
 
   async function refreshStatus() {
     const s = await api("/runs/" + enc(RUN));
+    packageInfo = new Map(s.packages.map((p) => [p.package, p]));
     const c = s.counts;
     $("run-state").textContent = s.state;
     setProgress(progressBar($("progress")), c);
     showActions(s.state, c);
     $("counts").textContent =
-      c.total + " items · " + c.pending + " pending · " + c.generating + " generating · " + c.complete +
+      c.total + " items · " + c.pending + " pending · " + (c.blocked || 0) + " blocked · " + c.generating +
+      " generating · " + c.complete +
       " complete · " + c.failed + " failed · " + c.cancelled + " cancelled · " +
       fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + etaOf(s);
     fillTable(
@@ -608,12 +637,16 @@
           p.completed_items,
           p.failed_items,
           p.pending_items,
+          p.blocked_items || 0,
           p.generating_items,
           p.success_rate === undefined ? "–" : (p.success_rate * 100).toFixed(0) + "%",
           fmt(p.p50_duration_seconds, 2),
           fmt(p.p90_duration_seconds, 2),
           fmt(p.total_lines_generated),
           fmt(p.average_quality_score, 2),
+          p.priority || 0,
+          fmt(p.max_concurrent),
+          listText(p.after),
         ]),
     );
     const select = $("retry-package");
@@ -767,13 +800,15 @@
       for (const e of events) {
         const to = cellChange(e);
         if (to === null || !e.outcome_id || !setCell(e.outcome_id, to)) {
-          if (e.kind === "requeued" && e.data && e.data.count <= (e.data.outcome_ids || []).length) {
-            for (const id of e.data.outcome_ids) setCell(id, "pending");
+          // bulk events name their items (up to 100; more: reload the grid)
+          const bulk = BULK[e.kind];
+          if (bulk && e.data && e.data.count <= (e.data.outcome_ids || []).length) {
+            for (const id of e.data.outcome_ids) setCell(id, bulk);
           } else if (e.kind !== "integration" && e.kind !== "run_paused" && e.kind !== "run_resumed") {
             needReload = true;
           }
         }
-        if (e.kind !== "claimed" && e.kind !== "completed") failed = true;
+        if (e.kind !== "claimed" && e.kind !== "completed" && e.kind !== "ready") failed = true;
       }
       if (grid.dirty.length && !grid.frame) grid.frame = requestAnimationFrame(paintDirty);
       if (needReload) reload();

@@ -43,9 +43,13 @@ async def plan_run(
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3,
     backoff_seconds: Annotated[float, Field(ge=0, le=86400)] = 5,
     outcome_schema: dict[str, Any] | None = None,
+    max_concurrent: Annotated[int | None, Field(ge=1)] = None,
+    on_dependency_failure: Literal["cancel", "block"] = "cancel",
 ) -> Annotated[CallToolResult, PlanResult]:
     """Create a run of packages × items (idempotent by name; new packages/items are added). items: names
-    or {name, specifications}. outcome_schema: JSON Schema for {"metrics", "metadata"} of reports."""
+    or {name, specifications, after, priority, locks}; an item is blocked until its `after` complete.
+    max_concurrent: items generating at once. outcome_schema: JSON Schema for {"metrics", "metadata"}
+    of reports."""
     s = state_of(ctx)
     policy = RunPolicy.planned(
         outcome_type=outcome_type,
@@ -53,6 +57,8 @@ async def plan_run(
         max_attempts=max_attempts,
         backoff_seconds=backoff_seconds,
         outcome_schema=outcome_schema,
+        max_concurrent=max_concurrent,
+        on_dependency_failure=on_dependency_failure,
     )
     return await s.call(s.engine().plan_run(name=name, packages=packages, goal=goal, policy=policy))
 

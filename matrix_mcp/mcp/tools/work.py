@@ -35,8 +35,8 @@ async def claim_items(
     package: str | None = None,
     wait_seconds: WaitSeconds = 0,
 ) -> Annotated[CallToolResult, ClaimResult]:
-    """Lease up to `limit` items, fair across packages (briefing: run goal + package description).
-    wait_seconds long-polls; `reason` says why none came."""
+    """Lease up to `limit` ready items, highest priority first, fair across packages (briefing: run
+    goal + package description). wait_seconds long-polls; `reason` says why none came."""
     s = state_of(ctx)
     return await s.call(
         s.engine().claim_items(
@@ -124,7 +124,12 @@ SPECS = (
         null_free=True,
         scope=WORK,
         toolsets=WORKER,
-        rest=Endpoint("POST", "/runs/{run}/claim", "Lease items (fair across packages).", body=True),
+        rest=Endpoint(
+            "POST",
+            "/runs/{run}/claim",
+            "Lease ready items (highest priority first, fair across packages).",
+            body=True,
+        ),
     ),
     ToolSpec(
         heartbeat,
