@@ -20,11 +20,20 @@ from importlib import resources
 from typing import Any
 
 from mcp.server.apps import APP_MIME_TYPE, Apps, ResourceCsp
-from mcp.server.mcpserver.resources import FunctionResource
 
 from matrix_mcp.audit import current_tool_access
+from matrix_mcp.mcp.spec import READ, ResourceSpec
 
 GRID_URI = "ui://matrix/grid.html"
+# the view's resource; whoever may read a run may read its view (mcp/registry.py lists it)
+GRID = ResourceSpec(
+    uri=GRID_URI,
+    name="run_grid",
+    title="Run grid",
+    description="A run's N×M grid, failures and item detail (MCP Apps view for run_status).",
+    mime_type=APP_MIME_TYPE,
+    scope=READ,
+)
 # the tools the view may call, in the order it uses them; the document names only those the reader may call
 VIEW_TOOLS = ("run_status", "list_outcomes", "get_outcome", "retry_items")
 # where the document's own script reads the tool names from (a JSON island, never executed)
@@ -63,12 +72,8 @@ def grid_app(listed: Iterable[str]) -> Apps:
     names = frozenset(listed)
     apps = Apps()
     apps.add_resource(
-        FunctionResource(
-            uri=GRID_URI,
-            name="run_grid",
-            title="Run grid",
-            description="A run's N×M grid, failures and item detail (MCP Apps view for run_status).",
-            mime_type=APP_MIME_TYPE,
+        GRID.resource(
+            lambda: grid_html(names),
             # no domains: no fetch, no external script, style, image or frame
             meta={
                 "ui": {
@@ -77,7 +82,6 @@ def grid_app(listed: Iterable[str]) -> Apps:
                     )
                 }
             },
-            fn=lambda: grid_html(names),
         )
     )
     return apps

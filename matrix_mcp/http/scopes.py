@@ -3,7 +3,8 @@
 A caller sees in `tools/list` only the tools its scopes allow, and a call outside them is refused with
 a tool error (or, for resources/prompts/completions, a JSON-RPC error) naming the missing scope. Each tool's
 scope is written in its `ToolSpec` (`mcp/registry.py`), which cannot leave it out; a name no tool has (a call
-to an unknown tool) needs `matrix:admin`.
+to an unknown tool) needs `matrix:admin`. Each resource's scope is written in its `ResourceSpec`, listed in the
+same registry.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ from matrix_mcp.sdk.errors import error_result
 TOOL_SCOPES: Mapping[str, str] = MappingProxyType(registry.scopes())
 UNMAPPED_TOOL_SCOPE = ADMIN
 
-# resources that need more than READ (to read, subscribe to, or see in resources/list)
-RESOURCE_SCOPES: dict[str, str] = {
-    "matrix://webhooks": ADMIN,  # subscriptions, as list_webhooks shows them
-}
+# each resource's scope (to read, subscribe to, or see in resources/list), from the registry too
+resource_scope = registry.resource_scope
 _RESOURCE_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 
 # every other request method needs READ, except these, which any authenticated caller may send
@@ -54,7 +53,7 @@ def required_scope(method: str, params: Any) -> str | None:
         return tool_scope(name if isinstance(name, str) else "")
     if method in _RESOURCE_METHODS:
         uri = params.get("uri") if isinstance(params, dict) else None
-        return RESOURCE_SCOPES.get(str(uri), READ)
+        return resource_scope(str(uri))
     if method in _UNSCOPED_METHODS or method.startswith("notifications/"):
         return None
     return READ
@@ -126,7 +125,7 @@ def _filter_tools(result: HandlerResult, scopes: frozenset[str]) -> HandlerResul
 
 def _filter_resources(result: HandlerResult, scopes: frozenset[str]) -> HandlerResult:
     def allowed(uri: object) -> bool:
-        return RESOURCE_SCOPES.get(str(uri), READ) in scopes
+        return resource_scope(str(uri)) in scopes
 
     if isinstance(result, types.ListResourcesResult):
         return result.model_copy(update={"resources": [r for r in result.resources if allowed(r.uri)]})

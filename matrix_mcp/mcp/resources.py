@@ -9,10 +9,11 @@ from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.resources import FunctionResource, Resource
+from mcp.server.mcpserver.resources import Resource
 from mcp.server.mcpserver.resources.types import BinaryResource, TextResource
 from mcp.shared.uri_template import UriTemplate
 
+from matrix_mcp.mcp.spec import READ, ResourceSpec
 from matrix_mcp.mcp.state import ServerState, state_of
 from matrix_mcp.mcp.tools.schema import add_schema_templates, schema_resources
 from matrix_mcp.mcp.tools.webhooks import hook_resources
@@ -42,9 +43,36 @@ async def outcome_resource(outcome_id: str, ctx: Context) -> OutcomeDetail:
     return await s.read(s.engine().get_outcome(outcome_id=outcome_id))
 
 
-CONTENT_URI = "matrix://outcomes/{outcome_id}/content"
-
-CONTENT_TEMPLATE = UriTemplate.parse(CONTENT_URI)
+# the resources, each with its scope (mcp/registry.py lists them; the HTTP scope gate reads them from there)
+RUNS = ResourceSpec(
+    uri="matrix://runs", name="runs_resource", description="All runs with counts.", scope=READ
+)
+METRICS = ResourceSpec(
+    uri="matrix://metrics", name="metrics_resource", description="System metrics over all runs.", scope=READ
+)
+RUN = ResourceSpec(
+    uri="matrix://runs/{run}", name="run_resource", description="A run's status and packages.", scope=READ
+)
+PACKAGE = ResourceSpec(
+    uri="matrix://runs/{run}/packages/{package}",
+    name="package_resource",
+    description="One package summary.",
+    scope=READ,
+)
+OUTCOME = ResourceSpec(
+    uri="matrix://outcomes/{outcome_id}",
+    name="outcome_resource",
+    description="An outcome record.",
+    scope=READ,
+)
+CONTENT = ResourceSpec(
+    uri="matrix://outcomes/{outcome_id}/content",
+    name="content_resource",
+    description="The outcome's artifact, served with its own mime type.",
+    mime_type="application/octet-stream",
+    scope=READ,
+)
+CONTENT_TEMPLATE = UriTemplate.parse(CONTENT.uri)
 
 
 async def content_resource(outcome_id: str, ctx: Context) -> TextResource | BinaryResource:
@@ -55,7 +83,7 @@ async def content_resource(outcome_id: str, ctx: Context) -> TextResource | Bina
 async def outcome_content(state: ServerState, outcome_id: str) -> TextResource | BinaryResource:
     """The outcome's artifact as a resource with its own mime type (text when it decodes as such)."""
     data, mime = await state.read(state.engine().outcome_content(outcome_id=outcome_id))
-    uri = f"matrix://outcomes/{outcome_id}/content"
+    uri = CONTENT.uri.replace("{outcome_id}", outcome_id)
     if mime.startswith("text/") or mime in ("application/json", "application/xml", "application/yaml"):
         try:
             return TextResource(uri=uri, name=outcome_id, mime_type=mime, text=data.decode("utf-8"))  # type: ignore[arg-type]
@@ -64,40 +92,26 @@ async def outcome_content(state: ServerState, outcome_id: str) -> TextResource |
     return BinaryResource(uri=uri, name=outcome_id, mime_type=mime, data=data)  # type: ignore[arg-type]
 
 
+TEMPLATES = (
+    (RUN, run_resource),
+    (PACKAGE, package_resource),
+    (OUTCOME, outcome_resource),
+    (CONTENT, content_resource),
+)
+SPECS = (RUNS, METRICS, RUN, PACKAGE, OUTCOME, CONTENT)
+
+
 def static_resources(state: ServerState) -> list[Resource]:
     """The resources without parameters, bound to `state` (in resources/list order)."""
-    runs = FunctionResource(
-        uri="matrix://runs",
-        name="runs_resource",
-        description="All runs with counts.",
-        mime_type="application/json",
-        fn=partial(runs_resource, state),
-    )
-    metrics = FunctionResource(
-        uri="matrix://metrics",
-        name="metrics_resource",
-        description="System metrics over all runs.",
-        mime_type="application/json",
-        fn=partial(metrics_resource, state),
-    )
-    return [runs, metrics, *schema_resources(state.schema), *hook_resources(state)]
+    return [
+        RUNS.resource(partial(runs_resource, state)),
+        METRICS.resource(partial(metrics_resource, state)),
+        *schema_resources(state.schema),
+        *hook_resources(state),
+    ]
 
 
 def add_templates(mcp: MCPServer[Any]) -> None:
-    mcp.resource(
-        "matrix://runs/{run}", mime_type="application/json", description="A run's status and packages."
-    )(run_resource)
-    mcp.resource(
-        "matrix://runs/{run}/packages/{package}",
-        mime_type="application/json",
-        description="One package summary.",
-    )(package_resource)
-    mcp.resource(
-        "matrix://outcomes/{outcome_id}", mime_type="application/json", description="An outcome record."
-    )(outcome_resource)
-    mcp.resource(
-        CONTENT_URI,
-        mime_type="application/octet-stream",
-        description="The outcome's artifact, served with its own mime type.",
-    )(content_resource)
+    for spec, fn in TEMPLATES:
+        mcp.resource(spec.uri, name=spec.name, description=spec.description, mime_type=spec.mime_type)(fn)
     add_schema_templates(mcp)

@@ -1,17 +1,23 @@
-"""What a tool's spec says: the facts the MCP server, the HTTP scopes, the toolsets and the REST API read.
+"""What a tool's spec says: the facts the MCP server, the HTTP scopes, the toolsets and the REST API read;
+and what a resource's spec says: its URI, what resources/list shows, and its scope.
 
 A `ToolSpec` is written once, beside its tool function in `mcp/tools/<noun>.py`; `mcp/registry.py` lists them
 all, and every table keyed by tool name (`http/scopes.py` TOOL_SCOPES, `mcp/toolsets.py`,
 `http/endpoints.py` ENDPOINTS) is derived from that list. A spec cannot leave its scope out, so no tool can
-be unmapped.
+be unmapped. A `ResourceSpec` likewise sits beside its reader and is listed in the registry, which answers
+each resource URI's scope (`registry.resource_scope`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal
+from functools import cached_property
+from typing import Annotated, Any, Literal
 
+from mcp.server.mcpserver.resources import FunctionResource
+from mcp.shared.uri_template import UriTemplate
 from pydantic import Field
 
 from matrix_mcp.config import MAX_WAIT_SECONDS, Toolset
@@ -79,3 +85,43 @@ class ToolSpec(SdkToolSpec):
             if self.rest.tool not in ("", self.name):
                 raise ValueError(f"rest: endpoint of {self.rest.tool!r} given to tool {self.name!r}")
             object.__setattr__(self, "rest", replace(self.rest, tool=self.name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceSpec:
+    """A resource and its facts, written beside its reader. `uri`: the resource's URI, or a URI template
+    ({names}) for a family of them. `name`, `title`, `description`, `mime_type`: what resources/list (or
+    resources/templates/list) shows. `scope`: what an HTTP caller needs to read it, subscribe to it or see it
+    listed; required, as a tool's is."""
+
+    uri: str
+    name: str
+    description: str
+    mime_type: str = "application/json"
+    title: str | None = None
+    scope: Scope
+
+    def __post_init__(self) -> None:
+        if self.scope not in ALL_SCOPES:
+            raise ValueError(f"scope: unknown scope {self.scope!r} for resource {self.uri!r}")
+
+    @cached_property
+    def template(self) -> UriTemplate | None:
+        """The URI template, for a family of resources; None for one resource."""
+        return UriTemplate.parse(self.uri) if "{" in self.uri else None
+
+    def matches(self, uri: str) -> bool:
+        """Whether `uri` is this resource (or one of this template's)."""
+        return uri == self.uri if self.template is None else self.template.match(uri) is not None
+
+    def resource(self, fn: Callable[[], Any], **more: Any) -> FunctionResource:
+        """The resource read by `fn` (a resource without parameters), as the SDK lists it."""
+        return FunctionResource(
+            uri=self.uri,
+            name=self.name,
+            title=self.title,
+            description=self.description,
+            mime_type=self.mime_type,
+            fn=fn,
+            **more,
+        )

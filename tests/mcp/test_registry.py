@@ -1,5 +1,6 @@
-"""The tool registry (matrix_mcp/mcp/registry.py): every tool the server serves has a spec, and every table
-keyed by tool name (scopes, toolsets, REST endpoints) says what the specs say, nothing more.
+"""The registry (matrix_mcp/mcp/registry.py): every tool the server serves has a spec, and every table
+keyed by tool name (scopes, toolsets, REST endpoints) says what the specs say, nothing more; every resource
+it lists has a spec too, whose scope the HTTP scope gate asks for.
 
 When the tables became derived, they were compared once against the hand-written ones they replaced (equal:
 28 scopes, 5 worker and 17 orchestrator tools, 16 endpoints); what stays is that the derived tables hold each
@@ -15,7 +16,7 @@ from mcp.client import Client
 
 from matrix_mcp.config import Settings
 from matrix_mcp.http.endpoints import ENDPOINTS
-from matrix_mcp.http.scopes import TOOL_SCOPES, tool_scope
+from matrix_mcp.http.scopes import TOOL_SCOPES, required_scope, resource_scope, tool_scope
 from matrix_mcp.mcp import registry
 from matrix_mcp.mcp.server import create_server
 from matrix_mcp.mcp.spec import ALL_SCOPES, READ, Endpoint, ToolSpec
@@ -49,6 +50,36 @@ def test_the_derived_tables_name_no_tool_without_a_spec() -> None:
     assert {e.tool for e in ENDPOINTS} <= names
     assert len({(e.method, e.path) for e in ENDPOINTS}) == len(ENDPOINTS)  # one tool per route
     assert tool_scope("no_such_tool") == "matrix:admin"  # a name no spec has: closed
+
+
+async def test_every_resource_the_server_lists_has_a_spec_with_its_facts(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=str(tmp_path / "a"))
+    async with Client(create_server(settings)) as c:
+        listed = [
+            (str(r.uri), r.name, r.title, r.description, r.mime_type)
+            for r in (await c.list_resources()).resources
+        ]
+        templates = [
+            (t.uri_template, t.name, t.title, t.description, t.mime_type)
+            for t in (await c.list_resource_templates()).resource_templates
+        ]
+    facts = {
+        spec.uri: (spec.uri, spec.name, spec.title, spec.description, spec.mime_type)
+        for spec in registry.RESOURCES
+    }
+    assert sorted(listed + templates) == sorted(facts.values())
+    assert len(listed) == 7 and len(templates) == 5
+
+
+def test_a_resources_scope_is_its_specs_and_its_templates() -> None:
+    assert [spec.uri for spec in registry.RESOURCES if spec.scope != READ] == ["matrix://webhooks"]
+    for spec in registry.RESOURCES:
+        assert required_scope("resources/read", {"uri": spec.uri}) == spec.scope
+    assert resource_scope("matrix://webhooks") == "matrix:admin"
+    assert resource_scope("matrix://outcomes/o_1/content") == READ  # a template's resource
+    assert resource_scope("schema://tables/public.users") == READ
+    assert resource_scope("matrix://webhooks/x") == READ  # no resource: its read fails as not found
+    assert required_scope("resources/subscribe", {"uri": "matrix://webhooks"}) == "matrix:admin"
 
 
 def test_the_scope_map_cannot_be_changed_at_run_time() -> None:

@@ -19,12 +19,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.server.mcpserver.resources import FunctionResource, Resource, ResourceSecurity
+from mcp.server.mcpserver.resources import Resource, ResourceSecurity
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from matrix_mcp.config import redact_text, url_password
-from matrix_mcp.mcp.spec import ORCHESTRATOR, READ, ToolSpec
+from matrix_mcp.mcp.spec import ORCHESTRATOR, READ, ResourceSpec, ToolSpec
 from matrix_mcp.pagination import cursor_payload, cursor_text
 from matrix_mcp.schema.model import (
     UNTRUSTED_NOTICE,
@@ -467,39 +467,49 @@ async def audit_resource(access: SchemaAccess) -> str:
     return (await access.service.audit()).model_dump_json()
 
 
+# the schema resources, each with its scope (mcp/registry.py lists them)
+TABLES = ResourceSpec(
+    uri="schema://tables",
+    name="schema-tables",
+    description="Names and kinds of every table and view.",
+    scope=READ,
+)
+FINGERPRINT = ResourceSpec(
+    uri="schema://fingerprint",
+    name="schema-fingerprint",
+    description="Hash of the normalized schema; changes when the schema does.",
+    scope=READ,
+)
+AUDIT = ResourceSpec(
+    uri="schema://audit",
+    name="schema-audit",
+    description="What rights this connection has: superuser, write ability, dangerous roles.",
+    scope=READ,
+)
+TABLE = ResourceSpec(
+    uri="schema://tables/{table}",
+    name="schema-table",
+    description="Full definition of one table or view (schema.name when ambiguous). Untrusted data.",
+    scope=READ,
+)
+RESOURCES = (TABLES, FINGERPRINT, AUDIT, TABLE)
+
+
 def schema_resources(access: SchemaAccess) -> list[Resource]:
     """The static schema:// resources, reading through `access`."""
     return [
-        FunctionResource(
-            uri="schema://tables",
-            name="schema-tables",
-            description="Names and kinds of every table and view.",
-            mime_type="application/json",
-            fn=partial(tables_resource, access),
-        ),
-        FunctionResource(
-            uri="schema://fingerprint",
-            name="schema-fingerprint",
-            description="Hash of the normalized schema; changes when the schema does.",
-            mime_type="application/json",
-            fn=partial(fingerprint_resource, access),
-        ),
-        FunctionResource(
-            uri="schema://audit",
-            name="schema-audit",
-            description="What rights this connection has: superuser, write ability, dangerous roles.",
-            mime_type="application/json",
-            fn=partial(audit_resource, access),
-        ),
+        TABLES.resource(partial(tables_resource, access)),
+        FINGERPRINT.resource(partial(fingerprint_resource, access)),
+        AUDIT.resource(partial(audit_resource, access)),
     ]
 
 
 def add_schema_templates(mcp: MCPServer[Any]) -> None:
     """The schema://tables/{table} template (it finds the server's access through its context)."""
     mcp.resource(
-        "schema://tables/{table}",
-        name="schema-table",
-        description="Full definition of one table or view (schema.name when ambiguous). Untrusted data.",
-        mime_type="application/json",
+        TABLE.uri,
+        name=TABLE.name,
+        description=TABLE.description,
+        mime_type=TABLE.mime_type,
         security=ResourceSecurity(exempt_params={"table"}),
     )(table_resource)

@@ -19,13 +19,20 @@ from mcp.server.mcpserver.resources import FunctionResource
 from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
-from matrix_mcp.mcp.spec import ADMIN, ToolSpec
+from matrix_mcp.mcp.spec import ADMIN, ResourceSpec, ToolSpec
 
 if TYPE_CHECKING:  # loaded on the first webhook call: start-up stays fast
     from matrix_mcp.integrations.models import WebhookList
     from matrix_mcp.integrations.service import Hooks
 
-WEBHOOKS_URI = "matrix://webhooks"
+# subscriptions, as list_webhooks shows them: admin only, as the tools are
+WEBHOOKS = ResourceSpec(
+    uri="matrix://webhooks",
+    name="webhooks_resource",
+    description="Webhook subscriptions and their state.",
+    scope=ADMIN,
+)
+RESOURCES = (WEBHOOKS,)
 
 
 @runtime_checkable
@@ -164,12 +171,4 @@ async def webhooks_resource(host: HookHost) -> WebhookList:
 
 
 def hook_resources(host: HookHost) -> list[FunctionResource]:
-    return [
-        FunctionResource(
-            uri=WEBHOOKS_URI,
-            name="webhooks_resource",
-            description="Webhook subscriptions and their state.",
-            mime_type="application/json",
-            fn=partial(webhooks_resource, host),
-        )
-    ]
+    return [WEBHOOKS.resource(partial(webhooks_resource, host))]
