@@ -354,6 +354,7 @@ class SystemMetrics(_Model):
     outcomes_complete: int
     outcomes_failed: int
     outcomes_cancelled: int
+    outcomes_blocked: int = 0
     avg_generation_time: float | None = None
     success_rate: float | None = None
     total_lines_generated: float

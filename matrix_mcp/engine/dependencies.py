@@ -28,12 +28,12 @@ class PlanGraph:
         names = self.items.get(package)
         return names is not None and (item is None or item in names)
 
-    def resolve(self, candidates: tuple[rules.Ref, ...], field: str) -> Prerequisite:
+    def resolve(self, candidates: tuple[rules.Ref, ...], field: str, text: str) -> Prerequisite:
         """The first candidate the plan has, or all of them (the store resolves those in the run)."""
         for ref in candidates:
             if self.has(ref):
-                return Prerequisite(candidates=(ref,), field=field)
-        return Prerequisite(candidates=candidates, field=field)
+                return Prerequisite(candidates=(ref,), field=field, text=text)
+        return Prerequisite(candidates=candidates, field=field, text=text)
 
     def waits_for(self, node: rules.Node) -> Iterable[rules.Node]:
         """What `node` waits for among the plan's own items: an item its prerequisites (a package's hub for
@@ -56,7 +56,7 @@ def check_dependencies(packages: Sequence[PackageSpec], max_edges: int) -> PlanG
         own: list[Prerequisite] = []
         for k, ref in enumerate(pkg.after):
             where = f"packages[{i}].after[{k}]"
-            prerequisite = graph.resolve(rules.package_candidates(ref, where), where)
+            prerequisite = graph.resolve(rules.package_candidates(ref, where), where, ref)
             if prerequisite.candidates == ((pkg.name, None),):
                 raise rules.self_reference(where, (pkg.name, None))
             own.append(prerequisite)
@@ -70,7 +70,7 @@ def check_dependencies(packages: Sequence[PackageSpec], max_edges: int) -> PlanG
             after: list[Prerequisite] = []
             for k, ref in enumerate(raw.after):
                 where = f"packages[{i}].items[{j}].after[{k}]"
-                prerequisite = graph.resolve(rules.ref_candidates(ref, pkg.name, where), where)
+                prerequisite = graph.resolve(rules.ref_candidates(ref, pkg.name, where), where, ref)
                 if prerequisite.candidates in ((node,), ((pkg.name, None),)):
                     raise rules.self_reference(where, prerequisite.candidates[0])
                 after.append(prerequisite)

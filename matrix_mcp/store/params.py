@@ -45,11 +45,12 @@ class Collected:
 @dataclass(frozen=True, kw_only=True)
 class Prerequisite:
     """One reference of a plan's `after` lists: what it may name, in order (package, item; item None: every
-    item of the package; rules.ref_candidates), and the input field it came from (named by the error when
-    none of them exists in the plan or the run)."""
+    item of the package; rules.ref_candidates), and the input field it came from with the text written there
+    (named by the error when none of them exists in the plan or the run)."""
 
     candidates: tuple[tuple[str, str | None], ...]
     field: str
+    text: str = ""  # the reference as written
 
 
 @dataclass(frozen=True)

@@ -125,13 +125,18 @@ def outcome_page(rows: Sequence[RowLike], limit: int) -> OutcomePage:
     )
 
 
-def counter(row: RowLike, status: str) -> int:
-    """A status counter of a row; 0 where the row has no such column (`blocked`, in a store whose
-    claim-policy migration has not landed yet: no item of it can be blocked)."""
+def column(row: RowLike, name: str, default: Any = None) -> Any:
+    """A claim-policy column of a row; `default` where the row has no such column (a store whose claim-policy
+    migration has not landed yet: nothing of it is blocked, prioritised, locked or capped)."""
     try:
-        return int(row[status] or 0)
+        return row[name]
     except (IndexError, KeyError):
-        return 0
+        return default
+
+
+def counter(row: RowLike, status: str) -> int:
+    """A status counter of a row (0 where the row has no such column: see `column`)."""
+    return int(column(row, status) or 0)
 
 
 def counts_from(row: RowLike) -> StatusCounts:
@@ -157,7 +162,7 @@ def run_from(row: RowLike) -> Run:
     finished — the event that ended it — or when the row itself changed, whichever is later."""
     counts = counts_from(row)
     state = row["state"]
-    finished = counts.total > 0 and counts.pending + counts.generating == 0
+    finished = counts.total > 0 and counts.pending + counts.generating + counts.blocked == 0
     if state == "active" and finished:
         state = "done"
     updated_at = row["updated_at"]
@@ -175,6 +180,8 @@ def run_from(row: RowLike) -> Run:
             backoff_seconds=row["backoff_seconds"],
             backoff_cap_seconds=row["backoff_cap_seconds"],
             outcome_schema=loads(row["outcome_schema"]),
+            max_concurrent=column(row, "max_concurrent"),
+            on_dependency_failure=column(row, "on_dependency_failure", "cancel"),
         ),
         packages=int(row["packages"] or 0),
         counts=counts,
@@ -201,6 +208,9 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
         failed_items=failed,
         cancelled_items=int(row["cancelled"]),
         blocked_items=counter(row, "blocked"),
+        priority=int(column(row, "priority", 0)),
+        max_concurrent=column(row, "max_concurrent"),
+        after=loads(column(row, "after"), []),
         success_rate=round(complete / finished, 6) if finished else None,
         avg_duration_seconds=round(float(row["duration_sum"]) / dn, 6) if dn else None,
         p50_duration_seconds=p50,
@@ -240,13 +250,23 @@ def outcome_from(row: RowLike) -> Outcome:
         duration_seconds=row["duration_seconds"],
         lease_expires_at=ts(row["lease_expires_at"]) if row["status"] == "generating" else None,
         available_at=ts(row["available_at"]) if row["status"] == "pending" else None,
+        priority=int(column(row, "priority", 0)),
+        locks=loads(column(row, "locks"), []),
     )
 
 
-def detail_from(row: RowLike, history: Sequence[RowLike]) -> OutcomeDetail:
+def detail_from(
+    row: RowLike,
+    history: Sequence[RowLike],
+    *,
+    waits_for: Sequence[str] = (),
+    locks_held: Sequence[str] = (),
+) -> OutcomeDetail:
     base = outcome_from(row).model_dump()
     return OutcomeDetail(
         **base,
+        waits_for=list(waits_for),
+        locks_held=list(locks_held),
         history=[
             Attempt(
                 attempt=int(h["attempt"]),
@@ -306,6 +326,7 @@ def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLik
         outcomes_complete=counts.complete,
         outcomes_failed=counts.failed,
         outcomes_cancelled=counts.cancelled,
+        outcomes_blocked=counts.blocked,
         avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
         success_rate=round(counts.complete / finished, 6) if finished else None,
         total_lines_generated=float(t["ls"]),
@@ -331,6 +352,16 @@ def plan_result(run: Run, created: bool, added_packages: list[str], added_items:
         added_packages=added_packages,
         added_items=added_items,
     )
+
+
+def claim_policy_values(policy: RunPolicy) -> tuple[Any, ...]:
+    """max_concurrent, on_dependency_failure: the run's claim-policy columns."""
+    return (policy.max_concurrent, policy.on_dependency_failure)
+
+
+def locks_text(locks: Sequence[str]) -> str | None:
+    """An item's lock keys as stored: a JSON list, NULL when it has none."""
+    return dumps(list(locks)) if locks else None
 
 
 def policy_values(policy: RunPolicy) -> tuple[Any, ...]:

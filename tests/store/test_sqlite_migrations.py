@@ -321,3 +321,28 @@ async def test_the_release_before_the_latest_migration_upgrades_with_nothing_los
         assert (tmp_path / "artifacts" / "rel" / "api" / "done").read_bytes() == BODY
     finally:
         await engine.close()
+
+
+async def test_the_claim_policy_migration_allows_blocked_and_keeps_every_row(tmp_path: Path) -> None:
+    """The status CHECK is rewritten in place (writable_schema): 'blocked' is allowed, anything else still
+    refused; old items keep their status with no prerequisites, no priority and no lock keys."""
+    db = tmp_path / "release.db"
+    ids = make_release(db, time.time())
+    store = await SQLiteStore.open(db)
+    try:
+        waiting = await store.get_outcome(ids["waiting"])
+        assert (waiting.status, waiting.priority, waiting.locks) == ("pending", 0, [])
+        run = await store.get_run(ids["run"])
+        assert (run.policy.max_concurrent, run.policy.on_dependency_failure) == (None, "cancel")
+    finally:
+        await store.close()
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        c.execute("BEGIN")
+        c.execute("UPDATE outcomes SET status = 'blocked' WHERE id = ?", (ids["waiting"],))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            c.execute("UPDATE outcomes SET status = 'stalled' WHERE id = ?", (ids["waiting"],))
+        c.execute("ROLLBACK")
+    finally:
+        c.close()

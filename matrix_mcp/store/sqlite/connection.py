@@ -23,7 +23,7 @@ from matrix_mcp.errors import Unavailable
 from matrix_mcp.store.group_commit import GroupCommit, Request
 from matrix_mcp.store.sqlite import sql
 from matrix_mcp.store.sqlite.aiosqlite_private import in_thread, raw_connection
-from matrix_mcp.store.sqlite.migrations import MIGRATIONS
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION_BUMP
 
 log = logging.getLogger("matrix_mcp.store.sqlite")
 
@@ -217,6 +217,9 @@ class Database:
                         c.execute(sql.ROLLBACK)
                         continue
                     for statement in statements:
+                        if statement == SCHEMA_VERSION_BUMP:
+                            version_now = int(c.execute(sql.SCHEMA_VERSION).fetchone()[0])
+                            statement = sql.set_schema_version(version_now + 1)
                         c.execute(statement)
                     c.execute(sql.RECORD_MIGRATION, (version, time.time()))
                     c.execute(sql.COMMIT)

@@ -48,10 +48,10 @@ def apply(
     events.add_event(c, t.run_id, t.outcome_id, t.event, now)
 
 
-def start(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> None:
+def start(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> int:
     """Write what a claim's rules.Transition decided for the pending item `row` (locked under the single
     writer): its row, the attempt it starts and its event, then the package's counter move with the
-    package's fairness clock set to that event's sequence (monotonic across processes)."""
+    package's fairness clock set to that event's sequence (monotonic across processes), which it returns."""
     assert t.start is not None
     s = t.start
     c.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
@@ -61,6 +61,7 @@ def start(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: flo
     )
     seq = events.add_event(c, t.run_id, t.outcome_id, t.event, now)
     c.execute(sql.MOVE_CLOCK_SQL[t.old, t.new], (seq, t.package_id))
+    return seq
 
 
 def extend(c: sqlite3.Connection, row: sqlite3.Row, held: rules.Extension) -> None:

@@ -24,6 +24,11 @@ def _redacted(col: str) -> str:
 
 _LOGGED = "json_extract(details, '$.target')"
 
+# A statement the runner (connection.migrate) carries out itself: schema_version one higher, so that every
+# connection reloads a schema changed through writable_schema (SQLite's ALTER TABLE docs: PRAGMA
+# schema_version takes a literal).
+SCHEMA_VERSION_BUMP = "PRAGMA schema_version = schema_version + 1"
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -295,6 +300,54 @@ CREATE TRIGGER outcome_path_moved AFTER UPDATE OF outcome_path ON outcomes WHEN 
 UPDATE hook_subscriptions SET target = {_redacted("target")} WHERE {_has_path("target")};
 UPDATE integration_logs SET details = json_set(details, '$.target', {_redacted(_LOGGED)})
 WHERE json_valid(details) AND json_type(details, '$.target') = 'text' AND {_has_path(_LOGGED)}
+""",
+    ),
+    (
+        10,
+        # the claim policy: status 'blocked' (the CHECK is rewritten in place through writable_schema: a
+        # rebuild of outcomes would need foreign keys off, outside any transaction), priorities, lock keys,
+        # caps; the dependency edges (an item waits for an item: outcome_deps; for every item of a package:
+        # package_deps); the store-wide holder of each lock key (resource_locks)
+        f"""
+ALTER TABLE outcomes ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN locks TEXT;
+ALTER TABLE outcomes ADD COLUMN cancelled_by INTEGER;
+ALTER TABLE packages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN max_concurrent INTEGER;
+ALTER TABLE packages ADD COLUMN after TEXT;
+ALTER TABLE packages ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN has_dependents INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN max_item_priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN max_concurrent INTEGER;
+ALTER TABLE runs ADD COLUMN on_dependency_failure TEXT NOT NULL DEFAULT 'cancel';
+CREATE TABLE outcome_deps (
+    before_n INTEGER NOT NULL REFERENCES outcomes(n) ON DELETE CASCADE,
+    after_n INTEGER NOT NULL REFERENCES outcomes(n) ON DELETE CASCADE,
+    PRIMARY KEY (before_n, after_n)
+) WITHOUT ROWID;
+CREATE INDEX outcome_deps_after ON outcome_deps (after_n);
+CREATE TABLE package_deps (
+    package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    after_n INTEGER NOT NULL REFERENCES outcomes(n) ON DELETE CASCADE,
+    PRIMARY KEY (package_id, after_n)
+) WITHOUT ROWID;
+CREATE INDEX package_deps_after ON package_deps (after_n);
+CREATE TABLE resource_locks (
+    key TEXT PRIMARY KEY,
+    n INTEGER NOT NULL,
+    lease_token TEXT NOT NULL,
+    run_id TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX resource_locks_by_outcome ON resource_locks (n);
+CREATE INDEX outcomes_cancelled_by ON outcomes (cancelled_by) WHERE cancelled_by IS NOT NULL;
+DROP INDEX outcomes_claimable;
+CREATE INDEX outcomes_claimable ON outcomes (package_id, priority DESC, available_at, position) WHERE status = 'pending';
+PRAGMA writable_schema = ON;
+UPDATE sqlite_master SET sql = replace(sql, '''cancelled''))', '''cancelled'', ''blocked''))')
+    WHERE type = 'table' AND name = 'outcomes';
+{SCHEMA_VERSION_BUMP};
+PRAGMA writable_schema = OFF
 """,
     ),
 ]

@@ -11,6 +11,7 @@ from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.sqlite import counters, events, sql, work
+from matrix_mcp.store.sqlite import policy as claim_policy
 from matrix_mcp.store.sqlite.connection import Database
 
 
@@ -49,6 +50,7 @@ async def plan(
                     name,
                     goal,
                     *R.policy_values(policy),
+                    *R.claim_policy_values(policy),
                     now,
                     now,
                 ),
@@ -59,15 +61,26 @@ async def plan(
         outcome_type = c.execute(sql.RUN_OUTCOME_TYPE, (run_id,)).fetchone()[0]
         added_packages: list[str] = []
         added_items = 0
+        with_edges: list[tuple[NewPackage, int, dict[str, int]]] = []
         next_pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
         for pkg in packages:
-            prow = c.execute(sql.PACKAGE_ID, (run_id, pkg.name)).fetchone()
+            prow = c.execute(sql.PLAN_PACKAGE, (run_id, pkg.name)).fetchone()
+            top = max((item.priority for item in pkg.items), default=0)
             if prow is None:
                 cur = c.execute(
                     sql.PLAN_INSERT_PACKAGES,
-                    (run_id, pkg.name, pkg.description, next_pos),
+                    (
+                        run_id,
+                        pkg.name,
+                        pkg.description,
+                        next_pos,
+                        pkg.priority,
+                        pkg.max_concurrent,
+                        R.spec_dumps([p.candidates[0][0] for p in pkg.after] or None),
+                        top,
+                    ),
                 )
-                package_id = cur.lastrowid
+                package_id = int(cur.lastrowid or 0)
                 next_pos += 1
                 added_packages.append(pkg.name)
                 item_pos = 0
@@ -77,6 +90,8 @@ async def plan(
                     sql.NEXT_ITEM_POSITION,
                     (package_id,),
                 ).fetchone()[0]
+                if pkg.items:
+                    c.execute(sql.PLAN_ITEM_PRIORITY, (top, package_id))
             before = c.total_changes
             c.executemany(
                 sql.PLAN_INSERT_OUTCOMES,
@@ -92,6 +107,8 @@ async def plan(
                         now,
                         now,
                         now,
+                        item.priority,
+                        R.locks_text(item.locks),
                     )
                     for i, item in enumerate(pkg.items)
                 ],
@@ -103,6 +120,11 @@ async def plan(
                     (added, added, package_id),
                 )
                 added_items += added
+                claim_policy.package_grew(c, package_id, prow, now)
+                if pkg.after or any(item.after for item in pkg.items):
+                    new = dict((item, n) for n, item in c.execute(sql.PLAN_NEW_ITEMS, (package_id, item_pos)))
+                    with_edges.append((pkg, package_id, new))
+        claim_policy.plan_edges(c, run_id, with_edges, now)
         if created or added_items or added_packages:
             c.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
             events.add_event(
@@ -138,7 +160,7 @@ async def control_run(db: Database, run_id: str, *, action: RunAction, now: floa
         target = rules.control_target(state[0], action)
         if target != state[0]:
             c.execute(sql.CONTROL_RUN_UPDATE_RUNS, (target, now, run_id))
-            cancelled = work.cancel_pending(c, run_id, now) if rules.cancels_pending(target) else None
+            cancelled = work.cancel_unstarted(c, run_id, now) if rules.cancels_pending(target) else None
             events.add_event(c, run_id, None, rules.run_controlled(action, cancelled), now)
         return read_run(c, run_id)
 

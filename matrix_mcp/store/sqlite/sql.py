@@ -12,7 +12,7 @@ RUN_SELECT = """
 SELECT r.*, COUNT(p.id) AS packages,
        COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
        COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
-       COALESCE(SUM(p.cancelled), 0) AS cancelled,
+       COALESCE(SUM(p.cancelled), 0) AS cancelled, COALESCE(SUM(p.blocked), 0) AS blocked,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 """
@@ -29,7 +29,7 @@ COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "qu
 
 
 # the statuses the packages table keeps a counter column for (REBUILD_COUNTERS_UPDATE_PACKAGES's order)
-COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled")
+COUNTED_STATUSES = STATUSES
 
 
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.
@@ -81,19 +81,24 @@ MOVE_N_SQL = {
 }
 
 
-# the packages a claim serves, least recently served first (all of the run's, or the one named)
-CLAIMABLE_PACKAGES = "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0 ORDER BY last_claim, position"
-
-
-CLAIMABLE_PACKAGE = (
-    "SELECT id, name, description FROM packages WHERE run_id = ? AND pending > 0 AND name = ?"
-    " ORDER BY last_claim, position"
+# the packages a claim serves (all of the run's, or the one named): highest priority first, then least
+# recently served (rules.claim_order; max_item_priority bounds what a package's items can offer)
+_CLAIMABLE = (
+    "SELECT id, name, description, priority, max_item_priority, max_concurrent, generating, last_claim,"
+    " position FROM packages WHERE run_id = ? AND pending > 0"
 )
+
+
+CLAIMABLE_PACKAGES = _CLAIMABLE + " ORDER BY priority DESC, max_item_priority DESC, last_claim, position"
+
+
+CLAIMABLE_PACKAGE = _CLAIMABLE + " AND name = ?"
 
 
 # what is left in a run's queue (or one package's) when a claim came back short: pending, leased, packages
 QUEUE_COUNTS = (
-    "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*) FROM packages WHERE run_id = ?"
+    "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*), COALESCE(SUM(blocked),0)"
+    " FROM packages WHERE run_id = ?"
 )
 
 
@@ -179,8 +184,8 @@ PLAN_SELECT_RUNS = "SELECT id, state FROM runs WHERE name = ?"
 
 PLAN_INSERT_RUNS = (
     "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
-    "backoff_cap_seconds, outcome_schema, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ?)"
+    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -193,7 +198,21 @@ NEXT_PACKAGE_POSITION = "SELECT COALESCE(MAX(position) + 1, 0) FROM packages WHE
 PACKAGE_ID = "SELECT id FROM packages WHERE run_id = ? AND name = ?"
 
 
-PLAN_INSERT_PACKAGES = "INSERT INTO packages (run_id, name, description, position) VALUES (?, ?, ?, ?)"
+PLAN_INSERT_PACKAGES = (
+    "INSERT INTO packages (run_id, name, description, position, priority, max_concurrent, after,"
+    " max_item_priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+# a package a plan extends: its id and whether it is done for its dependents (policy.package_grew)
+PLAN_PACKAGE = "SELECT id, complete, total, has_dependents FROM packages WHERE run_id = ? AND name = ?"
+
+
+PLAN_ITEM_PRIORITY = "UPDATE packages SET max_item_priority = MAX(max_item_priority, ?) WHERE id = ?"
+
+
+# the items a plan added to a package (positions from the package's next one on)
+PLAN_NEW_ITEMS = "SELECT n, item FROM outcomes WHERE package_id = ? AND position >= ?"
 
 
 NEXT_ITEM_POSITION = "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE package_id = ?"
@@ -201,8 +220,8 @@ NEXT_ITEM_POSITION = "SELECT COALESCE(MAX(position) + 1, 0) FROM outcomes WHERE 
 
 PLAN_INSERT_OUTCOMES = (
     "INSERT OR IGNORE INTO outcomes (id, run_id, package_id, item, position, status, outcome_type, "
-    "specifications, available_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, "
-    "?, ?, ?)"
+    "specifications, available_at, created_at, updated_at, priority, locks) VALUES (?, ?, ?, ?, ?, "
+    "'pending', ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -230,20 +249,24 @@ LATEST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events"
 
 
 SWEEP_SELECT_OUTCOMES = (
-    "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, "
+    "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, o.locks, "
     "r.max_attempts, r.state, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id "
     "JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? AND o.status = 'generating' AND "
     "o.lease_expires_at <= ? LIMIT ?"
 )
 
 
-CLAIM_NOW_SELECT_RUNS = "SELECT name, state, lease_seconds FROM runs WHERE id = ?"
+CLAIM_NOW_SELECT_RUNS = "SELECT name, state, lease_seconds, max_concurrent FROM runs WHERE id = ?"
 
 
-CLAIM_NOW_SELECT_OUTCOMES = (
-    "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path FROM outcomes WHERE "
-    "package_id = ? AND status = 'pending' AND available_at <= ? ORDER BY available_at, position "
-    "LIMIT 1"
+RUN_GENERATING = "SELECT COALESCE(SUM(generating), 0) FROM packages WHERE run_id = ?"
+
+
+# a package's items a claim may lease now, in rules.claim_order (index outcomes_claimable)
+CLAIM_CANDIDATES = (
+    "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path, priority, locks FROM outcomes"
+    " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
+    " ORDER BY priority DESC, available_at, position LIMIT ?"
 )
 
 
@@ -317,6 +340,9 @@ RECORD_OUTCOME_INSERT_OUTCOMES = (
 
 
 RECORD_OUTCOME_UPDATE_PACKAGES = "UPDATE packages SET total = total + 1, pending = pending + 1 WHERE id = ?"
+
+
+RECORD_OUTCOME_SELECT_PACKAGE = "SELECT complete, total, has_dependents FROM packages WHERE id = ?"
 
 
 RECORD_INTEGRATION_SELECT_OUTCOMES = "SELECT 1 FROM outcomes WHERE id = ?"
@@ -452,7 +478,8 @@ RUN_MINUTES_SELECT_OUTCOME_MINUTES = (
 SYSTEM_METRICS_SELECT_PACKAGES = (
     "SELECT COALESCE(SUM(pending),0) AS pending, COALESCE(SUM(generating),0) AS generating, "
     "COALESCE(SUM(complete),0) AS complete, COALESCE(SUM(failed),0) AS failed, "
-    "COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(duration_sum),0) AS ds, "
+    "COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(blocked),0) AS blocked, "
+    "COALESCE(SUM(duration_sum),0) AS ds, "
     "COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls, "
     "COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn FROM packages "
 )
@@ -469,14 +496,15 @@ SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = ?"
 
 STATUS_COUNTS_SELECT_PACKAGES = (
     "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
-    "SUM(failed) AS failed, SUM(cancelled) AS cancelled FROM packages GROUP BY name ORDER BY name"
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked FROM packages GROUP BY name"
+    " ORDER BY name"
 )
 
 
 # /metrics: totals over every package row, and the first `limit` names with unfinished work
 STATUS_SUMS = (
     "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
-    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked"
 )
 
 
@@ -486,7 +514,7 @@ ACTIVE_TOTALS = f"SELECT {STATUS_SUMS} FROM packages"
 # the first `limit` busy packages (the scan stops there)
 ACTIVE_NAMES = (
     "SELECT p.name FROM packages p JOIN runs r ON r.id = p.run_id"
-    " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT ?"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked > 0 LIMIT ?"
 )
 
 
@@ -501,8 +529,8 @@ REBUILD_COUNTERS_SELECT_PACKAGES = "SELECT id FROM packages "
 
 REBUILD_COUNTERS_UPDATE_PACKAGES = (
     "UPDATE packages SET total = ?, pending = ?, generating = ?, complete = ?, failed = ?, cancelled "
-    "= ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?, quality_n = ? WHERE id = "
-    "?"
+    "= ?, blocked = ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?, quality_n = ?"
+    " WHERE id = ?"
 )
 
 
@@ -732,6 +760,13 @@ MIGRATION_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = ?"
 RECORD_MIGRATION = "INSERT INTO schema_migrations VALUES (?, ?)"
 
 
+SCHEMA_VERSION = "PRAGMA schema_version"
+
+
+def set_schema_version(version: int) -> str:
+    return "PRAGMA schema_version = " + str(int(version))
+
+
 BEGIN = "BEGIN"
 
 
@@ -764,3 +799,111 @@ EVENTS_AFTER = _EVENTS + " ORDER BY e.seq LIMIT ?"
 
 
 EVENTS_AFTER_IN_RUN = _EVENTS + " AND e.run_id = ? ORDER BY e.seq LIMIT ?"
+
+
+# ---- policy.py: dependencies, lock keys ------------------------------------------------------------
+
+
+_DEPENDENT = "n, id, run_id, status, waiting, package_id, item"
+
+
+# an item's dependents' counts of unmet prerequisites moved by one (bound: +1 or -1, the item's n)
+ITEM_DEPENDENTS_WAITING = (
+    "UPDATE outcomes SET waiting = waiting + ? WHERE n IN (SELECT after_n FROM outcome_deps WHERE before_n = ?)"
+    " RETURNING " + _DEPENDENT
+)
+
+
+PACKAGE_DEPENDENTS_WAITING = (
+    "UPDATE outcomes SET waiting = waiting + ?"
+    " WHERE n IN (SELECT after_n FROM package_deps WHERE package_id = ?) RETURNING " + _DEPENDENT
+)
+
+
+PACKAGE_DONE = "SELECT complete, total, has_dependents FROM packages WHERE id = ?"
+
+
+PACKAGE_NAME = "SELECT name FROM packages WHERE id = ?"
+
+
+PACKAGE_HAS_DEPENDENTS = "SELECT has_dependents FROM packages WHERE id = ?"
+
+
+RUN_DEPENDENCY_FAILURE = "SELECT on_dependency_failure FROM runs WHERE id = ?"
+
+
+ITEM_DEPENDENTS = "SELECT after_n FROM outcome_deps WHERE before_n = ?"
+
+
+PACKAGE_DEPENDENTS = "SELECT after_n FROM package_deps WHERE package_id = ?"
+
+
+DEPENDENT_BY_N = "SELECT " + _DEPENDENT + " FROM outcomes WHERE n = ?"
+
+
+CANCELLED_BY = (
+    "SELECT " + _DEPENDENT + " FROM outcomes WHERE cancelled_by = ? AND status = 'cancelled' ORDER BY n"
+)
+
+
+PACKAGE_BY_NAME = "SELECT id, complete, total FROM packages WHERE run_id = ? AND name = ?"
+
+
+ITEM_BY_NAME = (
+    "SELECT o.n, o.status FROM outcomes o JOIN packages p ON p.id = o.package_id"
+    " WHERE p.run_id = ? AND p.name = ? AND o.item = ?"
+)
+
+
+INSERT_ITEM_EDGE = "INSERT OR IGNORE INTO outcome_deps (before_n, after_n) VALUES (?, ?)"
+
+
+INSERT_PACKAGE_EDGE = "INSERT OR IGNORE INTO package_deps (package_id, after_n) VALUES (?, ?)"
+
+
+MARK_HAS_DEPENDENTS = "UPDATE packages SET has_dependents = 1 WHERE id = ? AND NOT has_dependents"
+
+
+BLOCK_NEW = "UPDATE outcomes SET waiting = ?, status = 'blocked' WHERE n = ?"
+
+
+# the holder of a lock key, with its outcome's lease as it stands (rules.lock_held decides)
+LOCK_HOLDER = (
+    "SELECT l.lease_token AS lock_token, o.status, o.lease_token, o.lease_expires_at FROM resource_locks l"
+    " LEFT JOIN outcomes o ON o.n = l.n WHERE l.key = ?"
+)
+
+
+TAKE_LOCK = "INSERT OR REPLACE INTO resource_locks (key, n, lease_token, run_id) VALUES (?, ?, ?, ?)"
+
+
+RELEASE_LOCKS = "DELETE FROM resource_locks WHERE n = ?"
+
+
+LOCKS_OF = "SELECT key FROM resource_locks WHERE n = ? AND lease_token = ? ORDER BY key"
+
+
+READY_IN_PACKAGE = (
+    "SELECT 1 FROM outcomes WHERE package_id = ? AND status = 'pending' AND available_at <= ? LIMIT 1"
+)
+
+
+READY_IN_RUN = "SELECT 1 FROM outcomes WHERE run_id = ? AND status = 'pending' AND available_at <= ? LIMIT 1"
+
+
+EARLIEST_LEASE_IN_PACKAGE = (
+    "SELECT MIN(lease_expires_at) FROM outcomes WHERE run_id = ? AND status = 'generating' AND package_id = ?"
+)
+
+
+UNMET_ITEMS = (
+    "SELECT p.name, o.item FROM outcome_deps d JOIN outcomes o ON o.n = d.before_n"
+    " JOIN packages p ON p.id = o.package_id WHERE d.after_n = ? AND o.status <> 'complete'"
+    " ORDER BY d.before_n LIMIT ?"
+)
+
+
+UNMET_PACKAGES = (
+    "SELECT p.name FROM package_deps d JOIN packages p ON p.id = d.package_id"
+    " WHERE d.after_n = ? AND p.complete < p.total ORDER BY p.position LIMIT ?"
+)

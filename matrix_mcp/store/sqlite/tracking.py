@@ -14,7 +14,7 @@ from matrix_mcp.pagination import decode_cursor
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
 from matrix_mcp.store.protocol import paged_outcomes
-from matrix_mcp.store.sqlite import counters, events, sql
+from matrix_mcp.store.sqlite import events, policy, sql
 from matrix_mcp.store.sqlite.connection import Database
 
 
@@ -37,7 +37,7 @@ def set_status(c: sqlite3.Connection, outcome_id: str, change: StatusChange, *, 
     t = rules.override(
         row, new=status, error_message=error_message, report=report, now=now, created_by=created_by
     )
-    counters.apply(c, row, t, now)
+    policy.apply(c, row, t, now)
     return read_outcome(c, outcome_id)
 
 
@@ -52,7 +52,9 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
         prow = c.execute(sql.PACKAGE_ID, (run_id, package)).fetchone()
         if prow is None:
             pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
-            package_id = c.execute(sql.RECORD_OUTCOME_INSERT_PACKAGES, (run_id, package, pos)).lastrowid
+            package_id = int(
+                c.execute(sql.RECORD_OUTCOME_INSERT_PACKAGES, (run_id, package, pos)).lastrowid or 0
+            )
         else:
             package_id = prow[0]
         existing = c.execute(sql.RECORD_OUTCOME_SELECT_OUTCOMES, (package_id, item)).fetchone()
@@ -76,7 +78,9 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
                 now,
             ),
         )
+        grown = c.execute(sql.RECORD_OUTCOME_SELECT_PACKAGE, (package_id,)).fetchone()
         c.execute(sql.RECORD_OUTCOME_UPDATE_PACKAGES, (package_id,))
+        policy.package_grew(c, package_id, grown, now)
         events.add_event(
             c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now
         )
@@ -139,7 +143,9 @@ async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -
                 sql.GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id,),
             ).fetchall()
-        return R.detail_from(row, hist)
+        return R.detail_from(
+            row, hist, waits_for=policy.waits_for(c, row), locks_held=policy.locks_held(c, row)
+        )
 
     return await db.read(op)
 

@@ -11,7 +11,7 @@ from matrix_mcp import rules
 from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, ts
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
-from matrix_mcp.store.sqlite import counters, events, sql, tracking
+from matrix_mcp.store.sqlite import counters, events, policy, sql, tracking
 from matrix_mcp.store.sqlite.connection import Database
 
 SWEEP_LIMIT = 500
@@ -31,16 +31,20 @@ def sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
     for r in rows:
         t = rules.expire(r, run_state=r["state"], max_attempts=int(r["max_attempts"]), now=now)
         if t is not None:
-            counters.apply(c, r, t, now)
+            policy.apply(c, r, t, now)
 
 
-def cancel_pending(c: sqlite3.Connection, run_id: str, now: float) -> int:
-    """The run's pending items end cancelled (rules.cancel); how many did."""
-    return counters.move_run(c, run_id, rules.cancel(now))
+def cancel_unstarted(c: sqlite3.Connection, run_id: str, now: float) -> int:
+    """The run's pending and blocked items end cancelled (rules.cancel, rules.cancel_blocked); how many did."""
+    return counters.move_run(c, run_id, rules.cancel(now)) + counters.move_run(
+        c, run_id, rules.cancel_blocked(now)
+    )
 
 
 def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> ClaimBatch:
-    """Lease up to `limit` pending items round-robin across packages (least recently served first)."""
+    """Lease up to `limit` ready items in rules.claim_order (package priority, item priority, then the
+    packages in turn, least recently served first), skipping items whose lock keys a live lease holds and
+    packages (or the run) at their max_concurrent; the lock keys of each item leased become its lease's."""
     run_id, worker, limit, package = request.run_id, request.worker, request.limit, request.package
     token_factory = request.token_factory
     run = c.execute(sql.CLAIM_NOW_SELECT_RUNS, (run_id,)).fetchone()
@@ -51,52 +55,105 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
     if blocked is not None:
         return ClaimBatch([], blocked)
     if package is None:
-        active = c.execute(sql.CLAIMABLE_PACKAGES, (run_id,)).fetchall()
+        active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGES, (run_id,))]
     else:
-        active = c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package)).fetchall()
+        active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package))]
+    run_cap = run["max_concurrent"]
+    run_generating = 0 if run_cap is None else int(c.execute(sql.RUN_GENERATING, (run_id,)).fetchone()[0])
+    held = policy.Held()
     claims: list[Claim] = []
+    run_capped = False
     while active and len(claims) < limit:
-        still = []
-        for p in active:
-            if len(claims) >= limit:
-                break
-            o = c.execute(
-                sql.CLAIM_NOW_SELECT_OUTCOMES,
-                (p["id"], now),
-            ).fetchone()
-            if o is None:
-                continue
-            t = rules.claim(
-                o,
-                run_id=run_id,
-                package_id=p["id"],
-                package=p["name"],
-                worker=worker,
-                token=token_factory(),
-                lease_seconds=run["lease_seconds"],
-                now=now,
+        if not rules.under_cap(run_generating, run_cap):
+            run_capped = True
+            break
+        found = _best(c, active, now, held)
+        if found is None:
+            break
+        p, o = found
+        t = rules.claim(
+            o,
+            run_id=run_id,
+            package_id=p.id,
+            package=p.name,
+            worker=worker,
+            token=token_factory(),
+            lease_seconds=run["lease_seconds"],
+            now=now,
+        )
+        p.last_claim = counters.start(c, o, t, now)
+        policy.take_locks(c, o, run_id, t.values["lease_token"])
+        p.generating += 1
+        run_generating += 1
+        claims.append(
+            Claim(
+                outcome_id=o["id"],
+                run=run["name"],
+                package=p.name,
+                package_description=p.description,
+                item=o["item"],
+                attempt=t.values["attempts"],
+                lease_token=t.values["lease_token"],
+                lease_expires_at=t.values["lease_expires_at"],
+                outcome_type=o["outcome_type"],
+                specifications=R.loads(o["specifications"]),
+                outcome_path=o["outcome_path"],
             )
-            counters.start(c, o, t, now)
-            claims.append(
-                Claim(
-                    outcome_id=o["id"],
-                    run=run["name"],
-                    package=p["name"],
-                    package_description=p["description"],
-                    item=o["item"],
-                    attempt=t.values["attempts"],
-                    lease_token=t.values["lease_token"],
-                    lease_expires_at=t.values["lease_expires_at"],
-                    outcome_type=o["outcome_type"],
-                    specifications=R.loads(o["specifications"]),
-                    outcome_path=o["outcome_path"],
-                )
-            )
-            still.append(p)
-        active = still
+        )
     if len(claims) >= limit:
         return ClaimBatch(claims)
-    return ClaimBatch(claims, *why_nothing(c, run_id, package))
+    return ClaimBatch(claims, *why_nothing(c, run_id, package, now=now, held=held, run_capped=run_capped))
+
+
+class _Package:
+    """A package a claim serves, with the counters the claim keeps moving as it leases."""
+
+    __slots__ = (
+        "cap",
+        "description",
+        "generating",
+        "id",
+        "last_claim",
+        "name",
+        "position",
+        "priority",
+        "top",
+    )
+
+    def __init__(self, row: sqlite3.Row) -> None:
+        self.id, self.name, self.description = int(row["id"]), row["name"], row["description"]
+        self.priority, self.top = int(row["priority"]), int(row["max_item_priority"])
+        self.cap, self.generating = row["max_concurrent"], int(row["generating"])
+        self.last_claim, self.position = int(row["last_claim"]), int(row["position"])
+
+    def order(self) -> tuple[int, int, int, int]:
+        return (-self.priority, -self.top, self.last_claim, self.position)
+
+
+def _best(
+    c: sqlite3.Connection, active: list[_Package], now: float, held: policy.Held
+) -> tuple[_Package, sqlite3.Row] | None:
+    """The next item to lease, in rules.claim_order: the packages are visited highest priority first, each
+    offering its first eligible item; a package whose items cannot outrank the best found so far (its
+    priority, the highest item priority it holds) ends the search. Packages with nothing to offer now
+    (none ready, all locked) leave `active`; packages at their cap are noted in `held`."""
+    best: tuple[_Package, sqlite3.Row] | None = None
+    best_key: tuple[int, int] | None = None
+    for p in sorted(active, key=_Package.order):
+        if best_key is not None and (p.priority, p.top) <= best_key:
+            break
+        if not rules.under_cap(p.generating, p.cap):
+            if p.id not in held.capped_packages:
+                held.capped_packages.append(p.id)
+            continue
+        o = policy.candidate(c, p.id, now, held)
+        if o is None:
+            active.remove(p)
+            continue
+        key = (p.priority, int(o["priority"]))
+        if best_key is None or key > best_key:
+            best, best_key = (p, o), key
+    return best
 
 
 def claim_next(
@@ -122,19 +179,45 @@ def claim_next(
     return ClaimBatch([R.claim_from(o) for o in held])
 
 
-def why_nothing(c: sqlite3.Connection, run_id: str, package: str | None) -> tuple[Any, float | None]:
+def why_nothing(
+    c: sqlite3.Connection,
+    run_id: str,
+    package: str | None,
+    *,
+    now: float,
+    held: policy.Held | None = None,
+    run_capped: bool = False,
+) -> tuple[Any, float | None]:
+    """Why a claim came back short (rules.why_nothing) and when to ask again."""
+    held = held or policy.Held()
     if package is None:
-        pending, generating, n = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
+        pending, generating, n, blocked = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
     else:
-        pending, generating, n = c.execute(sql.QUEUE_COUNTS_OF_PACKAGE, (run_id, package)).fetchone()
+        pending, generating, n, blocked = c.execute(sql.QUEUE_COUNTS_OF_PACKAGE, (run_id, package)).fetchone()
     if package is not None and n == 0:
         raise rules.unknown_package_in_run(package)
     total = 0
-    if not pending and not generating:  # done or empty: said of the whole run
+    if not pending and not generating and not blocked:  # done or empty: said of the whole run
         total = c.execute(sql.WHY_NOTHING_SELECT_PACKAGES, (run_id,)).fetchone()[0]
-    reason, column = rules.why_nothing(pending=int(pending), generating=int(generating), total=int(total))
+    capped_at = [p for p in held.capped_packages if policy.ready_in_package(c, p, now)]
+    capped = bool(capped_at) or (run_capped and policy.ready_in_run(c, run_id, now))
+    reason, column = rules.why_nothing(
+        pending=int(pending),
+        generating=int(generating),
+        total=int(total),
+        blocked=int(blocked),
+        capped=capped,
+        locked=held.locked,
+    )
     if column is None:
         return reason, None
+    if column == "lock_holders":
+        return reason, held.lock_expires_at
+    if column == "cap_holders":
+        if run_capped:
+            return reason, c.execute(sql.EARLIEST["lease_expires_at"], (run_id,)).fetchone()[0]
+        times = [c.execute(sql.EARLIEST_LEASE_IN_PACKAGE, (run_id, p)).fetchone()[0] for p in capped_at]
+        return reason, min((t for t in times if t is not None), default=None)
     if package is None:
         row = c.execute(sql.EARLIEST[column], (run_id,)).fetchone()
     else:
@@ -198,7 +281,7 @@ async def complete(
                 tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, False)
             )
         t = rules.complete(row, lease_token=lease_token, report=report, now=now)
-        counters.apply(c, row, t, now, hist_read=True)
+        policy.apply(c, row, t, now, hist_read=True)
         if report.inline is not None:
             c.execute(
                 sql.COMPLETE_INSERT_CONTENTS,
@@ -243,7 +326,7 @@ async def fail(
             max_attempts=int(run["max_attempts"]),
             now=now,
         )
-        counters.apply(c, row, t, now)
+        policy.apply(c, row, t, now)
         return Reported(
             tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, True)
         )
@@ -278,6 +361,8 @@ async def retry(
         ids = [r["id"] for r in rows]
         if ids:
             events.add_event(c, run_id, None, rules.requeued(ids), now)
+        for r in rows:  # what their failures cancelled waits again (after `requeued`: it says why)
+            policy.reblock(c, int(r["n"]), now)
         return ids
 
     return await db.write(op)
