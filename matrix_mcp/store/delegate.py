@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
+from matrix_mcp.models import Outcome
 from matrix_mcp.store.group_commit import GroupCommit
+from matrix_mcp.store.params import OutcomeFilter
 from matrix_mcp.store.protocol import Store
 
 P = ParamSpec("P")
@@ -44,7 +46,8 @@ D = TypeVar("D", bound=Database)
 
 
 class DialectStore(Store, Generic[D]):
-    """A dialect's store class: its Database and its lifecycle; `@delegated` adds the Store methods."""
+    """A dialect's store class: its Database and its lifecycle, and the Store methods that are the same
+    in both dialects over the others (iter_outcomes); `@delegated` adds the rest."""
 
     def __init__(self, db: D) -> None:
         self.db = db
@@ -56,6 +59,17 @@ class DialectStore(Store, Generic[D]):
     @property
     def group_commit(self) -> GroupCommit[Any]:
         return self.db.group_commit
+
+    async def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
+        """Every outcome of a run, page by page through the dialect's list_outcomes."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_outcomes(OutcomeFilter(run_id=run_id), limit=1000, cursor=cursor)
+            for outcome in page.outcomes:
+                yield outcome
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
 
 class HasDb(Protocol[DB_co]):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp import rules
-from matrix_mcp.pagination import DELIVERY_CURSOR, encode_cursor
+from matrix_mcp.pagination import DELIVERY_CURSOR, keyset_page
 from matrix_mcp.store.rows import pinned
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
@@ -360,11 +360,9 @@ def delivery_filter(subscription_id: str | None, status: DeliveryStatus | None) 
 
 
 def delivery_page(rows: Sequence[Any], limit: int) -> DeliveryPage:
-    """A page from up to limit + 1 rows in `n` order: the extra row only says there is a next page."""
-    page = [delivery_from(r) for r in rows[:limit]]
-    return DeliveryPage(
-        page, encode_cursor(page[-1].n, kind=DELIVERY_CURSOR) if len(rows) > limit and page else None
-    )
+    """A page from up to limit + 1 rows in `n` order (pagination.keyset_page)."""
+    page, cursor = keyset_page(rows, limit, lambda r: int(r["n"]), kind=DELIVERY_CURSOR)
+    return DeliveryPage([delivery_from(r) for r in page], cursor)
 
 
 def change_columns(change: SubscriptionChange) -> dict[str, Any]:

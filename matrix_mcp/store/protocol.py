@@ -13,7 +13,7 @@ NewRecord, StatusChange, Report), built by keyword.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from matrix_mcp.models import (
@@ -56,26 +56,6 @@ from matrix_mcp.store.params import (
 
 if TYPE_CHECKING:
     from matrix_mcp.store.hooks import HookStore
-
-
-class ListOutcomes(Protocol):
-    """A store's list_outcomes, as paged_outcomes calls it."""
-
-    def __call__(
-        self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
-    ) -> Awaitable[OutcomePage]: ...
-
-
-async def paged_outcomes(list_outcomes: ListOutcomes, run_id: str) -> AsyncIterator[Outcome]:
-    """Every outcome of a run, page by page (what both stores' iter_outcomes do)."""
-    cursor: str | None = None
-    while True:
-        page = await list_outcomes(OutcomeFilter(run_id=run_id), limit=1000, cursor=cursor)
-        for outcome in page.outcomes:
-            yield outcome
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
 
 
 class Store(Protocol):
@@ -192,7 +172,9 @@ class Store(Protocol):
         self, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
     ) -> OutcomePage: ...
 
-    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]: ...
+    def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
+        """Every outcome of a run, page by page."""
+        ...
 
     async def cells(self, run_id: str) -> list[Cell]:
         """Every outcome of a run, in creation order, reduced to what the board's grid draws (one read;

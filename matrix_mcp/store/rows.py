@@ -26,7 +26,7 @@ from matrix_mcp.models import (
     SystemMetrics,
     ts,
 )
-from matrix_mcp.pagination import encode_cursor
+from matrix_mcp.pagination import keyset_page
 from matrix_mcp.rules import RowLike
 from matrix_mcp.store.params import ApiKey, Claim, OutcomeFilter
 
@@ -117,12 +117,9 @@ def outcome_filter(flt: OutcomeFilter) -> list[tuple[str, Any]]:
 
 
 def outcome_page(rows: Sequence[RowLike], limit: int) -> OutcomePage:
-    """A page from up to limit + 1 rows in `n` order: the extra row only says there is a next page."""
-    page = rows[:limit]
-    return OutcomePage(
-        outcomes=[outcome_from(r) for r in page],
-        next_cursor=encode_cursor(int(page[-1]["n"])) if len(rows) > limit and page else None,
-    )
+    """A page from up to limit + 1 rows in `n` order (pagination.keyset_page)."""
+    page, cursor = keyset_page(rows, limit, lambda r: int(r["n"]))
+    return OutcomePage(outcomes=[outcome_from(r) for r in page], next_cursor=cursor)
 
 
 def column(row: RowLike, name: str, default: Any = None) -> Any:

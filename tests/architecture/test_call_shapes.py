@@ -19,7 +19,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.integrations.service import Hooks
 from matrix_mcp.models import PackageSpec
 from matrix_mcp.rules import new_token
-from matrix_mcp.store.delegate import on_db
+from matrix_mcp.store.delegate import DialectStore, on_db
 from matrix_mcp.store.hooks import (
     AttemptResult,
     CallLog,
@@ -150,7 +150,7 @@ def test_each_store_method_sits_in_the_same_named_module_in_both_dialects() -> N
     for dialect in (SQLiteStore, PostgresStore):
         for name in _public_methods(Store):  # type: ignore[type-abstract]
             impl = inspect.getattr_static(dialect, name)
-            if name in ("close", "hooks"):
+            if name in vars(DialectStore) or name == "hooks":  # written once for both, or a property
                 continue
             assert isinstance(impl, on_db), (dialect.__name__, name)
             assert impl.fn.__name__ == name

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 from matrix_mcp import rules
-from matrix_mcp.pagination import DELIVERY_CURSOR, decode_cursor
+from matrix_mcp.pagination import DELIVERY_CURSOR, keyset_args
 from matrix_mcp.store import hooks as H
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 from matrix_mcp.store.postgres import sql
@@ -213,16 +213,12 @@ class PostgresHooks:
         return await self._rd(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = decode_cursor(query.cursor, kind=DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
-        limit = query.limit
+        columns, args = keyset_args(query.cursor, pinned, query.limit, kind=DELIVERY_CURSOR)
 
         async def op(c: Conn) -> DeliveryPage:
-            cur = await c.execute(
-                sql.hooks_deliveries_page(tuple(column for column, _ in pinned)),
-                [after, *(value for _, value in pinned), limit + 1],
-            )
-            return H.delivery_page(await cur.fetchall(), limit)
+            cur = await c.execute(sql.hooks_deliveries_page(columns), args)
+            return H.delivery_page(await cur.fetchall(), query.limit)
 
         return await self._rd(op)
 

@@ -4,13 +4,12 @@ and listing outcomes, the board's cells and the integration log."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
 from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
-from matrix_mcp.pagination import decode_cursor
+from matrix_mcp.pagination import keyset_args
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
 from matrix_mcp.store.postgres import sql
@@ -30,7 +29,6 @@ from matrix_mcp.store.postgres.sql import (
     QUEUED_OUTCOME_SELECT,
     queue_status_filter,
 )
-from matrix_mcp.store.protocol import paged_outcomes
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database
@@ -171,7 +169,6 @@ async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -
 async def list_outcomes(
     db: Database, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
 ) -> OutcomePage:
-    after = decode_cursor(cursor)
     if flt.status is None:
         select, order, first = OUTCOME_SELECT, "o.n", ["o.n > %s"]
         pinned = R.outcome_filter(flt)
@@ -183,25 +180,14 @@ async def list_outcomes(
         pinned = R.outcome_filter(replace(flt, run_id=None, status=None))
         if flt.run_id is not None:
             pinned.insert(0, ("q.run_id", flt.run_id))
-    conditions = [*first, *(f"{column} = %s" for column, _ in pinned)]
-    args = [after, *(value for _, value in pinned)]
+    columns, args = keyset_args(cursor, pinned, limit)
+    where = " AND ".join([*first, *(f"{column} = %s" for column in columns)])
 
     async def op(c: Conn) -> OutcomePage:
-        rows = await fetch_all(
-            c,
-            select + " WHERE " + " AND ".join(conditions) + f" ORDER BY {order} LIMIT %s",
-            [*args, limit + 1],
-        )
+        rows = await fetch_all(c, select + " WHERE " + where + f" ORDER BY {order} LIMIT %s", args)
         return R.outcome_page(rows, limit)
 
     return await db.read(op)
-
-
-def iter_outcomes(db: Database, run_id: str) -> AsyncIterator[Outcome]:
-    async def page(flt: OutcomeFilter, *, limit: int, cursor: str | None = None) -> OutcomePage:
-        return await list_outcomes(db, flt, limit=limit, cursor=cursor)
-
-    return paged_outcomes(page, run_id)
 
 
 async def cells(db: Database, run_id: str) -> list[Cell]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
-from matrix_mcp.pagination import DELIVERY_CURSOR, decode_cursor
+from matrix_mcp.pagination import DELIVERY_CURSOR, keyset_args
 from matrix_mcp.store import hooks as H
 from matrix_mcp.store.hooks import DeliveryPage, DeliveryRow, OutcomeFacts, SubscriptionRow
 from matrix_mcp.store.sqlite import sql
@@ -188,16 +188,13 @@ class SQLiteHooks:
         return await self._db.read(lambda c: _delivery(c, delivery_id))
 
     async def list_deliveries(self, query: H.DeliveryQuery) -> DeliveryPage:
-        after = decode_cursor(query.cursor, kind=DELIVERY_CURSOR)
         pinned = H.delivery_filter(query.subscription_id, query.status)
-        limit = query.limit
+        columns, args = keyset_args(query.cursor, pinned, query.limit, kind=DELIVERY_CURSOR)
 
         def op(c: sqlite3.Connection) -> DeliveryPage:
-            rows = c.execute(
-                sql.hooks_deliveries_page(tuple(column for column, _ in pinned)),
-                [after, *(value for _, value in pinned), limit + 1],
-            ).fetchall()
-            return H.delivery_page(rows, limit)
+            return H.delivery_page(
+                c.execute(sql.hooks_deliveries_page(columns), args).fetchall(), query.limit
+            )
 
         return await self._db.read(op)
 

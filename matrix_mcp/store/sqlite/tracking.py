@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
-from matrix_mcp.pagination import decode_cursor
+from matrix_mcp.pagination import keyset_args
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
-from matrix_mcp.store.protocol import paged_outcomes
 from matrix_mcp.store.sqlite import events, policy, sql
 from matrix_mcp.store.sqlite.connection import Database
 
@@ -153,24 +151,12 @@ async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -
 async def list_outcomes(
     db: Database, flt: OutcomeFilter, *, limit: int, cursor: str | None = None
 ) -> OutcomePage:
-    after = decode_cursor(cursor)
-    pinned = R.outcome_filter(flt)
+    columns, args = keyset_args(cursor, R.outcome_filter(flt), limit)
 
     def op(c: sqlite3.Connection) -> OutcomePage:
-        rows = c.execute(
-            sql.outcomes_page(tuple(column for column, _ in pinned)),
-            [after, *(value for _, value in pinned), limit + 1],
-        ).fetchall()
-        return R.outcome_page(rows, limit)
+        return R.outcome_page(c.execute(sql.outcomes_page(columns), args).fetchall(), limit)
 
     return await db.read(op)
-
-
-def iter_outcomes(db: Database, run_id: str) -> AsyncIterator[Outcome]:
-    async def page(flt: OutcomeFilter, *, limit: int, cursor: str | None = None) -> OutcomePage:
-        return await list_outcomes(db, flt, limit=limit, cursor=cursor)
-
-    return paged_outcomes(page, run_id)
 
 
 async def cells(db: Database, run_id: str) -> list[Cell]:
