@@ -20,11 +20,13 @@ with the policy active and without it, alternating in --rounds pairs (plain, pol
 so the machine's load falls on both alike; each drain in a fresh database. With policy: a 3-stage DAG over
 the packages (the second third of the packages `after` every first-stage package, each third-stage item
 `after` two random second-stage items by "package/item" ref), item priority 1 on 10 % of the items, one lock
-key on --locked (10 %) of the items drawn from a pool of a quarter as many keys (so some collide), and
-every package capped at --cap generating items. Prints each drain, the ratio policy ÷ plain per pair and
-its median (goal ≥ 0.8), how often a claim came back empty for each reason (blocked / locked / capped show
-where the policy held claimers back), and the peer, drained once per pair, beside both. An in-process
-sanity check counts claims that broke an ordering, a lock or a cap as the bench saw them (must be 0).
+key on --locked (10 %) of the items drawn from a pool of --lock-keys keys (default: a twentieth as many
+as locked items, so about 20 items share each key and claims meet held keys), and every package capped
+at --cap generating items. Prints each drain, the ratio policy ÷ plain per pair and its median (goal
+≥ 0.8), how often a claim came back empty for each reason (blocked / locked / capped show where the
+policy held claimers back; a claim that skips a held key and takes the next item is not empty), and the
+peer, drained once per pair, beside both. An in-process sanity check counts claims that broke an
+ordering, a lock or a cap as the bench saw them (must be 0).
 
     python bench/bench_store.py --backend sqlite --policy [--items 20000] [--rounds 2] [--cap 32]
     python bench/bench_store.py --backend postgres --policy [--database-url URL]
@@ -159,7 +161,8 @@ def new_item(
         return NewItem(name)
     field = f"{package}/{name}.after"
     prereqs = tuple(
-        Prerequisite(candidates=ref_candidates(ref, package, field)[:1], field=field) for ref in after
+        Prerequisite(candidates=ref_candidates(ref, package, field)[:1], field=field, text=ref)
+        for ref in after
     )
     return NewItem(name, after=prereqs, priority=priority, locks=tuple(locks))
 
@@ -169,7 +172,9 @@ def new_package(
 ) -> NewPackage:
     """A package as the store takes it (see new_item)."""
     field = f"{name}.after"
-    prereqs = tuple(Prerequisite(candidates=package_candidates(ref, field), field=field) for ref in after)
+    prereqs = tuple(
+        Prerequisite(candidates=package_candidates(ref, field), field=field, text=ref) for ref in after
+    )
     return NewPackage(name, None, items, after=prereqs, max_concurrent=max_concurrent)
 
 
@@ -192,7 +197,9 @@ def plain_shape(items: int, packages: int) -> Shape:
     return Shape(plan, RunPolicy())
 
 
-def policy_shape(items: int, packages: int, locked: float, cap: int | None, seed: int = 7) -> Shape:
+def policy_shape(
+    items: int, packages: int, locked: float, cap: int | None, lock_keys: int | None = None, seed: int = 7
+) -> Shape:
     """The same packages and items as plain_shape, with the claim policy active (see the module doc)."""
     if packages < 3:
         raise SystemExit("--policy needs --packages >= 3 (a 3-stage DAG)")
@@ -204,7 +211,7 @@ def policy_shape(items: int, packages: int, locked: float, cap: int | None, seed
     stage3 = [f"p{i}" for i in range(2 * third, packages)]
     keys = [(f"p{i}", f"i{j}") for i in range(packages) for j in range(per)]
     n_locked = round(len(keys) * locked)
-    pool = [f"file:src/mod{k}.py" for k in range(max(1, n_locked // 4))]
+    pool = [f"file:src/mod{k}.py" for k in range(lock_keys or max(1, n_locked // 20))]
     locks = {key: [rnd.choice(pool)] for key in rnd.sample(keys, n_locked)}
     prioritized = set(rnd.sample(keys, round(len(keys) * 0.1)))
     item_after: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -290,6 +297,7 @@ class Drain:
     items_per_s: float
     empty: Counter[str]
     broken: Counter[str]
+    cpu_per_item: float  # this process's CPU (every thread: on SQLite the database's work too)
 
 
 async def matrix_drain(
@@ -329,16 +337,16 @@ async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | N
 
     if cost is not None:
         await cost.start(store)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(claimer(n) for n in range(claimers)))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if cost is not None:
         print(await cost.stop(done))
     total = sum(len(p.items) for p in plan)
     assert done == total, (done, total)
     report = await store.recount()
     assert report.consistent, report.mismatches
-    return Drain(done / elapsed, empty, sanity.broken)
+    return Drain(done / elapsed, empty, sanity.broken, cpu / done)
 
 
 async def pgqueuer_drain(url: str, items: int, workers: int, batch_size: int) -> float:
@@ -431,6 +439,12 @@ async def main() -> None:
     ap.add_argument(
         "--cap", type=int, default=None, help="--policy: max_concurrent per package (default: claimers / 2)"
     )
+    ap.add_argument(
+        "--lock-keys",
+        type=int,
+        default=None,
+        help="--policy: the pool of lock keys (default: locked items / 20)",
+    )
     args = ap.parse_args()
     if args.policy:
         await policy_main(args)
@@ -506,7 +520,7 @@ def reasons(c: Counter[str]) -> str:
 async def policy_main(args: argparse.Namespace) -> None:
     cap = args.cap if args.cap is not None else max(1, args.claimers // 2)
     plain = plain_shape(args.items, args.packages)
-    policy = policy_shape(args.items, args.packages, args.locked, cap)
+    policy = policy_shape(args.items, args.packages, args.locked, cap, args.lock_keys)
     items = sum(len(p.items) for p in plain.packages)
     if args.backend == "postgres":
         peer_name, goal_peer = f"PgQueuer ({args.pgq_workers} workers x batch {args.pgq_batch})", 1.5
@@ -522,6 +536,7 @@ async def policy_main(args: argparse.Namespace) -> None:
     plain_r: list[float] = []
     policy_r: list[float] = []
     peer_r: list[float] = []
+    cpu_r: list[float] = []
     broken: Counter[str] = Counter()
     for r in range(args.rounds):
         order = ["plain", "policy"] if r % 2 == 0 else ["policy", "plain"]
@@ -533,9 +548,11 @@ async def policy_main(args: argparse.Namespace) -> None:
         plain_r.append(got["plain"].items_per_s)
         policy_r.append(got["policy"].items_per_s)
         peer_r.append(peer)
+        cpu_r.append(got["policy"].cpu_per_item / got["plain"].cpu_per_item)
         print(
             f"round {r + 1} ({' then '.join(order)}): plain {got['plain'].items_per_s:8.0f} items/s"
-            f" | policy {got['policy'].items_per_s:8.0f} items/s"
+            f" ({got['plain'].cpu_per_item * 1e6:.0f} us CPU/item)"
+            f" | policy {got['policy'].items_per_s:8.0f} items/s ({got['policy'].cpu_per_item * 1e6:.0f} us)"
             f" (empty claims: {reasons(got['policy'].empty)}; plain: {reasons(got['plain'].empty)})"
             f" | {peer_name} {peer:8.0f} items/s | policy/plain {policy_r[-1] / plain_r[-1]:.2f}x  {load_line()}"
         )
@@ -547,6 +564,11 @@ async def policy_main(args: argparse.Namespace) -> None:
     print(
         f"ratio policy/plain: {' '.join(f'{x:.2f}' for x in ratios)} -> median {statistics.median(ratios):.2f}x"
         " (goal >= 0.8)"
+    )
+    print(
+        f"CPU per item of this process, policy/plain: {' '.join(f'{x:.2f}' for x in cpu_r)} -> median"
+        f" {statistics.median(cpu_r):.2f}x (steadier than items/s on a shared machine;"
+        f" {'client side only' if args.backend == 'postgres' else 'the database work included'})"
     )
     for kind, res in (("plain", plain_r), ("policy", policy_r)):
         pr = [a / b for a, b in zip(res, peer_r, strict=True)]
