@@ -119,16 +119,15 @@ def protocol_methods(protocol: type) -> list[str]:
     return [name for name, value in vars(protocol).items() if inspect.isfunction(value) and name[0] != "_"]
 
 
-def delegated(*modules: ModuleType) -> Callable[[C], C]:
-    """Class decorator for a dialect's store (a DialectStore, so a Store subclass): each protocol
-    method the class (or a base that is no protocol) does not define becomes `on_db` of the one function of that name defined in
-    `modules` (the dialect's noun modules)."""
+def delegated(*modules: ModuleType, protocol: type = Store) -> Callable[[C], C]:
+    """Class decorator for a dialect's store (a DialectStore, so a subclass of `protocol`): each method of
+    `protocol` that neither the class nor a base below the protocol defines becomes `on_db` of the one
+    function of that name defined in `modules` (the dialect's noun modules)."""
 
     def bind(cls: C) -> C:
-        protocols = [base for base in cls.__mro__ if getattr(base, "_is_protocol", False)]
-        concrete = [base for base in cls.__mro__ if base not in protocols and base is not object]
-        for name in [name for protocol in protocols for name in protocol_methods(protocol)]:
-            if any(name in vars(base) for base in concrete):
+        own = cls.__mro__[: cls.__mro__.index(protocol)]  # the class and its bases below the protocol
+        for name in protocol_methods(protocol):
+            if any(name in vars(base) for base in own):
                 continue
             homes: list[Any] = [
                 fn

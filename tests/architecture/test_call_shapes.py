@@ -132,15 +132,15 @@ def test_a_store_method_with_no_function_or_two_fails_at_import() -> None:
 
     plan.__module__ = "one"
     one.plan = plan  # type: ignore[attr-defined]
-    bound = delegated(one)(type("Bound", (Tiny,), {}))
+    bound = delegated(one, protocol=Tiny)(type("Bound", (Tiny,), {}))
     assert isinstance(inspect.getattr_static(bound, "plan"), on_db)
     with pytest.raises(TypeError, match=r"Missing\.plan: 0 functions"):
-        delegated(two)(type("Missing", (Tiny,), {}))
+        delegated(two, protocol=Tiny)(type("Missing", (Tiny,), {}))
     twin = types.FunctionType(plan.__code__, {}, "plan")
     twin.__module__ = "two"
     two.plan = twin  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match=r"Twice\.plan: 2 functions"):
-        delegated(one, two)(type("Twice", (Tiny,), {}))
+        delegated(one, two, protocol=Tiny)(type("Twice", (Tiny,), {}))
 
 
 def test_each_store_method_sits_in_the_same_named_module_in_both_dialects() -> None:
