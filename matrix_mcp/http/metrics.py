@@ -132,7 +132,7 @@ class ActiveOutcomes(Collector):
     packages with unfinished work by name (at most the cap), everything else as `other`, so that the sum
     over packages is the total over all runs.
 
-    Its up to 5 × (cap + 1) lines are formatted here (`exposition`), in the text format prometheus_client
+    Its up to len(STATUSES) × (cap + 1) lines are formatted here (`exposition`), in the text format prometheus_client
     writes: through `generate_latest` they cost 15 µs a line, 7.8 ms of a 20 ms scrape at the default cap."""
 
     def __init__(self) -> None:

@@ -55,13 +55,16 @@ def describe(exc: BaseException | None, text: str) -> dict[str, Any]:
     while e is not None and len(chain) < 10:
         chain.append(e)
         e = e.__cause__
-    for e in chain:
+    for i, e in enumerate(chain):
         if isinstance(e, ValidationError):  # the SDK's text spans lines: one line naming the field instead
             first = e.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "arguments"
             return error_content(f"{field}: {first['msg']}", "invalid_argument", field)
         if isinstance(e, MatrixError):
-            return error_content(text, kind_of(e), e.field)
+            # the tool's own ToolError just above it says the redacted, field-named line, as REST answers it
+            # (the SDK's above that prefixes "Error executing tool <name>: ")
+            above = chain[i - 1] if i > 0 and isinstance(chain[i - 1], ToolError) else None
+            return error_content(str(above) if above is not None else text, kind_of(e), e.field)
     if exc is None or (isinstance(exc, ToolError) and not isinstance(exc, UnexpectedToolError)):
         head = text.split(":", 1)[0]  # the SDK's and the argument checks' own: `field: what is wrong`
         return error_content(text, "invalid_argument", head if ":" in text and " " not in head else None)

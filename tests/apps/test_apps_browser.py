@@ -289,3 +289,39 @@ async def test_the_grid_view_in_an_ext_apps_host(browser: Any, host_bridge_js: b
 
         status = await api.get("/runs/grid")
         assert status.json()["counts"]["failed"] == 0, json.dumps(status.json())[:500]
+
+
+async def test_the_grid_view_shows_blocked_items_and_what_they_wait_for(
+    browser: Any, host_bridge_js: bytes, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    reader = await create_key(settings, "reader", "matrix:read")
+    planner = await create_key(settings, "planner", "matrix:plan")
+    async with (
+        serving(settings, auth=True) as (base, _),
+        httpx2.AsyncClient(base_url=base + "/api/v1", headers={"Authorization": f"Bearer {planner}"}) as api,
+    ):
+        packages = [
+            {"name": "schema", "priority": 1, "items": [{"name": "users", "locks": ["file:db.py"]}]},
+            {"name": "services", "after": ["schema"], "items": ["accounts"]},
+        ]
+        assert (await api.post("/runs", json={"name": "staged", "packages": packages})).status_code == 201
+        async with client(base, reader, mode="legacy") as as_reader:
+            host_port = free_port()
+            async with running(host_app(host_bridge_js, {"reader": as_reader}), host_port) as host:
+                page, frame, errors, view_requests = await open_view(browser, host, "reader", "staged")
+                assert await statuses(frame) == {"pending": 1, "blocked": 1}
+                assert "1 blocked" in (await frame.text_content("#summary") or "")
+                blocked = await frame.query_selector(".cell[data-status=blocked]")
+                assert (
+                    blocked is not None
+                    and await blocked.get_attribute("title") == "services / accounts: blocked"
+                )
+                await blocked.click()
+                await frame.wait_for_function(
+                    "() => document.getElementById('detail-title').textContent === 'services / accounts'"
+                )
+                fields = await frame.text_content("#detail-fields")
+                assert fields is not None and "Waits forschema/*" in fields and "Priority0" in fields
+                assert view_requests == [] and errors == []
+                await page.close()

@@ -154,6 +154,72 @@ def test_bad_plan_files_name_the_line_and_the_field(cli: Cli) -> None:
     assert not cli.db.exists() or cli.json("status")["runs"] == []  # nothing was planned
 
 
+STAGED = {
+    "goal": "ship",
+    "max_concurrent": 3,
+    "on_dependency_failure": "block",
+    "packages": [
+        {"name": "schema", "priority": 10, "items": ["users", {"name": "points", "after": ["users"]}]},
+        {
+            "name": "services",
+            "after": ["schema"],
+            "max_concurrent": 1,
+            "items": [
+                {"name": "accounts", "locks": ["file:src/db.py"], "priority": 5},
+                {"name": "notify", "after": ["services/accounts"]},
+            ],
+        },
+    ],
+}
+
+
+def test_plan_files_carry_dependencies_priorities_locks_and_caps(cli: Cli) -> None:
+    """JSON and YAML plan files take the plan_run shape with its policy fields; a CSV header may add the
+    item columns after, priority and locks; `status` then shows the blocked items and what packages wait on."""
+    made = cli.json("plan", "j", "--from", cli.file("staged.json", json.dumps(STAGED)))
+    policy = made["run"]["policy"]
+    assert (policy["max_concurrent"], policy["on_dependency_failure"]) == (3, "block")
+    assert (made["run"]["counts"]["pending"], made["run"]["counts"]["blocked"]) == (1, 3)
+    status = cli.json("status", "j")
+    services = next(p for p in status["packages"] if p["package"] == "services")
+    assert (services["after"], services["max_concurrent"], services["blocked_items"]) == (["schema"], 1, 2)
+    text = cli("status", "j")
+    assert "1 pending, 3 blocked" in text and "blocked  after" in text
+    assert cli("status").splitlines()[0].split()[:7] == [
+        "run",
+        "state",
+        "complete",
+        "generating",
+        "pending",
+        "blocked",
+        "failed",
+    ]
+    pytest.importorskip("yaml")
+    yaml_text = (
+        "on_dependency_failure: cancel\npackages:\n  - name: a\n    items: [x]\n"
+        "  - name: b\n    after: [a]\n    priority: 2\n    items:\n"
+        "      - {name: y, locks: ['api:github'], priority: -1}\n"
+    )
+    from_yaml = cli.json("plan", "y", "--from", cli.file("staged.yaml", yaml_text))
+    assert from_yaml["run"]["counts"]["blocked"] == 1
+    csv_text = "package,item,after,priority,locks\na,x,,,\nb,y,a/x; a/*,3,file:a.py;api:github\n"
+    from_csv = cli.json("plan", "c", "--from", cli.file("staged.csv", csv_text))
+    assert (from_csv["items"], from_csv["run"]["counts"]["blocked"]) == (2, 1)
+
+    async def detail(run: str, item: str) -> Any:
+        engine = await cli.engine()
+        try:
+            page = await engine.list_outcomes(run=run, limit=100)
+            found = next(o for o in page.outcomes if o.item == item)
+            return await engine.get_outcome(found.id)
+        finally:
+            await engine.close()
+
+    y = anyio.run(detail, "c", "y")
+    assert (y.status, y.priority, y.locks) == ("blocked", 3, ["file:a.py", "api:github"])
+    assert set(y.waits_for) == {"a/x", "a/*"}
+
+
 def test_plan_files_read_the_policy_fields(cli: Cli) -> None:
     """JSON (and YAML) plan files take the run's and the packages' and items' policy fields; a CSV header
     may add the item columns after, priority and locks (lists separated by `;`)."""

@@ -361,3 +361,50 @@ def test_work_help_is_shown(tmp_path: Path) -> None:
         [sys.executable, "-m", "matrix_mcp", "work", "--help"], capture_output=True, text=True, check=True
     )
     assert "-- COMMAND" in shown.stdout and "--no-retry-exit" in shown.stdout
+
+
+async def test_work_prints_why_it_waits_and_stops_when_only_a_retry_can_help(
+    script: Path, tmp_path: Path
+) -> None:
+    """Two slots: one runs x under the lock key, the other waits (`locked`, said once); y follows under the
+    key; q waits for all of p. z fails for good and, with on_dependency_failure=block, w stays blocked with
+    nothing in progress: `work` says so and stops. SQLite (the claim policy's store contract covers both)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    packages = [
+        PackageSpec(
+            name="p",
+            items=[
+                ItemSpec(name="x", locks=["file:db.py"], specifications={"mode": "longer_than_the_lease"}),
+                ItemSpec(name="y", locks=["file:db.py"]),
+            ],
+        ),
+        PackageSpec(
+            name="q",
+            items=[
+                ItemSpec(name="z", after=["p/*"], specifications={"mode": "exit7"}),
+                ItemSpec(name="w", after=["z"]),
+            ],
+        ),
+    ]
+    engine = await Engine.open(settings)
+    try:
+        await engine.plan_run("r", packages=packages, policy=RunPolicy(on_dependency_failure="block"))
+    finally:
+        await engine.close()
+    done = await anyio.run_process(
+        work_cmd(settings, "r", "-j", "2", "--no-retry-exit", "7", "--", sys.executable, str(script)),
+        env=env(tmp_path),
+        check=False,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert err.count("claim: locked — the ready items need lock keys another lease holds") == 1, err
+    assert err.count("claim: blocked — the items left wait for dependencies that failed") == 1, err
+    assert "1 blocked" in done.stdout.decode()
+    engine = await Engine.open(settings)
+    try:
+        status = await engine.run_status("r")
+        assert (status.counts.complete, status.counts.failed, status.counts.blocked) == (2, 1, 1)
+        await assert_consistent(engine)
+    finally:
+        await engine.close()

@@ -608,3 +608,63 @@ async def test_the_grid_names_its_columns_and_keeps_its_tooltip_in_view(
         assert await tip_over(page, corner["outcomes"][-1]["id"]) == (True, True)  # bottom right
         assert not seen, seen
         await page.close()
+
+
+VIOLET = (91, 33, 182)  # blocked: the bar across the cell
+
+
+async def test_a_blocked_item_has_its_shape_its_detail_and_turns_pending_when_ready(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    async with (
+        serving(sqlite_settings, auth=False) as (base, _),
+        httpx2.AsyncClient(base_url=base + "/api/v1") as api,
+    ):
+        packages = [
+            {"name": "schema", "items": [{"name": "users", "locks": ["file:db.py"], "priority": 2}]},
+            {"name": "services", "after": ["schema"], "max_concurrent": 1, "items": ["accounts", "rewards"]},
+        ]
+        assert (await api.post("/runs", json={"name": "staged", "packages": packages})).status_code == 201
+        outcomes = (await api.get("/outcomes", params={"run": "staged"})).json()["outcomes"]
+        ids = {o["item"]: o["id"] for o in outcomes}
+        claimed = (await api.post("/runs/staged/claim", json={"worker": "w"})).json()["items"][0]
+        assert claimed["item"] == "users"
+
+        page, seen = await new_page(browser)
+        await page.goto(base + "/ui/runs/staged")
+        await page.wait_for_function("window.matrixBoard && document.body.dataset.gridPainted")
+        await page.wait_for_function("document.getElementById('live').classList.contains('on')")
+        assert await page.evaluate("(id) => window.matrixBoard.status(id)", ids["accounts"]) == "blocked"
+        assert await pixel(page, ids["accounts"]) == VIOLET
+        assert "blocked" in (await page.text_content(".legend") or "")
+        await page.wait_for_function("document.getElementById('counts').textContent.includes('2 blocked')")
+        row = await page.text_content("#packages tr:nth-child(2)")
+        assert row is not None and "schema" in row  # services: after schema, capped at 1
+
+        # the blocked item's detail says what it waits for; the claimed one, the key it holds
+        cell = await page.evaluate("(id) => window.matrixBoard.cell(id)", ids["accounts"])
+        await page.click("#grid", position={"x": cell["x"] + 2, "y": cell["y"] + 2})
+        await page.wait_for_function(
+            "document.getElementById('d-title').textContent === 'services / accounts'"
+        )
+        fields = await page.text_content("#d-fields")
+        assert fields is not None and "waits forschema/*" in fields and "package afterschema" in fields
+        cell = await page.evaluate("(id) => window.matrixBoard.cell(id)", ids["users"])
+        await page.click("#grid", position={"x": cell["x"] + 2, "y": cell["y"] + 2})
+        await page.wait_for_function("document.getElementById('d-title').textContent === 'schema / users'")
+        fields = await page.text_content("#d-fields")
+        assert fields is not None and "locks heldfile:db.py" in fields and "priority2" in fields
+
+        # the last dependency completes: both services items turn pending live (the `ready` events)
+        done = await api.post(
+            f"/outcomes/{claimed['outcome_id']}/complete", json={"lease_token": claimed["lease_token"]}
+        )
+        assert done.status_code == 200, done.text
+        for item in ("accounts", "rewards"):
+            await page.wait_for_function(
+                "(id) => window.matrixBoard.status(id) === 'pending'", arg=ids[item], timeout=5000
+            )
+        await page.wait_for_timeout(100)
+        assert await pixel(page, ids["accounts"]) == GREY
+        assert not seen, seen
+        await page.close()

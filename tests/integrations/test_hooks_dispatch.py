@@ -9,17 +9,19 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.integrations.crypto import new_key
 from matrix_mcp.integrations.dispatcher import Dispatcher
 from matrix_mcp.integrations.service import Hooks
 from matrix_mcp.integrations.settings import HookSettings
-from matrix_mcp.models import PackageSpec
+from matrix_mcp.models import ItemSpec, PackageSpec
 from tests.support.hooks_helpers import Receiver
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +63,18 @@ async def dispatching(engine: Engine, settings: HookSettings, n: int = 1) -> Asy
             tg.cancel_scope.cancel()
     for d in ds:
         await d.aclose()
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine on SQLite only (the claim policy's PostgreSQL store is its own step)."""
+    engine = await Engine.open(
+        Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
+    )
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -189,6 +203,33 @@ async def test_a_big_plan_is_one_run_planned_not_an_outcome_created_per_item(eng
         assert bodies[2]["data"]["item"] == "manual"
         # an explicit outcome.created subscription hears of outcomes recorded one at a time only
         assert [b["data"]["item"] for b in created.bodies()] == ["manual"]
+
+
+async def test_ready_and_a_failure_cascade_are_delivered(sqlite_engine: Engine) -> None:
+    """A blocked item readied is `outcome.ready`; a failure that cancels its dependents is one
+    `outcome.dependents_cancelled`, after which the run, nothing blocked, is completed."""
+    engine = sqlite_engine
+    settings = fast()
+    hooks = Hooks(engine.store, engine.settings.database_url, settings)
+    items = ["a", ItemSpec(name="b", after=["a"]), ItemSpec(name="c", after=["b"])]
+    with Receiver() as rx:
+        await hooks.add(rx.url, events=["outcome.ready", "outcome.dependents_cancelled", "run.completed"])
+        async with dispatching(engine, settings):
+            await engine.plan_run("staged", packages=[PackageSpec(name="p", items=items)])
+            a = (await engine.claim_items("staged", worker="w")).items[0]
+            await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="x")
+            b = (await engine.claim_items("staged", worker="w")).items[0]
+            await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="boom", retryable=False)
+            await until(lambda: "run.completed" in rx.types())
+            await anyio.sleep(0.3)
+        by_type = {body["type"]: body["data"] for body in rx.bodies()}
+        assert sorted(rx.types()) == ["outcome.dependents_cancelled", "outcome.ready", "run.completed"]
+        ready, cascade, done = (
+            by_type[t] for t in ("outcome.ready", "outcome.dependents_cancelled", "run.completed")
+        )
+        assert (ready["package"], ready["item"], ready["status"]) == ("p", "b", "pending")
+        assert (cascade["failed"], cascade["count"], len(cascade["outcome_ids"])) == ("p/b", 1, 1)
+        assert (done["complete"], done["failed"], done["cancelled"]) == (1, 1, 1)
 
 
 async def test_metrics_come_from_one_read_per_round(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -404,6 +404,11 @@
     }
   }
 
+  // Whether any cell has this status code.
+  function hasCode(code) {
+    return code >= 0 && grid.rows.some((r) => r.status.includes(code));
+  }
+
   function setCell(id, status) {
     const at = grid.index.get(id);
     const code = grid.statuses.indexOf(status);
@@ -804,6 +809,8 @@
           const bulk = BULK[e.kind];
           if (bulk && e.data && e.data.count <= (e.data.outcome_ids || []).length) {
             for (const id of e.data.outcome_ids) setCell(id, bulk);
+            // a retry puts back to blocked the dependents its failure cancelled: they are not named
+            if (e.kind === "requeued" && hasCode(grid.statuses.indexOf("cancelled"))) needReload = true;
           } else if (e.kind !== "integration" && e.kind !== "run_paused" && e.kind !== "run_resumed") {
             needReload = true;
           }
