@@ -19,17 +19,17 @@ on a machine shared with other work.
 with the policy active and without it, alternating in --rounds pairs (plain, policy, then policy, plain, …)
 so the machine's load falls on both alike; each drain in a fresh database. With policy: a 3-stage DAG over
 the packages (the second third of the packages `after` every first-stage package, each third-stage item
-`after` two random second-stage items by "package/item" ref), item priority 1 on 10 % of the items, one lock
-key on --locked (10 %) of the items drawn from a pool of --lock-keys keys (default: a twentieth as many
-as locked items, so about 20 items share each key and claims meet held keys), and every package capped
-at --cap generating items. Prints each drain, the ratio policy ÷ plain per pair and its median (goal
+`after` two random second-stage items by "package/item" ref), item priority 1 on --prioritized (10 %) of
+the items, one lock key on --locked (10 %) of the items drawn from a pool of --lock-keys keys (default: a
+twentieth as many as locked items, so about 20 items share each key and claims meet held keys), and every
+package capped at --cap generating items. Prints each drain, the ratio policy ÷ plain per pair and its median (goal
 ≥ 0.8), how often a claim came back empty for each reason (blocked / locked / capped show where the
 policy held claimers back; a claim that skips a held key and takes the next item is not empty), and the
 peer, drained once per pair, beside both. An in-process sanity check counts claims that broke an
 ordering, a lock or a cap as the bench saw them (must be 0).
 
     python bench/bench_store.py --backend sqlite --policy [--items 20000] [--rounds 2] [--cap 32]
-    python bench/bench_store.py --backend postgres --policy [--database-url URL]
+    python bench/bench_store.py --backend postgres --policy [--database-url URL] [--cost]
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ async def fresh_pg_database(server_url: str) -> AsyncIterator[str]:
 class Cost:
     """CPU per item of the matrix drain: this process, and the bench database's server backends."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, label: str = "") -> None:
         self.url = url
+        self.label = label
         self.sizes: list[int] = []
 
     async def _backends(self) -> float:
@@ -119,7 +120,7 @@ class Cost:
         server = await self._backends() - self.server0
         batches = len(self.sizes)
         return (
-            f"matrix cost per item: client {client / done * 1e6:.0f} us CPU, server {server / done * 1e6:.0f} us"
+            f"{self.label}matrix cost per item: client {client / done * 1e6:.0f} us CPU, server {server / done * 1e6:.0f} us"
             f" CPU; {batches} batches, {sum(self.sizes) / max(1, batches):.1f} requests each"
         )
 
@@ -198,7 +199,13 @@ def plain_shape(items: int, packages: int) -> Shape:
 
 
 def policy_shape(
-    items: int, packages: int, locked: float, cap: int | None, lock_keys: int | None = None, seed: int = 7
+    items: int,
+    packages: int,
+    locked: float,
+    cap: int | None,
+    lock_keys: int | None = None,
+    prioritized: float = 0.1,
+    seed: int = 7,
 ) -> Shape:
     """The same packages and items as plain_shape, with the claim policy active (see the module doc)."""
     if packages < 3:
@@ -213,7 +220,7 @@ def policy_shape(
     n_locked = round(len(keys) * locked)
     pool = [f"file:src/mod{k}.py" for k in range(lock_keys or max(1, n_locked // 20))]
     locks = {key: [rnd.choice(pool)] for key in rnd.sample(keys, n_locked)}
-    prioritized = set(rnd.sample(keys, round(len(keys) * 0.1)))
+    first = set(rnd.sample(keys, round(len(keys) * prioritized)))
     item_after: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for pkg in stage3:
         for j in range(per):
@@ -230,7 +237,7 @@ def policy_shape(
                     name,
                     f"i{j}",
                     after=[f"{a}/{b}" for a, b in item_after.get((name, f"i{j}"), ())],
-                    priority=1 if (name, f"i{j}") in prioritized else 0,
+                    priority=1 if (name, f"i{j}") in first else 0,
                     locks=locks.get((name, f"i{j}"), []),
                 )
                 for j in range(per)
@@ -244,7 +251,7 @@ def policy_shape(
     description = (
         f"3 stages of {len(stage1)}/{len(stage2)}/{len(stage3)} packages ({per} items each); stage 2 `after`"
         f" every stage-1 package, each stage-3 item `after` 2 stage-2 items ({edges} stored edges);"
-        f" priority 1 on {len(prioritized)} items; 1 lock on {n_locked} items from {len(pool)} keys;"
+        f" priority 1 on {len(first)} items; 1 lock on {n_locked} items from {len(pool)} keys;"
         f" max_concurrent {cap} per package"
     )
     return Shape(plan, RunPolicy(), item_after, package_after, locks, cap, description)
@@ -432,12 +439,22 @@ async def main() -> None:
         "--pgq-workers", type=int, default=5, help="PgQueuer QueueManagers (its published setup: 5)"
     )
     ap.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer batch_size (its default: 10)")
-    ap.add_argument("--cost", action="store_true", help="print the matrix drain's CPU per item (PostgreSQL)")
+    ap.add_argument(
+        "--cost",
+        action="store_true",
+        help="print the matrix drain's CPU per item (PostgreSQL; with --policy: each drain's)",
+    )
     ap.add_argument("--policy", action="store_true", help="the drain with the claim policy beside without")
     ap.add_argument("--rounds", type=int, default=2, help="--policy: pairs of drains (order alternates)")
     ap.add_argument("--locked", type=float, default=0.1, help="--policy: share of items with a lock key")
     ap.add_argument(
-        "--cap", type=int, default=None, help="--policy: max_concurrent per package (default: claimers / 2)"
+        "--cap",
+        type=int,
+        default=None,
+        help="--policy: max_concurrent per package (default: claimers / 2; 0: none)",
+    )
+    ap.add_argument(
+        "--prioritized", type=float, default=0.1, help="--policy: share of items with priority 1 (others 0)"
     )
     ap.add_argument(
         "--lock-keys",
@@ -492,7 +509,8 @@ async def drain_fresh(args: argparse.Namespace, shape: Shape) -> Drain:
         async with fresh_pg_database(args.database_url) as url:
             store = await PostgresStore.open(url)
             try:
-                return await shaped_drain(store, shape, args.claimers)
+                cost = Cost(url, label=f"{shape.kind} ") if args.cost else None
+                return await shaped_drain(store, shape, args.claimers, cost)
             finally:
                 await store.close()
     from matrix_mcp.store.sqlite import SQLiteStore
@@ -518,9 +536,9 @@ def reasons(c: Counter[str]) -> str:
 
 
 async def policy_main(args: argparse.Namespace) -> None:
-    cap = args.cap if args.cap is not None else max(1, args.claimers // 2)
+    cap = (args.cap or None) if args.cap is not None else max(1, args.claimers // 2)
     plain = plain_shape(args.items, args.packages)
-    policy = policy_shape(args.items, args.packages, args.locked, cap, args.lock_keys)
+    policy = policy_shape(args.items, args.packages, args.locked, cap, args.lock_keys, args.prioritized)
     items = sum(len(p.items) for p in plain.packages)
     if args.backend == "postgres":
         peer_name, goal_peer = f"PgQueuer ({args.pgq_workers} workers x batch {args.pgq_batch})", 1.5
