@@ -902,11 +902,18 @@ def claim_eligible(
 
 
 def claim_order(
-    *, package_priority: int, item_priority: int, last_claim: int, available_at: float, position: int
-) -> tuple[int, int, int, float, int]:
+    *,
+    package_priority: int,
+    item_priority: int,
+    last_claim: int,
+    available_at: float,
+    position: int,
+    package_position: int = 0,
+) -> tuple[int, int, int, int, float, int]:
     """The sort key of eligible items (smallest first): package priority, then item priority, highest
-    first; then the packages in turn (least recently served first), then available_at, then plan order."""
-    return (-package_priority, -item_priority, last_claim, available_at, position)
+    first; then today's order: the packages in turn (least recently served first, `last_claim`; never
+    served: plan order of the packages), then within the package available_at, then plan order."""
+    return (-package_priority, -item_priority, last_claim, package_position, available_at, position)
 
 
 def enters_complete(old: str, new: str) -> bool:

@@ -121,7 +121,7 @@ def test_claim_eligibility_needs_ready_free_and_under_both_caps() -> None:
 
 
 def test_claim_order_is_package_priority_then_item_priority_then_the_round_robin() -> None:
-    def key(pp: int, ip: int, last: int, avail: float, pos: int) -> tuple[int, int, int, float, int]:
+    def key(pp: int, ip: int, last: int, avail: float, pos: int) -> tuple[int, int, int, int, float, int]:
         return rules.claim_order(
             package_priority=pp, item_priority=ip, last_claim=last, available_at=avail, position=pos
         )
@@ -199,3 +199,17 @@ def test_policy_events_and_their_payloads() -> None:
 )
 def test_why_a_claim_came_back_short(counts: dict[str, object], expected: tuple[str, str | None]) -> None:
     assert rules.why_nothing(**counts) == expected  # type: ignore[arg-type]
+
+
+def test_never_served_packages_go_in_plan_order_before_their_items_availability() -> None:
+    def key(package_position: int, available_at: float) -> tuple[int, int, int, int, float, int]:
+        return rules.claim_order(
+            package_priority=0,
+            item_priority=0,
+            last_claim=0,
+            package_position=package_position,
+            available_at=available_at,
+            position=0,
+        )
+
+    assert key(0, 9.0) < key(1, 1.0)

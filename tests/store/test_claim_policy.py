@@ -342,3 +342,22 @@ async def test_cancelling_a_run_ends_its_blocked_items(engine: Engine) -> None:
     (event,) = [e for e in await engine.events(since=0, run="r", limit=100) if e.kind == "run_cancelled"]
     assert event.data["cancelled_items"] == 2
     await assert_consistent(engine)
+
+
+async def test_an_item_back_in_the_queue_is_ranked_by_its_priority_again(engine: Engine) -> None:
+    await engine.plan_run(
+        "r",
+        packages=[
+            PackageSpec(name="a", items=[item("hi", priority=5), "lo"]),
+            PackageSpec(name="b", items=["b1", "b2"]),
+        ],
+        policy=RunPolicy(lease_seconds=LEASE, max_attempts=3, backoff_seconds=0),
+    )
+    hi = await claim_one(engine, "r")
+    assert hi.item == "hi"
+    nxt = await claim_one(engine, "r")  # a has only priority 0 left now: the round robin goes on to b
+    assert (nxt.package, nxt.item) == ("b", "b1")
+    await engine.fail_item(hi.outcome_id, lease_token=hi.lease_token, error="flaky")  # back to pending
+    again = await claim_one(engine, "r")
+    assert (again.item, again.attempt) == ("hi", 2)
+    await assert_consistent(engine)

@@ -39,20 +39,27 @@ def apply(
         c.execute(sql.RELEASE_LOCKS, (row["n"],))
     if t.old == t.new:
         return
+    if t.new == "pending":
+        raise_top(c, int(row["package_id"]), int(R.column(row, "priority", 0)))
     if t.old == "failed":
         reblock(c, int(row["n"]), now)
     if rules.enters_complete(t.old, t.new):
-        prerequisite_moved(c, int(row["n"]), int(row["package_id"]), -1, now)
+        prerequisite_moved(c, row, -1, now)
     elif rules.leaves_complete(t.old, t.new):
-        prerequisite_moved(c, int(row["n"]), int(row["package_id"]), +1, now)
+        prerequisite_moved(c, row, +1, now)
     if rules.enters_failed(t.old, t.new):
         cascade(c, row, now)
 
 
-def prerequisite_moved(c: sqlite3.Connection, n: int, package_id: int, delta: int, now: float) -> None:
-    """Item `n` entered complete (delta -1: one prerequisite fewer for its dependents) or left it (+1); when
-    that completes or un-completes its package, the package's dependents move too."""
-    _move_waiting(c, c.execute(sql.ITEM_DEPENDENTS_WAITING, (delta, n)).fetchall(), now)
+def prerequisite_moved(c: sqlite3.Connection, row: sqlite3.Row, delta: int, now: float) -> None:
+    """The item `row` entered complete (delta -1: one prerequisite fewer for its dependents) or left it
+    (+1); when that completes or un-completes its package, the package's dependents move too. An item with
+    no dependents in a package with none costs one probe."""
+    n, package_id = int(row["n"]), int(row["package_id"])
+    if c.execute(sql.HAS_ITEM_DEPENDENTS, (n,)).fetchone() is not None:
+        _move_waiting(c, c.execute(sql.ITEM_DEPENDENTS_WAITING, (delta, n)).fetchall(), now)
+    if R.column(row, "package_has_dependents", 1) == 0:
+        return
     pkg = c.execute(sql.PACKAGE_DONE, (package_id,)).fetchone()
     if not pkg["has_dependents"]:
         return
@@ -78,19 +85,26 @@ def package_grew(c: sqlite3.Connection, package_id: int, before: sqlite3.Row | N
         package_moved(c, package_id, +1, now)
 
 
-def _move_waiting(c: sqlite3.Connection, moved: Iterable[sqlite3.Row], now: float) -> None:
-    """Dependents whose count just moved (rows n, id, status, waiting, package_id, item): those blocked with
-    nothing left to wait for become pending, each with its event `ready`."""
-    ready = rules.ready(now)
-    for d in moved:
-        if rules.readied(d["status"], int(d["waiting"])):
-            _ready(c, d, ready, now)
-
-
-def _ready(c: sqlite3.Connection, d: sqlite3.Row, move: rules.Move, now: float) -> None:
-    counters.apply_move(c, d, move)
-    package = c.execute(sql.PACKAGE_NAME, (d["package_id"],)).fetchone()[0]
-    events.add_event(c, d["run_id"], d["id"], rules.ready_event(package=package, item=d["item"]), now)
+def _move_waiting(c: sqlite3.Connection, moved: Iterable[rules.RowLike], now: float) -> None:
+    """Dependents whose count just moved (rows n, id, status, waiting, package_id, item, priority): those
+    blocked with nothing left to wait for become pending (rules.ready), each with its event `ready`; the
+    rows in one statement, the counters and the priority bound once per package (a package completing
+    can ready thousands)."""
+    ready = [d for d in moved if rules.readied(d["status"], int(d["waiting"]))]
+    if not ready:
+        return
+    move = rules.ready(now)
+    c.executemany(sql.update_outcome(tuple(move.values)), [(*move.values.values(), d["n"]) for d in ready])
+    by_package: dict[int, list[rules.RowLike]] = {}
+    for d in ready:
+        by_package.setdefault(int(d["package_id"]), []).append(d)
+    for package_id, rows in by_package.items():
+        k = len(rows)
+        c.execute(sql.MOVE_N_SQL[move.old, move.new], (k, k, package_id))
+        raise_top(c, package_id, max(int(d["priority"]) for d in rows))
+        package = c.execute(sql.PACKAGE_NAME, (package_id,)).fetchone()[0]
+        for d in rows:
+            events.add_event(c, d["run_id"], d["id"], rules.ready_event(package=package, item=d["item"]), now)
 
 
 def cascade(c: sqlite3.Connection, row: sqlite3.Row, now: float) -> None:
@@ -130,10 +144,10 @@ def reblock(c: sqlite3.Connection, n: int, now: float) -> None:
     """Item `n` left failed (a retry, an override): what its failure cancelled waits again (blocked, with its
     count as it stands; pending at once when that is 0)."""
     move = rules.reblock(now)
-    for d in c.execute(sql.CANCELLED_BY, (n,)).fetchall():
+    rows = c.execute(sql.CANCELLED_BY, (n,)).fetchall()
+    for d in rows:
         counters.apply_move(c, d, move)
-        if rules.readied("blocked", int(d["waiting"])):
-            _ready(c, d, rules.ready(now), now)
+    _move_waiting(c, [{**dict(d), "status": move.new} for d in rows], now)
 
 
 # ---- planning --------------------------------------------------------------------------------------
@@ -259,6 +273,22 @@ def _free(c: sqlite3.Connection, key: str, now: float, held: Held) -> bool:
         return True
     held.lock(holder["lease_expires_at"])
     return False
+
+
+def tighten(c: sqlite3.Connection, package_id: int, top: int) -> int:
+    """A package's bound on its pending items' priority (packages.max_item_priority), lowered to the highest
+    pending priority it has now (one probe of outcomes_claimable); raised again by `raise_top` when an item
+    enters pending. Returns the bound."""
+    row = c.execute(sql.TOP_PENDING_PRIORITY, (package_id,)).fetchone()
+    if row is None or int(row[0]) >= top:
+        return top
+    c.execute(sql.SET_TOP, (int(row[0]), package_id))
+    return int(row[0])
+
+
+def raise_top(c: sqlite3.Connection, package_id: int, priority: int) -> None:
+    """An item of `priority` entered pending: its package's bound covers it."""
+    c.execute(sql.RAISE_TOP, (priority, package_id, priority))
 
 
 def take_locks(c: sqlite3.Connection, o: sqlite3.Row, run_id: str, token: str) -> None:

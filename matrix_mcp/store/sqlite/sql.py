@@ -20,7 +20,7 @@ FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 
 OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
-p.duration_hist AS package_duration_hist
+p.duration_hist AS package_duration_hist, p.has_dependents AS package_has_dependents
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
 
@@ -250,7 +250,7 @@ LATEST_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events"
 
 SWEEP_SELECT_OUTCOMES = (
     "SELECT o.n, o.id, o.run_id, o.item, o.package_id, o.attempts, o.lease_token, o.started_at, o.locks, "
-    "r.max_attempts, r.state, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id "
+    "o.priority, r.max_attempts, r.state, p.name AS package_name, p.has_dependents AS package_has_dependents FROM outcomes o JOIN runs r ON r.id = o.run_id "
     "JOIN packages p ON p.id = o.package_id WHERE o.run_id = ? AND o.status = 'generating' AND "
     "o.lease_expires_at <= ? LIMIT ?"
 )
@@ -264,7 +264,8 @@ RUN_GENERATING = "SELECT COALESCE(SUM(generating), 0) FROM packages WHERE run_id
 
 # a package's items a claim may lease now, in rules.claim_order (index outcomes_claimable)
 CLAIM_CANDIDATES = (
-    "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path, priority, locks FROM outcomes"
+    "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path, priority, locks, available_at,"
+    " position FROM outcomes"
     " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
     " ORDER BY priority DESC, available_at, position LIMIT ?"
 )
@@ -305,7 +306,9 @@ FAIL_SELECT_RUNS = "SELECT state, max_attempts FROM runs WHERE id = ?"
 
 
 # a retry's candidates: the run's items in the status rules.retry moves (or one package's)
-_RETRY_SELECT = "SELECT o.n, o.id, o.package_id FROM outcomes o WHERE o.run_id = ? AND o.status = ?"
+_RETRY_SELECT = (
+    "SELECT o.n, o.id, o.package_id, o.priority FROM outcomes o WHERE o.run_id = ? AND o.status = ?"
+)
 
 
 RETRY_SELECT_OUTCOMES = _RETRY_SELECT + " ORDER BY o.n"
@@ -318,8 +321,8 @@ RETRY_SELECT_PACKAGE_OUTCOMES = _RETRY_SELECT + " AND o.package_id = ? ORDER BY 
 
 
 SET_STATUS_SELECT_OUTCOMES = (
-    "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = "
-    "o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = ?"
+    "SELECT o.*, r.lease_seconds, p.name AS package_name, p.has_dependents AS package_has_dependents"
+    " FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = ?"
 )
 
 
@@ -804,7 +807,7 @@ EVENTS_AFTER_IN_RUN = _EVENTS + " AND e.run_id = ? ORDER BY e.seq LIMIT ?"
 # ---- policy.py: dependencies, lock keys ------------------------------------------------------------
 
 
-_DEPENDENT = "n, id, run_id, status, waiting, package_id, item"
+_DEPENDENT = "n, id, run_id, status, waiting, package_id, item, priority"
 
 
 # an item's dependents' counts of unmet prerequisites moved by one (bound: +1 or -1, the item's n)
@@ -833,6 +836,21 @@ RUN_DEPENDENCY_FAILURE = "SELECT on_dependency_failure FROM runs WHERE id = ?"
 
 
 ITEM_DEPENDENTS = "SELECT after_n FROM outcome_deps WHERE before_n = ?"
+
+
+HAS_ITEM_DEPENDENTS = "SELECT 1 FROM outcome_deps WHERE before_n = ? LIMIT 1"
+
+
+# a package's bound on its pending items' priority: the highest now (outcomes_claimable), lowered, raised
+TOP_PENDING_PRIORITY = (
+    "SELECT priority FROM outcomes WHERE package_id = ? AND status = 'pending' ORDER BY priority DESC LIMIT 1"
+)
+
+
+SET_TOP = "UPDATE packages SET max_item_priority = ? WHERE id = ?"
+
+
+RAISE_TOP = "UPDATE packages SET max_item_priority = ? WHERE id = ? AND max_item_priority < ?"
 
 
 PACKAGE_DEPENDENTS = "SELECT after_n FROM package_deps WHERE package_id = ?"

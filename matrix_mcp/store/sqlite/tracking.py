@@ -79,6 +79,7 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
         grown = c.execute(sql.RECORD_OUTCOME_SELECT_PACKAGE, (package_id,)).fetchone()
         c.execute(sql.RECORD_OUTCOME_UPDATE_PACKAGES, (package_id,))
         policy.package_grew(c, package_id, grown, now)
+        policy.raise_top(c, package_id, 0)
         events.add_event(
             c, run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now
         )

@@ -127,20 +127,23 @@ class _Package:
         self.last_claim, self.position = int(row["last_claim"]), int(row["position"])
 
     def order(self) -> tuple[int, int, int, int]:
+        """The best rules.claim_order key (its first four parts) this package's items could have."""
         return (-self.priority, -self.top, self.last_claim, self.position)
 
 
 def _best(
     c: sqlite3.Connection, active: list[_Package], now: float, held: policy.Held
 ) -> tuple[_Package, sqlite3.Row] | None:
-    """The next item to lease, in rules.claim_order: the packages are visited highest priority first, each
-    offering its first eligible item; a package whose items cannot outrank the best found so far (its
-    priority, the highest item priority it holds) ends the search. Packages with nothing to offer now
-    (none ready, all locked) leave `active`; packages at their cap are noted in `held`."""
+    """The next item to lease, in rules.claim_order. The packages are visited by what they could offer at
+    best (their priority, `top`: no pending item of theirs ranks higher, then the round robin), each
+    offering its first eligible item; the first package that could not beat the best found so far ends the
+    search. A package whose offer ranks below its `top` has `top` lowered to its highest pending priority
+    (policy.tighten), so later claims look at fewer packages. Packages with nothing to offer now (none
+    ready, all locked) leave `active`; packages at their cap are noted in `held`."""
     best: tuple[_Package, sqlite3.Row] | None = None
-    best_key: tuple[int, int] | None = None
+    best_key: tuple[int, int, int, int, float, int] | None = None
     for p in sorted(active, key=_Package.order):
-        if best_key is not None and (p.priority, p.top) <= best_key:
+        if best_key is not None and p.order() > best_key[:4]:
             break
         if not rules.under_cap(p.generating, p.cap):
             if p.id not in held.capped_packages:
@@ -150,8 +153,17 @@ def _best(
         if o is None:
             active.remove(p)
             continue
-        key = (p.priority, int(o["priority"]))
-        if best_key is None or key > best_key:
+        if int(o["priority"]) < p.top:
+            p.top = policy.tighten(c, p.id, p.top)
+        key = rules.claim_order(
+            package_priority=p.priority,
+            item_priority=int(o["priority"]),
+            last_claim=p.last_claim,
+            package_position=p.position,
+            available_at=float(o["available_at"]),
+            position=int(o["position"]),
+        )
+        if best_key is None or key < best_key:
             best, best_key = (p, o), key
     return best
 
@@ -358,6 +370,7 @@ async def retry(
             rows = [r for r in rows if r["id"] in wanted]
         for r in rows:
             counters.apply_move(c, r, move)
+            policy.raise_top(c, int(r["package_id"]), int(r["priority"]))
         ids = [r["id"] for r in rows]
         if ids:
             events.add_event(c, run_id, None, rules.requeued(ids), now)
