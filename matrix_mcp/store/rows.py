@@ -399,6 +399,19 @@ def counter_mismatches(
     return out
 
 
+def waiting_mismatches(rows: Iterable[RowLike]) -> list[str]:
+    """Items whose count of unmet prerequisites (`waiting`) differs from a recount of them (`unmet`), or that
+    are blocked with nothing to wait for (rows: run_name, package, item, status, waiting, unmet)."""
+    out: list[str] = []
+    for r in rows:
+        label = f"{r['run_name']}/{r['package']}/{r['item']}"
+        if int(r["waiting"]) != int(r["unmet"]):
+            out.append(f"{label}: waiting {r['waiting']} != unmet prerequisites {r['unmet']}")
+        elif r["status"] == "blocked" and int(r["unmet"]) == 0:
+            out.append(f"{label}: blocked with no unmet prerequisite")
+    return out
+
+
 class Truth:
     """A recount of one package from its rows: status counts, the complete items' summary sums and the
     duration histogram (what its counters must equal)."""

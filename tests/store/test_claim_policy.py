@@ -12,7 +12,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.errors import InputError, NotFound, StaleLease
 from matrix_mcp.models import ClaimedItem, ItemSpec, PackageSpec, RunPolicy
 from tests.conftest import assert_consistent
-from tests.store.test_contract import Clock
+from tests.store.test_contract import Clock, _sql
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +361,14 @@ async def test_an_item_back_in_the_queue_is_ranked_by_its_priority_again(engine:
     again = await claim_one(engine, "r")
     assert (again.item, again.attempt) == ("hi", 2)
     await assert_consistent(engine)
+
+
+async def test_a_recount_checks_every_count_of_unmet_prerequisites(engine: Engine, database_url: str) -> None:
+    await engine.plan_run("r", packages=[PackageSpec(name="a", items=["x", item("y", "x")])], policy=POLICY)
+    await assert_consistent(engine)
+    await _sql(database_url, [("UPDATE outcomes SET waiting = 2 WHERE item = ?", ("y",))])
+    report = await engine.store.recount()
+    assert report.mismatches == ["r/a/y: waiting 2 != unmet prerequisites 1"]
+    await _sql(database_url, [("UPDATE outcomes SET waiting = 0 WHERE item = ?", ("y",))])
+    await _sql(database_url, [("DELETE FROM outcome_deps", ())])
+    assert (await engine.store.recount()).mismatches == ["r/a/y: blocked with no unmet prerequisite"]

@@ -215,6 +215,8 @@ def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     for p in c.execute(sql.RECOUNT_ROWS_SELECT_PACKAGES + where, args):
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
         mismatches += R.counter_mismatches(p, package_truth(c, p["id"]), hist, sql.COUNTER_COLUMNS)
+    waiting = c.execute(sql.WAITING_TRUTH_OF_RUN, (run_id,)) if run_id else c.execute(sql.WAITING_TRUTH)
+    mismatches += R.waiting_mismatches(waiting)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 

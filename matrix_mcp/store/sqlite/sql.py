@@ -925,3 +925,22 @@ UNMET_PACKAGES = (
     "SELECT p.name FROM package_deps d JOIN packages p ON p.id = d.package_id"
     " WHERE d.after_n = ? AND p.complete < p.total ORDER BY p.position LIMIT ?"
 )
+
+
+# each item with prerequisites (or a count, or blocked): its count beside the prerequisites not met now
+_WAITING_TRUTH = (
+    "SELECT r.name AS run_name, p.name AS package, o.item, o.status, o.waiting,"
+    " (SELECT COUNT(*) FROM outcome_deps d JOIN outcomes b ON b.n = d.before_n"
+    "  WHERE d.after_n = o.n AND b.status <> 'complete')"
+    " + (SELECT COUNT(*) FROM package_deps d JOIN packages q ON q.id = d.package_id"
+    "  WHERE d.after_n = o.n AND q.complete < q.total) AS unmet"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    " WHERE (o.waiting <> 0 OR o.status = 'blocked' OR o.n IN (SELECT after_n FROM outcome_deps)"
+    " OR o.n IN (SELECT after_n FROM package_deps))"
+)
+
+
+WAITING_TRUTH = _WAITING_TRUTH + " ORDER BY o.n"
+
+
+WAITING_TRUTH_OF_RUN = _WAITING_TRUTH + " AND o.run_id = ? ORDER BY o.n"
