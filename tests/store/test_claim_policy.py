@@ -372,3 +372,18 @@ async def test_a_recount_checks_every_count_of_unmet_prerequisites(engine: Engin
     await _sql(database_url, [("UPDATE outcomes SET waiting = 0 WHERE item = ?", ("y",))])
     await _sql(database_url, [("DELETE FROM outcome_deps", ())])
     assert (await engine.store.recount()).mismatches == ["r/a/y: blocked with no unmet prerequisite"]
+
+
+async def test_an_extension_cannot_close_a_cycle_through_the_runs_items(engine: Engine) -> None:
+    # a/x waits for every item of b; a new item of b waiting for a/x would wait for itself
+    await engine.plan_run(
+        "r", packages=[PackageSpec(name="a", items=[item("x", "b/*")]), PackageSpec(name="b", items=["b1"])]
+    )
+    with pytest.raises(InputError) as err:
+        await engine.plan_run("r", packages=[PackageSpec(name="b", items=[item("b2", "a/x")])])
+    assert str(err.value) == "dependency cycle: b/b2 → a/x → b/* → b/b2"
+    assert err.value.field == "packages"
+    assert await status_of(engine, "r") == {"a/x": "blocked", "b/b1": "pending"}  # nothing written
+    more = await engine.plan_run("r", packages=[PackageSpec(name="b", items=["b3"])])  # no cycle: fine
+    assert more.added_items == 1 and (await status_of(engine, "r"))["a/x"] == "blocked"
+    await assert_consistent(engine)

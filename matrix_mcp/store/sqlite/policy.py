@@ -232,6 +232,51 @@ def plan_edges(
             c.execute(sql.MOVE_N_SQL["pending", "blocked"], (k, k, package_id))
 
 
+def check_acyclic(c: sqlite3.Connection, grown: Sequence[tuple[int, str, dict[str, int]]]) -> None:
+    """The cycle the engine cannot see: items this plan added to a package that items of the run wait for
+    ("package/*", `after`) must not themselves wait, through prerequisites already in the run, for one of
+    those items. Walked only for such packages (`grown`: id, name, the new items' n by name) whose new items
+    have prerequisites; InputError naming the cycle, and the plan's transaction writes nothing."""
+    for package_id, package, new in grown:
+        dependents = {n for (n,) in c.execute(sql.PACKAGE_DEPENDENTS, (package_id,))}
+        came_from: dict[int, tuple[int, int | None]] = {}  # n -> (the item waiting for it, via package id)
+        stack = list(new.values())
+        seen = set(stack)
+        while stack:
+            at = stack.pop()
+            if at in dependents:
+                raise _cycle(c, at, came_from, package)
+            steps = [(b, None) for (b,) in c.execute(sql.PREREQUISITE_ITEMS, (at,))]
+            for (pid,) in c.execute(sql.PREREQUISITE_PACKAGES, (at,)).fetchall():
+                steps += [(m, pid) for (m,) in c.execute(sql.ITEMS_OF_PACKAGE, (pid,))]
+            for nxt, via in steps:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    came_from[nxt] = (at, via)
+                    stack.append(nxt)
+
+
+def _cycle(
+    c: sqlite3.Connection, end: int, came_from: dict[int, tuple[int, int | None]], package: str
+) -> Exception:
+    path: list[rules.Node] = []
+    at = end
+    while True:
+        path.append(_node(c, at))
+        if at not in came_from:
+            break
+        at, via = came_from[at]
+        if via is not None:
+            path.append((c.execute(sql.PACKAGE_NAME, (via,)).fetchone()[0], None))
+    path.reverse()
+    return rules.dependency_cycle([*path, (package, None), path[0]])
+
+
+def _node(c: sqlite3.Connection, n: int) -> rules.Node:
+    row = c.execute(sql.ITEM_NAME, (n,)).fetchone()
+    return (str(row[0]), str(row[1]))
+
+
 # ---- claims ---------------------------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ async def plan(
         added_packages: list[str] = []
         added_items = 0
         with_edges: list[tuple[NewPackage, int, dict[str, int]]] = []
+        grown: list[tuple[int, str, dict[str, int]]] = []  # extended packages others wait for
         next_pos = c.execute(sql.NEXT_PACKAGE_POSITION, (run_id,)).fetchone()[0]
         for pkg in packages:
             prow = c.execute(sql.PLAN_PACKAGE, (run_id, pkg.name)).fetchone()
@@ -124,7 +125,10 @@ async def plan(
                 if pkg.after or any(item.after for item in pkg.items):
                     new = dict((item, n) for n, item in c.execute(sql.PLAN_NEW_ITEMS, (package_id, item_pos)))
                     with_edges.append((pkg, package_id, new))
+                    if prow is not None and prow["has_dependents"]:
+                        grown.append((package_id, pkg.name, new))
         claim_policy.plan_edges(c, run_id, with_edges, now)
+        claim_policy.check_acyclic(c, grown)
         if created or added_items or added_packages:
             c.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
             events.add_event(

@@ -944,3 +944,16 @@ WAITING_TRUTH = _WAITING_TRUTH + " ORDER BY o.n"
 
 
 WAITING_TRUTH_OF_RUN = _WAITING_TRUTH + " AND o.run_id = ? ORDER BY o.n"
+
+
+# what an item waits for, as stored (policy.check_acyclic): items, packages, a package's items
+PREREQUISITE_ITEMS = "SELECT before_n FROM outcome_deps WHERE after_n = ?"
+
+
+PREREQUISITE_PACKAGES = "SELECT package_id FROM package_deps WHERE after_n = ?"
+
+
+ITEMS_OF_PACKAGE = "SELECT n FROM outcomes WHERE package_id = ?"
+
+
+ITEM_NAME = "SELECT p.name, o.item FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.n = ?"
