@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 # "blocked" (waiting for dependencies) comes last: the board's status codes and earlier outputs keep their indexes
 Status = Literal["pending", "generating", "complete", "failed", "cancelled", "blocked"]
 STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
+# what a record or an override may set: every status but blocked (only unmet dependencies block an item)
+SettableStatus = Literal["pending", "generating", "complete", "failed", "cancelled"]
 RunState = Literal["active", "paused", "cancelled", "done"]
 RunAction = Literal["pause", "resume", "cancel"]
 DependencyFailure = Literal["cancel", "block"]
@@ -30,18 +32,22 @@ class _Model(BaseModel):
 # priorities and caps are stored as 32-bit integers on both backends
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
 MAX_CAP = 2**31 - 1
+# an `after` reference and a lock key as the schemas state them (rules.py checks the rest: syntax, printable,
+# rules.MAX_LOCK_KEY_LENGTH)
+Reference = Annotated[str, Field(min_length=1)]
+LockKey = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class ItemSpec(_Model):
     name: str = Field(min_length=1)
     specifications: Json | str | None = None
-    after: list[str] = Field(
+    after: list[Reference] = Field(
         default_factory=list,
         description='Items of the run this one waits for: "package/item", a bare "item" of the same package, '
         'or "package/*" for every item of a package.',
     )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher is claimed first.")
-    locks: list[str] = Field(
+    locks: list[LockKey] = Field(
         default_factory=list,
         description='Resource keys (e.g. "file:src/db.py") no two live leases hold at once, store-wide.',
     )
@@ -51,7 +57,7 @@ class PackageSpec(_Model):
     name: str = Field(min_length=1)
     description: str | None = None
     items: list[str | ItemSpec] = Field(default_factory=list)
-    after: list[str] = Field(
+    after: list[Reference] = Field(
         default_factory=list, description="Packages every item of this one waits for (all of their items)."
     )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher is claimed first.")

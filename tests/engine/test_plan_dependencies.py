@@ -56,7 +56,7 @@ async def test_a_self_reference_names_its_field(engine: Engine) -> None:
 async def test_a_malformed_reference_names_its_field(engine: Engine) -> None:
     err = await refused(engine, [PackageSpec(name="a", items=[item("x", "/*")])])
     assert err.field == "packages[0].items[0].after[0]"
-    err = await refused(engine, [PackageSpec(name="a", items=["x"], after=[""])])
+    err = await refused(engine, [PackageSpec(name="a", items=["x"], after=[" "])])
     assert err.field == "packages[0].after[0]"
 
 

@@ -25,6 +25,14 @@ from tests.support.http_helpers import create_key, serving
 pytestmark = pytest.mark.anyio
 
 ALL_SCOPES = ("matrix:read", "matrix:work", "matrix:plan", "matrix:admin")
+# A plan's `after` references are checked against the plan and the run (unknown, to itself, a cycle): what no
+# JSON Schema can state, so a schema-valid plan may be refused, 400 naming the reference. That one answer is
+# allowed for that one operation; every other check stays as it is.
+CONFIG = """
+[[operations]]
+include-operation-id = "plan_run"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
+"""
 EXAMPLES = 4
 STREAMS = ("events_run", "events_all")
 
@@ -49,8 +57,11 @@ async def test_schemathesis_finds_no_failure(settings: Settings, tmp_path: Path)
         assert base.startswith("http://127.0.0.1:")
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        (tmp_path / "schemathesis.toml").write_text(CONFIG, encoding="utf-8")
         command = [
             str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(tmp_path / "schemathesis.toml"),
             "run",
             f"{base}{PREFIX}/openapi.json",
             "--checks",

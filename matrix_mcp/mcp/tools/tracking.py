@@ -27,6 +27,7 @@ from matrix_mcp.models import (
     OutcomePage,
     PackageSummary,
     RecordResult,
+    SettableStatus,
     Status,
     SystemMetrics,
 )
@@ -37,7 +38,7 @@ async def record_outcome(
     run: str,
     package: str,
     item: str,
-    status: Status = "pending",
+    status: SettableStatus = "pending",
     outcome_type: str | None = None,
     outcome_path: str | None = None,
     specifications: dict[str, Any] | str | None = None,
@@ -68,7 +69,7 @@ async def record_outcome(
 async def update_outcome_status(
     ctx: Context,
     outcome_id: str,
-    status: Status,
+    status: SettableStatus,
     error_message: str | None = None,
     metrics: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
