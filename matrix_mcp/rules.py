@@ -504,11 +504,15 @@ class Extension:
 
 
 def heartbeat(
-    row: RowLike, *, token: str, run_state: str, lease_seconds: float, now: float
+    row: RowLike, *, token: str, run_state: str, lease_seconds: float, now: float, keys_kept: bool = True
 ) -> Extension | None:
     """A heartbeat for the lease `token` on the item `row` (status, lease_token): extended by the run's
-    lease_seconds when the lease holds, else None (the lease is lost). No event, no counter moves."""
-    if not lease_holds(row["status"], row["lease_token"], token):
+    lease_seconds when the lease holds, else None (the lease is lost). No event, no counter moves.
+
+    `keys_kept`: false when the lease ran out and another lease took one of its lock keys since (a claim may
+    take the key of a lease that ran out before the sweep sends its item back). Such a lease is lost too:
+    extending it would give two live leases one key, and what the key guards may have changed meanwhile."""
+    if not lease_holds(row["status"], row["lease_token"], token) or not keys_kept:
         return None
     return Extension(
         {"lease_expires_at": lease_expires(now, lease_seconds), "updated_at": now}, stops_work(run_state)

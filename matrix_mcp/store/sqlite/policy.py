@@ -343,6 +343,15 @@ def take_locks(c: sqlite3.Connection, o: sqlite3.Row, run_id: str, token: str) -
         c.executemany(sql.TAKE_LOCK, [(key, o["n"], token, run_id) for key in keys])
 
 
+def keeps_locks(c: sqlite3.Connection, row: sqlite3.Row, token: str, now: float) -> bool:
+    """Whether the lease `token` on `row` (n, status, lease_expires_at, locks) still has every lock key it
+    took: always while it has not run out; once it has, only the keys no other lease took since are its."""
+    keys = R.loads(row["locks"], [])
+    if not keys or not rules.lease_expired(row["status"], row["lease_expires_at"], now):
+        return True
+    return len(c.execute(sql.LOCKS_OF, (row["n"], token)).fetchall()) == len(set(keys))
+
+
 def ready_in_package(c: sqlite3.Connection, package_id: int, now: float) -> bool:
     return c.execute(sql.READY_IN_PACKAGE, (package_id, now)).fetchone() is not None
 

@@ -289,7 +289,8 @@ WHY_NOTHING_SELECT_PACKAGES = "SELECT COALESCE(SUM(total),0) FROM packages WHERE
 
 
 HEARTBEAT_SELECT_OUTCOMES = (
-    "SELECT o.n, o.status, o.lease_token, r.state, r.lease_seconds FROM outcomes o JOIN runs r ON "
+    "SELECT o.n, o.status, o.lease_token, o.lease_expires_at, o.locks, r.state, r.lease_seconds"
+    " FROM outcomes o JOIN runs r ON "
     "r.id = o.run_id WHERE o.id = ?"
 )
 

@@ -262,6 +262,7 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
                     run_state=row["state"],
                     lease_seconds=row["lease_seconds"],
                     now=now,
+                    keys_kept=policy.keeps_locks(c, row, lease.lease_token, now),
                 )
             if held is None:
                 lost.append(lease.outcome_id)
