@@ -58,6 +58,7 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
         active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGES, (run_id,))]
     else:
         active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package))]
+    scope = [p.id for p in active]
     run_cap = run["max_concurrent"]
     run_generating = 0 if run_cap is None else int(c.execute(sql.RUN_GENERATING, (run_id,)).fetchone()[0])
     held = policy.Held()
@@ -102,6 +103,8 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
         )
     if len(claims) >= limit:
         return ClaimBatch(claims)
+    if run_capped and package is not None:  # the run's cap held back this package's items only if it has any
+        run_capped = any(policy.ready_in_package(c, p, now) for p in scope)
     return ClaimBatch(claims, *why_nothing(c, run_id, package, now=now, held=held, run_capped=run_capped))
 
 
