@@ -42,6 +42,10 @@ def outcome_uri(outcome_id: str) -> str:
     return f"matrix://outcomes/{quote(outcome_id, safe='')}"
 
 
+# events that move many outcomes at once and name them in `outcome_ids`: a retry, a failure's cascade
+BULK_KINDS = ("requeued", "dependents_cancelled")
+
+
 def uris_for(event: Event) -> set[str]:
     uris = {"matrix://runs", "matrix://metrics"}
     if event.run:
@@ -53,6 +57,11 @@ def uris_for(event: Event) -> set[str]:
         uris.add(outcome_uri(event.outcome_id))
         if event.kind in ("completed", "status_updated"):
             uris.add(outcome_uri(event.outcome_id) + "/content")
+    if event.kind in BULK_KINDS:  # the outcomes it moved, as far as it names them (at most 100)
+        ids = event.data.get("outcome_ids")
+        for outcome_id in ids if isinstance(ids, list) else ():
+            if isinstance(outcome_id, str):
+                uris.add(outcome_uri(outcome_id))
     return uris
 
 

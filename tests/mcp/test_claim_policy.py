@@ -201,3 +201,20 @@ async def test_plan_errors_name_the_culprit(client: Client) -> None:
     )
     assert mode["field"] == "on_dependency_failure"
     assert (await call(client, "list_runs", {}))["runs"] == []  # nothing was written
+
+
+def test_a_cascade_notifies_the_outcomes_it_cancelled() -> None:
+    """Resource subscribers of each outcome a failure cancelled (or a retry re-queued) hear of it: the event
+    names up to 100 of them."""
+    from datetime import UTC, datetime
+
+    from matrix_mcp.mcp.notify import outcome_uri, uris_for
+    from matrix_mcp.models import Event
+
+    def event(kind: str) -> Event:
+        data = {"failed": "p/a", "count": 2, "outcome_ids": ["o2", "o3"]}
+        return Event(seq=1, run="r", outcome_id="o1", kind=kind, data=data, created_at=datetime.now(UTC))
+
+    for kind in ("dependents_cancelled", "requeued"):
+        assert {outcome_uri("o2"), outcome_uri("o3"), "matrix://runs/r"} <= uris_for(event(kind))
+    assert outcome_uri("o2") not in uris_for(event("completed"))
