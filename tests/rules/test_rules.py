@@ -756,3 +756,481 @@ def test_postgres_retry_and_cancel_sql_are_the_python_rules(postgres_database: s
                 conn.rollback()
 
         check()
+
+
+# ---- the claim policy's set-based PostgreSQL statements -------------------------------------------
+# The claim statements (CLAIM_SQL, and CLAIM_GATED_SQL for a run with lock keys or caps) pick items in
+# rules.claim_order among those rules.claim_eligible allows (locks held per rules.lock_held); MOVE_WAITING_SQL
+# readies dependents (rules.readied, rules.ready); CASCADE_SQL and REBLOCK_SQL write rules.cascade and
+# rules.reblock. Each is held to the Python rule over generated rows.
+
+POLICY_ITEMS = 4  # per package, three packages
+
+
+def _policy_run(postgres_database: str) -> tuple[str, list[int], list[list[str]]]:
+    """A run of three packages of POLICY_ITEMS items on a fresh database: its id, package ids, item ids."""
+    from matrix_mcp.store.params import NewItem, NewPackage
+    from matrix_mcp.store.postgres import PostgresStore
+
+    async def populate() -> str:
+        store = await PostgresStore.open(postgres_database)
+        try:
+            packages = [
+                NewPackage(f"p{k}", None, [NewItem(f"i{j}") for j in range(POLICY_ITEMS)]) for k in range(3)
+            ]
+            plan = await store.plan(
+                name="policy", goal=None, policy=RunPolicy(lease_seconds=45), packages=packages, now=1.0
+            )
+            return plan.run.id
+        finally:
+            await store.close()
+
+    run_id = anyio.run(populate)
+    import psycopg
+
+    with psycopg.connect(postgres_database) as conn:
+        pids = [int(r[0]) for r in conn.execute("SELECT id FROM packages ORDER BY position").fetchall()]
+        ids = [
+            [
+                str(r[0])
+                for r in conn.execute("SELECT id FROM outcomes WHERE package_id = %s ORDER BY n", (p,))
+            ]
+            for p in pids
+        ]
+    return run_id, pids, ids
+
+
+POLICY_ITEM = st.fixed_dictionaries(
+    {
+        "ready": st.booleans(),
+        "available_at": st.sampled_from([50.0, 100.0, 150.0]),
+        "priority": st.sampled_from([0, 0, 1, 2]),
+        "locks": st.sampled_from([None, ["a"], ["b"], ["a", "b"]]),
+    }
+)
+POLICY_PACKAGE = st.fixed_dictionaries(
+    {
+        "priority": st.sampled_from([0, 0, 1]),
+        "last": st.sampled_from([0, 1, 2, 3]),
+        "cap": st.sampled_from([None, None, 1, 2]),
+        "leased": st.integers(0, 2),
+    }
+)
+
+
+def _set_policy_rows(
+    conn: Any,
+    pids: list[int],
+    ids: list[list[str]],
+    packages: list[dict[str, Any]],
+    items: list[list[dict[str, Any]]],
+    *,
+    gated: bool,
+    run_cap: int | None,
+    held: dict[str, float],
+) -> None:
+    """Rows as generated: per package its priority, cap, last claim and `leased` items generating (its
+    last items, holding the keys of `held` with those expiries); per item pending (ready) or complete."""
+    conn.execute("UPDATE runs SET gated = %s, max_concurrent = %s", (gated, run_cap))
+    conn.execute("DELETE FROM resource_locks")
+    holders = iter(sorted(held.items()))
+    for pid, oids, p, rows in zip(pids, ids, packages, items, strict=True):
+        prios = [r["priority"] for r in rows]
+        conn.execute(
+            "UPDATE packages SET priority = %s, max_concurrent = %s, prio_lo = %s, prio_hi = %s WHERE id = %s",
+            (p["priority"], p["cap"], min(prios), max(prios), pid),
+        )
+        for k, (oid, r) in enumerate(zip(oids, rows, strict=True)):
+            leased = k >= len(oids) - p["leased"]
+            status = "generating" if leased else "pending" if r["ready"] else "complete"
+            expires = 1000.0
+            holder = next(holders, None) if leased else None
+            if holder is not None:
+                expires = holder[1]
+            conn.execute(
+                "UPDATE outcomes SET status = %s, priority = %s, available_at = %s, lease_token = %s,"
+                " lease_expires_at = %s, locks = %s WHERE id = %s",
+                (
+                    status,
+                    r["priority"],
+                    r["available_at"],
+                    "held-" + oid if leased else None,
+                    expires if leased else None,
+                    R_dumps(r["locks"]) if r["locks"] else None,
+                    oid,
+                ),
+            )
+            conn.execute(
+                "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s, available_at = %s,"
+                " priority = %s, locks = %s, claim_seq = %s WHERE n = (SELECT n FROM outcomes WHERE id = %s)",
+                (
+                    "held-" + oid if leased else None,
+                    expires if leased else None,
+                    rules.final_status(status),
+                    r["available_at"],
+                    r["priority"],
+                    r["locks"],
+                    p["last"] if k == 0 and p["last"] else None,
+                    oid,
+                ),
+            )
+            if holder is not None:
+                conn.execute(
+                    "INSERT INTO resource_locks (key, n, lease_token, run_id, expires_at)"
+                    " SELECT %s, n, lease_token, run_id, lease_expires_at FROM outcomes WHERE id = %s",
+                    (holder[0], oid),
+                )
+
+
+def R_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+class _PolicyModel:
+    """The claim as the rules say it, one item at a time (a claim of N is N claims of one)."""
+
+    def __init__(
+        self,
+        pids: list[int],
+        ids: list[list[str]],
+        packages: list[dict[str, Any]],
+        items: list[list[dict[str, Any]]],
+        run_cap: int | None,
+        held: dict[str, float],
+    ) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.packages = packages
+        self.last = [p["last"] for p in packages]
+        self.generating = [p["leased"] for p in packages]
+        self.run_cap = run_cap
+        self.holders = dict(held)  # key -> lease expiry of its holder (a generating item under its token)
+        for k, (oids, rows) in enumerate(zip(ids, items, strict=True)):
+            for j, (oid, r) in enumerate(zip(oids, rows, strict=True)):
+                leased = j >= len(oids) - packages[k]["leased"]
+                self.items[oid] = {**r, "package": k, "position": j, "pending": r["ready"] and not leased}
+        self.clock = 10**9
+
+    def next(self, now: float) -> str | None:
+        def free(keys: list[str] | None) -> bool:
+            return all(
+                not rules.lock_held(
+                    status="generating",
+                    lease_token="t",
+                    lock_token="t",
+                    lease_expires_at=self.holders[key],
+                    now=now,
+                )
+                for key in keys or []
+                if key in self.holders
+            )
+
+        best: tuple[int, int, int, int, float, int] | None = None
+        found = None
+        for oid, it in self.items.items():
+            k = it["package"]
+            ok = rules.claim_eligible(
+                status="pending" if it["pending"] else "complete",
+                available_at=it["available_at"],
+                now=now,
+                locks_free=free(it["locks"]),
+                package_generating=self.generating[k],
+                package_cap=self.packages[k]["cap"],
+                run_generating=sum(self.generating),
+                run_cap=self.run_cap,
+            )
+            if not ok:
+                continue
+            key = rules.claim_order(
+                package_priority=self.packages[k]["priority"],
+                item_priority=it["priority"],
+                last_claim=self.last[k],
+                available_at=it["available_at"],
+                position=it["position"],
+                package_position=k,
+            )
+            if best is None or key < best:
+                best, found = key, oid
+        if found is not None:
+            it = self.items[found]
+            it["pending"] = False
+            self.clock += 1
+            self.last[it["package"]] = self.clock
+            self.generating[it["package"]] += 1
+            for key in it["locks"] or []:
+                self.holders[key] = rules.lease_expires(now, 45)
+        return found
+
+
+def _claim_rows(
+    conn: Any, run_id: str, now: float, limit: int, gated: bool, tag: str
+) -> list[dict[str, Any]]:
+    from matrix_mcp.store.postgres.batch import claim_params
+    from matrix_mcp.store.postgres.sql import CAP_LOCK_SQL, CLAIM_GATED_SQL, CLAIM_SQL
+    from matrix_mcp.store.postgres.work import dry_levels
+
+    if gated:
+        conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": None})
+    got: list[dict[str, Any]] = []
+    exhausted: list[tuple[int, int]] = []
+    while len(got) < limit:  # the rounds of the store's claim (work.claim_op)
+        slots = [(f"w{k}", now, f"{tag}-{len(exhausted)}-{k}", None) for k in range(limit - len(got))]
+        params = claim_params(run_id, None, exhausted, now, slots)
+        rows = [
+            r for r in conn.execute(CLAIM_GATED_SQL if gated else CLAIM_SQL, params).fetchall() if r["pk_id"]
+        ]
+        got += [r for r in rows if r["id"] is not None]
+        dry, offered = dry_levels(rows)
+        if rows and rows[0].get("lost") and len(exhausted) < 100:
+            exhausted += dry
+            continue
+        if not dry or len(dry) == len(offered):
+            break
+        exhausted += dry
+    return got
+
+
+@pytest.mark.postgres
+def test_postgres_claim_sql_takes_items_in_the_rules_claim_order(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    run_id, pids, ids = _policy_run(postgres_database)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            packages=st.lists(POLICY_PACKAGE, min_size=3, max_size=3),
+            items=st.lists(
+                st.lists(POLICY_ITEM, min_size=POLICY_ITEMS, max_size=POLICY_ITEMS), min_size=3, max_size=3
+            ),
+            gated=st.booleans(),
+            run_cap=st.sampled_from([None, 2, 4]),
+            held=st.dictionaries(st.sampled_from(["a", "b"]), st.sampled_from([90.0, 100.0, 200.0])),
+            limit=st.sampled_from([1, 1, 3, 12]),
+            now=st.sampled_from([100.0, 150.0]),
+        )
+        def check(
+            packages: list[dict[str, Any]],
+            items: list[list[dict[str, Any]]],
+            gated: bool,
+            run_cap: int | None,
+            held: dict[str, float],
+            limit: int,
+            now: float,
+        ) -> None:
+            if not gated:  # an ungated run has no keys and no caps
+                packages = [{**p, "cap": None} for p in packages]
+                items = [[{**r, "locks": None} for r in rows] for rows in items]
+                run_cap, held = None, {}
+            held = dict(list(held.items())[: sum(p["leased"] for p in packages)])  # a holder per leased item
+            try:
+                _set_policy_rows(conn, pids, ids, packages, items, gated=gated, run_cap=run_cap, held=held)
+                model = _PolicyModel(pids, ids, packages, items, run_cap, held)
+                if limit == 1:  # one at a time: exactly the rules' choice
+                    for step in range(3 * POLICY_ITEMS):
+                        got = _claim_rows(conn, run_id, now, 1, gated, f"s{step}")
+                        want = model.next(now)
+                        assert [r["id"] for r in got] == ([want] if want else []), (step, packages, items)
+                        if want is None:
+                            break
+                else:  # many at once: eligible items, and the same priorities the rules would take first
+                    got = _claim_rows(conn, run_id, now, limit, gated, "m")
+                    want = [w for w in (model.next(now) for _ in range(limit)) if w is not None]
+                    assert len(got) <= len(want)
+                    prio = {
+                        oid: (-packages[k]["priority"], -items[k][j]["priority"])
+                        for k, oids in enumerate(ids)
+                        for j, oid in enumerate(oids)
+                    }
+                    assert sorted(prio[r["id"]] for r in got) == sorted(prio[w] for w in want)[: len(got)], (
+                        packages,
+                        items,
+                        gated,
+                        run_cap,
+                        held,
+                        limit,
+                    )
+                    # (fewer than the rules would take is a short round: the store's claim asks again)
+                    keys = [k for r in got for k in (model.items[r["id"]]["locks"] or [])]
+                    assert len(keys) == len(set(keys))  # no two leases of one claim share a key
+                    for k, oids in enumerate(ids):  # and no cap is passed
+                        mine = sum(1 for r in got if r["id"] in oids)
+                        cap = packages[k]["cap"]
+                        assert cap is None or mine + packages[k]["leased"] <= max(cap, packages[k]["leased"])
+                    if run_cap is not None:
+                        leased = sum(p["leased"] for p in packages)
+                        assert len(got) + leased <= max(run_cap, leased)
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_move_waiting_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import MOVE_WAITING_SQL
+
+    _, pids, ids = _policy_run(postgres_database)
+    flat = [oid for oids in ids for oid in oids]
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+        ns = {r["id"]: int(r["n"]) for r in conn.execute("SELECT id, n FROM outcomes").fetchall()}
+
+        @PROPERTY
+        @given(
+            rows=st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "status": st.sampled_from(["blocked", "blocked", "pending", "cancelled", "complete"]),
+                        "waiting": st.integers(0, 3),
+                        "item_edge": st.booleans(),
+                        "package_edge": st.booleans(),
+                    }
+                ),
+                min_size=len(flat) - 1,
+                max_size=len(flat) - 1,
+            ),
+            package_done=st.booleans(),
+            delta=st.sampled_from([-1, 1]),
+            now=st.sampled_from([100.0, 150.0]),
+        )
+        def check(rows: list[dict[str, Any]], package_done: bool, delta: int, now: float) -> None:
+            source, dependents = flat[0], flat[1:]
+            try:
+                conn.execute("DELETE FROM outcome_deps")
+                conn.execute("DELETE FROM package_deps")
+                for oid, r in zip(dependents, rows, strict=True):
+                    conn.execute(
+                        "UPDATE outcomes SET status = %s, waiting = %s, available_at = 1.0, updated_at = 1.0"
+                        " WHERE id = %s",
+                        (r["status"], r["waiting"], oid),
+                    )
+                    conn.execute(
+                        "UPDATE outcome_queue SET final = %s, available_at = 1.0, lease_token = NULL WHERE n = %s",
+                        (rules.final_status(r["status"]), ns[oid]),
+                    )
+                    if r["item_edge"]:
+                        conn.execute("INSERT INTO outcome_deps VALUES (%s, %s)", (ns[source], ns[oid]))
+                    if r["package_edge"]:
+                        conn.execute("INSERT INTO package_deps VALUES (%s, %s)", (pids[0], ns[oid]))
+                got = conn.execute(
+                    MOVE_WAITING_SQL,
+                    {
+                        "items": [ns[source]],
+                        "packages": [pids[0]] if package_done else [],
+                        "delta": delta,
+                        "now": now,
+                    },
+                ).fetchall()
+                after = _outcomes(conn, dependents)
+                waiting = {
+                    r["id"]: int(r["waiting"])
+                    for r in conn.execute(
+                        "SELECT id, waiting FROM outcomes WHERE id = ANY(%s)", (dependents,)
+                    )
+                }
+                ready = rules.ready(now)
+                expected_ready = set()
+                for oid, r in zip(dependents, rows, strict=True):
+                    moves = int(r["item_edge"]) + int(r["package_edge"] and package_done)
+                    new_waiting = r["waiting"] + delta * moves
+                    assert waiting[oid] == (new_waiting if moves else r["waiting"]), (r, delta)
+                    _queue_agrees(after[oid])
+                    if moves and rules.readied(r["status"], new_waiting):
+                        expected_ready.add(oid)
+                        assert {c: after[oid][c] for c in ready.values} == dict(ready.values)
+                    else:
+                        assert after[oid]["status"] == r["status"]
+                assert {r["id"] for r in got} == expected_ready
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_cascade_and_reblock_sql_are_the_python_rules(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import CASCADE_SQL, REBLOCK_SQL
+
+    _, _, ids = _policy_run(postgres_database)
+    flat = [oid for oids in ids for oid in oids]
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+        ns = {r["id"]: int(r["n"]) for r in conn.execute("SELECT id, n FROM outcomes").fetchall()}
+
+        @PROPERTY
+        @given(
+            rows=st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "status": st.sampled_from(["blocked", "pending", "cancelled", "complete"]),
+                        "edge": st.booleans(),
+                        "cancelled_by_source": st.booleans(),
+                    }
+                ),
+                min_size=len(flat) - 1,
+                max_size=len(flat) - 1,
+            ),
+            which=st.sampled_from(["cascade", "reblock"]),
+            now=st.sampled_from([100.0, 150.0]),
+        )
+        def check(rows: list[dict[str, Any]], which: str, now: float) -> None:
+            source, dependents = flat[0], flat[1:]
+            try:
+                conn.execute("DELETE FROM outcome_deps")
+                for oid, r in zip(dependents, rows, strict=True):
+                    by = ns[source] if r["cancelled_by_source"] else None
+                    conn.execute(
+                        "UPDATE outcomes SET status = %s, cancelled_by = %s, error_message = 'x', completed_at = 2.0,"
+                        " updated_at = 1.0, waiting = 1 WHERE id = %s",
+                        (r["status"], by, oid),
+                    )
+                    conn.execute(
+                        "UPDATE outcome_queue SET final = %s, lease_token = NULL WHERE n = %s",
+                        (rules.final_status(r["status"]), ns[oid]),
+                    )
+                    if r["edge"]:
+                        conn.execute("INSERT INTO outcome_deps VALUES (%s, %s)", (ns[source], ns[oid]))
+                before = _outcomes(conn, dependents)
+                if which == "cascade":
+                    move = rules.cascade(failed=("p0", "i0"), failed_n=ns[source], now=now)
+                    got = conn.execute(CASCADE_SQL, {"items": [ns[source]], "packages": [], **move.values})
+                    want = {
+                        o
+                        for o, r in zip(dependents, rows, strict=True)
+                        if r["edge"] and r["status"] == move.old
+                    }
+                else:
+                    move = rules.reblock(now)
+                    got = conn.execute(REBLOCK_SQL, {"ns": [ns[source]], **move.values})
+                    want = {
+                        o
+                        for o, r in zip(dependents, rows, strict=True)
+                        if r["cancelled_by_source"] and r["status"] == move.old
+                    }
+                assert {r["id"] for r in got.fetchall()} == want
+                after = _outcomes(conn, dependents)
+                extra = {
+                    r["id"]: r
+                    for r in conn.execute(
+                        "SELECT id, error_message, cancelled_by FROM outcomes WHERE id = ANY(%s)",
+                        (dependents,),
+                    ).fetchall()
+                }
+                for oid in dependents:
+                    _queue_agrees(after[oid])
+                    if oid in want:
+                        row = {**after[oid], **extra[oid]}
+                        assert {c: row[c] for c in move.values} == dict(move.values)
+                    else:
+                        assert after[oid] == before[oid]
+            finally:
+                conn.rollback()
+
+        check()

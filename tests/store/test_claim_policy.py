@@ -17,7 +17,7 @@ from tests.store.test_contract import Clock, _sql
 pytestmark = pytest.mark.anyio
 
 # PostgreSQL runs these once its dialect of the claim policy has landed (the policy-pg branch sets this).
-POLICY_ON_POSTGRES = False
+POLICY_ON_POSTGRES = True
 
 
 @pytest.fixture(

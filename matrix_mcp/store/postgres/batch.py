@@ -120,12 +120,13 @@ class NeedSafe(Exception):
 class Batch:
     """What a group-commit batch has accumulated from the requests that succeeded so far."""
 
-    __slots__ = ("deltas", "events", "swept")
+    __slots__ = ("capped", "deltas", "events", "swept")
 
     def __init__(self) -> None:
         self.deltas: dict[DeltaKey, list[float]] = {}
         self.events: list[tuple[str | None, str | None, str, str, float]] = []
         self.swept: dict[str, float] = {}
+        self.capped: set[tuple[str, str | None]] = set()  # (run, package) whose capped rows this batch locked
 
 
 def _merge(into: dict[DeltaKey, list[float]], other: dict[DeltaKey, list[float]]) -> None:
@@ -181,15 +182,16 @@ class Tx:
         if duration is not None:
             self.add((run_id, package_id, R.duration_bucket(duration), None), bucket_n=sign)
 
-    async def apply(self, row: Row, t: rules.Transition, now: float) -> None:
+    async def apply(self, row: Row, t: rules.Transition, now: float) -> Row | None:
         """Write what a rules.Transition decided for the item `row` (locked in this transaction): its
-        attempt's end, its row and queue record, its metric rows, then the counter moves and the event."""
+        attempt's end, its row and queue record, its metric rows, then the counter moves and the event.
+        Returns the queue row's claim-policy flags (q_locks, q_dependents, q_gate: policy.after)."""
         if t.attempt is not None:
             end = t.attempt
             await self.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
         await self.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
         queue = (t.queue_token, t.values.get("lease_expires_at"), rules.final_status(t.new), t.claimable_from)
-        await self.execute(sql.REQUEUE, (*queue, row["n"]))
+        flags = await self.one(sql.REQUEUE, (*queue, row["n"]))
         if t.clear_metric_rows:
             await self.execute(sql.CLEAR_METRICS, (t.outcome_id,))
         if t.metric_rows is not None:
@@ -199,6 +201,7 @@ class Tx:
                     sql.INSERT_METRICS, (t.outcome_id, [k for k, _ in values], [v for _, v in values])
                 )
         self.effects(t, now)
+        return flags
 
     def effects(self, t: rules.Transition, now: float) -> None:
         """A transition's counter moves, minute and event (kept until the batch commits); on their own where
@@ -365,18 +368,18 @@ async def journal_answers(conn: Conn, batch: list[BatchRequest]) -> None:
         )
 
 
+Slot = tuple[str, float, str, str | None]  # worker, now, lease token, principal
+
+
 def claim_params(
-    run_id: str,
-    package: str | None,
-    exhausted: list[int],
-    cutoff: float,
-    slots: list[tuple[str, float, str, str | None]],
+    run_id: str, package: str | None, exhausted: list[tuple[int, int]], cutoff: float, slots: list[Slot]
 ) -> dict[str, Any]:
     """Parameters of CLAIM_SQL: one (worker, now, token, principal) slot per item wanted, handed out by rank."""
     return {
         "run": run_id,
         "package": package,
-        "exhausted": exhausted,
+        "exhausted": [p for p, _ in exhausted],  # (package, priority level) dry for this call
+        "levels": [level for _, level in exhausted],
         "now": cutoff,
         "limit": len(slots),
         "workers": [w for w, _, _, _ in slots],

@@ -29,6 +29,9 @@ _SUMMARY_FIELDS = (
     "total",
     *COUNTED_STATUSES,
     *COUNTER_COLUMNS,
+    "priority",
+    "max_concurrent",
+    "after",
 )
 
 
@@ -111,6 +114,10 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
             for s in COUNTED_STATUSES
             if int(t[s]) != int(t["p_" + s])
         ]
+    if run_id:
+        mismatches += R.waiting_mismatches(await fetch_all(c, sql.WAITING_TRUTH_OF_RUN, (run_id,)))
+    else:
+        mismatches += R.waiting_mismatches(await fetch_all(c, sql.WAITING_TRUTH))
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 

@@ -467,4 +467,99 @@ INSERT INTO run_counters (run_id, pending, generating, complete, failed, cancell
 CREATE INDEX packages_name ON packages (name)
 """,
     ),
+    (
+        13,
+        # issue 22, the claim policy: dependencies (a `blocked` status, counted like the others), priorities,
+        # store-wide lock keys and max_concurrent caps. The claim reads what it needs from the narrow queue:
+        # the item's priority (the claimable index now orders a package's items by it) and lock keys, and two
+        # flags a report reads back from the row it updates (so a plan that adds a dependent while the report
+        # waits on that row is seen): `dependents` (items wait for this one) and `gate` (items wait for its
+        # whole package). A blocked item is out of the claimable index (final 'blocked'). `runs.gated`: its
+        # claims pass through lock keys or caps (set by a plan, never cleared); `packages.prio_lo/prio_hi`:
+        # the range of its items' priorities (the claim shares a round among packages whose items are all of
+        # one priority, and looks further where they differ). `resource_locks`: the holder of each key,
+        # store-wide; `expires_at` is its lease's expiry (kept by heartbeats), so a claim decides on the key's
+        # row alone whether its holder is dead. Dependency rows carry no foreign keys: outcomes are never
+        # deleted, and a plan of 20,000 edges would pay 40,000 key checks. The roller's lock keeps a roll
+        # from landing between the new counter columns and the views that read them.
+        """
+SELECT pg_advisory_xact_lock(120265332883458);
+ALTER TABLE runs ADD COLUMN max_concurrent integer CHECK (max_concurrent >= 1),
+    ADD COLUMN on_dependency_failure text NOT NULL DEFAULT 'cancel'
+        CHECK (on_dependency_failure IN ('cancel', 'block')),
+    ADD COLUMN gated boolean NOT NULL DEFAULT false;
+ALTER TABLE packages ADD COLUMN blocked bigint NOT NULL DEFAULT 0,
+    ADD COLUMN priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN max_concurrent integer CHECK (max_concurrent >= 1),
+    ADD COLUMN after text,
+    ADD COLUMN has_dependents boolean NOT NULL DEFAULT false,
+    ADD COLUMN prio_lo integer,
+    ADD COLUMN prio_hi integer;
+UPDATE packages p SET prio_lo = 0, prio_hi = 0 WHERE EXISTS (SELECT 1 FROM outcomes o WHERE o.package_id = p.id);
+CREATE INDEX packages_capped ON packages (run_id) WHERE max_concurrent IS NOT NULL;
+ALTER TABLE package_deltas ADD COLUMN blocked bigint NOT NULL DEFAULT 0;
+ALTER TABLE run_counters ADD COLUMN blocked bigint NOT NULL DEFAULT 0;
+ALTER TABLE outcomes DROP CONSTRAINT outcomes_status_check,
+    ADD CONSTRAINT outcomes_status_check
+        CHECK (status IN ('pending', 'generating', 'complete', 'failed', 'cancelled', 'blocked')),
+    ADD COLUMN priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN waiting integer NOT NULL DEFAULT 0,
+    ADD COLUMN locks text,
+    ADD COLUMN cancelled_by bigint;
+CREATE INDEX outcomes_cancelled_by ON outcomes (cancelled_by) WHERE cancelled_by IS NOT NULL;
+ALTER TABLE outcome_queue DROP CONSTRAINT outcome_queue_final_check,
+    ADD CONSTRAINT outcome_queue_final_check CHECK (final IN ('complete', 'failed', 'cancelled', 'blocked')),
+    ADD COLUMN priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN locks text[],
+    ADD COLUMN dependents boolean NOT NULL DEFAULT false,
+    ADD COLUMN gate boolean NOT NULL DEFAULT false;
+DROP INDEX outcome_queue_claimable;
+CREATE INDEX outcome_queue_claimable ON outcome_queue (package_id, priority DESC, available_at, position)
+    WHERE lease_token IS NULL AND final IS NULL;
+CREATE TABLE outcome_deps (
+    before_n bigint NOT NULL,
+    after_n bigint NOT NULL,
+    PRIMARY KEY (before_n, after_n)
+);
+CREATE INDEX outcome_deps_after ON outcome_deps (after_n);
+CREATE TABLE package_deps (
+    package_id bigint NOT NULL,
+    after_n bigint NOT NULL,
+    PRIMARY KEY (package_id, after_n)
+);
+CREATE INDEX package_deps_after ON package_deps (after_n);
+CREATE TABLE resource_locks (
+    key text PRIMARY KEY,
+    n bigint NOT NULL,
+    lease_token text NOT NULL,
+    run_id text NOT NULL,
+    expires_at double precision NOT NULL
+) WITH (fillfactor = 70);
+CREATE OR REPLACE VIEW package_counters AS
+SELECT p.id, p.run_id, p.name, p.description, p.position,
+       p.total + COALESCE(d.total, 0) AS total,
+       p.pending + COALESCE(d.pending, 0) AS pending,
+       p.generating + COALESCE(d.generating, 0) AS generating,
+       p.complete + COALESCE(d.complete, 0) AS complete,
+       p.failed + COALESCE(d.failed, 0) AS failed,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       p.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
+       p.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
+       p.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
+       p.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
+       p.quality_n + COALESCE(d.quality_n, 0) AS quality_n,
+       p.blocked + COALESCE(d.blocked, 0) AS blocked,
+       p.priority, p.max_concurrent, p.after, p.has_dependents
+FROM packages p
+LEFT JOIN LATERAL (
+    SELECT SUM(x.total) AS total, SUM(x.pending) AS pending, SUM(x.generating) AS generating,
+           SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled,
+           SUM(x.duration_sum) AS duration_sum, SUM(x.duration_n) AS duration_n,
+           SUM(x.lines_sum) AS lines_sum, SUM(x.quality_sum) AS quality_sum, SUM(x.quality_n) AS quality_n,
+           SUM(x.blocked) AS blocked
+    FROM package_deltas x
+    WHERE x.package_id = p.id AND x.bucket IS NULL
+) d ON true
+""",
+    ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.postgres import counters, sql, work
+from matrix_mcp.store.postgres import policy as claim_policy
 from matrix_mcp.store.postgres.batch import (
     IN_TRANSACTION,
     PLAN_ANSWER,
@@ -50,6 +52,13 @@ async def plan(
     packages: Sequence[NewPackage],
     now: float,
 ) -> PlanResult:
+    gated = (
+        policy.max_concurrent is not None
+        or any(p.max_concurrent is not None for p in packages)
+        or any(item.locks for p in packages for item in p.items)
+    )
+    has_edges = any(p.after or any(item.after for item in p.items) for p in packages)
+
     async def op(tx: Tx) -> PlanResult:
         row = await tx.one(sql.PLAN_SELECT_RUNS, (name,))
         created = row is None
@@ -62,6 +71,8 @@ async def plan(
                     name,
                     goal,
                     *R.policy_values(policy),
+                    *R.claim_policy_values(policy),
+                    gated,
                     now,
                     now,
                 ),
@@ -74,23 +85,38 @@ async def plan(
             run_id = row["id"]
             outcome_type = row["outcome_type"]
             rules.check_plan(row["state"], any(p.items for p in packages), name)
+            if gated:
+                await tx.execute(sql.GATE_RUN, (run_id,))
         names = [p.name for p in packages]
-        existing = {
-            r["name"]: int(r["id"])
-            for r in await tx.all(
-                sql.PLAN_SELECT_PACKAGES,
-                (run_id, names),
-            )
+        prereq_packages = {
+            c[0]
+            for p in packages
+            for x in [*p.after, *(y for i in p.items for y in i.after)]
+            for c in x.candidates
         }
+        known = {
+            r["name"]: r
+            for r in await tx.all(sql.PLAN_SELECT_PACKAGES, (run_id, sorted({*names, *prereq_packages})))
+        }
+        existing = {n: int(known[n]["id"]) for n in names if n in known}
         added_packages = [p.name for p in packages if p.name not in existing]
-        ids = dict(existing)
+        ids = {n: int(r["id"]) for n, r in known.items()}
         if added_packages:
             top = await tx.one(sql.PLAN_SELECT_PACKAGES_2, (run_id,))
             first = int(top["pos"]) if top else 0
-            descriptions = {p.name: p.description for p in packages}
+            specs = {p.name: p for p in packages}
+            new = [specs[n] for n in added_packages]
             for r in await tx.all(
                 sql.PLAN_INSERT_PACKAGES,
-                (run_id, first, added_packages, [descriptions[n] for n in added_packages]),
+                (
+                    run_id,
+                    first,
+                    added_packages,
+                    [p.description for p in new],
+                    [p.priority for p in new],
+                    [p.max_concurrent for p in new],
+                    [R.dumps([a.candidates[0][0] for a in p.after]) if p.after else None for p in new],
+                ),
             ):
                 ids[r["name"]] = int(r["id"])
         starts: dict[int, int] = {}
@@ -100,10 +126,24 @@ async def plan(
                 (list(existing.values()),),
             ):
                 starts[int(r["package_id"])] = int(r["pos"])
+        # packages others wait for: their items carry the flag; those the plan extends were done or not
+        gating = {n for n in existing if known[n]["has_dependents"]}
+        edges: claim_policy.Planned | None = None
+        repeated: dict[tuple[str, str], int] = {}
+        if has_edges or any(p.name in gating and p.items for p in packages):
+            edges, repeated = await claim_policy.plan_prerequisites(
+                tx, run_id, packages, ids, existing, gating
+            )
+        gated_packages = gating | (edges.gated if edges is not None else set())
         pids: list[int] = []
         items: list[str] = []
         positions: list[int] = []
-        specs: list[str | None] = []
+        specs_: list[str | None] = []
+        prios: list[int] = []
+        locks: list[str | None] = []
+        waiting: list[int] = []
+        deps: list[bool] = []
+        gates: list[bool] = []
         for pkg in packages:
             pid = ids[pkg.name]
             base = starts.get(pid, 0)
@@ -111,10 +151,15 @@ async def plan(
                 pids.append(pid)
                 items.append(item.name)
                 positions.append(base + i)
-                specs.append(R.spec_dumps(item.specifications))
+                specs_.append(R.spec_dumps(item.specifications))
+                prios.append(item.priority)
+                locks.append(R.locks_text(item.locks))
+                waiting.append(edges.waiting.get((pkg.name, item.name), 0) if edges is not None else 0)
+                deps.append(edges is not None and (pkg.name, item.name) in edges.wanted)
+                gates.append(pkg.name in gated_packages)
         added_items = 0
         if items:
-            for r in await tx.all(
+            inserted_rows = await tx.all(
                 sql.PLAN_INSERT_OUTCOMES,
                 {
                     "run": run_id,
@@ -123,12 +168,46 @@ async def plan(
                     "pids": pids,
                     "items": items,
                     "pos": positions,
-                    "specs": specs,
+                    "specs": specs_,
+                    "prios": prios,
+                    "locks": locks,
+                    "waiting": waiting,
+                    "deps": deps,
+                    "gates": gates,
                 },
-            ):
-                n = int(r["n"])
-                tx.add((run_id, int(r["package_id"]), None, None), total=n, pending=n)
+            )
+            counts: dict[tuple[int, str], int] = defaultdict(int)
+            ranges: dict[int, tuple[int, int]] = {}
+            new_n: dict[tuple[int, str], int] = {}
+            for r in inserted_rows:
+                pid, prio = int(r["package_id"]), int(r["priority"])
+                counts[(pid, r["status"])] += 1
+                lo, hi = ranges.get(pid, (prio, prio))
+                ranges[pid] = (min(lo, prio), max(hi, prio))
+                new_n[(pid, r["item"])] = int(r["n"])
+            for (pid, status), n in counts.items():
+                tx.add((run_id, pid, None, None), total=n, **{status: n})
                 added_items += n
+            if ranges:
+                rp = sorted(ranges)
+                await tx.execute(
+                    sql.WIDEN_PRIORITIES, (rp, [ranges[p][0] for p in rp], [ranges[p][1] for p in rp])
+                )
+            if edges is not None:
+                await edges.write(tx, ids, repeated, new_n)
+                got = {pid for pid, _ in counts}
+                was_done = [ids[p] for p in gating if ids[p] in got and edges.done.get(ids[p], False)]
+                await claim_policy.grew(tx, was_done, now)
+                with_edges = {after for _, after in [*edges.item_edges, *edges.package_edges]}
+                grown = [
+                    (
+                        ids[p],
+                        p,
+                        [n for (pid, name), n in new_n.items() if pid == ids[p] and (p, name) in with_edges],
+                    )
+                    for p in sorted(gating)
+                ]
+                await claim_policy.check_acyclic(tx, [g for g in grown if g[2]])
         if created or added_items or added_packages:
             await tx.execute(sql.PLAN_UPDATE_RUNS, (now, run_id))
             tx.event(

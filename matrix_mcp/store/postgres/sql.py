@@ -8,7 +8,7 @@ from functools import cache
 from psycopg import sql as pgsql
 
 from matrix_mcp import rules
-from matrix_mcp.models import Status
+from matrix_mcp.models import STATUSES, Status
 from matrix_mcp.store.postgres.migrations import NOTIFY_CHANNEL
 
 DELTA_COLUMNS = (
@@ -18,6 +18,7 @@ DELTA_COLUMNS = (
     "complete",
     "failed",
     "cancelled",
+    "blocked",
     "duration_sum",
     "duration_n",
     "lines_sum",
@@ -41,7 +42,7 @@ COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "qu
 
 
 # the statuses the counter tables keep a column for (in their column order)
-COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled")
+COUNTED_STATUSES = STATUSES
 
 
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
@@ -83,7 +84,7 @@ RUN_SELECT = """
 SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
        COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
-       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled,
+       COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled, COALESCE(SUM(p.blocked), 0)::bigint AS blocked,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 """
@@ -95,18 +96,19 @@ ONE_RUN_SQL = """
 SELECT r.*, p.packages,
        p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
        p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
-       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled, p.blocked + COALESCE(d.blocked, 0) AS blocked,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r
 CROSS JOIN LATERAL (
     SELECT COUNT(*)::int8 AS packages, COALESCE(SUM(pending), 0)::int8 AS pending,
            COALESCE(SUM(generating), 0)::int8 AS generating, COALESCE(SUM(complete), 0)::int8 AS complete,
-           COALESCE(SUM(failed), 0)::int8 AS failed, COALESCE(SUM(cancelled), 0)::int8 AS cancelled
+           COALESCE(SUM(failed), 0)::int8 AS failed, COALESCE(SUM(cancelled), 0)::int8 AS cancelled,
+           COALESCE(SUM(blocked), 0)::int8 AS blocked
     FROM packages WHERE run_id = r.id
 ) p
 CROSS JOIN LATERAL (
     SELECT SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating, SUM(complete)::int8 AS complete,
-           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled
+           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled, SUM(blocked)::int8 AS blocked
     FROM package_deltas WHERE run_id = r.id AND package_id IS NOT NULL AND bucket IS NULL
 ) d
 """
@@ -148,7 +150,7 @@ def queue_status_filter(status: Status, *, one_run: bool) -> tuple[str, str]:
 
 _FINAL_CONDITION: dict[Status, str] = {
     status: f"q.lease_token IS NULL AND q.final >= '{status}' AND q.final <= '{status}'"
-    for status in ("complete", "failed", "cancelled")
+    for status in ("complete", "failed", "cancelled", "blocked")
 }
 
 
@@ -168,7 +170,7 @@ WITH pk AS MATERIALIZED (SELECT * FROM packages WHERE run_id = %(run)s),
 d AS (
     SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
            SUM(complete)::int8 AS complete, SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled,
-           SUM(duration_sum) AS duration_sum, SUM(duration_n)::int8 AS duration_n, SUM(lines_sum) AS lines_sum,
+           SUM(blocked)::int8 AS blocked, SUM(duration_sum) AS duration_sum, SUM(duration_n)::int8 AS duration_n, SUM(lines_sum) AS lines_sum,
            SUM(quality_sum) AS quality_sum, SUM(quality_n)::int8 AS quality_n
     FROM package_deltas WHERE run_id = %(run)s AND package_id IS NOT NULL AND bucket IS NULL
     GROUP BY package_id
@@ -184,6 +186,8 @@ SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
        pk.complete + COALESCE(d.complete, 0) AS complete,
        pk.failed + COALESCE(d.failed, 0) AS failed,
        pk.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       pk.blocked + COALESCE(d.blocked, 0) AS blocked,
+       pk.priority, pk.max_concurrent, pk.after,
        pk.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
        pk.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
        pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
@@ -202,59 +206,142 @@ THROUGHPUT_SQL = "SELECT COALESCE(SUM(completed + failed), 0)::bigint AS n FROM 
 LATEST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) AS s FROM events"
 
 
-CLAIM_SQL = """
-WITH r AS MATERIALIZED (
-    SELECT name, lease_seconds FROM runs WHERE id = %(run)s AND state = 'active'
+def _claim_sql(gated: bool) -> str:
+    """The claim statement: up to %(limit)s ready items of the run in rules.claim_order (package priority, item
+    priority, then the packages in turn by their last claim, then available_at and plan order), each leased
+    under the token of its slot (rank).
+
+    The unit of the round robin is a package's priority level: each level of each package with a ready item
+    (one probe of the claimable index per level; a package whose items share one priority, `prio_lo =
+    prio_hi`, has one). Levels are ranked by package priority, item priority and their package's last claim;
+    each locks at most its share of the slots (FOR UPDATE SKIP LOCKED on the narrow queue): the round-robin
+    share among the levels of its tier. A level that offers fewer items than its share (`fetched` <
+    `quota`: it has no more for this call) leaves its tier's others more than theirs, so nothing ranked
+    below that tier is taken in this statement; the caller asks again without the dry levels (`exhausted`,
+    `levels`). One row per level (pk_id, ip, quota, fetched) with its claimed items.
+
+    gated=False (CLAIM_SQL): the run must have no lock keys and no caps (`runs.gated` false); a gated run
+    gets one row with `gated` true and nothing claimed, and the claim asks CLAIM_GATED_SQL instead.
+    gated=True (CLAIM_GATED_SQL), after the capped package and run rows were locked (CAP_LOCK_SQL): a
+    package takes no more than its cap leaves room for (its leased items counted in the queue), the run no
+    more than its own; an item whose keys a live lease holds is passed over; of two items wanting one key
+    only the better ranked goes on, and the keys are taken by INSERT .. ON CONFLICT, replacing a holder
+    only when its lease has run out (the key's row decides, not this statement's snapshot). An item that
+    lost a key to a concurrent claim is not claimed; the keys it did take come back in `orphans`, for the
+    caller to drop in the same transaction."""
+    g = gated
+    leased = _CLAIM_LEASED if g else ""
+    lim = _CLAIM_RUN_ROOM if g else "%(limit)s::int"
+    room = ", p.max_concurrent - COALESCE(rl.n, 0) AS room" if g else ""
+    join_r = "r.lim > 0" if g else "NOT r.gated"
+    join_rl = "\n    LEFT JOIN rl ON rl.package_id = p.id" if g else ""
+    under_cap = "\n      AND (p.max_concurrent IS NULL OR p.max_concurrent > COALESCE(rl.n, 0))" if g else ""
+    cap_quota = "LEAST(pk.room, " if g else "("
+    lock_col = ", c.locks, pq.room" if g else ""
+    q_lock_col = ", q.locks" if g else ""
+    free = _CLAIM_KEYS_FREE if g else ""
+    x_locks = " x.locks, x.room, x.pp," if g else ""
+    gate = _CLAIM_GATE if g else _CLAIM_UNGATED
+    orphans = _CLAIM_ORPHANS if g else ""
+    return f"""
+WITH RECURSIVE {leased}r AS MATERIALIZED (
+    SELECT name, lease_seconds, gated, COALESCE({lim}, %(limit)s::int) AS lim
+    FROM runs WHERE id = %(run)s AND state = 'active'
 ),
-pk AS MATERIALIZED (
-    SELECT p.id, p.name, p.description, p.position,
-           (row_number() OVER (ORDER BY COALESCE(lc.last, 0), p.position) - 1)::int AS ord,
-           (count(*) OVER ())::int AS np
+pk0 AS MATERIALIZED (
+    SELECT p.id, p.name, p.description, p.position, p.priority AS pp, has.priority AS top,
+           COALESCE(lc.last, 0) AS last, p.prio_lo IS DISTINCT FROM p.prio_hi AS mixed{room}
     FROM packages p
-    JOIN r ON true
+    JOIN r ON {join_r}
     -- one index probe per package (a LATERAL ... LIMIT 1 is never flattened into a semi-join, which
-    -- with a fresh run's stale statistics scanned every pending row of the run for every package)
+    -- with a fresh run's stale statistics scanned every pending row of the run for every package);
+    -- the first ready item in the claimable index's order has the package's top ready priority
     CROSS JOIN LATERAL (
-        SELECT 1 FROM outcome_queue q
+        SELECT q.priority FROM outcome_queue q
         WHERE q.package_id = p.id AND q.lease_token IS NULL AND q.final IS NULL AND q.available_at <= %(now)s
+        ORDER BY q.priority DESC, q.available_at, q.position
         LIMIT 1
     ) has
     LEFT JOIN LATERAL (
         SELECT max(q.claim_seq) AS last FROM outcome_queue q
         WHERE q.package_id = p.id AND q.claim_seq IS NOT NULL
-    ) lc ON true
+    ) lc ON true{join_rl}
     WHERE p.run_id = %(run)s
-      AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
-      AND NOT (p.id = ANY(%(exhausted)b::bigint[]))
+      AND (%(package)s::text IS NULL OR p.name = %(package)s::text){under_cap}
+),
+-- the lower priority levels with a ready item of the packages whose items differ in priority, one probe each
+lv AS (
+    SELECT pk0.id, pk0.top AS ip, pk0.mixed FROM pk0
+    UNION ALL
+    SELECT lv.id, nx.priority, lv.mixed FROM lv CROSS JOIN LATERAL (
+        SELECT q.priority FROM outcome_queue q
+        WHERE q.package_id = lv.id AND q.lease_token IS NULL AND q.final IS NULL AND q.available_at <= %(now)s
+          AND q.priority < lv.ip
+        ORDER BY q.priority DESC, q.available_at, q.position
+        LIMIT 1
+    ) nx
+    WHERE lv.mixed
+),
+pk AS MATERIALIZED (
+    SELECT pk0.*, lv.ip,
+           (row_number() OVER (ORDER BY pk0.pp DESC, lv.ip DESC, pk0.last, pk0.position) - 1)::int AS rr,
+           (row_number() OVER (PARTITION BY pk0.pp, lv.ip ORDER BY pk0.last, pk0.position) - 1)::int AS ord,
+           (count(*) OVER (PARTITION BY pk0.pp, lv.ip))::int AS np
+    FROM lv JOIN pk0 ON pk0.id = lv.id
+    WHERE NOT EXISTS (
+        SELECT 1 FROM unnest(%(exhausted)b::bigint[], %(levels)b::int4[]) AS e(p, i) WHERE e.p = lv.id AND e.i = lv.ip
+    )
+),
+pq AS MATERIALIZED (
+    SELECT pk.*, {cap_quota}LEAST(GREATEST(0, r.lim - pk.rr), GREATEST(0, (r.lim - pk.ord + pk.np - 1) / pk.np))) AS quota
+    FROM pk CROSS JOIN r
 ),
 cand AS MATERIALIZED (
-    SELECT c.n, c.available_at, c.position AS ipos, pk.id AS package_id, pk.ord
-    FROM pk CROSS JOIN LATERAL (
-        SELECT q.n, q.available_at, q.position FROM outcome_queue q
-        WHERE q.package_id = pk.id AND q.lease_token IS NULL AND q.final IS NULL AND q.available_at <= %(now)s
+    SELECT c.n, pq.ip, c.available_at, c.position AS ipos, pq.id AS package_id, pq.pp, pq.last,
+           pq.position AS ppos{lock_col}
+    FROM pq CROSS JOIN LATERAL (
+        SELECT q.n, q.available_at, q.position{q_lock_col} FROM outcome_queue q
+        WHERE q.package_id = pq.id AND q.priority = pq.ip AND q.lease_token IS NULL AND q.final IS NULL
+          AND q.available_at <= %(now)s{free}
         ORDER BY q.available_at, q.position
-        LIMIT GREATEST(0, (%(limit)s - pk.ord + pk.np - 1) / pk.np)
+        LIMIT pq.quota
         FOR UPDATE SKIP LOCKED
     ) c
 ),
-picked AS (
-    SELECT x.n, x.package_id, row_number() OVER (ORDER BY x.k, x.ord) AS rank
+pf AS MATERIALIZED (
+    SELECT pq.*, (SELECT count(*) FROM cand WHERE cand.package_id = pq.id AND cand.ip = pq.ip)::int AS fetched
+    FROM pq
+),
+-- a level that offered less than its share leaves the others of its tier (those that offered theirs) more:
+-- nothing ranked below that tier is taken in this statement (the next round shares again)
+uneven AS MATERIALIZED (
+    SELECT f.pp, f.ip FROM pf f GROUP BY f.pp, f.ip
+    HAVING bool_or(f.fetched < f.quota) AND bool_or(f.quota > 0 AND f.fetched >= f.quota)
+),
+cut AS MATERIALIZED (
+    SELECT u.pp, max(u.ip) AS ip FROM uneven u WHERE u.pp = (SELECT max(v.pp) FROM uneven v) GROUP BY u.pp
+),
+picked AS MATERIALIZED (
+    SELECT x.n, x.package_id, x.ip,{x_locks}
+           row_number() OVER (ORDER BY x.pp DESC, x.ip DESC, x.k, x.last, x.ppos) AS rank
     FROM (
-        SELECT cand.*, row_number() OVER (PARTITION BY cand.package_id ORDER BY cand.available_at, cand.ipos) AS k
+        SELECT cand.*,
+               row_number() OVER (PARTITION BY cand.package_id, cand.ip ORDER BY cand.available_at, cand.ipos) AS k
         FROM cand
     ) x
+    WHERE NOT EXISTS (SELECT 1 FROM cut WHERE (x.pp, x.ip) < (cut.pp, cut.ip))
 ),
-clk AS (SELECT nextval('claim_clock') AS v),
+{gate}clk AS (SELECT nextval('claim_clock') AS v),
 -- the narrow row first (its lock is held already), then the outcome row: a HOT update, no index names
 -- a column it changes
 uq AS (
     UPDATE outcome_queue q
-    SET lease_token = (%(tokens)b::text[])[picked.rank],
-        lease_expires_at = (%(nows)b::float8[])[picked.rank] + r.lease_seconds,
-        claim_seq = clk.v * 4096 + picked.rank
-    FROM picked, clk, r
-    WHERE q.n = picked.n
-    RETURNING q.n, q.lease_token, q.lease_expires_at, q.claim_seq, picked.rank
+    SET lease_token = (%(tokens)b::text[])[chosen.rank],
+        lease_expires_at = (%(nows)b::float8[])[chosen.rank] + r.lease_seconds,
+        claim_seq = clk.v * 4096 + chosen.rank
+    FROM chosen, clk, r
+    WHERE q.n = chosen.n
+    RETURNING q.n, q.lease_token, q.lease_expires_at, q.claim_seq, q.priority, chosen.rank
 ),
 upd AS (
     UPDATE outcomes o
@@ -265,7 +352,7 @@ upd AS (
     FROM uq
     WHERE o.n = uq.n
     RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.worker,
-              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, uq.rank
+              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, uq.priority, uq.rank
 ),
 att AS (
     INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, started_at)
@@ -273,12 +360,105 @@ att AS (
            upd.started_at
     FROM upd
 )
-SELECT pk.id AS pk_id, pk.ord, pk.np, pk.name AS package_name, pk.description AS package_description,
+SELECT pf.id AS pk_id, pf.ip, pf.quota, pf.fetched, pf.name AS package_name, pf.description AS package_description,
        upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
-       upd.lease_token, upd.lease_expires_at, upd.rank, (SELECT name FROM r) AS run_name
-FROM pk LEFT JOIN upd ON upd.package_id = pk.id
+       upd.lease_token, upd.lease_expires_at, upd.rank, r.name AS run_name, r.gated{orphans}
+FROM r LEFT JOIN pf ON true LEFT JOIN upd ON upd.package_id = pf.id AND upd.priority = pf.ip
 ORDER BY upd.rank NULLS LAST
 """
+
+
+# a gated run's leased items by package: what its caps have room for
+_CLAIM_LEASED = """rl AS MATERIALIZED (
+    SELECT q.package_id, count(*)::int AS n FROM outcome_queue q
+    WHERE q.run_id = %(run)s AND q.lease_token IS NOT NULL GROUP BY q.package_id
+),
+"""
+
+
+_CLAIM_RUN_ROOM = (
+    "GREATEST(0, LEAST(%(limit)s::int, max_concurrent - (SELECT COALESCE(sum(n), 0) FROM rl)::int))"
+)
+
+
+_CLAIM_KEYS_FREE = """
+          AND (q.locks IS NULL OR NOT EXISTS (
+              SELECT 1 FROM resource_locks l WHERE l.key = ANY(q.locks) AND l.expires_at > %(now)s))"""
+
+
+_CLAIM_ORPHANS = """,
+       (SELECT array_agg(t.key) FROM took t WHERE NOT EXISTS (SELECT 1 FROM chosen c WHERE c.n = t.n)) AS orphans,
+       (SELECT count(*) FROM losers)::int + (SELECT count(*) FROM within)::int - (SELECT count(*) FROM chosen)::int
+           AS lost"""
+
+
+_CLAIM_UNGATED = """chosen AS (SELECT picked.n, picked.rank FROM picked CROSS JOIN r WHERE picked.rank <= r.lim),
+"""
+
+
+# the keys each candidate wants; a candidate that shares one with a better ranked candidate waits for a later
+# claim; the keys of those within the limit are taken (in key order: two claims never wait on each other
+# for keys) where free or dead, and a candidate goes on only with every key it wants
+_CLAIM_GATE = """wants AS MATERIALIZED (
+    SELECT p.n, p.rank, k.key FROM picked p CROSS JOIN LATERAL unnest(p.locks) AS k(key)
+),
+losers AS MATERIALIZED (
+    SELECT DISTINCT p.n, p.pp, p.ip FROM picked p
+    JOIN wants w ON w.n = p.n JOIN wants v ON v.key = w.key AND v.rank < w.rank
+),
+-- a loser's level may have had more items than it offered: as for a dry level, nothing below its tier
+lostcut AS MATERIALIZED (
+    SELECT l.pp, max(l.ip) AS ip FROM losers l WHERE l.pp = (SELECT max(m.pp) FROM losers m) GROUP BY l.pp
+),
+eligible AS MATERIALIZED (
+    SELECT y.n, y.locks, row_number() OVER (ORDER BY y.rank) AS rank
+    FROM (
+        SELECT p.*, row_number() OVER (PARTITION BY p.package_id ORDER BY p.rank) AS nth FROM picked p
+        WHERE NOT EXISTS (SELECT 1 FROM losers l WHERE l.n = p.n)
+          AND NOT EXISTS (SELECT 1 FROM lostcut c WHERE (p.pp, p.ip) < (c.pp, c.ip))
+    ) y
+    WHERE y.room IS NULL OR y.nth <= y.room  -- a package's levels share its cap's room
+),
+within AS MATERIALIZED (SELECT e.* FROM eligible e CROSS JOIN r WHERE e.rank <= r.lim),
+took AS (
+    INSERT INTO resource_locks AS l (key, n, lease_token, run_id, expires_at)
+    SELECT w.key, w.n, (%(tokens)b::text[])[c.rank], %(run)s, (%(nows)b::float8[])[c.rank] + r.lease_seconds
+    FROM wants w JOIN within c ON c.n = w.n CROSS JOIN r
+    ORDER BY w.key
+    ON CONFLICT (key) DO UPDATE SET n = EXCLUDED.n, lease_token = EXCLUDED.lease_token, run_id = EXCLUDED.run_id,
+        expires_at = EXCLUDED.expires_at
+    WHERE l.expires_at <= %(now)s
+    RETURNING l.key, l.n
+),
+chosen AS MATERIALIZED (
+    SELECT c.n, c.rank FROM within c
+    WHERE c.locks IS NULL OR cardinality(c.locks) = (SELECT count(*) FROM took t WHERE t.n = c.n)
+),
+"""
+
+
+CLAIM_SQL = _claim_sql(False)
+
+
+CLAIM_GATED_SQL = _claim_sql(True)
+
+
+# a gated claim's first statement: the run row when it has a cap, then its capped packages in id order (one
+# package when the claim names it), FOR NO KEY UPDATE (a plan's foreign-key checks still pass): two claims of
+# one capped package or run take turns, and the second counts the first's leases in a snapshot taken after
+CAP_LOCK_SQL = """
+WITH r AS MATERIALIZED (SELECT id FROM runs WHERE id = %(run)s AND max_concurrent IS NOT NULL FOR NO KEY UPDATE),
+p AS MATERIALIZED (
+    SELECT id FROM packages
+    WHERE run_id = %(run)s AND max_concurrent IS NOT NULL AND (%(package)s::text IS NULL OR name = %(package)s::text)
+    ORDER BY id FOR NO KEY UPDATE
+)
+SELECT (SELECT count(*) FROM r) AS runs, (SELECT count(*) FROM p) AS packages
+"""
+
+
+# the keys a gated claim took for an item that then lost another key to a concurrent claim
+DROP_ORPHAN_LOCKS = "DELETE FROM resource_locks WHERE key = ANY(%s::text[]) AND lease_token = ANY(%s::text[])"
 
 
 HEARTBEAT_SQL = (
@@ -286,7 +466,11 @@ HEARTBEAT_SQL = (
     " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
     " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
     " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
-    " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)"
+    " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n"
+    " RETURNING q.n, q.locks, q.lease_token, q.lease_expires_at),"
+    # the lock keys a lease holds run as long as it does
+    " hl AS (UPDATE resource_locks l SET expires_at = hq.lease_expires_at FROM hq WHERE hq.locks IS NOT NULL"
+    " AND l.key = ANY(hq.locks) AND l.n = hq.n AND l.lease_token = hq.lease_token)"
     " SELECT id, lease_token, lease_expires_at, state FROM h"
 )
 
@@ -312,6 +496,7 @@ u AS (
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = 'complete'
     FROM cur WHERE q.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
+    RETURNING q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
 ),
 a AS (
     UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s
@@ -332,7 +517,8 @@ ins AS (
     SELECT %(sha)s, %(body)b::bytea WHERE %(body)b::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM u)
     ON CONFLICT (sha256) DO NOTHING
 )
-SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration FROM cur
+SELECT cur.*, EXISTS (SELECT 1 FROM u) AS done, (SELECT duration_seconds FROM u) AS new_duration, uq.*
+FROM cur LEFT JOIN uq ON true
 """
 
 
@@ -361,6 +547,7 @@ u AS (
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = 'complete'
     FROM u WHERE q.n = u.n
+    RETURNING q.n, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
 ),
 a AS (
     UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
@@ -383,8 +570,9 @@ ins AS (
     SELECT DISTINCT ON (inp.sha) inp.sha, inp.body FROM u JOIN inp ON inp.i = u.req WHERE inp.body IS NOT NULL
     ON CONFLICT (sha256) DO NOTHING
 )
-SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
-FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id
+SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name, uq.q_locks,
+       uq.q_dependents, uq.q_gate
+FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id JOIN uq ON uq.n = u.n
 """
 
 
@@ -392,13 +580,18 @@ SWEEP_SQL = """
 WITH exp AS MATERIALIZED (
     -- the narrow queue's leased rows (partial index outcome_queue_leased); both rows locked or skipped,
     -- so the sweep never waits on a report that holds the outcome row
-    SELECT q.n FROM outcome_queue q JOIN outcomes o ON o.n = q.n
+    SELECT q.n, q.lease_token AS tok, q.locks, q.dependents, q.gate FROM outcome_queue q JOIN outcomes o ON o.n = q.n
     WHERE q.run_id = %(run)s AND q.lease_token IS NOT NULL AND q.lease_expires_at <= %(now)s
       AND EXISTS (SELECT 1 FROM runs WHERE id = %(run)s AND state <> 'cancelled')
     LIMIT %(limit)s
     FOR UPDATE OF q, o SKIP LOCKED
 ),
-r AS (SELECT max_attempts FROM runs WHERE id = %(run)s),
+r AS (SELECT max_attempts, on_dependency_failure FROM runs WHERE id = %(run)s),
+-- the lock keys the expired leases held
+rel AS (
+    DELETE FROM resource_locks l USING exp
+    WHERE exp.locks IS NOT NULL AND l.key = ANY(exp.locks) AND l.n = exp.n AND l.lease_token = exp.tok
+),
 -- rules.lease_expiry and rules.lease_expired_error, in SQL (tests/rules/test_rules.py holds them together)
 t AS (
     SELECT o.n, CASE WHEN o.attempts >= r.max_attempts THEN 'failed' ELSE 'pending' END AS target
@@ -430,7 +623,9 @@ att AS (
     UPDATE outcome_attempts a SET status = 'failed', error = 'lease expired', ended_at = %(now)s
     FROM upd WHERE a.outcome_id = upd.id AND a.lease_token = upd.lease_token
 )
-SELECT upd.*, p.name AS package_name FROM upd JOIN packages p ON p.id = upd.package_id ORDER BY upd.n
+SELECT upd.*, p.name AS package_name, exp.dependents AS q_dependents, exp.gate AS q_gate,
+       (SELECT on_dependency_failure FROM r) AS on_dependency_failure
+FROM upd JOIN packages p ON p.id = upd.package_id JOIN exp ON exp.n = upd.n ORDER BY upd.n
 """
 
 
@@ -445,7 +640,7 @@ WITH d AS (
 ),
 c AS (
     SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
-           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
+           SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked,
            SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
            SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n,
            array_agg(bucket) FILTER (WHERE bucket IS NOT NULL) AS hb,
@@ -456,6 +651,7 @@ u AS (
     UPDATE packages p SET
         total = p.total + c.total, pending = p.pending + c.pending, generating = p.generating + c.generating,
         complete = p.complete + c.complete, failed = p.failed + c.failed, cancelled = p.cancelled + c.cancelled,
+        blocked = p.blocked + c.blocked,
         duration_sum = p.duration_sum + c.duration_sum, duration_n = p.duration_n + c.duration_n,
         lines_sum = p.lines_sum + c.lines_sum, quality_sum = p.quality_sum + c.quality_sum,
         quality_n = p.quality_n + c.quality_n,
@@ -472,13 +668,13 @@ u AS (
     FROM c WHERE p.id = c.package_id
 ),
 rc AS (
-    INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled)
-    SELECT run_id, SUM(pending), SUM(generating), SUM(complete), SUM(failed), SUM(cancelled) FROM d
+    INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked)
+    SELECT run_id, SUM(pending), SUM(generating), SUM(complete), SUM(failed), SUM(cancelled), SUM(blocked) FROM d
     WHERE package_id IS NOT NULL AND run_id IN (SELECT id FROM runs) GROUP BY run_id
     ON CONFLICT (run_id) DO UPDATE SET
         pending = t.pending + EXCLUDED.pending, generating = t.generating + EXCLUDED.generating,
         complete = t.complete + EXCLUDED.complete, failed = t.failed + EXCLUDED.failed,
-        cancelled = t.cancelled + EXCLUDED.cancelled
+        cancelled = t.cancelled + EXCLUDED.cancelled, blocked = t.blocked + EXCLUDED.blocked
 ),
 m AS (
     INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)
@@ -515,21 +711,29 @@ RECOVER_CLAIMS_SQL = (
 )
 
 
-# a cancelled run's pending items (its leases are left for their workers): the narrow rows first, by the
-# claim index, then the outcome rows
+# a cancelled run's pending and blocked items (its leases are left for their workers): the narrow rows first
+# (pending by the claim index, blocked by the status index), re-checked as they are updated, then the
+# outcome rows; by package and former status
 CANCEL_PENDING_SQL = """
-WITH cq AS (
-    UPDATE outcome_queue q SET final = 'cancelled'
+WITH old AS MATERIALIZED (
+    SELECT q.n, 'pending' AS was FROM outcome_queue q
     WHERE q.package_id IN (SELECT id FROM packages WHERE run_id = %(run)s) AND q.lease_token IS NULL
       AND q.final IS NULL
-    RETURNING q.n
+    UNION ALL
+    SELECT q.n, 'blocked' FROM outcome_queue q
+    WHERE q.run_id = %(run)s AND q.lease_token IS NULL AND q.final >= 'blocked' AND q.final <= 'blocked'
+),
+cq AS (
+    UPDATE outcome_queue q SET final = 'cancelled' FROM old
+    WHERE q.n = old.n AND q.lease_token IS NULL AND q.final IS NOT DISTINCT FROM NULLIF(old.was, 'pending')
+    RETURNING q.n, old.was
 ),
 u AS (
     UPDATE outcomes o SET status = 'cancelled', updated_at = %(now)s, completed_at = %(now)s
-    FROM cq WHERE o.n = cq.n AND o.status = 'pending'
-    RETURNING o.package_id
+    FROM cq WHERE o.n = cq.n AND o.status = cq.was
+    RETURNING o.package_id, cq.was
 )
-SELECT package_id, count(*) AS n FROM u GROUP BY package_id
+SELECT package_id, was, count(*) AS n FROM u GROUP BY package_id, was
 """
 
 
@@ -561,6 +765,7 @@ END_ATTEMPT = "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %
 REQUEUE = (
     "UPDATE outcome_queue SET lease_token = %s, lease_expires_at = %s, final = %s,"
     " available_at = COALESCE(%s, available_at) WHERE n = %s"
+    " RETURNING locks IS NOT NULL AS q_locks, dependents AS q_dependents, gate AS q_gate"
 )
 
 
@@ -581,20 +786,23 @@ PLAN_SELECT_RUNS = "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR
 
 PLAN_INSERT_RUNS = (
     "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
-    "backoff_cap_seconds, outcome_schema, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
-    "%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
+    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, gated, created_at, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
 )
 
 
-PLAN_SELECT_PACKAGES = "SELECT id, name FROM packages WHERE run_id = %s AND name = ANY(%b::text[])"
+PLAN_SELECT_PACKAGES = (
+    "SELECT id, name, has_dependents FROM packages WHERE run_id = %s AND name = ANY(%b::text[])"
+)
 
 
 PLAN_SELECT_PACKAGES_2 = "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM packages WHERE run_id = %s"
 
 
 PLAN_INSERT_PACKAGES = (
-    "INSERT INTO packages (run_id, name, description, position) SELECT %s, n, d, %s + i - 1 FROM "
-    "unnest(%b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, i) RETURNING id, name"
+    "INSERT INTO packages (run_id, name, description, position, priority, max_concurrent, after)"
+    " SELECT %s, n, d, %s + i - 1, pr, mc, af FROM unnest(%b::text[], %b::text[], %b::int4[], %b::int4[],"
+    " %b::text[]) WITH ORDINALITY AS u(n, d, pr, mc, af, i) RETURNING id, name"
 )
 
 
@@ -604,17 +812,36 @@ PLAN_SELECT_OUTCOMES = (
 )
 
 
-PLAN_INSERT_OUTCOMES = (
-    "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
-    "outcome_type, specifications, available_at, created_at, updated_at) SELECT "
-    "gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos, 'pending', %(ot)s, u.spec, %(now)s, "
-    "%(now)s, %(now)s FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], "
-    "%(specs)b::text[]) WITH ORDINALITY AS u(pid, item, pos, spec, i) ORDER BY u.i ON CONFLICT "
-    "(package_id, item) DO NOTHING RETURNING n, package_id, position), q AS (INSERT INTO "
-    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, %(run)s, package_id, "
-    "position, %(now)s FROM ins ORDER BY n) SELECT package_id, count(*) AS n FROM ins GROUP BY "
-    "package_id"
+# a plan's items, each pending or blocked (rules.initial_status of its `waiting`) with its priority and lock
+# keys (JSON on the outcome, an array on the queue row), and its queue flags; the items inserted (an item
+# the package has already is left as it is)
+PLAN_INSERT_OUTCOMES = """
+WITH u AS MATERIALIZED (
+    SELECT * FROM unnest(%(pids)b::bigint[], %(items)b::text[], %(pos)b::int[], %(specs)b::text[],
+                         %(prios)b::int4[], %(locks)b::text[], %(waiting)b::int4[], %(deps)b::bool[],
+                         %(gates)b::bool[])
+        WITH ORDINALITY AS u(pid, item, pos, spec, prio, locks, waiting, deps, gate, i)
+),
+ins AS (
+    INSERT INTO outcomes (id, run_id, package_id, item, position, status, outcome_type, specifications,
+                          available_at, created_at, updated_at, priority, locks, waiting)
+    SELECT gen_random_uuid()::text, %(run)s, u.pid, u.item, u.pos,
+           CASE WHEN u.waiting > 0 THEN 'blocked' ELSE 'pending' END, %(ot)s, u.spec, %(now)s, %(now)s,
+           %(now)s, u.prio, u.locks, u.waiting
+    FROM u ORDER BY u.i
+    ON CONFLICT (package_id, item) DO NOTHING
+    RETURNING n, package_id, item, position, status, priority, locks
+),
+q AS (
+    INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, final, priority, locks, dependents,
+                               gate)
+    SELECT ins.n, %(run)s, ins.package_id, ins.position, %(now)s, NULLIF(ins.status, 'pending'), ins.priority,
+           CASE WHEN ins.locks IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(ins.locks::jsonb)) END,
+           u.deps, u.gate
+    FROM ins JOIN u ON u.pid = ins.package_id AND u.item = ins.item ORDER BY ins.n
 )
+SELECT n, package_id, item, status, priority FROM ins
+"""
 
 
 PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = %s WHERE id = %s"
@@ -642,15 +869,16 @@ NEXT_CLAIMS_SELECT_OUTCOME_ATTEMPTS = (
 
 
 LEASED_ROW_SELECT_OUTCOMES = (
-    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state, p.name AS "
-    "package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = "
+    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
+    " r.on_dependency_failure, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = "
     "o.package_id WHERE o.id = %s FOR UPDATE OF o"
 )
 
 
 WHY_NOTHING_SELECT_PACKAGE_COUNTERS = (
     "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
-    "generating, COUNT(*) AS n, COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE "
+    "generating, COALESCE(SUM(blocked),0)::bigint AS blocked, COUNT(*) AS n,"
+    " COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE "
     "run_id = %s AND (%s::text IS NULL OR name = %s::text)"
 )
 
@@ -665,7 +893,7 @@ FAIL_SELECT_OUTCOME_ATTEMPTS = (
 )
 
 
-PACKAGE_ID = "SELECT id FROM packages WHERE run_id = %s AND name = %s"
+PACKAGE_ID = "SELECT id, has_dependents FROM packages WHERE run_id = %s AND name = %s"
 
 
 RETRY_REQUEUE_FAILED = (
@@ -687,7 +915,8 @@ SET_STATUS_SELECT_OUTCOME_QUEUE = (
 
 
 SET_STATUS_SELECT_OUTCOMES = (
-    "SELECT o.*, r.lease_seconds, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = "
+    "SELECT o.*, r.lease_seconds, r.on_dependency_failure, p.name AS package_name FROM outcomes o"
+    " JOIN runs r ON r.id = "
     "o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o"
 )
 
@@ -708,10 +937,17 @@ RECORD_OUTCOME_INSERT_OUTCOMES = (
     "WITH ins AS (INSERT INTO outcomes (id, run_id, package_id, item, position, status, "
     "outcome_type, specifications, created_by, available_at, created_at, updated_at) SELECT %s, %s, "
     "%s, %s, COALESCE(MAX(position) + 1, 0), 'pending', %s, %s, %s, %s, %s, %s FROM outcomes WHERE "
-    "package_id = %s RETURNING n, run_id, package_id, position, available_at) INSERT INTO "
-    "outcome_queue (n, run_id, package_id, position, available_at) SELECT n, run_id, package_id, "
-    "position, available_at FROM ins"
+    "package_id = %s RETURNING n, run_id, package_id, position, available_at),"
+    # the item's queue row carries its package's flag; the package's priority range takes in its 0
+    " p AS (UPDATE packages SET prio_lo = LEAST(prio_lo, 0), prio_hi = GREATEST(prio_hi, 0) WHERE id = %s"
+    " RETURNING id, has_dependents)"
+    " INSERT INTO outcome_queue (n, run_id, package_id, position, available_at, gate) SELECT ins.n, ins.run_id,"
+    " ins.package_id, ins.position, ins.available_at, COALESCE((SELECT has_dependents FROM p), false) FROM ins"
 )
+
+
+# a package's counters before record_outcome adds an item to it (policy.grew)
+RECORD_OUTCOME_PACKAGE_DONE = "SELECT id, complete, total, has_dependents FROM package_counters WHERE id = %s"
 
 
 RECORD_INTEGRATION_SELECT_OUTCOMES = "SELECT 1 FROM outcomes WHERE id = %s"
@@ -835,12 +1071,12 @@ REBUILD_ROWS_DELETE_PACKAGE_DELTAS = "DELETE FROM package_deltas WHERE package_i
 
 # after a rebuild (whose packages have no deltas left), each rebuilt run's totals are its packages' sums
 REBUILD_RUN_COUNTERS = (
-    "INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled)"
+    "INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked)"
     " SELECT r.id, COALESCE(SUM(p.pending), 0), COALESCE(SUM(p.generating), 0), COALESCE(SUM(p.complete), 0),"
-    " COALESCE(SUM(p.failed), 0), COALESCE(SUM(p.cancelled), 0) FROM runs r LEFT JOIN packages p ON p.run_id = r.id"
+    " COALESCE(SUM(p.failed), 0), COALESCE(SUM(p.cancelled), 0), COALESCE(SUM(p.blocked), 0) FROM runs r LEFT JOIN packages p ON p.run_id = r.id"
     " WHERE r.id = ANY(%s::text[]) GROUP BY r.id ON CONFLICT (run_id) DO UPDATE SET pending = EXCLUDED.pending,"
     " generating = EXCLUDED.generating, complete = EXCLUDED.complete, failed = EXCLUDED.failed,"
-    " cancelled = EXCLUDED.cancelled"
+    " cancelled = EXCLUDED.cancelled, blocked = EXCLUDED.blocked"
 )
 
 
@@ -851,21 +1087,23 @@ RECOUNT_RUN_COUNTERS = (
     " COALESCE(t.complete, 0) + COALESCE(d.complete, 0) AS complete,"
     " COALESCE(t.failed, 0) + COALESCE(d.failed, 0) AS failed,"
     " COALESCE(t.cancelled, 0) + COALESCE(d.cancelled, 0) AS cancelled,"
+    " COALESCE(t.blocked, 0) + COALESCE(d.blocked, 0) AS blocked,"
     " p.pending AS p_pending, p.generating AS p_generating, p.complete AS p_complete, p.failed AS p_failed,"
-    " p.cancelled AS p_cancelled FROM runs r LEFT JOIN run_counters t ON t.run_id = r.id"
+    " p.cancelled AS p_cancelled, p.blocked AS p_blocked FROM runs r LEFT JOIN run_counters t ON t.run_id = r.id"
     " LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending, SUM(x.generating) AS generating,"
-    " SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled"
-    " FROM package_deltas x WHERE x.run_id = r.id AND x.package_id IS NOT NULL) d ON true"
+    " SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled,"
+    " SUM(x.blocked) AS blocked FROM package_deltas x WHERE x.run_id = r.id AND x.package_id IS NOT NULL) d ON true"
     " LEFT JOIN LATERAL (SELECT COALESCE(SUM(c.pending), 0) AS pending, COALESCE(SUM(c.generating), 0) AS generating,"
     " COALESCE(SUM(c.complete), 0) AS complete, COALESCE(SUM(c.failed), 0) AS failed,"
-    " COALESCE(SUM(c.cancelled), 0) AS cancelled FROM package_counters c WHERE c.run_id = r.id) p ON true"
+    " COALESCE(SUM(c.cancelled), 0) AS cancelled, COALESCE(SUM(c.blocked), 0) AS blocked"
+    " FROM package_counters c WHERE c.run_id = r.id) p ON true"
     " WHERE r.id = ANY(%s::text[]) OR %s::text[] IS NULL ORDER BY r.name"
 )
 
 
 REBUILD_ROWS_UPDATE_PACKAGES = (
     "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s, "
-    "cancelled = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s, quality_n "
+    "cancelled = %s, blocked = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s, quality_n "
     "= %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s"
 )
 
@@ -885,7 +1123,8 @@ FINISHED_SPAN_SELECT_OUTCOMES = (
 SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS = (
     "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
     "generating, COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS "
-    "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(duration_sum),0)::float8 "
+    "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(blocked),0)::bigint AS blocked, "
+    "COALESCE(SUM(duration_sum),0)::float8 "
     "AS ds, COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls, "
     "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn FROM "
     "package_counters "
@@ -904,7 +1143,8 @@ SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = %s"
 
 STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
     "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
-    "SUM(failed) AS failed, SUM(cancelled) AS cancelled FROM package_counters GROUP BY name ORDER BY "
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked FROM package_counters"
+    " GROUP BY name ORDER BY "
     "name"
 )
 
@@ -912,7 +1152,7 @@ STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
 # /metrics: totals over every package row, and the first `limit` names with unfinished work
 STATUS_SUMS = (
     "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
-    " SUM(failed) AS failed, SUM(cancelled) AS cancelled"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked"
 )
 
 
@@ -923,31 +1163,32 @@ JIT_OFF = "SET LOCAL jit = off"
 
 # totals: each run's rolled counters (one row per run) plus the package deltas not rolled yet
 ACTIVE_TOTALS = (
-    f"SELECT {STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled"
-    " FROM run_counters UNION ALL SELECT pending, generating, complete, failed, cancelled"
+    f"SELECT {STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled, blocked"
+    " FROM run_counters UNION ALL SELECT pending, generating, complete, failed, cancelled, blocked"
     " FROM package_deltas WHERE bucket IS NULL AND package_id IS NOT NULL) t"
 )
 
 
 ACTIVE_NAMES = (
     "SELECT p.name FROM package_counters p JOIN runs r ON r.id = p.run_id"
-    " WHERE r.state <> 'cancelled' AND p.pending + p.generating > 0 LIMIT %s"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked > 0 LIMIT %s"
 )
 
 
 # the chosen names' rows first (by the name index: `IN (SELECT unnest(...))`, planned as a hash join,
 # scanned every package, 7.5 ms at 20,000), then their deltas by index
 ACTIVE_COUNTS = (
-    "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled"
+    "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled, blocked"
     " FROM packages WHERE name = ANY(%s::text[]))"
     " SELECT c.name, SUM(c.pending + COALESCE(d.pending, 0)) AS pending,"
     " SUM(c.generating + COALESCE(d.generating, 0)) AS generating,"
     " SUM(c.complete + COALESCE(d.complete, 0)) AS complete,"
     " SUM(c.failed + COALESCE(d.failed, 0)) AS failed,"
-    " SUM(c.cancelled + COALESCE(d.cancelled, 0)) AS cancelled"
+    " SUM(c.cancelled + COALESCE(d.cancelled, 0)) AS cancelled,"
+    " SUM(c.blocked + COALESCE(d.blocked, 0)) AS blocked"
     " FROM chosen c LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending,"
     " SUM(x.generating) AS generating, SUM(x.complete) AS complete, SUM(x.failed) AS failed,"
-    " SUM(x.cancelled) AS cancelled FROM package_deltas x"
+    " SUM(x.cancelled) AS cancelled, SUM(x.blocked) AS blocked FROM package_deltas x"
     " WHERE x.package_id = c.id AND x.bucket IS NULL) d ON true GROUP BY c.name ORDER BY c.name"
 )
 
@@ -1212,3 +1453,259 @@ EVENTS_AFTER = _EVENTS + " ORDER BY e.seq LIMIT %s"
 
 
 EVENTS_AFTER_IN_RUN = _EVENTS + " AND e.run_id = %s ORDER BY e.seq LIMIT %s"
+
+
+# ---- policy.py: dependencies, lock keys, caps ----------------------------------------------------------
+
+
+# the lock keys a transition's item held under its lease (the keys are in its queue row): let go; `tokens`
+# NULL lets go whatever lease of it holds them (an override fences every lease)
+RELEASE_LOCKS = (
+    "DELETE FROM resource_locks l USING unnest(%(ns)b::int8[], %(tokens)b::text[]) AS x(n, tok)"
+    " JOIN outcome_queue q ON q.n = x.n"
+    " WHERE q.locks IS NOT NULL AND l.key = ANY(q.locks) AND l.n = x.n AND (x.tok IS NULL OR l.lease_token = x.tok)"
+)
+
+
+# the packages whose "package/*" dependents a transition may move, FOR NO KEY UPDATE in id order: the one who
+# takes it last sees every other item's completion (each holds it until it commits, having completed first)
+LOCK_PACKAGES = "SELECT id FROM packages WHERE id = ANY(%s::int8[]) ORDER BY id FOR NO KEY UPDATE"
+
+
+# their counters as they stand (read after the lock and after this batch's deltas were written)
+PACKAGE_DONE = "SELECT id, complete, total FROM package_counters WHERE id = ANY(%s::int8[])"
+
+
+# the dependents of items (outcome_deps) and of packages (package_deps) move by `delta` (+1 / -1) once per
+# row that names them; those blocked that reach 0 become pending from now (rules.readied, rules.ready: a
+# property test in tests/rules/test_rules.py holds the statement to them). Rows are locked in n order, and
+# each is moved from its latest version (a dependent two completions move at once moves twice).
+MOVE_WAITING_SQL = """
+WITH d AS (
+    SELECT x.n, sum(x.c)::int AS c FROM (
+        SELECT after_n AS n, count(*) AS c FROM outcome_deps WHERE before_n = ANY(%(items)b::int8[]) GROUP BY after_n
+        UNION ALL
+        SELECT after_n, count(*) FROM package_deps WHERE package_id = ANY(%(packages)b::int8[]) GROUP BY after_n
+    ) x GROUP BY x.n
+),
+lk AS MATERIALIZED (
+    SELECT o.n, o.status, o.waiting + %(delta)s::int * d.c AS waiting
+    FROM outcomes o JOIN d ON d.n = o.n ORDER BY o.n FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET waiting = lk.waiting,
+        status = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN 'pending' ELSE o.status END,
+        available_at = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN %(now)s ELSE o.available_at END,
+        updated_at = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN %(now)s ELSE o.updated_at END
+    FROM lk WHERE o.n = lk.n
+    RETURNING o.n, o.id, o.item, o.run_id, o.package_id, lk.status = 'blocked' AND lk.waiting <= 0 AS readied
+),
+uq AS (UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u WHERE q.n = u.n AND u.readied)
+SELECT u.n, u.id, u.item, u.run_id, u.package_id, p.name AS package_name
+FROM u JOIN packages p ON p.id = u.package_id WHERE u.readied ORDER BY u.n
+"""
+
+
+# one step of a failure cascade: the blocked dependents of the items and packages given are cancelled with
+# rules.cascade's values (the move's columns come as parameters); with their queue flags, for the next step
+CASCADE_SQL = """
+WITH d AS (
+    SELECT after_n AS n FROM outcome_deps WHERE before_n = ANY(%(items)b::int8[])
+    UNION
+    SELECT after_n FROM package_deps WHERE package_id = ANY(%(packages)b::int8[])
+),
+lk AS MATERIALIZED (
+    SELECT o.n FROM outcomes o JOIN d ON d.n = o.n WHERE o.status = 'blocked' ORDER BY o.n FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = %(status)s, error_message = %(error_message)s, cancelled_by = %(cancelled_by)s,
+        completed_at = %(completed_at)s, updated_at = %(updated_at)s
+    FROM lk WHERE o.n = lk.n AND o.status = 'blocked'
+    RETURNING o.n, o.id, o.package_id
+),
+uq AS (
+    UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n RETURNING q.n, q.dependents, q.gate
+)
+SELECT u.n, u.id, u.package_id, uq.dependents, uq.gate FROM u JOIN uq ON uq.n = u.n ORDER BY u.n
+"""
+
+
+# blocked items with nothing left to wait for become pending from now (rules.ready)
+READY_NOW_SQL = """
+WITH lk AS MATERIALIZED (
+    SELECT o.n FROM outcomes o WHERE o.n = ANY(%(ns)b::int8[]) AND o.status = 'blocked' AND o.waiting <= 0
+    ORDER BY o.n FOR UPDATE OF o
+),
+u AS (
+    UPDATE outcomes o SET status = 'pending', available_at = %(now)s, updated_at = %(now)s
+    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.waiting <= 0
+    RETURNING o.n, o.id, o.item, o.run_id, o.package_id
+),
+uq AS (UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u WHERE q.n = u.n)
+SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
+"""
+
+
+# a retried (or overridden) failed item: what its failure cancelled waits again (rules.reblock)
+REBLOCK_SQL = """
+WITH u AS (
+    UPDATE outcomes o SET status = %(status)s, error_message = %(error_message)s, cancelled_by = %(cancelled_by)s,
+        completed_at = %(completed_at)s, updated_at = %(updated_at)s
+    WHERE o.cancelled_by = ANY(%(ns)b::int8[]) AND o.status = 'cancelled'
+    RETURNING o.n, o.id, o.item, o.run_id, o.package_id, o.waiting
+),
+uq AS (UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n)
+SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
+"""
+
+
+# a plan's prerequisites in the run: packages by name, with whether each is done (its counters) ...
+PLAN_PREREQ_PACKAGES = (
+    "SELECT id, name, has_dependents FROM packages WHERE run_id = %s AND name = ANY(%s::text[])"
+)
+
+
+# ... and items by (package, item)
+PLAN_PREREQ_ITEMS = (
+    "SELECT p.name AS package, o.item, o.n FROM unnest(%s::text[], %s::text[]) AS c(pn, it)"
+    " JOIN packages p ON p.run_id = %s AND p.name = c.pn JOIN outcomes o ON o.package_id = p.id AND o.item = c.it"
+)
+
+
+# existing items that gain dependents: flagged on their queue row (a report that waits for this row reads
+# the flag back) and whether each is complete now (its latest version, after any report on it committed)
+PLAN_MARK_ITEMS = "UPDATE outcome_queue SET dependents = true WHERE n = ANY(%s::int8[]) RETURNING n, final"
+
+
+# existing packages that gain dependents: flagged, and every item of theirs not complete flagged on its
+# queue row (a report on one that waits for this plan reads the flag back; one that committed before is
+# counted by the plan)
+PLAN_MARK_PACKAGES = (
+    "UPDATE packages SET has_dependents = true WHERE id = ANY(%s::int8[]) AND NOT has_dependents"
+)
+
+
+PLAN_GATE_ITEMS = (
+    "UPDATE outcome_queue SET gate = true WHERE package_id = ANY(%s::int8[]) AND NOT gate"
+    " AND final IS DISTINCT FROM 'complete'"
+)
+
+
+INSERT_ITEM_EDGES = (
+    "INSERT INTO outcome_deps (before_n, after_n) SELECT * FROM unnest(%b::int8[], %b::int8[])"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+INSERT_PACKAGE_EDGES = (
+    "INSERT INTO package_deps (package_id, after_n) SELECT * FROM unnest(%b::int8[], %b::int8[])"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+# the run's claims go through lock keys or caps from now on
+GATE_RUN = "UPDATE runs SET gated = true WHERE id = %s AND NOT gated"
+
+
+# the range of a package's item priorities, widened by items just added
+WIDEN_PRIORITIES = (
+    "UPDATE packages p SET prio_lo = LEAST(p.prio_lo, x.lo), prio_hi = GREATEST(p.prio_hi, x.hi)"
+    " FROM unnest(%b::int8[], %b::int4[], %b::int4[]) AS x(id, lo, hi) WHERE p.id = x.id"
+)
+
+
+# the item's prerequisites not met now, "package/item" then "package/*" (at most %s of each)
+UNMET_ITEMS = (
+    "SELECT p.name, o.item FROM outcome_deps d JOIN outcomes o ON o.n = d.before_n"
+    " JOIN packages p ON p.id = o.package_id WHERE d.after_n = %s AND o.status <> 'complete'"
+    " ORDER BY d.before_n LIMIT %s"
+)
+
+
+UNMET_PACKAGES = (
+    "SELECT c.name FROM package_deps d JOIN package_counters c ON c.id = d.package_id"
+    " WHERE d.after_n = %s AND c.complete < c.total ORDER BY c.position LIMIT %s"
+)
+
+
+# the keys the item holds under its current lease
+LOCKS_OF = (
+    "SELECT l.key FROM outcome_queue q JOIN resource_locks l ON l.key = ANY(q.locks)"
+    " WHERE q.n = %s AND l.n = q.n AND l.lease_token = %s ORDER BY l.key"
+)
+
+
+# why a gated claim came back short: ready items (pending, available) of the run or package, the first
+# few hundred per package, held back by a cap (the run's, or their package's) or by keys a live lease holds;
+# and when the leases holding them back run out
+WHY_GATED_SQL = """
+WITH rl AS MATERIALIZED (
+    SELECT q.package_id, count(*)::int AS n, min(q.lease_expires_at) AS first FROM outcome_queue q
+    WHERE q.run_id = %(run)s AND q.lease_token IS NOT NULL GROUP BY q.package_id
+),
+run AS MATERIALIZED (
+    SELECT r.max_concurrent IS NOT NULL AND r.max_concurrent <= COALESCE((SELECT sum(n) FROM rl), 0) AS at_cap,
+           (SELECT min(first) FROM rl) AS first
+    FROM runs r WHERE r.id = %(run)s
+),
+pk AS MATERIALIZED (
+    SELECT p.id, p.max_concurrent IS NOT NULL AND p.max_concurrent <= COALESCE(rl.n, 0) AS at_cap, rl.first
+    FROM packages p LEFT JOIN rl ON rl.package_id = p.id
+    WHERE p.run_id = %(run)s AND (%(package)s::text IS NULL OR p.name = %(package)s::text)
+),
+ready AS MATERIALIZED (
+    SELECT pk.id, pk.at_cap, pk.first, q.locks FROM pk CROSS JOIN LATERAL (
+        SELECT q.locks FROM outcome_queue q
+        WHERE q.package_id = pk.id AND q.lease_token IS NULL AND q.final IS NULL AND q.available_at <= %(now)s
+        ORDER BY q.priority DESC, q.available_at, q.position LIMIT 256
+    ) q
+),
+held AS MATERIALIZED (
+    SELECT min(l.expires_at) AS first, count(*) AS n FROM ready
+    JOIN resource_locks l ON l.key = ANY(ready.locks) AND l.expires_at > %(now)s
+    WHERE ready.locks IS NOT NULL AND NOT ready.at_cap
+)
+SELECT EXISTS (SELECT 1 FROM ready) AND (SELECT at_cap FROM run) AS run_capped, (SELECT first FROM run) AS run_first,
+       EXISTS (SELECT 1 FROM ready WHERE ready.at_cap) AS package_capped,
+       (SELECT min(ready.first) FROM ready WHERE ready.at_cap) AS package_first,
+       (SELECT n > 0 FROM held) AS locked, (SELECT first FROM held) AS lock_first
+"""
+
+
+# each item with prerequisites (or a count, or blocked): its count beside the prerequisites not met now
+_WAITING_TRUTH = (
+    "SELECT r.name AS run_name, p.name AS package, o.item, o.status, o.waiting,"
+    " (SELECT COUNT(*) FROM outcome_deps d JOIN outcomes b ON b.n = d.before_n"
+    "  WHERE d.after_n = o.n AND b.status <> 'complete')"
+    " + (SELECT COUNT(*) FROM package_deps d JOIN package_counters q ON q.id = d.package_id"
+    "  WHERE d.after_n = o.n AND q.complete < q.total) AS unmet"
+    " FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = o.run_id"
+    " WHERE (o.waiting <> 0 OR o.status = 'blocked' OR o.n IN (SELECT after_n FROM outcome_deps)"
+    " OR o.n IN (SELECT after_n FROM package_deps))"
+)
+
+
+WAITING_TRUTH = _WAITING_TRUTH + " ORDER BY o.n"
+
+
+WAITING_TRUTH_OF_RUN = _WAITING_TRUTH + " AND o.run_id = %s ORDER BY o.n"
+
+
+# what a plan's cycle check walks (policy.check_acyclic): the items that wait for a package, and what items
+# wait for as stored (their item prerequisites, and every item of their package prerequisites, with it)
+PACKAGE_DEPENDENTS = "SELECT after_n FROM package_deps WHERE package_id = %s"
+
+
+PREREQUISITES_OF = (
+    "SELECT d.before_n AS n, d.after_n AS at, NULL::int8 AS via FROM outcome_deps d WHERE d.after_n = ANY(%s::int8[])"
+    " UNION ALL SELECT o.n, d.after_n, d.package_id FROM package_deps d JOIN outcomes o ON o.package_id = d.package_id"
+    " WHERE d.after_n = ANY(%s::int8[])"
+)
+
+
+ITEM_NAME = (
+    "SELECT p.name AS package, o.item FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.n = %s"
+)
+
+
+PACKAGE_NAME = "SELECT name FROM packages WHERE id = %s"

@@ -12,7 +12,7 @@ from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomeP
 from matrix_mcp.pagination import keyset_args
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
-from matrix_mcp.store.postgres import sql
+from matrix_mcp.store.postgres import policy, sql
 from matrix_mcp.store.postgres.batch import (
     INTEGRATION_ANSWER,
     OUTCOME_ANSWER,
@@ -58,7 +58,7 @@ async def set_status(tx: Tx, outcome_id: str, change: StatusChange, *, now: floa
     t = rules.override(
         row, new=status, error_message=error_message, report=report, now=now, created_by=created_by
     )
-    await tx.apply(row, t, now)
+    await policy.after(tx, row, t, await tx.apply(row, t, now), now)
     return await read_outcome(tx.conn, outcome_id)
 
 
@@ -83,6 +83,12 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
         existing = await tx.one(sql.RECORD_OUTCOME_SELECT_OUTCOMES, (package_id, item))
         if existing is not None:
             return await set_status(tx, existing["id"], record.change, now=now), False
+        was_done = False  # a package others wait for that was done waits again once it has this item
+        if prow is not None and prow["has_dependents"]:
+            await tx.execute(sql.LOCK_PACKAGES, ([package_id],))
+            await tx.flush()
+            done = await tx.one(sql.RECORD_OUTCOME_PACKAGE_DONE, (package_id,))
+            was_done = done is not None and rules.package_done(int(done["complete"]), int(done["total"]))
         outcome_id = str(uuid.uuid4())
         await tx.execute(
             sql.RECORD_OUTCOME_INSERT_OUTCOMES,
@@ -98,9 +104,12 @@ async def record_outcome(db: Database, record: NewRecord, *, now: float) -> tupl
                 now,
                 now,
                 package_id,
+                package_id,
             ),
         )
         tx.add((run_id, package_id, None, None), total=1, pending=1)
+        if was_done:
+            await policy.grew(tx, [package_id], now)
         tx.event(run_id, outcome_id, rules.recorded(package=package, item=item, status=status), now)
         if rules.record_is_plain(status, report_given=report != Report(), error_message=error_message):
             return await read_outcome(tx.conn, outcome_id), True
@@ -161,7 +170,16 @@ async def get_outcome(db: Database, outcome_id: str, *, history: bool = False) -
                 sql.GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS,
                 (outcome_id,),
             )
-        return R.detail_from(row, hist)
+
+        async def fetch(query: Any, params: Any) -> list[Row]:
+            return await fetch_all(c, query, params)
+
+        return R.detail_from(
+            row,
+            hist,
+            waits_for=await policy.waits_for(fetch, row),
+            locks_held=await policy.locks_held(fetch, row),
+        )
 
     return await db.read(op, snapshot=history)
 

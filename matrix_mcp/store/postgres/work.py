@@ -13,7 +13,7 @@ from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, Outcome, ts
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
-from matrix_mcp.store.postgres import sql
+from matrix_mcp.store.postgres import policy, sql
 from matrix_mcp.store.postgres.batch import (
     IDS_ANSWER,
     REPORTED_ANSWER,
@@ -23,6 +23,7 @@ from matrix_mcp.store.postgres.batch import (
     CompleteArgs,
     Conn,
     Row,
+    Slot,
     Tx,
     claim_params,
     claims_from,
@@ -31,9 +32,12 @@ from matrix_mcp.store.postgres.batch import (
 )
 from matrix_mcp.store.postgres.sql import (
     CANCEL_PENDING_SQL,
+    CAP_LOCK_SQL,
+    CLAIM_GATED_SQL,
     CLAIM_SQL,
     COMPLETE_MANY_SQL,
     COMPLETE_SQL,
+    DROP_ORPHAN_LOCKS,
     EARLIEST,
     HEARTBEAT_SQL,
     HELD_SQL,
@@ -71,7 +75,53 @@ async def recover_claims(conn: Conn, batch: list[BatchRequest]) -> None:
             req.rest = claim_op(a, got)
 
 
+LOST_ROUNDS = 8  # rounds a claim asks again after its items lost lock keys to better ranked ones
+
+
 MERGE_SLOTS = 4000  # items one merged claim statement may hand out (claim_seq leaves 4096 per statement)
+
+
+# runs whose claims go through lock keys or caps (`runs.gated`, which a plan sets and nothing clears): known
+# once a claim statement said so; an ungated claim statement claims nothing in a gated run and says so
+GATED: set[str] = set()
+
+
+async def claim_rows(
+    tx: Tx, run_id: str, package: str | None, exhausted: list[tuple[int, int]], now: float, slots: list[Slot]
+) -> list[Row]:
+    """One claim statement's rows for `slots` (CLAIM_SQL, or for a gated run CLAIM_GATED_SQL after its capped
+    rows are locked, once per batch; keys taken for an item a concurrent claim then beat are dropped)."""
+    params = claim_params(run_id, package, exhausted, now, slots)
+    if run_id not in GATED:
+        rows = await tx.all(CLAIM_SQL, params)
+        if not rows or not rows[0]["gated"]:
+            return rows
+        GATED.add(run_id)
+    if (run_id, package) not in tx.batch.capped:
+        tx.batch.capped.add((run_id, package))
+        await tx.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
+    rows = await tx.all(CLAIM_GATED_SQL, params)
+    await drop_orphans(tx.conn, rows, slots)
+    return rows
+
+
+async def drop_orphans(conn: Conn, rows: Sequence[Row], slots: list[Slot]) -> None:
+    orphans = rows[0]["orphans"] if rows else None
+    if orphans:
+        await conn.execute(DROP_ORPHAN_LOCKS, (orphans, [token for _, _, token, _ in slots]))
+
+
+def dry_levels(rows: Sequence[Row]) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
+    """Of a claim statement's levels (package, priority), those with nothing more for this call (they offered
+    fewer items than their share, and all of those were claimed), and every level it saw."""
+    short: dict[tuple[int, int], int] = {}
+    claimed: dict[tuple[int, int], int] = defaultdict(int)
+    for o in rows:
+        level = (int(o["pk_id"]), int(o["ip"]))
+        short[level] = int(o["fetched"]) if int(o["fetched"]) < int(o["quota"]) else -1
+        if o["id"] is not None:
+            claimed[level] += 1
+    return [level for level, k in short.items() if k >= 0 and claimed[level] == k], set(short)
 
 
 def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[ClaimBatch]]:
@@ -86,31 +136,25 @@ def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[
             tx.batch.swept[run_id] = now
             if await sweep(tx, run_id, now):
                 tx.wrote = True
-        exhausted: list[int] = []
+        exhausted: list[tuple[int, int]] = []
+        rounds = 0
         while len(claims) < args.limit:
             want = args.limit - len(claims)
-            rows = await tx.all(
-                CLAIM_SQL,
-                claim_params(
-                    run_id,
-                    package,
-                    exhausted,
-                    now,
-                    [(args.worker, now, args.token(), current_principal.get()) for _ in range(want)],
-                ),
-            )
-            quota: dict[int, int] = {}
-            got: dict[int, int] = defaultdict(int)
-            for o in rows:
-                np_, ord_ = int(o["np"]), int(o["ord"])
-                quota[int(o["pk_id"])] = max(0, (want - ord_ + np_ - 1) // np_)
-                if o["id"] is not None:
-                    got[int(o["pk_id"])] += 1
+            slots = [(args.worker, now, args.token(), current_principal.get()) for _ in range(want)]
+            rows = [
+                o
+                for o in await claim_rows(tx, run_id, package, exhausted, now, slots)
+                if o["pk_id"] is not None
+            ]
             claims += claims_from(tx, run_id, args.worker, [o for o in rows if o["id"] is not None], now)
-            # a package that gave less than its share has nothing more for this call (or the rest
+            # a level that offered fewer items than its share has nothing more for this call (or the rest
             # is locked by other claimers); the next round shares what is left among the others
-            short = [pid for pid, q in quota.items() if got.get(pid, 0) < q]
-            if not short or len(short) == len(quota):
+            short, offered = dry_levels(rows)
+            if rounds < LOST_ROUNDS and any(o.get("lost") for o in rows[:1]):
+                rounds += 1  # an item lost a key to a better one: the winner holds it now, ask again
+                exhausted += short
+                continue
+            if not short or len(short) == len(offered):
                 break
             exhausted += short
         if len(claims) >= args.limit:
@@ -122,7 +166,7 @@ def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[
         if blocked is not None:
             return ClaimBatch(claims, blocked)
         await tx.flush()
-        return ClaimBatch(claims, *await why_nothing(tx, run_id, package))
+        return ClaimBatch(claims, *await why_nothing(tx, run_id, package, now))
 
     return op
 
@@ -179,13 +223,29 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
                 state.swept[run_id] = cutoff
                 swept = await conn.execute(SWEEP_SQL, sweep_params(run_id, cutoff))
             slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
-            claimed = await conn.execute(CLAIM_SQL, claim_params(run_id, package, [], cutoff, slots))
+            params = claim_params(run_id, package, [], cutoff, slots)
+            gated = run_id in GATED
+            if gated and (run_id, package) not in state.capped:
+                state.capped.add((run_id, package))
+                await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
+            claimed = await conn.execute(CLAIM_GATED_SQL if gated else CLAIM_SQL, params)
             if swept is not None:
                 sweep = Tx(conn, state)
-                sweep_effects(sweep, run_id, cutoff, await swept.fetchall())
+                await sweep_effects(sweep, run_id, cutoff, await swept.fetchall())
                 sweep.succeeded()
             rows = await claimed.fetchall()
-            got = [o for o in rows if o["id"] is not None]  # ranks 1..len(got), in rank order
+            if (
+                not gated and rows and rows[0]["gated"]
+            ):  # the run is gated: its claims take its locks and caps
+                GATED.add(run_id)
+                state.capped.add((run_id, package))
+                await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
+                rows = await fetch_all(conn, CLAIM_GATED_SQL, params)
+                gated = True
+            if gated:
+                await drop_orphans(conn, rows, slots)
+            # each request owns `limit` consecutive slots (ranks); a gated statement may leave a slot empty
+            got = {int(o["rank"]): o for o in rows if o["id"] is not None}
             # the whole chunk's events and counter moves go straight to the batch: the merged
             # statement succeeded or the batch re-runs one by one (NeedSafe), so nothing of one
             # request has to be kept apart to be rolled back alone
@@ -193,8 +253,8 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
             events = state.events
             pos = 0
             for req, a in chunk:
-                mine = got[pos : pos + a.limit]
-                pos += len(mine)
+                mine = [got[k] for k in range(pos + 1, pos + a.limit + 1) if k in got]
+                pos += a.limit
                 claims = []
                 with acting_as(req.principal):
                     for o in mine:
@@ -209,7 +269,7 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
                 else:
                     req.rest = claim_op(a, claims)
             per_package: dict[int, int] = defaultdict(int)
-            for o in got:
+            for o in got.values():
                 per_package[int(o["pk_id"])] += 1
             for pid, n in per_package.items():
                 whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
@@ -265,6 +325,8 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
             whole.effects(t, a.now)
         req.value = R.outcome_from(row)
         req.handled = True
+    if any(r["q_locks"] or r["q_dependents"] or r["q_gate"] for r in rows):
+        await policy.reported_complete(whole, rows, max(float(a.now) for _, a in todo))
     whole.succeeded()
 
 
@@ -280,7 +342,7 @@ async def sweep(tx: Tx, run_id: str, now: float) -> int:
     """Expired leases go back to pending (or failed when attempts are spent, cancelled when the run is).
     Every process sweeps; SKIP LOCKED keeps two sweepers off the same row."""
     rows = await tx.all(SWEEP_SQL, sweep_params(run_id, now))
-    sweep_effects(tx, run_id, now, rows)
+    await sweep_effects(tx, run_id, now, rows)
     return len(rows)
 
 
@@ -288,25 +350,29 @@ def sweep_params(run_id: str, now: float) -> dict[str, Any]:
     return {"run": run_id, "now": now, "limit": SWEEP_LIMIT}
 
 
-def sweep_effects(tx: Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
+async def sweep_effects(tx: Tx, run_id: str, now: float, rows: Sequence[Row]) -> None:
     """The counter moves and events of the leases a sweep statement returned."""
     for r in rows:
-        tx.effects(rules.expire_to(r, r["target"], now), now)
+        t = rules.expire_to(r, r["target"], now)
+        tx.effects(t, now)
+        await policy.expired(tx, r, t, now)
 
 
 async def cancel_pending(tx: Tx, run_id: str, now: float) -> int:
     """The run's pending items end cancelled: the statement writes rules.cancel's values (a property
     test in tests/rules/test_rules.py holds it to them); how many did."""
-    move = rules.cancel(now)
+    moves = {m.old: m for m in (rules.cancel(now), rules.cancel_blocked(now))}
     total = 0
     for r in await tx.all(CANCEL_PENDING_SQL, {"now": now, "run": run_id}):
         n = int(r["n"])
+        move = moves[r["was"]]
         tx.move(run_id, int(r["package_id"]), move.old, move.new, n)
         total += n
     return total
 
 
-async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, float | None]:
+async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> tuple[Any, float | None]:
+    """Why a claim came back short (rules.why_nothing) and when to ask again."""
     row = await tx.one(
         sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS,
         (run_id, package, package),
@@ -315,17 +381,31 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None) -> tuple[Any, fl
     if package is not None and row["n"] == 0:
         raise rules.unknown_package_in_run(package)
     total = 0
-    if not row["pending"] and not row["generating"]:  # done or empty: said of the whole run
+    pending, generating, blocked = int(row["pending"]), int(row["generating"]), int(row["blocked"])
+    if not pending and not generating and not blocked:  # done or empty: said of the whole run
         t = await tx.one(
             sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2,
             (run_id,),
         )
         total = int(t["total"]) if t else 0
+    held: Row = {}
+    if pending and run_id in GATED:  # ready items may be held back by a cap or by lock keys
+        held = await tx.one(sql.WHY_GATED_SQL, {"run": run_id, "package": package, "now": now}) or {}
+    run_capped, package_capped = bool(held.get("run_capped")), bool(held.get("package_capped"))
     reason, column = rules.why_nothing(
-        pending=int(row["pending"]), generating=int(row["generating"]), total=total
+        pending=pending,
+        generating=generating,
+        total=total,
+        blocked=blocked,
+        capped=run_capped or package_capped,
+        locked=bool(held.get("locked")),
     )
     if column is None:
         return reason, None
+    if column == "cap_holders":
+        return reason, held["run_first"] if run_capped else held["package_first"]
+    if column == "lock_holders":
+        return reason, held["lock_first"]
     if package is None:
         m = await tx.one(EARLIEST[column], (run_id,))
     else:
@@ -414,6 +494,8 @@ async def complete(
         tx.wrote = True
         t = rules.complete(row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata))
         tx.effects(t, now)
+        if row["q_locks"] or row["q_dependents"] or row["q_gate"]:
+            await policy.reported_complete(tx, [row], now)
         return R.outcome_from(t.row(row))
 
     if next_claim is None:
@@ -469,7 +551,7 @@ async def fail(
             max_attempts=int(row["max_attempts"]),
             now=now,
         )
-        await tx.apply(row, t, now)
+        await policy.after(tx, row, t, await tx.apply(row, t, now), now)
         outcome = R.outcome_from(t.row(row))
         return Reported(outcome, await next_claims(tx, outcome, lease_token, next_claim, now, True))
 
@@ -513,6 +595,8 @@ async def retry(
         ids = [r["id"] for r in rows]
         if ids:
             tx.event(run_id, None, rules.requeued(ids), now)
+            # what their failures cancelled waits again (after `requeued`: it says why)
+            await policy.reblock(tx, [int(r["n"]) for r in rows], now)
         return ids
 
     return await db.write(op, journal=IDS_ANSWER)
