@@ -387,3 +387,15 @@ async def test_an_extension_cannot_close_a_cycle_through_the_runs_items(engine: 
     more = await engine.plan_run("r", packages=[PackageSpec(name="b", items=["b3"])])  # no cycle: fine
     assert more.added_items == 1 and (await status_of(engine, "r"))["a/x"] == "blocked"
     await assert_consistent(engine)
+
+
+async def test_a_claim_of_one_blocked_package_waits_on_the_runs_leases(engine: Engine) -> None:
+    Clock(engine)
+    await engine.plan_run(
+        "r",
+        packages=[PackageSpec(name="a", items=["x"]), PackageSpec(name="b", items=[item("y", "a/x")])],
+        policy=POLICY,
+    )
+    await claim_one(engine, "r")  # a/x is leased: b's only item waits for it
+    short = await engine.claim_items("r", worker="w", package="b")
+    assert short.reason == "blocked" and short.retry_after_seconds == pytest.approx(LEASE)

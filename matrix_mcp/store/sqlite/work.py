@@ -214,6 +214,9 @@ def why_nothing(
     total = 0
     if not pending and not generating and not blocked:  # done or empty: said of the whole run
         total = c.execute(sql.WHY_NOTHING_SELECT_PACKAGES, (run_id,)).fetchone()[0]
+    run_wide = package is not None and blocked and not pending
+    if run_wide:  # blocked items wait on the run's leases, not only their package's
+        generating = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()[1]
     capped_at = [p for p in held.capped_packages if policy.ready_in_package(c, p, now)]
     capped = bool(capped_at) or (run_capped and policy.ready_in_run(c, run_id, now))
     reason, column = rules.why_nothing(
@@ -233,7 +236,7 @@ def why_nothing(
             return reason, c.execute(sql.EARLIEST["lease_expires_at"], (run_id,)).fetchone()[0]
         times = [c.execute(sql.EARLIEST_LEASE_IN_PACKAGE, (run_id, p)).fetchone()[0] for p in capped_at]
         return reason, min((t for t in times if t is not None), default=None)
-    if package is None:
+    if package is None or run_wide:
         row = c.execute(sql.EARLIEST[column], (run_id,)).fetchone()
     else:
         row = c.execute(sql.EARLIEST[column] + sql.IN_PACKAGE, (run_id, run_id, package)).fetchone()
