@@ -461,18 +461,30 @@ SELECT (SELECT count(*) FROM r) AS runs, (SELECT count(*) FROM p) AS packages
 DROP_ORPHAN_LOCKS = "DELETE FROM resource_locks WHERE key = ANY(%s::text[]) AND lease_token = ANY(%s::text[])"
 
 
-HEARTBEAT_SQL = (
-    "WITH h AS (UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s"
-    " FROM runs r, unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)"
-    " WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id"
-    " RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state),"
-    " hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n"
-    " RETURNING q.n, q.locks, q.lease_token, q.lease_expires_at),"
-    # the lock keys a lease holds run as long as it does
-    " hl AS (UPDATE resource_locks l SET expires_at = hq.lease_expires_at FROM hq WHERE hq.locks IS NOT NULL"
-    " AND l.key = ANY(hq.locks) AND l.n = hq.n AND l.lease_token = hq.lease_token)"
-    " SELECT id, lease_token, lease_expires_at, state FROM h"
-)
+# the leases that hold (rules.heartbeat) run on from now: their lock keys first, each while its row is still
+# this lease's (a claim may have taken the key of a lease that ran out: the row as it stands decides), then
+# the lease itself, unless it ran out and lost one of its keys that way (rules.heartbeat's keys_kept)
+HEARTBEAT_SQL = """
+WITH l AS MATERIALIZED (SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)),
+hk AS (
+    UPDATE resource_locks k SET expires_at = %(now)s + r.lease_seconds
+    FROM l JOIN outcomes o ON o.id = l.id JOIN outcome_queue q ON q.n = o.n JOIN runs r ON r.id = o.run_id
+    WHERE o.locks IS NOT NULL AND o.lease_token = l.tok AND o.status = 'generating'
+      AND k.key = ANY(q.locks) AND k.n = o.n AND k.lease_token = l.tok
+    RETURNING k.n
+),
+h AS (
+    UPDATE outcomes o SET lease_expires_at = %(now)s + r.lease_seconds, updated_at = %(now)s
+    FROM runs r, l
+    WHERE o.id = l.id AND o.lease_token = l.tok AND o.status = 'generating' AND r.id = o.run_id
+      AND (o.locks IS NULL OR o.lease_expires_at > %(now)s
+           OR (SELECT count(*) FROM hk WHERE hk.n = o.n)
+              = (SELECT cardinality(q.locks) FROM outcome_queue q WHERE q.n = o.n))
+    RETURNING o.n, o.id, o.lease_token, o.lease_expires_at, r.state
+),
+hq AS (UPDATE outcome_queue q SET lease_expires_at = h.lease_expires_at FROM h WHERE q.n = h.n)
+SELECT id, lease_token, lease_expires_at, state FROM h
+"""
 
 
 COMPLETE_SQL = """
