@@ -388,6 +388,10 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> t
             (run_id,),
         )
         total = int(t["total"]) if t else 0
+    run_wide = package is not None and blocked > 0 and not pending
+    if run_wide:  # blocked items wait on the run's leases, not only their package's
+        whole = await tx.one(sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS, (run_id, None, None))
+        generating = int(whole["generating"]) if whole else generating
     held: Row = {}
     if pending and run_id in GATED:  # ready items may be held back by a cap or by lock keys
         held = await tx.one(sql.WHY_GATED_SQL, {"run": run_id, "package": package, "now": now}) or {}
@@ -406,7 +410,7 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> t
         return reason, held["run_first"] if run_capped else held["package_first"]
     if column == "lock_holders":
         return reason, held["lock_first"]
-    if package is None:
+    if package is None or run_wide:
         m = await tx.one(EARLIEST[column], (run_id,))
     else:
         m = await tx.one(EARLIEST[column] + sql.IN_PACKAGE, (run_id, run_id, package))
