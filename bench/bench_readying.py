@@ -84,7 +84,8 @@ async def fresh_store(args: argparse.Namespace) -> AsyncIterator[Store]:
         from matrix_mcp.store.postgres import PostgresStore
 
         async with fresh_pg_database(args.database_url) as url:
-            store = await PostgresStore.open(url)
+            # a plan of 100,000 items with edges is one transaction: longer than the default deadline
+            store = await PostgresStore.open(url, deadline=600)
             try:
                 yield store
             finally:

@@ -190,6 +190,7 @@ class Shape:
     locks: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     cap: int | None = None
     description: str = "no policy"
+    kind: str = "plain"
 
 
 def plain_shape(items: int, packages: int) -> Shape:
@@ -254,7 +255,7 @@ def policy_shape(
         f" priority 1 on {len(first)} items; 1 lock on {n_locked} items from {len(pool)} keys;"
         f" max_concurrent {cap} per package"
     )
-    return Shape(plan, RunPolicy(), item_after, package_after, locks, cap, description)
+    return Shape(plan, RunPolicy(), item_after, package_after, locks, cap, description, "policy")
 
 
 @dataclass
