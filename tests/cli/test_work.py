@@ -364,12 +364,11 @@ def test_work_help_is_shown(tmp_path: Path) -> None:
 
 
 async def test_work_prints_why_it_waits_and_stops_when_only_a_retry_can_help(
-    script: Path, tmp_path: Path
+    settings: Settings, script: Path, tmp_path: Path
 ) -> None:
     """Two slots: one runs x under the lock key, the other waits (`locked`, said once); y follows under the
     key; q waits for all of p. z fails for good and, with on_dependency_failure=block, w stays blocked with
-    nothing in progress: `work` says so and stops. SQLite (the claim policy's store contract covers both)."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    nothing in progress: `work` says so and stops. On each backend."""
     packages = [
         PackageSpec(
             name="p",

@@ -9,13 +9,11 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.integrations.crypto import new_key
 from matrix_mcp.integrations.dispatcher import Dispatcher
@@ -63,18 +61,6 @@ async def dispatching(engine: Engine, settings: HookSettings, n: int = 1) -> Asy
             tg.cancel_scope.cancel()
     for d in ds:
         await d.aclose()
-
-
-@pytest.fixture
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    """An engine on SQLite only (the claim policy's PostgreSQL store is its own step)."""
-    engine = await Engine.open(
-        Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
-    )
-    try:
-        yield engine
-    finally:
-        await engine.close()
 
 
 async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -205,10 +191,9 @@ async def test_a_big_plan_is_one_run_planned_not_an_outcome_created_per_item(eng
         assert [b["data"]["item"] for b in created.bodies()] == ["manual"]
 
 
-async def test_ready_and_a_failure_cascade_are_delivered(sqlite_engine: Engine) -> None:
+async def test_ready_and_a_failure_cascade_are_delivered(engine: Engine) -> None:
     """A blocked item readied is `outcome.ready`; a failure that cancels its dependents is one
     `outcome.dependents_cancelled`, after which the run, nothing blocked, is completed."""
-    engine = sqlite_engine
     settings = fast()
     hooks = Hooks(engine.store, engine.settings.database_url, settings)
     items = ["a", ItemSpec(name="b", after=["a"]), ItemSpec(name="c", after=["b"])]

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=["auto", "legacy"])
-async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Client]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
+async def client(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Client]:
+    """Both protocol eras, on each backend (conftest's `database_url`: SQLite, and PostgreSQL)."""
+    settings = Settings(database_url=database_url, artifacts_dir=tmp_path / "artifacts")
     async with Client(create_server(settings), mode=request.param) as c:
         yield c
 
