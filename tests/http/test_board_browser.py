@@ -623,6 +623,7 @@ async def test_a_blocked_item_has_its_shape_its_detail_and_turns_pending_when_re
         packages = [
             {"name": "schema", "items": [{"name": "users", "locks": ["file:db.py"], "priority": 2}]},
             {"name": "services", "after": ["schema"], "max_concurrent": 1, "items": ["accounts", "rewards"]},
+            {"name": "release", "items": [{"name": "tag", "after": ["services/accounts"]}]},
         ]
         assert (await api.post("/runs", json={"name": "staged", "packages": packages})).status_code == 201
         outcomes = (await api.get("/outcomes", params={"run": "staged"})).json()["outcomes"]
@@ -637,7 +638,7 @@ async def test_a_blocked_item_has_its_shape_its_detail_and_turns_pending_when_re
         assert await page.evaluate("(id) => window.matrixBoard.status(id)", ids["accounts"]) == "blocked"
         assert await pixel(page, ids["accounts"]) == VIOLET
         assert "blocked" in (await page.text_content(".legend") or "")
-        await page.wait_for_function("document.getElementById('counts').textContent.includes('2 blocked')")
+        await page.wait_for_function("document.getElementById('counts').textContent.includes('3 blocked')")
         row = await page.text_content("#packages tr:nth-child(2)")
         assert row is not None and "schema" in row  # services: after schema, capped at 1
 
@@ -666,5 +667,25 @@ async def test_a_blocked_item_has_its_shape_its_detail_and_turns_pending_when_re
             )
         await page.wait_for_timeout(100)
         assert await pixel(page, ids["accounts"]) == GREY
+
+        # accounts fails for good: tag, waiting on it, turns cancelled live (`dependents_cancelled`); a retry
+        # of accounts puts tag back to blocked (the grid reloads: the retry's event does not name it)
+        leased = (await api.post("/runs/staged/claim", json={"worker": "w", "package": "services"})).json()
+        accounts = leased["items"][0]
+        assert accounts["item"] == "accounts"
+        failed = await api.post(
+            f"/outcomes/{accounts['outcome_id']}/fail",
+            json={"lease_token": accounts["lease_token"], "error": "boom", "retryable": False},
+        )
+        assert failed.status_code == 200, failed.text
+        await page.wait_for_function(
+            "(id) => window.matrixBoard.status(id) === 'cancelled'", arg=ids["tag"], timeout=5000
+        )
+        retried = await api.post("/runs/staged/retry", json={"outcome_ids": [accounts["outcome_id"]]})
+        assert retried.json()["requeued"] == 1
+        await page.wait_for_function(
+            "(id) => window.matrixBoard.status(id) === 'blocked'", arg=ids["tag"], timeout=5000
+        )
+        assert await page.evaluate("(id) => window.matrixBoard.status(id)", ids["accounts"]) == "pending"
         assert not seen, seen
         await page.close()
