@@ -171,6 +171,8 @@ class Limits:
     # dependency rows one plan may store: an item's "package/item" refs, plus one per item for each
     # package it waits for ("package/*", a package's `after`)
     max_edges_per_plan: int = 1_000_000
+    # a claimed item's previous_attempts (errors, notes, review notes), as JSON, at most this many bytes
+    max_briefing_bytes: int = 8192
     max_page_size: int = 1000
     max_json_depth: int = 32
     max_json_bytes: int = 1024 * 1024
@@ -199,6 +201,7 @@ class Settings:
             inline_content_bytes=_int(env, "MATRIX_INLINE_CONTENT_BYTES", Limits.inline_content_bytes),
             max_items_per_plan=_int(env, "MATRIX_MAX_ITEMS_PER_PLAN", Limits.max_items_per_plan),
             max_edges_per_plan=_int(env, "MATRIX_MAX_EDGES_PER_PLAN", Limits.max_edges_per_plan),
+            max_briefing_bytes=_int(env, "MATRIX_MAX_BRIEFING_BYTES", Limits.max_briefing_bytes),
             max_page_size=_int(env, "MATRIX_MAX_PAGE_SIZE", Limits.max_page_size),
             max_json_depth=_int(env, "MATRIX_MAX_JSON_DEPTH", Limits.max_json_depth),
             max_json_bytes=_int(env, "MATRIX_MAX_JSON_BYTES", Limits.max_json_bytes),

@@ -7,14 +7,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-# "blocked" (waiting for dependencies) comes last: the board's status codes and earlier outputs keep their indexes
-Status = Literal["pending", "generating", "complete", "failed", "cancelled", "blocked"]
-STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
-# what a record or an override may set: every status but blocked (only unmet dependencies block an item)
+# "blocked" (waiting for dependencies), then "in_review" (done, awaiting review_item) come last: the board's
+# status codes and earlier outputs keep their indexes
+Status = Literal["pending", "generating", "complete", "failed", "cancelled", "blocked", "in_review"]
+STATUSES: tuple[Status, ...] = (
+    "pending",
+    "generating",
+    "complete",
+    "failed",
+    "cancelled",
+    "blocked",
+    "in_review",
+)
+# what a record or an override may set: every status but blocked (only unmet dependencies block an item) and
+# in_review (only a completion under review puts an item there)
 SettableStatus = Literal["pending", "generating", "complete", "failed", "cancelled"]
 RunState = Literal["active", "paused", "cancelled", "done"]
 RunAction = Literal["pause", "resume", "cancel"]
 DependencyFailure = Literal["cancel", "block"]
+Review = Literal["none", "required"]
+ReviewDecision = Literal["approve", "reject"]
 Json = dict[str, Any]
 
 
@@ -25,6 +37,14 @@ def ts(epoch: float | None) -> datetime | None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+# Result fields advertised by their JSON type alone (their shape is in the tool's description, or obvious):
+# every tool's definition is counted against the tools/list budget, and results repeat records.
+AsObject = WithJsonSchema({"type": "object"})
+AsArray = WithJsonSchema({"type": "array"})
+AsString = WithJsonSchema({"type": "string"})
+AsInteger = WithJsonSchema({"type": "integer"})
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -64,11 +84,44 @@ class PackageSpec(_Model):
     max_concurrent: int | None = Field(
         default=None, ge=1, le=MAX_CAP, description="At most this many of its items generating at once."
     )
+    review: Review | None = Field(
+        default=None,
+        description='"required": a completed item waits in_review for review_item; null: the run\'s.',
+    )
+
+
+MAX_NOTE_CHARS = 2_000  # a heartbeat's note, a review's note
 
 
 class LeaseRef(_Model):
     outcome_id: str
     lease_token: str
+    # a checkpoint ("migrated 3 of 5 tables"): the attempt keeps the last; the next attempt's claim shows it
+    note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS)
+
+
+class Usage(_Model):
+    # what an attempt spent, as the worker reports it (every field optional, none negative)
+
+    input_tokens: int | None = Field(default=None, ge=0, le=2**62)
+    output_tokens: int | None = Field(default=None, ge=0, le=2**62)
+    cache_read_tokens: int | None = Field(default=None, ge=0, le=2**62)
+    cache_creation_tokens: int | None = Field(default=None, ge=0, le=2**62)
+    model: str | None = Field(default=None, max_length=200)
+    cost_usd: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+
+    @property
+    def tokens(self) -> int:
+        """Every token counted (what max_tokens caps)."""
+        return sum(
+            t or 0
+            for t in (
+                self.input_tokens,
+                self.output_tokens,
+                self.cache_read_tokens,
+                self.cache_creation_tokens,
+            )
+        )
 
 
 class RunPolicy(_Model):
@@ -80,6 +133,9 @@ class RunPolicy(_Model):
     outcome_schema: Json | None = None
     max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CAP)  # run-wide items generating at once
     on_dependency_failure: DependencyFailure = "cancel"  # what an item failed for good does to its dependents
+    review: Review = "none"  # "required": complete_item puts the item in_review until review_item decides
+    max_cost_usd: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)  # spent past: paused
+    max_tokens: int | None = Field(default=None, ge=0, le=2**62)  # all tokens reported; spent past: paused
 
     @classmethod
     def planned(
@@ -91,6 +147,9 @@ class RunPolicy(_Model):
         outcome_schema: Json | None = None,
         max_concurrent: int | None = None,
         on_dependency_failure: DependencyFailure = "cancel",
+        review: Review = "none",
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
     ) -> RunPolicy:
         """The policy a plan asks for (plan_run's arguments, a plan file): the backoff doubles from
         `backoff_seconds` up to 300 s, or up to `backoff_seconds` when that is longer."""
@@ -103,6 +162,9 @@ class RunPolicy(_Model):
             outcome_schema=outcome_schema,
             max_concurrent=max_concurrent,
             on_dependency_failure=on_dependency_failure,
+            review=review,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
         )
 
 
@@ -116,7 +178,18 @@ class StatusCounts(_Model):
     failed: int = 0
     cancelled: int = 0
     blocked: int = 0
+    in_review: Annotated[int, AsInteger] = 0
     total: int = 0
+
+
+class UsageTotals(_Model):
+    # usage summed over reports (a package's, a run's, a worker's)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class Run(_Model):
@@ -124,10 +197,12 @@ class Run(_Model):
     name: str
     goal: str | None = None
     state: RunState
-    policy: RunPolicy
+    policy: Annotated[RunPolicy, AsObject]  # as plan_run took it (its arguments describe the fields)
     packages: int
     counts: StatusCounts
     progress: float = Field(description="Share of items finished (complete, failed, cancelled).")
+    # why a paused run paused itself (a budget); null when paused by hand
+    paused_reason: Annotated[str | None, AsString] = None
     created_at: datetime
     updated_at: datetime
 
@@ -144,6 +219,9 @@ class PackageSummary(_Model):
     failed_items: int
     cancelled_items: int
     blocked_items: int = 0
+    in_review_items: Annotated[int, AsInteger] = 0
+    usage: Annotated[UsageTotals | None, AsObject] = None  # what its items' reports spent (null: none yet)
+    review: Annotated[Review | None, AsString] = None  # null: the run's
     priority: int = 0
     max_concurrent: int | None = None
     after: list[str] = Field(default_factory=list, description="Packages its items wait for.")
@@ -196,6 +274,12 @@ class Attempt(_Model):
     principal: str | None = None  # who claimed it over HTTP (`key:NAME` / `jwt:SUB`); omitted when open
     status: Status
     error: str | None = None
+    note: Annotated[str | None, AsString] = None  # the last heartbeat note
+    usage: Annotated[Usage | None, AsObject] = None
+    review_decision: Annotated[ReviewDecision | None, AsString] = None
+    review_note: Annotated[str | None, AsString] = None
+    # the reviewer's principal (`key:NAME` / `jwt:SUB`), when not open
+    reviewed_by: Annotated[str | None, AsString] = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
 
@@ -255,6 +339,15 @@ class PlanResult(_Model):
     added_items: int
 
 
+class PreviousAttempt(_Model):
+    # an earlier attempt of a claimed item, as its next worker reads it (texts may be cut, marked "…")
+    attempt: int
+    status: Status
+    error: str | None = None
+    note: str | None = None
+    review_note: str | None = None
+
+
 class ClaimedItem(_Model):
     # what a worker needs to do one item (it knows the run; get_outcome has every field)
     outcome_id: str
@@ -266,6 +359,10 @@ class ClaimedItem(_Model):
     specifications: Json | str | None = None
     outcome_path: str | None = None
     briefing: str | None = None  # the run's goal and the package's description
+    # earlier attempts, newest first, within MATRIX_MAX_BRIEFING_BYTES (null on a first attempt: left out of
+    # the JSON); how many older ones did not fit (null when none was left out)
+    previous_attempts: Annotated[list[PreviousAttempt] | None, AsArray] = None
+    previous_attempts_omitted: Annotated[int | None, AsInteger] = None
 
 
 # blocked: nothing ready, the rest waits on dependencies; locked: ready items wait for lock keys another
@@ -313,6 +410,19 @@ class RetryResult(_Model):
     outcome_ids: list[str]
 
 
+class ReviewResult(_Model):
+    outcome_id: str
+    decision: ReviewDecision
+    status: Status  # complete (approved), pending (rejected, retried) or failed (rejected, attempts spent)
+    attempt: int
+    available_at: datetime | None = Field(default=None, description="Retried from then.")
+
+
+class WorkerUsage(_Model):
+    worker: str
+    usage: UsageTotals
+
+
 class RunList(_Model):
     runs: list[Run]
 
@@ -330,6 +440,9 @@ class RunStatus(_Model):
         description="Finished per minute: over the last 5 min; for a done or cancelled run, first start to last finish.",
     )
     eta_seconds: float | None = None
+    usage: Annotated[UsageTotals | None, AsObject] = None  # spent by the run's reports (null: none yet)
+    # the same per worker (most cost first, at most 100)
+    workers: Annotated[list[WorkerUsage] | None, AsArray] = None
     latest_seq: int
     events: list[Event]
     more_events: bool = False
@@ -361,6 +474,7 @@ class SystemMetrics(_Model):
     outcomes_failed: int
     outcomes_cancelled: int
     outcomes_blocked: int = 0
+    outcomes_in_review: Annotated[int, AsInteger] = 0
     avg_generation_time: float | None = None
     success_rate: float | None = None
     total_lines_generated: float

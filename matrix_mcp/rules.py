@@ -14,12 +14,19 @@ import json
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar
 
 from matrix_mcp.audit import stamped
 from matrix_mcp.errors import Conflict, InputError, NotFound, StaleLease
-from matrix_mcp.models import ClaimReason, RunAction, Status
+from matrix_mcp.models import (
+    ClaimReason,
+    PreviousAttempt,
+    ReviewDecision,
+    RunAction,
+    Status,
+    Usage,
+)
 
 
 class RowLike(Protocol):
@@ -144,13 +151,17 @@ def check_complete(row: RowLike | None, outcome_id: str, token: str, report: Any
     already complete (the identical report repeated is answered again, False; a different one is refused),
     then a lease that no longer holds. True: the report completes the item now."""
     row = check_lease(row, outcome_id, token)
-    if row["status"] == "complete":
+    if row["status"] in REPORTED:
         if same_report(row, report):
             return False
         raise complete_differs()
     if not lease_holds(row["status"], row["lease_token"], token):
         raise lost_lease(row)
     return True
+
+
+# an item whose completion was reported (awaiting review, or complete): the identical report is answered again
+REPORTED = ("complete", "in_review")
 
 
 def is_repeat_failure(attempt: RowLike | None, error: str) -> bool:
@@ -393,6 +404,19 @@ class AttemptEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptReview:
+    """review_item's decision on the attempt under `lease_token` (the one that ended in_review): its status
+    becomes `status` (complete, or failed with the note as its error), with the decision, note and reviewer."""
+
+    lease_token: str
+    decision: ReviewDecision
+    note: str | None
+    reviewed_by: str | None
+    status: Status
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptStart:
     """The attempt a claim starts: its number, under the new lease token, by the worker."""
 
@@ -424,6 +448,8 @@ class Transition:
     metric_rows: Mapping[str, Any] | None = None
     clear_metric_rows: bool = False
     start: AttemptStart | None = None
+    review: AttemptReview | None = None
+    usage: Usage | None = None  # what the ended attempt reported: kept on it, rolled up (rules.spend)
 
     @property
     def queue_token(self) -> str | None:
@@ -497,6 +523,7 @@ class Extension:
 
     values: Mapping[str, Any]
     stops: bool
+    note: str | None = None  # the lease's checkpoint note: its attempt keeps the last one given
 
     @property
     def lease_expires_at(self) -> float:
@@ -504,10 +531,18 @@ class Extension:
 
 
 def heartbeat(
-    row: RowLike, *, token: str, run_state: str, lease_seconds: float, now: float, keys_kept: bool = True
+    row: RowLike,
+    *,
+    token: str,
+    run_state: str,
+    lease_seconds: float,
+    now: float,
+    keys_kept: bool = True,
+    note: str | None = None,
 ) -> Extension | None:
     """A heartbeat for the lease `token` on the item `row` (status, lease_token): extended by the run's
-    lease_seconds when the lease holds, else None (the lease is lost). No event, no counter moves.
+    lease_seconds when the lease holds, else None (the lease is lost). No event, no counter moves; a
+    `note` replaces its attempt's last note.
 
     `keys_kept`: false when the lease ran out and another lease took one of its lock keys since (a claim may
     take the key of a lease that ran out before the sweep sends its item back). Such a lease is lost too:
@@ -515,7 +550,9 @@ def heartbeat(
     if not lease_holds(row["status"], row["lease_token"], token) or not keys_kept:
         return None
     return Extension(
-        {"lease_expires_at": lease_expires(now, lease_seconds), "updated_at": now}, stops_work(run_state)
+        {"lease_expires_at": lease_expires(now, lease_seconds), "updated_at": now},
+        stops_work(run_state),
+        note,
     )
 
 
@@ -526,10 +563,15 @@ def complete(
     report: Any,
     now: float,
     encoded: tuple[str, str] | None = None,
+    review: bool = False,
 ) -> Transition:
     """A report completes the leased item (after `check_complete` said so): the report's fields replace the
     row's (its outcome_path only when given), the attempt ends complete, the completion counts. `encoded`:
-    the report's metrics and metadata as JSON text, when the caller has them already."""
+    the report's metrics and metadata as JSON text, when the caller has them already. With `review`
+    (rules.review_required), the item goes in_review instead: the lease and the attempt end, the usage is
+    kept, but nothing is counted as complete and no dependent moves until review_item approves."""
+    if review:
+        return _to_review(row, lease_token=lease_token, report=report, now=now, encoded=encoded)
     outcome_id, run_id, package_id = _where(row)
     took = duration(row["started_at"], now)
     values = {
@@ -558,6 +600,39 @@ def complete(
         minute=MinuteDelta(completed=1, duration=took),
         attempt=AttemptEnd(lease_token, "complete", None),
         metric_rows=report.metrics,
+        usage=getattr(report, "usage", None),
+    )
+
+
+def _to_review(
+    row: RowLike, *, lease_token: str, report: Any, now: float, encoded: tuple[str, str] | None
+) -> Transition:
+    outcome_id, run_id, package_id = _where(row)
+    took = duration(row["started_at"], now)
+    values = {
+        "status": "in_review",
+        "completed_at": now,
+        "duration_seconds": took,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "error_message": None,
+        "metrics": encoded[0] if encoded is not None else json_text(report.metrics),
+        "metadata": encoded[1] if encoded is not None else json_text(report.metadata),
+        "outcome_path": report.outcome_path if report.outcome_path is not None else row["outcome_path"],
+        "content_sha256": report.content_sha256,
+        "content_bytes": report.content_bytes,
+        "mime_type": report.mime_type,
+    }
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="generating",
+        new="in_review",
+        values=values,
+        event=in_review_event(package=row["package_name"], item=row["item"], attempt=int(row["attempts"])),
+        attempt=AttemptEnd(lease_token, "in_review", None),
+        usage=getattr(report, "usage", None),
     )
 
 
@@ -603,8 +678,10 @@ def fail(
     run_state: str,
     max_attempts: int,
     now: float,
+    usage: Usage | None = None,
 ) -> Transition:
-    """A failure report on the leased item (its lease holds): where `failure_outcome` sends it."""
+    """A failure report on the leased item (its lease holds): where `failure_outcome` sends it; the
+    attempt keeps its `usage`."""
     attempts = int(row["attempts"])
     decided = failure_outcome(
         retryable=retryable,
@@ -613,7 +690,7 @@ def fail(
         run_state=run_state,
         backoff=backoff,
     )
-    return _failure(
+    t = _failure(
         row,
         target=decided.target,
         available_at=now + decided.delay,
@@ -624,6 +701,7 @@ def fail(
         ),
         now=now,
     )
+    return t if usage is None else replace(t, usage=usage)
 
 
 def expire(row: RowLike, *, run_state: str, max_attempts: int, now: float) -> Transition | None:
@@ -857,6 +935,10 @@ def check_settable(status: str) -> None:
     by hand would wait for nothing)."""
     if status == "blocked":
         raise InputError("an item is blocked only by its dependencies; it cannot be set by hand", "status")
+    if status == "in_review":
+        raise InputError(
+            "an item is in_review only by a completion under review; it cannot be set by hand", "status"
+        )
 
 
 def initial_status(waiting: int) -> Status:
@@ -1035,6 +1117,173 @@ def why_nothing(
     return ("done" if total else "empty"), None
 
 
+# ---- review gates, carried-over notes, usage and budgets -------------------------------------------
+
+NOTE_IN_EVENT = 500  # characters of a review note an event carries
+REJECTED_IN_REVIEW = "rejected in review"
+
+
+def review_required(run_review: str, package_review: str | None) -> bool:
+    """Whether a completion waits in_review: the package's setting, or the run's where the package has none."""
+    return (package_review or run_review) == "required"
+
+
+def not_in_review(row: RowLike) -> Conflict:
+    return Conflict(
+        f"outcome '{row['id']}' is {row['status']}, not in_review; only an item awaiting review can be reviewed",
+        field="outcome_id",
+    )
+
+
+def check_review(row: RowT | None, outcome_id: str) -> RowT:
+    """The locked row of a review: it exists and is in_review."""
+    if row is None:
+        raise unknown_outcome(outcome_id)
+    if row["status"] != "in_review":
+        raise not_in_review(row)
+    return row
+
+
+def review(
+    row: RowLike,
+    *,
+    decision: ReviewDecision,
+    note: str | None,
+    reviewed_by: str | None,
+    max_attempts: int,
+    backoff: Callable[[int], float],
+    now: float,
+) -> Transition:
+    """review_item on an item in_review (`check_review` said so), its attempt the one under the row's
+    lease_token. Approve: complete now — its metrics count, a completion counts this minute, dependents
+    move (the dialect readies them). Reject: a new attempt, pending after the backoff (a failure's), or
+    failed with the note as its error when the attempts are spent (a failure counts; the cascade applies)."""
+    outcome_id, run_id, package_id = _where(row)
+    token, attempts = row["lease_token"], int(row["attempts"])
+    package, item = row["package_name"], row["item"]
+    if decision == "approve":
+        metrics = _loads(row["metrics"])
+        took = row["duration_seconds"]
+        return Transition(
+            outcome_id=outcome_id,
+            run_id=run_id,
+            package_id=package_id,
+            old="in_review",
+            new="complete",
+            values={"status": "complete", "updated_at": now},
+            event=approved_event(package=package, item=item, attempt=attempts, note=note),
+            contributions=(Contribution(metrics, took, +1),),
+            minute=MinuteDelta(completed=1, duration=took),
+            metric_rows=metrics,
+            review=AttemptReview(token, decision, note, reviewed_by, "complete", None),
+        )
+    error = note or REJECTED_IN_REVIEW
+    target: Status = "pending" if attempts < max_attempts else "failed"
+    values: dict[str, Any] = {"status": target, "error_message": error, "updated_at": now}
+    if target == "pending":
+        values.update(available_at=now + backoff(attempts), completed_at=None, duration_seconds=None)
+    else:
+        values.update(completed_at=now)
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="in_review",
+        new=target,
+        values=values,
+        event=rejected_event(package=package, item=item, attempt=attempts, note=note, now=target),
+        minute=MinuteDelta(failed=1) if target == "failed" else None,
+        review=AttemptReview(token, decision, note, reviewed_by, "failed", error),
+    )
+
+
+def usage_values(usage: Usage | None) -> tuple[int, int, int, int, float]:
+    """A report's usage as the five summed columns (input, output, cache read, cache creation, cost)."""
+    if usage is None:
+        return (0, 0, 0, 0, 0.0)
+    return (
+        usage.input_tokens or 0,
+        usage.output_tokens or 0,
+        usage.cache_read_tokens or 0,
+        usage.cache_creation_tokens or 0,
+        usage.cost_usd or 0.0,
+    )
+
+
+def has_usage(usage: Usage | None) -> bool:
+    """A report whose usage adds anything (a usage of zeros or only a model name moves no sum)."""
+    return usage is not None and any(usage_values(usage))
+
+
+def budgets_crossed(
+    *,
+    max_cost_usd: float | None,
+    max_tokens: int | None,
+    cost_before: float,
+    cost_after: float,
+    tokens_before: int,
+    tokens_after: int,
+) -> list[Ev]:
+    """The budgets a report's usage takes the run past (spent > limit now, not before): one
+    `budget_exceeded` event each. Only the crossing trips: a run resumed past its budget goes on until the
+    budget is raised and crossed again."""
+    out: list[Ev] = []
+    if max_cost_usd is not None and cost_before <= max_cost_usd < cost_after:
+        out.append(budget_exceeded(budget="max_cost_usd", limit=max_cost_usd, spent=cost_after))
+    if max_tokens is not None and tokens_before <= max_tokens < tokens_after:
+        out.append(budget_exceeded(budget="max_tokens", limit=max_tokens, spent=tokens_after))
+    return out
+
+
+def budget_pause(run_state: str) -> bool:
+    """A budget crossed pauses the run when it is active (a paused or cancelled run stays as it is)."""
+    return run_state == "active"
+
+
+def budget_reason(budget: str, limit: float) -> str:
+    """The run's paused_reason when a budget paused it."""
+    return f"budget {budget} {limit:g} exceeded; raise it with update_policy, then resume"
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "…"
+
+
+def briefing(attempts: Sequence[PreviousAttempt], max_bytes: int) -> tuple[list[PreviousAttempt], int]:
+    """What a claim shows of an item's earlier attempts (newest first): each text cut to at most a quarter of
+    `max_bytes`, then the newest that fit in `max_bytes` as JSON; how many older ones were left out. The
+    newest alone is cut further until it fits."""
+    shown: list[PreviousAttempt] = []
+    used = 2  # []
+    cap = max(16, max_bytes // 4)
+    for i, a in enumerate(attempts):
+        cut = a.model_copy(
+            update={
+                "error": _cut(a.error, cap),
+                "note": _cut(a.note, cap),
+                "review_note": _cut(a.review_note, cap),
+            }
+        )
+        size = len(cut.model_dump_json(exclude_none=True).encode()) + 1
+        while not shown and used + size > max_bytes and cap > 16:
+            cap //= 2
+            cut = a.model_copy(
+                update={
+                    "error": _cut(a.error, cap),
+                    "note": _cut(a.note, cap),
+                    "review_note": _cut(a.review_note, cap),
+                }
+            )
+            size = len(cut.model_dump_json(exclude_none=True).encode()) + 1
+        if used + size > max_bytes:
+            return shown, len(attempts) - i
+        shown.append(cut)
+        used += size
+    return shown, 0
+
+
 # ---- events ---------------------------------------------------------------------------------------
 
 
@@ -1103,6 +1352,38 @@ def dependents_cancelled(*, failed: Ref, outcome_ids: Sequence[str]) -> Ev:
             "outcome_ids": list(outcome_ids[:CANCELLED_IDS_IN_EVENT]),
         },
     )
+
+
+def in_review_event(*, package: str, item: str, attempt: int) -> Ev:
+    """A completion waits for review_item (webhooks: `outcome.in_review`)."""
+    return Ev("in_review", {"package": package, "item": item, "attempt": attempt})
+
+
+def _review_data(package: str, item: str, attempt: int, note: str | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"package": package, "item": item, "attempt": attempt}
+    if note:
+        data["note"] = note[:NOTE_IN_EVENT]
+    return data
+
+
+def approved_event(*, package: str, item: str, attempt: int, note: str | None) -> Ev:
+    """A reviewer approved the item: it is complete (webhooks: `outcome.approved`)."""
+    return Ev("approved", _review_data(package, item, attempt, note))
+
+
+def rejected_event(*, package: str, item: str, attempt: int, note: str | None, now: Status) -> Ev:
+    """A reviewer rejected the item: pending for a new attempt, or failed (webhooks: `outcome.rejected`)."""
+    return Ev("rejected", {**_review_data(package, item, attempt, note), "now": now})
+
+
+def budget_exceeded(*, budget: str, limit: float, spent: float) -> Ev:
+    """A report took the run past a budget (webhooks: `run.budget_exceeded`)."""
+    return Ev("budget_exceeded", {"budget": budget, "limit": limit, "spent": spent})
+
+
+def policy_updated(changes: Mapping[str, Any]) -> Ev:
+    """update_policy changed the run's policy: the fields set, with their new values."""
+    return Ev("policy_updated", dict(changes))
 
 
 def recorded(*, package: str, item: str, status: Status) -> Ev:

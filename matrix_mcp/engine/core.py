@@ -84,7 +84,9 @@ class EngineCore(Checks):
         return time.time()
 
     async def run_info(self, ref: str) -> RunInfo:
-        """Resolve a run by name or id. Runs are never deleted and their policy never changes: cached.
+        """Resolve a run by name or id. Runs are never deleted: cached, with the policy fields the engine
+        reads (outcome_schema, backoff), which never change (update_policy changes others, which the
+        store reads from the run's row).
 
         Args:
             ref: the run's name or id.

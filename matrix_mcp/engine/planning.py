@@ -8,8 +8,21 @@ from matrix_mcp import rules, tracing
 from matrix_mcp.engine.core import EngineCore
 from matrix_mcp.engine.dependencies import check_dependencies
 from matrix_mcp.errors import InputError
-from matrix_mcp.models import ItemSpec, PackageSpec, PlanResult, Run, RunAction, RunList, RunPolicy
-from matrix_mcp.store.params import NewItem, NewPackage
+from matrix_mcp.models import (
+    MAX_CAP,
+    ItemSpec,
+    PackageSpec,
+    PlanResult,
+    Review,
+    Run,
+    RunAction,
+    RunList,
+    RunPolicy,
+)
+from matrix_mcp.store.params import NewItem, NewPackage, PolicyUpdate
+
+# the optional limits update_policy can set back to none
+CLEARABLE = ("max_cost_usd", "max_tokens", "max_concurrent")
 
 
 class Planning(EngineCore):
@@ -91,6 +104,7 @@ class Planning(EngineCore):
                     after=graph.package_after.get(pkg.name, ()),
                     priority=pkg.priority,
                     max_concurrent=pkg.max_concurrent,
+                    review=pkg.review,
                 )
             )
         return await self.store.plan(name=name, goal=goal, policy=policy, packages=new, now=self.now())
@@ -108,6 +122,76 @@ class Planning(EngineCore):
         """
         info = await self.run_info(run)
         return await self.store.control_run(info.id, action=action, now=self.now())
+
+    async def update_policy(
+        self,
+        run: str,
+        *,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+        max_concurrent: int | None = None,
+        review: Review | None = None,
+        lease_seconds: float | None = None,
+        max_attempts: int | None = None,
+        clear: Sequence[str] = (),
+    ) -> Run:
+        """Change a run's policy: each field given replaces the run's; `clear` sets max_cost_usd,
+        max_tokens or max_concurrent back to none. Raising a budget does not resume a run it paused:
+        control_run(resume) does. A new lease_seconds applies to the next claims and heartbeats; a new
+        review setting to the next completions (items already in_review stay there).
+
+        Args:
+            run: the run's name or id.
+            max_cost_usd: the cost budget in USD (≥ 0).
+            max_tokens: the token budget, all tokens counted (≥ 0).
+            max_concurrent: the run-wide cap of items generating at once (≥ 1).
+            review: "required" or "none".
+            lease_seconds: the lease length (0 < s ≤ 86,400).
+            max_attempts: attempts per item (1 to 100).
+            clear: limits to remove.
+
+        Raises:
+            InputError: nothing to change, a value out of range, or a field both set and cleared (named).
+            NotFound: no such run.
+        """
+        info = await self.run_info(run)
+        if max_cost_usd is not None and not 0 <= max_cost_usd <= 1e12:  # NaN too
+            raise InputError("must be between 0 and 1e12", "max_cost_usd")
+        if max_tokens is not None and not 0 <= max_tokens <= 2**62:
+            raise InputError("must be between 0 and 2**62", "max_tokens")
+        if max_concurrent is not None and not 1 <= max_concurrent <= MAX_CAP:
+            raise InputError(f"must be between 1 and {MAX_CAP}", "max_concurrent")
+        if review is not None and review not in ("none", "required"):
+            raise InputError("must be 'none' or 'required'", "review")
+        if lease_seconds is not None and not 0 < lease_seconds <= 86_400:
+            raise InputError("must be more than 0 and at most 86400", "lease_seconds")
+        if max_attempts is not None and not 1 <= max_attempts <= 100:
+            raise InputError("must be between 1 and 100", "max_attempts")
+        given = {
+            "max_cost_usd": max_cost_usd,
+            "max_tokens": max_tokens,
+            "max_concurrent": max_concurrent,
+            "review": review,
+            "lease_seconds": lease_seconds,
+            "max_attempts": max_attempts,
+        }
+        for i, name in enumerate(clear):
+            if name not in CLEARABLE:
+                raise InputError(f"{name!r} cannot be cleared; one of {', '.join(CLEARABLE)}", f"clear[{i}]")
+            if given[name] is not None:
+                raise InputError(f"{name} is both set and cleared", f"clear[{i}]")
+        if not clear and all(v is None for v in given.values()):
+            raise InputError("give at least one policy field to change", "run")
+        update = PolicyUpdate(
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            max_concurrent=max_concurrent,
+            review=review,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            clear=frozenset(clear),
+        )
+        return await self.store.update_policy(info.id, update=update, now=self.now())
 
     async def list_runs(self) -> RunList:
         """Every run with its state and counts, oldest first."""

@@ -14,15 +14,27 @@ from matrix_mcp.artifacts import ArtifactError, Blob, default_path, in_run_folde
 from matrix_mcp.engine.core import EngineCore, ProgressFn, RunInfo, Waiting, log
 from matrix_mcp.errors import Conflict, InputError
 from matrix_mcp.models import (
+    MAX_NOTE_CHARS,
     ClaimedItem,
     ClaimResult,
     HeartbeatResult,
     LeaseRef,
     ReportResult,
     RetryResult,
+    ReviewDecision,
+    ReviewResult,
+    Usage,
     ts,
 )
-from matrix_mcp.store.params import ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
+from matrix_mcp.store.params import (
+    ClaimBatch,
+    ClaimRequest,
+    Failure,
+    NextClaim,
+    Report,
+    Reported,
+    ReviewVerdict,
+)
 from matrix_mcp.telemetry import observe_generation
 
 # The readable copy of inline content up to this size is written on the event loop (page cache, no fsync:
@@ -94,8 +106,10 @@ class Work(EngineCore):
             self._leased.clear()
         for c in batch.claims:
             self._leased[c.outcome_id] = (info.id, c.package, c.item, c.outcome_type, c.outcome_path)
-        return ClaimResult(
-            items=[
+        items: list[ClaimedItem] = []
+        for c in batch.claims:
+            previous, omitted = rules.briefing(c.previous_attempts, self.limits.max_briefing_bytes)
+            items.append(
                 ClaimedItem(
                     outcome_id=c.outcome_id,
                     package=c.package,
@@ -107,9 +121,12 @@ class Work(EngineCore):
                     specifications=c.specifications,
                     outcome_path=c.outcome_path,
                     briefing="\n\n".join(x for x in (info.goal, c.package_description) if x) or None,
+                    previous_attempts=previous or None,
+                    previous_attempts_omitted=omitted or None,
                 )
-                for c in batch.claims
-            ],
+            )
+        return ClaimResult(
+            items=items,
             reason=batch.reason,
             retry_after_seconds=_retry_after(batch, now),
         )
@@ -153,6 +170,8 @@ class Work(EngineCore):
             raise InputError("give at least one lease", "leases")
         if len(leases) > self.limits.max_page_size:
             raise InputError(f"at most {self.limits.max_page_size} leases per call", "leases")
+        for i, lease in enumerate(leases):
+            self._note(lease.note, f"leases[{i}].note")
         result = await self.store.heartbeat(leases, now=self.now())
         expiries = [e.lease_expires_at for e in result.extended or () if e.lease_expires_at is not None]
         result.lease_expires_at = min(expiries, default=None)
@@ -172,6 +191,7 @@ class Work(EngineCore):
         mime_type: str | None = None,
         claim_next: int = 0,
         package: str | None = None,
+        usage: Usage | None = None,
     ) -> ReportResult:
         """Store the content, complete the item and, with claim_next, lease the next items in the same
         transaction (`package` limits those to one package). The same report repeated answers the same.
@@ -191,6 +211,11 @@ class Work(EngineCore):
             mime_type: the content's media type (default: from the path's extension).
             claim_next: lease this many next items in the same transaction (0 to the page size).
             package: the package those next items come from.
+            usage: what the attempt spent (tokens, model, cost): rolled up per package, run and worker in the
+                same transaction, and counted against the run's budgets (past one, the run pauses).
+
+        With review required (the run's or the package's), the item goes in_review, not complete, until
+        review_item decides.
 
         Raises:
             InputError: a bad argument, content over MATRIX_MAX_CONTENT_BYTES, or metrics and metadata that
@@ -220,7 +245,7 @@ class Work(EngineCore):
             # batch it would share; the store's unique key decides a race between two new reports
             await self._refuse_held(outcome_path, run_id=run_id, package=package_name, item=item)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
-        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata)
+        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata, usage=usage)
         inline = data is not None and len(data) <= self.limits.inline_content_bytes
         if data is not None:
             if inline:  # kept in the store with the report, one transaction; the file is a copy made after it
@@ -241,6 +266,7 @@ class Work(EngineCore):
                 metrics=metrics,
                 metadata=metadata,
                 inline=data if inline else None,
+                usage=usage,
             )
         now = self.now()
         try:
@@ -289,6 +315,7 @@ class Work(EngineCore):
         retryable: bool = True,
         claim_next: int = 0,
         package: str | None = None,
+        usage: Usage | None = None,
     ) -> ReportResult:
         """Report a claimed item failed: it goes back to pending after a backoff while attempts remain and
         `retryable` is true, else it is failed for good. With claim_next, the next items are leased in the same
@@ -301,6 +328,7 @@ class Work(EngineCore):
             retryable: false fails the item for good at once.
             claim_next: lease this many next items in the same transaction (0 to the page size).
             package: the package those next items come from.
+            usage: what the attempt spent, as for complete_item.
 
         Raises:
             InputError: an empty error or a bad argument.
@@ -326,11 +354,61 @@ class Work(EngineCore):
         reported = await self.store.fail(
             outcome_id,
             lease_token=lease_token,
-            failure=Failure(error=error, retryable=retryable, backoff=backoff),
+            failure=Failure(error=error, retryable=retryable, backoff=backoff, usage=usage),
             now=now,
             next_claim=next_claim,
         )
         return self._reported(info, reported, now)
+
+    async def review_item(
+        self, outcome_id: str, *, decision: ReviewDecision, note: str | None = None
+    ) -> ReviewResult:
+        """Decide on an item in_review. Approve: it is complete (its dependents may start now). Reject: it
+        goes back to pending as a new attempt after the run's backoff, the note carried to that attempt's
+        worker, or it is failed with the note as its error when its attempts are spent.
+
+        Args:
+            outcome_id: the item in_review.
+            decision: "approve" or "reject".
+            note: why (at most 2,000 characters); kept in the attempt history with the reviewer.
+
+        Raises:
+            InputError: a bad decision or note.
+            NotFound: no such outcome.
+            Conflict: the item is not in_review.
+        """
+        self._name(outcome_id, "outcome_id")
+        if decision not in ("approve", "reject"):
+            raise InputError("must be 'approve' or 'reject'", "decision")
+        self._note(note, "note")
+        info = await self.run_info((await self._outcome_key(outcome_id))[0])
+        policy = info.policy
+
+        def backoff(attempt: int) -> float:
+            return rules.backoff_delay(attempt, policy.backoff_seconds, policy.backoff_cap_seconds)
+
+        outcome = await self.store.review(
+            outcome_id,
+            verdict=ReviewVerdict(decision=decision, note=note or None, backoff=backoff),
+            now=self.now(),
+        )
+        return ReviewResult(
+            outcome_id=outcome.id,
+            decision=decision,
+            status=outcome.status,
+            attempt=outcome.attempts,
+            available_at=outcome.available_at if outcome.status == "pending" else None,
+        )
+
+    def _note(self, note: str | None, field: str) -> None:
+        if note is None:
+            return
+        if not isinstance(note, str):
+            raise InputError("must be a string", field)
+        if len(note) > MAX_NOTE_CHARS:
+            raise InputError(f"is {len(note)} characters; at most {MAX_NOTE_CHARS}", field)
+        if "\x00" in note:
+            raise InputError("may not contain NUL characters", field)
 
     async def retry_items(
         self, run: str, *, package: str | None = None, outcome_ids: Sequence[str] | None = None

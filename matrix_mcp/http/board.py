@@ -51,6 +51,7 @@ SHAPES = {
     "failed": "cross ×",
     "cancelled": "slash /",
     "blocked": "bar –",
+    "in_review": "dot •",
 }
 CHART_MINUTES = 60  # the throughput chart's span
 

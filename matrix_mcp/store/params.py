@@ -11,7 +11,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from matrix_mcp.models import ClaimReason, Outcome, PackageSummary, Run, Status
+from matrix_mcp.models import (
+    ClaimReason,
+    Outcome,
+    PackageSummary,
+    PreviousAttempt,
+    Review,
+    ReviewDecision,
+    Run,
+    Status,
+    Usage,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +80,31 @@ class NewPackage:
     after: Sequence[Prerequisite] = ()  # packages (candidates with item None) every item waits for
     priority: int = 0
     max_concurrent: int | None = None
+    review: Review | None = None  # None: the run's
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewVerdict:
+    """review_item's decision on an item in_review, with the reviewer's note (kept in the attempt history;
+    a rejection's note is what the next attempt reads, and the error when no attempt is left)."""
+
+    decision: ReviewDecision
+    note: str | None = None
+    backoff: Callable[[int], float]  # a rejection's delay before attempt n + 1, like a failure's
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyUpdate:
+    """update_policy's changes to a run's policy: each field given replaces the run's; `clear` names the
+    optional limits set back to none (max_cost_usd, max_tokens, max_concurrent)."""
+
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    max_concurrent: int | None = None
+    review: Review | None = None
+    lease_seconds: float | None = None
+    max_attempts: int | None = None
+    clear: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -87,6 +122,8 @@ class Claim:
     outcome_type: str
     specifications: dict[str, Any] | str | None
     outcome_path: str | None
+    # the item's earlier attempts, newest first, as stored (the engine bounds them: rules.briefing)
+    previous_attempts: Sequence[PreviousAttempt] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +173,7 @@ class Failure:
     error: str
     retryable: bool = True
     backoff: Callable[[int], float]
+    usage: Usage | None = None  # what the attempt spent (rolled up with the report, counted against budgets)
 
 
 @dataclass(frozen=True)
@@ -162,6 +200,7 @@ class Report:
     # the content itself, when small enough to be kept in the store: written with the report, in its
     # transaction, under content_sha256 (the readable file is a copy made after the commit)
     inline: bytes | None = field(default=None, repr=False)
+    usage: Usage | None = None  # what the attempt spent (rolled up with the report, counted against budgets)
 
 
 @dataclass(frozen=True, kw_only=True)

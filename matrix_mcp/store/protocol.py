@@ -48,8 +48,10 @@ from matrix_mcp.store.params import (
     NextClaim,
     OutcomeFilter,
     PathHolder,
+    PolicyUpdate,
     Report,
     Reported,
+    ReviewVerdict,
     RunOverview,
     StatusChange,
 )
@@ -152,6 +154,20 @@ class Store(Protocol):
     ) -> list[str]:
         """failed → pending with attempts reset (optionally one package, or these ids); event `requeued`
         when any moved. NotFound (run, package); Conflict (run) when the run is cancelled."""
+        ...
+
+    # review gates and budgets
+    async def review(self, outcome_id: str, *, verdict: ReviewVerdict, now: float) -> Outcome:
+        """in_review → complete (approve: counted, dependents readied, event `approved`) or → pending after
+        verdict.backoff(attempts) / failed past max_attempts (reject: event `rejected`, the failure cascade),
+        rules.review deciding; the attempt keeps the decision, its note and the reviewer's principal.
+        NotFound (outcome_id); Conflict (outcome_id) when the item is not in_review."""
+        ...
+
+    async def update_policy(self, run_id: str, *, update: PolicyUpdate, now: float) -> Run:
+        """The run's policy fields given in `update` replace its own (those in update.clear go back to none);
+        event `policy_updated` with the changes. A raised budget does not resume a paused run. NotFound
+        (run)."""
         ...
 
     # the seed's tracking API

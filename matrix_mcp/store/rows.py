@@ -24,6 +24,8 @@ from matrix_mcp.models import (
     Status,
     StatusCounts,
     SystemMetrics,
+    Usage,
+    UsageTotals,
     ts,
 )
 from matrix_mcp.pagination import keyset_page
@@ -144,9 +146,37 @@ def counts_from(row: RowLike) -> StatusCounts:
         failed=int(row["failed"] or 0),
         cancelled=int(row["cancelled"] or 0),
         blocked=counter(row, "blocked"),
+        in_review=counter(row, "in_review"),
     )
-    c.total = c.pending + c.generating + c.complete + c.failed + c.cancelled + c.blocked
+    c.total = c.pending + c.generating + c.complete + c.failed + c.cancelled + c.blocked + c.in_review
     return c
+
+
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "cost_usd")
+
+
+def usage_totals_from(row: RowLike, prefix: str = "") -> UsageTotals | None:
+    """The usage sums of a row (columns USAGE_COLUMNS, each after `prefix`); None when nothing was reported
+    (or the row has no such columns: a store before the review migration)."""
+    values = [column(row, prefix + name) for name in USAGE_COLUMNS]
+    if not any(values):
+        return None
+    *tokens, cost = values
+    return UsageTotals(
+        input_tokens=int(tokens[0] or 0),
+        output_tokens=int(tokens[1] or 0),
+        cache_read_tokens=int(tokens[2] or 0),
+        cache_creation_tokens=int(tokens[3] or 0),
+        cost_usd=round(float(cost or 0.0), 9),
+    )
+
+
+def usage_from(row: RowLike) -> Usage | None:
+    """An attempt's reported usage (columns USAGE_COLUMNS and model); None when it reported none."""
+    values = {name: column(row, name) for name in (*USAGE_COLUMNS, "model")}
+    if all(v is None for v in values.values()):
+        return None
+    return Usage(**values)
 
 
 def progress_of(c: StatusCounts) -> float:
@@ -159,7 +189,9 @@ def run_from(row: RowLike) -> Run:
     finished — the event that ended it — or when the row itself changed, whichever is later."""
     counts = counts_from(row)
     state = row["state"]
-    finished = counts.total > 0 and counts.pending + counts.generating + counts.blocked == 0
+    finished = (
+        counts.total > 0 and counts.pending + counts.generating + counts.blocked + counts.in_review == 0
+    )
     if state == "active" and finished:
         state = "done"
     updated_at = row["updated_at"]
@@ -179,7 +211,11 @@ def run_from(row: RowLike) -> Run:
             outcome_schema=loads(row["outcome_schema"]),
             max_concurrent=column(row, "max_concurrent"),
             on_dependency_failure=column(row, "on_dependency_failure", "cancel"),
+            review=column(row, "review", "none"),
+            max_cost_usd=column(row, "max_cost_usd"),
+            max_tokens=column(row, "max_tokens"),
         ),
+        paused_reason=column(row, "paused_reason") if state == "paused" else None,
         packages=int(row["packages"] or 0),
         counts=counts,
         progress=progress_of(counts),
@@ -205,6 +241,9 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
         failed_items=failed,
         cancelled_items=int(row["cancelled"]),
         blocked_items=counter(row, "blocked"),
+        in_review_items=counter(row, "in_review"),
+        usage=usage_totals_from(row),
+        review=column(row, "review"),
         priority=int(column(row, "priority", 0)),
         max_concurrent=column(row, "max_concurrent"),
         after=loads(column(row, "after"), []),
@@ -271,6 +310,11 @@ def detail_from(
                 principal=h["principal"],
                 status=h["status"],
                 error=h["error"],
+                note=column(h, "note"),
+                usage=usage_from(h),
+                review_decision=column(h, "review_decision"),
+                review_note=column(h, "review_note"),
+                reviewed_by=column(h, "reviewed_by"),
                 started_at=ts(h["started_at"]),
                 ended_at=ts(h["ended_at"]),
             )
@@ -324,6 +368,7 @@ def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLik
         outcomes_failed=counts.failed,
         outcomes_cancelled=counts.cancelled,
         outcomes_blocked=counts.blocked,
+        outcomes_in_review=counts.in_review,
         avg_generation_time=round(t["ds"] / t["dn"], 6) if t["dn"] else None,
         success_rate=round(counts.complete / finished, 6) if finished else None,
         total_lines_generated=float(t["ls"]),

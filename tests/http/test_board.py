@@ -51,7 +51,15 @@ async def test_open_loopback_server_needs_no_sign_in(sqlite_settings: Settings) 
         assert (await h.get("/ui/static/../app.py")).status_code == 404
         assert (await h.get("/ui/signin", follow_redirects=False)).status_code == 303
         grid = (await h.get("/ui/runs/r/grid")).json()
-        assert grid["statuses"] == ["pending", "generating", "complete", "failed", "cancelled", "blocked"]
+        assert grid["statuses"] == [
+            "pending",
+            "generating",
+            "complete",
+            "failed",
+            "cancelled",
+            "blocked",
+            "in_review",
+        ]
         assert grid["packages"][0]["name"] == EVIL and grid["packages"][0]["items"] == ["a", EVIL]
         assert grid["packages"][0]["status"] == "00" and len(grid["packages"][0]["ids"]) == 2
         # a browser's state-changing request to the open server needs the page's CSRF token; a script's not

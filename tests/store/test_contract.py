@@ -618,6 +618,7 @@ async def test_rebuild_counters_keeps_true_counters_and_repairs_skewed_ones(
         "failed": 1,
         "cancelled": 0,
         "blocked": 0,
+        "in_review": 0,
         "total": 9,
     }
     assert metrics.avg_generation_time == 4.5 and metrics.total_lines_generated == 35

@@ -235,8 +235,8 @@
 
   // by status code (the index into the grid's `statuses`): pending, generating, complete, failed,
   // cancelled, blocked
-  const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280", "#ddd6fe"];
-  const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff", "#5b21b6"];
+  const COLORS = ["#e5e7eb", "#3b82f6", "#16a34a", "#dc2626", "#6b7280", "#ddd6fe", "#bbf7d0"];
+  const INK = ["#6b7280", "#1e3a8a", "#14532d", "#ffffff", "#ffffff", "#5b21b6", "#14532d"];
   const grid = { statuses: [], rows: [], index: new Map(), cols: 0, size: 8, gutter: 0, header: 0, labels: [], dirty: [], frame: 0 };
   const HEADER_MAX = 120; // the tallest column-header band, in CSS pixels
   const selected = new Set();
@@ -278,6 +278,12 @@
       const bar = Math.max(1, Math.round(s / 5));
       ctx.fillStyle = INK[5];
       ctx.fillRect(x + 1, y + Math.floor((s - bar) / 2), Math.max(1, s - 2), bar);
+    } else if (code === 6) {
+      // in review (done, awaiting a reviewer): a light fill with a dot in the middle
+      ctx.fillRect(x, y, s, s);
+      const dot = Math.max(1, Math.round(s / 3));
+      ctx.fillStyle = INK[6];
+      ctx.fillRect(x + Math.floor((s - dot) / 2), y + Math.floor((s - dot) / 2), dot, dot);
     } else {
       // failed: a cross; cancelled: one slash
       ctx.fillRect(x, y, s, s);

@@ -8,7 +8,7 @@ from functools import cache
 from psycopg import sql as pgsql
 
 from matrix_mcp import rules
-from matrix_mcp.models import STATUSES, Status
+from matrix_mcp.models import Status
 from matrix_mcp.store.postgres.migrations import NOTIFY_CHANNEL
 
 DELTA_COLUMNS = (
@@ -41,8 +41,9 @@ COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
 COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
-# the statuses the counter tables keep a column for (in their column order)
-COUNTED_STATUSES = STATUSES
+# the statuses the counter tables keep a column for (in their column order): in_review gets its column with
+# the review migration
+COUNTED_STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
 
 
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute

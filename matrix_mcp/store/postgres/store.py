@@ -27,13 +27,13 @@ LISTEN/NOTIFY).
 from __future__ import annotations
 
 from matrix_mcp.store.delegate import DialectStore, delegated
-from matrix_mcp.store.postgres import content, counters, events, keys, runs, tracking, work
+from matrix_mcp.store.postgres import content, counters, events, keys, review, runs, tracking, work
 from matrix_mcp.store.postgres.connection import Database
 from matrix_mcp.store.postgres.deadline import DEFAULT_DEADLINE
 from matrix_mcp.store.postgres.hooks import PostgresHooks
 
 
-@delegated(runs, work, tracking, events, keys, content, counters)
+@delegated(runs, work, review, tracking, events, keys, content, counters)
 class PostgresStore(DialectStore[Database]):
     """See the module docstring. Open with `await PostgresStore.open(url)`."""
 

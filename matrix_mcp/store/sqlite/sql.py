@@ -29,7 +29,7 @@ COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "qu
 
 
 # the statuses the packages table keeps a counter column for (REBUILD_COUNTERS_UPDATE_PACKAGES's order)
-COUNTED_STATUSES = STATUSES
+COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
 
 
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.

@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from matrix_mcp.store.delegate import DialectStore, delegated
-from matrix_mcp.store.sqlite import content, counters, events, keys, runs, tracking, work
+from matrix_mcp.store.sqlite import content, counters, events, keys, review, runs, tracking, work
 from matrix_mcp.store.sqlite.connection import Database
 from matrix_mcp.store.sqlite.hooks import SQLiteHooks
 
 
-@delegated(runs, work, tracking, events, keys, content, counters)
+@delegated(runs, work, review, tracking, events, keys, content, counters)
 class SQLiteStore(DialectStore[Database]):
     """See the module docstring. Open with `await SQLiteStore.open(path)`."""
 
