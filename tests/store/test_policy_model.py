@@ -480,7 +480,7 @@ class PolicyMachine(RuleBasedStateMachine):
     @initialize(
         specs=st.data(),
         policy=RUN_POLICY,
-        two=st.booleans(),
+        two=st.sampled_from([False, True, True]),  # the second run shares the key pool
         policy_b=RUN_POLICY,
     )
     def start(
@@ -596,9 +596,25 @@ class PolicyMachine(RuleBasedStateMachine):
             )
 
     @precondition(lambda self: self.leased())
-    @rule(n=st.integers(0, 1000))
-    def heartbeat(self, n: int) -> None:
-        item = self.pick(self.leased(), n)
+    @rule(n=st.integers(0, 1000), ran_out=st.booleans())
+    def heartbeat(self, n: int, ran_out: bool) -> None:
+        """A heartbeat, half the time on a lease that ran out (when there is one): it is extended, or lost when
+        another lease took one of its lock keys since."""
+        expired = [i for i in self.leased() if i.expires is not None and i.expires <= self.m.now]
+        self.beat(self.pick(expired if ran_out and expired else self.leased(), n))
+
+    @precondition(lambda self: len(self.m.runs) == 2 and any(i.locks for i in self.leased()))
+    @rule(n=st.integers(0, 1000), limit=st.integers(1, 4))
+    def take_over(self, n: int, limit: int) -> None:
+        """A lease with lock keys runs out; the other run's claim may take its keys (keys are store-wide, a
+        claim sweeps only its own run); then the first lease's worker sends its heartbeat."""
+        item = self.pick([i for i in self.leased() if i.locks], n)
+        assert item.expires is not None
+        self.m.now = max(self.m.now, item.expires + 0.5)
+        self.claim("b" if item.key[0] == "a" else "a", limit, "w4", None)
+        self.beat(item)
+
+    def beat(self, item: MItem) -> None:
         assert item.token is not None
         lease = LeaseRef(outcome_id=item.id, lease_token=item.token)
         result = self.call(self.store.heartbeat, [lease], now=self.m.now)
