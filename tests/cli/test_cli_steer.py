@@ -176,6 +176,8 @@ STAGED = {
 def test_plan_files_carry_dependencies_priorities_locks_and_caps(cli: Cli) -> None:
     """JSON and YAML plan files take the plan_run shape with its policy fields; a CSV header may add the
     item columns after, priority and locks; `status` then shows the blocked items and what packages wait on."""
+    said = cli("plan", "t", "--from", cli.file("staged.json", json.dumps(STAGED)))
+    assert said.strip() == "planned run 't': 2 package(s), 4 item(s), 3 blocked (waiting for dependencies)"
     made = cli.json("plan", "j", "--from", cli.file("staged.json", json.dumps(STAGED)))
     policy = made["run"]["policy"]
     assert (policy["max_concurrent"], policy["on_dependency_failure"]) == (3, "block")
