@@ -125,8 +125,8 @@ def outcome_page(rows: Sequence[RowLike], limit: int) -> OutcomePage:
 
 
 def column(row: RowLike, name: str, default: Any = None) -> Any:
-    """A claim-policy column of a row; `default` where the row has no such column (a store whose claim-policy
-    migration has not landed yet: nothing of it is blocked, prioritised, locked or capped)."""
+    """A claim-policy column of a row; `default` where the row has no such column (a narrow select that
+    leaves it out, e.g. a sweep's or a retry's row: the caller says what its absence means)."""
     try:
         return row[name]
     except (IndexError, KeyError):
