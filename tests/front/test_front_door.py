@@ -245,8 +245,17 @@ def test_status_header_names_every_column(tmp_path: Path) -> None:
     listing = cli("status", "--database-url", f"sqlite:///{tmp_path / 'm.db'}", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
-    assert header.split() == ["run", "state", "complete", "generating", "pending", "failed", "cancelled"]
-    assert row.split() == ["svc", "active", "0/2", "1", "1", "0", "0"]
+    assert header.split() == [
+        "run",
+        "state",
+        "complete",
+        "generating",
+        "pending",
+        "blocked",
+        "failed",
+        "cancelled",
+    ]
+    assert row.split() == ["svc", "active", "0/2", "1", "1", "0", "0", "0"]
 
 
 SERVE_HTTP = "serve --transport streamable-http --port 1"  # never listens: the store check comes first
