@@ -1153,11 +1153,13 @@ def review(
     max_attempts: int,
     backoff: Callable[[int], float],
     now: float,
+    run_state: str = "active",
 ) -> Transition:
     """review_item on an item in_review (`check_review` said so), its attempt the one under the row's
     lease_token. Approve: complete now — its metrics count, a completion counts this minute, dependents
     move (the dialect readies them). Reject: a new attempt, pending after the backoff (a failure's), or
-    failed with the note as its error when the attempts are spent (a failure counts; the cascade applies)."""
+    failed with the note as its error when the attempts are spent (a failure counts; the cascade applies);
+    in a cancelled run, cancelled (its pending items were)."""
     outcome_id, run_id, package_id = _where(row)
     token, attempts = row["lease_token"], int(row["attempts"])
     package, item = row["package_name"], row["item"]
@@ -1179,9 +1181,12 @@ def review(
         )
     error = note or REJECTED_IN_REVIEW
     target: Status = "pending" if attempts < max_attempts else "failed"
+    if target == "pending" and not retry_allowed(run_state):
+        target = "cancelled"
     values: dict[str, Any] = {"status": target, "error_message": error, "updated_at": now}
     if target == "pending":
         values.update(available_at=now + backoff(attempts), completed_at=None, duration_seconds=None)
+        values.update(metrics="{}", metadata="{}")  # the rejected report's: the next attempt reports anew
     else:
         values.update(completed_at=now)
     return Transition(
@@ -1195,6 +1200,17 @@ def review(
         minute=MinuteDelta(failed=1) if target == "failed" else None,
         review=AttemptReview(token, decision, note, reviewed_by, "failed", error),
     )
+
+
+# update_policy's fields, as the run's columns
+POLICY_FIELDS = ("max_cost_usd", "max_tokens", "max_concurrent", "review", "lease_seconds", "max_attempts")
+
+
+def policy_changes(update: Any) -> dict[str, Any]:
+    """The run columns an update_policy sets (fields given, then those cleared to NULL), in a fixed order."""
+    changes = {name: getattr(update, name) for name in POLICY_FIELDS if getattr(update, name) is not None}
+    changes.update({name: None for name in POLICY_FIELDS if name in update.clear})
+    return changes
 
 
 def usage_values(usage: Usage | None) -> tuple[int, int, int, int, float]:

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from matrix_mcp.engine.core import EngineCore, ProgressFn, Waiting
-from matrix_mcp.models import Event, RecountReport, RunStatus
+from matrix_mcp.models import Event, PackageSummary, RecountReport, RunStatus, UsageTotals
 from matrix_mcp.store.params import Cell, MinuteCount
+
+
+def run_usage(summaries: Sequence[PackageSummary]) -> UsageTotals | None:
+    """A run's usage: its packages' sums added up (None when none reported any)."""
+    spent = [p.usage for p in summaries if p.usage is not None]
+    if not spent:
+        return None
+    return UsageTotals(
+        input_tokens=sum(u.input_tokens for u in spent),
+        output_tokens=sum(u.output_tokens for u in spent),
+        cache_read_tokens=sum(u.cache_read_tokens for u in spent),
+        cache_creation_tokens=sum(u.cache_creation_tokens for u in spent),
+        cost_usd=round(sum(u.cost_usd for u in spent), 9),
+    )
+
 
 # A run in these states has nothing left to do: its throughput is its actual rate, not a recent window.
 FINISHED_RUN_STATES = ("done", "cancelled")
@@ -80,6 +97,8 @@ class Watching(EngineCore):
             progress=snapshot.progress,
             throughput_per_minute=per_minute,
             eta_seconds=eta,
+            usage=run_usage(summaries),
+            workers=overview.workers or None,
             latest_seq=max([latest, *(e.seq for e in events)]),
             events=events[:event_limit],
             more_events=more,

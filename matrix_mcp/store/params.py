@@ -21,6 +21,7 @@ from matrix_mcp.models import (
     Run,
     Status,
     Usage,
+    WorkerUsage,
 )
 
 
@@ -248,6 +249,7 @@ class RunOverview:
     packages: list[PackageSummary]
     finished_since: int
     latest_seq: int
+    workers: list[WorkerUsage] = field(default_factory=list)  # what each worker's reports spent, most first
 
 
 @dataclass(frozen=True)

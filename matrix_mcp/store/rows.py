@@ -401,6 +401,11 @@ def claim_policy_values(policy: RunPolicy) -> tuple[Any, ...]:
     return (policy.max_concurrent, policy.on_dependency_failure)
 
 
+def review_policy_values(policy: RunPolicy) -> tuple[Any, ...]:
+    """review, max_cost_usd, max_tokens: the run's review and budget columns."""
+    return (policy.review, policy.max_cost_usd, policy.max_tokens)
+
+
 def locks_text(locks: Sequence[str]) -> str | None:
     """An item's lock keys as stored: a JSON list, NULL when it has none."""
     return dumps(list(locks)) if locks else None

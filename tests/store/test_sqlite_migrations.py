@@ -16,7 +16,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.rules import new_token
 from matrix_mcp.store.params import ClaimRequest, Report
 from matrix_mcp.store.sqlite import SQLiteStore
-from matrix_mcp.store.sqlite.migrations import MIGRATIONS
+from matrix_mcp.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION_BUMP
 
 pytestmark = pytest.mark.anyio
 
@@ -119,6 +119,8 @@ def make_release(path: Path, t: float) -> dict[str, str]:
     c.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     for version, script in MIGRATIONS[:-1]:
         for statement in (s.strip() for s in script.split(";\n") if s.strip()):
+            if statement == SCHEMA_VERSION_BUMP:  # as the runner does it (PRAGMA takes a literal)
+                statement = f"PRAGMA schema_version = {c.execute('PRAGMA schema_version').fetchone()[0] + 1}"
             c.execute(statement)
         c.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, t - 3600 + version))
     ids = {"run": "run-1", "done": "o-done", "leased": "o-leased", "broken": "o-broken"}
@@ -343,6 +345,36 @@ async def test_the_claim_policy_migration_allows_blocked_and_keeps_every_row(tmp
         c.execute("UPDATE outcomes SET status = 'blocked' WHERE id = ?", (ids["waiting"],))
         with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
             c.execute("UPDATE outcomes SET status = 'stalled' WHERE id = ?", (ids["waiting"],))
+        c.execute("ROLLBACK")
+    finally:
+        c.close()
+
+
+async def test_the_review_migration_allows_in_review_and_keeps_every_row(tmp_path: Path) -> None:
+    """'in_review' joins the status CHECK (rewritten in place as for 'blocked'); old runs need no review and
+    have no budget, old packages and attempts spent nothing."""
+    db = tmp_path / "release.db"
+    ids = make_release(db, time.time())
+    store = await SQLiteStore.open(db)
+    try:
+        run = await store.get_run(ids["run"])
+        assert (run.policy.review, run.policy.max_cost_usd, run.policy.max_tokens, run.counts.in_review) == (
+            "none",
+            None,
+            None,
+            0,
+        )
+        assert all(p.usage is None and p.review is None for p in await store.package_summaries(ids["run"]))
+        assert (await store.recount()).consistent
+    finally:
+        await store.close()
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        c.execute("BEGIN")
+        c.execute("UPDATE outcomes SET status = 'in_review' WHERE id = ?", (ids["waiting"],))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            c.execute("UPDATE outcomes SET status = 'reviewing' WHERE id = ?", (ids["waiting"],))
         c.execute("ROLLBACK")
     finally:
         c.close()

@@ -13,7 +13,7 @@ from matrix_mcp.audit import current_principal
 from matrix_mcp.models import PackageSummary, RecountReport, Status, SystemMetrics
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import FinishedSpan, MinuteCount
-from matrix_mcp.store.sqlite import events, sql
+from matrix_mcp.store.sqlite import events, sql, usage
 from matrix_mcp.store.sqlite.connection import Database
 
 
@@ -28,6 +28,8 @@ def apply(
     if t.attempt is not None:
         end = t.attempt
         c.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+    if t.usage is not None or t.review is not None:
+        usage.record(c, row, t, now)
     added = [x for x in t.contributions if x.sign > 0]
     for x in t.contributions:
         if x.sign < 0:
@@ -206,7 +208,8 @@ def package_truth(c: sqlite3.Connection, package_id: int) -> dict[str, Any]:
         (package_id,),
     ):
         truth.complete(metrics, duration)
-    return truth.result()
+    spent = c.execute(sql.PACKAGE_USAGE_TRUTH, (package_id,)).fetchone()
+    return {**truth.result(), **dict(zip(R.USAGE_COLUMNS, spent, strict=True))}
 
 
 def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
@@ -214,7 +217,9 @@ def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
     mismatches: list[str] = []
     for p in c.execute(sql.RECOUNT_ROWS_SELECT_PACKAGES + where, args):
         hist = {b: n for b, n in _hist_loads(p["duration_hist"]).items() if n != 0}
-        mismatches += R.counter_mismatches(p, package_truth(c, p["id"]), hist, sql.COUNTER_COLUMNS)
+        mismatches += R.counter_mismatches(
+            p, package_truth(c, p["id"]), hist, (*sql.COUNTER_COLUMNS, *R.USAGE_COLUMNS)
+        )
     waiting = c.execute(sql.WAITING_TRUTH_OF_RUN, (run_id,)) if run_id else c.execute(sql.WAITING_TRUTH)
     mismatches += R.waiting_mismatches(waiting)
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
@@ -301,6 +306,7 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
                     truth["total"],
                     *(truth[s] for s in sql.COUNTED_STATUSES),
                     *(truth[k] for k in sql.COUNTER_COLUMNS),
+                    *(truth[k] for k in R.USAGE_COLUMNS),
                     p[0],
                 ),
             )

@@ -350,4 +350,51 @@ UPDATE sqlite_master SET sql = replace(sql, '''cancelled''))', '''cancelled'', '
 PRAGMA writable_schema = OFF
 """,
     ),
+    (
+        11,
+        # review gates, carried-over notes, usage and budgets: status 'in_review' (the CHECK rewritten in place
+        # as in 10), each attempt's note, usage and review; usage sums per package, per worker of a run (the
+        # run's own: spent_*, kept only while it has a budget), the run's review setting, budgets and why it
+        # paused itself, each package's review setting (NULL: the run's)
+        f"""
+ALTER TABLE outcome_attempts ADD COLUMN note TEXT;
+ALTER TABLE outcome_attempts ADD COLUMN input_tokens INTEGER;
+ALTER TABLE outcome_attempts ADD COLUMN output_tokens INTEGER;
+ALTER TABLE outcome_attempts ADD COLUMN cache_read_tokens INTEGER;
+ALTER TABLE outcome_attempts ADD COLUMN cache_creation_tokens INTEGER;
+ALTER TABLE outcome_attempts ADD COLUMN cost_usd REAL;
+ALTER TABLE outcome_attempts ADD COLUMN model TEXT;
+ALTER TABLE outcome_attempts ADD COLUMN review_decision TEXT;
+ALTER TABLE outcome_attempts ADD COLUMN review_note TEXT;
+ALTER TABLE outcome_attempts ADD COLUMN reviewed_by TEXT;
+ALTER TABLE packages ADD COLUMN in_review INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN cache_creation_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN review TEXT;
+ALTER TABLE runs ADD COLUMN review TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE runs ADD COLUMN max_cost_usd REAL;
+ALTER TABLE runs ADD COLUMN max_tokens INTEGER;
+ALTER TABLE runs ADD COLUMN spent_cost_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN spent_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN paused_reason TEXT;
+CREATE TABLE worker_usage (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    worker TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, worker)
+) WITHOUT ROWID;
+PRAGMA writable_schema = ON;
+UPDATE sqlite_master SET sql = replace(sql, '''blocked''))', '''blocked'', ''in_review''))')
+    WHERE type = 'table' AND name = 'outcomes';
+{SCHEMA_VERSION_BUMP};
+PRAGMA writable_schema = OFF
+""",
+    ),
 ]

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 from matrix_mcp import rules
-from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
+from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy, UsageTotals, WorkerUsage
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.sqlite import counters, events, sql, work
@@ -51,6 +51,7 @@ async def plan(
                     goal,
                     *R.policy_values(policy),
                     *R.claim_policy_values(policy),
+                    *R.review_policy_values(policy),
                     now,
                     now,
                 ),
@@ -79,6 +80,7 @@ async def plan(
                         pkg.max_concurrent,
                         R.spec_dumps([p.candidates[0][0] for p in pkg.after] or None),
                         top,
+                        pkg.review,
                     ),
                 )
                 package_id = int(cur.lastrowid or 0)
@@ -171,6 +173,9 @@ async def control_run(db: Database, run_id: str, *, action: RunAction, now: floa
     return await db.write(op)
 
 
+WORKERS_SHOWN = 100  # run_status lists at most this many workers' usage
+
+
 async def run_overview(db: Database, run_id: str, *, since: float) -> RunOverview:
     def op(c: sqlite3.Connection) -> RunOverview:
         summaries = counters.summaries(c, "p.run_id = ?", [run_id])
@@ -179,6 +184,10 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
             (run_id, int(since // 60)),
         ).fetchone()[0]
         latest = c.execute(sql.LATEST_SEQ).fetchone()[0]
-        return RunOverview(read_run(c, run_id), summaries, int(finished), int(latest))
+        workers = [
+            WorkerUsage(worker=w["worker"], usage=R.usage_totals_from(w) or UsageTotals())
+            for w in c.execute(sql.WORKERS_OF_RUN, (run_id, WORKERS_SHOWN))
+        ]
+        return RunOverview(read_run(c, run_id), summaries, int(finished), int(latest), workers)
 
     return await db.read(op)

@@ -13,6 +13,7 @@ SELECT r.*, COUNT(p.id) AS packages,
        COALESCE(SUM(p.pending), 0) AS pending, COALESCE(SUM(p.generating), 0) AS generating,
        COALESCE(SUM(p.complete), 0) AS complete, COALESCE(SUM(p.failed), 0) AS failed,
        COALESCE(SUM(p.cancelled), 0) AS cancelled, COALESCE(SUM(p.blocked), 0) AS blocked,
+       COALESCE(SUM(p.in_review), 0) AS in_review,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 """
@@ -20,7 +21,8 @@ FROM runs r LEFT JOIN packages p ON p.run_id = r.id
 
 OUTCOME_SELECT = """
 SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
-p.duration_hist AS package_duration_hist, p.has_dependents AS package_has_dependents
+p.duration_hist AS package_duration_hist, p.has_dependents AS package_has_dependents,
+r.review AS run_review, p.review AS package_review
 FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
 """
 
@@ -29,7 +31,7 @@ COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "qu
 
 
 # the statuses the packages table keeps a counter column for (REBUILD_COUNTERS_UPDATE_PACKAGES's order)
-COUNTED_STATUSES = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
+COUNTED_STATUSES = STATUSES
 
 
 # Status counter columns are a closed set: one prepared statement per (from, to) pair.
@@ -184,8 +186,8 @@ PLAN_SELECT_RUNS = "SELECT id, state FROM runs WHERE name = ?"
 
 PLAN_INSERT_RUNS = (
     "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
-    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, review, max_cost_usd,"
+    " max_tokens, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -200,7 +202,7 @@ PACKAGE_ID = "SELECT id FROM packages WHERE run_id = ? AND name = ?"
 
 PLAN_INSERT_PACKAGES = (
     "INSERT INTO packages (run_id, name, description, position, priority, max_concurrent, after,"
-    " max_item_priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " max_item_priority, review) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -234,7 +236,8 @@ PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = ? WHERE id = ?"
 RUN_STATE = "SELECT state FROM runs WHERE id = ?"
 
 
-CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = ?, updated_at = ? WHERE id = ?"
+# a state set by hand says no reason (a budget's pause says its own: RUN_PAUSE_FOR_BUDGET)
+CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = ?, updated_at = ?, paused_reason = NULL WHERE id = ?"
 
 
 RUN_OVERVIEW_SELECT_OUTCOME_MINUTES = (
@@ -365,7 +368,9 @@ RECORD_INTEGRATION_SELECT_INTEGRATION_LOGS = (
 
 
 GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
-    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts "
+    "SELECT attempt, worker, principal, status, error, started_at, ended_at, note, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_creation_tokens, cost_usd, model, review_decision, review_note, reviewed_by"
+    " FROM outcome_attempts "
     "WHERE outcome_id = ? ORDER BY started_at, attempt"
 )
 
@@ -483,7 +488,7 @@ SYSTEM_METRICS_SELECT_PACKAGES = (
     "SELECT COALESCE(SUM(pending),0) AS pending, COALESCE(SUM(generating),0) AS generating, "
     "COALESCE(SUM(complete),0) AS complete, COALESCE(SUM(failed),0) AS failed, "
     "COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(blocked),0) AS blocked, "
-    "COALESCE(SUM(duration_sum),0) AS ds, "
+    "COALESCE(SUM(in_review),0) AS in_review, COALESCE(SUM(duration_sum),0) AS ds, "
     "COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls, "
     "COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn FROM packages "
 )
@@ -500,7 +505,8 @@ SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = ?"
 
 STATUS_COUNTS_SELECT_PACKAGES = (
     "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
-    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked FROM packages GROUP BY name"
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked, SUM(in_review) AS in_review"
+    " FROM packages GROUP BY name"
     " ORDER BY name"
 )
 
@@ -508,7 +514,7 @@ STATUS_COUNTS_SELECT_PACKAGES = (
 # /metrics: totals over every package row, and the first `limit` names with unfinished work
 STATUS_SUMS = (
     "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
-    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked, SUM(in_review) AS in_review"
 )
 
 
@@ -518,7 +524,7 @@ ACTIVE_TOTALS = f"SELECT {STATUS_SUMS} FROM packages"
 # the first `limit` busy packages (the scan stops there)
 ACTIVE_NAMES = (
     "SELECT p.name FROM packages p JOIN runs r ON r.id = p.run_id"
-    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked > 0 LIMIT ?"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked + p.in_review > 0 LIMIT ?"
 )
 
 
@@ -533,8 +539,9 @@ REBUILD_COUNTERS_SELECT_PACKAGES = "SELECT id FROM packages "
 
 REBUILD_COUNTERS_UPDATE_PACKAGES = (
     "UPDATE packages SET total = ?, pending = ?, generating = ?, complete = ?, failed = ?, cancelled "
-    "= ?, blocked = ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?, quality_n = ?"
-    " WHERE id = ?"
+    "= ?, blocked = ?, in_review = ?, duration_sum = ?, duration_n = ?, lines_sum = ?, quality_sum = ?,"
+    " quality_n = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_creation_tokens = ?,"
+    " cost_usd = ? WHERE id = ?"
 )
 
 
@@ -958,3 +965,94 @@ ITEMS_OF_PACKAGE = "SELECT n FROM outcomes WHERE package_id = ?"
 
 
 ITEM_NAME = "SELECT p.name, o.item FROM outcomes o JOIN packages p ON p.id = o.package_id WHERE o.n = ?"
+
+
+# ---- review gates, notes, usage, budgets -----------------------------------------------------------
+
+SET_NOTE = "UPDATE outcome_attempts SET note = ? WHERE outcome_id = ? AND lease_token = ?"
+
+
+ATTEMPT_USAGE = (
+    "UPDATE outcome_attempts SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
+    " cache_creation_tokens = ?, cost_usd = ?, model = ? WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+ATTEMPT_REVIEW = (
+    "UPDATE outcome_attempts SET status = ?, error = ?, review_decision = ?, review_note = ?, reviewed_by = ?"
+    " WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
+PACKAGE_USAGE = (
+    "UPDATE packages SET input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+    " cache_read_tokens = cache_read_tokens + ?, cache_creation_tokens = cache_creation_tokens + ?,"
+    " cost_usd = cost_usd + ? WHERE id = ?"
+)
+
+
+WORKER_USAGE = (
+    "INSERT INTO worker_usage (run_id, worker, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_creation_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (run_id, worker) DO UPDATE SET input_tokens = input_tokens + excluded.input_tokens,"
+    " output_tokens = output_tokens + excluded.output_tokens,"
+    " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,"
+    " cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens,"
+    " cost_usd = cost_usd + excluded.cost_usd"
+)
+
+
+# a run's workers by what they spent, most first
+WORKERS_OF_RUN = (
+    "SELECT worker, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd"
+    " FROM worker_usage WHERE run_id = ?"
+    " ORDER BY cost_usd DESC, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens DESC,"
+    " worker LIMIT ?"
+)
+
+
+RUN_BUDGET = "SELECT state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens FROM runs WHERE id = ?"
+
+
+RUN_SPEND = (
+    "UPDATE runs SET spent_cost_usd = spent_cost_usd + ?, spent_tokens = spent_tokens + ? WHERE id = ?"
+)
+
+
+RUN_PAUSE_FOR_BUDGET = "UPDATE runs SET state = 'paused', paused_reason = ?, updated_at = ? WHERE id = ?"
+
+
+# what the run's packages spent in all (a budget set later starts from it)
+RUN_SPENT_TRUTH = (
+    "SELECT COALESCE(SUM(cost_usd), 0.0),"
+    " COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens), 0)"
+    " FROM packages WHERE run_id = ?"
+)
+
+
+SET_RUN_SPENT = "UPDATE runs SET spent_cost_usd = ?, spent_tokens = ? WHERE id = ?"
+
+
+# an item's earlier attempts as its next claim shows them (the one just started left out), newest first
+PREVIOUS_ATTEMPTS = (
+    "SELECT attempt, status, error, note, review_note FROM outcome_attempts"
+    " WHERE outcome_id = ? AND lease_token <> ? ORDER BY started_at DESC, attempt DESC LIMIT ?"
+)
+
+
+# a recount of a package's usage sums from its items' attempts
+PACKAGE_USAGE_TRUTH = (
+    "SELECT COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),"
+    " COALESCE(SUM(a.cache_read_tokens), 0), COALESCE(SUM(a.cache_creation_tokens), 0),"
+    " COALESCE(SUM(a.cost_usd), 0.0) FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id"
+    " WHERE o.package_id = ?"
+)
+
+
+RUN_POLICY_ROW = "SELECT id, max_cost_usd, max_tokens FROM runs WHERE id = ?"
+
+
+@cache
+def update_run_policy(columns: tuple[str, ...]) -> str:
+    """Set these policy columns of a run (bound values, then its id); a closed set of names (PolicyUpdate)."""
+    return "UPDATE runs SET " + ", ".join(f"{c} = ?" for c in columns) + ", updated_at = ? WHERE id = ?"

@@ -11,7 +11,7 @@ from matrix_mcp import rules
 from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, ts
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
-from matrix_mcp.store.sqlite import counters, events, policy, sql, tracking
+from matrix_mcp.store.sqlite import counters, events, policy, sql, tracking, usage
 from matrix_mcp.store.sqlite.connection import Database
 
 SWEEP_LIMIT = 500
@@ -99,6 +99,7 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
                 outcome_type=o["outcome_type"],
                 specifications=R.loads(o["specifications"]),
                 outcome_path=o["outcome_path"],
+                previous_attempts=usage.previous_attempts(c, o["id"], t.values["lease_token"]),
             )
         )
     if len(claims) >= limit:
@@ -269,11 +270,14 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
                     lease_seconds=row["lease_seconds"],
                     now=now,
                     keys_kept=policy.keeps_locks(c, row, lease.lease_token, now),
+                    note=lease.note,
                 )
             if held is None:
                 lost.append(lease.outcome_id)
                 continue
             counters.extend(c, row, held)
+            if held.note is not None:
+                usage.set_note(c, lease.outcome_id, lease.lease_token, held.note)
             if held.stops:
                 cancelled.append(lease.outcome_id)
             extended.append(
@@ -299,7 +303,8 @@ async def complete(
             return Reported(
                 tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, False)
             )
-        t = rules.complete(row, lease_token=lease_token, report=report, now=now)
+        review = rules.review_required(row["run_review"], row["package_review"])
+        t = rules.complete(row, lease_token=lease_token, report=report, now=now, review=review)
         policy.apply(c, row, t, now, hist_read=True)
         if report.inline is not None:
             c.execute(
@@ -344,6 +349,7 @@ async def fail(
             run_state=run["state"],
             max_attempts=int(run["max_attempts"]),
             now=now,
+            usage=failure.usage,
         )
         policy.apply(c, row, t, now)
         return Reported(
