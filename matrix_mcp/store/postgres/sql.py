@@ -1493,27 +1493,33 @@ PACKAGE_DONE = "SELECT id, complete, total FROM package_counters WHERE id = ANY(
 # row that names them; those blocked that reach 0 become pending from now (rules.readied, rules.ready: a
 # property test in tests/rules/test_rules.py holds the statement to them). Rows are locked in n order, and
 # each is moved from its latest version (a dependent two completions move at once moves twice).
+# Under the store's generic plans every step is an index probe, so the cost follows the dependents, not the
+# table: each dependent is locked by a LATERAL primary-key probe (never hash-joined against a scan of
+# outcomes), in d's n order, and the UPDATEs name their rows by `= ANY(ARRAY(...))` (an index condition).
 MOVE_WAITING_SQL = """
-WITH d AS (
+WITH d AS MATERIALIZED (
     SELECT x.n, sum(x.c)::int AS c FROM (
         SELECT after_n AS n, count(*) AS c FROM outcome_deps WHERE before_n = ANY(%(items)b::int8[]) GROUP BY after_n
         UNION ALL
         SELECT after_n, count(*) FROM package_deps WHERE package_id = ANY(%(packages)b::int8[]) GROUP BY after_n
-    ) x GROUP BY x.n
+    ) x GROUP BY x.n ORDER BY x.n
 ),
 lk AS MATERIALIZED (
     SELECT o.n, o.status, o.waiting + %(delta)s::int * d.c AS waiting
-    FROM outcomes o JOIN d ON d.n = o.n ORDER BY o.n FOR UPDATE OF o
+    FROM d CROSS JOIN LATERAL (SELECT o.n, o.status, o.waiting FROM outcomes o WHERE o.n = d.n FOR UPDATE) o
 ),
 u AS (
     UPDATE outcomes o SET waiting = lk.waiting,
         status = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN 'pending' ELSE o.status END,
         available_at = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN %(now)s ELSE o.available_at END,
         updated_at = CASE WHEN lk.status = 'blocked' AND lk.waiting <= 0 THEN %(now)s ELSE o.updated_at END
-    FROM lk WHERE o.n = lk.n
+    FROM lk WHERE o.n = lk.n AND o.n = ANY(ARRAY(SELECT n FROM lk))
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id, lk.status = 'blocked' AND lk.waiting <= 0 AS readied
 ),
-uq AS (UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u WHERE q.n = u.n AND u.readied)
+uq AS (
+    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u
+    WHERE q.n = u.n AND u.readied AND q.n = ANY(ARRAY(SELECT n FROM u WHERE readied))
+)
 SELECT u.n, u.id, u.item, u.run_id, u.package_id, p.name AS package_name
 FROM u JOIN packages p ON p.id = u.package_id WHERE u.readied ORDER BY u.n
 """
@@ -1522,22 +1528,26 @@ FROM u JOIN packages p ON p.id = u.package_id WHERE u.readied ORDER BY u.n
 # one step of a failure cascade: the blocked dependents of the items and packages given are cancelled with
 # rules.cascade's values (the move's columns come as parameters); with their queue flags, for the next step
 CASCADE_SQL = """
-WITH d AS (
+WITH d AS MATERIALIZED (
     SELECT after_n AS n FROM outcome_deps WHERE before_n = ANY(%(items)b::int8[])
     UNION
     SELECT after_n FROM package_deps WHERE package_id = ANY(%(packages)b::int8[])
+    ORDER BY 1
 ),
 lk AS MATERIALIZED (
-    SELECT o.n FROM outcomes o JOIN d ON d.n = o.n WHERE o.status = 'blocked' ORDER BY o.n FOR UPDATE OF o
+    SELECT o.n FROM d CROSS JOIN LATERAL (
+        SELECT o.n FROM outcomes o WHERE o.n = d.n AND o.status = 'blocked' FOR UPDATE
+    ) o
 ),
 u AS (
     UPDATE outcomes o SET status = %(status)s, error_message = %(error_message)s, cancelled_by = %(cancelled_by)s,
         completed_at = %(completed_at)s, updated_at = %(updated_at)s
-    FROM lk WHERE o.n = lk.n AND o.status = 'blocked'
+    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.n = ANY(ARRAY(SELECT n FROM lk))
     RETURNING o.n, o.id, o.package_id
 ),
 uq AS (
-    UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n RETURNING q.n, q.dependents, q.gate
+    UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u))
+    RETURNING q.n, q.dependents, q.gate
 )
 SELECT u.n, u.id, u.package_id, uq.dependents, uq.gate FROM u JOIN uq ON uq.n = u.n ORDER BY u.n
 """
@@ -1546,15 +1556,19 @@ SELECT u.n, u.id, u.package_id, uq.dependents, uq.gate FROM u JOIN uq ON uq.n = 
 # blocked items with nothing left to wait for become pending from now (rules.ready)
 READY_NOW_SQL = """
 WITH lk AS MATERIALIZED (
-    SELECT o.n FROM outcomes o WHERE o.n = ANY(%(ns)b::int8[]) AND o.status = 'blocked' AND o.waiting <= 0
-    ORDER BY o.n FOR UPDATE OF o
+    SELECT o.n FROM (SELECT DISTINCT x.n FROM unnest(%(ns)b::int8[]) AS x(n) ORDER BY x.n) d CROSS JOIN LATERAL (
+        SELECT o.n FROM outcomes o WHERE o.n = d.n AND o.status = 'blocked' AND o.waiting <= 0 FOR UPDATE
+    ) o
 ),
 u AS (
     UPDATE outcomes o SET status = 'pending', available_at = %(now)s, updated_at = %(now)s
-    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.waiting <= 0
+    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.waiting <= 0 AND o.n = ANY(ARRAY(SELECT n FROM lk))
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id
 ),
-uq AS (UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u WHERE q.n = u.n)
+uq AS (
+    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u
+    WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u))
+)
 SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
 """
 
@@ -1567,7 +1581,7 @@ WITH u AS (
     WHERE o.cancelled_by = ANY(%(ns)b::int8[]) AND o.status = 'cancelled'
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id, o.waiting
 ),
-uq AS (UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n)
+uq AS (UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u)))
 SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
 """
 
