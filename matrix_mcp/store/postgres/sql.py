@@ -223,7 +223,7 @@ def _claim_sql(gated: bool) -> str:
 
     gated=False (CLAIM_SQL): the run must have no lock keys and no caps (`runs.gated` false); a gated run
     gets one row with `gated` true and nothing claimed, and the claim asks CLAIM_GATED_SQL instead.
-    gated=True (CLAIM_GATED_SQL), after the capped package and run rows were locked (CAP_LOCK_SQL): a
+    gated=True (CLAIM_GATED_SQL), after the caps of the run and its capped packages were locked (CAP_LOCK_SQL): a
     package takes no more than its cap leaves room for (its leased items counted in the queue), the run no
     more than its own; an item whose keys a live lease holds is passed over; of two items wanting one key
     only the better ranked goes on, and the keys are taken by INSERT .. ON CONFLICT, replacing a holder
@@ -444,17 +444,23 @@ CLAIM_SQL = _claim_sql(False)
 CLAIM_GATED_SQL = _claim_sql(True)
 
 
-# a gated claim's first statement: the run row when it has a cap, then its capped packages in id order (one
-# package when the claim names it), FOR NO KEY UPDATE (a plan's foreign-key checks still pass): two claims of
-# one capped package or run take turns, and the second counts the first's leases in a snapshot taken after
+# a gated claim's first statement: the run's cap when it has one, then its capped packages' (one package when the
+# claim names it), each an advisory lock held to the end of the claim transaction, taken in key order: two
+# claims of one capped package or run take turns, and the second counts the first's leases in a snapshot taken
+# after. Nothing else writes for these keys (the counter roller updates the packages rows a row lock would
+# hold). Keys are the two-int4 form (a key space apart from the store's one-bigint locks, migrations.py):
+# (0x6D617651, hashtext of the run id) and (0x6D617650, hashint8 of the package id); two that hash alike only
+# take turns.
 CAP_LOCK_SQL = """
-WITH r AS MATERIALIZED (SELECT id FROM runs WHERE id = %(run)s AND max_concurrent IS NOT NULL FOR NO KEY UPDATE),
-p AS MATERIALIZED (
-    SELECT id FROM packages
-    WHERE run_id = %(run)s AND max_concurrent IS NOT NULL AND (%(package)s::text IS NULL OR name = %(package)s::text)
-    ORDER BY id FOR NO KEY UPDATE
-)
-SELECT (SELECT count(*) FROM r) AS runs, (SELECT count(*) FROM p) AS packages
+SELECT count(*) AS locks FROM (
+    SELECT pg_advisory_xact_lock(k.c, k.h) FROM (
+        SELECT 1835103825 AS c, hashtext(id) AS h FROM runs WHERE id = %(run)s AND max_concurrent IS NOT NULL
+        UNION ALL
+        SELECT 1835103824, hashint8(id) FROM packages
+        WHERE run_id = %(run)s AND max_concurrent IS NOT NULL AND (%(package)s::text IS NULL OR name = %(package)s::text)
+        ORDER BY 1, 2
+    ) k
+) l
 """
 
 
