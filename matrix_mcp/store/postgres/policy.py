@@ -228,24 +228,25 @@ class Planned:
             found = new_n.get((ids[ref[0]], ref[1]))
             return found if found is not None else existing_n.get(ref)
 
-        before: list[int] = []
-        after: list[int] = []
+        # in key order: each row goes next to the one before it in the primary key's btree
+        item_rows: list[tuple[int, int]] = []
         for b, a in self.item_edges:
             a_n, b_n = new_n.get((ids[a[0]], a[1])), n_of(b)
             if a_n is not None and b_n is not None:
-                before.append(b_n)
-                after.append(a_n)
-        if before:
-            await tx.execute(sql.INSERT_ITEM_EDGES, (before, after))
-        pkgs: list[int] = []
-        after = []
+                item_rows.append((b_n, a_n))
+        if item_rows:
+            item_rows.sort()
+            await tx.execute(sql.INSERT_ITEM_EDGES, ([b for b, _ in item_rows], [a for _, a in item_rows]))
+        package_rows: list[tuple[int, int]] = []
         for p, a in self.package_edges:
             a_n = new_n.get((ids[a[0]], a[1]))
             if a_n is not None:
-                pkgs.append(ids[p])
-                after.append(a_n)
-        if pkgs:
-            await tx.execute(sql.INSERT_PACKAGE_EDGES, (pkgs, after))
+                package_rows.append((ids[p], a_n))
+        if package_rows:
+            package_rows.sort()
+            await tx.execute(
+                sql.INSERT_PACKAGE_EDGES, ([p for p, _ in package_rows], [a for _, a in package_rows])
+            )
 
 
 async def plan_prerequisites(
