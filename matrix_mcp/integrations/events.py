@@ -39,10 +39,22 @@ EVENT_TYPES = (
     "run.planned",
     "outcome.ready",
     "outcome.dependents_cancelled",
+    "outcome.in_review",
+    "outcome.approved",
+    "outcome.rejected",
+    "run.budget_exceeded",
     "ping",
 )
 # internal kinds after which a package may have finished
-TERMINAL_TYPES = frozenset({"outcome.completed", "outcome.failed", "outcome.dependents_cancelled"})
+TERMINAL_TYPES = frozenset(
+    {
+        "outcome.completed",
+        "outcome.failed",
+        "outcome.dependents_cancelled",
+        "outcome.approved",
+        "outcome.rejected",
+    }
+)
 _STATUS_FOR = {
     "outcome.created": "pending",
     "outcome.ready": "pending",
@@ -50,6 +62,8 @@ _STATUS_FOR = {
     "outcome.completed": "complete",
     "outcome.retry_scheduled": "pending",
     "outcome.failed": "failed",
+    "outcome.in_review": "in_review",
+    "outcome.approved": "complete",
 }
 
 
@@ -79,6 +93,10 @@ def public_event(event: Event) -> PublicEvent | None:
         "run_extended": "run.planned",
         "ready": "outcome.ready",
         "dependents_cancelled": "outcome.dependents_cancelled",
+        "in_review": "outcome.in_review",
+        "approved": "outcome.approved",
+        "rejected": "outcome.rejected",
+        "budget_exceeded": "run.budget_exceeded",
     }
     if kind == "lease_expired":
         target = {"pending": "outcome.retry_scheduled", "failed": "outcome.failed"}.get(str(d.get("now")))
@@ -97,6 +115,8 @@ def public_event(event: Event) -> PublicEvent | None:
         data["outcome_id"] = event.outcome_id
         if target in _STATUS_FOR:
             data["status"] = _STATUS_FOR[target]
+        elif target == "outcome.rejected" and d.get("now") is not None:
+            data["status"] = d["now"]  # pending (a new attempt) or failed (attempts spent)
     for name in ("package", "item", "attempt", "worker", "duration", "delay"):
         if d.get(name) is not None:
             data[name] = d[name]
@@ -108,6 +128,10 @@ def public_event(event: Event) -> PublicEvent | None:
         data["cancelled_items"] = d["cancelled_items"]
     if target == "outcome.dependents_cancelled":
         data.update(failed=d.get("failed"), count=d.get("count", 0), outcome_ids=d.get("outcome_ids", []))
+    if target in ("outcome.approved", "outcome.rejected") and d.get("note") is not None:
+        data["note"] = d["note"]
+    if target == "run.budget_exceeded":
+        data.update(budget=d.get("budget"), limit=d.get("limit"), spent=d.get("spent"))
     if target == "run.planned":
         data.update(packages=d.get("packages", 0), items=d.get("items", 0), extended=kind == "run_extended")
     return PublicEvent(
@@ -130,7 +154,7 @@ def enrich(pub: PublicEvent, facts: OutcomeFacts) -> None:
         data.update(package=facts.package, item=facts.item)
     if pub.type.startswith("outcome.") and pub.type != "outcome.created" and "attempt" not in data:
         data["attempt"] = facts.attempts
-    if pub.type in ("outcome.completed", "outcome.failed"):
+    if pub.type in ("outcome.completed", "outcome.failed", "outcome.approved"):
         data["metrics"] = facts.metrics
     if pub.type == "outcome.failed" and "error" not in data and facts.error is not None:
         data["error"] = facts.error[:500]
@@ -145,7 +169,8 @@ def completions(
     touched = set(touched)
 
     def done(p: PackageSummary) -> bool:
-        return p.total_items > 0 and p.pending_items == 0 and p.generating_items == 0 and p.blocked_items == 0
+        left = p.pending_items + p.generating_items + p.blocked_items + p.in_review_items
+        return p.total_items > 0 and left == 0
 
     def counts(p: PackageSummary) -> dict[str, Any]:
         return {

@@ -414,3 +414,68 @@ async def test_ssrf_checks_at_every_attempt_and_connects_to_the_checked_address(
         await http.request("POST", "https://hooks.example.com/in", content=b"{}")
     assert len(seen) == 1
     await http.aclose()
+
+
+def test_review_and_budget_events_are_published() -> None:
+    """A completion under review, its approval and rejection, and a budget crossed are public events: the
+    review's note and the rejection's new status go with them, the budget's name, limit and spend too."""
+    waiting = E.public_event(ev("in_review", package="p", item="i", attempt=1))
+    assert waiting is not None and (waiting.type, waiting.data["status"]) == (
+        "outcome.in_review",
+        "in_review",
+    )
+    approved = E.public_event(ev("approved", package="p", item="i", attempt=1, note="looks right"))
+    assert approved is not None
+    assert (approved.type, approved.data["status"], approved.data["note"]) == (
+        "outcome.approved",
+        "complete",
+        "looks right",
+    )
+    again = E.public_event(ev("rejected", package="p", item="i", attempt=1, note="no tests", now="pending"))
+    assert again is not None
+    assert (again.type, again.data["status"], again.data["note"]) == (
+        "outcome.rejected",
+        "pending",
+        "no tests",
+    )
+    spent = E.public_event(ev("rejected", package="p", item="i", attempt=3, now="failed"))
+    assert spent is not None and spent.data["status"] == "failed" and "note" not in spent.data
+    assert {"outcome.approved", "outcome.rejected"} <= E.TERMINAL_TYPES
+    budget = E.public_event(
+        Event(
+            seq=8,
+            run="r",
+            outcome_id=None,
+            kind="budget_exceeded",
+            data={"budget": "max_cost_usd", "limit": 1.0, "spent": 1.25},
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+    assert budget is not None and budget.type == "run.budget_exceeded"
+    assert budget.data == {"seq": 8, "run": "r", "budget": "max_cost_usd", "limit": 1.0, "spent": 1.25}
+    assert {waiting.type, approved.type, again.type, budget.type} <= set(E.EVENT_TYPES)
+
+
+def test_a_package_with_items_in_review_is_not_completed() -> None:
+    def summary(in_review: int) -> PackageSummary:
+        return PackageSummary.model_validate(
+            {
+                "run": "r",
+                "package": "p",
+                "position": 0,
+                "total_items": 2,
+                "completed_items": 2 - in_review,
+                "pending_items": 0,
+                "generating_items": 0,
+                "failed_items": 0,
+                "cancelled_items": 0,
+                "in_review_items": in_review,
+                "total_lines_generated": 0,
+            }
+        )
+
+    assert E.completions([summary(1)], ["p"], 9, 0.0) == []
+    assert [p.type for p in E.completions([summary(0)], ["p"], 9, 0.0)] == [
+        "package.completed",
+        "run.completed",
+    ]
