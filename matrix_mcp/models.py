@@ -479,6 +479,7 @@ class SystemMetrics(_Model):
     success_rate: float | None = None
     total_lines_generated: float
     average_quality_score: float | None = None
+    usage: Annotated[UsageTotals | None, AsObject] = None  # what the reports spent (null: none yet)
     outcomes_by_hour: list[HourBucket]
 
 

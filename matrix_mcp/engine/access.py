@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from matrix_mcp.errors import Conflict
-from matrix_mcp.models import Status
+from matrix_mcp.models import Status, UsageTotals
 from matrix_mcp.store.params import ApiKey
 from matrix_mcp.store.protocol import Store
 
@@ -131,6 +131,11 @@ class Access:
             limit: the most package names to return.
         """
         return await self.store.active_status_counts(limit)
+
+    async def usage_totals(self) -> UsageTotals:
+        """What every report over all runs spent (the /metrics token and cost counters), from the packages'
+        sums; zeros before any usage (or on a store that does not sum usage yet)."""
+        return (await self.store.system_metrics(None, now=self.now())).usage or UsageTotals()
 
     @property
     def url_for_display(self) -> str:

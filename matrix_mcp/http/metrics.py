@@ -6,7 +6,8 @@ pending or generating, at most `MATRIX_METRICS_MAX_PACKAGES` of them, and everyt
 under `package="other"` (no run names, outcome ids or workers). A plan of 20,000 packages therefore
 costs a scrape the same as one of 20. `matrix_active_outcomes` is read from the store's counters at
 scrape time, so every replica on one database reports the same numbers. /metrics answers only to the
-Host names /mcp does (DNS-rebinding protection).
+Host names /mcp does (DNS-rebinding protection). `matrix_tokens_total{kind}` and `matrix_cost_usd_total`
+are what every report over all runs spent (the packages' usage sums, read at scrape time like the gauge).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import prometheus_client
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -32,7 +33,7 @@ from matrix_mcp.errors import StoreError
 
 if TYPE_CHECKING:
     from matrix_mcp.engine.access import Access
-from matrix_mcp.models import STATUSES, Status
+from matrix_mcp.models import STATUSES, Status, UsageTotals
 from matrix_mcp.telemetry import add_generation_sink, add_integration_sink
 
 GENERATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -63,6 +64,8 @@ class Metrics:
             registry=r,
         )
         self.active = ActiveOutcomes()  # formatted by exposition(), not through the registry (below)
+        self.spent = Spent()
+        r.register(self.spent)
         self.integration_calls = Counter(
             "matrix_integration_calls", "Outbound integration calls.", ["service", "status"], registry=r
         )
@@ -105,6 +108,7 @@ class Metrics:
 
     async def refresh_active(self, access: Access) -> None:
         self.active.totals, self.active.counts = await access.active_status_counts(self.max_packages)
+        self.spent.usage = await access.usage_totals()
 
     def exposition(self) -> bytes:
         # a histogram pair already scraped, not observed since, whose package has no unfinished work left
@@ -168,6 +172,30 @@ class ActiveOutcomes(Collector):
                 prefix = labels[package] = f'{ACTIVE_NAME}{{package="{_escape_label(package)}",status="'
             lines.append(f'{prefix}{status}"}} {floatToGoString(n)}')  # type: ignore[no-untyped-call]
         return ("\n".join(lines) + "\n").encode()
+
+
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
+
+
+class Spent(Collector):
+    """`matrix_tokens_total{kind}` and `matrix_cost_usd_total`: the usage every report reported, over all
+    runs, as the last scrape read it from the store (counters: the sums only grow)."""
+
+    def __init__(self) -> None:
+        self.usage: UsageTotals | None = None  # None before the first read: no series
+
+    def collect(self) -> Iterable[Metric]:
+        if self.usage is None:
+            return
+        tokens = CounterMetricFamily(
+            "matrix_tokens", "Tokens the reports used, by kind, over all runs.", labels=["kind"]
+        )
+        for kind in TOKEN_KINDS:
+            tokens.add_metric([kind], getattr(self.usage, f"{kind}_tokens"))
+        yield tokens
+        yield CounterMetricFamily(
+            "matrix_cost_usd", "Cost in USD the reports reported, over all runs.", value=self.usage.cost_usd
+        )
 
 
 def _escape_help(text: str) -> str:

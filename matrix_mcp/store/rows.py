@@ -356,7 +356,8 @@ def hourly_since_minute(now: float) -> int:
 
 
 def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLike]) -> SystemMetrics:
-    """Totals (columns pending..cancelled, ds/dn duration sums, ls lines, qs/qn quality) and hourly rows."""
+    """Totals (columns pending..cancelled, ds/dn duration sums, ls lines, qs/qn quality, the usage sums
+    USAGE_COLUMNS where the dialect reads them) and hourly rows."""
     counts = counts_from(t)
     finished = counts.complete + counts.failed
     return SystemMetrics(
@@ -373,6 +374,7 @@ def system_metrics_from(run_name: str | None, t: RowLike, hours: Iterable[RowLik
         success_rate=round(counts.complete / finished, 6) if finished else None,
         total_lines_generated=float(t["ls"]),
         average_quality_score=round(t["qs"] / t["qn"], 6) if t["qn"] else None,
+        usage=usage_totals_from(t),
         outcomes_by_hour=[
             HourBucket(
                 hour=ts(int(h["hour"]) * 3600),  # type: ignore[arg-type]

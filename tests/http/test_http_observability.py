@@ -175,3 +175,43 @@ def test_active_outcomes_lines_are_the_ones_prometheus_client_writes() -> None:
     assert m["matrix_active_outcomes", (("package", "other"), ("status", "pending"))] == 10**12 - 2
     active.totals, active.counts = {}, {}
     assert active.exposition() == generate_latest(registry)
+
+
+async def test_metrics_count_tokens_and_cost_over_all_runs(tmp_path: Path) -> None:
+    """matrix_tokens_total{kind} and matrix_cost_usd_total sum what every report spent, over all runs
+    (complete and failed reports alike), read from the store at scrape time."""
+    from matrix_mcp.engine import Engine
+    from matrix_mcp.models import PackageSpec, Usage
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "a")
+    async with serving(settings, auth=False) as (base, _), httpx2.AsyncClient() as http:
+        before = samples((await http.get(f"{base}/metrics")).text)
+        assert (
+            before["matrix_tokens_total", (("kind", "input"),)] == 0
+            and before["matrix_cost_usd_total", ()] == 0
+        )
+        engine = await Engine.open(settings)
+        try:
+            for run in ("r1", "r2"):
+                await engine.plan_run(run, packages=[PackageSpec(name="p", items=["a"])])
+                item = (await engine.claim_items(run, worker="w")).items[0]
+                spent = Usage(input_tokens=10, output_tokens=2, cache_read_tokens=300, cost_usd=0.125)
+                if run == "r1":
+                    await engine.complete_item(item.outcome_id, lease_token=item.lease_token, usage=spent)
+                else:
+                    await engine.fail_item(
+                        item.outcome_id, lease_token=item.lease_token, error="x", usage=spent
+                    )
+        finally:
+            await engine.close()
+        m = samples((await http.get(f"{base}/metrics")).text)
+        assert {
+            k: m["matrix_tokens_total", (("kind", k),)]
+            for k in ("input", "output", "cache_read", "cache_creation")
+        } == {
+            "input": 20,
+            "output": 4,
+            "cache_read": 600,
+            "cache_creation": 0,
+        }
+        assert m["matrix_cost_usd_total", ()] == 0.25

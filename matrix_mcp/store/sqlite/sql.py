@@ -490,7 +490,11 @@ SYSTEM_METRICS_SELECT_PACKAGES = (
     "COALESCE(SUM(cancelled),0) AS cancelled, COALESCE(SUM(blocked),0) AS blocked, "
     "COALESCE(SUM(in_review),0) AS in_review, COALESCE(SUM(duration_sum),0) AS ds, "
     "COALESCE(SUM(duration_n),0) AS dn, COALESCE(SUM(lines_sum),0) AS ls, "
-    "COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn FROM packages "
+    "COALESCE(SUM(quality_sum),0) AS qs, COALESCE(SUM(quality_n),0) AS qn, "
+    "COALESCE(SUM(input_tokens),0) AS input_tokens, COALESCE(SUM(output_tokens),0) AS output_tokens, "
+    "COALESCE(SUM(cache_read_tokens),0) AS cache_read_tokens, "
+    "COALESCE(SUM(cache_creation_tokens),0) AS cache_creation_tokens, "
+    "COALESCE(SUM(cost_usd),0) AS cost_usd FROM packages "
 )
 
 
