@@ -40,7 +40,8 @@ class Export(EngineCore):
         )
 
     async def export_bytes(self, run_id: str, *, format: Literal["jsonl", "csv"]) -> tuple[bytes, int]:
-        """A run's outcomes as JSON Lines or CSV bytes (nested JSON in CSV cells), and how many.
+        """A run's outcomes as JSON Lines or CSV bytes (nested JSON in CSV cells), and how many; each with
+        `usage`, what its attempts reported, summed.
 
         Args:
             run_id: the run's id.
@@ -49,8 +50,11 @@ class Export(EngineCore):
         buf = io.StringIO()
         count = 0
         writer: Any = None
+        spent = await self.store.outcome_usage(run_id)
         async for outcome in self.store.iter_outcomes(run_id):
             record = outcome.model_dump(mode="json")
+            usage = spent.get(outcome.id)  # summed over its attempts; null when it reported none
+            record["usage"] = usage.model_dump(mode="json", exclude_none=True) if usage is not None else None
             if format == "jsonl":
                 buf.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:

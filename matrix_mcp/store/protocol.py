@@ -32,6 +32,7 @@ from matrix_mcp.models import (
     RunPolicy,
     Status,
     SystemMetrics,
+    Usage,
 )
 from matrix_mcp.store.params import (
     ApiKey,
@@ -190,6 +191,11 @@ class Store(Protocol):
 
     def iter_outcomes(self, run_id: str) -> AsyncIterator[Outcome]:
         """Every outcome of a run, page by page."""
+        ...
+
+    async def outcome_usage(self, run_id: str) -> dict[str, Usage]:
+        """What each outcome of a run spent, summed over its attempts (`model`: the latest attempt's that
+        named one), by outcome id; outcomes that reported no usage are left out (what exports carry)."""
         ...
 
     async def cells(self, run_id: str) -> list[Cell]:

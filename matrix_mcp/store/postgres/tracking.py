@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
-from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
+from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage, Usage
 from matrix_mcp.pagination import keyset_args
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
@@ -206,6 +206,12 @@ async def list_outcomes(
         return R.outcome_page(rows, limit)
 
     return await db.read(op)
+
+
+async def outcome_usage(db: Database, run_id: str) -> dict[str, Usage]:
+    """None yet: the attempts' usage columns come with the PostgreSQL review migration, which fills this in
+    (sql.OUTCOME_USAGE of the SQLite dialect is the query)."""
+    return {}
 
 
 async def cells(db: Database, run_id: str) -> list[Cell]:

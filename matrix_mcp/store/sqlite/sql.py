@@ -375,6 +375,21 @@ GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
 )
 
 
+# exports: each outcome's usage summed over its attempts, the latest model named (SUM of NULLs is NULL)
+OUTCOME_USAGE = (
+    "SELECT a.outcome_id, SUM(a.input_tokens) AS input_tokens, SUM(a.output_tokens) AS output_tokens,"
+    " SUM(a.cache_read_tokens) AS cache_read_tokens, SUM(a.cache_creation_tokens) AS cache_creation_tokens,"
+    " SUM(a.cost_usd) AS cost_usd,"
+    " (SELECT b.model FROM outcome_attempts b WHERE b.outcome_id = a.outcome_id AND b.model IS NOT NULL"
+    " ORDER BY b.attempt DESC LIMIT 1) AS model"
+    " FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id"
+    " WHERE o.run_id = ? AND (a.input_tokens IS NOT NULL OR a.output_tokens IS NOT NULL"
+    " OR a.cache_read_tokens IS NOT NULL OR a.cache_creation_tokens IS NOT NULL OR a.cost_usd IS NOT NULL"
+    " OR a.model IS NOT NULL)"
+    " GROUP BY a.outcome_id"
+)
+
+
 CELLS_SELECT_OUTCOMES = (
     "SELECT o.id, p.name, o.item, o.status FROM outcomes o JOIN packages p ON p.id = o.package_id "
     "WHERE o.run_id = ? ORDER BY o.n"

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from matrix_mcp import rules
-from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage
+from matrix_mcp.models import IntegrationEvent, Outcome, OutcomeDetail, OutcomePage, Usage
 from matrix_mcp.pagination import keyset_args
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Cell, NewRecord, OutcomeFilter, Report, StatusChange
@@ -156,6 +156,18 @@ async def list_outcomes(
 
     def op(c: sqlite3.Connection) -> OutcomePage:
         return R.outcome_page(c.execute(sql.outcomes_page(columns), args).fetchall(), limit)
+
+    return await db.read(op)
+
+
+async def outcome_usage(db: Database, run_id: str) -> dict[str, Usage]:
+    def op(c: sqlite3.Connection) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        for r in c.execute(sql.OUTCOME_USAGE, (run_id,)):
+            usage = R.usage_from(r)
+            if usage is not None:
+                out[r["outcome_id"]] = usage
+        return out
 
     return await db.read(op)
 
