@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-retry-exit", metavar="CODES", help="exit codes that fail an item for good, e.g. 2,3"
     )
     work.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM")
+    work.add_argument(
+        "--verify",
+        metavar="COMMAND",
+        help="run after a successful command with its output on stdin: exit 0 approves, non-zero rejects "
+        "(its stderr is the note); e.g. --verify 'pytest -q'",
+    )
     gc = sub.add_parser("gc", help="delete stored content no outcome refers to (left by rejected reports)")
     gc.add_argument(
         "--older-than",

@@ -6,6 +6,12 @@ session), gets the item as environment variables and as one JSON document on std
 becomes the item's content. Leases are heartbeated while commands run. SIGINT/SIGTERM: stop claiming,
 let running commands finish for a grace period, then kill their process groups and fail their items
 (retryable). A SIGKILL of `work` loses nothing: its leases expire and the items go back to pending.
+
+`--verify COMMAND` checks a successful command's output (on its stdin) before it counts: under review the
+item is completed, then approved or rejected by review_item; without review a rejection fails the item
+locally. A command that prints a JSON object with a `usage` object or a `total_cost_usd` (agent CLIs'
+JSON output) has that reported as the attempt's usage (`usage_of`). The last line of a running command's
+stderr goes with its heartbeats as the attempt's note.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -25,22 +33,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO, TypeVar
+from typing import IO, Any, TextIO, TypeGuard, TypeVar
 
 import anyio
 
 from matrix_mcp import tracing
+from matrix_mcp.audit import current_tool_access
 from matrix_mcp.cli.format import format_status
 from matrix_mcp.cli.progress import LiveLine, progress_line
 from matrix_mcp.config import Settings
 from matrix_mcp.engine import Engine, InputError, RunInfo
 from matrix_mcp.errors import StaleLease, StoreError, Unavailable
-from matrix_mcp.models import ClaimedItem, LeaseRef, ReportResult
+from matrix_mcp.models import MAX_NOTE_CHARS, ClaimedItem, LeaseRef, ReportResult, ReviewDecision, Usage
 
 log = logging.getLogger("matrix_mcp.work")
 T = TypeVar("T")
 
 STDERR_TAIL = 2048  # bytes of a failed command's stderr kept as its error
+CHECKPOINT_CHARS = 200  # the last stderr line sent with a heartbeat as the attempt's note, at most
 FINISHED = ("done", "cancelled", "empty")
 # what `work` prints when a claim comes back empty and it waits on (once per change of reason)
 WAITING = {
@@ -63,6 +73,15 @@ class WorkOptions:
     worker: str | None = None
     no_retry_exit: frozenset[int] = frozenset()
     grace: float = 10.0
+    verify: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What --verify said of a command's output: approved, or rejected with its stderr as the note."""
+
+    approved: bool
+    note: str
 
 
 @dataclass
@@ -77,6 +96,7 @@ class CommandResult:
     stopped: str | None = None  # why work killed it: "timeout", "interrupted", "lease lost", "run cancelled"
     metrics_file: dict[str, Any] | None = None
     metrics_error: str | None = None
+    verdict: Verdict | None = None
 
 
 @dataclass
@@ -84,6 +104,15 @@ class Running:
     item: ClaimedItem
     process: subprocess.Popen[bytes] | None = None
     stopped: str | None = None
+    stderr: bytearray = field(default_factory=bytearray)  # its tail so far: the last line is a checkpoint
+
+    def checkpoint(self) -> str | None:
+        """The last non-empty line of the command's stderr so far (bounded), or None."""
+        for line in reversed(bytes(self.stderr).splitlines()):
+            text = line.decode("utf-8", errors="replace").replace("\x00", "").strip()
+            if text:
+                return text[-CHECKPOINT_CHARS:]
+        return None
 
     def kill(self, why: str) -> None:
         """Kill the command's whole process group (it runs in a session of its own)."""
@@ -99,6 +128,8 @@ class Tally:
     completed: int = 0
     failed: int = 0  # reports of failure (retryable or not)
     lost: int = 0  # reports the store refused: the lease had expired or was taken over
+    approved: int = 0  # by --verify
+    rejected: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -113,6 +144,11 @@ def work_options(args: Any, command: list[str]) -> WorkOptions:
         raise ValueError("--timeout must be a positive number of seconds")
     if not args.grace >= 0:
         raise ValueError("--grace must be zero or more seconds")
+    verify = None
+    if getattr(args, "verify", None) is not None:
+        verify = shlex.split(args.verify)
+        if not verify:
+            raise ValueError("--verify: give a command, e.g. --verify './check.sh'")
     return WorkOptions(
         run=args.run,
         command=command,
@@ -122,6 +158,7 @@ def work_options(args: Any, command: list[str]) -> WorkOptions:
         worker=args.worker,
         no_retry_exit=parse_exit_codes(args.no_retry_exit),
         grace=args.grace,
+        verify=verify,
     )
 
 
@@ -246,6 +283,7 @@ class Worker:
             "attempt": item.attempt,
             "specifications": item.specifications,
             "briefing": item.briefing,
+            **_previous(item),
         }
 
     async def _execute(self, item: ClaimedItem) -> CommandResult:
@@ -262,12 +300,16 @@ class Worker:
             MATRIX_BRIEFING=item.briefing or "",
             MATRIX_METRICS_FILE=str(metrics_path),
         )
+        if item.previous_attempts:  # what the earlier attempts left: errors, last notes, review notes
+            env["MATRIX_PREVIOUS_ATTEMPTS"] = json.dumps(
+                _previous(item)["previous_attempts"], ensure_ascii=False
+            )
         env.update(tracing.traceparent_env())  # the item's span (W3C), when tracing
         running = Running(item)
         self.running[item.outcome_id] = running
         stdout = bytearray()
         total = 0
-        tail = bytearray()
+        tail = running.stderr
         started = time.monotonic()
         try:
             try:
@@ -315,6 +357,8 @@ class Worker:
         outcome = CommandResult(
             process.returncode, bytes(stdout), total, bytes(tail), time.monotonic() - started, running.stopped
         )
+        if self.options.verify and _succeeded(outcome, self.max_bytes):
+            outcome.verdict = await self._verify(outcome.stdout, env)
         if metrics_path.exists():
             try:
                 found = json.loads(metrics_path.read_text(encoding="utf-8") or "{}")
@@ -328,13 +372,60 @@ class Worker:
                     metrics_path.unlink()
         return outcome
 
+    async def _verify(self, output: bytes, env: dict[str, str]) -> Verdict:
+        """Run --verify with the command's output on stdin (same environment, same --timeout)."""
+        assert self.options.verify is not None
+        try:
+            process = await anyio.to_thread.run_sync(_spawn, list(self.options.verify), env)
+        except OSError as exc:
+            return Verdict(False, f"--verify: cannot start the command: {exc}")
+        tail = bytearray()
+
+        def take_err(chunk: bytes) -> None:
+            tail.extend(chunk)
+            del tail[:-STDERR_TAIL]
+
+        assert process.stdin and process.stdout and process.stderr
+        try:
+            with anyio.move_on_after(self.options.timeout) as deadline:
+                async with anyio.create_task_group() as io:
+                    io.start_soon(_feed, process.stdin, output)
+                    io.start_soon(_drain, process.stdout, lambda _chunk: None)
+                    io.start_soon(_drain, process.stderr, take_err)
+                await _exited(process)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    await _exited(process)
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        text = tail.decode("utf-8", errors="replace").replace("\x00", "").strip()
+        if deadline.cancelled_caught:
+            return Verdict(False, f"--verify timed out after {self.options.timeout:g} s"[:MAX_NOTE_CHARS])
+        if process.returncode == 0:
+            return Verdict(True, text[-MAX_NOTE_CHARS:])
+        return Verdict(False, (text or f"--verify: exit status {process.returncode}")[-MAX_NOTE_CHARS:])
+
     # ---- reporting ------------------------------------------------------------------------------
 
     async def _report(self, item: ClaimedItem, outcome: CommandResult) -> ClaimedItem | None:
         """Report the outcome; returns the slot's next item (leased by the same call) or None."""
         error, retryable = self._failure(outcome)
         claim_next = 0 if self.stopping else 1
+        usage = usage_of(outcome.stdout)
+        verdict = outcome.verdict
         try:
+            if (
+                error is None
+                and verdict is not None
+                and not verdict.approved
+                and not await self._reviewed(item)
+            ):
+                error, retryable = f"rejected by --verify: {verdict.note}", True  # the local gate
+                self.tally.rejected += 1
             if error is None:
                 text, encoding = _as_text(outcome.stdout)
                 metrics: dict[str, Any] = {
@@ -353,12 +444,17 @@ class Worker:
                             content_encoding=encoding,
                             claim_next=claim_next,
                             package=self.options.package,
+                            usage=usage,
                         )
                     )
                 except InputError as exc:  # e.g. metrics that violate the run's outcome_schema
                     field_name = f"{exc.field}: " if exc.field else ""
                     error, retryable = f"the report was refused: {field_name}{exc}", False
                 else:
+                    if result is not None and result.status == "in_review" and verdict is not None:
+                        await self._review(item, verdict)
+                    elif verdict is not None:
+                        self.tally.approved += 1
                     return self._went(item, result, "complete")
             result = await self._retrying(
                 lambda: self.engine.fail_item(
@@ -368,6 +464,7 @@ class Worker:
                     retryable=retryable,
                     claim_next=claim_next,
                     package=self.options.package,
+                    usage=usage,
                 )
             )
             return self._went(item, result, "failed")
@@ -381,6 +478,36 @@ class Worker:
             self.tally.lost += 1
             self.live.note(f"{item.package}/{item.item}: report refused: {exc}")
             return None
+
+    async def _reviewed(self, item: ClaimedItem) -> bool:
+        """Whether the item's completion goes in_review (then --verify decides by review_item, not locally)."""
+        if self.info.policy.review == "required":
+            return True
+        try:
+            summary = await self.engine.package_summary(item.package, run=self.info.id)
+        except StoreError:
+            return False
+        return summary.review == "required"
+
+    async def _review(self, item: ClaimedItem, verdict: Verdict) -> None:
+        """Approve or reject an item in_review by --verify's verdict, when this caller may review."""
+        may = current_tool_access.get()
+        if may is not None and not may("review_item"):
+            self.live.note(f"{item.package}/{item.item}: in_review; --verify may not review (matrix:plan)")
+            return
+        decision: ReviewDecision = "approve" if verdict.approved else "reject"
+        try:
+            await self._retrying(
+                lambda: self.engine.review_item(item.outcome_id, decision=decision, note=verdict.note or None)
+            )
+        except StoreError as exc:
+            self.live.note(f"{item.package}/{item.item}: review refused: {exc}")
+            return
+        if verdict.approved:
+            self.tally.approved += 1
+        else:
+            self.tally.rejected += 1
+            self.live.note(f"{item.package}/{item.item}: rejected by --verify: {verdict.note[:300]}")
 
     def _went(self, item: ClaimedItem, result: ReportResult | None, kind: str) -> ClaimedItem | None:
         if result is None:
@@ -425,7 +552,10 @@ class Worker:
             running = list(self.running.values())
             if not running:
                 continue
-            leases = [LeaseRef(outcome_id=r.item.outcome_id, lease_token=r.item.lease_token) for r in running]
+            leases = [
+                LeaseRef(outcome_id=r.item.outcome_id, lease_token=r.item.lease_token, note=r.checkpoint())
+                for r in running
+            ]
             try:
                 beat = await self.engine.heartbeat(leases)
             except StoreError as exc:
@@ -544,6 +674,90 @@ async def _exited(process: subprocess.Popen[bytes]) -> int:
     return process.returncode
 
 
+def _succeeded(outcome: CommandResult, max_bytes: int) -> bool:
+    return outcome.stopped is None and outcome.returncode == 0 and outcome.stdout_bytes <= max_bytes
+
+
+def _previous(item: ClaimedItem) -> dict[str, Any]:
+    """The claim's previous_attempts (and how many were left out) for the command's JSON document."""
+    if not item.previous_attempts:
+        return {}
+    doc: dict[str, Any] = {
+        "previous_attempts": [a.model_dump(exclude_none=True) for a in item.previous_attempts]
+    }
+    if item.previous_attempts_omitted:
+        doc["previous_attempts_omitted"] = item.previous_attempts_omitted
+    return doc
+
+
+# usage keys as agent CLIs and model APIs print them → Usage's fields (Anthropic, then OpenAI's names)
+USAGE_KEYS = {
+    "input_tokens": "input_tokens",
+    "prompt_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "completion_tokens": "output_tokens",
+    "cache_read_input_tokens": "cache_read_tokens",
+    "cache_read_tokens": "cache_read_tokens",
+    "cache_creation_input_tokens": "cache_creation_tokens",
+    "cache_creation_tokens": "cache_creation_tokens",
+}
+USAGE_SCAN_BYTES = 1024 * 1024  # a larger stdout is content, not a usage report
+
+
+def usage_of(stdout: bytes) -> Usage | None:
+    """The usage a command's stdout reports, or None: stdout is one JSON object with a `usage` object
+    (Anthropic: input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens; OpenAI:
+    prompt_tokens, completion_tokens, with prompt_tokens_details.cached_tokens counted as cache reads, not
+    twice) and/or a `total_cost_usd` (`claude -p --output-format json`) or `cost_usd`; `model` at the top
+    or in `usage`. Fields that are not non-negative numbers are left out; anything else is no usage."""
+    text = stdout.strip()
+    if not text.startswith(b"{") or len(text) > USAGE_SCAN_BYTES:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    raw = doc.get("usage")
+    raw = raw if isinstance(raw, dict) else {}
+    found: dict[str, Any] = {}
+    for key, name in USAGE_KEYS.items():
+        value = raw.get(key)
+        if name not in found and _count(value):
+            found[name] = int(value)
+    for details in ("prompt_tokens_details", "input_tokens_details"):  # OpenAI: cached tokens are input's
+        cached = raw.get(details, {}).get("cached_tokens") if isinstance(raw.get(details), dict) else None
+        if _count(cached) and "cache_read_tokens" not in found:
+            found["cache_read_tokens"] = int(cached)
+            if "input_tokens" in found:
+                found["input_tokens"] = max(0, found["input_tokens"] - int(cached))
+    for source in (doc, raw):
+        for key in ("total_cost_usd", "cost_usd"):
+            cost = source.get(key)
+            if "cost_usd" not in found and _amount(cost):
+                found["cost_usd"] = float(cost)
+        model = source.get("model")
+        if "model" not in found and isinstance(model, str) and 0 < len(model) <= 200:
+            found["model"] = model
+    if not found.keys() - {"model"}:
+        return None
+    return Usage(**found)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**62
+
+
+def _amount(value: object) -> TypeGuard[float]:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= 1e12
+    )
+
+
 def _as_text(data: bytes) -> tuple[str, Any]:
     try:
         return data.decode("utf-8"), "utf-8"
@@ -582,6 +796,7 @@ async def _summary(engine: Engine, worker: Worker) -> int:
     print(
         f"this worker ({worker.name}): {t.completed} completed, {t.failed} failure reports, {t.lost} lost leases "
         f"in {elapsed:.1f} s ({t.completed / elapsed if elapsed else 0:.1f} items/s)"
+        + (f"; --verify: {t.approved} approved, {t.rejected} rejected" if worker.options.verify else "")
     )
     if worker.signal is not None:
         return 128 + worker.signal
