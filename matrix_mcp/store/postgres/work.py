@@ -246,15 +246,19 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
                 await drop_orphans(conn, rows, slots)
             # each request owns `limit` consecutive slots (ranks); a gated statement may leave a slot empty
             got = {int(o["rank"]): o for o in rows if o["id"] is not None}
+            owned: list[list[Row]] = []
+            pos = 0
+            for _, a in chunk:
+                owned.append([got[k] for k in range(pos + 1, pos + a.limit + 1) if k in got])
+                pos += a.limit
+            if gated:
+                await short_pass(conn, run_id, package, cutoff, chunk, owned, rows)
             # the whole chunk's events and counter moves go straight to the batch: the merged
             # statement succeeded or the batch re-runs one by one (NeedSafe), so nothing of one
             # request has to be kept apart to be rolled back alone
             whole = Tx(conn, state)
             events = state.events
-            pos = 0
-            for req, a in chunk:
-                mine = [got[k] for k in range(pos + 1, pos + a.limit + 1) if k in got]
-                pos += a.limit
+            for (req, a), mine in zip(chunk, owned, strict=True):
                 claims = []
                 with acting_as(req.principal):
                     for o in mine:
@@ -269,13 +273,45 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
                 else:
                     req.rest = claim_op(a, claims)
             per_package: dict[int, int] = defaultdict(int)
-            for o in got.values():
-                per_package[int(o["pk_id"])] += 1
+            for mine in owned:
+                for o in mine:
+                    per_package[int(o["pk_id"])] += 1
             for pid, n in per_package.items():
                 whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
             whole.succeeded()
     if completes:
         await complete_many(conn, state, completes)
+
+
+async def short_pass(
+    conn: Conn,
+    run_id: str,
+    package: str | None,
+    cutoff: float,
+    chunk: list[tuple[BatchRequest, ClaimArgs]],
+    owned: list[list[Row]],
+    rows: Sequence[Row],
+) -> None:
+    """A gated merged statement's second round: the slots it left empty where it may have more (an item lost
+    a key to a better ranked one, or a level ran dry while others did not), for every short request in one
+    statement over its dry levels, as each request's own next round would ask; what is still short after it
+    goes one by one (claim_op)."""
+    levels = [o for o in rows if o["pk_id"] is not None]
+    short, offered = dry_levels(levels)
+    lost = any(o.get("lost") for o in levels[:1])
+    if not lost and (not short or len(short) == len(offered)):
+        return
+    want = [(i, a, a.limit - len(owned[i])) for i, (_, a) in enumerate(chunk) if len(owned[i]) < a.limit]
+    if not want:
+        return
+    slots = [(a.worker, a.now, a.token(), chunk[i][0].principal) for i, a, n in want for _ in range(n)]
+    again = await fetch_all(conn, CLAIM_GATED_SQL, claim_params(run_id, package, short, cutoff, slots))
+    await drop_orphans(conn, again, slots)
+    got = {int(o["rank"]): o for o in again if o["id"] is not None}
+    pos = 0
+    for i, _, n in want:
+        owned[i] += [got[k] for k in range(pos + 1, pos + n + 1) if k in got]
+        pos += n
 
 
 async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchRequest, CompleteArgs]]) -> None:
