@@ -6,7 +6,13 @@ import pytest
 
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Conflict, NotFound
-from matrix_mcp.models import PackageSpec
+from matrix_mcp.models import STATUSES, PackageSpec
+
+
+def counts_of(**some: int) -> dict[str, int]:
+    """Every status's count, zero unless given."""
+    return {**dict.fromkeys(STATUSES, 0), **some}
+
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +58,7 @@ async def test_status_counts_by_package_over_all_runs(engine: Engine) -> None:
     got = await engine.claim_items("r1", worker="w", limit=1, package="api", wait_seconds=0)
     await engine.complete_item(got.items[0].outcome_id, lease_token=got.items[0].lease_token)
     counts = await engine.store.status_counts()
-    assert counts["api"] == {"pending": 3, "generating": 0, "complete": 1, "failed": 0, "cancelled": 0}
+    assert counts["api"] == counts_of(pending=3, complete=1)
     assert counts["docs"]["pending"] == 2 and sum(counts["docs"].values()) == 2
 
 
@@ -88,7 +94,7 @@ async def test_active_status_counts_are_bounded_and_skip_finished_work(engine: E
     """What /metrics labels: totals over all runs, and at most `limit` names with unfinished work in runs
     that are not cancelled, with their counts summed over runs."""
     assert await engine.store.active_status_counts(3) == (
-        {"pending": 0, "generating": 0, "complete": 0, "failed": 0, "cancelled": 0},
+        counts_of(),
         {},
     )
     await engine.plan_run("a", packages=[PackageSpec(name=f"a{i}", items=["x", "y"]) for i in range(5)])
@@ -96,7 +102,7 @@ async def test_active_status_counts_are_bounded_and_skip_finished_work(engine: E
     await engine.plan_run("c", packages=[PackageSpec(name=f"c{i}", items=["x"]) for i in range(2)])
     await engine.control_run("c", action="cancel")
     totals, active = await engine.store.active_status_counts(3)
-    assert totals == {"pending": 11, "generating": 0, "complete": 0, "failed": 0, "cancelled": 2}
+    assert totals == counts_of(pending=11, cancelled=2)
     assert 1 <= len(active) <= 3 and all(name.startswith("a") for name in active), active
     for name, counts in active.items():
         assert counts["pending"] == (3 if name == "a0" else 2), (name, counts)
