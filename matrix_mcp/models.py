@@ -93,6 +93,23 @@ class PackageSpec(_Model):
 MAX_NOTE_CHARS = 2_000  # a heartbeat's note, a review's note
 
 
+# the largest usage a report or a budget may state (sums of them stay within 64-bit integers)
+MAX_TOKENS = 10**15
+MAX_COST_USD = 1e12
+# a report's usage as tools advertise it: compact (the worker toolset's budget); other keys are ignored
+USAGE_SCHEMA: Json = {
+    "type": "object",
+    "properties": {
+        **{
+            name: {"type": "integer", "minimum": 0, "maximum": 1e15}
+            for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+        },
+        "model": {"type": "string", "maxLength": 200},
+        "cost_usd": {"type": "number", "minimum": 0, "maximum": 1e12},
+    },
+}
+
+
 class LeaseRef(_Model):
     outcome_id: str
     lease_token: str
@@ -102,13 +119,12 @@ class LeaseRef(_Model):
 
 class Usage(_Model):
     # what an attempt spent, as the worker reports it (every field optional, none negative)
-
-    input_tokens: int | None = Field(default=None, ge=0, le=2**62)
-    output_tokens: int | None = Field(default=None, ge=0, le=2**62)
-    cache_read_tokens: int | None = Field(default=None, ge=0, le=2**62)
-    cache_creation_tokens: int | None = Field(default=None, ge=0, le=2**62)
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    output_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    cache_read_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    cache_creation_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     model: str | None = Field(default=None, max_length=200)
-    cost_usd: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    cost_usd: float | None = Field(default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False)
 
     @property
     def tokens(self) -> int:
@@ -134,8 +150,10 @@ class RunPolicy(_Model):
     max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CAP)  # run-wide items generating at once
     on_dependency_failure: DependencyFailure = "cancel"  # what an item failed for good does to its dependents
     review: Review = "none"  # "required": complete_item puts the item in_review until review_item decides
-    max_cost_usd: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)  # spent past: paused
-    max_tokens: int | None = Field(default=None, ge=0, le=2**62)  # all tokens reported; spent past: paused
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False
+    )  # past: paused
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)  # all tokens reported; past: paused
 
     @classmethod
     def planned(

@@ -19,7 +19,7 @@ TERMINAL_HINT = (
     "matrix-mcp: an MCP server on stdio, waiting for a client's JSON-RPC on stdin (Ctrl-D ends it); "
     "for a first look run `matrix-mcp demo`, and `matrix-mcp --help` lists the commands"
 )
-STEERING = ("plan", "pause", "resume", "cancel", "retry")  # matrix_mcp.cli.steer
+STEERING = ("plan", "pause", "resume", "cancel", "retry", "policy")  # matrix_mcp.cli.steer
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> argparse.ArgumentParser:

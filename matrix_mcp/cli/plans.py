@@ -30,6 +30,9 @@ PLAN_FIELDS = (
     "outcome_schema",
     "max_concurrent",
     "on_dependency_failure",
+    "review",
+    "max_cost_usd",
+    "max_tokens",
 )
 UNION_TAGS = ("str", "ItemSpec")  # pydantic names the member of `str | ItemSpec` in an error's location
 POLICY_FIELDS = (
@@ -40,6 +43,9 @@ POLICY_FIELDS = (
     "outcome_schema",
     "max_concurrent",
     "on_dependency_failure",
+    "review",
+    "max_cost_usd",
+    "max_tokens",
 )
 
 
@@ -90,7 +96,7 @@ def plan_from_mapping(run: str, data: Any, source: str) -> Plan:
     """A plan in the `plan_run` shape: `packages` (each {name, description?, after?, priority?,
     max_concurrent?, items}, an item a name or {name, specifications?, after?, priority?, locks?}) and
     optional `goal`, `outcome_type`, `lease_seconds`, `max_attempts`, `backoff_seconds`, `outcome_schema`,
-    `max_concurrent`, `on_dependency_failure`; `name`, if given, must be RUN."""
+    `max_concurrent`, `on_dependency_failure`, `review`, `max_cost_usd`, `max_tokens`; `name`, if given, must be RUN."""
     if not isinstance(data, dict):
         raise PlanFileError(f"{source}: must be an object with `packages` (the plan_run shape)")
     for key in data:

@@ -1,6 +1,7 @@
-"""Planning and steering from the command line: `plan`, `pause`, `resume`, `cancel`, `retry`.
+"""Planning and steering from the command line: `plan`, `pause`, `resume`, `cancel`, `retry`, `policy`.
 
-Each command is the engine call its MCP tool makes (plan_run, control_run, retry_items), so it is idempotent
+Each command is the engine call its MCP tool makes (plan_run, control_run, retry_items, update_policy), so it
+is idempotent
 where the tool is; it prints one line, or with --json the tool's result.
 """
 
@@ -61,6 +62,26 @@ def add_parsers(sub: Any) -> None:
     retry.add_argument("run", metavar="RUN", help="the run whose failed items are re-queued")
     retry.add_argument("--package", metavar="NAME", help="only this package's failed items")
     _json_flag(retry)
+    policy = sub.add_parser(
+        "policy",
+        help="change a run's budgets, cap, review, lease or attempts",
+        description="Change RUN's policy; a run its budget paused stays paused until `resume`.",
+    )
+    policy.add_argument("run", metavar="RUN", help="the run whose policy changes")
+    policy.add_argument("--max-cost-usd", type=float, metavar="USD", help="the cost budget")
+    policy.add_argument("--max-tokens", type=int, metavar="N", help="the token budget (all tokens)")
+    policy.add_argument("--max-concurrent", type=int, metavar="N", help="items generating at once")
+    policy.add_argument("--review", choices=("none", "required"), help="whether completions wait for review")
+    policy.add_argument("--lease-seconds", type=float, metavar="S", help="the lease length")
+    policy.add_argument("--max-attempts", type=int, metavar="N", help="attempts per item")
+    policy.add_argument(
+        "--clear",
+        action="append",
+        choices=("max_cost_usd", "max_tokens", "max_concurrent"),
+        default=[],
+        help="remove this limit (repeatable)",
+    )
+    _json_flag(policy)
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -133,6 +154,30 @@ async def _steer(engine: Engine, args: argparse.Namespace, plan: Plan | None) ->
             print(
                 f"run '{run.name}' {STEER_ACTIONS[command]}: now {run.state}; "
                 f"{c.complete}/{c.total} complete, {c.pending} pending, {c.generating} generating"
+            )
+    elif command == "policy":
+        run = await engine.update_policy(
+            args.run,
+            max_cost_usd=args.max_cost_usd,
+            max_tokens=args.max_tokens,
+            max_concurrent=args.max_concurrent,
+            review=args.review,
+            lease_seconds=args.lease_seconds,
+            max_attempts=args.max_attempts,
+            clear=args.clear,
+        )
+        if args.json:
+            print_json(run)
+        else:
+            p = run.policy
+            budgets = ", ".join(
+                f"{name} {value:g}"
+                for name, value in (("max_cost_usd", p.max_cost_usd), ("max_tokens", p.max_tokens))
+                if value is not None
+            )
+            print(
+                f"run '{run.name}' policy updated: review {p.review}, budgets {budgets or 'none'}, "
+                f"max_concurrent {p.max_concurrent or 'none'}, lease {p.lease_seconds:g} s; now {run.state}"
             )
     else:
         retried = await engine.retry_items(args.run, package=args.package)

@@ -10,6 +10,8 @@ from matrix_mcp.engine.dependencies import check_dependencies
 from matrix_mcp.errors import InputError
 from matrix_mcp.models import (
     MAX_CAP,
+    MAX_COST_USD,
+    MAX_TOKENS,
     ItemSpec,
     PackageSpec,
     PlanResult,
@@ -148,17 +150,17 @@ class Planning(EngineCore):
             review: "required" or "none".
             lease_seconds: the lease length (0 < s ≤ 86,400).
             max_attempts: attempts per item (1 to 100).
-            clear: limits to remove.
+            clear: limits to remove (a value given for one wins). Nothing given: the run as it is.
 
         Raises:
-            InputError: nothing to change, a value out of range, or a field both set and cleared (named).
+            InputError: a value out of range, or a name that cannot be cleared (named).
             NotFound: no such run.
         """
         info = await self.run_info(run)
-        if max_cost_usd is not None and not 0 <= max_cost_usd <= 1e12:  # NaN too
-            raise InputError("must be between 0 and 1e12", "max_cost_usd")
-        if max_tokens is not None and not 0 <= max_tokens <= 2**62:
-            raise InputError("must be between 0 and 2**62", "max_tokens")
+        if max_cost_usd is not None and not 0 <= max_cost_usd <= MAX_COST_USD:  # NaN too
+            raise InputError(f"must be between 0 and {MAX_COST_USD:g}", "max_cost_usd")
+        if max_tokens is not None and not 0 <= max_tokens <= MAX_TOKENS:
+            raise InputError(f"must be between 0 and {MAX_TOKENS}", "max_tokens")
         if max_concurrent is not None and not 1 <= max_concurrent <= MAX_CAP:
             raise InputError(f"must be between 1 and {MAX_CAP}", "max_concurrent")
         if review is not None and review not in ("none", "required"):
@@ -178,10 +180,9 @@ class Planning(EngineCore):
         for i, name in enumerate(clear):
             if name not in CLEARABLE:
                 raise InputError(f"{name!r} cannot be cleared; one of {', '.join(CLEARABLE)}", f"clear[{i}]")
-            if given[name] is not None:
-                raise InputError(f"{name} is both set and cleared", f"clear[{i}]")
+        clear = [name for name in clear if given[name] is None]  # a value given wins over clearing it
         if not clear and all(v is None for v in given.values()):
-            raise InputError("give at least one policy field to change", "run")
+            return await self.store.get_run(info.id)  # nothing to change
         update = PolicyUpdate(
             max_cost_usd=max_cost_usd,
             max_tokens=max_tokens,

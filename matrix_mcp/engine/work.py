@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
+from pydantic import ValidationError
 
 from matrix_mcp import rules, tracing
 from matrix_mcp.artifacts import ArtifactError, Blob, default_path, in_run_folder
@@ -191,7 +192,7 @@ class Work(EngineCore):
         mime_type: str | None = None,
         claim_next: int = 0,
         package: str | None = None,
-        usage: Usage | None = None,
+        usage: Usage | Mapping[str, Any] | None = None,
     ) -> ReportResult:
         """Store the content, complete the item and, with claim_next, lease the next items in the same
         transaction (`package` limits those to one package). The same report repeated answers the same.
@@ -237,6 +238,7 @@ class Work(EngineCore):
         if data is not None and len(data) > self.limits.max_content_bytes:
             raise InputError(f"is {len(data)} bytes; the limit is {self.limits.max_content_bytes}", "content")
         next_claim = self._next_claim(claim_next, package)
+        spent = self._usage(usage)
         run_id, package_name, item, outcome_type, planned_path = await self._outcome_key(outcome_id)
         info = await self.run_info(run_id)
         if outcome_path is not None:  # relative to the run's own folder: it cannot name another run's file
@@ -245,7 +247,7 @@ class Work(EngineCore):
             # batch it would share; the store's unique key decides a race between two new reports
             await self._refuse_held(outcome_path, run_id=run_id, package=package_name, item=item)
         self._check_report(info.policy.outcome_schema, metrics, metadata)
-        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata, usage=usage)
+        report = Report(outcome_path=outcome_path, metrics=metrics, metadata=metadata, usage=spent)
         inline = data is not None and len(data) <= self.limits.inline_content_bytes
         if data is not None:
             if inline:  # kept in the store with the report, one transaction; the file is a copy made after it
@@ -266,7 +268,7 @@ class Work(EngineCore):
                 metrics=metrics,
                 metadata=metadata,
                 inline=data if inline else None,
-                usage=usage,
+                usage=spent,
             )
         now = self.now()
         try:
@@ -315,7 +317,7 @@ class Work(EngineCore):
         retryable: bool = True,
         claim_next: int = 0,
         package: str | None = None,
-        usage: Usage | None = None,
+        usage: Usage | Mapping[str, Any] | None = None,
     ) -> ReportResult:
         """Report a claimed item failed: it goes back to pending after a backoff while attempts remain and
         `retryable` is true, else it is failed for good. With claim_next, the next items are leased in the same
@@ -343,6 +345,7 @@ class Work(EngineCore):
         if len(error) > 20_000:
             error = error[:20_000] + "…"
         next_claim = self._next_claim(claim_next, package)
+        spent = self._usage(usage)
         info = await self.run_info((await self._outcome_key(outcome_id))[0])
         policy = info.policy
         self._leased.pop(outcome_id, None)
@@ -354,7 +357,7 @@ class Work(EngineCore):
         reported = await self.store.fail(
             outcome_id,
             lease_token=lease_token,
-            failure=Failure(error=error, retryable=retryable, backoff=backoff, usage=usage),
+            failure=Failure(error=error, retryable=retryable, backoff=backoff, usage=spent),
             now=now,
             next_claim=next_claim,
         )
@@ -399,6 +402,22 @@ class Work(EngineCore):
             attempt=outcome.attempts,
             available_at=outcome.available_at if outcome.status == "pending" else None,
         )
+
+    def _usage(self, usage: Usage | Mapping[str, Any] | None) -> Usage | None:
+        """A report's usage as the model (an object from a tool: checked here, the field named)."""
+        if usage is None or isinstance(usage, Usage):
+            return usage
+        if not isinstance(usage, Mapping):
+            raise InputError("must be an object", "usage")
+        known = {
+            k: v for k, v in usage.items() if k in Usage.model_fields
+        }  # others (an agent's extras) ignored
+        try:
+            return Usage.model_validate(known)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(first["msg"], f"usage.{where}" if where else "usage") from None
 
     def _note(self, note: str | None, field: str) -> None:
         if note is None:

@@ -125,7 +125,8 @@ def test_bad_plan_files_name_the_line_and_the_field(cli: Cli) -> None:
     unknown = cli.file("unknown.json", json.dumps({"packages": [], "retries": 3}))
     assert cli.fails("plan", "r", "--from", unknown) == (
         f"matrix-mcp: {unknown}: retries: unknown field; a plan takes name, goal, packages, outcome_type, "
-        "lease_seconds, max_attempts, backoff_seconds, outcome_schema, max_concurrent, on_dependency_failure"
+        "lease_seconds, max_attempts, backoff_seconds, outcome_schema, max_concurrent, on_dependency_failure, "
+        "review, max_cost_usd, max_tokens"
     )
     attempts = cli.file("attempts.json", json.dumps({"packages": [], "max_attempts": 0}))
     assert cli.fails("plan", "r", "--from", attempts).startswith(f"matrix-mcp: {attempts}: max_attempts: ")
@@ -304,6 +305,23 @@ def test_pause_resume_cancel_and_retry(cli: Cli) -> None:
     assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 3
     assert "cancelled" in cli.fails("retry", "r")
     assert "unknown run 'nope'" in cli.fails("pause", "nope")
+
+
+def test_policy_changes_budgets_review_and_limits(cli: Cli) -> None:
+    from matrix_mcp.cli.plans import read_plan
+
+    plan = read_plan(
+        "r", cli.file("p.json", json.dumps({"review": "required", "max_cost_usd": 2, "packages": []}))
+    )
+    assert (plan.policy.review, plan.policy.max_cost_usd, plan.policy.max_tokens) == ("required", 2, None)
+    cli("plan", "r", "--package", "p", "--items", "a,b")
+    out = cli("policy", "r", "--max-cost-usd", "1.5", "--review", "required", "--max-concurrent", "2")
+    assert out.strip() == (
+        "run 'r' policy updated: review required, budgets max_cost_usd 1.5, max_concurrent 2, lease 300 s; now active"
+    )
+    policy = cli.json("policy", "r", "--clear", "max_cost_usd", "--max-tokens", "1000")["policy"]
+    assert (policy.get("max_cost_usd"), policy["max_tokens"], policy["review"]) == (None, 1000, "required")
+    assert "max_concurrent: must be between 1" in cli.fails("policy", "r", "--max-concurrent", "0")
 
 
 def test_steering_a_store_that_does_not_exist_creates_none(cli: Cli) -> None:

@@ -23,6 +23,9 @@ from matrix_mcp.mcp.spec import (
 )
 from matrix_mcp.mcp.state import progress_of, state_of
 from matrix_mcp.models import (
+    MAX_CAP,
+    MAX_COST_USD,
+    MAX_TOKENS,
     PackageSpec,
     PlanResult,
     RetryResult,
@@ -45,11 +48,15 @@ async def plan_run(
     outcome_schema: dict[str, Any] | None = None,
     max_concurrent: Annotated[int | None, Field(ge=1)] = None,
     on_dependency_failure: Literal["cancel", "block"] = "cancel",
+    review: Literal["none", "required"] = "none",
+    max_cost_usd: Annotated[float | None, Field(ge=0, le=MAX_COST_USD)] = None,
+    max_tokens: Annotated[int | None, Field(ge=0, le=MAX_TOKENS)] = None,
 ) -> Annotated[CallToolResult, PlanResult]:
     """Create a run of packages × items (idempotent by name; new packages/items are added). items: names
     or {name, specifications, after, priority, locks}; an item is blocked until its `after` complete.
-    max_concurrent: items generating at once. outcome_schema: JSON Schema for {"metrics", "metadata"}
-    of reports."""
+    max_concurrent: items generating at once. review=required: completions wait for review_item.
+    max_cost_usd/max_tokens: budgets (crossed: paused). outcome_schema: JSON Schema for {"metrics",
+    "metadata"} of reports."""
     s = state_of(ctx)
     policy = RunPolicy.planned(
         outcome_type=outcome_type,
@@ -59,6 +66,9 @@ async def plan_run(
         outcome_schema=outcome_schema,
         max_concurrent=max_concurrent,
         on_dependency_failure=on_dependency_failure,
+        review=review,
+        max_cost_usd=max_cost_usd,
+        max_tokens=max_tokens,
     )
     return await s.call(s.engine().plan_run(name=name, packages=packages, goal=goal, policy=policy))
 
@@ -99,6 +109,34 @@ async def run_status(
     )
 
 
+async def update_policy(
+    ctx: Context,
+    run: str,
+    max_cost_usd: Annotated[float | None, Field(ge=0, le=MAX_COST_USD)] = None,
+    max_tokens: Annotated[int | None, Field(ge=0, le=MAX_TOKENS)] = None,
+    max_concurrent: Annotated[int | None, Field(ge=1, le=MAX_CAP)] = None,
+    review: Literal["none", "required"] | None = None,
+    lease_seconds: Annotated[float | None, Field(gt=0, le=86_400)] = None,
+    max_attempts: Annotated[int | None, Field(ge=1, le=100)] = None,
+    clear: list[Literal["max_cost_usd", "max_tokens", "max_concurrent"]] | None = None,
+) -> Annotated[CallToolResult, Run]:
+    """Change a run's policy (budgets, cap, review, lease, attempts); `clear` removes limits. A run its
+    budget paused stays paused until control_run resume."""
+    s = state_of(ctx)
+    return await s.call(
+        s.engine().update_policy(
+            run=run,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            max_concurrent=max_concurrent,
+            review=review,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            clear=clear or (),
+        )
+    )
+
+
 # run_status results are shown in the grid view by hosts that render MCP Apps (matrix_mcp/apps)
 SPECS = (
     ToolSpec(
@@ -127,6 +165,18 @@ SPECS = (
         scope=PLAN,
         toolsets=ORCHESTRATOR,
         rest=Endpoint("POST", "/runs/{run}/control", "Pause, resume or cancel a run.", body=True),
+    ),
+    ToolSpec(
+        update_policy,
+        null_free=True,
+        scope=PLAN,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint(
+            "PATCH",
+            "/runs/{run}/policy",
+            "Change a run's budgets, cap, review, lease or attempts.",
+            body=True,
+        ),
     ),
     ToolSpec(
         list_runs,

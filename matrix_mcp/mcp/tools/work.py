@@ -7,8 +7,11 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult
+from pydantic import Field, WithJsonSchema
 
 from matrix_mcp.mcp.spec import (
+    ORCHESTRATOR,
+    PLAN,
     WORK,
     WORKER,
     ClaimNext,
@@ -20,10 +23,13 @@ from matrix_mcp.mcp.spec import (
 )
 from matrix_mcp.mcp.state import progress_of, state_of
 from matrix_mcp.models import (
+    MAX_NOTE_CHARS,
+    USAGE_SCHEMA,
     ClaimResult,
     HeartbeatResult,
     LeaseRef,
     ReportResult,
+    ReviewResult,
 )
 
 
@@ -71,10 +77,11 @@ async def complete_item(
     mime_type: str | None = None,
     claim_next: ClaimNext = 0,
     detail: Detail = "compact",
+    usage: Annotated[dict[str, Any] | None, WithJsonSchema(USAGE_SCHEMA)] = None,
 ) -> Annotated[CallToolResult, ReportResult]:
     """Report a claimed item done; content is stored at outcome_path (run-relative). Metrics
     lines_generated, quality_score feed summaries. Idempotent. claim_next=N: your next N items
-    come in `next`."""
+    come in `next`. usage: what the attempt spent (counted against budgets)."""
     s = state_of(ctx)
     return await s.call(
         s.engine().complete_item(
@@ -87,6 +94,7 @@ async def complete_item(
             content_encoding=content_encoding,
             mime_type=mime_type,
             claim_next=claim_next,
+            usage=usage,
         ),
         full=detail == "full",
         full_only="outcome",
@@ -101,9 +109,10 @@ async def fail_item(
     retryable: bool = True,
     claim_next: ClaimNext = 0,
     detail: Detail = "compact",
+    usage: Annotated[dict[str, Any] | None, WithJsonSchema(USAGE_SCHEMA)] = None,
 ) -> Annotated[CallToolResult, ReportResult]:
     """Report a claimed item failed: retried after backoff while attempts remain, else failed.
-    claim_next=N: your next N items come in `next`."""
+    claim_next=N: your next N items come in `next`. usage: as for complete_item."""
     s = state_of(ctx)
     return await s.call(
         s.engine().fail_item(
@@ -112,10 +121,23 @@ async def fail_item(
             error=error,
             retryable=retryable,
             claim_next=claim_next,
+            usage=usage,
         ),
         full=detail == "full",
         full_only="outcome",
     )
+
+
+async def review_item(
+    ctx: Context,
+    outcome_id: str,
+    decision: Literal["approve", "reject"],
+    note: Annotated[str | None, Field(max_length=MAX_NOTE_CHARS)] = None,
+) -> Annotated[CallToolResult, ReviewResult]:
+    """Decide on an item in_review: approve → complete (dependents may start); reject → a new attempt
+    that reads your note (failed, with it as the error, once attempts are spent)."""
+    s = state_of(ctx)
+    return await s.call(s.engine().review_item(outcome_id=outcome_id, decision=decision, note=note))
 
 
 SPECS = (
@@ -151,5 +173,14 @@ SPECS = (
         scope=WORK,
         toolsets=WORKER,
         rest=Endpoint("POST", "/outcomes/{outcome_id}/fail", "Report a claimed item failed.", body=True),
+    ),
+    ToolSpec(
+        review_item,
+        null_free=True,
+        scope=PLAN,
+        toolsets=ORCHESTRATOR,
+        rest=Endpoint(
+            "POST", "/outcomes/{outcome_id}/review", "Approve or reject an item in review.", body=True
+        ),
     ),
 )
