@@ -151,7 +151,7 @@ def queue_status_filter(status: Status, *, one_run: bool) -> tuple[str, str]:
 
 _FINAL_CONDITION: dict[Status, str] = {
     status: f"q.lease_token IS NULL AND q.final >= '{status}' AND q.final <= '{status}'"
-    for status in ("complete", "failed", "cancelled", "blocked")
+    for status in ("complete", "failed", "cancelled", "blocked", "in_review")
 }
 
 
