@@ -39,7 +39,7 @@ BOTH: frozenset[Toolset] = WORKER | ORCHESTRATOR
 # argument types several tools share
 Detail = Literal["compact", "full"]
 # page sizes: at most the server's Limits.max_page_size (MATRIX_MAX_PAGE_SIZE), advertised and enforced;
-# claim_next (0..max, the engine says so) only enforced: the worker toolset's definitions stay within their budget (7.5 KiB)
+# claim_next (0..max, the engine says so) only enforced: the worker toolset's definitions stay within their budget (8 KiB)
 PageSize = Annotated[int, Field(ge=1), PAGE_BOUND]
 ClaimNext = Annotated[int, PAGE_BOUND_UNADVERTISED]
 # a long-poll: at most 50 s, under the 60 s request timeout many hosts keep; more is refused naming the field
