@@ -32,6 +32,8 @@ _SUMMARY_FIELDS = (
     "priority",
     "max_concurrent",
     "after",
+    *sql.USAGE_COLUMNS,
+    "review",
 )
 
 
@@ -90,7 +92,9 @@ async def package_truth(c: Conn, package_id: int) -> dict[str, Any]:
         )
         async for metrics, duration in cur:
             truth.complete(metrics, duration)
-    return truth.result()
+    spent = await fetch_one(c, sql.PACKAGE_USAGE_TRUTH, (package_id,))
+    assert spent is not None
+    return {**truth.result(), **{k: spent[k] for k in sql.USAGE_COLUMNS}}
 
 
 async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
@@ -107,7 +111,7 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
             int(h["bucket"]): int(h["n"])
             for h in await fetch_all(c, sql.RECOUNT_ROWS_SELECT_PACKAGE_HIST, (p["id"],))
         }
-        mismatches += R.counter_mismatches(p, truth, hist, COUNTER_COLUMNS)
+        mismatches += R.counter_mismatches(p, truth, hist, (*COUNTER_COLUMNS, *sql.USAGE_COLUMNS))
     for t in await fetch_all(c, sql.RECOUNT_RUN_COUNTERS, ([run_id] if run_id else None,) * 2):
         mismatches += [
             f"{t['name']}: run {s} counter {t[s]} != packages {t['p_' + s]}"
@@ -139,6 +143,7 @@ async def rebuild_rows(c: Conn, run_id: str | None) -> None:
                 truth["lines_sum"],
                 truth["quality_sum"],
                 round(truth["quality_n"]),
+                *(truth[k] for k in sql.USAGE_COLUMNS),
                 buckets,
                 [truth["hist"][b] for b in buckets],
                 pid,

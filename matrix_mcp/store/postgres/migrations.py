@@ -562,4 +562,89 @@ LEFT JOIN LATERAL (
 ) d ON true
 """,
     ),
+    (
+        14,
+        # review gates, carried-over notes, usage and budgets: status 'in_review' (counted like the others; out
+        # of the claimable index and not leased: final 'in_review'), each attempt's note, usage and review;
+        # usage sums per package (through package_deltas and the roller, like the counters) and per run
+        # (run_counters), per worker of a run (worker_usage, moved in the report's transaction); the run's
+        # review setting, budgets, why it paused itself and its exact totals spent_* (kept only while it has a
+        # budget, under the run row's lock); each package's review setting (NULL: the run's). The roller's lock
+        # keeps a roll from landing between the new columns and the view that reads them.
+        """
+SELECT pg_advisory_xact_lock(120265332883458);
+ALTER TABLE outcome_attempts ADD COLUMN note text,
+    ADD COLUMN input_tokens bigint, ADD COLUMN output_tokens bigint, ADD COLUMN cache_read_tokens bigint,
+    ADD COLUMN cache_creation_tokens bigint, ADD COLUMN cost_usd double precision, ADD COLUMN model text,
+    ADD COLUMN review_decision text, ADD COLUMN review_note text, ADD COLUMN reviewed_by text;
+ALTER TABLE packages ADD COLUMN in_review bigint NOT NULL DEFAULT 0,
+    ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_read_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN cache_creation_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0, ADD COLUMN review text;
+ALTER TABLE package_deltas ADD COLUMN in_review bigint NOT NULL DEFAULT 0,
+    ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_read_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN cache_creation_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
+ALTER TABLE run_counters ADD COLUMN in_review bigint NOT NULL DEFAULT 0,
+    ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_read_tokens bigint NOT NULL DEFAULT 0, ADD COLUMN cache_creation_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cost_usd double precision NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN review text NOT NULL DEFAULT 'none' CHECK (review IN ('none', 'required')),
+    ADD COLUMN max_cost_usd double precision CHECK (max_cost_usd >= 0),
+    ADD COLUMN max_tokens bigint CHECK (max_tokens >= 0),
+    ADD COLUMN spent_cost_usd double precision NOT NULL DEFAULT 0,
+    ADD COLUMN spent_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN paused_reason text;
+CREATE TABLE worker_usage (
+    run_id text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    worker text NOT NULL,
+    input_tokens bigint NOT NULL DEFAULT 0,
+    output_tokens bigint NOT NULL DEFAULT 0,
+    cache_read_tokens bigint NOT NULL DEFAULT 0,
+    cache_creation_tokens bigint NOT NULL DEFAULT 0,
+    cost_usd double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, worker)
+);
+ALTER TABLE outcomes DROP CONSTRAINT outcomes_status_check,
+    ADD CONSTRAINT outcomes_status_check
+        CHECK (status IN ('pending', 'generating', 'complete', 'failed', 'cancelled', 'blocked', 'in_review'));
+ALTER TABLE outcome_queue DROP CONSTRAINT outcome_queue_final_check,
+    ADD CONSTRAINT outcome_queue_final_check
+        CHECK (final IN ('complete', 'failed', 'cancelled', 'blocked', 'in_review'));
+CREATE OR REPLACE VIEW package_counters AS
+SELECT p.id, p.run_id, p.name, p.description, p.position,
+       p.total + COALESCE(d.total, 0) AS total,
+       p.pending + COALESCE(d.pending, 0) AS pending,
+       p.generating + COALESCE(d.generating, 0) AS generating,
+       p.complete + COALESCE(d.complete, 0) AS complete,
+       p.failed + COALESCE(d.failed, 0) AS failed,
+       p.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
+       p.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
+       p.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
+       p.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
+       p.quality_sum + COALESCE(d.quality_sum, 0) AS quality_sum,
+       p.quality_n + COALESCE(d.quality_n, 0) AS quality_n,
+       p.blocked + COALESCE(d.blocked, 0) AS blocked,
+       p.priority, p.max_concurrent, p.after, p.has_dependents,
+       p.in_review + COALESCE(d.in_review, 0) AS in_review,
+       p.input_tokens + COALESCE(d.input_tokens, 0) AS input_tokens,
+       p.output_tokens + COALESCE(d.output_tokens, 0) AS output_tokens,
+       p.cache_read_tokens + COALESCE(d.cache_read_tokens, 0) AS cache_read_tokens,
+       p.cache_creation_tokens + COALESCE(d.cache_creation_tokens, 0) AS cache_creation_tokens,
+       p.cost_usd + COALESCE(d.cost_usd, 0) AS cost_usd,
+       p.review
+FROM packages p
+LEFT JOIN LATERAL (
+    SELECT SUM(x.total) AS total, SUM(x.pending) AS pending, SUM(x.generating) AS generating,
+           SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled,
+           SUM(x.duration_sum) AS duration_sum, SUM(x.duration_n) AS duration_n,
+           SUM(x.lines_sum) AS lines_sum, SUM(x.quality_sum) AS quality_sum, SUM(x.quality_n) AS quality_n,
+           SUM(x.blocked) AS blocked, SUM(x.in_review) AS in_review, SUM(x.input_tokens) AS input_tokens,
+           SUM(x.output_tokens) AS output_tokens, SUM(x.cache_read_tokens) AS cache_read_tokens,
+           SUM(x.cache_creation_tokens) AS cache_creation_tokens, SUM(x.cost_usd) AS cost_usd
+    FROM package_deltas x
+    WHERE x.package_id = p.id AND x.bucket IS NULL
+) d ON true
+""",
+    ),
 ]

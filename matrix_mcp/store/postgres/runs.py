@@ -72,6 +72,7 @@ async def plan(
                     goal,
                     *R.policy_values(policy),
                     *R.claim_policy_values(policy),
+                    *R.review_policy_values(policy),
                     gated,
                     now,
                     now,
@@ -116,6 +117,7 @@ async def plan(
                     [p.priority for p in new],
                     [p.max_concurrent for p in new],
                     [R.dumps([a.candidates[0][0] for a in p.after]) if p.after else None for p in new],
+                    [p.review for p in new],
                 ),
             ):
                 ids[r["name"]] = int(r["id"])

@@ -8,7 +8,8 @@ from functools import cache
 from psycopg import sql as pgsql
 
 from matrix_mcp import rules
-from matrix_mcp.models import Status
+from matrix_mcp.models import STATUSES, Status
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.postgres.migrations import NOTIFY_CHANNEL
 
 DELTA_COLUMNS = (
@@ -19,6 +20,7 @@ DELTA_COLUMNS = (
     "failed",
     "cancelled",
     "blocked",
+    "in_review",
     "duration_sum",
     "duration_n",
     "lines_sum",
@@ -29,10 +31,15 @@ DELTA_COLUMNS = (
     "m_failed",
     "m_duration_sum",
     "m_duration_n",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "cost_usd",
 )
 
 
-_FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum"}
+_FLOAT_COLUMNS = {"duration_sum", "lines_sum", "quality_sum", "m_duration_sum", "cost_usd"}
 
 
 COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
@@ -41,9 +48,12 @@ COL = {c: i for i, c in enumerate(DELTA_COLUMNS)}
 COUNTER_COLUMNS = ("duration_sum", "duration_n", "lines_sum", "quality_sum", "quality_n")
 
 
-# the statuses the counter tables keep a column for (in their column order): in_review gets its column with
-# the review migration
-COUNTED_STATUSES: tuple[Status, ...] = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
+# the statuses the counter tables keep a column for (in their column order)
+COUNTED_STATUSES: tuple[Status, ...] = STATUSES
+
+
+# the usage sums a package (and a run's totals row) keeps, moved through package_deltas like the counters
+USAGE_COLUMNS = R.USAGE_COLUMNS
 
 
 DeltaKey = tuple[str, int | None, int | None, int | None]  # run_id, package_id, bucket, minute
@@ -86,6 +96,7 @@ SELECT r.*, COUNT(p.id)::bigint AS packages,
        COALESCE(SUM(p.pending), 0)::bigint AS pending, COALESCE(SUM(p.generating), 0)::bigint AS generating,
        COALESCE(SUM(p.complete), 0)::bigint AS complete, COALESCE(SUM(p.failed), 0)::bigint AS failed,
        COALESCE(SUM(p.cancelled), 0)::bigint AS cancelled, COALESCE(SUM(p.blocked), 0)::bigint AS blocked,
+       COALESCE(SUM(p.in_review), 0)::bigint AS in_review,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r LEFT JOIN package_counters p ON p.run_id = r.id
 """
@@ -98,18 +109,20 @@ SELECT r.*, p.packages,
        p.pending + COALESCE(d.pending, 0) AS pending, p.generating + COALESCE(d.generating, 0) AS generating,
        p.complete + COALESCE(d.complete, 0) AS complete, p.failed + COALESCE(d.failed, 0) AS failed,
        p.cancelled + COALESCE(d.cancelled, 0) AS cancelled, p.blocked + COALESCE(d.blocked, 0) AS blocked,
+       p.in_review + COALESCE(d.in_review, 0) AS in_review,
        (SELECT e.created_at FROM events e WHERE e.run_id = r.id ORDER BY e.seq DESC LIMIT 1) AS last_event_at
 FROM runs r
 CROSS JOIN LATERAL (
     SELECT COUNT(*)::int8 AS packages, COALESCE(SUM(pending), 0)::int8 AS pending,
            COALESCE(SUM(generating), 0)::int8 AS generating, COALESCE(SUM(complete), 0)::int8 AS complete,
            COALESCE(SUM(failed), 0)::int8 AS failed, COALESCE(SUM(cancelled), 0)::int8 AS cancelled,
-           COALESCE(SUM(blocked), 0)::int8 AS blocked
+           COALESCE(SUM(blocked), 0)::int8 AS blocked, COALESCE(SUM(in_review), 0)::int8 AS in_review
     FROM packages WHERE run_id = r.id
 ) p
 CROSS JOIN LATERAL (
     SELECT SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating, SUM(complete)::int8 AS complete,
-           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled, SUM(blocked)::int8 AS blocked
+           SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled, SUM(blocked)::int8 AS blocked,
+           SUM(in_review)::int8 AS in_review
     FROM package_deltas WHERE run_id = r.id AND package_id IS NOT NULL AND bucket IS NULL
 ) d
 """
@@ -172,7 +185,10 @@ d AS (
     SELECT package_id, SUM(total)::int8 AS total, SUM(pending)::int8 AS pending, SUM(generating)::int8 AS generating,
            SUM(complete)::int8 AS complete, SUM(failed)::int8 AS failed, SUM(cancelled)::int8 AS cancelled,
            SUM(blocked)::int8 AS blocked, SUM(duration_sum) AS duration_sum, SUM(duration_n)::int8 AS duration_n, SUM(lines_sum) AS lines_sum,
-           SUM(quality_sum) AS quality_sum, SUM(quality_n)::int8 AS quality_n
+           SUM(quality_sum) AS quality_sum, SUM(quality_n)::int8 AS quality_n, SUM(in_review)::int8 AS in_review,
+           SUM(input_tokens)::int8 AS input_tokens, SUM(output_tokens)::int8 AS output_tokens,
+           SUM(cache_read_tokens)::int8 AS cache_read_tokens, SUM(cache_creation_tokens)::int8 AS cache_creation_tokens,
+           SUM(cost_usd) AS cost_usd
     FROM package_deltas WHERE run_id = %(run)s AND package_id IS NOT NULL AND bucket IS NULL
     GROUP BY package_id
 ),
@@ -188,7 +204,13 @@ SELECT pk.id, pk.name, pk.description, pk.position, r.name AS run_name,
        pk.failed + COALESCE(d.failed, 0) AS failed,
        pk.cancelled + COALESCE(d.cancelled, 0) AS cancelled,
        pk.blocked + COALESCE(d.blocked, 0) AS blocked,
-       pk.priority, pk.max_concurrent, pk.after,
+       pk.in_review + COALESCE(d.in_review, 0) AS in_review,
+       pk.input_tokens + COALESCE(d.input_tokens, 0) AS input_tokens,
+       pk.output_tokens + COALESCE(d.output_tokens, 0) AS output_tokens,
+       pk.cache_read_tokens + COALESCE(d.cache_read_tokens, 0) AS cache_read_tokens,
+       pk.cache_creation_tokens + COALESCE(d.cache_creation_tokens, 0) AS cache_creation_tokens,
+       pk.cost_usd + COALESCE(d.cost_usd, 0) AS cost_usd,
+       pk.priority, pk.max_concurrent, pk.after, pk.review,
        pk.duration_sum + COALESCE(d.duration_sum, 0) AS duration_sum,
        pk.duration_n + COALESCE(d.duration_n, 0) AS duration_n,
        pk.lines_sum + COALESCE(d.lines_sum, 0) AS lines_sum,
@@ -661,7 +683,10 @@ c AS (
     SELECT package_id, SUM(total) AS total, SUM(pending) AS pending, SUM(generating) AS generating,
            SUM(complete) AS complete, SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked,
            SUM(duration_sum) AS duration_sum, SUM(duration_n) AS duration_n, SUM(lines_sum) AS lines_sum,
-           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n,
+           SUM(quality_sum) AS quality_sum, SUM(quality_n) AS quality_n, SUM(in_review) AS in_review,
+           SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+           SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_creation_tokens) AS cache_creation_tokens,
+           SUM(cost_usd) AS cost_usd,
            array_agg(bucket) FILTER (WHERE bucket IS NOT NULL) AS hb,
            array_agg(bucket_n) FILTER (WHERE bucket IS NOT NULL) AS hn
     FROM d WHERE package_id IS NOT NULL GROUP BY package_id
@@ -673,7 +698,11 @@ u AS (
         blocked = p.blocked + c.blocked,
         duration_sum = p.duration_sum + c.duration_sum, duration_n = p.duration_n + c.duration_n,
         lines_sum = p.lines_sum + c.lines_sum, quality_sum = p.quality_sum + c.quality_sum,
-        quality_n = p.quality_n + c.quality_n,
+        quality_n = p.quality_n + c.quality_n, in_review = p.in_review + c.in_review,
+        input_tokens = p.input_tokens + c.input_tokens, output_tokens = p.output_tokens + c.output_tokens,
+        cache_read_tokens = p.cache_read_tokens + c.cache_read_tokens,
+        cache_creation_tokens = p.cache_creation_tokens + c.cache_creation_tokens,
+        cost_usd = p.cost_usd + c.cost_usd,
         (hist_b, hist_n) = (
             SELECT COALESCE(array_agg(y.b ORDER BY y.b), '{}'), COALESCE(array_agg(y.n ORDER BY y.b), '{}')
             FROM (
@@ -687,13 +716,21 @@ u AS (
     FROM c WHERE p.id = c.package_id
 ),
 rc AS (
-    INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked)
-    SELECT run_id, SUM(pending), SUM(generating), SUM(complete), SUM(failed), SUM(cancelled), SUM(blocked) FROM d
+    INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked, in_review,
+                                   input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd)
+    SELECT run_id, SUM(pending), SUM(generating), SUM(complete), SUM(failed), SUM(cancelled), SUM(blocked),
+           SUM(in_review), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens),
+           SUM(cache_creation_tokens), SUM(cost_usd) FROM d
     WHERE package_id IS NOT NULL AND run_id IN (SELECT id FROM runs) GROUP BY run_id
     ON CONFLICT (run_id) DO UPDATE SET
         pending = t.pending + EXCLUDED.pending, generating = t.generating + EXCLUDED.generating,
         complete = t.complete + EXCLUDED.complete, failed = t.failed + EXCLUDED.failed,
-        cancelled = t.cancelled + EXCLUDED.cancelled, blocked = t.blocked + EXCLUDED.blocked
+        cancelled = t.cancelled + EXCLUDED.cancelled, blocked = t.blocked + EXCLUDED.blocked,
+        in_review = t.in_review + EXCLUDED.in_review, input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+        cache_creation_tokens = t.cache_creation_tokens + EXCLUDED.cache_creation_tokens,
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd
 ),
 m AS (
     INSERT INTO outcome_minutes (run_id, minute, completed, failed, duration_sum, duration_n)
@@ -805,8 +842,9 @@ PLAN_SELECT_RUNS = "SELECT id, state, outcome_type FROM runs WHERE name = %s FOR
 
 PLAN_INSERT_RUNS = (
     "INSERT INTO runs (id, name, goal, outcome_type, lease_seconds, max_attempts, backoff_seconds, "
-    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, gated, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
+    "backoff_cap_seconds, outcome_schema, max_concurrent, on_dependency_failure, review, max_cost_usd, max_tokens,"
+    " gated, created_at, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id"
 )
 
 
@@ -819,9 +857,9 @@ PLAN_SELECT_PACKAGES_2 = "SELECT COALESCE(MAX(position) + 1, 0) AS pos FROM pack
 
 
 PLAN_INSERT_PACKAGES = (
-    "INSERT INTO packages (run_id, name, description, position, priority, max_concurrent, after)"
-    " SELECT %s, n, d, %s + i - 1, pr, mc, af FROM unnest(%b::text[], %b::text[], %b::int4[], %b::int4[],"
-    " %b::text[]) WITH ORDINALITY AS u(n, d, pr, mc, af, i) RETURNING id, name"
+    "INSERT INTO packages (run_id, name, description, position, priority, max_concurrent, after, review)"
+    " SELECT %s, n, d, %s + i - 1, pr, mc, af, rv FROM unnest(%b::text[], %b::text[], %b::int4[], %b::int4[],"
+    " %b::text[], %b::text[]) WITH ORDINALITY AS u(n, d, pr, mc, af, rv, i) RETURNING id, name"
 )
 
 
@@ -869,7 +907,8 @@ PLAN_UPDATE_RUNS = "UPDATE runs SET updated_at = %s WHERE id = %s"
 CONTROL_RUN_SELECT_RUNS = "SELECT state FROM runs WHERE id = %s FOR NO KEY UPDATE"
 
 
-CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = %s, updated_at = %s WHERE id = %s"
+# a state set by hand says no reason (a budget's pause says its own: RUN_PAUSE_FOR_BUDGET)
+CONTROL_RUN_UPDATE_RUNS = "UPDATE runs SET state = %s, updated_at = %s, paused_reason = NULL WHERE id = %s"
 
 
 # ---- work.py ----------------------------------------------------------------------------------------
@@ -980,8 +1019,9 @@ RECORD_INTEGRATION_INSERT_INTEGRATION_LOGS = (
 
 
 GET_OUTCOME_SELECT_OUTCOME_ATTEMPTS = (
-    "SELECT attempt, worker, principal, status, error, started_at, ended_at FROM outcome_attempts "
-    "WHERE outcome_id = %s ORDER BY started_at, attempt"
+    "SELECT attempt, worker, principal, status, error, started_at, ended_at, note, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_creation_tokens, cost_usd, model, review_decision, review_note, reviewed_by"
+    " FROM outcome_attempts WHERE outcome_id = %s ORDER BY started_at, attempt"
 )
 
 
@@ -1090,12 +1130,19 @@ REBUILD_ROWS_DELETE_PACKAGE_DELTAS = "DELETE FROM package_deltas WHERE package_i
 
 # after a rebuild (whose packages have no deltas left), each rebuilt run's totals are its packages' sums
 REBUILD_RUN_COUNTERS = (
-    "INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked)"
+    "INSERT INTO run_counters AS t (run_id, pending, generating, complete, failed, cancelled, blocked, in_review,"
+    " input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd)"
     " SELECT r.id, COALESCE(SUM(p.pending), 0), COALESCE(SUM(p.generating), 0), COALESCE(SUM(p.complete), 0),"
-    " COALESCE(SUM(p.failed), 0), COALESCE(SUM(p.cancelled), 0), COALESCE(SUM(p.blocked), 0) FROM runs r LEFT JOIN packages p ON p.run_id = r.id"
+    " COALESCE(SUM(p.failed), 0), COALESCE(SUM(p.cancelled), 0), COALESCE(SUM(p.blocked), 0),"
+    " COALESCE(SUM(p.in_review), 0), COALESCE(SUM(p.input_tokens), 0), COALESCE(SUM(p.output_tokens), 0),"
+    " COALESCE(SUM(p.cache_read_tokens), 0), COALESCE(SUM(p.cache_creation_tokens), 0),"
+    " COALESCE(SUM(p.cost_usd), 0) FROM runs r LEFT JOIN packages p ON p.run_id = r.id"
     " WHERE r.id = ANY(%s::text[]) GROUP BY r.id ON CONFLICT (run_id) DO UPDATE SET pending = EXCLUDED.pending,"
     " generating = EXCLUDED.generating, complete = EXCLUDED.complete, failed = EXCLUDED.failed,"
-    " cancelled = EXCLUDED.cancelled, blocked = EXCLUDED.blocked"
+    " cancelled = EXCLUDED.cancelled, blocked = EXCLUDED.blocked, in_review = EXCLUDED.in_review,"
+    " input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,"
+    " cache_read_tokens = EXCLUDED.cache_read_tokens, cache_creation_tokens = EXCLUDED.cache_creation_tokens,"
+    " cost_usd = EXCLUDED.cost_usd"
 )
 
 
@@ -1107,23 +1154,26 @@ RECOUNT_RUN_COUNTERS = (
     " COALESCE(t.failed, 0) + COALESCE(d.failed, 0) AS failed,"
     " COALESCE(t.cancelled, 0) + COALESCE(d.cancelled, 0) AS cancelled,"
     " COALESCE(t.blocked, 0) + COALESCE(d.blocked, 0) AS blocked,"
+    " COALESCE(t.in_review, 0) + COALESCE(d.in_review, 0) AS in_review,"
     " p.pending AS p_pending, p.generating AS p_generating, p.complete AS p_complete, p.failed AS p_failed,"
-    " p.cancelled AS p_cancelled, p.blocked AS p_blocked FROM runs r LEFT JOIN run_counters t ON t.run_id = r.id"
+    " p.cancelled AS p_cancelled, p.blocked AS p_blocked, p.in_review AS p_in_review FROM runs r LEFT JOIN run_counters t ON t.run_id = r.id"
     " LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending, SUM(x.generating) AS generating,"
     " SUM(x.complete) AS complete, SUM(x.failed) AS failed, SUM(x.cancelled) AS cancelled,"
-    " SUM(x.blocked) AS blocked FROM package_deltas x WHERE x.run_id = r.id AND x.package_id IS NOT NULL) d ON true"
+    " SUM(x.blocked) AS blocked, SUM(x.in_review) AS in_review FROM package_deltas x"
+    " WHERE x.run_id = r.id AND x.package_id IS NOT NULL) d ON true"
     " LEFT JOIN LATERAL (SELECT COALESCE(SUM(c.pending), 0) AS pending, COALESCE(SUM(c.generating), 0) AS generating,"
     " COALESCE(SUM(c.complete), 0) AS complete, COALESCE(SUM(c.failed), 0) AS failed,"
-    " COALESCE(SUM(c.cancelled), 0) AS cancelled, COALESCE(SUM(c.blocked), 0) AS blocked"
-    " FROM package_counters c WHERE c.run_id = r.id) p ON true"
+    " COALESCE(SUM(c.cancelled), 0) AS cancelled, COALESCE(SUM(c.blocked), 0) AS blocked,"
+    " COALESCE(SUM(c.in_review), 0) AS in_review FROM package_counters c WHERE c.run_id = r.id) p ON true"
     " WHERE r.id = ANY(%s::text[]) OR %s::text[] IS NULL ORDER BY r.name"
 )
 
 
 REBUILD_ROWS_UPDATE_PACKAGES = (
     "UPDATE packages SET total = %s, pending = %s, generating = %s, complete = %s, failed = %s, "
-    "cancelled = %s, blocked = %s, duration_sum = %s, duration_n = %s, lines_sum = %s, quality_sum = %s, quality_n "
-    "= %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s"
+    "cancelled = %s, blocked = %s, in_review = %s, duration_sum = %s, duration_n = %s, lines_sum = %s,"
+    " quality_sum = %s, quality_n = %s, input_tokens = %s, output_tokens = %s, cache_read_tokens = %s,"
+    " cache_creation_tokens = %s, cost_usd = %s, hist_b = %b::int4[], hist_n = %b::int8[] WHERE id = %s"
 )
 
 
@@ -1143,7 +1193,7 @@ SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS = (
     "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
     "generating, COALESCE(SUM(complete),0)::bigint AS complete, COALESCE(SUM(failed),0)::bigint AS "
     "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(blocked),0)::bigint AS blocked, "
-    "COALESCE(SUM(duration_sum),0)::float8 "
+    "COALESCE(SUM(in_review),0)::bigint AS in_review, COALESCE(SUM(duration_sum),0)::float8 "
     "AS ds, COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls, "
     "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn FROM "
     "package_counters "
@@ -1162,8 +1212,8 @@ SYSTEM_METRICS_SELECT_RUNS = "SELECT name FROM runs WHERE id = %s"
 
 STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
     "SELECT name, SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete, "
-    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked FROM package_counters"
-    " GROUP BY name ORDER BY "
+    "SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked, SUM(in_review) AS in_review"
+    " FROM package_counters GROUP BY name ORDER BY "
     "name"
 )
 
@@ -1171,7 +1221,7 @@ STATUS_COUNTS_SELECT_PACKAGE_COUNTERS = (
 # /metrics: totals over every package row, and the first `limit` names with unfinished work
 STATUS_SUMS = (
     "SUM(pending) AS pending, SUM(generating) AS generating, SUM(complete) AS complete,"
-    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked"
+    " SUM(failed) AS failed, SUM(cancelled) AS cancelled, SUM(blocked) AS blocked, SUM(in_review) AS in_review"
 )
 
 
@@ -1182,32 +1232,35 @@ JIT_OFF = "SET LOCAL jit = off"
 
 # totals: each run's rolled counters (one row per run) plus the package deltas not rolled yet
 ACTIVE_TOTALS = (
-    f"SELECT {STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled, blocked"
-    " FROM run_counters UNION ALL SELECT pending, generating, complete, failed, cancelled, blocked"
+    f"SELECT {STATUS_SUMS} FROM (SELECT pending, generating, complete, failed, cancelled, blocked, in_review"
+    " FROM run_counters UNION ALL SELECT pending, generating, complete, failed, cancelled, blocked, in_review"
     " FROM package_deltas WHERE bucket IS NULL AND package_id IS NOT NULL) t"
 )
 
 
 ACTIVE_NAMES = (
     "SELECT p.name FROM package_counters p JOIN runs r ON r.id = p.run_id"
-    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked > 0 LIMIT %s"
+    " WHERE r.state <> 'cancelled' AND p.pending + p.generating + p.blocked + p.in_review > 0 LIMIT %s"
 )
 
 
 # the chosen names' rows first (by the name index: `IN (SELECT unnest(...))`, planned as a hash join,
 # scanned every package, 7.5 ms at 20,000), then their deltas by index
 ACTIVE_COUNTS = (
-    "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled, blocked"
+    "WITH chosen AS MATERIALIZED (SELECT id, name, pending, generating, complete, failed, cancelled, blocked,"
+    " in_review"
     " FROM packages WHERE name = ANY(%s::text[]))"
     " SELECT c.name, SUM(c.pending + COALESCE(d.pending, 0)) AS pending,"
     " SUM(c.generating + COALESCE(d.generating, 0)) AS generating,"
     " SUM(c.complete + COALESCE(d.complete, 0)) AS complete,"
     " SUM(c.failed + COALESCE(d.failed, 0)) AS failed,"
     " SUM(c.cancelled + COALESCE(d.cancelled, 0)) AS cancelled,"
-    " SUM(c.blocked + COALESCE(d.blocked, 0)) AS blocked"
+    " SUM(c.blocked + COALESCE(d.blocked, 0)) AS blocked,"
+    " SUM(c.in_review + COALESCE(d.in_review, 0)) AS in_review"
     " FROM chosen c LEFT JOIN LATERAL (SELECT SUM(x.pending) AS pending,"
     " SUM(x.generating) AS generating, SUM(x.complete) AS complete, SUM(x.failed) AS failed,"
-    " SUM(x.cancelled) AS cancelled, SUM(x.blocked) AS blocked FROM package_deltas x"
+    " SUM(x.cancelled) AS cancelled, SUM(x.blocked) AS blocked, SUM(x.in_review) AS in_review"
+    " FROM package_deltas x"
     " WHERE x.package_id = c.id AND x.bucket IS NULL) d ON true GROUP BY c.name ORDER BY c.name"
 )
 
@@ -1742,3 +1795,107 @@ ITEM_NAME = (
 
 
 PACKAGE_NAME = "SELECT name FROM packages WHERE id = %s"
+
+
+# ---- review gates, notes, usage, budgets -----------------------------------------------------------
+
+# an item in_review for review_item, locked, with what rules.review reads
+REVIEW_ROW = (
+    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
+    " r.on_dependency_failure, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+    " JOIN packages p ON p.id = o.package_id WHERE o.id = %s FOR UPDATE OF o"
+)
+
+
+ATTEMPT_USAGE = (
+    "UPDATE outcome_attempts SET input_tokens = %s, output_tokens = %s, cache_read_tokens = %s,"
+    " cache_creation_tokens = %s, cost_usd = %s, model = %s WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+ATTEMPT_REVIEW = (
+    "UPDATE outcome_attempts SET status = %s, error = %s, review_decision = %s, review_note = %s,"
+    " reviewed_by = %s WHERE outcome_id = %s AND lease_token = %s"
+)
+
+
+# what reports spent, per worker of a run, added up (one row per run and worker in the batch)
+WORKER_USAGE = (
+    "INSERT INTO worker_usage AS w (run_id, worker, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_creation_tokens, cost_usd)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::int8[], %b::int8[], %b::int8[], %b::float8[])"
+    " ORDER BY 1, 2"
+    " ON CONFLICT (run_id, worker) DO UPDATE SET input_tokens = w.input_tokens + EXCLUDED.input_tokens,"
+    " output_tokens = w.output_tokens + EXCLUDED.output_tokens,"
+    " cache_read_tokens = w.cache_read_tokens + EXCLUDED.cache_read_tokens,"
+    " cache_creation_tokens = w.cache_creation_tokens + EXCLUDED.cache_creation_tokens,"
+    " cost_usd = w.cost_usd + EXCLUDED.cost_usd"
+)
+
+
+# a run's workers by what they spent, most first
+WORKERS_OF_RUN = (
+    "SELECT worker, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, cost_usd"
+    " FROM worker_usage WHERE run_id = %s"
+    " ORDER BY cost_usd DESC, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens DESC,"
+    " worker LIMIT %s"
+)
+
+
+# a report's spend on its run's exact totals, only while the run has a budget: the row is locked by this
+# statement (the next report's waits, then adds to what this one left), and what it returns is the total
+# after this report, so the crossing is decided on the locked row, never on a read before the write
+RUN_SPEND = (
+    "UPDATE runs SET spent_cost_usd = spent_cost_usd + %s, spent_tokens = spent_tokens + %s"
+    " WHERE id = %s AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL)"
+    " RETURNING state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens"
+)
+
+
+RUN_PAUSE_FOR_BUDGET = (
+    "UPDATE runs SET state = 'paused', paused_reason = %s, updated_at = %s WHERE id = %s AND state = 'active'"
+)
+
+
+# what the run's packages spent in all (a budget set later starts from it)
+RUN_SPENT_TRUTH = (
+    "SELECT COALESCE(SUM(cost_usd), 0)::float8 AS cost,"
+    " COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens), 0)::int8 AS tokens"
+    " FROM package_counters WHERE run_id = %s"
+)
+
+
+SET_RUN_SPENT = "UPDATE runs SET spent_cost_usd = %s, spent_tokens = %s WHERE id = %s"
+
+
+RUN_POLICY_ROW = "SELECT id, max_cost_usd, max_tokens FROM runs WHERE id = %s FOR NO KEY UPDATE"
+
+
+@cache
+def update_run_policy(columns: tuple[str, ...]) -> str:
+    """Set these policy columns of a run (bound values, then its id); a closed set of names (PolicyUpdate)."""
+    return "UPDATE runs SET " + ", ".join(f"{c} = %s" for c in columns) + ", updated_at = %s WHERE id = %s"
+
+
+# the earlier attempts of the items a claim leased (the ones just started left out), newest first, at most
+# %(per)s each: asked only when one of them was claimed before
+PREVIOUS_ATTEMPTS = """
+SELECT l.id AS outcome_id, a.attempt, a.status, a.error, a.note, a.review_note
+FROM unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)
+CROSS JOIN LATERAL (
+    SELECT x.attempt, x.status, x.error, x.note, x.review_note FROM outcome_attempts x
+    WHERE x.outcome_id = l.id AND x.lease_token <> l.tok
+    ORDER BY x.started_at DESC, x.attempt DESC LIMIT %(per)s
+) a
+"""
+
+
+# a recount of a package's usage sums from its items' attempts
+PACKAGE_USAGE_TRUTH = (
+    "SELECT COALESCE(SUM(a.input_tokens), 0)::int8 AS input_tokens,"
+    " COALESCE(SUM(a.output_tokens), 0)::int8 AS output_tokens,"
+    " COALESCE(SUM(a.cache_read_tokens), 0)::int8 AS cache_read_tokens,"
+    " COALESCE(SUM(a.cache_creation_tokens), 0)::int8 AS cache_creation_tokens,"
+    " COALESCE(SUM(a.cost_usd), 0)::float8 AS cost_usd"
+    " FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id WHERE o.package_id = %s"
+)
