@@ -19,7 +19,7 @@ from tests.store.test_contract import Clock
 pytestmark = pytest.mark.anyio
 
 # PostgreSQL runs these once its dialect of the review design has landed (its engineer sets this).
-REVIEW_ON_POSTGRES = False
+REVIEW_ON_POSTGRES = True
 
 
 @pytest.fixture(

@@ -364,10 +364,11 @@ async def locks_held(fetch: Any, row: Row) -> list[str]:
 
 
 async def reported_complete(tx: Tx, rows: Sequence[Row], now: float) -> None:
-    """Items a completion statement completed (rows with their queue flags): the keys their leases held are
-    let go and their dependents move (`completed`)."""
+    """Items a completion statement reported (rows as it left them, with their queue flags): the keys their
+    leases held are let go, and the dependents of those it completed move (`completed`; an item in_review
+    readies nothing until approved)."""
     await release(tx, [(int(r["n"]), str(r["lease_token"])) for r in rows if r.get("q_locks")])
-    done = [done_of(r) for r in rows if r.get("q_dependents") or r.get("q_gate")]
+    done = [done_of(r) for r in rows if (r.get("q_dependents") or r.get("q_gate")) and r["status"] == "complete"]
     if done:
         await completed(tx, done, now)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from matrix_mcp import rules
-from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy
+from matrix_mcp.models import PlanResult, Run, RunAction, RunPolicy, UsageTotals, WorkerUsage
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import NewPackage, RunOverview
 from matrix_mcp.store.postgres import counters, sql, work
@@ -263,6 +263,9 @@ async def control_run(db: Database, run_id: str, *, action: RunAction, now: floa
     return await db.write(op, journal=RUN_ANSWER)
 
 
+WORKERS_SHOWN = 100  # run_status lists at most this many workers' usage
+
+
 async def run_overview(db: Database, run_id: str, *, since: float) -> RunOverview:
     """The run, its package summaries, its recent throughput and the latest event, in one snapshot
     and one round trip (pipeline mode: BEGIN, the four reads and COMMIT go out together)."""
@@ -276,11 +279,13 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
                     summaries_cur = await conn.execute(RUN_SUMMARIES_SQL, {"run": run_id})
                     finished_cur = await conn.execute(THROUGHPUT_SQL, (run_id, int(since // 60)))
                     seq_cur = await conn.execute(LATEST_SEQ_SQL)
+                    workers_cur = await conn.execute(sql.WORKERS_OF_RUN, (run_id, WORKERS_SHOWN))
                     await conn.execute(sql.COMMIT)
                     run_row = await run_cur.fetchone()
                     summary_rows = await summaries_cur.fetchall()
                     finished = await finished_cur.fetchone()
                     seq = await seq_cur.fetchone()
+                    worker_rows = await workers_cur.fetchall()
             except BaseException:
                 if conn.info.transaction_status in IN_TRANSACTION:
                     with contextlib.suppress(psycopg.Error):
@@ -293,6 +298,7 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
             [counters.summary_of(r) for r in summary_rows],
             int(finished["n"]) if finished else 0,
             int(seq["s"]) if seq else 0,
+            [WorkerUsage(worker=w["worker"], usage=R.usage_totals_from(w) or UsageTotals()) for w in worker_rows],
         )
 
     return await db.with_retry(attempt)

@@ -516,15 +516,33 @@ SELECT id, lease_token, lease_expires_at, state FROM h
 """
 
 
+# HEARTBEAT_SQL when a lease gives a note: the same, and each held lease's attempt keeps its note (the last one
+# given; a lease without one keeps what it had)
+HEARTBEAT_NOTE_SQL = HEARTBEAT_SQL.replace(
+    "unnest(%(ids)b::text[], %(tokens)b::text[]) AS l(id, tok)",
+    "unnest(%(ids)b::text[], %(tokens)b::text[], %(notes)b::text[]) AS l(id, tok, note)",
+).replace(
+    "\nSELECT id, lease_token, lease_expires_at, state FROM h",
+    """,
+hn AS (
+    UPDATE outcome_attempts a SET note = l.note FROM h JOIN l ON l.id = h.id AND l.tok = h.lease_token
+    WHERE l.note IS NOT NULL AND a.outcome_id = h.id AND a.lease_token = h.lease_token
+)
+SELECT id, lease_token, lease_expires_at, state FROM h""",
+)
+
+
 COMPLETE_SQL = """
 WITH cur AS MATERIALIZED (
-    SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name
+    SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name,
+           r.review AS run_review, p.review AS package_review,
+           CASE WHEN COALESCE(p.review, r.review) = 'required' THEN 'in_review' ELSE 'complete' END AS reported
     FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id
     WHERE o.id = %(id)s
     FOR UPDATE OF o
 ),
 u AS (
-    UPDATE outcomes o SET status = 'complete', completed_at = %(now)s,
+    UPDATE outcomes o SET status = cur.reported, completed_at = %(now)s,
         duration_seconds = CASE WHEN cur.started_at IS NULL THEN NULL
                                 ELSE GREATEST(0.0, %(now)s - cur.started_at) END,
         updated_at = %(now)s, lease_expires_at = NULL, error_message = NULL,
@@ -535,22 +553,24 @@ u AS (
     RETURNING o.duration_seconds
 ),
 uq AS (
-    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = 'complete'
+    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = cur.reported
     FROM cur WHERE q.n = cur.n AND cur.lease_token = %(token)s AND cur.status = 'generating'
     RETURNING q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
 ),
 a AS (
-    UPDATE outcome_attempts SET status = 'complete', error = NULL, ended_at = %(now)s
-    WHERE outcome_id = %(id)s AND lease_token = %(token)s AND EXISTS (SELECT 1 FROM u)
+    UPDATE outcome_attempts a SET status = cur.reported, error = NULL, ended_at = %(now)s
+    FROM cur WHERE a.outcome_id = %(id)s AND a.lease_token = %(token)s AND EXISTS (SELECT 1 FROM u)
 ),
+-- an item in_review keeps its metric rows as they were: review_item's approval writes them
 md AS (
     DELETE FROM outcome_metrics
     WHERE outcome_id = %(id)s AND NOT (name = ANY(%(names)b::text[])) AND EXISTS (SELECT 1 FROM u)
+      AND EXISTS (SELECT 1 FROM cur WHERE cur.reported = 'complete')
 ),
 mi AS (
     INSERT INTO outcome_metrics (outcome_id, name, value)
     SELECT %(id)s, m.k, m.v FROM unnest(%(names)b::text[], %(values)b::float8[]) AS m(k, v)
-    WHERE EXISTS (SELECT 1 FROM u)
+    WHERE EXISTS (SELECT 1 FROM u) AND EXISTS (SELECT 1 FROM cur WHERE cur.reported = 'complete')
     ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
 ),
 ins AS (
@@ -575,35 +595,40 @@ WITH inp AS MATERIALIZED (
         WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
 ),
 u AS (
-    UPDATE outcomes o SET status = 'complete', completed_at = inp.now,
+    UPDATE outcomes o SET status = CASE WHEN COALESCE(p.review, r.review) = 'required' THEN 'in_review'
+                                        ELSE 'complete' END,
+        completed_at = inp.now,
         duration_seconds = CASE WHEN o.started_at IS NULL THEN NULL
                                 ELSE GREATEST(0.0, inp.now - o.started_at) END,
         updated_at = inp.now, lease_expires_at = NULL, error_message = NULL,
         metrics = inp.metrics, metadata = inp.metadata, outcome_path = COALESCE(inp.path, o.outcome_path),
         content_sha256 = inp.sha, content_bytes = inp.nbytes, mime_type = inp.mime
-    FROM inp
-    WHERE o.id = inp.id AND o.lease_token = inp.tok AND o.status = 'generating'
-    RETURNING o.*, inp.i AS req
+    FROM inp, runs r, packages p
+    WHERE o.id = inp.id AND o.lease_token = inp.tok AND o.status = 'generating' AND r.id = o.run_id
+      AND p.id = o.package_id
+    RETURNING o.*, inp.i AS req, r.review AS run_review, p.review AS package_review
 ),
 uq AS (
-    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = 'complete'
+    UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = u.status
     FROM u WHERE q.n = u.n
     RETURNING q.n, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
 ),
 a AS (
-    UPDATE outcome_attempts a SET status = 'complete', error = NULL, ended_at = u.completed_at
+    UPDATE outcome_attempts a SET status = u.status, error = NULL, ended_at = u.completed_at
     FROM u WHERE a.outcome_id = u.id AND a.lease_token = u.lease_token
 ),
 mv AS (
     SELECT m.req, m.k, m.v FROM unnest(%(mreq)b::int8[], %(mnames)b::text[], %(mvalues)b::float8[]) AS m(req, k, v)
 ),
+-- an item in_review keeps its metric rows as they were: review_item's approval writes them
 md AS (
     DELETE FROM outcome_metrics om USING u
-    WHERE om.outcome_id = u.id AND NOT EXISTS (SELECT 1 FROM mv WHERE mv.req = u.req AND mv.k = om.name)
+    WHERE om.outcome_id = u.id AND u.status = 'complete'
+      AND NOT EXISTS (SELECT 1 FROM mv WHERE mv.req = u.req AND mv.k = om.name)
 ),
 mi AS (
     INSERT INTO outcome_metrics (outcome_id, name, value)
-    SELECT u.id, mv.k, mv.v FROM mv JOIN u ON u.req = mv.req
+    SELECT u.id, mv.k, mv.v FROM mv JOIN u ON u.req = mv.req WHERE u.status = 'complete'
     ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value
 ),
 ins AS (
@@ -831,6 +856,7 @@ CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = %s"
 INSERT_METRICS = (
     "INSERT INTO outcome_metrics (outcome_id, name, value)"
     " SELECT %s, k, v FROM unnest(%b::text[], %b::float8[]) AS m(k, v)"
+    " ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value"
 )
 
 
@@ -1842,14 +1868,22 @@ WORKERS_OF_RUN = (
 )
 
 
-# a report's spend on its run's exact totals, only while the run has a budget: the row is locked by this
-# statement (the next report's waits, then adds to what this one left), and what it returns is the total
-# after this report, so the crossing is decided on the locked row, never on a read before the write
-RUN_SPEND = (
-    "UPDATE runs SET spent_cost_usd = spent_cost_usd + %s, spent_tokens = spent_tokens + %s"
-    " WHERE id = %s AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL)"
-    " RETURNING state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens"
+# a report's spend on its run's exact totals, only while the run has a budget: the run row is locked first
+# (a concurrent report's statement waits, then adds to what this one left: the lock returns the row's latest
+# version), and the totals before and after this report come back from that one locked row, so the crossing is
+# decided on it — never on a read before the write
+RUN_SPEND = """
+WITH o AS MATERIALIZED (
+    SELECT id, state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens FROM runs
+    WHERE id = %(run)s AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL)
+    FOR NO KEY UPDATE
 )
+UPDATE runs r SET spent_cost_usd = o.spent_cost_usd + %(cost)s::float8,
+    spent_tokens = o.spent_tokens + %(tokens)s::int8
+FROM o WHERE r.id = o.id
+RETURNING o.state, o.max_cost_usd, o.max_tokens, o.spent_cost_usd AS cost_before, o.spent_tokens AS tokens_before,
+    r.spent_cost_usd AS cost_after, r.spent_tokens AS tokens_after
+"""
 
 
 RUN_PAUSE_FOR_BUDGET = (

@@ -13,7 +13,7 @@ from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, Outcome, ts
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
-from matrix_mcp.store.postgres import policy, sql
+from matrix_mcp.store.postgres import policy, sql, usage
 from matrix_mcp.store.postgres.batch import (
     IDS_ANSWER,
     REPORTED_ANSWER,
@@ -39,6 +39,7 @@ from matrix_mcp.store.postgres.sql import (
     COMPLETE_SQL,
     DROP_ORPHAN_LOCKS,
     EARLIEST,
+    HEARTBEAT_NOTE_SQL,
     HEARTBEAT_SQL,
     HELD_SQL,
     RECOVER_CLAIMS_SQL,
@@ -146,7 +147,8 @@ def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[
                 for o in await claim_rows(tx, run_id, package, exhausted, now, slots)
                 if o["pk_id"] is not None
             ]
-            claims += claims_from(tx, run_id, args.worker, [o for o in rows if o["id"] is not None], now)
+            got = claims_from(tx, run_id, args.worker, [o for o in rows if o["id"] is not None], now)
+            claims += await usage.briefed(tx, got)
             # a level that offered fewer items than its share has nothing more for this call (or the rest
             # is locked by other claimers); the next round shares what is left among the others
             short, offered = dry_levels(rows)
@@ -267,6 +269,7 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
                         )
                         events.append((run_id, o["id"], ev.kind, ev.payload(), float(a.now)))
                         claims.append(R.claim_from(o))
+                claims = await usage.briefed(whole, claims)
                 if len(claims) == a.limit:
                     req.value = ClaimBatch(claims)
                     req.handled = True
@@ -352,17 +355,29 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
     # (the statement took the rows whose lease holds and wrote rules.duration: tests/rules/test_rules.py holds
     # it to the rules; `row` is the item as the statement left it)
     whole = Tx(conn, state)
+    spends: list[usage.Spend] = []
     for row in sorted(rows, key=lambda r: int(r["req"])):
         req, a = todo[int(row["req"]) - 1]
         t = rules.complete(
-            row, lease_token=a.lease_token, report=a.report, now=a.now, encoded=(a.metrics, a.metadata)
+            row,
+            lease_token=a.lease_token,
+            report=a.report,
+            now=a.now,
+            encoded=(a.metrics, a.metadata),
+            review=rules.review_required(row["run_review"], row["package_review"]),
         )
         with acting_as(req.principal):
             whole.effects(t, a.now)
+        spent = usage.spend_of(row, t)
+        if spent is not None:
+            spends.append(spent)
         req.value = R.outcome_from(row)
         req.handled = True
+    last = max(float(a.now) for _, a in todo)
+    if spends:
+        await usage.record(whole, spends, last)
     if any(r["q_locks"] or r["q_dependents"] or r["q_gate"] for r in rows):
-        await policy.reported_complete(whole, rows, max(float(a.now) for _, a in todo))
+        await policy.reported_complete(whole, rows, last)
     whole.succeeded()
 
 
@@ -469,14 +484,14 @@ async def heartbeat(db: Database, leases: Sequence[LeaseRef], *, now: float) -> 
     async def op(tx: Tx) -> HeartbeatResult:
         # the leases that hold (rules.lease_holds) run until rules.lease_expires: tests/rules/test_rules.py
         # holds the statement to them
-        rows = await tx.all(
-            HEARTBEAT_SQL,
-            {
-                "now": now,
-                "ids": [lease.outcome_id for lease in leases],
-                "tokens": [lease.lease_token for lease in leases],
-            },
-        )
+        params = {
+            "now": now,
+            "ids": [lease.outcome_id for lease in leases],
+            "tokens": [lease.lease_token for lease in leases],
+        }
+        if any(lease.note is not None for lease in leases):  # (rules.heartbeat: a note replaces the last)
+            params["notes"] = [lease.note for lease in leases]
+        rows = await tx.all(HEARTBEAT_NOTE_SQL if "notes" in params else HEARTBEAT_SQL, params)
         tx.wrote = bool(rows)
         held = {(r["id"], r["lease_token"]): r for r in rows}
         extended: list[LeaseState] = []
@@ -532,10 +547,16 @@ async def complete(
         if not fresh:
             return R.outcome_from(row)  # the identical report, repeated
         tx.wrote = True
-        t = rules.complete(row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata))
+        review = rules.review_required(row["run_review"], row["package_review"])
+        t = rules.complete(
+            row, lease_token=lease_token, report=report, now=now, encoded=(metrics, metadata), review=review
+        )
         tx.effects(t, now)
+        spent = usage.spend_of(row, t)
+        if spent is not None:
+            await usage.record(tx, [spent], now)
         if row["q_locks"] or row["q_dependents"] or row["q_gate"]:
-            await policy.reported_complete(tx, [row], now)
+            await policy.reported_complete(tx, [t.row(row)], now)  # the row as left: complete or in_review
         return R.outcome_from(t.row(row))
 
     if next_claim is None:
@@ -590,8 +611,12 @@ async def fail(
             run_state=row["run_state"],
             max_attempts=int(row["max_attempts"]),
             now=now,
+            usage=failure.usage,
         )
         await policy.after(tx, row, t, await tx.apply(row, t, now), now)
+        spent = usage.spend_of(row, t)
+        if spent is not None:
+            await usage.record(tx, [spent], now)
         outcome = R.outcome_from(t.row(row))
         return Reported(outcome, await next_claims(tx, outcome, lease_token, next_claim, now, True))
 
