@@ -574,6 +574,170 @@ def test_postgres_heartbeat_sql_is_the_python_rule(postgres_database: str) -> No
         check()
 
 
+# ---- review gates and notes in the PostgreSQL statements ------------------------------------------
+# COMPLETE_SQL and COMPLETE_MANY_SQL decide in SQL whether a completion waits in_review (the package's review
+# setting, else the run's); HEARTBEAT_NOTE_SQL keeps each held lease's note on its attempt. These hold them to
+# rules.review_required, rules.complete and rules.heartbeat.
+
+REVIEWS = st.fixed_dictionaries(
+    {"run": st.sampled_from(["none", "required"]), "package": st.sampled_from([None, "none", "required"])}
+)
+
+
+def _set_review(conn: Any, run_id: str, review: dict[str, Any]) -> None:
+    conn.execute("UPDATE runs SET review = %s WHERE id = %s", (review["run"], run_id))
+    conn.execute("UPDATE packages SET review = %s WHERE run_id = %s", (review["package"], run_id))
+
+
+def _reported(conn: Any, oid: str) -> dict[str, Any]:
+    """The item's status, its queue record's final status, its attempt's status, its metric rows."""
+    row = conn.execute(
+        "SELECT o.status, q.final, (SELECT a.status FROM outcome_attempts a WHERE a.outcome_id = o.id"
+        " AND a.lease_token = o.lease_token) AS attempt,"
+        " (SELECT count(*) FROM outcome_metrics m WHERE m.outcome_id = o.id) AS metric_rows"
+        " FROM outcomes o JOIN outcome_queue q ON q.n = o.n WHERE o.id = %s",
+        (oid,),
+    ).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def _attempts_for(conn: Any, ids: list[str], tokens: tuple[str, ...] = ("a", "b")) -> None:
+    for oid in ids:
+        for tok in tokens:
+            conn.execute(
+                "INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, status, note)"
+                " VALUES (%s, 1, %s, 'generating', 'before')",
+                (oid, tok),
+            )
+
+
+@pytest.mark.postgres
+def test_postgres_complete_sql_under_review_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import COMPLETE_MANY_SQL, COMPLETE_SQL
+
+    run_id, ids = _leased_items(postgres_database, 2)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(review=REVIEWS, many=st.booleans())
+        def check(review: dict[str, Any], many: bool) -> None:
+            report = Report(metrics={"lines_generated": 2})
+            try:
+                _set_review(conn, run_id, review)
+                _set_rows(conn, ids, [{"status": "generating", "token": "a", "started_at": 10.0}] * 2)
+                _attempts_for(conn, ids, ("a",))
+                if many:
+                    got = conn.execute(
+                        COMPLETE_MANY_SQL,
+                        {
+                            "ids": ids,
+                            "tokens": ["a", "a"],
+                            "nows": [100.0, 100.0],
+                            "metrics": ['{"lines_generated": 2}'] * 2,
+                            "metadata": ["{}"] * 2,
+                            "paths": [None] * 2,
+                            "shas": [None] * 2,
+                            "bytes": [None] * 2,
+                            "mimes": [None] * 2,
+                            "bodies": [None] * 2,
+                            "mreq": [1, 2],
+                            "mnames": ["lines_generated"] * 2,
+                            "mvalues": [2.0, 2.0],
+                        },
+                    ).fetchall()
+                    rows = {r["id"]: r for r in got}
+                else:
+                    one = conn.execute(
+                        COMPLETE_SQL,
+                        {
+                            "now": 100.0,
+                            "metrics": '{"lines_generated": 2}',
+                            "metadata": "{}",
+                            "path": None,
+                            "sha": None,
+                            "bytes": None,
+                            "mime": None,
+                            "id": ids[0],
+                            "token": "a",
+                            "names": ["lines_generated"],
+                            "values": [2.0],
+                            "body": None,
+                        },
+                    ).fetchone()
+                    assert one is not None and one["done"]
+                    rows = {ids[0]: one}
+                for oid, row in rows.items():
+                    required = rules.review_required(row["run_review"], row["package_review"])
+                    assert required == ((review["package"] or review["run"]) == "required")
+                    t = rules.complete(row, lease_token="a", report=report, now=100.0, review=required)
+                    after = _reported(conn, oid)
+                    assert after["status"] == t.new == ("in_review" if required else "complete")
+                    assert after["final"] == rules.final_status(t.new)
+                    assert t.attempt is not None and after["attempt"] == t.attempt.status
+                    # the metric rows are written only when the item completes (approval writes them later)
+                    assert (after["metric_rows"] > 0) == (t.metric_rows is not None)
+            finally:
+                conn.rollback()
+
+        check()
+
+
+@pytest.mark.postgres
+def test_postgres_heartbeat_note_sql_is_the_python_rule(postgres_database: str) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from matrix_mcp.store.postgres.sql import HEARTBEAT_NOTE_SQL
+
+    _, ids = _leased_items(postgres_database, 4)
+    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
+
+        @PROPERTY
+        @given(
+            rows=st.lists(LEASED, min_size=4, max_size=4),
+            tokens=st.lists(ASKED, min_size=4, max_size=4),
+            notes=st.lists(st.none() | st.sampled_from(["3 of 5", "x" * 2000]), min_size=4, max_size=4),
+        )
+        def check(rows: list[dict[str, Any]], tokens: list[str], notes: list[str | None]) -> None:
+            try:
+                _set_rows(conn, ids, rows)
+                _attempts_for(conn, ids)
+                got = conn.execute(
+                    HEARTBEAT_NOTE_SQL, {"now": 100.0, "ids": ids, "tokens": tokens, "notes": notes}
+                ).fetchall()
+                held = {r["id"] for r in got}
+                for oid, r, token, note in zip(ids, rows, tokens, notes, strict=True):
+                    ext = rules.heartbeat(
+                        {"status": r["status"], "lease_token": r["token"]},
+                        token=token,
+                        run_state="active",
+                        lease_seconds=45,
+                        now=100.0,
+                        note=note,
+                    )
+                    holds = ext is not None
+                    assert (oid in held) == holds, (r, token)
+                    kept = {
+                        a["lease_token"]: a["note"]
+                        for a in conn.execute(
+                            "SELECT lease_token, note FROM outcome_attempts WHERE outcome_id = %s", (oid,)
+                        )
+                    }
+                    # a held lease's attempt keeps the note given (rules.heartbeat: the last one replaces it);
+                    # every other attempt keeps what it had
+                    for tok, kept_note in kept.items():
+                        changed = ext is not None and ext.note is not None and tok == token
+                        assert kept_note == (note if changed else "before"), (r, token, tok, note)
+            finally:
+                conn.rollback()
+
+        check()
+
+
 # ---- the set-based PostgreSQL statements: claim, retry, cancel ------------------------------------
 # CLAIM_SQL leases many items in one statement, RETRY_REQUEUE_FAILED and CANCEL_PENDING_SQL move many; each
 # writes the column values rules.claim, rules.retry and rules.cancel decide for one item.

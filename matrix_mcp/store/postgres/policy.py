@@ -368,7 +368,9 @@ async def reported_complete(tx: Tx, rows: Sequence[Row], now: float) -> None:
     leases held are let go, and the dependents of those it completed move (`completed`; an item in_review
     readies nothing until approved)."""
     await release(tx, [(int(r["n"]), str(r["lease_token"])) for r in rows if r.get("q_locks")])
-    done = [done_of(r) for r in rows if (r.get("q_dependents") or r.get("q_gate")) and r["status"] == "complete"]
+    done = [
+        done_of(r) for r in rows if (r.get("q_dependents") or r.get("q_gate")) and r["status"] == "complete"
+    ]
     if done:
         await completed(tx, done, now)
 

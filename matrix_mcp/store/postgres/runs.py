@@ -298,7 +298,10 @@ async def run_overview(db: Database, run_id: str, *, since: float) -> RunOvervie
             [counters.summary_of(r) for r in summary_rows],
             int(finished["n"]) if finished else 0,
             int(seq["s"]) if seq else 0,
-            [WorkerUsage(worker=w["worker"], usage=R.usage_totals_from(w) or UsageTotals()) for w in worker_rows],
+            [
+                WorkerUsage(worker=w["worker"], usage=R.usage_totals_from(w) or UsageTotals())
+                for w in worker_rows
+            ],
         )
 
     return await db.with_retry(attempt)

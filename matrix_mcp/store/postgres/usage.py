@@ -129,7 +129,11 @@ async def briefed(tx: Tx, claims: list[Claim]) -> list[Claim]:
     found: dict[str, list[PreviousAttempt]] = defaultdict(list)
     for a in await tx.all(
         sql.PREVIOUS_ATTEMPTS,
-        {"ids": [c.outcome_id for c in again], "tokens": [c.lease_token for c in again], "per": PREVIOUS_READ},
+        {
+            "ids": [c.outcome_id for c in again],
+            "tokens": [c.lease_token for c in again],
+            "per": PREVIOUS_READ,
+        },
     ):
         found[a["outcome_id"]].append(
             PreviousAttempt(
