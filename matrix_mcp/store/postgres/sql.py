@@ -1221,8 +1221,11 @@ SYSTEM_METRICS_SELECT_PACKAGE_COUNTERS = (
     "failed, COALESCE(SUM(cancelled),0)::bigint AS cancelled, COALESCE(SUM(blocked),0)::bigint AS blocked, "
     "COALESCE(SUM(in_review),0)::bigint AS in_review, COALESCE(SUM(duration_sum),0)::float8 "
     "AS ds, COALESCE(SUM(duration_n),0)::bigint AS dn, COALESCE(SUM(lines_sum),0)::float8 AS ls, "
-    "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn FROM "
-    "package_counters "
+    "COALESCE(SUM(quality_sum),0)::float8 AS qs, COALESCE(SUM(quality_n),0)::bigint AS qn, "
+    "COALESCE(SUM(input_tokens),0)::bigint AS input_tokens, COALESCE(SUM(output_tokens),0)::bigint AS output_tokens, "
+    "COALESCE(SUM(cache_read_tokens),0)::bigint AS cache_read_tokens, "
+    "COALESCE(SUM(cache_creation_tokens),0)::bigint AS cache_creation_tokens, "
+    "COALESCE(SUM(cost_usd),0)::float8 AS cost_usd FROM package_counters "
 )
 
 
@@ -1932,4 +1935,18 @@ PACKAGE_USAGE_TRUTH = (
     " COALESCE(SUM(a.cache_creation_tokens), 0)::int8 AS cache_creation_tokens,"
     " COALESCE(SUM(a.cost_usd), 0)::float8 AS cost_usd"
     " FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id WHERE o.package_id = %s"
+)
+
+
+# exports: each outcome's usage summed over its attempts, the latest model named (SUM of NULLs is NULL)
+OUTCOME_USAGE = (
+    "SELECT a.outcome_id, SUM(a.input_tokens)::int8 AS input_tokens, SUM(a.output_tokens)::int8 AS output_tokens,"
+    " SUM(a.cache_read_tokens)::int8 AS cache_read_tokens,"
+    " SUM(a.cache_creation_tokens)::int8 AS cache_creation_tokens, SUM(a.cost_usd)::float8 AS cost_usd,"
+    " (array_agg(a.model ORDER BY a.attempt DESC) FILTER (WHERE a.model IS NOT NULL))[1] AS model"
+    " FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id"
+    " WHERE o.run_id = %s AND (a.input_tokens IS NOT NULL OR a.output_tokens IS NOT NULL"
+    " OR a.cache_read_tokens IS NOT NULL OR a.cache_creation_tokens IS NOT NULL OR a.cost_usd IS NOT NULL"
+    " OR a.model IS NOT NULL)"
+    " GROUP BY a.outcome_id"
 )

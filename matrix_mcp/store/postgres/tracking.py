@@ -209,9 +209,15 @@ async def list_outcomes(
 
 
 async def outcome_usage(db: Database, run_id: str) -> dict[str, Usage]:
-    """None yet: the attempts' usage columns come with the PostgreSQL review migration, which fills this in
-    (sql.OUTCOME_USAGE of the SQLite dialect is the query)."""
-    return {}
+    async def op(c: Conn) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        for r in await fetch_all(c, sql.OUTCOME_USAGE, (run_id,)):
+            usage = R.usage_from(r)
+            if usage is not None:
+                out[r["outcome_id"]] = usage
+        return out
+
+    return await db.read(op)
 
 
 async def cells(db: Database, run_id: str) -> list[Cell]:
