@@ -125,8 +125,8 @@ class Board:
             return caller
         main = """<h1>Runs</h1>
 <table id="runs" class="runs"><thead><tr><th scope="col">Run</th><th scope="col">State</th>
-<th scope="col">Progress</th><th scope="col">Pending</th><th scope="col">Blocked</th><th scope="col">Generating</th><th scope="col">Complete</th>
-<th scope="col">Failed</th><th scope="col">Cancelled</th><th scope="col">Finished/min</th><th scope="col">ETA</th></tr></thead>
+<th scope="col">Progress</th><th scope="col">Pending</th><th scope="col">Blocked</th><th scope="col">Generating</th><th scope="col">In review</th><th scope="col">Complete</th>
+<th scope="col">Failed</th><th scope="col">Cancelled</th><th scope="col">Finished/min</th><th scope="col">ETA</th><th scope="col">Cost</th></tr></thead>
 <tbody></tbody></table><p id="empty" class="notice" hidden>No runs yet.</p>"""
         return self._page(caller, "Runs", main, "runs")
 
@@ -144,22 +144,27 @@ class Board:
 <button type="button" data-action="pause" hidden>Pause</button><button type="button" data-action="resume" hidden>Resume</button>
 <button type="button" data-action="cancel" class="danger" hidden>Cancel run</button>
 <span id="action-result" role="status"></span></section>"""
+        review = ""
+        if PLAN in caller.scopes:
+            review = """<div id="d-review" class="actions" hidden><label>Review note <input id="d-review-note" maxlength="2000"></label>
+<button type="button" data-review="approve">Approve</button><button type="button" data-review="reject" class="danger">Reject</button>
+<span id="d-review-result" role="status"></span></div>"""
         legend = "".join(
             f'<li><span class="swatch s-{s}" aria-hidden="true"></span>{s} <span class="sym">{SHAPES[s]}</span></li>'
             for s in STATUSES
         )
         main = f"""<h1><a href="/ui/">Runs</a> / <span id="run-name">{escape(run)}</span> <span id="run-state" class="state"></span></h1>
 <section class="overview"><div id="progress" class="progress" role="img" aria-label="progress"><div class="bar complete"></div><div class="bar failed"></div><div class="bar cancelled"></div></div>
-<p id="counts" class="counts"></p></section>
+<p id="counts" class="counts"></p><p id="spent" class="counts"></p><p id="paused-reason" class="notice" role="status"></p></section>
 {actions}
 <section class="grid-wrap"><h2>Packages × items</h2><ul class="legend">{legend}</ul>
 <div id="grid-box" class="grid-box"><canvas id="grid" role="img" aria-label="grid of items by status; click a cell for details"></canvas>
 <div id="tip" class="tip" hidden></div></div></section>
 <section id="detail" class="detail" hidden aria-live="polite"><h2>Item <span id="d-title"></span></h2>
-<dl id="d-fields"></dl><h3>Attempts</h3><table class="attempts"><thead><tr><th>#</th><th>Worker</th><th>Status</th><th>Started</th><th>Ended</th><th>Error</th></tr></thead><tbody id="d-attempts"></tbody></table>
+<dl id="d-fields"></dl>{review}<h3>Attempts</h3><table class="attempts"><thead><tr><th>#</th><th>Worker</th><th>Status</th><th>Started</th><th>Ended</th><th>Error</th><th>Note</th><th>Usage</th><th>Review</th></tr></thead><tbody id="d-attempts"></tbody></table>
 <h3>Metrics</h3><pre id="d-metrics"></pre><h3>Content preview</h3><pre id="d-content" class="content"></pre></section>
 <section><h2>Packages</h2><table class="packages"><thead><tr><th>Package</th><th>Total</th><th>Complete</th><th>Failed</th>
-<th>Pending</th><th>Blocked</th><th>Generating</th><th>Success</th><th>p50 s</th><th>p90 s</th><th>Lines</th><th>Quality</th>
+<th>Pending</th><th>Blocked</th><th>Generating</th><th title="completed, awaiting review">In review</th><th title="what its reports spent">Cost</th><th>Success</th><th>p50 s</th><th>p90 s</th><th>Lines</th><th>Quality</th>
 <th title="claimed before lower priorities">Priority</th><th title="at most this many generating at once">Cap</th><th>After</th></tr></thead><tbody id="packages"></tbody></table></section>
 <section><h2>Throughput</h2><svg id="chart" class="chart" viewBox="0 0 600 160" role="img" aria-label="finished items per minute over time"></svg><p id="chart-note" class="note"></p></section>
 <section><h2>Failures</h2><table class="failures"><thead><tr><th></th><th>Package</th><th>Item</th><th>Attempts</th><th>Error</th></tr></thead><tbody id="failures"></tbody></table><p id="no-failures" class="note">No failed items.</p></section>"""

@@ -484,8 +484,8 @@ async def test_actions_follow_the_run_state_and_an_eta_needs_something_generatin
         await page.goto(base + "/ui/")
         await page.wait_for_selector("#runs tbody tr")
         assert (
-            await page.locator("#runs tbody tr td").nth(10).text_content()
-        ) == "–"  # ETA, after the blocked column
+            await page.locator("#runs tbody tr td").nth(11).text_content()
+        ) == "–"  # ETA, after the blocked and in-review columns
         await page.goto(base + "/ui/runs/live")
         await page.wait_for_function("document.getElementById('actions').dataset.ready === '1'")
         await page.wait_for_function("document.getElementById('live').classList.contains('on')")
@@ -689,3 +689,88 @@ async def test_a_blocked_item_has_its_shape_its_detail_and_turns_pending_when_re
         assert await page.evaluate("(id) => window.matrixBoard.status(id)", ids["accounts"]) == "pending"
         assert not seen, seen
         await page.close()
+
+
+async def test_review_an_item_from_its_detail_and_see_what_the_run_spent(
+    browser: Any, sqlite_settings: Settings
+) -> None:
+    """Under review, a completion turns its cell in_review; the item's detail offers Approve / Reject (a
+    planner's), whose note and principal land in the attempt history beside the attempt's note and usage;
+    the packages table shows what each package spent and the run's total is above the grid, and a run its
+    budget paused says so, on its page and in the runs list."""
+    from matrix_mcp.engine import Engine
+    from matrix_mcp.models import LeaseRef, PackageSpec, RunPolicy, Usage
+
+    planner = await create_key(sqlite_settings, "planner", "matrix:plan", "matrix:read")
+    engine = await Engine.open(sqlite_settings)
+    try:
+        await engine.plan_run(
+            "rev",
+            packages=[PackageSpec(name="p", items=["a", "b"])],
+            policy=RunPolicy(review="required", backoff_seconds=0, max_attempts=3, max_cost_usd=0.2),
+        )
+        claimed = (await engine.claim_items("rev", worker="w1", limit=2)).items
+        spent = Usage(input_tokens=1000, output_tokens=200, model="m1", cost_usd=0.125)
+        for item in claimed:
+            await engine.heartbeat(
+                [LeaseRef(outcome_id=item.outcome_id, lease_token=item.lease_token, note="half way")]
+            )
+            await engine.complete_item(
+                item.outcome_id, lease_token=item.lease_token, content="draft", usage=spent
+            )
+        first, second = (c.outcome_id for c in claimed)
+        async with serving(sqlite_settings, auth=True) as (base, _):
+            page, seen = await new_page(browser)
+            await sign_in(page, base, planner)
+            await page.goto(base + "/ui/runs/rev")
+            await page.wait_for_function("window.matrixBoard && document.body.dataset.gridPainted")
+            assert await page.evaluate("(id) => window.matrixBoard.status(id)", first) == "in_review"
+            await page.wait_for_function("document.getElementById('spent').textContent.includes('$0.2500')")
+            assert await page.text_content("#spent") == "Spent: $0.2500 · 2400 tokens"
+            row = await page.locator("#packages tr").first.locator("td").all_text_contents()
+            assert row[7:9] == ["2", "$0.2500"], row  # in review, cost
+            await page.wait_for_function("document.getElementById('paused-reason').textContent !== ''")
+            assert (await page.text_content("#paused-reason") or "").startswith(
+                "Paused: budget max_cost_usd 0.2 exceeded"
+            )
+
+            # reject the first with a note: a new attempt, the decision in its history
+            cell = await page.evaluate("(id) => window.matrixBoard.cell(id)", first)
+            await page.click("#grid", position={"x": cell["x"] + 2, "y": cell["y"] + 2})
+            await page.wait_for_selector("#d-review:not([hidden])")
+            await page.fill("#d-review-note", "needs tests")
+            await page.click("[data-review=reject]")
+            await page.wait_for_function("document.getElementById('d-review-result').textContent !== ''")
+            assert await page.text_content("#d-review-result") == "rejected: pending"
+            assert await page.is_hidden("#d-review")
+            history = await page.locator("#d-attempts tr").first.locator("td").all_text_contents()
+            assert history[2] == "failed" and history[6] == "half way"
+            assert history[7] == "1000 in · 200 out · m1 · $0.1250"
+            assert history[8] == "rejected · needs tests · by key:planner"
+            await page.wait_for_function(
+                "(id) => window.matrixBoard.status(id) === 'pending'", arg=first, timeout=5000
+            )
+
+            # approve the second: complete
+            cell = await page.evaluate("(id) => window.matrixBoard.cell(id)", second)
+            await page.click("#grid", position={"x": cell["x"] + 2, "y": cell["y"] + 2})
+            await page.wait_for_function(
+                "document.getElementById('d-title').textContent === 'p / b' && !document.getElementById('d-review').hidden"
+            )
+            await page.click("[data-review=approve]")
+            await page.wait_for_function(
+                "document.getElementById('d-review-result').textContent === 'approved: complete'"
+            )
+            await page.wait_for_function(
+                "(id) => window.matrixBoard.status(id) === 'complete'", arg=second, timeout=5000
+            )
+            assert (await engine.get_outcome(second)).history[0].review_decision == "approve"
+            await page.goto(base + "/ui/")
+            listed = page.locator("#runs tbody tr", has_text="rev")
+            await listed.wait_for()
+            cells = await listed.locator("td").all_text_contents()
+            assert cells[1].startswith("paused — budget max_cost_usd 0.2 exceeded") and cells[-1] == "$0.2500"
+            assert not seen, seen
+            await page.close()
+    finally:
+        await engine.close()

@@ -211,16 +211,18 @@
         setProgress(bar, c);
         return row([
           link,
-          r.state,
+          r.paused_reason ? r.state + " — " + r.paused_reason : r.state,
           bar,
           c.pending,
           c.blocked || 0,
           c.generating,
+          c.in_review || 0,
           c.complete,
           c.failed,
           c.cancelled,
           s ? fmt(s.throughput_per_minute, 1) : "–",
           etaOf(s),
+          s && s.usage ? money(s.usage.cost_usd || 0) : "–",
         ]);
       });
       body.replaceChildren(...rows);
@@ -460,7 +462,12 @@
       case "cancelled":
         return e.kind;
       case "lease_expired":
+      case "rejected": // pending for a new attempt, or failed
         return d.now || null;
+      case "in_review":
+        return "in_review";
+      case "approved":
+        return "complete";
       case "status_updated":
         return d.to || null;
       default:
@@ -494,9 +501,54 @@
     return o.attempts + " of " + o.max_attempts;
   }
 
+  // An attempt's usage in a few words: tokens by kind, the model, the cost.
+  function usageText(u) {
+    if (!u) return "";
+    const parts = [];
+    const kinds = [["input_tokens", "in"], ["output_tokens", "out"], ["cache_read_tokens", "cache read"], ["cache_creation_tokens", "cache write"]];
+    for (const [k, label] of kinds) if (u[k] !== undefined && u[k] !== null) parts.push(fmt(u[k]) + " " + label);
+    if (u.model) parts.push(u.model);
+    if (u.cost_usd !== undefined && u.cost_usd !== null) parts.push(money(u.cost_usd));
+    return parts.join(" · ");
+  }
+  function money(usd) {
+    return "$" + (usd >= 100 ? usd.toFixed(0) : usd >= 1 ? usd.toFixed(2) : usd.toFixed(4));
+  }
+  function reviewText(a) {
+    if (!a.review_decision) return "";
+    return [a.review_decision === "approve" ? "approved" : "rejected", a.review_note, a.reviewed_by ? "by " + a.reviewed_by : null]
+      .filter((x) => x)
+      .join(" · ");
+  }
+
+  // Approve / Reject for an item in review (callers with matrix:plan): review_item over REST.
+  function showReview(o) {
+    const box = $("d-review");
+    if (!box) return;
+    box.hidden = !(CAN_PLAN && o.status === "in_review");
+    $("d-review-result").textContent = "";
+    $("d-review-note").value = "";
+    box.dataset.outcome = o.id;
+  }
+  async function review(decision) {
+    const box = $("d-review");
+    const id = box.dataset.outcome;
+    const note = $("d-review-note").value.trim();
+    const out = $("d-review-result");
+    try {
+      const r = await api("/outcomes/" + enc(id) + "/review", { method: "POST", body: note ? { decision: decision, note: note } : { decision: decision } });
+      const said = (decision === "approve" ? "approved: " : "rejected: ") + r.status;
+      await showDetail(id); // the item as it is now (its review box hidden once decided)
+      out.textContent = said;
+    } catch (e) {
+      out.textContent = e.message;
+    }
+  }
+
   async function showDetail(id) {
     const o = await api("/outcomes/" + enc(id));
     $("detail").hidden = false;
+    showReview(o);
     $("d-title").textContent = o.package + " / " + o.item;
     const fields = [
       ["status", o.status],
@@ -525,7 +577,17 @@
     }
     $("d-attempts").replaceChildren(
       ...(o.history || []).map((a) =>
-        row([a.attempt, a.worker || "–", a.status, a.started_at || "–", a.ended_at || "–", a.error || ""]),
+        row([
+          a.attempt,
+          a.worker || "–",
+          a.status,
+          a.started_at || "–",
+          a.ended_at || "–",
+          a.error || "",
+          a.note || "",
+          usageText(a.usage),
+          reviewText(a),
+        ]),
       ),
     );
     $("d-metrics").textContent = JSON.stringify(o.metrics || {}, null, 2);
@@ -637,9 +699,19 @@
     showActions(s.state, c);
     $("counts").textContent =
       c.total + " items · " + c.pending + " pending · " + (c.blocked || 0) + " blocked · " + c.generating +
-      " generating · " + c.complete +
+      " generating · " + (c.in_review ? c.in_review + " in review · " : "") + c.complete +
       " complete · " + c.failed + " failed · " + c.cancelled + " cancelled · " +
       fmt(s.throughput_per_minute, 1) + " finished/min · ETA " + etaOf(s);
+    const u = s.usage || {};
+    const tokens = (u.input_tokens || 0) + (u.output_tokens || 0) + (u.cache_read_tokens || 0) + (u.cache_creation_tokens || 0);
+    $("spent").textContent = s.usage ? "Spent: " + money(u.cost_usd || 0) + " · " + fmt(tokens) + " tokens" : "";
+    // why a paused run paused (a budget it crossed), from the run's record: read only while paused
+    let reason = "";
+    if (s.state === "paused") {
+      const run = ((await api("/runs")).runs || []).find((r) => r.name === RUN);
+      if (run && run.paused_reason) reason = "Paused: " + run.paused_reason;
+    }
+    $("paused-reason").textContent = reason;
     fillTable(
       $("packages"),
       s.packages.map((p) => [
@@ -650,6 +722,8 @@
           p.pending_items,
           p.blocked_items || 0,
           p.generating_items,
+          p.in_review_items || 0,
+          p.usage ? money(p.usage.cost_usd || 0) : "–",
           p.success_rate === undefined ? "–" : (p.success_rate * 100).toFixed(0) + "%",
           fmt(p.p50_duration_seconds, 2),
           fmt(p.p90_duration_seconds, 2),
@@ -867,6 +941,9 @@
     });
     for (const b of document.querySelectorAll("[data-action]")) {
       b.addEventListener("click", () => act(b.getAttribute("data-action")));
+    }
+    for (const b of document.querySelectorAll("[data-review]")) {
+      b.addEventListener("click", () => review(b.getAttribute("data-review")));
     }
     // for tests and benches: read the model the canvas and the chart are painted from
     window.matrixBoard = {
