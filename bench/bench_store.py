@@ -30,6 +30,15 @@ ordering, a lock or a cap as the bench saw them (must be 0).
 
     python bench/bench_store.py --backend sqlite --policy [--items 20000] [--rounds 2] [--cap 32]
     python bench/bench_store.py --backend postgres --policy [--database-url URL] [--cost]
+
+--review-usage (either backend): the cost of review gates and usage reports. The plain drain beside the
+same drain with review required on the run (RunPolicy review="required") and every `complete` carrying a
+Usage with all six fields, each completed item then approved through the store's `review`; same rounds,
+alternating order and fresh databases as --policy. Prints each drain, the ratio review+usage ÷ plain per
+round and its median (goal >= 0.85).
+
+    python bench/bench_store.py --backend sqlite --review-usage [--items 20000] [--rounds 2]
+    python bench/bench_store.py --backend postgres --review-usage [--database-url URL] [--cost]
 """
 
 from __future__ import annotations
@@ -56,9 +65,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from matrix_mcp.models import RunPolicy
+from matrix_mcp.models import RunPolicy, Usage
 from matrix_mcp.rules import new_token, package_candidates, ref_candidates
-from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, Prerequisite, Report
+from matrix_mcp.store.params import ClaimRequest, NewItem, NewPackage, Prerequisite, Report, ReviewVerdict
 from matrix_mcp.store.protocol import Store
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -191,6 +200,7 @@ class Shape:
     cap: int | None = None
     description: str = "no policy"
     kind: str = "plain"
+    usage: Usage | None = None  # carried by every complete
 
 
 def plain_shape(items: int, packages: int) -> Shape:
@@ -258,6 +268,30 @@ def policy_shape(
     return Shape(plan, RunPolicy(), item_after, package_after, locks, cap, description, "policy")
 
 
+# what an agent's report carries: every field set
+BENCH_USAGE = Usage(
+    input_tokens=12_345,
+    output_tokens=2_345,
+    cache_read_tokens=45_678,
+    cache_creation_tokens=1_234,
+    model="claude-sonnet-4-5",
+    cost_usd=0.0421,
+)
+
+
+def review_usage_shape(items: int, packages: int) -> Shape:
+    """The same packages and items as plain_shape, review required on the run, usage on every complete
+    (each item then approved by the bench's claimer)."""
+    shape = plain_shape(items, packages)
+    return Shape(
+        shape.packages,
+        RunPolicy(review="required"),
+        description="review required (each item approved after its complete), usage with all six fields",
+        kind="review+usage",
+        usage=BENCH_USAGE,
+    )
+
+
 @dataclass
 class Sanity:
     """What the bench itself saw: a claim of an item whose prerequisites it had not seen completed, of a
@@ -315,13 +349,17 @@ async def matrix_drain(
 
 
 async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | None = None) -> Drain:
-    """N claimers loop claim(limit=1) + complete with no work until the run is done."""
+    """N claimers loop claim(limit=1) + complete with no work until the run is done (under review: + an
+    approval of each item, by the claimer that completed it)."""
     plan = shape.packages
     result = await store.plan(name="bench", goal=None, policy=shape.policy, packages=plan, now=time.time())
     run_id = result.run.id
     done = 0
     empty: Counter[str] = Counter()
     sanity = Sanity(shape)
+    report_ = Report(usage=shape.usage)
+    reviewed = shape.policy.review == "required"
+    approve = ReviewVerdict(decision="approve", backoff=lambda _n: 0.0)
 
     async def claimer(n: int) -> None:
         nonlocal done
@@ -338,9 +376,9 @@ async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | N
                 sanity.claimed(c.package, c.item)
             for c in batch.claims:
                 sanity.completing(c.package, c.item)
-                await store.complete(
-                    c.outcome_id, lease_token=c.lease_token, report=Report(), now=time.time()
-                )
+                await store.complete(c.outcome_id, lease_token=c.lease_token, report=report_, now=time.time())
+                if reviewed:
+                    await store.review(c.outcome_id, verdict=approve, now=time.time())
                 done += 1
 
     if cost is not None:
@@ -446,7 +484,14 @@ async def main() -> None:
         help="print the matrix drain's CPU per item (PostgreSQL; with --policy: each drain's)",
     )
     ap.add_argument("--policy", action="store_true", help="the drain with the claim policy beside without")
-    ap.add_argument("--rounds", type=int, default=2, help="--policy: pairs of drains (order alternates)")
+    ap.add_argument(
+        "--review-usage",
+        action="store_true",
+        help="the drain with review required and usage on every complete beside the plain drain",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="--policy / --review-usage: pairs of drains (order alternates)"
+    )
     ap.add_argument("--locked", type=float, default=0.1, help="--policy: share of items with a lock key")
     ap.add_argument(
         "--cap",
@@ -466,6 +511,9 @@ async def main() -> None:
     args = ap.parse_args()
     if args.policy:
         await policy_main(args)
+        return
+    if args.review_usage:
+        await review_usage_main(args)
         return
     results: dict[str, Any] = {}
     if args.backend == "postgres":
@@ -598,6 +646,50 @@ async def policy_main(args: argparse.Namespace) -> None:
     print(
         f"sanity (as the bench saw it): {broken['order']} claims before their prerequisites completed,"
         f" {broken['lock']} of a held lock, {broken['cap']} beyond a cap"
+    )
+    print(load_line() + " at the end")
+
+
+async def review_usage_main(args: argparse.Namespace) -> None:
+    plain = plain_shape(args.items, args.packages)
+    reviewed = review_usage_shape(args.items, args.packages)
+    items = sum(len(p.items) for p in plain.packages)
+    print(machine_line("bench_store.py --review-usage"))
+    print(
+        f"backend={args.backend} items={items} claimers={args.claimers} packages={args.packages}"
+        f" rounds={args.rounds}; each drain in a fresh database"
+    )
+    print(f"review+usage drain: {reviewed.description}")
+    print("plain drain: the same packages and items, no review, no usage")
+    plain_r: list[float] = []
+    review_r: list[float] = []
+    cpu_r: list[float] = []
+    for r in range(args.rounds):
+        order = ["plain", "review+usage"] if r % 2 == 0 else ["review+usage", "plain"]
+        got: dict[str, Drain] = {}
+        for kind in order:
+            got[kind] = await drain_fresh(args, plain if kind == "plain" else reviewed)
+        a, b = got["plain"], got["review+usage"]
+        plain_r.append(a.items_per_s)
+        review_r.append(b.items_per_s)
+        cpu_r.append(b.cpu_per_item / a.cpu_per_item)
+        print(
+            f"round {r + 1} ({' then '.join(order)}): plain {a.items_per_s:8.0f} items/s"
+            f" ({a.cpu_per_item * 1e6:.0f} us CPU/item) | review+usage {b.items_per_s:8.0f} items/s"
+            f" ({b.cpu_per_item * 1e6:.0f} us) | review+usage/plain {review_r[-1] / plain_r[-1]:.2f}x"
+            f"  {load_line()}"
+        )
+    ratios = [b / a for a, b in zip(plain_r, review_r, strict=True)]
+    print(
+        f"median items/s: plain {statistics.median(plain_r):.0f}, review+usage {statistics.median(review_r):.0f}"
+    )
+    print(
+        f"ratio review+usage/plain: {' '.join(f'{x:.2f}' for x in ratios)} -> median"
+        f" {statistics.median(ratios):.2f}x (goal >= 0.85)"
+    )
+    print(
+        f"CPU per item of this process, review+usage/plain: {' '.join(f'{x:.2f}' for x in cpu_r)} -> median"
+        f" {statistics.median(cpu_r):.2f}x ({'client side only' if args.backend == 'postgres' else 'the database work included'})"
     )
     print(load_line() + " at the end")
 
