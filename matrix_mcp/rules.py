@@ -574,27 +574,13 @@ def complete(
         return _to_review(row, lease_token=lease_token, report=report, now=now, encoded=encoded)
     outcome_id, run_id, package_id = _where(row)
     took = duration(row["started_at"], now)
-    values = {
-        "status": "complete",
-        "completed_at": now,
-        "duration_seconds": took,
-        "updated_at": now,
-        "lease_expires_at": None,
-        "error_message": None,
-        "metrics": encoded[0] if encoded is not None else json_text(report.metrics),
-        "metadata": encoded[1] if encoded is not None else json_text(report.metadata),
-        "outcome_path": report.outcome_path if report.outcome_path is not None else row["outcome_path"],
-        "content_sha256": report.content_sha256,
-        "content_bytes": report.content_bytes,
-        "mime_type": report.mime_type,
-    }
     return Transition(
         outcome_id=outcome_id,
         run_id=run_id,
         package_id=package_id,
         old="generating",
         new="complete",
-        values=values,
+        values=_reported_values(row, "complete", report=report, now=now, took=took, encoded=encoded),
         event=completed(package=row["package_name"], item=row["item"], duration=took),
         contributions=(Contribution(report.metrics, took, +1),),
         minute=MinuteDelta(completed=1, duration=took),
@@ -609,8 +595,32 @@ def _to_review(
 ) -> Transition:
     outcome_id, run_id, package_id = _where(row)
     took = duration(row["started_at"], now)
-    values = {
-        "status": "in_review",
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="generating",
+        new="in_review",
+        values=_reported_values(row, "in_review", report=report, now=now, took=took, encoded=encoded),
+        event=in_review_event(package=row["package_name"], item=row["item"], attempt=int(row["attempts"])),
+        attempt=AttemptEnd(lease_token, "in_review", None),
+        usage=getattr(report, "usage", None),
+    )
+
+
+def _reported_values(
+    row: RowLike,
+    status: Status,
+    *,
+    report: Any,
+    now: float,
+    took: float | None,
+    encoded: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """The row's new values when a report ends its lease (complete, or in_review awaiting review): the
+    report's fields replace the row's (its outcome_path only when given); `encoded` as for complete."""
+    return {
+        "status": status,
         "completed_at": now,
         "duration_seconds": took,
         "updated_at": now,
@@ -623,17 +633,6 @@ def _to_review(
         "content_bytes": report.content_bytes,
         "mime_type": report.mime_type,
     }
-    return Transition(
-        outcome_id=outcome_id,
-        run_id=run_id,
-        package_id=package_id,
-        old="generating",
-        new="in_review",
-        values=values,
-        event=in_review_event(package=row["package_name"], item=row["item"], attempt=int(row["attempts"])),
-        attempt=AttemptEnd(lease_token, "in_review", None),
-        usage=getattr(report, "usage", None),
-    )
 
 
 def _failure(
