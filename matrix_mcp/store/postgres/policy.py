@@ -201,47 +201,59 @@ async def reblock(tx: Tx, ns: list[int], now: float) -> None:
 # ---- planning --------------------------------------------------------------------------------------
 
 
+Key = tuple[str, str]  # (package, item)
+Ref = str | Key  # a resolved prerequisite: a package name (every item of it) or an item
+
+
 @dataclass
 class Planned:
     """A plan's prerequisites, resolved inside its transaction against the run after its packages exist and
     before its items are inserted: each new item's count of prerequisites not met now, the new items other
     new items wait for, the packages whose items carry the `gate` flag, which packages the plan extends were
-    done, and the dependency rows to write once the new items have their n."""
+    done, and each new item's distinct prerequisites (the rows to write once the new items have their n)."""
 
-    waiting: dict[tuple[str, str], int] = field(default_factory=dict)
-    wanted: set[tuple[str, str]] = field(default_factory=set)  # new items that new items wait for
+    waiting: dict[Key, int] = field(default_factory=dict)
+    wanted: set[Key] = field(default_factory=set)  # new items that new items wait for
     gated: set[str] = field(default_factory=set)  # packages items wait for (all their items flagged)
     done: dict[int, bool] = field(default_factory=dict)  # package id -> done before this plan's items
-    item_edges: list[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=list)  # before, after
-    package_edges: list[tuple[str, tuple[str, str]]] = field(default_factory=list)  # package, after
+    prerequisites: dict[Key, list[Ref]] = field(default_factory=dict)  # new item -> what it waits for
 
     async def write(
         self,
         tx: Tx,
         ids: dict[str, int],
-        existing_n: dict[tuple[str, str], int],
+        existing_n: dict[Key, int],
         new_n: dict[tuple[int, str], int],
     ) -> None:
         """The dependency rows of the items this plan inserted (`new_n`: (package id, item) -> n)."""
-
-        def n_of(ref: tuple[str, str]) -> int | None:
-            found = new_n.get((ids[ref[0]], ref[1]))
-            return found if found is not None else existing_n.get(ref)
-
-        # in key order: each row goes next to the one before it in the primary key's btree
+        # each distinct prerequisite's n (an item) or id (a package) once, not once per edge
+        item_n: dict[Ref, int | None] = {}
+        package_id: dict[Ref, int] = {}
+        for refs in self.prerequisites.values():
+            for ref in refs:
+                if ref in item_n or ref in package_id:
+                    continue
+                if isinstance(ref, str):
+                    package_id[ref] = ids[ref]
+                else:
+                    found = new_n.get((ids[ref[0]], ref[1]))
+                    item_n[ref] = found if found is not None else existing_n.get(ref)
         item_rows: list[tuple[int, int]] = []
-        for b, a in self.item_edges:
-            a_n, b_n = new_n.get((ids[a[0]], a[1])), n_of(b)
-            if a_n is not None and b_n is not None:
-                item_rows.append((b_n, a_n))
+        package_rows: list[tuple[int, int]] = []
+        for after, refs in self.prerequisites.items():
+            a_n = new_n.get((ids[after[0]], after[1]))
+            if a_n is None:
+                continue
+            for ref in refs:
+                b_n = item_n.get(ref)
+                if b_n is not None:
+                    item_rows.append((b_n, a_n))
+                elif ref in package_id:
+                    package_rows.append((package_id[ref], a_n))
+        # in key order: each row goes next to the one before it in the primary key's btree
         if item_rows:
             item_rows.sort()
             await tx.execute(sql.INSERT_ITEM_EDGES, ([b for b, _ in item_rows], [a for _, a in item_rows]))
-        package_rows: list[tuple[int, int]] = []
-        for p, a in self.package_edges:
-            a_n = new_n.get((ids[a[0]], a[1]))
-            if a_n is not None:
-                package_rows.append((ids[p], a_n))
         if package_rows:
             package_rows.sort()
             await tx.execute(
@@ -256,20 +268,24 @@ async def plan_prerequisites(
     ids: dict[str, int],
     existing: dict[str, int],
     gating: set[str],
-) -> tuple[Planned, dict[tuple[str, str], int]]:
+) -> tuple[Planned, dict[Key, int]]:
     """Resolve the plan's prerequisites (`ids`: every package of the plan and every existing one they may
     name; `existing`: the plan's packages that were there before; `gating`: those with dependents) and
     flag what they name (see the module docstring); also which packages `gating` names were done. Returns
-    the plan's dependency facts and the n of every existing item they name or the plan repeats."""
+    the plan's dependency facts and the n of every existing item they name or the plan repeats.
+
+    Each distinct reference is resolved once (a plan names far fewer distinct prerequisites than it has
+    edges); the per-edge work is a dictionary look-up."""
     planned = Planned()
     plan_items = {(p.name, item.name) for p in packages for item in p.items}
-    lookups: set[tuple[str, str]] = set()
+    distinct = {
+        p.candidates for pkg in packages for refs in (pkg.after, *(i.after for i in pkg.items)) for p in refs
+    }
+    lookups = {(a, b) for candidates in distinct for a, b in candidates if b is not None and a in ids}
     for pkg in packages:
-        for p in [*pkg.after, *(x for item in pkg.items for x in item.after)]:
-            lookups.update((a, b) for a, b in p.candidates if b is not None and a in ids)
         if pkg.name in existing:
             lookups.update((pkg.name, item.name) for item in pkg.items)  # which of its items are new
-    found: dict[tuple[str, str], int] = {}
+    found: dict[Key, int] = {}
     if lookups:
         pairs = sorted(lookups)
         for r in await tx.all(sql.PLAN_PREREQ_ITEMS, ([p for p, _ in pairs], [i for _, i in pairs], run_id)):
@@ -277,34 +293,39 @@ async def plan_prerequisites(
     new_items = plan_items - found.keys()
     adding = {p for p, _ in new_items}
 
-    def resolve(p: Prerequisite) -> tuple[str, tuple[str, str | None]]:
+    memo: dict[tuple[tuple[str, str | None], ...], Ref] = {}
+
+    def resolve(p: Prerequisite) -> Ref:
+        got = memo.get(p.candidates)
+        if got is not None:
+            return got
         for package, item in p.candidates:
             if item is None:
                 if package in ids:
-                    return "package", (package, None)
+                    memo[p.candidates] = package
+                    return package
             elif (package, item) in plan_items or (package, item) in found:
-                return "item", (package, item)
+                memo[p.candidates] = ref = (package, item)
+                return ref
         raise rules.unknown_reference(p.text or rules.ref_text(p.candidates[-1]), p.field)
 
-    resolved: dict[tuple[str, str], list[tuple[str, tuple[str, str | None]]]] = {}
+    resolved = planned.prerequisites
     for pkg in packages:
-        own = [resolve(p) for p in pkg.after]
+        own = list(dict.fromkeys(map(resolve, pkg.after)))
         for item in pkg.items:
-            if (pkg.name, item.name) not in new_items:
+            key = (pkg.name, item.name)
+            if key not in new_items:
                 continue  # the item was there before this plan: it gets no new prerequisites
-            unique = dict.fromkeys([*(resolve(p) for p in item.after), *own])
-            if unique:
-                resolved[(pkg.name, item.name)] = list(unique)
-    old_items = sorted(
-        {
-            found[(r[0], str(r[1]))]
-            for refs in resolved.values()
-            for k, r in refs
-            if k == "item" and r in found
-        }
-    )
-    named = {r[0] for refs in resolved.values() for k, r in refs if k == "package"}
+            if item.after:
+                resolved[key] = list(dict.fromkeys([*map(resolve, item.after), *own]))
+            elif own:
+                resolved[key] = own
+    used: set[Ref] = set().union(*resolved.values())
+    named = {r for r in used if isinstance(r, str)}
+    named_items = [r for r in used if not isinstance(r, str)]
+    old_items = sorted({found[r] for r in named_items if r in found})
     planned.gated = set(named)
+    planned.wanted = {r for r in named_items if r in new_items}
     complete: dict[int, bool] = {}
     if old_items:
         complete = {
@@ -320,23 +341,20 @@ async def plan_prerequisites(
         await tx.flush()
         for r in await tx.all(sql.PACKAGE_DONE, (check,)):
             planned.done[int(r["id"])] = rules.package_done(int(r["complete"]), int(r["total"]))
+    # each distinct prerequisite's 1 (not met now) or 0 (met) once; an item's count is their sum
+    unmet: dict[Ref, int] = {}
+    for ref in used:
+        if isinstance(ref, str):
+            met = ref not in adding and planned.done.get(ids[ref], True)
+        else:
+            n = found.get(ref)
+            met = n is not None and complete.get(n, False)
+        unmet[ref] = 0 if met else 1
+    waiting = planned.waiting
     for after, refs in resolved.items():
-        count = 0
-        for kind, ref in refs:
-            if kind == "package":
-                package = ref[0]
-                planned.package_edges.append((package, after))
-                met = package not in adding and planned.done.get(ids[package], True)
-            else:
-                key = (ref[0], str(ref[1]))
-                planned.item_edges.append((key, after))
-                if key in new_items:
-                    planned.wanted.add(key)
-                n = found.get(key)
-                met = n is not None and complete.get(n, False)
-            count += 0 if met else 1
+        count = sum(map(unmet.__getitem__, refs))
         if count:
-            planned.waiting[after] = count
+            waiting[after] = count
     return planned, found
 
 

@@ -200,7 +200,7 @@ async def plan(
                 got = {pid for pid, _ in counts}
                 was_done = [ids[p] for p in gating if ids[p] in got and edges.done.get(ids[p], False)]
                 await claim_policy.grew(tx, was_done, now)
-                with_edges = {after for _, after in [*edges.item_edges, *edges.package_edges]}
+                with_edges = edges.prerequisites.keys()
                 grown = [
                     (
                         ids[p],

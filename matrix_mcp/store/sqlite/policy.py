@@ -161,6 +161,8 @@ class _Resolver:
     run_id: str
     items: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)  # -> (n, complete)
     packages: dict[str, tuple[int, bool] | None] = field(default_factory=dict)  # -> (id, done)
+    # each distinct reference resolved once (a plan has far fewer of them than edges)
+    resolved: dict[tuple[tuple[str, str | None], ...], tuple[str, int, bool]] = field(default_factory=dict)
 
     def package(self, name: str) -> tuple[int, bool] | None:
         if name not in self.packages:
@@ -181,15 +183,20 @@ class _Resolver:
 
     def resolve(self, p: Prerequisite) -> tuple[str, int, bool]:
         """("item", n, met) or ("package", id, met); the one-line error naming the field when unknown."""
+        got = self.resolved.get(p.candidates)
+        if got is not None:
+            return got
         for package, item in p.candidates:
             if item is None:
                 found = self.package(package)
                 if found is not None:
-                    return "package", found[0], found[1]
+                    got = self.resolved[p.candidates] = ("package", found[0], found[1])
+                    return got
             else:
                 found = self.item(package, item)
                 if found is not None:
-                    return "item", found[0], found[1]
+                    got = self.resolved[p.candidates] = ("item", found[0], found[1])
+                    return got
         raise rules.unknown_reference(p.text or rules.ref_text(p.candidates[-1]), p.field)
 
 
