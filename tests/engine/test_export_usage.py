@@ -10,30 +10,8 @@ import pytest
 
 from matrix_mcp.engine import Engine
 from matrix_mcp.models import PackageSpec, RunPolicy, Usage
-from tests.store.test_review_usage import REVIEW_ON_POSTGRES
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not REVIEW_ON_POSTGRES, reason="the PostgreSQL review gates have not landed"
-                ),
-            ],
-        ),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'matrix.db'}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 async def test_exports_carry_each_outcomes_usage(engine: Engine) -> None:

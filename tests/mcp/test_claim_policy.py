@@ -17,6 +17,7 @@ from mcp.client import Client
 
 from matrix_mcp.config import Settings
 from matrix_mcp.mcp.server import create_server
+from tests.support.mcp_helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
 
@@ -27,20 +28,6 @@ async def client(request: pytest.FixtureRequest, database_url: str, tmp_path: Pa
     settings = Settings(database_url=database_url, artifacts_dir=tmp_path / "artifacts")
     async with Client(create_server(settings), mode=request.param) as c:
         yield c
-
-
-async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)
-
-
-async def call_error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error and result.structured_content is not None, result.content
-    assert json.loads(getattr(result.content[0], "text", "")) == result.structured_content
-    return dict(result.structured_content)
 
 
 STAGED = {

@@ -5,16 +5,15 @@ suite's (tests/store/test_review_usage.py); this holds the face."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp.client import Client
 
 from matrix_mcp.config import Settings
 from matrix_mcp.mcp.server import create_server
+from tests.support.mcp_helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
 
@@ -24,20 +23,6 @@ async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", artifacts_dir=tmp_path / "artifacts")
     async with Client(create_server(settings), mode=request.param) as c:
         yield c
-
-
-async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)
-
-
-async def call_error(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    assert result.is_error and result.structured_content is not None, result.content
-    assert json.loads(getattr(result.content[0], "text", "")) == result.structured_content
-    return dict(result.structured_content)
 
 
 PLAN = {

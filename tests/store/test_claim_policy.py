@@ -4,8 +4,6 @@ claim's own transaction; the payloads of its events and the counters (a recount 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from matrix_mcp.engine import Engine
@@ -15,30 +13,6 @@ from tests.conftest import assert_consistent
 from tests.store.test_contract import Clock, _sql
 
 pytestmark = pytest.mark.anyio
-
-# PostgreSQL runs these once its dialect of the claim policy has landed (the policy-pg branch sets this).
-POLICY_ON_POSTGRES = True
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not POLICY_ON_POSTGRES, reason="the PostgreSQL claim policy has not landed"
-                ),
-            ],
-        ),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'matrix.db'}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 LEASE = 60.0

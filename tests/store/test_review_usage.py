@@ -18,30 +18,6 @@ from tests.store.test_contract import Clock
 
 pytestmark = pytest.mark.anyio
 
-# PostgreSQL runs these once its dialect of the review design has landed (its engineer sets this).
-REVIEW_ON_POSTGRES = True
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not REVIEW_ON_POSTGRES, reason="the PostgreSQL review gates have not landed"
-                ),
-            ],
-        ),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'matrix.db'}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
-
 
 REVIEWED = RunPolicy(lease_seconds=60, max_attempts=2, backoff_seconds=0, review="required")
 
@@ -50,12 +26,8 @@ async def events_of(engine: Engine, run: str, kind: str) -> list[dict[str, objec
     return [dict(e.data) for e in await engine.events(since=0, run=run, limit=1000) if e.kind == kind]
 
 
-def without_actor(data: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in data.items() if k != "actor"}
-
-
-async def test_a_completion_under_review_waits_and_readies_nothing_until_approved(engine: Engine) -> None:
-    clock = Clock(engine)
+async def plan_reviewed(engine: Engine) -> None:
+    """Run "r" under review: a/x, and b/y after it."""
     await engine.plan_run(
         "r",
         packages=[
@@ -64,6 +36,15 @@ async def test_a_completion_under_review_waits_and_readies_nothing_until_approve
         ],
         policy=REVIEWED,
     )
+
+
+def without_actor(data: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in data.items() if k != "actor"}
+
+
+async def test_a_completion_under_review_waits_and_readies_nothing_until_approved(engine: Engine) -> None:
+    clock = Clock(engine)
+    await plan_reviewed(engine)
     x = (await engine.claim_items("r", worker="w")).items[0]
     clock.advance(3)
     done = await engine.complete_item(x.outcome_id, lease_token=x.lease_token, metrics={"lines_generated": 4})
@@ -109,14 +90,7 @@ async def test_a_rejection_is_a_new_attempt_that_reads_the_note_then_fails_past_
     engine: Engine,
 ) -> None:
     Clock(engine)
-    await engine.plan_run(
-        "r",
-        packages=[
-            PackageSpec(name="a", items=["x"]),
-            PackageSpec(name="b", items=[ItemSpec(name="y", after=["a/x"])]),
-        ],
-        policy=REVIEWED,
-    )
+    await plan_reviewed(engine)
     x = (await engine.claim_items("r", worker="w1")).items[0]
     assert x.previous_attempts is None
     await engine.heartbeat(
