@@ -1205,6 +1205,23 @@ def review(
 POLICY_FIELDS = ("max_cost_usd", "max_tokens", "max_concurrent", "review", "lease_seconds", "max_attempts")
 
 
+def review_verdict(
+    row: RowLike, verdict: Any, *, reviewed_by: str | None, run_state: str, now: float
+) -> Transition:
+    """`review` for a review_item's verdict (store.params.ReviewVerdict: decision, note, backoff), the
+    attempts allowed read from the row's run policy (its max_attempts)."""
+    return review(
+        row,
+        decision=verdict.decision,
+        note=verdict.note,
+        reviewed_by=reviewed_by,
+        max_attempts=int(row["max_attempts"]),
+        backoff=verdict.backoff,
+        run_state=run_state,
+        now=now,
+    )
+
+
 def policy_changes(update: Any) -> dict[str, Any]:
     """The run columns an update_policy sets (fields given, then those cleared to NULL), in a fixed order."""
     changes = {name: getattr(update, name) for name in POLICY_FIELDS if getattr(update, name) is not None}

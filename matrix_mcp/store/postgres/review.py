@@ -22,15 +22,8 @@ async def review(db: Database, outcome_id: str, *, verdict: ReviewVerdict, now: 
 
     async def op(tx: Tx) -> Outcome:
         row = rules.check_review(await tx.one(sql.REVIEW_ROW, (outcome_id,)), outcome_id)
-        t = rules.review(
-            row,
-            decision=verdict.decision,
-            note=verdict.note,
-            reviewed_by=current_principal.get(),
-            max_attempts=int(row["max_attempts"]),
-            backoff=verdict.backoff,
-            run_state=row["run_state"],
-            now=now,
+        t = rules.review_verdict(
+            row, verdict, reviewed_by=current_principal.get(), run_state=row["run_state"], now=now
         )
         flags = await tx.apply(row, t, now)
         if t.review is not None:

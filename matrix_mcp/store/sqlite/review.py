@@ -17,16 +17,7 @@ async def review(db: Database, outcome_id: str, *, verdict: ReviewVerdict, now: 
     def op(c: sqlite3.Connection) -> Outcome:
         row = rules.check_review(c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone(), outcome_id)
         state = c.execute(sql.RUN_STATE, (row["run_id"],)).fetchone()[0]
-        t = rules.review(
-            row,
-            decision=verdict.decision,
-            note=verdict.note,
-            reviewed_by=current_principal.get(),
-            max_attempts=int(row["max_attempts"]),
-            backoff=verdict.backoff,
-            run_state=state,
-            now=now,
-        )
+        t = rules.review_verdict(row, verdict, reviewed_by=current_principal.get(), run_state=state, now=now)
         policy.apply(c, row, t, now)
         return tracking.read_outcome(c, outcome_id)
 
