@@ -12,15 +12,10 @@ from matrix_mcp.models import STATUSES, Status
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.postgres.migrations import NOTIFY_CHANNEL
 
+# the run/package counters, one per status (models.STATUSES, in its order), then the sums
 DELTA_COLUMNS = (
     "total",
-    "pending",
-    "generating",
-    "complete",
-    "failed",
-    "cancelled",
-    "blocked",
-    "in_review",
+    *STATUSES,
     "duration_sum",
     "duration_n",
     "lines_sum",
