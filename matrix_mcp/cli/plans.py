@@ -18,23 +18,7 @@ from pydantic import ValidationError
 
 from matrix_mcp.models import ItemSpec, PackageSpec, RunPolicy
 
-# the plan_run tool's arguments, as a plan file may give them (`name` is RUN's; repeated, it must agree)
-PLAN_FIELDS = (
-    "name",
-    "goal",
-    "packages",
-    "outcome_type",
-    "lease_seconds",
-    "max_attempts",
-    "backoff_seconds",
-    "outcome_schema",
-    "max_concurrent",
-    "on_dependency_failure",
-    "review",
-    "max_cost_usd",
-    "max_tokens",
-)
-UNION_TAGS = ("str", "ItemSpec")  # pydantic names the member of `str | ItemSpec` in an error's location
+# the run policy a plan file may give (RunPolicy.planned's arguments)
 POLICY_FIELDS = (
     "outcome_type",
     "lease_seconds",
@@ -47,6 +31,9 @@ POLICY_FIELDS = (
     "max_cost_usd",
     "max_tokens",
 )
+# the plan_run tool's arguments, as a plan file may give them (`name` is RUN's; repeated, it must agree)
+PLAN_FIELDS = ("name", "goal", "packages", *POLICY_FIELDS)
+UNION_TAGS = ("str", "ItemSpec")  # pydantic names the member of `str | ItemSpec` in an error's location
 
 
 # CSV columns a header row may name (package and item first or anywhere; lists separated by `;`)

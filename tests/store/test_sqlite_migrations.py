@@ -325,6 +325,20 @@ async def test_the_release_before_the_latest_migration_upgrades_with_nothing_los
         await engine.close()
 
 
+def _status_check_allows(db: Path, outcome_id: str, status: str, *, refuses: str) -> None:
+    """The migrated file is intact and its status CHECK takes `status` but still refuses `refuses`."""
+    c = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        c.execute("BEGIN")
+        c.execute("UPDATE outcomes SET status = ? WHERE id = ?", (status, outcome_id))
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            c.execute("UPDATE outcomes SET status = ? WHERE id = ?", (refuses, outcome_id))
+        c.execute("ROLLBACK")
+    finally:
+        c.close()
+
+
 async def test_the_claim_policy_migration_allows_blocked_and_keeps_every_row(tmp_path: Path) -> None:
     """The status CHECK is rewritten in place (writable_schema): 'blocked' is allowed, anything else still
     refused; old items keep their status with no prerequisites, no priority and no lock keys."""
@@ -338,16 +352,7 @@ async def test_the_claim_policy_migration_allows_blocked_and_keeps_every_row(tmp
         assert (run.policy.max_concurrent, run.policy.on_dependency_failure) == (None, "cancel")
     finally:
         await store.close()
-    c = sqlite3.connect(db, isolation_level=None)
-    try:
-        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        c.execute("BEGIN")
-        c.execute("UPDATE outcomes SET status = 'blocked' WHERE id = ?", (ids["waiting"],))
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
-            c.execute("UPDATE outcomes SET status = 'stalled' WHERE id = ?", (ids["waiting"],))
-        c.execute("ROLLBACK")
-    finally:
-        c.close()
+    _status_check_allows(db, ids["waiting"], "blocked", refuses="stalled")
 
 
 async def test_the_review_migration_allows_in_review_and_keeps_every_row(tmp_path: Path) -> None:
@@ -368,13 +373,4 @@ async def test_the_review_migration_allows_in_review_and_keeps_every_row(tmp_pat
         assert (await store.recount()).consistent
     finally:
         await store.close()
-    c = sqlite3.connect(db, isolation_level=None)
-    try:
-        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        c.execute("BEGIN")
-        c.execute("UPDATE outcomes SET status = 'in_review' WHERE id = ?", (ids["waiting"],))
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
-            c.execute("UPDATE outcomes SET status = 'reviewing' WHERE id = ?", (ids["waiting"],))
-        c.execute("ROLLBACK")
-    finally:
-        c.close()
+    _status_check_allows(db, ids["waiting"], "in_review", refuses="reviewing")
