@@ -570,57 +570,16 @@ def complete(
     the report's metrics and metadata as JSON text, when the caller has them already. With `review`
     (rules.review_required), the item goes in_review instead: the lease and the attempt end, the usage is
     kept, but nothing is counted as complete and no dependent moves until review_item approves."""
-    if review:
-        return _to_review(row, lease_token=lease_token, report=report, now=now, encoded=encoded)
     outcome_id, run_id, package_id = _where(row)
     took = duration(row["started_at"], now)
-    return Transition(
-        outcome_id=outcome_id,
-        run_id=run_id,
-        package_id=package_id,
-        old="generating",
-        new="complete",
-        values=_reported_values(row, "complete", report=report, now=now, took=took, encoded=encoded),
-        event=completed(package=row["package_name"], item=row["item"], duration=took),
-        contributions=(Contribution(report.metrics, took, +1),),
-        minute=MinuteDelta(completed=1, duration=took),
-        attempt=AttemptEnd(lease_token, "complete", None),
-        metric_rows=report.metrics,
-        usage=getattr(report, "usage", None),
+    new: Status = "in_review" if review else "complete"
+    event = (
+        in_review_event(package=row["package_name"], item=row["item"], attempt=int(row["attempts"]))
+        if review
+        else completed(package=row["package_name"], item=row["item"], duration=took)
     )
-
-
-def _to_review(
-    row: RowLike, *, lease_token: str, report: Any, now: float, encoded: tuple[str, str] | None
-) -> Transition:
-    outcome_id, run_id, package_id = _where(row)
-    took = duration(row["started_at"], now)
-    return Transition(
-        outcome_id=outcome_id,
-        run_id=run_id,
-        package_id=package_id,
-        old="generating",
-        new="in_review",
-        values=_reported_values(row, "in_review", report=report, now=now, took=took, encoded=encoded),
-        event=in_review_event(package=row["package_name"], item=row["item"], attempt=int(row["attempts"])),
-        attempt=AttemptEnd(lease_token, "in_review", None),
-        usage=getattr(report, "usage", None),
-    )
-
-
-def _reported_values(
-    row: RowLike,
-    status: Status,
-    *,
-    report: Any,
-    now: float,
-    took: float | None,
-    encoded: tuple[str, str] | None,
-) -> dict[str, Any]:
-    """The row's new values when a report ends its lease (complete, or in_review awaiting review): the
-    report's fields replace the row's (its outcome_path only when given); `encoded` as for complete."""
-    return {
-        "status": status,
+    values = {
+        "status": new,
         "completed_at": now,
         "duration_seconds": took,
         "updated_at": now,
@@ -633,6 +592,21 @@ def _reported_values(
         "content_bytes": report.content_bytes,
         "mime_type": report.mime_type,
     }
+    # under review nothing counts yet: no summary sums, no completion this minute, no metric rows
+    return Transition(
+        outcome_id=outcome_id,
+        run_id=run_id,
+        package_id=package_id,
+        old="generating",
+        new=new,
+        values=values,
+        event=event,
+        contributions=() if review else (Contribution(report.metrics, took, +1),),
+        minute=None if review else MinuteDelta(completed=1, duration=took),
+        attempt=AttemptEnd(lease_token, new, None),
+        metric_rows=None if review else report.metrics,
+        usage=getattr(report, "usage", None),
+    )
 
 
 def _failure(
