@@ -3,6 +3,8 @@ SQL for speed — held against the Python rule it must agree with, row for row, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -1232,17 +1234,25 @@ def test_postgres_claim_sql_takes_items_in_the_rules_claim_order(postgres_databa
         check()
 
 
-@pytest.mark.postgres
-def test_postgres_move_waiting_sql_is_the_python_rule(postgres_database: str) -> None:
+@contextmanager
+def _policy_conn(postgres_database: str) -> Iterator[tuple[Any, list[int], list[str], dict[str, int]]]:
+    """`_policy_run`'s database open (dict rows): the connection, package ids, every item id (package by
+    package), and each item's n."""
     import psycopg
     from psycopg.rows import dict_row
-
-    from matrix_mcp.store.postgres.sql import MOVE_WAITING_SQL
 
     _, pids, ids = _policy_run(postgres_database)
     flat = [oid for oids in ids for oid in oids]
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
         ns = {r["id"]: int(r["n"]) for r in conn.execute("SELECT id, n FROM outcomes").fetchall()}
+        yield conn, pids, flat, ns
+
+
+@pytest.mark.postgres
+def test_postgres_move_waiting_sql_is_the_python_rule(postgres_database: str) -> None:
+    from matrix_mcp.store.postgres.sql import MOVE_WAITING_SQL
+
+    with _policy_conn(postgres_database) as (conn, pids, flat, ns):
 
         @PROPERTY
         @given(
@@ -1318,15 +1328,9 @@ def test_postgres_move_waiting_sql_is_the_python_rule(postgres_database: str) ->
 
 @pytest.mark.postgres
 def test_postgres_cascade_and_reblock_sql_are_the_python_rules(postgres_database: str) -> None:
-    import psycopg
-    from psycopg.rows import dict_row
-
     from matrix_mcp.store.postgres.sql import CASCADE_SQL, REBLOCK_SQL
 
-    _, _, ids = _policy_run(postgres_database)
-    flat = [oid for oids in ids for oid in oids]
-    with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
-        ns = {r["id"]: int(r["n"]) for r in conn.execute("SELECT id, n FROM outcomes").fetchall()}
+    with _policy_conn(postgres_database) as (conn, _, flat, ns):
 
         @PROPERTY
         @given(
