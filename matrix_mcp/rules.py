@@ -1264,7 +1264,9 @@ def briefing(attempts: Sequence[PreviousAttempt], max_bytes: int) -> tuple[list[
     shown: list[PreviousAttempt] = []
     used = 2  # []
     cap = max(16, max_bytes // 4)
-    for i, a in enumerate(attempts):
+
+    def cut_to(a: PreviousAttempt, cap: int) -> tuple[PreviousAttempt, int]:
+        """`a` with each text cut to `cap`, and its size as a JSON array member (its comma)."""
         cut = a.model_copy(
             update={
                 "error": _cut(a.error, cap),
@@ -1272,17 +1274,13 @@ def briefing(attempts: Sequence[PreviousAttempt], max_bytes: int) -> tuple[list[
                 "review_note": _cut(a.review_note, cap),
             }
         )
-        size = len(cut.model_dump_json(exclude_none=True).encode()) + 1
+        return cut, len(cut.model_dump_json(exclude_none=True).encode()) + 1
+
+    for i, a in enumerate(attempts):
+        cut, size = cut_to(a, cap)
         while not shown and used + size > max_bytes and cap > 16:
             cap //= 2
-            cut = a.model_copy(
-                update={
-                    "error": _cut(a.error, cap),
-                    "note": _cut(a.note, cap),
-                    "review_note": _cut(a.review_note, cap),
-                }
-            )
-            size = len(cut.model_dump_json(exclude_none=True).encode()) + 1
+            cut, size = cut_to(a, cap)
         if used + size > max_bytes:
             return shown, len(attempts) - i
         shown.append(cut)
