@@ -220,7 +220,7 @@ async def test_cached_tools_are_the_sdks_tools(
                 else:
                     ok = await c.call_tool("find_relationships", {})
                     assert not ok.is_error and "relationships" in (ok.structured_content or {})
-    assert listed["off"] == listed["first"] == listed["cached"] and len(listed["off"]) == 32
+    assert listed["off"] == listed["first"] == listed["cached"] and len(listed["off"]) == 34
 
 
 MODELS_PY = """from pydantic import BaseModel, Field
