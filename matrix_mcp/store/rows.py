@@ -19,6 +19,7 @@ from matrix_mcp.models import (
     OutcomePage,
     PackageSummary,
     PlanResult,
+    PreviousAttempt,
     Run,
     RunPolicy,
     Status,
@@ -485,6 +486,17 @@ class Truth:
 
     def result(self) -> dict[str, Any]:
         return {**self.values, "total": sum(self.values[s] for s in STATUSES), "hist": dict(self.hist)}
+
+
+def previous_attempt_from(a: RowLike) -> PreviousAttempt:
+    """An earlier attempt of a claimed item (a PREVIOUS_ATTEMPTS row), as its next worker reads it."""
+    return PreviousAttempt(
+        attempt=int(a["attempt"]),
+        status=a["status"],
+        error=a["error"],
+        note=a["note"],
+        review_note=a["review_note"],
+    )
 
 
 def claim_from(o: RowLike) -> Claim:

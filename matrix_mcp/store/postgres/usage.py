@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from matrix_mcp import rules
 from matrix_mcp.models import PreviousAttempt, Usage
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim
 from matrix_mcp.store.postgres import sql
 
@@ -135,13 +136,5 @@ async def briefed(tx: Tx, claims: list[Claim]) -> list[Claim]:
             "per": PREVIOUS_READ,
         },
     ):
-        found[a["outcome_id"]].append(
-            PreviousAttempt(
-                attempt=int(a["attempt"]),
-                status=a["status"],
-                error=a["error"],
-                note=a["note"],
-                review_note=a["review_note"],
-            )
-        )
+        found[a["outcome_id"]].append(R.previous_attempt_from(a))
     return [replace(c, previous_attempts=found[c.outcome_id]) if c.outcome_id in found else c for c in claims]

@@ -9,6 +9,7 @@ import sqlite3
 
 from matrix_mcp import rules
 from matrix_mcp.models import PreviousAttempt, Usage
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.sqlite import events, sql
 
 # the most earlier attempts a claim reads (the engine keeps what fits MATRIX_MAX_BRIEFING_BYTES)
@@ -77,12 +78,6 @@ def set_note(c: sqlite3.Connection, outcome_id: str, lease_token: str, note: str
 def previous_attempts(c: sqlite3.Connection, outcome_id: str, lease_token: str) -> list[PreviousAttempt]:
     """The item's attempts before the one under `lease_token`, newest first (at most PREVIOUS_READ)."""
     return [
-        PreviousAttempt(
-            attempt=int(a["attempt"]),
-            status=a["status"],
-            error=a["error"],
-            note=a["note"],
-            review_note=a["review_note"],
-        )
+        R.previous_attempt_from(a)
         for a in c.execute(sql.PREVIOUS_ATTEMPTS, (outcome_id, lease_token, PREVIOUS_READ))
     ]
