@@ -445,7 +445,7 @@ def counter_mismatches(
         if counter(p, key) != truth[key]:
             out.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
     for key in counter_columns:
-        if abs(float(p[key]) - float(truth[key])) > 1e-6 * max(1.0, abs(float(truth[key]))):
+        if _differs(float(p[key]), float(truth[key])):
             out.append(f"{label}: {key} counter {p[key]} != rows {truth[key]}")
     if dict(hist) != truth["hist"]:
         out.append(f"{label}: duration histogram {dict(hist)} != rows {truth['hist']}")
@@ -462,6 +462,40 @@ def waiting_mismatches(rows: Iterable[RowLike]) -> list[str]:
             out.append(f"{label}: waiting {r['waiting']} != unmet prerequisites {r['unmet']}")
         elif r["status"] == "blocked" and int(r["unmet"]) == 0:
             out.append(f"{label}: blocked with no unmet prerequisite")
+    return out
+
+
+def _differs(have: float, want: float) -> bool:
+    return abs(have - want) > 1e-6 * max(1.0, abs(want))
+
+
+def worker_usage_mismatches(stored: Iterable[RowLike], truth: Iterable[RowLike]) -> list[str]:
+    """Workers whose usage sums (worker_usage rows) differ from a recount of their attempts' usage (`truth`);
+    both as rows of run_name, worker and USAGE_COLUMNS, a worker missing on one side counting as zeros."""
+
+    def sums(rows: Iterable[RowLike]) -> dict[tuple[str, str], tuple[float, ...]]:
+        return {(r["run_name"], r["worker"]): tuple(float(r[k]) for k in USAGE_COLUMNS) for r in rows}
+
+    have, want = sums(stored), sums(truth)
+    zeros = (0.0,) * len(USAGE_COLUMNS)
+    out: list[str] = []
+    for run, worker in sorted(have.keys() | want.keys()):
+        got, counted = have.get((run, worker), zeros), want.get((run, worker), zeros)
+        for name, a, b in zip(USAGE_COLUMNS, got, counted, strict=True):
+            if _differs(a, b):
+                out.append(f"{run}: worker {worker!r} {name} {a:g} != attempts {b:g}")
+    return out
+
+
+def run_spent_mismatches(rows: Iterable[RowLike]) -> list[str]:
+    """Runs with a budget whose spent totals differ from what their packages spent (rows: run_name,
+    spent_cost_usd, spent_tokens, cost, tokens); a run without a budget keeps no totals."""
+    out: list[str] = []
+    for r in rows:
+        if _differs(float(r["spent_cost_usd"]), float(r["cost"])):
+            out.append(f"{r['run_name']}: spent_cost_usd {r['spent_cost_usd']:g} != packages {r['cost']:g}")
+        if int(r["spent_tokens"]) != int(r["tokens"]):
+            out.append(f"{r['run_name']}: spent_tokens {r['spent_tokens']} != packages {r['tokens']}")
     return out
 
 

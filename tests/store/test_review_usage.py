@@ -14,7 +14,7 @@ from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Conflict, InputError, StaleLease
 from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, RunPolicy, Usage
 from tests.conftest import assert_consistent
-from tests.store.test_contract import Clock
+from tests.store.test_contract import Clock, _sql
 
 pytestmark = pytest.mark.anyio
 
@@ -237,6 +237,46 @@ async def test_a_token_budget_set_later_counts_what_was_spent_before(engine: Eng
         {"max_tokens": None},
     ]
     await assert_consistent(engine)
+
+
+async def test_a_recount_checks_and_a_rebuild_repairs_the_workers_and_the_run_s_spend(
+    engine: Engine, database_url: str
+) -> None:
+    """The workers' usage sums and a budgeted run's spent totals are rollups like the packages' counters: the
+    recount finds them skewed, and rebuild_counters sets them back to what the attempts spent."""
+    await engine.plan_run(
+        "r", packages=[PackageSpec(name="a", items=["x", "y"])], policy=RunPolicy(max_cost_usd=10)
+    )
+    x = (await engine.claim_items("r", worker="w1")).items[0]
+    await engine.complete_item(
+        x.outcome_id, lease_token=x.lease_token, usage=Usage(input_tokens=9, cost_usd=1)
+    )
+    y = (await engine.claim_items("r", worker="w2")).items[0]
+    await engine.fail_item(y.outcome_id, lease_token=y.lease_token, error="e", usage=Usage(output_tokens=4))
+    await assert_consistent(engine)
+    await _sql(
+        database_url,
+        [
+            ("UPDATE worker_usage SET input_tokens = input_tokens + 1 WHERE worker = ?", ("w1",)),
+            ("DELETE FROM worker_usage WHERE worker = ?", ("w2",)),
+            ("INSERT INTO worker_usage (run_id, worker, cost_usd) SELECT id, ?, 2 FROM runs", ("ghost",)),
+            ("UPDATE runs SET spent_cost_usd = ?, spent_tokens = ?", (0.5, 12)),
+        ],
+    )
+    assert sorted((await engine.store.recount()).mismatches) == [
+        "r: spent_cost_usd 0.5 != packages 1",
+        "r: spent_tokens 12 != packages 13",
+        "r: worker 'ghost' cost_usd 2 != attempts 0",
+        "r: worker 'w1' input_tokens 10 != attempts 9",
+        "r: worker 'w2' output_tokens 0 != attempts 4",
+    ]
+    await engine.store.rebuild_counters((await engine.get_run("r")).id)
+    await assert_consistent(engine)
+    status = await engine.run_status("r")
+    assert [(w.worker, w.usage.input_tokens, w.usage.output_tokens) for w in status.workers or []] == [
+        ("w1", 9, 0),
+        ("w2", 0, 4),
+    ]
 
 
 async def test_policy_and_review_arguments_are_checked_naming_the_field(engine: Engine) -> None:

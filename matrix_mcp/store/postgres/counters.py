@@ -122,6 +122,11 @@ async def recount_rows(c: Conn, run_id: str | None) -> RecountReport:
         mismatches += R.waiting_mismatches(await fetch_all(c, sql.WAITING_TRUTH_OF_RUN, (run_id,)))
     else:
         mismatches += R.waiting_mismatches(await fetch_all(c, sql.WAITING_TRUTH))
+    run = {"run": run_id}
+    mismatches += R.worker_usage_mismatches(
+        await fetch_all(c, sql.WORKER_USAGE_ROWS, run), await fetch_all(c, sql.WORKER_USAGE_TRUTH, run)
+    )
+    mismatches += R.run_spent_mismatches(await fetch_all(c, sql.RECOUNT_RUN_SPENT, run))
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 
@@ -151,6 +156,9 @@ async def rebuild_rows(c: Conn, run_id: str | None) -> None:
         )
     runs = [run_id] if run_id else [r["id"] for r in await fetch_all(c, sql.REBUILD_ROWS_SELECT_RUNS)]
     await c.execute(sql.REBUILD_RUN_COUNTERS, (runs,))
+    await c.execute(sql.DELETE_WORKER_USAGE, {"run": run_id})
+    await c.execute(sql.REBUILD_WORKER_USAGE, {"run": run_id})
+    await c.execute(sql.REBUILD_RUN_SPENT, {"run": run_id})  # the packages' sums, rebuilt above
 
 
 async def run_minutes(db: Database, run_id: str, *, since_minute: int) -> list[MinuteCount]:

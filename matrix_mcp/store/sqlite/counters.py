@@ -222,6 +222,10 @@ def recount_rows(c: sqlite3.Connection, run_id: str | None) -> RecountReport:
         )
     waiting = c.execute(sql.WAITING_TRUTH_OF_RUN, (run_id,)) if run_id else c.execute(sql.WAITING_TRUTH)
     mismatches += R.waiting_mismatches(waiting)
+    mismatches += R.worker_usage_mismatches(
+        c.execute(sql.WORKER_USAGE_ROWS, (run_id,)), c.execute(sql.WORKER_USAGE_TRUTH, (run_id,))
+    )
+    mismatches += R.run_spent_mismatches(c.execute(sql.RECOUNT_RUN_SPENT, (run_id,)))
     return RecountReport(consistent=not mismatches, mismatches=mismatches)
 
 
@@ -311,6 +315,9 @@ async def rebuild_counters(db: Database, run_id: str | None = None) -> None:
                 ),
             )
             c.execute(sql.SET_HISTOGRAM, (hist_dumps(truth["hist"]), p[0]))
+        c.execute(sql.DELETE_WORKER_USAGE, (run_id,))
+        c.execute(sql.REBUILD_WORKER_USAGE, (run_id,))
+        c.execute(sql.REBUILD_RUN_SPENT, (run_id,))
 
     await db.write(op)
 

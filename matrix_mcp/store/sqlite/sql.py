@@ -1075,3 +1075,56 @@ RUN_POLICY_ROW = "SELECT id, max_cost_usd, max_tokens FROM runs WHERE id = ?"
 def update_run_policy(columns: tuple[str, ...]) -> str:
     """Set these policy columns of a run (bound values, then its id); a closed set of names (PolicyUpdate)."""
     return "UPDATE runs SET " + ", ".join(f"{c} = ?" for c in columns) + ", updated_at = ? WHERE id = ?"
+
+
+# the recount of each worker's usage sums of a run (all runs when the run id is NULL) from its attempts, and the
+# sums as kept; a worker is the one its attempts name ('' for none, as a report's spend names it)
+WORKER_USAGE_TRUTH = (
+    "SELECT r.name AS run_name, COALESCE(a.worker, '') AS worker,"
+    " COALESCE(SUM(a.input_tokens), 0) AS input_tokens, COALESCE(SUM(a.output_tokens), 0) AS output_tokens,"
+    " COALESCE(SUM(a.cache_read_tokens), 0) AS cache_read_tokens,"
+    " COALESCE(SUM(a.cache_creation_tokens), 0) AS cache_creation_tokens,"
+    " COALESCE(SUM(a.cost_usd), 0.0) AS cost_usd"
+    " FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id JOIN runs r ON r.id = o.run_id"
+    " WHERE (?1 IS NULL OR o.run_id = ?1) GROUP BY o.run_id, COALESCE(a.worker, '')"
+)
+
+
+WORKER_USAGE_ROWS = (
+    "SELECT r.name AS run_name, w.* FROM worker_usage w JOIN runs r ON r.id = w.run_id"
+    " WHERE ?1 IS NULL OR w.run_id = ?1"
+)
+
+
+# a run's spent totals beside what its packages spent, for the runs that keep them (those with a budget)
+RECOUNT_RUN_SPENT = (
+    "SELECT r.name AS run_name, r.spent_cost_usd, r.spent_tokens, COALESCE(SUM(p.cost_usd), 0.0) AS cost,"
+    " COALESCE(SUM(p.input_tokens + p.output_tokens + p.cache_read_tokens + p.cache_creation_tokens), 0)"
+    " AS tokens FROM runs r LEFT JOIN packages p ON p.run_id = r.id"
+    " WHERE (r.max_cost_usd IS NOT NULL OR r.max_tokens IS NOT NULL) AND (?1 IS NULL OR r.id = ?1) GROUP BY r.id"
+)
+
+
+# the rebuild of the workers' usage sums and the budgeted runs' totals (after the packages' sums)
+DELETE_WORKER_USAGE = "DELETE FROM worker_usage WHERE ?1 IS NULL OR run_id = ?1"
+
+
+REBUILD_WORKER_USAGE = (
+    "INSERT INTO worker_usage (run_id, worker, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_creation_tokens, cost_usd)"
+    " SELECT o.run_id, COALESCE(a.worker, ''), COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),"
+    " COALESCE(SUM(a.cache_read_tokens), 0), COALESCE(SUM(a.cache_creation_tokens), 0),"
+    " COALESCE(SUM(a.cost_usd), 0.0) FROM outcome_attempts a JOIN outcomes o ON o.id = a.outcome_id"
+    " WHERE (?1 IS NULL OR o.run_id = ?1) GROUP BY o.run_id, COALESCE(a.worker, '')"
+    " HAVING COALESCE(SUM(a.input_tokens), 0) + COALESCE(SUM(a.output_tokens), 0)"
+    " + COALESCE(SUM(a.cache_read_tokens), 0) + COALESCE(SUM(a.cache_creation_tokens), 0) > 0"
+    " OR COALESCE(SUM(a.cost_usd), 0.0) > 0"
+)
+
+
+REBUILD_RUN_SPENT = (
+    "UPDATE runs SET spent_cost_usd = (SELECT COALESCE(SUM(cost_usd), 0.0) FROM packages WHERE run_id = runs.id),"
+    " spent_tokens = (SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens),"
+    " 0) FROM packages WHERE run_id = runs.id)"
+    " WHERE (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL) AND (?1 IS NULL OR id = ?1)"
+)
