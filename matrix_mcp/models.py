@@ -358,9 +358,11 @@ class PlanResult(_Model):
 
 
 class PreviousAttempt(_Model):
-    # an earlier attempt of a claimed item, as its next worker reads it (texts may be cut, marked "…")
+    # an earlier attempt of a claimed item, as its next worker reads it, each thing said once (texts may be
+    # cut, marked "…"): `status` only when the attempt did not fail (a failed one tells how by its error, a
+    # rejected one by its review_note); `error` only when it is not the review note (a rejection's error)
     attempt: int
-    status: Status
+    status: Status | None = None
     error: str | None = None
     note: str | None = None
     review_note: str | None = None

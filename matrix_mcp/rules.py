@@ -1257,6 +1257,23 @@ def _cut(text: str | None, limit: int) -> str | None:
     return text[: max(0, limit - 1)] + "…"
 
 
+def previous_attempt(
+    *, attempt: int, status: Status, error: str | None, note: str | None, review_note: str | None
+) -> PreviousAttempt:
+    """An earlier attempt as its next worker reads it, each thing said once and nothing empty: the status
+    only when the attempt did not fail (a failed attempt says how by its error, or, rejected in review, by
+    its review note); the error only when it is not the review note (a rejection keeps its note as its
+    error, `review`)."""
+    review_note = review_note or None
+    return PreviousAttempt(
+        attempt=attempt,
+        status=None if status == "failed" else status,
+        error=None if not error or error == review_note else error,
+        note=note or None,
+        review_note=review_note,
+    )
+
+
 def briefing(attempts: Sequence[PreviousAttempt], max_bytes: int) -> tuple[list[PreviousAttempt], int]:
     """What a claim shows of an item's earlier attempts (newest first): each text cut to at most a quarter of
     `max_bytes`, then the newest that fit in `max_bytes` as JSON; how many older ones were left out. The

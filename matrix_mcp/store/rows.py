@@ -524,7 +524,7 @@ class Truth:
 
 def previous_attempt_from(a: RowLike) -> PreviousAttempt:
     """An earlier attempt of a claimed item (a PREVIOUS_ATTEMPTS row), as its next worker reads it."""
-    return PreviousAttempt(
+    return rules.previous_attempt(
         attempt=int(a["attempt"]),
         status=a["status"],
         error=a["error"],

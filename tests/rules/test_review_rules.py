@@ -140,6 +140,33 @@ def test_usage_sums_every_token_kind() -> None:
     assert not rules.has_usage(Usage(model="m")) and rules.has_usage(u)
 
 
+def test_a_previous_attempt_says_each_thing_once() -> None:
+    def seen(status: Any, error: str | None, note: str | None, review_note: str | None) -> dict[str, Any]:
+        a = rules.previous_attempt(attempt=2, status=status, error=error, note=note, review_note=review_note)
+        return a.model_dump(exclude_none=True)
+
+    # rejected with a note: the note once, as review_note (its error is the same text); no status
+    assert seen("failed", "no tests", "half", "no tests") == {
+        "attempt": 2,
+        "note": "half",
+        "review_note": "no tests",
+    }
+    # rejected without a note: the error says so
+    assert seen("failed", rules.REJECTED_IN_REVIEW, None, None) == {
+        "attempt": 2,
+        "error": "rejected in review",
+    }
+    # failed: its error; empty texts are left out
+    assert seen("failed", "boom", "", "") == {"attempt": 2, "error": "boom"}
+    # an attempt that did not fail (approved, then sent back by an override) says how it ended
+    assert seen("complete", None, "n", "fine") == {
+        "attempt": 2,
+        "status": "complete",
+        "note": "n",
+        "review_note": "fine",
+    }
+
+
 def test_the_briefing_keeps_the_newest_within_its_bytes() -> None:
     attempts = [PreviousAttempt(attempt=n, status="failed", error="e" * 3000) for n in (3, 2, 1)]
     shown, omitted = rules.briefing(attempts, 4096)
