@@ -110,6 +110,27 @@ async def test_a_repeated_report_returns_the_same_leases_not_new_ones(engine: En
     await assert_consistent(engine)
 
 
+async def test_a_repeated_report_returns_the_leases_with_their_earlier_attempts(engine: Engine) -> None:
+    """The items a repeated report hands back carry what their earlier attempts left, as the first answer
+    did (every claim path briefs its claims)."""
+    clock = Clock(engine)
+    await engine.plan_run("r", packages=grid(1, 2), policy=RunPolicy(backoff_seconds=10))
+    x = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.fail_item(x.outcome_id, lease_token=x.lease_token, error="boom")
+    y = (await engine.claim_items("r", worker="w")).items[0]
+    assert y.outcome_id != x.outcome_id
+    clock.advance(100)  # x's backoff is over
+    first = await engine.complete_item(y.outcome_id, lease_token=y.lease_token, content="y", claim_next=1)
+    clock.advance(1)
+    again = await engine.complete_item(y.outcome_id, lease_token=y.lease_token, content="y", claim_next=1)
+    assert first.next and again.next and again.next[0].lease_token == first.next[0].lease_token
+    assert again.next[0].outcome_id == x.outcome_id and again.next[0].attempt == 2
+    told = [a.model_dump(exclude_none=True) for a in again.next[0].previous_attempts or []]
+    assert told == [{"attempt": 1, "error": "boom"}]
+    assert again.next[0].previous_attempts == first.next[0].previous_attempts
+    await assert_consistent(engine)
+
+
 async def test_a_refused_report_leases_nothing(engine: Engine) -> None:
     await engine.plan_run("r", packages=grid(1, 3))
     a = (await engine.claim_items("r", worker="w")).items[0]

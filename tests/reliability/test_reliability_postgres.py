@@ -192,6 +192,30 @@ async def test_answers_lost_after_commit_leave_no_orphaned_lease(
         await engine.close()
 
 
+async def test_a_claim_recovered_after_its_answer_was_lost_carries_the_earlier_attempts(
+    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried claim that hands out the leases the lost attempt took briefs them like any claim."""
+    engine = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        await engine.plan_run(
+            "r", packages=[PackageSpec(name="p", items=["a"])], policy=RunPolicy(backoff_seconds=0)
+        )
+        a = (await engine.claim_items("r", worker="w1")).items[0]
+        await engine.fail_item(a.outcome_id, lease_token=a.lease_token, error="boom")
+        store = engine.store
+        assert isinstance(store, PostgresStore)
+        loss = AnswerLoss(monkeypatch, store.db, "_run_batch_pipelined")
+        loss.arm()
+        got = await engine.claim_items("r", worker="w1")
+        assert loss.lost == [1] and got.items[0].attempt == 2
+        told = [x.model_dump(exclude_none=True) for x in got.items[0].previous_attempts or []]
+        assert told == [{"attempt": 1, "error": "boom"}]
+        await assert_consistent(engine)
+    finally:
+        await engine.close()
+
+
 async def test_writes_whose_answer_was_lost_run_once_and_answer_as_the_first_time(
     postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,6 +68,7 @@ async def recover_claims(conn: Conn, batch: list[BatchRequest]) -> None:
         got = [R.claim_from(by_token[t]) for t in a.issued if t in by_token]
         if not got:
             continue
+        got = await usage.briefed(Tx(conn, Batch()), got)  # only reads
         log.info("recovered %d claim(s) committed by an attempt whose answer was lost", len(got))
         if len(got) >= a.limit:
             req.value = ClaimBatch(got)
@@ -197,7 +198,7 @@ async def next_claims(
     if first is None or first["ended_at"] is None:
         return ClaimBatch([])
     rows = await tx.all(HELD_SQL, (outcome.run_id, first["worker"], first["ended_at"], next_claim.limit))
-    return ClaimBatch([R.claim_from(r) for r in rows])
+    return ClaimBatch(await usage.briefed(tx, [R.claim_from(r) for r in rows]))
 
 
 async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:

@@ -6,10 +6,12 @@ the notes and review decisions an attempt keeps, and what a claim shows of an it
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from matrix_mcp import rules
 from matrix_mcp.models import PreviousAttempt, Usage
 from matrix_mcp.store import rows as R
+from matrix_mcp.store.params import Claim
 from matrix_mcp.store.sqlite import events, sql
 
 # the most earlier attempts a claim reads (the engine keeps what fits MATRIX_MAX_BRIEFING_BYTES)
@@ -73,6 +75,14 @@ def _reported(usage: Usage) -> tuple[object, ...]:
 
 def set_note(c: sqlite3.Connection, outcome_id: str, lease_token: str, note: str) -> None:
     c.execute(sql.SET_NOTE, (note, outcome_id, lease_token))
+
+
+def briefed(c: sqlite3.Connection, claim: Claim) -> Claim:
+    """The claim with its item's earlier attempts (newest first); read only when the item was claimed before
+    (a first attempt has none)."""
+    if claim.attempt <= 1:
+        return claim
+    return replace(claim, previous_attempts=previous_attempts(c, claim.outcome_id, claim.lease_token))
 
 
 def previous_attempts(c: sqlite3.Connection, outcome_id: str, lease_token: str) -> list[PreviousAttempt]:

@@ -86,22 +86,20 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
         policy.take_locks(c, o, run_id, t.values["lease_token"])
         p.generating += 1
         run_generating += 1
-        claims.append(
-            Claim(
-                outcome_id=o["id"],
-                run=run["name"],
-                package=p.name,
-                package_description=p.description,
-                item=o["item"],
-                attempt=t.values["attempts"],
-                lease_token=t.values["lease_token"],
-                lease_expires_at=t.values["lease_expires_at"],
-                outcome_type=o["outcome_type"],
-                specifications=R.loads(o["specifications"]),
-                outcome_path=o["outcome_path"],
-                previous_attempts=usage.previous_attempts(c, o["id"], t.values["lease_token"]),
-            )
+        claim = Claim(
+            outcome_id=o["id"],
+            run=run["name"],
+            package=p.name,
+            package_description=p.description,
+            item=o["item"],
+            attempt=t.values["attempts"],
+            lease_token=t.values["lease_token"],
+            lease_expires_at=t.values["lease_expires_at"],
+            outcome_type=o["outcome_type"],
+            specifications=R.loads(o["specifications"]),
+            outcome_path=o["outcome_path"],
         )
+        claims.append(usage.briefed(c, claim))
     if len(claims) >= limit:
         return ClaimBatch(claims)
     if run_capped and package is not None:  # the run's cap held back this package's items only if it has any
@@ -192,7 +190,7 @@ def claim_next(
         sql.CLAIM_NEXT_SELECT_OUTCOMES,
         (row["run_id"], first["worker"], first["ended_at"], next_claim.limit),
     ).fetchall()
-    return ClaimBatch([R.claim_from(o) for o in held])
+    return ClaimBatch([usage.briefed(c, R.claim_from(o)) for o in held])
 
 
 def why_nothing(
