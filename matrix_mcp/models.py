@@ -386,9 +386,19 @@ class ClaimedItem(_Model):
 
 
 # blocked: nothing ready, the rest waits on dependencies; locked: ready items wait for lock keys another
-# live lease holds; capped: a max_concurrent cap is reached
+# live lease holds; capped: a max_concurrent cap is reached; in_review: nothing else is left but items
+# waiting for a review (not done: a rejection sends one back)
 ClaimReason = Literal[
-    "done", "paused", "cancelled", "all_leased", "backing_off", "empty", "blocked", "locked", "capped"
+    "done",
+    "paused",
+    "cancelled",
+    "all_leased",
+    "backing_off",
+    "empty",
+    "blocked",
+    "locked",
+    "capped",
+    "in_review",
 ]
 
 

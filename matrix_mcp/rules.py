@@ -1070,23 +1070,29 @@ def why_nothing(
     blocked: int = 0,
     capped: bool = False,
     locked: bool = False,
+    in_review: int = 0,
 ) -> tuple[ClaimReason, Waiting]:
     """The reason a claim found fewer items than asked, and which time tells when to ask again.
 
     `capped`: items ready now were held back by a max_concurrent cap (run or package); `locked`: items ready
-    now were held back by lock keys another live lease holds; `blocked`: items waiting for dependencies.
-    A cap speaks first (nothing ready can start until a lease ends), then locks, then backoff; with nothing
-    pending, blocked items say `blocked` (ask again when a lease ends, or never when none is running)."""
+    now were held back by lock keys another live lease holds; `blocked`: items waiting for dependencies;
+    `in_review`: completed items waiting for a review (a rejection sends one back). A cap speaks first
+    (nothing ready can start until a lease ends), then locks, then backoff; with nothing pending, blocked
+    items say `blocked` (ask again when a lease ends, or never when none is running and none is in review).
+    Items in review are not done: with nothing else to wait on, `in_review` (no time: a review comes when
+    it comes)."""
     if capped:
         return "capped", "cap_holders"
     if locked:
         return "locked", "lock_holders"
     if pending:
         return "backing_off", "available_at"
-    if blocked:
+    if blocked and (generating or not in_review):
         return "blocked", ("lease_expires_at" if generating else None)
     if generating:
         return "all_leased", "lease_expires_at"
+    if in_review:
+        return "in_review", None
     return ("done" if total else "empty"), None
 
 

@@ -60,6 +60,7 @@ WAITING = {
     "blocked": "the items left wait for their dependencies",
     "locked": "the ready items need lock keys another lease holds",
     "capped": "a max_concurrent cap is reached",
+    "in_review": "the items left wait for review (a rejection sends one back)",
 }
 
 

@@ -194,6 +194,15 @@ def test_policy_events_and_their_payloads() -> None:
         ({"pending": 0, "generating": 0, "total": 5, "blocked": 2}, ("blocked", None)),
         ({"pending": 0, "generating": 1, "total": 5}, ("all_leased", "lease_expires_at")),
         ({"pending": 0, "generating": 0, "total": 5}, ("done", None)),
+        # items in review are not done; with nothing in progress, blocked items wait on the reviews
+        ({"pending": 0, "generating": 0, "total": 5, "in_review": 1}, ("in_review", None)),
+        ({"pending": 0, "generating": 0, "total": 5, "blocked": 2, "in_review": 1}, ("in_review", None)),
+        (
+            {"pending": 0, "generating": 1, "total": 5, "blocked": 2, "in_review": 1},
+            ("blocked", "lease_expires_at"),
+        ),
+        ({"pending": 0, "generating": 1, "total": 5, "in_review": 1}, ("all_leased", "lease_expires_at")),
+        ({"pending": 1, "generating": 0, "total": 5, "in_review": 1}, ("backing_off", "available_at")),
         ({"pending": 0, "generating": 0, "total": 0}, ("empty", None)),
     ],
 )

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from matrix_mcp.config import Limits, Settings
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import Conflict, InputError, StaleLease
-from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, RunPolicy, Usage
+from matrix_mcp.models import ClaimResult, ItemSpec, LeaseRef, PackageSpec, RunPolicy, Usage
 from tests.conftest import assert_consistent
 from tests.store.test_contract import Clock, _sql
 
@@ -63,7 +64,7 @@ async def test_a_completion_under_review_waits_and_readies_nothing_until_approve
     assert [o.item for o in (await engine.list_outcomes(run="r", status="in_review")).outcomes] == ["x"]
     assert await events_of(engine, "r", "in_review") == [{"package": "a", "item": "x", "attempt": 1}]
     got = await engine.claim_items("r", worker="w")
-    assert got.items == [] and got.reason != "done"
+    assert got.items == [] and got.reason == "in_review"
 
     result = await engine.review_item(x.outcome_id, decision="approve", note="looks right")
     assert (result.status, result.attempt, result.decision) == ("complete", 1, "approve")
@@ -83,6 +84,55 @@ async def test_a_completion_under_review_waits_and_readies_nothing_until_approve
     with pytest.raises(Conflict) as err:
         await engine.review_item(x.outcome_id, decision="approve")
     assert err.value.field == "outcome_id" and x.outcome_id in str(err.value)
+    await assert_consistent(engine)
+
+
+async def test_a_claim_that_finds_only_items_in_review_says_in_review_not_done(engine: Engine) -> None:
+    """Items in review are not done (a rejection sends one back): with nothing else to wait on — nothing
+    pending or leased, and blocked items only behind reviews — a claim says `in_review`, with no time."""
+    Clock(engine)
+    await plan_reviewed(engine)
+    x = (await engine.claim_items("r", worker="w")).items[0]
+    done = await engine.complete_item(x.outcome_id, lease_token=x.lease_token, claim_next=1)
+    assert (done.status, done.next, done.reason) == ("in_review", [], "in_review")
+    for package in (None, "a", "b"):  # b/y is blocked on a/x, which is in review
+        got = await engine.claim_items("r", worker="w", package=package)
+        assert (got.items, got.reason, got.retry_after_seconds) == ([], "in_review", None), package
+    await engine.review_item(x.outcome_id, decision="approve")
+    y = (await engine.claim_items("r", worker="w")).items[0]
+    assert y.item == "y"
+    got = await engine.claim_items("r", worker="w")
+    assert got.reason == "all_leased"
+    await engine.complete_item(y.outcome_id, lease_token=y.lease_token)
+    assert (await engine.claim_items("r", worker="w")).reason == "in_review"
+    assert (await engine.claim_items("r", worker="w", package="a")).reason == "done"
+    await engine.review_item(y.outcome_id, decision="approve")
+    assert (await engine.claim_items("r", worker="w")).reason == "done"
+    await assert_consistent(engine)
+
+
+async def test_a_waiting_claim_takes_the_item_a_rejection_sends_back(engine: Engine) -> None:
+    """claim_items(wait_seconds) waits on items in review: a rejection that lands meanwhile hands the item
+    over in the same call."""
+    await engine.plan_run("r", packages=[PackageSpec(name="a", items=["x"])], policy=REVIEWED)
+    x = (await engine.claim_items("r", worker="w")).items[0]
+    await engine.complete_item(x.outcome_id, lease_token=x.lease_token)
+    waiting = anyio.Event()
+    got: list[ClaimResult] = []
+
+    async def progress(waited: float, total: float, message: str) -> None:
+        assert "in_review" in message
+        waiting.set()
+
+    async def claim() -> None:
+        got.append(await engine.claim_items("r", worker="w2", wait_seconds=30, progress=progress))
+        waiting.set()  # a claim that did not wait answers before the review (empty)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+        await waiting.wait()
+        await engine.review_item(x.outcome_id, decision="reject", note="again")
+    assert [(i.item, i.attempt) for i in got[0].items] == [("x", 2)]
     await assert_consistent(engine)
 
 

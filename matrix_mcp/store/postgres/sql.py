@@ -957,6 +957,7 @@ LEASED_ROW_SELECT_OUTCOMES = (
 WHY_NOTHING_SELECT_PACKAGE_COUNTERS = (
     "SELECT COALESCE(SUM(pending),0)::bigint AS pending, COALESCE(SUM(generating),0)::bigint AS "
     "generating, COALESCE(SUM(blocked),0)::bigint AS blocked, COUNT(*) AS n,"
+    " COALESCE(SUM(in_review),0)::bigint AS in_review,"
     " COALESCE(SUM(total),0)::bigint AS total FROM package_counters WHERE "
     "run_id = %s AND (%s::text IS NULL OR name = %s::text)"
 )

@@ -434,6 +434,7 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> t
         raise rules.unknown_package_in_run(package)
     total = 0
     pending, generating, blocked = int(row["pending"]), int(row["generating"]), int(row["blocked"])
+    in_review = int(row["in_review"])
     if not pending and not generating and not blocked:  # done or empty: said of the whole run
         t = await tx.one(
             sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS_2,
@@ -441,9 +442,10 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> t
         )
         total = int(t["total"]) if t else 0
     run_wide = package is not None and blocked > 0 and not pending
-    if run_wide:  # blocked items wait on the run's leases, not only their package's
+    if run_wide:  # blocked items wait on the run's leases and reviews, not only their package's
         whole = await tx.one(sql.WHY_NOTHING_SELECT_PACKAGE_COUNTERS, (run_id, None, None))
-        generating = int(whole["generating"]) if whole else generating
+        if whole:
+            generating, in_review = int(whole["generating"]), int(whole["in_review"])
     held: Row = {}
     if pending and run_id in GATED:  # ready items may be held back by a cap or by lock keys
         held = await tx.one(sql.WHY_GATED_SQL, {"run": run_id, "package": package, "now": now}) or {}
@@ -455,6 +457,7 @@ async def why_nothing(tx: Tx, run_id: str, package: str | None, now: float) -> t
         blocked=blocked,
         capped=run_capped or package_capped,
         locked=bool(held.get("locked")),
+        in_review=in_review,
     )
     if column is None:
         return reason, None

@@ -99,8 +99,8 @@ CLAIMABLE_PACKAGE = _CLAIMABLE + " AND name = ?"
 
 # what is left in a run's queue (or one package's) when a claim came back short: pending, leased, packages
 QUEUE_COUNTS = (
-    "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*), COALESCE(SUM(blocked),0)"
-    " FROM packages WHERE run_id = ?"
+    "SELECT COALESCE(SUM(pending),0), COALESCE(SUM(generating),0), COUNT(*), COALESCE(SUM(blocked),0),"
+    " COALESCE(SUM(in_review),0) FROM packages WHERE run_id = ?"
 )
 
 

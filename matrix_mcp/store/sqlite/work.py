@@ -205,17 +205,19 @@ def why_nothing(
     """Why a claim came back short (rules.why_nothing) and when to ask again."""
     held = held or policy.Held()
     if package is None:
-        pending, generating, n, blocked = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
+        pending, generating, n, blocked, in_review = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
     else:
-        pending, generating, n, blocked = c.execute(sql.QUEUE_COUNTS_OF_PACKAGE, (run_id, package)).fetchone()
+        counts = c.execute(sql.QUEUE_COUNTS_OF_PACKAGE, (run_id, package)).fetchone()
+        pending, generating, n, blocked, in_review = counts
     if package is not None and n == 0:
         raise rules.unknown_package_in_run(package)
     total = 0
     if not pending and not generating and not blocked:  # done or empty: said of the whole run
         total = c.execute(sql.WHY_NOTHING_SELECT_PACKAGES, (run_id,)).fetchone()[0]
     run_wide = package is not None and blocked and not pending
-    if run_wide:  # blocked items wait on the run's leases, not only their package's
-        generating = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()[1]
+    if run_wide:  # blocked items wait on the run's leases and reviews, not only their package's
+        whole = c.execute(sql.QUEUE_COUNTS, (run_id,)).fetchone()
+        generating, in_review = whole[1], whole[4]
     capped_at = [p for p in held.capped_packages if policy.ready_in_package(c, p, now)]
     capped = bool(capped_at) or (run_capped and policy.ready_in_run(c, run_id, now))
     reason, column = rules.why_nothing(
@@ -225,6 +227,7 @@ def why_nothing(
         blocked=int(blocked),
         capped=capped,
         locked=held.locked,
+        in_review=int(in_review),
     )
     if column is None:
         return reason, None
