@@ -38,7 +38,7 @@ from typing import IO, Any, TextIO, TypeGuard, TypeVar
 import anyio
 
 from matrix_mcp import tracing
-from matrix_mcp.audit import current_tool_access
+from matrix_mcp.audit import acting_as, current_principal, current_tool_access
 from matrix_mcp.cli.format import format_status
 from matrix_mcp.cli.progress import LiveLine, progress_line
 from matrix_mcp.config import Settings
@@ -52,6 +52,7 @@ T = TypeVar("T")
 STDERR_TAIL = 2048  # bytes of a failed command's stderr kept as its error
 CHECKPOINT_CHARS = 200  # the last stderr line sent with a heartbeat as the attempt's note, at most
 FINISHED = ("done", "cancelled", "empty")
+WORK_PRINCIPAL = "work:"  # + the worker's name: who reviewed, for a --verify decision made without a caller
 # what `work` prints when a claim comes back empty and it waits on (once per change of reason)
 WAITING = {
     "paused": "the run is paused",
@@ -498,9 +499,14 @@ class Worker:
             return
         decision: ReviewDecision = "approve" if verdict.approved else "reject"
         try:
-            await self._retrying(
-                lambda: self.engine.review_item(item.outcome_id, decision=decision, note=verdict.note or None)
-            )
+            # the decision's principal, as review_item records it (`reviewed_by`, the events): the caller's
+            # when one is known, else this worker's, `work:NAME`
+            with acting_as(current_principal.get() or f"{WORK_PRINCIPAL}{self.name}"):
+                await self._retrying(
+                    lambda: self.engine.review_item(
+                        item.outcome_id, decision=decision, note=verdict.note or None
+                    )
+                )
         except StoreError as exc:
             self.live.note(f"{item.package}/{item.item}: review refused: {exc}")
             return

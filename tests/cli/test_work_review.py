@@ -69,6 +69,8 @@ async def work(settings: Settings, tmp_path: Path, command: Path, verify: Path) 
             "r",
             "-j",
             "2",
+            "--worker",
+            "wk",
             "--verify",
             f"{sys.executable} {verify}",
             "--",
@@ -115,6 +117,10 @@ async def test_verify_gates_reports_usage_and_briefs_the_next_attempt(
                 "the answer is bad",
             )
             assert bad.history[1].review_decision == "approve" and bad.history[1].review_note == "fine"
+            # --verify's decisions name their principal, as review_item's do: this worker
+            assert {h.reviewed_by for h in bad.history} == {"work:wk"}
+            decided = [e for e in await engine.events(since=0, run="r", limit=1000) if e.kind == "rejected"]
+            assert [e.data.get("principal") for e in decided] == ["work:wk"]
         else:  # never reported complete: failed before reporting
             assert first.status == "failed" and first.error == "rejected by --verify: the answer is bad"
             assert first.review_decision is None
