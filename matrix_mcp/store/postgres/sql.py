@@ -1601,8 +1601,8 @@ u AS (
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id, lk.status = 'blocked' AND lk.waiting <= 0 AS readied
 ),
 uq AS (
-    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u
-    WHERE q.n = u.n AND u.readied AND q.n = ANY(ARRAY(SELECT n FROM u WHERE readied))
+    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s
+    WHERE q.n = ANY(ARRAY(SELECT n FROM u WHERE readied))
 )
 SELECT u.n, u.id, u.item, u.run_id, u.package_id, p.name AS package_name
 FROM u JOIN packages p ON p.id = u.package_id WHERE u.readied ORDER BY u.n
@@ -1626,11 +1626,11 @@ lk AS MATERIALIZED (
 u AS (
     UPDATE outcomes o SET status = %(status)s, error_message = %(error_message)s, cancelled_by = %(cancelled_by)s,
         completed_at = %(completed_at)s, updated_at = %(updated_at)s
-    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.n = ANY(ARRAY(SELECT n FROM lk))
+    WHERE o.n = ANY(ARRAY(SELECT n FROM lk)) AND o.status = 'blocked'
     RETURNING o.n, o.id, o.package_id
 ),
 uq AS (
-    UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u))
+    UPDATE outcome_queue q SET final = %(status)s WHERE q.n = ANY(ARRAY(SELECT n FROM u))
     RETURNING q.n, q.dependents, q.gate
 )
 SELECT u.n, u.id, u.package_id, uq.dependents, uq.gate FROM u JOIN uq ON uq.n = u.n ORDER BY u.n
@@ -1646,12 +1646,11 @@ WITH lk AS MATERIALIZED (
 ),
 u AS (
     UPDATE outcomes o SET status = 'pending', available_at = %(now)s, updated_at = %(now)s
-    FROM lk WHERE o.n = lk.n AND o.status = 'blocked' AND o.waiting <= 0 AND o.n = ANY(ARRAY(SELECT n FROM lk))
+    WHERE o.n = ANY(ARRAY(SELECT n FROM lk)) AND o.status = 'blocked' AND o.waiting <= 0
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id
 ),
 uq AS (
-    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s FROM u
-    WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u))
+    UPDATE outcome_queue q SET final = NULL, available_at = %(now)s WHERE q.n = ANY(ARRAY(SELECT n FROM u))
 )
 SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
 """
@@ -1665,7 +1664,7 @@ WITH u AS (
     WHERE o.cancelled_by = ANY(%(ns)b::int8[]) AND o.status = 'cancelled'
     RETURNING o.n, o.id, o.item, o.run_id, o.package_id, o.waiting
 ),
-uq AS (UPDATE outcome_queue q SET final = %(status)s FROM u WHERE q.n = u.n AND q.n = ANY(ARRAY(SELECT n FROM u)))
+uq AS (UPDATE outcome_queue q SET final = %(status)s WHERE q.n = ANY(ARRAY(SELECT n FROM u)))
 SELECT u.*, p.name AS package_name FROM u JOIN packages p ON p.id = u.package_id ORDER BY u.n
 """
 
