@@ -4,6 +4,7 @@ claim's own transaction; the payloads of its events and the counters (a recount 
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from matrix_mcp.engine import Engine
@@ -93,6 +94,33 @@ async def test_a_package_prerequisite_waits_for_every_item_of_that_package(engin
         "services/api": "pending",
         "services/cli": "pending",
     }
+    assert sorted(str(e["item"]) for e in await events_of(engine, "r", "ready")) == ["api", "cli"]
+    await assert_consistent(engine)
+
+
+async def test_a_package_completed_by_concurrent_reports_readies_its_dependents(engine: Engine) -> None:
+    # the reports share group-commit batches: a batch that completes the package's last items counts
+    # its own completions with the ones committed before it
+    items = [f"s{i}" for i in range(8)]
+    await engine.plan_run(
+        "r",
+        packages=[
+            PackageSpec(name="schema", items=items),
+            PackageSpec(name="services", items=["api", item("cli", "schema/s0")], after=["schema"]),
+        ],
+        policy=POLICY,
+    )
+    claimed = (await engine.claim_items("r", worker="w", limit=len(items))).items
+    assert sorted(c.item for c in claimed) == items
+
+    async def report(c: ClaimedItem) -> None:
+        await engine.complete_item(c.outcome_id, lease_token=c.lease_token, content=c.item)
+
+    async with anyio.create_task_group() as tg:
+        for c in claimed:
+            tg.start_soon(report, c)
+    states = await status_of(engine, "r")
+    assert (states["services/api"], states["services/cli"]) == ("pending", "pending")
     assert sorted(str(e["item"]) for e in await events_of(engine, "r", "ready")) == ["api", "cli"]
     await assert_consistent(engine)
 

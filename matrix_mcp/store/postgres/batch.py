@@ -225,6 +225,12 @@ class Tx:
             m_duration_n=1 if duration is not None else 0,
         )
 
+    def pending(self, run_id: str, package_id: int, *columns: str) -> list[int]:
+        """The package's counter moves of this batch and this request not written yet, one per column."""
+        key = (run_id, package_id, None, None)
+        rows = [d[key] for d in (self.batch.deltas, self.deltas) if key in d]
+        return [round(sum(row[COL[c]] for row in rows)) for c in columns]
+
     async def flush(self) -> None:
         """Write the batch's and this request's deltas now, before reading counters in this transaction.
 

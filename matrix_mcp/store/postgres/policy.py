@@ -393,6 +393,41 @@ async def reported_complete(tx: Tx, rows: Sequence[Row], now: float) -> None:
         await completed(tx, done, now)
 
 
+async def completed_many(tx: Tx, rows: Sequence[Row], now: float) -> None:
+    """Items the merged completion statement reported (COMPLETE_MANY_SQL, which let go of their lock keys
+    and locked the rows of the packages with "package/*" dependents among those it completed): the
+    dependents of those it completed move (as `completed`), in one round trip — the items' dependents
+    move while the packages' counters are read (after the lock: see the module docstring), this batch's
+    own counter moves added from memory instead of written first. A package that became done moves its
+    dependents in one more statement."""
+    done = [
+        done_of(r) for r in rows if (r.get("q_dependents") or r.get("q_gate")) and r["status"] == "complete"
+    ]
+    direct = sorted({d.n for d in done if d.dependents})
+    gated = sorted({(d.run_id, d.package_id) for d in done if d.gate})
+    moved = (
+        await tx.conn.execute(
+            sql.MOVE_WAITING_SQL, {"items": direct, "packages": [], "delta": -1, "now": now}
+        )
+        if direct
+        else None
+    )
+    counters = await tx.conn.execute(sql.PACKAGE_DONE, ([p for _, p in gated],)) if gated else None
+    if moved is not None:
+        _readied(tx, await moved.fetchall(), now)
+    if counters is None:
+        return
+    run_of = dict((p, r) for r, p in gated)
+    packages = []
+    for p in await counters.fetchall():
+        pid = int(p["id"])
+        complete, total = tx.pending(run_of[pid], pid, "complete", "total")
+        if rules.package_done(int(p["complete"]) + complete, int(p["total"]) + total):
+            packages.append(pid)
+    if packages:
+        await _move(tx, [], packages, -1, now)
+
+
 async def expired(tx: Tx, row: Row, t: rules.Transition, now: float) -> None:
     """An expired lease (the sweep let its keys go): an item failed for good cascades."""
     flagged = row.get("q_dependents") or row.get("q_gate")

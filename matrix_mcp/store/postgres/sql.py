@@ -606,7 +606,19 @@ u AS (
 uq AS (
     UPDATE outcome_queue q SET lease_token = NULL, lease_expires_at = NULL, final = u.status
     FROM u WHERE q.n = u.n
-    RETURNING q.n, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
+    RETURNING q.n, q.locks, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate
+),
+-- the claim policy's part, without a statement of its own: the lock keys each lease held are let go (as
+-- RELEASE_LOCKS), and the rows of the packages whose "package/*" dependents these completions may move are
+-- locked in id order (as LOCK_PACKAGES: policy.completed_many reads their counters in a later statement)
+rl AS (
+    DELETE FROM resource_locks l USING u JOIN uq ON uq.n = u.n
+    WHERE uq.q_locks AND l.key = ANY(uq.locks) AND l.n = u.n AND l.lease_token = u.lease_token
+),
+pl AS MATERIALIZED (
+    SELECT p.id FROM packages p
+    WHERE p.id = ANY(ARRAY(SELECT u.package_id FROM u JOIN uq ON uq.n = u.n WHERE uq.q_gate AND u.status = 'complete'))
+    ORDER BY p.id FOR NO KEY UPDATE
 ),
 a AS (
     UPDATE outcome_attempts a SET status = u.status, error = NULL, ended_at = u.completed_at
@@ -632,7 +644,7 @@ ins AS (
     ON CONFLICT (sha256) DO NOTHING
 )
 SELECT u.*, r.name AS run_name, r.max_attempts AS max_attempts, p.name AS package_name, uq.q_locks,
-       uq.q_dependents, uq.q_gate
+       uq.q_dependents, uq.q_gate, (SELECT count(*) FROM pl) AS gates_locked
 FROM u JOIN runs r ON r.id = u.run_id JOIN packages p ON p.id = u.package_id JOIN uq ON uq.n = u.n
 """
 

@@ -377,8 +377,8 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
     last = max(float(a.now) for _, a in todo)
     if spends:
         await usage.record(whole, spends, last)
-    if any(r["q_locks"] or r["q_dependents"] or r["q_gate"] for r in rows):
-        await policy.reported_complete(whole, rows, last)
+    if any(r["q_dependents"] or r["q_gate"] for r in rows):  # (the statement let go of the lock keys)
+        await policy.completed_many(whole, rows, last)
     whole.succeeded()
 
 
