@@ -1096,6 +1096,16 @@ def why_nothing(
     return ("done" if total else "empty"), None
 
 
+def worth_waiting(reason: ClaimReason | None, retry_after: float | None) -> bool:
+    """Whether a claim that came back short waits (claim_items' wait_seconds) for a change that can hand it an
+    item: a lease that ends (all_leased, locked, capped, blocked while something runs), a backoff that runs
+    out, or a review that lands. Blocked with nothing running (no time) waits on a retry or an override only,
+    and done, empty, paused and cancelled on nothing a worker can wait for."""
+    if reason == "blocked":
+        return retry_after is not None
+    return reason in ("all_leased", "backing_off", "in_review", "locked", "capped")
+
+
 # ---- review gates, carried-over notes, usage and budgets -------------------------------------------
 
 NOTE_IN_EVENT = 500  # characters of a review note an event carries

@@ -69,8 +69,8 @@ class Work(EngineCore):
             worker: who claims (recorded on each attempt).
             limit: at most this many items (1 to the page size).
             package: claim from this package only.
-            wait_seconds: when none is due but some are leased, backing off or in review, wait up to this
-                long for one.
+            wait_seconds: when none is due but one can come (leased, backing off, in review, blocked, locked
+                or capped), wait up to this long for one.
             progress: told the seconds waited (of wait_seconds) at least every PROGRESS_EVERY_SECONDS.
 
         Returns:
@@ -95,7 +95,7 @@ class Work(EngineCore):
             batch = await self.store.claim(request, now=now)
             retry_after = _retry_after(batch, now)
             remaining = waiting.remaining()
-            waitable = batch.reason in ("all_leased", "backing_off", "in_review")  # a review is a change
+            waitable = rules.worth_waiting(batch.reason, retry_after)
             if batch.claims or not waitable or remaining <= 0:
                 return self._claimed(info, batch, now)
             await waiting.report(f"waiting for an item of {info.name} ({batch.reason})")

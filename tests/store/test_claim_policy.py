@@ -9,7 +9,7 @@ import pytest
 
 from matrix_mcp.engine import Engine
 from matrix_mcp.errors import InputError, NotFound, StaleLease
-from matrix_mcp.models import ClaimedItem, ItemSpec, PackageSpec, RunPolicy
+from matrix_mcp.models import ClaimedItem, ClaimResult, ItemSpec, PackageSpec, RunPolicy
 from tests.conftest import assert_consistent
 from tests.store.test_contract import Clock, _sql
 
@@ -216,6 +216,39 @@ async def test_an_expired_lease_frees_its_locks_and_a_late_report_never_takes_th
     await engine.fail_item(b.outcome_id, lease_token=b.lease_token, error="boom", retryable=False)
     c = await claim_one(engine, "r")
     assert (await engine.get_outcome(c.outcome_id)).locks_held == ["api:github"]
+    await assert_consistent(engine)
+
+
+WAITS_ON = {
+    "locked": PackageSpec(name="p", items=[item("a", locks=["k"]), item("b", locks=["k"])]),
+    "capped": PackageSpec(name="p", items=["a", "b"], max_concurrent=1),
+    "blocked": PackageSpec(name="p", items=[item("a"), item("b", "a")]),
+}
+
+
+@pytest.mark.parametrize("reason", list(WAITS_ON))
+async def test_a_waiting_claim_takes_the_item_a_finished_lease_frees(engine: Engine, reason: str) -> None:
+    """claim_items(wait_seconds) waits while a lock key, a cap or a dependency holds the rest back (a worker
+    loop would otherwise ask again at once), and the completion that frees one hands it over in that call."""
+    await engine.plan_run("r", packages=[WAITS_ON[reason]], policy=POLICY)
+    a = await claim_one(engine, "r")
+    assert (await engine.claim_items("r", worker="w2")).reason == reason
+    waiting = anyio.Event()
+    got: list[ClaimResult] = []
+
+    async def progress(waited: float, total: float | None, message: str | None) -> None:
+        assert message is not None and reason in message
+        waiting.set()
+
+    async def claim() -> None:
+        got.append(await engine.claim_items("r", worker="w2", wait_seconds=30, progress=progress))
+        waiting.set()  # a claim that did not wait answers before the completion (empty)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+        await waiting.wait()
+        await engine.complete_item(a.outcome_id, lease_token=a.lease_token, content="done")
+    assert [i.item for i in got[0].items] == ["b"]
     await assert_consistent(engine)
 
 
