@@ -204,7 +204,11 @@ async def next_claims(
 async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
     """The set-based fast path of a batch: all claims of one run (and package filter) in one statement,
     handed out in request order; all completes in one statement. A request the merged statement cannot
-    answer whole (short claim, stale or repeated report) is finished one by one afterwards."""
+    answer whole (short claim, stale or repeated report) is finished one by one afterwards.
+
+    The claim statements and the completes' statement go out before any answer is read (pipeline mode):
+    the database runs the claims while this process dumps the completes' parameters, instead of each side
+    waiting for the other (reading one answer in pipeline mode waits for every statement sent before it)."""
     groups: dict[tuple[str, str | None], list[list[tuple[BatchRequest, ClaimArgs]]]] = {}
     completes: list[tuple[BatchRequest, CompleteArgs]] = []
     for req in batch:
@@ -218,73 +222,82 @@ async def merged(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
             chunks[-1].append((req, a))
         elif isinstance(a, CompleteArgs):
             completes.append((req, a))
+    sent: list[tuple[str, str | None, list[tuple[BatchRequest, ClaimArgs]], Any]] = []
     for (run_id, package), chunks in groups.items():
         for chunk in chunks:
-            cutoff = min(a.now for _, a in chunk)
-            swept = None
-            if run_id not in state.swept:  # sent with the claim, without waiting for its answer
-                state.swept[run_id] = cutoff
-                swept = await conn.execute(SWEEP_SQL, sweep_params(run_id, cutoff))
-            slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
-            params = claim_params(run_id, package, [], cutoff, slots)
-            gated = run_id in GATED
-            if gated and (run_id, package) not in state.capped:
-                state.capped.add((run_id, package))
-                await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
-            claimed = await conn.execute(CLAIM_GATED_SQL if gated else CLAIM_SQL, params)
-            if swept is not None:
-                sweep = Tx(conn, state)
-                await sweep_effects(sweep, run_id, cutoff, await swept.fetchall())
-                sweep.succeeded()
-            rows = await claimed.fetchall()
-            if (
-                not gated and rows and rows[0]["gated"]
-            ):  # the run is gated: its claims take its locks and caps
-                GATED.add(run_id)
-                state.capped.add((run_id, package))
-                await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
-                rows = await fetch_all(conn, CLAIM_GATED_SQL, params)
-                gated = True
-            if gated:
-                await drop_orphans(conn, rows, slots)
-            # each request owns `limit` consecutive slots (ranks); a gated statement may leave a slot empty
-            got = {int(o["rank"]): o for o in rows if o["id"] is not None}
-            owned: list[list[Row]] = []
-            pos = 0
-            for _, a in chunk:
-                owned.append([got[k] for k in range(pos + 1, pos + a.limit + 1) if k in got])
-                pos += a.limit
-            if gated:
-                await short_pass(conn, run_id, package, cutoff, chunk, owned, rows)
-            # the whole chunk's events and counter moves go straight to the batch: the merged
-            # statement succeeded or the batch re-runs one by one (NeedSafe), so nothing of one
-            # request has to be kept apart to be rolled back alone
-            whole = Tx(conn, state)
-            events = state.events
-            for (req, a), mine in zip(chunk, owned, strict=True):
-                claims = []
-                with acting_as(req.principal):
-                    for o in mine:
-                        ev = rules.claimed(
-                            package=o["package_name"], item=o["item"], worker=a.worker, attempt=o["attempts"]
-                        )
-                        events.append((run_id, o["id"], ev.kind, ev.payload(), float(a.now)))
-                        claims.append(R.claim_from(o))
-                claims = await usage.briefed(whole, claims)
-                if len(claims) == a.limit:
-                    req.value = ClaimBatch(claims)
-                    req.handled = True
-                else:
-                    req.rest = claim_op(a, claims)
-            per_package: dict[int, int] = defaultdict(int)
-            for mine in owned:
+            sent.append((run_id, package, chunk, await send_claim(conn, state, run_id, package, chunk)))
+    completed = await send_completes(conn, completes) if completes else None
+    for run_id, package, chunk, (cutoff, swept, claimed, gated, slots, params) in sent:
+        if swept is not None:
+            sweep = Tx(conn, state)
+            await sweep_effects(sweep, run_id, cutoff, await swept.fetchall())
+            sweep.succeeded()
+        rows = await claimed.fetchall()
+        if not gated and rows and rows[0]["gated"]:  # the run is gated: its claims take its locks and caps
+            GATED.add(run_id)
+            state.capped.add((run_id, package))
+            await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
+            rows = await fetch_all(conn, CLAIM_GATED_SQL, params)
+            gated = True
+        if gated:
+            await drop_orphans(conn, rows, slots)
+        # each request owns `limit` consecutive slots (ranks); a gated statement may leave a slot empty
+        got = {int(o["rank"]): o for o in rows if o["id"] is not None}
+        owned: list[list[Row]] = []
+        pos = 0
+        for _, a in chunk:
+            owned.append([got[k] for k in range(pos + 1, pos + a.limit + 1) if k in got])
+            pos += a.limit
+        if gated:
+            await short_pass(conn, run_id, package, cutoff, chunk, owned, rows)
+        # the whole chunk's events and counter moves go straight to the batch: the merged
+        # statement succeeded or the batch re-runs one by one (NeedSafe), so nothing of one
+        # request has to be kept apart to be rolled back alone
+        whole = Tx(conn, state)
+        events = state.events
+        for (req, a), mine in zip(chunk, owned, strict=True):
+            claims = []
+            with acting_as(req.principal):
                 for o in mine:
-                    per_package[int(o["pk_id"])] += 1
-            for pid, n in per_package.items():
-                whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
-            whole.succeeded()
-    if completes:
-        await complete_many(conn, state, completes)
+                    ev = rules.claimed(
+                        package=o["package_name"], item=o["item"], worker=a.worker, attempt=o["attempts"]
+                    )
+                    events.append((run_id, o["id"], ev.kind, ev.payload(), float(a.now)))
+                    claims.append(R.claim_from(o))
+            claims = await usage.briefed(whole, claims)
+            if len(claims) == a.limit:
+                req.value = ClaimBatch(claims)
+                req.handled = True
+            else:
+                req.rest = claim_op(a, claims)
+        per_package: dict[int, int] = defaultdict(int)
+        for mine in owned:
+            for o in mine:
+                per_package[int(o["pk_id"])] += 1
+        for pid, n in per_package.items():
+            whole.move(run_id, pid, *rules.CLAIMED_MOVE, n)
+        whole.succeeded()
+    if completed is not None:
+        await complete_many(conn, state, *completed)
+
+
+async def send_claim(
+    conn: Conn, state: Batch, run_id: str, package: str | None, chunk: list[tuple[BatchRequest, ClaimArgs]]
+) -> tuple[float, Any, Any, bool, list[Slot], dict[str, Any]]:
+    """Send one chunk's claim statement (the run's sweep before it, once per batch) without reading its answer."""
+    cutoff = min(a.now for _, a in chunk)
+    swept = None
+    if run_id not in state.swept:  # sent with the claim, without waiting for its answer
+        state.swept[run_id] = cutoff
+        swept = await conn.execute(SWEEP_SQL, sweep_params(run_id, cutoff))
+    slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
+    params = claim_params(run_id, package, [], cutoff, slots)
+    gated = run_id in GATED
+    if gated and (run_id, package) not in state.capped:
+        state.capped.add((run_id, package))
+        await conn.execute(CAP_LOCK_SQL, {"run": run_id, "package": package})
+    claimed = await conn.execute(CLAIM_GATED_SQL if gated else CLAIM_SQL, params)
+    return cutoff, swept, claimed, gated, slots, params
 
 
 async def short_pass(
@@ -318,7 +331,10 @@ async def short_pass(
         pos += n
 
 
-async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchRequest, CompleteArgs]]) -> None:
+async def send_completes(
+    conn: Conn, completes: list[tuple[BatchRequest, CompleteArgs]]
+) -> tuple[list[tuple[BatchRequest, CompleteArgs]], Any]:
+    """Send the batch's completes as one statement without reading its answer (complete_many reads it)."""
     seen: set[str] = set()
     todo: list[tuple[BatchRequest, CompleteArgs]] = []
     for req, a in completes:
@@ -333,8 +349,7 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
             mreq.append(i)
             mnames.append(k)
             mvalues.append(v)
-    rows = await fetch_all(
-        conn,
+    cursor = await conn.execute(
         COMPLETE_MANY_SQL,
         {
             "ids": [a.outcome_id for _, a in todo],
@@ -352,6 +367,14 @@ async def complete_many(conn: Conn, state: Batch, completes: list[tuple[BatchReq
             "mvalues": mvalues,
         },
     )
+    return todo, cursor
+
+
+async def complete_many(
+    conn: Conn, state: Batch, todo: list[tuple[BatchRequest, CompleteArgs]], cursor: Any
+) -> None:
+    """The merged completes' answers and effects, from the statement send_completes sent."""
+    rows = await cursor.fetchall()
     # as for merged claims: the statement's effects go straight to the batch (all or NeedSafe)
     # (the statement took the rows whose lease holds and wrote rules.duration: tests/rules/test_rules.py holds
     # it to the rules; `row` is the item as the statement left it)
