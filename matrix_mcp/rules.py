@@ -468,11 +468,15 @@ class Transition:
         return done
 
 
+# compact, keys sorted; one encoder for every call (json.dumps with these options builds one per call)
+_JSON_TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
 def json_text(value: Any) -> str:
     """A JSON column's text (metrics, metadata, details): compact, keys sorted."""
     if type(value) is dict and not value:  # the usual metrics / metadata of a report: skip the encoder
         return "{}"
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return _JSON_TEXT.encode(value)
 
 
 def _where(row: RowLike) -> tuple[str, str, int]:
@@ -1333,9 +1337,7 @@ class Ev:
 
     def payload(self) -> str:
         """The stored JSON text, with the acting principal (see matrix_mcp.audit)."""
-        return json.dumps(
-            stamped(self.kind, dict(self.data)), separators=(",", ":"), ensure_ascii=False, sort_keys=True
-        )
+        return _JSON_TEXT.encode(stamped(self.kind, dict(self.data)))
 
 
 def planned(*, created: bool, packages: Sequence[str], items: int) -> Ev:

@@ -154,6 +154,19 @@ async def test_lease_expiry_spends_attempts(engine: Engine) -> None:
     await assert_consistent(engine)
 
 
+async def test_a_lease_expired_moments_after_the_last_sweep_is_claimed(engine: Engine) -> None:
+    # the claims may sweep expired leases only now and then; a claim that would come back short sweeps first
+    clock = Clock(engine)
+    await engine.plan_run("r", packages=grid(1, 2), policy=RunPolicy(lease_seconds=0.25, max_attempts=3))
+    first = (await engine.claim_items("r", worker="slow")).items[0]
+    clock.advance(0.5)
+    got = (await engine.claim_items("r", worker="fast", limit=2)).items
+    assert sorted((c.item, c.attempt) for c in got) == [(first.item, 2), ("i1", 1)]
+    with pytest.raises(StaleLease):
+        await engine.complete_item(first.outcome_id, lease_token=first.lease_token, content="late")
+    await assert_consistent(engine)
+
+
 async def test_retries_back_off_until_max_attempts(engine: Engine) -> None:
     clock = Clock(engine)
     await engine.plan_run(

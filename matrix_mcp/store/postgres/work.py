@@ -53,6 +53,12 @@ if TYPE_CHECKING:
 SWEEP_LIMIT = 500
 
 
+# the merged claims of a run sweep its expired leases at most once a second (by the claims' own clock): a sweep
+# that finds nothing still costs the database a statement per batch
+SWEEP_EVERY = 1.0
+SWEPT_AT: dict[str, float] = {}
+
+
 async def recover_claims(conn: Conn, batch: list[BatchRequest]) -> None:
     """Before a batch is re-run after a transient error: claims an earlier attempt committed although
     its answer was lost (the connection died after COMMIT) are still leased under the tokens that
@@ -287,8 +293,11 @@ async def send_claim(
     """Send one chunk's claim statement (the run's sweep before it, once per batch) without reading its answer."""
     cutoff = min(a.now for _, a in chunk)
     swept = None
-    if run_id not in state.swept:  # sent with the claim, without waiting for its answer
-        state.swept[run_id] = cutoff
+    last = SWEPT_AT.get(run_id)
+    # sent with the claim, without waiting for its answer; at most once per SWEEP_EVERY of the callers' clock
+    # (a claim that comes back short sweeps first and asks again: claim_op)
+    if run_id not in state.swept and (last is None or not 0 <= cutoff - last < SWEEP_EVERY):
+        state.swept[run_id] = SWEPT_AT[run_id] = cutoff
         swept = await conn.execute(SWEEP_SQL, sweep_params(run_id, cutoff))
     slots = [(a.worker, a.now, a.token(), req.principal) for req, a in chunk for _ in range(a.limit)]
     params = claim_params(run_id, package, [], cutoff, slots)
