@@ -491,6 +491,7 @@ def test_postgres_complete_many_sql_is_the_python_rule(postgres_database: str) -
     from psycopg.rows import dict_row
 
     from matrix_mcp.store.postgres.sql import COMPLETE_MANY_SQL
+    from matrix_mcp.store.postgres.usage import reported
 
     _, ids = _leased_items(postgres_database, 5)
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
@@ -521,6 +522,7 @@ def test_postgres_complete_many_sql_is_the_python_rule(postgres_database: str) -
                         "mreq": [],
                         "mnames": [],
                         "mvalues": [],
+                        **reported([None] * k),
                     },
                 ).fetchall()
                 done = {r["id"]: r for r in got}
@@ -620,6 +622,7 @@ def test_postgres_complete_sql_under_review_is_the_python_rule(postgres_database
     from psycopg.rows import dict_row
 
     from matrix_mcp.store.postgres.sql import COMPLETE_MANY_SQL, COMPLETE_SQL
+    from matrix_mcp.store.postgres.usage import reported
 
     run_id, ids = _leased_items(postgres_database, 2)
     with psycopg.connect(postgres_database, row_factory=dict_row) as conn:
@@ -649,6 +652,7 @@ def test_postgres_complete_sql_under_review_is_the_python_rule(postgres_database
                             "mreq": [1, 2],
                             "mnames": ["lines_generated"] * 2,
                             "mvalues": [2.0, 2.0],
+                            **reported([None] * 2),
                         },
                     ).fetchall()
                     rows = {r["id"]: r for r in got}

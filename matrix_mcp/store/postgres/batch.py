@@ -24,7 +24,7 @@ from matrix_mcp import rules
 from matrix_mcp.models import IntegrationEvent, Outcome, PlanResult, Run, Status
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.group_commit import Request
-from matrix_mcp.store.params import Claim, Report, Reported
+from matrix_mcp.store.params import Claim, Report, Reported, ReviewVerdict
 from matrix_mcp.store.postgres import sql
 from matrix_mcp.store.postgres.sql import (
     COL,
@@ -203,6 +203,60 @@ class Tx:
         self.effects(t, now)
         return flags
 
+    async def apply_many(
+        self, rows: Sequence[Row], ts: Sequence[rules.Transition], now: float
+    ) -> dict[int, Row]:
+        """Tx.apply for many items at once (`rows` locked in this transaction, `ts` their transitions, in `n`
+        order): one statement per kind of write (and per shape of outcome values). Returns each queue row's
+        claim-policy flags by the item's `n`."""
+        ended = [t for t in ts if t.attempt is not None]
+        if ended:
+            await self.execute(
+                sql.END_ATTEMPTS,
+                (
+                    [t.attempt.status for t in ended if t.attempt],
+                    [t.attempt.error for t in ended if t.attempt],
+                    [float(now)] * len(ended),
+                    [t.outcome_id for t in ended],
+                    [t.attempt.lease_token for t in ended if t.attempt],
+                ),
+            )
+        shapes: dict[tuple[str, ...], list[tuple[Row, rules.Transition]]] = defaultdict(list)
+        for row, t in zip(rows, ts, strict=True):
+            shapes[tuple(t.values)].append((row, t))
+        for columns, group in shapes.items():
+            await self.execute(
+                sql.update_outcomes(columns),
+                ([int(row["n"]) for row, _ in group], *([t.values[c] for _, t in group] for c in columns)),
+            )
+        flags = await self.all(
+            sql.REQUEUE_MANY,
+            (
+                [int(row["n"]) for row in rows],
+                [t.queue_token for t in ts],
+                [t.values.get("lease_expires_at") for t in ts],
+                [rules.final_status(t.new) for t in ts],
+                [t.claimable_from for t in ts],
+            ),
+        )
+        cleared = [t.outcome_id for t in ts if t.clear_metric_rows]
+        if cleared:
+            await self.execute(sql.CLEAR_METRICS_MANY, (cleared,))
+        ids: list[str] = []
+        names: list[str] = []
+        values: list[float] = []
+        for t in ts:
+            if t.metric_rows is not None:
+                for k, v in R.numeric_metrics(t.metric_rows):
+                    ids.append(t.outcome_id)
+                    names.append(k)
+                    values.append(v)
+        if ids:
+            await self.execute(sql.INSERT_METRICS_MANY, (ids, names, values))
+        for t in ts:
+            self.effects(t, now)
+        return {int(f["n"]): f for f in flags}
+
     def effects(self, t: rules.Transition, now: float) -> None:
         """A transition's counter moves, minute and event (kept until the batch commits); on their own where
         a statement decided and wrote the row itself (the completes, the sweep)."""
@@ -286,6 +340,13 @@ class ClaimArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewArgs:
+    outcome_id: str
+    verdict: ReviewVerdict
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteArgs:
     outcome_id: str
     lease_token: str
@@ -297,13 +358,24 @@ class CompleteArgs:
 
 
 class BatchRequest(Request):
-    __slots__ = ("atomic", "deadline", "fn", "handled", "journal", "key", "merge", "rest", "tried")
+    __slots__ = (
+        "atomic",
+        "deadline",
+        "fn",
+        "handled",
+        "journal",
+        "key",
+        "merge",
+        "recovered",
+        "rest",
+        "tried",
+    )
 
     def __init__(
         self,
         fn: Callable[[Tx], Awaitable[Any]],
         atomic: bool,
-        merge: ClaimArgs | CompleteArgs | None = None,
+        merge: ClaimArgs | CompleteArgs | ReviewArgs | None = None,
         journal: TypeAdapter[Any] | None = None,
         *,
         deadline: float = math.inf,
@@ -320,6 +392,7 @@ class BatchRequest(Request):
         self.key = uuid.uuid4().hex if journal is not None else ""
         self.tried = False
         self.handled = False  # answered by the merged statement
+        self.recovered = False  # answered from the journal of an attempt whose answer was lost
         self.rest: Callable[[Tx], Awaitable[Any]] | None = None  # what is left to do one by one
 
 
@@ -359,13 +432,14 @@ async def recover_answers(conn: Conn, batch: list[BatchRequest]) -> None:
             log.info("recovered the answer of a write committed by an attempt whose answer was lost")
             req.value = req.journal.validate_json(answer)
             req.handled = True
+            req.recovered = True
 
 
 async def journal_answers(conn: Conn, batch: list[BatchRequest]) -> None:
     rows = [
         (req.key, req.journal.dump_json(req.value).decode())
         for req in batch
-        if req.journal is not None and req.error is None and not req.handled
+        if req.journal is not None and req.error is None and not req.recovered
     ]
     if rows:
         await conn.execute(

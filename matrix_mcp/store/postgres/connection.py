@@ -33,6 +33,7 @@ from matrix_mcp.store.postgres.batch import (
     CompleteArgs,
     Conn,
     NeedSafe,
+    ReviewArgs,
     T,
     Tx,
     check_idle,
@@ -61,6 +62,7 @@ from matrix_mcp.store.postgres.migrations import (
     NOTIFY_CHANNEL,
     ROLLUP_LOCK,
 )
+from matrix_mcp.store.postgres.review import review_many
 from matrix_mcp.store.postgres.sql import ROLLUP_SQL
 from matrix_mcp.store.postgres.work import merged, recover_claims
 
@@ -247,7 +249,7 @@ class Database:
         self,
         fn: Callable[[Tx], Awaitable[T]],
         atomic: bool = False,
-        merge: ClaimArgs | CompleteArgs | None = None,
+        merge: ClaimArgs | CompleteArgs | ReviewArgs | None = None,
         journal: TypeAdapter[T] | None = None,
     ) -> T:
         """Run `fn` in the next group-commit batch; its effects commit with the batch or not at all.
@@ -311,6 +313,7 @@ class Database:
             req.error = None
             req.value = None
             req.handled = False
+            req.recovered = False
             req.rest = None
         await recover_claims(conn, batch)
         await recover_answers(conn, batch)
@@ -319,6 +322,7 @@ class Database:
         if not safe and any(req.merge is not None for req in batch):
             try:
                 await merged(conn, state, batch)
+                await review_many(conn, state, batch)
             except psycopg.Error as exc:
                 if transient(exc):
                     raise

@@ -1,30 +1,43 @@
 """The PostgreSQL store's review gates and policy updates: review_item's decision on an item in_review
-(rules.review decides; Tx.apply writes it, policy.after does what it does to dependents), and update_policy."""
+(rules.review decides; Tx.apply writes it, policy.after does what it does to dependents), merged per batch
+like completes (review_many: Tx.apply_many), and update_policy."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from matrix_mcp import rules
-from matrix_mcp.audit import current_principal
+from matrix_mcp.audit import acting_as, current_principal
 from matrix_mcp.models import Outcome, Run
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import PolicyUpdate, ReviewVerdict
-from matrix_mcp.store.postgres import policy, runs, sql, tracking
-from matrix_mcp.store.postgres.batch import OUTCOME_ANSWER, RUN_ANSWER, Tx
+from matrix_mcp.store.postgres import policy, runs, sql
+from matrix_mcp.store.postgres.batch import (
+    OUTCOME_ANSWER,
+    RUN_ANSWER,
+    Batch,
+    BatchRequest,
+    Conn,
+    ReviewArgs,
+    Tx,
+    fetch_all,
+)
 
 if TYPE_CHECKING:
     from matrix_mcp.store.postgres.connection import Database
 
 
 async def review(db: Database, outcome_id: str, *, verdict: ReviewVerdict, now: float) -> Outcome:
-    """See Store.review. An item in_review is neither leased nor claimable: no claim or sweep holds its rows,
-    so the outcome row is the only lock taken."""
+    """See Store.review. An item in_review is neither leased nor claimable: no claim or sweep holds its
+    rows, so the outcome row is the only lock taken. Reviews are merged per batch (review_many); one that
+    the merged path leaves (its item not in_review, a second review of one item) runs on its own here."""
 
     async def op(tx: Tx) -> Outcome:
         row = rules.check_review(await tx.one(sql.REVIEW_ROW, (outcome_id,)), outcome_id)
         t = rules.review_verdict(
             row, verdict, reviewed_by=current_principal.get(), run_state=row["run_state"], now=now
         )
+        tx.wrote = True  # (atomic: a failure from here on re-runs the batch with a savepoint per request)
         flags = await tx.apply(row, t, now)
         if t.review is not None:
             r = t.review
@@ -33,14 +46,64 @@ async def review(db: Database, outcome_id: str, *, verdict: ReviewVerdict, now: 
                 (r.status, r.error, r.decision, r.note, r.reviewed_by, t.outcome_id, r.lease_token),
             )
         await policy.after(tx, row, t, flags, now)
-        return await tracking.read_outcome(tx.conn, outcome_id)
+        return R.outcome_from(t.row(row))
 
     # journaled: a retry after a lost answer gets the decision's outcome, not "not in_review"
-    return await db.write(op, journal=OUTCOME_ANSWER)
+    merge = ReviewArgs(outcome_id=outcome_id, verdict=verdict, now=now)
+    return await db.write(op, atomic=True, merge=merge, journal=OUTCOME_ANSWER)
+
+
+async def review_many(conn: Conn, state: Batch, batch: list[BatchRequest]) -> None:
+    """The batch's reviews, set-based: their items in_review locked in one statement, each decided by
+    rules.review_verdict, written by Tx.apply_many and one statement for the attempts' decisions; each
+    answer is journaled with the batch (connection.journal_answers) like the one-by-one path's. A review
+    whose item is not in_review here, or the second of one item, is left to its own op (which says why)."""
+    mine: dict[str, tuple[BatchRequest, ReviewArgs]] = {}
+    for req in batch:
+        a = req.merge
+        if isinstance(a, ReviewArgs) and not req.handled and req.rest is None:
+            mine.setdefault(a.outcome_id, (req, a))
+    if not mine:
+        return
+    rows = await fetch_all(conn, sql.REVIEW_ROWS, (list(mine),))
+    if not rows:
+        return
+    whole = Tx(conn, state)  # as for merged completes: effects go to the batch (all, or NeedSafe)
+    ts: list[rules.Transition] = []
+    for row in rows:  # in `n` order
+        req, a = mine[row["id"]]
+        ts.append(
+            rules.review_verdict(
+                row, a.verdict, reviewed_by=req.principal, run_state=row["run_state"], now=a.now
+            )
+        )
+    last = max(float(mine[row["id"]][1].now) for row in rows)
+    flags = await whole.apply_many(rows, ts, last)
+    decided = [t.review for t in ts if t.review is not None]
+    if decided:
+        await whole.execute(
+            sql.ATTEMPT_REVIEW_MANY,
+            (
+                [r.status for r in decided],
+                [r.error for r in decided],
+                [r.decision for r in decided],
+                [r.note for r in decided],
+                [r.reviewed_by for r in decided],
+                [t.outcome_id for t in ts if t.review is not None],
+                [r.lease_token for r in decided],
+            ),
+        )
+    for row, t in zip(rows, ts, strict=True):
+        req, a = mine[row["id"]]
+        with acting_as(req.principal):
+            await policy.after(whole, row, t, flags.get(int(row["n"])), a.now)
+        req.value = R.outcome_from(t.row(row))
+        req.handled = True
+    whole.succeeded()
 
 
 async def update_policy(db: Database, run_id: str, *, update: PolicyUpdate, now: float) -> Run:
-    """See Store.update_policy. The run row is locked first: a report's spend (usage.RUN_SPEND) waits for
+    """See Store.update_policy. The run row is locked first: a report's spend (sql.RUN_BUDGETS_LOCK) waits for
     it, so a budget set here counts every report committed after it, and the recount of what the run spent
     so far is taken under the lock (the batch's own deltas written first)."""
 

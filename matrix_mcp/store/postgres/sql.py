@@ -586,8 +586,10 @@ COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
                          %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
-                         %(mimes)b::text[], %(bodies)b::bytea[])
-        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, i)
+                         %(mimes)b::text[], %(bodies)b::bytea[], %(u_in)s::int8[], %(u_out)s::int8[],
+                         %(u_cr)s::int8[], %(u_cc)s::int8[], %(u_cost)s::float8[], %(u_model)s::text[])
+        WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, u_in, u_out, u_cr,
+                             u_cc, u_cost, u_model, i)
 ),
 u AS (
     UPDATE outcomes o SET status = CASE WHEN COALESCE(p.review, r.review) = 'required' THEN 'in_review'
@@ -620,9 +622,14 @@ pl AS MATERIALIZED (
     WHERE p.id = ANY(ARRAY(SELECT u.package_id FROM u JOIN uq ON uq.n = u.n WHERE uq.q_gate AND u.status = 'complete'))
     ORDER BY p.id FOR NO KEY UPDATE
 ),
+-- the attempt ends with the usage its report gave (usage.ATTEMPT_USAGE's columns; NULL where not given)
 a AS (
-    UPDATE outcome_attempts a SET status = u.status, error = NULL, ended_at = u.completed_at
-    FROM u WHERE a.outcome_id = u.id AND a.lease_token = u.lease_token
+    UPDATE outcome_attempts a SET status = u.status, error = NULL, ended_at = u.completed_at,
+        input_tokens = COALESCE(inp.u_in, a.input_tokens), output_tokens = COALESCE(inp.u_out, a.output_tokens),
+        cache_read_tokens = COALESCE(inp.u_cr, a.cache_read_tokens),
+        cache_creation_tokens = COALESCE(inp.u_cc, a.cache_creation_tokens),
+        cost_usd = COALESCE(inp.u_cost, a.cost_usd), model = COALESCE(inp.u_model, a.model)
+    FROM u JOIN inp ON inp.i = u.req WHERE a.outcome_id = u.id AND a.lease_token = u.lease_token
 ),
 mv AS (
     SELECT m.req, m.k, m.v FROM unnest(%(mreq)b::int8[], %(mnames)b::text[], %(mvalues)b::float8[]) AS m(req, k, v)
@@ -846,6 +853,67 @@ def update_outcome(columns: tuple[str, ...]) -> str:
 
 
 END_ATTEMPT = "UPDATE outcome_attempts SET status = %s, error = %s, ended_at = %s WHERE outcome_id = %s AND lease_token = %s"
+
+
+# Tx.apply_many, set-based: the types of the outcome columns a rules.Transition sets (the names come from rules)
+OUTCOME_COLUMN_TYPES = {
+    "status": "text",
+    "updated_at": "float8",
+    "error_message": "text",
+    "available_at": "float8",
+    "completed_at": "float8",
+    "duration_seconds": "float8",
+    "started_at": "float8",
+    "lease_expires_at": "float8",
+    "lease_token": "text",
+    "worker": "text",
+    "created_by": "text",
+    "attempts": "int4",
+    "metrics": "text",
+    "metadata": "text",
+    "outcome_path": "text",
+    "content_sha256": "text",
+    "content_bytes": "int8",
+    "mime_type": "text",
+}
+
+
+@cache
+def update_outcomes(columns: tuple[str, ...]) -> str:
+    """update_outcome for many rows of one transition shape: their `n`, then one array per column."""
+    arrays = ", ".join(f"%s::{OUTCOME_COLUMN_TYPES[c]}[]" for c in columns)
+    return (
+        "UPDATE outcomes o SET "
+        + ", ".join(f"{c} = v.{c}" for c in columns)
+        + f" FROM unnest(%s::int8[], {arrays}) AS v(n, {', '.join(columns)}) WHERE o.n = v.n"
+    )
+
+
+END_ATTEMPTS = (
+    "UPDATE outcome_attempts a SET status = v.status, error = v.error, ended_at = v.ended_at"
+    " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
+    " AS v(status, error, ended_at, id, tok) WHERE a.outcome_id = v.id AND a.lease_token = v.tok"
+)
+
+
+# REQUEUE for many rows (their flags come back with their `n`)
+REQUEUE_MANY = (
+    "UPDATE outcome_queue q SET lease_token = v.tok, lease_expires_at = v.expires, final = v.final,"
+    " available_at = COALESCE(v.avail, q.available_at)"
+    " FROM unnest(%s::int8[], %s::text[], %s::float8[], %s::text[], %s::float8[]) AS v(n, tok, expires, final, avail)"
+    " WHERE q.n = v.n"
+    " RETURNING q.n, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate"
+)
+
+
+CLEAR_METRICS_MANY = "DELETE FROM outcome_metrics WHERE outcome_id = ANY(%s::text[])"
+
+
+INSERT_METRICS_MANY = (
+    "INSERT INTO outcome_metrics (outcome_id, name, value)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) AS m(id, k, v)"
+    " ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value"
+)
 
 
 # the narrow queue row of an outcome whose status changed outside a claim: leased under a token
@@ -1855,6 +1923,42 @@ ATTEMPT_REVIEW = (
 )
 
 
+# review_item's merged path: the items in_review of a batch's reviews, locked in `n` order (two batches never
+# wait on each other's rows), with what rules.review reads
+REVIEW_ROWS = (
+    "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
+    " r.on_dependency_failure, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
+    " JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s) AND o.status = 'in_review'"
+    " ORDER BY o.n FOR UPDATE OF o"
+)
+
+
+# the review decisions of many attempts (ATTEMPT_REVIEW, set-based)
+ATTEMPT_REVIEW_MANY = (
+    "UPDATE outcome_attempts a SET status = v.status, error = v.error, review_decision = v.decision,"
+    " review_note = v.note, reviewed_by = v.reviewed_by"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " AS v(status, error, decision, note, reviewed_by, id, tok)"
+    " WHERE a.outcome_id = v.id AND a.lease_token = v.tok"
+)
+
+
+# the budgeted runs among a batch's spenders, locked (FOR NO KEY UPDATE, in id order) before their totals move:
+# a concurrent batch's spend waits, then reads what this one left; the crossing of each report is decided on
+# these totals (rules.budgets_crossed), never on a read before the write
+RUN_BUDGETS_LOCK = (
+    "SELECT id, state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens FROM runs"
+    " WHERE id = ANY(%s) AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL) ORDER BY id FOR NO KEY UPDATE"
+)
+
+
+# the locked runs' new totals
+SET_RUNS_SPENT = (
+    "UPDATE runs r SET spent_cost_usd = v.cost, spent_tokens = v.tokens"
+    " FROM unnest(%s::text[], %s::float8[], %s::int8[]) AS v(id, cost, tokens) WHERE r.id = v.id"
+)
+
+
 # what reports spent, per worker of a run, added up (one row per run and worker in the batch)
 WORKER_USAGE = (
     "INSERT INTO worker_usage AS w (run_id, worker, input_tokens, output_tokens, cache_read_tokens,"
@@ -1876,24 +1980,6 @@ WORKERS_OF_RUN = (
     " ORDER BY cost_usd DESC, input_tokens + output_tokens + cache_read_tokens + cache_creation_tokens DESC,"
     " worker LIMIT %s"
 )
-
-
-# a report's spend on its run's exact totals, only while the run has a budget: the run row is locked first
-# (a concurrent report's statement waits, then adds to what this one left: the lock returns the row's latest
-# version), and the totals before and after this report come back from that one locked row, so the crossing is
-# decided on it — never on a read before the write
-RUN_SPEND = """
-WITH o AS MATERIALIZED (
-    SELECT id, state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens FROM runs
-    WHERE id = %(run)s AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL)
-    FOR NO KEY UPDATE
-)
-UPDATE runs r SET spent_cost_usd = o.spent_cost_usd + %(cost)s::float8,
-    spent_tokens = o.spent_tokens + %(tokens)s::int8
-FROM o WHERE r.id = o.id
-RETURNING o.state, o.max_cost_usd, o.max_tokens, o.spent_cost_usd AS cost_before, o.spent_tokens AS tokens_before,
-    r.spent_cost_usd AS cost_after, r.spent_tokens AS tokens_after
-"""
 
 
 RUN_PAUSE_FOR_BUDGET = (

@@ -374,6 +374,7 @@ async def send_completes(
             "mreq": mreq,
             "mnames": mnames,
             "mvalues": mvalues,
+            **usage.reported([a.report.usage for _, a in todo]),
         },
     )
     return todo, cursor
@@ -407,8 +408,8 @@ async def complete_many(
         req.value = R.outcome_from(row)
         req.handled = True
     last = max(float(a.now) for _, a in todo)
-    if spends:
-        await usage.record(whole, spends, last)
+    if spends:  # (the statement put each report's usage on its attempt)
+        await usage.record(whole, spends, last, on_attempts=True)
     if any(r["q_dependents"] or r["q_gate"] for r in rows):  # (the statement let go of the lock keys)
         await policy.completed_many(whole, rows, last)
     whole.succeeded()
