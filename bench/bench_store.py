@@ -31,11 +31,13 @@ ordering, a lock or a cap as the bench saw them (must be 0).
     python bench/bench_store.py --backend sqlite --policy [--items 20000] [--rounds 2] [--cap 32]
     python bench/bench_store.py --backend postgres --policy [--database-url URL] [--cost]
 
---review-usage (either backend): the cost of review gates and usage reports. The plain drain beside the
-same drain with review required on the run (RunPolicy review="required") and every `complete` carrying a
-Usage with all six fields, each completed item then approved through the store's `review`; same rounds,
-alternating order and fresh databases as --policy. Prints each drain, the ratio review+usage ÷ plain per
-round and its median (goal >= 0.85).
+--review-usage (either backend): the cost of review gates and usage reports. Beside the plain drain, two:
+review+usage, the same drain with review required on the run (RunPolicy review="required") and every
+`complete` carrying a Usage with all six fields, so the items land in_review (the figure: claim+complete
+with usage and review on, goal >= 0.85 of plain); and the full cycle, the same with each completed item
+then approved through the store's `review` (three store calls per item against two). Same rounds, order
+alternating (plain first, then last) and fresh databases as --policy. Prints each drain and both ratios
+÷ plain per round, and their medians.
 
     python bench/bench_store.py --backend sqlite --review-usage [--items 20000] [--rounds 2]
     python bench/bench_store.py --backend postgres --review-usage [--database-url URL] [--cost]
@@ -201,6 +203,7 @@ class Shape:
     description: str = "no policy"
     kind: str = "plain"
     usage: Usage | None = None  # carried by every complete
+    approve: bool = False  # each completed item approved through store.review (review required)
 
 
 def plain_shape(items: int, packages: int) -> Shape:
@@ -279,14 +282,26 @@ BENCH_USAGE = Usage(
 )
 
 
-def review_usage_shape(items: int, packages: int) -> Shape:
-    """The same packages and items as plain_shape, review required on the run, usage on every complete
-    (each item then approved by the bench's claimer)."""
+def review_usage_shape(items: int, packages: int, *, approve: bool) -> Shape:
+    """The same packages and items as plain_shape, review required on the run, usage on every complete:
+    the items land in_review (the figure's drain), or with `approve` each is then approved through
+    store.review by the claimer that completed it (the full cycle)."""
     shape = plain_shape(items, packages)
+    if approve:
+        return Shape(
+            shape.packages,
+            RunPolicy(review="required"),
+            description="review required, usage with all six fields on every complete, each item then"
+            " approved through store.review (3 store calls per item)",
+            kind="full cycle",
+            usage=BENCH_USAGE,
+            approve=True,
+        )
     return Shape(
         shape.packages,
         RunPolicy(review="required"),
-        description="review required (each item approved after its complete), usage with all six fields",
+        description="review required, usage with all six fields on every complete; the items land"
+        " in_review (2 store calls per item, as plain)",
         kind="review+usage",
         usage=BENCH_USAGE,
     )
@@ -349,7 +364,7 @@ async def matrix_drain(
 
 
 async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | None = None) -> Drain:
-    """N claimers loop claim(limit=1) + complete with no work until the run is done (under review: + an
+    """N claimers loop claim(limit=1) + complete with no work until the run is done (with shape.approve: + an
     approval of each item, by the claimer that completed it)."""
     plan = shape.packages
     result = await store.plan(name="bench", goal=None, policy=shape.policy, packages=plan, now=time.time())
@@ -358,7 +373,7 @@ async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | N
     empty: Counter[str] = Counter()
     sanity = Sanity(shape)
     report_ = Report(usage=shape.usage)
-    reviewed = shape.policy.review == "required"
+    reviewed = shape.approve
     approve = ReviewVerdict(decision="approve", backoff=lambda _n: 0.0)
 
     async def claimer(n: int) -> None:
@@ -652,45 +667,51 @@ async def policy_main(args: argparse.Namespace) -> None:
 
 async def review_usage_main(args: argparse.Namespace) -> None:
     plain = plain_shape(args.items, args.packages)
-    reviewed = review_usage_shape(args.items, args.packages)
+    shapes = {
+        "plain": plain,
+        "review+usage": review_usage_shape(args.items, args.packages, approve=False),
+        "full cycle": review_usage_shape(args.items, args.packages, approve=True),
+    }
     items = sum(len(p.items) for p in plain.packages)
     print(machine_line("bench_store.py --review-usage"))
     print(
         f"backend={args.backend} items={items} claimers={args.claimers} packages={args.packages}"
         f" rounds={args.rounds}; each drain in a fresh database"
     )
-    print(f"review+usage drain: {reviewed.description}")
+    for kind in ("review+usage", "full cycle"):
+        print(f"{kind} drain: {shapes[kind].description}")
     print("plain drain: the same packages and items, no review, no usage")
-    plain_r: list[float] = []
-    review_r: list[float] = []
-    cpu_r: list[float] = []
+    rate: dict[str, list[float]] = {kind: [] for kind in shapes}
+    cpu: dict[str, list[float]] = {kind: [] for kind in shapes}
     for r in range(args.rounds):
-        order = ["plain", "review+usage"] if r % 2 == 0 else ["review+usage", "plain"]
+        order = list(shapes) if r % 2 == 0 else list(reversed(shapes))
         got: dict[str, Drain] = {}
         for kind in order:
-            got[kind] = await drain_fresh(args, plain if kind == "plain" else reviewed)
-        a, b = got["plain"], got["review+usage"]
-        plain_r.append(a.items_per_s)
-        review_r.append(b.items_per_s)
-        cpu_r.append(b.cpu_per_item / a.cpu_per_item)
+            got[kind] = await drain_fresh(args, shapes[kind])
+        for kind, d in got.items():
+            rate[kind].append(d.items_per_s)
+            cpu[kind].append(d.cpu_per_item)
+        a, b, c = got["plain"], got["review+usage"], got["full cycle"]
         print(
-            f"round {r + 1} ({' then '.join(order)}): plain {a.items_per_s:8.0f} items/s"
-            f" ({a.cpu_per_item * 1e6:.0f} us CPU/item) | review+usage {b.items_per_s:8.0f} items/s"
-            f" ({b.cpu_per_item * 1e6:.0f} us) | review+usage/plain {review_r[-1] / plain_r[-1]:.2f}x"
-            f"  {load_line()}"
+            f"round {r + 1} ({' then '.join(order)}): plain {a.items_per_s:7.0f} items/s"
+            f" ({a.cpu_per_item * 1e6:.0f} us CPU/item) | review+usage {b.items_per_s:7.0f}"
+            f" ({b.cpu_per_item * 1e6:.0f} us) | full cycle {c.items_per_s:7.0f} ({c.cpu_per_item * 1e6:.0f} us)"
+            f" | review+usage/plain {b.items_per_s / a.items_per_s:.2f}x,"
+            f" full cycle/plain {c.items_per_s / a.items_per_s:.2f}x  {load_line()}"
         )
-    ratios = [b / a for a, b in zip(plain_r, review_r, strict=True)]
-    print(
-        f"median items/s: plain {statistics.median(plain_r):.0f}, review+usage {statistics.median(review_r):.0f}"
-    )
-    print(
-        f"ratio review+usage/plain: {' '.join(f'{x:.2f}' for x in ratios)} -> median"
-        f" {statistics.median(ratios):.2f}x (goal >= 0.85)"
-    )
-    print(
-        f"CPU per item of this process, review+usage/plain: {' '.join(f'{x:.2f}' for x in cpu_r)} -> median"
-        f" {statistics.median(cpu_r):.2f}x ({'client side only' if args.backend == 'postgres' else 'the database work included'})"
-    )
+    print("median items/s: " + ", ".join(f"{kind} {statistics.median(rate[kind]):.0f}" for kind in shapes))
+    where = "client side only" if args.backend == "postgres" else "the database work included"
+    for kind, goal in (
+        ("review+usage", " (the figure; goal >= 0.85)"),
+        ("full cycle", " (+ an approval each)"),
+    ):
+        ratios = [b / a for a, b in zip(rate["plain"], rate[kind], strict=True)]
+        cpu_r = [b / a for a, b in zip(cpu["plain"], cpu[kind], strict=True)]
+        print(
+            f"ratio {kind}/plain: {' '.join(f'{x:.2f}' for x in ratios)} -> median"
+            f" {statistics.median(ratios):.2f}x{goal}; CPU per item of this process:"
+            f" {' '.join(f'{x:.2f}' for x in cpu_r)} -> median {statistics.median(cpu_r):.2f}x ({where})"
+        )
     print(load_line() + " at the end")
 
 

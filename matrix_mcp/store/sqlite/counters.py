@@ -27,7 +27,13 @@ def apply(
     c.execute(sql.update_outcome(tuple(t.values)), (*t.values.values(), row["n"]))
     if t.attempt is not None:
         end = t.attempt
-        c.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
+        if t.usage is not None:  # the usage its report gave goes on the attempt as it ends
+            c.execute(
+                sql.END_ATTEMPT_USAGE,
+                (end.status, end.error, now, *usage.reported(t.usage), t.outcome_id, end.lease_token),
+            )
+        else:
+            c.execute(sql.END_ATTEMPT, (end.status, end.error, now, t.outcome_id, end.lease_token))
     if t.usage is not None or t.review is not None:
         usage.record(c, row, t, now)
     added = [x for x in t.contributions if x.sign > 0]

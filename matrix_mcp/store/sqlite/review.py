@@ -8,18 +8,23 @@ import sqlite3
 from matrix_mcp import rules
 from matrix_mcp.audit import current_principal
 from matrix_mcp.models import Outcome, Run
+from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import PolicyUpdate, ReviewVerdict
-from matrix_mcp.store.sqlite import events, policy, runs, sql, tracking
+from matrix_mcp.store.sqlite import events, policy, runs, sql
 from matrix_mcp.store.sqlite.connection import Database
 
 
 async def review(db: Database, outcome_id: str, *, verdict: ReviewVerdict, now: float) -> Outcome:
+    """See Store.review: the item (with its run's state and its package's histogram) read once, the decision
+    written, the answer the row as the decision left it (no read-back)."""
+
     def op(c: sqlite3.Connection) -> Outcome:
-        row = rules.check_review(c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone(), outcome_id)
-        state = c.execute(sql.RUN_STATE, (row["run_id"],)).fetchone()[0]
-        t = rules.review_verdict(row, verdict, reviewed_by=current_principal.get(), run_state=state, now=now)
-        policy.apply(c, row, t, now)
-        return tracking.read_outcome(c, outcome_id)
+        row = rules.check_review(c.execute(sql.REVIEW_ROW, (outcome_id,)).fetchone(), outcome_id)
+        t = rules.review_verdict(
+            row, verdict, reviewed_by=current_principal.get(), run_state=row["run_state"], now=now
+        )
+        policy.apply(c, row, t, now, hist_read=True)
+        return R.outcome_from(t.row(row))
 
     return await db.write(op)
 

@@ -150,6 +150,14 @@ END_ATTEMPT = (
 )
 
 
+# an attempt's end with the usage its report gave (as reported: NULL where a field was not given)
+END_ATTEMPT_USAGE = (
+    "UPDATE outcome_attempts SET status = ?, error = ?, ended_at = ?, input_tokens = ?, output_tokens = ?,"
+    " cache_read_tokens = ?, cache_creation_tokens = ?, cost_usd = ?, model = ?"
+    " WHERE outcome_id = ? AND lease_token = ?"
+)
+
+
 CLEAR_METRICS = "DELETE FROM outcome_metrics WHERE outcome_id = ?"
 
 
@@ -991,10 +999,13 @@ ITEM_NAME = "SELECT p.name, o.item FROM outcomes o JOIN packages p ON p.id = o.p
 SET_NOTE = "UPDATE outcome_attempts SET note = ? WHERE outcome_id = ? AND lease_token = ?"
 
 
-ATTEMPT_USAGE = (
-    "UPDATE outcome_attempts SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
-    " cache_creation_tokens = ?, cost_usd = ?, model = ? WHERE outcome_id = ? AND lease_token = ?"
-)
+# review_item's item with what rules.review reads (its run's state) and its package's histogram (counters.apply
+# moves an approval's counters, sums and histogram in one statement)
+REVIEW_ROW = """
+SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state, p.name AS package_name,
+p.duration_hist AS package_duration_hist, p.has_dependents AS package_has_dependents
+FROM outcomes o JOIN runs r ON r.id = o.run_id JOIN packages p ON p.id = o.package_id WHERE o.id = ?
+"""
 
 
 ATTEMPT_REVIEW = (

@@ -19,8 +19,8 @@ PREVIOUS_READ = 50
 
 
 def record(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> None:
-    """Write what a transition says of its attempt beyond its end: the usage its report gave (rolled up, and
-    counted against the run's budgets), a review's decision."""
+    """Write what a transition says beyond its attempt's end (which carries the usage its report gave:
+    counters.apply): that usage rolled up and counted against the run's budgets, a review's decision."""
     if t.usage is not None and t.attempt is not None:
         spend(c, row, t, now)
     if t.review is not None:
@@ -35,7 +35,6 @@ def spend(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: flo
     usage = t.usage
     assert usage is not None and t.attempt is not None
     values = rules.usage_values(usage)
-    c.execute(sql.ATTEMPT_USAGE, (*_reported(usage), usage.model, t.outcome_id, t.attempt.lease_token))
     if not rules.has_usage(usage):
         return
     c.execute(sql.PACKAGE_USAGE, (*values, t.package_id))
@@ -62,14 +61,15 @@ def spend(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: flo
         )
 
 
-def _reported(usage: Usage) -> tuple[object, ...]:
-    """The attempt's usage columns as reported (NULL where a field was not given)."""
+def reported(usage: Usage) -> tuple[object, ...]:
+    """The attempt's usage columns as reported (NULL where a field was not given), then its model."""
     return (
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_read_tokens,
         usage.cache_creation_tokens,
         usage.cost_usd,
+        usage.model,
     )
 
 
