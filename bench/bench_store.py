@@ -382,8 +382,8 @@ async def shaped_drain(store: Store, shape: Shape, claimers: int, cost: Cost | N
         while True:
             batch = await store.claim(request, now=time.time())
             if not batch.claims:
-                if batch.reason in ("done", "empty"):
-                    return
+                if batch.reason in ("done", "empty") or (batch.reason == "in_review" and not reviewed):
+                    return  # (without approvals, items left in_review are as far as the drain goes)
                 empty[str(batch.reason)] += 1
                 await asyncio.sleep(0.001)
                 continue
