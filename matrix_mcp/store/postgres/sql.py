@@ -586,8 +586,8 @@ COMPLETE_MANY_SQL = """
 WITH inp AS MATERIALIZED (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(nows)b::float8[], %(metrics)b::text[],
                          %(metadata)b::text[], %(paths)b::text[], %(shas)b::text[], %(bytes)b::int8[],
-                         %(mimes)b::text[], %(bodies)b::bytea[], %(u_in)s::int8[], %(u_out)s::int8[],
-                         %(u_cr)s::int8[], %(u_cc)s::int8[], %(u_cost)s::float8[], %(u_model)s::text[])
+                         %(mimes)b::text[], %(bodies)b::bytea[], %(u_in)b::int8[], %(u_out)b::int8[],
+                         %(u_cr)b::int8[], %(u_cc)b::int8[], %(u_cost)b::float8[], %(u_model)b::text[])
         WITH ORDINALITY AS u(id, tok, now, metrics, metadata, path, sha, nbytes, mime, body, u_in, u_out, u_cr,
                              u_cc, u_cost, u_model, i)
 ),
@@ -622,7 +622,7 @@ pl AS MATERIALIZED (
     WHERE p.id = ANY(ARRAY(SELECT u.package_id FROM u JOIN uq ON uq.n = u.n WHERE uq.q_gate AND u.status = 'complete'))
     ORDER BY p.id FOR NO KEY UPDATE
 ),
--- the attempt ends with the usage its report gave (usage.ATTEMPT_USAGE's columns; NULL where not given)
+-- the attempt ends with the usage its report gave (ATTEMPT_USAGE's columns; NULL where not given)
 a AS (
     UPDATE outcome_attempts a SET status = u.status, error = NULL, ended_at = u.completed_at,
         input_tokens = COALESCE(inp.u_in, a.input_tokens), output_tokens = COALESCE(inp.u_out, a.output_tokens),
@@ -881,17 +881,17 @@ OUTCOME_COLUMN_TYPES = {
 @cache
 def update_outcomes(columns: tuple[str, ...]) -> str:
     """update_outcome for many rows of one transition shape: their `n`, then one array per column."""
-    arrays = ", ".join(f"%s::{OUTCOME_COLUMN_TYPES[c]}[]" for c in columns)
+    arrays = ", ".join(f"%b::{OUTCOME_COLUMN_TYPES[c]}[]" for c in columns)
     return (
         "UPDATE outcomes o SET "
         + ", ".join(f"{c} = v.{c}" for c in columns)
-        + f" FROM unnest(%s::int8[], {arrays}) AS v(n, {', '.join(columns)}) WHERE o.n = v.n"
+        + f" FROM unnest(%b::int8[], {arrays}) AS v(n, {', '.join(columns)}) WHERE o.n = v.n"
     )
 
 
 END_ATTEMPTS = (
     "UPDATE outcome_attempts a SET status = v.status, error = v.error, ended_at = v.ended_at"
-    " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
+    " FROM unnest(%b::text[], %b::text[], %b::float8[], %b::text[], %b::text[])"
     " AS v(status, error, ended_at, id, tok) WHERE a.outcome_id = v.id AND a.lease_token = v.tok"
 )
 
@@ -900,18 +900,18 @@ END_ATTEMPTS = (
 REQUEUE_MANY = (
     "UPDATE outcome_queue q SET lease_token = v.tok, lease_expires_at = v.expires, final = v.final,"
     " available_at = COALESCE(v.avail, q.available_at)"
-    " FROM unnest(%s::int8[], %s::text[], %s::float8[], %s::text[], %s::float8[]) AS v(n, tok, expires, final, avail)"
+    " FROM unnest(%b::int8[], %b::text[], %b::float8[], %b::text[], %b::float8[]) AS v(n, tok, expires, final, avail)"
     " WHERE q.n = v.n"
     " RETURNING q.n, q.locks IS NOT NULL AS q_locks, q.dependents AS q_dependents, q.gate AS q_gate"
 )
 
 
-CLEAR_METRICS_MANY = "DELETE FROM outcome_metrics WHERE outcome_id = ANY(%s::text[])"
+CLEAR_METRICS_MANY = "DELETE FROM outcome_metrics WHERE outcome_id = ANY(%b::text[])"
 
 
 INSERT_METRICS_MANY = (
     "INSERT INTO outcome_metrics (outcome_id, name, value)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) AS m(id, k, v)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) AS m(id, k, v)"
     " ON CONFLICT (outcome_id, name) DO UPDATE SET value = EXCLUDED.value"
 )
 
@@ -1600,7 +1600,7 @@ INSERT_EVENTS = (
 
 JOURNAL_ANSWERS = (
     "INSERT INTO write_answers (key, answer, created_at)"
-    " SELECT k, a, %s FROM unnest(%s::text[], %s::text[]) AS u(k, a)"
+    " SELECT k, a, %s FROM unnest(%b::text[], %b::text[]) AS u(k, a)"
 )
 
 
@@ -1928,7 +1928,7 @@ ATTEMPT_REVIEW = (
 REVIEW_ROWS = (
     "SELECT o.*, r.name AS run_name, r.max_attempts AS max_attempts, r.state AS run_state,"
     " r.on_dependency_failure, p.name AS package_name FROM outcomes o JOIN runs r ON r.id = o.run_id"
-    " JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%s) AND o.status = 'in_review'"
+    " JOIN packages p ON p.id = o.package_id WHERE o.id = ANY(%b::text[]) AND o.status = 'in_review'"
     " ORDER BY o.n FOR UPDATE OF o"
 )
 
@@ -1937,7 +1937,7 @@ REVIEW_ROWS = (
 ATTEMPT_REVIEW_MANY = (
     "UPDATE outcome_attempts a SET status = v.status, error = v.error, review_decision = v.decision,"
     " review_note = v.note, reviewed_by = v.reviewed_by"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
     " AS v(status, error, decision, note, reviewed_by, id, tok)"
     " WHERE a.outcome_id = v.id AND a.lease_token = v.tok"
 )
@@ -1948,14 +1948,14 @@ ATTEMPT_REVIEW_MANY = (
 # these totals (rules.budgets_crossed), never on a read before the write
 RUN_BUDGETS_LOCK = (
     "SELECT id, state, max_cost_usd, max_tokens, spent_cost_usd, spent_tokens FROM runs"
-    " WHERE id = ANY(%s) AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL) ORDER BY id FOR NO KEY UPDATE"
+    " WHERE id = ANY(%b::text[]) AND (max_cost_usd IS NOT NULL OR max_tokens IS NOT NULL) ORDER BY id FOR NO KEY UPDATE"
 )
 
 
 # the locked runs' new totals
 SET_RUNS_SPENT = (
     "UPDATE runs r SET spent_cost_usd = v.cost, spent_tokens = v.tokens"
-    " FROM unnest(%s::text[], %s::float8[], %s::int8[]) AS v(id, cost, tokens) WHERE r.id = v.id"
+    " FROM unnest(%b::text[], %b::float8[], %b::int8[]) AS v(id, cost, tokens) WHERE r.id = v.id"
 )
 
 
