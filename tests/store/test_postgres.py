@@ -470,3 +470,60 @@ async def test_a_plan_of_20000_packages_rolls_up_within_the_deadline(
             assert conn.execute("SELECT pending FROM run_counters").fetchone() == (20_000,)
     finally:
         await engine.close()
+
+
+async def test_a_budget_set_while_another_process_reports_counts_the_report_once(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    """Two stores on one database (two server processes). A run without a budget keeps no totals; update_policy
+    setting one recounts what the run spent so far. A report of the other process that added its spend while
+    the run had no budget and commits after that recount's snapshot would be counted by neither: the run's
+    totals would stay below what its packages spent, and the budget would trip late. Here the report is held
+    right before its commit (the test holds the events lock every batch takes last) while update_policy runs;
+    then both commit, and the run's totals must equal its packages' sums (the recount checks them)."""
+    from matrix_mcp.models import Usage
+    from matrix_mcp.store.params import PolicyUpdate, Report
+    from matrix_mcp.store.postgres.migrations import EVENTS_LOCK
+
+    reporter = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    setter = await Engine.open(Settings(database_url=postgres_database, artifacts_dir=tmp_path / "a"))
+    try:
+        await reporter.plan_run("r", packages=[PackageSpec(name="a", items=["x"])])
+        x = (await reporter.claim_items("r", worker="w")).items[0]
+        run_id = (await reporter.get_run("r")).id
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        async with await psycopg.AsyncConnection.connect(postgres_database, autocommit=True) as held:
+            await held.execute("BEGIN")
+            await held.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+
+            async def until_waiting(n: int) -> None:
+                with anyio.fail_after(60):  # a guard against a hang, not a timing
+                    await wait(n)
+
+            async def wait(n: int) -> None:
+                async with await psycopg.AsyncConnection.connect(postgres_database, autocommit=True) as c:
+                    while True:
+                        row = await (await c.execute(waiting)).fetchone()
+                        if row is not None and row[0] >= n:
+                            return
+                        await anyio.sleep(0.01)
+
+            async with anyio.create_task_group() as tg:
+                report = Report(usage=Usage(input_tokens=7, cost_usd=1.5))
+                tg.start_soon(
+                    lambda: reporter.store.complete(
+                        x.outcome_id, lease_token=x.lease_token, report=report, now=reporter.now()
+                    )
+                )
+                await until_waiting(1)  # the report's batch wrote everything and waits to commit
+                update = PolicyUpdate(max_cost_usd=100, max_tokens=1000)
+                tg.start_soon(lambda: setter.store.update_policy(run_id, update=update, now=setter.now()))
+                await until_waiting(2)  # update_policy waits too (for the report, or to commit)
+                await held.execute("COMMIT")
+        await assert_consistent(setter)
+    finally:
+        await setter.close()
+        await reporter.close()

@@ -103,11 +103,14 @@ async def review_many(conn: Conn, state: Batch, batch: list[BatchRequest]) -> No
 
 
 async def update_policy(db: Database, run_id: str, *, update: PolicyUpdate, now: float) -> Run:
-    """See Store.update_policy. The run row is locked first: a report's spend (sql.RUN_BUDGETS_LOCK) waits for
-    it, so a budget set here counts every report committed after it, and the recount of what the run spent
-    so far is taken under the lock (the batch's own deltas written first)."""
+    """See Store.update_policy. The run's spend lock is taken first (sql.SPEND_LOCK): it waits for the reports
+    in flight that spend on the run, which hold it shared to their commit, and holds back those that come
+    after; then the run row (a report's RUN_BUDGETS_LOCK waits for it). So the recount of what the run spent so far,
+    when a budget is set on a run without one, sees every report that added nothing to the run's totals (the
+    batch's own deltas written first), and every later report adds to them under the new budget."""
 
     async def op(tx: Tx) -> Run:
+        await tx.execute(sql.SPEND_LOCK, (run_id,))
         before = await tx.one(sql.RUN_POLICY_ROW, (run_id,))
         if before is None:
             raise rules.unknown_run(run_id)

@@ -1982,6 +1982,23 @@ WORKERS_OF_RUN = (
 )
 
 
+# the runs' spend locks (two-int4 advisory keys: 0x6D617653, hashtext of the run id), held to the end of the
+# transaction: every report that spends takes its runs' shared, in key order, in a statement before
+# RUN_BUDGETS_LOCK; update_policy takes its run's alone, first. So a budget set on a run without one (whose
+# totals were not kept) recounts what the run spent after every report that passed RUN_BUDGETS_LOCK without a
+# budget has committed, and a report after it sees the budget (its next statement's snapshot): each report is
+# counted once, by the recount or by the run's totals. Two that hash alike only wait for each other.
+SPEND_LOCK_SHARED = """
+SELECT count(*) AS locks FROM (
+    SELECT pg_advisory_xact_lock_shared(1835103827, h)
+    FROM (SELECT DISTINCT hashtext(r) AS h FROM unnest(%b::text[]) AS r ORDER BY 1) k
+) l
+"""
+
+
+SPEND_LOCK = "SELECT pg_advisory_xact_lock(1835103827, hashtext(%s))"
+
+
 RUN_PAUSE_FOR_BUDGET = (
     "UPDATE runs SET state = 'paused', paused_reason = %s, updated_at = %s WHERE id = %s AND state = 'active'"
 )

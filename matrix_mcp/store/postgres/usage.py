@@ -116,7 +116,11 @@ async def record(tx: Tx, spends: Sequence[Spend], now: float, *, on_attempts: bo
 async def _budgets(tx: Tx, counted: Sequence[Spend], now: float) -> None:
     """The budgeted runs among the spenders, locked; each report's spend added in report order (as one
     report after the other would), the crossing of a budget seen by the report that crosses it."""
-    runs = await tx.all(sql.RUN_BUDGETS_LOCK, (sorted({s.run_id for s in counted}),))
+    spenders = sorted({s.run_id for s in counted})
+    await tx.one(
+        sql.SPEND_LOCK_SHARED, (spenders,)
+    )  # a statement of its own, before RUN_BUDGETS_LOCK: see there
+    runs = await tx.all(sql.RUN_BUDGETS_LOCK, (spenders,))
     if not runs:
         return  # no budget: the run's totals are not kept (update_policy recounts them when one is set)
     budgeted = {r["id"]: r for r in runs}
