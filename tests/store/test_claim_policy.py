@@ -434,3 +434,98 @@ async def test_a_claim_of_one_blocked_package_waits_on_the_runs_leases(engine: E
     await claim_one(engine, "r")  # a/x is leased: b's only item waits for it
     short = await engine.claim_items("r", worker="w", package="b")
     assert short.reason == "blocked" and short.retry_after_seconds == pytest.approx(LEASE)
+
+
+def names(got: list[ClaimedItem]) -> list[str]:
+    return [f"{c.package}/{c.item}" for c in got]
+
+
+async def test_a_gated_claim_takes_eligible_items_behind_held_keys_in_order_and_fills_its_batch(
+    engine: Engine,
+) -> None:
+    """The best ranked items wait on keys another run's live leases hold: a claim passes over them to the
+    eligible items behind them, best first (package priority, item priority, plan order), and comes back full
+    while one is eligible: the held ones take no slot from those behind them."""
+    Clock(engine)
+    keys = [f"k{n}" for n in range(4)]
+    await engine.plan_run(
+        "holder", packages=[PackageSpec(name="h", items=[item(k, locks=[k]) for k in keys])], policy=POLICY
+    )
+    assert len((await engine.claim_items("holder", worker="w", limit=4)).items) == 4
+    await engine.plan_run(
+        "r",
+        packages=[
+            PackageSpec(
+                name="top",
+                priority=2,
+                items=[
+                    item("t0", priority=1, locks=["k0"]),
+                    item("t1", priority=1, locks=["k1", "free"]),
+                    item("t2", locks=["k2"]),
+                    item("t3", locks=["k3"]),
+                ],
+            ),
+            PackageSpec(
+                name="mid",
+                priority=1,
+                items=[item("m0", locks=["k0"]), "m1", item("m2", locks=["k3"]), "m3", "m4", "m5"],
+            ),
+            PackageSpec(name="low", items=["l0", "l1", "l2"]),
+        ],
+        policy=POLICY,
+    )
+    got = await engine.claim_items("r", worker="w", limit=4)
+    assert names(got.items) == ["mid/m1", "mid/m3", "mid/m4", "mid/m5"]
+    # the same from a report's next claim (its own transaction, no merged statement before it)
+    first = await engine.claim_items("r", worker="w", limit=2)
+    assert names(first.items) == ["low/l0", "low/l1"]
+    await engine.plan_run("r", packages=[PackageSpec(name="more", priority=1, items=["x0", "x1", "x2"])])
+    done = await engine.complete_item(
+        first.items[0].outcome_id, lease_token=first.items[0].lease_token, content="l0", claim_next=3
+    )
+    assert names(done.next or []) == ["more/x0", "more/x1", "more/x2"]
+    await assert_consistent(engine)
+
+
+async def test_a_capped_package_leaves_its_share_to_the_others_before_a_lower_priority(
+    engine: Engine,
+) -> None:
+    """A package at its cap takes less than its round-robin share: the rest of the batch goes to the other
+    packages of its priority before anything ranked lower, and the batch comes back full."""
+    Clock(engine)
+    await engine.plan_run(
+        "r",
+        packages=[
+            PackageSpec(name="p", priority=1, items=["p1", "p2", "p3"], max_concurrent=1),
+            PackageSpec(name="q", priority=1, items=["q1", "q2", "q3"]),
+            PackageSpec(name="s", items=["s1", "s2"]),
+        ],
+        policy=POLICY,
+    )
+    got = await engine.claim_items("r", worker="w", limit=5)
+    assert names(got.items) == ["p/p1", "q/q1", "q/q2", "q/q3", "s/s1"]
+    await assert_consistent(engine)
+
+
+async def test_a_capped_package_with_two_priorities_does_not_cut_a_batch_short(engine: Engine) -> None:
+    """A capped package whose items differ in priority fills its cap at its better level: its other level's
+    items are passed over for the next package's, and the batch comes back full."""
+    Clock(engine)
+    await engine.plan_run(
+        "r",
+        packages=[
+            PackageSpec(name="p", priority=1, items=[item("hi", priority=1), "lo"], max_concurrent=1),
+            PackageSpec(name="q", items=["q1", "q2", "q3"]),
+            PackageSpec(name="z", priority=-1, items=["first"]),
+        ],
+        policy=POLICY,
+    )
+    first = (await engine.claim_items("r", worker="w", package="z")).items[0]
+    # the next claim of a report runs in the report's transaction: no merged claim statement before it
+    done = await engine.complete_item(
+        first.outcome_id, lease_token=first.lease_token, content="1", claim_next=3
+    )
+    assert names(done.next or []) == ["p/hi", "q/q1", "q/q2"]
+    got = await engine.claim_items("r", worker="w", limit=3)
+    assert names(got.items) == ["q/q3"] and got.reason == "capped"
+    await assert_consistent(engine)

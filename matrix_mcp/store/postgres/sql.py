@@ -246,7 +246,10 @@ def _claim_sql(gated: bool) -> str:
     only the better ranked goes on, and the keys are taken by INSERT .. ON CONFLICT, replacing a holder
     only when its lease has run out (the key's row decides, not this statement's snapshot). An item that
     lost a key to a concurrent claim is not claimed; the keys it did take come back in `orphans`, for the
-    caller to drop in the same transaction."""
+    caller to drop in the same transaction. A level whose items are held back offered fewer than its quota,
+    and the levels ranked below it had theirs counted on its slots: so nothing is taken below the best tier
+    with a level that may have more (_CLAIM_OPEN), and the caller asks again while the batch is short and a
+    round took something or ran a level dry (work.ask_again; `lim`: what the run's cap left room for)."""
     g = gated
     leased = _CLAIM_LEASED if g else ""
     lim = _CLAIM_RUN_ROOM if g else "%(limit)s::int"
@@ -255,6 +258,7 @@ def _claim_sql(gated: bool) -> str:
     join_rl = "\n    LEFT JOIN rl ON rl.package_id = p.id" if g else ""
     under_cap = "\n      AND (p.max_concurrent IS NULL OR p.max_concurrent > COALESCE(rl.n, 0))" if g else ""
     cap_quota = "LEAST(pk.room, " if g else "("
+    edge = _CLAIM_OPEN if g else _CLAIM_UNEVEN
     lock_col = ", c.locks, pq.room" if g else ""
     q_lock_col = ", q.locks" if g else ""
     free = _CLAIM_KEYS_FREE if g else ""
@@ -330,13 +334,7 @@ pf AS MATERIALIZED (
     SELECT pq.*, (SELECT count(*) FROM cand WHERE cand.package_id = pq.id AND cand.ip = pq.ip)::int AS fetched
     FROM pq
 ),
--- a level that offered less than its share leaves the others of its tier (those that offered theirs) more:
--- nothing ranked below that tier is taken in this statement (the next round shares again)
-uneven AS MATERIALIZED (
-    SELECT f.pp, f.ip FROM pf f GROUP BY f.pp, f.ip
-    HAVING bool_or(f.fetched < f.quota) AND bool_or(f.quota > 0 AND f.fetched >= f.quota)
-),
-cut AS MATERIALIZED (
+{edge}cut AS MATERIALIZED (
     SELECT u.pp, max(u.ip) AS ip FROM uneven u WHERE u.pp = (SELECT max(v.pp) FROM uneven v) GROUP BY u.pp
 ),
 picked AS MATERIALIZED (
@@ -386,6 +384,29 @@ ORDER BY upd.rank NULLS LAST
 """
 
 
+_CLAIM_UNEVEN = """-- a level that offered less than its share leaves the others of its tier (those that offered theirs) more:
+-- nothing ranked below that tier is taken in this statement (the next round shares again)
+uneven AS MATERIALIZED (
+    SELECT f.pp, f.ip FROM pf f GROUP BY f.pp, f.ip
+    HAVING bool_or(f.fetched < f.quota) AND bool_or(f.quota > 0 AND f.fetched >= f.quota)
+),
+"""
+
+
+# a gated claim's levels that may have more eligible items than they offered: they offered their whole quota,
+# and their package (through this level, in priority order) did not fetch what its cap has room for. Above
+# the best such tier every level offered all it had; nothing ranked below it is taken in this statement
+# (its quota was counted on slots the levels above may leave empty: keys held, a cap filled by a better
+# level), so an eligible item is never passed over for a lower one. The next round ranks again.
+_CLAIM_OPEN = """uneven AS MATERIALIZED (
+    SELECT f.pp, f.ip FROM (
+        SELECT pf.*, sum(pf.fetched) OVER (PARTITION BY pf.id ORDER BY pf.ip DESC) AS through FROM pf
+    ) f
+    WHERE f.quota > 0 AND f.fetched >= f.quota AND (f.room IS NULL OR f.through < f.room)
+),
+"""
+
+
 # a gated run's leased items by package: what its caps have room for
 _CLAIM_LEASED = """rl AS MATERIALIZED (
     SELECT q.package_id, count(*)::int AS n FROM outcome_queue q
@@ -404,7 +425,7 @@ _CLAIM_KEYS_FREE = """
               SELECT 1 FROM resource_locks l WHERE l.key = ANY(q.locks) AND l.expires_at > %(now)s))"""
 
 
-_CLAIM_ORPHANS = """,
+_CLAIM_ORPHANS = """, r.lim,
        (SELECT array_agg(t.key) FROM took t WHERE NOT EXISTS (SELECT 1 FROM chosen c WHERE c.n = t.n)) AS orphans,
        (SELECT count(*) FROM losers)::int + (SELECT count(*) FROM within)::int - (SELECT count(*) FROM chosen)::int
            AS lost"""

@@ -132,6 +132,22 @@ def dry_levels(rows: Sequence[Row]) -> tuple[list[tuple[int, int]], set[tuple[in
     return [level for level, k in short.items() if k >= 0 and claimed[level] == k], set(short)
 
 
+def ask_again(rows: Sequence[Row], short: list[tuple[int, int]], offered: set[tuple[int, int]]) -> bool:
+    """Whether a claim statement that came back short of its slots is asked again in its transaction: not
+    when every level it saw ran dry (nothing is left), when it took what the run's cap left room for (a
+    gated statement's `lim`), nor when no level ran dry and it claimed nothing; otherwise the next round
+    may find more: a level ran dry (the next round shares its slots among the others), or a level took
+    fewer items than it fetched (a package filled its cap at a better level while the levels ranked below
+    had their shares counted on those items: the next round ranks without that package)."""
+    if len(short) == len(offered):
+        return False
+    claimed = sum(o["id"] is not None for o in rows)
+    lim = rows[0].get("lim") if rows else None
+    if lim is not None and claimed >= int(lim):
+        return False
+    return bool(short) or claimed > 0
+
+
 def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[ClaimBatch]]:
     """One claim request on its own: `already` holds what the batch's merged statement gave it."""
     run_id, package, now = args.run_id, args.package, args.now
@@ -163,7 +179,7 @@ def claim_op(args: ClaimArgs, already: list[Claim]) -> Callable[[Tx], Awaitable[
                 rounds += 1  # an item lost a key to a better one: the winner holds it now, ask again
                 exhausted += short
                 continue
-            if not short or len(short) == len(offered):
+            if not ask_again(rows, short, offered):
                 break
             exhausted += short
         if len(claims) >= args.limit:
@@ -325,7 +341,7 @@ async def short_pass(
     levels = [o for o in rows if o["pk_id"] is not None]
     short, offered = dry_levels(levels)
     lost = any(o.get("lost") for o in levels[:1])
-    if not lost and (not short or len(short) == len(offered)):
+    if not lost and not ask_again(levels, short, offered):
         return
     want = [(i, a, a.limit - len(owned[i])) for i, (_, a) in enumerate(chunk) if len(owned[i]) < a.limit]
     if not want:
