@@ -373,11 +373,6 @@ class PolicyMachine(RuleBasedStateMachine):
         self.prefix = f"x{next(BACKEND.examples)}-"
         self.m = Model()
         self.claims = 0
-        # Known gap, PostgreSQL only: its gated claim (lock keys, caps) can pass over an eligible item that
-        # waits behind a held key or a better-ranked one, or come back short while one is eligible (the next
-        # claim takes it). Safety (dependencies, keys, caps, counters, statuses) is checked on both stores;
-        # strict priority order and no-short-batch only where the store guarantees them (SQLite).
-        self.strict = not is_postgres_url(BACKEND.engine.settings.database_url)
 
     # --- helpers
 
@@ -440,14 +435,12 @@ class PolicyMachine(RuleBasedStateMachine):
                 for e in scope
                 if e.key not in taken and m.eligible(e) and m.sort_key(e) > m.sort_key(item)
             ]
-            assert not better or not self.strict, (
-                f"{item.ref} {m.sort_key(item)} taken before eligible {better}"
-            )
+            assert not better, f"{item.ref} {m.sort_key(item)} taken before eligible {better}"
             claim = next(c for c in batch.claims if c.outcome_id == item.id)
             m.take(item, claim.lease_token, worker)
             assert claim.lease_expires_at == pytest.approx(item.expires)
         self.claims += len(got)
-        if len(got) == limit or not self.strict:
+        if len(got) == limit:
             return
         left = [e.ref for e in scope if m.eligible(e)]
         assert not left, f"short batch ({batch.reason}) left eligible {left}"
