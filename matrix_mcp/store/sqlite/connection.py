@@ -110,6 +110,12 @@ def _private_files(path: Path) -> None:
             log.info("%s: group and other rights removed (now 0600)", name)
 
 
+def named(row: sqlite3.Row) -> dict[str, Any]:
+    """The row as a dict, for a wide row its write reads many times by name: sqlite3.Row finds a column by
+    comparing the name with each column's in turn, on every read (dict(row) pays that for every column)."""
+    return dict(zip(row.keys(), row, strict=True))
+
+
 def _is_busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)

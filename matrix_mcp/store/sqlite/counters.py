@@ -18,7 +18,7 @@ from matrix_mcp.store.sqlite.connection import Database
 
 
 def apply(
-    c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float, *, hist_read: bool = False
+    c: sqlite3.Connection, row: rules.RowLike, t: rules.Transition, now: float, *, hist_read: bool = False
 ) -> None:
     """Write what a rules.Transition decided for the item `row` (locked under the single writer): its row,
     its attempt's end, the package counters, its metric rows, the run's minute and the event. `hist_read`:
@@ -56,7 +56,7 @@ def apply(
     events.add_event(c, t.run_id, t.outcome_id, t.event, now)
 
 
-def start(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> int:
+def start(c: sqlite3.Connection, row: rules.RowLike, t: rules.Transition, now: float) -> int:
     """Write what a claim's rules.Transition decided for the pending item `row` (locked under the single
     writer): its row, the attempt it starts and its event, then the package's counter move with the
     package's fairness clock set to that event's sequence (monotonic across processes), which it returns."""
@@ -77,7 +77,7 @@ def extend(c: sqlite3.Connection, row: sqlite3.Row, held: rules.Extension) -> No
     c.execute(sql.update_outcome(tuple(held.values)), (*held.values.values(), row["n"]))
 
 
-def apply_move(c: sqlite3.Connection, row: sqlite3.Row, m: rules.Move) -> None:
+def apply_move(c: sqlite3.Connection, row: rules.RowLike, m: rules.Move) -> None:
     """Move one chosen item (`row`: its `n` and package_id) as the rules.Move says."""
     c.execute(sql.update_outcome(tuple(m.values)), (*m.values.values(), row["n"]))
     move(c, row["package_id"], m.old, m.new)
@@ -111,20 +111,32 @@ def _add_histogram(c: sqlite3.Connection, package_id: int, duration: float, sign
     c.execute(sql.SET_HISTOGRAM, (_hist_add(row[0], duration, sign), package_id))
 
 
+# The texts this process last wrote to histogram columns, parsed: a completion reads back the text the one
+# before it wrote, so it is parsed once, not once per completion. Keyed by the whole text, so a hit is exact
+# (another process's write is a different text, parsed afresh); the parsed value is never changed in place.
+_HIST_PARSED: dict[str, dict[int, int]] = {}
+_HIST_KEPT = 256
+
+
 def _hist_add(text: str | None, duration: float, sign: int) -> str:
     """The histogram column with one duration added (sign +1) or taken away (-1)."""
-    hist = _hist_loads(text)
+    parsed = _HIST_PARSED.get(text) if text is not None else None
+    hist = dict(parsed) if parsed is not None else _hist_loads(text)
     bucket = R.duration_bucket(duration)
     n = hist.get(bucket, 0) + sign
     if n:
         hist[bucket] = n
     else:
         hist.pop(bucket, None)
-    return hist_dumps(hist)
+    out = hist_dumps(hist)
+    if len(_HIST_PARSED) >= _HIST_KEPT:
+        _HIST_PARSED.clear()
+    _HIST_PARSED[out] = hist
+    return out
 
 
 def _complete_counters(
-    c: sqlite3.Connection, row: sqlite3.Row, old: Status, new: Status, added: rules.Contribution
+    c: sqlite3.Connection, row: rules.RowLike, old: Status, new: Status, added: rules.Contribution
 ) -> None:
     """A move that adds a contribution, on a row read in this transaction with its package's histogram
     (a fresh completion): the status move, the summary sums and the duration histogram in one statement."""
@@ -144,7 +156,8 @@ def _hist_loads(text: str | None) -> dict[int, int]:
 
 
 def hist_dumps(hist: dict[int, int]) -> str:
-    return json.dumps(sorted(hist.items()), separators=(",", ":"))
+    """json.dumps(sorted(hist.items()), separators=(",", ":")), written out: buckets and counts are ints."""
+    return "[" + ",".join([f"[{b},{n}]" for b, n in sorted(hist.items())]) + "]"
 
 
 def _add_contribution(

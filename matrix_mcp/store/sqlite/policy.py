@@ -15,11 +15,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from matrix_mcp import rules
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import NewPackage, Prerequisite
 from matrix_mcp.store.sqlite import counters, events, sql
+from matrix_mcp.store.sqlite.connection import named
 
 # the most pending items of one package a claim looks at past ones whose lock keys are held
 LOCK_SCAN = 256
@@ -29,7 +31,7 @@ LOCK_SCAN = 256
 
 
 def apply(
-    c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float, *, hist_read: bool = False
+    c: sqlite3.Connection, row: rules.RowLike, t: rules.Transition, now: float, *, hist_read: bool = False
 ) -> None:
     """counters.apply, then what the transition does beyond its item: the lock keys its lease held are let go
     (it left generating, or an override fenced its lease), dependents are re-blocked (it left failed), moved
@@ -51,7 +53,7 @@ def apply(
         cascade(c, row, now)
 
 
-def prerequisite_moved(c: sqlite3.Connection, row: sqlite3.Row, delta: int, now: float) -> None:
+def prerequisite_moved(c: sqlite3.Connection, row: rules.RowLike, delta: int, now: float) -> None:
     """The item `row` entered complete (delta -1: one prerequisite fewer for its dependents) or left it
     (+1); when that completes or un-completes its package, the package's dependents move too. An item with
     no dependents in a package with none costs one probe."""
@@ -107,7 +109,7 @@ def _move_waiting(c: sqlite3.Connection, moved: Iterable[rules.RowLike], now: fl
             events.add_event(c, d["run_id"], d["id"], rules.ready_event(package=package, item=d["item"]), now)
 
 
-def cascade(c: sqlite3.Connection, row: sqlite3.Row, now: float) -> None:
+def cascade(c: sqlite3.Connection, row: rules.RowLike, now: float) -> None:
     """The item `row` failed for good: in a run whose on_dependency_failure cascades, every blocked item
     that waits for it, directly or through others so cancelled, is cancelled naming it (one event)."""
     n = int(row["n"])
@@ -302,14 +304,13 @@ class Held:
             self.lock_expires_at = expires_at
 
 
-def candidate(c: sqlite3.Connection, package_id: int, now: float, held: Held) -> sqlite3.Row | None:
+def candidate(c: sqlite3.Connection, package_id: int, now: float, held: Held) -> dict[str, Any] | None:
     """The package's first item a claim may lease now (rules.claim_order within a package: priority, then
     available_at, then plan order) whose lock keys are all free."""
     for o in c.execute(sql.CLAIM_CANDIDATES, (package_id, now, LOCK_SCAN)):
         keys = R.loads(o["locks"], [])
         if all(_free(c, key, now, held) for key in keys):
-            found: sqlite3.Row = o
-            return found
+            return named(o)
     return None
 
 
@@ -343,14 +344,14 @@ def raise_top(c: sqlite3.Connection, package_id: int, priority: int) -> None:
     c.execute(sql.RAISE_TOP, (priority, package_id, priority))
 
 
-def take_locks(c: sqlite3.Connection, o: sqlite3.Row, run_id: str, token: str) -> None:
+def take_locks(c: sqlite3.Connection, o: rules.RowLike, run_id: str, token: str) -> None:
     """The claimed item's lock keys (each free or dead: `candidate` checked under this writer) are its lease's."""
     keys = R.loads(o["locks"], [])
     if keys:
         c.executemany(sql.TAKE_LOCK, [(key, o["n"], token, run_id) for key in keys])
 
 
-def keeps_locks(c: sqlite3.Connection, row: sqlite3.Row, token: str, now: float) -> bool:
+def keeps_locks(c: sqlite3.Connection, row: rules.RowLike, token: str, now: float) -> bool:
     """Whether the lease `token` on `row` (n, status, lease_expires_at, locks) still has every lock key it
     took: always while it has not run out; once it has, only the keys no other lease took since are its."""
     keys = R.loads(row["locks"], [])

@@ -18,7 +18,7 @@ from matrix_mcp.store.sqlite import events, sql
 PREVIOUS_READ = 50
 
 
-def record(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> None:
+def record(c: sqlite3.Connection, row: rules.RowLike, t: rules.Transition, now: float) -> None:
     """Write what a transition says beyond its attempt's end (which carries the usage its report gave:
     counters.apply): that usage rolled up and counted against the run's budgets, a review's decision."""
     if t.usage is not None and t.attempt is not None:
@@ -31,7 +31,7 @@ def record(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: fl
         )
 
 
-def spend(c: sqlite3.Connection, row: sqlite3.Row, t: rules.Transition, now: float) -> None:
+def spend(c: sqlite3.Connection, row: rules.RowLike, t: rules.Transition, now: float) -> None:
     usage = t.usage
     assert usage is not None and t.attempt is not None
     values = rules.usage_values(usage)

@@ -12,14 +12,19 @@ from matrix_mcp.models import HeartbeatResult, LeaseRef, LeaseState, ts
 from matrix_mcp.store import rows as R
 from matrix_mcp.store.params import Claim, ClaimBatch, ClaimRequest, Failure, NextClaim, Report, Reported
 from matrix_mcp.store.sqlite import counters, events, policy, sql, tracking, usage
-from matrix_mcp.store.sqlite.connection import Database
+from matrix_mcp.store.sqlite.connection import Database, named
 
 SWEEP_LIMIT = 500
 
 
-def leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> sqlite3.Row:
+def outcome_row(c: sqlite3.Connection, outcome_id: str) -> dict[str, Any] | None:
+    """The item's row (sql.OUTCOME_SELECT) for a write to read by name."""
     row: sqlite3.Row | None = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
-    return rules.check_lease(row, outcome_id, token)
+    return None if row is None else named(row)
+
+
+def leased_row(c: sqlite3.Connection, outcome_id: str, token: str) -> dict[str, Any]:
+    return rules.check_lease(outcome_row(c, outcome_id), outcome_id, token)
 
 
 def sweep(c: sqlite3.Connection, run_id: str, now: float) -> None:
@@ -123,10 +128,10 @@ class _Package:
     )
 
     def __init__(self, row: sqlite3.Row) -> None:
-        self.id, self.name, self.description = int(row["id"]), row["name"], row["description"]
-        self.priority, self.top = int(row["priority"]), int(row["max_item_priority"])
-        self.cap, self.generating = row["max_concurrent"], int(row["generating"])
-        self.last_claim, self.position = int(row["last_claim"]), int(row["position"])
+        # by position (sql._CLAIMABLE's columns): a claim builds one per claimable package
+        pid, self.name, self.description, priority, top, self.cap, generating, last_claim, position = row
+        self.id, self.priority, self.top, self.generating = int(pid), int(priority), int(top), int(generating)
+        self.last_claim, self.position = int(last_claim), int(position)
 
     def order(self) -> tuple[int, int, int, int]:
         """The best rules.claim_order key (its first four parts) this package's items could have."""
@@ -135,14 +140,14 @@ class _Package:
 
 def _best(
     c: sqlite3.Connection, active: list[_Package], now: float, held: policy.Held
-) -> tuple[_Package, sqlite3.Row] | None:
+) -> tuple[_Package, dict[str, Any]] | None:
     """The next item to lease, in rules.claim_order. The packages are visited by what they could offer at
     best (their priority, `top`: no pending item of theirs ranks higher, then the round robin), each
     offering its first eligible item; the first package that could not beat the best found so far ends the
     search. A package whose offer ranks below its `top` has `top` lowered to its highest pending priority
     (policy.tighten), so later claims look at fewer packages. Packages with nothing to offer now (none
     ready, all locked) leave `active`; packages at their cap are noted in `held`."""
-    best: tuple[_Package, sqlite3.Row] | None = None
+    best: tuple[_Package, dict[str, Any]] | None = None
     best_key: tuple[int, int, int, int, float, int] | None = None
     for p in sorted(active, key=_Package.order):
         if best_key is not None and p.order() > best_key[:4]:
@@ -171,7 +176,12 @@ def _best(
 
 
 def claim_next(
-    c: sqlite3.Connection, row: sqlite3.Row, token: str, next_claim: NextClaim | None, now: float, fresh: bool
+    c: sqlite3.Connection,
+    row: rules.RowLike,
+    token: str,
+    next_claim: NextClaim | None,
+    now: float,
+    fresh: bool,
 ) -> ClaimBatch | None:
     """The next leases of a report: claimed now when the report is fresh; for a repeat of the identical
     report, the leases the first one took that its worker still holds (claimed at that report's time)."""
@@ -299,8 +309,10 @@ async def complete(
     next_claim: NextClaim | None = None,
 ) -> Reported:
     def op(c: sqlite3.Connection) -> Reported:
-        row = c.execute(sql.OUTCOME_BY_ID, (outcome_id,)).fetchone()
-        if not rules.check_complete(row, outcome_id, lease_token, report):  # the identical report, repeated
+        row = outcome_row(c, outcome_id)
+        fresh = rules.check_complete(row, outcome_id, lease_token, report)
+        assert row is not None  # check_complete raised for an unknown item
+        if not fresh:  # the identical report, repeated
             return Reported(
                 tracking.read_outcome(c, outcome_id), claim_next(c, row, lease_token, next_claim, now, False)
             )
