@@ -259,7 +259,10 @@ def summary_from(row: RowLike, hist: Mapping[int, int]) -> PackageSummary:
 
 
 def outcome_from(row: RowLike) -> Outcome:
-    return Outcome(
+    """An outcome row of our own database (both stores): built without validation, as every value below is
+    already of its field's type (the columns' own, converted here); tests/store hold it to the validated
+    model."""
+    return Outcome.model_construct(
         id=row["id"],
         run=row["run_name"],
         run_id=row["run_id"],

@@ -12,7 +12,7 @@ import pytest
 from matrix_mcp.config import Settings, is_postgres_url, sqlite_path
 from matrix_mcp.engine import Engine, InputError
 from matrix_mcp.errors import Conflict, NotFound, StaleLease, StoreError
-from matrix_mcp.models import ItemSpec, LeaseRef, PackageSpec, PackageSummary, RunPolicy
+from matrix_mcp.models import ItemSpec, LeaseRef, Outcome, PackageSpec, PackageSummary, RunPolicy
 from matrix_mcp.rules import backoff_delay
 from tests.conftest import assert_consistent
 
@@ -115,6 +115,25 @@ async def test_complete_is_fenced_and_idempotent(engine: Engine) -> None:
     summary = await engine.package_summary("p0", run="r")
     assert summary.completed_items == 1 and summary.average_quality_score == 0.5
     await assert_consistent(engine)
+
+
+async def test_outcomes_read_back_are_what_validation_makes(engine: Engine) -> None:
+    """The stores build an outcome read from their own rows without validating it (rows.outcome_from): each
+    field must already be what the validated model holds, down to its type."""
+    spec = ItemSpec(name="a", specifications={"goal": "x", "n": 2}, priority=3, locks=["file:a.py"])
+    await engine.plan_run("r", packages=[PackageSpec(name="p", items=[spec, "b", "c"])])
+    item = (await engine.claim_items("r", worker="w")).items[0]
+    done = await engine.complete_item(
+        item.outcome_id, lease_token=item.lease_token, content="hi", metrics={"lines_generated": 4}
+    )
+    assert done.outcome is not None
+    await engine.claim_items("r", worker="w")
+    read = [done.outcome, *(await engine.list_outcomes(run="r")).outcomes]
+    assert {o.status for o in read} == {"complete", "generating", "pending"}
+    for o in read:
+        valid = Outcome.model_validate(o.model_dump())
+        assert valid == o and valid.model_dump_json() == o.model_dump_json()
+        assert {k: type(v) for k, v in valid} == {k: type(v) for k, v in o}
 
 
 async def test_expired_lease_is_reclaimed_and_late_report_rejected(engine: Engine) -> None:
