@@ -4,7 +4,7 @@ retries; each decision is matrix_mcp.rules', each write a rules.Transition appli
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from matrix_mcp import rules
@@ -60,10 +60,11 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
     if blocked is not None:
         return ClaimBatch([], blocked)
     if package is None:
-        active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGES, (run_id,))]
+        rows = c.execute(sql.CLAIMABLE_PACKAGES, (run_id,)).fetchall()
     else:
-        active = [_Package(p) for p in c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package))]
-    scope = [p.id for p in active]
+        rows = c.execute(sql.CLAIMABLE_PACKAGE, (run_id, package)).fetchall()
+    scope = [int(r[0]) for r in rows]
+    active = _Claimable(rows)
     run_cap = run["max_concurrent"]
     run_generating = 0 if run_cap is None else int(c.execute(sql.RUN_GENERATING, (run_id,)).fetchone()[0])
     held = policy.Held()
@@ -138,8 +139,44 @@ class _Package:
         return (-self.priority, -self.top, self.last_claim, self.position)
 
 
+class _Claimable:
+    """The packages a claim serves: their rows as sql._CLAIMABLE reads them (in _Package.order), each made a
+    _Package only when the claim reaches it; a claim usually takes its item from the first or second."""
+
+    __slots__ = ("rows", "seen")
+
+    def __init__(self, rows: list[sqlite3.Row]) -> None:
+        self.rows = rows[::-1]  # not reached yet, in order from the end
+        self.seen: list[_Package] = []  # reached, still claimable
+
+    def __bool__(self) -> bool:
+        return bool(self.seen or self.rows)
+
+    def in_order(self) -> Iterator[_Package]:
+        """Every package in _Package.order (the reached ones as the claim's leases left them), reaching the
+        next row only when no reached package comes before it."""
+        reached = sorted(self.seen, key=_Package.order)
+        i = 0
+        while i < len(reached) or self.rows:
+            if i < len(reached) and (not self.rows or reached[i].order() < _row_order(self.rows[-1])):
+                i += 1
+                yield reached[i - 1]
+            else:
+                p = _Package(self.rows.pop())
+                self.seen.append(p)
+                yield p
+
+    def remove(self, p: _Package) -> None:
+        self.seen.remove(p)
+
+
+def _row_order(row: sqlite3.Row) -> tuple[int, int, int, int]:
+    """_Package.order of a package not reached yet (sql._CLAIMABLE's columns)."""
+    return (-int(row[3]), -int(row[4]), int(row[7]), int(row[8]))
+
+
 def _best(
-    c: sqlite3.Connection, active: list[_Package], now: float, held: policy.Held
+    c: sqlite3.Connection, active: _Claimable, now: float, held: policy.Held
 ) -> tuple[_Package, dict[str, Any]] | None:
     """The next item to lease, in rules.claim_order. The packages are visited by what they could offer at
     best (their priority, `top`: no pending item of theirs ranks higher, then the round robin), each
@@ -149,7 +186,7 @@ def _best(
     ready, all locked) leave `active`; packages at their cap are noted in `held`."""
     best: tuple[_Package, dict[str, Any]] | None = None
     best_key: tuple[int, int, int, int, float, int] | None = None
-    for p in sorted(active, key=_Package.order):
+    for p in active.in_order():
         if best_key is not None and p.order() > best_key[:4]:
             break
         if not rules.under_cap(p.generating, p.cap):
