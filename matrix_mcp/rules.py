@@ -357,6 +357,13 @@ def cancel(now: float) -> Move:
     return Move(*CANCEL_MOVE, {"status": CANCEL_MOVE[1], "updated_at": now, "completed_at": now})
 
 
+def has_earlier_attempts(attempt: int, *, retried: bool) -> bool:
+    """Whether a claimed item was tried before, so its claim reads the earlier attempts for the briefing: its
+    attempt number is above 1, or a retry reset the count (`retried`: the failure's error, which a retry
+    keeps until the next attempt ends, is still on the item)."""
+    return attempt > 1 or retried
+
+
 def retry(now: float) -> Move:
     """A retry (`check_retry` allowed it) puts failed items back: pending from now with their attempts
     spent reset and their end cleared; the error message stays until the next attempt ends. The event is

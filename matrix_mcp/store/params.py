@@ -123,6 +123,8 @@ class Claim:
     outcome_type: str
     specifications: dict[str, Any] | str | None
     outcome_path: str | None
+    # a retry reset its attempt count (rules.has_earlier_attempts: its earlier attempts are still there)
+    retried: bool = False
     # the item's earlier attempts, newest first, as stored (the engine bounds them: rules.briefing)
     previous_attempts: Sequence[PreviousAttempt] = ()
 

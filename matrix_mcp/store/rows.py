@@ -550,6 +550,7 @@ def claim_from(o: RowLike) -> Claim:
         outcome_type=o["outcome_type"],
         specifications=loads(o["specifications"]),
         outcome_path=o["outcome_path"],
+        retried=bool(o["retried"]),
     )
 
 

@@ -171,6 +171,26 @@ async def test_a_rejection_is_a_new_attempt_that_reads_the_note_then_fails_past_
     await assert_consistent(engine)
 
 
+async def test_the_first_claim_after_a_retry_reads_the_attempts_that_failed(engine: Engine) -> None:
+    """A retry starts the attempt count again at 1; the next agent still reads why the item failed."""
+    await engine.plan_run(
+        "r",
+        packages=[PackageSpec(name="a", items=["x"])],
+        policy=RunPolicy(lease_seconds=60, max_attempts=1, backoff_seconds=0),
+    )
+    x = (await engine.claim_items("r", worker="w1")).items[0]
+    await engine.heartbeat([LeaseRef(outcome_id=x.outcome_id, lease_token=x.lease_token, note="half way")])
+    await engine.fail_item(x.outcome_id, lease_token=x.lease_token, error="disk full", retryable=False)
+    await engine.retry_items("r")
+    again = (await engine.claim_items("r", worker="w2")).items[0]
+    assert again.attempt == 1
+    assert [a.model_dump(exclude_none=True) for a in again.previous_attempts or []] == [
+        {"attempt": 1, "error": "disk full", "note": "half way"}
+    ]
+    await engine.complete_item(again.outcome_id, lease_token=again.lease_token)
+    await assert_consistent(engine)
+
+
 async def test_the_package_setting_overrides_the_run_s(engine: Engine) -> None:
     await engine.plan_run(
         "r",

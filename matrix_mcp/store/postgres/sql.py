@@ -368,7 +368,8 @@ upd AS (
     FROM uq
     WHERE o.n = uq.n
     RETURNING o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.worker,
-              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, uq.priority, uq.rank
+              o.started_at, o.lease_token, o.lease_expires_at, o.package_id, uq.priority, uq.rank,
+              o.error_message IS NOT NULL AS retried
 ),
 att AS (
     INSERT INTO outcome_attempts (outcome_id, attempt, lease_token, worker, principal, status, started_at)
@@ -378,7 +379,7 @@ att AS (
 )
 SELECT pf.id AS pk_id, pf.ip, pf.quota, pf.fetched, pf.name AS package_name, pf.description AS package_description,
        upd.id, upd.item, upd.attempts, upd.outcome_type, upd.specifications, upd.outcome_path,
-       upd.lease_token, upd.lease_expires_at, upd.rank, r.name AS run_name, r.gated{orphans}
+       upd.lease_token, upd.lease_expires_at, upd.rank, upd.retried, r.name AS run_name, r.gated{orphans}
 FROM r LEFT JOIN pf ON true LEFT JOIN upd ON upd.package_id = pf.id AND upd.priority = pf.ip
 ORDER BY upd.rank NULLS LAST
 """
@@ -818,7 +819,8 @@ EARLIEST = {
 
 RECOVER_CLAIMS_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
-    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " o.lease_expires_at, o.error_message IS NOT NULL AS retried, p.name AS package_name,"
+    " p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
     " JOIN runs r ON r.id = o.run_id"
     # the run's leased rows only (partial index outcome_queue_leased), not a scan of every outcome
@@ -858,7 +860,8 @@ RECOVER_ANSWERS_SQL = "SELECT key, answer FROM write_answers WHERE key = ANY(%s:
 
 HELD_SQL = (
     "SELECT o.id, o.item, o.attempts, o.outcome_type, o.specifications, o.outcome_path, o.lease_token,"
-    " o.lease_expires_at, p.name AS package_name, p.description AS package_description, r.name AS run_name"
+    " o.lease_expires_at, o.error_message IS NOT NULL AS retried, p.name AS package_name,"
+    " p.description AS package_description, r.name AS run_name"
     " FROM outcome_queue q JOIN outcomes o ON o.n = q.n JOIN packages p ON p.id = o.package_id"
     " JOIN runs r ON r.id = o.run_id"
     " WHERE q.run_id = %s AND q.lease_token IS NOT NULL AND o.status = 'generating' AND o.worker = %s"

@@ -159,8 +159,8 @@ async def _budgets(tx: Tx, counted: Sequence[Spend], now: float) -> None:
 
 async def briefed(tx: Tx, claims: list[Claim]) -> list[Claim]:
     """The claims with their items' earlier attempts (newest first); one statement, asked only when an item
-    was claimed before (a first attempt has none)."""
-    again = [c for c in claims if c.attempt > 1]
+    was claimed before (a first attempt has none, unless a retry reset the count)."""
+    again = [c for c in claims if rules.has_earlier_attempts(c.attempt, retried=c.retried)]
     if not again:
         return claims
     found: dict[str, list[PreviousAttempt]] = defaultdict(list)

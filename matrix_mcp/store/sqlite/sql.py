@@ -276,7 +276,7 @@ RUN_GENERATING = "SELECT COALESCE(SUM(generating), 0) FROM packages WHERE run_id
 # a package's items a claim may lease now, in rules.claim_order (index outcomes_claimable)
 CLAIM_CANDIDATES = (
     "SELECT n, id, item, attempts, outcome_type, specifications, outcome_path, priority, locks, available_at,"
-    " position FROM outcomes"
+    " position, error_message IS NOT NULL AS retried FROM outcomes"
     " WHERE package_id = ? AND status = 'pending' AND available_at <= ?"
     " ORDER BY priority DESC, available_at, position LIMIT ?"
 )
@@ -289,8 +289,8 @@ CLAIM_NEXT_SELECT_OUTCOME_ATTEMPTS = (
 
 CLAIM_NEXT_SELECT_OUTCOMES = (
     "SELECT o.id, o.item, o.attempts, o.lease_token, o.lease_expires_at, o.outcome_type, "
-    "o.specifications, o.outcome_path, p.name AS package_name, p.description AS package_description, "
-    "r.name AS run_name FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = "
+    "o.specifications, o.outcome_path, o.error_message IS NOT NULL AS retried, p.name AS package_name, "
+    "p.description AS package_description, r.name AS run_name FROM outcomes o JOIN packages p ON p.id = o.package_id JOIN runs r ON r.id = "
     "o.run_id WHERE o.run_id = ? AND o.status = 'generating' AND o.worker = ? AND o.started_at = ? "
     "ORDER BY o.n LIMIT ?"
 )

@@ -79,8 +79,8 @@ def set_note(c: sqlite3.Connection, outcome_id: str, lease_token: str, note: str
 
 def briefed(c: sqlite3.Connection, claim: Claim) -> Claim:
     """The claim with its item's earlier attempts (newest first); read only when the item was claimed before
-    (a first attempt has none)."""
-    if claim.attempt <= 1:
+    (a first attempt has none, unless a retry reset the count)."""
+    if not rules.has_earlier_attempts(claim.attempt, retried=claim.retried):
         return claim
     return replace(claim, previous_attempts=previous_attempts(c, claim.outcome_id, claim.lease_token))
 

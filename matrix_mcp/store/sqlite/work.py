@@ -104,6 +104,7 @@ def claim_now(c: sqlite3.Connection, request: ClaimRequest, *, now: float) -> Cl
             outcome_type=o["outcome_type"],
             specifications=R.loads(o["specifications"]),
             outcome_path=o["outcome_path"],
+            retried=bool(o["retried"]),
         )
         claims.append(usage.briefed(c, claim))
     if len(claims) >= limit:
