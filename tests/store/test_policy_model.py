@@ -364,6 +364,18 @@ class Backend:
 BACKEND: Backend | None = None
 
 
+POLICY_STATUSES = ("pending", "generating", "complete", "failed", "cancelled", "blocked")
+
+
+def check_package_counts(summary: Any, items: list[Any], statuses: tuple[str, ...]) -> None:
+    """A package summary's counter of each status equals the model's items in it."""
+    counted = tuple(
+        getattr(summary, "completed_items" if s == "complete" else f"{s}_items") for s in statuses
+    )
+    expected = tuple(sum(i.status == s for i in items) for s in statuses)
+    assert counted == expected, (summary.package, counted, expected)
+
+
 class PolicyMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -779,20 +791,7 @@ class PolicyMachine(RuleBasedStateMachine):
             assert {s: got[s] for s in want} == want, (got, want)
             for summary in self.call(self.store.package_summaries, run.id):
                 pkg = run.packages[summary.package]
-                mine = [m.items[k] for k in pkg.items]
-                counted = (
-                    summary.pending_items,
-                    summary.generating_items,
-                    summary.completed_items,
-                    summary.failed_items,
-                    summary.cancelled_items,
-                    summary.blocked_items,
-                )
-                expected = tuple(
-                    sum(i.status == s for i in mine)
-                    for s in ("pending", "generating", "complete", "failed", "cancelled", "blocked")
-                )
-                assert counted == expected, (summary.package, counted, expected)
+                check_package_counts(summary, [m.items[k] for k in pkg.items], POLICY_STATUSES)
                 assert summary.priority == pkg.priority and summary.max_concurrent == pkg.cap
 
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from matrix_mcp import rules as R
-from matrix_mcp.models import LeaseRef, PreviousAttempt, RunPolicy, Usage
+from matrix_mcp.models import STATUSES, LeaseRef, PreviousAttempt, RunPolicy, Usage
 from matrix_mcp.store.params import ClaimBatch, Failure, NextClaim, PolicyUpdate, Report, ReviewVerdict
 from tests.store.test_policy_model import (
     BACKOFF,
@@ -45,6 +45,7 @@ from tests.store.test_policy_model import (
     PKey,
     PolicyMachine,
     backend,  # noqa: F401  (the fixture)
+    check_package_counts,
     packages,
     spec_of,
 )
@@ -549,29 +550,7 @@ class ReviewMachine(PolicyMachine):
                 )
             for summary in overview.packages:
                 pkg = run.packages[summary.package]
-                mine = [m.items[k] for k in pkg.items]
-                counted = (
-                    summary.pending_items,
-                    summary.generating_items,
-                    summary.completed_items,
-                    summary.failed_items,
-                    summary.cancelled_items,
-                    summary.blocked_items,
-                    summary.in_review_items,
-                )
-                expected = tuple(
-                    sum(i.status == s for i in mine)
-                    for s in (
-                        "pending",
-                        "generating",
-                        "complete",
-                        "failed",
-                        "cancelled",
-                        "blocked",
-                        "in_review",
-                    )
-                )
-                assert counted == expected, (summary.package, counted, expected)
+                check_package_counts(summary, [m.items[k] for k in pkg.items], STATUSES)
                 assert summary.review == self.package_review[pkg.key]
                 assert totals(summary.usage) == self.sums.packages.get(pkg.key, [0.0] * 5), summary.package
             workers = {w.worker: totals(w.usage) for w in overview.workers}
