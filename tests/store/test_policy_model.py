@@ -230,6 +230,19 @@ class Model:
         if d.waiting == 0 and d.status == "blocked":
             d.status, d.available_at = "pending", self.now
 
+    def failed(self, item: MItem, *, retryable: bool) -> None:
+        """A failure report of the item's live lease: cancelled in a cancelled run, back to pending after the
+        backoff while attempts are left, else failed for good."""
+        run = self.runs[item.key[0]]
+        if retryable and run.cancelled:
+            item.status = "cancelled"
+            self.fence(item)
+        elif retryable and item.attempts < run.max_attempts:
+            item.status, item.available_at = "pending", self.now + BACKOFF
+            self.fence(item)
+        else:
+            self.enter_failed(item)
+
     def enter_failed(self, item: MItem) -> None:
         item.status = "failed"
         self.fence(item)
@@ -588,15 +601,7 @@ class PolicyMachine(RuleBasedStateMachine):
         reported = self.call(
             lambda: self.store.fail(item.id, lease_token=token, failure=failure, now=self.m.now)
         )
-        run = self.m.runs[item.key[0]]
-        if retryable and run.cancelled:
-            item.status = "cancelled"
-            self.m.fence(item)
-        elif retryable and item.attempts < run.max_attempts:
-            item.status, item.available_at = "pending", self.m.now + BACKOFF
-            self.m.fence(item)
-        else:
-            self.m.enter_failed(item)
+        self.m.failed(item, retryable=retryable)
         assert reported.outcome.status == item.status
 
     @precondition(lambda self: any(i.stale for i in self.m.items.values()))

@@ -384,15 +384,7 @@ class ReviewMachine(PolicyMachine):
         att = self.m.current(item)
         att.status, att.error = "failed", error
         self.spend(item, token, usage)
-        run = self.m.runs[item.key[0]]
-        if retryable and run.cancelled:
-            item.status = "cancelled"
-            self.m.fence(item)
-        elif retryable and item.attempts < run.max_attempts:
-            item.status, item.available_at = "pending", self.m.now + BACKOFF
-            self.m.fence(item)
-        else:
-            self.m.enter_failed(item)
+        self.m.failed(item, retryable=retryable)
         assert reported.outcome.status == item.status
 
     @precondition(lambda self: self.leased())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from matrix_mcp import rules
@@ -26,20 +26,16 @@ if TYPE_CHECKING:
 PREVIOUS_READ = 50
 
 
+@dataclass(slots=True, kw_only=True)
 class Spend:
     """One report's usage: the attempt it goes on and where its sums go."""
 
-    __slots__ = ("lease_token", "outcome_id", "package_id", "run_id", "usage", "worker")
-
-    def __init__(
-        self, *, run_id: str, package_id: int, outcome_id: str, lease_token: str, worker: str, usage: Usage
-    ) -> None:
-        self.run_id = run_id
-        self.package_id = package_id
-        self.outcome_id = outcome_id
-        self.lease_token = lease_token
-        self.worker = worker
-        self.usage = usage
+    run_id: str
+    package_id: int
+    outcome_id: str
+    lease_token: str
+    worker: str
+    usage: Usage
 
 
 def spend_of(row: rules.RowLike, t: rules.Transition) -> Spend | None:
